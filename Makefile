@@ -1,0 +1,32 @@
+# One-command set-up on a fresh Linux machine with Python 3.11: `make demo`, `make test`.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test lint clean
+install: $(STAMP)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# torch first, pinned: it comes as a CPU build from the machine's local wheel; a bare requirement would pull
+# a multi-GB CUDA build (../shared/STACK.md).
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q --disable-pip-version-check -U pip
+	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0
+	$(BIN)/pip install -q --disable-pip-version-check -e ".[dev]"
+	touch $@
+
+demo: install
+	$(BIN)/aimass quickstart
+
+# pytest exits 5 when it collects nothing; that is not a failure of the suite's own making.
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then rc=0; fi; exit $$rc
+
+lint: install
+	$(BIN)/ruff check platform tests pipelines benchmarks
+
+clean:
+	rm -rf $(VENV) .aimass

@@ -1,0 +1,47 @@
+"""Starting or joining Ray, loopback-only by default (see ../shared/STACK.md: Ray binds to every interface
+unless told otherwise)."""
+from __future__ import annotations
+
+import os
+
+from aimass.settings import Settings
+
+# Must be set before `ray` is first imported: it makes a local Ray bind to 127.0.0.1 on Linux.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+
+def init(settings: Settings, num_cpus: int | None = None):
+    """Join the configured cluster, or start a local loopback-only one; idempotent."""
+    import ray
+
+    if ray.is_initialized():
+        return ray
+    if settings.ray_address:
+        ray.init(address=settings.ray_address, logging_level="WARNING", log_to_driver=False)
+    else:
+        ray.init(
+            _node_ip_address=settings.host,
+            include_dashboard=False,
+            num_cpus=num_cpus,
+            logging_level="WARNING",
+            _temp_dir=str(_short_tmp(settings)),
+        )
+    return ray
+
+
+def _short_tmp(settings: Settings):
+    # Ray's unix socket paths must stay under 107 bytes, so its temp folder cannot live deep in the home.
+    import hashlib
+    import tempfile
+    from pathlib import Path
+
+    tag = hashlib.sha1(str(settings.home).encode()).hexdigest()[:8]
+    p = Path(tempfile.gettempdir()) / f"aimass-ray-{tag}"
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def version() -> str:
+    from importlib.metadata import version as v
+
+    return v("ray")

@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Iterator
+
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, SQLModel, create_engine
+
+from aimass.settings import Settings
+
+
+@functools.cache
+def engine_for(url: str) -> Engine:
+    if url.startswith("sqlite:///"):
+        from pathlib import Path
+
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn, _record):  # WAL: readers never block the one writer
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=FULL")  # an acknowledged row survives a power cut
+            cur.close()
+    else:
+        engine = create_engine(url, pool_pre_ping=True)
+    from aimass.catalog import models  # noqa: F401  (registers the tables)
+
+    SQLModel.metadata.create_all(engine)
+    return engine
+
+
+@contextlib.contextmanager
+def session(settings: Settings) -> Iterator[Session]:
+    with Session(engine_for(settings.catalog)) as s:
+        yield s

@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import JSON, Column, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class DatasetVersionBase(SQLModel):
+    name: str = Field(index=True, description="Dataset name")
+    version: int = Field(ge=1, description="1, 2, ... in registration order")
+    content_hash: str = Field(description="sha256 of the canonical content")
+    format: str = Field(description="The source format it was read from")
+    source: str = Field(description="Where it was read from")
+    n_rows: int = Field(ge=0, description="Interactions")
+    n_users: int = Field(ge=0)
+    n_items: int = Field(ge=0)
+    has_items_table: bool = False
+    timestamp_kind: str = Field(description="'unix' seconds, or 'order' when the source has no time")
+    columns: dict = Field(
+        default_factory=dict, sa_column=Column(JSON), description="{table: {column: dtype}}"
+    )
+    git_tag: str = Field(description="Tag of this version in the data registry")
+
+
+class DatasetVersion(DatasetVersionBase, table=True):
+    __tablename__ = "dataset_versions"
+    __table_args__ = (UniqueConstraint("name", "version"), UniqueConstraint("name", "content_hash"))
+
+    id: int | None = Field(default=None, primary_key=True)
+    created_at: datetime = Field(default_factory=_now)
+
+
+class DatasetVersionPublic(DatasetVersionBase):
+    id: int
+    created_at: datetime
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@v{self.version}"

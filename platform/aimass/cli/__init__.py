@@ -1,0 +1,39 @@
+"""The `aimass` command line. Settings are parsed here, once, and passed down; heavy modules are imported
+inside commands so that `aimass --help` stays fast."""
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from aimass.cli._common import state
+from aimass.cli.datasets import app as datasets_app
+from aimass.cli.doctor import doctor
+from aimass.cli.quickstart import quickstart
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="aimass: model-as-a-service for recommendation and search models.")
+app.add_typer(datasets_app, name="datasets", help="Register, list and load dataset versions (DVC).")
+app.command()(doctor)
+app.command()(quickstart)
+
+
+@app.callback()
+def _root(home: str = typer.Option(None, "--home", help="State folder (default $AIMASS_HOME or .aimass)")):
+    from aimass.settings import Settings
+
+    try:
+        state.settings = Settings(home=home) if home else Settings()
+    except Exception as e:  # a bad AIMASS_* variable is the user's input too
+        typer.echo(f"error: invalid settings: {e}", err=True)
+        raise typer.Exit(2)
+
+
+def main() -> None:
+    from aimass.errors import AimassError
+
+    try:
+        app()
+    except AimassError as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(e.exit_code)

@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+import typer
+
+from aimass.settings import Settings
+
+
+class _State:
+    settings: Settings
+
+
+state = _State()
+
+JSON = typer.Option(False, "--json", help="Machine-readable output.")
+
+
+def emit(data: Any, as_json: bool, table: Iterable[str] | None = None) -> None:
+    """Print `data` as JSON, or the human lines in `table` (default: key: value lines)."""
+    if as_json:
+        typer.echo(json.dumps(_plain(data), indent=2, default=str))
+        return
+    if table is not None:
+        for line in table:
+            typer.echo(line)
+        return
+    for k, v in _plain(data).items():
+        typer.echo(f"{k:>16}: {v}")
+
+
+def _plain(data: Any) -> Any:
+    if hasattr(data, "model_dump"):
+        d = data.model_dump(mode="json")
+        if hasattr(data, "ref"):
+            d = {"ref": data.ref, **d}
+        return d
+    if isinstance(data, list):
+        return [_plain(x) for x in data]
+    if isinstance(data, dict):
+        return {k: _plain(v) for k, v in data.items()}
+    return data
+
+
+def rows(items: list[dict], cols: list[str]) -> list[str]:
+    widths = [max(len(c), *(len(str(r.get(c, ""))) for r in items)) if items else len(c) for c in cols]
+    out = ["  ".join(c.upper().ljust(w) for c, w in zip(cols, widths))]
+    out += ["  ".join(str(r.get(c, "")).ljust(w) for c, w in zip(cols, widths)) for r in items]
+    return out

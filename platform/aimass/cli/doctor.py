@@ -1,0 +1,15 @@
+from __future__ import annotations
+
+import typer
+
+from aimass.cli._common import JSON, emit, rows, state
+
+
+def doctor(as_json: bool = JSON):
+    """Each component (catalog, data registry, DVC remote, MLflow store, Ray): location, version, health."""
+    from aimass.doctor import check
+
+    report = check(state.settings)
+    emit(report, as_json, rows(report, ["component", "status", "version", "location", "detail"]))
+    if any(c["status"] == "error" for c in report):
+        raise typer.Exit(1)

@@ -1,0 +1,258 @@
+"""Readers: one function per source format, each returning the canonical layout (see _canonical)."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from aimass.datasets._canonical import Canonical, normalise
+from aimass.errors import InvalidInputError
+
+Reader = Callable[[Path, "Path | None"], Canonical]
+_READERS: dict[str, Reader] = {}
+
+
+def reader(name: str) -> Callable[[Reader], Reader]:
+    def deco(fn: Reader) -> Reader:
+        _READERS[name] = fn
+        return fn
+
+    return deco
+
+
+def formats() -> list[str]:
+    return sorted(_READERS)
+
+
+def read(path: str | Path, fmt: str, items: str | Path | None = None) -> Canonical:
+    if fmt not in _READERS:
+        raise InvalidInputError(f"unknown format {fmt!r}; known formats: {', '.join(formats())}")
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise InvalidInputError(f"path does not exist: {p}")
+    ip = None
+    if items is not None:
+        ip = Path(items).expanduser()
+        if not ip.is_file():
+            raise InvalidInputError(f"items file does not exist: {ip}")
+    return _READERS[fmt](p, ip)
+
+
+# -- helpers -------------------------------------------------------------------------------------------------
+
+
+def _need_file(folder: Path, name: str, fmt: str) -> Path:
+    f = folder / name
+    if not f.is_file():
+        raise InvalidInputError(f"{fmt}: {folder} has no {name}")
+    return f
+
+
+def _int_lines(path: Path, min_tokens: int = 1, exact: int | None = None) -> list[list[int]]:
+    """Whitespace-separated integers, one record per line; names the first bad line."""
+    rows = []
+    with path.open() as fh:
+        for n, line in enumerate(fh, 1):
+            tokens = line.split()
+            if not tokens:
+                continue
+            if len(tokens) < min_tokens or (exact is not None and len(tokens) != exact):
+                want = f"{exact}" if exact else f"at least {min_tokens}"
+                raise InvalidInputError(f"{path}:{n}: expected {want} fields, found {len(tokens)}")
+            try:
+                rows.append([int(t) for t in tokens])
+            except ValueError:
+                raise InvalidInputError(f"{path}:{n}: ids must be integers, found {line.strip()[:60]!r}")
+    if not rows:
+        raise InvalidInputError(f"{path}: file is empty")
+    return rows
+
+
+def _table(path: Path, what: str) -> pd.DataFrame:
+    if path.stat().st_size == 0:
+        raise InvalidInputError(f"{path}: file is empty")
+    try:
+        if path.suffix == ".parquet":
+            return pd.read_parquet(path)
+        return pd.read_csv(path, sep=None if path.suffix == ".tsv" else ",", engine="python"
+                           if path.suffix == ".tsv" else "c")
+    except (ValueError, pd.errors.ParserError, OSError) as e:
+        raise InvalidInputError(f"{what} {path}: cannot be parsed ({str(e).splitlines()[0]})")
+
+
+def _items_file(path: Path | None) -> pd.DataFrame | None:
+    if path is None:
+        return None
+    if path.name.endswith(".dat"):
+        return _movies_dat(path)
+    return _table(path, "items file")
+
+
+def _movies_dat(path: Path) -> pd.DataFrame:
+    rows = []
+    with path.open(encoding="latin-1") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            parts = line.rstrip("\n").split("::")
+            if len(parts) != 3:
+                raise InvalidInputError(f"{path}:{n}: expected MovieID::Title::Genres")
+            try:
+                rows.append((int(parts[0]), parts[1], parts[2].replace("|", ", ")))
+            except ValueError:
+                raise InvalidInputError(f"{path}:{n}: MovieID must be an integer, found {parts[0]!r}")
+    if not rows:
+        raise InvalidInputError(f"{path}: file is empty")
+    df = pd.DataFrame(rows, columns=["item_id", "title", "genres"])
+    df["text"] = df["title"] + " | " + df["genres"]
+    return df
+
+
+def _sequences(users: list[int], seqs: list[list[int]], split: str, start: list[int]) -> pd.DataFrame:
+    lens = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
+    user = np.repeat(np.asarray(users, dtype=np.int64), lens)
+    offsets = np.repeat(np.asarray(start, dtype=np.int64) - np.cumsum(lens) + lens, lens)
+    ts = np.arange(lens.sum(), dtype=np.int64) + offsets
+    items = np.fromiter((i for s in seqs for i in s), dtype=np.int64, count=int(lens.sum()))
+    return pd.DataFrame({"user_id": user, "item_id": items, "timestamp": ts, "split": split})
+
+
+# -- formats -------------------------------------------------------------------------------------------------
+
+
+@reader("ml1m-seq")
+def _ml1m_seq(path: Path, items: Path | None) -> Canonical:
+    """The SASRec-preprocessed split folder; keeps its train / val / test roles in a `split` column.
+    Timestamps are positions in the user's full history (the source has none); the unknown second-to-last
+    item of non-validation users leaves a gap."""
+    if not path.is_dir():
+        raise InvalidInputError(f"ml1m-seq: {path} is not a folder")
+    train = _int_lines(_need_file(path, "train_input.txt", "ml1m-seq"))
+    val_in = _int_lines(_need_file(path, "val_input.txt", "ml1m-seq"))
+    val_out = _int_lines(_need_file(path, "val_output.txt", "ml1m-seq"), exact=1)
+    test = _int_lines(_need_file(path, "test_output.txt", "ml1m-seq"), exact=1)
+    if len(test) != len(train):
+        raise InvalidInputError(f"ml1m-seq: {len(train)} train lines but {len(test)} test lines")
+    if len(val_in) != len(val_out):
+        raise InvalidInputError(f"ml1m-seq: {len(val_in)} val_input lines but {len(val_out)} val_output lines")
+    by_seq: dict[tuple[int, ...], list[int]] = {}
+    for u, s in enumerate(train, 1):
+        by_seq.setdefault(tuple(s), []).append(u)
+    val_users = []
+    for n, s in enumerate(val_in, 1):
+        owners = by_seq.get(tuple(s[:-1]))
+        if not owners:
+            raise InvalidInputError(f"ml1m-seq: val_input line {n} extends no train_input line")
+        val_users.append(owners.pop(0))
+    users = list(range(1, len(train) + 1))
+    lens = [len(s) for s in train]
+    vset = set(val_users)
+    frames = [
+        _sequences(users, train, "train", [0] * len(users)),
+        _sequences(val_users, [[s[-1]] for s in val_in], "val_input", [lens[u - 1] for u in val_users]),
+        _sequences(val_users, val_out, "val", [lens[u - 1] + 1 for u in val_users]),
+        _sequences(users, test, "test", [lens[u - 1] + 2 if u in vset else lens[u - 1] + 1 for u in users]),
+    ]
+    df = pd.concat(frames, ignore_index=True).sort_values(["user_id", "timestamp"], kind="stable")
+    item_table = None
+    if items is not None:
+        item_table = _items_file(items)
+        mapping = path / "sas_to_original_items.txt"
+        if items.name.endswith(".dat") and mapping.is_file():
+            m = pd.DataFrame(_int_lines(mapping, exact=2), columns=["item_id", "original_id"])
+            item_table = m.merge(item_table.rename(columns={"item_id": "original_id"}), on="original_id")
+    return normalise(df, item_table, "order", f"ml1m-seq {path}")
+
+
+@reader("sasrec")
+def _sasrec(path: Path, items: Path | None) -> Canonical:
+    """One `user item` line per interaction, in time order; the line number is the timestamp."""
+    if path.is_dir():
+        raise InvalidInputError(f"sasrec: {path} is a folder; give the interactions file")
+    arr = np.asarray(_int_lines(path, exact=2), dtype=np.int64)
+    df = pd.DataFrame({"user_id": arr[:, 0], "item_id": arr[:, 1], "timestamp": np.arange(len(arr))})
+    return normalise(df, _items_file(items), "order", f"sasrec {path}")
+
+
+@reader("movielens-meta")
+def _movielens_meta(path: Path, items: Path | None) -> Canonical:
+    """MovieLens movies.dat as the items table; ratings.dat beside it, when present, as interactions."""
+    folder = path if path.is_dir() else path.parent
+    movies = _movies_dat(_need_file(folder, "movies.dat", "movielens-meta") if path.is_dir() else path)
+    ratings = folder / "ratings.dat"
+    if ratings.is_file():
+        r = pd.read_csv(ratings, sep="::", engine="python", header=None,
+                        names=["user_id", "item_id", "value", "timestamp"])
+        r["event"] = "rating"
+        kind = "unix"
+    else:
+        # Same columns as with ratings, so adding ratings.dat later makes a compatible next version.
+        r = pd.DataFrame({"user_id": [], "item_id": [], "timestamp": [], "event": [], "value": []})
+        kind = "unix"
+    return normalise(r, movies, kind, f"movielens-meta {path}")
+
+
+@reader("lastfm")
+def _lastfm(path: Path, items: Path | None) -> Canonical:
+    """HetRec 2011 Last.fm: plays as `value`, artist names and their most used tags as item text."""
+    if not path.is_dir():
+        raise InvalidInputError(f"lastfm: {path} is not a folder")
+    ua = _hetrec(_need_file(path, "user_artists.dat", "lastfm"), ["userID", "artistID", "weight"])
+    df = pd.DataFrame({"user_id": ua["userID"], "item_id": ua["artistID"], "timestamp": np.arange(len(ua)),
+                       "event": "play", "value": ua["weight"]})
+    artists = _hetrec(_need_file(path, "artists.dat", "lastfm"), ["id", "name"])
+    item_table = pd.DataFrame({"item_id": artists["id"], "name": artists["name"].fillna("")})
+    tags_f, tagged_f = path / "tags.dat", path / "user_taggedartists.dat"
+    if tags_f.is_file() and tagged_f.is_file():
+        tags = _hetrec(tags_f, ["tagID", "tagValue"], encoding="latin-1")
+        tagged = _hetrec(tagged_f, ["artistID", "tagID"])
+        counts = tagged.groupby(["artistID", "tagID"]).size().rename("n").reset_index()
+        counts = counts.merge(tags, on="tagID").sort_values(["artistID", "n", "tagValue"],
+                                                            ascending=[True, False, True])
+        top = counts.groupby("artistID").head(10).groupby("artistID")["tagValue"].agg(", ".join)
+        item_table["tags"] = item_table["item_id"].map(top).fillna("")
+    else:
+        item_table["tags"] = ""
+    item_table["text"] = (item_table["name"] + " | " + item_table["tags"]).str.rstrip(" |")
+    return normalise(df, item_table, "order", f"lastfm {path}")
+
+
+def _hetrec(path: Path, cols: list[str], encoding: str = "utf-8") -> pd.DataFrame:
+    try:
+        df = pd.read_csv(path, sep="\t", encoding=encoding, usecols=cols, quoting=3, dtype=str)
+    except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        raise InvalidInputError(f"lastfm {path}: cannot be parsed ({str(e).splitlines()[0]})")
+    if df.empty:
+        raise InvalidInputError(f"lastfm {path}: no rows")
+    for c in cols:
+        if c.endswith("ID") or c in ("id", "weight"):
+            num = pd.to_numeric(df[c], errors="coerce")
+            if num.isna().any():
+                raise InvalidInputError(f"lastfm {path}: column {c} must hold integers, found "
+                                        f"{df.loc[num.isna(), c].iloc[0]!r}")
+            df[c] = num.astype("int64")
+    return df
+
+
+def _tabular(path: Path, items: Path | None, fmt: str) -> Canonical:
+    if path.is_dir():
+        raise InvalidInputError(f"{fmt}: {path} is a folder; give the interactions file")
+    df = _table(path, f"{fmt} file")
+    if df.empty:
+        raise InvalidInputError(f"{path}: no rows")
+    ts = df["timestamp"] if "timestamp" in df.columns else None
+    kind = "unix" if ts is not None and pd.to_numeric(ts, errors="coerce").min() > 10**8 else "order"
+    return normalise(df, _items_file(items), kind, f"{fmt} {path}")
+
+
+@reader("csv")
+def _csv(path: Path, items: Path | None) -> Canonical:
+    """Interactions with a header: user_id, item_id, timestamp[, event, value]."""
+    return _tabular(path, items, "csv")
+
+
+@reader("parquet")
+def _parquet(path: Path, items: Path | None) -> Canonical:
+    return _tabular(path, items, "parquet")

@@ -1,0 +1,158 @@
+"""The DVC data registry: a git repository holding only datasets, each version a DVC-tracked folder
+`datasets/<name>/` and a git tag `<name>/v<N>`; file content lives in the DVC remote (a folder by default,
+S3/GCS by setting `dvc_remote`). A registry given as a git URL is cloned into the home folder and pushed to."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import dvc  # noqa: F401  (configures DVC's loggers on import; quietened below)
+import pandas as pd
+
+from aimass.datasets._canonical import Canonical
+from aimass.errors import BackendError, NotFoundError
+from aimass.settings import Settings
+
+# DVC reports usage to a server unless told not to; nothing may leave this machine.
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+# DVC logs CLI hints ("To track the changes with git, run ...") at INFO; as a library they are noise.
+logging.getLogger("dvc").setLevel(logging.WARNING)
+
+_GIT_ID = ["-c", "user.name=aimass", "-c", "user.email=aimass@localhost", "-c", "commit.gpgsign=false"]
+INTERACTIONS, ITEMS, META = "interactions.parquet", "items.parquet", "meta.json"
+
+
+def git(repo: Path, *args: str, check: bool = True) -> str:
+    res = subprocess.run(["git", "-C", str(repo), *_GIT_ID, *args], capture_output=True, text=True)
+    if check and res.returncode != 0:
+        raise BackendError(f"git {args[0]} failed in {repo}: {res.stderr.strip().splitlines()[-1:]}")
+    return res.stdout.strip()
+
+
+def tag_for(name: str, version: int) -> str:
+    return f"{name}/v{version}"
+
+
+class DataRegistry:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.path = settings.registry_path
+        self.origin = settings.registry_origin
+
+    # -- set-up ----------------------------------------------------------------------------------------------
+
+    def exists(self) -> bool:
+        return (self.path / ".git").is_dir() and (self.path / ".dvc").is_dir()
+
+    def ensure(self) -> None:
+        if self.exists():
+            if self.origin:
+                git(self.path, "fetch", "--quiet", "--tags", "origin")
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.origin:
+            res = subprocess.run(["git", "clone", "--quiet", self.origin, str(self.path)],
+                                 capture_output=True, text=True)
+            if res.returncode != 0:
+                raise BackendError(f"cannot clone the data registry {self.origin}: {res.stderr.strip()}")
+            return
+        from dvc.repo import Repo
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        git(self.path, "init", "--quiet", "--initial-branch=main")
+        Repo.init(str(self.path))
+        with Repo(str(self.path)) as repo, repo.config.edit() as conf:
+            conf["core"]["analytics"] = False
+            conf["core"]["autostage"] = False
+            conf["remote"]["storage"] = {"url": self.settings.remote}
+            conf["core"]["remote"] = "storage"
+        (self.path / "README.md").write_text(
+            "# aimass data registry\n\nDatasets only, versioned by tags `<name>/v<N>`; managed by `aimass "
+            "datasets`. Each version's files live in the DVC remote.\n"
+        )
+        (self.path / "datasets").mkdir(exist_ok=True)
+        git(self.path, "add", "-A")
+        git(self.path, "commit", "--quiet", "-m", "Initialise the aimass data registry")
+
+    def head(self) -> str:
+        return git(self.path, "rev-parse", "HEAD")
+
+    def remote_url(self) -> str | None:
+        if not self.exists():
+            return None
+        from dvc.repo import Repo
+
+        with Repo(str(self.path)) as repo:
+            name = repo.config["core"].get("remote")
+            return repo.config["remote"].get(name, {}).get("url") if name else None
+
+    # -- versions --------------------------------------------------------------------------------------------
+
+    def commit_version(self, name: str, version: int, data: Canonical, meta: dict) -> str:
+        """Write, track, commit, tag and push one version; on any failure undo every step."""
+        from dvc.repo import Repo
+
+        tag = tag_for(name, version)
+        head = self.head()
+        folder = self.path / "datasets" / name
+        try:
+            if folder.exists():
+                shutil.rmtree(folder)
+            folder.mkdir(parents=True)
+            data.interactions.to_parquet(folder / INTERACTIONS, index=False)
+            if data.items is not None:
+                data.items.to_parquet(folder / ITEMS, index=False)
+            (folder / META).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+            with Repo(str(self.path)) as repo:
+                repo.add(str(folder))
+                git(self.path, "add", f"datasets/{name}.dvc", "datasets/.gitignore")
+                git(self.path, "commit", "--quiet", "-m", f"Register {name} v{version}")
+                git(self.path, "tag", tag)
+                repo.push(targets=[str(folder)])
+            if self.origin:
+                git(self.path, "push", "--quiet", "origin", "HEAD", tag)
+        except BaseException as e:
+            self.rollback(head, tag)
+            if isinstance(e, BackendError):
+                raise
+            raise BackendError(f"registering {name} v{version} failed and was undone: {e}") from e
+        return tag
+
+    def rollback(self, head: str, tag: str) -> None:
+        git(self.path, "tag", "-d", tag, check=False)
+        git(self.path, "reset", "--quiet", "--hard", head, check=False)
+
+    def materialise(self, name: str, tag: str, dest: Path) -> Path:
+        """Copy a tagged version's files to `dest`, from the local cache or else the DVC remote."""
+        from dvc.api import DVCFileSystem
+
+        done = dest / ".complete"
+        if done.exists() and done.read_text() == tag:
+            return dest
+        self.ensure()
+        if not git(self.path, "tag", "--list", tag):
+            raise NotFoundError(f"the data registry {self.path} has no tag {tag}")
+        tmp = dest.with_name(dest.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        try:
+            fs = DVCFileSystem(str(self.path), rev=tag)
+            for f in fs.ls(f"datasets/{name}", detail=False):
+                fs.get_file(f, str(tmp / Path(f).name))
+        except Exception as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise BackendError(f"cannot fetch {tag} from the data registry or its remote: {e}") from e
+        (tmp / ".complete").write_text(tag)
+        shutil.rmtree(dest, ignore_errors=True)
+        tmp.rename(dest)  # atomic: a reader never sees half a version
+        return dest
+
+
+def read_folder(folder: Path) -> Canonical:
+    meta = json.loads((folder / META).read_text())
+    items = pd.read_parquet(folder / ITEMS) if (folder / ITEMS).exists() else None
+    return Canonical(pd.read_parquet(folder / INTERACTIONS), items, meta["timestamp_kind"])

@@ -1,0 +1,292 @@
+"""Offline evaluation: held-out splits and ranking metrics for next-item recommenders.
+
+Splits and metrics live together because they share one contract: targets are dense item indices
+(1..n_items, 0 = padding) and every target must be rankable, so the dense item space is built from
+every interaction, held-out ones included.
+
+Full ranking is the default protocol: the target competes with the whole catalogue minus the
+user's history. Sampled ranking (target vs. 100 random unseen items) is kept only to compare with
+older papers; its keys carry a ``sampled_`` prefix so the two can never be mixed up in a report.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+PROTOCOLS = ("leave-one-out", "ml1m-seq")
+SPLIT_VALUES = ("train", "val_input", "val", "test")
+REQUIRED_COLUMNS = ("user_id", "item_id", "timestamp")
+
+ScoreFn = Callable[[list[np.ndarray]], np.ndarray]
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: element-wise array comparison has no single truth value
+class EvalSplits:
+    """Train sequences plus validation/test (history, target) pairs, all in dense item ids."""
+
+    item_ids: np.ndarray  # raw item ids, sorted; dense id = position + 1
+    n_items: int
+    train_users: np.ndarray
+    train_sequences: list[np.ndarray]
+    val_users: np.ndarray
+    val_histories: list[np.ndarray]
+    val_targets: np.ndarray
+    test_users: np.ndarray
+    test_histories: list[np.ndarray]
+    test_targets: np.ndarray
+    protocol: str
+
+    def __repr__(self) -> str:  # the default repr would print every sequence
+        return (f"EvalSplits(protocol={self.protocol!r}, n_items={self.n_items}, "
+                f"train_users={len(self.train_users)}, val_users={len(self.val_users)}, "
+                f"test_users={len(self.test_users)})")
+
+
+def _runs(values: np.ndarray, users: np.ndarray, wanted: np.ndarray) -> list[np.ndarray]:
+    """Each wanted user's contiguous run of ``values`` (``users`` is sorted); empty when absent."""
+    uniq, start, count = np.unique(users, return_index=True, return_counts=True)
+    if len(uniq) == 0:
+        return [values[:0] for _ in range(len(wanted))]
+    pos = np.minimum(np.searchsorted(uniq, wanted), len(uniq) - 1)
+    hit = uniq[pos] == wanted
+    lo = np.where(hit, start[pos], 0)
+    hi = lo + np.where(hit, count[pos], 0)
+    return [values[a:b] for a, b in zip(lo.tolist(), hi.tolist())]
+
+
+def _one_per_user(users: np.ndarray, dense: np.ndarray, mask: np.ndarray,
+                  role: str) -> tuple[np.ndarray, np.ndarray]:
+    """Users owning a ``role`` row and that row's item; a second such row would make the target ambiguous."""
+    owners, counts = np.unique(users[mask], return_counts=True)
+    if (counts > 1).any():
+        raise ValueError(f"ml1m-seq: {int((counts > 1).sum())} user(s) have more than one {role!r} row, "
+                         f"e.g. user {int(owners[counts > 1][0])}")
+    return owners, dense[mask]  # rows are user-sorted, so this lines up with `owners`
+
+
+def make_splits(interactions: pd.DataFrame, protocol: str = "leave-one-out", *,
+                max_val_users: int | None = None, seed: int = 0) -> EvalSplits:
+    """Split canonical interactions into train sequences and validation/test (history, target) pairs.
+
+    ``leave-one-out``: per user, last item = test target, second-to-last = validation target, the rest
+    is training; users with fewer than 3 interactions only train. ``ml1m-seq``: the gSASRec authors'
+    MovieLens-1M rule driven by the ``split`` column (train / val_input / val / test rows).
+    ``max_val_users`` keeps a seeded random subset of validation users (early stopping is then cheaper).
+    """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown split protocol {protocol!r}; expected one of {list(PROTOCOLS)}")
+    missing = [c for c in REQUIRED_COLUMNS if c not in interactions.columns]
+    if missing:
+        raise ValueError(f"interactions lack required column(s) {missing}")
+    if len(interactions) == 0:
+        raise ValueError("interactions are empty: nothing to split")
+    if protocol == "ml1m-seq" and "split" not in interactions.columns:
+        raise ValueError("protocol 'ml1m-seq' needs a 'split' column (train / val_input / val / test)")
+    if max_val_users is not None and max_val_users < 0:
+        raise ValueError(f"max_val_users must be >= 0, got {max_val_users}")
+
+    users = interactions["user_id"].to_numpy(np.int64)
+    items = interactions["item_id"].to_numpy(np.int64)
+    ts = interactions["timestamp"].to_numpy(np.int64)
+    # Group by user, time order inside; the row index as last key keeps equal timestamps in row order.
+    order = np.lexsort((np.arange(len(users)), ts, users))
+    users, items = users[order], items[order]
+    item_ids = np.unique(items)
+    dense = np.searchsorted(item_ids, items).astype(np.int64) + 1
+    dense.setflags(write=False)  # every sequence below is a view of this buffer; keep them immutable
+
+    if protocol == "leave-one-out":
+        train_users, start, count = np.unique(users, return_index=True, return_counts=True)
+        end = start + count
+        evaluated = count >= 3
+        # Evaluated users lose their last two rows; slicing by position (not by item value) is what
+        # guarantees a held-out interaction cannot reach training even if its item recurs earlier.
+        train_end = np.where(evaluated, end - 2, end)
+        train_sequences = [dense[a:b] for a, b in zip(start.tolist(), train_end.tolist())]
+        val_users = test_users = train_users[evaluated]
+        ev_start, ev_end = start[evaluated].tolist(), end[evaluated].tolist()
+        val_histories = [dense[a:b - 2] for a, b in zip(ev_start, ev_end)]
+        val_targets = dense[end[evaluated] - 2]
+        test_histories = [dense[a:b - 1] for a, b in zip(ev_start, ev_end)]
+        test_targets = dense[end[evaluated] - 1]
+    else:
+        split = interactions["split"].astype(str).to_numpy()[order]
+        unknown = sorted(set(np.unique(split).tolist()) - set(SPLIT_VALUES))
+        if unknown:
+            raise ValueError(f"ml1m-seq: unknown split value(s) {unknown}; allowed {list(SPLIT_VALUES)}")
+        is_train, is_test = split == "train", split == "test"
+        train_users = np.unique(users[is_train])
+        train_sequences = _runs(dense[is_train], users[is_train], train_users)
+        val_users, val_targets = _one_per_user(users, dense, split == "val", "val")
+        val_seen = is_train | (split == "val_input")
+        val_histories = _runs(dense[val_seen], users[val_seen], val_users)
+        test_users, test_targets = _one_per_user(users, dense, is_test, "test")
+        test_histories = _runs(dense[~is_test], users[~is_test], test_users)
+
+    if max_val_users is not None and max_val_users < len(val_users):
+        keep = np.sort(np.random.default_rng(seed).choice(len(val_users), max_val_users, replace=False))
+        val_users, val_targets = val_users[keep], val_targets[keep]
+        val_histories = [val_histories[i] for i in keep.tolist()]
+
+    return EvalSplits(item_ids=item_ids, n_items=len(item_ids), train_users=train_users,
+                      train_sequences=train_sequences, val_users=val_users, val_histories=val_histories,
+                      val_targets=np.asarray(val_targets, np.int64), test_users=test_users,
+                      test_histories=test_histories, test_targets=np.asarray(test_targets, np.int64),
+                      protocol=protocol)
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+
+def _candidates(n_cols: int, targets: np.ndarray, histories: Sequence[np.ndarray]) -> np.ndarray:
+    """Boolean [b, n_cols]: which columns may be ranked for each user.
+
+    History items are excluded, but the target never is: with repeat consumption the target can sit in
+    the history, and excluding it would make that user unscoreable. The price is a mild bias towards
+    models that re-recommend the past, which only matters on data sets with repeats.
+    """
+    b = len(targets)
+    valid = np.ones((b, n_cols), dtype=bool)
+    lengths = np.fromiter((len(h) for h in histories), dtype=np.int64, count=b)
+    if lengths.sum() > 0:
+        cols = np.concatenate([np.asarray(h, np.int64) for h in histories])
+        if cols.min() < 0 or cols.max() >= n_cols:
+            raise ValueError(f"history item ids must lie in 0..{n_cols - 1}")
+        valid[np.repeat(np.arange(b), lengths), cols] = False
+    valid[:, 0] = False  # padding is never a recommendation
+    valid[np.arange(b), targets] = True
+    return valid
+
+
+def _check_batch(scores: np.ndarray, targets: np.ndarray, histories: Sequence[np.ndarray]) -> None:
+    if scores.ndim != 2 or scores.shape[0] != len(targets) or len(histories) != len(targets):
+        raise ValueError(f"scores {scores.shape}, {len(targets)} targets and {len(histories)} histories "
+                         "must describe the same users ([n_users, n_items + 1] scores)")
+    if len(targets) and (targets.min() < 1 or targets.max() >= scores.shape[1]):
+        raise ValueError(f"targets must be dense item ids in 1..{scores.shape[1] - 1}")
+    if np.isnan(scores).any():  # NaN compares false both ways and would silently rank as "not above"
+        raise ValueError("scores contain NaN")
+
+
+def _full_ranks(scores: np.ndarray, targets: np.ndarray, histories: Sequence[np.ndarray],
+                k_max: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """0-based target ranks, plus each user's top-``k_max`` columns (best first) and their validity."""
+    valid = _candidates(scores.shape[1], targets, histories)
+    rows = np.arange(len(targets))
+    t = scores[rows, targets][:, None]
+    # ">=" (minus the target itself) puts the target after every equal score: a constant model earns 0.
+    rank0 = ((scores >= t) & valid).sum(axis=1) - 1
+    # Excluded columns get NaN keys, which partition/sort put last, so they only surface in a top-K
+    # list when a user has fewer than K candidates; `top_ok` then filters them out.
+    key = np.where(valid, -scores, np.nan)
+    k = min(k_max, scores.shape[1])
+    top = np.argpartition(key, k - 1, axis=1)[:, :k]
+    top = np.take_along_axis(top, np.argsort(np.take_along_axis(key, top, 1), axis=1, kind="stable"), 1)
+    return rank0, top, valid[rows[:, None], top]
+
+
+def _sampled_ranks(scores: np.ndarray, targets: np.ndarray, histories: Sequence[np.ndarray],
+                   user_index: np.ndarray, n_negatives: int, seed: int) -> np.ndarray:
+    """0-based rank of the target among ``n_negatives`` random unseen items (fewer if fewer exist)."""
+    valid = _candidates(scores.shape[1], targets, histories)
+    rows = np.arange(len(targets))
+    valid[rows, targets] = False  # a negative must not be the target itself
+    # One generator per user position keeps the sample independent of batch size.
+    keys = np.stack([np.random.default_rng((seed, int(u))).random(scores.shape[1]) for u in user_index])
+    keys[~valid] = np.inf
+    m = min(n_negatives, scores.shape[1])
+    neg = np.argpartition(keys, m - 1, axis=1)[:, :m]
+    neg_ok = valid[rows[:, None], neg]
+    t = scores[rows, targets][:, None]
+    return ((np.take_along_axis(scores, neg, 1) >= t) & neg_ok).sum(axis=1)
+
+
+class _Totals:
+    """Exact aggregation across batches: sums of per-user values and the union of top-K items."""
+
+    def __init__(self, ks: tuple[int, ...], n_items: int) -> None:
+        self.ks, self.n_items, self.n_users = ks, n_items, 0
+        names = [f"{m}@{k}" for k in ks for m in ("ndcg", "recall")] + ["mrr"]
+        self.sums = dict.fromkeys(names, 0.0)
+        self.seen = {k: np.zeros(n_items + 1, dtype=bool) for k in ks}
+
+    def add(self, rank0: np.ndarray, top: np.ndarray | None = None, top_ok: np.ndarray | None = None) -> None:
+        self.n_users += len(rank0)
+        per_user = {}
+        for k in self.ks:
+            hit = rank0 < k
+            per_user[f"ndcg@{k}"] = np.where(hit, 1.0 / np.log2(rank0 + 2.0), 0.0)
+            per_user[f"recall@{k}"] = hit.astype(np.float64)
+        per_user["mrr"] = 1.0 / (rank0 + 1.0)
+        for name, values in per_user.items():
+            self.sums[name] += float(values.sum())
+        if top is not None and top_ok is not None:
+            for k in self.ks:
+                self.seen[k][top[:, :k][top_ok[:, :k]]] = True
+
+    def result(self, prefix: str = "", coverage: bool = True) -> dict[str, float]:
+        # No users gives NaN rather than 0 so an empty evaluation cannot pass for a bad model.
+        out = {prefix + name: (total / self.n_users if self.n_users else float("nan"))
+               for name, total in self.sums.items()}
+        if coverage:
+            for k in self.ks:
+                out[f"{prefix}coverage@{k}"] = float(self.seen[k].sum()) / max(self.n_items, 1)
+        out[prefix + "n_users"] = float(self.n_users)
+        return out
+
+
+def _check_ks(ks: Sequence[int]) -> tuple[int, ...]:
+    if not ks or any(int(k) != k or k < 1 for k in ks):
+        raise ValueError(f"ks must be positive integers, got {ks!r}")
+    return tuple(sorted({int(k) for k in ks}))
+
+
+def rank_metrics(scores: np.ndarray, targets: Sequence[int] | np.ndarray,
+                 histories: Sequence[np.ndarray], ks: Sequence[int] = (10,)) -> dict[str, float]:
+    """Full-ranking NDCG@K, Recall@K (= HR@K), MRR and coverage@K for one chunk of users.
+
+    ``scores`` is [n_users, n_items + 1] with column 0 = padding; history items are excluded from
+    ranking (the target never is), and ties count against the target.
+    """
+    ks = _check_ks(ks)
+    scores, targets = np.asarray(scores), np.asarray(targets, dtype=np.int64)
+    _check_batch(scores, targets, histories)
+    totals = _Totals(ks, scores.shape[1] - 1)
+    totals.add(*_full_ranks(scores, targets, histories, ks[-1]))
+    return totals.result()
+
+
+def evaluate(score_fn: ScoreFn, histories: Sequence[np.ndarray], targets: Sequence[int] | np.ndarray,
+             n_items: int, *, ks: Sequence[int] = (10,), batch_size: int = 256, protocol: str = "full",
+             n_negatives: int = 100, seed: int = 0) -> dict[str, float]:
+    """Stream users through ``score_fn`` in batches (memory ~ batch_size x n_items) and aggregate exactly.
+
+    ``protocol="full"`` ranks against the whole catalogue; ``"sampled"`` ranks against ``n_negatives``
+    seeded random unseen items and prefixes every key with ``sampled_`` (no coverage: it is undefined).
+    """
+    ks = _check_ks(ks)
+    if protocol not in ("full", "sampled"):
+        raise ValueError(f"unknown evaluation protocol {protocol!r}; expected 'full' or 'sampled'")
+    if batch_size < 1 or n_negatives < 1:
+        raise ValueError("batch_size and n_negatives must be >= 1")
+    targets = np.asarray(targets, dtype=np.int64)
+    if len(targets) != len(histories):
+        raise ValueError(f"{len(targets)} targets but {len(histories)} histories")
+    totals = _Totals(ks, n_items)
+    for lo in range(0, len(targets), batch_size):
+        batch_hist, batch_targets = list(histories[lo:lo + batch_size]), targets[lo:lo + batch_size]
+        scores = np.asarray(score_fn(batch_hist))
+        if scores.shape != (len(batch_hist), n_items + 1):
+            raise ValueError(f"score_fn returned shape {scores.shape}, expected "
+                             f"({len(batch_hist)}, {n_items + 1})")
+        _check_batch(scores, batch_targets, batch_hist)
+        if protocol == "full":
+            totals.add(*_full_ranks(scores, batch_targets, batch_hist, ks[-1]))
+        else:
+            index = np.arange(lo, lo + len(batch_targets))
+            totals.add(_sampled_ranks(scores, batch_targets, batch_hist, index, n_negatives, seed))
+    if protocol == "full":
+        return totals.result()
+    return totals.result(prefix="sampled_", coverage=False)

@@ -1,0 +1,112 @@
+"""Next-item losses shared by the sequential model families (SASRec, BERT4Rec-style, ...).
+
+Every function takes the encoder's output at the positions that carry a target (``hidden``: [T, D], padding
+already dropped), the targets (``targets``: [T], ids 1..n_items) and the tied item-embedding matrix
+(``item_weight``: [n_items + 1, D], row 0 = padding, never a candidate). None of them gathers a
+[T, negatives, D] tensor: negatives are shared by the whole batch, so each loss is one matrix product
+[T, D] x [D, candidates], which is what keeps them affordable on CPUs (the per-position gather of the
+official gSASRec port needed 10 GB and 5 minutes per ML-1M epoch here).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+class _ChunkedSoftmaxCE(torch.autograd.Function):
+    """Mean softmax cross-entropy of ``h @ w.T`` against ``t``, fused with its gradient.
+
+    The loss is a scalar, so its gradient is known up to the incoming scale while the logits are still
+    at hand: each chunk of rows computes logits, log-sum-exp, softmax - onehot and both gradient products,
+    then drops its logits. Peak memory is [chunk, n_items] instead of [T, n_items] three times over
+    (logits, log-softmax, its gradient), and every elementwise pass stays in cache. Measured on 2 cores
+    (T = 14k, 3.4k items, dim 64): 0.32 s vs 0.43-0.70 s for ``F.cross_entropy`` forward + backward.
+    """
+
+    @staticmethod
+    def forward(ctx, h, w, t, chunk: int):
+        need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        hf, wf = h.float(), w.float()
+        gh, gw = torch.empty_like(hf), torch.zeros_like(wf)
+        total = hf.new_zeros(())
+        for i in range(0, len(hf), chunk):
+            hc, tc = hf[i:i + chunk], t[i:i + chunk]
+            z = hc @ wf.T
+            lse = z.logsumexp(1, keepdim=True)
+            total += (lse.squeeze(1) - z.gather(1, tc[:, None]).squeeze(1)).sum()
+            if need_grad:
+                p = z.sub_(lse).exp_()  # softmax, in place
+                p[torch.arange(len(tc), device=p.device), tc] -= 1
+                torch.mm(p, wf, out=gh[i:i + chunk])
+                gw.addmm_(p.T, hc)
+        ctx.save_for_backward(gh.to(h.dtype), gw.to(w.dtype))
+        ctx.n = max(len(hf), 1)
+        return total / ctx.n
+
+    @staticmethod
+    def backward(ctx, g):
+        gh, gw = ctx.saved_tensors
+        s = g / ctx.n
+        return gh * s, gw * s, None, None
+
+
+def full_softmax_ce(hidden: torch.Tensor, targets: torch.Tensor, item_weight: torch.Tensor,
+                    chunk: int = 1024) -> torch.Tensor:
+    """Cross-entropy over the whole catalogue (Klenitskiy & Vasilev 2023: far above BCE for SASRec).
+
+    Compute is one [T, D] x [D, n_items] product (x3 with the gradient); memory only [chunk, n_items].
+    """
+    return _ChunkedSoftmaxCE.apply(hidden, item_weight[1:], targets - 1, chunk)  # row 0 = padding
+
+
+def uniform_negatives(n: int, n_items: int, device: torch.device | str = "cpu",
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+    """``n`` item ids drawn uniformly from 1..n_items (with replacement).
+
+    Uniform sampling makes every item's log-probability of being sampled the same constant, so the
+    logQ correction of sampled softmax cancels out and is not applied.
+    """
+    return torch.randint(1, n_items + 1, (n,), device=device, generator=generator)
+
+
+def _candidate_logits(hidden, targets, item_weight, negatives):
+    """[T, 1 + K] logits: column 0 the target, then K negatives shared by all rows; a negative that is
+    the row's own target is masked to -inf (it would otherwise push the target down)."""
+    pos = (hidden * item_weight[targets]).sum(-1, keepdim=True)
+    neg = hidden @ item_weight[negatives].T
+    neg = neg.masked_fill(negatives.unsqueeze(0) == targets.unsqueeze(1), float("-inf"))
+    return torch.cat([pos, neg], dim=1).float()
+
+
+def sampled_softmax(hidden: torch.Tensor, targets: torch.Tensor, item_weight: torch.Tensor,
+                    negatives: torch.Tensor) -> torch.Tensor:
+    """Softmax cross-entropy over the target and K uniform negatives (K in the thousands is cheap here)."""
+    logits = _candidate_logits(hidden, targets, item_weight, negatives)
+    return F.cross_entropy(logits, torch.zeros_like(targets))
+
+
+def gbce(hidden: torch.Tensor, targets: torch.Tensor, item_weight: torch.Tensor, negatives: torch.Tensor,
+         n_items: int, t: float = 0.75) -> torch.Tensor:
+    """Generalised BCE of gSASRec (Petrov & Macdonald 2023): the positive's probability is raised to
+    beta = alpha (t (1 - 1/alpha) + 1/alpha), alpha = K / (n_items - 1), which undoes the overconfidence
+    that negative sampling causes; t = 0 is plain BCE, t = 1 full calibration."""
+    logits = _candidate_logits(hidden, targets, item_weight, negatives)
+    k = negatives.numel()
+    alpha = k / max(n_items - 1, 1)
+    beta = alpha * (t * (1.0 - 1.0 / alpha) + 1.0 / alpha)
+    # log(sigma(s)^beta / (1 - sigma(s)^beta)) computed stably in log space:
+    # log sigma(s)^beta = beta * logsigmoid(s);  logit(p) = log p - log1p(-p).
+    log_p = beta * F.logsigmoid(logits[:, :1].double())
+    pos = (log_p - torch.log(-torch.expm1(log_p).clamp_min(1e-30))).float()
+    neg_loss = F.softplus(logits[:, 1:])  # -log(1 - sigma(neg)); masked -inf entries give exactly 0
+    # mean over all 1 + K binary terms, as in the paper's BCEWithLogits
+    return (F.softplus(-pos).sum() + neg_loss.sum()) / logits.numel()
+
+
+def bce_one_negative(hidden: torch.Tensor, targets: torch.Tensor, item_weight: torch.Tensor,
+                     negatives: torch.Tensor) -> torch.Tensor:
+    """Original SASRec loss: binary cross-entropy of the target against ONE negative per position
+    (``negatives``: [T], e.g. from :func:`uniform_negatives`)."""
+    pos = (hidden * item_weight[targets]).sum(-1).float()
+    neg = (hidden * item_weight[negatives]).sum(-1).float()
+    return (F.softplus(-pos) + F.softplus(neg)).mean()

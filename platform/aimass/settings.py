@@ -1,0 +1,73 @@
+"""Typed settings: parsed once at an entry point (CLI, SDK call without explicit settings, a server's
+start-up) and passed down. This is the only module that reads AIMASS_* environment variables.
+
+The defaults are the embedded default of docs/architecture: one home folder holds the catalog, the data
+registry and its DVC remote; each piece is swapped for its scale-out counterpart by setting a URL.
+"""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="AIMASS_", extra="forbid", frozen=True)
+
+    home: Path = Field(Path(".aimass"), description="Folder holding all embedded state.")
+    catalog_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in home.")
+    data_registry: str | None = Field(
+        None, description="Path or git URL of the git+DVC data registry; default home/data-registry."
+    )
+    dvc_remote: str | None = Field(
+        None, description="DVC remote URL (a folder, s3://..., gs://...); default home/dvc-remote."
+    )
+    mlflow_tracking_uri: str | None = Field(None, description="Default SQLite store in home.")
+    ray_address: str | None = Field(None, description="Existing Ray cluster; default a local one.")
+    host: str = Field("127.0.0.1", description="Address every embedded listener binds to.")
+
+    @field_validator("home")
+    @classmethod
+    def _absolute_home(cls, v: Path) -> Path:
+        # Resolved once, so a later chdir cannot move the state.
+        return v.expanduser().resolve()
+
+    @property
+    def catalog(self) -> str:
+        return self.catalog_url or f"sqlite:///{self.home / 'catalog.db'}"
+
+    @property
+    def registry_path(self) -> Path:
+        """Working copy of the data registry: the registry itself when it is local, else a clone."""
+        if self.data_registry and not _is_url(self.data_registry):
+            return Path(self.data_registry).expanduser().resolve()
+        return self.home / "data-registry"
+
+    @property
+    def registry_origin(self) -> str | None:
+        """The git URL to clone the registry from, when it lives elsewhere."""
+        return self.data_registry if self.data_registry and _is_url(self.data_registry) else None
+
+    @property
+    def remote(self) -> str:
+        return self.dvc_remote or str(self.home / "dvc-remote")
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"sqlite:///{self.home / 'mlflow.db'}"
+
+    @property
+    def locks(self) -> Path:
+        return self.home / "locks"
+
+
+def _is_url(s: str) -> bool:
+    return "://" in s or s.startswith("git@")
+
+
+@functools.cache
+def default_settings() -> Settings:
+    """The settings of a process that was given none: read from the environment once."""
+    return Settings()

@@ -1,0 +1,73 @@
+"""The CLI end to end, as a user runs it: the installed `aimass` entry point in a subprocess."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+AIMASS = shutil.which("aimass") or str(Path(os.sys.executable).with_name("aimass"))
+
+
+def run(home: Path, *args: str, ok: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "AIMASS_HOME": str(home)}
+    res = subprocess.run([AIMASS, *args], capture_output=True, text=True, env=env, cwd=home.parent)
+    if ok:
+        assert res.returncode == 0, res.stderr
+    return res
+
+
+def test_generate_register_show_versions_pull(tmp_path):
+    home = tmp_path / "home"
+    out = json.loads(run(home, "datasets", "generate-demo", str(tmp_path / "demo"), "--users", "40",
+                         "--tracks", "100", "--json").stdout)
+    reg = json.loads(run(home, "datasets", "register", "demo", out["interactions"], "--format", "csv",
+                         "--items", out["items"], "--json").stdout)
+    assert reg["ref"] == "demo@v1" and reg["n_users"] == 40 and reg["has_items_table"]
+    shown = json.loads(run(home, "datasets", "show", "demo@v1", "--json").stdout)
+    assert shown["content_hash"] == reg["content_hash"]
+    assert [v["version"] for v in json.loads(run(home, "datasets", "versions", "demo", "--json").stdout)] == [1]
+    assert [d["ref"] for d in json.loads(run(home, "datasets", "list", "--json").stdout)] == ["demo@v1"]
+    pulled = json.loads(run(home, "datasets", "pull", "demo", "--out", str(tmp_path / "x"), "--json").stdout)
+    assert pulled["files"] == ["interactions.parquet", "items.parquet", "meta.json"]
+    human = run(home, "datasets", "list").stdout
+    assert "demo@v1" in human and "N_USERS" in human
+
+
+@pytest.mark.parametrize("args,code,message", [
+    (("datasets", "register", "x", "/nonexistent/file.csv", "--format", "csv"), 2, "path does not exist"),
+    (("datasets", "register", "x", "/etc/hostname", "--format", "nope"), 2, "unknown format 'nope'"),
+    (("datasets", "register", "../x", "/etc/hostname", "--format", "csv"), 2, "invalid dataset name"),
+    (("datasets", "show", "ghost@v3"), 3, "no dataset named 'ghost'"),
+    (("datasets", "generate-demo", "/tmp/x", "--users", "0"), 2, "invalid demo size: users"),
+])
+def test_errors_are_one_clear_line_and_non_zero(tmp_path, args, code, message):
+    res = run(tmp_path / "home", *args, ok=False)
+    assert res.returncode == code
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], res.stderr
+    assert not (tmp_path / "home" / "data-registry").exists()
+
+
+def test_doctor_reports_every_component(tmp_path):
+    home = tmp_path / "home"
+    rep = json.loads(run(home, "doctor", "--json").stdout)
+    assert [c["component"] for c in rep] == ["catalog", "data registry", "dvc remote", "mlflow store", "ray"]
+    assert {c["status"] for c in rep} <= {"ok", "absent"}
+    assert all(c["version"] and c["location"] for c in rep)
+
+
+@pytest.mark.data
+def test_real_datasets_counts_via_cli(tmp_path, shared_data):
+    home = tmp_path / "home"
+    ml = json.loads(run(home, "datasets", "register", "ml1m", str(shared_data / "ml-1m-seq"), "--format",
+                        "ml1m-seq", "--json").stdout)
+    assert (ml["n_users"], ml["n_items"]) == (6040, 3416)
+    fm = json.loads(run(home, "datasets", "register", "lastfm", str(shared_data / "lastfm-2k"), "--format",
+                        "lastfm", "--json").stdout)
+    assert (fm["n_users"], fm["n_items"]) == (1892, 17632)
+    rep = {c["component"]: c for c in json.loads(run(home, "doctor", "--json").stdout)}
+    assert rep["data registry"]["status"] == "ok" and rep["data registry"]["detail"] == "2 tagged versions"

@@ -1,0 +1,134 @@
+"""Versioning, idempotence, bad input and remote pulls, against real git, real DVC and real SQLite."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from aimass import datasets
+from aimass.errors import ConflictError, InvalidInputError, NotFoundError
+from aimass.settings import Settings
+from tests.conftest import state_of
+
+
+def _csv(path: Path, n_users: int = 4, extra: dict | None = None) -> Path:
+    rows = [(u, i, 1_700_000_000 + 10 * u + i) for u in range(1, n_users + 1) for i in range(1, 4)]
+    df = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"])
+    for k, v in (extra or {}).items():
+        df[k] = v
+    df.to_csv(path, index=False)
+    return path
+
+
+def test_identical_content_is_idempotent_and_changes_bump(settings, tmp_path):
+    src = _csv(tmp_path / "a.csv")
+    v1 = datasets.register("plays", src, "csv", settings=settings)
+    before = state_of(settings)
+    again = datasets.register("plays", src, "csv", settings=settings)
+    assert (again.version, again.id, again.content_hash) == (1, v1.id, v1.content_hash)
+    assert state_of(settings) == before  # nothing new in catalog, git or remote
+    v2 = datasets.register("plays", _csv(tmp_path / "b.csv", n_users=5), "csv", settings=settings)
+    assert v2.version == 2 and v2.content_hash != v1.content_hash
+    assert datasets.get("plays", settings=settings).version == 2  # no version means the latest
+    assert datasets.get("plays@v1", settings=settings).n_users == 4
+    assert [v.version for v in datasets.versions("plays", settings=settings)] == [1, 2]
+    assert [d.ref for d in datasets.list(settings=settings)] == ["plays@v2"]
+    # re-registering v1's content after v2 returns v1, it does not make v3
+    assert datasets.register("plays", src, "csv", settings=settings).version == 1
+    tags = subprocess.run(["git", "-C", str(settings.registry_path), "tag"], capture_output=True, text=True)
+    assert tags.stdout.split() == ["plays/v1", "plays/v2"]
+
+
+def _write(tmp_path: Path, name: str, text: str) -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+BAD = {
+    "missing path": lambda t: ("x", t / "nope.csv", "csv", "does not exist"),
+    "unknown format": lambda t: ("x", _csv(t / "f.csv"), "xlsx", "unknown format 'xlsx'"),
+    "malformed line": lambda t: ("x", _write(t, "s.txt", "1 2\n3\n"), "sasrec", "s.txt:2: expected 2 fields"),
+    "non-integer ids (sasrec)": lambda t: ("x", _write(t, "n.txt", "1 2\nu3 4\n"), "sasrec", "must be integers"),
+    "non-integer ids (csv)": lambda t: ("x", _write(t, "n.csv", "user_id,item_id,timestamp\n1,a,3\n"), "csv",
+                                        "item_id must hold integers, found 'a'"),
+    "empty file": lambda t: ("x", _write(t, "e.csv", ""), "csv", "empty"),
+    "header only": lambda t: ("x", _write(t, "h.csv", "user_id,item_id,timestamp\n"), "csv", "no rows"),
+    "missing column": lambda t: ("x", _write(t, "m.csv", "user_id,item_id\n1,2\n"), "csv", "missing column"),
+    "path separator in name": lambda t: ("a/b", _csv(t / "f.csv"), "csv", "invalid dataset name"),
+    "dot-dot name": lambda t: ("..", _csv(t / "f.csv"), "csv", "invalid dataset name"),
+    "shell characters in name": lambda t: ("x;rm -rf", _csv(t / "f.csv"), "csv", "invalid dataset name"),
+    "space in name": lambda t: ("my data", _csv(t / "f.csv"), "csv", "invalid dataset name"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_is_refused_and_changes_nothing(settings, tmp_path, case):
+    datasets.register("base", _csv(tmp_path / "base.csv"), "csv", settings=settings)
+    before = state_of(settings)
+    name, path, fmt, message = BAD[case](tmp_path)
+    with pytest.raises(InvalidInputError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        datasets.register(name, path, fmt, settings=settings)
+    assert state_of(settings) == before
+
+
+def test_incompatible_schema_is_refused(settings, tmp_path):
+    datasets.register("plays", _csv(tmp_path / "a.csv"), "csv", settings=settings)
+    before = state_of(settings)
+    with pytest.raises(ConflictError, match="has schema interactions\\(user_id, item_id, timestamp\\)"):
+        datasets.register("plays", _csv(tmp_path / "b.csv", extra={"value": 1.0}), "csv", settings=settings)
+    assert state_of(settings) == before
+
+
+def test_unknown_dataset_and_version(settings, tmp_path):
+    with pytest.raises(NotFoundError, match="no dataset named 'ghost'"):
+        datasets.get("ghost", settings=settings)
+    datasets.register("plays", _csv(tmp_path / "a.csv"), "csv", settings=settings)
+    before = state_of(settings)
+    with pytest.raises(NotFoundError, match="has no version 9 \\(latest is v1\\)"):
+        datasets.load("plays@v9", settings=settings)
+    with pytest.raises(InvalidInputError, match="invalid dataset reference"):
+        datasets.get("plays@v1@v2", settings=settings)
+    assert state_of(settings) == before
+
+
+def test_failure_inside_the_registry_rolls_back(settings, tmp_path):
+    """A DVC push that fails (the remote is a file, not a folder) leaves no tag, commit or catalog row."""
+    datasets.register("plays", _csv(tmp_path / "a.csv"), "csv", settings=settings)
+    before = state_of(settings)
+    remote = Path(settings.remote)
+    shutil.move(remote, tmp_path / "remote-moved")
+    remote.write_text("not a folder")
+    try:
+        with pytest.raises(Exception, match="failed and was undone"):
+            datasets.register("plays", _csv(tmp_path / "b.csv", n_users=6), "csv", settings=settings)
+    finally:
+        remote.unlink()
+        shutil.move(tmp_path / "remote-moved", remote)
+    assert state_of(settings) == before
+
+
+@pytest.mark.integration
+def test_fresh_clone_with_empty_cache_pulls_from_the_remote(settings, tmp_path):
+    src = _csv(tmp_path / "a.csv")
+    v = datasets.register("plays", src, "csv", settings=settings)
+    datasets.register("plays", _csv(tmp_path / "b.csv", n_users=7), "csv", settings=settings)
+    # Only the remote keeps the files now: drop the registry's cache and working copies.
+    shutil.rmtree(settings.registry_path / ".dvc" / "cache")
+    shutil.rmtree(settings.registry_path / "datasets" / "plays")
+    # Another machine: its own home, the shared catalog, the registry by git URL.
+    other = Settings(home=tmp_path / "other", catalog_url=settings.catalog,
+                     data_registry=f"file://{settings.registry_path}")
+    ds = datasets.load("plays@v1", settings=other)
+    clone = other.registry_path
+    assert (clone / ".git").is_dir() and clone != settings.registry_path
+    assert not (clone / ".dvc" / "cache").exists() or not any((clone / ".dvc" / "cache").rglob("*.parquet"))
+    expected = pd.read_csv(src).sort_values("timestamp").reset_index(drop=True)
+    pd.testing.assert_frame_equal(ds.interactions, expected, check_dtype=False)
+    assert ds.info.content_hash == v.content_hash
+    assert datasets.load("plays", settings=other).info.n_users == 7
+    out = datasets.pull("plays@v1", tmp_path / "export", settings=other)
+    assert sorted(p.name for p in out.iterdir()) == [".complete", "interactions.parquet", "meta.json"]
