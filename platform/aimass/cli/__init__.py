@@ -10,12 +10,15 @@ from aimass.cli._common import state
 from aimass.cli.datasets import app as datasets_app
 from aimass.cli.doctor import doctor
 from aimass.cli.quickstart import quickstart
+from aimass.cli.train import runs_app, train
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="aimass: model-as-a-service for recommendation and search models.")
 app.add_typer(datasets_app, name="datasets", help="Register, list and load dataset versions (DVC).")
 app.command()(doctor)
 app.command()(quickstart)
+app.command()(train)
+app.add_typer(runs_app, name="runs", help="Training runs tracked in MLflow.")
 
 
 @app.callback()

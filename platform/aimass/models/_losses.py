@@ -32,10 +32,13 @@ class _ChunkedSoftmaxCE(torch.autograd.Function):
         for i in range(0, len(hf), chunk):
             hc, tc = hf[i:i + chunk], t[i:i + chunk]
             z = hc @ wf.T
-            lse = z.logsumexp(1, keepdim=True)
-            total += (lse.squeeze(1) - z.gather(1, tc[:, None]).squeeze(1)).sum()
+            target = z.gather(1, tc[:, None])
+            m = z.amax(1, keepdim=True)
+            e = z.sub_(m).exp_()  # one exp pass serves both the log-sum-exp and the softmax
+            s = e.sum(1, keepdim=True)
+            total += (m + s.log() - target).sum()
             if need_grad:
-                p = z.sub_(lse).exp_()  # softmax, in place
+                p = e.div_(s)
                 p[torch.arange(len(tc), device=p.device), tc] -= 1
                 torch.mm(p, wf, out=gh[i:i + chunk])
                 gw.addmm_(p.T, hc)

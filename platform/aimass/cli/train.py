@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import json
+
+import typer
+
+from aimass.cli._common import JSON, emit, rows, state
+
+runs_app = typer.Typer(no_args_is_help=True)
+
+
+def _parse_params(pairs: list[str]) -> dict:
+    from aimass.errors import InvalidInputError
+
+    out = {}
+    for p in pairs or []:
+        key, sep, raw = p.partition("=")
+        if not sep or not key:
+            raise InvalidInputError(f"--param wants key=value, got {p!r}")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
+
+
+def train(
+    family: str = typer.Argument(None, help="popularity, itemknn, sasrec, two-tower"),
+    dataset: str = typer.Option(None, "--dataset", "-d", help="NAME or NAME@vN"),
+    workers: int = typer.Option(1, "--workers", "-w", help="Ray Train workers"),
+    gpu: bool = typer.Option(False, "--gpu", help="One GPU per worker"),
+    epochs: int = typer.Option(None, "--epochs", help="Override the family's epochs"),
+    time_budget: float = typer.Option(None, "--time-budget", help="Minutes of training at most"),
+    param: list[str] = typer.Option(None, "--param", "-p", help="key=value (JSON values), repeatable"),
+    resume: str = typer.Option(None, "--resume", help="RUN_ID of a stopped job to continue"),
+    as_json: bool = JSON,
+):
+    """Train a model family on a dataset version with Ray Train, tracked in MLflow."""
+    from aimass import training
+    from aimass.errors import InvalidInputError
+
+    if resume:
+        r = training.resume(resume, epochs=epochs, time_budget_min=time_budget, progress=not as_json,
+                            settings=state.settings)
+    else:
+        if not family or not dataset:
+            raise InvalidInputError("give FAMILY and --dataset NAME[@vN] (or --resume RUN_ID)")
+        r = training.train(family, dataset, _parse_params(param), workers=workers, gpu=gpu, epochs=epochs,
+                           time_budget_min=time_budget, progress=not as_json, settings=state.settings)
+    out = {"run_id": r.run_id, "family": r.family, "dataset": r.dataset, "epochs": r.epochs,
+           "best_epoch": r.best_epoch, "wall_time_s": round(r.wall_time_s, 1),
+           "samples_per_s": round(r.samples_per_s, 1), "model_uri": r.model_uri, "metrics": r.metrics,
+           "tracking_uri": state.settings.tracking_uri}
+    emit(out, as_json, [f"{k:>14}: {v}" for k, v in out.items() if k != "metrics"]
+         + [f"{k:>14}: {v:.4f}" for k, v in r.metrics.items()])
+
+
+@runs_app.command("list")
+def list_(as_json: bool = JSON):
+    """Training runs, newest first."""
+    from aimass import runs
+
+    rs = runs.list_runs(settings=state.settings)
+    emit(rs, as_json, rows(rs, ["run_id", "status", "family", "dataset", "val_ndcg_at_10", "test_ndcg_at_10"]))
+
+
+@runs_app.command()
+def show(run_id: str, as_json: bool = JSON):
+    """One run: params, metrics, tags, per-epoch history and logged models."""
+    from aimass import runs
+
+    emit(runs.show(run_id, settings=state.settings), as_json)

@@ -1,0 +1,43 @@
+"""The model zoo: one self-contained module per family. Families share only losses (_losses), metrics
+(aimass.evaluation) and this registry.
+
+Every family is an estimator in scikit-learn's style (``__init__`` stores params, ``fit`` returns self,
+learned state ends in ``_``) with ``score(histories) -> [n, n_items+1]``, ``save``/``load`` (no pickle), and
+the hooks a distributed job drives:
+- count families (``is_torch = False``): ``resolve_config``, ``sufficient_stats`` (additive over shards of
+  users), ``adopt_stats``;
+- neural families (``is_torch = True``): ``resolve_config``, ``build_module``, ``training_data``,
+  ``make_optimizer``, ``train_step``, ``score_module``, ``adopt``.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+
+_FAMILIES = {
+    "popularity": "aimass.models.popularity:Popularity",
+    "itemknn": "aimass.models.item_knn:ItemKNN",
+    "sasrec": "aimass.models.sasrec:SASRec",
+    "two-tower": "aimass.models.two_tower:TwoTower",
+}
+
+
+def families() -> list[str]:
+    return list(_FAMILIES)
+
+
+def family_class(name: str):
+    from aimass.errors import InvalidInputError
+
+    if name not in _FAMILIES:
+        raise InvalidInputError(f"unknown model family {name!r}; known families: {', '.join(_FAMILIES)}")
+    module, cls = _FAMILIES[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def load_estimator(path: str | Path, family: str | None = None):
+    """A fitted estimator from a folder written by its ``save``."""
+    if family is None:
+        family = json.loads((Path(path) / "config.json").read_text())["family"]
+    return family_class(family).load(path)

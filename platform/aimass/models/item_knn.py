@@ -1,0 +1,134 @@
+"""Item-kNN: items are similar when they follow each other closely in users' sequences.
+
+Co-occurrences are counted within a window of following positions, weighted by 1/distance, so the model is
+sequence-aware (what comes next) rather than only basket-aware. Similarity is normalised by the two items'
+popularity, pruned to the top `neighbors` per item, and a user is scored from the last `history_items`
+items with a recency decay. All statistics are sparse and additive over users, so a distributed job sums
+shards; memory grows with n_items * window, not n_items squared.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ItemKNNConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    window: int = Field(10, ge=1, le=500, description="Following positions that count as co-occurring")
+    neighbors: int = Field(100, ge=1, le=10_000, description="Similar items kept per item")
+    alpha: float = Field(0.5, ge=0, le=1, description="Popularity normalisation: c_ij / (n_i^a * n_j^(1-a))")
+    symmetric: float = Field(0.2, ge=0, le=1, description="Weight of the backward direction (j before i)")
+    history_items: int = Field(20, ge=1, description="Most recent history items that vote")
+    decay: float = Field(0.8, gt=0, le=1, description="Vote weight multiplier per step back in history")
+    seed: int = 0
+
+
+class ItemKNN:
+    family = "itemknn"
+    Config = ItemKNNConfig
+    is_torch = False
+
+    def __init__(self, **params):
+        self.params = params
+
+    def get_params(self, deep: bool = True) -> dict:
+        return dict(self.params)
+
+    def resolve_config(self, n_items: int, sequence_lengths) -> ItemKNNConfig:
+        return ItemKNNConfig(**self.params)
+
+    def sufficient_stats(self, sequences: list[np.ndarray], cfg: ItemKNNConfig, n_items: int) -> dict:
+        counts = np.zeros(n_items + 1)
+        rows, cols, vals = [], [], []
+        for s in sequences:
+            s = np.asarray(s)
+            np.add.at(counts, s, 1.0)
+            for d in range(1, min(cfg.window, len(s) - 1) + 1):
+                rows.append(s[:-d])
+                cols.append(s[d:])
+                vals.append(np.full(len(s) - d, 1.0 / d))
+        n = n_items + 1
+        if rows:
+            co = sp.coo_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                               shape=(n, n)).tocsr()
+        else:
+            co = sp.csr_matrix((n, n))
+        co.sum_duplicates()
+        return {"counts": counts, "co": co}
+
+    def adopt_stats(self, stats: dict, cfg: ItemKNNConfig, n_items: int) -> ItemKNN:
+        co = sp.csr_matrix(stats["co"], dtype=np.float64)
+        sim = co + cfg.symmetric * co.T
+        n = np.maximum(np.asarray(stats["counts"], dtype=np.float64), 1.0)
+        sim = sp.diags(n ** -cfg.alpha) @ sim @ sp.diags(n ** -(1 - cfg.alpha))
+        sim = sim.tocsr()
+        sim.setdiag(0)
+        sim.eliminate_zeros()
+        self.similarity_ = _top_k_rows(sim, cfg.neighbors).astype(np.float32)
+        self.popularity_ = np.log1p(np.asarray(stats["counts"], dtype=np.float32))
+        self.config_, self.n_items_ = cfg, n_items
+        return self
+
+    def fit(self, sequences: list[np.ndarray], n_items: int, *, valid=None, item_features=None,
+            progress: bool = False) -> ItemKNN:
+        cfg = self.resolve_config(n_items, [len(s) for s in sequences])
+        return self.adopt_stats(self.sufficient_stats(sequences, cfg, n_items), cfg, n_items)
+
+    def score(self, histories: list[np.ndarray]) -> np.ndarray:
+        cfg, n = self.config_, self.n_items_ + 1
+        rows, cols, vals = [], [], []
+        for r, h in enumerate(histories):
+            h = np.asarray(h)[-cfg.history_items:]
+            h = h[(h > 0) & (h < n)]
+            rows.append(np.full(len(h), r))
+            cols.append(h)
+            vals.append(cfg.decay ** np.arange(len(h))[::-1])
+        votes = sp.csr_matrix((np.concatenate(vals) if vals else [], (np.concatenate(rows) if rows else [],
+                               np.concatenate(cols) if cols else [])), shape=(len(histories), n))
+        scores = np.asarray((votes @ self.similarity_).todense(), dtype=np.float32)
+        # a tiny popularity prior breaks ties among items no neighbour voted for
+        scores += 1e-6 * self.popularity_ / max(float(self.popularity_.max()), 1.0)
+        scores[:, 0] = -np.inf
+        return scores
+
+    def save(self, path: str | Path) -> None:
+        p = Path(path)
+        p.mkdir(parents=True, exist_ok=True)
+        (p / "config.json").write_text(json.dumps({"family": self.family, "n_items": self.n_items_,
+                                                   "config": self.config_.model_dump()}))
+        s = self.similarity_.tocsr()
+        np.savez(p / "similarity.npz", data=s.data, indices=s.indices, indptr=s.indptr,
+                 shape=np.asarray(s.shape), popularity=self.popularity_)
+
+    @classmethod
+    def load(cls, path: str | Path) -> ItemKNN:
+        p = Path(path)
+        meta = json.loads((p / "config.json").read_text())
+        z = np.load(p / "similarity.npz", allow_pickle=False)
+        est = cls(**meta["config"])
+        est.config_, est.n_items_ = ItemKNNConfig(**meta["config"]), meta["n_items"]
+        est.similarity_ = sp.csr_matrix((z["data"], z["indices"], z["indptr"]), shape=tuple(z["shape"]))
+        est.popularity_ = z["popularity"]
+        return est
+
+
+def _top_k_rows(m: sp.csr_matrix, k: int) -> sp.csr_matrix:
+    """Keep each row's k largest entries (a row at a time keeps memory at O(nnz))."""
+    m = m.tocsr()
+    keep_data, keep_idx, indptr = [], [], [0]
+    for r in range(m.shape[0]):
+        a, b = m.indptr[r], m.indptr[r + 1]
+        data, idx = m.data[a:b], m.indices[a:b]
+        if len(data) > k:
+            top = np.argpartition(-data, k - 1)[:k]
+            data, idx = data[top], idx[top]
+        keep_data.append(data)
+        keep_idx.append(idx)
+        indptr.append(indptr[-1] + len(data))
+    return sp.csr_matrix((np.concatenate(keep_data), np.concatenate(keep_idx), np.asarray(indptr)),
+                         shape=m.shape)

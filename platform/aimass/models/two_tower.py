@@ -1,0 +1,387 @@
+"""Two-tower retrieval: a user (sequence) tower pools the user's recent items into one vector, an item tower
+maps each item to a vector, score = dot product, so serving is one matrix product / a nearest-neighbour index.
+One self-contained family: config, network, data, loss, training step, scoring and an estimator.
+
+Item tower: an item-id embedding plus, when ``item_features`` ([n_items + 1, F], e.g. MiniLM text vectors from
+``aimass.models.text``) are given, a learned projection of those frozen features, so an item never seen in
+training still gets a content vector. The user tower reads its history through the same item tower (a cold
+item in a history counts by its content too).
+
+User tower (``pool="attention"``, the default): one attention pool over the last ``max_len`` items with
+recency (position-from-the-end) embeddings and a query built from the most recent item, then a residual MLP.
+Mean pooling (YouTube-DNN style) treats the last item like one watched months ago; next-item data is
+dominated by recency, and the attention pool can learn that at O(L * D) cost (no L^2 self-attention).
+
+The estimator's uniform hooks (``resolve_config``, ``build_module``, ``training_data``, ``make_optimizer``,
+``train_step``, ``score_module``, ``adopt``) are what a distributed loop (Ray Train DDP) drives; ``fit`` is
+built from the very same hooks. The loss always goes through ``module(...)`` (``forward``), so DDP's
+gradient hooks fire. Item ids are dense 1..n_items, 0 = padding; histories are left-padded.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from aimass.models import _losses
+
+# "auto" uses the full softmax up to this catalogue size: each step then runs the item tower over the whole
+# catalogue and a [batch, n_items] logits product; above it, 1024 shared uniform negatives cost the same
+# at any catalogue size.
+_CE_MAX_ITEMS = 2**15
+_MAX_LEN_CAP = 50  # TODO measure
+
+
+class TwoTowerConfig(BaseModel):
+    """Every hyper-parameter; ``None`` / ``"auto"`` fields are derived from the data by :meth:`resolve`."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    loss: Literal["auto", "ce", "sampled_softmax", "bpr"] = "auto"
+    n_negatives: int = Field(1024, ge=1)      # sampled_softmax: uniform negatives shared by the batch
+    pool: Literal["attention", "mean"] = "attention"
+    max_len: int | None = Field(None, ge=1)   # None: 90th percentile of sequence lengths, in [8, 50]
+    positions_per_user: int | None = Field(32, ge=1)  # targets per user per epoch (None: every position)
+    dim: int = Field(64, ge=8)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(100, ge=0)
+    schedule: Literal["constant", "cosine"] = "constant"
+    batch_size: int = Field(256, ge=1)
+    epochs: int = Field(200, ge=1)
+    patience: int | None = Field(10, ge=1)    # epochs without a better val NDCG@10; None: never stop early
+    time_budget_s: float | None = Field(None, gt=0)
+    seed: int = 0
+
+    def resolve(self, n_items: int, sequence_lengths) -> TwoTowerConfig:
+        """Fill the data-dependent fields; returns a new config (idempotent)."""
+        if n_items < 1:
+            raise ValueError(f"n_items must be >= 1, got {n_items}")
+        lengths = np.asarray(sequence_lengths, dtype=np.int64)
+        upd: dict = {}
+        if self.max_len is None:
+            p90 = int(np.percentile(lengths, 90)) if len(lengths) else 50
+            upd["max_len"] = int(min(_MAX_LEN_CAP, max(8, p90)))
+        if self.loss == "auto":
+            upd["loss"] = "ce" if n_items <= _CE_MAX_ITEMS else "sampled_softmax"
+        return self.model_copy(update=upd)
+
+
+def _dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    # a uniform draw + comparison: about 3x faster than nn.Dropout's bernoulli_ on these CPUs, same RNG
+    if not training or p == 0:
+        return x
+    return x * (torch.rand_like(x) >= p).to(x.dtype).mul_(1.0 / (1.0 - p))
+
+
+class TwoTowerModule(nn.Module):
+    def __init__(self, n_items: int, cfg: TwoTowerConfig, item_features: np.ndarray | None = None):
+        super().__init__()
+        if cfg.max_len is None:
+            raise ValueError("call TwoTowerConfig.resolve() first (max_len is None)")
+        d = cfg.dim
+        self.n_items, self.max_len, self.dim, self.pool, self.p = n_items, cfg.max_len, d, cfg.pool, cfg.dropout
+        self.item_emb = nn.Embedding(n_items + 1, d, padding_idx=0)
+        nn.init.normal_(self.item_emb.weight, std=d ** -0.5)
+        self.feat_proj: nn.Linear | None = None
+        if item_features is not None:
+            f = torch.as_tensor(np.asarray(item_features, dtype=np.float32)).clone()
+            if f.ndim != 2 or f.shape[0] != n_items + 1:
+                raise ValueError(f"item_features must be [n_items + 1, F] = [{n_items + 1}, F], got {tuple(f.shape)}")
+            if not torch.isfinite(f).all():
+                raise ValueError("item_features contain NaN or inf")
+            f[0] = 0  # padding has no content
+            self.register_buffer("item_features", f)  # frozen; saved with the weights
+            self.feat_proj = nn.Linear(f.shape[1], d, bias=False)
+            nn.init.normal_(self.feat_proj.weight, std=d ** -0.5)  # unit-norm inputs -> ~unit-norm outputs
+        with torch.no_grad():
+            self.item_emb.weight[0].zero_()
+        self.pos_emb = nn.Embedding(cfg.max_len, d)
+        nn.init.normal_(self.pos_emb.weight, std=d ** -0.5)
+        self.query = nn.Parameter(torch.zeros(d))
+        self.q_last = nn.Linear(d, d)
+        self.ffn = nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
+        self.norm = nn.LayerNorm(d)
+
+    def item_vectors(self, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Item tower: [*ids.shape, D] (all items, [n_items + 1, D], when ``ids`` is None); padding -> 0."""
+        if ids is None:
+            ids = torch.arange(self.n_items + 1, device=self.item_emb.weight.device)
+        v = self.item_emb(ids)
+        if self.feat_proj is not None:
+            v = v + self.feat_proj(self.item_features[ids])
+        return v
+
+    def _pool(self, hv: torch.Tensor, seq: torch.Tensor) -> torch.Tensor:
+        """[B, L, D] history vectors (left-padded) -> [B, D] user vectors."""
+        keep = seq != 0
+        _, length, d = hv.shape
+        # positions count back from the end, so the last item's embedding never depends on the padding.
+        # Padding rows are left unmasked (no [B, L, D] pass): they get zero weight in both pools.
+        x = hv + self.pos_emb(torch.arange(self.max_len - length, self.max_len, device=hv.device))
+        if self.pool == "mean":
+            w = keep.to(x.dtype) / keep.sum(1, keepdim=True).clamp_min(1)
+        else:
+            q = self.query + self.q_last(x[:, -1])  # the most recent item steers what to look at
+            a = torch.bmm(x, q.unsqueeze(-1)).squeeze(-1) / math.sqrt(d)
+            # finite fill: an empty history pools to ~0 (the MLP's "no history" vector), never NaN
+            w = a.masked_fill(~keep, torch.finfo(a.dtype).min).softmax(-1) * keep
+        pooled = _dropout(torch.bmm(w.unsqueeze(1), x).squeeze(1), self.p, self.training)
+        return self.norm(pooled + self.ffn(pooled))
+
+    def forward(self, seq: torch.Tensor, items: torch.Tensor | None = None):
+        """``(user vectors [B, D], item vectors)`` for ``items`` ([K] ids -> [K, D]; None -> all, [n_items + 1, D]).
+
+        The item tower runs once over the distinct ids of the batch (histories + candidates)."""
+        seq = seq[:, -self.max_len:]
+        if items is None:
+            v = self.item_vectors()
+            return self._pool(v[seq], seq), v
+        uniq, inv = torch.unique(torch.cat([seq.reshape(-1), items]), return_inverse=True)
+        v = self.item_vectors(uniq)
+        return self._pool(v[inv[:seq.numel()]].view(*seq.shape, -1), seq), v[inv[seq.numel():]]
+
+    def user_vectors(self, seq: torch.Tensor) -> torch.Tensor:
+        seq = seq[:, -self.max_len:]
+        return self._pool(self.item_vectors(seq), seq)
+
+    def scores(self, seq: torch.Tensor) -> torch.Tensor:
+        """[B, L] -> [B, n_items + 1] scores of the next item; column 0 (padding) is -inf."""
+        u, v = self.forward(seq)
+        s = u @ v.T
+        s[:, 0] = float("-inf")
+        return s
+
+
+def _left_pad(seq: np.ndarray, length: int) -> np.ndarray:
+    out = np.zeros(length, dtype=np.int64)
+    seq = np.asarray(seq, dtype=np.int64)[-length:]
+    if len(seq):
+        out[length - len(seq):] = seq
+    return out
+
+
+class TwoTowerTrainingData(torch.utils.data.Dataset):
+    """Samples ``(history [max_len] left-padded, target [])``: target = item t, history = the items before it.
+
+    Each user with n >= 2 items contributes min(n - 1, positions_per_user) targets per epoch, so heavy users
+    do not dominate and the length is fixed (DistributedSampler-ready). Positions are drawn one per equal
+    stratum of the user's sequence (spread over the whole history), redrawn each epoch from (seed, epoch)
+    only, so every DDP worker agrees: call :meth:`set_epoch` like DistributedSampler.
+    """
+
+    def __init__(self, sequences: list[np.ndarray], cfg: TwoTowerConfig):
+        if cfg.max_len is None:
+            raise ValueError("call TwoTowerConfig.resolve() first (max_len is None)")
+        self.seqs = [np.asarray(s, dtype=np.int64) for s in sequences if len(s) >= 2]
+        n_pos = np.array([len(s) - 1 for s in self.seqs], dtype=np.int64)
+        k = n_pos if cfg.positions_per_user is None else np.minimum(n_pos, cfg.positions_per_user)
+        self.owner = np.repeat(np.arange(len(self.seqs)), k)
+        slot = np.arange(len(self.owner)) - np.repeat(np.cumsum(k) - k, k)
+        n, k = n_pos[self.owner], k[self.owner]
+        self.lo, self.width = slot * n // k, (slot + 1) * n // k - slot * n // k  # stratum of each sample
+        self.max_len, self.seed = cfg.max_len, cfg.seed
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        r = np.random.default_rng((self.seed, epoch)).random(len(self.owner))
+        self.t = 1 + self.lo + np.minimum((r * self.width).astype(np.int64), self.width - 1)
+
+    def __len__(self) -> int:
+        return len(self.owner)
+
+    def __getitem__(self, i: int):
+        s, t = self.seqs[self.owner[i]], int(self.t[i])
+        return torch.from_numpy(_left_pad(s[:t], self.max_len)), torch.tensor(s[t])
+
+
+def two_tower_loss(module: nn.Module, batch, cfg: TwoTowerConfig, generator: torch.Generator | None = None):
+    """Next-item loss of one batch. ``module`` may be DDP-wrapped: it is only called, never looked into
+    (except for ``n_items``)."""
+    hist, target = batch
+    n = getattr(module, "module", module).n_items
+    if cfg.loss == "ce":
+        u, v = module(hist)
+        return _losses.full_softmax_ce(u, target, v)
+    k = len(target) if cfg.loss == "bpr" else min(cfg.n_negatives, n)
+    neg = _losses.uniform_negatives(k, n, target.device, generator)
+    # the item tower runs once per distinct candidate; ids are remapped to rows of the returned vectors
+    ids, inv = torch.unique(torch.cat([target, neg]), return_inverse=True)
+    u, v = module(hist, ids)
+    t, neg = inv[:len(target)], inv[len(target):]
+    if cfg.loss == "bpr":  # Rendle et al. 2009: -log sigmoid(s_pos - s_neg), one negative per example
+        return F.softplus((u * v[neg]).sum(-1) - (u * v[t]).sum(-1)).mean()
+    if cfg.loss == "sampled_softmax":
+        return _losses.sampled_softmax(u, t, v, neg)
+    raise ValueError(f"unresolved loss {cfg.loss!r}: call TwoTowerConfig.resolve() first")
+
+
+def two_tower_lr(cfg: TwoTowerConfig, step: int, progress: float) -> float:
+    """Learning rate at ``step``; ``progress`` in [0, 1] is the fraction of training done (cosine only)."""
+    warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+    if cfg.schedule == "cosine":
+        warm *= 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return cfg.lr * warm
+
+
+class TwoTower:
+    """Estimator: ``TwoTower(dim=128).fit(sequences, n_items, valid=(histories, targets)).score(histories)``."""
+
+    def __init__(self, **params):
+        self.params = params  # validated in fit(), as in scikit-learn
+
+    def get_params(self, deep: bool = True) -> dict:
+        return dict(self.params)
+
+    # ---- uniform hooks (a generic DDP loop calls these; fit() is built from them) -----------------------
+    def resolve_config(self, n_items: int, sequence_lengths) -> TwoTowerConfig:
+        return TwoTowerConfig(**self.params).resolve(n_items, sequence_lengths)
+
+    @staticmethod
+    def build_module(cfg: TwoTowerConfig, n_items: int, item_features: np.ndarray | None = None) -> nn.Module:
+        return TwoTowerModule(n_items, cfg, item_features)
+
+    @staticmethod
+    def training_data(sequences: list[np.ndarray], cfg: TwoTowerConfig) -> TwoTowerTrainingData:
+        return TwoTowerTrainingData(sequences, cfg)
+
+    @staticmethod
+    def make_optimizer(module: nn.Module, cfg: TwoTowerConfig) -> torch.optim.Optimizer:
+        # no weight decay on embeddings, norms and biases (decaying rare items' rows only hurts them)
+        named = list(module.named_parameters())
+        decay = [p for n, p in named if p.ndim == 2 and "emb" not in n]
+        rest = [p for n, p in named if not (p.ndim == 2 and "emb" not in n)]
+        return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                  {"params": rest, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
+
+    @staticmethod
+    def train_step(module, batch, cfg: TwoTowerConfig, optimizer, step: int = 0, progress: float = 0.0,
+                   generator: torch.Generator | None = None) -> float:
+        """One optimisation step; returns the loss as a float."""
+        for g in optimizer.param_groups:
+            g["lr"] = two_tower_lr(cfg, step, progress)
+        module.train()
+        loss = two_tower_loss(module, batch, cfg, generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(module.parameters(), 5.0)
+        optimizer.step()
+        return float(loss.detach())
+
+    @staticmethod
+    @torch.no_grad()
+    def score_module(module: nn.Module, histories: list[np.ndarray], cfg: TwoTowerConfig,
+                     batch_size: int = 256) -> np.ndarray:
+        """float32 [n, n_items + 1] next-item scores (column 0 = -inf); history items are NOT masked."""
+        module = getattr(module, "module", module)
+        module.eval()
+        out = np.empty((len(histories), module.n_items + 1), dtype=np.float32)
+        for i in range(0, len(histories), batch_size):
+            # always pad to max_len: identical shapes, so a user's scores do not depend on the batch
+            seq = torch.from_numpy(np.stack([_left_pad(h, cfg.max_len) for h in histories[i:i + batch_size]]))
+            out[i:i + len(seq)] = module.scores(seq).numpy()
+        return out
+
+    def adopt(self, module: nn.Module, cfg: TwoTowerConfig, n_items: int) -> TwoTower:
+        """Take the learned state from a trained module (DDP's ``.module`` unwrapped)."""
+        self.module_ = getattr(module, "module", module).eval()
+        self.config_, self.n_items_ = cfg, n_items
+        self.best_epoch_ = getattr(self, "best_epoch_", None)
+        self.history_ = getattr(self, "history_", [])
+        return self
+
+    # ---- estimator ---------------------------------------------------------------------------------------
+    def fit(self, sequences: list[np.ndarray], n_items: int, *, valid=None, item_features=None,
+            progress: bool = True) -> TwoTower:
+        from tqdm.auto import tqdm
+
+        from aimass.evaluation import evaluate
+
+        cfg = self.resolve_config(n_items, [len(s) for s in sequences])
+        torch.manual_seed(cfg.seed)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        module = self.build_module(cfg, n_items, item_features)
+        data = self.training_data(sequences, cfg)
+        if len(data) == 0:
+            raise ValueError("no training example: every sequence has fewer than 2 items")
+        loader = torch.utils.data.DataLoader(data, batch_size=cfg.batch_size, shuffle=True, generator=gen)
+        opt = self.make_optimizer(module, cfg)
+        self.history_, self.best_epoch_ = [], 0
+        self.adopt(module, cfg, n_items)
+        total, best, best_state, bad, step = cfg.epochs * len(loader), -1.0, None, 0, 0
+        start = time.perf_counter()
+        bar = tqdm(total=total, disable=not progress, desc="TwoTower", unit="batch")
+        for epoch in range(cfg.epochs):
+            data.set_epoch(epoch)
+            losses = []
+            for batch in loader:
+                elapsed = time.perf_counter() - start
+                if cfg.time_budget_s is not None and elapsed >= cfg.time_budget_s and losses:
+                    break
+                # with a time budget the cosine schedule runs on wall time, so it ends when the budget does
+                prog = max(step / total, elapsed / cfg.time_budget_s if cfg.time_budget_s else 0.0)
+                losses.append(self.train_step(module, batch, cfg, opt, step, prog, gen))
+                step += 1
+                bar.update(1)
+                bar.set_postfix(epoch=epoch + 1, loss=f"{losses[-1]:.4f}", best=f"{max(best, 0):.4f}")
+            rec = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "elapsed_s": time.perf_counter() - start}
+            if valid is not None:
+                m = evaluate(lambda h: self.score_module(module, h, cfg), valid[0], valid[1], n_items)
+                rec["val_ndcg10"], rec["val_hr10"] = m["ndcg@10"], m["recall@10"]
+                if rec["val_ndcg10"] > best:
+                    best, bad, self.best_epoch_ = rec["val_ndcg10"], 0, epoch + 1
+                    best_state = copy.deepcopy(module.state_dict())
+                else:
+                    bad += 1
+            else:
+                self.best_epoch_ = epoch + 1
+            self.history_.append(rec)
+            if progress:
+                bar.write(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()))
+            out_of_time = cfg.time_budget_s is not None and time.perf_counter() - start >= cfg.time_budget_s
+            if out_of_time or (cfg.patience is not None and bad >= cfg.patience):
+                break
+        bar.close()
+        if best_state is not None:
+            module.load_state_dict(best_state)  # early stopping keeps the best validation epoch
+        return self.adopt(module, cfg, n_items)
+
+    def score(self, histories: list[np.ndarray], batch_size: int = 256) -> np.ndarray:
+        """float32 [n, n_items + 1] next-item scores (column 0 = -inf); history items are NOT masked."""
+        return self.score_module(self.module_, histories, self.config_, batch_size)
+
+    def save(self, path: str | Path) -> None:
+        """``config.json`` + ``weights.safetensors`` (item features included when used); no pickle."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        meta = {"family": "two_tower", "n_items": self.n_items_, "best_epoch": self.best_epoch_,
+                "config": self.config_.model_dump()}
+        (path / "config.json").write_text(json.dumps(meta, indent=2))
+        save_file({k: v.contiguous() for k, v in self.module_.state_dict().items()}, str(path / "weights.safetensors"))
+
+    @classmethod
+    def load(cls, path: str | Path) -> TwoTower:
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        meta = json.loads((path / "config.json").read_text())
+        state = load_file(str(path / "weights.safetensors"))
+        cfg = TwoTowerConfig(**meta["config"])
+        feats = state.get("item_features")
+        est = cls(**meta["config"])
+        module = est.build_module(cfg, meta["n_items"], None if feats is None else feats.numpy())
+        module.load_state_dict(state)
+        est.best_epoch_ = meta["best_epoch"]
+        return est.adopt(module, cfg, meta["n_items"])

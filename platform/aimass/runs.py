@@ -1,0 +1,51 @@
+"""Training runs as recorded in MLflow: list and show, in plain dicts for the CLI and scripts."""
+from __future__ import annotations
+
+import json
+
+from aimass.errors import NotFoundError
+from aimass.settings import Settings, default_settings
+
+
+def _summary(run) -> dict:
+    tags, d = run.data.tags, run.data
+    return {
+        "run_id": run.info.run_id,
+        "name": run.info.run_name,
+        "status": run.info.status,
+        "family": tags.get("aimass.family"),
+        "dataset": tags.get("aimass.dataset_ref"),
+        "dataset_hash": tags.get("aimass.dataset_hash"),
+        "start_time": run.info.start_time,
+        "end_time": run.info.end_time,
+        "test_ndcg_at_10": d.metrics.get("test_ndcg_at_10"),
+        "val_ndcg_at_10": d.metrics.get("best_val_ndcg_at_10"),
+    }
+
+
+def list_runs(*, settings: Settings | None = None, max_results: int = 100) -> list[dict]:
+    from aimass.training._tracking import EXPERIMENT, mlflow_for
+
+    mlflow = mlflow_for(settings or default_settings())
+    runs = mlflow.search_runs(experiment_names=[EXPERIMENT], max_results=max_results, output_format="list",
+                              order_by=["attributes.start_time DESC"])
+    return [_summary(r) for r in runs]
+
+
+def show(run_id: str, *, settings: Settings | None = None) -> dict:
+    from aimass.training._tracking import mlflow_for
+
+    mlflow = mlflow_for(settings or default_settings())
+    try:
+        run = mlflow.get_run(run_id)
+    except Exception:
+        raise NotFoundError(f"no training run {run_id!r}")
+    client = mlflow.MlflowClient()
+    history = {k: [(m.step, m.value) for m in client.get_metric_history(run_id, k)]
+               for k in run.data.metrics if k in ("loss", "val_ndcg_at_10")}
+    models = mlflow.search_logged_models(filter_string=f"source_run_id = '{run_id}'", output_format="list")
+    return {**_summary(run), "params": run.data.params, "metrics": run.data.metrics,
+            "tags": {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")
+                     and k != "aimass.job"},
+            "job": json.loads(run.data.tags.get("aimass.job", "null") or "null"),
+            "history": history, "models": [f"models:/{m.model_id}" for m in models]}

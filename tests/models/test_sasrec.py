@@ -1,0 +1,120 @@
+"""SASRec family: fast tests on a tiny synthetic catalogue where item i is followed by item i + 1."""
+from __future__ import annotations
+
+import numpy as np
+import pydantic
+import pytest
+import torch
+
+from aimass.models.sasrec import (SASRec, SASRecConfig, SASRecModule, SASRecTrainingData, sasrec_loss,
+                                  sasrec_ndcg_hr)
+
+N_ITEMS = 40
+TINY = dict(dim=16, n_blocks=1, max_len=12, batch_size=32, epochs=25, lr=5e-3, warmup_steps=5,
+            dropout=0.1, patience=None)
+
+
+def successor_sequences(n_users: int, seed: int = 0) -> list[np.ndarray]:
+    """item i is always followed by i + 1 (wrapping), so the next item is trivially learnable."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n_users):
+        start, length = rng.integers(1, N_ITEMS + 1), rng.integers(4, 16)
+        out.append((start - 1 + np.arange(length)) % N_ITEMS + 1)
+    return out
+
+
+@pytest.fixture(scope="module")
+def fitted() -> tuple[SASRec, list[np.ndarray]]:
+    torch.set_num_threads(2)
+    train = successor_sequences(300)
+    return SASRec(**TINY).fit(train, N_ITEMS, progress=False), train
+
+
+def held_out():
+    seqs = successor_sequences(100, seed=1)
+    return [s[:-1] for s in seqs], np.array([s[-1] for s in seqs])
+
+
+def test_fit_returns_self_and_learns_the_successor(fitted):
+    model, _ = fitted
+    assert isinstance(model, SASRec) and isinstance(model.module_, SASRecModule)
+    assert model.n_items_ == N_ITEMS and model.config_.loss == "ce" and len(model.history_) == TINY["epochs"]
+    assert model.history_[-1]["loss"] < model.history_[0]["loss"]
+    histories, targets = held_out()
+    ndcg, hr = sasrec_ndcg_hr(model.score(histories), histories, targets)
+    assert ndcg > 0.6 and hr > 0.8  # random ranking: NDCG@10 ~0.1
+
+
+def test_score_shape_and_batch_invariance(fitted):
+    model, _ = fitted
+    histories, _ = held_out()
+    batch = model.score(histories[:17])
+    assert batch.shape == (17, N_ITEMS + 1) and batch.dtype == np.float32 and np.isneginf(batch[:, 0]).all()
+    for i in (0, 5, 16):
+        alone = model.score([histories[i]])
+        np.testing.assert_allclose(alone[0, 1:], batch[i, 1:], atol=1e-5, rtol=0)
+
+
+def test_save_load_round_trip(fitted, tmp_path):
+    model, _ = fitted
+    model.save(tmp_path / "m")
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "weights.safetensors"]
+    loaded = SASRec.load(tmp_path / "m")
+    histories, _ = held_out()
+    np.testing.assert_array_equal(loaded.score(histories), model.score(histories))
+    assert loaded.config_ == model.config_
+
+
+def test_seeded_determinism():
+    train = successor_sequences(60)
+    params = dict(TINY, epochs=2, crop="random", max_len=6)
+    a = SASRec(**params, seed=3).fit(train, N_ITEMS, progress=False).module_.state_dict()
+    b = SASRec(**params, seed=3).fit(train, N_ITEMS, progress=False).module_.state_dict()
+    c = SASRec(**params, seed=4).fit(train, N_ITEMS, progress=False).module_.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_early_stopping_restores_best_epoch():
+    train = successor_sequences(60)
+    histories, targets = held_out()
+    model = SASRec(**dict(TINY, epochs=6, patience=2)).fit(train, N_ITEMS, valid=(histories, targets),
+                                                           progress=False)
+    best = max(r["val_ndcg10"] for r in model.history_)
+    assert model.history_[model.best_epoch_ - 1]["val_ndcg10"] == best
+    assert sasrec_ndcg_hr(model.score(histories), histories, targets)[0] == pytest.approx(best, abs=1e-6)
+
+
+@pytest.mark.parametrize("loss", ["ce", "sampled_softmax", "gbce", "bce"])
+def test_every_loss_trains(loss):
+    cfg = SASRecConfig(**dict(TINY, loss=loss, n_negatives=16)).resolve(N_ITEMS, [10])
+    module = SASRecModule(N_ITEMS, cfg)
+    data = SASRecTrainingData(successor_sequences(32), cfg)
+    inputs, targets = next(iter(torch.utils.data.DataLoader(data, batch_size=32)))
+    assert inputs.shape == targets.shape == (32, 12)
+    value = sasrec_loss(module, (inputs, targets), cfg, torch.Generator().manual_seed(0))
+    value.backward()
+    assert value.ndim == 0 and torch.isfinite(value) and module.item_emb.weight.grad.abs().sum() > 0
+
+
+def test_resolve_derives_max_len_and_affordable_loss():
+    cfg = SASRecConfig().resolve(3416, np.full(100, 300))
+    assert cfg.max_len == 200 and cfg.loss == "ce"
+    assert SASRecConfig().resolve(1_000_000, np.full(100, 30)).loss == "sampled_softmax"
+    assert SASRecConfig().resolve(100, [5, 6, 7]).max_len == 8
+    assert SASRecConfig(max_len=50, loss="bce").resolve(10, [3]).max_len == 50
+
+
+def test_config_validation():
+    with pytest.raises(pydantic.ValidationError):
+        SASRecConfig(lr=-1e-3)
+    with pytest.raises(pydantic.ValidationError):
+        SASRecConfig(dropout=1.0)
+    with pytest.raises(pydantic.ValidationError):
+        SASRecConfig(loss="hinge")
+    with pytest.raises(pydantic.ValidationError):
+        SASRecConfig(not_a_param=1)
+    SASRec(not_a_param=1)  # the constructor only stores, as in scikit-learn ...
+    with pytest.raises(pydantic.ValidationError):  # ... fit validates
+        SASRec(not_a_param=1).fit(successor_sequences(4), N_ITEMS, progress=False)
