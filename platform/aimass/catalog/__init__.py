@@ -1,7 +1,7 @@
 """The platform catalog: one SQL database (SQLite embedded, Postgres by URL) holding what the platform
 acknowledges. Field declarations live once, in SQLModel Base/Table/Public classes, and serve both the
 tables and the API's wire models."""
-from aimass.catalog._db import session, engine_for
+from aimass.catalog._db import engine_for, session
 from aimass.catalog.models import DatasetVersion, DatasetVersionPublic
 
 __all__ = ["DatasetVersion", "DatasetVersionPublic", "engine_for", "session"]

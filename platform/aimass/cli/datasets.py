@@ -79,7 +79,8 @@ def generate_demo(
     as_json: bool = JSON,
 ):
     """Write the built-in music-streaming demo dataset (interactions.csv, items.csv) to OUT."""
-    from aimass.datasets import DemoConfig, generate_demo as gen
+    from aimass.datasets import DemoConfig
+    from aimass.datasets import generate_demo as gen
     from aimass.errors import InvalidInputError
 
     try:

@@ -33,6 +33,7 @@ class TrainResult:
     best_epoch: int
     wall_time_s: float
     samples_per_s: float
+    n_parameters: int = 0
     history: list = dataclasses.field(default_factory=list)
 
 
@@ -170,6 +171,8 @@ def _run(s, cls, family, info, params, data, splits, workers, gpu, epochs, budge
             shutil.copytree(Path(d) / "best", model_dir)
             est = load_estimator(model_dir, family)
             metrics = _final_metrics(est, splits)
+            n_parameters = count_parameters(est)
+            mlflow.log_metric("n_parameters", n_parameters)
             mlflow.log_metrics({metric_key(k): v for k, v in metrics.items()})
             example = [int(x) for x in splits.item_ids[np.asarray(splits.test_histories[0][-5:]) - 1]]
             info_model = log_model(mlflow, model_dir, splits.item_ids, family, example)
@@ -184,7 +187,26 @@ def _run(s, cls, family, info, params, data, splits, workers, gpu, epochs, budge
     return TrainResult(
         run_id=run_id, family=family, dataset=info.ref, metrics=metrics, model_uri=info_model.model_uri,
         epochs=state["epoch"], best_epoch=state["best_epoch"], wall_time_s=time.time() - started,
-        samples_per_s=float(np.mean([h["samples_per_s"] for h in hist])) if hist else 0.0, history=hist)
+        samples_per_s=float(np.mean([h["samples_per_s"] for h in hist])) if hist else 0.0,
+        n_parameters=n_parameters, history=hist)
+
+
+def count_parameters(est) -> int:
+    """Learned numbers in a fitted estimator: tensor elements, array elements, stored sparse entries."""
+    import scipy.sparse as sp
+    import torch
+
+    total = 0
+    for name, value in vars(est).items():
+        if not name.endswith("_"):
+            continue
+        if isinstance(value, torch.nn.Module):
+            total += sum(p.numel() for p in value.parameters())
+        elif isinstance(value, np.ndarray):
+            total += value.size
+        elif sp.issparse(value):
+            total += value.nnz
+    return int(total)
 
 
 def _fit(s, ray, cls, family, data, params, run_id, workers, gpu, epochs, budget_min, progress, resume_from):

@@ -44,7 +44,6 @@ def worker_loop(config: dict) -> None:
 
 
 def _stats_loop(est, cfg, data, config, rank, world, tracker) -> None:
-    import ray.train
     import torch.distributed as dist
 
     t0 = time.time()
