@@ -9,6 +9,7 @@ import typer
 from aimass.cli._common import state
 from aimass.cli.datasets import app as datasets_app
 from aimass.cli.doctor import doctor
+from aimass.cli.models import app as models_app
 from aimass.cli.quickstart import quickstart
 from aimass.cli.train import runs_app, train
 
@@ -19,6 +20,7 @@ app.command()(doctor)
 app.command()(quickstart)
 app.command()(train)
 app.add_typer(runs_app, name="runs", help="Training runs tracked in MLflow.")
+app.add_typer(models_app, name="models", help="Registered model versions, aliases and promotion.")
 
 
 @app.callback()

@@ -1,0 +1,238 @@
+"""The model registry: trained runs become registered, comparable, promotable MLflow model versions with
+lineage tags; aliases (`champion`, `challenger`) instead of the deprecated stages; one loader for any
+`NAME@alias` or `NAME/version`.
+
+The SDK face is `aimass.models` (register, list, show, versions, promote, load)."""
+from __future__ import annotations
+
+import re
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+
+from filelock import FileLock, Timeout
+from pydantic import BaseModel, Field
+
+from aimass.errors import ConflictError, InvalidInputError, NotFoundError
+from aimass.settings import Settings, default_settings
+
+ALIASES = ("champion", "challenger")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_REF = re.compile(r"^(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[A-Za-z0-9_-]+))?$")
+T = "aimass."  # tag prefix
+
+
+class ModelVersionInfo(BaseModel):
+    name: str
+    version: int
+    aliases: list[str] = Field(default_factory=list)
+    family: str | None = None
+    run_id: str | None = None
+    dataset: str | None = None
+    dataset_hash: str | None = None
+    parent_version: int | None = None
+    method: str = "original"
+    metrics: dict[str, float] = Field(default_factory=dict)
+    source: str
+    created_at: datetime
+    tags: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}/{self.version}"
+
+
+def _client(s: Settings):
+    from mlflow import MlflowClient
+
+    from aimass.training._tracking import mlflow_for
+
+    mlflow_for(s)
+    return MlflowClient(tracking_uri=s.tracking_uri)
+
+
+def check_name(name: str) -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise InvalidInputError(f"invalid model name {name!r}: use 1-64 letters, digits, '.', '_' or '-'")
+    return name
+
+
+def parse_ref(ref: str) -> tuple[str, int | None, str | None]:
+    m = _REF.match(ref or "")
+    if not m:
+        raise InvalidInputError(f"invalid model reference {ref!r}: use NAME, NAME/VERSION or NAME@ALIAS")
+    return check_name(m["name"]), int(m["version"]) if m["version"] else None, m["alias"]
+
+
+def _info(mv) -> ModelVersionInfo:
+    tags = dict(mv.tags or {})
+    metrics = {k.removeprefix(f"{T}metric."): float(v) for k, v in tags.items() if k.startswith(f"{T}metric.")}
+    return ModelVersionInfo(
+        name=mv.name, version=int(mv.version), aliases=sorted(mv.aliases or []), family=tags.get(f"{T}family"),
+        run_id=mv.run_id, dataset=tags.get(f"{T}dataset_ref"), dataset_hash=tags.get(f"{T}dataset_hash"),
+        parent_version=int(tags[f"{T}parent_version"]) if f"{T}parent_version" in tags else None,
+        method=tags.get(f"{T}method", "original"), metrics=metrics, source=mv.source,
+        created_at=datetime.fromtimestamp(mv.creation_timestamp / 1000, tz=timezone.utc),
+        tags={k: v for k, v in tags.items() if not k.startswith(f"{T}metric.")})
+
+
+def register(run_id: str, name: str, *, settings: Settings | None = None, parent_version: int | None = None,
+             method: str = "original", model_uri: str | None = None) -> ModelVersionInfo:
+    """Register the model a training run logged (or `model_uri`) as the next version of `name`."""
+    s = settings or default_settings()
+    check_name(name)
+    client = _client(s)
+    try:
+        run = client.get_run(run_id)
+    except Exception:
+        raise NotFoundError(f"no training run {run_id!r}") from None
+    if model_uri is None:
+        import mlflow
+
+        models = mlflow.search_logged_models(filter_string=f"source_run_id = '{run_id}'", output_format="list")
+        if not models:
+            raise InvalidInputError(f"run {run_id} has no logged model to register")
+        model_uri = f"models:/{models[-1].model_id}"
+    rt = run.data.tags
+    tags = {f"{T}{k}": rt[f"{T}{k}"] for k in ("family", "dataset", "dataset_version", "dataset_ref",
+                                                "dataset_hash") if f"{T}{k}" in rt}
+    tags.update({f"{T}run_id": run_id, f"{T}method": method})
+    if parent_version is not None:
+        tags[f"{T}parent_version"] = str(parent_version)
+    tags.update({f"{T}metric.{k}": str(v) for k, v in run.data.metrics.items()
+                 if k.startswith(("test_", "best_val_", "size_", "latency_", "n_parameters"))})
+    with _lock(s, name, "register"):
+        try:
+            client.get_registered_model(name)
+        except Exception:
+            client.create_registered_model(name, tags={f"{T}managed": "true"})
+        mv = client.create_model_version(name, source=model_uri, run_id=run_id, tags=tags,
+                                         model_id=model_uri.removeprefix("models:/"))
+    return _info(client.get_model_version(name, mv.version))
+
+
+def list_models(*, settings: Settings | None = None) -> list[dict]:
+    client = _client(settings or default_settings())
+    out = []
+    for rm in client.search_registered_models(max_results=1000):
+        vs = client.search_model_versions(f"name = '{rm.name}'")
+        out.append({"name": rm.name, "versions": len(vs),
+                    "latest": max((int(v.version) for v in vs), default=None),
+                    "aliases": {a: int(v) for a, v in (rm.aliases or {}).items()}})
+    return sorted(out, key=lambda d: d["name"])
+
+
+def versions(name: str, *, settings: Settings | None = None) -> list[ModelVersionInfo]:
+    client = _client(settings or default_settings())
+    check_name(name)
+    vs = client.search_model_versions(f"name = '{name}'")
+    if not vs:
+        raise NotFoundError(f"no registered model named {name!r}")
+    # search results carry no aliases; the registered model holds them
+    by_version: dict[int, list[str]] = {}
+    for a, v in (client.get_registered_model(name).aliases or {}).items():
+        by_version.setdefault(int(v), []).append(a)
+    infos = [_info(v) for v in vs]
+    for i in infos:
+        i.aliases = sorted(by_version.get(i.version, []))
+    return sorted(infos, key=lambda i: i.version)
+
+
+def get(ref: str, *, settings: Settings | None = None) -> ModelVersionInfo:
+    """`NAME` (latest version), `NAME/VERSION` or `NAME@ALIAS`."""
+    s = settings or default_settings()
+    name, version, alias = parse_ref(ref)
+    client = _client(s)
+    all_versions = versions(name, settings=s)
+    if alias:
+        try:
+            return _info(client.get_model_version_by_alias(name, alias))
+        except Exception:
+            raise NotFoundError(f"model {name!r} has no alias {alias!r}") from None
+    if version is None:
+        return all_versions[-1]
+    for v in all_versions:
+        if v.version == version:
+            return v
+    raise NotFoundError(f"model {name!r} has no version {version} (latest is {all_versions[-1].version})")
+
+
+@contextmanager
+def _lock(s: Settings, name: str, what: str):
+    s.locks.mkdir(parents=True, exist_ok=True)
+    try:
+        with FileLock(s.locks / f"model-{name}.lock", timeout=0 if what == "promote" else 60):
+            yield
+    except Timeout:
+        raise ConflictError(f"another {what} of model {name!r} is in progress; try again when it ends") from None
+
+
+class GateCheck(BaseModel):
+    check: str
+    passed: bool
+    detail: str
+
+
+class Promotion(BaseModel):
+    name: str
+    version: int
+    alias: str
+    promoted: bool
+    forced: bool
+    previous: int | None
+    checks: list[GateCheck]
+
+
+def promote(name: str, version: int, *, alias: str = "champion", force: bool = False,
+            tolerance: float = 0.01, latency_budget_ms: float = 50.0, metric: str = "test_ndcg_at_10",
+            settings: Settings | None = None) -> Promotion:
+    """Point `alias` at `version` if it passes the gate: on the champion's dataset version, offline `metric`
+    no worse than the champion's by more than `tolerance` (relative), and p99 scoring latency at batch 1
+    within `latency_budget_ms`. `force` promotes anyway and records so."""
+    from aimass.registry._gate import run_gate
+
+    s = settings or default_settings()
+    if alias not in ALIASES:
+        raise InvalidInputError(f"unknown alias {alias!r}; use one of {', '.join(ALIASES)}")
+    if not 0 <= tolerance < 1:
+        raise InvalidInputError(f"tolerance must be in [0, 1), got {tolerance}")
+    candidate = get(f"{name}/{version}", settings=s)
+    client = _client(s)
+    with _lock(s, name, "promote"):
+        try:
+            current = _info(client.get_model_version_by_alias(name, "champion"))
+        except Exception:
+            current = None
+        checks = run_gate(candidate, current, tolerance, latency_budget_ms, metric, settings=s)
+        ok = all(c.passed for c in checks)
+        if not ok and not force:
+            failed = "; ".join(f"{c.check}: {c.detail}" for c in checks if not c.passed)
+            raise ConflictError(f"promotion of {name}/{version} to {alias} refused: {failed} (--force overrides)")
+        previous = None
+        try:
+            previous = int(client.get_model_version_by_alias(name, alias).version)
+        except Exception:
+            pass
+        client.set_registered_model_alias(name, alias, str(version))
+        stamp = datetime.now(timezone.utc).isoformat()
+        client.set_model_version_tag(name, str(version), f"{T}promoted_{alias}_at", stamp)
+        if force and not ok:
+            client.set_model_version_tag(name, str(version), f"{T}forced_promotion",
+                                         "; ".join(f"{c.check}: {c.detail}" for c in checks if not c.passed))
+    return Promotion(name=name, version=version, alias=alias, promoted=True, forced=force and not ok,
+                     previous=previous, checks=checks)
+
+
+def load(ref: str, *, settings: Settings | None = None):
+    """A ready scorer for `NAME@alias` or `NAME/version`, whatever produced it: `.recommend(df)`,
+    `.estimator.score(histories)`, `.item_ids`, and `.info` (the version's lineage)."""
+    import mlflow
+
+    s = settings or default_settings()
+    info = get(ref, settings=s)
+    _client(s)
+    t0 = time.time()
+    model = mlflow.pyfunc.load_model(f"models:/{info.name}/{info.version}").unwrap_python_model()
+    model.info = info
+    model.load_seconds = time.time() - t0
+    return model
