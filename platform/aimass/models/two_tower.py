@@ -1,21 +1,19 @@
 """Two-tower retrieval: a user (sequence) tower pools the user's recent items into one vector, an item tower
-maps each item to a vector, score = dot product, so serving is one matrix product / a nearest-neighbour index.
-One self-contained family: config, network, data, loss, training step, scoring and an estimator.
+maps each item to a vector, score = dot product (serving = one matrix product or a nearest-neighbour index).
 
 Item tower: an item-id embedding plus, when ``item_features`` ([n_items + 1, F], e.g. MiniLM text vectors from
 ``aimass.models.text``) are given, a learned projection of those frozen features, so an item never seen in
-training still gets a content vector. The user tower reads its history through the same item tower (a cold
-item in a history counts by its content too).
+training still gets a content vector. Histories are read through the same item tower.
 
-User tower (``pool="attention"``, the default): one attention pool over the last ``max_len`` items with
-recency (position-from-the-end) embeddings and a query built from the most recent item, then a residual MLP.
-Mean pooling (YouTube-DNN style) treats the last item like one watched months ago; next-item data is
-dominated by recency, and the attention pool can learn that at O(L * D) cost (no L^2 self-attention).
+User tower (``pool="attention"``): one attention pool over the last ``max_len`` items with recency
+(position-from-the-end) embeddings and a query built from the most recent item, then a residual MLP. Mean
+pooling (``pool="mean"``, YouTube-DNN style) weighs the last item like one watched months ago; next-item data
+is dominated by recency, which the attention pool learns at O(L * D) cost (no L^2 self-attention).
 
-The estimator's uniform hooks (``resolve_config``, ``build_module``, ``training_data``, ``make_optimizer``,
-``train_step``, ``score_module``, ``adopt``) are what a distributed loop (Ray Train DDP) drives; ``fit`` is
-built from the very same hooks. The loss always goes through ``module(...)`` (``forward``), so DDP's
-gradient hooks fire. Item ids are dense 1..n_items, 0 = padding; histories are left-padded.
+The estimator's hooks (``resolve_config``, ``build_module``, ``training_data``, ``make_optimizer``,
+``train_step``, ``score_module``, ``adopt``) are what a distributed loop (Ray Train DDP) drives, and ``fit``
+is built from them. The loss only ever calls ``module(...)``, so DDP's gradient hooks fire; the features
+are a constant buffer, so such a loop may pass ``broadcast_buffers=False``. Ids: 1..n_items, 0 = padding.
 """
 from __future__ import annotations
 
@@ -90,14 +88,16 @@ class TwoTowerModule(nn.Module):
         if cfg.max_len is None:
             raise ValueError("call TwoTowerConfig.resolve() first (max_len is None)")
         d = cfg.dim
-        self.n_items, self.max_len, self.dim, self.pool, self.p = n_items, cfg.max_len, d, cfg.pool, cfg.dropout
+        self.n_items, self.max_len, self.dim = n_items, cfg.max_len, d
+        self.pool, self.p = cfg.pool, cfg.dropout
         self.item_emb = nn.Embedding(n_items + 1, d, padding_idx=0)
         nn.init.normal_(self.item_emb.weight, std=d ** -0.5)
         self.feat_proj: nn.Linear | None = None
         if item_features is not None:
             f = torch.as_tensor(np.asarray(item_features, dtype=np.float32)).clone()
             if f.ndim != 2 or f.shape[0] != n_items + 1:
-                raise ValueError(f"item_features must be [n_items + 1, F] = [{n_items + 1}, F], got {tuple(f.shape)}")
+                raise ValueError(f"item_features must be [n_items + 1, F] = [{n_items + 1}, F], "
+                                 f"got {tuple(f.shape)}")
             if not torch.isfinite(f).all():
                 raise ValueError("item_features contain NaN or inf")
             f[0] = 0  # padding has no content
@@ -108,19 +108,19 @@ class TwoTowerModule(nn.Module):
             self.item_emb.weight[0].zero_()
         self.pos_emb = nn.Embedding(cfg.max_len, d)
         nn.init.normal_(self.pos_emb.weight, std=d ** -0.5)
-        self.query = nn.Parameter(torch.zeros(d))
-        self.q_last = nn.Linear(d, d)
+        if self.pool == "attention":  # created only when used: DDP rejects parameters without gradients
+            self.query = nn.Parameter(torch.zeros(d))
+            self.q_last = nn.Linear(d, d)
         self.ffn = nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
         self.norm = nn.LayerNorm(d)
 
     def item_vectors(self, ids: torch.Tensor | None = None) -> torch.Tensor:
         """Item tower: [*ids.shape, D] (all items, [n_items + 1, D], when ``ids`` is None); padding -> 0."""
-        if ids is None:
-            ids = torch.arange(self.n_items + 1, device=self.item_emb.weight.device)
+        if ids is None:  # whole tables, no gather
+            v = self.item_emb.weight
+            return v if self.feat_proj is None else v + self.feat_proj(self.item_features)
         v = self.item_emb(ids)
-        if self.feat_proj is not None:
-            v = v + self.feat_proj(self.item_features[ids])
-        return v
+        return v if self.feat_proj is None else v + self.feat_proj(self.item_features[ids])
 
     def _pool(self, hv: torch.Tensor, seq: torch.Tensor) -> torch.Tensor:
         """[B, L, D] history vectors (left-padded) -> [B, D] user vectors."""
@@ -140,7 +140,7 @@ class TwoTowerModule(nn.Module):
         return self.norm(pooled + self.ffn(pooled))
 
     def forward(self, seq: torch.Tensor, items: torch.Tensor | None = None):
-        """``(user vectors [B, D], item vectors)`` for ``items`` ([K] ids -> [K, D]; None -> all, [n_items + 1, D]).
+        """``(user vectors [B, D], item vectors)``: ``items`` [K] -> [K, D]; None -> all, [n_items + 1, D].
 
         The item tower runs once over the distinct ids of the batch (histories + candidates)."""
         seq = seq[:, -self.max_len:]
@@ -235,7 +235,12 @@ def two_tower_lr(cfg: TwoTowerConfig, step: int, progress: float) -> float:
 
 
 class TwoTower:
-    """Estimator: ``TwoTower(dim=128).fit(sequences, n_items, valid=(histories, targets)).score(histories)``."""
+    """Estimator: ``TwoTower(dim=128).fit(sequences, n_items, valid=(hist, targets)).score(histories)``."""
+
+    family = "two-tower"  # the name in aimass.models' registry
+    Config = TwoTowerConfig
+    is_torch = True
+    accepts_item_features = True
 
     def __init__(self, **params):
         self.params = params  # validated in fit(), as in scikit-learn
@@ -317,7 +322,6 @@ class TwoTower:
         loader = torch.utils.data.DataLoader(data, batch_size=cfg.batch_size, shuffle=True, generator=gen)
         opt = self.make_optimizer(module, cfg)
         self.history_, self.best_epoch_ = [], 0
-        self.adopt(module, cfg, n_items)
         total, best, best_state, bad, step = cfg.epochs * len(loader), -1.0, None, 0, 0
         start = time.perf_counter()
         bar = tqdm(total=total, disable=not progress, desc="TwoTower", unit="batch")
@@ -334,7 +338,8 @@ class TwoTower:
                 step += 1
                 bar.update(1)
                 bar.set_postfix(epoch=epoch + 1, loss=f"{losses[-1]:.4f}", best=f"{max(best, 0):.4f}")
-            rec = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "elapsed_s": time.perf_counter() - start}
+            rec = {"epoch": epoch + 1, "loss": float(np.mean(losses)),
+                   "elapsed_s": time.perf_counter() - start}
             if valid is not None:
                 m = evaluate(lambda h: self.score_module(module, h, cfg), valid[0], valid[1], n_items)
                 rec["val_ndcg10"], rec["val_hr10"] = m["ndcg@10"], m["recall@10"]
@@ -347,7 +352,8 @@ class TwoTower:
                 self.best_epoch_ = epoch + 1
             self.history_.append(rec)
             if progress:
-                bar.write(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()))
+                bar.write(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                                   for k, v in rec.items()))
             out_of_time = cfg.time_budget_s is not None and time.perf_counter() - start >= cfg.time_budget_s
             if out_of_time or (cfg.patience is not None and bad >= cfg.patience):
                 break
@@ -366,10 +372,11 @@ class TwoTower:
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        meta = {"family": "two_tower", "n_items": self.n_items_, "best_epoch": self.best_epoch_,
+        meta = {"family": self.family, "n_items": self.n_items_, "best_epoch": self.best_epoch_,
                 "config": self.config_.model_dump()}
         (path / "config.json").write_text(json.dumps(meta, indent=2))
-        save_file({k: v.contiguous() for k, v in self.module_.state_dict().items()}, str(path / "weights.safetensors"))
+        state = {k: v.contiguous() for k, v in self.module_.state_dict().items()}
+        save_file(state, str(path / "weights.safetensors"))
 
     @classmethod
     def load(cls, path: str | Path) -> TwoTower:

@@ -47,6 +47,7 @@ def train(
     epochs: int | None = None,
     time_budget_min: float | None = None,
     max_val_users: int | None = 2048,
+    item_text: bool | None = None,
     progress: bool = True,
     settings: Settings | None = None,
 ) -> TrainResult:
@@ -64,8 +65,16 @@ def train(
         raise InvalidInputError(f"{workers} workers asked for but this machine has {os.cpu_count()} CPUs")
     if time_budget_min is not None and time_budget_min <= 0:
         raise InvalidInputError(f"time budget must be positive, got {time_budget_min} minutes")
+    if item_text and not getattr(cls, "accepts_item_features", False):
+        raise InvalidInputError(f"{family} cannot use item text features")
     ds = datasets.load(dataset, settings=s)
+    if item_text and (ds.items is None or "text" not in ds.items.columns):
+        raise InvalidInputError(f"{ds.ref} has no items table with text")
     data, splits = _prepare(ds, max_val_users, params.get("seed", 0))
+    use_text = item_text if item_text is not None else (
+        getattr(cls, "accepts_item_features", False) and ds.items is not None)
+    if use_text:
+        data["item_features"] = _text_features(s, ds, splits, progress)
     return _run(s, cls, family, ds.info, params, data, splits, workers, gpu, epochs, time_budget_min,
                 progress, resume=None)
 
@@ -91,6 +100,8 @@ def resume(run_id: str, *, epochs: int | None = None, time_budget_min: float | N
     _check_params(cls, job["params"], epochs)
     ds = datasets.load(job["dataset"], settings=s)
     data, splits = _prepare(ds, job["max_val_users"], job["params"].get("seed", 0))
+    if job.get("item_text"):
+        data["item_features"] = _text_features(s, ds, splits, progress)
     return _run(s, cls, job["family"], ds.info, job["params"], data, splits, job["workers"], job["gpu"],
                 epochs or job["epochs"], time_budget_min, progress, resume=(run_id, ckpt))
 
@@ -142,17 +153,16 @@ def _run(s, cls, family, info, params, data, splits, workers, gpu, epochs, budge
     if workers > resources.get("CPU", 0):
         raise InvalidInputError(f"{workers} workers asked for but the Ray cluster has "
                                 f"{int(resources.get('CPU', 0))} CPUs")
-    if cls.is_torch and data.get("item_features") is None and params.get("use_text", False):
-        data["item_features"] = _text_features(info, splits)
     mlflow = mlflow_for(s)
     job = {"family": family, "dataset": info.ref, "params": params, "workers": workers, "gpu": gpu,
-           "epochs": epochs, "max_val_users": None if data["protocol"] == "ml1m-seq" else 2048}
+           "epochs": epochs, "max_val_users": None if data["protocol"] == "ml1m-seq" else 2048,
+           "item_text": data.get("item_features") is not None}
     if resume:
         active = mlflow.start_run(run_id=resume[0])
     else:
         active = mlflow.start_run(run_name=f"{family}-{info.name}-v{info.version}")
         mlflow.log_params({"family": family, "workers": workers, "gpu": gpu, "epochs": epochs,
-                           "protocol": data["protocol"], **{f"param.{k}": v for k, v in params.items()}})
+                           "protocol": data["protocol"], "item_text": job["item_text"], **{f"param.{k}": v for k, v in params.items()}})
         mlflow.set_tags({"aimass.family": family, "aimass.dataset": info.name,
                          "aimass.dataset_version": str(info.version), "aimass.dataset_ref": info.ref,
                          "aimass.dataset_hash": info.content_hash, "aimass.job": json.dumps(job)})
@@ -182,13 +192,20 @@ def _run(s, cls, family, info, params, data, splits, workers, gpu, epochs, budge
         mlflow.end_run("FAILED" if not isinstance(e, KeyboardInterrupt) else "KILLED")
         if isinstance(e, (InvalidInputError, KeyboardInterrupt)):
             raise
-        raise BackendError(f"training job {run_id} failed: {str(e).splitlines()[0] if str(e) else e!r}") from e
+        raise BackendError(f"training job {run_id} failed: {_root_cause(e)}") from e
     hist = state["history"]
     return TrainResult(
         run_id=run_id, family=family, dataset=info.ref, metrics=metrics, model_uri=info_model.model_uri,
         epochs=state["epoch"], best_epoch=state["best_epoch"], wall_time_s=time.time() - started,
         samples_per_s=float(np.mean([h["samples_per_s"] for h in hist])) if hist else 0.0,
         n_parameters=n_parameters, history=hist)
+
+
+def _root_cause(e: BaseException) -> str:
+    """The worker's own exception line out of Ray's wrapped traceback text."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.split(":")[0].endswith(("Error", "Exception"))]
+    return errors[-1] if errors else (lines[0] if lines else repr(e))
 
 
 def count_parameters(est) -> int:
@@ -242,5 +259,18 @@ def _final_metrics(est, splits) -> dict:
     return out
 
 
-def _text_features(info, splits):
-    raise InvalidInputError("use_text needs the text encoder family support (not yet wired)")
+def _text_features(s: Settings, ds, splits, progress: bool) -> np.ndarray:
+    """MiniLM vectors of the items' text in the dense id order, cached per dataset content."""
+    cache = s.home / "cache" / "text-features" / f"{ds.info.content_hash}.npy"
+    if cache.exists():
+        feats = np.load(cache, allow_pickle=False)
+        if feats.shape[0] == splits.n_items + 1:
+            return feats
+    from aimass.models.text import item_text_features
+
+    text = ds.items.set_index("item_id")["text"].astype(str)
+    texts = [text.get(int(i), "") for i in splits.item_ids]
+    feats = item_text_features(texts, progress=progress)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.save(cache, feats)
+    return feats

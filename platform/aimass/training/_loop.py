@@ -79,7 +79,9 @@ def _torch_loop(est, cfg, data, config, rank, world, resume, tracker) -> None:
             shutil.copytree(Path(d) / "best", best_dir / "best")
     else:
         best_dir = Path(tempfile.mkdtemp(prefix="aimass-best-"))
-    module = ray.train.torch.prepare_model(module)
+    # buffers (e.g. frozen item text features) never change: broadcasting them every step is pure waste
+    module = ray.train.torch.prepare_model(module, parallel_strategy_kwargs={"broadcast_buffers": False})
+    device = ray.train.torch.get_device()
     optimizer = est.make_optimizer(_unwrap(module), cfg)
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
@@ -102,8 +104,10 @@ def _torch_loop(est, cfg, data, config, rank, world, resume, tracker) -> None:
         t0, losses, seen = time.time(), [], 0
         bar = _bar(len(loader), f"epoch {epoch + 1}/{epochs}") if rank == 0 and config.get("progress") else None
         for batch in loader:
-            loss = est.train_step(module, batch, cfg, optimizer, state["step"], state["step"] / total_steps,
-                                  generator=generator)
+            batch = _to(batch, device)
+            # with a time budget a decaying schedule runs on wall time, so it ends when the budget does
+            progress = max(state["step"] / total_steps, (time.time() - started) / budget if budget else 0.0)
+            loss = est.train_step(module, batch, cfg, optimizer, state["step"], progress, generator=generator)
             state["step"] += 1
             losses.append(float(loss))
             seen += len(batch[0]) if isinstance(batch, (list, tuple)) else len(next(iter(batch.values())))
@@ -173,6 +177,14 @@ def _report(metrics: dict, rank: int, tracker, write, state: dict) -> None:
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
     if tracker is not None:
         tracker.log_epoch(metrics)
+
+
+def _to(batch, device):
+    if device.type == "cpu":
+        return batch
+    if isinstance(batch, dict):
+        return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    return type(batch)(v.to(device, non_blocking=True) for v in batch)
 
 
 def _unwrap(module):

@@ -1,0 +1,65 @@
+"""`aimass train`, `runs` and `models` as a user runs them, and `dvc repro` of the reference pipeline."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.cli.test_datasets_cli import AIMASS, run
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_train_runs_models_round_trip(tmp_path):
+    home = tmp_path / "home"
+    demo = json.loads(run(home, "datasets", "generate-demo", str(tmp_path / "d"), "--users", "50", "--tracks",
+                          "100", "--json").stdout)
+    run(home, "datasets", "register", "demo", demo["interactions"], "--format", "csv")
+    out = json.loads(run(home, "train", "itemknn", "--dataset", "demo@v1", "--workers", "2", "--param",
+                         "neighbors=30", "--json").stdout)
+    assert out["family"] == "itemknn" and out["dataset"] == "demo@v1" and out["model_uri"].startswith("models:/")
+    assert 0 < out["metrics"]["test_ndcg@10"] <= 1
+    listed = json.loads(run(home, "runs", "list", "--json").stdout)
+    assert [r["run_id"] for r in listed] == [out["run_id"]]
+    shown = json.loads(run(home, "runs", "show", out["run_id"], "--json").stdout)
+    assert shown["params"]["param.neighbors"] == "30" and shown["models"] == [out["model_uri"]]
+    reg = json.loads(run(home, "models", "register", out["run_id"], "--name", "recs", "--json").stdout)
+    assert reg["version"] == 1 and reg["dataset"] == "demo@v1"
+    promo = json.loads(run(home, "models", "promote", "recs", "1", "--json").stdout)
+    assert promo["promoted"] and promo["alias"] == "champion"
+    assert json.loads(run(home, "models", "show", "recs@champion", "--json").stdout)["version"] == 1
+    bad = run(home, "train", "itemknn", "--dataset", "demo", "--param", "neighbors", ok=False)
+    assert bad.returncode == 2 and "key=value" in bad.stderr
+    bad = run(home, "train", "sasrec", "--dataset", "demo", "--param", "lr=-0.1", ok=False)
+    assert bad.returncode == 2 and "lr: Input should be greater than 0" in bad.stderr
+    assert len(json.loads(run(home, "runs", "list", "--json").stdout)) == 1
+
+
+def test_dvc_repro_runs_the_reference_pipeline(tmp_path):
+    work = tmp_path / "pipeline"
+    work.mkdir()
+    for name in ("dvc.yaml", "pipelines"):
+        src = REPO / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, work / name)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["demo"].update(users=60, tracks=120)
+    params["train"].update(family="itemknn", params={}, epochs=None)
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {**os.environ, "AIMASS_HOME": str(tmp_path / "home"), "DVC_NO_ANALYTICS": "1",
+           "PATH": f"{Path(AIMASS).parent}:{os.environ['PATH']}"}
+    for cmd in (["git", "init", "-q"], [str(Path(AIMASS).parent / "dvc"), "init", "-q"]):
+        subprocess.run(cmd, cwd=work, check=True, env=env)
+    res = subprocess.run([str(Path(AIMASS).parent / "dvc"), "repro"], cwd=work, env=env, capture_output=True,
+                         text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    evaluated = json.loads((work / "metrics" / "eval.json").read_text())
+    assert evaluated["dataset"] == "demo@v1" and 0 < evaluated["test_ndcg_at_10"] <= 1
+    assert 0 < evaluated["sampled_test_ndcg_at_10"] <= 1  # the old-paper protocol, labelled
+    trained = json.loads((work / "metrics" / "train.json").read_text())
+    assert trained["model_uri"] == evaluated["model_uri"]

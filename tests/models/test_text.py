@@ -1,0 +1,58 @@
+"""The MiniLM text encoder loads from the installed package, offline, and gives sensible vectors."""
+from __future__ import annotations
+
+import os
+import socket
+
+import numpy as np
+import pytest
+
+from aimass.models import text
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    pytest.importorskip("sentence_transformers")
+    pytest.importorskip(text.PACKAGE)
+    enc = text.TextEncoder()
+
+    def no_network(*args, **kwargs):
+        raise AssertionError(f"the text encoder tried to open a connection: {args}")
+
+    with pytest.MonkeyPatch.context() as mp:  # loading (the first use) must not touch the network
+        mp.setattr(socket.socket, "connect", no_network)
+        mp.setattr(socket, "create_connection", no_network)
+        enc.encode(["warm up"])
+    return enc
+
+
+def test_weights_ship_inside_the_package():
+    pytest.importorskip(text.PACKAGE)
+    path = text.model_path()
+    assert (path / "model.safetensors").is_file() and (path / "tokenizer.json").is_file()
+
+
+def test_encodes_offline_normalised_and_meaningful(encoder):
+    vecs = encoder.encode(["rock guitar band", "heavy metal guitar", "baroque harpsichord sonata"])
+    assert os.environ["HF_HUB_OFFLINE"] == "1" and os.environ["TRANSFORMERS_OFFLINE"] == "1"
+    assert vecs.shape == (3, 384) and vecs.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+    rock, metal, baroque = vecs
+    assert rock @ metal > rock @ baroque + 0.1
+
+
+def test_deterministic_and_cached(encoder):
+    texts = ["a quiet jazz trio", "space opera with robots", "a quiet jazz trio"]
+    a = encoder.encode(texts)
+    b = text.TextEncoder().encode(texts, batch_size=2)
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    np.testing.assert_array_equal(a, encoder.encode(texts))
+    assert text.TextEncoder().model is encoder.model  # loaded once per process
+    assert encoder.encode([]).shape == (0, 384)
+
+
+def test_item_text_features_rows_follow_dense_ids(encoder):
+    feats = text.item_text_features(["first item", "second item"], encoder=encoder)
+    assert feats.shape == (3, 384) and feats.dtype == np.float32
+    assert not feats[0].any()  # padding
+    np.testing.assert_array_equal(feats[1:], encoder.encode(["first item", "second item"]))
