@@ -6,9 +6,6 @@ import os
 
 import psutil
 
-# torch's TCPStore (Ray Train's process group) listens on *:PORT with no bind option; its traffic stays on
-# 127.0.0.1. Named here so that any other offender still fails.
-KNOWN_EXCEPTIONS: set[str] = set()
 
 
 def listeners(root_pid: int | None = None) -> list[tuple[int, str, str, int]]:
@@ -34,4 +31,4 @@ def is_loopback(address: str) -> bool:
 
 
 def non_loopback(found: list[tuple[int, str, str, int]]) -> list[tuple[int, str, str, int]]:
-    return [x for x in found if not is_loopback(x[2]) and x[1] not in KNOWN_EXCEPTIONS]
+    return [x for x in found if not is_loopback(x[2])]

@@ -65,3 +65,19 @@ def promote(
     emit(p, as_json, [f"{name}/{version} is now {alias}" + (" (forced)" if p.forced else "")
                       + (f", was {p.previous}" if p.previous else "")]
          + [f"  {'pass' if c.passed else 'FAIL'} {c.check}: {c.detail}" for c in p.checks])
+
+
+@app.command()
+def compress(
+    name: str,
+    version: int,
+    method: str = typer.Option(..., "--method", "-m", help="int8, fp16, bf16, prune, distill, onnx"),
+    option: list[str] = typer.Option(None, "--option", "-o", help="key=value (JSON values), repeatable"),
+    as_json: bool = JSON,
+):
+    """Make a smaller version of NAME/VERSION; it is registered with VERSION as its parent."""
+    from aimass.cli.train import _parse_params
+    from aimass.registry._compress import compress as run
+
+    v = run(name, version, method, settings=state.settings, **_parse_params(option))
+    emit(v, as_json, rows([_row(v)], _COLS) + [f"  {k}: {val:.4f}" for k, val in sorted(v.metrics.items())])
