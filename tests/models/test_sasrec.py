@@ -6,8 +6,14 @@ import pydantic
 import pytest
 import torch
 
-from aimass.models.sasrec import (SASRec, SASRecConfig, SASRecModule, SASRecTrainingData, sasrec_loss,
-                                  sasrec_ndcg_hr)
+from aimass.models.sasrec import (
+    SASRec,
+    SASRecConfig,
+    SASRecModule,
+    SASRecTrainingData,
+    sasrec_loss,
+    sasrec_ndcg_hr,
+)
 
 N_ITEMS = 40
 TINY = dict(dim=16, n_blocks=1, max_len=12, batch_size=32, epochs=25, lr=5e-3, warmup_steps=5,
@@ -63,7 +69,11 @@ def test_save_load_round_trip(fitted, tmp_path):
     loaded = SASRec.load(tmp_path / "m")
     histories, _ = held_out()
     np.testing.assert_array_equal(loaded.score(histories), model.score(histories))
-    assert loaded.config_ == model.config_
+    assert loaded.config_ == model.config_ and loaded.best_epoch_ == model.best_epoch_
+
+    from aimass.models import load_estimator  # the registry finds the family from config.json
+
+    np.testing.assert_array_equal(load_estimator(tmp_path / "m").score(histories), model.score(histories))
 
 
 def test_seeded_determinism():
@@ -118,3 +128,11 @@ def test_config_validation():
     SASRec(not_a_param=1)  # the constructor only stores, as in scikit-learn ...
     with pytest.raises(pydantic.ValidationError):  # ... fit validates
         SASRec(not_a_param=1).fit(successor_sequences(4), N_ITEMS, progress=False)
+
+
+def test_time_budget_stops_gracefully_and_keeps_best():
+    histories, targets = held_out()
+    model = SASRec(**dict(TINY, epochs=50, time_budget_s=0.05)).fit(
+        successor_sequences(60), N_ITEMS, valid=(histories, targets), progress=False)
+    assert len(model.history_) < 50 and model.best_epoch_ >= 1
+    assert model.score(histories[:2]).shape == (2, N_ITEMS + 1)

@@ -100,7 +100,7 @@ def gbce(hidden: torch.Tensor, targets: torch.Tensor, item_weight: torch.Tensor,
     # log(sigma(s)^beta / (1 - sigma(s)^beta)) computed stably in log space:
     # log sigma(s)^beta = beta * logsigmoid(s);  logit(p) = log p - log1p(-p).
     log_p = beta * F.logsigmoid(logits[:, :1].double())
-    pos = (log_p - torch.log(-torch.expm1(log_p).clamp_min(1e-30))).float()
+    pos = (log_p - torch.log((-torch.expm1(log_p)).clamp_min(1e-30))).float()
     neg_loss = F.softplus(logits[:, 1:])  # -log(1 - sigma(neg)); masked -inf entries give exactly 0
     # mean over all 1 + K binary terms, as in the paper's BCEWithLogits
     return (F.softplus(-pos).sum() + neg_loss.sum()) / logits.numel()

@@ -291,10 +291,12 @@ class TwoTower:
         module = getattr(module, "module", module)
         module.eval()
         out = np.empty((len(histories), module.n_items + 1), dtype=np.float32)
+        device = next(module.parameters()).device
         for i in range(0, len(histories), batch_size):
             # always pad to max_len: identical shapes, so a user's scores do not depend on the batch
             seq = torch.from_numpy(np.stack([_left_pad(h, cfg.max_len) for h in histories[i:i + batch_size]]))
-            out[i:i + len(seq)] = module.scores(seq).numpy()
+            # a GPU-trained module scores where it lives; the caller always gets CPU float32
+            out[i:i + len(seq)] = module.scores(seq.to(device)).float().cpu().numpy()
         return out
 
     def adopt(self, module: nn.Module, cfg: TwoTowerConfig, n_items: int) -> TwoTower:

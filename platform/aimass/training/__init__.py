@@ -227,7 +227,7 @@ def count_parameters(est) -> int:
 
 
 def _fit(s, ray, cls, family, data, params, run_id, workers, gpu, epochs, budget_min, progress, resume_from):
-    from ray.train import Checkpoint, CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from aimass.training._loop import worker_loop
@@ -235,6 +235,8 @@ def _fit(s, ray, cls, family, data, params, run_id, workers, gpu, epochs, budget
     config = {"family": family, "params": params, "data_ref": ray.put(data), "seed": params.get("seed", 0),
               "epochs": epochs, "time_budget_s": budget_min * 60 if budget_min else None, "progress": progress,
               "tracking_uri": s.tracking_uri, "run_id": run_id,
+              # Train V2 dropped resume_from_checkpoint: the loop reads the folder itself
+              "resume_from": str(resume_from) if resume_from else None,
               "threads_per_worker": max(1, int(ray.cluster_resources().get("CPU", 1)) // workers)}
     trainer = TorchTrainer(
         worker_loop,
@@ -242,7 +244,6 @@ def _fit(s, ray, cls, family, data, params, run_id, workers, gpu, epochs, budget
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpu, resources_per_worker={"CPU": 1}),
         run_config=RunConfig(name=run_id, storage_path=str((s.home / "ray-results").resolve()),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
-        resume_from_checkpoint=Checkpoint.from_directory(str(resume_from)) if resume_from else None,
     )
     return trainer.fit()
 

@@ -35,7 +35,9 @@ def worker_loop(config: dict) -> None:
     torch.set_num_threads(max(1, config.get("threads_per_worker", 1)))
     est = family_class(config["family"])(**config["params"])
     cfg = est.resolve_config(data["n_items"], [len(s) for s in data["train"]])
-    resume = ray.train.get_checkpoint()
+    resume = ray.train.get_checkpoint()  # a restarted worker group continues the same job
+    if resume is None and config.get("resume_from"):
+        resume = ray.train.Checkpoint.from_directory(config["resume_from"])
     tracker = _Tracker(config) if rank == 0 else None
     if est.is_torch:
         _torch_loop(est, cfg, data, config, rank, world, resume, tracker)
