@@ -1,0 +1,416 @@
+"""Compression of registered model versions: int8, fp16, bf16, prune, distill, onnx.
+
+    >>> v = compress("recs", 3, "int8")          # -> recs/4, parent_version 3, method "int8"
+    >>> aimass.registry.load("recs/4").recommend(df)   # one loader, whatever the method
+
+Each compressed version is evaluated on the parent's dataset version and split protocol (test NDCG@10 and
+Recall@10), sized (bytes of its folder), timed on CPU at batch 1 and 64 on the same histories as the parent,
+logged as its own MLflow run (the parent run's dataset tags, ``aimass.parent_model``, ``aimass.method``) with
+the model logged as code (``registry/_pyfunc.py``) and registered with the parent as lineage.
+Storage formats are in ``_codecs``."""
+from __future__ import annotations
+
+import copy
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from aimass.errors import InvalidInputError
+from aimass.registry import _codecs as C
+from aimass.settings import Settings, default_settings
+
+METHODS = ("int8", "fp16", "bf16", "prune", "distill", "onnx")
+NEURAL = ("sasrec", "two-tower")
+_COMMON = {"latency_n": int, "seed": int}
+_OPTIONS = {
+    "int8": {"head": str, "linear": str},
+    "fp16": {},
+    "bf16": {"compute": str},
+    "prune": {"kind": str, "sparsity": float, "steps": int, "lr": float, "time_budget_s": float},
+    "distill": {"n_blocks": int, "dim": int, "n_heads": int, "temperature": float, "alpha": float,
+                "steps": int, "lr": float, "batch_size": int, "time_budget_s": float},
+    "onnx": {"check_users": int, "opset": int},
+}
+_CHOICES = {"head": ("int8", "float"), "linear": ("per_tensor", "per_channel"), "compute": ("bf16", "fp32"),
+            "kind": ("unstructured", "structured")}
+
+
+def check(method: str, family: str | None, options: dict) -> dict:
+    """Refuse what cannot work before anything is loaded or written; returns the typed options."""
+    if method not in METHODS:
+        raise InvalidInputError(f"unknown compression method {method!r}; known: {', '.join(METHODS)}")
+    if family not in NEURAL:
+        raise InvalidInputError(f"compression method {method!r} does not apply to family {family!r}: "
+                                f"it has no neural weights (methods apply to {', '.join(NEURAL)})")
+    if method == "distill" and family != "sasrec":
+        raise InvalidInputError(f"compression method 'distill' does not apply to family {family!r} "
+                                "(only sasrec has a smaller student architecture)")
+    allowed = {**_COMMON, **_OPTIONS[method]}
+    out = {}
+    for k, v in options.items():
+        if k not in allowed:
+            raise InvalidInputError(f"unknown option {k!r} for method {method!r}; "
+                                    f"known: {', '.join(allowed) or 'none'}")
+        try:
+            out[k] = allowed[k](v)
+        except (TypeError, ValueError):
+            raise InvalidInputError(f"option {k}={v!r} of method {method!r} must be "
+                                    f"{allowed[k].__name__}") from None
+        if k in _CHOICES and out[k] not in _CHOICES[k]:
+            raise InvalidInputError(f"option {k}={v!r}: use one of {', '.join(_CHOICES[k])}")
+        if allowed[k] in (int, float) and out[k] <= 0 and k != "seed":
+            raise InvalidInputError(f"option {k}={v!r} must be positive")
+    if not 0 < out.get("sparsity", 0.5) < 1:
+        raise InvalidInputError(f"sparsity must be in (0, 1), got {out['sparsity']}")
+    if not 0 <= out.get("alpha", 0.5) <= 1:
+        raise InvalidInputError(f"alpha must be in [0, 1], got {out['alpha']}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- builders
+
+def build(method: str, est, family: str, splits, out: Path, opts: dict, progress: bool = False) -> dict:
+    """Write the compressed folder of ``est`` (a fitted family estimator) to ``out``; returns its meta."""
+    out.mkdir(parents=True, exist_ok=True)
+    module = est.module_.eval()
+    meta = {"family": family, "method": method, "n_items": int(est.n_items_),
+            "config": est.config_.model_dump()}
+    feats = getattr(module, "item_features", None)
+    if feats is not None:
+        meta["n_features"] = int(feats.shape[1])
+    from safetensors.torch import save_file
+
+    if method == "int8":
+        blobs, details = C.encode_int8(module, per_channel=opts.get("linear") == "per_channel")
+        meta.update(details, head=opts.get("head", "int8") if family == "sasrec" else "float")
+        save_file(blobs, str(out / C.WEIGHTS))
+    elif method in ("fp16", "bf16"):
+        dt = torch.float16 if method == "fp16" else torch.bfloat16
+        meta["compute"] = opts.get("compute", "bf16") if method == "bf16" else "fp32"
+        save_file({k: (v.to(dt) if v.is_floating_point() else v).contiguous()
+                   for k, v in module.state_dict().items()}, str(out / C.WEIGHTS))
+    elif method == "prune":
+        pruned, masks = _prune(est, family, splits, opts, progress)
+        meta.update(kind=opts.get("kind", "unstructured"), sparsity=opts.get("sparsity", 0.5))
+        tensors, meta["shapes"] = {}, {}
+        for k, v in pruned.state_dict().items():
+            if k in masks:
+                tensors[f"{k}::mask"], tensors[f"{k}::values"] = C.encode_sparse(v)
+                meta["shapes"][k] = list(v.shape)
+            else:
+                tensors[k] = v.detach().float().contiguous() if v.is_floating_point() else v.contiguous()
+        save_file(tensors, str(out / C.WEIGHTS))
+    elif method == "distill":
+        student, scfg, details = _distill(est, splits, opts, progress)
+        meta.update(config=scfg.model_dump(), distill=details)
+        save_file({k: v.detach().float().contiguous() for k, v in student.state_dict().items()},
+                  str(out / C.WEIGHTS))
+    elif method == "onnx":
+        C.export_onnx(module, family, est.config_, out / C.ONNX_FILE, opts.get("opset", 17))
+    C.write_meta(out, meta)
+    return meta
+
+
+def _finetune(cls, module: nn.Module, cfg, sequences, steps: int, lr: float, seed: int,
+              budget_s: float | None, after_step=None) -> int:
+    """A short fine-tune through the family's own hooks (training_data, make_optimizer, train_step)."""
+    cfg = cfg.model_copy(update={"lr": lr, "warmup_steps": min(cfg.warmup_steps, max(1, steps // 10)),
+                                 "schedule": "cosine"})
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    data = cls.training_data(list(sequences), cfg)
+    loader = torch.utils.data.DataLoader(data, batch_size=cfg.batch_size, shuffle=True, generator=gen)
+    opt = cls.make_optimizer(module, cfg)
+    step, epoch, t0 = 0, 0, time.perf_counter()
+    while step < steps:
+        if hasattr(data, "set_epoch"):
+            data.set_epoch(epoch)
+        for batch in loader:
+            if step >= steps or (budget_s and time.perf_counter() - t0 > budget_s):
+                steps = step
+                break
+            cls.train_step(module, batch, cfg, opt, step, step / steps, generator=gen)
+            if after_step is not None:
+                after_step()
+            step += 1
+        epoch += 1
+    module.eval()
+    return step
+
+
+def _prune(est, family: str, splits, opts: dict, progress: bool):
+    """Magnitude pruning + a short fine-tune with the mask kept. Unstructured: the smallest-|w| fraction of
+    every Linear weight and embedding table, per tensor. Structured: whole feed-forward
+    hidden units (rows of its first Linear, columns of its last) by the product of their weight norms."""
+    from aimass.models import family_class
+
+    kind, sparsity = opts.get("kind", "unstructured"), opts.get("sparsity", 0.5)
+    module = copy.deepcopy(est.module_)
+    masks: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        if kind == "unstructured":
+            linear, rows = C._linear_kinds(module)
+            params = dict(module.named_parameters())
+            for key in sorted(linear | rows):
+                if key not in params:
+                    continue  # buffers (frozen features) are not pruned
+                w = params[key]
+                k = int(round(sparsity * w.numel()))
+                if k == 0:
+                    continue
+                thresh = w.abs().reshape(-1).kthvalue(k).values
+                masks[key] = (w.abs() > thresh).to(w.dtype)
+                w.mul_(masks[key])
+        else:
+            for name, m in list(module.named_modules()):
+                lins = [x for x in m.children() if isinstance(x, nn.Linear)] if name.endswith("ffn") else []
+                if len(lins) < 2:
+                    continue
+                first, last = lins[0], lins[-1]
+                score = first.weight.norm(dim=1) * last.weight.norm(dim=0)
+                n_keep = max(1, int(round(first.out_features * (1 - sparsity))))
+                keep = score.topk(n_keep).indices.sort().values
+                new_first = nn.Linear(first.in_features, n_keep, bias=first.bias is not None)
+                new_last = nn.Linear(n_keep, last.out_features, bias=last.bias is not None)
+                new_first.weight.copy_(first.weight[keep])
+                if first.bias is not None:
+                    new_first.bias.copy_(first.bias[keep])
+                new_last.weight.copy_(last.weight[:, keep])
+                if last.bias is not None:
+                    new_last.bias.copy_(last.bias)
+                for i, child in list(m.named_children()):
+                    if child is first:
+                        m._modules[i] = new_first
+                    elif child is last:
+                        m._modules[i] = new_last
+
+    def reapply():
+        with torch.no_grad():
+            params = dict(module.named_parameters())
+            for key, mask in masks.items():
+                params[key].mul_(mask)
+
+    cls = family_class(family)
+    _finetune(cls, module, est.config_, splits.train_sequences, opts.get("steps", 300), opts.get("lr", 1e-3),
+              opts.get("seed", 0), opts.get("time_budget_s"), reapply if masks else None)
+    return module, masks
+
+
+def _distill(teacher_est, splits, opts: dict, progress: bool):
+    """A smaller SASRec trained on the teacher's soft targets (KL at temperature T over the whole catalogue at
+    every position, x T^2) mixed with the hard next-item CE: ``alpha * KL + (1 - alpha) * CE``. With the
+    teacher's width, the student starts from the teacher's embeddings, final norm and evenly spaced blocks."""
+    from aimass.models.sasrec import SASRecModule, SASRecTrainingData, sasrec_lr, sasrec_optimizer
+
+    teacher, tcfg = teacher_est.module_.eval(), teacher_est.config_
+    n_blocks = opts.get("n_blocks", max(1, tcfg.n_blocks - 1))
+    dim = opts.get("dim", tcfg.dim if n_blocks < tcfg.n_blocks else max(8, tcfg.dim // 2))
+    n_heads = opts.get("n_heads", tcfg.n_heads if dim % tcfg.n_heads == 0 else 1)
+    if (n_blocks, dim) == (tcfg.n_blocks, tcfg.dim) or n_blocks > tcfg.n_blocks or dim > tcfg.dim:
+        raise InvalidInputError(f"student (n_blocks={n_blocks}, dim={dim}) must be smaller than the teacher "
+                                f"(n_blocks={tcfg.n_blocks}, dim={tcfg.dim})")
+    if dim % n_heads:
+        raise InvalidInputError(f"student dim={dim} is not divisible by n_heads={n_heads}")
+    steps, lr, T, alpha = opts.get("steps", 500), opts.get("lr", 1e-3), opts.get("temperature", 2.0), \
+        opts.get("alpha", 0.7)
+    scfg = tcfg.model_copy(update={"n_blocks": n_blocks, "dim": dim, "n_heads": n_heads, "lr": lr,
+                                   "warmup_steps": min(50, max(1, steps // 10)), "schedule": "cosine",
+                                   "batch_size": opts.get("batch_size", tcfg.batch_size)})
+    seed = opts.get("seed", 0)
+    torch.manual_seed(seed)
+    n = teacher_est.n_items_
+    student = SASRecModule(n, scfg)
+    init = dim == tcfg.dim and n_heads == tcfg.n_heads
+    if init:
+        picks = np.round(np.linspace(0, tcfg.n_blocks - 1, n_blocks)).astype(int).tolist()
+        with torch.no_grad():
+            student.item_emb.load_state_dict(teacher.item_emb.state_dict())
+            student.pos_emb.load_state_dict(teacher.pos_emb.state_dict())
+            student.norm.load_state_dict(teacher.norm.state_dict())
+            for i, j in enumerate(picks):
+                student.blocks[i].load_state_dict(teacher.blocks[j].state_dict())
+    gen = torch.Generator().manual_seed(seed)
+    data = SASRecTrainingData(list(splits.train_sequences), scfg)
+    loader = torch.utils.data.DataLoader(data, batch_size=scfg.batch_size, shuffle=True, generator=gen)
+    opt = sasrec_optimizer(student, scfg)
+    budget = opts.get("time_budget_s")
+    step, t0, losses = 0, time.perf_counter(), []
+    while step < steps and not (budget and time.perf_counter() - t0 > budget):
+        for inputs, targets in loader:
+            if step >= steps or (budget and time.perf_counter() - t0 > budget):
+                break
+            for g in opt.param_groups:
+                g["lr"] = sasrec_lr(scfg, step, step / steps)
+            keep = targets != 0
+            with torch.no_grad():
+                t_logits = teacher(inputs)[keep] @ teacher.item_emb.weight.T
+                t_logits[:, 0] = float("-inf")
+            student.train()
+            s_logits = student(inputs)[keep] @ student.item_emb.weight.T
+            s_logits = torch.cat([torch.full_like(s_logits[:, :1], -1e9), s_logits[:, 1:]], dim=1)
+            kl = torch.nn.functional.kl_div(torch.log_softmax(s_logits / T, -1),
+                                            _log_softmax_masked(t_logits / T), log_target=True,
+                                            reduction="batchmean") * T * T
+            ce = torch.nn.functional.cross_entropy(s_logits, targets[keep])
+            loss = alpha * kl + (1 - alpha) * ce
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(student.parameters(), 5.0)
+            opt.step()
+            losses.append(loss.item())
+            step += 1
+            if progress and step % 50 == 0:
+                print(f"distill step {step}/{steps} loss {np.mean(losses[-50:]):.4f} "
+                      f"({time.perf_counter() - t0:.0f}s)", flush=True)
+    student.eval()
+    details = {"steps": step, "temperature": T, "alpha": alpha, "init_from_teacher": init,
+               "train_s": round(time.perf_counter() - t0, 1), "final_loss": float(np.mean(losses[-50:]))
+               if losses else None}
+    return student, scfg, details
+
+
+def _log_softmax_masked(logits: torch.Tensor) -> torch.Tensor:
+    """log-softmax with column 0 (padding, -inf) given a finite, negligible log-probability (kl_div with
+    log_target needs finite targets where the student's input is finite)."""
+    out = torch.log_softmax(logits, -1)
+    return torch.cat([torch.full_like(out[:, :1], -1e4), out[:, 1:]], dim=1)
+
+
+# ------------------------------------------------------------------------------------------- measuring
+
+def latency_ms(score, batches: list[list[np.ndarray]], warmup: int = 3) -> dict:
+    """p50/p99 of one ``score`` call over the given batches (the same for every model compared)."""
+    for b in batches[:warmup]:
+        score(b)
+    times = []
+    for b in batches:
+        t0 = time.perf_counter()
+        score(b)
+        times.append((time.perf_counter() - t0) * 1000)
+    return {"p50": float(np.percentile(times, 50)), "p99": float(np.percentile(times, 99))}
+
+
+def latency_batches(histories, n: int, seed: int = 0) -> dict[int, list]:
+    rng = np.random.default_rng(seed)
+    return {b: [[histories[i] for i in rng.integers(0, len(histories), b)] for _ in range(count)]
+            for b, count in ((1, n), (64, max(10, n // 5)))}
+
+
+def measure(parent_score, child_score, splits, n_items: int, latency_n: int = 200, seed: int = 0,
+            parent: dict | None = None) -> tuple[dict, dict]:
+    """Test NDCG/Recall@10 and batch-1/64 latency of parent and child on the same users; returns
+    (child metrics with deltas, parent metrics). ``parent`` reuses parent numbers already measured."""
+    from aimass.evaluation import evaluate
+
+    def one(score):
+        m = evaluate(score, list(splits.test_histories), np.asarray(splits.test_targets), n_items, ks=(10,))
+        out = {"test_ndcg_at_10": m["ndcg@10"], "test_recall_at_10": m["recall@10"]}
+        for b, batches in latency_batches(splits.test_histories, latency_n, seed).items():
+            lat = latency_ms(score, batches)
+            out[f"latency_b{b}_p50_ms"], out[f"latency_b{b}_p99_ms"] = lat["p50"], lat["p99"]
+        return out
+
+    p = parent or one(parent_score)
+    c = one(child_score)
+    for k in ("test_ndcg_at_10", "test_recall_at_10"):
+        c[f"delta_{k}_rel"] = (c[k] - p[k]) / p[k] if p[k] else 0.0
+    c["speedup_b1"] = p["latency_b1_p50_ms"] / c["latency_b1_p50_ms"]
+    c["speedup_b64"] = p["latency_b64_p50_ms"] / c["latency_b64_p50_ms"]
+    return c, p
+
+
+# --------------------------------------------------------------------------------------------- compress
+
+def compress(name: str, version: int, method: str, *, settings: Settings | None = None,
+             progress: bool = False, **options):
+    """Make a smaller/faster copy of ``name/version`` with ``method`` and register it as the next version of
+    ``name`` (parent_version = ``version``, method = ``method``). Returns its ModelVersionInfo.
+
+    Options: common ``latency_n`` (timed calls at batch 1; batch 64 gets a fifth), ``seed``; int8 ``head``
+    ("int8" | "float"), ``linear`` ("per_tensor" | "per_channel"); bf16 ``compute`` ("bf16" | "fp32");
+    prune ``kind`` ("unstructured" | "structured"), ``sparsity`` (0.5), ``steps`` (300), ``lr``,
+    ``time_budget_s``; distill ``n_blocks``, ``dim``, ``n_heads``, ``temperature`` (2), ``alpha`` (0.7),
+    ``steps`` (500), ``lr``, ``batch_size``, ``time_budget_s``; onnx ``check_users`` (256), ``opset`` (17).
+    Logged metrics: test_ndcg_at_10, test_recall_at_10, size_bytes, latency_b{1,64}_p{50,99}_ms, the
+    parent's as parent_*, delta_test_*_rel ((child - parent) / parent), speedup_b1/_b64 (parent p50 /
+    child p50) and size_ratio (parent bytes / child bytes: how many times smaller)."""
+    from aimass import datasets, registry
+    from aimass.evaluation import make_splits
+    from aimass.training._tracking import metric_key, mlflow_for
+
+    s = settings or default_settings()
+    info = registry.get(f"{name}/{int(version)}", settings=s)
+    opts = check(method, info.family, options)
+    if info.method != "original":
+        raise InvalidInputError(f"{info.ref} is already compressed ({info.method}); compress an original "
+                                "version")
+    if not info.dataset:
+        raise InvalidInputError(f"{info.ref} records no dataset version to evaluate on")
+    ds = datasets.load(info.dataset, settings=s)
+    protocol = "ml1m-seq" if "split" in ds.interactions.columns else "leave-one-out"
+    splits = make_splits(ds.interactions, protocol)
+    parent = registry.load(info.ref, settings=s)
+    est = parent.estimator
+    if splits.n_items != est.n_items_:
+        raise InvalidInputError(f"{info.dataset} has {splits.n_items} items but {info.ref} scores "
+                                f"{est.n_items_}")
+    client = registry._client(s)
+    parent_tags = client.get_run(info.run_id).data.tags if info.run_id else {}
+    with tempfile.TemporaryDirectory(prefix="aimass-compress-") as tmp:
+        work = Path(tmp)
+        est.save(work / "parent")
+        folder = work / "model"
+        meta = build(method, est, info.family, splits, folder, opts, progress)
+        child = C.load_compressed(folder)
+        metrics, pmetrics = measure(est.score, child.score, splits, splits.n_items,
+                                    opts.get("latency_n", 200), opts.get("seed", 0))
+        metrics["size_bytes"] = C.folder_bytes(folder)
+        pmetrics["size_bytes"] = C.folder_bytes(work / "parent")
+        metrics["size_ratio"] = pmetrics["size_bytes"] / metrics["size_bytes"]
+        sample = list(splits.test_histories[: opts.get("check_users", 256)])
+        ref, got = est.score(sample), child.score(sample)
+        if method == "onnx":
+            metrics.update(C.onnx_agreement(ref, got, sample))
+        pairs = zip(C.top10(ref, sample), C.top10(got, sample), strict=True)
+        metrics["top10_overlap_vs_parent"] = float(np.mean([len(set(a) & set(b)) / 10 for a, b in pairs]))
+        if child.n_parameters:
+            metrics["n_parameters"] = child.n_parameters
+        mlflow = mlflow_for(s)
+        with mlflow.start_run(run_name=f"compress-{name}-v{version}-{method}") as run:
+            mlflow.set_tags({k: parent_tags[k] for k in (
+                "aimass.family", "aimass.dataset", "aimass.dataset_version", "aimass.dataset_ref",
+                "aimass.dataset_hash") if k in parent_tags})
+            mlflow.set_tags({"aimass.parent_model": info.ref, "aimass.method": method,
+                             "aimass.compress_meta": json.dumps({k: v for k, v in meta.items() if k not in
+                                                                 ("config", "shapes")})[:4000]})
+            mlflow.log_params({"method": method, "parent": info.ref, "protocol": protocol,
+                               **{f"option.{k}": v for k, v in opts.items()}})
+            mlflow.log_metrics({metric_key(k): float(v) for k, v in metrics.items()})
+            mlflow.log_metrics({f"parent_{k}": float(v) for k, v in pmetrics.items()})
+            model_info = _log_model(mlflow, folder, parent.item_ids, info.family, method, splits)
+        return registry.register(run.info.run_id, name, parent_version=int(version), method=method,
+                                 model_uri=model_info.model_uri, settings=s)
+
+
+def _log_model(mlflow, folder: Path, item_ids: np.ndarray, family: str, method: str, splits):
+    import pandas as pd
+    from mlflow.models import infer_signature
+
+    from aimass.registry._pyfunc import CompressedRecommender
+
+    ids_file = folder.parent / "item_ids.npy"
+    np.save(ids_file, np.asarray(item_ids, dtype=np.int64))
+    fam = folder.parent / "family.json"
+    fam.write_text(json.dumps({"family": family, "method": method}))
+    hist = np.asarray(splits.test_histories[0][-5:]) if len(splits.test_histories) else np.zeros(0, np.int64)
+    example = pd.DataFrame({"history": [[int(x) for x in item_ids[hist - 1]]], "k": [10]})
+    output = CompressedRecommender.from_files(folder, ids_file, family).recommend(example)
+    return mlflow.pyfunc.log_model(
+        name="model", python_model=str(Path(__file__).with_name("_pyfunc.py")),
+        artifacts={"model": str(folder), "item_ids": str(ids_file), "family": str(fam)},
+        signature=infer_signature(example, output), input_example=example, pip_requirements=["aimass"])

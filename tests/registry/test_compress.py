@@ -1,0 +1,148 @@
+"""Compression of registered versions: every method makes a registered child version of a real trained
+SASRec, with metrics, lineage and one loader; bad requests change nothing."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import aimass
+from aimass import registry
+from aimass.errors import InvalidInputError
+from aimass.registry import _codecs, _compress
+from aimass.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+FAST = {"latency_n": 10}
+OPTIONS = {
+    "int8": {},
+    "fp16": {},
+    "bf16": {},
+    "prune": {"kind": "unstructured", "sparsity": 0.5, "steps": 8},
+    "prune-structured": {"kind": "structured", "sparsity": 0.5, "steps": 8},
+    "distill": {"dim": 8, "steps": 8},
+    "onnx": {},
+}
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    s = Settings(home=tmp_path_factory.mktemp("compress") / "home")
+    cfg = aimass.datasets.DemoConfig(users=60, tracks=120, seed=2)
+    inter, items = aimass.datasets.generate_demo(s.home.parent / "demo", cfg)
+    aimass.datasets.register("demo", inter, "csv", items=items, settings=s)
+    params = {"dim": 16, "n_blocks": 1, "n_heads": 1, "max_len": 20, "epochs": 2, "batch_size": 32}
+    sas = aimass.train("sasrec", "demo", params, workers=1, progress=False, settings=s)
+    pop = aimass.train("popularity", "demo", workers=1, progress=False, settings=s)
+    registry.register(sas.run_id, "rec", settings=s)
+    registry.register(pop.run_id, "pop", settings=s)
+    yield s
+    import ray
+
+    ray.shutdown()
+
+
+def _snapshot(s: Settings) -> list:
+    return [(m["name"], m["versions"],
+             [sorted(v.tags.items()) for v in registry.versions(m["name"], settings=s)])
+            for m in registry.list_models(settings=s)]
+
+
+@pytest.mark.parametrize("label", list(OPTIONS))
+def test_each_method_registers_a_child_that_loads_and_ranks(env, label):
+    s = env
+    method = label.split("-")[0]
+    v = _compress.compress("rec", 1, method, settings=s, **FAST, **OPTIONS[label])
+    assert (v.name, v.parent_version, v.method) == ("rec", 1, method)
+    assert (v.family, v.dataset) == ("sasrec", "demo@v1")
+    assert v.version > 1 and v.dataset_hash == registry.get("rec/1", settings=s).dataset_hash
+    for k in ("test_ndcg_at_10", "test_recall_at_10", "size_bytes", "size_ratio", "latency_b1_p50_ms",
+              "latency_b1_p99_ms", "latency_b64_p50_ms", "latency_b64_p99_ms"):
+        assert np.isfinite(v.metrics[k]), k
+    run = registry._client(s).get_run(v.run_id)
+    assert run.data.tags["aimass.parent_model"] == "rec/1" and run.data.tags["aimass.method"] == method
+    assert run.data.tags["aimass.dataset_ref"] == "demo@v1"
+    for k in ("delta_test_ndcg_at_10_rel", "speedup_b1", "size_ratio", "parent_test_ndcg_at_10"):
+        assert k in run.data.metrics, k
+
+    scorer = registry.load(v.ref, settings=s)  # the one loader, through the compressed pyfunc
+    assert scorer.info.method == method and scorer.estimator.method == method
+    hist = [int(x) for x in scorer.item_ids[:5]]
+    out = scorer.recommend(pd.DataFrame({"history": [hist, []], "k": [5, 3]}))
+    assert [len(x) for x in out["items"]] == [5, 3] and not set(out["items"][0]) & set(hist)
+    scores = scorer.estimator.score([np.arange(1, 6), np.arange(0)])
+    assert scores.dtype == np.float32 and scores.shape == (2, len(scorer.item_ids) + 1)
+    assert np.isneginf(scores[:, 0]).all() and np.isfinite(scores[:, 1:]).all()
+    if method == "int8":
+        assert v.metrics["size_ratio"] >= 3.0  # int8 folder vs the parent's fp32 folder
+    if method in ("fp16", "bf16"):
+        assert v.metrics["size_ratio"] > 1.6
+    if method == "onnx":
+        assert run.data.metrics["onnx_top10_same_set"] == 1.0
+    if method in ("int8", "fp16", "onnx"):
+        assert run.data.metrics["top10_overlap_vs_parent"] >= 0.9
+
+
+def test_bad_requests_raise_before_anything_is_written(env):
+    s = env
+    before = _snapshot(s)
+    runs_before = len(registry._client(s).search_runs([registry._client(s).get_experiment_by_name("aimass")
+                                                       .experiment_id]))
+    for call, match in [
+        (lambda: _compress.compress("rec", 1, "zip", settings=s), "unknown compression method 'zip'"),
+        (lambda: _compress.compress("pop", 1, "int8", settings=s),
+         "'int8' does not apply to family 'popularity'"),
+        (lambda: _compress.compress("rec", 1, "prune", sparsity=1.5, settings=s), "sparsity must be in"),
+        (lambda: _compress.compress("rec", 1, "prune", kind="diagonal", settings=s), "kind='diagonal'"),
+        (lambda: _compress.compress("rec", 1, "int8", colour="red", settings=s), "unknown option 'colour'"),
+        (lambda: _compress.compress("rec", 1, "distill", n_blocks=1, dim=16, settings=s), "must be smaller"),
+    ]:
+        with pytest.raises(InvalidInputError, match=match):
+            call()
+    with pytest.raises(InvalidInputError, match="'distill' does not apply to family 'two-tower'"):
+        _compress.check("distill", "two-tower", {})
+    with pytest.raises(InvalidInputError, match="does not apply to family 'itemknn'"):
+        _compress.check("onnx", "itemknn", {})
+    assert _snapshot(s) == before
+    assert len(registry._client(s).search_runs([registry._client(s).get_experiment_by_name("aimass")
+                                                .experiment_id])) == runs_before
+
+
+def test_inference_restructuring_matches_the_family_forward():
+    """Trimmed padding + last-query-only last block give the family's own scores (fp32, no compression),
+    for empty, short, full and over-long histories, in any batch."""
+    from aimass.models.sasrec import SASRecConfig, SASRecModule
+
+    torch.manual_seed(0)
+    cfg = SASRecConfig(dim=16, n_blocks=2, n_heads=2, max_len=12, dropout=0.0).resolve(50, [10])
+    module = SASRecModule(50, cfg).eval()
+    infer = _codecs.SASRecInfer(module).eval()
+    rng = np.random.default_rng(0)
+    hist = [rng.integers(1, 51, n) for n in (0, 1, 5, 12, 30)]
+    with torch.no_grad():
+        ref = module.scores(torch.from_numpy(np.stack([_codecs._left_pad(h, 12) for h in hist]))).numpy()
+        for n in (12, 30):  # the batch's longest history, capped at max_len, sets the width
+            got = infer(torch.from_numpy(np.stack([_codecs._left_pad(h, min(n, 12)) for h in hist]))).numpy()
+            np.testing.assert_allclose(got[:, 1:], ref[:, 1:], rtol=1e-4, atol=1e-5)
+        one = infer(torch.from_numpy(_codecs._left_pad(hist[2], 5)[None])).numpy()  # batch 1, no padding
+        np.testing.assert_allclose(one[0, 1:], ref[2, 1:], rtol=1e-4, atol=1e-5)
+
+
+def test_int8_codec_restores_the_quantised_weights_exactly():
+    from aimass.models.sasrec import SASRecConfig, SASRecModule
+
+    torch.manual_seed(0)
+    cfg = SASRecConfig(dim=16, n_blocks=1, max_len=8).resolve(30, [5])
+    module = SASRecModule(30, cfg).eval()
+    for per_channel in (False, True):
+        blobs, _ = _codecs.encode_int8(module, per_channel=per_channel)
+        assert set(blobs) == {"int8", "fp32"} and blobs["int8"].dtype == torch.int8
+        state, qlin, qrows = _codecs.decode_int8(SASRecModule(30, cfg), blobs, per_channel)
+        q, scale = qrows["item_emb.weight"]
+        w = module.item_emb.weight.detach()
+        assert (state["item_emb.weight"] - w).abs().max() <= scale.max() / 2 + 1e-6  # half a step per row
+        assert set(qlin) == {"blocks.0.qkv.weight", "blocks.0.out.weight", "blocks.0.ffn.0.weight",
+                             "blocks.0.ffn.3.weight"}
+        torch.testing.assert_close(state["blocks.0.ln1.weight"], module.blocks[0].ln1.weight.detach())
