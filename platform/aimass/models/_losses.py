@@ -24,14 +24,19 @@ class _ChunkedSoftmaxCE(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, h, w, t, chunk: int):
+    @torch.autocast("cpu", enabled=False)
+    @torch.autocast("cuda", enabled=False)
+    def forward(ctx, h, w, t, chunk: int, matmul_dtype: torch.dtype):
         need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         hf, wf = h.float(), w.float()
+        # the three products may run in bf16 (2x on AVX512-bf16/AMX); the softmax and both gradient
+        # accumulators stay fp32
+        hm, wm = hf.to(matmul_dtype), wf.to(matmul_dtype)
         gh, gw = torch.empty_like(hf), torch.zeros_like(wf)
         total = hf.new_zeros(())
         for i in range(0, len(hf), chunk):
-            hc, tc = hf[i:i + chunk], t[i:i + chunk]
-            z = hc @ wf.T
+            hc, tc = hm[i:i + chunk], t[i:i + chunk]
+            z = (hc @ wm.T).float()
             target = z.gather(1, tc[:, None])
             m = z.amax(1, keepdim=True)
             e = z.sub_(m).exp_()  # one exp pass serves both the log-sum-exp and the softmax
@@ -40,8 +45,13 @@ class _ChunkedSoftmaxCE(torch.autograd.Function):
             if need_grad:
                 p = e.div_(s)
                 p[torch.arange(len(tc), device=p.device), tc] -= 1
-                torch.mm(p, wf, out=gh[i:i + chunk])
-                gw.addmm_(p.T, hc)
+                if matmul_dtype == torch.float32:
+                    torch.mm(p, wf, out=gh[i:i + chunk])
+                    gw.addmm_(p.T, hc)
+                else:
+                    p = p.to(matmul_dtype)
+                    gh[i:i + chunk] = p @ wm
+                    gw += p.T @ hc
         ctx.save_for_backward(gh.to(h.dtype), gw.to(w.dtype))
         ctx.n = max(len(hf), 1)
         return total / ctx.n
@@ -50,16 +60,17 @@ class _ChunkedSoftmaxCE(torch.autograd.Function):
     def backward(ctx, g):
         gh, gw = ctx.saved_tensors
         s = g / ctx.n
-        return gh * s, gw * s, None, None
+        return gh * s, gw * s, None, None, None
 
 
 def full_softmax_ce(hidden: torch.Tensor, targets: torch.Tensor, item_weight: torch.Tensor,
-                    chunk: int = 1024) -> torch.Tensor:
+                    chunk: int = 1024, matmul_dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Cross-entropy over the whole catalogue (Klenitskiy & Vasilev 2023: far above BCE for SASRec).
 
     Compute is one [T, D] x [D, n_items] product (x3 with the gradient); memory only [chunk, n_items].
     """
-    return _ChunkedSoftmaxCE.apply(hidden, item_weight[1:], targets - 1, chunk)  # row 0 = padding
+    # row 0 = padding
+    return _ChunkedSoftmaxCE.apply(hidden, item_weight[1:], targets - 1, chunk, matmul_dtype)
 
 
 def uniform_negatives(n: int, n_items: int, device: torch.device | str = "cpu",

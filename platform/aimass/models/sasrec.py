@@ -213,13 +213,14 @@ def sasrec_loss(module: SASRecModule, batch, cfg: SASRecConfig, generator: torch
     """Next-item loss over every non-padding position of the batch (not only the last: ~100x the signal)."""
     inputs, targets = batch
     inner = getattr(module, "module", module)  # DDP: call the wrapper (it syncs grads), read weights inside
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16 and inputs.device.type == "cpu"):
+    bf16 = cfg.bf16 and inputs.device.type == "cpu"
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         hidden = module(inputs)
         keep = targets != 0
         h, t = hidden[keep], targets[keep]
         w, n = inner.item_emb.weight, inner.n_items
         if cfg.loss == "ce":
-            return _losses.full_softmax_ce(h, t, w)
+            return _losses.full_softmax_ce(h, t, w, matmul_dtype=torch.bfloat16 if bf16 else torch.float32)
         if cfg.loss == "bce":
             neg = _losses.uniform_negatives(len(t), n, t.device, generator)  # one per position
             return _losses.bce_one_negative(h, t, w, neg)
