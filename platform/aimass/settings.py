@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -27,6 +28,16 @@ class Settings(BaseSettings):
     mlflow_tracking_uri: str | None = Field(None, description="Default SQLite store in home.")
     ray_address: str | None = Field(None, description="Existing Ray cluster; default a local one.")
     host: str = Field("127.0.0.1", description="Address every embedded listener binds to.")
+    # Serving (aimass.serving). The serve_model/serve_ranker/serve_endpoint fields are how a deployment
+    # tells its replicas (or a bare `bentoml serve`) what to load: they arrive as AIMASS_* variables.
+    serve_port: int = Field(8000, ge=1, le=65535, description="HTTP port of the Ray Serve ingress.")
+    serve_proxy: Literal["auto", "haproxy", "default"] = Field(
+        "auto", description="Serve's HTTP path: HAProxy (throughput mode) when `haproxy` is installed, "
+                            "else Serve's default proxy.")
+    serve_model: str | None = Field(None, description="Model ref a serving process loads (NAME/V).")
+    serve_ranker: str | None = Field(None, description="Ranking-stage model ref of a multi-stage service.")
+    serve_endpoint: str | None = Field(None, description="Endpoint name of a serving process.")
+    serve_max_body_bytes: int = Field(65536, ge=1024, description="Largest accepted request body.")
 
     @field_validator("home")
     @classmethod

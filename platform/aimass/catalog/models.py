@@ -42,3 +42,24 @@ class DatasetVersionPublic(DatasetVersionBase):
     @property
     def ref(self) -> str:
         return f"{self.name}@v{self.version}"
+
+
+class ApiKeyBase(SQLModel):
+    key_id: str = Field(index=True, unique=True, description="Public part of the key; safe to show and log")
+    name: str = Field(description="What the key is for (a consumer, a team)")
+    role: str = Field("consumer", description="'consumer' (model routes) or 'admin' (also admin routes)")
+    created_at: datetime = Field(default_factory=_now)
+    revoked_at: datetime | None = None
+
+
+class ApiKey(ApiKeyBase, table=True):
+    __tablename__ = "api_keys"
+
+    id: int | None = Field(default=None, primary_key=True)
+    # sha256 of the secret part salted with the key id. The secret is 256 random bits, so a fast hash
+    # cannot be brute-forced; the key itself is shown once and never stored.
+    secret_hash: str
+
+
+class ApiKeyPublic(ApiKeyBase):
+    id: int

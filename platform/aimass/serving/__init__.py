@@ -1,0 +1,215 @@
+"""Serving: registered model versions as REST endpoints (a BentoML service per family, mounted in Ray Serve
+with autoscaling), API keys, and Bentos.
+
+    >>> key, _ = aimass.serving.create_key("demo-app")
+    >>> d = aimass.serving.deploy("recs@champion", endpoint="recs")
+    >>> d.url  # POST {url}/recommend with 'Authorization: Bearer <key>'
+"""
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from aimass import _ray  # noqa: F401  (loopback-only Ray: must run before anything imports ray)
+from aimass.catalog import ApiKeyPublic
+from aimass.errors import BackendError, InvalidInputError, NotFoundError
+from aimass.serving import _keys
+from aimass.settings import Settings, default_settings
+
+__all__ = ["Deployment", "build_bento", "create_key", "delete", "deploy", "deployments", "list_keys",
+           "revoke_key", "show", "shutdown"]
+
+_ENDPOINT = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
+# Settings a replica must share with the deployer (where the state lives); the serve_* ones are set per app.
+_SHARED = ("home", "catalog_url", "data_registry", "dvc_remote", "mlflow_tracking_uri", "host",
+           "serve_max_body_bytes")
+
+
+class Deployment(BaseModel):
+    endpoint: str
+    url: str
+    model: str
+    version: int
+    family: str
+    requested: str
+    dataset: str | None
+    ranker: str | None = None
+    status: str = "unknown"
+    proxy: str
+    min_replicas: int
+    max_replicas: int
+    target_ongoing_requests: float
+    config: str
+    created_at: datetime
+
+
+def _dir(s: Settings) -> Path:
+    return s.home / "serve"
+
+
+def _check_endpoint(endpoint: str) -> str:
+    if not isinstance(endpoint, str) or not _ENDPOINT.match(endpoint):
+        raise InvalidInputError(f"invalid endpoint {endpoint!r}: use 1-40 lower-case letters, digits or '-', "
+                                "starting with a letter or digit")
+    return endpoint
+
+
+def _env(s: Settings, model: str, ranker: str | None, endpoint: str) -> dict[str, str]:
+    env = {f"AIMASS_{k.upper()}": str(v) for k, v in s.model_dump().items() if k in _SHARED and v is not None}
+    env.update({"AIMASS_SERVE_MODEL": model, "AIMASS_SERVE_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "1"})
+    if ranker:
+        env["AIMASS_SERVE_RANKER"] = ranker
+    return env
+
+
+def deploy(ref: str, endpoint: str, *, ranker: str | None = None, min_replicas: int = 1,
+           max_replicas: int = 2, target_ongoing_requests: float = 8.0,
+           settings: Settings | None = None) -> Deployment:
+    """Serve `ref` (NAME, NAME/VERSION or NAME@ALIAS, pinned to the version it names now) at
+    http://host:serve_port/<endpoint>. With `ranker`, a multi-stage application: `ref` retrieves (two-tower),
+    `ranker` ranks (SASRec), then rules. Redeploying an endpoint replaces it."""
+    from ray import serve
+
+    from aimass import registry
+    from aimass.serving import _app, _cluster
+
+    s = settings or default_settings()
+    _check_endpoint(endpoint)
+    if not 0 <= min_replicas <= max_replicas or max_replicas < 1:
+        raise InvalidInputError(f"need 0 <= min_replicas <= max_replicas and max_replicas >= 1, got "
+                                f"{min_replicas} and {max_replicas}")
+    if target_ongoing_requests <= 0:
+        raise InvalidInputError(f"target_ongoing_requests must be positive, got {target_ongoing_requests}")
+    info = registry.get(ref, settings=s)
+    rank_info = registry.get(ranker, settings=s) if ranker else None
+    if rank_info and rank_info.dataset != info.dataset:
+        raise InvalidInputError(f"retrieval {info.ref} is trained on {info.dataset} but ranker "
+                                f"{rank_info.ref} on {rank_info.dataset}: stages must share it")
+    family = "pipeline" if rank_info else (info.family or "")
+    from aimass.serving.services import BY_FAMILY
+
+    if family not in BY_FAMILY:
+        raise InvalidInputError(f"{info.ref} has family {family!r}, which no service serves")
+    args = _app.AppArgs(family=family, env=_env(s, info.ref, rank_info.ref if rank_info else None, endpoint),
+                        min_replicas=min_replicas, max_replicas=max_replicas,
+                        target_ongoing_requests=target_ongoing_requests)
+    state = _cluster.connect(s)
+    try:
+        serve.run(_app.build(args.model_dump()), name=endpoint, route_prefix=f"/{endpoint}", blocking=False)
+    except Exception as e:  # a replica that fails to start: Serve reports its traceback
+        raise BackendError(f"deployment of {info.ref} at {endpoint!r} failed: {str(e)[-1500:]}") from None
+    d = Deployment(endpoint=endpoint, url=f"http://{s.host}:{s.serve_port}/{endpoint}", model=info.name,
+                   version=info.version, family=family, requested=ref, dataset=info.dataset,
+                   ranker=rank_info.ref if rank_info else None, status="RUNNING", proxy=state["proxy"],
+                   min_replicas=min_replicas, max_replicas=max_replicas,
+                   target_ongoing_requests=target_ongoing_requests, config=str(_dir(s) / "serve-config.yaml"),
+                   created_at=datetime.now(UTC))
+    meta = _dir(s) / "deployments"
+    meta.mkdir(parents=True, exist_ok=True)
+    (meta / f"{endpoint}.json").write_text(json.dumps({"deployment": d.model_dump(mode="json"),
+                                                       "args": args.model_dump()}, indent=2))
+    _write_config(s)
+    return d
+
+
+def _saved(s: Settings) -> dict[str, dict]:
+    meta = _dir(s) / "deployments"
+    return {p.stem: json.loads(p.read_text()) for p in sorted(meta.glob("*.json"))} if meta.exists() else {}
+
+
+def _write_config(s: Settings) -> Path:
+    """One Serve config with every deployment: `serve deploy` applies a whole config, so this is the file that
+    reproduces the current state."""
+    import yaml
+
+    apps = [{"name": e, "route_prefix": f"/{e}", "import_path": "aimass.serving._app:build",
+             "args": m["args"]} for e, m in _saved(s).items()]
+    cfg = {"proxy_location": "HeadOnly", "http_options": {"host": s.host, "port": s.serve_port},
+           "applications": apps}
+    path = _dir(s) / "serve-config.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("# Written by aimass; reproduce with: serve deploy " + str(path) + "\n"
+                    + yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def deployments(*, settings: Settings | None = None) -> list[Deployment]:
+    """Every deployment aimass made, with its live status from Serve."""
+    s = settings or default_settings()
+    saved = _saved(s)
+    live = _live_status(s) if saved else {}
+    return [Deployment(**{**m["deployment"], "status": live.get(e, "NOT_RUNNING")}) for e, m in saved.items()]
+
+
+def _live_status(s: Settings) -> dict[str, str]:
+    from aimass.serving import _cluster
+
+    if not s.ray_address and not _cluster.state_file(s).exists():
+        return {}
+    from ray import serve
+
+    _cluster.connect(s)
+    return {name: str(app.status.value if hasattr(app.status, "value") else app.status)
+            for name, app in serve.status().applications.items()}
+
+
+def show(endpoint: str, *, settings: Settings | None = None) -> Deployment:
+    s = settings or default_settings()
+    _check_endpoint(endpoint)
+    for d in deployments(settings=s):
+        if d.endpoint == endpoint:
+            return d
+    raise NotFoundError(f"no deployment named {endpoint!r}")
+
+
+def delete(endpoint: str, *, settings: Settings | None = None) -> Deployment:
+    from ray import serve
+
+    from aimass.serving import _cluster
+
+    s = settings or default_settings()
+    d = show(endpoint, settings=s)
+    if d.status != "NOT_RUNNING":
+        _cluster.connect(s)
+        serve.delete(endpoint)
+    (_dir(s) / "deployments" / f"{endpoint}.json").unlink(missing_ok=True)
+    _write_config(s)
+    return d
+
+
+def shutdown(*, settings: Settings | None = None) -> bool:
+    """Stop all deployments and the embedded serving cluster (deployment records are kept as NOT_RUNNING)."""
+    from aimass.serving import _cluster
+
+    return _cluster.stop(settings or default_settings())
+
+
+def create_key(name: str, role: str = "consumer", *,
+               settings: Settings | None = None) -> tuple[str, ApiKeyPublic]:
+    """A new API key: (the key, shown only now; its public record). role: 'consumer' or 'admin'."""
+    return _keys.create(name, role, settings or default_settings())
+
+
+def list_keys(*, include_revoked: bool = False, settings: Settings | None = None) -> list[ApiKeyPublic]:
+    return _keys.list_keys(settings or default_settings(), include_revoked)
+
+
+def revoke_key(key_id: str, *, settings: Settings | None = None) -> ApiKeyPublic:
+    return _keys.revoke(key_id, settings or default_settings())
+
+
+def build_bento(ref: str, *, settings: Settings | None = None) -> str:
+    """`bentoml build` of the family's service from bentos/, pinned to a registered version; the Bento lands
+    in the store under home/bentos. Returns its tag."""
+    from aimass.serving._bento import build
+
+    try:
+        return build(ref, settings or default_settings())
+    except (InvalidInputError, NotFoundError):
+        raise
+    except Exception as e:
+        raise BackendError(f"bentoml build of {ref} failed: {e}") from None

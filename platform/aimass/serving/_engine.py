@@ -1,0 +1,129 @@
+"""One loaded model and the facts of its dataset that serving needs: user histories (recommend by user id),
+popularity (cold start), item columns (filters, diversity rules). Pure Python: the Bento services and the
+multi-stage Serve deployments call it; it raises only aimass errors, which the HTTP layer maps to 4xx."""
+from __future__ import annotations
+
+import numpy as np
+
+from aimass.errors import InvalidInputError, NotFoundError
+from aimass.settings import Settings
+
+_TEXT_COLUMNS = {"item_id", "text", "title"}  # free text: not useful as a filter
+
+
+class Engine:
+    def __init__(self, ref: str, settings: Settings):
+        from aimass import datasets, registry
+
+        self.scorer = registry.load(ref, settings=settings)
+        self.info = self.scorer.info
+        self.item_ids = np.asarray(self.scorer.item_ids)
+        n = len(self.item_ids)
+        ds = datasets.load(self.info.dataset, settings=settings) if self.info.dataset else None
+        self.histories: dict[int, np.ndarray] = {}
+        self.popularity = np.zeros(n + 1, dtype=np.float64)  # by dense id; column 0 is padding
+        self.columns: dict[str, np.ndarray] = {}
+        if ds is not None:
+            inter = ds.interactions
+            by_user = inter.groupby("user_id", sort=False)["item_id"]
+            self.histories = {int(u): g.to_numpy() for u, g in by_user}
+            dense = self.scorer.dense(inter["item_id"].to_numpy())
+            np.add.at(self.popularity, dense, 1.0)
+            if ds.items is not None:
+                table = ds.items.set_index("item_id").reindex(self.item_ids)
+                for col in table.columns:
+                    if col not in _TEXT_COLUMNS and table[col].dtype == object:
+                        values = table[col].fillna("").astype(str).to_numpy()
+                        self.columns[col] = np.concatenate([[""], values])
+        self.popularity[0] = -np.inf
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
+
+    # --- inputs -------------------------------------------------------------------------------------------
+    def known(self, raw: list[int], what: str) -> np.ndarray:
+        """Dense ids of `raw`; refuses unknown ids, naming them."""
+        dense = self.scorer.dense(raw)
+        if len(dense) != len(raw):
+            unknown = sorted(set(raw) - set(self.item_ids[dense - 1].tolist()))
+            shown = ", ".join(map(str, unknown[:10])) + (" ..." if len(unknown) > 10 else "")
+            raise InvalidInputError(f"unknown item ids in {what}: {shown} (not in the catalogue of model "
+                                    f"{self.info.name}/{self.info.version})")
+        return dense
+
+    def history(self, user_id: int | None, history: list[int] | None) -> np.ndarray | None:
+        """The dense history to score from, or None for a cold start (unknown user, no history)."""
+        if history is not None:
+            return self.known(history, "history") if history else None
+        if user_id is None:
+            raise InvalidInputError("give a user_id or a history")
+        raw = self.histories.get(int(user_id))
+        return self.scorer.dense(raw) if raw is not None and len(raw) else None
+
+    def allowed(self, seen: np.ndarray | None, exclude_seen: bool, exclude: list[int],
+                filters: dict[str, list[str]]) -> np.ndarray:
+        ok = np.ones(self.n_items + 1, dtype=bool)
+        ok[0] = False
+        if exclude_seen and seen is not None:
+            ok[seen] = False
+        if exclude:
+            ok[self.scorer.dense(exclude)] = False  # unknown ids cannot be returned anyway
+        for col, values in filters.items():
+            if col not in self.columns:
+                have = ", ".join(sorted(self.columns)) or "none (the dataset has no items table)"
+                raise InvalidInputError(f"unknown filter column {col!r}; filterable columns: {have}")
+            ok &= np.isin(self.columns[col], values)
+        return ok
+
+    # --- scoring ------------------------------------------------------------------------------------------
+    def scores(self, seen: np.ndarray | None) -> np.ndarray:
+        if seen is None:
+            return self.popularity.copy()
+        return np.asarray(self.scorer.estimator.score([seen])[0], dtype=np.float64)
+
+    def top(self, scores: np.ndarray, ok: np.ndarray, k: int) -> tuple[list[int], list[float]]:
+        scores = np.where(ok, scores, -np.inf)
+        k = int(min(k, ok.sum()))
+        if k <= 0:
+            return [], []
+        top = np.argpartition(-scores, k - 1)[:k]
+        top = top[np.argsort(-scores[top], kind="stable")]
+        return self.item_ids[top - 1].tolist(), _finite(scores[top])
+
+    def recommend(self, user_id: int | None, history: list[int] | None, k: int, exclude_seen: bool = True,
+                  exclude: list[int] | None = None, filters: dict[str, list[str]] | None = None) -> dict:
+        seen = self.history(user_id, history)
+        ok = self.allowed(seen, exclude_seen, exclude or [], filters or {})
+        items, scores = self.top(self.scores(seen), ok, k)
+        cold = seen is None
+        return {"items": items, "scores": scores, "cold_start": cold,
+                "strategy": "popular" if cold else "model"}
+
+    def similar(self, item_id: int, k: int, filters: dict[str, list[str]] | None = None) -> dict:
+        dense = self.scorer.dense([item_id])
+        if len(dense) == 0:
+            raise NotFoundError(f"unknown item id {item_id} (not in the catalogue of model "
+                                f"{self.info.name}/{self.info.version})")
+        ok = self.allowed(dense, True, [], filters or {})
+        # "Similar" = what the model expects next after this one item: defined for every family.
+        items, scores = self.top(self.scores(dense), ok, k)
+        return {"item_id": item_id, "items": items, "scores": scores}
+
+    def rank(self, user_id: int | None, history: list[int] | None, candidates: list[int]) -> dict:
+        cand = self.known(candidates, "candidates")
+        seen = self.history(user_id, history)
+        s = self.scores(seen)[cand]
+        order = np.argsort(-s, kind="stable")
+        return {"items": [int(candidates[i]) for i in order], "scores": _finite(s[order]),
+                "cold_start": seen is None}
+
+    def card(self) -> dict:
+        i = self.info
+        return {"model": i.name, "version": i.version, "dataset": i.dataset, "family": i.family,
+                "n_items": self.n_items}
+
+
+def _finite(x: np.ndarray) -> list[float]:
+    """JSON has no infinities: clip them to the float range."""
+    return np.nan_to_num(np.asarray(x, dtype=np.float64), nan=0.0, posinf=1e300, neginf=-1e300).tolist()

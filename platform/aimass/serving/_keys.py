@@ -1,0 +1,104 @@
+"""API keys: created once (the full key is shown only then), stored as a salted hash in the catalog,
+revoked by id. A key reads `aimass_<key id>_<secret>`; the id is public (listed, logged), the secret
+never leaves the creator."""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import threading
+import time
+from datetime import UTC, datetime
+
+from sqlmodel import select
+
+from aimass.catalog import ApiKey, ApiKeyPublic, session
+from aimass.errors import InvalidInputError, NotFoundError
+from aimass.settings import Settings
+
+ROLES = ("consumer", "admin")
+_KEY = re.compile(r"^aimass_(?P<id>[0-9a-f]{12})_(?P<secret>[A-Za-z0-9_-]{43})$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@ -]{0,63}$")
+
+
+def _hash(key_id: str, secret: str) -> str:
+    return hashlib.sha256(f"{key_id}:{secret}".encode()).hexdigest()
+
+
+def create(name: str, role: str, settings: Settings) -> tuple[str, ApiKeyPublic]:
+    """A new key: returns (the full key, to show once; its public row)."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise InvalidInputError(f"invalid key name {name!r}: use 1-64 letters, digits, spaces, '.', '_', "
+                                "'@' or '-'")
+    if role not in ROLES:
+        raise InvalidInputError(f"unknown role {role!r}; use one of {', '.join(ROLES)}")
+    key_id, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
+    row = ApiKey(key_id=key_id, name=name, role=role, secret_hash=_hash(key_id, secret))
+    with session(settings) as db:
+        db.add(row)
+        db.commit()
+        db.refresh(row)
+        return f"aimass_{key_id}_{secret}", ApiKeyPublic.model_validate(row)
+
+
+def list_keys(settings: Settings, include_revoked: bool = False) -> list[ApiKeyPublic]:
+    with session(settings) as db:
+        q = select(ApiKey).order_by(ApiKey.id)
+        if not include_revoked:
+            q = q.where(ApiKey.revoked_at == None)  # noqa: E711  (SQL IS NULL)
+        return [ApiKeyPublic.model_validate(r) for r in db.exec(q)]
+
+
+def revoke(key_id: str, settings: Settings) -> ApiKeyPublic:
+    """Revoke by public id (or by the full key); serving processes stop accepting it within a second."""
+    m = _KEY.match(key_id or "")
+    key_id = m["id"] if m else key_id
+    with session(settings) as db:
+        row = db.exec(select(ApiKey).where(ApiKey.key_id == key_id)).first()
+        if row is None:
+            raise NotFoundError(f"no API key with id {key_id!r}")
+        if row.revoked_at is None:
+            row.revoked_at = datetime.now(UTC)
+            db.add(row)
+            db.commit()
+            db.refresh(row)
+        return ApiKeyPublic.model_validate(row)
+
+
+class Verifier:
+    """Checks a presented key against the catalog. Rows are cached for `ttl` seconds so that a request does
+    not cost a database read, and a revocation takes effect within `ttl`."""
+
+    def __init__(self, settings: Settings, ttl: float = 1.0):
+        self._settings, self._ttl = settings, ttl
+        self._cache: dict[str, tuple[float, ApiKey | None]] = {}
+        self._lock = threading.Lock()
+
+    def role(self, presented: str | None) -> str | None:
+        """The role of a valid, unrevoked key; None otherwise (absent, malformed, unknown, revoked)."""
+        m = _KEY.match(presented or "")
+        if not m:
+            return None
+        row = self._row(m["id"])
+        if row is None or row.revoked_at is not None:
+            return None
+        if not hmac.compare_digest(row.secret_hash, _hash(m["id"], m["secret"])):
+            return None
+        return row.role
+
+    def _row(self, key_id: str) -> ApiKey | None:
+        now = time.monotonic()
+        with self._lock:
+            hit = self._cache.get(key_id)
+        if hit and now - hit[0] < self._ttl:
+            return hit[1]
+        with session(self._settings) as db:
+            row = db.exec(select(ApiKey).where(ApiKey.key_id == key_id)).first()
+            if row is not None:
+                db.expunge(row)
+        with self._lock:
+            if len(self._cache) > 10_000:  # unknown ids must not grow memory without bound
+                self._cache.clear()
+            self._cache[key_id] = (now, row)
+        return row
