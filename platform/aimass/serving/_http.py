@@ -27,6 +27,7 @@ class Gate:
         self.settings = Settings()  # a serving process's entry point: its AIMASS_* variables
         self.verifier = Verifier(self.settings)
         self.routes = set(routes)
+        self.in_serve = _in_serve()
         self.registry = CollectorRegistry()
         self.requests = Counter("aimass_requests", "HTTP requests by route and status", ["route", "status"],
                                 registry=self.registry)
@@ -50,24 +51,25 @@ class Gate:
         self.latency.labels(route).observe(time.perf_counter() - t0)
 
     async def _handle(self, scope, receive, send, path, headers, rid) -> int:
+        tag = [] if self.in_serve else [(b"x-request-id", rid.encode())]  # Serve sets it on every response
         if path == "/healthz":
-            return await _reply(send, 200, {"status": "ok"}, rid)
+            return await _reply(send, 200, {"status": "ok"}, tag)
         if not (path in OPEN or path.startswith(OPEN_PREFIXES)):
             admin = path == "/metrics" or path.startswith("/admin/")
             auth = headers.get("authorization", "")
             role = self.verifier.role(auth[7:].strip() if auth[:7].lower() == "bearer " else None)
             if role is None:
-                return await _reply(send, 401, {"error": UNAUTHORIZED}, rid,
-                                    [(b"www-authenticate", b"Bearer")])
+                return await _reply(send, 401, {"error": UNAUTHORIZED},
+                                    [*tag, (b"www-authenticate", b"Bearer")])
             if admin and role != "admin":
-                return await _reply(send, 403, {"error": f"{path} needs an admin key"}, rid)
+                return await _reply(send, 403, {"error": f"{path} needs an admin key"}, tag)
         if path == "/metrics":
-            return await _reply(send, 200, generate_latest(self.registry), rid,
+            return await _reply(send, 200, generate_latest(self.registry), tag,
                                 content_type=CONTENT_TYPE_LATEST.encode())
         limit = self.settings.serve_max_body_bytes
         declared = headers.get("content-length", "0")
         if not declared.isdigit() or int(declared) > limit:
-            return await _reply(send, 413, {"error": f"request body larger than {limit} bytes"}, rid)
+            return await _reply(send, 413, {"error": f"request body larger than {limit} bytes"}, tag)
         body, more = b"", True
         while more:  # read the whole (bounded) body first, so an oversized chunked body is refused too
             msg = await receive()
@@ -76,7 +78,7 @@ class Gate:
             body += msg.get("body", b"")
             more = msg.get("more_body", False)
             if len(body) > limit:
-                return await _reply(send, 413, {"error": f"request body larger than {limit} bytes"}, rid)
+                return await _reply(send, 413, {"error": f"request body larger than {limit} bytes"}, tag)
         replayed = False
 
         async def replay():
@@ -92,9 +94,7 @@ class Gate:
             nonlocal status, held
             if msg["type"] == "http.response.start":
                 status = msg["status"]
-                hs = msg.get("headers", [])
-                if not any(k.lower() == b"x-request-id" for k, _ in hs):  # Ray Serve may have set it already
-                    msg = {**msg, "headers": [*hs, (b"x-request-id", rid.encode())]}
+                msg = {**msg, "headers": [*msg.get("headers", []), *tag]}
                 if status >= 400:  # held back to normalise the error body below
                     held = msg
                     return
@@ -112,6 +112,20 @@ class Gate:
         return status
 
 
+def _in_serve() -> bool:
+    import sys
+
+    if "ray" not in sys.modules:  # a bare `bentoml serve`: do not pay for importing Ray
+        return False
+    try:
+        from ray import serve
+
+        serve.get_replica_context()
+        return True
+    except Exception:
+        return False
+
+
 def _error_body(body: bytes) -> bytes:
     """Every error answers {"error": ..., ...}: BentoML 1.4 wraps its own 4xx messages in a one-element
     list (a stray tuple in _bentoml_impl/server/app.py), unwrapped here."""
@@ -124,11 +138,9 @@ def _error_body(body: bytes) -> bytes:
     return body
 
 
-async def _reply(send, status: int, body, rid: str, extra: list | None = None,
-                 content_type: bytes = b"application/json") -> int:
+async def _reply(send, status: int, body, extra: list, content_type: bytes = b"application/json") -> int:
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    headers = [(b"content-type", content_type), (b"content-length", str(len(data)).encode()),
-               (b"x-request-id", rid.encode()), *(extra or [])]
+    headers = [(b"content-type", content_type), (b"content-length", str(len(data)).encode()), *extra]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": data})
     return status

@@ -1,0 +1,170 @@
+"""Latency and throughput of POST /recommend at concurrency 1, 16 and 64, measured in one run for three paths
+of the same registered version:
+
+  serve    the aimass deployment: the Bento's ASGI app inside Ray Serve (HAProxy path when available)
+  bentoml  bare `bentoml serve` of the Bento built from that version (one worker)
+  inproc   the in-process call the services make (Engine.recommend), no HTTP
+
+The client is httpx with asyncio, on the same machine (it shares the CPUs: numbers are a floor).
+
+    python benchmarks/serving.py                       # demo data, an item-kNN model, 8 s per level
+    python benchmarks/serving.py --family sasrec --seconds 5 --levels 1 16 64
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def prepare(home: Path, family: str, users: int, tracks: int):
+    import aimass
+    from aimass import registry
+    from aimass.settings import Settings
+
+    s = Settings(home=home, serve_port=_free_port())
+    inter, items = aimass.datasets.generate_demo(home.parent / "demo", aimass.datasets.DemoConfig(
+        users=users, tracks=tracks, seed=0))
+    aimass.datasets.register("demo", inter, "csv", items=items, settings=s)
+    params = {"epochs": 1} if family in ("sasrec", "two-tower") else None
+    run = aimass.train(family, "demo@v1", params, workers=1, progress=False, settings=s)
+    import ray
+
+    ray.shutdown()
+    v = registry.register(run.run_id, "bench", settings=s)
+    return s, v.ref
+
+
+async def load(call, users: list[int], concurrency: int, seconds: float) -> dict:
+    """`concurrency` workers send requests back to back for `seconds` (after a 1 s warm-up)."""
+    lat: list[float] = []
+    errors = 0
+    stop_warm = time.perf_counter() + 1.0
+    end = stop_warm + seconds
+
+    async def worker():
+        nonlocal errors
+        rng = random.Random()
+        while (now := time.perf_counter()) < end:
+            try:
+                ok = await call(rng.choice(users))
+            except Exception:
+                ok = False
+            if now >= stop_warm:
+                lat.append(time.perf_counter() - now)
+                errors += not ok
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    wall = time.perf_counter() - max(t0, stop_warm)
+    a = np.array(lat) * 1000
+    return {"n": len(a), "rps": len(a) / wall, "p50": float(np.percentile(a, 50)) if len(a) else float("nan"),
+            "p99": float(np.percentile(a, 99)) if len(a) else float("nan"), "errors": errors}
+
+
+def http_caller(client, url: str, key: str):
+    headers = {"Authorization": f"Bearer {key}"}
+
+    async def call(user: int) -> bool:
+        r = await client.post(url, json={"user_id": user, "k": 10}, headers=headers)
+        return r.status_code == 200
+
+    return call
+
+
+def start_bentoml(s, tag: str, port: int) -> subprocess.Popen:
+    env = {**os.environ, "BENTOML_HOME": str(s.home / "bentos"), "AIMASS_HOME": str(s.home),
+           "BENTOML_DO_NOT_TRACK": "True"}
+    bentoml = Path(sys.executable).with_name("bentoml")
+    p = subprocess.Popen([str(bentoml), "serve", tag, "--host", "127.0.0.1", "--port", str(port)], env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import httpx
+
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                return p
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    p.kill()
+    raise RuntimeError("bentoml serve did not become ready in 180 s")
+
+
+async def run_all(s, ref: str, levels: list[int], seconds: float) -> list[dict]:
+    import httpx
+
+    from aimass import serving
+    from aimass.serving._engine import Engine
+
+    key, _ = serving.create_key("benchmark", settings=s)
+    engine = Engine(ref, s)
+    users = list(engine.histories)
+    rows = []
+
+    async def inproc(user: int) -> bool:
+        await asyncio.to_thread(engine.recommend, user, None, 10)
+        return True
+
+    d = serving.deploy(ref, "bench", min_replicas=1, max_replicas=1, settings=s)
+    tag = serving.build_bento(ref, settings=s)
+    port = _free_port()
+    bento = start_bentoml(s, tag, port)
+    try:
+        limits = httpx.Limits(max_connections=max(levels), max_keepalive_connections=max(levels))
+        async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+            paths = {"serve": http_caller(client, d.url + "/recommend", key),
+                     "bentoml": http_caller(client, f"http://127.0.0.1:{port}/recommend", key),
+                     "inproc": inproc}
+            for name, call in paths.items():
+                for c in levels:
+                    r = await load(call, users, c, seconds)
+                    rows.append({"path": name, "concurrency": c, **r})
+                    print(f"{name:8} c={c:<3} {r['rps']:8.1f} req/s  p50 {r['p50']:7.2f} ms  "
+                          f"p99 {r['p99']:8.2f} ms  n={r['n']} errors={r['errors']}", flush=True)
+    finally:
+        bento.terminate()
+        bento.wait(timeout=30)
+        serving.shutdown(settings=s)
+    rows.append({"proxy": d.proxy})
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--family", default="itemknn", choices=["popularity", "itemknn", "sasrec", "two-tower"])
+    ap.add_argument("--users", type=int, default=1000)
+    ap.add_argument("--tracks", type=int, default=2000)
+    ap.add_argument("--levels", type=int, nargs="+", default=[1, 16, 64])
+    ap.add_argument("--seconds", type=float, default=8.0, help="measured s per level (+1 s warm-up)")
+    a = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="aimass-bench-") as tmp:
+        s, ref = prepare(Path(tmp) / "home", a.family, a.users, a.tracks)
+        rows = asyncio.run(run_all(s, ref, a.levels, a.seconds))
+    proxy = rows.pop()["proxy"]
+    print(f"\n/recommend, {a.family} on demo ({a.users} users, {a.tracks} tracks), Serve proxy: {proxy}, "
+          f"{os.cpu_count()} CPUs, client on the same machine\n")
+    print("| path | concurrency | req/s | p50 ms | p99 ms | errors |\n|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['path']} | {r['concurrency']} | {r['rps']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} | "
+              f"{r['errors']} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,9 @@
+"""The BentoML service of the popularity family. The class lives in aimass.serving.services, so
+that Ray Serve replicas import exactly this code; AIMASS_SERVE_MODEL (and AIMASS_HOME) name the registered
+version it serves.
+
+    AIMASS_SERVE_MODEL=NAME/VERSION bentoml serve service:Popularity --host 127.0.0.1
+"""
+from aimass.serving.services import Popularity
+
+__all__ = ["Popularity"]

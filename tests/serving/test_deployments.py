@@ -1,0 +1,99 @@
+"""Deployments as the SDK and CLI see them, the Serve config they write, and the network rule: every
+listener the serving cluster starts is on loopback."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+import yaml
+
+from aimass import serving
+from aimass.errors import InvalidInputError, NotFoundError
+from aimass.serving import _cluster
+from tests.netcheck import listeners, non_loopback
+
+pytestmark = pytest.mark.integration
+AIMASS = str(Path(sys.executable).with_name("aimass"))
+
+
+def test_deployments_list_show_and_pinned_versions(served):
+    s = served.settings
+    by = {d.endpoint: d for d in serving.deployments(settings=s)}
+    assert by["recs"].status == "RUNNING" and by["recs"].requested == "recs@champion"
+    assert (by["recs"].model, by["recs"].version, by["recs"].family) == ("recs", 1, "itemknn")
+    assert by["multi"].family == "pipeline" and by["multi"].ranker == "ranker/1"
+    assert serving.show("recs", settings=s).url == served.urls["recs"]
+    assert by["recs"].proxy == _cluster.proxy_mode(s)
+
+
+def test_written_serve_config_builds_the_same_applications(served):
+    from ray.serve.schema import ServeDeploySchema
+
+    from aimass.serving import _app
+
+    path = Path(serving.show("recs", settings=served.settings).config)
+    cfg = yaml.safe_load(path.read_text())
+    ServeDeploySchema.model_validate(cfg)  # what `serve deploy` validates first
+    apps = {a["name"]: a for a in cfg["applications"]}
+    assert {"recs", "multi"} <= set(apps) and apps["recs"]["route_prefix"] == "/recs"
+    assert cfg["http_options"] == {"host": "127.0.0.1", "port": served.settings.serve_port}
+    assert apps["recs"]["import_path"] == "aimass.serving._app:build"
+    assert apps["recs"]["args"]["env"]["AIMASS_SERVE_MODEL"] == "recs/1"
+    multi = _app.build(apps["multi"]["args"])
+    assert multi._bound_deployment.name == "ingress"
+
+
+@pytest.mark.parametrize("call,exc,message", [
+    (lambda s: serving.deploy("nobody", "x", settings=s), NotFoundError, "no registered model named"),
+    (lambda s: serving.deploy("recs", "Bad Name", settings=s), InvalidInputError, "invalid endpoint"),
+    (lambda s: serving.deploy("recs", "x", min_replicas=3, max_replicas=2, settings=s), InvalidInputError,
+     "min_replicas"),
+    (lambda s: serving.show("ghost", settings=s), NotFoundError, "no deployment named 'ghost'"),
+    (lambda s: serving.delete("ghost", settings=s), NotFoundError, "no deployment named 'ghost'"),
+    (lambda s: serving.revoke_key("000000000000", settings=s), NotFoundError, "no API key"),
+    (lambda s: serving.create_key("x", role="root", settings=s), InvalidInputError, "unknown role"),
+])
+def test_bad_requests_raise_typed_errors(served, call, exc, message):
+    with pytest.raises(exc, match=message):
+        call(served.settings)
+
+
+def test_cli_deploy_list_delete(served):
+    s = served.settings
+    env = {**os.environ, "AIMASS_HOME": str(s.home), "AIMASS_SERVE_PORT": str(s.serve_port)}
+
+    def cli(*args, check=True):
+        r = subprocess.run([AIMASS, *args], env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0 or not check, r.stderr
+        return r
+
+    d = json.loads(cli("deploy", "recs/1", "--endpoint", "cli", "--max-replicas", "1", "--json").stdout)
+    assert d["url"].endswith("/cli") and d["status"] == "RUNNING"
+    r = httpx.post(d["url"] + "/recommend", json={"user_id": 1, "k": 2},
+                   headers={"Authorization": f"Bearer {served.keys['consumer']}"}, timeout=30)
+    assert r.status_code == 200 and len(r.json()["items"]) == 2
+    listed = json.loads(cli("deployments", "list", "--json").stdout)
+    assert {x["endpoint"] for x in listed} >= {"recs", "multi", "cli"}
+    assert json.loads(cli("deployments", "delete", "cli", "--json").stdout)["endpoint"] == "cli"
+    gone = cli("deployments", "show", "cli", check=False)
+    assert gone.returncode == 3 and "no deployment named 'cli'" in gone.stderr
+    assert "cli" not in yaml.safe_load(Path(d["config"]).read_text())["applications"].__repr__()
+
+
+def test_every_listener_of_the_serving_cluster_is_on_loopback(served):
+    served.post("multi", "/recommend", {"user_id": 1})  # every stage has served a request
+    temp_dir = json.loads(_cluster.state_file(served.settings).read_text())["temp_dir"]
+    # The head's processes name its temp folder; workers, replicas and HAProxy are their descendants.
+    roots = [p for p in psutil.process_iter(["cmdline"]) if temp_dir in " ".join(p.info["cmdline"] or [])]
+    found = sorted({x for r in roots for x in listeners(r.pid)})
+    names = {name for _, name, _, _ in found}
+    assert any("ServeReplica" in n for n in names) and any("gcs_server" in n for n in names), names
+    if _cluster.proxy_mode(served.settings) == "haproxy":
+        assert "haproxy" in names, names  # its stats and Prometheus ports are patched to loopback
+    assert non_loopback(found) == []
