@@ -97,3 +97,19 @@ def test_every_listener_of_the_serving_cluster_is_on_loopback(served):
     if _cluster.proxy_mode(served.settings) == "haproxy":
         assert "haproxy" in names, names  # its stats and Prometheus ports are patched to loopback
     assert non_loopback(found) == []
+
+
+def test_bentoml_build_pins_the_registered_version(served):
+    tag = serving.build_bento("recs@champion", settings=served.settings)
+    assert tag == "aimass-recs:v1"
+    spec = yaml.safe_load((served.settings.home / "bentos" / "bentos" / "aimass-recs" / "v1" / "bento.yaml")
+                          .read_text())
+    assert {"name": "AIMASS_SERVE_MODEL", "value": "recs/1"} in spec["envs"]
+    assert spec["labels"]["family"] == "itemknn" and spec["labels"]["dataset"] == "demo@v1"
+
+
+def test_the_infra_sample_is_a_valid_serve_config():
+    from ray.serve.schema import ServeDeploySchema
+
+    sample = Path(__file__).resolve().parents[2] / "infra" / "serve" / "serve-config.example.yaml"
+    ServeDeploySchema.model_validate(yaml.safe_load(sample.read_text()))

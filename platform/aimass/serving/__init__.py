@@ -20,8 +20,8 @@ from aimass.errors import BackendError, InvalidInputError, NotFoundError
 from aimass.serving import _keys
 from aimass.settings import Settings, default_settings
 
-__all__ = ["Deployment", "build_bento", "create_key", "delete", "deploy", "deployments", "list_keys",
-           "revoke_key", "show", "shutdown"]
+__all__ = ["Deployment", "build_bento", "create_key", "curl_example", "delete", "deploy", "deployments",
+           "list_keys", "revoke_key", "show", "shutdown"]
 
 _ENDPOINT = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
 # Settings a replica must share with the deployer (where the state lives); the serve_* ones are set per app.
@@ -114,6 +114,12 @@ def deploy(ref: str, endpoint: str, *, ranker: str | None = None, min_replicas: 
                                                        "args": args.model_dump()}, indent=2))
     _write_config(s)
     return d
+
+
+def curl_example(d: Deployment, key: str, user_id: int = 1, k: int = 10) -> str:
+    """A working `curl` for d's /recommend (what `make demo` prints)."""
+    return (f"curl -s -X POST {d.url}/recommend -H 'Authorization: Bearer {key}' "
+            f"-H 'Content-Type: application/json' -d '{{\"user_id\": {user_id}, \"k\": {k}}}'")
 
 
 def _saved(s: Settings) -> dict[str, dict]:

@@ -1,12 +1,15 @@
-"""`bentoml build` of a registered version: the family's bentos/<family>/bentofile.yaml, with
-AIMASS_SERVE_MODEL pinned to that version, into a Bento store under home/bentos. Run in a child process
-because BentoML reads BENTOML_HOME (its store) once, at import."""
+"""`bentoml build` of a registered version: the family's bentos/<family>/bentofile.yaml into a Bento store
+under home/bentos, pinned to that version by a `pin.json` beside service.py (a bentofile's `envs` reach only
+container images, not `bentoml serve`). Run in a child process because BentoML reads BENTOML_HOME (its
+store) once, at import."""
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import yaml
@@ -18,10 +21,24 @@ BENTOS = Path(__file__).resolve().parents[3] / "bentos"  # the repository's bent
 _BUILD = """
 import json, sys
 import bentoml
+from bentoml._internal.bento.build_config import BentoEnvSchema
 spec = json.loads(sys.argv[1])
+spec["envs"] = [BentoEnvSchema(**e) for e in spec["envs"]]
 bento = bentoml.bentos.build(**spec)
 print(json.dumps({"tag": str(bento.tag)}))
 """
+
+
+PIN = "pin.json"
+
+
+def pin(service_file: str) -> None:
+    """Called by bentos/<family>/service.py: a built Bento serves the version it was built from unless the
+    environment names another (AIMASS_SERVE_MODEL, which Settings then reads)."""
+    f = Path(service_file).with_name(PIN)
+    if f.is_file():
+        for k, v in json.loads(f.read_text()).items():
+            os.environ.setdefault(k, v)
 
 
 def store(settings: Settings) -> Path:
@@ -35,15 +52,22 @@ def build(ref: str, settings: Settings) -> str:
     folder = BENTOS / (info.family or "")
     if not (folder / "bentofile.yaml").is_file():
         raise InvalidInputError(f"no bentofile for family {info.family!r} under {BENTOS}")
+    name, version = f"aimass-{info.name}", f"v{info.version}"
+    if (store(settings) / "bentos" / name / version / "bento.yaml").is_file():
+        return f"{name}:{version}"  # a registered version is immutable, and so is its Bento
     spec = yaml.safe_load((folder / "bentofile.yaml").read_text())
     envs = [*spec.pop("envs", []), {"name": "AIMASS_SERVE_MODEL", "value": info.ref}]
     labels = {**spec.pop("labels", {}), "model": info.name, "model_version": str(info.version),
               "dataset": info.dataset or ""}
-    args = {**spec, "envs": envs, "labels": labels, "build_ctx": str(folder),
-            "name": f"aimass-{info.name}", "version": f"v{info.version}"}
-    env = {**os.environ, "BENTOML_HOME": str(store(settings)), "BENTOML_DO_NOT_TRACK": "True"}
-    r = subprocess.run([sys.executable, "-c", _BUILD, json.dumps(args)], env=env, capture_output=True,
-                       text=True, timeout=600)
+    with tempfile.TemporaryDirectory() as tmp:
+        ctx = Path(tmp) / info.family
+        shutil.copytree(folder, ctx)
+        (ctx / PIN).write_text(json.dumps({"AIMASS_SERVE_MODEL": info.ref}))
+        args = {**spec, "include": [*spec.get("include", []), PIN], "envs": envs, "labels": labels,
+                "build_ctx": str(ctx), "name": name, "version": version}
+        env = {**os.environ, "BENTOML_HOME": str(store(settings)), "BENTOML_DO_NOT_TRACK": "True"}
+        r = subprocess.run([sys.executable, "-c", _BUILD, json.dumps(args)], env=env, capture_output=True,
+                           text=True, timeout=600)
     if r.returncode != 0:
         raise BackendError(f"bentoml build of {info.ref} failed: {r.stderr.strip()[-800:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])["tag"]

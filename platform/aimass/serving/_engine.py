@@ -4,6 +4,7 @@ multi-stage Serve deployments call it; it raises only aimass errors, which the H
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 from aimass.errors import InvalidInputError, NotFoundError
 from aimass.settings import Settings
@@ -32,7 +33,7 @@ class Engine:
             if ds.items is not None:
                 table = ds.items.set_index("item_id").reindex(self.item_ids)
                 for col in table.columns:
-                    if col not in _TEXT_COLUMNS and table[col].dtype == object:
+                    if col not in _TEXT_COLUMNS and not pd.api.types.is_numeric_dtype(table[col]):
                         values = table[col].fillna("").astype(str).to_numpy()
                         self.columns[col] = np.concatenate([[""], values])
         self.popularity[0] = -np.inf
@@ -71,7 +72,7 @@ class Engine:
             ok[self.scorer.dense(exclude)] = False  # unknown ids cannot be returned anyway
         for col, values in filters.items():
             if col not in self.columns:
-                have = ", ".join(sorted(self.columns)) or "none (the dataset has no items table)"
+                have = ", ".join(sorted(self.columns)) or "none (the dataset has no items table with labels)"
                 raise InvalidInputError(f"unknown filter column {col!r}; filterable columns: {have}")
             ok &= np.isin(self.columns[col], values)
         return ok

@@ -102,24 +102,16 @@ class _SingleModel:
         return ModelCard(**{**_served(self.engine, ctx), **self.engine.card()})
 
 
-@bentoml.service(name="aimass-popularity", traffic=TRAFFIC)
-class Popularity(_SingleModel):
-    pass
+def _family(family: str, class_name: str):
+    """The service of one family: same routes, its own name (and so its own Bento and OpenAPI title)."""
+    cls = type(class_name, (_SingleModel,), {"__module__": __name__, "__doc__": f"The {family} service."})
+    return bentoml.service(name=f"aimass-{family}", traffic=TRAFFIC)(cls)
 
 
-@bentoml.service(name="aimass-itemknn", traffic=TRAFFIC)
-class ItemKNN(_SingleModel):
-    pass
-
-
-@bentoml.service(name="aimass-sasrec", traffic=TRAFFIC)
-class SASRec(_SingleModel):
-    pass
-
-
-@bentoml.service(name="aimass-two-tower", traffic=TRAFFIC)
-class TwoTower(_SingleModel):
-    pass
+Popularity = _family("popularity", "Popularity")
+ItemKNN = _family("itemknn", "ItemKNN")
+SASRec = _family("sasrec", "SASRec")
+TwoTower = _family("two-tower", "TwoTower")
 
 
 @bentoml.service(name="aimass-pipeline", traffic=TRAFFIC)

@@ -1,0 +1,53 @@
+"""`aimass keys` and the input checks of `aimass deploy` / `aimass deployments`, through the real CLI. The
+full deploy round trip over HTTP is in tests/serving/test_deployments.py (it needs the served cluster)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+AIMASS = str(Path(sys.executable).with_name("aimass"))
+
+
+def _cli(home: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([AIMASS, "--home", str(home), *args], capture_output=True, text=True, timeout=120)
+
+
+def test_keys_are_shown_once_and_stored_hashed(tmp_path):
+    home = tmp_path / "home"
+    r = _cli(home, "keys", "create", "web-app", "--json")
+    assert r.returncode == 0, r.stderr
+    made = json.loads(r.stdout)
+    key = made["key"]
+    assert key.startswith(f"aimass_{made['key_id']}_") and made["role"] == "consumer"
+    admin = json.loads(_cli(home, "keys", "create", "ops", "--admin", "--json").stdout)
+    assert admin["role"] == "admin"
+    listed = _cli(home, "keys", "list", "--json")
+    assert key not in listed.stdout and key.split("_")[-1] not in listed.stdout
+    assert {k["key_id"] for k in json.loads(listed.stdout)} == {made["key_id"], admin["key_id"]}
+    db = (home / "catalog.db").read_bytes() + b"".join(p.read_bytes() for p in home.glob("catalog.db-*"))
+    assert key.split("_")[-1].encode() not in db  # only the hash is stored
+    revoked = json.loads(_cli(home, "keys", "revoke", made["key_id"], "--json").stdout)
+    assert revoked["revoked_at"]
+    assert {k["key_id"] for k in json.loads(_cli(home, "keys", "list", "--json").stdout)} == {admin["key_id"]}
+    assert len(json.loads(_cli(home, "keys", "list", "--all", "--json").stdout)) == 2
+
+
+def test_bad_key_and_deploy_input_exit_non_zero_with_one_line(tmp_path):
+    home = tmp_path / "home"
+    cases = [
+        (("keys", "revoke", "0123456789ab"), 3, "no API key with id '0123456789ab'"),
+        (("keys", "create", "bad/name"), 2, "invalid key name"),
+        (("deploy", "recs", "--endpoint", "Not OK"), 2, "invalid endpoint 'Not OK'"),
+        (("deploy", "recs", "-e", "ok", "--min-replicas", "3", "--max-replicas", "1"), 2, "min_replicas"),
+        (("deploy", "recs", "--endpoint", "ok", "--target-ongoing-requests", "0"), 2, "must be positive"),
+        (("deploy", "nobody", "--endpoint", "ok"), 3, "no registered model named 'nobody'"),
+        (("deployments", "show", "ghost"), 3, "no deployment named 'ghost'"),
+        (("deployments", "delete", "ghost"), 3, "no deployment named 'ghost'"),
+    ]
+    for args, code, message in cases:
+        r = _cli(home, *args)
+        last = r.stderr.strip().splitlines()[-1]  # (MLflow logs its own start-up lines before it)
+        assert r.returncode == code and last.startswith("error: ") and message in last, (args, r.stderr)
+    assert json.loads(_cli(home, "deployments", "list", "--json").stdout) == []
