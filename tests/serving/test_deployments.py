@@ -102,10 +102,12 @@ def test_every_listener_of_the_serving_cluster_is_on_loopback(served):
 def test_bentoml_build_pins_the_registered_version(served):
     tag = serving.build_bento("recs@champion", settings=served.settings)
     assert tag == "aimass-recs:v1"
-    spec = yaml.safe_load((served.settings.home / "bentos" / "bentos" / "aimass-recs" / "v1" / "bento.yaml")
-                          .read_text())
-    assert {"name": "AIMASS_SERVE_MODEL", "value": "recs/1"} in spec["envs"]
+    bento = served.settings.home / "bentos" / "bentos" / "aimass-recs" / "v1"
+    spec = yaml.safe_load((bento / "bento.yaml").read_text())
+    assert json.loads((bento / "src" / "pin.json").read_text()) == {"AIMASS_SERVE_MODEL": "recs/1"}
+    assert spec["service"] == "service:ItemKNN" and spec["labels"]["model_version"] == "1"
     assert spec["labels"]["family"] == "itemknn" and spec["labels"]["dataset"] == "demo@v1"
+    assert serving.build_bento("recs/1", settings=served.settings) == tag  # immutable: built once
 
 
 def test_the_infra_sample_is_a_valid_serve_config():
@@ -113,3 +115,13 @@ def test_the_infra_sample_is_a_valid_serve_config():
 
     sample = Path(__file__).resolve().parents[2] / "infra" / "serve" / "serve-config.example.yaml"
     ServeDeploySchema.model_validate(yaml.safe_load(sample.read_text()))
+
+
+def test_multi_stage_is_one_application_of_three_deployments(served):
+    from ray import serve
+
+    _cluster.connect(served.settings)
+    app = serve.status().applications["multi"]
+    assert set(app.deployments) == {"ingress", "retrieval", "ranking"}
+    assert all(str(d.status.value if hasattr(d.status, "value") else d.status) == "HEALTHY"
+               for d in app.deployments.values())

@@ -154,7 +154,7 @@ def deployments(*, settings: Settings | None = None) -> list[Deployment]:
 def _live_status(s: Settings) -> dict[str, str]:
     from aimass.serving import _cluster
 
-    if not s.ray_address and not _cluster.state_file(s).exists():
+    if not _cluster.running(s):  # listing must not start a cluster
         return {}
     from ray import serve
 

@@ -72,6 +72,13 @@ def _listening(address: str) -> bool:
         return False
 
 
+def running(settings: Settings) -> bool:
+    if settings.ray_address:
+        return True
+    f = state_file(settings)
+    return f.exists() and _listening(json.loads(f.read_text())["address"])
+
+
 def ensure(settings: Settings) -> dict:
     """The cluster's state; starts the embedded head when none is running."""
     if settings.ray_address:
