@@ -21,10 +21,10 @@ import torch
 from torch import nn
 
 from aimass.errors import InvalidInputError
+from aimass.registry import METHODS
 from aimass.registry import _codecs as C
 from aimass.settings import Settings, default_settings
 
-METHODS = ("int8", "fp16", "bf16", "prune", "distill", "onnx")
 NEURAL = ("sasrec", "two-tower")
 _COMMON = {"latency_n": int, "seed": int}
 _OPTIONS = {
@@ -147,7 +147,7 @@ def _prune(est, family: str, splits, opts: dict, progress: bool):
     """Magnitude pruning + a short fine-tune with the mask kept. Unstructured: the smallest-|w| fraction of
     every Linear weight and embedding table, per tensor. Structured: whole feed-forward
     hidden units (rows of its first Linear, columns of its last) by the product of their weight norms."""
-    from aimass.models import family_class
+    from aimass.zoo import family_class
 
     kind, sparsity = opts.get("kind", "unstructured"), opts.get("sparsity", 0.5)
     module = copy.deepcopy(est.module_)
@@ -205,7 +205,7 @@ def _distill(teacher_est, splits, opts: dict, progress: bool):
     """A smaller SASRec trained on the teacher's soft targets (KL at temperature T over the whole catalogue at
     every position, x T^2) mixed with the hard next-item CE: ``alpha * KL + (1 - alpha) * CE``. With the
     teacher's width, the student starts from the teacher's embeddings, final norm and evenly spaced blocks."""
-    from aimass.models.sasrec import SASRecModule, SASRecTrainingData, sasrec_lr, sasrec_optimizer
+    from aimass.zoo.sasrec import SASRecModule, SASRecTrainingData, sasrec_lr, sasrec_optimizer
 
     teacher, tcfg = teacher_est.module_.eval(), teacher_est.config_
     n_blocks = opts.get("n_blocks", max(1, tcfg.n_blocks - 1))
