@@ -239,6 +239,7 @@ def _distill(teacher_est, splits, opts: dict, progress: bool):
     loader = torch.utils.data.DataLoader(data, batch_size=scfg.batch_size, shuffle=True, generator=gen)
     opt = sasrec_optimizer(student, scfg)
     budget = opts.get("time_budget_s")
+    bf16 = bool(scfg.bf16)  # as the teacher was trained: bf16 products where the CPU has them
     step, t0, losses = 0, time.perf_counter(), []
     while step < steps and not (budget and time.perf_counter() - t0 > budget):
         for inputs, targets in loader:
@@ -247,11 +248,12 @@ def _distill(teacher_est, splits, opts: dict, progress: bool):
             for g in opt.param_groups:
                 g["lr"] = sasrec_lr(scfg, step, step / steps)
             keep = targets != 0
-            with torch.no_grad():
-                t_logits = teacher(inputs)[keep] @ teacher.item_emb.weight.T
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                t_logits = (teacher(inputs)[keep] @ teacher.item_emb.weight.T).float()
                 t_logits[:, 0] = float("-inf")
             student.train()
-            s_logits = student(inputs)[keep] @ student.item_emb.weight.T
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                s_logits = (student(inputs)[keep] @ student.item_emb.weight.T).float()
             s_logits = torch.cat([torch.full_like(s_logits[:, :1], -1e9), s_logits[:, 1:]], dim=1)
             kl = torch.nn.functional.kl_div(torch.log_softmax(s_logits / T, -1),
                                             _log_softmax_masked(t_logits / T), log_target=True,
