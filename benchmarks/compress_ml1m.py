@@ -32,9 +32,9 @@ def _register_model_dir(s, model_dir: Path, data: Path, name: str) -> int:
 
     from aimass import datasets, registry
     from aimass.evaluation import make_splits
-    from aimass.models import load_estimator
     from aimass.training import _final_metrics
     from aimass.training._tracking import log_model, metric_key, mlflow_for
+    from aimass.zoo import load_estimator
 
     try:
         ds = datasets.load("ml1m", settings=s)

@@ -22,7 +22,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from aimass.models.sasrec import SASRec, SASRecConfig  # noqa: E402
+from aimass.zoo.sasrec import SASRec, SASRecConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,7 +7,6 @@ import os
 import psutil
 
 
-
 def listeners(root_pid: int | None = None) -> list[tuple[int, str, str, int]]:
     """(pid, process name, address, port) of every listening TCP socket in the process tree of `root_pid`."""
     root = psutil.Process(root_pid or os.getpid())

@@ -98,7 +98,7 @@ def test_leave_one_out_held_out_positions_never_reach_training(seed: int) -> Non
     df = random_frame(np.random.default_rng(seed))
     s = make_splits(df)
     full = {u: g["item_id"].to_numpy() for u, g in df.groupby("user_id", sort=True)}  # rows already time-ordered
-    train = dict(zip(s.train_users.tolist(), s.train_sequences))
+    train = dict(zip(s.train_users.tolist(), s.train_sequences, strict=False))
     evaluated = set(s.test_users.tolist())
     for user, seq in full.items():
         dense_seq = np.searchsorted(s.item_ids, seq) + 1
@@ -108,9 +108,9 @@ def test_leave_one_out_held_out_positions_never_reach_training(seed: int) -> Non
             assert train[user].tolist() == dense_seq[:-2].tolist()
         else:
             assert len(seq) < 3 and train[user].tolist() == dense_seq.tolist()
-    for user, hist, target in zip(s.test_users.tolist(), s.test_histories, s.test_targets.tolist()):
+    for user, hist, target in zip(s.test_users.tolist(), s.test_histories, s.test_targets.tolist(), strict=False):
         assert len(hist) == len(full[user]) - 1 and target == np.searchsorted(s.item_ids, full[user][-1]) + 1
-    for user, hist, target in zip(s.val_users.tolist(), s.val_histories, s.val_targets.tolist()):
+    for user, hist, target in zip(s.val_users.tolist(), s.val_histories, s.val_targets.tolist(), strict=False):
         assert hist.tolist() == train[user].tolist() and target == s.test_histories[
             s.test_users.tolist().index(user)][-1]
     with pytest.raises(ValueError):  # the shared buffer is read-only: a caller cannot corrupt a split
@@ -129,10 +129,10 @@ def test_ml1m_seq_training_sees_only_train_rows(seed: int) -> None:
     n_train = df[df["split"] == "train"].groupby("user_id").size()
     assert s.train_users.tolist() == n_train.index.tolist()
     assert [len(t) for t in s.train_sequences] == n_train.tolist()
-    for user, hist in zip(s.test_users.tolist(), s.test_histories):
+    for user, hist in zip(s.test_users.tolist(), s.test_histories, strict=False):
         assert len(hist) == (df["user_id"] == user).sum() - 1  # everything but the test row
     n_val_seen = df[df["split"].isin(["train", "val_input"])].groupby("user_id").size()
-    for user, hist in zip(s.val_users.tolist(), s.val_histories):
+    for user, hist in zip(s.val_users.tolist(), s.val_histories, strict=False):
         assert len(hist) == n_val_seen.get(user, 0)
 
 
@@ -142,7 +142,7 @@ def test_max_val_users_is_seeded_subset() -> None:
     a, b = make_splits(df, max_val_users=10, seed=3), make_splits(df, max_val_users=10, seed=3)
     assert len(a.val_users) == 10 and a.val_users.tolist() == b.val_users.tolist()
     assert set(a.val_users.tolist()) <= set(full.val_users.tolist())
-    lookup = dict(zip(full.val_users.tolist(), full.val_targets.tolist()))
+    lookup = dict(zip(full.val_users.tolist(), full.val_targets.tolist(), strict=False))
     assert a.val_targets.tolist() == [lookup[u] for u in a.val_users.tolist()]
     assert len(a.test_users) == len(full.test_users)  # test set is never sampled
 
@@ -181,7 +181,7 @@ def test_ties_count_against_target() -> None:
 
 def _reference(scores: np.ndarray, targets: np.ndarray, histories: list[np.ndarray]) -> dict[str, float]:
     qrels, run = [], []
-    for u, (row, target, hist) in enumerate(zip(scores, targets, histories)):
+    for u, (row, target, hist) in enumerate(zip(scores, targets, histories, strict=False)):
         qrels.append(Qrel(str(u), str(target), 1))
         excluded = (set(hist.tolist()) - {int(target)}) | {0}
         run += [ScoredDoc(str(u), str(i), float(s)) for i, s in enumerate(row) if i not in excluded]
@@ -212,17 +212,17 @@ def test_history_and_padding_never_in_top_k() -> None:
     scores = rng.standard_normal((20, n_items + 1)).astype(np.float32)
     histories = [rng.choice(np.arange(1, n_items + 1), size=25, replace=False) for _ in range(20)]
     targets = np.array([h[0] for h in histories])  # target in history: stays a candidate
-    for row, hist in zip(scores, histories):
+    for row, hist in zip(scores, histories, strict=False):
         row[hist] += 100.0  # history items would dominate the top-K if they were not excluded
         row[0] = 1e9
     # 6 candidates per user (5 unseen + target) < K: coverage counts only real candidates
     out = rank_metrics(scores, targets, histories, ks=(k,))
     allowed = set()
-    for hist, target in zip(histories, targets):
+    for hist, target in zip(histories, targets, strict=False):
         allowed |= (set(range(1, n_items + 1)) - set(hist.tolist())) | {int(target)}
     assert out["coverage@10"] == pytest.approx(len(allowed) / n_items)
     _, top, ok = _full_ranks(scores, targets, histories, k)  # the top-K lists themselves
-    for row_top, row_ok, hist, target in zip(top, ok, histories, targets):
+    for row_top, row_ok, hist, target in zip(top, ok, histories, targets, strict=False):
         shown = set(row_top[row_ok].tolist())
         assert 0 not in shown and not (shown & (set(hist.tolist()) - {int(target)}))
         assert len(shown) == 6

@@ -54,7 +54,7 @@ def _runs(values: np.ndarray, users: np.ndarray, wanted: np.ndarray) -> list[np.
     hit = uniq[pos] == wanted
     lo = np.where(hit, start[pos], 0)
     hi = lo + np.where(hit, count[pos], 0)
-    return [values[a:b] for a, b in zip(lo.tolist(), hi.tolist())]
+    return [values[a:b] for a, b in zip(lo.tolist(), hi.tolist(), strict=False)]
 
 
 def _one_per_user(users: np.ndarray, dense: np.ndarray, mask: np.ndarray,
@@ -105,12 +105,12 @@ def make_splits(interactions: pd.DataFrame, protocol: str = "leave-one-out", *,
         # Evaluated users lose their last two rows; slicing by position (not by item value) is what
         # guarantees a held-out interaction cannot reach training even if its item recurs earlier.
         train_end = np.where(evaluated, end - 2, end)
-        train_sequences = [dense[a:b] for a, b in zip(start.tolist(), train_end.tolist())]
+        train_sequences = [dense[a:b] for a, b in zip(start.tolist(), train_end.tolist(), strict=False)]
         val_users = test_users = train_users[evaluated]
         ev_start, ev_end = start[evaluated].tolist(), end[evaluated].tolist()
-        val_histories = [dense[a:b - 2] for a, b in zip(ev_start, ev_end)]
+        val_histories = [dense[a:b - 2] for a, b in zip(ev_start, ev_end, strict=False)]
         val_targets = dense[end[evaluated] - 2]
-        test_histories = [dense[a:b - 1] for a, b in zip(ev_start, ev_end)]
+        test_histories = [dense[a:b - 1] for a, b in zip(ev_start, ev_end, strict=False)]
         test_targets = dense[end[evaluated] - 1]
     else:
         split = interactions["split"].astype(str).to_numpy()[order]

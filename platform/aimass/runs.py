@@ -39,7 +39,7 @@ def show(run_id: str, *, settings: Settings | None = None) -> dict:
     try:
         run = mlflow.get_run(run_id)
     except Exception:
-        raise NotFoundError(f"no training run {run_id!r}")
+        raise NotFoundError(f"no training run {run_id!r}") from None
     client = mlflow.MlflowClient()
     history = {k: [(m.step, m.value) for m in client.get_metric_history(run_id, k)]
                for k in run.data.metrics if k in ("loss", "val_ndcg_at_10")}

@@ -60,7 +60,7 @@ def test_sasrec_round_trip(settings, tmp_path):
     assert datasets.register("sas", src, "sasrec", settings=settings).version == 2
     for v, n in ((1, 6), (2, 7)):
         df = datasets.load(f"sas@v{v}", settings=settings).interactions
-        got = [f"{u} {i}" for u, i in zip(df.user_id, df.item_id)]
+        got = [f"{u} {i}" for u, i in zip(df.user_id, df.item_id, strict=False)]
         assert got == [*lines, "3 12"][:n]
 
 
@@ -117,7 +117,7 @@ def test_lastfm_round_trip(settings, tmp_path):
     src = _lastfm_folder(tmp_path / "fm", plays)
     info = datasets.register("fm", src, "lastfm", settings=settings)
     ds = datasets.load("fm", settings=settings)
-    assert list(zip(ds.interactions.user_id, ds.interactions.item_id, ds.interactions.value)) == plays
+    assert list(zip(ds.interactions.user_id, ds.interactions.item_id, ds.interactions.value, strict=False)) == plays
     assert ds.items.set_index("item_id").loc[2, "text"] == "Björk | electronic, icelandic"
     assert (info.n_users, info.n_items) == (2, 2)
 

@@ -8,10 +8,11 @@ import pytest
 import torch
 
 import aimass
-from aimass import registry
+from aimass import models, registry
 from aimass.errors import InvalidInputError
 from aimass.registry import _codecs, _compress
 from aimass.settings import Settings
+from tests.registry._state import snapshot as _snapshot
 
 pytestmark = pytest.mark.integration
 
@@ -44,17 +45,11 @@ def env(tmp_path_factory):
     ray.shutdown()
 
 
-def _snapshot(s: Settings) -> list:
-    return [(m["name"], m["versions"],
-             [sorted(v.tags.items()) for v in registry.versions(m["name"], settings=s)])
-            for m in registry.list_models(settings=s)]
-
-
 @pytest.mark.parametrize("label", list(OPTIONS))
 def test_each_method_registers_a_child_that_loads_and_ranks(env, label):
     s = env
     method = label.split("-")[0]
-    v = _compress.compress("rec", 1, method, settings=s, **FAST, **OPTIONS[label])
+    v = models.compress("rec", 1, method, settings=s, **FAST, **OPTIONS[label])
     assert (v.name, v.parent_version, v.method) == ("rec", 1, method)
     assert (v.family, v.dataset) == ("sasrec", "demo@v1")
     assert v.version > 1 and v.dataset_hash == registry.get("rec/1", settings=s).dataset_hash
@@ -91,13 +86,13 @@ def test_bad_requests_raise_before_anything_is_written(env):
     runs_before = len(registry._client(s).search_runs([registry._client(s).get_experiment_by_name("aimass")
                                                        .experiment_id]))
     for call, match in [
-        (lambda: _compress.compress("rec", 1, "zip", settings=s), "unknown compression method 'zip'"),
-        (lambda: _compress.compress("pop", 1, "int8", settings=s),
+        (lambda: models.compress("rec", 1, "zip", settings=s), "unknown compression method 'zip'"),
+        (lambda: models.compress("pop", 1, "int8", settings=s),
          "'int8' does not apply to family 'popularity'"),
-        (lambda: _compress.compress("rec", 1, "prune", sparsity=1.5, settings=s), "sparsity must be in"),
-        (lambda: _compress.compress("rec", 1, "prune", kind="diagonal", settings=s), "kind='diagonal'"),
-        (lambda: _compress.compress("rec", 1, "int8", colour="red", settings=s), "unknown option 'colour'"),
-        (lambda: _compress.compress("rec", 1, "distill", n_blocks=1, dim=16, settings=s), "must be smaller"),
+        (lambda: models.compress("rec", 1, "prune", sparsity=1.5, settings=s), "sparsity must be in"),
+        (lambda: models.compress("rec", 1, "prune", kind="diagonal", settings=s), "kind='diagonal'"),
+        (lambda: models.compress("rec", 1, "int8", colour="red", settings=s), "unknown option 'colour'"),
+        (lambda: models.compress("rec", 1, "distill", n_blocks=1, dim=16, settings=s), "must be smaller"),
     ]:
         with pytest.raises(InvalidInputError, match=match):
             call()
@@ -113,7 +108,7 @@ def test_bad_requests_raise_before_anything_is_written(env):
 def test_inference_restructuring_matches_the_family_forward():
     """Trimmed padding + last-query-only last block give the family's own scores (fp32, no compression),
     for empty, short, full and over-long histories, in any batch."""
-    from aimass.models.sasrec import SASRecConfig, SASRecModule
+    from aimass.zoo.sasrec import SASRecConfig, SASRecModule
 
     torch.manual_seed(0)
     cfg = SASRecConfig(dim=16, n_blocks=2, n_heads=2, max_len=12, dropout=0.0).resolve(50, [10])
@@ -131,7 +126,7 @@ def test_inference_restructuring_matches_the_family_forward():
 
 
 def test_int8_codec_restores_the_quantised_weights_exactly():
-    from aimass.models.sasrec import SASRecConfig, SASRecModule
+    from aimass.zoo.sasrec import SASRecConfig, SASRecModule
 
     torch.manual_seed(0)
     cfg = SASRecConfig(dim=16, n_blocks=1, max_len=8).resolve(30, [5])

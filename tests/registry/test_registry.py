@@ -7,9 +7,10 @@ import pandas as pd
 import pytest
 
 import aimass
-from aimass import registry
+from aimass import models
 from aimass.errors import ConflictError, InvalidInputError, NotFoundError
 from aimass.settings import Settings
+from tests.registry._state import snapshot as _snapshot
 
 pytestmark = pytest.mark.integration
 
@@ -33,75 +34,67 @@ def env(tmp_path_factory):
     ray.shutdown()
 
 
-def _snapshot(s: Settings) -> list:
-    out = []
-    for m in registry.list_models(settings=s):
-        out.append((m["name"], m["versions"], sorted(m["aliases"].items()),
-                    [sorted(v.tags.items()) for v in registry.versions(m["name"], settings=s)]))
-    return out
-
-
 def test_register_carries_lineage_and_metrics(env):
     s, runs = env
-    v = registry.register(runs["knn"], "recs", settings=s)
+    v = models.register(runs["knn"], "recs", settings=s)
     assert (v.name, v.version, v.family, v.run_id, v.method) == ("recs", 1, "itemknn", runs["knn"], "original")
     ds = aimass.datasets.get("demo@v1", settings=s)
     assert v.dataset == "demo@v1" and v.dataset_hash == ds.content_hash
     assert 0 < v.metrics["test_ndcg_at_10"] <= 1 and v.source.startswith("models:/m-")
-    assert registry.get("recs", settings=s).version == 1
-    assert [x.version for x in registry.versions("recs", settings=s)] == [1]
-    scorer = registry.load("recs/1", settings=s)
+    assert models.show("recs", settings=s).version == 1
+    assert [x.version for x in models.versions("recs", settings=s)] == [1]
+    scorer = models.load("recs/1", settings=s)
     out = scorer.recommend(pd.DataFrame({"history": [[1, 2, 3]], "k": [5]}))
     assert len(out["items"][0]) == 5 and scorer.info.ref == "recs/1"
 
 
 def test_gate_passes_first_champion_and_refuses_worse_models(env):
     s, runs = env
-    good = registry.register(runs["knn"], "gate", settings=s)
-    p = registry.promote("gate", good.version, settings=s)
+    good = models.register(runs["knn"], "gate", settings=s)
+    p = models.promote("gate", good.version, settings=s)
     assert p.promoted and not p.forced and [c.check for c in p.checks] == ["latency"]
-    worse = registry.register(runs["pop"], "gate", settings=s)
+    worse = models.register(runs["pop"], "gate", settings=s)
     before = _snapshot(s)
     with pytest.raises(ConflictError, match=r"quality: test_ndcg_at_10 0\.\d+ vs champion 0\.\d+ .*-\d+\.\d+%"):
-        registry.promote("gate", worse.version, settings=s)
+        models.promote("gate", worse.version, settings=s)
     assert _snapshot(s) == before
-    assert registry.get("gate@champion", settings=s).version == good.version
-    forced = registry.promote("gate", worse.version, force=True, settings=s)
+    assert models.show("gate@champion", settings=s).version == good.version
+    forced = models.promote("gate", worse.version, force=True, settings=s)
     assert forced.forced and forced.previous == good.version
-    champ = registry.get("gate@champion", settings=s)
+    champ = models.show("gate@champion", settings=s)
     assert champ.version == worse.version and "quality" in champ.tags["aimass.forced_promotion"]
 
 
 def test_other_dataset_needs_force(env):
     s, runs = env
-    registry.promote("recs", 1, settings=s)
-    other = registry.register(runs["knn_v2"], "recs", settings=s)
+    models.promote("recs", 1, settings=s)
+    other = models.register(runs["knn_v2"], "recs", settings=s)
     before = _snapshot(s)
     with pytest.raises(ConflictError, match="dataset: candidate trained on demo@v2, champion on demo@v1"):
-        registry.promote("recs", other.version, settings=s)
+        models.promote("recs", other.version, settings=s)
     assert _snapshot(s) == before
 
 
 def test_latency_budget_is_enforced(env):
     s, runs = env
-    v = registry.register(runs["knn"], "slow", settings=s)
+    v = models.register(runs["knn"], "slow", settings=s)
     with pytest.raises(ConflictError, match=r"latency: p99 [\d.]+ ms at batch 1 vs budget 0.0 ms"):
-        registry.promote("slow", v.version, latency_budget_ms=0.0, settings=s)
-    p = registry.promote("slow", v.version, alias="challenger", settings=s)
-    assert registry.get("slow@challenger", settings=s).version == v.version and p.alias == "challenger"
+        models.promote("slow", v.version, latency_budget_ms=0.0, settings=s)
+    p = models.promote("slow", v.version, alias="challenger", settings=s)
+    assert models.show("slow@challenger", settings=s).version == v.version and p.alias == "challenger"
 
 
 def test_concurrent_promotions_of_one_name_are_serialised(env):
     s, runs = env
-    a = registry.register(runs["knn"], "race", settings=s)
-    b = registry.register(runs["knn"], "race", settings=s)
+    a = models.register(runs["knn"], "race", settings=s)
+    b = models.register(runs["knn"], "race", settings=s)
     results: dict = {}
     barrier = threading.Barrier(2)
 
     def go(version):
         barrier.wait()
         try:
-            results[version] = registry.promote("race", version, settings=s)
+            results[version] = models.promote("race", version, settings=s)
         except ConflictError as e:
             results[version] = e
 
@@ -111,21 +104,21 @@ def test_concurrent_promotions_of_one_name_are_serialised(env):
     refused = [r for r in results.values() if isinstance(r, ConflictError)]
     assert len(refused) == 1 and "in progress" in str(refused[0])
     winner = next(v for v, r in results.items() if not isinstance(r, ConflictError))
-    assert registry.get("race@champion", settings=s).version == winner
+    assert models.show("race@champion", settings=s).version == winner
 
 
 @pytest.mark.parametrize("call,exc,message", [
-    (lambda s: registry.get("nobody", settings=s), NotFoundError, "no registered model named 'nobody'"),
-    (lambda s: registry.get("recs/99", settings=s), NotFoundError, "has no version 99"),
-    (lambda s: registry.get("recs@ghost", settings=s), NotFoundError, "has no alias 'ghost'"),
-    (lambda s: registry.register("0" * 32, "x", settings=s), NotFoundError, "no training run"),
-    (lambda s: registry.register("0" * 32, "bad/name", settings=s), InvalidInputError, "invalid model name"),
-    (lambda s: registry.promote("recs", 99, settings=s), NotFoundError, "has no version 99"),
-    (lambda s: registry.promote("recs", 1, alias="prod", settings=s), InvalidInputError, "unknown alias"),
+    (lambda s: models.show("nobody", settings=s), NotFoundError, "no registered model named 'nobody'"),
+    (lambda s: models.show("recs/99", settings=s), NotFoundError, "has no version 99"),
+    (lambda s: models.show("recs@ghost", settings=s), NotFoundError, "has no alias 'ghost'"),
+    (lambda s: models.register("0" * 32, "x", settings=s), NotFoundError, "no training run"),
+    (lambda s: models.register("0" * 32, "bad/name", settings=s), InvalidInputError, "invalid model name"),
+    (lambda s: models.promote("recs", 99, settings=s), NotFoundError, "has no version 99"),
+    (lambda s: models.promote("recs", 1, alias="prod", settings=s), InvalidInputError, "unknown alias"),
 ])
 def test_bad_input_is_refused_and_changes_nothing(env, call, exc, message):
     s, _ = env
-    registry.register(env[1]["knn"], "recs", settings=s) if not registry.list_models(settings=s) else None
+    models.register(env[1]["knn"], "recs", settings=s) if not models.list(settings=s) else None
     before = _snapshot(s)
     with pytest.raises(exc, match=message):
         call(s)
@@ -143,5 +136,5 @@ def test_a_run_without_a_model_cannot_be_registered(env):
         mlflow.log_param("x", 1)
     before = _snapshot(s)
     with pytest.raises(InvalidInputError, match="has no logged model"):
-        registry.register(run.info.run_id, "empty", settings=s)
+        models.register(run.info.run_id, "empty", settings=s)
     assert _snapshot(s) == before

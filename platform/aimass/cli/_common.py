@@ -46,6 +46,6 @@ def _plain(data: Any) -> Any:
 
 def rows(items: list[dict], cols: list[str]) -> list[str]:
     widths = [max(len(c), *(len(str(r.get(c, ""))) for r in items)) if items else len(c) for c in cols]
-    out = ["  ".join(c.upper().ljust(w) for c, w in zip(cols, widths))]
-    out += ["  ".join(str(r.get(c, "")).ljust(w) for c, w in zip(cols, widths)) for r in items]
+    out = ["  ".join(c.upper().ljust(w) for c, w in zip(cols, widths, strict=False))]
+    out += ["  ".join(str(r.get(c, "")).ljust(w) for c, w in zip(cols, widths, strict=False)) for r in items]
     return out

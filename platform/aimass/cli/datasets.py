@@ -86,6 +86,6 @@ def generate_demo(
     try:
         cfg = DemoConfig(users=users, tracks=tracks, mean_history=mean_history, seed=seed)
     except ValueError as e:
-        raise InvalidInputError(f"invalid demo size: {e.errors()[0]['loc'][0]}: {e.errors()[0]['msg']}")
+        raise InvalidInputError(f"invalid demo size: {e.errors()[0]['loc'][0]}: {e.errors()[0]['msg']}") from None
     inter, items = gen(out, cfg)
     emit({"interactions": str(inter), "items": str(items), "config": cfg.model_dump()}, as_json)

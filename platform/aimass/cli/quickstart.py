@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import typer
 
-from aimass.cli._common import JSON, emit, state
+from aimass.cli._common import JSON, emit, rows, state
 
 
 def quickstart(
@@ -14,13 +14,14 @@ def quickstart(
     as_json: bool = JSON,
 ):
     """The main job, end to end on the embedded default: demo dataset -> DVC registry -> Ray Train -> MLflow."""
-    from aimass import datasets, training
+    from aimass import datasets, models, training
+    from aimass.errors import ConflictError
 
     s = state.settings
     say = (lambda *_: None) if as_json else typer.echo
-    say(f"[1/3] generating the demo music-streaming log ({users} users, {tracks} tracks)")
+    say(f"[1/5] generating the demo music-streaming log ({users} users, {tracks} tracks)")
     inter, items = datasets.generate_demo(s.home / "demo-data", datasets.DemoConfig(users=users, tracks=tracks))
-    say("[2/3] registering it in the DVC data registry")
+    say("[2/5] registering it in the DVC data registry")
     v = datasets.register("demo", inter, "csv", items=items, settings=s)
     ds = datasets.load(v.ref, settings=s)
     i = ds.interactions
@@ -42,17 +43,48 @@ def quickstart(
     if not as_json:
         for k, val in summary.items():
             typer.echo(f"{k:>16}: {val}")
-    say(f"[3/3] training {family} on {v.ref} with Ray Train ({workers} worker(s), at most {time_budget} min), "
+    say(f"[3/5] training {family} on {v.ref} with Ray Train ({workers} worker(s), at most {time_budget} min), "
         "tracked in MLflow")
     r = training.train(family, v.ref, workers=workers, time_budget_min=time_budget, progress=not as_json,
                        settings=s)
     run = {"run_id": r.run_id, "family": r.family, "epochs": r.epochs, "best_epoch": r.best_epoch,
            "wall_time_s": round(r.wall_time_s, 1), "model_uri": r.model_uri,
            **{k: round(val, 4) for k, val in r.metrics.items()}}
+    name = f"demo-{family}"
+    say(f"[4/5] registering the run as model {name!r} in the MLflow registry and promoting it to champion")
+    mv = models.register(r.run_id, name, settings=s)
+    try:
+        promotion = models.promote(name, mv.version, settings=s).model_dump(mode="json")
+    except ConflictError as e:
+        if mv.version > 1:  # a rerun whose model is worse than the champion: the gate keeps the old one
+            promotion = {"promoted": False, "reason": str(e)}
+        else:  # the first version failed only the latency budget (a busy machine): the demo needs a
+            # champion to serve, so it is forced, which the version's tags record
+            say(f"      {e}; forcing it: there is no champion yet")
+            promotion = models.promote(name, mv.version, force=True, settings=s).model_dump(mode="json")
+    say(f"[5/5] compressing {mv.ref} to int8 (a child version, evaluated on the same split)")
+    small = models.compress(name, mv.version, "int8", settings=s)
+    side = [_side(models.show(mv.ref, settings=s), small.metrics, "parent_"), _side(small, small.metrics, "")]
     if as_json:
-        emit({"dataset": summary, "training": run, "tracking_uri": s.tracking_uri}, True)
+        emit({"dataset": summary, "training": run, "tracking_uri": s.tracking_uri, "promotion": promotion,
+              "models": side}, True)
         return
     for k, val in run.items():
         typer.echo(f"{k:>20}: {val}")
+    typer.echo("")
+    for line in rows(side, list(side[0])):
+        typer.echo(line)
+    if not promotion["promoted"]:
+        typer.echo(f"champion unchanged: {promotion['reason']}")
     typer.echo(f"\nMLflow run {r.run_id} in {s.tracking_uri}; browse it with\n"
-               f"  .venv/bin/mlflow ui --backend-store-uri {s.tracking_uri} --host 127.0.0.1 --port 5000")
+               f"  .venv/bin/mlflow ui --backend-store-uri {s.tracking_uri} --host 127.0.0.1 --port 5000\n"
+               f"Models: .venv/bin/aimass models versions {name}")
+
+
+def _side(v, m: dict, prefix: str) -> dict:
+    """One row of the parent-vs-int8 table, from the compression's own measurements of both."""
+    return {"version": v.ref, "method": v.method, "aliases": ",".join(v.aliases) or "-",
+            "size_bytes": int(m[f"{prefix}size_bytes"]), "test_ndcg@10": round(m[f"{prefix}test_ndcg_at_10"], 4),
+            "p50_b1_ms": round(m[f"{prefix}latency_b1_p50_ms"], 2),
+            "p99_b1_ms": round(m[f"{prefix}latency_b1_p99_ms"], 2),
+            "p50_b64_ms": round(m[f"{prefix}latency_b64_p50_ms"], 2)}

@@ -90,7 +90,7 @@ def generate_demo(out: str | Path, config: DemoConfig | None = None) -> tuple[Pa
         "title": [f"{a.title()} {b.title()}" for a, b in words],
         "artist": [artist_names[a] for a in track_artist],
         "genre": [GENRES[artist_genre[a]] for a in track_artist],
-        "tags": [f"{GENRES[artist_genre[a]]}, {m1}, {m2}" for a, (m1, m2) in zip(track_artist, moods)],
+        "tags": [f"{GENRES[artist_genre[a]]}, {m1}, {m2}" for a, (m1, m2) in zip(track_artist, moods, strict=False)],
         "album_position": track_ids - 1 - first_of_artist[track_artist],
     })
     tracks["text"] = tracks["title"] + " by " + tracks["artist"] + " | " + tracks["tags"]

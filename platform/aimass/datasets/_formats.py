@@ -64,7 +64,7 @@ def _int_lines(path: Path, min_tokens: int = 1, exact: int | None = None) -> lis
             try:
                 rows.append([int(t) for t in tokens])
             except ValueError:
-                raise InvalidInputError(f"{path}:{n}: ids must be integers, found {line.strip()[:60]!r}")
+                raise InvalidInputError(f"{path}:{n}: ids must be integers, found {line.strip()[:60]!r}") from None
     if not rows:
         raise InvalidInputError(f"{path}: file is empty")
     return rows
@@ -79,7 +79,7 @@ def _table(path: Path, what: str) -> pd.DataFrame:
         return pd.read_csv(path, sep=None if path.suffix == ".tsv" else ",", engine="python"
                            if path.suffix == ".tsv" else "c")
     except (ValueError, pd.errors.ParserError, OSError) as e:
-        raise InvalidInputError(f"{what} {path}: cannot be parsed ({str(e).splitlines()[0]})")
+        raise InvalidInputError(f"{what} {path}: cannot be parsed ({str(e).splitlines()[0]})") from None
 
 
 def _items_file(path: Path | None) -> pd.DataFrame | None:
@@ -102,7 +102,7 @@ def _movies_dat(path: Path) -> pd.DataFrame:
             try:
                 rows.append((int(parts[0]), parts[1], parts[2].replace("|", ", ")))
             except ValueError:
-                raise InvalidInputError(f"{path}:{n}: MovieID must be an integer, found {parts[0]!r}")
+                raise InvalidInputError(f"{path}:{n}: MovieID must be an integer, found {parts[0]!r}") from None
     if not rows:
         raise InvalidInputError(f"{path}: file is empty")
     df = pd.DataFrame(rows, columns=["item_id", "title", "genres"])
@@ -223,7 +223,7 @@ def _hetrec(path: Path, cols: list[str], encoding: str = "utf-8") -> pd.DataFram
     try:
         df = pd.read_csv(path, sep="\t", encoding=encoding, usecols=cols, quoting=3, dtype=str)
     except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
-        raise InvalidInputError(f"lastfm {path}: cannot be parsed ({str(e).splitlines()[0]})")
+        raise InvalidInputError(f"lastfm {path}: cannot be parsed ({str(e).splitlines()[0]})") from None
     if df.empty:
         raise InvalidInputError(f"lastfm {path}: no rows")
     for c in cols:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 import time
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from filelock import FileLock, Timeout
 from pydantic import BaseModel, Field
@@ -17,6 +17,7 @@ from aimass.errors import ConflictError, InvalidInputError, NotFoundError
 from aimass.settings import Settings, default_settings
 
 ALIASES = ("champion", "challenger")
+METHODS = ("int8", "fp16", "bf16", "prune", "distill", "onnx")  # compression, see registry/README.md
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _REF = re.compile(r"^(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[A-Za-z0-9_-]+))?$")
 T = "aimass."  # tag prefix
@@ -72,7 +73,7 @@ def _info(mv) -> ModelVersionInfo:
         run_id=mv.run_id, dataset=tags.get(f"{T}dataset_ref"), dataset_hash=tags.get(f"{T}dataset_hash"),
         parent_version=int(tags[f"{T}parent_version"]) if f"{T}parent_version" in tags else None,
         method=tags.get(f"{T}method", "original"), metrics=metrics, source=mv.source,
-        created_at=datetime.fromtimestamp(mv.creation_timestamp / 1000, tz=timezone.utc),
+        created_at=datetime.fromtimestamp(mv.creation_timestamp / 1000, tz=UTC),
         tags={k: v for k, v in tags.items() if not k.startswith(f"{T}metric.")})
 
 
@@ -100,7 +101,8 @@ def register(run_id: str, name: str, *, settings: Settings | None = None, parent
     if parent_version is not None:
         tags[f"{T}parent_version"] = str(parent_version)
     tags.update({f"{T}metric.{k}": str(v) for k, v in run.data.metrics.items()
-                 if k.startswith(("test_", "best_val_", "size_", "latency_", "n_parameters"))})
+                 if k.startswith(("test_", "best_val_", "size_", "latency_", "n_parameters", "parent_",
+                                   "delta_", "speedup_", "top10_"))})
     with _lock(s, name, "register"):
         try:
             client.get_registered_model(name)
@@ -214,7 +216,7 @@ def promote(name: str, version: int, *, alias: str = "champion", force: bool = F
         except Exception:
             pass
         client.set_registered_model_alias(name, alias, str(version))
-        stamp = datetime.now(timezone.utc).isoformat()
+        stamp = datetime.now(UTC).isoformat()
         client.set_model_version_tag(name, str(version), f"{T}promoted_{alias}_at", stamp)
         if force and not ok:
             client.set_model_version_tag(name, str(version), f"{T}forced_promotion",

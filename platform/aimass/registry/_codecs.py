@@ -308,7 +308,7 @@ def load_compressed(path: str | Path) -> CompressedScorer:
     """A ready scorer from a compressed folder, whatever the method."""
     from safetensors.torch import load_file
 
-    from aimass.models import family_class
+    from aimass.zoo import family_class
 
     path = Path(path)
     meta = json.loads((path / META).read_text())

@@ -21,10 +21,10 @@ import torch
 from torch import nn
 
 from aimass.errors import InvalidInputError
+from aimass.registry import METHODS
 from aimass.registry import _codecs as C
 from aimass.settings import Settings, default_settings
 
-METHODS = ("int8", "fp16", "bf16", "prune", "distill", "onnx")
 NEURAL = ("sasrec", "two-tower")
 _COMMON = {"latency_n": int, "seed": int}
 _OPTIONS = {
@@ -147,7 +147,7 @@ def _prune(est, family: str, splits, opts: dict, progress: bool):
     """Magnitude pruning + a short fine-tune with the mask kept. Unstructured: the smallest-|w| fraction of
     every Linear weight and embedding table, per tensor. Structured: whole feed-forward
     hidden units (rows of its first Linear, columns of its last) by the product of their weight norms."""
-    from aimass.models import family_class
+    from aimass.zoo import family_class
 
     kind, sparsity = opts.get("kind", "unstructured"), opts.get("sparsity", 0.5)
     module = copy.deepcopy(est.module_)
@@ -205,7 +205,7 @@ def _distill(teacher_est, splits, opts: dict, progress: bool):
     """A smaller SASRec trained on the teacher's soft targets (KL at temperature T over the whole catalogue at
     every position, x T^2) mixed with the hard next-item CE: ``alpha * KL + (1 - alpha) * CE``. With the
     teacher's width, the student starts from the teacher's embeddings, final norm and evenly spaced blocks."""
-    from aimass.models.sasrec import SASRecModule, SASRecTrainingData, sasrec_lr, sasrec_optimizer
+    from aimass.zoo.sasrec import SASRecModule, SASRecTrainingData, sasrec_lr, sasrec_optimizer
 
     teacher, tcfg = teacher_est.module_.eval(), teacher_est.config_
     n_blocks = opts.get("n_blocks", max(1, tcfg.n_blocks - 1))
@@ -239,6 +239,7 @@ def _distill(teacher_est, splits, opts: dict, progress: bool):
     loader = torch.utils.data.DataLoader(data, batch_size=scfg.batch_size, shuffle=True, generator=gen)
     opt = sasrec_optimizer(student, scfg)
     budget = opts.get("time_budget_s")
+    bf16 = bool(scfg.bf16)  # as the teacher was trained: bf16 products where the CPU has them
     step, t0, losses = 0, time.perf_counter(), []
     while step < steps and not (budget and time.perf_counter() - t0 > budget):
         for inputs, targets in loader:
@@ -247,11 +248,12 @@ def _distill(teacher_est, splits, opts: dict, progress: bool):
             for g in opt.param_groups:
                 g["lr"] = sasrec_lr(scfg, step, step / steps)
             keep = targets != 0
-            with torch.no_grad():
-                t_logits = teacher(inputs)[keep] @ teacher.item_emb.weight.T
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                t_logits = (teacher(inputs)[keep] @ teacher.item_emb.weight.T).float()
                 t_logits[:, 0] = float("-inf")
             student.train()
-            s_logits = student(inputs)[keep] @ student.item_emb.weight.T
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                s_logits = (student(inputs)[keep] @ student.item_emb.weight.T).float()
             s_logits = torch.cat([torch.full_like(s_logits[:, :1], -1e9), s_logits[:, 1:]], dim=1)
             kl = torch.nn.functional.kl_div(torch.log_softmax(s_logits / T, -1),
                                             _log_softmax_masked(t_logits / T), log_target=True,

@@ -53,7 +53,7 @@ def train(
 ) -> TrainResult:
     """Validate everything, then run the job; bad input raises before any Ray job or MLflow run exists."""
     from aimass import datasets
-    from aimass.models import family_class
+    from aimass.zoo import family_class
 
     s = settings or default_settings()
     params = dict(params or {})
@@ -83,15 +83,15 @@ def resume(run_id: str, *, epochs: int | None = None, time_budget_min: float | N
            progress: bool = True, settings: Settings | None = None) -> TrainResult:
     """Continue a stopped job from its last checkpoint, in the same MLflow run."""
     from aimass import datasets
-    from aimass.models import family_class
     from aimass.training._tracking import mlflow_for
+    from aimass.zoo import family_class
 
     s = settings or default_settings()
     mlflow = mlflow_for(s)
     try:
         run = mlflow.get_run(run_id)
     except Exception:
-        raise NotFoundError(f"no training run {run_id!r}")
+        raise NotFoundError(f"no training run {run_id!r}") from None
     job = json.loads(run.data.tags.get("aimass.job", "null") or "null")
     ckpt = _latest_checkpoint(s, run_id)
     if job is None or ckpt is None:
@@ -113,7 +113,7 @@ def _check_params(cls, params: dict, epochs: int | None) -> None:
         cls.Config(**params)
     except ValidationError as e:
         problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'params'}: {err['msg']}" for err in e.errors())
-        raise InvalidInputError(f"invalid params for {cls.family}: {problems}")
+        raise InvalidInputError(f"invalid params for {cls.family}: {problems}") from None
 
 
 def _prepare(ds, max_val_users: int | None, seed: int) -> tuple[dict, object]:
@@ -162,7 +162,8 @@ def _run(s, cls, family, info, params, data, splits, workers, gpu, epochs, budge
     else:
         active = mlflow.start_run(run_name=f"{family}-{info.name}-v{info.version}")
         mlflow.log_params({"family": family, "workers": workers, "gpu": gpu, "epochs": epochs,
-                           "protocol": data["protocol"], "item_text": job["item_text"], **{f"param.{k}": v for k, v in params.items()}})
+                           "protocol": data["protocol"], "item_text": job["item_text"],
+                           **{f"param.{k}": v for k, v in params.items()}})
         mlflow.set_tags({"aimass.family": family, "aimass.dataset": info.name,
                          "aimass.dataset_version": str(info.version), "aimass.dataset_ref": info.ref,
                          "aimass.dataset_hash": info.content_hash, "aimass.job": json.dumps(job)})
@@ -173,7 +174,7 @@ def _run(s, cls, family, info, params, data, splits, workers, gpu, epochs, budge
                       resume[1] if resume else None)
         state = json.loads((Path(result.checkpoint.path) / "state.json").read_text())
         with result.checkpoint.as_directory() as d, tempfile.TemporaryDirectory() as tmp:
-            from aimass.models import load_estimator
+            from aimass.zoo import load_estimator
 
             model_dir = Path(tmp) / "model"
             import shutil
@@ -270,7 +271,7 @@ def _text_features(s: Settings, ds, splits, progress: bool) -> np.ndarray:
         feats = np.load(cache, allow_pickle=False)
         if feats.shape[0] == splits.n_items + 1:
             return feats
-    from aimass.models.text import item_text_features
+    from aimass.zoo.text import item_text_features
 
     text = ds.items.set_index("item_id")["text"].astype(str)
     texts = [text.get(int(i), "") for i in splits.item_ids]

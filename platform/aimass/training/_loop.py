@@ -1,5 +1,5 @@
 """The per-worker training loop that Ray Train runs on each of N workers (TorchTrainer, DDP over gloo on CPU or
-NCCL on GPU). It drives any family through the hooks documented in aimass.models.
+NCCL on GPU). It drives any family through the hooks documented in aimass.zoo.
 
 Checkpoint folder (written by rank 0 after every epoch, reported to Ray Train):
     state.json          epoch, step, best metric and epoch, epochs without improvement, history
@@ -25,7 +25,7 @@ def worker_loop(config: dict) -> None:
     import ray.train
     import torch
 
-    from aimass.models import family_class
+    from aimass.zoo import family_class
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()

@@ -26,7 +26,7 @@ class AimassRecommender(mlflow.pyfunc.PythonModel):
         return rec
 
     def _load(self, model_dir: Path, ids_file: Path, family: str) -> None:
-        from aimass.models import load_estimator
+        from aimass.zoo import load_estimator
 
         self.estimator = load_estimator(model_dir, family)
         self.item_ids = np.load(ids_file, allow_pickle=False)
@@ -43,7 +43,7 @@ class AimassRecommender(mlflow.pyfunc.PythonModel):
         ks = df["k"].astype(int).tolist() if "k" in df.columns else [10] * len(df)
         scores = self.estimator.score(histories)
         items, out_scores = [], []
-        for row, h, k in zip(scores, histories, ks):
+        for row, h, k in zip(scores, histories, ks, strict=False):
             row = row.copy()
             row[h] = -np.inf
             row[0] = -np.inf

@@ -16,10 +16,10 @@ import json
 from pathlib import Path
 
 _FAMILIES = {
-    "popularity": "aimass.models.popularity:Popularity",
-    "itemknn": "aimass.models.item_knn:ItemKNN",
-    "sasrec": "aimass.models.sasrec:SASRec",
-    "two-tower": "aimass.models.two_tower:TwoTower",
+    "popularity": "aimass.zoo.popularity:Popularity",
+    "itemknn": "aimass.zoo.item_knn:ItemKNN",
+    "sasrec": "aimass.zoo.sasrec:SASRec",
+    "two-tower": "aimass.zoo.two_tower:TwoTower",
 }
 
 

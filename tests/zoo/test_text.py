@@ -7,7 +7,7 @@ import socket
 import numpy as np
 import pytest
 
-from aimass.models import text
+from aimass.zoo import text
 
 
 @pytest.fixture(scope="module")

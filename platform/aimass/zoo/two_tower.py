@@ -2,7 +2,7 @@
 maps each item to a vector, score = dot product (serving = one matrix product or a nearest-neighbour index).
 
 Item tower: an item-id embedding plus, when ``item_features`` ([n_items + 1, F], e.g. MiniLM text vectors from
-``aimass.models.text``) are given, a learned projection of those frozen features, so an item never seen in
+``aimass.zoo.text``) are given, a learned projection of those frozen features, so an item never seen in
 training still gets a content vector. Histories are read through the same item tower.
 
 User tower (``pool="attention"``): one attention pool over the last ``max_len`` items with recency
@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from aimass.models import _losses
+from aimass.zoo import _losses
 
 # "auto" uses the full softmax up to this catalogue size: each step then runs the item tower over the whole
 # catalogue and a [batch, n_items] logits product; above it, 1024 shared uniform negatives cost the same
@@ -237,7 +237,7 @@ def two_tower_lr(cfg: TwoTowerConfig, step: int, progress: float) -> float:
 class TwoTower:
     """Estimator: ``TwoTower(dim=128).fit(sequences, n_items, valid=(hist, targets)).score(histories)``."""
 
-    family = "two-tower"  # the name in aimass.models' registry
+    family = "two-tower"  # the name in aimass.zoo' registry
     Config = TwoTowerConfig
     is_torch = True
     accepts_item_features = True

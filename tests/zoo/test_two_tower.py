@@ -9,7 +9,7 @@ import torch
 from pydantic import ValidationError
 
 from aimass.evaluation import rank_metrics
-from aimass.models.two_tower import TwoTower, TwoTowerConfig, TwoTowerModule, TwoTowerTrainingData
+from aimass.zoo.two_tower import TwoTower, TwoTowerConfig, TwoTowerModule, TwoTowerTrainingData
 
 N_ITEMS = 40
 FAST = dict(dim=32, epochs=8, batch_size=64, lr=5e-3, warmup_steps=0, patience=None, max_len=8)
@@ -66,7 +66,7 @@ def test_save_load_round_trip(fitted, data, tmp_path):
     fitted.save(tmp_path / "m")
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "weights.safetensors"]
     meta = json.loads((tmp_path / "m" / "config.json").read_text())
-    assert meta["family"] == TwoTower.family == "two-tower"  # aimass.models.load_estimator dispatches on it
+    assert meta["family"] == TwoTower.family == "two-tower"  # aimass.zoo.load_estimator dispatches on it
     loaded = TwoTower.load(tmp_path / "m")
     np.testing.assert_array_equal(loaded.score(vh), fitted.score(vh))
     assert loaded.config_ == fitted.config_ and loaded.best_epoch_ == fitted.best_epoch_

@@ -6,7 +6,7 @@ import pydantic
 import pytest
 import torch
 
-from aimass.models.sasrec import (
+from aimass.zoo.sasrec import (
     SASRec,
     SASRecConfig,
     SASRecModule,
@@ -71,7 +71,7 @@ def test_save_load_round_trip(fitted, tmp_path):
     np.testing.assert_array_equal(loaded.score(histories), model.score(histories))
     assert loaded.config_ == model.config_ and loaded.best_epoch_ == model.best_epoch_
 
-    from aimass.models import load_estimator  # the registry finds the family from config.json
+    from aimass.zoo import load_estimator  # the registry finds the family from config.json
 
     np.testing.assert_array_equal(load_estimator(tmp_path / "m").score(histories), model.score(histories))
 

@@ -1,0 +1,25 @@
+"""Registered models, the data scientist's face of the registry: `aimass.models.register(run_id, name)`,
+`list()`, `show("NAME@alias" | "NAME/V")`, `versions(name)`, `promote(name, version)`,
+`compress(name, version, method)` and `load(ref)`, which returns a ready scorer whatever made the version.
+
+The trainable families (the model zoo) are `aimass.zoo`."""
+from __future__ import annotations
+
+from aimass.registry import ALIASES, METHODS, ModelVersionInfo, Promotion, load, promote, register, versions
+from aimass.registry import get as show
+from aimass.registry import list_models as list  # noqa: A001 - `aimass.models.list()` reads as intended
+from aimass.settings import Settings
+
+
+def compress(name: str, version: int, method: str, *, settings: Settings | None = None, progress: bool = False,
+             **options) -> ModelVersionInfo:
+    """A smaller version of ``name/version`` made by ``method`` (one of METHODS), registered as the next version
+    with ``version`` as its parent; its size, latency and quality deltas are in ``.metrics``. Options: see
+    the method's documentation in registry/README.md."""
+    from aimass.registry._compress import compress as run
+
+    return run(name, version, method, settings=settings, progress=progress, **options)
+
+
+__all__ = ["ALIASES", "METHODS", "ModelVersionInfo", "Promotion", "compress", "list", "load", "promote",
+           "register", "show", "versions"]

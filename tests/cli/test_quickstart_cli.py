@@ -1,0 +1,31 @@
+"""`aimass quickstart` (what `make demo` runs) end to end on a small demo: data -> training -> registry ->
+int8 compression, and a rerun that must not fail when the gate keeps the earlier champion."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.cli.test_datasets_cli import run
+
+pytestmark = pytest.mark.integration
+
+
+def test_quickstart_trains_registers_promotes_and_compresses(tmp_path):
+    home = tmp_path / "home"
+    args = ("quickstart", "--users", "60", "--tracks", "120", "--time-budget", "0.2", "--json")
+    out = json.loads(run(home, *args).stdout)
+    assert out["dataset"]["dataset"] == "demo@v1" and out["dataset"]["users"] == 60
+    assert out["training"]["family"] == "sasrec" and 0 < out["training"]["test_ndcg@10"] <= 1
+    assert out["promotion"]["promoted"] and out["promotion"]["alias"] == "champion", out["promotion"]
+    parent, child = out["models"]
+    assert (parent["version"], parent["method"], parent["aliases"]) == ("demo-sasrec/1", "original", "champion")
+    assert (child["version"], child["method"]) == ("demo-sasrec/2", "int8")
+    assert child["size_bytes"] < parent["size_bytes"]
+    assert parent["test_ndcg@10"] == pytest.approx(out["training"]["test_ndcg@10"], abs=1e-4)
+
+    again = json.loads(run(home, *args).stdout)  # same data: same dataset version, a third model version
+    assert again["dataset"]["dataset"] == "demo@v1"
+    assert again["models"][0]["version"] == "demo-sasrec/3"
+    shown = json.loads(run(home, "models", "show", "demo-sasrec@champion", "--json").stdout)
+    assert shown["version"] in (1, 3) and (shown["version"] == 3) == again["promotion"]["promoted"]
