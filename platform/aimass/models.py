@@ -11,6 +11,14 @@ from aimass.registry import list_models as list  # noqa: A001 - `aimass.models.l
 from aimass.settings import Settings
 
 
+def load_estimator(path, family: str | None = None):
+    """Kept for models logged before the zoo moved to `aimass.zoo`: their logged `_pyfunc.py` imports it from
+    here, and a registry must keep loading what it already holds."""
+    from aimass.zoo import load_estimator as load_from_zoo
+
+    return load_from_zoo(path, family)
+
+
 def compress(name: str, version: int, method: str, *, settings: Settings | None = None, progress: bool = False,
              **options) -> ModelVersionInfo:
     """A smaller version of ``name/version`` made by ``method`` (one of METHODS), registered as the next version
