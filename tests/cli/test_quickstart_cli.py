@@ -1,8 +1,11 @@
 """`aimass quickstart` (what `make demo` runs) end to end on a small demo: data -> training -> registry ->
-int8 compression, and a rerun that must not fail when the gate keeps the earlier champion."""
+int8 compression -> a served endpoint answering the printed curl, and a rerun that must not fail when the
+gate keeps the earlier champion."""
 from __future__ import annotations
 
 import json
+import shlex
+import subprocess
 
 import pytest
 
@@ -14,6 +17,13 @@ pytestmark = pytest.mark.integration
 def test_quickstart_trains_registers_promotes_and_compresses(tmp_path):
     home = tmp_path / "home"
     args = ("quickstart", "--users", "60", "--tracks", "120", "--time-budget", "0.2", "--json")
+    try:
+        _quickstart_twice(home, args)
+    finally:
+        run(home, "deployments", "shutdown", ok=False)
+
+
+def _quickstart_twice(home, args):
     out = json.loads(run(home, *args).stdout)
     assert out["dataset"]["dataset"] == "demo@v1" and out["dataset"]["users"] == 60
     assert out["training"]["family"] == "sasrec" and 0 < out["training"]["test_ndcg@10"] <= 1
@@ -23,6 +33,13 @@ def test_quickstart_trains_registers_promotes_and_compresses(tmp_path):
     assert (child["version"], child["method"]) == ("demo-sasrec/2", "int8")
     assert child["size_bytes"] < parent["size_bytes"]
     assert parent["test_ndcg@10"] == pytest.approx(out["training"]["test_ndcg@10"], abs=1e-4)
+    # the printed curl works as printed, and the answer names the champion it came from
+    answer = json.loads(subprocess.run(shlex.split(out["curl"]), capture_output=True, text=True,
+                                       timeout=60).stdout)
+    assert (answer["model"], answer["version"]) == ("demo-sasrec", 1) and len(answer["items"]) == 10
+    denied = subprocess.run(shlex.split(out["curl"].replace(out["api_key"], "aimass_0_wrong")) + [
+        "-o", "/dev/null", "-w", "%{http_code}"], capture_output=True, text=True, timeout=60).stdout
+    assert denied == "401"
 
     again = json.loads(run(home, *args).stdout)  # same data: same dataset version, a third model version
     assert again["dataset"]["dataset"] == "demo@v1"

@@ -14,14 +14,14 @@ def quickstart(
     as_json: bool = JSON,
 ):
     """The main job, end to end on the embedded default: demo dataset -> DVC registry -> Ray Train -> MLflow."""
-    from aimass import datasets, models, training
+    from aimass import datasets, models, serving, training
     from aimass.errors import ConflictError
 
     s = state.settings
     say = (lambda *_: None) if as_json else typer.echo
-    say(f"[1/5] generating the demo music-streaming log ({users} users, {tracks} tracks)")
+    say(f"[1/6] generating the demo music-streaming log ({users} users, {tracks} tracks)")
     inter, items = datasets.generate_demo(s.home / "demo-data", datasets.DemoConfig(users=users, tracks=tracks))
-    say("[2/5] registering it in the DVC data registry")
+    say("[2/6] registering it in the DVC data registry")
     v = datasets.register("demo", inter, "csv", items=items, settings=s)
     ds = datasets.load(v.ref, settings=s)
     i = ds.interactions
@@ -43,7 +43,7 @@ def quickstart(
     if not as_json:
         for k, val in summary.items():
             typer.echo(f"{k:>16}: {val}")
-    say(f"[3/5] training {family} on {v.ref} with Ray Train ({workers} worker(s), at most {time_budget} min), "
+    say(f"[3/6] training {family} on {v.ref} with Ray Train ({workers} worker(s), at most {time_budget} min), "
         "tracked in MLflow")
     r = training.train(family, v.ref, workers=workers, time_budget_min=time_budget, progress=not as_json,
                        settings=s)
@@ -51,7 +51,7 @@ def quickstart(
            "wall_time_s": round(r.wall_time_s, 1), "model_uri": r.model_uri,
            **{k: round(val, 4) for k, val in r.metrics.items()}}
     name = f"demo-{family}"
-    say(f"[4/5] registering the run as model {name!r} in the MLflow registry and promoting it to champion")
+    say(f"[4/6] registering the run as model {name!r} in the MLflow registry and promoting it to champion")
     mv = models.register(r.run_id, name, settings=s)
     try:
         promotion = models.promote(name, mv.version, settings=s).model_dump(mode="json")
@@ -62,12 +62,16 @@ def quickstart(
             # champion to serve, so it is forced, which the version's tags record
             say(f"      {e}; forcing it: there is no champion yet")
             promotion = models.promote(name, mv.version, force=True, settings=s).model_dump(mode="json")
-    say(f"[5/5] compressing {mv.ref} to int8 (a child version, evaluated on the same split)")
+    say(f"[5/6] compressing {mv.ref} to int8 (a child version, evaluated on the same split)")
     small = models.compress(name, mv.version, "int8", settings=s)
     side = [_side(models.show(mv.ref, settings=s), small.metrics, "parent_"), _side(small, small.metrics, "")]
+    say(f"[6/6] deploying {name}@champion on Ray Serve at {s.host} with a new demo API key")
+    key, _ = serving.create_key("demo", settings=s)
+    d = serving.deploy(f"{name}@champion", endpoint="demo", settings=s)
+    curl = serving.curl_example(d, key, user_id=int(i["user_id"].iloc[0]))
     if as_json:
         emit({"dataset": summary, "training": run, "tracking_uri": s.tracking_uri, "promotion": promotion,
-              "models": side}, True)
+              "models": side, "deployment": d.model_dump(mode="json"), "api_key": key, "curl": curl}, True)
         return
     for k, val in run.items():
         typer.echo(f"{k:>20}: {val}")
@@ -78,7 +82,10 @@ def quickstart(
         typer.echo(f"champion unchanged: {promotion['reason']}")
     typer.echo(f"\nMLflow run {r.run_id} in {s.tracking_uri}; browse it with\n"
                f"  .venv/bin/mlflow ui --backend-store-uri {s.tracking_uri} --host 127.0.0.1 --port 5000\n"
-               f"Models: .venv/bin/aimass models versions {name}")
+               f"Models: .venv/bin/aimass models versions {name}\n")
+    typer.echo(f"API: {d.url} ({d.model}/{d.version}, {d.proxy} proxy); OpenAPI docs at {d.url}/docs\n"
+               f"Demo API key (shown once; stored hashed): {key}\nTry it:\n  {curl}\n"
+               f"Stop serving: .venv/bin/aimass deployments shutdown")
 
 
 def _side(v, m: dict, prefix: str) -> dict:
