@@ -36,7 +36,18 @@ class Served:
         return self.client.get(self.urls[endpoint] + path, headers=headers)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(autouse=True)
+def _leave_the_serving_cluster():
+    """Deployments live in a detached cluster; this process must not stay attached to it after a test, or a
+    later test's own local Ray (aimass._ray.init) would find Ray initialised and use the wrong cluster."""
+    yield
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+@pytest.fixture(scope="package")  # torn down when tests/serving ends, before the rest of the suite
 def served(tmp_path_factory):
     s = Settings(home=tmp_path_factory.mktemp("serving") / "home", serve_port=_free_port())
     inter, items = aimass.datasets.generate_demo(s.home.parent / "demo",
@@ -58,6 +69,7 @@ def served(tmp_path_factory):
     try:
         d = serving.deploy("recs@champion", "recs", settings=s)
         m = serving.deploy("retrieval/1", "multi", ranker="ranker/1", settings=s)
+        ray.shutdown()
         yield Served(s, keys, {"recs": d.url, "multi": m.url})
     finally:
         serving.shutdown(settings=s)
