@@ -29,4 +29,5 @@ lint: install
 	$(BIN)/ruff check platform tests pipelines benchmarks
 
 clean:
+	-$(BIN)/aimass deployments shutdown
 	rm -rf $(VENV) .aimass

@@ -37,7 +37,7 @@ def _root(home: str = typer.Option(None, "--home", help="State folder (default $
         state.settings = Settings(home=home) if home else Settings()
     except Exception as e:  # a bad AIMASS_* variable is the user's input too
         typer.echo(f"error: invalid settings: {e}", err=True)
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
 
 
 def main() -> None:

@@ -83,7 +83,7 @@ def quickstart(
     typer.echo(f"\nMLflow run {r.run_id} in {s.tracking_uri}; browse it with\n"
                f"  .venv/bin/mlflow ui --backend-store-uri {s.tracking_uri} --host 127.0.0.1 --port 5000\n"
                f"Models: .venv/bin/aimass models versions {name}\n")
-    typer.echo(f"API: {d.url} ({d.model}/{d.version}, {d.proxy} proxy); OpenAPI docs at {d.url}/docs\n"
+    typer.echo(f"API: {d.url} ({d.model}/{d.version}, {d.proxy} proxy); OpenAPI at {d.url}/docs.json\n"
                f"Demo API key (shown once; stored hashed): {key}\nTry it:\n  {curl}\n"
                f"Stop serving: .venv/bin/aimass deployments shutdown")
 
