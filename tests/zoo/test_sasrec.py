@@ -8,11 +8,13 @@ import torch
 
 from aimass.zoo.sasrec import (
     SASRec,
+    SASRecBatchSampler,
     SASRecConfig,
     SASRecModule,
     SASRecTrainingData,
     sasrec_loss,
     sasrec_ndcg_hr,
+    sasrec_trim,
 )
 
 N_ITEMS = 40
@@ -136,3 +138,38 @@ def test_time_budget_stops_gracefully_and_keeps_best():
         successor_sequences(60), N_ITEMS, valid=(histories, targets), progress=False)
     assert len(model.history_) < 50 and model.best_epoch_ >= 1
     assert model.score(histories[:2]).shape == (2, N_ITEMS + 1)
+
+
+def test_length_batches_cover_every_user_once_and_split_evenly_over_workers():
+    lengths = np.random.default_rng(0).integers(2, 300, size=1001)
+    one = SASRecBatchSampler(lengths, batch_size=64, seed=5, chunk=4)
+    one.set_epoch(3)
+    global_batches = list(one)
+    users = np.concatenate(global_batches)
+    assert len(users) == len(set(users.tolist())) == 1001  # every user once, none padded in
+    # batches hold users of similar length: far less spread than random batches of the same size
+    spread = np.mean([np.ptp(lengths[b]) for b in global_batches])
+    assert spread < 0.5 * np.mean([np.ptp(lengths[b]) for b in np.array_split(np.arange(1001), 16)])
+    ranks = []
+    for rank in range(2):
+        sampler = SASRecBatchSampler(lengths, batch_size=64, world=2, rank=rank, seed=5, chunk=4)
+        sampler.set_epoch(3)
+        ranks.append(list(sampler))
+    assert len(ranks[0]) == len(ranks[1]) == len(global_batches)  # DDP: the same number of steps each
+    for g, a, b in zip(global_batches, *ranks, strict=True):
+        assert sorted(a + b) == sorted(g)  # two workers step on the same global batches as one
+    one.set_epoch(4)
+    assert global_batches != list(one)  # reshuffled each epoch
+
+
+def test_trimming_padding_is_exact():
+    cfg = SASRecConfig(**TINY).resolve(N_ITEMS, [10])
+    module = SASRecModule(N_ITEMS, cfg).eval()
+    data = SASRecTrainingData([s[:6] for s in successor_sequences(8)], cfg)
+    inputs, targets = next(iter(torch.utils.data.DataLoader(data, batch_size=8)))
+    short_in, short_t = sasrec_trim(inputs, targets)
+    assert short_in.shape[1] == 5 < inputs.shape[1] and (short_t != 0).sum() == (targets != 0).sum()
+    with torch.no_grad():
+        assert torch.allclose(module(inputs)[:, -5:], module(short_in), atol=1e-5)
+        assert torch.allclose(sasrec_loss(module, (inputs, targets), cfg),
+                              sasrec_loss(module, (short_in, short_t), cfg), atol=1e-6)

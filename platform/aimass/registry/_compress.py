@@ -205,7 +205,14 @@ def _distill(teacher_est, splits, opts: dict, progress: bool):
     """A smaller SASRec trained on the teacher's soft targets (KL at temperature T over the whole catalogue at
     every position, x T^2) mixed with the hard next-item CE: ``alpha * KL + (1 - alpha) * CE``. With the
     teacher's width, the student starts from the teacher's embeddings, final norm and evenly spaced blocks."""
-    from aimass.zoo.sasrec import SASRecModule, SASRecTrainingData, sasrec_lr, sasrec_optimizer
+    from aimass.zoo.sasrec import (
+        SASRecModule,
+        SASRecTrainingData,
+        sasrec_batch_sampler,
+        sasrec_lr,
+        sasrec_optimizer,
+        sasrec_trim,
+    )
 
     teacher, tcfg = teacher_est.module_.eval(), teacher_est.config_
     n_blocks = opts.get("n_blocks", max(1, tcfg.n_blocks - 1))
@@ -236,15 +243,23 @@ def _distill(teacher_est, splits, opts: dict, progress: bool):
                 student.blocks[i].load_state_dict(teacher.blocks[j].state_dict())
     gen = torch.Generator().manual_seed(seed)
     data = SASRecTrainingData(list(splits.train_sequences), scfg)
-    loader = torch.utils.data.DataLoader(data, batch_size=scfg.batch_size, shuffle=True, generator=gen)
+    per_seq = float(np.mean([min(len(x) - 1, scfg.max_len) for x in data.seqs])) if len(data) else 1.0
+    sampler = sasrec_batch_sampler(data, scfg, seed=seed)  # users of similar length: less padding to run
+    loader = (torch.utils.data.DataLoader(data, batch_sampler=sampler) if sampler is not None else
+              torch.utils.data.DataLoader(data, batch_size=scfg.batch_size, shuffle=True, generator=gen))
     opt = sasrec_optimizer(student, scfg)
     budget = opts.get("time_budget_s")
     bf16 = bool(scfg.bf16)  # as the teacher was trained: bf16 products where the CPU has them
     step, t0, losses = 0, time.perf_counter(), []
+    epoch = 0
     while step < steps and not (budget and time.perf_counter() - t0 > budget):
-        for inputs, targets in loader:
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        epoch += 1
+        for batch in loader:
             if step >= steps or (budget and time.perf_counter() - t0 > budget):
                 break
+            inputs, targets = sasrec_trim(*batch)
             for g in opt.param_groups:
                 g["lr"] = sasrec_lr(scfg, step, step / steps)
             keep = targets != 0
@@ -259,7 +274,8 @@ def _distill(teacher_est, splits, opts: dict, progress: bool):
                                             _log_softmax_masked(t_logits / T), log_target=True,
                                             reduction="batchmean") * T * T
             ce = torch.nn.functional.cross_entropy(s_logits, targets[keep])
-            loss = alpha * kl + (1 - alpha) * ce
+            # each token weighs the same whether its batch holds short or long users (as in sasrec_loss)
+            loss = (alpha * kl + (1 - alpha) * ce) * (int(keep.sum()) / (len(inputs) * per_seq))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(student.parameters(), 5.0)

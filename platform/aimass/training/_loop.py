@@ -88,9 +88,14 @@ def _torch_loop(est, cfg, data, config, rank, world, resume, tracker) -> None:
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
     dataset = est.training_data(data["train"], cfg)
-    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=config["seed"])
     # The global batch stays cfg.batch_size whatever N is, so N workers take the same optimisation path.
-    loader = DataLoader(dataset, batch_size=max(1, cfg.batch_size // world), sampler=sampler)
+    hook = getattr(est, "batch_sampler", None)
+    sampler = hook(dataset, cfg, world, rank, config["seed"]) if hook else None
+    if sampler is not None:  # the family's own batches (e.g. users of similar length), already split by rank
+        loader = DataLoader(dataset, batch_sampler=sampler)
+    else:
+        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=config["seed"])
+        loader = DataLoader(dataset, batch_size=max(1, cfg.batch_size // world), sampler=sampler)
     epochs = config.get("epochs") or cfg.epochs
     total_steps = max(1, epochs * len(loader))
     budget = config.get("time_budget_s")

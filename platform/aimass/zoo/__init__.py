@@ -7,7 +7,9 @@ the hooks a distributed job drives:
 - count families (``is_torch = False``): ``resolve_config``, ``sufficient_stats`` (additive over shards of
   users), ``adopt_stats``;
 - neural families (``is_torch = True``): ``resolve_config``, ``build_module``, ``training_data``,
-  ``make_optimizer``, ``train_step``, ``score_module``, ``adopt``.
+  ``make_optimizer``, ``train_step``, ``score_module``, ``adopt``; optionally ``batch_sampler(dataset, cfg,
+  world, rank, seed)`` for the family's own batches of each rank (else shuffled batches of a
+  DistributedSampler).
 """
 from __future__ import annotations
 

@@ -71,6 +71,12 @@ class SASRecConfig(BaseModel):
     epochs: int = Field(200, ge=1)
     patience: int | None = Field(20, ge=1)   # epochs without a better val NDCG@10; None: never stop early
     crop: Literal["last", "random"] = "last"  # which max_len window of a longer sequence to train on
+    # Batches of users of similar length, left padding trimmed to the batch's longest: the Transformer runs
+    # on 113 instead of 200 positions per ML-1M user (0.22 vs 0.39 s a step, see SASRecBatchSampler).
+    bucket: bool = True
+    # mean target tokens per training sequence (derived): a batch's loss is its token sum over
+    # batch x this, so each token weighs the same whether its batch holds short or long sequences
+    tokens_per_seq: float | None = Field(None, gt=0)
     time_budget_s: float | None = Field(None, gt=0)
     seed: int = 0
     # bf16 autocast on CPU, CE head's products included; None: on when the CPU has bf16 instructions.
@@ -86,9 +92,11 @@ class SASRecConfig(BaseModel):
             p90 = int(np.percentile(lengths, 90)) if len(lengths) else 50
             upd["max_len"] = int(min(200, max(8, p90)))
         max_len = upd.get("max_len", self.max_len)
+        per_user = float(np.minimum(lengths - 1, max_len).clip(0).mean()) if len(lengths) else 1.0
+        if self.tokens_per_seq is None:
+            upd["tokens_per_seq"] = max(per_user, 1.0)
         if self.loss == "auto":
-            per_user = np.minimum(lengths - 1, max_len).clip(0).mean() if len(lengths) else 1.0
-            tokens = self.batch_size * float(per_user)
+            tokens = self.batch_size * per_user
             upd["loss"] = "ce" if tokens * n_items <= self.ce_max_logits else "sampled_softmax"
         if self.bf16 is None:
             upd["bf16"] = _cpu_has_bf16()
@@ -223,9 +231,67 @@ class SASRecTrainingData(torch.utils.data.Dataset):
                 torch.from_numpy(_left_pad(s[1:], self.max_len)))
 
 
+class SASRecBatchSampler(torch.utils.data.Sampler):
+    """Batches of users of similar length, for :class:`SASRecTrainingData`.
+
+    Each epoch: a seeded shuffle, cut into chunks of ``chunk`` batches, each chunk sorted by length and cut
+    into global batches of ``batch_size``, the batches' order shuffled again. Rank r of N takes every N-th
+    user of each global batch, so N workers see the same global batches as one (DDP-ready, no padding
+    samples) and every rank yields the same number of batches. Left padding beyond a batch's longest user
+    is then trimmed by :func:`sasrec_loss`, which is exact: positions count back from the end.
+    """
+
+    def __init__(self, lengths, batch_size: int, world: int = 1, rank: int = 0, seed: int = 0,
+                 chunk: int = 16):
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        self.batch_size, self.world, self.rank, self.seed, self.chunk = batch_size, world, rank, seed, chunk
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _global_batches(self) -> list[np.ndarray]:
+        rng = np.random.default_rng((self.seed, self.epoch))
+        order = rng.permutation(len(self.lengths))
+        span = self.batch_size * self.chunk
+        batches = []
+        for c in range(0, len(order), span):
+            part = order[c:c + span]
+            part = part[np.argsort(self.lengths[part], kind="stable")]
+            batches += [part[b:b + self.batch_size] for b in range(0, len(part), self.batch_size)]
+        # a batch smaller than the number of workers would leave one with nothing to step on
+        batches = [b for b in batches if len(b) >= self.world]
+        return [batches[i] for i in rng.permutation(len(batches))]
+
+    def __iter__(self):
+        for b in self._global_batches():
+            yield b[self.rank::self.world].tolist()
+
+    def __len__(self) -> int:
+        return len(self._global_batches())
+
+
+def sasrec_batch_sampler(dataset: SASRecTrainingData, cfg: SASRecConfig, world: int = 1, rank: int = 0,
+                         seed: int = 0) -> SASRecBatchSampler | None:
+    """The training batches' sampler, or None for plain shuffled batches (``bucket=False``)."""
+    if not cfg.bucket:
+        return None
+    lengths = [min(len(s), cfg.max_len + 1) for s in dataset.seqs]
+    return SASRecBatchSampler(lengths, cfg.batch_size, world, rank, seed)
+
+
+def sasrec_trim(inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop the leading columns that are padding for every user of the batch. Exact, not an approximation:
+    positions count back from the end and padding is masked out."""
+    used = (inputs != 0).any(0).nonzero()
+    if len(used) == 0:
+        return inputs, targets
+    return inputs[:, int(used[0]):], targets[:, int(used[0]):]
+
+
 def sasrec_loss(module: SASRecModule, batch, cfg: SASRecConfig, generator: torch.Generator | None = None):
     """Next-item loss over every non-padding position of the batch (not only the last: ~100x the signal)."""
-    inputs, targets = batch
+    inputs, targets = sasrec_trim(*batch)
     inner = getattr(module, "module", module)  # DDP: call the wrapper (it syncs grads), read weights inside
     bf16 = bool(cfg.bf16) and inputs.device.type == "cpu"
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -234,16 +300,19 @@ def sasrec_loss(module: SASRecModule, batch, cfg: SASRecConfig, generator: torch
         h, t = hidden[keep], targets[keep]
         w, n = inner.item_emb.weight, inner.n_items
         if cfg.loss == "ce":
-            return _losses.full_softmax_ce(h, t, w, matmul_dtype=torch.bfloat16 if bf16 else torch.float32)
-        if cfg.loss == "bce":
+            loss = _losses.full_softmax_ce(h, t, w, matmul_dtype=torch.bfloat16 if bf16 else torch.float32)
+        elif cfg.loss == "bce":
             neg = _losses.uniform_negatives(len(t), n, t.device, generator)  # one per position
-            return _losses.bce_one_negative(h, t, w, neg)
-        neg = _losses.uniform_negatives(min(cfg.n_negatives, n), n, t.device, generator)
-        if cfg.loss == "sampled_softmax":
-            return _losses.sampled_softmax(h, t, w, neg)
-        if cfg.loss == "gbce":
-            return _losses.gbce(h, t, w, neg, n, cfg.gbce_t)
-    raise ValueError(f"unresolved loss {cfg.loss!r}: call SASRecConfig.resolve() first")
+            loss = _losses.bce_one_negative(h, t, w, neg)
+        elif cfg.loss in ("sampled_softmax", "gbce"):
+            neg = _losses.uniform_negatives(min(cfg.n_negatives, n), n, t.device, generator)
+            loss = (_losses.sampled_softmax(h, t, w, neg) if cfg.loss == "sampled_softmax"
+                    else _losses.gbce(h, t, w, neg, n, cfg.gbce_t))
+        else:
+            raise ValueError(f"unresolved loss {cfg.loss!r}: call SASRecConfig.resolve() first")
+    if cfg.tokens_per_seq:
+        loss = loss * (len(t) / (len(inputs) * cfg.tokens_per_seq))
+    return loss
 
 
 def sasrec_optimizer(module: nn.Module, cfg: SASRecConfig) -> torch.optim.Optimizer:
@@ -310,6 +379,7 @@ class SASRec:
         return SASRecModule(n_items, cfg)  # item features: not used by this family
 
     training_data = staticmethod(SASRecTrainingData)
+    batch_sampler = staticmethod(sasrec_batch_sampler)
     make_optimizer = staticmethod(sasrec_optimizer)
     train_step = staticmethod(sasrec_train_step)
 
@@ -349,7 +419,9 @@ class SASRec:
         data = self.training_data(sequences, cfg)
         if len(data) == 0:
             raise ValueError("no training example: every sequence has fewer than 2 items")
-        loader = torch.utils.data.DataLoader(data, batch_size=cfg.batch_size, shuffle=True, generator=gen)
+        sampler = self.batch_sampler(data, cfg, seed=cfg.seed)
+        loader = (torch.utils.data.DataLoader(data, batch_sampler=sampler) if sampler is not None else
+                  torch.utils.data.DataLoader(data, batch_size=cfg.batch_size, shuffle=True, generator=gen))
         opt = self.make_optimizer(module, cfg)
         total = cfg.epochs * len(loader)
         self.history_, self.best_epoch_, best, best_state, bad, step = [], 0, -1.0, None, 0, 0
@@ -357,6 +429,8 @@ class SASRec:
         bar = tqdm(total=total, disable=not progress, desc="SASRec", unit="batch")
         for epoch in range(cfg.epochs):
             data.set_epoch(epoch)
+            if sampler is not None:
+                sampler.set_epoch(epoch)
             losses = []
             for batch in loader:
                 elapsed = time.perf_counter() - start
