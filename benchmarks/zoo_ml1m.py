@@ -3,6 +3,7 @@ MLflow exactly as users run it. Prints one table.
 
     .venv/bin/python benchmarks/zoo_ml1m.py --data ../shared/data --families popularity itemknn sasrec two-tower \
         --workers 1 --time-budget-min 60
+    .venv/bin/python benchmarks/zoo_ml1m.py --families sasrec --workers 1 2 --epochs 15   # 1 vs 2 workers
 
 The data is read from its path (research licence: never copied into the repository)."""
 from __future__ import annotations
@@ -20,6 +21,8 @@ p.add_argument("--home", default=".aimass-bench")
 p.add_argument("--families", nargs="+", default=["popularity", "itemknn", "sasrec", "two-tower"])
 p.add_argument("--workers", type=int, nargs="+", default=[1])
 p.add_argument("--time-budget-min", type=float, default=60.0)
+p.add_argument("--epochs", type=int, default=None, help="a fixed number of epochs (e.g. to compare 1 and 2 "
+               "workers on the same optimisation path); the time budget still applies")
 p.add_argument("--param", action="append", default=[], help="family.key=value")
 p.add_argument("--json-out", default=None)
 args = p.parse_args()
@@ -38,7 +41,7 @@ for kv in args.param:
 rows = []
 for family in args.families:
     for workers in args.workers:
-        r = aimass.train(family, "ml1m", overrides.get(family, {}), workers=workers,
+        r = aimass.train(family, "ml1m", overrides.get(family, {}), workers=workers, epochs=args.epochs,
                          time_budget_min=args.time_budget_min, progress=True, settings=settings)
         m = r.metrics
         rows.append({"family": family, "workers": workers, "val_ndcg@10": m["best_val_ndcg@10"],

@@ -56,10 +56,11 @@ def quickstart(
     try:
         promotion = models.promote(name, mv.version, settings=s).model_dump(mode="json")
     except ConflictError as e:
-        if mv.version > 1:  # a rerun whose model is worse than the champion: the gate keeps the old one
+        if any("champion" in row["aliases"] for row in models.list(settings=s) if row["name"] == name):
+            # a rerun whose model is worse than the champion: the gate keeps the old one
             promotion = {"promoted": False, "reason": str(e)}
-        else:  # the first version failed only the latency budget (a busy machine): the demo needs a
-            # champion to serve, so it is forced, which the version's tags record
+        else:  # no champion yet, and this one failed only the latency budget (a busy machine): the demo
+            # needs a champion to serve, so it is forced, which the version's tags record
             say(f"      {e}; forcing it: there is no champion yet")
             promotion = models.promote(name, mv.version, force=True, settings=s).model_dump(mode="json")
     say(f"[5/6] compressing {mv.ref} to int8 (a child version, evaluated on the same split)")

@@ -95,14 +95,14 @@ class Gate:
             if msg["type"] == "http.response.start":
                 status = msg["status"]
                 msg = {**msg, "headers": [*msg.get("headers", []), *tag]}
-                if status >= 400:  # held back to normalise the error body below
+                if status >= 400 or path == "/docs.json":  # held back to rewrite the body below
                     held = msg
                     return
             elif held is not None and msg["type"] == "http.response.body":
                 chunks.append(msg.get("body", b""))
                 if msg.get("more_body"):
                     return
-                body = _error_body(b"".join(chunks))
+                body = _error_body(b"".join(chunks)) if status >= 400 else _declare_bearer(b"".join(chunks))
                 hs = [(k, v) for k, v in held["headers"] if k.lower() != b"content-length"]
                 await send({**held, "headers": [*hs, (b"content-length", str(len(body)).encode())]})
                 msg = {"type": "http.response.body", "body": body}
@@ -124,6 +124,28 @@ def _in_serve() -> bool:
         return True
     except Exception:
         return False
+
+
+def _declare_bearer(body: bytes) -> bytes:
+    """BentoML's OpenAPI document knows nothing of our keys: declare the bearer scheme, and require it on every
+    operation but the open ones, so generated clients and /docs send the key."""
+    try:
+        spec = json.loads(body)
+    except ValueError:
+        return body
+    if not isinstance(spec, dict) or not isinstance(spec.get("paths"), dict):
+        return body
+    spec.setdefault("components", {}).setdefault("securitySchemes", {})["apiKey"] = {
+        "type": "http", "scheme": "bearer",
+        "description": "an aimass API key (aimass keys create); /admin/* and /metrics need an admin key"}
+    for route, ops in spec["paths"].items():
+        if route in OPEN or route.startswith(OPEN_PREFIXES) or not isinstance(ops, dict):
+            continue
+        for op in ops.values():
+            if isinstance(op, dict):
+                op["security"] = [{"apiKey": []}]
+                op.setdefault("responses", {}).setdefault("401", {"description": UNAUTHORIZED})
+    return json.dumps(spec).encode()
 
 
 def _error_body(body: bytes) -> bytes:
