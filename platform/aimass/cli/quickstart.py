@@ -56,7 +56,7 @@ def quickstart(
     try:
         promotion = models.promote(name, mv.version, settings=s).model_dump(mode="json")
     except ConflictError as e:
-        if any("champion" in row["aliases"] for row in models.list(settings=s) if row["name"] == name):
+        if any("champion" in other.aliases for other in models.versions(name, settings=s)):
             # a rerun whose model is worse than the champion: the gate keeps the old one
             promotion = {"promoted": False, "reason": str(e)}
         else:  # no champion yet, and this one failed only the latency budget (a busy machine): the demo

@@ -211,6 +211,7 @@ def _distill(teacher_est, splits, opts: dict, progress: bool):
         sasrec_batch_sampler,
         sasrec_lr,
         sasrec_optimizer,
+        sasrec_token_weight,
         sasrec_trim,
     )
 
@@ -225,12 +226,14 @@ def _distill(teacher_est, splits, opts: dict, progress: bool):
         raise InvalidInputError(f"student dim={dim} is not divisible by n_heads={n_heads}")
     steps, lr, T, alpha = opts.get("steps", 500), opts.get("lr", 1e-3), opts.get("temperature", 2.0), \
         opts.get("alpha", 0.7)
+    n = teacher_est.n_items_
+    # tokens_per_seq re-derived: teachers trained before it existed have none
     scfg = tcfg.model_copy(update={"n_blocks": n_blocks, "dim": dim, "n_heads": n_heads, "lr": lr,
                                    "warmup_steps": min(50, max(1, steps // 10)), "schedule": "cosine",
-                                   "batch_size": opts.get("batch_size", tcfg.batch_size)})
+                                   "batch_size": opts.get("batch_size", tcfg.batch_size), "tokens_per_seq": None}
+                           ).resolve(n, [len(x) for x in splits.train_sequences])
     seed = opts.get("seed", 0)
     torch.manual_seed(seed)
-    n = teacher_est.n_items_
     student = SASRecModule(n, scfg)
     init = dim == tcfg.dim and n_heads == tcfg.n_heads
     if init:
@@ -241,20 +244,16 @@ def _distill(teacher_est, splits, opts: dict, progress: bool):
             student.norm.load_state_dict(teacher.norm.state_dict())
             for i, j in enumerate(picks):
                 student.blocks[i].load_state_dict(teacher.blocks[j].state_dict())
-    gen = torch.Generator().manual_seed(seed)
     data = SASRecTrainingData(list(splits.train_sequences), scfg)
-    per_seq = float(np.mean([min(len(x) - 1, scfg.max_len) for x in data.seqs])) if len(data) else 1.0
     sampler = sasrec_batch_sampler(data, scfg, seed=seed)  # users of similar length: less padding to run
-    loader = (torch.utils.data.DataLoader(data, batch_sampler=sampler) if sampler is not None else
-              torch.utils.data.DataLoader(data, batch_size=scfg.batch_size, shuffle=True, generator=gen))
+    loader = torch.utils.data.DataLoader(data, batch_sampler=sampler)
     opt = sasrec_optimizer(student, scfg)
     budget = opts.get("time_budget_s")
     bf16 = bool(scfg.bf16)  # as the teacher was trained: bf16 products where the CPU has them
     step, t0, losses = 0, time.perf_counter(), []
     epoch = 0
     while step < steps and not (budget and time.perf_counter() - t0 > budget):
-        if sampler is not None:
-            sampler.set_epoch(epoch)
+        sampler.set_epoch(epoch)
         epoch += 1
         for batch in loader:
             if step >= steps or (budget and time.perf_counter() - t0 > budget):
@@ -275,7 +274,7 @@ def _distill(teacher_est, splits, opts: dict, progress: bool):
                                             reduction="batchmean") * T * T
             ce = torch.nn.functional.cross_entropy(s_logits, targets[keep])
             # each token weighs the same whether its batch holds short or long users (as in sasrec_loss)
-            loss = (alpha * kl + (1 - alpha) * ce) * (int(keep.sum()) / (len(inputs) * per_seq))
+            loss = (alpha * kl + (1 - alpha) * ce) * sasrec_token_weight(int(keep.sum()), len(inputs), scfg)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(student.parameters(), 5.0)

@@ -242,10 +242,10 @@ class SASRecBatchSampler(torch.utils.data.Sampler):
     """
 
     def __init__(self, lengths, batch_size: int, world: int = 1, rank: int = 0, seed: int = 0,
-                 chunk: int = 16):
+                 chunk: int = 16, sort: bool = True):
         self.lengths = np.asarray(lengths, dtype=np.int64)
         self.batch_size, self.world, self.rank, self.seed, self.chunk = batch_size, world, rank, seed, chunk
-        self.epoch = 0
+        self.sort, self.epoch = sort, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -257,7 +257,8 @@ class SASRecBatchSampler(torch.utils.data.Sampler):
         batches = []
         for c in range(0, len(order), span):
             part = order[c:c + span]
-            part = part[np.argsort(self.lengths[part], kind="stable")]
+            if self.sort:
+                part = part[np.argsort(self.lengths[part], kind="stable")]
             batches += [part[b:b + self.batch_size] for b in range(0, len(part), self.batch_size)]
         # a batch smaller than the number of workers would leave one with nothing to step on
         batches = [b for b in batches if len(b) >= self.world]
@@ -272,12 +273,15 @@ class SASRecBatchSampler(torch.utils.data.Sampler):
 
 
 def sasrec_batch_sampler(dataset: SASRecTrainingData, cfg: SASRecConfig, world: int = 1, rank: int = 0,
-                         seed: int = 0) -> SASRecBatchSampler | None:
-    """The training batches' sampler, or None for plain shuffled batches (``bucket=False``)."""
-    if not cfg.bucket:
-        return None
+                         seed: int = 0) -> SASRecBatchSampler:
+    """The training batches' sampler: users of similar length, or plain shuffled batches (``bucket=False``)."""
     lengths = [min(len(s), cfg.max_len + 1) for s in dataset.seqs]
-    return SASRecBatchSampler(lengths, cfg.batch_size, world, rank, seed)
+    return SASRecBatchSampler(lengths, cfg.batch_size, world, rank, seed, sort=cfg.bucket)
+
+
+def sasrec_token_weight(n_tokens: int, n_users: int, cfg: SASRecConfig) -> float:
+    """Factor from a batch's mean loss per token to its token sum over (users x ``tokens_per_seq``)."""
+    return n_tokens / (n_users * cfg.tokens_per_seq) if cfg.tokens_per_seq else 1.0
 
 
 def sasrec_trim(inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -310,9 +314,7 @@ def sasrec_loss(module: SASRecModule, batch, cfg: SASRecConfig, generator: torch
                     else _losses.gbce(h, t, w, neg, n, cfg.gbce_t))
         else:
             raise ValueError(f"unresolved loss {cfg.loss!r}: call SASRecConfig.resolve() first")
-    if cfg.tokens_per_seq:
-        loss = loss * (len(t) / (len(inputs) * cfg.tokens_per_seq))
-    return loss
+    return loss * sasrec_token_weight(len(t), len(inputs), cfg)
 
 
 def sasrec_optimizer(module: nn.Module, cfg: SASRecConfig) -> torch.optim.Optimizer:
@@ -420,8 +422,7 @@ class SASRec:
         if len(data) == 0:
             raise ValueError("no training example: every sequence has fewer than 2 items")
         sampler = self.batch_sampler(data, cfg, seed=cfg.seed)
-        loader = (torch.utils.data.DataLoader(data, batch_sampler=sampler) if sampler is not None else
-                  torch.utils.data.DataLoader(data, batch_size=cfg.batch_size, shuffle=True, generator=gen))
+        loader = torch.utils.data.DataLoader(data, batch_sampler=sampler)
         opt = self.make_optimizer(module, cfg)
         total = cfg.epochs * len(loader)
         self.history_, self.best_epoch_, best, best_state, bad, step = [], 0, -1.0, None, 0, 0
@@ -429,8 +430,7 @@ class SASRec:
         bar = tqdm(total=total, disable=not progress, desc="SASRec", unit="batch")
         for epoch in range(cfg.epochs):
             data.set_epoch(epoch)
-            if sampler is not None:
-                sampler.set_epoch(epoch)
+            sampler.set_epoch(epoch)
             losses = []
             for batch in loader:
                 elapsed = time.perf_counter() - start
