@@ -107,3 +107,13 @@ def test_resume_continues_a_stopped_job_in_the_same_run(home):
     assert again.run_id == first.run_id and again.epochs == 3
     steps = [m.step for m in mlflow.MlflowClient().get_metric_history(first.run_id, "loss")]
     assert steps == [1, 2, 3]  # epoch 1 from the first job, 2 and 3 continued from its checkpoint
+
+
+def test_time_budget_stops_every_worker_at_the_same_step(home):
+    """Two workers must agree on when the budget runs out: one stopping a step before the other hangs DDP."""
+    params = {**TINY["sasrec"], "epochs": 500, "patience": None, "batch_size": 8}
+    r = aimass.train("sasrec", "demo", params, workers=2, time_budget_min=0.05, progress=False, settings=home)
+    assert mlflow.get_run(r.run_id).info.status == "FINISHED"
+    assert 1 <= r.epochs < 500  # stopped by the 3 s budget, long before the epochs ran out
+    steps = [m.step for m in mlflow.MlflowClient().get_metric_history(r.run_id, "loss")]
+    assert steps == list(range(1, r.epochs + 1))

@@ -112,8 +112,12 @@ def _torch_loop(est, cfg, data, config, rank, world, resume, tracker) -> None:
         bar = _bar(len(loader), f"epoch {epoch + 1}/{epochs}") if rank == 0 and config.get("progress") else None
         for batch in loader:
             batch = _to(batch, device)
+            elapsed = _elapsed(started, world) if budget else 0.0
+            if budget and elapsed > budget and losses:
+                out_of_time = True  # the budget is a hard limit: stop mid-epoch, validate, keep the best
+                break
             # with a time budget a decaying schedule runs on wall time, so it ends when the budget does
-            progress = max(state["step"] / total_steps, (time.time() - started) / budget if budget else 0.0)
+            progress = max(state["step"] / total_steps, elapsed / budget if budget else 0.0)
             loss = est.train_step(module, batch, cfg, optimizer, state["step"], progress, generator=generator)
             state["step"] += 1
             losses.append(float(loss))
@@ -121,9 +125,6 @@ def _torch_loop(est, cfg, data, config, rank, world, resume, tracker) -> None:
             if bar is not None:
                 bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
                 bar.update()
-            if budget and time.time() - started > budget:
-                out_of_time = True
-                break
         if bar is not None:
             bar.close()
         train_time = time.time() - t0
@@ -151,6 +152,21 @@ def _torch_loop(est, cfg, data, config, rank, world, resume, tracker) -> None:
         if out_of_time or (patience and state["bad_epochs"] >= patience):
             break
     shutil.rmtree(best_dir, ignore_errors=True)
+
+
+def _elapsed(started: float, world: int) -> float:
+    """Seconds since ``started``, the same on every rank (the slowest rank's clock). Each rank reading its own
+    clock would let one stop at a step the others still take (a DDP hang) and give the replicas different
+    learning rates (their weights would drift apart)."""
+    import torch
+    import torch.distributed as dist
+
+    elapsed = time.time() - started
+    if world == 1:
+        return elapsed
+    t = torch.tensor([elapsed], dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t)
 
 
 def _validate(score_fn, data: dict, rank: int, world: int) -> dict:
