@@ -140,6 +140,8 @@ def main() -> None:
     ap.add_argument("--prune-steps", type=int, default=300)
     ap.add_argument("--distill-steps", type=int, default=600)
     ap.add_argument("--distill-budget-s", type=float, default=600)
+    ap.add_argument("--distill-param", action="append", default=[], metavar="KEY=VALUE",
+                    help="a distillation option (JSON value), e.g. dim=64, n_blocks=2, lr=0.003, temperature=1")
     ap.add_argument("--int8-head", default="int8", choices=["int8", "float"])
     ap.add_argument("--json", type=Path, help="also write the rows here")
     ap.add_argument("--interleaved", type=int, metavar="ROUNDS", default=0,
@@ -179,8 +181,8 @@ def main() -> None:
         "bf16-fp32compute": ("bf16", {"compute": "fp32"}),
         "prune": ("prune", {"kind": "unstructured", "sparsity": 0.5, "steps": args.prune_steps}),
         "prune-structured": ("prune", {"kind": "structured", "sparsity": 0.5, "steps": args.prune_steps}),
-        "distill": ("distill", {"n_blocks": 1, "steps": args.distill_steps,
-                                "time_budget_s": args.distill_budget_s}),
+        "distill": ("distill", {"n_blocks": 1, "steps": args.distill_steps, "time_budget_s": args.distill_budget_s,
+                                **{k: json.loads(v) for k, v in (p.split("=", 1) for p in args.distill_param)}}),
         "onnx": ("onnx", {}),
     }
     rows = []

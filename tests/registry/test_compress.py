@@ -141,3 +141,30 @@ def test_int8_codec_restores_the_quantised_weights_exactly():
         assert set(qlin) == {"blocks.0.qkv.weight", "blocks.0.out.weight", "blocks.0.ffn.0.weight",
                              "blocks.0.ffn.3.weight"}
         torch.testing.assert_close(state["blocks.0.ln1.weight"], module.blocks[0].ln1.weight.detach())
+
+
+def test_narrower_student_starts_from_the_teachers_best_low_rank_item_table():
+    """A student of smaller dimension starts from the teacher's item table on its top right singular vectors:
+    its item-item dot products are as close to the teacher's as any table of that width can be."""
+    from types import SimpleNamespace
+
+    from aimass.zoo.sasrec import SASRec, SASRecConfig, SASRecModule
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    seqs = [rng.integers(1, 41, 12) for _ in range(20)]
+    cfg = SASRecConfig(dim=16, n_blocks=1, max_len=10, bf16=False).resolve(40, [len(x) for x in seqs])
+    teacher = SASRec().adopt(SASRecModule(40, cfg), cfg, 40)
+    student, scfg, details = _compress._distill(teacher, SimpleNamespace(train_sequences=seqs),
+                                                {"dim": 4, "steps": 0}, False)
+    assert (scfg.dim, details["init_from_teacher"], details["steps"]) == (4, "projected", 0)
+    t = teacher.module_.item_emb.weight[1:].detach()
+
+    def gram_error(w: torch.Tensor) -> float:
+        return float(torch.linalg.matrix_norm(t @ t.T - w[1:] @ w[1:].T))
+
+    got = gram_error(student.item_emb.weight.detach())
+    assert got == pytest.approx(float((torch.linalg.svdvals(t)[4:] ** 4).sum().sqrt()), rel=1e-4)  # Eckart-Young
+    random_basis = torch.linalg.qr(torch.randn(16, 4)).Q
+    assert got < gram_error(teacher.module_.item_emb.weight.detach() @ random_basis)
+    assert float(student.item_emb.weight[0].abs().max()) == 0.0  # padding row stays zero

@@ -204,7 +204,8 @@ def _prune(est, family: str, splits, opts: dict, progress: bool):
 def _distill(teacher_est, splits, opts: dict, progress: bool):
     """A smaller SASRec trained on the teacher's soft targets (KL at temperature T over the whole catalogue at
     every position, x T^2) mixed with the hard next-item CE: ``alpha * KL + (1 - alpha) * CE``. With the
-    teacher's width, the student starts from the teacher's embeddings, final norm and evenly spaced blocks."""
+    teacher's width, the student starts from the teacher's embeddings, final norm and evenly spaced blocks;
+    narrower, from its tables projected on their principal directions (blocks start fresh)."""
     from aimass.zoo.sasrec import (
         SASRecModule,
         SASRecTrainingData,
@@ -235,15 +236,21 @@ def _distill(teacher_est, splits, opts: dict, progress: bool):
     seed = opts.get("seed", 0)
     torch.manual_seed(seed)
     student = SASRecModule(n, scfg)
-    init = dim == tcfg.dim and n_heads == tcfg.n_heads
-    if init:
-        picks = np.round(np.linspace(0, tcfg.n_blocks - 1, n_blocks)).astype(int).tolist()
-        with torch.no_grad():
+    init = "blocks" if dim == tcfg.dim and n_heads == tcfg.n_heads else "projected"
+    with torch.no_grad():
+        if init == "blocks":
+            picks = np.round(np.linspace(0, tcfg.n_blocks - 1, n_blocks)).astype(int).tolist()
             student.item_emb.load_state_dict(teacher.item_emb.state_dict())
             student.pos_emb.load_state_dict(teacher.pos_emb.state_dict())
             student.norm.load_state_dict(teacher.norm.state_dict())
             for i, j in enumerate(picks):
                 student.blocks[i].load_state_dict(teacher.blocks[j].state_dict())
+        else:
+            # a narrower student starts from the teacher's item and position tables on their top `dim`
+            # right singular vectors: item-item dot products begin as the teacher's best rank-`dim` ones
+            proj = torch.linalg.svd(teacher.item_emb.weight[1:].float(), full_matrices=False).Vh[:dim].T
+            student.item_emb.weight.copy_(teacher.item_emb.weight.float() @ proj)
+            student.pos_emb.weight.copy_(teacher.pos_emb.weight.float() @ proj)
     data = SASRecTrainingData(list(splits.train_sequences), scfg)
     sampler = sasrec_batch_sampler(data, scfg, seed=seed)  # users of similar length: less padding to run
     loader = torch.utils.data.DataLoader(data, batch_sampler=sampler)
