@@ -70,7 +70,11 @@ class SASRecConfig(BaseModel):
     batch_size: int = Field(64, ge=1)
     epochs: int = Field(200, ge=1)
     patience: int | None = Field(20, ge=1)   # epochs without a better val NDCG@10; None: never stop early
-    crop: Literal["last", "random"] = "last"  # which max_len window of a longer sequence to train on
+    # Which max_len window of a longer sequence to train on: "random" draws a new one per epoch (more varied
+    # data from long histories; nothing changes for users with at most max_len + 1 items). ml1m (26% of users
+    # longer than 201), 60 min: validation NDCG@10 0.1925 on average from epoch 40 vs 0.1838 with "last", best
+    # 0.2009 vs 0.1912; test NDCG@10 level (0.1344 vs 0.1354).
+    crop: Literal["last", "random"] = "random"
     # Batches of users of similar length, left padding trimmed to the batch's longest: the Transformer runs
     # on 113 instead of 200 positions per ML-1M user (0.22 vs 0.39 s a step, see SASRecBatchSampler).
     bucket: bool = True
