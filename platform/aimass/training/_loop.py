@@ -127,6 +127,8 @@ def _torch_loop(est, cfg, data, config, rank, world, resume, tracker) -> None:
                 bar.update()
         if bar is not None:
             bar.close()
+        # a budget that ran out in the epoch's last step: stop now, not after one more step and validation
+        out_of_time = out_of_time or bool(budget and _elapsed(started, world) > budget)
         train_time = time.time() - t0
         metrics = _validate(lambda h: est.score_module(_unwrap(module), h, cfg), data, rank, world)
         metrics.update(epoch=epoch + 1, loss=float(np.mean(losses)) if losses else math.nan,
