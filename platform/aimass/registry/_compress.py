@@ -206,6 +206,7 @@ def _distill(teacher_est, splits, opts: dict, progress: bool):
     every position, x T^2) mixed with the hard next-item CE: ``alpha * KL + (1 - alpha) * CE``. With the
     teacher's width, the student starts from the teacher's embeddings, final norm and evenly spaced blocks;
     narrower, from its tables projected on their principal directions (blocks start fresh)."""
+    from aimass.zoo._losses import distill_ce
     from aimass.zoo.sasrec import (
         SASRecModule,
         SASRecTrainingData,
@@ -231,7 +232,8 @@ def _distill(teacher_est, splits, opts: dict, progress: bool):
     # tokens_per_seq re-derived: teachers trained before it existed have none
     scfg = tcfg.model_copy(update={"n_blocks": n_blocks, "dim": dim, "n_heads": n_heads, "lr": lr,
                                    "warmup_steps": min(50, max(1, steps // 10)), "schedule": "cosine",
-                                   "batch_size": opts.get("batch_size", tcfg.batch_size), "tokens_per_seq": None}
+                                   "batch_size": opts.get("batch_size", tcfg.batch_size), "tokens_per_seq": None,
+                                   "crop": "random"}
                            ).resolve(n, [len(x) for x in splits.train_sequences])
     seed = opts.get("seed", 0)
     torch.manual_seed(seed)
@@ -261,27 +263,26 @@ def _distill(teacher_est, splits, opts: dict, progress: bool):
     epoch = 0
     while step < steps and not (budget and time.perf_counter() - t0 > budget):
         sampler.set_epoch(epoch)
+        data.set_epoch(epoch)  # a new random window of long histories each epoch, as the teacher trained
         epoch += 1
         for batch in loader:
             if step >= steps or (budget and time.perf_counter() - t0 > budget):
                 break
             inputs, targets = sasrec_trim(*batch)
+            # the cosine follows whichever runs out first, the steps or the time budget
+            done = max(step / steps, (time.perf_counter() - t0) / budget if budget else 0.0)
             for g in opt.param_groups:
-                g["lr"] = sasrec_lr(scfg, step, step / steps)
+                g["lr"] = sasrec_lr(scfg, step, min(done, 1.0))
             keep = targets != 0
             with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                t_logits = (teacher(inputs)[keep] @ teacher.item_emb.weight.T).float()
-                t_logits[:, 0] = float("-inf")
+                t_hidden = teacher(inputs)[keep]
             student.train()
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                s_logits = (student(inputs)[keep] @ student.item_emb.weight.T).float()
-            s_logits = torch.cat([torch.full_like(s_logits[:, :1], -1e9), s_logits[:, 1:]], dim=1)
-            kl = torch.nn.functional.kl_div(torch.log_softmax(s_logits / T, -1),
-                                            _log_softmax_masked(t_logits / T), log_target=True,
-                                            reduction="batchmean") * T * T
-            ce = torch.nn.functional.cross_entropy(s_logits, targets[keep])
+                hidden = student(inputs)[keep]
+            loss = distill_ce(hidden, targets[keep], student.item_emb.weight, t_hidden, teacher.item_emb.weight,
+                              T, alpha, chunk=512, matmul_dtype=torch.bfloat16 if bf16 else torch.float32)
             # each token weighs the same whether its batch holds short or long users (as in sasrec_loss)
-            loss = (alpha * kl + (1 - alpha) * ce) * sasrec_token_weight(int(keep.sum()), len(inputs), scfg)
+            loss = loss * sasrec_token_weight(int(keep.sum()), len(inputs), scfg)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(student.parameters(), 5.0)
@@ -296,13 +297,6 @@ def _distill(teacher_est, splits, opts: dict, progress: bool):
                "train_s": round(time.perf_counter() - t0, 1), "final_loss": float(np.mean(losses[-50:]))
                if losses else None}
     return student, scfg, details
-
-
-def _log_softmax_masked(logits: torch.Tensor) -> torch.Tensor:
-    """log-softmax with column 0 (padding, -inf) given a finite, negligible log-probability (kl_div with
-    log_target needs finite targets where the student's input is finite)."""
-    out = torch.log_softmax(logits, -1)
-    return torch.cat([torch.full_like(out[:, :1], -1e4), out[:, 1:]], dim=1)
 
 
 # ------------------------------------------------------------------------------------------- measuring

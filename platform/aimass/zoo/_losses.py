@@ -73,6 +73,79 @@ def full_softmax_ce(hidden: torch.Tensor, targets: torch.Tensor, item_weight: to
     return _ChunkedSoftmaxCE.apply(hidden, item_weight[1:], targets - 1, chunk, matmul_dtype)
 
 
+class _ChunkedDistillCE(torch.autograd.Function):
+    """Knowledge distillation fused like :class:`_ChunkedSoftmaxCE`: per chunk of rows, the student's logits
+    ``h @ w.T``, the teacher's ``ht @ wt.T``, the loss and its gradient, then both are dropped.
+
+    Loss per row: ``alpha * T^2 * KL(softmax(zt / T) || softmax(z / T)) + (1 - alpha) * CE(z, t)``; its
+    gradient in ``z`` is ``alpha * T * (softmax(z / T) - softmax(zt / T)) + (1 - alpha) * (softmax(z) - onehot)``.
+    The KL needs no log-probability tensor: sum_j pt_j log(pt_j / ps_j) = sum_j pt_j (zt_j - z_j) / T
+    + (m - mt) / T + log S - log St, with m, S (mt, St) the student's (teacher's) max and sum of
+    exp((z - m) / T). Unfused (``kl_div`` + ``cross_entropy`` over [T, n_items]), loss and backward took
+    0.97 s of a 1.15 s step on 2 cores (8.2k tokens, 3.7k items, dim 128).
+    """
+
+    @staticmethod
+    @torch.autocast("cpu", enabled=False)
+    @torch.autocast("cuda", enabled=False)
+    def forward(ctx, h, w, t, ht, wt, temperature: float, alpha: float, chunk: int, matmul_dtype: torch.dtype):
+        need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        T = float(temperature)
+        hf, wf = h.float(), w.float()
+        hm, wm = hf.to(matmul_dtype), wf.to(matmul_dtype)
+        htm, wtm = ht.detach().to(matmul_dtype), wt.detach().to(matmul_dtype)
+        gh, gw = torch.empty_like(hf), torch.zeros_like(wf)
+        kl_total, ce_total = hf.new_zeros(()), hf.new_zeros(())
+        for i in range(0, len(hf), chunk):
+            hc, tc = hm[i:i + chunk], t[i:i + chunk]
+            rows = torch.arange(len(tc), device=hc.device)
+            z = (hc @ wm.T).float()
+            zt = (htm[i:i + chunk] @ wtm.T).float()
+            target = z[rows, tc]
+            m, mt = z.amax(1, keepdim=True), zt.amax(1, keepdim=True)
+            pt = zt.sub(mt).div_(T).exp_()
+            st = pt.sum(1, keepdim=True)
+            pt.div_(st)
+            cross = zt.sub_(z).mul_(pt).sum(1, keepdim=True)  # sum_j pt_j (zt_j - z_j)
+            z.sub_(m)
+            ps = z.div(T).exp_()
+            s_t = ps.sum(1, keepdim=True)
+            e = z.exp_()
+            s = e.sum(1, keepdim=True)
+            kl_total += (cross / T + (m - mt) / T + s_t.log() - st.log()).sum()
+            ce_total += (m.squeeze(1) + s.squeeze(1).log() - target).sum()
+            if need_grad:
+                g = e.div_(s).mul_(1 - alpha)
+                g[rows, tc] -= 1 - alpha
+                g.add_(ps.div_(s_t).sub_(pt), alpha=alpha * T)
+                if matmul_dtype == torch.float32:
+                    torch.mm(g, wf, out=gh[i:i + chunk])
+                    gw.addmm_(g.T, hc)
+                else:
+                    g = g.to(matmul_dtype)
+                    gh[i:i + chunk] = g @ wm
+                    gw += g.T @ hc
+        ctx.save_for_backward(gh.to(h.dtype), gw.to(w.dtype))
+        ctx.n = max(len(hf), 1)
+        return (alpha * T * T * kl_total + (1 - alpha) * ce_total) / ctx.n
+
+    @staticmethod
+    def backward(ctx, g):
+        gh, gw = ctx.saved_tensors
+        s = g / ctx.n
+        return gh * s, gw * s, None, None, None, None, None, None, None
+
+
+def distill_ce(hidden: torch.Tensor, targets: torch.Tensor, item_weight: torch.Tensor,
+               teacher_hidden: torch.Tensor, teacher_item_weight: torch.Tensor, temperature: float = 2.0,
+               alpha: float = 0.7, chunk: int = 1024, matmul_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Mean of ``alpha * T^2 * KL(teacher || student at temperature T) + (1 - alpha) * CE`` over the whole
+    catalogue (Hinton et al. 2015); the teacher's hidden states come without gradient and may have another
+    width than the student's. Memory: [chunk, n_items] a few times, never [T, n_items]."""
+    return _ChunkedDistillCE.apply(hidden, item_weight[1:], targets - 1, teacher_hidden, teacher_item_weight[1:],
+                                   temperature, alpha, chunk, matmul_dtype)
+
+
 def uniform_negatives(n: int, n_items: int, device: torch.device | str = "cpu",
                       generator: torch.Generator | None = None) -> torch.Tensor:
     """``n`` item ids drawn uniformly from 1..n_items (with replacement).
