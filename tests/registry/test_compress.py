@@ -2,6 +2,8 @@
 SASRec, with metrics, lineage and one loader; bad requests change nothing."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -76,6 +78,12 @@ def test_each_method_registers_a_child_that_loads_and_ranks(env, label):
         assert v.metrics["size_ratio"] > 1.6
     if method == "onnx":
         assert run.data.metrics["onnx_top10_same_set"] == 1.0
+    if method == "distill":  # validated every epoch; the version keeps its best epoch, the curve is charted
+        curve = registry._client(s).get_metric_history(v.run_id, "distill_val_ndcg10")
+        brief = json.loads(run.data.tags["aimass.compress_meta"])["distill"]
+        assert len(curve) >= 2 and [m.step for m in curve] == sorted(m.step for m in curve)
+        best = max(curve, key=lambda m: m.value)
+        assert brief["best_epoch"] == 1 + [m.step for m in curve].index(best.step) and "history" not in brief
     if method in ("int8", "fp16", "onnx"):
         assert run.data.metrics["top10_overlap_vs_parent"] >= 0.9
 
@@ -155,7 +163,8 @@ def test_narrower_student_starts_from_the_teachers_best_low_rank_item_table():
     seqs = [rng.integers(1, 41, 12) for _ in range(20)]
     cfg = SASRecConfig(dim=16, n_blocks=1, max_len=10, bf16=False).resolve(40, [len(x) for x in seqs])
     teacher = SASRec().adopt(SASRecModule(40, cfg), cfg, 40)
-    student, scfg, details = _compress._distill(teacher, SimpleNamespace(train_sequences=seqs),
+    splits = SimpleNamespace(train_sequences=seqs, val_histories=[], val_targets=np.array([], dtype=np.int64))
+    student, scfg, details = _compress._distill(teacher, splits,
                                                 {"dim": 4, "steps": 0}, False)
     assert (scfg.dim, details["init_from_teacher"], details["steps"]) == (4, "projected", 0)
     t = teacher.module_.item_emb.weight[1:].detach()
@@ -168,3 +177,23 @@ def test_narrower_student_starts_from_the_teachers_best_low_rank_item_table():
     random_basis = torch.linalg.qr(torch.randn(16, 4)).Q
     assert got < gram_error(teacher.module_.item_emb.weight.detach() @ random_basis)
     assert float(student.item_emb.weight[0].abs().max()) == 0.0  # padding row stays zero
+
+
+def test_distillation_keeps_its_best_validation_epoch():
+    from types import SimpleNamespace
+
+    from aimass.zoo.sasrec import SASRec, SASRecConfig, SASRecModule, sasrec_ndcg_hr
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(1)
+    seqs = [np.concatenate([np.arange(s, s + 6) % 30 + 1, rng.integers(1, 31, 4)]) for s in rng.integers(0, 30, 40)]
+    hist, targets = [x[:-1] for x in seqs[:20]], np.array([x[-1] for x in seqs[:20]])
+    cfg = SASRecConfig(dim=16, n_blocks=1, max_len=12, bf16=False, batch_size=8).resolve(30, [len(x) for x in seqs])
+    teacher = SASRec().adopt(SASRecModule(30, cfg), cfg, 30)
+    splits = SimpleNamespace(train_sequences=seqs, val_histories=hist, val_targets=targets)
+    # a learning rate far too high: the validation curve goes up and down, so the last epoch is not the best
+    student, scfg, details = _compress._distill(teacher, splits, {"dim": 8, "steps": 40, "lr": 0.3}, False)
+    curve = [r["val_ndcg10"] for r in details["history"]]
+    assert len(curve) == 8 and details["best_epoch"] == 1 + curve.index(max(curve))
+    got = sasrec_ndcg_hr(SASRec.score_module(student, hist, scfg), hist, targets)[0]
+    assert round(got, 5) == max(curve)

@@ -39,11 +39,8 @@ def test_fused_distillation_matches_kl_div_plus_cross_entropy(temperature, alpha
                   log_target=True, reduction="batchmean") * temperature ** 2
     ref = alpha * kl + (1 - alpha) * F.cross_entropy(z, t - 1)
     assert torch.allclose(fused, ref, atol=1e-4), (fused, ref)
-    got, want = _grads(fused * 2, h, w), _grads(ref * 2, h, w)
-    for a, b in zip(got, want, strict=True):
+    for a, b in zip(_grads(fused * 2, h, w), _grads(ref * 2, h, w), strict=True):
         assert torch.allclose(a, b, atol=1e-4)
-    # padding row 0 of the item table is never a candidate: no gradient reaches it through the head
-    assert torch.count_nonzero(got[1][0]) == 0
 
 
 def test_fused_distillation_is_zero_kl_when_student_is_teacher():
@@ -54,3 +51,6 @@ def test_fused_distillation_is_zero_kl_when_student_is_teacher():
                               matmul_dtype=torch.bfloat16)
     fp32 = _losses.distill_ce(h, t, w, h.detach() * 1.5, w.detach(), 2.0, 0.7, chunk=5)
     assert float(bf16) == pytest.approx(float(fp32), rel=0.05)
+    # bf16 products, fp32 softmax and accumulators: the gradients point the same way
+    for a, b in zip(_grads(bf16, h, w), _grads(fp32, h, w), strict=True):
+        assert F.cosine_similarity(a.flatten(), b.flatten(), dim=0) > 0.99

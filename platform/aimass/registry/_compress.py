@@ -208,10 +208,12 @@ def _distill(teacher_est, splits, opts: dict, progress: bool):
     narrower, from its tables projected on their principal directions (blocks start fresh)."""
     from aimass.zoo._losses import distill_ce
     from aimass.zoo.sasrec import (
+        SASRec,
         SASRecModule,
         SASRecTrainingData,
         sasrec_batch_sampler,
         sasrec_lr,
+        sasrec_ndcg_hr,
         sasrec_optimizer,
         sasrec_token_weight,
         sasrec_trim,
@@ -233,7 +235,7 @@ def _distill(teacher_est, splits, opts: dict, progress: bool):
     scfg = tcfg.model_copy(update={"n_blocks": n_blocks, "dim": dim, "n_heads": n_heads, "lr": lr,
                                    "warmup_steps": min(50, max(1, steps // 10)), "schedule": "cosine",
                                    "batch_size": opts.get("batch_size", tcfg.batch_size), "tokens_per_seq": None,
-                                   "crop": "random"}
+                                   "crop": "random", "seed": opts.get("seed", 0)}
                            ).resolve(n, [len(x) for x in splits.train_sequences])
     seed = opts.get("seed", 0)
     torch.manual_seed(seed)
@@ -260,11 +262,17 @@ def _distill(teacher_est, splits, opts: dict, progress: bool):
     budget = opts.get("time_budget_s")
     bf16 = bool(scfg.bf16)  # as the teacher was trained: bf16 products where the CPU has them
     step, t0, losses = 0, time.perf_counter(), []
-    epoch = 0
+    epoch, history, best, best_state, best_epoch = 0, [], -1.0, None, None
+    valid = None
+    if len(splits.val_targets):  # at most 2,048 validation users, as training uses: an epoch's check stays cheap
+        pick = np.sort(np.random.default_rng(seed).permutation(len(splits.val_targets))[:2048])
+        valid = ([splits.val_histories[i] for i in pick], np.asarray(splits.val_targets)[pick])
     while step < steps and not (budget and time.perf_counter() - t0 > budget):
         sampler.set_epoch(epoch)
-        data.set_epoch(epoch)  # a new random window of long histories each epoch, as the teacher trained
+        # a new random window of long histories each epoch: the teacher is asked about more contexts
+        data.set_epoch(epoch)
         epoch += 1
+        first = step
         for batch in loader:
             if step >= steps or (budget and time.perf_counter() - t0 > budget):
                 break
@@ -279,7 +287,8 @@ def _distill(teacher_est, splits, opts: dict, progress: bool):
             student.train()
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 hidden = student(inputs)[keep]
-            loss = distill_ce(hidden, targets[keep], student.item_emb.weight, t_hidden, teacher.item_emb.weight,
+            loss = distill_ce(hidden, targets[keep], student.item_emb.weight, t_hidden,
+                              teacher.item_emb.weight.detach(),
                               T, alpha, chunk=512, matmul_dtype=torch.bfloat16 if bf16 else torch.float32)
             # each token weighs the same whether its batch holds short or long users (as in sasrec_loss)
             loss = loss * sasrec_token_weight(int(keep.sum()), len(inputs), scfg)
@@ -292,10 +301,24 @@ def _distill(teacher_est, splits, opts: dict, progress: bool):
             if progress and step % 50 == 0:
                 print(f"distill step {step}/{steps} loss {np.mean(losses[-50:]):.4f} "
                       f"({time.perf_counter() - t0:.0f}s)", flush=True)
+        if valid is not None and step > first:
+            # the student kept is its best validation epoch, as in training (a cosine tail can overshoot)
+            ndcg = sasrec_ndcg_hr(SASRec.score_module(student, valid[0], scfg), *valid)[0]
+            ndcg = round(ndcg, 5) if np.isfinite(ndcg) else -1.0  # a diverged epoch is never the best
+            history.append({"epoch": epoch, "step": step, "val_ndcg10": ndcg})
+            if ndcg > best:
+                best, best_state, best_epoch = ndcg, copy.deepcopy(student.state_dict()), epoch
+            if progress:
+                print(f"distill epoch {epoch} step {step} val NDCG@10 {ndcg:.4f} (best {best:.4f}, "
+                      f"{time.perf_counter() - t0:.0f}s)", flush=True)
+        if step == first:
+            break  # nothing to train on (or the budget ran out before this epoch's first step)
+    if best_state is not None:
+        student.load_state_dict(best_state)
     student.eval()
     details = {"steps": step, "temperature": T, "alpha": alpha, "init_from_teacher": init,
                "train_s": round(time.perf_counter() - t0, 1), "final_loss": float(np.mean(losses[-50:]))
-               if losses else None}
+               if losses else None, "history": history, "best_epoch": best_epoch}
     return student, scfg, details
 
 
@@ -403,9 +426,14 @@ def compress(name: str, version: int, method: str, *, settings: Settings | None 
             mlflow.set_tags({k: parent_tags[k] for k in (
                 "aimass.family", "aimass.dataset", "aimass.dataset_version", "aimass.dataset_ref",
                 "aimass.dataset_hash") if k in parent_tags})
+            history = meta.get("distill", {}).get("history", [])
+            brief = {k: v for k, v in meta.items() if k not in ("config", "shapes")}
+            if history:  # the per-epoch curve goes in as a metric series (a chart), not into the tag
+                brief["distill"] = {k: v for k, v in meta["distill"].items() if k != "history"}
             mlflow.set_tags({"aimass.parent_model": info.ref, "aimass.method": method,
-                             "aimass.compress_meta": json.dumps({k: v for k, v in meta.items() if k not in
-                                                                 ("config", "shapes")})[:4000]})
+                             "aimass.compress_meta": json.dumps(brief)[:4000]})
+            for r in history:
+                mlflow.log_metric("distill_val_ndcg10", r["val_ndcg10"], step=r["step"])
             mlflow.log_params({"method": method, "parent": info.ref, "protocol": protocol,
                                **{f"option.{k}": v for k, v in opts.items()}})
             mlflow.log_metrics({metric_key(k): float(v) for k, v in metrics.items()})
