@@ -197,3 +197,18 @@ def test_distillation_keeps_its_best_validation_epoch():
     assert len(curve) == 8 and details["best_epoch"] == 1 + curve.index(max(curve))
     got = sasrec_ndcg_hr(SASRec.score_module(student, hist, scfg), hist, targets)[0]
     assert round(got, 5) == max(curve)
+
+
+@pytest.mark.parametrize("ffn_mult", [1, 3])
+def test_student_block_starts_as_the_teachers_block_whatever_its_ffn_width(ffn_mult):
+    from aimass.zoo.sasrec import SASRecConfig, SASRecModule
+
+    torch.manual_seed(0)
+    tcfg = SASRecConfig(dim=16, n_blocks=2, max_len=10, bf16=False, dropout=0.0).resolve(40, [12])
+    teacher = SASRecModule(40, tcfg).eval()
+    student = SASRecModule(40, tcfg.model_copy(update={"n_blocks": 1, "ffn_mult": ffn_mult})).eval()
+    with torch.no_grad():
+        _compress._copy_block(teacher.blocks[1], student.blocks[0])
+    x, mask = torch.randn(3, 10, 16), torch.ones(10, 10, dtype=torch.bool).tril()
+    torch.testing.assert_close(student.blocks[0](x, mask), teacher.blocks[1](x, mask))
+    assert student.blocks[0].ffn[0].weight.shape[0] == 16 * ffn_mult

@@ -32,7 +32,7 @@ _OPTIONS = {
     "fp16": {},
     "bf16": {"compute": str},
     "prune": {"kind": str, "sparsity": float, "steps": int, "lr": float, "time_budget_s": float},
-    "distill": {"n_blocks": int, "dim": int, "n_heads": int, "temperature": float, "alpha": float,
+    "distill": {"n_blocks": int, "dim": int, "n_heads": int, "ffn_mult": int, "temperature": float, "alpha": float,
                 "steps": int, "lr": float, "batch_size": int, "time_budget_s": float},
     "onnx": {"check_users": int, "opset": int},
 }
@@ -228,11 +228,13 @@ def _distill(teacher_est, splits, opts: dict, progress: bool):
                                 f"(n_blocks={tcfg.n_blocks}, dim={tcfg.dim})")
     if dim % n_heads:
         raise InvalidInputError(f"student dim={dim} is not divisible by n_heads={n_heads}")
+    ffn_mult = opts.get("ffn_mult", tcfg.ffn_mult)
     steps, lr, T, alpha = opts.get("steps", 500), opts.get("lr", 1e-3), opts.get("temperature", 2.0), \
         opts.get("alpha", 0.7)
     n = teacher_est.n_items_
     # tokens_per_seq re-derived: teachers trained before it existed have none
-    scfg = tcfg.model_copy(update={"n_blocks": n_blocks, "dim": dim, "n_heads": n_heads, "lr": lr,
+    scfg = tcfg.model_copy(update={"n_blocks": n_blocks, "dim": dim, "n_heads": n_heads, "ffn_mult": ffn_mult,
+                                   "lr": lr,
                                    "warmup_steps": min(50, max(1, steps // 10)), "schedule": "cosine",
                                    "batch_size": opts.get("batch_size", tcfg.batch_size), "tokens_per_seq": None,
                                    "crop": "random", "seed": opts.get("seed", 0)}
@@ -240,6 +242,10 @@ def _distill(teacher_est, splits, opts: dict, progress: bool):
     seed = opts.get("seed", 0)
     torch.manual_seed(seed)
     student = SASRecModule(n, scfg)
+    n_params = sum(p.numel() for p in student.parameters())
+    if n_params >= (t_params := sum(p.numel() for p in teacher.parameters())):
+        raise InvalidInputError(f"student (n_blocks={n_blocks}, dim={dim}, ffn_mult={ffn_mult}) has {n_params:,} "
+                                f"parameters, the teacher {t_params:,}: it must be smaller")
     init = "blocks" if dim == tcfg.dim and n_heads == tcfg.n_heads else "projected"
     with torch.no_grad():
         if init == "blocks":
@@ -248,7 +254,7 @@ def _distill(teacher_est, splits, opts: dict, progress: bool):
             student.pos_emb.load_state_dict(teacher.pos_emb.state_dict())
             student.norm.load_state_dict(teacher.norm.state_dict())
             for i, j in enumerate(picks):
-                student.blocks[i].load_state_dict(teacher.blocks[j].state_dict())
+                _copy_block(teacher.blocks[j], student.blocks[i])
         else:
             # a narrower student starts from the teacher's item and position tables on their top `dim`
             # right singular vectors: item-item dot products begin as the teacher's best rank-`dim` ones
@@ -320,6 +326,21 @@ def _distill(teacher_est, splits, opts: dict, progress: bool):
                "train_s": round(time.perf_counter() - t0, 1), "final_loss": float(np.mean(losses[-50:]))
                if losses else None, "history": history, "best_epoch": best_epoch}
     return student, scfg, details
+
+
+def _copy_block(src: nn.Module, dst: nn.Module) -> None:
+    """``dst`` computes what ``src`` does, also when its feed-forward layer is wider: the extra hidden units
+    keep their random input weights but start with zero output weights (a function-preserving widening),
+    so they add capacity without moving the starting point. A narrower one keeps the first units."""
+    ffn = {k: v for k, v in src.state_dict().items() if k.startswith("ffn.")}
+    dst.load_state_dict({k: v for k, v in src.state_dict().items() if k not in ffn}, strict=False)
+    (w_in, b_in), (w_out, b_out) = (src.ffn[0].weight, src.ffn[0].bias), (src.ffn[3].weight, src.ffn[3].bias)
+    h = min(w_in.shape[0], dst.ffn[0].weight.shape[0])
+    dst.ffn[0].weight[:h] = w_in[:h]
+    dst.ffn[0].bias[:h] = b_in[:h]
+    dst.ffn[3].weight.zero_()
+    dst.ffn[3].weight[:, :h] = w_out[:, :h]
+    dst.ffn[3].bias.copy_(b_out)
 
 
 # ------------------------------------------------------------------------------------------- measuring
