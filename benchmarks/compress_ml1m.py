@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = Path(os.environ.get("AIMASS_BENCH_DATA", REPO.parent / "shared" / "data")) / "ml-1m-seq"
@@ -87,21 +88,32 @@ def _fastpath_reference(s, ref: str, latency_n: int) -> dict:
     return {"parent": parent, "fast": child}
 
 
-def _interleaved(s, name: str, latency_n: int, rounds: int) -> None:
-    """Re-time every registered version of NAME, loaded through ``registry.load``, in interleaved rounds
-    (parent, child, child, ..., parent, ...) on the same batches, so machine noise hits all alike; prints
-    p50/p99 over all rounds' calls and the speedup vs the parent (version without a parent)."""
+def _interleaved(s, name: str, latency_n: int, rounds: int, only: list[int] | None = None) -> None:
+    """Re-time every registered version of NAME (or the versions ``only``), loaded through ``registry.load``,
+    plus the parent's fp32 weights through the compressed versions' inference path ("fp32 fast path"), in
+    interleaved rounds (parent, child, child, ..., parent, ...) on the same batches, so machine noise hits all
+    alike; prints p50/p99 over all rounds' calls and the speedup vs the parent (version without a parent)."""
     import numpy as np
 
     from aimass import datasets, registry
     from aimass.evaluation import make_splits
     from aimass.registry import _compress
 
-    versions = registry.versions(name, settings=s)
+    versions = [v for v in registry.versions(name, settings=s) if not only or v.version in only]
     ds = datasets.load(versions[0].dataset, settings=s)
     protocol = "ml1m-seq" if "split" in ds.interactions.columns else "leave-one-out"
     splits = make_splits(ds.interactions, protocol)
     models = {v.ref: (v, registry.load(v.ref, settings=s).estimator) for v in versions}
+    base_v = next(v for v, _ in models.values() if v.parent_version is None)
+    import torch
+
+    from aimass.registry import _codecs
+
+    infer = _codecs.SASRecInfer(models[base_v.ref][1].module_).eval()
+    meta = {"family": "sasrec", "method": "fp32 fast path (reference)", "n_items": splits.n_items, "config": {}}
+    fast = _codecs.CompressedScorer(meta, lambda q: infer(torch.from_numpy(q)).numpy(),
+                                    models[base_v.ref][1].config_.max_len, True)
+    models[f"{base_v.ref} fast path"] = (SimpleNamespace(method=meta["method"], parent_version=1), fast)
     batches = _compress.latency_batches(splits.test_histories, latency_n)
     times: dict = {(ref, b): [] for ref in models for b in batches}
     for _ in range(rounds):
@@ -146,6 +158,8 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="also write the rows here")
     ap.add_argument("--interleaved", type=int, metavar="ROUNDS", default=0,
                     help="only re-time every version of --name in --home, in ROUNDS interleaved rounds")
+    ap.add_argument("--versions", type=int, nargs="*", help="with --interleaved: only these versions "
+                    "(the parent, a version without a parent, must be one of them)")
     args = ap.parse_args()
     if args.interleaved:
         import torch
@@ -153,7 +167,7 @@ def main() -> None:
         from aimass.settings import Settings
 
         torch.set_num_threads(args.threads)
-        return _interleaved(Settings(home=args.home), args.name, args.latency_n, args.interleaved)
+        return _interleaved(Settings(home=args.home), args.name, args.latency_n, args.interleaved, args.versions)
     if (args.model_dir is None) == (args.version is None):
         ap.error("give either --version (with --home) or --model-dir")
 

@@ -396,8 +396,9 @@ def compress(name: str, version: int, method: str, *, settings: Settings | None 
     Options: common ``latency_n`` (timed calls at batch 1; batch 64 gets a fifth), ``seed``; int8 ``head``
     ("int8" | "float"), ``linear`` ("per_tensor" | "per_channel"); bf16 ``compute`` ("bf16" | "fp32");
     prune ``kind`` ("unstructured" | "structured"), ``sparsity`` (0.5), ``steps`` (300), ``lr``,
-    ``time_budget_s``; distill ``n_blocks``, ``dim``, ``n_heads``, ``temperature`` (2), ``alpha`` (0.7),
-    ``steps`` (500), ``lr``, ``batch_size``, ``time_budget_s``; onnx ``check_users`` (256), ``opset`` (17).
+    ``time_budget_s``; distill ``n_blocks``, ``dim``, ``n_heads``, ``ffn_mult``, ``temperature`` (2),
+    ``alpha`` (0.7), ``steps`` (500), ``lr``, ``batch_size``, ``time_budget_s`` (validated every epoch, the best
+    epoch kept, its curve logged as ``distill_val_ndcg10``); onnx ``check_users`` (256), ``opset`` (17).
     Logged metrics: test_ndcg_at_10, test_recall_at_10, size_bytes, latency_b{1,64}_p{50,99}_ms, the
     parent's as parent_*, delta_test_*_rel ((child - parent) / parent), speedup_b1/_b64 (parent p50 /
     child p50) and size_ratio (parent bytes / child bytes: how many times smaller)."""
