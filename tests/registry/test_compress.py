@@ -101,6 +101,8 @@ def test_bad_requests_raise_before_anything_is_written(env):
         (lambda: models.compress("rec", 1, "prune", kind="diagonal", settings=s), "kind='diagonal'"),
         (lambda: models.compress("rec", 1, "int8", colour="red", settings=s), "unknown option 'colour'"),
         (lambda: models.compress("rec", 1, "distill", n_blocks=1, dim=16, settings=s), "must be smaller"),
+        (lambda: models.compress("rec", 1, "distill", dim=12, ffn_mult=40, settings=s),
+         r"ffn_mult=40\) has [\d,]+ parameters, the teacher [\d,]+: it must be smaller"),
     ]:
         with pytest.raises(InvalidInputError, match=match):
             call()
@@ -167,6 +169,7 @@ def test_narrower_student_starts_from_the_teachers_best_low_rank_item_table():
     student, scfg, details = _compress._distill(teacher, splits,
                                                 {"dim": 4, "steps": 0}, False)
     assert (scfg.dim, details["init_from_teacher"], details["steps"]) == (4, "projected", 0)
+    assert scfg.ffn_mult == 2 * cfg.ffn_mult  # by default twice as wide where the student stays smaller
     t = teacher.module_.item_emb.weight[1:].detach()
 
     def gram_error(w: torch.Tensor) -> float:
