@@ -63,6 +63,17 @@ def _register_model_dir(s, model_dir: Path, data: Path, name: str) -> int:
     return registry.register(run.info.run_id, name, settings=s).version
 
 
+def _fast_scorer(est):
+    """A fitted SASRec's own fp32 weights behind the compressed versions' inference path (SASRecInfer)."""
+    import torch
+
+    from aimass.registry import _codecs
+
+    infer = _codecs.SASRecInfer(est.module_).eval()
+    meta = {"family": "sasrec", "method": "fp32 fast path (reference)", "n_items": est.n_items_, "config": {}}
+    return _codecs.CompressedScorer(meta, lambda q: infer(torch.from_numpy(q)).numpy(), est.config_.max_len, True)
+
+
 def _fastpath_reference(s, ref: str, latency_n: int) -> dict:
     """The parent's fp32 weights through SASRecInfer (no compression): what the restructuring alone gives."""
     from aimass import datasets, registry
@@ -74,12 +85,7 @@ def _fastpath_reference(s, ref: str, latency_n: int) -> dict:
     protocol = "ml1m-seq" if "split" in ds.interactions.columns else "leave-one-out"
     splits = make_splits(ds.interactions, protocol)
     est = registry.load(ref, settings=s).estimator
-    infer = _codecs.SASRecInfer(est.module_).eval()
-    meta = {"family": "sasrec", "method": "fp32-fastpath", "n_items": est.n_items_, "config": {}}
-    import torch
-
-    fast = _codecs.CompressedScorer(meta, lambda q: infer(torch.from_numpy(q)).numpy(), est.config_.max_len,
-                                    True)
+    fast = _fast_scorer(est)
     child, parent = _compress.measure(est.score, fast.score, splits, splits.n_items, latency_n)
     with tempfile.TemporaryDirectory() as tmp:
         est.save(tmp)
@@ -104,16 +110,9 @@ def _interleaved(s, name: str, latency_n: int, rounds: int, only: list[int] | No
     protocol = "ml1m-seq" if "split" in ds.interactions.columns else "leave-one-out"
     splits = make_splits(ds.interactions, protocol)
     models = {v.ref: (v, registry.load(v.ref, settings=s).estimator) for v in versions}
-    base_v = next(v for v, _ in models.values() if v.parent_version is None)
-    import torch
-
-    from aimass.registry import _codecs
-
-    infer = _codecs.SASRecInfer(models[base_v.ref][1].module_).eval()
-    meta = {"family": "sasrec", "method": "fp32 fast path (reference)", "n_items": splits.n_items, "config": {}}
-    fast = _codecs.CompressedScorer(meta, lambda q: infer(torch.from_numpy(q)).numpy(),
-                                    models[base_v.ref][1].config_.max_len, True)
-    models[f"{base_v.ref} fast path"] = (SimpleNamespace(method=meta["method"], parent_version=1), fast)
+    base = next(v.ref for v, _ in models.values() if v.parent_version is None)
+    fast = _fast_scorer(models[base][1])
+    models[f"{base} fast path"] = (SimpleNamespace(method=fast.method, parent_version=1), fast)
     batches = _compress.latency_batches(splits.test_histories, latency_n)
     times: dict = {(ref, b): [] for ref in models for b in batches}
     for _ in range(rounds):
@@ -125,7 +124,6 @@ def _interleaved(s, name: str, latency_n: int, rounds: int, only: list[int] | No
                     t0 = time.perf_counter()
                     est.score(x)
                     times[(ref, b)].append((time.perf_counter() - t0) * 1000)
-    base = next(ref for ref, (v, _) in models.items() if v.parent_version is None)
     p50 = {k: float(np.percentile(t, 50)) for k, t in times.items()}
     print(f"\ninterleaved latency, {rounds} rounds x ({latency_n} calls at batch 1, {len(batches[64])} at "
           f"batch 64), ms per score() call, torch threads {__import__('torch').get_num_threads()}")

@@ -236,15 +236,14 @@ def _distill(teacher_est, splits, opts: dict, progress: bool):
     ffn_mult = opts.get("ffn_mult", wider if fits else tcfg.ffn_mult)
     steps, lr, T, alpha = opts.get("steps", 500), opts.get("lr", 2e-3), opts.get("temperature", 1.0), \
         opts.get("alpha", 0.5)
-    n = teacher_est.n_items_
+    n, seed = teacher_est.n_items_, opts.get("seed", 0)
     # tokens_per_seq re-derived: teachers trained before it existed have none
     scfg = tcfg.model_copy(update={"n_blocks": n_blocks, "dim": dim, "n_heads": n_heads, "ffn_mult": ffn_mult,
                                    "lr": lr,
                                    "warmup_steps": min(50, max(1, steps // 10)), "schedule": "cosine",
                                    "batch_size": opts.get("batch_size", tcfg.batch_size), "tokens_per_seq": None,
-                                   "crop": "random", "seed": opts.get("seed", 0)}
+                                   "crop": "random", "seed": seed}
                            ).resolve(n, [len(x) for x in splits.train_sequences])
-    seed = opts.get("seed", 0)
     torch.manual_seed(seed)
     student = SASRecModule(n, scfg)
     n_params = sum(p.numel() for p in student.parameters())
@@ -337,8 +336,7 @@ def _copy_block(src: nn.Module, dst: nn.Module) -> None:
     """``dst`` computes what ``src`` does, also when its feed-forward layer is wider: the extra hidden units
     keep their random input weights but start with zero output weights (a function-preserving widening),
     so they add capacity without moving the starting point. A narrower one keeps the first units."""
-    ffn = {k: v for k, v in src.state_dict().items() if k.startswith("ffn.")}
-    dst.load_state_dict({k: v for k, v in src.state_dict().items() if k not in ffn}, strict=False)
+    dst.load_state_dict({k: v for k, v in src.state_dict().items() if not k.startswith("ffn.")}, strict=False)
     (w_in, b_in), (w_out, b_out) = (src.ffn[0].weight, src.ffn[0].bias), (src.ffn[3].weight, src.ffn[3].bias)
     h = min(w_in.shape[0], dst.ffn[0].weight.shape[0])
     dst.ffn[0].weight[:h] = w_in[:h]

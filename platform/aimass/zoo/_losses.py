@@ -13,7 +13,31 @@ import torch
 import torch.nn.functional as F
 
 
-class _ChunkedSoftmaxCE(torch.autograd.Function):
+def _add_grad_products(g: torch.Tensor, hc: torch.Tensor, wf: torch.Tensor, wm: torch.Tensor,
+                       gh_rows: torch.Tensor, gw: torch.Tensor) -> None:
+    """The two gradient products of one chunk: ``gh_rows = g @ w`` and ``gw += g.T @ h``, in the products'
+    dtype (``hc``/``wm``), accumulated in fp32 (``wf``, ``gw``)."""
+    if hc.dtype == torch.float32:
+        torch.mm(g, wf, out=gh_rows)
+        gw.addmm_(g.T, hc)
+    else:
+        g = g.to(hc.dtype)
+        gh_rows[:] = g @ wm
+        gw += g.T @ hc
+
+
+class _FusedGradLoss(torch.autograd.Function):
+    """A mean loss whose gradients in (h, w) were computed in its forward and saved as (gh, gw); every
+    other input gets none."""
+
+    @staticmethod
+    def backward(ctx, g):
+        gh, gw = ctx.saved_tensors
+        s = g / ctx.n
+        return (gh * s, gw * s) + (None,) * ctx.n_other
+
+
+class _ChunkedSoftmaxCE(_FusedGradLoss):
     """Mean softmax cross-entropy of ``h @ w.T`` against ``t``, fused with its gradient.
 
     The loss is a scalar, so its gradient is known up to the incoming scale while the logits are still
@@ -45,22 +69,10 @@ class _ChunkedSoftmaxCE(torch.autograd.Function):
             if need_grad:
                 p = e.div_(s)
                 p[torch.arange(len(tc), device=p.device), tc] -= 1
-                if matmul_dtype == torch.float32:
-                    torch.mm(p, wf, out=gh[i:i + chunk])
-                    gw.addmm_(p.T, hc)
-                else:
-                    p = p.to(matmul_dtype)
-                    gh[i:i + chunk] = p @ wm
-                    gw += p.T @ hc
+                _add_grad_products(p, hc, wf, wm, gh[i:i + chunk], gw)
         ctx.save_for_backward(gh.to(h.dtype), gw.to(w.dtype))
-        ctx.n = max(len(hf), 1)
+        ctx.n, ctx.n_other = max(len(hf), 1), 3
         return total / ctx.n
-
-    @staticmethod
-    def backward(ctx, g):
-        gh, gw = ctx.saved_tensors
-        s = g / ctx.n
-        return gh * s, gw * s, None, None, None
 
 
 def full_softmax_ce(hidden: torch.Tensor, targets: torch.Tensor, item_weight: torch.Tensor,
@@ -73,7 +85,7 @@ def full_softmax_ce(hidden: torch.Tensor, targets: torch.Tensor, item_weight: to
     return _ChunkedSoftmaxCE.apply(hidden, item_weight[1:], targets - 1, chunk, matmul_dtype)
 
 
-class _ChunkedDistillCE(torch.autograd.Function):
+class _ChunkedDistillCE(_FusedGradLoss):
     """Knowledge distillation fused like :class:`_ChunkedSoftmaxCE`: per chunk of rows, the student's logits
     ``h @ w.T``, the teacher's ``ht @ wt.T``, the loss and its gradient, then both are dropped.
 
@@ -118,27 +130,15 @@ class _ChunkedDistillCE(torch.autograd.Function):
                 g = e.div_(s).mul_(1 - alpha)
                 g[rows, tc] -= 1 - alpha
                 g.add_(ps.div_(s_t).sub_(pt), alpha=alpha * T)
-                if matmul_dtype == torch.float32:
-                    torch.mm(g, wf, out=gh[i:i + chunk])
-                    gw.addmm_(g.T, hc)
-                else:
-                    g = g.to(matmul_dtype)
-                    gh[i:i + chunk] = g @ wm
-                    gw += g.T @ hc
+                _add_grad_products(g, hc, wf, wm, gh[i:i + chunk], gw)
         ctx.save_for_backward(gh.to(h.dtype), gw.to(w.dtype))
-        ctx.n = max(len(hf), 1)
+        ctx.n, ctx.n_other = max(len(hf), 1), 7
         return (alpha * T * T * kl_total + (1 - alpha) * ce_total) / ctx.n
-
-    @staticmethod
-    def backward(ctx, g):
-        gh, gw = ctx.saved_tensors
-        s = g / ctx.n
-        return gh * s, gw * s, None, None, None, None, None, None, None
 
 
 def distill_ce(hidden: torch.Tensor, targets: torch.Tensor, item_weight: torch.Tensor,
-               teacher_hidden: torch.Tensor, teacher_item_weight: torch.Tensor, temperature: float = 2.0,
-               alpha: float = 0.7, chunk: int = 1024, matmul_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+               teacher_hidden: torch.Tensor, teacher_item_weight: torch.Tensor, temperature: float, alpha: float,
+               chunk: int = 1024, matmul_dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Mean of ``alpha * T^2 * KL(teacher || student at temperature T) + (1 - alpha) * CE`` over the whole
     catalogue (Hinton et al. 2015); the teacher's hidden states come without gradient and may have another
     width than the student's. Memory: [chunk, n_items] a few times, never [T, n_items]."""
