@@ -33,8 +33,8 @@ def _register_model_dir(s, model_dir: Path, data: Path, name: str) -> int:
 
     from aimass import datasets, registry
     from aimass.evaluation import make_splits
+    from aimass.tracking import log_model, metric_key, mlflow_for
     from aimass.training import _final_metrics
-    from aimass.training._tracking import log_model, metric_key, mlflow_for
     from aimass.zoo import load_estimator
 
     try:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 import time
@@ -22,6 +21,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from aimass.evaluation import evaluate  # noqa: E402
 from aimass.zoo.sasrec import SASRec, SASRecConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,16 +45,10 @@ def load(data_dir: Path):
     return train, (val_in, val_out), (test_hist, test_out), n_items
 
 
-def ndcg_hr(scores: np.ndarray, histories, targets, k: int = 10) -> tuple[float, float]:
-    """Own small helper: full ranking, history items excluded, ties count against the target."""
-    s = scores.copy()
-    for row, h in zip(s, histories, strict=True):
-        row[h] = -np.inf
-    s[:, 0] = -np.inf
-    t = s[np.arange(len(s)), targets][:, None]
-    rank = (s >= t).sum(1) - 1
-    hit = rank < k
-    return float(np.where(hit, 1.0 / np.log2(rank + 2), 0.0).mean()), float(hit.mean())
+def ndcg_hr(model, histories, targets, n_items: int) -> tuple[float, float]:
+    """The platform's own metric (aimass.evaluation): full ranking, history excluded, ties against the target."""
+    m = evaluate(model.score, histories, targets, n_items)
+    return m["ndcg@10"], m["recall@10"]
 
 
 def parse_value(v: str):
@@ -76,8 +70,6 @@ def main(argv=None) -> dict:
     ap.add_argument("--json", help="write the result row to this file")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    # fit() logs one line per epoch (epoch, loss, elapsed_s, val_ndcg10, val_hr10)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout, force=True)
 
     data_dir = Path(args.data)
     if not (data_dir / "train_input.txt").exists():
@@ -91,11 +83,11 @@ def main(argv=None) -> dict:
     t0 = time.perf_counter()
     model = SASRec(**params).fit(train, n_items, valid=(val_in, val_out), progress=sys.stderr.isatty())
     wall = time.perf_counter() - t0
-    v_ndcg, v_hr = ndcg_hr(model.score(val_in), val_in, val_out)
-    t_ndcg, t_hr = ndcg_hr(model.score(test_hist), test_hist, test_out)
+    v_ndcg, v_hr = ndcg_hr(model, val_in, val_out, n_items)
+    t_ndcg, t_hr = ndcg_hr(model, test_hist, test_out, n_items)
     n_params = sum(p.numel() for p in model.module_.parameters())
     epochs = len(model.history_)
-    train_s = model.history_[-1]["elapsed_s"]
+    train_s = sum(h["train_time_s"] for h in model.history_)
     row = {"val_ndcg10": v_ndcg, "val_hr10": v_hr, "test_ndcg10": t_ndcg, "test_hr10": t_hr,
            "epochs": epochs, "best_epoch": model.best_epoch_, "wall_s": wall, "params": n_params,
            "samples_per_s": epochs * len(train) / train_s, "overrides": {k: v for k, v in params.items()}}

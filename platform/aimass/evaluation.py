@@ -67,15 +67,29 @@ def _one_per_user(users: np.ndarray, dense: np.ndarray, mask: np.ndarray,
     return owners, dense[mask]  # rows are user-sorted, so this lines up with `owners`
 
 
-def make_splits(interactions: pd.DataFrame, protocol: str = "leave-one-out", *,
+def protocol_for(interactions: pd.DataFrame) -> str:
+    """The split protocol a dataset calls for: its own train / validation / test roles when it has a
+    ``split`` column (``ml1m-seq``), else leave-one-out by time."""
+    return "ml1m-seq" if "split" in interactions.columns else "leave-one-out"
+
+
+def metric_name(split: str, metric: str, k: int | None = 10) -> str:
+    """The one spelling of a metric in aimass's results: ``metric_name("val", "ndcg") == "val_ndcg@10"``
+    (MLflow's key is ``aimass.tracking.metric_key`` of it)."""
+    return f"{split}_{metric}" + (f"@{k}" if k is not None else "")
+
+
+def make_splits(interactions: pd.DataFrame, protocol: str | None = None, *,
                 max_val_users: int | None = None, seed: int = 0) -> EvalSplits:
     """Split canonical interactions into train sequences and validation/test (history, target) pairs.
 
     ``leave-one-out``: per user, last item = test target, second-to-last = validation target, the rest
     is training; users with fewer than 3 interactions only train. ``ml1m-seq``: the gSASRec authors'
     MovieLens-1M rule driven by the ``split`` column (train / val_input / val / test rows).
-    ``max_val_users`` keeps a seeded random subset of validation users (early stopping is then cheaper).
+    ``None`` (the default): the one the data calls for (:func:`protocol_for`). ``max_val_users`` keeps a
+    seeded random subset of validation users (early stopping is then cheaper).
     """
+    protocol = protocol or protocol_for(interactions)
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown split protocol {protocol!r}; expected one of {list(PROTOCOLS)}")
     missing = [c for c in REQUIRED_COLUMNS if c not in interactions.columns]
@@ -290,3 +304,49 @@ def evaluate(score_fn: ScoreFn, histories: Sequence[np.ndarray], targets: Sequen
     if protocol == "full":
         return totals.result()
     return totals.result(prefix="sampled_", coverage=False)
+
+
+# ---------------------------------------------------------------------------------------------- top-k
+
+def exclusion_mask(n_cols: int, histories: Sequence[np.ndarray]) -> np.ndarray:
+    """Boolean [len(histories), n_cols]: True where a column may be returned (not padding, not in the
+    row's history)."""
+    ok = np.ones((len(histories), n_cols), dtype=bool)
+    lengths = np.fromiter((len(h) for h in histories), dtype=np.int64, count=len(histories))
+    if lengths.sum() > 0:
+        ok[np.repeat(np.arange(len(histories)), lengths),
+           np.concatenate([np.asarray(h, np.int64) for h in histories])] = False
+    ok[:, 0] = False
+    return ok
+
+
+def top_k(scores: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best columns of each row of ``scores`` ([n, n_cols], or one row [n_cols]), best first, ties
+    in column order, skipping columns where ``allowed`` is False (column 0, padding, is never returned).
+
+    Returns (columns, their scores). A 1-D call returns at most ``k`` allowed columns; a 2-D call returns
+    [n, k'] arrays (k' = min(k, the most allowed in any row)) padded with -1 / -inf where a row has fewer."""
+    s = np.asarray(scores)
+    one = s.ndim == 1
+    s2 = s[None, :] if one else s
+    ok = np.ones(s2.shape, dtype=bool) if allowed is None else np.broadcast_to(
+        allowed[None, :] if allowed.ndim == 1 else allowed, s2.shape)
+    ok = ok.copy()
+    ok[:, 0] = False
+    key = np.where(ok, -s2.astype(np.float64, copy=False), np.inf)
+    key = np.where(np.isnan(key), np.inf, key)
+    n_ok = ok.sum(1)
+    kk = int(min(max(k, 0), s2.shape[1] - 1, int(n_ok.max()) if len(n_ok) else 0))
+    if kk <= 0:
+        empty = np.zeros((len(s2), 0), dtype=np.int64)
+        return (empty[0], s2[0, :0]) if one else (empty, s2[:, :0])
+    top = np.argpartition(key, kk - 1, axis=1)[:, :kk]
+    # stable sort on (score desc, column asc): ties in column order, whatever argpartition returned
+    top.sort(axis=1)
+    top = np.take_along_axis(top, np.argsort(np.take_along_axis(key, top, 1), axis=1, kind="stable"), 1)
+    vals = np.take_along_axis(s2, top, 1)
+    bad = ~np.take_along_axis(ok, top, 1)
+    if bad.any():  # rows with fewer than kk allowed columns
+        top = np.where(bad, -1, top)
+        vals = np.where(bad, -np.inf, vals)
+    return (top[0][~bad[0]], vals[0][~bad[0]]) if one else (top, vals)

@@ -5,10 +5,19 @@
 The trainable families (the model zoo) are `aimass.zoo`."""
 from __future__ import annotations
 
-from aimass.registry import ALIASES, METHODS, ModelVersionInfo, Promotion, load, promote, register, versions
+from aimass.registry import (
+    ALIASES,
+    METHODS,
+    ModelVersionInfo,
+    Promotion,
+    compress,
+    load,
+    promote,
+    register,
+    versions,
+)
 from aimass.registry import get as show
 from aimass.registry import list_models as list  # noqa: A001 - `aimass.models.list()` reads as intended
-from aimass.settings import Settings
 
 
 def load_estimator(path, family: str | None = None):
@@ -17,16 +26,6 @@ def load_estimator(path, family: str | None = None):
     from aimass.zoo import load_estimator as load_from_zoo
 
     return load_from_zoo(path, family)
-
-
-def compress(name: str, version: int, method: str, *, settings: Settings | None = None, progress: bool = False,
-             **options) -> ModelVersionInfo:
-    """A smaller version of ``name/version`` made by ``method`` (one of METHODS), registered as the next version
-    with ``version`` as its parent; its size, latency and quality deltas are in ``.metrics``. Options: see
-    the method's documentation in registry/README.md."""
-    from aimass.registry._compress import compress as run
-
-    return run(name, version, method, settings=settings, progress=progress, **options)
 
 
 __all__ = ["ALIASES", "METHODS", "ModelVersionInfo", "Promotion", "compress", "list", "load", "promote",

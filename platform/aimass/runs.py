@@ -24,7 +24,7 @@ def _summary(run) -> dict:
 
 
 def list_runs(*, settings: Settings | None = None, max_results: int = 100) -> list[dict]:
-    from aimass.training._tracking import EXPERIMENT, mlflow_for
+    from aimass.tracking import EXPERIMENT, mlflow_for
 
     mlflow = mlflow_for(settings or default_settings())
     runs = mlflow.search_runs(experiment_names=[EXPERIMENT], max_results=max_results, output_format="list",
@@ -33,7 +33,7 @@ def list_runs(*, settings: Settings | None = None, max_results: int = 100) -> li
 
 
 def show(run_id: str, *, settings: Settings | None = None) -> dict:
-    from aimass.training._tracking import mlflow_for
+    from aimass.tracking import mlflow_for
 
     mlflow = mlflow_for(settings or default_settings())
     try:

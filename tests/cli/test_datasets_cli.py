@@ -52,6 +52,13 @@ def test_errors_are_one_clear_line_and_non_zero(tmp_path, args, code, message):
     assert not (tmp_path / "home" / "data-registry").exists()
 
 
+def test_help_and_usage_errors_reach_the_terminal_not_the_log(tmp_path):
+    # the console is set up once a command's options are parsed, so click's own output is not swallowed
+    assert "--format" in run(tmp_path / "home", "datasets", "register", "--help").stdout
+    res = run(tmp_path / "home", "datasets", "register", "x", ok=False)
+    assert res.returncode == 2 and "Missing argument" in res.stderr
+
+
 def test_doctor_reports_every_component(tmp_path):
     home = tmp_path / "home"
     rep = json.loads(run(home, "doctor", "--json").stdout)

@@ -21,8 +21,12 @@ def test_train_runs_models_round_trip(tmp_path):
     demo = json.loads(run(home, "datasets", "generate-demo", str(tmp_path / "d"), "--users", "50", "--tracks",
                           "100", "--json").stdout)
     run(home, "datasets", "register", "demo", demo["interactions"], "--format", "csv")
-    out = json.loads(run(home, "train", "itemknn", "--dataset", "demo@v1", "--workers", "2", "--param",
-                         "neighbors=30", "--json").stdout)
+    trained = run(home, "train", "itemknn", "--dataset", "demo@v1", "--workers", "2", "--param", "neighbors=30",
+                  "--json")
+    out = json.loads(trained.stdout)  # all of stdout, so nothing else was printed there (json.loads: "Extra data")
+    assert trained.stderr == "", trained.stderr
+    log = (home / "logs" / "aimass.log").read_text()
+    assert "pid=" in log and " mlflow." in log  # Ray workers' and MLflow's output went to the log instead
     assert out["family"] == "itemknn" and out["dataset"] == "demo@v1" and out["model_uri"].startswith("models:/")
     assert 0 < out["metrics"]["test_ndcg@10"] <= 1
     listed = json.loads(run(home, "runs", "list", "--json").stdout)

@@ -8,7 +8,7 @@ import pytest
 
 import aimass
 from aimass import models
-from aimass.errors import ConflictError, InvalidInputError, NotFoundError
+from aimass.errors import BackendError, ConflictError, InvalidInputError, NotFoundError
 from aimass.settings import Settings
 from tests.registry._state import snapshot as _snapshot
 
@@ -63,6 +63,30 @@ def test_gate_passes_first_champion_and_refuses_worse_models(env):
     assert forced.forced and forced.previous == good.version
     champ = models.show("gate@champion", settings=s)
     assert champ.version == worse.version and "quality" in champ.tags["aimass.forced_promotion"]
+
+
+def test_a_champion_that_cannot_be_read_refuses_promotion(env, monkeypatch):
+    """Only a missing alias means "no champion yet". A store that fails while the champion is read (SQLite
+    busy, a failing disk: simulated, no user runs one on purpose) must refuse the promotion and name the
+    cause, not wave a worse candidate through with the dataset and quality checks skipped."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    s, runs = env
+    champ = models.register(runs["knn"], "broken", settings=s)
+    models.promote("broken", champ.version, settings=s)
+    candidate = models.register(runs["pop"], "broken", settings=s)  # worse: the quality check would refuse it
+
+    def failing(self, name, alias):
+        raise MlflowException("(sqlite3.OperationalError) database is locked")
+
+    monkeypatch.setattr(MlflowClient, "get_model_version_by_alias", failing)
+    before = _snapshot(s)
+    with pytest.raises(BackendError, match=r"champion cannot be read: \(sqlite3.OperationalError\) database is"):
+        models.promote("broken", candidate.version, settings=s)
+    assert _snapshot(s) == before
+    assert models.show("broken", settings=s).version == candidate.version
+    assert [v.aliases for v in models.versions("broken", settings=s)] == [["champion"], []]
 
 
 def test_other_dataset_needs_force(env):
@@ -129,7 +153,7 @@ def test_a_run_without_a_model_cannot_be_registered(env):
     import mlflow
 
     s, _ = env
-    from aimass.training._tracking import mlflow_for
+    from aimass.tracking import mlflow_for
 
     mlflow_for(s)
     with mlflow.start_run() as run:

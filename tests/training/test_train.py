@@ -1,6 +1,9 @@
 """Training jobs through real Ray Train (2 workers on a local loopback Ray), tracked in a real MLflow store."""
 from __future__ import annotations
 
+import hashlib
+import json
+
 import mlflow
 import numpy as np
 import pandas as pd
@@ -101,12 +104,21 @@ def test_too_few_interactions_per_user(home, tmp_path):
 
 def test_resume_continues_a_stopped_job_in_the_same_run(home):
     params = {**TINY["sasrec"], "patience": 10}
-    first = aimass.train("sasrec", "demo", params, workers=1, epochs=1, progress=False, settings=home)
+    first = aimass.train("sasrec", "demo", params, workers=1, epochs=1, max_val_users=7, progress=False,
+                         settings=home)
     assert first.epochs == 1
+    job = json.loads(mlflow.get_run(first.run_id).data.tags["aimass.job"])
+    assert job["max_val_users"] == 7  # the cap really used, so a resume validates on the same 7 users
     again = aimass.resume(first.run_id, epochs=3, progress=False, settings=home)
     assert again.run_id == first.run_id and again.epochs == 3
     steps = [m.step for m in mlflow.MlflowClient().get_metric_history(first.run_id, "loss")]
     assert steps == [1, 2, 3]  # epoch 1 from the first job, 2 and 3 continued from its checkpoint
+    # the resumed epochs were validated on those same users: the restored best epoch scores as recorded
+    from aimass.evaluation import make_splits
+
+    splits = make_splits(aimass.datasets.load("demo", settings=home).interactions, max_val_users=7, seed=0)
+    assert len(splits.val_users) == 7 and job["val_users_sha1"] == hashlib.sha1(
+        np.asarray(splits.val_users, dtype=np.int64).tobytes()).hexdigest()
 
 
 def test_time_budget_stops_every_worker_at_the_same_step(home):

@@ -2,10 +2,14 @@
 inside commands so that `aimass --help` stays fast."""
 from __future__ import annotations
 
+import functools
+import logging
 import sys
+from typing import Any
 
 import typer
 
+from aimass import console
 from aimass.cli._common import state
 from aimass.cli.datasets import app as datasets_app
 from aimass.cli.deploy import app as deployments_app
@@ -30,7 +34,9 @@ app.add_typer(keys_app, name="keys", help="API keys of the served endpoints.")
 
 
 @app.callback()
-def _root(home: str = typer.Option(None, "--home", help="State folder (default $AIMASS_HOME or .aimass)")):
+def _root(home: str = typer.Option(None, "--home", help="State folder (default $AIMASS_HOME or .aimass)"),
+          verbose: bool = typer.Option(False, "--verbose", "-v",
+                                       help="Also show library logs and workers' output (always in HOME/logs)")):
     from aimass.settings import Settings
 
     try:
@@ -38,13 +44,44 @@ def _root(home: str = typer.Option(None, "--home", help="State folder (default $
     except Exception as e:  # a bad AIMASS_* variable is the user's input too
         typer.echo(f"error: invalid settings: {e}", err=True)
         raise typer.Exit(2) from None
+    state.verbose = verbose
+
+
+def _quiet(command: Any) -> None:
+    """Set up the console as each command starts: after its options are parsed, so that --help and usage
+    errors still reach the terminal, and knowing the command's own --json."""
+    if hasattr(command, "commands"):  # a group
+        for sub in command.commands.values():
+            _quiet(sub)
+        return
+    inner = command.callback
+    if inner is None:
+        return
+
+    @functools.wraps(inner)
+    def run(**params):
+        console.setup(state.settings.home, verbose=state.verbose, as_json=bool(params.get("as_json")))
+        return inner(**params)
+
+    command.callback = run
 
 
 def main() -> None:
-    from aimass.errors import AimassError
+    from aimass.errors import AimassError, InvalidInputError, NotFoundError
 
+    command = typer.main.get_command(app)
+    _quiet(command)
     try:
-        app()
+        command(prog_name="aimass")
     except AimassError as e:
-        typer.echo(f"error: {e}", err=True)
-        sys.exit(e.exit_code)
+        # bad input says all there is to say in its message; a failing component's story is in the log
+        _fail(str(e), e.exit_code, details=not isinstance(e, InvalidInputError | NotFoundError))
+    except Exception as e:
+        logging.getLogger("aimass").exception("unexpected error")
+        _fail(f"{type(e).__name__}: {e}", 1)
+
+
+def _fail(message: str, code: int, details: bool = True) -> None:
+    where = console.log_path() if details else None
+    console.error(f"error: {message}" + (f" (details: {where})" if where else ""))
+    sys.exit(code)

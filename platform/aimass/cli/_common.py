@@ -6,11 +6,13 @@ from typing import Any
 
 import typer
 
+from aimass import console
 from aimass.settings import Settings
 
 
 class _State:
     settings: Settings
+    verbose: bool = False
 
 
 state = _State()
@@ -19,16 +21,13 @@ JSON = typer.Option(False, "--json", help="Machine-readable output.")
 
 
 def emit(data: Any, as_json: bool, table: Iterable[str] | None = None) -> None:
-    """Print `data` as JSON, or the human lines in `table` (default: key: value lines)."""
+    """Print `data` as JSON, or the human lines in `table` (default: key: value lines), on the real stdout."""
     if as_json:
-        typer.echo(json.dumps(_plain(data), indent=2, default=str))
+        console.result(json.dumps(_plain(data), indent=2, default=str))
         return
-    if table is not None:
-        for line in table:
-            typer.echo(line)
-        return
-    for k, v in _plain(data).items():
-        typer.echo(f"{k:>16}: {v}")
+    lines = list(table) if table is not None else [f"{k:>16}: {v}" for k, v in _plain(data).items()]
+    if lines:
+        console.result("\n".join(lines))
 
 
 def _plain(data: Any) -> Any:

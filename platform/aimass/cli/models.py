@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import typer
 
+from aimass import console
 from aimass.cli._common import JSON, emit, rows, state
+from aimass.models import METHODS  # aimass.cli imports the aimass package, so this costs nothing more
 
 app = typer.Typer(no_args_is_help=True)
 _COLS = ["ref", "aliases", "family", "method", "parent_version", "dataset", "test_ndcg_at_10", "run_id"]
@@ -71,13 +73,15 @@ def promote(
 def compress(
     name: str,
     version: int,
-    method: str = typer.Option(..., "--method", "-m", help="int8, fp16, bf16, prune, distill, onnx"),
+    method: str = typer.Option(..., "--method", "-m", help=", ".join(METHODS)),
     option: list[str] = typer.Option(None, "--option", "-o", help="key=value (JSON values), repeatable"),
     as_json: bool = JSON,
 ):
     """Make a smaller version of NAME/VERSION; it is registered with VERSION as its parent."""
+    from aimass import models
     from aimass.cli.train import _parse_params
-    from aimass.registry._compress import compress as run
 
-    v = run(name, version, method, settings=state.settings, **_parse_params(option))
+    options = _parse_params(option)
+    console.stage(f"compressing {name}/{version} with {method}; logs: {console.log_path()}")
+    v = models.compress(name, version, method, progress=not as_json, settings=state.settings, **options)
     emit(v, as_json, rows([_row(v)], _COLS) + [f"  {k}: {val:.4f}" for k, val in sorted(v.metrics.items())])

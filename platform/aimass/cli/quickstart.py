@@ -2,7 +2,12 @@ from __future__ import annotations
 
 import typer
 
+from aimass import console
 from aimass.cli._common import JSON, emit, rows, state
+
+# what a newcomer reads in the summary; every metric is in the MLflow run and in --json
+_SHOWN = {"best_val_ndcg@10": "val NDCG@10", "test_ndcg@10": "test NDCG@10", "test_recall@10": "Recall@10",
+          "test_mrr": "MRR"}
 
 
 def quickstart(
@@ -18,10 +23,9 @@ def quickstart(
     from aimass.errors import ConflictError
 
     s = state.settings
-    say = (lambda *_: None) if as_json else typer.echo
-    say(f"[1/6] generating the demo music-streaming log ({users} users, {tracks} tracks)")
+    console.stage(f"[1/6] generating the demo music-streaming log ({users} users, {tracks} tracks)")
     inter, items = datasets.generate_demo(s.home / "demo-data", datasets.DemoConfig(users=users, tracks=tracks))
-    say("[2/6] registering it in the DVC data registry")
+    console.stage("[2/6] registering it in the DVC data registry")
     v = datasets.register("demo", inter, "csv", items=items, settings=s)
     ds = datasets.load(v.ref, settings=s)
     i = ds.interactions
@@ -40,18 +44,16 @@ def quickstart(
         "registry": str(s.registry_path),
         "git_tag": v.git_tag,
     }
-    if not as_json:
-        for k, val in summary.items():
-            typer.echo(f"{k:>16}: {val}")
-    say(f"[3/6] training {family} on {v.ref} with Ray Train ({workers} worker(s), at most {time_budget} min), "
-        "tracked in MLflow")
+    console.stage(f"[3/6] training {family} on {v.ref} with Ray Train ({workers} worker(s), at most {time_budget} "
+                  "min), tracked in MLflow")
     r = training.train(family, v.ref, workers=workers, time_budget_min=time_budget, progress=not as_json,
                        settings=s)
     run = {"run_id": r.run_id, "family": r.family, "epochs": r.epochs, "best_epoch": r.best_epoch,
            "wall_time_s": round(r.wall_time_s, 1), "model_uri": r.model_uri,
            **{k: round(val, 4) for k, val in r.metrics.items()}}
     name = f"demo-{family}"
-    say(f"[4/6] registering the run as model {name!r} in the MLflow registry and promoting it to champion")
+    console.stage(f"[4/6] registering the run as model {name!r} in the MLflow registry and promoting it to "
+                  "champion")
     mv = models.register(r.run_id, name, settings=s)
     try:
         promotion = models.promote(name, mv.version, settings=s).model_dump(mode="json")
@@ -61,12 +63,12 @@ def quickstart(
             promotion = {"promoted": False, "reason": str(e)}
         else:  # no champion yet, and this one failed only the latency budget (a busy machine): the demo
             # needs a champion to serve, so it is forced, which the version's tags record
-            say(f"      {e}; forcing it: there is no champion yet")
+            console.stage(f"      {e}; forcing it: there is no champion yet")
             promotion = models.promote(name, mv.version, force=True, settings=s).model_dump(mode="json")
-    say(f"[5/6] compressing {mv.ref} to int8 (a child version, evaluated on the same split)")
-    small = models.compress(name, mv.version, "int8", settings=s)
+    console.stage(f"[5/6] compressing {mv.ref} to int8 (a child version, evaluated on the same split)")
+    small = models.compress(name, mv.version, "int8", progress=not as_json, settings=s)
     side = [_side(models.show(mv.ref, settings=s), small.metrics, "parent_"), _side(small, small.metrics, "")]
-    say(f"[6/6] deploying {name}@champion on Ray Serve at {s.host} with a new demo API key")
+    console.stage(f"[6/6] deploying {name}@champion on Ray Serve at {s.host} with a new demo API key")
     key, _ = serving.create_key("demo", settings=s)
     d = serving.deploy(f"{name}@champion", endpoint="demo", settings=s)
     curl = serving.curl_example(d, key, user_id=int(i["user_id"].iloc[0]))
@@ -74,19 +76,23 @@ def quickstart(
         emit({"dataset": summary, "training": run, "tracking_uri": s.tracking_uri, "promotion": promotion,
               "models": side, "deployment": d.model_dump(mode="json"), "api_key": key, "curl": curl}, True)
         return
-    for k, val in run.items():
-        typer.echo(f"{k:>20}: {val}")
-    typer.echo("")
-    for line in rows(side, list(side[0])):
-        typer.echo(line)
-    if not promotion["promoted"]:
-        typer.echo(f"champion unchanged: {promotion['reason']}")
-    typer.echo(f"\nMLflow run {r.run_id} in {s.tracking_uri}; browse it with\n"
-               f"  .venv/bin/mlflow ui --backend-store-uri {s.tracking_uri} --host 127.0.0.1 --port 5000\n"
-               f"Models: .venv/bin/aimass models versions {name}\n")
-    typer.echo(f"API: {d.url} ({d.model}/{d.version}, {d.proxy} proxy); OpenAPI at {d.url}/docs.json\n"
-               f"Demo API key (shown once; stored hashed): {key}\nTry it:\n  {curl}\n"
-               f"Stop serving: .venv/bin/aimass deployments shutdown")
+    console.stage(f"logs: {console.log_path()}")
+    metrics = ", ".join(f"{label} {r.metrics[k]:.4f}" for k, label in _SHOWN.items() if k in r.metrics)
+    console.result("\n".join([
+        "",
+        f"dataset  {v.ref}: {v.n_rows:,} plays by {v.n_users:,} users of {v.n_items:,} tracks",
+        f"model    {mv.ref} from MLflow run {r.run_id} ({r.epochs} epochs, {r.wall_time_s:.0f} s): {metrics}",
+        "",
+        *rows(side, list(side[0])),
+        *([f"champion unchanged: {promotion['reason']}"] if not promotion["promoted"] else []),
+        "",
+        f"MLflow   .venv/bin/mlflow ui --backend-store-uri {s.tracking_uri} --host 127.0.0.1 --port 5000",
+        f"API      {d.url} (OpenAPI: {d.url}/docs.json)",
+        f"API key  {key} (shown once; stored hashed)",
+        "Try it:",
+        f"  {curl}",
+        "Stop serving: .venv/bin/aimass deployments shutdown",
+    ]))
 
 
 def _side(v, m: dict, prefix: str) -> dict:

@@ -4,6 +4,7 @@ import json
 
 import typer
 
+from aimass import console
 from aimass.cli._common import JSON, emit, rows, state
 
 runs_app = typer.Typer(no_args_is_help=True)
@@ -40,12 +41,16 @@ def train(
     from aimass.errors import InvalidInputError
 
     if resume:
+        console.stage(f"resuming run {resume} with Ray Train; logs: {console.log_path()}")
         r = training.resume(resume, epochs=epochs, time_budget_min=time_budget, progress=not as_json,
                             settings=state.settings)
     else:
         if not family or not dataset:
             raise InvalidInputError("give FAMILY and --dataset NAME[@vN] (or --resume RUN_ID)")
-        r = training.train(family, dataset, _parse_params(param), workers=workers, gpu=gpu, epochs=epochs,
+        params = _parse_params(param)
+        console.stage(f"training {family} on {dataset} with Ray Train ({workers} worker(s)), tracked in MLflow; "
+                      f"logs: {console.log_path()}")
+        r = training.train(family, dataset, params, workers=workers, gpu=gpu, epochs=epochs,
                            time_budget_min=time_budget, progress=not as_json, settings=state.settings)
     out = {"run_id": r.run_id, "family": r.family, "dataset": r.dataset, "epochs": r.epochs,
            "best_epoch": r.best_epoch, "wall_time_s": round(r.wall_time_s, 1),

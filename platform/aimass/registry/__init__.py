@@ -13,14 +13,15 @@ from datetime import UTC, datetime
 from filelock import FileLock, Timeout
 from pydantic import BaseModel, Field
 
-from aimass.errors import ConflictError, InvalidInputError, NotFoundError
+from aimass.errors import BackendError, ConflictError, InvalidInputError, NotFoundError
 from aimass.settings import Settings, default_settings
+from aimass.tracking import TAG, lineage_of
 
 ALIASES = ("champion", "challenger")
 METHODS = ("int8", "fp16", "bf16", "prune", "distill", "onnx")  # compression, see registry/README.md
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _REF = re.compile(r"^(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[A-Za-z0-9_-]+))?$")
-T = "aimass."  # tag prefix
+T = TAG
 
 
 class ModelVersionInfo(BaseModel):
@@ -44,12 +45,9 @@ class ModelVersionInfo(BaseModel):
 
 
 def _client(s: Settings):
-    from mlflow import MlflowClient
+    from aimass.tracking import client
 
-    from aimass.training._tracking import mlflow_for
-
-    mlflow_for(s)
-    return MlflowClient(tracking_uri=s.tracking_uri)
+    return client(s)
 
 
 def check_name(name: str) -> str:
@@ -94,9 +92,7 @@ def register(run_id: str, name: str, *, settings: Settings | None = None, parent
         if not models:
             raise InvalidInputError(f"run {run_id} has no logged model to register")
         model_uri = f"models:/{models[-1].model_id}"
-    rt = run.data.tags
-    tags = {f"{T}{k}": rt[f"{T}{k}"] for k in ("family", "dataset", "dataset_version", "dataset_ref",
-                                                "dataset_hash") if f"{T}{k}" in rt}
+    tags = lineage_of(run.data.tags)
     tags.update({f"{T}run_id": run_id, f"{T}method": method})
     if parent_version is not None:
         tags[f"{T}parent_version"] = str(parent_version)
@@ -201,20 +197,14 @@ def promote(name: str, version: int, *, alias: str = "champion", force: bool = F
     candidate = get(f"{name}/{version}", settings=s)
     client = _client(s)
     with _lock(s, name, "promote"):
-        try:
-            current = _info(client.get_model_version_by_alias(name, "champion"))
-        except Exception:
-            current = None
+        current = _champion(client, name)
         checks = run_gate(candidate, current, tolerance, latency_budget_ms, metric, settings=s)
         ok = all(c.passed for c in checks)
         if not ok and not force:
             failed = "; ".join(f"{c.check}: {c.detail}" for c in checks if not c.passed)
             raise ConflictError(f"promotion of {name}/{version} to {alias} refused: {failed} (--force overrides)")
-        previous = None
-        try:
-            previous = int(client.get_model_version_by_alias(name, alias).version)
-        except Exception:
-            pass
+        holder = _aliases(client, name).get(alias)
+        previous = int(holder) if holder is not None else None
         client.set_registered_model_alias(name, alias, str(version))
         stamp = datetime.now(UTC).isoformat()
         client.set_model_version_tag(name, str(version), f"{T}promoted_{alias}_at", stamp)
@@ -223,6 +213,41 @@ def promote(name: str, version: int, *, alias: str = "champion", force: bool = F
                                          "; ".join(f"{c.check}: {c.detail}" for c in checks if not c.passed))
     return Promotion(name=name, version=version, alias=alias, promoted=True, forced=force and not ok,
                      previous=previous, checks=checks)
+
+
+def _aliases(client, name: str) -> dict[str, str]:
+    """The model's aliases. Only an alias that is not there means "none yet": a store that cannot be read is
+    an error, never an empty answer."""
+    try:
+        return dict(client.get_registered_model(name).aliases or {})
+    except Exception as e:
+        raise BackendError(f"cannot read the aliases of model {name!r}: {_first_line(e)}") from None
+
+
+def _champion(client, name: str) -> ModelVersionInfo | None:
+    """The current champion, or None when the alias does not exist; any other failure to read it refuses
+    (a gate that took an unreadable champion for no champion would skip its dataset and quality checks)."""
+    try:
+        return _info(client.get_model_version_by_alias(name, "champion"))
+    except Exception as e:
+        cause = e
+    if "champion" not in _aliases(client, name):
+        return None
+    raise BackendError(f"promotion of {name!r} refused: its champion cannot be read: {_first_line(cause)}")
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def compress(name: str, version: int, method: str, *, settings: Settings | None = None, progress: bool = False,
+             **options) -> ModelVersionInfo:
+    """A smaller version of ``name/version`` made by ``method`` (one of METHODS), registered as the next version
+    with ``version`` as its parent; its size, latency and quality deltas are in ``.metrics``. Options: see
+    registry/README.md."""
+    from aimass.registry._compress import compress as run  # torch and the codecs load only when compressing
+
+    return run(name, version, method, settings=settings, progress=progress, **options)
 
 
 def load(ref: str, *, settings: Settings | None = None):

@@ -23,9 +23,9 @@ from torch import nn
 from aimass.errors import InvalidInputError
 from aimass.registry import METHODS
 from aimass.registry import _codecs as C
+from aimass.registry._latency import latency_batches, latency_ms
 from aimass.settings import Settings, default_settings
 
-NEURAL = ("sasrec", "two-tower")
 _COMMON = {"latency_n": int, "seed": int}
 _OPTIONS = {
     "int8": {"head": str, "linear": str},
@@ -40,16 +40,31 @@ _CHOICES = {"head": ("int8", "float"), "linear": ("per_tensor", "per_channel"), 
             "kind": ("unstructured", "structured")}
 
 
+def neural_families() -> list[str]:
+    """The zoo's families with neural weights: what every method but distill applies to."""
+    from aimass.zoo import families, family_class
+
+    return [f for f in families() if family_class(f).is_torch]
+
+
+def distillable_families() -> list[str]:
+    """The zoo's families that can teach a smaller student of their own kind (a ``distill_step`` hook)."""
+    from aimass.zoo import family_class
+
+    return [f for f in neural_families() if hasattr(family_class(f), "distill_step")]
+
+
 def check(method: str, family: str | None, options: dict) -> dict:
     """Refuse what cannot work before anything is loaded or written; returns the typed options."""
     if method not in METHODS:
         raise InvalidInputError(f"unknown compression method {method!r}; known: {', '.join(METHODS)}")
-    if family not in NEURAL:
+    neural = neural_families()
+    if family not in neural:
         raise InvalidInputError(f"compression method {method!r} does not apply to family {family!r}: "
-                                f"it has no neural weights (methods apply to {', '.join(NEURAL)})")
-    if method == "distill" and family != "sasrec":
+                                f"it has no neural weights (methods apply to {', '.join(neural)})")
+    if method == "distill" and family not in distillable_families():
         raise InvalidInputError(f"compression method 'distill' does not apply to family {family!r} "
-                                "(only sasrec has a smaller student architecture)")
+                                f"(only {', '.join(distillable_families())} can teach a smaller student)")
     allowed = {**_COMMON, **_OPTIONS[method]}
     out = {}
     for k, v in options.items():
@@ -118,29 +133,28 @@ def build(method: str, est, family: str, splits, out: Path, opts: dict, progress
 
 def _finetune(cls, module: nn.Module, cfg, sequences, steps: int, lr: float, seed: int,
               budget_s: float | None, after_step=None) -> int:
-    """A short fine-tune through the family's own hooks (training_data, make_optimizer, train_step)."""
+    """A short fine-tune through the family's own hooks and the zoo's one loop (no validation: a fixed
+    number of steps or the time budget)."""
+    from aimass.zoo.trainer import EpochLoop, Limits, make_loader
+
     cfg = cfg.model_copy(update={"lr": lr, "warmup_steps": min(cfg.warmup_steps, max(1, steps // 10)),
                                  "schedule": "cosine"})
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     data = cls.training_data(list(sequences), cfg)
-    loader = torch.utils.data.DataLoader(data, batch_size=cfg.batch_size, shuffle=True, generator=gen)
+    loader, sampler = make_loader(cls, data, cfg, seed=seed)
     opt = cls.make_optimizer(module, cfg)
-    step, epoch, t0 = 0, 0, time.perf_counter()
-    while step < steps:
-        if hasattr(data, "set_epoch"):
-            data.set_epoch(epoch)
-        for batch in loader:
-            if step >= steps or (budget_s and time.perf_counter() - t0 > budget_s):
-                steps = step
-                break
-            cls.train_step(module, batch, cfg, opt, step, step / steps, generator=gen)
-            if after_step is not None:
-                after_step()
-            step += 1
-        epoch += 1
+
+    def step(batch, i, progress):
+        loss = cls.train_step(module, batch, cfg, opt, i, progress, generator=gen)
+        if after_step is not None:
+            after_step()
+        return loss
+
+    st = EpochLoop(Limits(epochs=10**9, time_budget_s=budget_s, max_steps=steps), step,
+                   epoch_hooks=(sampler, data)).run(loader)
     module.eval()
-    return step
+    return st.step
 
 
 def _prune(est, family: str, splits, opts: dict, progress: bool):
@@ -206,18 +220,11 @@ def _distill(teacher_est, splits, opts: dict, progress: bool):
     every position, x T^2) mixed with the hard next-item CE: ``alpha * KL + (1 - alpha) * CE``. With the
     teacher's width, the student starts from the teacher's embeddings, final norm and evenly spaced blocks;
     narrower, from its tables projected on their principal directions (blocks start fresh)."""
-    from aimass.zoo._losses import distill_ce
-    from aimass.zoo.sasrec import (
-        SASRec,
-        SASRecModule,
-        SASRecTrainingData,
-        sasrec_batch_sampler,
-        sasrec_lr,
-        sasrec_ndcg_hr,
-        sasrec_optimizer,
-        sasrec_token_weight,
-        sasrec_trim,
-    )
+    from aimass import console
+    from aimass.zoo import family_class
+    from aimass.zoo.trainer import STOP_METRIC, EpochLoop, Limits, make_loader, snapshot, validation_metrics
+
+    SASRec = family_class("sasrec")
 
     teacher, tcfg = teacher_est.module_.eval(), teacher_est.config_
     n_blocks = opts.get("n_blocks", max(1, tcfg.n_blocks - 1))
@@ -245,7 +252,7 @@ def _distill(teacher_est, splits, opts: dict, progress: bool):
                                    "crop": "random", "seed": seed}
                            ).resolve(n, [len(x) for x in splits.train_sequences])
     torch.manual_seed(seed)
-    student = SASRecModule(n, scfg)
+    student = SASRec.build_module(scfg, n)
     n_params = sum(p.numel() for p in student.parameters())
     if n_params >= (t_params := sum(p.numel() for p in teacher.parameters())):
         raise InvalidInputError(f"student (n_blocks={n_blocks}, dim={dim}, ffn_mult={ffn_mult}) has {n_params:,} "
@@ -265,70 +272,44 @@ def _distill(teacher_est, splits, opts: dict, progress: bool):
             proj = torch.linalg.svd(teacher.item_emb.weight[1:].float(), full_matrices=False).Vh[:dim].T
             student.item_emb.weight.copy_(teacher.item_emb.weight.float() @ proj)
             student.pos_emb.weight.copy_(teacher.pos_emb.weight.float() @ proj)
-    data = SASRecTrainingData(list(splits.train_sequences), scfg)
-    sampler = sasrec_batch_sampler(data, scfg, seed=seed)  # users of similar length: less padding to run
-    loader = torch.utils.data.DataLoader(data, batch_sampler=sampler)
-    opt = sasrec_optimizer(student, scfg)
-    budget = opts.get("time_budget_s")
-    bf16 = bool(scfg.bf16)  # as the teacher was trained: bf16 products where the CPU has them
-    step, t0, losses = 0, time.perf_counter(), []
-    epoch, history, best, best_state, best_epoch = 0, [], -1.0, None, None
+    data = SASRec.training_data(list(splits.train_sequences), scfg)
+    loader, sampler = make_loader(SASRec, data, scfg, seed=seed)  # users of similar length: less padding
+    opt = SASRec.make_optimizer(student, scfg)
     valid = None
     if len(splits.val_targets):  # at most 2,048 validation users, as training uses: an epoch's check stays cheap
         pick = np.sort(np.random.default_rng(seed).permutation(len(splits.val_targets))[:2048])
         valid = ([splits.val_histories[i] for i in pick], np.asarray(splits.val_targets)[pick])
-    while step < steps and not (budget and time.perf_counter() - t0 > budget):
-        sampler.set_epoch(epoch)
-        # a new random window of long histories each epoch: the teacher is asked about more contexts
-        data.set_epoch(epoch)
-        epoch += 1
-        first = step
-        for batch in loader:
-            if step >= steps or (budget and time.perf_counter() - t0 > budget):
-                break
-            inputs, targets = sasrec_trim(*batch)
-            # the cosine follows whichever runs out first, the steps or the time budget
-            done = max(step / steps, (time.perf_counter() - t0) / budget if budget else 0.0)
-            for g in opt.param_groups:
-                g["lr"] = sasrec_lr(scfg, step, min(done, 1.0))
-            keep = targets != 0
-            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                t_hidden = teacher(inputs)[keep]
-            student.train()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                hidden = student(inputs)[keep]
-            loss = distill_ce(hidden, targets[keep], student.item_emb.weight, t_hidden,
-                              teacher.item_emb.weight.detach(),
-                              T, alpha, chunk=512, matmul_dtype=torch.bfloat16 if bf16 else torch.float32)
-            # each token weighs the same whether its batch holds short or long users (as in sasrec_loss)
-            loss = loss * sasrec_token_weight(int(keep.sum()), len(inputs), scfg)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(student.parameters(), 5.0)
-            opt.step()
-            losses.append(loss.item())
-            step += 1
-            if progress and step % 50 == 0:
-                print(f"distill step {step}/{steps} loss {np.mean(losses[-50:]):.4f} "
-                      f"({time.perf_counter() - t0:.0f}s)", flush=True)
-        if valid is not None and step > first:
-            # the student kept is its best validation epoch, as in training (a cosine tail can overshoot)
-            ndcg = sasrec_ndcg_hr(SASRec.score_module(student, valid[0], scfg), *valid)[0]
-            ndcg = round(ndcg, 5) if np.isfinite(ndcg) else -1.0  # a diverged epoch is never the best
-            history.append({"epoch": epoch, "step": step, "val_ndcg10": ndcg})
-            if ndcg > best:
-                best, best_state, best_epoch = ndcg, copy.deepcopy(student.state_dict()), epoch
-            if progress:
-                print(f"distill epoch {epoch} step {step} val NDCG@10 {ndcg:.4f} (best {best:.4f}, "
-                      f"{time.perf_counter() - t0:.0f}s)", flush=True)
-        if step == first:
-            break  # nothing to train on (or the budget ran out before this epoch's first step)
-    if best_state is not None:
-        student.load_state_dict(best_state)
+    kept: dict = {}
+    bar = console.progress(total=steps, desc="distilling", unit="step", disable=not progress)
+
+    def step(batch, i, done):
+        bar.update()
+        return SASRec.distill_step(student, teacher, batch, scfg, opt, i, done, T, alpha)
+
+    def validate():
+        return validation_metrics(lambda h: SASRec.score_module(student, h, scfg), valid[0], valid[1], n)
+
+    def on_epoch(metrics, st, improved):
+        bar.set_postfix(epoch=st.epoch, best_val_ndcg=f"{max(st.best, 0):.4f}")
+
+    # the student kept is its best validation epoch, as in training (a cosine tail can overshoot); the
+    # schedule follows whichever runs out first, the steps or the time budget
+    loop = EpochLoop(Limits(epochs=10**9, time_budget_s=opts.get("time_budget_s"), max_steps=steps), step,
+                     validate=validate if valid else None, on_epoch=on_epoch,
+                     keep_best=lambda: kept.update(state=snapshot(student)), epoch_hooks=(sampler, data))
+    t0 = time.perf_counter()
+    try:
+        st = loop.run(loader)
+    finally:
+        bar.close()
+    if "state" in kept:
+        student.load_state_dict(kept["state"])
     student.eval()
-    details = {"steps": step, "temperature": T, "alpha": alpha, "init_from_teacher": init,
-               "train_s": round(time.perf_counter() - t0, 1), "final_loss": float(np.mean(losses[-50:]))
-               if losses else None, "history": history, "best_epoch": best_epoch}
+    history = [{"epoch": h["epoch"], "step": h["step"], STOP_METRIC: h.get(STOP_METRIC)} for h in st.history]
+    details = {"steps": st.step, "temperature": T, "alpha": alpha, "init_from_teacher": init,
+               "train_s": round(time.perf_counter() - t0, 1),
+               "final_loss": st.history[-1]["loss"] if st.history else None, "history": history,
+               "best_epoch": st.best_epoch if valid else None}
     return student, scfg, details
 
 
@@ -347,24 +328,6 @@ def _copy_block(src: nn.Module, dst: nn.Module) -> None:
 
 
 # ------------------------------------------------------------------------------------------- measuring
-
-def latency_ms(score, batches: list[list[np.ndarray]], warmup: int = 3) -> dict:
-    """p50/p99 of one ``score`` call over the given batches (the same for every model compared)."""
-    for b in batches[:warmup]:
-        score(b)
-    times = []
-    for b in batches:
-        t0 = time.perf_counter()
-        score(b)
-        times.append((time.perf_counter() - t0) * 1000)
-    return {"p50": float(np.percentile(times, 50)), "p99": float(np.percentile(times, 99))}
-
-
-def latency_batches(histories, n: int, seed: int = 0) -> dict[int, list]:
-    rng = np.random.default_rng(seed)
-    return {b: [[histories[i] for i in rng.integers(0, len(histories), b)] for _ in range(count)]
-            for b, count in ((1, n), (64, max(10, n // 5)))}
-
 
 def measure(parent_score, child_score, splits, n_items: int, latency_n: int = 200, seed: int = 0,
             parent: dict | None = None) -> tuple[dict, dict]:
@@ -402,13 +365,14 @@ def compress(name: str, version: int, method: str, *, settings: Settings | None 
     ``time_budget_s``; distill ``n_blocks`` (teacher's - 1), ``dim``, ``n_heads``, ``ffn_mult`` (2x the
     teacher's where the student stays smaller), ``temperature`` (1), ``alpha`` (0.5), ``steps`` (500), ``lr``
     (0.002), ``batch_size``, ``time_budget_s`` (validated every epoch, the best
-    epoch kept, its curve logged as ``distill_val_ndcg10``); onnx ``check_users`` (256), ``opset`` (17).
+    epoch kept, its curve logged as ``distill_val_ndcg_at_10``); onnx ``check_users`` (256), ``opset`` (17).
     Logged metrics: test_ndcg_at_10, test_recall_at_10, size_bytes, latency_b{1,64}_p{50,99}_ms, the
     parent's as parent_*, delta_test_*_rel ((child - parent) / parent), speedup_b1/_b64 (parent p50 /
     child p50) and size_ratio (parent bytes / child bytes: how many times smaller)."""
     from aimass import datasets, registry
     from aimass.evaluation import make_splits
-    from aimass.training._tracking import metric_key, mlflow_for
+    from aimass.tracking import TAG, lineage_of, log_model, metric_key, mlflow_for
+    from aimass.zoo.trainer import STOP_METRIC
 
     s = settings or default_settings()
     info = registry.get(f"{name}/{int(version)}", settings=s)
@@ -419,8 +383,7 @@ def compress(name: str, version: int, method: str, *, settings: Settings | None 
     if not info.dataset:
         raise InvalidInputError(f"{info.ref} records no dataset version to evaluate on")
     ds = datasets.load(info.dataset, settings=s)
-    protocol = "ml1m-seq" if "split" in ds.interactions.columns else "leave-one-out"
-    splits = make_splits(ds.interactions, protocol)
+    splits = make_splits(ds.interactions)
     parent = registry.load(info.ref, settings=s)
     est = parent.estimator
     if splits.n_items != est.n_items_:
@@ -449,40 +412,25 @@ def compress(name: str, version: int, method: str, *, settings: Settings | None 
             metrics["n_parameters"] = child.n_parameters
         mlflow = mlflow_for(s)
         with mlflow.start_run(run_name=f"compress-{name}-v{version}-{method}") as run:
-            mlflow.set_tags({k: parent_tags[k] for k in (
-                "aimass.family", "aimass.dataset", "aimass.dataset_version", "aimass.dataset_ref",
-                "aimass.dataset_hash") if k in parent_tags})
+            mlflow.set_tags(lineage_of(parent_tags))
             history = meta.get("distill", {}).get("history", [])
             brief = {k: v for k, v in meta.items() if k not in ("config", "shapes")}
             if history:  # the per-epoch curve goes in as a metric series (a chart), not into the tag
                 brief["distill"] = {k: v for k, v in meta["distill"].items() if k != "history"}
-            mlflow.set_tags({"aimass.parent_model": info.ref, "aimass.method": method,
-                             "aimass.compress_meta": json.dumps(brief)[:4000]})
+            mlflow.set_tags({f"{TAG}parent_model": info.ref, f"{TAG}method": method,
+                             f"{TAG}compress_meta": json.dumps(brief)[:4000]})
             for r in history:
-                mlflow.log_metric("distill_val_ndcg10", r["val_ndcg10"], step=r["step"])
-            mlflow.log_params({"method": method, "parent": info.ref, "protocol": protocol,
+                if r.get(STOP_METRIC) is not None:
+                    mlflow.log_metric(metric_key(f"distill_{STOP_METRIC}"), r[STOP_METRIC], step=r["step"])
+            mlflow.log_params({"method": method, "parent": info.ref, "protocol": splits.protocol,
                                **{f"option.{k}": v for k, v in opts.items()}})
             mlflow.log_metrics({metric_key(k): float(v) for k, v in metrics.items()})
             mlflow.log_metrics({f"parent_{k}": float(v) for k, v in pmetrics.items()})
-            model_info = _log_model(mlflow, folder, parent.item_ids, info.family, method, splits)
+            from aimass.registry._pyfunc import CompressedRecommender
+
+            hist = np.asarray(splits.test_histories[0][-5:]) if len(splits.test_histories) else []
+            example = [int(x) for x in parent.item_ids[np.asarray(hist, dtype=np.int64) - 1]]
+            model_info = log_model(mlflow, folder, parent.item_ids, info.family, example,
+                                   model_class=CompressedRecommender, method=method)
         return registry.register(run.info.run_id, name, parent_version=int(version), method=method,
                                  model_uri=model_info.model_uri, settings=s)
-
-
-def _log_model(mlflow, folder: Path, item_ids: np.ndarray, family: str, method: str, splits):
-    import pandas as pd
-    from mlflow.models import infer_signature
-
-    from aimass.registry._pyfunc import CompressedRecommender
-
-    ids_file = folder.parent / "item_ids.npy"
-    np.save(ids_file, np.asarray(item_ids, dtype=np.int64))
-    fam = folder.parent / "family.json"
-    fam.write_text(json.dumps({"family": family, "method": method}))
-    hist = np.asarray(splits.test_histories[0][-5:]) if len(splits.test_histories) else np.zeros(0, np.int64)
-    example = pd.DataFrame({"history": [[int(x) for x in item_ids[hist - 1]]], "k": [10]})
-    output = CompressedRecommender.from_files(folder, ids_file, family).recommend(example)
-    return mlflow.pyfunc.log_model(
-        name="model", python_model=str(Path(__file__).with_name("_pyfunc.py")),
-        artifacts={"model": str(folder), "item_ids": str(ids_file), "family": str(fam)},
-        signature=infer_signature(example, output), input_example=example, pip_requirements=["aimass"])

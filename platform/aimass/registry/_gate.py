@@ -1,8 +1,6 @@
 """The promotion gate's checks. Each returns pass/fail with the numbers behind it."""
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
 from aimass.settings import Settings
@@ -37,17 +35,10 @@ def run_gate(candidate, champion, tolerance: float, latency_budget_ms: float, me
 def scoring_latency_ms(info, settings: Settings, n: int = 200, batch: int = 1) -> dict:
     """p50/p99 of one `score` call on CPU, on histories drawn from the model's own catalogue."""
     from aimass.registry import load
+    from aimass.registry._latency import latency_ms
 
     model = load(info.ref, settings=settings)
-    est = model.estimator
     rng = np.random.default_rng(0)
     n_items = len(model.item_ids)
     histories = [rng.integers(1, n_items + 1, size=rng.integers(5, 50)) for _ in range(batch)]
-    for _ in range(5):
-        est.score(histories)
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        est.score(histories)
-        times.append((time.perf_counter() - t0) * 1000)
-    return {"p50": float(np.percentile(times, 50)), "p99": float(np.percentile(times, 99))}
+    return latency_ms(model.estimator.score, [histories] * n, warmup=5)

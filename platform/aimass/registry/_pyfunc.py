@@ -8,7 +8,7 @@ from pathlib import Path
 import mlflow.pyfunc
 import numpy as np
 
-from aimass.training._pyfunc import AimassRecommender
+from aimass.tracking.pyfunc import AimassRecommender
 
 
 class CompressedRecommender(AimassRecommender):

@@ -83,7 +83,7 @@ def resume(run_id: str, *, epochs: int | None = None, time_budget_min: float | N
            progress: bool = True, settings: Settings | None = None) -> TrainResult:
     """Continue a stopped job from its last checkpoint, in the same MLflow run."""
     from aimass import datasets
-    from aimass.training._tracking import mlflow_for
+    from aimass.tracking import mlflow_for
     from aimass.zoo import family_class
 
     s = settings or default_settings()
@@ -99,7 +99,10 @@ def resume(run_id: str, *, epochs: int | None = None, time_budget_min: float | N
     cls = family_class(job["family"])
     _check_params(cls, job["params"], epochs)
     ds = datasets.load(job["dataset"], settings=s)
+    # exactly the validation users of the run it continues: same cap, same seed, same dataset version
     data, splits = _prepare(ds, job["max_val_users"], job["params"].get("seed", 0))
+    if job.get("val_users_sha1") and job["val_users_sha1"] != _users_digest(splits.val_users):
+        raise InvalidInputError(f"run {run_id} validated on other users than {ds.ref} now gives: cannot resume")
     if job.get("item_text"):
         data["item_features"] = _text_features(s, ds, splits, progress)
     return _run(s, cls, job["family"], ds.info, job["params"], data, splits, job["workers"], job["gpu"],
@@ -117,21 +120,30 @@ def _check_params(cls, params: dict, epochs: int | None) -> None:
 
 
 def _prepare(ds, max_val_users: int | None, seed: int) -> tuple[dict, object]:
-    from aimass.evaluation import make_splits
+    """Splits and the data a job ships to its workers. ``max_val_users`` caps leave-one-out validation (a
+    protocol with its own validation users, ``ml1m-seq``, keeps them all); ``data["max_val_users"]`` is
+    the cap really applied, which the job record keeps for a resume."""
+    from aimass.evaluation import make_splits, protocol_for
 
-    protocol = "ml1m-seq" if "split" in ds.interactions.columns else "leave-one-out"
     if ds.interactions.empty:
         raise InvalidInputError(f"{ds.ref} has no interactions to train on")
-    splits = make_splits(ds.interactions, protocol, max_val_users=None if protocol == "ml1m-seq"
-                         else max_val_users, seed=seed)
+    protocol = protocol_for(ds.interactions)
+    cap = None if protocol == "ml1m-seq" else max_val_users
+    splits = make_splits(ds.interactions, protocol, max_val_users=cap, seed=seed)
     if len(splits.val_users) < MIN_EVAL_USERS or len(splits.test_users) < MIN_EVAL_USERS:
         raise InvalidInputError(
             f"{ds.ref} has too few interactions per user: {len(splits.val_users)} users have the 3 or more "
             f"interactions that training, validation and test need (at least {MIN_EVAL_USERS} required)")
     data = {"n_items": splits.n_items, "train": [np.asarray(x) for x in splits.train_sequences],
             "val_histories": [np.asarray(x) for x in splits.val_histories],
-            "val_targets": np.asarray(splits.val_targets), "protocol": protocol}
+            "val_targets": np.asarray(splits.val_targets), "protocol": protocol, "max_val_users": cap}
     return data, splits
+
+
+def _users_digest(users) -> str:
+    import hashlib
+
+    return hashlib.sha1(np.asarray(users, dtype=np.int64).tobytes()).hexdigest()
 
 
 def _latest_checkpoint(s: Settings, run_id: str) -> Path | None:
@@ -143,7 +155,7 @@ def _latest_checkpoint(s: Settings, run_id: str) -> Path | None:
 
 def _run(s, cls, family, info, params, data, splits, workers, gpu, epochs, budget_min, progress, resume):
     from aimass import _ray
-    from aimass.training._tracking import log_model, metric_key, mlflow_for
+    from aimass.tracking import TAG, lineage_tags, log_model, metric_key, mlflow_for
 
     ray = _ray.init(s)
     resources = ray.cluster_resources()
@@ -155,8 +167,8 @@ def _run(s, cls, family, info, params, data, splits, workers, gpu, epochs, budge
                                 f"{int(resources.get('CPU', 0))} CPUs")
     mlflow = mlflow_for(s)
     job = {"family": family, "dataset": info.ref, "params": params, "workers": workers, "gpu": gpu,
-           "epochs": epochs, "max_val_users": None if data["protocol"] == "ml1m-seq" else 2048,
-           "item_text": data.get("item_features") is not None}
+           "epochs": epochs, "max_val_users": data["max_val_users"],
+           "val_users_sha1": _users_digest(splits.val_users), "item_text": data.get("item_features") is not None}
     if resume:
         active = mlflow.start_run(run_id=resume[0])
     else:
@@ -164,9 +176,7 @@ def _run(s, cls, family, info, params, data, splits, workers, gpu, epochs, budge
         mlflow.log_params({"family": family, "workers": workers, "gpu": gpu, "epochs": epochs,
                            "protocol": data["protocol"], "item_text": job["item_text"],
                            **{f"param.{k}": v for k, v in params.items()}})
-        mlflow.set_tags({"aimass.family": family, "aimass.dataset": info.name,
-                         "aimass.dataset_version": str(info.version), "aimass.dataset_ref": info.ref,
-                         "aimass.dataset_hash": info.content_hash, "aimass.job": json.dumps(job)})
+        mlflow.set_tags({**lineage_tags(family, info), f"{TAG}job": json.dumps(job)})
     run_id = active.info.run_id
     started = time.time()
     try:
@@ -187,7 +197,7 @@ def _run(s, cls, family, info, params, data, splits, workers, gpu, epochs, budge
             mlflow.log_metrics({metric_key(k): v for k, v in metrics.items()})
             example = [int(x) for x in splits.item_ids[np.asarray(splits.test_histories[0][-5:]) - 1]]
             info_model = log_model(mlflow, model_dir, splits.item_ids, family, example)
-        mlflow.set_tag("aimass.best_epoch", state["best_epoch"])
+        mlflow.set_tag(f"{TAG}best_epoch", state["best_epoch"])
         mlflow.end_run("FINISHED")
     except BaseException as e:
         mlflow.end_run("FAILED" if not isinstance(e, KeyboardInterrupt) else "KILLED")
@@ -230,12 +240,14 @@ def count_parameters(est) -> int:
 def _fit(s, ray, cls, family, data, params, run_id, workers, gpu, epochs, budget_min, progress, resume_from):
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
+    from ray.util.queue import Queue
 
     from aimass.training._loop import worker_loop
 
+    queue = Queue(maxsize=1000, actor_options={"num_cpus": 0}) if progress else None
     config = {"family": family, "params": params, "data_ref": ray.put(data), "seed": params.get("seed", 0),
-              "epochs": epochs, "time_budget_s": budget_min * 60 if budget_min else None, "progress": progress,
-              "tracking_uri": s.tracking_uri, "run_id": run_id,
+              "epochs": epochs, "time_budget_s": budget_min * 60 if budget_min else None,
+              "progress_queue": queue, "tracking_uri": s.tracking_uri, "run_id": run_id,
               # Train V2 dropped resume_from_checkpoint: the loop reads the folder itself
               "resume_from": str(resume_from) if resume_from else None,
               "threads_per_worker": max(1, int(ray.cluster_resources().get("CPU", 1)) // workers)}
@@ -249,7 +261,54 @@ def _fit(s, ray, cls, family, data, params, run_id, workers, gpu, epochs, budget
                              # core (a training step went from 0.8 s to 3 s here); passive waiting does not
                              worker_runtime_env={"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}}),
     )
-    return trainer.fit()
+    if queue is None:
+        return trainer.fit()
+    with _ProgressBar(queue, family, epochs or getattr(cls.Config(), "epochs", 1)):
+        return trainer.fit()
+
+
+class _ProgressBar:
+    """The driver's one bar for a job (step, epoch, best validation NDCG@10, ETA), fed by rank 0 through a
+    Ray queue, so it works the same when the workers run on other machines of a cluster."""
+
+    def __init__(self, queue, family: str, epochs: int):
+        import threading
+
+        self.queue, self.family, self.epochs = queue, family, epochs
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.done.set()
+        self.thread.join(timeout=5)
+        self.queue.shutdown(force=True)
+
+    def _run(self) -> None:
+        from aimass import console
+
+        bar = console.progress(desc=f"training {self.family}", unit="step")
+        best = None
+        try:
+            while not self.done.is_set():
+                try:
+                    msg = self.queue.get(timeout=0.5)
+                except Exception:  # queue.Empty, or the queue's actor is gone at the end
+                    continue
+                if msg.get("expected"):
+                    bar.total = msg["expected"]
+                if msg.get("best", -1.0) >= 0:
+                    best = msg["best"]
+                bar.n = msg["step"]
+                post = {"epoch": f"{min(msg['epoch'], self.epochs)}/{self.epochs}"}
+                if best is not None:
+                    post["best_val_ndcg@10"] = f"{best:.4f}"
+                bar.set_postfix(post, refresh=True)
+        finally:
+            bar.close()
 
 
 def _final_metrics(est, splits) -> dict:

@@ -76,6 +76,7 @@ class ItemKNN:
 
     def fit(self, sequences: list[np.ndarray], n_items: int, *, valid=None, item_features=None,
             progress: bool = False) -> ItemKNN:
+        self.Config(**self.params)  # bad params are refused before the data is read
         cfg = self.resolve_config(n_items, [len(s) for s in sequences])
         return self.adopt_stats(self.sufficient_stats(sequences, cfg, n_items), cfg, n_items)
 

@@ -17,11 +17,8 @@ Sequences are left-padded with 0; item ids are dense 1..n_items.
 """
 from __future__ import annotations
 
-import copy
 import json
-import logging
 import math
-import time
 from pathlib import Path
 from typing import Literal
 
@@ -32,8 +29,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from aimass.zoo import _losses
-
-log = logging.getLogger(__name__)
 
 
 class SASRecConfig(BaseModel):
@@ -351,15 +346,31 @@ def sasrec_train_step(module, batch, cfg: SASRecConfig, optimizer, step: int = 0
     return float(loss.detach())
 
 
-def sasrec_ndcg_hr(scores: np.ndarray, histories: list[np.ndarray], targets: np.ndarray, k: int = 10):
-    """Mean NDCG@k and HR@k of ``targets`` over all items, history excluded, ties against the target."""
-    s = np.array(scores, dtype=np.float32, copy=True)
-    for row, h in zip(s, histories, strict=True):
-        row[np.asarray(h, dtype=np.int64)] = -np.inf
-    t = s[np.arange(len(s)), targets][:, None]
-    rank = (s >= t).sum(1) - 1  # 0-based; equal scores rank ahead of the target
-    hit = rank < k
-    return float(np.where(hit, 1 / np.log2(rank + 2), 0).mean()), float(hit.mean())
+def sasrec_distill_step(student, teacher, batch, cfg: SASRecConfig, optimizer, step: int, progress: float,
+                        temperature: float, alpha: float) -> float:
+    """One distillation step of ``student`` on ``teacher``'s soft targets: ``alpha * T^2 * KL + (1 - alpha) *
+    CE`` over the whole catalogue at every position, fused and chunked (_losses.distill_ce), in bf16 where
+    ``cfg.bf16`` says so (as the teacher trained)."""
+    inputs, targets = sasrec_trim(*batch)
+    for g in optimizer.param_groups:
+        g["lr"] = sasrec_lr(cfg, step, progress)
+    bf16 = bool(cfg.bf16) and inputs.device.type == "cpu"
+    keep = targets != 0
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        t_hidden = teacher(inputs)[keep]
+    student.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        hidden = student(inputs)[keep]
+    loss = _losses.distill_ce(hidden, targets[keep], student.item_emb.weight, t_hidden,
+                              teacher.item_emb.weight.detach(), temperature, alpha, chunk=512,
+                              matmul_dtype=torch.bfloat16 if bf16 else torch.float32)
+    # each token weighs the same whether its batch holds short or long users (as in sasrec_loss)
+    loss = loss * sasrec_token_weight(int(keep.sum()), len(inputs), cfg)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(student.parameters(), 5.0)
+    optimizer.step()
+    return float(loss.detach())
 
 
 class SASRec:
@@ -388,6 +399,7 @@ class SASRec:
     batch_sampler = staticmethod(sasrec_batch_sampler)
     make_optimizer = staticmethod(sasrec_optimizer)
     train_step = staticmethod(sasrec_train_step)
+    distill_step = staticmethod(sasrec_distill_step)  # a smaller SASRec learns from a trained one
 
     @staticmethod
     @torch.no_grad()
@@ -414,60 +426,13 @@ class SASRec:
 
     # ---- estimator ---------------------------------------------------------------------------------------
 
-    def fit(self, sequences: list[np.ndarray], n_items: int, *, valid=None, progress: bool = True) -> SASRec:
-        from tqdm.auto import tqdm
+    def fit(self, sequences: list[np.ndarray], n_items: int, *, valid=None, item_features=None,
+            progress: bool = False) -> SASRec:
+        """Train in this process (the same loop a Ray Train worker runs); ``valid`` = (histories, targets)
+        picks the best epoch and drives early stopping. ``item_features`` are not used by this family."""
+        from aimass.zoo.trainer import fit_neural
 
-        cfg = self.resolve_config(n_items, [len(s) for s in sequences])
-        torch.manual_seed(cfg.seed)
-        gen = torch.Generator().manual_seed(cfg.seed)
-        self.adopt(self.build_module(cfg, n_items), cfg, n_items)
-        module = self.module_
-        data = self.training_data(sequences, cfg)
-        if len(data) == 0:
-            raise ValueError("no training example: every sequence has fewer than 2 items")
-        sampler = self.batch_sampler(data, cfg, seed=cfg.seed)
-        loader = torch.utils.data.DataLoader(data, batch_sampler=sampler)
-        opt = self.make_optimizer(module, cfg)
-        total = cfg.epochs * len(loader)
-        self.history_, self.best_epoch_, best, best_state, bad, step = [], 0, -1.0, None, 0, 0
-        start = time.perf_counter()
-        bar = tqdm(total=total, disable=not progress, desc="SASRec", unit="batch")
-        for epoch in range(cfg.epochs):
-            data.set_epoch(epoch)
-            sampler.set_epoch(epoch)
-            losses = []
-            for batch in loader:
-                elapsed = time.perf_counter() - start
-                if cfg.time_budget_s is not None and elapsed >= cfg.time_budget_s and losses:
-                    break  # the budget is a hard limit: stop mid-epoch, validate, keep the best
-                # with a time budget the cosine schedule runs on wall time, so it ends when the budget does
-                prog = max(step / total, elapsed / cfg.time_budget_s if cfg.time_budget_s else 0.0)
-                losses.append(self.train_step(module, batch, cfg, opt, step, prog, gen))
-                step += 1
-                bar.update(1)
-                bar.set_postfix(epoch=epoch + 1, loss=f"{losses[-1]:.4f}", best=f"{max(best, 0):.4f}")
-            rec = {"epoch": epoch + 1, "loss": float(np.mean(losses)),
-                   "elapsed_s": time.perf_counter() - start}
-            if valid is not None:
-                rec["val_ndcg10"], rec["val_hr10"] = sasrec_ndcg_hr(self.score(valid[0]), valid[0], valid[1])
-                if rec["val_ndcg10"] > best:
-                    best, bad, self.best_epoch_ = rec["val_ndcg10"], 0, epoch + 1
-                    best_state = copy.deepcopy(module.state_dict())
-                else:
-                    bad += 1
-            else:
-                self.best_epoch_ = epoch + 1
-            self.history_.append(rec)
-            log.info("SASRec %s", " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
-                                            for k, v in rec.items()))
-            out_of_time = cfg.time_budget_s is not None and time.perf_counter() - start >= cfg.time_budget_s
-            if out_of_time or (cfg.patience is not None and bad >= cfg.patience):
-                break
-        bar.close()
-        if best_state is not None:
-            module.load_state_dict(best_state)  # early stopping keeps the best validation epoch
-        module.eval()
-        return self
+        return fit_neural(self, sequences, n_items, valid=valid, progress=progress)
 
     def score(self, histories: list[np.ndarray], batch_size: int = 256) -> np.ndarray:
         """float32 [n, n_items + 1] next-item scores (column 0 = -inf); history items are NOT masked."""

@@ -17,10 +17,8 @@ are a constant buffer, so such a loop may pass ``broadcast_buffers=False``. Ids:
 """
 from __future__ import annotations
 
-import copy
 import json
 import math
-import time
 from pathlib import Path
 from typing import Literal
 
@@ -309,60 +307,13 @@ class TwoTower:
 
     # ---- estimator ---------------------------------------------------------------------------------------
     def fit(self, sequences: list[np.ndarray], n_items: int, *, valid=None, item_features=None,
-            progress: bool = True) -> TwoTower:
-        from tqdm.auto import tqdm
+            progress: bool = False) -> TwoTower:
+        """Train in this process (the same loop a Ray Train worker runs); ``valid`` = (histories, targets)
+        picks the best epoch and drives early stopping; ``item_features`` [n_items + 1, F] feed the item
+        tower."""
+        from aimass.zoo.trainer import fit_neural
 
-        from aimass.evaluation import evaluate
-
-        cfg = self.resolve_config(n_items, [len(s) for s in sequences])
-        torch.manual_seed(cfg.seed)
-        gen = torch.Generator().manual_seed(cfg.seed)
-        module = self.build_module(cfg, n_items, item_features)
-        data = self.training_data(sequences, cfg)
-        if len(data) == 0:
-            raise ValueError("no training example: every sequence has fewer than 2 items")
-        loader = torch.utils.data.DataLoader(data, batch_size=cfg.batch_size, shuffle=True, generator=gen)
-        opt = self.make_optimizer(module, cfg)
-        self.history_, self.best_epoch_ = [], 0
-        total, best, best_state, bad, step = cfg.epochs * len(loader), -1.0, None, 0, 0
-        start = time.perf_counter()
-        bar = tqdm(total=total, disable=not progress, desc="TwoTower", unit="batch")
-        for epoch in range(cfg.epochs):
-            data.set_epoch(epoch)
-            losses = []
-            for batch in loader:
-                elapsed = time.perf_counter() - start
-                if cfg.time_budget_s is not None and elapsed >= cfg.time_budget_s and losses:
-                    break
-                # with a time budget the cosine schedule runs on wall time, so it ends when the budget does
-                prog = max(step / total, elapsed / cfg.time_budget_s if cfg.time_budget_s else 0.0)
-                losses.append(self.train_step(module, batch, cfg, opt, step, prog, gen))
-                step += 1
-                bar.update(1)
-                bar.set_postfix(epoch=epoch + 1, loss=f"{losses[-1]:.4f}", best=f"{max(best, 0):.4f}")
-            rec = {"epoch": epoch + 1, "loss": float(np.mean(losses)),
-                   "elapsed_s": time.perf_counter() - start}
-            if valid is not None:
-                m = evaluate(lambda h: self.score_module(module, h, cfg), valid[0], valid[1], n_items)
-                rec["val_ndcg10"], rec["val_hr10"] = m["ndcg@10"], m["recall@10"]
-                if rec["val_ndcg10"] > best:
-                    best, bad, self.best_epoch_ = rec["val_ndcg10"], 0, epoch + 1
-                    best_state = copy.deepcopy(module.state_dict())
-                else:
-                    bad += 1
-            else:
-                self.best_epoch_ = epoch + 1
-            self.history_.append(rec)
-            if progress:
-                bar.write(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
-                                   for k, v in rec.items()))
-            out_of_time = cfg.time_budget_s is not None and time.perf_counter() - start >= cfg.time_budget_s
-            if out_of_time or (cfg.patience is not None and bad >= cfg.patience):
-                break
-        bar.close()
-        if best_state is not None:
-            module.load_state_dict(best_state)  # early stopping keeps the best validation epoch
-        return self.adopt(module, cfg, n_items)
+        return fit_neural(self, sequences, n_items, valid=valid, item_features=item_features, progress=progress)
 
     def score(self, histories: list[np.ndarray], batch_size: int = 256) -> np.ndarray:
         """float32 [n, n_items + 1] next-item scores (column 0 = -inf); history items are NOT masked."""

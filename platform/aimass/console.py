@@ -1,0 +1,143 @@
+"""What a person sees: one line per stage, one progress bar (with ETA) for long work, then the result.
+Everything else (library logs, warnings, Ray worker output, subprocesses' chatter) goes to a log file in
+the home, whose path is printed; ``--verbose`` shows it all as well.
+
+An entry point (the CLI) calls :func:`setup` once. Until then (the SDK inside a user's own program) the
+streams are the process's own and nothing is redirected.
+
+    >>> console.stage("[3/6] training sasrec")         # one line, on the real stdout (never with --json)
+    >>> with console.progress(total=100, desc="train") as bar: bar.update()
+"""
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import IO, Any
+
+_ROTATE_BYTES = 20 * 2**20  # past this the log starts afresh; the previous one is kept as aimass.log.1
+
+# Read by libraries in this process and inherited by every child (Ray workers, DVC, `ray start`), so they are
+# set before any of those start; only an entry point may change the environment.
+_QUIET_ENV = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+
+
+class _Console:
+    real_out: IO[str] | None = None  # what the person reads (results, JSON); None: sys.stdout at the time
+    real_err: IO[str] | None = None  # progress bars and one-line errors; None: sys.stderr at the time
+    log_path: Path | None = None
+    verbose: bool = True
+    json: bool = False
+
+
+_c = _Console()
+
+
+def out() -> IO[str]:
+    return _c.real_out or sys.stdout
+
+
+def err() -> IO[str]:
+    return _c.real_err or sys.stderr
+
+
+def setup(home: Path, *, verbose: bool = False, as_json: bool = False) -> Path:
+    """Send file descriptors 1 and 2 (so every library, subprocess and Ray worker that writes to them) to
+    ``home/logs/aimass.log``, keeping the real terminal streams for :func:`stage`, :func:`progress` and
+    :func:`result`. With ``verbose`` the log is also copied to the real stderr, never to stdout, so that with
+    ``as_json`` stdout carries only the JSON. Idempotent; returns the log's path."""
+    if _c.log_path is not None:
+        return _c.log_path
+    path = Path(home) / "logs" / "aimass.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and path.stat().st_size > _ROTATE_BYTES:
+        path.replace(path.with_name(path.name + ".1"))
+    for k, v in _QUIET_ENV.items():
+        os.environ.setdefault(k, v)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # os.dup's copies are not inherited: only this process can write to the terminal directly, and a child
+    # that outlives it cannot hold a caller's pipe open
+    _c.real_out = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8", errors="replace")
+    _c.real_err = os.fdopen(os.dup(2), "w", buffering=1, encoding="utf-8", errors="replace")
+    _c.log_path, _c.verbose, _c.json = path, verbose, as_json
+    sink = _tee(path, _c.real_err) if verbose else _append(path)
+    os.dup2(sink, 1)
+    os.dup2(sink, 2)
+    os.close(sink)
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    handler = logging.StreamHandler(sys.stderr)  # fd 2: the log file (and the terminal when verbose)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    logging.captureWarnings(True)
+    logging.getLogger("aimass").info("aimass %s", " ".join(sys.argv[1:]))
+    return path
+
+
+def _append(path: Path) -> int:
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+
+
+def _tee(path: Path, terminal: IO[str]) -> int:
+    """The write end of a pipe whose reader appends to the log and copies to ``terminal``."""
+    read, write = os.pipe()
+    # its own session: a Ctrl-C meant for aimass must not kill the reader while aimass still writes
+    proc = subprocess.Popen(["tee", "-a", str(path)], stdin=read, stdout=terminal, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    os.close(read)
+    atexit.register(_drain, proc, path)
+    return write
+
+
+def _drain(proc: subprocess.Popen, path: Path) -> None:
+    """At exit: let tee finish copying before the shell prompt returns."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    sink = _append(path)  # this process's last writes go straight to the log, closing its ends of the pipe
+    os.dup2(sink, 1)
+    os.dup2(sink, 2)
+    os.close(sink)
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass  # a detached child (a Ray process) still holds the pipe; tee carries on beside it
+
+
+def log_path() -> Path | None:
+    return _c.log_path
+
+
+def is_quiet() -> bool:
+    """True when only aimass's own lines reach the person (the CLI without --verbose)."""
+    return not _c.verbose
+
+
+def stage(message: str) -> None:
+    """One line for a person (nothing with --json); also in the log, to place what follows it."""
+    if not _c.json:
+        print(message, file=out(), flush=True)
+    logging.getLogger("aimass").info(message)
+
+
+def result(text: str) -> None:
+    """The command's result (human lines or the JSON document) on the real stdout."""
+    print(text, file=out(), flush=True)
+
+
+def error(message: str) -> None:
+    print(message, file=err(), flush=True)
+    logging.getLogger("aimass").error(message)
+
+
+def progress(total: int | None = None, desc: str = "", unit: str = "it", disable: bool = False, **kw: Any):
+    """A tqdm bar on the real stderr (ETA included when ``total`` is known); off with --json."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, file=err(), disable=disable or _c.json, dynamic_ncols=True,
+                mininterval=0.5, leave=True, **kw)

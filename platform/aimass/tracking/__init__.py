@@ -1,0 +1,82 @@
+"""MLflow plumbing shared by training, the registry and compression: the embedded store (SQLite + local
+artifacts), metric keys, the lineage tags every run and model version carries, and logging a fitted model as
+the pyfunc scorer of ``aimass.tracking.pyfunc`` (the family's own files: safetensors/npz + JSON, no pickle).
+
+One place, below training and registry, so that both speak the same names."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from aimass.settings import Settings
+
+EXPERIMENT = "aimass"
+TAG = "aimass."  # prefix of every tag aimass writes on runs and model versions
+# What a trained model came from; copied from the run to its registered versions and to compressed children.
+LINEAGE = ("family", "dataset", "dataset_version", "dataset_ref", "dataset_hash")
+
+
+def mlflow_for(settings: Settings):
+    """The ``mlflow`` module pointed at the settings' store, with aimass's experiment selected."""
+    import mlflow
+
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    exp = mlflow.get_experiment_by_name(EXPERIMENT)
+    if exp is None:
+        artifacts = (settings.home / "mlartifacts").resolve()
+        artifacts.mkdir(parents=True, exist_ok=True)
+        mlflow.create_experiment(EXPERIMENT, artifact_location=artifacts.as_uri())
+    mlflow.set_experiment(EXPERIMENT)
+    return mlflow
+
+
+def client(settings: Settings):
+    from mlflow import MlflowClient
+
+    mlflow_for(settings)
+    return MlflowClient(tracking_uri=settings.tracking_uri)
+
+
+def metric_key(name: str) -> str:
+    """MLflow's spelling of a metric name (``val_ndcg@10`` -> ``val_ndcg_at_10``): MLflow refuses ``@``."""
+    return name.replace("@", "_at_")
+
+
+def lineage_tags(family: str, dataset_info) -> dict[str, str]:
+    """The lineage tags of a training run on ``dataset_info`` (an ``aimass.datasets`` version record)."""
+    values = {"family": family, "dataset": dataset_info.name, "dataset_version": str(dataset_info.version),
+              "dataset_ref": dataset_info.ref, "dataset_hash": dataset_info.content_hash}
+    return {f"{TAG}{k}": values[k] for k in LINEAGE}
+
+
+def lineage_of(tags: dict[str, str]) -> dict[str, str]:
+    """The lineage subset of a run's or version's tags (what a child run or a registered version copies)."""
+    return {f"{TAG}{k}": tags[f"{TAG}{k}"] for k in LINEAGE if f"{TAG}{k}" in tags}
+
+
+def log_model(mlflow, model_dir: Path, item_ids: np.ndarray, family: str, example_history: list[int], *,
+              model_class=None, **meta):
+    """Log the model folder as ``model``, models-from-code: the file that defines ``model_class`` (default
+    :class:`aimass.tracking.pyfunc.AimassRecommender`; the registry's compressed scorer subclasses it) is
+    the logged code, so loading imports it and reads the folder, never unpickles. ``meta`` joins the family
+    in ``family.json``. Returns the ModelInfo (model_uri ``models:/m-...``)."""
+    import inspect
+
+    import pandas as pd
+    from mlflow.models import infer_signature
+
+    from aimass.tracking.pyfunc import AimassRecommender
+
+    model_class = model_class or AimassRecommender
+    ids_file = model_dir.parent / "item_ids.npy"
+    np.save(ids_file, np.asarray(item_ids, dtype=np.int64))
+    fam = model_dir.parent / "family.json"
+    fam.write_text(json.dumps({"family": family, **meta}))
+    example = pd.DataFrame({"history": [list(map(int, example_history))], "k": [10]})
+    output = model_class.from_files(model_dir, ids_file, family).recommend(example)
+    return mlflow.pyfunc.log_model(
+        name="model", python_model=inspect.getfile(model_class),
+        artifacts={"model": str(model_dir), "item_ids": str(ids_file), "family": str(fam)},
+        signature=infer_signature(example, output), input_example=example, pip_requirements=["aimass"])
