@@ -192,13 +192,9 @@ def _full_ranks(scores: np.ndarray, targets: np.ndarray, histories: Sequence[np.
     t = scores[rows, targets][:, None]
     # ">=" (minus the target itself) puts the target after every equal score: a constant model earns 0.
     rank0 = ((scores >= t) & valid).sum(axis=1) - 1
-    # Excluded columns get NaN keys, which partition/sort put last, so they only surface in a top-K
-    # list when a user has fewer than K candidates; `top_ok` then filters them out.
-    key = np.where(valid, -scores, np.nan)
-    k = min(k_max, scores.shape[1])
-    top = np.argpartition(key, k - 1, axis=1)[:, :k]
-    top = np.take_along_axis(top, np.argsort(np.take_along_axis(key, top, 1), axis=1, kind="stable"), 1)
-    return rank0, top, valid[rows[:, None], top]
+    # a user with fewer than K candidates gets -1 columns in its list; `top_ok` filters them out
+    top, _ = top_k(scores, k_max, valid)
+    return rank0, top, top >= 0
 
 
 def _sampled_ranks(scores: np.ndarray, targets: np.ndarray, histories: Sequence[np.ndarray],

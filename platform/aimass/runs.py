@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 
 from aimass.errors import NotFoundError
+from aimass.evaluation import metric_name
+from aimass.tracking import metric_key
 from aimass.settings import Settings, default_settings
 
 
@@ -18,8 +20,8 @@ def _summary(run) -> dict:
         "dataset_hash": tags.get("aimass.dataset_hash"),
         "start_time": run.info.start_time,
         "end_time": run.info.end_time,
-        "test_ndcg_at_10": d.metrics.get("test_ndcg_at_10"),
-        "val_ndcg_at_10": d.metrics.get("best_val_ndcg_at_10"),
+        "test_ndcg_at_10": d.metrics.get(metric_key(metric_name("test", "ndcg"))),
+        "val_ndcg_at_10": d.metrics.get(metric_key(metric_name("best_val", "ndcg"))),
     }
 
 
@@ -42,7 +44,7 @@ def show(run_id: str, *, settings: Settings | None = None) -> dict:
         raise NotFoundError(f"no training run {run_id!r}") from None
     client = mlflow.MlflowClient()
     history = {k: [(m.step, m.value) for m in client.get_metric_history(run_id, k)]
-               for k in run.data.metrics if k in ("loss", "val_ndcg_at_10")}
+               for k in run.data.metrics if k in ("loss", metric_key(metric_name("val", "ndcg")))}
     models = mlflow.search_logged_models(filter_string=f"source_run_id = '{run_id}'", output_format="list")
     return {**_summary(run), "params": run.data.params, "metrics": run.data.metrics,
             "tags": {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")

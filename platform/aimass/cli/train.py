@@ -6,6 +6,7 @@ import typer
 
 from aimass import console
 from aimass.cli._common import JSON, emit, rows, state
+from aimass.zoo import families  # the zoo's registry: no model code is imported
 
 runs_app = typer.Typer(no_args_is_help=True)
 
@@ -26,7 +27,7 @@ def _parse_params(pairs: list[str]) -> dict:
 
 
 def train(
-    family: str = typer.Argument(None, help="popularity, itemknn, sasrec, two-tower"),
+    family: str = typer.Argument(None, help=f"Model family: {', '.join(families())}"),
     dataset: str = typer.Option(None, "--dataset", "-d", help="NAME or NAME@vN"),
     workers: int = typer.Option(1, "--workers", "-w", help="Ray Train workers"),
     gpu: bool = typer.Option(False, "--gpu", help="One GPU per worker"),

@@ -400,12 +400,9 @@ def export_onnx(module: nn.Module, family: str, cfg, path: Path, opset: int) -> 
 
 
 def top10(scores: np.ndarray, histories) -> np.ndarray:
-    s = np.array(scores, dtype=np.float32, copy=True)
-    for row, h in zip(s, histories, strict=True):
-        row[np.asarray(h, dtype=np.int64)] = -np.inf
-    s[:, 0] = -np.inf
-    top = np.argpartition(-s, 9, axis=1)[:, :10]
-    return np.take_along_axis(top, np.argsort(-np.take_along_axis(s, top, 1), axis=1, kind="stable"), 1)
+    from aimass.evaluation import exclusion_mask, top_k
+
+    return top_k(scores, 10, exclusion_mask(scores.shape[1], histories))[0]
 
 
 def onnx_agreement(ref_scores: np.ndarray, onnx_scores: np.ndarray, histories, tol: float = 1e-4) -> dict:

@@ -87,12 +87,9 @@ def _torch_job(est, cfg, data, config, rank, world, resume, reporter) -> None:
 
     def on_epoch(metrics: dict, st: LoopState, improved: bool) -> None:
         metrics["samples_per_s"] *= world  # every rank saw its share of each global batch
-        if improved and rank == 0:
+        if improved and rank == 0:  # the weights right now are the best: save them as the model
             shutil.rmtree(best_dir / "best", ignore_errors=True)
-            best = est.build_module(cfg, data["n_items"], data.get("item_features"))
-            best.load_state_dict(trainer.best_state if trainer.best_state is not None
-                                 else unwrap(trainer.module).state_dict())
-            est.adopt(best, cfg, data["n_items"]).save(best_dir / "best")
+            est.adopt(unwrap(trainer.module), cfg, data["n_items"]).save(best_dir / "best")
 
         def write(d: Path) -> None:
             weights = unwrap(trainer.module).state_dict().items()
