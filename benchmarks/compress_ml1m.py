@@ -33,7 +33,7 @@ def _register_model_dir(s, model_dir: Path, data: Path, name: str) -> int:
 
     from aimass import datasets, registry
     from aimass.evaluation import make_splits
-    from aimass.tracking import log_model, metric_key, mlflow_for
+    from aimass.tracking import lineage_tags, log_model, metric_key, mlflow_for
     from aimass.training import _final_metrics
     from aimass.zoo import load_estimator
 
@@ -51,9 +51,7 @@ def _register_model_dir(s, model_dir: Path, data: Path, name: str) -> int:
     mlflow = mlflow_for(s)
     info = ds.info
     with mlflow.start_run(run_name="sasrec-ml1m-imported") as run, tempfile.TemporaryDirectory() as tmp:
-        mlflow.set_tags({"aimass.family": "sasrec", "aimass.dataset": info.name,
-                         "aimass.dataset_version": str(info.version), "aimass.dataset_ref": info.ref,
-                         "aimass.dataset_hash": info.content_hash, "aimass.imported_from": str(model_dir)})
+        mlflow.set_tags({**lineage_tags("sasrec", info), "aimass.imported_from": str(model_dir)})
         mlflow.log_metrics({metric_key(k): v for k, v in _final_metrics(est, splits).items()})
         import shutil
 
@@ -82,8 +80,7 @@ def _fastpath_reference(s, ref: str, latency_n: int) -> dict:
 
     info = registry.get(ref, settings=s)
     ds = datasets.load(info.dataset, settings=s)
-    protocol = "ml1m-seq" if "split" in ds.interactions.columns else "leave-one-out"
-    splits = make_splits(ds.interactions, protocol)
+    splits = make_splits(ds.interactions)
     est = registry.load(ref, settings=s).estimator
     fast = _fast_scorer(est)
     child, parent = _compress.measure(est.score, fast.score, splits, splits.n_items, latency_n)
@@ -107,8 +104,7 @@ def _interleaved(s, name: str, latency_n: int, rounds: int, only: list[int] | No
 
     versions = [v for v in registry.versions(name, settings=s) if not only or v.version in only]
     ds = datasets.load(versions[0].dataset, settings=s)
-    protocol = "ml1m-seq" if "split" in ds.interactions.columns else "leave-one-out"
-    splits = make_splits(ds.interactions, protocol)
+    splits = make_splits(ds.interactions)
     models = {v.ref: (v, registry.load(v.ref, settings=s).estimator) for v in versions}
     base = next(v.ref for v, _ in models.values() if v.parent_version is None)
     fast = _fast_scorer(models[base][1])

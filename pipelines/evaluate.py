@@ -8,6 +8,7 @@ import numpy as np
 
 import aimass
 from aimass.evaluation import evaluate, make_splits
+from aimass.tracking import metric_key
 
 trained = json.loads(Path("metrics/train.json").read_text())
 dataset = json.loads(Path("data/prepared.json").read_text())["dataset"]
@@ -15,15 +16,14 @@ settings = aimass.Settings()
 mlflow.set_tracking_uri(settings.tracking_uri)
 model = mlflow.pyfunc.load_model(trained["model_uri"]).unwrap_python_model()
 ds = aimass.datasets.load(dataset, settings=settings)
-splits = make_splits(ds.interactions, "ml1m-seq" if "split" in ds.interactions.columns else "leave-one-out")
+splits = make_splits(ds.interactions)  # the protocol the dataset calls for, as training used
 # The loaded model speaks raw item ids; the splits are dense. Map through the model's own item index.
 assert np.array_equal(model.item_ids, splits.item_ids), "model and dataset item spaces differ"
 est = model.estimator
 hist, targets = list(splits.test_histories), np.asarray(splits.test_targets)
 out = {"model_uri": trained["model_uri"], "dataset": dataset}
-out.update({f"test_{k}".replace("@", "_at_"): v for k, v in evaluate(est.score, hist, targets, splits.n_items,
-                                                                      ks=(10, 20)).items()})
-out.update({f"test_{k}".replace("@", "_at_"): v for k, v in evaluate(est.score, hist, targets, splits.n_items,
-                                                                      protocol="sampled").items()})
+for protocol, ks in (("full", (10, 20)), ("sampled", (10,))):
+    m = evaluate(est.score, hist, targets, splits.n_items, ks=ks, protocol=protocol)
+    out.update({metric_key(f"test_{k}"): v for k, v in m.items()})
 Path("metrics/eval.json").write_text(json.dumps(out, indent=2))
 print(json.dumps(out, indent=2))
