@@ -222,7 +222,7 @@ class Trainer:
         loop = EpochLoop(self.limits, step, validate=validate, keep_best=keep_best if validate else None,
                          on_epoch=self.on_epoch, on_step=self.on_step, elapsed=self.elapsed,
                          epoch_hooks=(sampler, dataset))
-        self.module = wrapped
+        self.module = wrapped  # what a caller's on_epoch checkpoints (with self.optimizer)
         st = loop.run(loader, state)
         inner = unwrap(wrapped)
         if self.best_state is not None:
@@ -251,10 +251,10 @@ def fit_neural(est, sequences, n_items: int, *, valid=None, item_features=None, 
     bar = console.progress(desc=est.family, unit="step", disable=not progress)
 
     def on_step(st, loss, elapsed, expected):
-        bar.total = expected
-        bar.n = st.step
-        bar.set_postfix(epoch=st.epoch + 1, loss=f"{loss:.4f}", best=f"{max(st.best, 0):.4f}", refresh=False)
-        bar.refresh() if bar.n % 10 == 0 else None
+        bar.total = expected  # with a time budget: the steps the budget allows at the pace so far
+        bar.set_postfix(epoch=st.epoch + 1, loss=f"{loss:.4f}", best_val_ndcg=f"{max(st.best, 0):.4f}",
+                        refresh=False)
+        bar.update(st.step - bar.n)  # redraws at most every mininterval
 
     limits = Limits(epochs=cfg.epochs, time_budget_s=cfg.time_budget_s, patience=cfg.patience)
     trainer = Trainer(est, cfg, n_items, limits, seed=cfg.seed, valid=valid, on_step=on_step)
