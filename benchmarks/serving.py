@@ -111,10 +111,9 @@ async def run_all(s, ref: str, levels: list[int], seconds: float) -> list[dict]:
     import httpx
 
     from aimass import serving
-    from aimass.serving._engine import Engine
 
     key, _ = serving.create_key("benchmark", settings=s)
-    engine = Engine(ref, s)
+    engine = serving.Engine(ref, s)
     users = list(engine.histories)
     rows = []
 

@@ -4,9 +4,9 @@ version it serves.
 
     AIMASS_SERVE_MODEL=TWO_TOWER/V AIMASS_SERVE_RANKER=SASREC/V bentoml serve service:Pipeline
 """
-from aimass.serving._bento import pin
+from aimass.serving import pin_bento
 from aimass.serving.services import Pipeline
 
-pin(__file__)  # a built Bento's version, from its pin.json
+pin_bento(__file__)  # a built Bento's version, from its pin.json
 
 __all__ = ["Pipeline"]

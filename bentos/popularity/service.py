@@ -4,9 +4,9 @@ version it serves.
 
     AIMASS_SERVE_MODEL=NAME/VERSION bentoml serve service:Popularity --host 127.0.0.1
 """
-from aimass.serving._bento import pin
+from aimass.serving import pin_bento
 from aimass.serving.services import Popularity
 
-pin(__file__)  # a built Bento's version, from its pin.json
+pin_bento(__file__)  # a built Bento's version, from its pin.json
 
 __all__ = ["Popularity"]

@@ -1,6 +1,8 @@
-"""Health of every component of the embedded default (or its configured scale-out counterpart).
+"""Health of every component of the embedded default (or its configured scale-out counterpart), and the
+serving clusters on this machine that no home owns any more.
 
-Statuses: `ok`, `absent` (created on first use; not an error), `error` (misconfigured or broken)."""
+Statuses: `ok`, `absent` (created on first use; not an error), `warn` (works, but needs a person: an orphaned
+serving cluster, which `aimass deployments shutdown --orphans` stops), `error` (misconfigured or broken)."""
 from __future__ import annotations
 
 import shutil
@@ -14,7 +16,9 @@ from aimass.settings import Settings
 
 
 def check(settings: Settings) -> list[dict]:
-    return [_catalog(settings), _registry(settings), _remote(settings), _mlflow(settings), _ray(settings)]
+    reg = _registry_status(settings)
+    return [_catalog(settings), _registry(settings, reg), _remote(settings, reg), _mlflow(settings),
+            _ray(settings), *_orphans()]
 
 
 def _row(component: str, location: str, ver: str, status: str, detail: str = "") -> dict:
@@ -46,27 +50,29 @@ def _git_version() -> str:
     return subprocess.run([git, "--version"], capture_output=True, text=True).stdout.strip()
 
 
-def _registry(s: Settings) -> dict:
-    from aimass.datasets._registry import DataRegistry, git
+def _registry_status(s: Settings) -> dict | Exception:
+    from aimass.datasets import registry_status
 
-    reg = DataRegistry(s)
-    ver = f"dvc {version('dvc')}; {_git_version()}"
-    where = str(reg.path) + (f" (clone of {reg.origin})" if reg.origin else "")
-    if not reg.exists():
-        return _row("data registry", where, ver, "absent", "created on first register")
     try:
-        tags = git(reg.path, "tag", "--list").split()
-        dirty = git(reg.path, "status", "--porcelain")
-        return _row("data registry", where, ver, "error" if dirty else "ok",
-                    f"uncommitted changes: {dirty[:60]}" if dirty else f"{len(tags)} tagged versions")
+        return registry_status(settings=s)
     except Exception as e:
-        return _row("data registry", where, ver, "error", str(e).splitlines()[0])
+        return e
 
 
-def _remote(s: Settings) -> dict:
-    from aimass.datasets._registry import DataRegistry
+def _registry(s: Settings, reg: dict | Exception) -> dict:
+    ver = f"dvc {version('dvc')}; {_git_version()}"
+    where = str(s.registry_path) + (f" (clone of {s.registry_origin})" if s.registry_origin else "")
+    if isinstance(reg, Exception):
+        return _row("data registry", where, ver, "error", str(reg).splitlines()[0])
+    if not reg["exists"]:
+        return _row("data registry", where, ver, "absent", "created on first register")
+    dirty = reg["uncommitted"]
+    return _row("data registry", where, ver, "error" if dirty else "ok",
+                f"uncommitted changes: {dirty[:60]}" if dirty else f"{reg['versions']} tagged versions")
 
-    url = DataRegistry(s).remote_url() or s.remote
+
+def _remote(s: Settings, reg: dict | Exception) -> dict:
+    url = (None if isinstance(reg, Exception) else reg["remote"]) or s.remote
     ver = f"dvc {version('dvc')}"
     if "://" in url:
         return _row("dvc remote", url, ver, "ok", "object store (reachability checked on push)")
@@ -94,3 +100,21 @@ def _ray(s: Settings) -> dict:
     if s.ray_address:
         return _row("ray", s.ray_address, ver, "ok", "existing cluster")
     return _row("ray", f"local, {s.host} only", ver, "ok", "started on demand by training and serving")
+
+
+def _orphans() -> list[dict]:
+    """One row per serving cluster whose home is gone: nothing but its processes is left to find it by."""
+    from aimass.serving import orphans
+
+    ver = f"ray {version('ray')}"
+    rows = []
+    for o in orphans():
+        pids = " ".join(map(str, o["pids"][:8])) + (" ..." if len(o["pids"]) > 8 else "")
+        if o["home"]:
+            detail = (f"home {o['home']} is gone; serve port {o['serve_port']}; pids {pids}; stop it with: "
+                      "aimass deployments shutdown --orphans")
+        else:
+            detail = (f"started by an older aimass that did not record its home; pids {pids}; run `aimass "
+                      "deployments shutdown` in its home, or end those pids")
+        rows.append(_row("orphaned serving cluster", o["temp_dir"], ver, "warn", detail))
+    return rows

@@ -329,8 +329,10 @@ def top_k(scores: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tupl
         allowed[None, :] if allowed.ndim == 1 else allowed, s2.shape)
     ok = ok.copy()
     ok[:, 0] = False
-    key = np.where(ok, -s2.astype(np.float64, copy=False), np.inf)
-    key = np.where(np.isnan(key), np.inf, key)
+    # allowed columns sort by -score (a -inf or NaN score last among them, as +inf); excluded ones get NaN,
+    # which partition and sort put after everything, so they only fill a row that lacks allowed columns
+    neg = -s2.astype(np.float64, copy=False)
+    key = np.where(ok, np.where(np.isnan(neg), np.inf, neg), np.nan)
     n_ok = ok.sum(1)
     kk = int(min(max(k, 0), s2.shape[1] - 1, int(n_ok.max()) if len(n_ok) else 0))
     if kk <= 0:

@@ -5,8 +5,8 @@ import json
 
 from aimass.errors import NotFoundError
 from aimass.evaluation import metric_name
-from aimass.tracking import metric_key
 from aimass.settings import Settings, default_settings
+from aimass.tracking import metric_key
 
 
 def _summary(run) -> dict:

@@ -35,7 +35,7 @@ def test_deployments_list_show_and_pinned_versions(served):
 def test_written_serve_config_builds_the_same_applications(served):
     from ray.serve.schema import ServeDeploySchema
 
-    from aimass.serving import _app
+    from aimass.serving import app
 
     path = Path(serving.show("recs", settings=served.settings).config)
     cfg = yaml.safe_load(path.read_text())
@@ -43,10 +43,13 @@ def test_written_serve_config_builds_the_same_applications(served):
     apps = {a["name"]: a for a in cfg["applications"]}
     assert {"recs", "multi"} <= set(apps) and apps["recs"]["route_prefix"] == "/recs"
     assert cfg["http_options"] == {"host": "127.0.0.1", "port": served.settings.serve_port}
-    assert apps["recs"]["import_path"] == "aimass.serving._app:build"
+    assert apps["recs"]["import_path"] == "aimass.serving.app:build"
     assert apps["recs"]["args"]["env"]["AIMASS_SERVE_MODEL"] == "recs/1"
-    multi = _app.build(apps["multi"]["args"])
+    multi = app.build(apps["multi"]["args"])
     assert multi._bound_deployment.name == "ingress"
+    from aimass.serving import _app  # what configs written before the rename name
+
+    assert _app.build is app.build
 
 
 @pytest.mark.parametrize("call,exc,message", [
@@ -73,7 +76,9 @@ def test_cli_deploy_list_delete(served):
         assert r.returncode == 0 or not check, r.stderr
         return r
 
-    d = json.loads(cli("deploy", "recs/1", "--endpoint", "cli", "--max-replicas", "1", "--json").stdout)
+    out = cli("deploy", "recs/1", "--endpoint", "cli", "--max-replicas", "1").stdout
+    assert len(out.strip().splitlines()) == 1 and out.startswith("deployed recs/1 (itemknn) at http"), out
+    d = json.loads(cli("deployments", "show", "cli", "--json").stdout)  # stdout: the JSON and nothing else
     assert d["url"].endswith("/cli") and d["status"] == "RUNNING"
     r = httpx.post(d["url"] + "/recommend", json={"user_id": 1, "k": 2},
                    headers={"Authorization": f"Bearer {served.keys['consumer']}"}, timeout=30)

@@ -69,17 +69,37 @@ def test_similar_and_rank(served):
     ("/recommend", {"user_id": 1, "k": 0}, 400, "greater than or equal to 1"),
     ("/recommend", {"user_id": 1, "k": -3}, 400, "greater than or equal to 1"),
     ("/recommend", {"user_id": 1, "k": 101}, 400, "less than or equal to 100"),
-    ("/recommend", {"history": [1, 2, 987654]}, 400, "unknown item ids in history: 987654"),
-    ("/rank", {"items": [1, 987654], "user_id": 1}, 400, "unknown item ids in candidates: 987654"),
+    ("/recommend", {"user_id": "7"}, 400, "user_id: Value error, must be an integer"),  # no lax coercion
+    ("/recommend", {"user_id": 1, "k": True}, 400, "k: Value error, must be an integer"),
+    ("/recommend", {"user_id": 1, "exclude_seen": "yes"}, 400, "exclude_seen"),
+    ("/recommend", {"history": [1, 2, 987654]}, 404, "unknown item ids in history: 987654"),
+    ("/rank", {"items": [1, 987654], "user_id": 1}, 404, "unknown item ids in candidates: 987654"),
     ("/recommend", {"k": 5}, 400, "give a user_id or a history"),
-    ("/recommend", {"user_id": 1, "filters": {"colour": ["red"]}}, 400, "unknown filter column 'colour'"),
+    ("/recommend", {"user_id": 1, "filters": {"colour": ["red"]}}, 404, "unknown filter column 'colour'"),
     ("/similar", {"item_id": 987654}, 404, "unknown item id 987654"),
     ("/recommend", {"history": list(range(1, 1002))}, 400, "history"),
 ])
 def test_bad_input_is_a_clear_4xx(served, path, body, status, message):
     r = served.post("recs", path, body)
     assert r.status_code == status, r.text
-    assert message in r.text and "error" in r.json()
+    assert message in r.json()["error"] and r.headers["content-type"] == "application/json"
+
+
+def test_every_error_has_one_shape(served):
+    """{"error": str, "detail"?: [{loc, msg, type}]}, as the OpenAPI document declares, whoever answered."""
+    answers = [served.post("recs", "/recommend", {"user_id": "x"}),  # BentoML's validation
+               served.post("recs", "/recommend", {"history": [987654]}),  # the engine
+               served.post("recs", "/recommend", {}, key=None),  # the key gate
+               served.client.get(served.urls["recs"] + "/recommend",  # Starlette's 405
+                                 headers={"Authorization": f"Bearer {served.keys['consumer']}"}),
+               served.post("recs", "/recommend", content=b"user_id=1",
+                           headers={"content-type": "application/x-www-form-urlencoded"})]
+    assert [r.status_code for r in answers] == [400, 404, 401, 405, 415]
+    for r in answers:
+        body = r.json()
+        assert set(body) <= {"error", "detail"} and isinstance(body["error"], str) and body["error"], body
+    assert answers[0].json()["detail"][0]["loc"] == ["user_id"]
+    assert answers[3].headers["allow"] == "POST"
 
 
 def test_invalid_json_and_huge_bodies_are_refused(served):
@@ -130,7 +150,12 @@ def test_health_metrics_and_docs(served):
     assert "aimass_request_duration_seconds_bucket" in m.text
     spec = served.get("recs", "/docs.json").json()
     assert {"/recommend", "/similar", "/rank"} <= set(spec["paths"])
-    assert "k" in str(spec["components"]) and "maximum" in str(spec["components"])  # limits are documented
+    assert spec["servers"] == [{"url": "/recs", "description": spec["servers"][0]["description"]}]
+    body = spec["paths"]["/recommend"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body["properties"]["k"]["maximum"] == 100  # limits are documented
+    assert [a["required"] for a in body["anyOf"]] == [["user_id"], ["history"]]  # `{}` is not a request
+    assert set(spec["paths"]["/admin/info"]["post"]["responses"]) >= {"200", "400", "401", "403", "413"}
+    assert set(spec["paths"]["/metrics"]["get"]["responses"]) == {"200", "401", "403"}
     scheme = spec["components"]["securitySchemes"]["apiKey"]
     assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
     assert spec["paths"]["/recommend"]["post"]["security"] == [{"apiKey": []}]
@@ -155,7 +180,7 @@ def test_multi_stage_retrieval_ranking_rules(served):
     cold = served.post("multi", "/recommend", {"user_id": 10**9, "k": 3}).json()
     assert cold["cold_start"] is True and len(cold["items"]) == 3
     bad = served.post("multi", "/recommend", {"history": [987654]})
-    assert bad.status_code == 400 and "987654" in bad.text
+    assert bad.status_code == 404 and "987654" in bad.json()["error"]
     assert served.post("multi", "/recommend", {"user_id": user}, key=None).status_code == 401
 
 

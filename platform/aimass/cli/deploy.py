@@ -19,12 +19,15 @@ def deploy(
                                                   help="Autoscaling target per replica"),
     as_json: bool = JSON,
 ):
-    """Deploy a registered model version on Ray Serve (loopback, API keys required)."""
+    """Deploy a registered model version on Ray Serve (loopback, API keys required). Prints one line (the
+    deployment as JSON with --json); a deploy that fails stops the serving cluster if it started it."""
     from aimass import serving
 
     d = serving.deploy(ref, endpoint, ranker=ranker, min_replicas=min_replicas, max_replicas=max_replicas,
                        target_ongoing_requests=target_ongoing_requests, settings=state.settings)
-    emit(d, as_json)
+    what = f"{d.model}/{d.version} ({d.family})" + (f" ranked by {d.ranker}" if d.ranker else "")
+    emit(d, as_json, [f"deployed {what} at {d.url} ({d.status}; {d.min_replicas}-{d.max_replicas} replicas, "
+                      f"{d.proxy} proxy; POST {d.url}/recommend with 'Authorization: Bearer <key>')"])
 
 
 @app.command("list")
@@ -51,8 +54,17 @@ def delete(endpoint: str, as_json: bool = JSON):
 
 
 @app.command()
-def shutdown(as_json: bool = JSON):
-    """Stop every deployment and the embedded serving cluster."""
+def shutdown(orphans: bool = typer.Option(False, "--orphans", help=(
+        "Instead: stop every serving cluster on this machine whose home folder is gone (what `aimass doctor` "
+        "lists as orphaned)")), as_json: bool = JSON):
+    """Stop every deployment and the embedded serving cluster of this home, every process of it."""
     from aimass import serving
 
-    emit({"stopped": serving.shutdown(settings=state.settings)}, as_json)
+    if orphans:
+        stopped = serving.shutdown_orphans()
+        emit({"stopped": stopped}, as_json, [f"stopped the serving cluster of {o['home']} (pids "
+                                             f"{' '.join(map(str, o['pids']))})" for o in stopped]
+             or ["no orphaned serving cluster"])
+        return
+    done = serving.shutdown(settings=state.settings)
+    emit({"stopped": done}, as_json, ["stopped the serving cluster" if done else "no serving cluster was running"])

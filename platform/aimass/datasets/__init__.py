@@ -18,12 +18,12 @@ from sqlmodel import col, select
 from aimass.catalog import DatasetVersion, DatasetVersionPublic, session
 from aimass.datasets._demo import DemoConfig, generate_demo
 from aimass.datasets._formats import formats, read
-from aimass.datasets._registry import DataRegistry, read_folder, tag_for
+from aimass.datasets._registry import DataRegistry, git, read_folder, tag_for
 from aimass.errors import ConflictError, InvalidInputError, NotFoundError
 from aimass.settings import Settings, default_settings
 
 __all__ = ["Dataset", "DemoConfig", "formats", "generate_demo", "get", "list", "load", "pull", "register",
-           "versions"]
+           "registry_status", "versions"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _REF = re.compile(r"^(?P<name>[^@]+)(?:@(?:v(?P<v>\d+)|(?P<n>\d+)|(?P<latest>latest)))?$")
@@ -160,3 +160,18 @@ def load(ref: str, *, settings: Settings | None = None) -> Dataset:
     if data.content_hash() != info.content_hash:
         raise ConflictError(f"{info.ref}: stored files do not match the catalog's content hash")
     return Dataset(info, data.interactions, data.items)
+
+
+def registry_status(*, settings: Settings | None = None) -> dict:
+    """The data registry as `aimass doctor` reports it: `path` (the working copy), `origin` (the git URL it is a
+    clone of, or None), `exists`, its DVC `remote`, how many `versions` it has tagged, and `uncommitted`
+    changes (`git status --porcelain`; non-empty means a write did not finish). Raises whatever git or DVC
+    raise on a broken registry."""
+    reg = DataRegistry(settings or default_settings())
+    out = {"path": reg.path, "origin": reg.origin, "exists": reg.exists(), "remote": None, "versions": 0,
+           "uncommitted": ""}
+    if out["exists"]:
+        out["remote"] = reg.remote_url()
+        out["versions"] = len(git(reg.path, "tag", "--list").split())
+        out["uncommitted"] = git(reg.path, "status", "--porcelain")
+    return out

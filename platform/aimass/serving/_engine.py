@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 
 from aimass.errors import InvalidInputError, NotFoundError
+from aimass.evaluation import top_k
 from aimass.settings import Settings
 
 _TEXT_COLUMNS = {"item_id", "text", "title"}  # free text: not useful as a filter
@@ -44,13 +45,13 @@ class Engine:
 
     # --- inputs -------------------------------------------------------------------------------------------
     def known(self, raw: list[int], what: str) -> np.ndarray:
-        """Dense ids of `raw`; refuses unknown ids, naming them."""
+        """Dense ids of `raw`; refuses unknown ids, naming them (not found: the item does not exist)."""
         dense = self.scorer.dense(raw)
         if len(dense) != len(raw):
             unknown = sorted(set(raw) - set(self.item_ids[dense - 1].tolist()))
             shown = ", ".join(map(str, unknown[:10])) + (" ..." if len(unknown) > 10 else "")
-            raise InvalidInputError(f"unknown item ids in {what}: {shown} (not in the catalogue of model "
-                                    f"{self.info.name}/{self.info.version})")
+            raise NotFoundError(f"unknown item ids in {what}: {shown} (not in the catalogue of model "
+                                f"{self.info.name}/{self.info.version})")
         return dense
 
     def history(self, user_id: int | None, history: list[int] | None) -> np.ndarray | None:
@@ -73,7 +74,7 @@ class Engine:
         for col, values in filters.items():
             if col not in self.columns:
                 have = ", ".join(sorted(self.columns)) or "none (the dataset has no items table with labels)"
-                raise InvalidInputError(f"unknown filter column {col!r}; filterable columns: {have}")
+                raise NotFoundError(f"unknown filter column {col!r}; filterable columns: {have}")
             ok &= np.isin(self.columns[col], values)
         return ok
 
@@ -84,13 +85,10 @@ class Engine:
         return np.asarray(self.scorer.estimator.score([seen])[0], dtype=np.float64)
 
     def top(self, scores: np.ndarray, ok: np.ndarray, k: int) -> tuple[list[int], list[float]]:
-        scores = np.where(ok, scores, -np.inf)
-        k = int(min(k, ok.sum()))
-        if k <= 0:
-            return [], []
-        top = np.argpartition(-scores, k - 1)[:k]
-        top = top[np.argsort(-scores[top], kind="stable")]
-        return self.item_ids[top - 1].tolist(), _finite(scores[top])
+        """The k best allowed items (raw ids), best first, ties in catalogue order; an allowed item the model
+        scores -inf or NaN still ranks, last."""
+        cols, best = top_k(scores, k, ok)
+        return self.item_ids[cols - 1].tolist(), _finite(best)
 
     def recommend(self, user_id: int | None, history: list[int] | None, k: int, exclude_seen: bool = True,
                   exclude: list[int] | None = None, filters: dict[str, list[str]] | None = None) -> dict:

@@ -1,12 +1,15 @@
 """The HTTP gate in front of every served Bento (an ASGI middleware, so it runs the same under `bentoml
-serve` and inside Ray Serve): API keys, body-size limit, request ids, /healthz and our own Prometheus
-/metrics (BentoML's hung inside Serve, ../shared/STACK.md). Keys are never logged or echoed."""
+serve` and inside Ray Serve): API keys, body-size limit, request ids, /healthz, our own Prometheus /metrics
+(BentoML's hung inside Serve, ../shared/STACK.md), the OpenAPI document (_openapi) and one error body
+(`{"error": ..., "detail": [...]}`) for every 4xx and 5xx, whoever produced it. Keys are never logged or
+echoed."""
 from __future__ import annotations
 
 import json
 import re
 import time
 import uuid
+from http import HTTPStatus
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
@@ -15,18 +18,24 @@ from aimass.settings import Settings
 
 OPEN = {"/healthz", "/livez", "/readyz", "/docs", "/docs.json", "/schema.json", "/", "/favicon.ico"}
 OPEN_PREFIXES = ("/static_content/",)
-ADMIN = ("/admin/", "/metrics")
 UNAUTHORIZED = ("missing, malformed, unknown or revoked API key: send 'Authorization: Bearer <key>' "
                 "(aimass keys create)")
+_OURS = {"/healthz": "GET", "/docs.json": "GET", "/metrics": "GET"}  # routes the gate answers itself
 _RID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
+def is_admin(path: str) -> bool:
+    return path == "/metrics" or path.startswith("/admin/")
+
+
 class Gate:
-    def __init__(self, app, routes: tuple[str, ...] = ()):
+    def __init__(self, app, service):
         self.app = app
         self.settings = Settings()  # a serving process's entry point: its AIMASS_* variables
         self.verifier = Verifier(self.settings)
-        self.routes = set(routes)
+        self.service = service
+        self.routes = {api.route for api in service.apis.values()}
+        self.docs: dict[str, bytes] = {}  # by mount prefix
         self.in_serve = _in_serve()
         self.registry = CollectorRegistry()
         self.requests = Counter("aimass_requests", "HTTP requests by route and status", ["route", "status"],
@@ -45,27 +54,35 @@ class Gate:
         rid = headers.get("x-request-id", "")
         rid = rid if _RID.match(rid) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = rid
-        route = path if path in self.routes or path in OPEN or path in ADMIN else "other"
+        route = path if path in self.routes or path in OPEN or path in _OURS else "other"
         status = await self._handle(scope, receive, send, path, headers, rid)
         self.requests.labels(route, str(status)).inc()
         self.latency.labels(route).observe(time.perf_counter() - t0)
 
     async def _handle(self, scope, receive, send, path, headers, rid) -> int:
         tag = [] if self.in_serve else [(b"x-request-id", rid.encode())]  # Serve sets it on every response
+        if path in _OURS and scope["method"] not in (_OURS[path], "HEAD"):
+            return await _reply(send, 405, {"error": f"{scope['method']} is not allowed on {path}"},
+                                [*tag, (b"allow", _OURS[path].encode())])
         if path == "/healthz":
             return await _reply(send, 200, {"status": "ok"}, tag)
+        if path == "/docs.json":
+            return await _reply(send, 200, self._document(scope.get("root_path", "")), tag)
         if not (path in OPEN or path.startswith(OPEN_PREFIXES)):
-            admin = path == "/metrics" or path.startswith("/admin/")
             auth = headers.get("authorization", "")
             role = self.verifier.role(auth[7:].strip() if auth[:7].lower() == "bearer " else None)
             if role is None:
                 return await _reply(send, 401, {"error": UNAUTHORIZED},
                                     [*tag, (b"www-authenticate", b"Bearer")])
-            if admin and role != "admin":
+            if is_admin(path) and role != "admin":
                 return await _reply(send, 403, {"error": f"{path} needs an admin key"}, tag)
         if path == "/metrics":
             return await _reply(send, 200, generate_latest(self.registry), tag,
                                 content_type=CONTENT_TYPE_LATEST.encode())
+        ctype = headers.get("content-type", "application/json").split(";")[0].strip().lower()
+        if path in self.routes and ctype != "application/json":  # BentoML would try a form, or answer 500
+            return await _reply(send, 415, {"error": f"send the body as Content-Type: application/json, not "
+                                                     f"{ctype[:60] or 'an empty type'}"}, tag)
         limit = self.settings.serve_max_body_bytes
         declared = headers.get("content-length", "0")
         if not declared.isdigit() or int(declared) > limit:
@@ -95,21 +112,30 @@ class Gate:
             if msg["type"] == "http.response.start":
                 status = msg["status"]
                 msg = {**msg, "headers": [*msg.get("headers", []), *tag]}
-                if status >= 400 or path == "/docs.json":  # held back to rewrite the body below
+                if status >= 400:  # held back to rewrite the body below
                     held = msg
                     return
             elif held is not None and msg["type"] == "http.response.body":
                 chunks.append(msg.get("body", b""))
                 if msg.get("more_body"):
                     return
-                body = _error_body(b"".join(chunks)) if status >= 400 else _declare_bearer(b"".join(chunks))
-                hs = [(k, v) for k, v in held["headers"] if k.lower() != b"content-length"]
-                await send({**held, "headers": [*hs, (b"content-length", str(len(body)).encode())]})
+                body = _error_body(b"".join(chunks), status)
+                hs = [(k, v) for k, v in held["headers"] if k.lower() not in (b"content-length", b"content-type")]
+                await send({**held, "headers": [*hs, (b"content-type", b"application/json"),
+                                                (b"content-length", str(len(body)).encode())]})
                 msg = {"type": "http.response.body", "body": body}
             await send(msg)
 
         await self.app(scope, replay, tagged_send)
         return status
+
+    def _document(self, prefix: str) -> bytes:
+        if prefix not in self.docs:
+            from aimass.serving._openapi import document
+
+            self.docs[prefix] = json.dumps(document(self.service, prefix, unauthorized=UNAUTHORIZED,
+                                                    is_admin=is_admin)).encode()
+        return self.docs[prefix]
 
 
 def _in_serve() -> bool:
@@ -126,38 +152,29 @@ def _in_serve() -> bool:
         return False
 
 
-def _declare_bearer(body: bytes) -> bytes:
-    """BentoML's OpenAPI document knows nothing of our keys: declare the bearer scheme, and require it on every
-    operation but the open ones, so generated clients and /docs send the key."""
-    try:
-        spec = json.loads(body)
-    except ValueError:
-        return body
-    if not isinstance(spec, dict) or not isinstance(spec.get("paths"), dict):
-        return body
-    spec.setdefault("components", {}).setdefault("securitySchemes", {})["apiKey"] = {
-        "type": "http", "scheme": "bearer",
-        "description": "an aimass API key (aimass keys create); /admin/* and /metrics need an admin key"}
-    for route, ops in spec["paths"].items():
-        if route in OPEN or route.startswith(OPEN_PREFIXES) or not isinstance(ops, dict):
-            continue
-        for op in ops.values():
-            if isinstance(op, dict):
-                op["security"] = [{"apiKey": []}]
-                op.setdefault("responses", {}).setdefault("401", {"description": UNAUTHORIZED})
-    return json.dumps(spec).encode()
-
-
-def _error_body(body: bytes) -> bytes:
-    """Every error answers {"error": ..., ...}: BentoML 1.4 wraps its own 4xx messages in a one-element
-    list (a stray tuple in _bentoml_impl/server/app.py), unwrapped here."""
+def _error_body(body: bytes, status: int) -> bytes:
+    """The one error shape, `{"error": str, "detail"?: [{loc, msg, type}]}`, from whatever answered: BentoML
+    wraps its validation errors in a one-element list (a stray tuple in _bentoml_impl/server/app.py) with a
+    summary that names no field; Starlette answers 404/405 in plain text."""
     try:
         data = json.loads(body)
     except ValueError:
-        return body
-    if isinstance(data, list) and len(data) == 1 and isinstance(data[0], dict) and "error" in data[0]:
-        return json.dumps(data[0]).encode()
-    return body
+        data = None
+    if isinstance(data, list) and len(data) == 1:
+        data = data[0]
+    if not isinstance(data, dict) or not isinstance(data.get("error"), str):
+        text = body.decode("utf-8", "replace").strip()
+        return json.dumps({"error": text or HTTPStatus(status).phrase}).encode()
+    out = {"error": data["error"]}
+    detail = data.get("detail")
+    if isinstance(detail, list) and detail and all(isinstance(d, dict) for d in detail):
+        out["detail"] = [{"loc": [x if isinstance(x, int) else str(x) for x in d.get("loc", [])],
+                          "msg": str(d.get("msg", "")), "type": str(d.get("type", ""))} for d in detail]
+        out["error"] = "invalid request: " + "; ".join(
+            f"{'.'.join(map(str, p['loc'])) or 'body'}: {p['msg']}" for p in out["detail"][:5])
+    elif detail:
+        out["error"] += f": {detail}"
+    return json.dumps(out).encode()
 
 
 async def _reply(send, status: int, body, extra: list, content_type: bytes = b"application/json") -> int:

@@ -1,10 +1,22 @@
 """The wire contract of every served model: the request field types used in the services' signatures and
-the response models. Limits live here so the OpenAPI document states them and validation enforces them."""
+the response models. Limits live here so the OpenAPI document states them and validation enforces them.
+Scalars mean what the document says: an `integer` is 7 or 7.0, never "7" or true, a `boolean` never "yes"
+(pydantic's lax mode would take both)."""
 from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field, Strict
+
+
+def _number(v: object) -> object:
+    if isinstance(v, str | bool):
+        raise ValueError("must be an integer (a JSON number), not a string or a boolean")
+    return v
+
+
+# After the Field: before it, pydantic documents ge/le as unknown keywords instead of minimum/maximum.
+Integer = BeforeValidator(_number)
 
 MAX_K = 100
 MAX_HISTORY = 1000
@@ -12,20 +24,22 @@ MAX_CANDIDATES = 1000
 MAX_FILTER_COLUMNS = 8
 MAX_FILTER_VALUES = 100
 
-ItemId = Annotated[int, Field(ge=0, le=2**62, description="A raw item id of the model's dataset")]
-UserId = Annotated[int, Field(ge=0, le=2**62, description="A raw user id of the model's dataset")]
-K = Annotated[int, Field(ge=1, le=MAX_K, description=f"How many items to return (1-{MAX_K})")]
+ItemId = Annotated[int, Field(ge=0, le=2**62, description="A raw item id of the model's dataset"), Integer]
+UserId = Annotated[int, Field(ge=0, le=2**62, description="A raw user id of the model's dataset"), Integer]
+K = Annotated[int, Field(ge=1, le=MAX_K, description=f"How many items to return (1-{MAX_K})"), Integer]
 History = Annotated[list[ItemId], Field(max_length=MAX_HISTORY, description=(
-    "Recent items, oldest first; used instead of the user's stored history. Unknown ids are refused."))]
+    "Recent items, oldest first; used instead of the user's stored history. Unknown ids are refused (404)."))]
 Candidates = Annotated[list[ItemId], Field(min_length=1, max_length=MAX_CANDIDATES,
                                            description="The items to score and rank")]
 Exclude = Annotated[list[ItemId], Field(max_length=MAX_CANDIDATES, description="Items never to return")]
+ExcludeSeen = Annotated[bool, Strict(), Field(description="Leave out the items of the user's history")]
 Filters = Annotated[
     dict[Annotated[str, Field(max_length=64)],
          Annotated[list[Annotated[str, Field(max_length=200)]], Field(max_length=MAX_FILTER_VALUES)]],
     Field(max_length=MAX_FILTER_COLUMNS, description=(
-        "Keep only items whose item-table column has one of the values, e.g. {\"genre\": [\"jazz\"]}"))]
-MaxPer = Annotated[int, Field(ge=1, le=MAX_K, description="Most items per artist (or genre) in the answer")]
+        "Keep only items whose item-table column has one of the values, e.g. {\"genre\": [\"jazz\"]}; an "
+        "unknown column is refused (404)"))]
+MaxPer = Annotated[int, Field(ge=1, le=MAX_K, description="Most items per artist (or genre) in the answer"), Integer]
 
 
 class Served(BaseModel):
@@ -71,3 +85,16 @@ class ModelCard(Served):
     family: str | None
     n_items: int
     stages: list[Stage] = Field(default_factory=list)
+
+
+class Problem(BaseModel):
+    loc: list[str | int] = Field(description="Where in the body: field names and list positions")
+    msg: str
+    type: str = Field(description="pydantic's error type, e.g. int_type, greater_than_equal")
+
+
+class Error(BaseModel):
+    """The body of every 4xx and 5xx answer."""
+
+    error: str = Field(description="What is wrong, in words")
+    detail: list[Problem] | None = Field(None, description="Each validation problem (400 only)")

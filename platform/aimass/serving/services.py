@@ -1,17 +1,23 @@
-"""The BentoML services: one per model family (bentos/<family>/service.py imports its class from here so
-that Ray Serve replicas can import it too), plus the multi-stage pipeline. The type hints of the
+"""The BentoML services: one per model family of the zoo (bentos/<family>/service.py imports its class from
+here so that Ray Serve replicas import it too), plus the multi-stage pipeline. The type hints of the
 `@bentoml.api` methods are the request schema; the return types are the response schema.
+
+The family table is the zoo's registry: every family gets the generic single-model service under its zoo
+class name (`service("sasrec")` is `SASRec`, importable as `aimass.serving.services.SASRec`), built on first
+use so that importing this module imports no family. A family that needs more adds its class to SPECIAL.
 
 A service is configured by its AIMASS_* variables (AIMASS_SERVE_MODEL, AIMASS_HOME, ...), which a Serve
 deployment, a Bento's envs or the shell sets: its constructor is an entry point and parses Settings."""
 from __future__ import annotations
 
 import contextlib
+import functools
 from http import HTTPStatus
 
 import bentoml
 from bentoml.exceptions import BentoMLException
 
+from aimass import zoo
 from aimass.errors import AimassError, InvalidInputError, NotFoundError
 from aimass.serving import _pipeline
 from aimass.serving._engine import Engine
@@ -19,6 +25,7 @@ from aimass.serving._http import Gate
 from aimass.serving._schema import (
     Candidates,
     Exclude,
+    ExcludeSeen,
     Filters,
     History,
     ItemId,
@@ -33,7 +40,6 @@ from aimass.serving._schema import (
 )
 from aimass.settings import Settings
 
-ROUTES = ("/recommend", "/similar", "/rank", "/admin/info")
 TRAFFIC = {"timeout": 30, "max_concurrency": 256}
 
 
@@ -72,7 +78,7 @@ class _SingleModel:
 
     @bentoml.api
     def recommend(self, ctx: bentoml.Context, user_id: UserId | None = None, history: History | None = None,
-                  k: K = 10, exclude_seen: bool = True, exclude: Exclude | None = None,
+                  k: K = 10, exclude_seen: ExcludeSeen = True, exclude: Exclude | None = None,
                   filters: Filters | None = None) -> Recommendation:
         """Top-k items for a user id or an explicit recent-items history (which takes precedence). An unknown
         user with no history gets popular items, marked cold_start."""
@@ -102,27 +108,15 @@ class _SingleModel:
         return ModelCard(**{**_served(self.engine, ctx), **self.engine.card()})
 
 
-def _family(family: str, class_name: str):
-    """The service of one family: same routes, its own name (and so its own Bento and OpenAPI title)."""
-    cls = type(class_name, (_SingleModel,), {"__module__": __name__, "__doc__": f"The {family} service."})
-    return bentoml.service(name=f"aimass-{family}", traffic=TRAFFIC)(cls)
-
-
-Popularity = _family("popularity", "Popularity")
-ItemKNN = _family("itemknn", "ItemKNN")
-SASRec = _family("sasrec", "SASRec")
-TwoTower = _family("two-tower", "TwoTower")
-
-
 @bentoml.service(name="aimass-pipeline", traffic=TRAFFIC)
 class Pipeline:
     """retrieval (AIMASS_SERVE_MODEL, two-tower) -> ranking (AIMASS_SERVE_RANKER, SASRec) -> rules."""
 
     def __init__(self) -> None:
-        from aimass.serving import _app
+        from aimass.serving import app
 
         s = _settings()
-        self.stages = _app.stage_handles() or _pipeline.Stages.local(s)
+        self.stages = app.stage_handles() or _pipeline.Stages.local(s)
         self.retrieval_card = None
 
     async def _cards(self) -> tuple[dict, dict]:
@@ -140,7 +134,7 @@ class Pipeline:
 
     @bentoml.api
     async def recommend(self, ctx: bentoml.Context, user_id: UserId | None = None,
-                        history: History | None = None, k: K = 10, exclude_seen: bool = True,
+                        history: History | None = None, k: K = 10, exclude_seen: ExcludeSeen = True,
                         exclude: Exclude | None = None, filters: Filters | None = None,
                         max_per_artist: MaxPer | None = 2,
                         max_per_genre: MaxPer | None = None) -> PipelineRecommendation:
@@ -161,8 +155,32 @@ def _lineage(card: dict) -> dict:
     return {k: card[k] for k in ("model", "version", "dataset")}
 
 
-for _svc in (Popularity, ItemKNN, SASRec, TwoTower, Pipeline):
-    _svc.add_asgi_middleware(Gate, routes=ROUTES)
+Pipeline.add_asgi_middleware(Gate, service=Pipeline)
+SPECIAL = {"pipeline": Pipeline}
 
-BY_FAMILY = {"popularity": Popularity, "itemknn": ItemKNN, "sasrec": SASRec, "two-tower": TwoTower,
-             "pipeline": Pipeline}
+
+def servable() -> list[str]:
+    """Every family a deployment may name: the zoo's, and the special services."""
+    return [*zoo.families(), *SPECIAL]
+
+
+@functools.cache  # one class per family: BentoML and the Bento's import path must see the same object
+def service(family: str):
+    """The BentoML service of `family`: its special one, or the generic single-model service named after
+    the zoo's class (and so its own Bento and OpenAPI title)."""
+    if family in SPECIAL:
+        return SPECIAL[family]
+    name = zoo.family_class(family).__name__  # refuses an unknown family, naming the known ones
+    cls = type(name, (_SingleModel,), {"__module__": __name__, "__doc__": f"The {family} service: recommend, "
+                                       "similar and rank with one registered model version."})
+    svc = bentoml.service(name=f"aimass-{family}", traffic=TRAFFIC)(cls)
+    svc.add_asgi_middleware(Gate, service=svc)
+    return svc
+
+
+def __getattr__(name: str):
+    """`from aimass.serving.services import SASRec` (what bentos/<family>/service.py does)."""
+    for family in zoo.families():
+        if family.replace("-", "").lower() == name.lower():
+            return service(family)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

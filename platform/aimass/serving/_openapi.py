@@ -1,0 +1,90 @@
+"""The OpenAPI document of a served Bento, written from the same pydantic types that validate its requests
+(BentoML's own document drops `null` from optional fields, omits the statuses our gate answers and names no
+server, so a client generated from it calls the wrong URL and mis-reads errors).
+
+What it states is what the service does: the prefix it is mounted under (`servers`, relative, so it holds
+behind any host), every status each route answers, one error body for all of them, and the bodies a route
+refuses (a /recommend needs a `user_id` or a `history`)."""
+from __future__ import annotations
+
+import typing
+from typing import Any
+
+from pydantic.json_schema import models_json_schema
+
+from aimass.serving._schema import Error
+
+REF = "#/components/schemas/{model}"
+_ERROR = {"$ref": REF.format(model="Error")}
+# What makes a body name something that may not exist (an item, a filter column): those routes answer 404.
+_NAMES_THINGS = {"item_id", "items", "history", "filters"}
+# A body that names neither of these refuses with 400: say so, so that `{}` is not a valid request.
+_WHO = ("user_id", "history")
+
+
+def _json(schema: dict, description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(route: str, props: set[str], unauthorized: str, admin: bool) -> dict:
+    out = {"400": _json(_ERROR, "Invalid request: not JSON, a wrong type, a missing field or a value out of "
+                                "range; the error names it"),
+           "401": _json(_ERROR, unauthorized)}
+    if admin:
+        out["403"] = _json(_ERROR, f"{route} needs an admin key")
+    if props & _NAMES_THINGS:
+        out["404"] = _json(_ERROR, "An item id or filter column that the served model does not know")
+    out["413"] = _json(_ERROR, "Request body larger than the limit (AIMASS_SERVE_MAX_BODY_BYTES)")
+    out["415"] = _json(_ERROR, "A body that is not application/json")
+    return out
+
+
+def _request(api, defs: dict) -> tuple[dict, set[str]]:
+    schema = api.input_spec.model_json_schema(ref_template=REF)
+    defs.update(schema.pop("$defs", {}))
+    schema["title"] = f"{api.name}_request"
+    props = set(schema.get("properties", {}))
+    if set(_WHO) <= props:
+        schema["anyOf"] = [{"required": [f], "properties": {f: {"not": {"type": "null"}}}} for f in _WHO]
+        schema["description"] = "Give a user_id or a history (or both: the history is used)."
+    return schema, props
+
+
+def document(service: Any, prefix: str, *, unauthorized: str, is_admin: typing.Callable[[str], bool]) -> dict:
+    """The document of `service` (a BentoML service class) mounted at `prefix` ('' at the root)."""
+    defs: dict[str, Any] = {}
+    returns = {api.name: typing.get_type_hints(api.func)["return"] for api in service.apis.values()}
+    _, top = models_json_schema([(m, "serialization") for m in {*returns.values(), Error}], ref_template=REF)
+    defs.update(top.get("$defs", {}))
+    paths: dict[str, dict] = {}
+    for api in service.apis.values():
+        body, props = _request(api, defs)
+        admin = is_admin(api.route)
+        paths[api.route] = {"post": {
+            "operationId": api.name,
+            "summary": (api.doc or "").strip().split("\n")[0],
+            "description": " ".join((api.doc or "").split()),
+            # A route without parameters takes no body too; the others refuse a missing one.
+            "requestBody": {"required": bool(props), "content": {"application/json": {"schema": body}}},
+            "responses": {"200": _json({"$ref": REF.format(model=returns[api.name].__name__)}, "The answer"),
+                          **_errors(api.route, props, unauthorized, admin)},
+            "security": [{"apiKey": []}],
+        }}
+    status = {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}}
+    paths["/healthz"] = {"get": {"operationId": "healthz", "summary": "Liveness, without a key",
+                                 "responses": {"200": _json(status, "The service answers")}}}
+    text = {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}
+    paths["/metrics"] = {"get": {
+        "operationId": "metrics", "summary": "Prometheus metrics (admin key)", "security": [{"apiKey": []}],
+        "responses": {"200": text, "401": _json(_ERROR, unauthorized),
+                      "403": _json(_ERROR, "/metrics needs an admin key")}}}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": service.name, "version": "1",
+                 "description": " ".join((service.inner.__doc__ or "").split())},
+        "servers": [{"url": prefix or "/", "description": "Where this service is mounted, relative to the host"}],
+        "paths": paths,
+        "components": {"schemas": defs, "securitySchemes": {"apiKey": {
+            "type": "http", "scheme": "bearer",
+            "description": "an aimass API key (aimass keys create); /admin/* and /metrics need an admin key"}}},
+    }

@@ -1,0 +1,143 @@
+"""The processes of the embedded serving clusters, found from the outside: a cluster must be stoppable even
+when the home that started it is gone and nothing but its processes is left.
+
+A process belongs to the cluster of tag T (T = sha1(home)[:8]) when it carries `RAY_CLUSTER_OWNER=
+aimass-serve-T` in its environment (set for `ray start`, so every process of the head inherits it: Ray's
+client server too, which `ray start` detaches and which names nothing else of the head), when its command
+line names the head's temp folder `<tmp>/aimass-serve-T` or HAProxy's `<tmp>/ahp-T`, or when it descends
+from such a process. A GCS address is never used to find processes: once a head is gone its port may serve
+another cluster. A small record in the temp folder maps T back to the home."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import signal
+import tempfile
+from pathlib import Path
+
+import psutil
+
+OWNER = "RAY_CLUSTER_OWNER"
+RECORD = "aimass-home.json"
+_TAG = re.compile(r"(?<=/)(?:aimass-serve|ahp)-([0-9a-f]{8})(?![0-9a-f])")
+
+
+def tag(home: Path) -> str:
+    return hashlib.sha1(str(home).encode()).hexdigest()[:8]
+
+
+def temp_dir(home: Path) -> Path:
+    return temp_dir_of(tag(home))
+
+
+def temp_dir_of(cluster_tag: str) -> Path:
+    # Short and per home: Ray's socket paths must stay under 107 bytes; never shared with another cluster.
+    return Path(tempfile.gettempdir()) / f"aimass-serve-{cluster_tag}"
+
+
+def haproxy_dir(home: Path) -> Path:
+    # HAProxy refuses a socket path over 97 bytes and Ray nests a 56-character folder under temp_dir.
+    return Path(tempfile.gettempdir()) / f"ahp-{tag(home)}"
+
+
+def write_record(home: Path, address: str, serve_port: int) -> None:
+    tmp = temp_dir(home)
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / RECORD).write_text(json.dumps({"home": str(home), "address": address, "serve_port": serve_port}))
+
+
+def read_record(cluster_tag: str) -> dict:
+    f = temp_dir_of(cluster_tag) / RECORD
+    try:
+        return json.loads(f.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _cmdline(p: psutil.Process) -> list[str]:
+    try:
+        return p.cmdline()
+    except psutil.Error:
+        return []
+
+
+def owner_env(home: Path) -> dict[str, str]:
+    return {OWNER: f"aimass-serve-{tag(home)}"}
+
+
+def _tags_of(p: psutil.Process) -> set[str]:
+    found = set(_TAG.findall(" ".join(_cmdline(p))))
+    try:
+        owner = p.environ().get(OWNER, "")
+    except psutil.Error:
+        owner = ""
+    if owner.startswith("aimass-serve-"):
+        found.add(owner.removeprefix("aimass-serve-"))
+    return found
+
+
+def members(cluster_tag: str) -> list[psutil.Process]:
+    """Every live process of the cluster `cluster_tag`, descendants included."""
+    me = os.getpid()
+    roots = [p for p in psutil.process_iter() if p.pid != me and cluster_tag in _tags_of(p)]
+    found = {p.pid: p for p in roots}
+    for p in roots:
+        try:
+            found.update({c.pid: c for c in p.children(recursive=True)})
+        except psutil.Error:
+            pass
+    found.pop(me, None)
+    return list(found.values())
+
+
+def terminate(procs: list[psutil.Process], timeout: float = 10) -> None:
+    for p in procs:
+        _signal(p, signal.SIGTERM)
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    for p in alive:
+        _signal(p, signal.SIGKILL)
+    psutil.wait_procs(alive, timeout=5)
+
+
+def _signal(p: psutil.Process, sig: int) -> None:
+    try:
+        p.send_signal(sig)
+    except psutil.Error:
+        pass
+
+
+def running_tags() -> set[str]:
+    """Tags of the serving clusters that have a process on this machine."""
+    return {t for p in psutil.process_iter() for t in _tags_of(p)}
+
+
+def cluster_of(pid: int) -> str | None:
+    """The tag of the serving cluster `pid` belongs to (itself or an ancestor names it), if any."""
+    try:
+        chain = [psutil.Process(pid)]
+        chain += chain[0].parents()
+    except psutil.Error:
+        return None
+    for p in chain:
+        found = _tags_of(p)
+        if found:
+            return min(found)
+    return None
+
+
+def listening_pids(port: int) -> list[int]:
+    """PIDs with a TCP socket listening on `port` (those this user may see)."""
+    try:
+        conns = psutil.net_connections(kind="tcp")
+    except psutil.Error:
+        return []
+    return sorted({c.pid for c in conns if c.status == psutil.CONN_LISTEN and c.laddr.port == port and c.pid})
+
+
+def describe(pid: int) -> str:
+    try:
+        return f"pid {pid} ({psutil.Process(pid).name()})"
+    except psutil.Error:
+        return f"pid {pid}"

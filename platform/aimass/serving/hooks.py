@@ -1,0 +1,30 @@
+"""Ray worker set-up hook of the serving cluster (`worker_process_setup_hook`): keeps every listener a
+Serve deployment starts on loopback (../shared/STACK.md, "Network hygiene"). It must live in an installed
+module: Ray imports it by name in each worker before any user code runs."""
+from __future__ import annotations
+
+LOOPBACK = "127.0.0.1"
+
+
+def loopback() -> None:
+    # Replicas open their inter-deployment gRPC server on "[::]:0" (hard-coded in replica.py).
+    from ray.serve._private import replica
+
+    if not getattr(replica.add_port_to_grpc_server, "_aimass", False):
+        original = replica.add_port_to_grpc_server
+
+        def bind_loopback(server, address: str):
+            return original(server, address.replace("[::]", LOOPBACK).replace("0.0.0.0", LOOPBACK))
+
+        bind_loopback._aimass = True
+        replica.add_port_to_grpc_server = bind_loopback
+
+    # Ray's HAProxy template binds its stats and Prometheus ports to every interface ("bind *:PORT",
+    # "bind :PORT"). Patched before ray.serve._private.haproxy imports the template.
+    from ray.serve._private import haproxy_templates as t
+
+    t.HAPROXY_CONFIG_TEMPLATE = (t.HAPROXY_CONFIG_TEMPLATE.replace("bind *:", f"bind {LOOPBACK}:")
+                                 .replace("bind :", f"bind {LOOPBACK}:"))
+    haproxy = __import__("sys").modules.get("ray.serve._private.haproxy")
+    if haproxy is not None:  # already imported in this worker: patch its copy too
+        haproxy.HAPROXY_CONFIG_TEMPLATE = t.HAPROXY_CONFIG_TEMPLATE

@@ -1,0 +1,113 @@
+"""The serving cluster leaves nothing behind: a failed deploy stops the head it started, `shutdown` stops every
+process of the cluster (Ray's client server too), a cluster whose home was deleted is listed by `aimass
+doctor` and stopped by `aimass deployments shutdown --orphans`, and a serve port that another home holds is
+refused before anything starts, naming that home."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from aimass import serving
+from aimass.errors import BackendError, ConflictError
+from aimass.serving import _cluster, _procs
+from aimass.settings import Settings
+from tests.serving.conftest import cluster_of, cluster_processes, free_port, sharing
+
+pytestmark = pytest.mark.integration
+AIMASS = str(Path(sys.executable).with_name("aimass"))
+
+
+def _cli(*args: str, settings: Settings) -> subprocess.CompletedProcess:
+    env = {**os.environ, "AIMASS_HOME": str(settings.home), "AIMASS_SERVE_PORT": str(settings.serve_port)}
+    for k, v in (("CATALOG_URL", settings.catalog_url), ("MLFLOW_TRACKING_URI", settings.mlflow_tracking_uri),
+                 ("DATA_REGISTRY", settings.data_registry), ("DVC_REMOTE", settings.dvc_remote)):
+        if v:
+            env[f"AIMASS_{k}"] = v
+    return subprocess.run([AIMASS, *args], env=env, capture_output=True, text=True, timeout=300)
+
+
+def _fail_serve_run(monkeypatch) -> None:
+    from ray import serve
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("replica failed to start (injected)")
+
+    monkeypatch.setattr(serve, "run", boom)
+
+
+def test_a_failed_deploy_stops_the_cluster_it_started_and_only_that(served, tmp_path, monkeypatch):
+    other = sharing(served.settings, tmp_path / "failing", serve_port=free_port())
+    _fail_serve_run(monkeypatch)
+    with pytest.raises(BackendError, match="injected"):
+        serving.deploy("recs/1", "doomed", settings=other)
+    record = json.loads((Path(_procs.temp_dir(other.home)) / "aimass-home.json").read_text())
+    assert record["home"] == str(other.home)  # so the failed head was really started, then stopped
+    assert not _cluster.state_file(other).exists()
+    assert cluster_processes(str(_procs.temp_dir(other.home)), record["address"]) == []
+    # A head that was running before the deploy is left running.
+    with pytest.raises(BackendError, match="injected"):
+        serving.deploy("recs/1", "doomed", settings=served.settings)
+    assert _cluster.running(served.settings)
+    assert served.post("recs", "/recommend", {"user_id": 1}).status_code == 200
+
+
+def test_shutdown_leaves_no_process_of_the_cluster(tmp_path):
+    s = Settings(home=tmp_path / "home", serve_port=free_port())
+    _cluster.ensure(s)  # a bare head: what `shutdown` must stop is Ray's, not Serve's
+    temp_dir, address = cluster_of(s)
+    before = cluster_processes(temp_dir, address)
+    assert any("ray.util.client.server" in p for p in before), before  # the one that used to survive
+    r = _cli("deployments", "shutdown", "--json", settings=s)
+    assert r.returncode == 0 and json.loads(r.stdout) == {"stopped": True}, r.stderr
+    assert cluster_processes(temp_dir, address) == []
+    assert not any(psutil.pid_exists(int(p.split()[0])) for p in before)
+
+
+def test_doctor_lists_a_cluster_whose_home_is_gone_and_shutdown_orphans_stops_it(tmp_path):
+    gone = Settings(home=tmp_path / "gone", serve_port=free_port())
+    _cluster.ensure(gone)
+    temp_dir, address = cluster_of(gone)
+    shutil.rmtree(gone.home)
+    elsewhere = Settings(home=tmp_path / "elsewhere")
+    r = _cli("doctor", "--json", settings=elsewhere)
+    rows = [c for c in json.loads(r.stdout) if c["component"] == "orphaned serving cluster"]
+    mine = [c for c in rows if c["location"] == temp_dir]
+    assert len(mine) == 1 and str(gone.home) in mine[0]["detail"], rows
+    assert mine[0]["status"] == "warn" and "aimass deployments shutdown --orphans" in mine[0]["detail"]
+    r = _cli("deployments", "shutdown", "--orphans", "--json", settings=elsewhere)
+    assert r.returncode == 0, r.stderr
+    assert str(gone.home) in [o["home"] for o in json.loads(r.stdout)["stopped"]]
+    assert cluster_processes(temp_dir, address) == []
+    assert all(c["location"] != temp_dir for c in json.loads(_cli("doctor", "--json", settings=elsewhere).stdout))
+
+
+def test_a_serve_port_held_by_another_home_is_refused_naming_it(served, tmp_path):
+    other = sharing(served.settings, tmp_path / "second", serve_port=served.settings.serve_port)
+    r = _cli("deploy", "recs/1", "--endpoint", "second", settings=other)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == ConflictError.exit_code and lines[-1].startswith("error: "), r.stderr
+    assert f"serve port {other.serve_port}" in lines[-1] and str(served.settings.home) in lines[-1]
+    assert "AIMASS_SERVE_PORT" in lines[-1] and "[ALERT]" not in r.stderr
+    assert not _cluster.state_file(other).exists()  # nothing was started
+    assert cluster_processes(str(_procs.temp_dir(other.home)), "no address") == []
+    assert httpx.get(served.urls["recs"] + "/healthz", timeout=10).status_code == 200
+
+
+def test_a_serve_port_held_by_any_other_process_is_refused_naming_it(tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        s = Settings(home=tmp_path / "home", serve_port=sock.getsockname()[1])
+        with pytest.raises(ConflictError) as e:
+            _cluster.check_port(s)
+    assert f"pid {os.getpid()} ({psutil.Process().name()})" in str(e.value)
+    assert "AIMASS_SERVE_PORT" in str(e.value) and "\n" not in str(e.value)
