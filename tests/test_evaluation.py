@@ -283,3 +283,19 @@ def test_evaluate_rejects_bad_input() -> None:
         rank_metrics(np.zeros((1, 4), np.float32), [0], hist)
     with pytest.raises(ValueError, match="NaN"):
         rank_metrics(np.full((1, 4), np.nan, np.float32), [1], hist)
+
+
+def test_top_k_matches_a_sort_by_score_then_column_even_with_ties_at_the_cutoff():
+    from aimass.evaluation import top_k
+
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 3, (300, 21)).astype(float)  # many ties, often across the k-th place
+    scores[rng.random(scores.shape) < 0.05] = -np.inf  # allowed but hopeless: still ranked, last
+    allowed = rng.random(scores.shape) > 0.2
+    got, values = top_k(scores, 4, allowed)
+    for row, ok, cols, vals in zip(scores, allowed, got, values, strict=True):
+        want = [c for c in sorted(range(1, 21), key=lambda c: (-row[c], c)) if ok[c]][:4]
+        assert [c for c in cols if c >= 0] == want
+        assert list(vals[: len(want)]) == [row[c] for c in want]
+    one, _ = top_k(np.array([0, 2, 0, 1, 0, 2, 2, 2.0]), 3)
+    assert one.tolist() == [1, 5, 6]  # the tie at the cutoff goes to the lowest-numbered columns

@@ -329,18 +329,22 @@ def top_k(scores: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tupl
         allowed[None, :] if allowed.ndim == 1 else allowed, s2.shape)
     ok = ok.copy()
     ok[:, 0] = False
-    # allowed columns sort by -score (a -inf or NaN score last among them, as +inf); excluded ones get NaN,
-    # which partition and sort put after everything, so they only fill a row that lacks allowed columns
+    # sort key, smallest first: -score for allowed columns (a -inf or NaN score last among them), then every
+    # excluded column, which only fills a row that lacks allowed ones
     neg = -s2.astype(np.float64, copy=False)
-    key = np.where(ok, np.where(np.isnan(neg), np.inf, neg), np.nan)
+    key = np.where(ok, np.nan_to_num(neg, nan=np.finfo(np.float64).max, posinf=np.finfo(np.float64).max), np.inf)
     n_ok = ok.sum(1)
     kk = int(min(max(k, 0), s2.shape[1] - 1, int(n_ok.max()) if len(n_ok) else 0))
     if kk <= 0:
         empty = np.zeros((len(s2), 0), dtype=np.int64)
         return (empty[0], s2[0, :0]) if one else (empty, s2[:, :0])
     top = np.argpartition(key, kk - 1, axis=1)[:, :kk]
-    # stable sort on (score desc, column asc): ties in column order, whatever argpartition returned
-    top.sort(axis=1)
+    # a tie across the k-th place: argpartition picked any of the tied columns; take the lowest-numbered ones
+    kth = np.take_along_axis(key, top, 1).max(1, keepdims=True)
+    tied = (key <= kth).sum(1) > kk
+    if tied.any():
+        top[tied] = np.argsort(key[tied], axis=1, kind="stable")[:, :kk]
+    top.sort(axis=1)  # then a stable sort by key keeps ties in column order
     top = np.take_along_axis(top, np.argsort(np.take_along_axis(key, top, 1), axis=1, kind="stable"), 1)
     vals = np.take_along_axis(s2, top, 1)
     bad = ~np.take_along_axis(ok, top, 1)

@@ -296,7 +296,8 @@ def _distill(teacher_est, splits, opts: dict, progress: bool):
     # schedule follows whichever runs out first, the steps or the time budget
     loop = EpochLoop(Limits(epochs=10**9, time_budget_s=opts.get("time_budget_s"), max_steps=steps), step,
                      validate=validate if valid else None, on_epoch=on_epoch,
-                     keep_best=lambda: kept.update(state=snapshot(student)), epoch_hooks=(sampler, data))
+                     keep_best=(lambda: kept.update(state=snapshot(student))) if valid else None,
+                     epoch_hooks=(sampler, data))
     t0 = time.perf_counter()
     try:
         st = loop.run(loader)

@@ -149,7 +149,7 @@ def _users_digest(users) -> str:
 def _latest_checkpoint(s: Settings, run_id: str) -> Path | None:
     root = s.home / "ray-results" / run_id
     found = sorted((p for p in root.glob("checkpoint_*") if (p / "state.json").exists()),
-                   key=lambda p: json.loads((p / "state.json").read_text())["step"])
+                   key=lambda p: json.loads((p / "state.json").read_text()).get("step", 0))
     return found[-1] if found else None
 
 

@@ -55,12 +55,23 @@ class LoopState:
 def validation_metrics(score_fn, histories: Sequence[np.ndarray], targets: np.ndarray, n_items: int, *,
                        rank: int = 0, world: int = 1) -> dict:
     """Validation NDCG@10 and Recall@10 through ``aimass.evaluation``; with ``world`` > 1 each rank scores
-    every ``world``-th user and the sums are all-reduced, so every rank gets the exact figure."""
+    every ``world``-th user and the sums are all-reduced, so every rank gets the exact figure. A model that
+    scores NaN (diverged) gets NaN figures on every rank, which no loop keeps as its best."""
     hist, tgt = list(histories)[rank::world], np.asarray(targets)[rank::world]
-    sums = np.zeros(3)
+    sums, diverged = np.zeros(3), []
+
+    def checked(h):
+        s = np.asarray(score_fn(h))
+        if np.isnan(s).any():
+            diverged.append(True)
+            return np.nan_to_num(s, nan=-np.inf)
+        return s
+
     if len(hist):
-        m = evaluate(score_fn, hist, tgt, n_items, ks=(10,))
+        m = evaluate(checked, hist, tgt, n_items, ks=(10,))
         sums[:] = m["ndcg@10"] * m["n_users"], m["recall@10"] * m["n_users"], m["n_users"]
+        if diverged:
+            sums[:2] = np.nan
     if world > 1:
         import torch
         import torch.distributed as dist
