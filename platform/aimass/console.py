@@ -113,11 +113,6 @@ def log_path() -> Path | None:
     return _c.log_path
 
 
-def is_quiet() -> bool:
-    """True when only aimass's own lines reach the person (the CLI without --verbose)."""
-    return not _c.verbose
-
-
 def stage(message: str) -> None:
     """One line for a person (nothing with --json); also in the log, to place what follows it."""
     if not _c.json:

@@ -15,13 +15,13 @@ from pydantic import BaseModel, Field
 
 from aimass.errors import BackendError, ConflictError, InvalidInputError, NotFoundError
 from aimass.settings import Settings, default_settings
-from aimass.tracking import TAG, lineage_of
+from aimass.tracking import TAG as T  # tag prefix
+from aimass.tracking import lineage_of
 
 ALIASES = ("champion", "challenger")
 METHODS = ("int8", "fp16", "bf16", "prune", "distill", "onnx")  # compression, see registry/README.md
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _REF = re.compile(r"^(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[A-Za-z0-9_-]+))?$")
-T = TAG
 
 
 class ModelVersionInfo(BaseModel):

@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import json
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -298,7 +297,6 @@ def _distill(teacher_est, splits, opts: dict, progress: bool):
                      validate=validate if valid else None, on_epoch=on_epoch,
                      keep_best=(lambda: kept.update(state=snapshot(student))) if valid else None,
                      epoch_hooks=(sampler, data))
-    t0 = time.perf_counter()
     try:
         st = loop.run(loader)
     finally:
@@ -308,7 +306,7 @@ def _distill(teacher_est, splits, opts: dict, progress: bool):
     student.eval()
     history = [{"epoch": h["epoch"], "step": h["step"], STOP_METRIC: h.get(STOP_METRIC)} for h in st.history]
     details = {"steps": st.step, "temperature": T, "alpha": alpha, "init_from_teacher": init,
-               "train_s": round(time.perf_counter() - t0, 1),
+               "train_s": round(st.train_time_s, 1),
                "final_loss": st.history[-1]["loss"] if st.history else None, "history": history,
                "best_epoch": st.best_epoch if valid else None}
     return student, scfg, details
