@@ -38,6 +38,24 @@ class Settings(BaseSettings):
     serve_ranker: str | None = Field(None, description="Ranking-stage model ref of a multi-stage service.")
     serve_endpoint: str | None = Field(None, description="Endpoint name of a serving process.")
     serve_max_body_bytes: int = Field(65536, ge=1024, description="Largest accepted request body.")
+    # Feedback (aimass.events): which event types count as positive or negative, Gorse-style: a bare type
+    # ("like") or a type with a value threshold ("play>=30", "rating<=2"). A type named nowhere is refused.
+    feedback_positive: list[str] = Field(["click", "like", "purchase", "play", "rating>=4"],
+                                         description="Event types (with thresholds) that extend a history.")
+    feedback_negative: list[str] = Field(["skip", "dislike", "rating<=2"],
+                                         description="Event types (with thresholds) that exclude an item.")
+    feedback_neutral: list[str] = Field(["impression", "view", "rating"],
+                                        description="Known event types that are neither (impressions).")
+    feedback_max_batch: int = Field(1000, ge=1, le=100_000, description="Most events in one POST /feedback.")
+    feedback_max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest POST /feedback body.")
+    feedback_max_future_s: float = Field(86400.0, ge=0, description="How far ahead a timestamp may be.")
+    online_poll_s: float = Field(0.2, gt=0, le=10, description="How often a replica reads new events.")
+    # Monitoring and retraining triggers, run on a schedule inside the serving cluster (aimass.monitoring).
+    monitor_interval_s: float | None = Field(3600.0, gt=0, description="Drift report schedule; None: off.")
+    monitor_window_s: float = Field(3600.0, gt=0, description="The window a scheduled drift report reads.")
+    retrain_interval_s: float | None = Field(None, gt=0, description="Retrain on a schedule; None: off.")
+    retrain_min_events: int | None = Field(None, ge=1, description="Retrain after this many new events.")
+    retrain_on_drift: bool = Field(False, description="Retrain when a scheduled drift report flags.")
 
     @field_validator("home")
     @classmethod

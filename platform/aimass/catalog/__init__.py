@@ -2,6 +2,17 @@
 acknowledges. Field declarations live once, in SQLModel Base/Table/Public classes, and serve both the
 tables and the API's wire models."""
 from aimass.catalog._db import engine_for, session
-from aimass.catalog.models import ApiKey, ApiKeyPublic, DatasetVersion, DatasetVersionPublic
+from aimass.catalog.models import (
+    ApiKey,
+    ApiKeyPublic,
+    DatasetVersion,
+    DatasetVersionPublic,
+    FeedbackEvent,
+    FeedbackEventBase,
+    FeedbackEventPublic,
+    ServedAnswer,
+    ServedAnswerBase,
+)
 
-__all__ = ["ApiKey", "ApiKeyPublic", "DatasetVersion", "DatasetVersionPublic", "engine_for", "session"]
+__all__ = ["ApiKey", "ApiKeyPublic", "DatasetVersion", "DatasetVersionPublic", "FeedbackEvent", "FeedbackEventBase",
+           "FeedbackEventPublic", "ServedAnswer", "ServedAnswerBase", "engine_for", "session"]

@@ -63,3 +63,59 @@ class ApiKey(ApiKeyBase, table=True):
 
 class ApiKeyPublic(ApiKeyBase):
     id: int
+
+
+# --- the way back: feedback events and served answers (aimass.events) -------------------------------------
+_EVENT_ID = r"^[A-Za-z0-9._:@/-]{1,128}$"
+_TYPE = r"^[a-z][a-z0-9_]{0,31}$"
+
+
+class FeedbackEventBase(SQLModel):
+    event_id: str = Field(schema_extra={"pattern": _EVENT_ID}, description=(
+        "Chosen by the client, unique per endpoint: a repeated id is stored once (idempotent retries)"))
+    user_id: int = Field(ge=0, le=2**62, description="Raw user id (a user the model never saw is accepted)")
+    item_id: int = Field(ge=0, le=2**62, description="Raw item id (an item the model never saw is accepted)")
+    type: str = Field(schema_extra={"pattern": _TYPE}, description="Event type: play, skip, like, click, ...")
+    timestamp: datetime = Field(description="When it happened: ISO 8601 (no offset means UTC) or unix seconds")
+    value: float | None = Field(None, description="e.g. seconds played or a rating; thresholds apply to it")
+    request_id: str | None = Field(None, schema_extra={"pattern": r"^[A-Za-z0-9._-]{1,64}$"}, description=(
+        "The request_id of the answer that showed the item: joins the event to the served list"))
+
+
+class FeedbackEvent(FeedbackEventBase, table=True):
+    __tablename__ = "feedback_events"
+    __table_args__ = (UniqueConstraint("endpoint", "event_id"),)
+
+    seq: int | None = Field(default=None, primary_key=True, description="Log position: the order of commit")
+    endpoint: str = Field(index=True)
+    received_at: datetime = Field(default_factory=_now)
+
+
+class FeedbackEventPublic(FeedbackEventBase):
+    seq: int
+    endpoint: str
+    received_at: datetime
+
+
+class ServedAnswerBase(SQLModel):
+    """One answer of a served model, as monitoring and the feedback join need it."""
+
+    request_id: str = Field(index=True)
+    route: str = Field(description="recommend, rank or similar")
+    model: str
+    version: int
+    user_id: int | None = None
+    history_length: int = Field(0, description="Length of the history the answer was scored from")
+    history_tail: list = Field(default_factory=list, sa_column=Column(JSON),
+                               description="The last items of that history (raw ids)")
+    items: list = Field(default_factory=list, sa_column=Column(JSON), description="The served items, best first")
+    scores: list = Field(default_factory=list, sa_column=Column(JSON))
+    strategy: str = Field("model", description="model, popular or trending")
+    served_at: datetime = Field(default_factory=_now, index=True)
+
+
+class ServedAnswer(ServedAnswerBase, table=True):
+    __tablename__ = "served_answers"
+
+    seq: int | None = Field(default=None, primary_key=True)
+    endpoint: str = Field(index=True)

@@ -1,0 +1,178 @@
+"""The way back: feedback events (a durable, idempotent log with group commit), the served-answer log they
+join to, and the rules that say which events are positive or negative. Shared core: serving writes and reads
+it, monitoring and retraining read it.
+
+    >>> log = aimass.events.EventLog(settings)
+    >>> log.write("recs", [FeedbackEventBase(event_id="e1", user_id=1, item_id=2, type="play",
+    ...                                      timestamp=1733000000, value=42.0)])
+"""
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel
+
+from aimass.catalog import FeedbackEventBase, FeedbackEventPublic
+from aimass.errors import InvalidInputError
+from aimass.events._log import Ack, EventLog, as_utc
+from aimass.events._rules import Rules
+from aimass.events._served import ServedLog
+from aimass.settings import Settings, default_settings
+
+__all__ = ["Ack", "EventLog", "FeedbackEventBase", "FeedbackEventPublic", "IngestResult", "Rules", "ServedLog",
+           "check", "ingest", "list_events", "read_events", "stats", "as_utc"]
+_COLUMNS = ["event_id", "user_id", "item_id", "type", "timestamp", "value", "request_id"]
+
+
+def check(events: list[FeedbackEventBase], rules: Rules, settings: Settings, now: datetime | None = None) -> None:
+    """What the field types cannot say: a known type, a timestamp not too far ahead. Names the event."""
+    now = now or datetime.now(UTC)
+    limit = now + timedelta(seconds=settings.feedback_max_future_s)
+    for i, e in enumerate(events):
+        where = f"event {i} ({e.event_id!r})" if len(events) > 1 else f"event {e.event_id!r}"
+        if e.type not in rules.types:
+            raise InvalidInputError(f"{where}: unknown event type {e.type!r}; known types: "
+                                    f"{', '.join(rules.types)} (AIMASS_FEEDBACK_POSITIVE/_NEGATIVE/_NEUTRAL)")
+        ts = e.timestamp if e.timestamp.tzinfo else e.timestamp.replace(tzinfo=UTC)
+        if ts > limit:
+            raise InvalidInputError(f"{where}: timestamp {ts.isoformat()} is more than "
+                                    f"{settings.feedback_max_future_s:g} s in the future")
+
+
+class IngestResult(BaseModel):
+    endpoint: str
+    path: str
+    rows: int
+    stored: int
+    duplicates: int
+    seconds: float
+    events_per_s: float
+
+
+def read_events(path: str | Path, rules: Rules, settings: Settings) -> pd.DataFrame:
+    """A file of events (CSV, JSON lines or Parquet, by extension) as validated rows; the first bad row is
+    named and nothing is returned."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise InvalidInputError(f"no events file at {p}")
+    suffix = "".join(p.suffixes[-2:]).lower() if p.suffix == ".gz" else p.suffix.lower()
+    try:
+        if suffix in (".csv", ".csv.gz"):
+            f = pd.read_csv(p, dtype={"event_id": str, "type": str, "request_id": str})
+        elif suffix in (".jsonl", ".ndjson", ".json", ".jsonl.gz"):
+            f = pd.read_json(p, lines=suffix != ".json", dtype={"event_id": str, "type": str, "request_id": str})
+        elif suffix in (".parquet", ".pq"):
+            f = pd.read_parquet(p)
+        else:
+            raise InvalidInputError(f"{p}: unknown events file type {suffix or '(none)'}; use .csv, .jsonl or "
+                                    ".parquet")
+    except InvalidInputError:
+        raise
+    except Exception as e:
+        raise InvalidInputError(f"{p} cannot be read as {suffix}: {str(e).splitlines()[0][:200]}") from None
+    missing = [c for c in ("event_id", "user_id", "item_id", "type", "timestamp") if c not in f.columns]
+    if missing:
+        raise InvalidInputError(f"{p}: missing columns {', '.join(missing)} (need event_id, user_id, item_id, "
+                                "type, timestamp; optional value, request_id)")
+    extra = sorted(set(f.columns) - set(_COLUMNS))
+    if extra:
+        raise InvalidInputError(f"{p}: unknown columns {', '.join(extra)}; allowed: {', '.join(_COLUMNS)}")
+    for c in ("value", "request_id"):
+        if c not in f.columns:
+            f[c] = None
+    f = f[_COLUMNS].reset_index(drop=True)
+
+    def bad(mask: np.ndarray, what: str) -> None:
+        if mask.any():
+            i = int(np.flatnonzero(mask)[0])
+            raise InvalidInputError(f"{p}: row {i + 1} (event_id {f['event_id'].iloc[i]!r}): {what}; "
+                                    f"{int(mask.sum())} bad rows in all, nothing stored")
+
+    eid = f["event_id"].astype("string")
+    bad(~eid.str.fullmatch(r"[A-Za-z0-9._:@/-]{1,128}").fillna(False).to_numpy(dtype=bool),
+        "event_id must be 1-128 letters, digits or . _ : @ / -")
+    f["event_id"] = eid.astype(object)
+    for c in ("user_id", "item_id"):
+        v = pd.to_numeric(f[c], errors="coerce")
+        bad((v.isna() | (v < 0) | (v > 2**62) | (v % 1 != 0)).to_numpy(), f"{c} must be a whole number >= 0")
+        f[c] = v.astype(np.int64)
+    t = f["type"].astype("string")
+    bad(~t.isin(rules.types).fillna(False).to_numpy(dtype=bool),
+        f"unknown event type (known: {', '.join(rules.types)})")
+    f["type"] = t.astype(object)
+    ts = f["timestamp"]
+    parsed = (pd.to_datetime(pd.to_numeric(ts, errors="coerce"), unit="s", utc=True, errors="coerce")
+              if pd.api.types.is_numeric_dtype(ts) else pd.to_datetime(ts, utc=True, errors="coerce", format="mixed"))
+    bad(parsed.isna().to_numpy(), "missing or malformed timestamp (ISO 8601 or unix seconds)")
+    limit = pd.Timestamp.now(tz="UTC") + pd.Timedelta(seconds=settings.feedback_max_future_s)
+    bad((parsed > limit).to_numpy(), f"timestamp more than {settings.feedback_max_future_s:g} s in the future")
+    f["timestamp"] = parsed
+    v = pd.to_numeric(f["value"], errors="coerce")
+    bad((v.isna() & f["value"].notna()).to_numpy(), "value must be a number")
+    f["value"] = v
+    rid = f["request_id"].astype("string")
+    bad((rid.notna() & ~rid.str.fullmatch(r"[A-Za-z0-9._-]{1,64}").fillna(False)).to_numpy(dtype=bool),
+        "request_id must be 1-64 letters, digits or . _ -")
+    f["request_id"] = rid.astype(object).where(rid.notna(), None)
+    return f
+
+
+def ingest(path: str | Path, endpoint: str, *, settings: Settings | None = None) -> IngestResult:
+    """Append a file of events to `endpoint`'s log in one transaction: all or nothing; ids already stored
+    (or repeated in the file) are stored once and counted as duplicates."""
+    import time
+
+    s = settings or default_settings()
+    t0 = time.perf_counter()
+    frame = read_events(path, Rules.of(s), s)
+    stored, dup = EventLog(s).ingest(endpoint, frame)
+    dt = time.perf_counter() - t0
+    return IngestResult(endpoint=endpoint, path=str(path), rows=len(frame), stored=stored, duplicates=dup,
+                        seconds=round(dt, 3), events_per_s=round(len(frame) / dt if dt else 0.0, 1))
+
+
+def list_events(endpoint: str, *, limit: int = 20, settings: Settings | None = None) -> list[FeedbackEventPublic]:
+    """The endpoint's latest `limit` events, newest first."""
+    s = settings or default_settings()
+    log = EventLog(s)
+    last = log.last_seq(endpoint)
+    f = log.frame(endpoint, after_seq=max(0, last - 50 * limit))  # seq is global: widen until enough
+    rows = f.tail(limit).iloc[::-1]
+    return [FeedbackEventPublic.model_validate({**r, "value": None if pd.isna(r["value"]) else r["value"],
+                                                "request_id": r["request_id"] or None})
+            for r in rows.to_dict("records")]
+
+
+def stats(endpoint: str, *, settings: Settings | None = None) -> dict:
+    """Counts of the endpoint's log: events by type and polarity, users, items, and how many events name a
+    request_id that no served answer has (unjoined: a typo'd or never-served id)."""
+    from sqlalchemy import func, select
+
+    from aimass.catalog import ServedAnswer
+
+    s = settings or default_settings()
+    log = EventLog(s)
+    f = log.frame(endpoint)
+    pol = Rules.of(s).polarities(f["type"], f["value"]) if len(f) else np.zeros(0)
+    rids = [r for r in f["request_id"].dropna().unique().tolist() if r]
+    known: set[str] = set()
+    t = ServedAnswer.__table__
+    with log.engine.connect() as conn:
+        for i in range(0, len(rids), 500):
+            q = select(t.c.request_id).where(t.c.endpoint == endpoint, t.c.request_id.in_(rids[i:i + 500]))
+            known.update(conn.execute(q).scalars())
+        answers = conn.execute(select(func.count()).select_from(t).where(t.c.endpoint == endpoint)).scalar()
+    with_rid = f["request_id"].notna() & (f["request_id"] != "")
+    return {
+        "endpoint": endpoint, "events": len(f), "users": int(f["user_id"].nunique()),
+        "items": int(f["item_id"].nunique()), "by_type": {k: int(v) for k, v in f["type"].value_counts().items()},
+        "positive": int((pol > 0).sum()), "negative": int((pol < 0).sum()), "neutral": int((pol == 0).sum()),
+        "with_request_id": int(with_rid.sum()),
+        "unjoined_request_ids": int((with_rid & ~f["request_id"].isin(known)).sum()),
+        "served_answers": int(answers or 0), "last_seq": int(f["seq"].max()) if len(f) else 0,
+        "first_received": f["received_at"].min().isoformat() if len(f) else None,
+        "last_received": f["received_at"].max().isoformat() if len(f) else None,
+    }

@@ -1,0 +1,198 @@
+"""The durable feedback log. An event is acknowledged only after the transaction holding it is committed (the
+catalog's SQLite runs in WAL mode with synchronous=FULL, so a commit is an fsync; Postgres commits durably by
+default). Single events from concurrent requests are committed in groups: one writer thread per process
+takes everything queued while the previous commit ran and commits it in one transaction, so a burst of N
+requests costs about one fsync, not N. A repeated (endpoint, event_id) is stored once: the unique key
+decides, across processes too, and the repeat is answered with the first copy's position and
+`duplicate: true`."""
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import queue
+import threading
+from datetime import UTC, datetime
+
+import pandas as pd
+from pydantic import BaseModel
+from sqlalchemy import func, select
+
+from aimass.catalog import FeedbackEvent, FeedbackEventBase, engine_for
+from aimass.settings import Settings
+
+log = logging.getLogger(__name__)
+TABLE = FeedbackEvent.__table__
+_COLUMNS = ("event_id", "user_id", "item_id", "type", "timestamp", "value", "request_id")
+_MAX_GROUP = 5000  # events per group commit: bounds one transaction's time under a flood
+_CHUNK = 500  # rows per INSERT statement (SQLite's bound-parameter limit)
+
+
+class Ack(BaseModel):
+    event_id: str
+    seq: int
+    duplicate: bool
+
+
+def as_utc(ts: datetime) -> datetime:
+    """A time in UTC; one without an offset is read as UTC (documented on the wire)."""
+    return ts.astimezone(UTC) if ts.tzinfo else ts.replace(tzinfo=UTC)
+
+
+def _insert(engine):
+    if engine.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert(TABLE)
+
+
+class EventLog:
+    def __init__(self, settings: Settings):
+        self.engine = engine_for(settings.catalog)
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    # --- writing -------------------------------------------------------------------------------------------
+    def append(self, endpoint: str, events: list[FeedbackEventBase]) -> concurrent.futures.Future:
+        """Queue `events` for the next group commit; the future resolves to one Ack per event, in order, once
+        they are durable (or to the exception that stopped the commit: nothing of the group is stored)."""
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        self._start()
+        self._queue.put((endpoint, events, fut))
+        return fut
+
+    def write(self, endpoint: str, events: list[FeedbackEventBase]) -> list[Ack]:
+        return self.append(endpoint, events).result()
+
+    def _start(self) -> None:
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name="aimass-group-commit", daemon=True)
+                    self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            group = [self._queue.get()]
+            n = len(group[0][1])
+            while n < _MAX_GROUP:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                group.append(item)
+                n += len(item[1])
+            try:
+                acks = self._commit(group)
+            except Exception as e:  # the whole group failed: every waiter hears it, nothing was acknowledged
+                log.exception("group commit of %d events failed", n)
+                for _, _, fut in group:
+                    fut.set_exception(e)
+                continue
+            for (_, _, fut), out in zip(group, acks, strict=True):
+                fut.set_result(out)
+
+    def _commit(self, group: list) -> list[list[Ack]]:
+        now = as_utc(datetime.now(UTC))
+        by_endpoint: dict[str, dict[str, dict]] = {}
+        for endpoint, events, _ in group:
+            rows = by_endpoint.setdefault(endpoint, {})
+            for e in events:
+                if e.event_id not in rows:  # first copy in the group wins
+                    rows[e.event_id] = {**{c: getattr(e, c) for c in _COLUMNS}, "endpoint": endpoint,
+                                        "timestamp": as_utc(e.timestamp), "received_at": now}
+        new: dict[tuple[str, str], int] = {}
+        old: dict[tuple[str, str], int] = {}
+        with self.engine.begin() as conn:
+            for endpoint, rows in by_endpoint.items():
+                values = list(rows.values())
+                for i in range(0, len(values), _CHUNK):
+                    stmt = (_insert(self.engine).values(values[i:i + _CHUNK])
+                            .on_conflict_do_nothing(index_elements=["endpoint", "event_id"])
+                            .returning(TABLE.c.seq, TABLE.c.event_id))
+                    new.update({(endpoint, r.event_id): r.seq for r in conn.execute(stmt)})
+                missing = [k for k in rows if (endpoint, k) not in new]
+                for i in range(0, len(missing), _CHUNK):
+                    q = select(TABLE.c.seq, TABLE.c.event_id).where(
+                        TABLE.c.endpoint == endpoint, TABLE.c.event_id.in_(missing[i:i + _CHUNK]))
+                    old.update({(endpoint, r.event_id): r.seq for r in conn.execute(q)})
+        out, given = [], set()
+        for endpoint, events, _ in group:
+            acks = []
+            for e in events:
+                key = (endpoint, e.event_id)
+                if key in new and key not in given:
+                    given.add(key)
+                    acks.append(Ack(event_id=e.event_id, seq=new[key], duplicate=False))
+                else:
+                    acks.append(Ack(event_id=e.event_id, seq=new.get(key) or old[key], duplicate=True))
+            out.append(acks)
+        return out
+
+    def ingest(self, endpoint: str, frame: pd.DataFrame) -> tuple[int, int]:
+        """Bulk append of validated rows (columns _COLUMNS, timestamps as UTC datetimes) in one transaction:
+        (stored, duplicates). Used by `aimass feedback ingest`; a repeat of a stored id is skipped."""
+        if frame.empty:
+            return 0, 0
+        now = as_utc(datetime.now(UTC))
+        f = frame.drop_duplicates("event_id", keep="first")
+        ts = pd.to_datetime(f["timestamp"], utc=True).dt.to_pydatetime()
+        value = f["value"].astype(object).where(f["value"].notna(), None)
+        rid = f["request_id"].astype(object).where(f["request_id"].notna(), None)
+        rows = [{"endpoint": endpoint, "event_id": e, "user_id": int(u), "item_id": int(i), "type": t,
+                 "timestamp": s, "value": None if v is None else float(v), "request_id": r, "received_at": now}
+                for e, u, i, t, s, v, r in zip(f["event_id"], f["user_id"], f["item_id"], f["type"], ts, value,
+                                               rid, strict=True)]
+        stmt = _insert(self.engine).on_conflict_do_nothing(index_elements=["endpoint", "event_id"])
+        with self.engine.begin() as conn:
+            before = self._count(conn, endpoint)
+            conn.execute(stmt, rows)
+            stored = self._count(conn, endpoint) - before
+        return stored, len(frame) - stored
+
+    @staticmethod
+    def _count(conn, endpoint: str) -> int:
+        return conn.execute(select(func.count()).select_from(TABLE).where(TABLE.c.endpoint == endpoint)).scalar()
+
+    # --- reading -------------------------------------------------------------------------------------------
+    def since(self, endpoint: str, after_seq: int, limit: int = 50_000) -> list[tuple]:
+        """(seq, user_id, item_id, type, value, timestamp) of the events after `after_seq`, in log order: what
+        a serving replica polls to keep its online state."""
+        q = (select(TABLE.c.seq, TABLE.c.user_id, TABLE.c.item_id, TABLE.c.type, TABLE.c.value, TABLE.c.timestamp)
+             .where(TABLE.c.endpoint == endpoint, TABLE.c.seq > after_seq).order_by(TABLE.c.seq).limit(limit))
+        with self.engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(q)]
+
+    def last_seq(self, endpoint: str | None = None) -> int:
+        q = select(func.max(TABLE.c.seq))
+        if endpoint is not None:
+            q = q.where(TABLE.c.endpoint == endpoint)
+        with self.engine.connect() as conn:
+            return conn.execute(q).scalar() or 0
+
+    def frame(self, endpoint: str, *, after_seq: int | None = None, through_seq: int | None = None,
+              start: datetime | None = None, end: datetime | None = None, limit: int | None = None) -> pd.DataFrame:
+        """The endpoint's events as a table (columns: seq, endpoint, event_id, user_id, item_id, type,
+        timestamp, value, request_id, received_at; times UTC), in log order. `start`/`end` bound received_at."""
+        q = select(TABLE).where(TABLE.c.endpoint == endpoint).order_by(TABLE.c.seq)
+        if after_seq is not None:
+            q = q.where(TABLE.c.seq > after_seq)
+        if through_seq is not None:
+            q = q.where(TABLE.c.seq <= through_seq)
+        if start is not None:
+            q = q.where(TABLE.c.received_at >= as_utc(start))
+        if end is not None:
+            q = q.where(TABLE.c.received_at < as_utc(end))
+        if limit is not None:
+            q = q.limit(limit)
+        with self.engine.connect() as conn:
+            f = pd.DataFrame(conn.execute(q).mappings().all(), columns=[c.name for c in TABLE.columns])
+        for c in ("timestamp", "received_at"):
+            f[c] = pd.to_datetime(f[c], utc=True)
+        f["value"] = pd.to_numeric(f["value"]).astype(float)
+        return f
+
+    def endpoints(self) -> list[str]:
+        with self.engine.connect() as conn:
+            return list(conn.execute(select(TABLE.c.endpoint).distinct().order_by(TABLE.c.endpoint)).scalars())

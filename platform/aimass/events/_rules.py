@@ -1,0 +1,66 @@
+"""Which event types count as positive or negative (Gorse-style rules): a bare type ("like") or a type with a
+value threshold ("play>=30"). An event matches a rule when its type is the rule's and, for a threshold, its
+value is given and passes it. Positive rules win over negative ones; a known type that matches neither is
+neutral (an impression, a short play)."""
+from __future__ import annotations
+
+import operator
+import re
+
+import numpy as np
+import pandas as pd
+
+from aimass.errors import InvalidInputError
+from aimass.settings import Settings
+
+_RULE = re.compile(r"^\s*(?P<type>[a-z][a-z0-9_]{0,31})\s*(?:(?P<op>>=|<=|>|<|==)\s*(?P<x>-?\d+(?:\.\d+)?))?\s*$")
+_OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq}
+
+
+class Rules:
+    def __init__(self, positive: list[str], negative: list[str], neutral: list[str] = ()):
+        self.positive = [_parse(r, "positive") for r in positive]
+        self.negative = [_parse(r, "negative") for r in negative]
+        self.types = sorted({t for t, _, _ in [*self.positive, *self.negative, *map(lambda r: _parse(r, "neutral"),
+                                                                                    neutral)]})
+
+    @classmethod
+    def of(cls, settings: Settings) -> Rules:
+        return cls(settings.feedback_positive, settings.feedback_negative, settings.feedback_neutral)
+
+    def check_type(self, type_: str) -> None:
+        if type_ not in self.types:
+            raise InvalidInputError(f"unknown event type {type_!r}; known types: {', '.join(self.types)} "
+                                    "(AIMASS_FEEDBACK_POSITIVE / _NEGATIVE / _NEUTRAL configure them)")
+
+    def polarity(self, type_: str, value: float | None) -> int:
+        """+1 positive, -1 negative, 0 neutral."""
+        for rules, sign in ((self.positive, 1), (self.negative, -1)):
+            for t, op, x in rules:
+                if t == type_ and (op is None or (value is not None and _OPS[op](value, x))):
+                    return sign
+        return 0
+
+    def polarities(self, types: pd.Series, values: pd.Series) -> np.ndarray:
+        """polarity() of every row, vectorised (ingest and retraining read millions)."""
+        out = np.zeros(len(types), dtype=np.int8)
+        done = np.zeros(len(types), dtype=bool)
+        v = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
+        t = types.to_numpy()
+        for rules, sign in ((self.positive, 1), (self.negative, -1)):
+            for typ, op, x in rules:
+                hit = (t == typ) & ~done
+                if op is not None:
+                    with np.errstate(invalid="ignore"):
+                        hit &= ~np.isnan(v) & _OPS[op](v, x)
+                out[hit] = sign
+                done |= hit
+        return out
+
+
+def _parse(rule: str, kind: str) -> tuple[str, str | None, float | None]:
+    m = _RULE.match(rule)
+    if not m:
+        raise InvalidInputError(f"invalid {kind} feedback rule {rule!r}: use a type ('like') or a type with a "
+                                "threshold ('play>=30')")
+    return m["type"], m["op"], float(m["x"]) if m["x"] is not None else None

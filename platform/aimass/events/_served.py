@@ -1,0 +1,80 @@
+"""The served-answer log: what each answer was (model version, history length, items, scores), so that
+feedback joins to the list that showed an item (by request_id) and monitoring compares windows of traffic
+with the training reference. Best effort by design: answers are queued in memory and written in one
+transaction every `interval` seconds by a background thread, off the request path; a crash loses at most
+that interval of answer records (never a feedback event: those go through the durable log)."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import UTC, datetime
+
+import pandas as pd
+from sqlalchemy import insert, select
+
+from aimass.catalog import ServedAnswer, engine_for
+from aimass.events._log import as_utc
+from aimass.settings import Settings
+
+log = logging.getLogger(__name__)
+TABLE = ServedAnswer.__table__
+TAIL = 50  # history items kept per answer: enough to measure the popularity of what the model read
+_MAX_PENDING = 100_000  # a store that cannot keep up sheds answer records, never memory
+
+
+class ServedLog:
+    def __init__(self, settings: Settings, interval: float = 0.25):
+        self.engine = engine_for(settings.catalog)
+        self.interval = interval
+        self._pending: list[dict] = []
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self.dropped = 0
+
+    def record(self, endpoint: str, request_id: str, route: str, model: str, version: int,
+               user_id: int | None, history: list[int] | None, items: list[int], scores: list[float],
+               strategy: str = "model") -> None:
+        row = {"endpoint": endpoint, "request_id": request_id, "route": route, "model": model, "version": version,
+               "user_id": user_id, "history_length": len(history or ()), "history_tail": list(history or ())[-TAIL:],
+               "items": list(items), "scores": [round(float(s), 6) for s in scores], "strategy": strategy,
+               "served_at": as_utc(datetime.now(UTC))}
+        with self._lock:
+            if len(self._pending) >= _MAX_PENDING:
+                self.dropped += 1
+                return
+            self._pending.append(row)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="aimass-served-log", daemon=True)
+                self._thread.start()
+
+    def flush(self) -> int:
+        with self._lock:
+            rows, self._pending = self._pending, []
+        if rows:
+            with self.engine.begin() as conn:
+                conn.execute(insert(TABLE), rows)
+        return len(rows)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.interval)
+            try:
+                self.flush()
+            except Exception:  # the store is away: keep serving; the rows of this flush are lost
+                log.exception("writing served answers failed")
+
+    def frame(self, endpoint: str, *, start: datetime | None = None, end: datetime | None = None,
+              limit: int | None = None) -> pd.DataFrame:
+        """The endpoint's answers (columns of ServedAnswer; served_at UTC), oldest first."""
+        q = select(TABLE).where(TABLE.c.endpoint == endpoint).order_by(TABLE.c.seq)
+        if start is not None:
+            q = q.where(TABLE.c.served_at >= as_utc(start))
+        if end is not None:
+            q = q.where(TABLE.c.served_at < as_utc(end))
+        if limit is not None:
+            q = q.limit(limit)
+        with self.engine.connect() as conn:
+            f = pd.DataFrame(conn.execute(q).mappings().all(), columns=[c.name for c in TABLE.columns])
+        f["served_at"] = pd.to_datetime(f["served_at"], utc=True)
+        return f
