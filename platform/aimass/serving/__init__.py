@@ -41,7 +41,8 @@ def __getattr__(name: str):
 _ENDPOINT = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
 # Settings a replica must share with the deployer (where the state lives); the serve_* ones are set per app.
 _SHARED = ("home", "catalog_url", "data_registry", "dvc_remote", "mlflow_tracking_uri", "host",
-           "serve_max_body_bytes")
+           "serve_max_body_bytes", "feedback_positive", "feedback_negative", "feedback_neutral",
+           "feedback_max_body_bytes", "feedback_max_future_s", "online_poll_s")
 
 
 class Deployment(BaseModel):
@@ -74,7 +75,8 @@ def _check_endpoint(endpoint: str) -> str:
 
 
 def _env(s: Settings, model: str, ranker: str | None, endpoint: str) -> dict[str, str]:
-    env = {f"AIMASS_{k.upper()}": str(v) for k, v in s.model_dump().items() if k in _SHARED and v is not None}
+    env = {f"AIMASS_{k.upper()}": json.dumps(v) if isinstance(v, list) else str(v)
+           for k, v in s.model_dump().items() if k in _SHARED and v is not None}
     env.update({"AIMASS_SERVE_MODEL": model, "AIMASS_SERVE_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "1"})
     if ranker:
         env["AIMASS_SERVE_RANKER"] = ranker

@@ -1,6 +1,7 @@
 """One loaded model and the facts of its dataset that serving needs: user histories (recommend by user id),
-popularity (cold start), item columns (filters, diversity rules). Pure Python: the Bento services and the
-multi-stage Serve deployments call it; it raises only aimass errors, which the HTTP layer maps to 4xx."""
+popularity (cold start), item columns (filters, diversity rules), and, for a deployed endpoint, the online
+state its feedback events build (_online). Pure Python: the Bento services and the multi-stage Serve
+deployments call it; it raises only aimass errors, which the HTTP layer maps to 4xx."""
 from __future__ import annotations
 
 import numpy as np
@@ -38,6 +39,13 @@ class Engine:
                         values = table[col].fillna("").astype(str).to_numpy()
                         self.columns[col] = np.concatenate([[""], values])
         self.popularity[0] = -np.inf
+        self.dense_of = {int(r): i + 1 for i, r in enumerate(self.item_ids.tolist())}
+        self.online = None
+        if settings.serve_endpoint:
+            from aimass.serving._online import Online
+
+            self.online = Online(settings.serve_endpoint, settings, self.dense_of, self.popularity,
+                                 cutoff=_cutoff(self.info.dataset, settings.serve_endpoint, settings))
 
     @property
     def n_items(self) -> int:
@@ -61,14 +69,21 @@ class Engine:
         if user_id is None:
             raise InvalidInputError("give a user_id or a history")
         raw = self.histories.get(int(user_id))
-        return self.scorer.dense(raw) if raw is not None and len(raw) else None
+        dense = self.scorer.dense(raw) if raw is not None and len(raw) else None
+        if self.online is not None:
+            dense = self.online.history(int(user_id), dense)
+        return dense if dense is not None and len(dense) else None
 
     def allowed(self, seen: np.ndarray | None, exclude_seen: bool, exclude: list[int],
-                filters: dict[str, list[str]]) -> np.ndarray:
+                filters: dict[str, list[str]], user_id: int | None = None) -> np.ndarray:
         ok = np.ones(self.n_items + 1, dtype=bool)
         ok[0] = False
         if exclude_seen and seen is not None:
             ok[seen] = False
+        if exclude_seen and self.online is not None and user_id is not None:
+            hidden = self.online.hidden_of(int(user_id))
+            if hidden:
+                ok[list(hidden)] = False
         if exclude:
             ok[self.scorer.dense(exclude)] = False  # unknown ids cannot be returned anyway
         for col, values in filters.items():
@@ -79,9 +94,15 @@ class Engine:
         return ok
 
     # --- scoring ------------------------------------------------------------------------------------------
+    def cold(self) -> tuple[np.ndarray, str]:
+        """Scores for a user with no history: today's trending items when the endpoint's feedback says enough
+        about today, else all-time popularity (training data plus positive events)."""
+        trend = self.online.trending() if self.online is not None else None
+        return (trend, "trending") if trend is not None else (self.popularity.copy(), "popular")
+
     def scores(self, seen: np.ndarray | None) -> np.ndarray:
         if seen is None:
-            return self.popularity.copy()
+            return self.cold()[0]
         return np.asarray(self.scorer.estimator.score([seen])[0], dtype=np.float64)
 
     def top(self, scores: np.ndarray, ok: np.ndarray, k: int) -> tuple[list[int], list[float]]:
@@ -93,11 +114,15 @@ class Engine:
     def recommend(self, user_id: int | None, history: list[int] | None, k: int, exclude_seen: bool = True,
                   exclude: list[int] | None = None, filters: dict[str, list[str]] | None = None) -> dict:
         seen = self.history(user_id, history)
-        ok = self.allowed(seen, exclude_seen, exclude or [], filters or {})
-        items, scores = self.top(self.scores(seen), ok, k)
-        cold = seen is None
-        return {"items": items, "scores": scores, "cold_start": cold,
-                "strategy": "popular" if cold else "model"}
+        ok = self.allowed(seen, exclude_seen, exclude or [], filters or {},
+                          user_id if history is None else None)
+        scores, strategy = self.cold() if seen is None else (self.scores(seen), "model")
+        items, best = self.top(scores, ok, k)
+        return {"items": items, "scores": best, "cold_start": seen is None, "strategy": strategy,
+                "history_length": 0 if seen is None else len(seen), "history_tail": self.raw(seen)}
+
+    def raw(self, dense: np.ndarray | None, tail: int = 50) -> list[int]:
+        return [] if dense is None else self.item_ids[np.asarray(dense[-tail:]) - 1].tolist()
 
     def similar(self, item_id: int, k: int, filters: dict[str, list[str]] | None = None) -> dict:
         dense = self.scorer.dense([item_id])
@@ -115,12 +140,22 @@ class Engine:
         s = self.scores(seen)[cand]
         order = np.argsort(-s, kind="stable")
         return {"items": [int(candidates[i]) for i in order], "scores": _finite(s[order]),
-                "cold_start": seen is None}
+                "cold_start": seen is None, "history_length": 0 if seen is None else len(seen),
+                "history_tail": self.raw(seen)}
 
     def card(self) -> dict:
         i = self.info
         return {"model": i.name, "version": i.version, "dataset": i.dataset, "family": i.family,
                 "n_items": self.n_items}
+
+
+def _cutoff(dataset: str | None, endpoint: str, settings: Settings) -> int:
+    """The log position up to which `endpoint`'s events are already in the training data of `dataset`."""
+    from aimass import datasets
+
+    lineage = getattr(datasets, "lineage", None)
+    info = lineage(dataset, settings=settings) if dataset and lineage else None
+    return int(info.through_seq) if info is not None and info.endpoint == endpoint else 0
 
 
 def _finite(x: np.ndarray) -> list[float]:

@@ -83,7 +83,7 @@ class Gate:
         if path in self.routes and ctype != "application/json":  # BentoML would try a form, or answer 500
             return await _reply(send, 415, {"error": f"send the body as Content-Type: application/json, not "
                                                      f"{ctype[:60] or 'an empty type'}"}, tag)
-        limit = self.settings.serve_max_body_bytes
+        limit = self.settings.feedback_max_body_bytes if path == "/feedback" else self.settings.serve_max_body_bytes
         declared = headers.get("content-length", "0")
         if not declared.isdigit() or int(declared) > limit:
             return await _reply(send, 413, {"error": f"request body larger than {limit} bytes"}, tag)
@@ -168,13 +168,21 @@ def _error_body(body: bytes, status: int) -> bytes:
     out = {"error": data["error"]}
     detail = data.get("detail")
     if isinstance(detail, list) and detail and all(isinstance(d, dict) for d in detail):
-        out["detail"] = [{"loc": [x if isinstance(x, int) else str(x) for x in d.get("loc", [])],
+        # A whole-body parameter's errors start with "root" (and the body form's tag): not in the client's body.
+        out["detail"] = [{"loc": [x if isinstance(x, int) else str(x) for x in _body_loc(d.get("loc", []))],
                           "msg": str(d.get("msg", "")), "type": str(d.get("type", ""))} for d in detail]
         out["error"] = "invalid request: " + "; ".join(
             f"{'.'.join(map(str, p['loc'])) or 'body'}: {p['msg']}" for p in out["detail"][:5])
     elif detail:
         out["error"] += f": {detail}"
     return json.dumps(out).encode()
+
+
+def _body_loc(loc: list) -> list:
+    loc = list(loc)
+    if loc[:1] == ["root"]:
+        loc = loc[2:] if len(loc) > 1 and loc[1] in ("event", "batch") else loc[1:]
+    return loc
 
 
 async def _reply(send, status: int, body, extra: list, content_type: bytes = b"application/json") -> int:

@@ -34,8 +34,12 @@ def _errors(route: str, props: set[str], unauthorized: str, admin: bool) -> dict
         out["403"] = _json(_ERROR, f"{route} needs an admin key")
     if props & _NAMES_THINGS:
         out["404"] = _json(_ERROR, "An item id or filter column that the served model does not know")
-    out["413"] = _json(_ERROR, "Request body larger than the limit (AIMASS_SERVE_MAX_BODY_BYTES)")
+    out["413"] = _json(_ERROR, "Request body larger than the limit (AIMASS_SERVE_MAX_BODY_BYTES; "
+                               "AIMASS_FEEDBACK_MAX_BODY_BYTES for /feedback)")
     out["415"] = _json(_ERROR, "A body that is not application/json")
+    if route == "/feedback":
+        out["503"] = _json(_ERROR, "The event store could not commit: nothing of the request was stored; retry "
+                                   "with the same event_ids (they are idempotent)")
     return out
 
 
@@ -43,6 +47,7 @@ def _request(api, defs: dict) -> tuple[dict, set[str]]:
     schema = api.input_spec.model_json_schema(ref_template=REF)
     defs.update(schema.pop("$defs", {}))
     schema["title"] = f"{api.name}_request"
+    schema.pop("root_input", None)  # BentoML's marker of a whole-body parameter, not JSON Schema
     props = set(schema.get("properties", {}))
     if set(_WHO) <= props:
         schema["anyOf"] = [{"required": [f], "properties": {f: {"not": {"type": "null"}}}} for f in _WHO]
@@ -65,7 +70,8 @@ def document(service: Any, prefix: str, *, unauthorized: str, is_admin: typing.C
             "summary": (api.doc or "").strip().split("\n")[0],
             "description": " ".join((api.doc or "").split()),
             # A route without parameters takes no body too; the others refuse a missing one.
-            "requestBody": {"required": bool(props), "content": {"application/json": {"schema": body}}},
+            "requestBody": {"required": bool(props) or getattr(api.input_spec, "__root_input__", False),
+                            "content": {"application/json": {"schema": body}}},
             "responses": {"200": _json({"$ref": REF.format(model=returns[api.name].__name__)}, "The answer"),
                           **_errors(api.route, props, unauthorized, admin)},
             "security": [{"apiKey": []}],

@@ -67,7 +67,8 @@ async def recommend(stages: Stages, user_id, history, k, exclude_seen, exclude, 
         items, scores = ranked["items"], ranked["scores"]
     attrs = {c: dict(zip(got["items"], v, strict=True)) for c, v in got["attributes"].items()}
     items, scores = rules(items, scores, k, attrs, {"artist": max_per_artist, "genre": max_per_genre})
-    return {"items": items, "scores": scores, "cold_start": got["cold_start"], "strategy": got["strategy"]}
+    return {"items": items, "scores": scores, "cold_start": got["cold_start"], "strategy": got["strategy"],
+            "history_length": got["history_length"], "history_tail": got["history_tail"]}
 
 
 def rules(items: list[int], scores: list[float], k: int, attrs: dict[str, dict[int, str]],

@@ -4,9 +4,11 @@ Scalars mean what the document says: an `integer` is 7 or 7.0, never "7" or true
 (pydantic's lax mode would take both)."""
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, Field, Strict
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Strict, Tag, field_validator
+
+from aimass.catalog import FeedbackEventBase
 
 
 def _number(v: object) -> object:
@@ -23,6 +25,7 @@ MAX_HISTORY = 1000
 MAX_CANDIDATES = 1000
 MAX_FILTER_COLUMNS = 8
 MAX_FILTER_VALUES = 100
+MAX_FEEDBACK_BATCH = 1000
 
 ItemId = Annotated[int, Field(ge=0, le=2**62, description="A raw item id of the model's dataset"), Integer]
 UserId = Annotated[int, Field(ge=0, le=2**62, description="A raw user id of the model's dataset"), Integer]
@@ -55,7 +58,10 @@ class Recommendation(Served):
     items: list[int] = Field(description="Raw item ids, best first")
     scores: list[float]
     cold_start: bool = Field(description="True when the user is unknown and has no history: popular items")
-    strategy: str = Field(description="'model', or 'popular' for a cold start")
+    strategy: str = Field(description="'model'; for a cold start 'trending' (today's positive feedback) or "
+                                      "'popular' (all-time)")
+    history_length: int = Field(description="Length of the history the answer was scored from: the stored "
+                                            "history plus the user's feedback since training, or the given one")
 
 
 class Similar(Served):
@@ -68,6 +74,7 @@ class Ranking(Served):
     items: list[int] = Field(description="The candidates, best first")
     scores: list[float]
     cold_start: bool
+    history_length: int = Field(description="Length of the history the ranking was scored from")
 
 
 class Stage(BaseModel):
@@ -98,3 +105,60 @@ class Error(BaseModel):
 
     error: str = Field(description="What is wrong, in words")
     detail: list[Problem] | None = Field(None, description="Each validation problem (400 only)")
+
+
+def _strict_number(v: object) -> object:
+    if isinstance(v, str | bool):
+        raise ValueError("must be a JSON number, not a string or a boolean")
+    return v
+
+
+def _timestamp(v: object) -> object:
+    if isinstance(v, bool) or v is None:
+        raise ValueError("must be an ISO 8601 time or unix seconds")
+    return v
+
+
+class FeedbackEvent(FeedbackEventBase):
+    """One event as a client sends it: the catalog's fields, validated strictly."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    _numbers = field_validator("user_id", "item_id", "value", mode="before")(_strict_number)
+    _time = field_validator("timestamp", mode="before")(_timestamp)
+
+
+class FeedbackBatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    events: list[FeedbackEvent] = Field(min_length=1, max_length=MAX_FEEDBACK_BATCH, description=(
+        f"1-{MAX_FEEDBACK_BATCH} events, stored in one transaction: all or none"))
+
+
+def _form(v: Any) -> str:
+    return "batch" if isinstance(v, dict) and "events" in v else "event"
+
+
+# One event or a batch; the body's shape picks which, so a validation error speaks of that one only.
+FeedbackBody = Annotated[Annotated[FeedbackEvent, Tag("event")] | Annotated[FeedbackBatch, Tag("batch")],
+                         Discriminator(_form)]
+
+
+class EventAck(BaseModel):
+    event_id: str
+    seq: int = Field(description="Position in the endpoint's log (the first copy's, for a repeat)")
+    duplicate: bool = Field(description="True when this event_id was already stored: stored once, not twice")
+    known_user: bool | None = Field(description="Whether the served model knows the user (None: not checked)")
+    known_item: bool | None = Field(description=(
+        "Whether the served model knows the item; an unknown item is stored (the next retraining adds it to "
+        "the catalogue) but cannot change this model's answers"))
+
+
+class FeedbackAck(BaseModel):
+    """Sent only after every event of the request is committed to stable storage."""
+
+    stored: int = Field(description="Events newly stored")
+    duplicates: int = Field(description="Events whose event_id was already stored")
+    duplicate: bool = Field(description="True when every event of the request was a repeat")
+    events: list[EventAck]
+    request_id: str

@@ -10,13 +10,16 @@ A service is configured by its AIMASS_* variables (AIMASS_SERVE_MODEL, AIMASS_HO
 deployment, a Bento's envs or the shell sets: its constructor is an entry point and parses Settings."""
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
+import logging
 from http import HTTPStatus
 
 import bentoml
 from bentoml.exceptions import BentoMLException
 
+from aimass import events as ev
 from aimass import zoo
 from aimass.errors import AimassError, InvalidInputError, NotFoundError
 from aimass.serving import _pipeline
@@ -24,8 +27,13 @@ from aimass.serving._engine import Engine
 from aimass.serving._http import Gate
 from aimass.serving._schema import (
     Candidates,
+    EventAck,
     Exclude,
     ExcludeSeen,
+    FeedbackAck,
+    FeedbackBatch,
+    FeedbackBody,
+    FeedbackEvent,
     Filters,
     History,
     ItemId,
@@ -41,6 +49,7 @@ from aimass.serving._schema import (
 from aimass.settings import Settings
 
 TRAFFIC = {"timeout": 30, "max_concurrency": 256}
+log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -66,25 +75,87 @@ def _settings() -> Settings:
     s = Settings()
     if not s.serve_model:
         raise InvalidInputError("no model to serve: set AIMASS_SERVE_MODEL=NAME/VERSION (aimass deploy does)")
+    if not s.serve_endpoint:  # a bare `bentoml serve`: its feedback goes to an endpoint named after the model
+        s = s.model_copy(update={"serve_endpoint": s.serve_model.split("/")[0].split("@")[0].lower()})
     return s
 
 
-class _SingleModel:
+class _Feedback:
+    """POST /feedback and the served-answer log, shared by every service."""
+
+    def _start_feedback(self, s: Settings) -> None:
+        self.settings, self.endpoint = s, s.serve_endpoint
+        self.rules = ev.Rules.of(s)
+        self.event_log = ev.EventLog(s)
+        self.served_log = ev.ServedLog(s)
+
+    def _record(self, ctx: bentoml.Context, route: str, served: dict, user_id: int | None, out: dict) -> dict:
+        tail = out.pop("history_tail", [])
+        self.served_log.record(self.endpoint, served["request_id"], route, served["model"], served["version"],
+                               user_id, tail, out["items"], out["scores"], out.get("strategy", "model"))
+        return out
+
+    def _known(self, e: FeedbackEvent) -> tuple[bool | None, bool | None]:
+        return None, None
+
+    def _applied(self, rows: list[tuple]) -> None:
+        """Own acknowledged events, applied before the answer leaves (other replicas poll for them)."""
+
+    @bentoml.api
+    async def feedback(self, body: FeedbackBody, /, ctx: bentoml.Context) -> FeedbackAck:
+        """Store one event or a batch ({"events": [...]}, up to 1000), durably, before answering.
+
+        The answer comes only once the events are committed to stable storage. A repeated event_id is stored once and answered with duplicate: true. Unknown users and items are stored
+        (flagged known_user/known_item false); an unknown type, a malformed timestamp or one more than a day
+        ahead is refused (400) and nothing of the request is stored."""
+        events = body.events if isinstance(body, FeedbackBatch) else [body]
+        with _errors():
+            ev.check(events, self.rules, self.settings)
+        try:
+            acks = await asyncio.wrap_future(self.event_log.append(self.endpoint, events))
+        except Exception as e:  # the store is away: nothing of the request was committed, a retry is safe
+            log.exception("storing feedback failed")
+            raise BentoMLException(f"feedback not stored ({type(e).__name__}); retry with the same event_ids",
+                                   error_code=HTTPStatus.SERVICE_UNAVAILABLE) from None
+        by_id = {e.event_id: e for e in events}
+        self._applied([(a.seq, by_id[a.event_id].user_id, by_id[a.event_id].item_id, by_id[a.event_id].type,
+                        by_id[a.event_id].value, by_id[a.event_id].timestamp) for a in acks if not a.duplicate])
+        out = [EventAck(**a.model_dump(), **dict(zip(("known_user", "known_item"), self._known(by_id[a.event_id]),
+                                                      strict=True))) for a in acks]
+        dup = sum(a.duplicate for a in acks)
+        rid = getattr(ctx.request.state, "request_id", None) or ""
+        return FeedbackAck(stored=len(acks) - dup, duplicates=dup, duplicate=dup == len(acks), events=out,
+                           request_id=rid)
+
+
+class _SingleModel(_Feedback):
     """recommend / similar / rank over one registered model version, in-process."""
 
     def __init__(self) -> None:
         s = _settings()
         self.engine = Engine(s.serve_model, s)
+        self._start_feedback(s)
+
+    def _known(self, e: FeedbackEvent) -> tuple[bool | None, bool | None]:
+        online = self.engine.online
+        user = int(e.user_id) in self.engine.histories or (online is not None and int(e.user_id) in online.extra)
+        return user, int(e.item_id) in self.engine.dense_of
+
+    def _applied(self, rows: list[tuple]) -> None:
+        if self.engine.online is not None and rows:
+            self.engine.online.apply(rows, own=True)
 
     @bentoml.api
     def recommend(self, ctx: bentoml.Context, user_id: UserId | None = None, history: History | None = None,
                   k: K = 10, exclude_seen: ExcludeSeen = True, exclude: Exclude | None = None,
                   filters: Filters | None = None) -> Recommendation:
-        """Top-k items for a user id or an explicit recent-items history (which takes precedence). An unknown
-        user with no history gets popular items, marked cold_start."""
+        """Top-k items for a user id or an explicit recent-items history (which takes precedence). A user id's
+        history includes its positive feedback since training. An unknown user with no history gets trending
+        or popular items, marked cold_start."""
         with _errors():
             out = self.engine.recommend(user_id, history, k, exclude_seen, exclude, filters)
-        return Recommendation(**_served(self.engine, ctx), **out)
+        served = _served(self.engine, ctx)
+        return Recommendation(**served, **self._record(ctx, "recommend", served, user_id, out))
 
     @bentoml.api
     def similar(self, ctx: bentoml.Context, item_id: ItemId, k: K = 10,
@@ -92,7 +163,10 @@ class _SingleModel:
         """Items the model most expects after `item_id`."""
         with _errors():
             out = self.engine.similar(item_id, k, filters)
-        return Similar(**_served(self.engine, ctx), **out)
+        served = _served(self.engine, ctx)
+        self.served_log.record(self.endpoint, served["request_id"], "similar", served["model"], served["version"],
+                               None, [item_id], out["items"], out["scores"])
+        return Similar(**served, **out)
 
     @bentoml.api
     def rank(self, ctx: bentoml.Context, items: Candidates, user_id: UserId | None = None,
@@ -100,7 +174,8 @@ class _SingleModel:
         """Score and order a candidate list for a user id or a history."""
         with _errors():
             out = self.engine.rank(user_id, history, items)
-        return Ranking(**_served(self.engine, ctx), **out)
+        served = _served(self.engine, ctx)
+        return Ranking(**served, **self._record(ctx, "rank", served, user_id, out))
 
     @bentoml.api(route="/admin/info")
     def admin_info(self, ctx: bentoml.Context) -> ModelCard:
@@ -109,7 +184,7 @@ class _SingleModel:
 
 
 @bentoml.service(name="aimass-pipeline", traffic=TRAFFIC)
-class Pipeline:
+class Pipeline(_Feedback):
     """retrieval (AIMASS_SERVE_MODEL, two-tower) -> ranking (AIMASS_SERVE_RANKER, SASRec) -> rules."""
 
     def __init__(self) -> None:
@@ -118,6 +193,7 @@ class Pipeline:
         s = _settings()
         self.stages = app.stage_handles() or _pipeline.Stages.local(s)
         self.retrieval_card = None
+        self._start_feedback(s)
 
     async def _cards(self) -> tuple[dict, dict]:
         if self.retrieval_card is None:
@@ -142,7 +218,8 @@ class Pipeline:
         with _errors():
             out = await _pipeline.recommend(self.stages, user_id, history, k, exclude_seen, exclude or [],
                                             filters or {}, max_per_artist, max_per_genre)
-        return PipelineRecommendation(**await self._served(ctx), **out)
+        served = await self._served(ctx)
+        return PipelineRecommendation(**served, **self._record(ctx, "recommend", served, user_id, out))
 
     @bentoml.api(route="/admin/info")
     async def admin_info(self, ctx: bentoml.Context) -> ModelCard:

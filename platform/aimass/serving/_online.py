@@ -1,0 +1,103 @@
+"""Online state: what the feedback log changes in serving without retraining. A replica applies every
+acknowledged event of its endpoint after its model's training cut-off (the dataset version's lineage: events
+already folded into the training data are not applied twice): positive events extend the user's history (so
+the sequential model reads them on the next /recommend) and add to item popularity and to the decayed
+"trending" counts; negative ones only hide the item from that user. Its own acknowledged events apply at
+once; other replicas' arrive by polling the log every `online_poll_s`, so an event is in every replica's
+next answer within a second."""
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+
+import numpy as np
+
+from aimass.events import EventLog, Rules
+from aimass.settings import Settings
+
+log = logging.getLogger(__name__)
+HALF_LIFE_S = 86400.0  # trending: an event counts half as much a day later
+MIN_TRENDING = 20.0  # decayed positive events before "trending" replaces all-time popularity for cold starts
+
+
+class Online:
+    def __init__(self, endpoint: str, settings: Settings, dense_of: dict[int, int], popularity: np.ndarray,
+                 cutoff: int = 0):
+        self.endpoint, self.rules = endpoint, Rules.of(settings)
+        self.log = EventLog(settings)
+        self.dense_of, self.popularity = dense_of, popularity
+        self.trend = np.zeros_like(popularity)
+        self.trend[0] = -np.inf
+        self.t0 = time.time()
+        self.extra: dict[int, list[int]] = {}  # user -> dense items after the cut-off, in log order
+        self.hidden: dict[int, set[int]] = {}  # user -> dense items with a negative event
+        self.seq = cutoff  # everything up to here is applied (or was in the training data)
+        self.applied: set[int] = set()  # own events applied ahead of the poll
+        self.lock = threading.Lock()
+        self.poll_s = settings.online_poll_s
+        self.catch_up()
+        threading.Thread(target=self._poll, name="aimass-online", daemon=True).start()
+
+    def apply(self, rows: list[tuple], own: bool = False) -> None:
+        """rows: (seq, user_id, item_id, type, value, timestamp) in log order."""
+        with self.lock:
+            for seq, user, item, type_, value, _ts in rows:
+                if seq <= self.seq:
+                    continue
+                if own:
+                    if seq in self.applied:
+                        continue
+                    self.applied.add(seq)
+                else:
+                    self.seq = seq  # the poll reads in log order: everything up to here is seen
+                    if seq in self.applied:
+                        continue
+                sign = self.rules.polarity(type_, value)
+                dense = self.dense_of.get(int(item))
+                if sign == 0 or dense is None:  # an item the model cannot score changes nothing here
+                    continue
+                if sign > 0:
+                    self.extra.setdefault(int(user), []).append(dense)
+                    self.popularity[dense] += 1.0
+                    self.trend[dense] += 2.0 ** ((time.time() - self.t0) / HALF_LIFE_S)
+                else:
+                    self.hidden.setdefault(int(user), set()).add(dense)
+            if not own:
+                self.applied = {s for s in self.applied if s > self.seq}
+
+    def catch_up(self) -> int:
+        n = 0
+        while True:
+            rows = self.log.since(self.endpoint, self.seq)
+            if not rows:
+                return n
+            self.apply(rows)
+            n += len(rows)
+
+    def _poll(self) -> None:
+        while True:
+            time.sleep(self.poll_s)
+            try:
+                self.catch_up()
+            except Exception:  # the store is away for a moment: keep serving what we have
+                log.exception("reading new events of %s failed", self.endpoint)
+
+    def history(self, user_id: int, base: np.ndarray | None) -> np.ndarray | None:
+        extra = self.extra.get(user_id)
+        if not extra:
+            return base
+        tail = np.asarray(extra, dtype=np.int64)
+        return tail if base is None or not len(base) else np.concatenate([base, tail])
+
+    def hidden_of(self, user_id: int | None) -> set[int]:
+        return self.hidden.get(user_id, set()) if user_id is not None else set()
+
+    def trending(self) -> np.ndarray | None:
+        """Decayed positive-event counts when there are enough of them to stand for today's taste."""
+        scale = 2.0 ** (-(time.time() - self.t0) / HALF_LIFE_S)
+        mass = float(np.sum(self.trend[1:])) * scale
+        if not math.isfinite(mass) or mass < MIN_TRENDING:
+            return None
+        return self.trend + 1e-9 * self.popularity  # ties broken by all-time popularity
