@@ -105,9 +105,10 @@ class _Feedback:
     async def feedback(self, body: FeedbackBody, /, ctx: bentoml.Context) -> FeedbackAck:
         """Store one event or a batch ({"events": [...]}, up to 1000), durably, before answering.
 
-        The answer comes only once the events are committed to stable storage. A repeated event_id is stored once and answered with duplicate: true. Unknown users and items are stored
-        (flagged known_user/known_item false); an unknown type, a malformed timestamp or one more than a day
-        ahead is refused (400) and nothing of the request is stored."""
+        The answer comes only once the events are committed to stable storage. A repeated event_id is stored
+        once and answered with duplicate: true. Unknown users and items are stored (flagged known_user /
+        known_item false); an unknown type, a malformed timestamp or one more than a day ahead is refused
+        (400) and nothing of the request is stored."""
         events = body.events if isinstance(body, FeedbackBatch) else [body]
         with _errors():
             ev.check(events, self.rules, self.settings)
