@@ -15,6 +15,7 @@ from aimass.cli.datasets import app as datasets_app
 from aimass.cli.deploy import app as deployments_app
 from aimass.cli.deploy import deploy
 from aimass.cli.doctor import doctor
+from aimass.cli.feedback import app as feedback_app
 from aimass.cli.keys import app as keys_app
 from aimass.cli.models import app as models_app
 from aimass.cli.quickstart import quickstart
@@ -31,6 +32,7 @@ app.add_typer(models_app, name="models", help="Registered model versions, aliase
 app.command()(deploy)
 app.add_typer(deployments_app, name="deployments", help="Served endpoints on Ray Serve.")
 app.add_typer(keys_app, name="keys", help="API keys of the served endpoints.")
+app.add_typer(feedback_app, name="feedback", help="Feedback events of the endpoints: ingest, list, stats.")
 
 
 @app.callback()

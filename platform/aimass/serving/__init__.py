@@ -25,8 +25,8 @@ from aimass.serving import _keys
 from aimass.serving._bento import pin as pin_bento
 from aimass.settings import Settings, default_settings
 
-__all__ = ["Deployment", "Engine", "build_bento", "create_key", "curl_example", "delete", "deploy",
-           "deployments", "list_keys", "orphans", "pin_bento", "revoke_key", "show", "shutdown",
+__all__ = ["Deployment", "Engine", "build_bento", "check_deployed", "create_key", "curl_example", "delete", "deploy",
+           "deployments", "endpoints", "list_keys", "orphans", "pin_bento", "revoke_key", "show", "shutdown",
            "shutdown_orphans"]
 log = logging.getLogger(__name__)
 
@@ -180,6 +180,21 @@ def _write_config(s: Settings) -> Path:
     path.write_text("# Written by aimass; reproduce with: serve deploy " + str(path) + "\n"
                     + yaml.safe_dump(cfg, sort_keys=False))
     return path
+
+
+def endpoints(*, settings: Settings | None = None) -> list[str]:
+    """The endpoints aimass has deployed in this home (from its records: no cluster is contacted)."""
+    return list(_saved(settings or default_settings()))
+
+
+def check_deployed(endpoint: str, *, settings: Settings | None = None) -> str:
+    """`endpoint` if this home has deployed it, else NotFoundError naming the ones it has."""
+    s = settings or default_settings()
+    _check_endpoint(endpoint)
+    have = endpoints(settings=s)
+    if endpoint not in have:
+        raise NotFoundError(f"no deployment named {endpoint!r}; deployed: {', '.join(have) or 'none'}")
+    return endpoint
 
 
 def deployments(*, settings: Settings | None = None) -> list[Deployment]:
