@@ -47,7 +47,8 @@ def test_cold_start_is_popular_items_labelled(served):
         r = served.post("recs", "/recommend", {**body, "k": 5})
         assert r.status_code == 200, r.text
         out = r.json()
-        assert out["cold_start"] is True and out["strategy"] == "popular" and len(out["items"]) == 5
+        # "trending" once the endpoint has enough positive feedback of its own (other tests post some)
+        assert out["cold_start"] is True and out["strategy"] in ("popular", "trending") and len(out["items"]) == 5
 
 
 def test_similar_and_rank(served):

@@ -119,10 +119,11 @@ class _Feedback:
             raise BentoMLException(f"feedback not stored ({type(e).__name__}); retry with the same event_ids",
                                    error_code=HTTPStatus.SERVICE_UNAVAILABLE) from None
         by_id = {e.event_id: e for e in events}
+        known = {i: self._known(e) for i, e in by_id.items()}  # as the model knew them before this request
         self._applied([(a.seq, by_id[a.event_id].user_id, by_id[a.event_id].item_id, by_id[a.event_id].type,
                         by_id[a.event_id].value, by_id[a.event_id].timestamp) for a in acks if not a.duplicate])
-        out = [EventAck(**a.model_dump(), **dict(zip(("known_user", "known_item"), self._known(by_id[a.event_id]),
-                                                      strict=True))) for a in acks]
+        out = [EventAck(**a.model_dump(), known_user=known[a.event_id][0], known_item=known[a.event_id][1])
+               for a in acks]
         dup = sum(a.duplicate for a in acks)
         rid = getattr(ctx.request.state, "request_id", None) or ""
         return FeedbackAck(stored=len(acks) - dup, duplicates=dup, duplicate=dup == len(acks), events=out,
