@@ -238,6 +238,25 @@ Pipeline.add_asgi_middleware(Gate, service=Pipeline)
 SPECIAL = {"pipeline": Pipeline}
 
 
+def _fast_root_input(svc) -> None:
+    """BentoML rebuilds the JSON schema of a whole-body (root) input on every request to learn its media type
+    (_bentoml_sdk.io_models.IORootModel.model_validate_json): a TypeAdapter per request, most of /feedback's
+    CPU. The schema never changes, so the request path gets it from a cache; callers with arguments (the
+    OpenAPI document) still get a fresh copy."""
+    spec = svc.apis["feedback"].input_spec
+    spec.media_type = "application/json"
+    build = spec.model_json_schema
+    cached = build()
+
+    def model_json_schema(*args, **kwargs):
+        return build(*args, **kwargs) if args or kwargs else cached
+
+    spec.model_json_schema = model_json_schema
+
+
+_fast_root_input(Pipeline)
+
+
 def servable() -> list[str]:
     """Every family a deployment may name: the zoo's, and the special services."""
     return [*zoo.families(), *SPECIAL]
@@ -254,6 +273,7 @@ def service(family: str):
                                        "similar and rank with one registered model version."})
     svc = bentoml.service(name=f"aimass-{family}", traffic=TRAFFIC)(cls)
     svc.add_asgi_middleware(Gate, service=svc)
+    _fast_root_input(svc)
     return svc
 
 

@@ -1,0 +1,149 @@
+"""The feedback path, measured on one deployment (1 replica) of a demo model:
+
+  1. throughput of durable single-event POST /feedback against the same deployment's GET /healthz, at the
+     given concurrencies (each event a new event_id; acknowledged = committed with synchronous=FULL);
+  2. batch ingest of a file (`aimass feedback ingest`'s path), events/s;
+  3. acknowledgement -> visible: the time from an event's 2xx until the next /recommend's history contains
+     it, for events posted to the endpoint (the replica applies its own at once) and for events committed by
+     another process (what other replicas and `feedback ingest` write: they arrive by the log's poll).
+
+The client is httpx with asyncio on the same machine (it shares the CPUs: numbers are a floor).
+
+    python benchmarks/feedback.py                      # 8 s per level, concurrency 16 and 64
+    python benchmarks/feedback.py --seconds 5 --levels 1 16 64 --ingest-rows 500000
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import os
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from serving import load, prepare  # noqa: E402  (the serving benchmark's home and load loop)
+
+
+async def throughput(s, d, key: str, users: list[int], items: list[int], levels: list[int], seconds: float):
+    import httpx
+
+    headers = {"Authorization": f"Bearer {key}"}
+    n = itertools.count()
+    rows = []
+    limits = httpx.Limits(max_connections=max(levels), max_keepalive_connections=max(levels))
+    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+        async def healthz(_user: int) -> bool:
+            return (await client.get(d.url + "/healthz")).status_code == 200
+
+        async def feedback(user: int) -> bool:
+            body = {"event_id": f"bench-{next(n)}-{uuid.uuid4().hex[:8]}", "user_id": user,
+                    "item_id": items[next(n) % len(items)], "type": "play", "timestamp": time.time(), "value": 42}
+            r = await client.post(d.url + "/feedback", json=body, headers=headers)
+            return r.status_code == 200 and r.json()["stored"] == 1
+
+        for c in levels:
+            for name, call in (("GET /healthz", healthz), ("POST /feedback", feedback)):
+                r = await load(call, users, c, seconds)
+                rows.append({"route": name, "concurrency": c, **r})
+                print(f"{name:15} c={c:<3} {r['rps']:8.1f} req/s  p50 {r['p50']:7.2f} ms  p99 {r['p99']:8.2f} ms"
+                      f"  errors={r['errors']}", flush=True)
+    return rows
+
+
+def ingest(s, endpoint: str, rows: int, items: list[int]) -> dict:
+    import pandas as pd
+
+    from aimass import events
+
+    rng = np.random.default_rng(0)
+    path = s.home.parent / "events.parquet"
+    pd.DataFrame({"event_id": [f"file-{i}" for i in range(rows)], "user_id": rng.integers(1, 10**6, rows),
+                  "item_id": rng.choice(items, rows), "type": rng.choice(["play", "skip", "like"], rows),
+                  "timestamp": time.time() - rng.integers(0, 86400, rows),
+                  "value": rng.random(rows) * 300}).to_parquet(path)
+    r = events.ingest(path, endpoint, settings=s)
+    print(f"ingest: {r.stored} events in {r.seconds:.2f} s = {r.events_per_s:,.0f} events/s", flush=True)
+    return r.model_dump()
+
+
+def visibility(s, d, key: str, users: list[int], samples: int) -> dict:
+    """Seconds from acknowledgement to the first /recommend whose history_length includes the event."""
+    import httpx
+
+    from aimass import events
+    from aimass.catalog import FeedbackEventBase
+
+    log = events.EventLog(s)
+    headers = {"Authorization": f"Bearer {key}"}
+    out: dict[str, list[float]] = {"posted to the endpoint": [], "committed by another process": []}
+    with httpx.Client(timeout=30) as c:
+        for i in range(samples):
+            user = users[i % len(users)]
+            before = c.post(d.url + "/recommend", json={"user_id": user, "k": 1}, headers=headers).json()
+            e = {"event_id": f"vis-{i}-{uuid.uuid4().hex[:8]}", "user_id": user, "item_id": before["items"][0],
+                 "type": "like", "timestamp": time.time()}
+            how = "posted to the endpoint" if i % 2 == 0 else "committed by another process"
+            if how == "posted to the endpoint":
+                assert c.post(d.url + "/feedback", json=e, headers=headers).status_code == 200
+            else:
+                log.write(d.endpoint, [FeedbackEventBase(**e)])
+            acked = time.perf_counter()
+            while True:
+                now = c.post(d.url + "/recommend", json={"user_id": user, "k": 1}, headers=headers).json()
+                if now["history_length"] > before["history_length"]:
+                    out[how].append(time.perf_counter() - acked)
+                    break
+                if time.perf_counter() - acked > 10:
+                    out[how].append(float("inf"))
+                    break
+    return {k: {"n": len(v), "p50": float(np.percentile(v, 50)), "p99": float(np.percentile(v, 99)),
+                "max": float(np.max(v))} for k, v in out.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--family", default="itemknn", choices=["popularity", "itemknn", "sasrec", "two-tower"])
+    ap.add_argument("--users", type=int, default=1000)
+    ap.add_argument("--tracks", type=int, default=2000)
+    ap.add_argument("--levels", type=int, nargs="+", default=[16, 64])
+    ap.add_argument("--seconds", type=float, default=8.0, help="measured s per level (+1 s warm-up)")
+    ap.add_argument("--ingest-rows", type=int, default=500_000)
+    ap.add_argument("--samples", type=int, default=200, help="events timed from ack to visible")
+    a = ap.parse_args()
+    from aimass import serving
+
+    with tempfile.TemporaryDirectory(prefix="aimass-bench-") as tmp:
+        s, ref = prepare(Path(tmp) / "home", a.family, a.users, a.tracks)
+        key, _ = serving.create_key("benchmark", settings=s)
+        engine = serving.Engine(ref, s)
+        users, items = list(engine.histories), engine.item_ids.tolist()
+        d = serving.deploy(ref, "bench", min_replicas=1, max_replicas=1, settings=s)
+        try:
+            rows = asyncio.run(throughput(s, d, key, users, items, a.levels, a.seconds))
+            vis = visibility(s, d, key, users, a.samples)
+            ing = ingest(s, "bench", a.ingest_rows, items)
+        finally:
+            serving.shutdown(settings=s)
+    print(f"\nfeedback, {a.family} on demo ({a.users} users, {a.tracks} tracks), Serve proxy: {d.proxy}, "
+          f"{os.cpu_count()} CPUs, client on the same machine\n")
+    print("| route | concurrency | req/s | p50 ms | p99 ms | errors | feedback / healthz |\n|---|---|---|---|---|---|---|")
+    health = {r["concurrency"]: r["rps"] for r in rows if r["route"] == "GET /healthz"}
+    for r in rows:
+        ratio = f"{r['rps'] / health[r['concurrency']]:.0%}" if r["route"] == "POST /feedback" else ""
+        print(f"| {r['route']} | {r['concurrency']} | {r['rps']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} | "
+              f"{r['errors']} | {ratio} |")
+    print(f"\n| batch ingest | rows | seconds | events/s |\n|---|---|---|---|\n| parquet file | {ing['rows']} | "
+          f"{ing['seconds']:.2f} | {ing['events_per_s']:,.0f} |")
+    print("\n| ack -> in the next /recommend's history | n | p50 s | p99 s | max s |\n|---|---|---|---|---|")
+    for k, v in vis.items():
+        print(f"| {k} | {v['n']} | {v['p50']:.3f} | {v['p99']:.3f} | {v['max']:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
