@@ -132,7 +132,8 @@ def main() -> None:
             serving.shutdown(settings=s)
     print(f"\nfeedback, {a.family} on demo ({a.users} users, {a.tracks} tracks), Serve proxy: {d.proxy}, "
           f"{os.cpu_count()} CPUs, client on the same machine\n")
-    print("| route | concurrency | req/s | p50 ms | p99 ms | errors | feedback / healthz |\n|---|---|---|---|---|---|---|")
+    print("| route | concurrency | req/s | p50 ms | p99 ms | errors | feedback / healthz |")
+    print("|---|---|---|---|---|---|---|")
     health = {r["concurrency"]: r["rps"] for r in rows if r["route"] == "GET /healthz"}
     for r in rows:
         ratio = f"{r['rps'] / health[r['concurrency']]:.0%}" if r["route"] == "POST /feedback" else ""
