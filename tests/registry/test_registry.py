@@ -162,3 +162,41 @@ def test_a_run_without_a_model_cannot_be_registered(env):
     with pytest.raises(InvalidInputError, match="has no logged model"):
         models.register(run.info.run_id, "empty", settings=s)
     assert _snapshot(s) == before
+
+
+def test_a_comparison_split_must_descend_from_both_models_data(env):
+    """demo@v2 was registered, not derived from demo@v1: no split is fair to both models, so re-scoring is
+    refused and the dataset check refuses as before."""
+    from aimass import registry
+
+    s, runs = env
+    champ = models.register(runs["knn"], "rescore", settings=s)
+    models.promote("rescore", champ.version, settings=s)
+    other = models.register(runs["knn_v2"], "rescore", settings=s)
+    before = _snapshot(s)
+    with pytest.raises(InvalidInputError, match=r"cannot compare on demo@v2: rescore/1 was trained on demo@v1, "
+                                                r"which is not demo@v2 or an ancestor of it"):
+        models.promote("rescore", other.version, rescore_on="demo@v2", settings=s)
+    checks = registry.gate("rescore", other.version, settings=s)
+    assert (checks[0].check, checks[0].passed, checks[0].detail) == (
+        "dataset", False, "candidate trained on demo@v2, champion on demo@v1")
+    assert _snapshot(s) == before
+
+
+def test_the_challenger_alias_moves_without_the_gate(env):
+    from aimass import registry
+
+    s, runs = env
+    good = models.register(runs["knn"], "duel", settings=s)
+    models.promote("duel", good.version, settings=s)
+    worse = models.register(runs["pop"], "duel", settings=s)
+    assert registry.set_alias("duel", worse.version, "challenger", settings=s) is None
+    assert models.show("duel@challenger", settings=s).version == worse.version
+    before = _snapshot(s)
+    with pytest.raises(InvalidInputError, match="moves only through promote"):
+        registry.set_alias("duel", worse.version, "champion", settings=s)
+    with pytest.raises(registry.GateRefusedError) as refused:
+        models.promote("duel", worse.version, settings=s)
+    assert [c.check for c in refused.value.checks if not c.passed] == ["quality"]
+    assert refused.value.checks[1].values["champion"] == good.metrics["test_ndcg_at_10"]
+    assert _snapshot(s) == before

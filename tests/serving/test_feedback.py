@@ -97,7 +97,8 @@ def test_a_negative_event_hides_the_item_but_is_no_history(served):
     (_event(1, 2, "teleport"), "unknown event type 'teleport'"),
     ({k: v for k, v in _event(1, 2).items() if k != "timestamp"}, "timestamp: Field required"),
     (_event(1, 2, timestamp="last tuesday"), "timestamp"),
-    (_event(1, 2, timestamp=time.time() + 3 * 86400), "in the future"),
+    (_event(1, 2, timestamp="2026-12-01"), "timestamp"),
+    (_event(1, 2, timestamp="1764000000"), "timestamp"),
     (_event("1", 2), "user_id"),
     (_event(1, 2, colour="red"), "colour"),
     (_event(1, 2, event_id="has space"), "event_id"),
@@ -110,6 +111,13 @@ def test_bad_feedback_is_refused_and_nothing_is_stored(served, body, says):
     r = served.post("recs", "/feedback", body)
     assert r.status_code == 400, r.text
     assert says in r.json()["error"]
+    assert _stored(served) == n
+
+
+def test_a_timestamp_more_than_a_day_ahead_is_409_and_not_stored(served):
+    n = _stored(served)
+    r = served.post("recs", "/feedback", {"events": [_event(1, 2), _event(1, 2, timestamp=time.time() + 2 * 86400)]})
+    assert r.status_code == 409 and "event 1" in r.json()["error"] and "in the future" in r.json()["error"]
     assert _stored(served) == n
 
 

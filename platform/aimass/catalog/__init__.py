@@ -5,6 +5,8 @@ from aimass.catalog._db import engine_for, session
 from aimass.catalog.models import (
     ApiKey,
     ApiKeyPublic,
+    DatasetLineage,
+    DatasetLineagePublic,
     DatasetVersion,
     DatasetVersionPublic,
     FeedbackEvent,
@@ -14,5 +16,6 @@ from aimass.catalog.models import (
     ServedAnswerBase,
 )
 
-__all__ = ["ApiKey", "ApiKeyPublic", "DatasetVersion", "DatasetVersionPublic", "FeedbackEvent", "FeedbackEventBase",
-           "FeedbackEventPublic", "ServedAnswer", "ServedAnswerBase", "engine_for", "session"]
+__all__ = ["ApiKey", "ApiKeyPublic", "DatasetLineage", "DatasetLineagePublic", "DatasetVersion",
+           "DatasetVersionPublic", "FeedbackEvent", "FeedbackEventBase", "FeedbackEventPublic", "ServedAnswer",
+           "ServedAnswerBase", "engine_for", "session"]

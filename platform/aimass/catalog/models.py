@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from pydantic import computed_field, field_validator
 from sqlalchemy import JSON, Column, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
@@ -119,3 +120,46 @@ class ServedAnswer(ServedAnswerBase, table=True):
 
     seq: int | None = Field(default=None, primary_key=True)
     endpoint: str = Field(index=True)
+
+
+# --- dataset lineage: a version derived from a parent version plus an endpoint's feedback events -----------
+class DatasetLineageBase(SQLModel):
+    """What a derived dataset version holds beyond its parent: the endpoint's events with seq in
+    (after_seq, through_seq], of which the positive ones became interactions."""
+
+    name: str = Field(index=True, description="Dataset name (the parent's: a derived version continues it)")
+    version: int = Field(ge=1, description="The derived version")
+    parent_version: int = Field(ge=1, description="The version it was derived from")
+    endpoint: str = Field(description="The endpoint whose feedback events were folded in")
+    after_seq: int = Field(ge=0, description="Events up to this log position were already in an ancestor")
+    through_seq: int = Field(ge=0, description="The last log position folded in")
+    through_time: datetime | None = Field(None, description="When the event at through_seq was received (UTC)")
+    events: int = Field(ge=0, description="Events of the endpoint in (after_seq, through_seq]")
+    positive: int = Field(ge=0, description="Positive events among them: the interactions added")
+
+
+class DatasetLineage(DatasetLineageBase, table=True):
+    __tablename__ = "dataset_lineage"
+    __table_args__ = (UniqueConstraint("name", "version"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    created_at: datetime = Field(default_factory=_now)
+
+
+class DatasetLineagePublic(DatasetLineageBase):
+    created_at: datetime
+
+    @computed_field
+    @property
+    def dataset(self) -> str:
+        return f"{self.name}@v{self.version}"
+
+    @computed_field
+    @property
+    def parent(self) -> str:
+        return f"{self.name}@v{self.parent_version}"
+
+    @field_validator("through_time", "created_at")
+    @classmethod
+    def _utc(cls, v: datetime | None) -> datetime | None:  # SQLite hands datetimes back without their offset
+        return v.replace(tzinfo=UTC) if v is not None and v.tzinfo is None else v

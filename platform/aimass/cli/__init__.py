@@ -18,7 +18,9 @@ from aimass.cli.doctor import doctor
 from aimass.cli.feedback import app as feedback_app
 from aimass.cli.keys import app as keys_app
 from aimass.cli.models import app as models_app
+from aimass.cli.monitor import app as monitor_app
 from aimass.cli.quickstart import quickstart
+from aimass.cli.retrain import retrain
 from aimass.cli.train import runs_app, train
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -33,6 +35,8 @@ app.command()(deploy)
 app.add_typer(deployments_app, name="deployments", help="Served endpoints on Ray Serve.")
 app.add_typer(keys_app, name="keys", help="API keys of the served endpoints.")
 app.add_typer(feedback_app, name="feedback", help="Feedback events of the endpoints: ingest, list, stats.")
+app.add_typer(monitor_app, name="monitor", help="Drift reports and online metrics of served endpoints.")
+app.command()(retrain)
 
 
 @app.callback()

@@ -27,7 +27,26 @@ def deploy(
                        target_ongoing_requests=target_ongoing_requests, settings=state.settings)
     what = f"{d.model}/{d.version} ({d.family})" + (f" ranked by {d.ranker}" if d.ranker else "")
     emit(d, as_json, [f"deployed {what} at {d.url} ({d.status}; {d.min_replicas}-{d.max_replicas} replicas, "
-                      f"{d.proxy} proxy; POST {d.url}/recommend with 'Authorization: Bearer <key>')"])
+                      f"{d.proxy} proxy; POST {d.url}/recommend with 'Authorization: Bearer <key>')",
+                      schedule(state.settings)])
+
+
+def schedule(settings) -> str:
+    """Start (or update) the drift/retrain scheduler in the serving cluster; a line saying what it does. The
+    endpoint serves whether or not it starts, so a failure is reported, not raised."""
+    import logging
+
+    from aimass import retraining
+
+    try:
+        retraining.start_in_cluster(settings)
+    except Exception:
+        logging.getLogger("aimass").exception("the scheduler did not start")
+        return "warning: the drift/retrain scheduler did not start (see the log)"
+    drift = f"every {settings.monitor_interval_s:g} s" if settings.monitor_interval_s else "off"
+    triggers = [t for t, on in (("schedule", settings.retrain_interval_s), ("volume", settings.retrain_min_events),
+                                ("drift", settings.retrain_on_drift)) if on]
+    return f"scheduler: drift reports {drift}; retraining triggers: {', '.join(triggers) or 'none'}"
 
 
 @app.command("list")

@@ -9,21 +9,26 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from filelock import FileLock
+from pydantic import BaseModel, Field
 from sqlmodel import col, select
 
-from aimass.catalog import DatasetVersion, DatasetVersionPublic, session
+from aimass.catalog import DatasetLineage, DatasetLineagePublic, DatasetVersion, DatasetVersionPublic, session
+from aimass.datasets._canonical import Canonical, normalise
 from aimass.datasets._demo import DemoConfig, generate_demo
 from aimass.datasets._formats import formats, read
 from aimass.datasets._registry import DataRegistry, git, read_folder, tag_for
 from aimass.errors import ConflictError, InvalidInputError, NotFoundError
 from aimass.settings import Settings, default_settings
 
-__all__ = ["Dataset", "DemoConfig", "formats", "generate_demo", "get", "list", "load", "pull", "register",
-           "registry_status", "versions"]
+__all__ = ["Dataset", "DatasetLineagePublic", "DemoConfig", "FoldedEvents", "ancestry", "derive", "folded_through",
+           "formats", "generate_demo", "get", "lineage", "list", "load", "pull", "register", "registry_status",
+           "versions"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _REF = re.compile(r"^(?P<name>[^@]+)(?:@(?:v(?P<v>\d+)|(?P<n>\d+)|(?P<latest>latest)))?$")
@@ -73,6 +78,14 @@ def register(
     s = settings or default_settings()
     check_name(name)
     data = read(path, format, items)
+    return _store(s, name, data, format=format, source=str(path),
+                  row_source=str(Path(path).expanduser().resolve()))
+
+
+def _store(s: Settings, name: str, data: Canonical, *, format: str, source: str, row_source: str,
+           lineage: dict | None = None) -> DatasetVersionPublic:
+    """Commit `data` as the next version of `name` (git+DVC, then the catalog, the lineage row in the same
+    transaction) or return the version that already holds this content; a failure undoes both."""
     digest = data.content_hash()
     stats = data.stats()
     s.locks.mkdir(parents=True, exist_ok=True)
@@ -84,22 +97,28 @@ def register(
                 return DatasetVersionPublic.model_validate(row)
         if rows and rows[0].columns != data.columns():
             raise ConflictError(
-                f"dataset {name!r} has schema {_describe(rows[0].columns)} but {path} has "
+                f"dataset {name!r} has schema {_describe(rows[0].columns)} but {source} has "
                 f"{_describe(data.columns())}; register it under another name"
             )
         version = rows[0].version + 1 if rows else 1
-        meta = dict(name=name, version=version, content_hash=digest, format=format, source=str(path),
+        meta = dict(name=name, version=version, content_hash=digest, format=format, source=source,
                     timestamp_kind=data.timestamp_kind, columns=data.columns(), **stats)
+        link = None
+        if lineage is not None:  # in the version's own meta too: the registry alone tells where it came from
+            link = DatasetLineage(name=name, version=version, **lineage)
+            meta["lineage"] = DatasetLineagePublic.model_validate(
+                {**link.model_dump(), "created_at": link.created_at}).model_dump(mode="json")
         registry = DataRegistry(s)
         registry.ensure()
         head = registry.head()
         tag = registry.commit_version(name, version, data, meta)
-        row = DatasetVersion(name=name, version=version, content_hash=digest, format=format,
-                             source=str(Path(path).expanduser().resolve()), has_items_table=data.items is not
-                             None, timestamp_kind=data.timestamp_kind, columns=data.columns(), git_tag=tag,
-                             **stats)
+        row = DatasetVersion(name=name, version=version, content_hash=digest, format=format, source=row_source,
+                             has_items_table=data.items is not None, timestamp_kind=data.timestamp_kind,
+                             columns=data.columns(), git_tag=tag, **stats)
         try:
             db.add(row)
+            if link is not None:
+                db.add(link)
             db.commit()
             db.refresh(row)
         except Exception:
@@ -107,6 +126,82 @@ def register(
             registry.rollback(head, tag)
             raise
         return DatasetVersionPublic.model_validate(row)
+
+
+class FoldedEvents(BaseModel):
+    """Where the rows a derived version adds came from: `endpoint`'s events with seq in (after_seq, through_seq]
+    (`events` of them; the rows are the positive ones)."""
+
+    endpoint: str
+    after_seq: int = Field(ge=0)
+    through_seq: int = Field(ge=1)
+    through_time: datetime | None = None
+    events: int = Field(ge=0)
+
+
+def derive(parent: str, rows: pd.DataFrame, *, lineage: FoldedEvents, settings: Settings | None = None
+           ) -> DatasetVersionPublic:
+    """The next version of `parent`'s dataset: `parent`'s interactions plus `rows` (its columns: user_id,
+    item_id, timestamp and whichever of event / value it has), its items table unchanged, and `lineage` recorded
+    in the catalog and in the version's meta. A parent whose timestamps are an order ('order') gets `rows`
+    appended after its last position, in the order given. Users and items it has never seen are kept. Identical
+    content returns the existing version, as `register` does; a failure leaves nothing behind."""
+    s = settings or default_settings()
+    lineage = FoldedEvents.model_validate(lineage)
+    if lineage.through_seq <= lineage.after_seq:
+        raise InvalidInputError(f"lineage through_seq {lineage.through_seq} must follow after_seq "
+                                f"{lineage.after_seq}")
+    base = load(parent, settings=s)
+    if "split" in base.interactions.columns:
+        # its train / validation / test roles are fixed by its source; new rows would have none
+        raise InvalidInputError(f"{base.ref} has its own evaluation split (a split column): new interactions "
+                                "can only be added to datasets split by time")
+    if rows.empty:
+        raise InvalidInputError(f"no interactions to add to {base.ref}")
+    want = [*base.interactions.columns]
+    missing, extra = [c for c in want if c not in rows.columns], [c for c in rows.columns if c not in want]
+    if missing or extra:
+        raise InvalidInputError(f"rows to add to {base.ref} must have its columns {', '.join(want)}"
+                                + (f"; missing {', '.join(missing)}" if missing else "")
+                                + (f"; unexpected {', '.join(extra)}" if extra else ""))
+    add = rows[want].reset_index(drop=True)
+    if base.info.timestamp_kind == "order":
+        start = int(base.interactions["timestamp"].max()) + 1 if len(base.interactions) else 0
+        add["timestamp"] = np.arange(start, start + len(add), dtype=np.int64)
+    source = (f"{base.ref} + {len(add)} interactions from {lineage.events} events of endpoint "
+              f"{lineage.endpoint!r} (seq {lineage.after_seq + 1}..{lineage.through_seq})")
+    data = normalise(pd.concat([base.interactions, add], ignore_index=True), base.items,
+                     base.info.timestamp_kind, source)
+    return _store(s, base.info.name, data, format="derived", source=source, row_source=source,
+                  lineage={**lineage.model_dump(), "parent_version": base.info.version, "positive": len(add)})
+
+
+def lineage(ref: str, *, settings: Settings | None = None) -> DatasetLineagePublic | None:
+    """What version `ref` was derived from and which events it folded in; None for a registered version."""
+    s = settings or default_settings()
+    info = get(ref, settings=s)
+    with session(s) as db:
+        row = db.exec(select(DatasetLineage).where(DatasetLineage.name == info.name,
+                                                   DatasetLineage.version == info.version)).first()
+    return DatasetLineagePublic.model_validate(row) if row is not None else None
+
+
+def ancestry(ref: str, *, settings: Settings | None = None) -> _list[DatasetLineagePublic]:
+    """The lineage of `ref`, its parent's, and so on up to a registered version: newest first (empty for a
+    registered version)."""
+    s = settings or default_settings()
+    out: _list[DatasetLineagePublic] = []
+    link = lineage(ref, settings=s)
+    while link is not None:
+        out.append(link)
+        link = lineage(link.parent, settings=s)
+    return out
+
+
+def folded_through(ref: str, endpoint: str, *, settings: Settings | None = None) -> int:
+    """The last log position of `endpoint`'s events that `ref` or an ancestor folded in (0: none). Event
+    positions are global, so only a fold of the same endpoint counts."""
+    return next((link.through_seq for link in ancestry(ref, settings=settings) if link.endpoint == endpoint), 0)
 
 
 def _describe(columns: dict) -> str:

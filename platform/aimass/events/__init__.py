@@ -16,19 +16,20 @@ import pandas as pd
 from pydantic import BaseModel
 
 from aimass.catalog import FeedbackEventBase, FeedbackEventPublic
-from aimass.errors import InvalidInputError
+from aimass.errors import ConflictError, InvalidInputError
 from aimass.events._log import Ack, EventLog, as_utc
 from aimass.events._rules import Rules
-from aimass.events._served import ServedLog
+from aimass.events._served import TAIL, ServedLog
 from aimass.settings import Settings, default_settings
 
-__all__ = ["Ack", "EventLog", "FeedbackEventBase", "FeedbackEventPublic", "IngestResult", "Rules", "ServedLog",
+__all__ = ["TAIL", "Ack", "EventLog", "FeedbackEventBase", "FeedbackEventPublic", "IngestResult", "Rules", "ServedLog",
            "check", "ingest", "list_events", "read_events", "stats", "as_utc"]
 _COLUMNS = ["event_id", "user_id", "item_id", "type", "timestamp", "value", "request_id"]
 
 
 def check(events: list[FeedbackEventBase], rules: Rules, settings: Settings, now: datetime | None = None) -> None:
-    """What the field types cannot say: a known type, a timestamp not too far ahead. Names the event."""
+    """What the field types cannot say: a known type (InvalidInputError), a timestamp not too far ahead of this
+    server's clock (ConflictError: the event is well-formed, the clock disagrees). Names the event."""
     now = now or datetime.now(UTC)
     limit = now + timedelta(seconds=settings.feedback_max_future_s)
     for i, e in enumerate(events):
@@ -38,7 +39,7 @@ def check(events: list[FeedbackEventBase], rules: Rules, settings: Settings, now
                                     f"{', '.join(rules.types)} (AIMASS_FEEDBACK_POSITIVE/_NEGATIVE/_NEUTRAL)")
         ts = e.timestamp if e.timestamp.tzinfo else e.timestamp.replace(tzinfo=UTC)
         if ts > limit:
-            raise InvalidInputError(f"{where}: timestamp {ts.isoformat()} is more than "
+            raise ConflictError(f"{where}: timestamp {ts.isoformat()} is more than "
                                     f"{settings.feedback_max_future_s:g} s in the future")
 
 

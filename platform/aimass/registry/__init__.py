@@ -169,6 +169,15 @@ class GateCheck(BaseModel):
     check: str
     passed: bool
     detail: str
+    values: dict[str, float] = Field(default_factory=dict, description="The numbers behind the detail")
+
+
+class GateRefusedError(ConflictError):
+    """A promotion the gate refused; `checks` are all of its checks, passed ones included."""
+
+    def __init__(self, message: str, checks: list[GateCheck]):
+        super().__init__(message)
+        self.checks = checks
 
 
 class Promotion(BaseModel):
@@ -183,36 +192,72 @@ class Promotion(BaseModel):
 
 def promote(name: str, version: int, *, alias: str = "champion", force: bool = False,
             tolerance: float = 0.01, latency_budget_ms: float = 50.0, metric: str = "test_ndcg_at_10",
-            settings: Settings | None = None) -> Promotion:
-    """Point `alias` at `version` if it passes the gate: on the champion's dataset version, offline `metric`
-    no worse than the champion's by more than `tolerance` (relative), and p99 scoring latency at batch 1
-    within `latency_budget_ms`. `force` promotes anyway and records so."""
-    from aimass.registry._gate import run_gate
-
+            rescore_on: str | None = None, settings: Settings | None = None) -> Promotion:
+    """Point `alias` at `version` if it passes the gate: offline `metric` no worse than the champion's by more
+    than `tolerance` (relative) on one test split, and p99 scoring latency at batch 1 within
+    `latency_budget_ms`. The split is the champion's dataset version's; for a candidate trained on a version
+    derived from it (feedback events folded in), the candidate's, with the champion re-scored there
+    (`rescore_on` names another version derived from both). Any other dataset refuses. `force` promotes
+    anyway and records so. A refusal raises GateRefusedError (a ConflictError) carrying the checks."""
     s = settings or default_settings()
     if alias not in ALIASES:
         raise InvalidInputError(f"unknown alias {alias!r}; use one of {', '.join(ALIASES)}")
-    if not 0 <= tolerance < 1:
-        raise InvalidInputError(f"tolerance must be in [0, 1), got {tolerance}")
-    candidate = get(f"{name}/{version}", settings=s)
-    client = _client(s)
+    candidate, client = _candidate(name, version, tolerance, s)
     with _lock(s, name, "promote"):
-        current = _champion(client, name)
-        checks = run_gate(candidate, current, tolerance, latency_budget_ms, metric, settings=s)
+        checks = _run_gate(client, candidate, tolerance, latency_budget_ms, metric, rescore_on, s)
         ok = all(c.passed for c in checks)
         if not ok and not force:
             failed = "; ".join(f"{c.check}: {c.detail}" for c in checks if not c.passed)
-            raise ConflictError(f"promotion of {name}/{version} to {alias} refused: {failed} (--force overrides)")
-        holder = _aliases(client, name).get(alias)
-        previous = int(holder) if holder is not None else None
-        client.set_registered_model_alias(name, alias, str(version))
-        stamp = datetime.now(UTC).isoformat()
-        client.set_model_version_tag(name, str(version), f"{T}promoted_{alias}_at", stamp)
+            raise GateRefusedError(f"promotion of {name}/{version} to {alias} refused: {failed} (--force overrides)",
+                                   checks)
+        previous = _set_alias(client, name, version, alias)
         if force and not ok:
             client.set_model_version_tag(name, str(version), f"{T}forced_promotion",
                                          "; ".join(f"{c.check}: {c.detail}" for c in checks if not c.passed))
     return Promotion(name=name, version=version, alias=alias, promoted=True, forced=force and not ok,
                      previous=previous, checks=checks)
+
+
+def gate(name: str, version: int, *, tolerance: float = 0.01, latency_budget_ms: float = 50.0,
+         metric: str = "test_ndcg_at_10", rescore_on: str | None = None,
+         settings: Settings | None = None) -> list[GateCheck]:
+    """The checks `promote` would run against the current champion, changing nothing."""
+    s = settings or default_settings()
+    candidate, client = _candidate(name, version, tolerance, s)
+    return _run_gate(client, candidate, tolerance, latency_budget_ms, metric, rescore_on, s)
+
+
+def set_alias(name: str, version: int, alias: str, *, settings: Settings | None = None) -> int | None:
+    """Point a non-champion alias (`challenger`) at `version` without the gate: the challenger is the model
+    under evaluation. The champion moves only through `promote`. Returns the version it pointed at before."""
+    s = settings or default_settings()
+    if alias not in ALIASES:
+        raise InvalidInputError(f"unknown alias {alias!r}; use one of {', '.join(ALIASES)}")
+    if alias == "champion":
+        raise InvalidInputError("the champion alias moves only through promote (the gate)")
+    get(f"{name}/{version}", settings=s)
+    with _lock(s, name, "alias"):
+        return _set_alias(_client(s), name, version, alias)
+
+
+def _candidate(name: str, version: int, tolerance: float, s: Settings):
+    if not 0 <= tolerance < 1:
+        raise InvalidInputError(f"tolerance must be in [0, 1), got {tolerance}")
+    return get(f"{name}/{version}", settings=s), _client(s)
+
+
+def _run_gate(client, candidate, tolerance, latency_budget_ms, metric, rescore_on, s) -> list[GateCheck]:
+    from aimass.registry._gate import run_gate
+
+    return run_gate(candidate, _champion(client, candidate.name), tolerance, latency_budget_ms, metric,
+                    settings=s, rescore_on=rescore_on)
+
+
+def _set_alias(client, name: str, version: int, alias: str) -> int | None:
+    holder = _aliases(client, name).get(alias)
+    client.set_registered_model_alias(name, alias, str(version))
+    client.set_model_version_tag(name, str(version), f"{T}promoted_{alias}_at", datetime.now(UTC).isoformat())
+    return int(holder) if holder is not None else None
 
 
 def _aliases(client, name: str) -> dict[str, str]:

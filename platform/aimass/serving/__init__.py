@@ -25,9 +25,9 @@ from aimass.serving import _keys
 from aimass.serving._bento import pin as pin_bento
 from aimass.settings import Settings, default_settings
 
-__all__ = ["Deployment", "Engine", "build_bento", "check_deployed", "create_key", "curl_example", "delete", "deploy",
-           "deployments", "endpoints", "list_keys", "orphans", "pin_bento", "revoke_key", "show", "shutdown",
-           "shutdown_orphans"]
+__all__ = ["CLUSTER_OWNER_ENV", "WORKER_SETUP_HOOK", "Deployment", "Engine", "build_bento", "check_deployed",
+           "check_endpoint", "connect", "create_key", "curl_example", "delete", "deploy", "deployments", "endpoints",
+           "list_keys", "orphans", "pin_bento", "revoke_key", "show", "shutdown", "shutdown_orphans"]
 log = logging.getLogger(__name__)
 
 
@@ -67,7 +67,7 @@ def _dir(s: Settings) -> Path:
     return s.home / "serve"
 
 
-def _check_endpoint(endpoint: str) -> str:
+def check_endpoint(endpoint: str) -> str:
     if not isinstance(endpoint, str) or not _ENDPOINT.match(endpoint):
         raise InvalidInputError(f"invalid endpoint {endpoint!r}: use 1-40 lower-case letters, digits or '-', "
                                 "starting with a letter or digit")
@@ -93,7 +93,7 @@ def deploy(ref: str, endpoint: str, *, ranker: str | None = None, min_replicas: 
     from aimass.serving import _cluster
 
     s = settings or default_settings()
-    _check_endpoint(endpoint)
+    check_endpoint(endpoint)
     if not 0 <= min_replicas <= max_replicas or max_replicas < 1:
         raise InvalidInputError(f"need 0 <= min_replicas <= max_replicas and max_replicas >= 1, got "
                                 f"{min_replicas} and {max_replicas}")
@@ -182,6 +182,19 @@ def _write_config(s: Settings) -> Path:
     return path
 
 
+# The variable that marks a process as belonging to a home's serving cluster: stopping the cluster stops it.
+CLUSTER_OWNER_ENV = "RAY_CLUSTER_OWNER"
+# What every process of the serving cluster must run first (loopback-only Ray): for actors started beside it.
+WORKER_SETUP_HOOK = "aimass.serving.hooks.loopback"
+
+
+def connect(settings: Settings | None = None) -> dict:
+    """Join this home's serving cluster (starting it if none runs); returns its state (address, proxy)."""
+    from aimass.serving import _cluster
+
+    return _cluster.connect(settings or default_settings())
+
+
 def endpoints(*, settings: Settings | None = None) -> list[str]:
     """The endpoints aimass has deployed in this home (from its records: no cluster is contacted)."""
     return list(_saved(settings or default_settings()))
@@ -190,7 +203,7 @@ def endpoints(*, settings: Settings | None = None) -> list[str]:
 def check_deployed(endpoint: str, *, settings: Settings | None = None) -> str:
     """`endpoint` if this home has deployed it, else NotFoundError naming the ones it has."""
     s = settings or default_settings()
-    _check_endpoint(endpoint)
+    check_endpoint(endpoint)
     have = endpoints(settings=s)
     if endpoint not in have:
         raise NotFoundError(f"no deployment named {endpoint!r}; deployed: {', '.join(have) or 'none'}")
@@ -219,7 +232,7 @@ def _live_status(s: Settings) -> dict[str, str]:
 
 def show(endpoint: str, *, settings: Settings | None = None) -> Deployment:
     s = settings or default_settings()
-    _check_endpoint(endpoint)
+    check_endpoint(endpoint)
     for d in deployments(settings=s):
         if d.endpoint == endpoint:
             return d

@@ -24,7 +24,7 @@ from aimass.errors import BackendError, ConflictError, InvalidInputError
 from aimass.serving import _procs
 from aimass.settings import Settings
 
-HOOK = "aimass.serving.hooks.loopback"
+HOOK = "aimass.serving.hooks.loopback"  # serving.WORKER_SETUP_HOOK, its public name
 log = logging.getLogger(__name__)
 
 

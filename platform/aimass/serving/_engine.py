@@ -150,12 +150,11 @@ class Engine:
 
 
 def _cutoff(dataset: str | None, endpoint: str, settings: Settings) -> int:
-    """The log position up to which `endpoint`'s events are already in the training data of `dataset`."""
+    """The log position up to which `endpoint`'s events are already in the training data of `dataset` (or of
+    an ancestor version it was derived from): applying them again would count them twice."""
     from aimass import datasets
 
-    lineage = getattr(datasets, "lineage", None)
-    info = lineage(dataset, settings=settings) if dataset and lineage else None
-    return int(info.through_seq) if info is not None and info.endpoint == endpoint else 0
+    return datasets.folded_through(dataset, endpoint, settings=settings) if dataset else 0
 
 
 def _finite(x: np.ndarray) -> list[float]:

@@ -134,9 +134,11 @@ class Gate:
 
     def _document(self, prefix: str) -> bytes:
         if prefix not in self.docs:
+            from aimass.events import Rules
             from aimass.serving._openapi import document
 
             self.docs[prefix] = json.dumps(document(self.service, prefix, unauthorized=UNAUTHORIZED,
+                                                    event_types=Rules.of(self.settings).types,
                                                     is_admin=is_admin)).encode()
         return self.docs[prefix]
 

@@ -38,6 +38,8 @@ def _errors(route: str, props: set[str], unauthorized: str, admin: bool) -> dict
                                "AIMASS_FEEDBACK_MAX_BODY_BYTES for /feedback)")
     out["415"] = _json(_ERROR, "A body that is not application/json")
     if route == "/feedback":
+        out["409"] = _json(_ERROR, "An event whose timestamp is further ahead of the server's clock than "
+                                   "AIMASS_FEEDBACK_MAX_FUTURE_S allows; nothing of the request was stored")
         out["503"] = _json(_ERROR, "The event store could not commit: nothing of the request was stored; retry "
                                    "with the same event_ids (they are idempotent)")
     return out
@@ -55,8 +57,10 @@ def _request(api, defs: dict) -> tuple[dict, set[str]]:
     return schema, props
 
 
-def document(service: Any, prefix: str, *, unauthorized: str, is_admin: typing.Callable[[str], bool]) -> dict:
-    """The document of `service` (a BentoML service class) mounted at `prefix` ('' at the root)."""
+def document(service: Any, prefix: str, *, unauthorized: str, is_admin: typing.Callable[[str], bool],
+             event_types: list[str] | None = None) -> dict:
+    """The document of `service` (a BentoML service class) mounted at `prefix` ('' at the root); `event_types`
+    are the feedback types this deployment's rules know (configuration, so the document reads them)."""
     defs: dict[str, Any] = {}
     returns = {api.name: typing.get_type_hints(api.func)["return"] for api in service.apis.values()}
     _, top = models_json_schema([(m, "serialization") for m in {*returns.values(), Error}], ref_template=REF)
@@ -76,6 +80,8 @@ def document(service: Any, prefix: str, *, unauthorized: str, is_admin: typing.C
                           **_errors(api.route, props, unauthorized, admin)},
             "security": [{"apiKey": []}],
         }}
+    if event_types and "FeedbackEvent" in defs:
+        defs["FeedbackEvent"]["properties"]["type"]["enum"] = list(event_types)
     status = {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}}
     paths["/healthz"] = {"get": {"operationId": "healthz", "summary": "Liveness, without a key",
                                  "responses": {"200": _json(status, "The service answers")}}}

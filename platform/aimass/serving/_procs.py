@@ -19,7 +19,7 @@ from pathlib import Path
 
 import psutil
 
-OWNER = "RAY_CLUSTER_OWNER"
+OWNER = "RAY_CLUSTER_OWNER"  # serving.CLUSTER_OWNER_ENV, its public name
 RECORD = "aimass-home.json"
 _TAG = re.compile(r"(?<=/)(?:aimass-serve|ahp)-([0-9a-f]{8})(?![0-9a-f])")
 

@@ -4,9 +4,21 @@ Scalars mean what the document says: an `integer` is 7 or 7.0, never "7" or true
 (pydantic's lax mode would take both)."""
 from __future__ import annotations
 
+import re
+from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Strict, Tag, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Strict,
+    Tag,
+    WithJsonSchema,
+    field_validator,
+)
 
 from aimass.catalog import FeedbackEventBase
 
@@ -113,9 +125,13 @@ def _strict_number(v: object) -> object:
     return v
 
 
+_ISO = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
+
+
 def _timestamp(v: object) -> object:
-    if isinstance(v, bool) or v is None:
-        raise ValueError("must be an ISO 8601 time or unix seconds")
+    # pydantic alone would also take a bare date or a number in a string; the document promises neither.
+    if isinstance(v, bool) or v is None or (isinstance(v, str) and not _ISO.match(v)):
+        raise ValueError("must be an ISO 8601 date and time or a number of unix seconds")
     return v
 
 
@@ -123,6 +139,11 @@ class FeedbackEvent(FeedbackEventBase):
     """One event as a client sends it: the catalog's fields, validated strictly."""
 
     model_config = ConfigDict(extra="forbid")
+
+    timestamp: Annotated[datetime, WithJsonSchema({
+        "anyOf": [{"type": "string", "format": "date-time"}, {"type": "number"}],
+        "description": "When it happened: ISO 8601 date and time (no offset means UTC) or unix seconds; at most "
+                       "AIMASS_FEEDBACK_MAX_FUTURE_S (a day) ahead of the server's clock, else 409"})]
 
     _numbers = field_validator("user_id", "item_id", "value", mode="before")(_strict_number)
     _time = field_validator("timestamp", mode="before")(_timestamp)

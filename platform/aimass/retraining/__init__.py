@@ -1,0 +1,234 @@
+"""Retraining: an endpoint's feedback events folded into a new dataset version, the champion's recipe trained
+on it, the result registered as `challenger` and put through the promotion gate.
+
+    >>> r = aimass.retraining.retrain("recs")              # `aimass retrain recs`
+    >>> r.dataset, r.challenger, r.status, [c.detail for c in r.gate]
+    >>> aimass.retraining.history("recs")                   # every attempt, newest first
+    >>> aimass.retraining.due("recs", settings=s)           # 'drift' | 'volume' | 'schedule' | None
+
+The new version is the champion's dataset version plus the endpoint's positive events after what that
+version's lineage already folded in, up to the newest one (`aimass.datasets.lineage(ref)` says which). The
+gate compares champion and challenger on the new version's test split, re-scoring the champion there. A
+promoted challenger becomes `champion`; the endpoint keeps serving what it served until it is redeployed
+(`aimass deploy NAME@champion --endpoint E`). `start_in_cluster` runs the triggers inside the serving
+cluster."""
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+
+from filelock import FileLock, Timeout
+from pydantic import BaseModel, Field
+
+from aimass.errors import ConflictError, InvalidInputError
+from aimass.registry import GateCheck
+from aimass.settings import Settings, default_settings
+
+__all__ = ["REASONS", "RetrainResult", "Scheduler", "due", "history", "retrain", "start_in_cluster"]
+REASONS = ("manual", "schedule", "volume", "drift")
+
+
+class RetrainResult(BaseModel):
+    endpoint: str
+    reason: str
+    status: str = Field("running", description=(
+        "promoted (the challenger is champion now), kept (the gate refused: the champion stays), challenger "
+        "(not promoted on request; the gate's decision is recorded), nothing-new (no new positive events), "
+        "failed (see error)"))
+    started_at: datetime
+    finished_at: datetime | None = None
+    seconds: float = 0.0
+    served: str | None = Field(None, description="The model version the endpoint served (NAME/V)")
+    champion: str | None = Field(None, description="The version whose family and params were retrained")
+    family: str | None = None
+    params: dict = Field(default_factory=dict)
+    parent_dataset: str | None = None
+    dataset: str | None = Field(None, description="The new dataset version")
+    events_after_seq: int | None = None
+    events_through_seq: int | None = None
+    events_through_time: datetime | None = None
+    events: int = 0
+    positive: int = 0
+    negative: int = 0
+    neutral: int = 0
+    run_id: str | None = None
+    challenger: str | None = None
+    metrics: dict[str, float] = Field(default_factory=dict, description="The challenger's own")
+    gate: list[GateCheck] = Field(default_factory=list)
+    gate_passed: bool | None = None
+    promoted: bool = False
+    next_step: str | None = None
+    error: str | None = None
+    record: str | None = None
+
+
+class _NothingNew(Exception):
+    pass
+
+
+def retrain(endpoint: str, *, reason: str = "manual", promote: bool = True, settings: Settings | None = None,
+            progress: bool = False) -> RetrainResult:
+    """Retrain what `endpoint` serves on its new feedback; every attempt is recorded (`history`). Raises
+    ConflictError when there are no new positive events (nothing is written but the record) or another
+    retrain of the endpoint runs; a failure after the new dataset version was made keeps that version (it is
+    complete, and a retry with the same events reuses it)."""
+    from aimass import serving
+    from aimass.retraining import _records
+
+    s = settings or default_settings()
+    if reason not in REASONS:
+        raise InvalidInputError(f"unknown retrain reason {reason!r}; use one of {', '.join(REASONS)}")
+    d = serving.show(endpoint, settings=s)
+    if d.ranker:
+        raise InvalidInputError(f"endpoint {endpoint!r} is multi-stage ({d.model}/{d.version} ranked by "
+                                f"{d.ranker}): retraining serves single-model endpoints only")
+    s.locks.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(s.locks / f"retrain-{endpoint}.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise ConflictError(f"another retrain of endpoint {endpoint!r} is in progress") from None
+    r = RetrainResult(endpoint=endpoint, reason=reason, started_at=datetime.now(UTC),
+                      served=f"{d.model}/{d.version}")
+    t0 = time.perf_counter()
+    try:
+        _run(r, d, promote, progress, s)
+    except _NothingNew as e:
+        r.status, r.error = "nothing-new", str(e)
+        raise ConflictError(str(e)) from None
+    except BaseException as e:
+        r.status, r.error = "failed", (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise
+    finally:
+        r.finished_at, r.seconds = datetime.now(UTC), round(time.perf_counter() - t0, 1)
+        _records.write(s, r)
+        lock.release()
+    return r
+
+
+def _run(r: RetrainResult, d, promote: bool, progress: bool, s: Settings) -> None:
+    from aimass import datasets, registry
+    from aimass.tracking import TAG, client
+    from aimass.training import train
+
+    champion = _champion(d, s)
+    job = _training_job(champion, s)
+    r.champion, r.family, r.params = champion.ref, job["family"], job["params"]
+    if not champion.dataset:
+        raise InvalidInputError(f"{champion.ref} records no dataset version: it cannot be retrained")
+    fold = _new_events(r, d.endpoint, champion.dataset, s)
+    new = datasets.derive(fold.parent, fold.rows, settings=s, lineage=datasets.FoldedEvents(
+        endpoint=d.endpoint, after_seq=fold.after_seq, through_seq=fold.through_seq,
+        through_time=fold.through_time, events=r.events))
+    r.dataset = new.ref
+    same = {k: job[k] for k in ("epochs", "max_val_users", "item_text") if k in job}  # the rest of the recipe
+    run = train(job["family"], new.ref, job["params"], workers=1, progress=progress, settings=s, **same)
+    r.run_id, r.metrics = run.run_id, run.metrics
+    v = registry.register(run.run_id, champion.name, settings=s)
+    r.challenger = v.ref
+    registry.set_alias(v.name, v.version, "challenger", settings=s)
+    if promote:
+        try:
+            r.gate = registry.promote(v.name, v.version, settings=s).checks
+            r.promoted = True
+        except registry.GateRefusedError as e:
+            r.gate = e.checks
+    else:
+        r.gate = registry.gate(v.name, v.version, settings=s)
+    r.gate_passed = all(c.passed for c in r.gate)
+    r.status = "promoted" if r.promoted else "kept" if promote else "challenger"
+    r.next_step = _next_step(r, v, d.endpoint, promote)
+    # on the version too: `aimass models show NAME/V` tells why it exists and what the gate said
+    client(s).set_model_version_tag(v.name, str(v.version), f"{TAG}retrain", json.dumps(
+        {"endpoint": d.endpoint, "reason": r.reason, "dataset": r.dataset, "parent_dataset": r.parent_dataset,
+         "events_through_seq": r.events_through_seq, "gate_passed": r.gate_passed, "promoted": r.promoted,
+         "checks": [c.model_dump() for c in r.gate]}))
+
+
+def _new_events(r: RetrainResult, endpoint: str, parent: str, s: Settings):
+    """The events to fold into `parent`, counted into `r`; _NothingNew when no positive one is new."""
+    from aimass.retraining._fold import collect
+
+    fold = collect(endpoint, parent, s)
+    r.parent_dataset, r.events_after_seq, r.events_through_seq = fold.parent, fold.after_seq, fold.through_seq
+    r.events_through_time = fold.through_time
+    for k, v in fold.counts().items():
+        setattr(r, k, v)
+    # A challenger already trained from this parent used the events up to its through_seq: the same events
+    # again would make the same dataset version and the same model.
+    tried = [x for x in history(endpoint, settings=s) if x.parent_dataset == fold.parent and x.challenger]
+    seen = max(tried, key=lambda x: x.events_through_seq or 0, default=None)
+    if seen is not None and (seen.events_through_seq or 0) > fold.after_seq:
+        why = fold.nothing_new(seen.events_through_seq, f"the retrain of {seen.started_at:%Y-%m-%d %H:%M} UTC "
+                               f"already trained {seen.challenger} on {seen.dataset} from them")
+    else:
+        why = fold.nothing_new(fold.after_seq, f"{fold.parent} holds the events up to it" if fold.after_seq
+                               else f"{fold.parent} holds none of its events")
+    if why:
+        raise _NothingNew(why)
+    return fold
+
+
+def _next_step(r: RetrainResult, v, endpoint: str, promote: bool) -> str:
+    deploy = f"aimass deploy {v.name}@champion --endpoint {endpoint}"
+    if r.promoted:  # rollouts are the deployer's (issue 14): a new champion is never served by surprise
+        return f"{endpoint} keeps serving {r.served} until it is redeployed: {deploy}"
+    if not promote and r.gate_passed:
+        return f"the gate passes {v.ref} (not promoted: asked not to); aimass models promote {v.name} {v.version}, " \
+               f"then {deploy}"
+    return (f"the gate refuses {v.ref}: {v.name}@champion stays; the challenger is kept for inspection (aimass "
+            f"models show {v.name}@challenger)")
+
+
+def _champion(d, s: Settings):
+    """The name's champion; the served version when the name has no champion (deployed by version)."""
+    from aimass import registry
+    from aimass.errors import NotFoundError
+
+    try:
+        return registry.get(f"{d.model}@champion", settings=s)
+    except NotFoundError:
+        return registry.get(f"{d.model}/{d.version}", settings=s)
+
+
+def _training_job(info, s: Settings) -> dict:
+    """The training job that made `info` (a compressed version's: its original ancestor's): family, params,
+    epochs, validation cap, item text, exactly as the run recorded them."""
+    from aimass import registry
+    from aimass.tracking import TAG, client
+
+    while info.method != "original" and info.parent_version is not None:
+        info = registry.get(f"{info.name}/{info.parent_version}", settings=s)
+    try:
+        job = json.loads(client(s).get_run(info.run_id).data.tags.get(f"{TAG}job") or "null")
+    except Exception:
+        job = None
+    if not job:
+        raise InvalidInputError(f"{info.ref} has no recorded training job (run {info.run_id}): its family and "
+                                "params are unknown, so it cannot be retrained")
+    return job
+
+
+def history(endpoint: str, *, limit: int | None = None, settings: Settings | None = None) -> list[RetrainResult]:
+    """The endpoint's retrain attempts, newest first."""
+    from aimass.retraining import _records
+
+    return [RetrainResult.model_validate(x) for x in _records.read(settings or default_settings(), endpoint, limit)]
+
+
+def due(endpoint: str, *, settings: Settings | None = None, now: float | None = None) -> str | None:
+    """Why `endpoint` should be retrained now: 'drift' (retrain_on_drift and the newest drift report flagged
+    after the last attempt), 'volume' (retrain_min_events events arrived after what the served dataset and the
+    last attempt hold), 'schedule' (retrain_interval_s passed since the deployment or the last attempt); None."""
+    from aimass.retraining._triggers import due as _due
+
+    return _due(endpoint, settings or default_settings(), now)
+
+
+def __getattr__(name: str):
+    if name in ("Scheduler", "start_in_cluster"):  # Ray only for who asks
+        from aimass.retraining import _scheduler
+
+        return getattr(_scheduler, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

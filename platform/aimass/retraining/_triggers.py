@@ -1,0 +1,66 @@
+"""When an endpoint's model is due for retraining: a drift report that flagged, enough new events, or the
+schedule. Each is measured from the later of the deployment and the last retrain attempt, so one cause
+starts one retrain, not one per scheduler tick."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from datetime import UTC, datetime
+
+from sqlalchemy import func, select
+
+from aimass.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def due(endpoint: str, settings: Settings, now: float | None = None) -> str | None:
+    """'drift', 'volume', 'schedule' (the first that holds, in that order) or None."""
+    from aimass import datasets, serving
+    from aimass.retraining import history
+
+    now = time.time() if now is None else now
+    s = settings
+    d = serving.show(endpoint, settings=s)
+    last = next(iter(history(endpoint, limit=1, settings=s)), None)
+    since = max(d.created_at.timestamp(), last.started_at.timestamp() if last else 0.0)
+    if s.retrain_on_drift:
+        report = newest_drift_report(s, endpoint)
+        if report is not None and report["drifted"] and report["created_at"] > since:
+            return "drift"
+    if s.retrain_min_events:
+        after = datasets.folded_through(d.dataset, endpoint, settings=s) if d.dataset else 0
+        if last is not None and last.events_through_seq:  # what the last attempt already looked at
+            after = max(after, last.events_through_seq)
+        if events_after(s, endpoint, after) >= s.retrain_min_events:
+            return "volume"
+    if s.retrain_interval_s and now - since >= s.retrain_interval_s:
+        return "schedule"
+    return None
+
+
+def events_after(settings: Settings, endpoint: str, seq: int) -> int:
+    from aimass.catalog import FeedbackEvent, engine_for
+
+    t = FeedbackEvent.__table__
+    with engine_for(settings.catalog).connect() as conn:
+        return conn.execute(select(func.count()).select_from(t)
+                            .where(t.c.endpoint == endpoint, t.c.seq > seq)).scalar() or 0
+
+
+def newest_drift_report(settings: Settings, endpoint: str) -> dict | None:
+    """The newest `home/monitoring/<endpoint>/<stamp>/summary.json` (aimass.monitoring writes them) as
+    {"drifted": bool, "created_at": unix seconds, "path": ...}; None when there is none readable."""
+    root = settings.home / "monitoring" / endpoint
+    files = sorted(root.glob("*/summary.json"), key=lambda p: p.stat().st_mtime, reverse=True) \
+        if root.is_dir() else []
+    for p in files:
+        try:
+            doc = json.loads(p.read_text())
+            created = datetime.fromisoformat(str(doc["created_at"]).replace("Z", "+00:00"))
+            created = created if created.tzinfo else created.replace(tzinfo=UTC)
+            return {"drifted": bool(doc["drifted"]), "created_at": created.timestamp(), "path": str(p)}
+        except (OSError, ValueError, KeyError, TypeError):
+            log.warning("skipping unreadable drift report %s", p)
+    return None

@@ -1,0 +1,63 @@
+"""The per-answer and per-window figures on hand-made answers: what each column means, exactly."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from aimass.monitoring._features import Catalogue, per_answer, window_figures
+from aimass.monitoring._stats import categorical, numeric
+
+
+def _catalogue(labels: bool = True) -> Catalogue:
+    return Catalogue(item_ids=np.array([10, 20, 30, 40]), popularity=np.array([0.0, 1.0, 3.0, 7.0]),
+                     labels=np.array(["rock", "rock", "jazz", "pop"], dtype=object) if labels else None,
+                     label="genre" if labels else None, user_ids=np.array([5, 2]), activity=np.array([50, 20]))
+
+
+def _answers() -> pd.DataFrame:
+    return pd.DataFrame({
+        "user_id": [2, None, 99],
+        "history_length": [3, 0, 2],
+        "history_tail": [[10, 30, 30], [], [40, 777]],
+        "items": [[20, 30, 40], [40, 30], [10, 20, 30, 40]],
+        "scores": [[0.9, 0.5, 0.2], [7.0, 3.0], [0.8, 0.6, 0.4, 0.1]],
+        "strategy": ["model", "popular", "model"],
+    })
+
+
+def test_per_answer_columns():
+    f = per_answer(_answers(), _catalogue(), k=3)
+    assert f["user_activity"].tolist() == [20, 0, 0]  # unknown and anonymous users: 0
+    assert f["history_popularity"][0] == pytest.approx((math.log(1) + 2 * math.log(4)) / 3)
+    assert math.isnan(f["history_popularity"][1])  # nothing to measure
+    assert f["history_popularity"][2] == pytest.approx(math.log(8) / 2)  # an unknown item counts as unseen
+    assert f["history_label"].tolist() == ["jazz", None, "pop"]
+    # lists cut to k = 3: the 4th item of the last list is not measured
+    assert f["items_popularity"][2] == pytest.approx((0 + math.log(2) + math.log(4)) / 3)
+    assert f["score_top"].tolist()[0::2] == [0.9, 0.8] and f["score_spread"][2] == pytest.approx(0.8 - 0.4)
+    assert math.isnan(f["score_top"][1])  # a cold start's popularity counts are another scale
+    assert f["strategy"].tolist() == ["model", "popular", "model"]
+
+
+def test_window_figures_with_and_without_labels():
+    w = window_figures(_answers()["items"], _catalogue(), k=3)
+    assert w["coverage"] == 1.0 and w["diversity_label"] == "genre"
+    assert w["diversity"] == pytest.approx(np.mean([3 / 3, 2 / 2, 2 / 3]), abs=1e-6)
+    bare = window_figures(_answers()["items"], _catalogue(labels=False), k=3)
+    assert bare["diversity"] is None and per_answer(_answers(), _catalogue(False))["history_label"].isna().all()
+
+
+def test_tests_need_both_a_large_and_a_significant_difference():
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=2000)
+    assert not numeric(ref, rng.normal(size=50) + 0.3)[2]  # large but not significant at 50 rows
+    assert not numeric(ref, rng.normal(size=50_000) + 0.05)[2]  # significant but small
+    d, p, drifted = numeric(ref, rng.normal(size=500) + 0.5)
+    assert drifted and d >= 0.1 and p < 1e-4
+    cats = np.array(["a", "b", "c"])
+    assert not categorical(rng.choice(cats, 2000), rng.choice(cats, 300))[2]
+    assert categorical(rng.choice(cats, 2000), rng.choice(cats, 300, p=[0.7, 0.2, 0.1]))[2]
+    assert categorical(np.array(["x"] * 10), np.array(["x"] * 5)) == (0.0, 1.0, False)

@@ -1,0 +1,85 @@
+"""Online metrics from the served-answer log and the feedback log: click-through joined by request_id, rates
+per event type, hit rate by user and item whether or not the event names the request; Wilson intervals."""
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from aimass import monitoring
+from aimass.catalog import FeedbackEventBase
+from aimass.cli.monitor import seconds
+from aimass.errors import InvalidInputError, NotFoundError
+from aimass.events import EventLog, ServedLog
+from aimass.monitoring._stats import wilson
+
+
+def _serve(settings, version: int, n: int, start: int = 0) -> None:
+    log = ServedLog(settings)
+    for i in range(start, start + n):
+        log.record("shop", f"r{i}", "recommend", "recs", version, i, [1, 2, 3], [100 + i, 200 + i, 300 + i],
+                   [0.9, 0.5, 0.1])
+    log.flush()
+
+
+def _event(i: int, user: int, item: int, type_: str, rid: str | None, when: datetime) -> FeedbackEventBase:
+    return FeedbackEventBase(event_id=f"e{i}", user_id=user, item_id=item, type=type_, timestamp=when,
+                             request_id=rid)
+
+
+def test_click_through_by_type_and_hit_rate_with_intervals(settings):
+    _serve(settings, 1, 10)
+    _serve(settings, 2, 5, start=10)
+    later, earlier = datetime.now(UTC) + timedelta(seconds=5), datetime.now(UTC) - timedelta(hours=1)
+    EventLog(settings).write("shop", [
+        _event(0, 0, 100, "click", "r0", later), _event(1, 1, 201, "click", "r1", later),
+        _event(2, 2, 302, "like", "r2", later), _event(3, 2, 102, "click", "r2", later),  # two on one answer
+        _event(4, 3, 103, "skip", "r3", later),
+        _event(5, 4, 104, "play", None, later),  # no request_id: a hit, not a click-through
+        _event(6, 5, 999, "play", None, later),  # not a listed item
+        _event(7, 6, 106, "play", None, earlier),  # before the answer
+        _event(8, 7, 999, "click", "unknown-request", later),
+    ])
+    got = {m.version: m for m in monitoring.online_metrics("shop", settings=settings)}
+    v1, v2 = got[1], got[2]
+    assert (v1.model, v1.answers, v1.answers_with_request_events) == ("recs", 10, 4)
+    assert (v1.click_through.successes, v1.click_through.trials) == (3, 10)
+    assert v1.click_through.low == pytest.approx(0.1078, abs=1e-4)
+    assert v1.click_through.high == pytest.approx(0.6032, abs=1e-4)
+    assert v1.negative.successes == 1
+    assert {t: r.successes for t, r in v1.by_type.items()} == {"click": 3, "like": 1, "play": 0, "skip": 1}
+    assert (v1.hit_rate.successes, v1.hit_rate.trials) == (4, 10)
+    assert (v2.answers, v2.click_through.successes, v2.hit_rate.successes) == (5, 0, 0)
+    assert v2.click_through.low == 0.0 and v2.click_through.high == pytest.approx(0.4345, abs=1e-4)
+    assert monitoring.online_metrics("shop", window_s=60, end=datetime.now(UTC) - timedelta(hours=1),
+                                     settings=settings) == []
+    with pytest.raises(NotFoundError, match="'nobody' has no served answers"):
+        monitoring.online_metrics("nobody", settings=settings)
+
+
+def test_wilson_interval():
+    assert wilson(0, 0) == (None, None, None)
+    r, low, high = wilson(50, 100)
+    assert r == 0.5 and low == pytest.approx(0.4038, abs=1e-4) and high == pytest.approx(0.5962, abs=1e-4)
+    assert wilson(10, 10)[2] == 1.0
+
+
+def test_window_durations():
+    assert [seconds(x) for x in ("90", "90s", "30m", "1h", "1.5h", "2d", "1w")] == [
+        90, 90, 1800, 3600, 5400, 172800, 604800]
+    for bad in ("0", "-1h", "1y", "", "h"):
+        with pytest.raises(InvalidInputError, match="invalid window"):
+            seconds(bad)
+
+
+def test_cli_metrics(settings, monkeypatch):
+    from typer.testing import CliRunner
+
+    from aimass.cli._common import state
+    from aimass.cli.monitor import app
+
+    _serve(settings, 1, 4)
+    monkeypatch.setattr(state, "settings", settings, raising=False)
+    out = CliRunner().invoke(app, ["metrics", "shop", "--window", "1h"])
+    assert out.exit_code == 0, out.output
+    assert "recs/1" in out.stdout and "0.000 [0.000, 0.490]" in out.stdout

@@ -1,0 +1,215 @@
+"""The retrain loop end to end on real parts (git+DVC data registry, MLflow store, Ray Train on a local Ray):
+feedback events -> a new dataset version with lineage -> a challenger -> the gate's decision, recorded; and
+from a served answer back to the dataset version and the events in it."""
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pandas as pd
+import pytest
+
+import aimass
+from aimass import datasets, registry, retraining, serving
+from aimass.errors import ConflictError, NotFoundError
+from aimass.events import EventLog, FeedbackEventBase
+from aimass.settings import Settings
+
+pytestmark = pytest.mark.integration
+PARAMS = {"window": 5, "neighbors": 50}  # not the defaults: the challenger must get the champion's own
+
+
+def served_record(s: Settings, endpoint: str, ref: str) -> None:
+    """What `aimass deploy` records for an endpoint, without starting Ray Serve: `serving.show` reads it
+    (status NOT_RUNNING). The record's layout is serving's; this writes it through serving's own model."""
+    info = registry.get(ref, settings=s)
+    d = serving.Deployment(endpoint=endpoint, url=f"http://127.0.0.1:1/{endpoint}", model=info.name,
+                           version=info.version, family=info.family, requested=ref, dataset=info.dataset,
+                           proxy="default", min_replicas=1, max_replicas=1, target_ongoing_requests=8.0,
+                           config="", created_at=datetime.now(UTC) - timedelta(hours=1))
+    folder = s.home / "serve" / "deployments"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{endpoint}.json").write_text(json.dumps({"deployment": d.model_dump(mode="json"), "args": {}}))
+
+
+def event(eid: str, user: int, item: int, type_: str, value: float | None = None, ago_s: int = 600):
+    return FeedbackEventBase(event_id=eid, user_id=user, item_id=item, type=type_, value=value,
+                             timestamp=datetime.now(UTC) - timedelta(seconds=ago_s))
+
+
+@pytest.fixture(scope="module")
+def loop(tmp_path_factory):
+    s = Settings(home=tmp_path_factory.mktemp("retrain") / "home")
+    inter, items = datasets.generate_demo(s.home.parent / "demo", datasets.DemoConfig(users=60, tracks=120, seed=4))
+    datasets.register("demo", inter, "csv", items=items, settings=s)
+    run = aimass.train("itemknn", "demo@v1", PARAMS, workers=1, progress=False, settings=s)
+    import ray
+
+    ray.shutdown()
+    v = registry.register(run.run_id, "recs", settings=s)
+    registry.promote("recs", v.version, force=True, settings=s)  # forced: the latency check measures this machine
+    served_record(s, "recs", "recs@champion")
+    seen = datasets.load("demo@v1", settings=s).interactions
+    unseen = lambda u: sorted(set(range(1, 121)) - set(seen.loc[seen.user_id == u, "item_id"]))  # noqa: E731
+    a, b, c = unseen(1)[:3]
+    positive = [event("p1", 1, a, "play", 0.9, 900), event("p2", 1, b, "like", None, 800),
+                event("p3", 2, 9001, "play", 0.7, 700),  # an item the catalogue never had
+                event("p4", 777, a, "play", 1.0, 600), event("p5", 777, b, "play", 1.0, 500),
+                event("p6", 777, c, "click", None, 400),  # a new user, with enough history to be evaluated
+                event("p7", 3, unseen(3)[0], "rating", 5.0, 300)]
+    other = [event("n1", 1, c, "skip", 0.1, 850), event("n2", 3, unseen(3)[1], "rating", 1.0, 350),
+             event("z1", 2, unseen(2)[0], "impression", None, 650), event("z2", 4, unseen(4)[0], "rating", 3.0)]
+    EventLog(s).write("recs", positive + other)
+    result = retraining.retrain("recs", settings=s)
+    ray.shutdown()
+    yield s, result, positive, other
+
+
+def test_events_become_a_new_dataset_version_with_lineage(loop):
+    s, r, positive, other = loop
+    last = EventLog(s).last_seq("recs")
+    assert (r.parent_dataset, r.dataset, r.events_after_seq, r.events_through_seq) == ("demo@v1", "demo@v2", 0, last)
+    assert (r.events, r.positive, r.negative, r.neutral) == (11, 7, 2, 2)
+    link = datasets.lineage("demo@v2", settings=s)
+    assert (link.parent, link.endpoint, link.after_seq, link.through_seq, link.events, link.positive) == (
+        "demo@v1", "recs", 0, last, 11, 7)
+    assert datasets.lineage("demo@v1", settings=s) is None
+    meta = json.loads((datasets.pull("demo@v2", settings=s) / "meta.json").read_text())
+    assert meta["lineage"]["through_seq"] == last and meta["lineage"]["parent"] == "demo@v1"
+    # exactly the positive events were added, as interactions at their own time
+    old, new = (datasets.load(f"demo@v{i}", settings=s).interactions for i in (1, 2))
+    key = ["user_id", "item_id", "timestamp", "event", "value"]
+    added = pd.concat([new[key], old[key], old[key]]).drop_duplicates(keep=False)
+    want = {(e.user_id, e.item_id, int(e.timestamp.timestamp()), e.type, 1.0 if e.value is None else e.value)
+            for e in positive}
+    assert set(map(tuple, added.astype(object).itertuples(index=False))) == want
+    assert len(new) == len(old) + len(positive)
+    assert datasets.load("demo@v2", settings=s).items.equals(datasets.load("demo@v1", settings=s).items)
+
+
+def test_the_challenger_is_the_champions_recipe_on_the_new_version(loop):
+    s, r, *_ = loop
+    assert (r.champion, r.served, r.challenger, r.family) == ("recs/1", "recs/1", "recs/2", "itemknn")
+    challenger = registry.get("recs@challenger", settings=s)
+    assert challenger.ref == "recs/2" and challenger.dataset == "demo@v2"
+    assert aimass.runs.show(r.run_id, settings=s)["job"]["params"] == PARAMS == r.params
+    assert json.loads(challenger.tags["aimass.retrain"])["gate_passed"] == r.gate_passed
+
+
+def test_the_gate_compares_on_the_new_versions_test_split(loop):
+    s, r, *_ = loop
+    checks = {c.check: c for c in r.gate}
+    assert set(checks) == {"dataset", "quality", "latency"}
+    assert checks["dataset"].passed and checks["dataset"].detail == (
+        "compared on demo@v2's test split (candidate trained on it; champion re-scored; trained on demo@v1)")
+    assert "vs champion re-scored" in checks["quality"].detail
+    assert "champion's own test_ndcg_at_10 on demo@v1" in checks["quality"].detail
+    # the re-scoring is training's own protocol: each model scored this way on its own data gives its metric
+    from aimass.registry._gate import rescore
+
+    for ref, ds in (("recs/1", "demo@v1"), ("recs/2", "demo@v2")):
+        info = registry.get(ref, settings=s)
+        assert rescore(info, ds, settings=s) == pytest.approx(info.metrics["test_ndcg_at_10"], abs=1e-12)
+    champ = registry.get("recs/1", settings=s)
+    assert checks["quality"].values["champion"] == pytest.approx(rescore(champ, "demo@v2", settings=s))
+    assert r.gate_passed == all(c.passed for c in r.gate) and r.promoted == r.gate_passed
+    assert r.status == ("promoted" if r.promoted else "kept")
+    assert registry.get("recs@champion", settings=s).version == (2 if r.promoted else 1)
+    assert ("aimass deploy recs@champion --endpoint recs" if r.promoted else "refuses recs/2") in r.next_step
+
+
+def test_every_retrain_is_recorded(loop):
+    s, r, *_ = loop
+    [h] = retraining.history("recs", settings=s)
+    assert h == r and h.record and json.loads(open(h.record).read())["dataset"] == "demo@v2"
+
+
+def test_lineage_leads_from_a_served_answer_to_the_events(loop):
+    s, r, positive, other = loop
+    engine = serving.Engine(r.challenger, s)
+    answer = {**engine.recommend(user_id=777, history=None, k=5), **engine.card()}
+    assert answer["strategy"] == "model" and len(answer["items"]) == 5  # the new user is known now
+    link = datasets.lineage(answer["dataset"], settings=s)
+    events = EventLog(s).frame(link.endpoint, after_seq=link.after_seq, through_seq=link.through_seq)
+    assert set(events["event_id"]) == {e.event_id for e in positive + other}
+    assert 9001 in engine.item_ids  # a new item joined the catalogue
+
+
+def test_a_retrain_without_new_events_refuses_and_changes_nothing(loop):
+    s, r, *_ = loop
+    before = ([v.ref for v in datasets.versions("demo", settings=s)],
+              [(v.version, v.aliases) for v in registry.versions("recs", settings=s)])
+    with pytest.raises(ConflictError, match=r"no new events for endpoint 'recs' after seq 11 \("):
+        retraining.retrain("recs", reason="schedule", settings=s)
+    EventLog(s).write("recs", [event("n3", 5, 7, "skip", 0.1), event("z3", 5, 8, "impression")])
+    with pytest.raises(ConflictError, match=r"no new positive events for endpoint 'recs' after seq 11 .*: 2 new "
+                                            r"events \(seq 12\.\.13\), 0 positive, 1 negative, 1 neutral"):
+        retraining.retrain("recs", reason="volume", settings=s)
+    after = ([v.ref for v in datasets.versions("demo", settings=s)],
+             [(v.version, v.aliases) for v in registry.versions("recs", settings=s)])
+    assert after == before
+    h = retraining.history("recs", settings=s)
+    assert [x.status for x in h] == ["nothing-new", "nothing-new", r.status] and h[0].reason == "volume"
+    with pytest.raises(NotFoundError, match="no deployment named 'ghost'"):
+        retraining.retrain("ghost", settings=s)
+
+
+def test_triggers_and_the_scheduler_tick(settings):
+    """No Ray, no training: a deployment record, events, drift reports and a fake clock and launcher."""
+    from aimass.retraining import Scheduler
+
+    inter, items = datasets.generate_demo(settings.home.parent / "d", datasets.DemoConfig(users=10, tracks=20))
+    datasets.register("demo", inter, "csv", items=items, settings=settings)
+    deployed = datetime.now(UTC) - timedelta(hours=1)
+    served = serving.Deployment(endpoint="e1", url="", model="m", version=1, family="itemknn", requested="m/1",
+                                dataset="demo@v1", proxy="default", min_replicas=1, max_replicas=1,
+                                target_ongoing_requests=8.0, config="", created_at=deployed)
+    (settings.home / "serve" / "deployments").mkdir(parents=True)
+    (settings.home / "serve" / "deployments" / "e1.json").write_text(json.dumps(
+        {"deployment": served.model_dump(mode="json"), "args": {}}))
+    now = deployed.timestamp() + 3600
+    off = settings.model_copy()
+    assert retraining.due("e1", settings=off, now=now) is None
+    s = settings.model_copy(update={"retrain_min_events": 3, "retrain_interval_s": 7200.0, "retrain_on_drift": True,
+                                    "monitor_interval_s": 600.0})
+    EventLog(s).write("e1", [event(f"x{i}", 1, i, "play") for i in range(2)])
+    assert retraining.due("e1", settings=s, now=now) is None
+    assert retraining.due("e1", settings=s, now=now + 3600) == "schedule"
+    EventLog(s).write("e1", [event("x9", 1, 9, "skip")])
+    assert retraining.due("e1", settings=s, now=now) == "volume"
+    report = s.home / "monitoring" / "e1" / "r1" / "summary.json"
+    report.parent.mkdir(parents=True)
+    report.write_text(json.dumps({"drifted": True, "created_at": (deployed - timedelta(minutes=1)).isoformat()}))
+    assert retraining.due("e1", settings=s, now=now) == "volume"  # a report older than the deployment
+    report.write_text(json.dumps({"drifted": True, "created_at": datetime.now(UTC).isoformat()}))
+    assert retraining.due("e1", settings=s, now=now) == "drift"
+
+    clock, drifts, launched = [now], [], []
+
+    class Proc:
+        code = None
+
+        def poll(self):
+            return self.code
+
+    def launch(endpoint, reason):
+        launched.append((endpoint, reason))
+        return Proc()
+
+    sched = Scheduler(s, clock=lambda: clock[0], endpoints=lambda: ["e1"], drift=drifts.append, launch=launch)
+    assert sched.tick() == {"e1": ["drift-report", "retrain:drift"]}
+    clock[0] += 60
+    assert sched.tick() == {"e1": []}  # the report is not due yet, and one retrain runs at a time
+    sched.launched["e1"][1].code = 0  # it ended without a record (it could not start): retried, but later
+    clock[0] += 60
+    assert sched.tick() == {"e1": []}
+    clock[0] += 600
+    assert sched.tick() == {"e1": ["drift-report", "retrain:drift"]}
+    assert drifts == ["e1", "e1"] and launched == [("e1", "drift")] * 2
+
+    def no_traffic(endpoint):
+        raise NotFoundError(f"no traffic at {endpoint}")
+
+    quiet = Scheduler(s, clock=lambda: clock[0], endpoints=lambda: ["e1"], drift=no_traffic, launch=launch)
+    quiet.launched["e1"] = (clock[0], Proc())
+    assert quiet.tick() == {"e1": []}  # skipped quietly, and the running retrain is left alone
