@@ -16,16 +16,20 @@ def quickstart(
     family: str = typer.Option("sasrec", help="Model family to train"),
     time_budget: float = typer.Option(3.0, "--time-budget", help="Minutes of training at most"),
     workers: int = typer.Option(1, "--workers", help="Ray Train workers"),
+    traffic_users: int = typer.Option(300, "--traffic-users", help="Users of the demo traffic burst"),
+    retrain_budget: float = typer.Option(1.0, "--retrain-budget", help="Minutes of retraining at most"),
     as_json: bool = JSON,
 ):
-    """The main job, end to end on the embedded default: demo dataset -> DVC registry -> Ray Train -> MLflow."""
+    """The main job, end to end on the embedded default: demo dataset -> DVC registry -> Ray Train -> MLflow ->
+    registry -> Ray Serve -> feedback -> drift report -> retraining and the gate."""
     from aimass import datasets, models, serving, training
+    from aimass.cli.deploy import schedule
     from aimass.errors import ConflictError
 
     s = state.settings
-    console.stage(f"[1/6] generating the demo music-streaming log ({users} users, {tracks} tracks)")
+    console.stage(f"[1/9] generating the demo music-streaming log ({users} users, {tracks} tracks)")
     inter, items = datasets.generate_demo(s.home / "demo-data", datasets.DemoConfig(users=users, tracks=tracks))
-    console.stage("[2/6] registering it in the DVC data registry")
+    console.stage("[2/9] registering it in the DVC data registry")
     v = datasets.register("demo", inter, "csv", items=items, settings=s)
     ds = datasets.load(v.ref, settings=s)
     i = ds.interactions
@@ -44,7 +48,7 @@ def quickstart(
         "registry": str(s.registry_path),
         "git_tag": v.git_tag,
     }
-    console.stage(f"[3/6] training {family} on {v.ref} with Ray Train ({workers} worker(s), at most {time_budget} "
+    console.stage(f"[3/9] training {family} on {v.ref} with Ray Train ({workers} worker(s), at most {time_budget} "
                   "min), tracked in MLflow")
     r = training.train(family, v.ref, workers=workers, time_budget_min=time_budget, progress=not as_json,
                        settings=s)
@@ -52,7 +56,7 @@ def quickstart(
            "wall_time_s": round(r.wall_time_s, 1), "model_uri": r.model_uri,
            **{k: round(val, 4) for k, val in r.metrics.items()}}
     name = f"demo-{family}"
-    console.stage(f"[4/6] registering the run as model {name!r} in the MLflow registry and promoting it to "
+    console.stage(f"[4/9] registering the run as model {name!r} in the MLflow registry and promoting it to "
                   "champion")
     mv = models.register(r.run_id, name, settings=s)
     try:
@@ -65,16 +69,29 @@ def quickstart(
             # needs a champion to serve, so it is forced, which the version's tags record
             console.stage(f"      {e}; forcing it: there is no champion yet")
             promotion = models.promote(name, mv.version, force=True, settings=s).model_dump(mode="json")
-    console.stage(f"[5/6] compressing {mv.ref} to int8 (a child version, evaluated on the same split)")
+    console.stage(f"[5/9] compressing {mv.ref} to int8 (a child version, evaluated on the same split)")
     small = models.compress(name, mv.version, "int8", progress=not as_json, settings=s)
     side = [_side(models.show(mv.ref, settings=s), small.metrics, "parent_"), _side(small, small.metrics, "")]
-    console.stage(f"[6/6] deploying {name}@champion on Ray Serve at {s.host} with a new demo API key")
+    console.stage(f"[6/9] deploying {name}@champion on Ray Serve at {s.host} with a new demo API key")
     key, _ = serving.create_key("demo", settings=s)
     d = serving.deploy(f"{name}@champion", endpoint="demo", settings=s)
+    scheduler = schedule(s)
     curl = serving.curl_example(d, key, user_id=int(i["user_id"].iloc[0]))
+    console.stage(f"[7/9] a burst of demo traffic: {traffic_users} users ask {d.url}/recommend and send feedback")
+    burst = _traffic(d.url, key, i, traffic_users)
+    console.stage("[8/9] a drift report of that traffic against the training data (Evidently)")
+    from aimass import monitoring, retraining
+
+    report = monitoring.drift("demo", window_s=3600, settings=s)
+    console.stage(f"[9/9] retraining on the feedback: a new dataset version, a challenger, the gate "
+                  f"(at most {retrain_budget} min)")
+    again = retraining.retrain("demo", reason="manual", progress=not as_json, settings=s,
+                               time_budget_min=retrain_budget)
+    loop = {"traffic": burst, "drift": report.model_dump(mode="json"), "retrain": again.model_dump(mode="json"),
+            "scheduler": scheduler}
     if as_json:
         emit({"dataset": summary, "training": run, "tracking_uri": s.tracking_uri, "promotion": promotion,
-              "models": side, "deployment": d.model_dump(mode="json"), "api_key": key, "curl": curl}, True)
+              "models": side, "deployment": d.model_dump(mode="json"), "api_key": key, "curl": curl, **loop}, True)
         return
     console.stage(f"logs: {console.log_path()}")
     metrics = ", ".join(f"{label} {r.metrics[k]:.4f}" for k, label in _SHOWN.items() if k in r.metrics)
@@ -85,6 +102,16 @@ def quickstart(
         "",
         *rows(side, list(side[0])),
         *([f"champion unchanged: {promotion['reason']}"] if not promotion["promoted"] else []),
+        "",
+        f"feedback {burst['events']:,} events stored ({burst['positive']:,} plays and likes) after "
+        f"{burst['answers']} answers; each changed that user's next /recommend",
+        f"drift    {'DRIFT in ' + ', '.join(report.drifted_columns) if report.drifted else 'no drift'} "
+        f"({len(report.drifted_columns)} of {len(report.columns)} columns, {report.n_current} answers): {report.html}",
+        f"retrain  {again.parent_dataset} + {again.positive:,} positive events -> {again.dataset} -> challenger "
+        f"{again.challenger}: gate {'passed, promoted' if again.promoted else 'refused, champion kept'}",
+        *[f"         {'pass' if c.passed else 'FAIL'} {c.check}: {c.detail}" for c in again.gate],
+        f"         {again.next_step}",
+        f"         {scheduler}",
         "",
         f"MLflow   .venv/bin/mlflow ui --backend-store-uri {s.tracking_uri} --host 127.0.0.1 --port 5000",
         f"API      {d.url} (OpenAPI: {d.url}/docs.json)",
@@ -102,3 +129,52 @@ def _side(v, m: dict, prefix: str) -> dict:
             "p50_b1_ms": round(m[f"{prefix}latency_b1_p50_ms"], 2),
             "p99_b1_ms": round(m[f"{prefix}latency_b1_p99_ms"], 2),
             "p50_b64_ms": round(m[f"{prefix}latency_b64_p50_ms"], 2)}
+
+
+def _traffic(url: str, key: str, interactions, n_users: int, seed: int = 0) -> dict:
+    """Demo users ask for recommendations and react: every shown item is an impression; some are played
+    (30-300 s), some skipped, a few liked; each user's events go back in one batch naming the answer's
+    request_id. Half of them also play something they found elsewhere (organic, no request_id): feedback that
+    only repeats the served lists would teach a retrained model nothing new. A tenth of the users are new:
+    their feedback alone makes their next answer personal."""
+    import time
+
+    import httpx
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    counts = interactions["item_id"].value_counts()
+    catalogue, weight = counts.index.to_numpy(), (counts / counts.sum()).to_numpy()
+    known = interactions["user_id"].drop_duplicates().to_numpy()
+    users = rng.choice(known, size=min(n_users, len(known)), replace=False).tolist()
+    users += [int(known.max()) + 1 + j for j in range(max(1, n_users // 10))]
+    answers = stored = positive = 0
+    with httpx.Client(timeout=30, headers={"Authorization": f"Bearer {key}"}) as c:
+        for u in users:
+            r = c.post(f"{url}/recommend", json={"user_id": int(u), "k": 10})
+            r.raise_for_status()
+            out = r.json()
+            answers += 1
+            now = time.time()
+            batch = [{"event_id": f"demo-{out['request_id']}-{it}-imp", "user_id": int(u), "item_id": it,
+                      "type": "impression", "timestamp": now, "request_id": out["request_id"]} for it in out["items"]]
+            for it in out["items"][:5]:
+                roll = rng.random()
+                if roll < 0.35:
+                    kind, value = ("like", None) if roll < 0.05 else ("play", float(rng.integers(30, 300)))
+                    positive += 1
+                elif roll < 0.5:
+                    kind, value = "skip", float(rng.integers(1, 15))
+                else:
+                    continue
+                batch.append({"event_id": f"demo-{out['request_id']}-{it}-{kind}", "user_id": int(u), "item_id": it,
+                              "type": kind, "timestamp": now, "value": value, "request_id": out["request_id"]})
+            if rng.random() < 0.5:
+                it = int(rng.choice(catalogue, p=weight))
+                batch.append({"event_id": f"demo-{out['request_id']}-{it}-organic", "user_id": int(u),
+                              "item_id": it, "type": "play", "timestamp": now, "value": float(rng.integers(30, 300))})
+                positive += 1
+            ack = c.post(f"{url}/feedback", json={"events": batch})
+            ack.raise_for_status()
+            stored += ack.json()["stored"]
+    return {"users": len(users), "answers": answers, "events": stored, "positive": positive}

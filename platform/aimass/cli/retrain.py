@@ -13,6 +13,8 @@ def retrain(
     reason: str = typer.Option("manual", "--reason", help="manual, schedule, volume or drift (recorded)"),
     no_promote: bool = typer.Option(False, "--no-promote", help="Run the gate and record its decision, but "
                                                                 "leave the champion alone"),
+    time_budget: float = typer.Option(None, "--time-budget", help="Minutes of training at most (default: the "
+                                                                  "champion's own budget)"),
     as_json: bool = JSON,
 ):
     """Retrain the champion behind ENDPOINT on its new feedback events: a new dataset version (the
@@ -26,7 +28,7 @@ def retrain(
         raise InvalidInputError(f"unknown retrain reason {reason!r}; use one of {', '.join(retraining.REASONS)}")
     console.stage(f"retraining what {endpoint} serves on its new feedback ({reason}); logs: {console.log_path()}")
     r = retraining.retrain(endpoint, reason=reason, promote=not no_promote, progress=not as_json,
-                           settings=state.settings)
+                           settings=state.settings, time_budget_min=time_budget)
     lines = [f"{r.parent_dataset} + {r.positive} positive of {r.events} new events (seq {r.events_after_seq + 1}.."
              f"{r.events_through_seq}) -> {r.dataset}",
              f"challenger {r.challenger} ({r.family}, run {r.run_id}): test_ndcg@10 "

@@ -68,8 +68,9 @@ class _NothingNew(Exception):
 
 
 def retrain(endpoint: str, *, reason: str = "manual", promote: bool = True, settings: Settings | None = None,
-            progress: bool = False) -> RetrainResult:
-    """Retrain what `endpoint` serves on its new feedback; every attempt is recorded (`history`). Raises
+            progress: bool = False, time_budget_min: float | None = None) -> RetrainResult:
+    """Retrain what `endpoint` serves on its new feedback; every attempt is recorded (`history`). The
+    champion's training budget applies unless `time_budget_min` is given. Raises
     ConflictError when there are no new positive events (nothing is written but the record) or another
     retrain of the endpoint runs; a failure after the new dataset version was made keeps that version (it is
     complete, and a retry with the same events reuses it)."""
@@ -77,6 +78,8 @@ def retrain(endpoint: str, *, reason: str = "manual", promote: bool = True, sett
     from aimass.retraining import _records
 
     s = settings or default_settings()
+    if time_budget_min is not None and time_budget_min <= 0:
+        raise InvalidInputError(f"time budget must be positive, got {time_budget_min} minutes")
     if reason not in REASONS:
         raise InvalidInputError(f"unknown retrain reason {reason!r}; use one of {', '.join(REASONS)}")
     d = serving.show(endpoint, settings=s)
@@ -93,7 +96,7 @@ def retrain(endpoint: str, *, reason: str = "manual", promote: bool = True, sett
                       served=f"{d.model}/{d.version}")
     t0 = time.perf_counter()
     try:
-        _run(r, d, promote, progress, s)
+        _run(r, d, promote, progress, s, time_budget_min)
     except _NothingNew as e:
         r.status, r.error = "nothing-new", str(e)
         raise ConflictError(str(e)) from None
@@ -107,7 +110,7 @@ def retrain(endpoint: str, *, reason: str = "manual", promote: bool = True, sett
     return r
 
 
-def _run(r: RetrainResult, d, promote: bool, progress: bool, s: Settings) -> None:
+def _run(r: RetrainResult, d, promote: bool, progress: bool, s: Settings, budget_min: float | None) -> None:
     from aimass import datasets, registry
     from aimass.tracking import TAG, client
     from aimass.training import train
@@ -122,7 +125,9 @@ def _run(r: RetrainResult, d, promote: bool, progress: bool, s: Settings) -> Non
         endpoint=d.endpoint, after_seq=fold.after_seq, through_seq=fold.through_seq,
         through_time=fold.through_time, events=r.events))
     r.dataset = new.ref
-    same = {k: job[k] for k in ("epochs", "max_val_users", "item_text") if k in job}  # the rest of the recipe
+    same = {k: job[k] for k in ("epochs", "time_budget_min", "max_val_users", "item_text") if k in job}
+    if budget_min is not None:
+        same["time_budget_min"] = budget_min
     run = train(job["family"], new.ref, job["params"], workers=1, progress=progress, settings=s, **same)
     r.run_id, r.metrics = run.run_id, run.metrics
     v = registry.register(run.run_id, champion.name, settings=s)

@@ -13,9 +13,9 @@ log = logging.getLogger(__name__)
 
 
 def folder(settings: Settings, endpoint: str) -> Path:
-    from aimass.serving import _check_endpoint  # the endpoint becomes a path: only serving's names pass
+    from aimass.serving import check_endpoint  # the endpoint becomes a path: only serving's names pass
 
-    return settings.home / "retraining" / _check_endpoint(endpoint)
+    return settings.home / "retraining" / check_endpoint(endpoint)
 
 
 def write(settings: Settings, result) -> Path:

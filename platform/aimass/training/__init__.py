@@ -167,7 +167,7 @@ def _run(s, cls, family, info, params, data, splits, workers, gpu, epochs, budge
                                 f"{int(resources.get('CPU', 0))} CPUs")
     mlflow = mlflow_for(s)
     job = {"family": family, "dataset": info.ref, "params": params, "workers": workers, "gpu": gpu,
-           "epochs": epochs, "max_val_users": data["max_val_users"],
+           "epochs": epochs, "time_budget_min": budget_min, "max_val_users": data["max_val_users"],
            "val_users_sha1": _users_digest(splits.val_users), "item_text": data.get("item_features") is not None}
     if resume:
         active = mlflow.start_run(run_id=resume[0])
