@@ -26,6 +26,8 @@ def engine_for(url: str) -> Engine:
             cur.execute("PRAGMA synchronous=FULL")  # an acknowledged row survives a power cut
             cur.close()
     else:
+        if url.startswith(("postgresql://", "postgres://")):  # the driver aimass ships (psycopg 3)
+            url = "postgresql+psycopg://" + url.split("://", 1)[1]
         engine = create_engine(url, pool_pre_ping=True)
     from aimass.catalog import models  # noqa: F401  (registers the tables)
 

@@ -64,7 +64,8 @@ def read_events(path: str | Path, rules: Rules, settings: Settings) -> pd.DataFr
         if suffix in (".csv", ".csv.gz"):
             f = pd.read_csv(p, dtype={"event_id": str, "type": str, "request_id": str})
         elif suffix in (".jsonl", ".ndjson", ".json", ".jsonl.gz"):
-            f = pd.read_json(p, lines=suffix != ".json", dtype={"event_id": str, "type": str, "request_id": str})
+            f = pd.read_json(p, lines=suffix != ".json", convert_dates=False,
+                             dtype={"event_id": str, "type": str, "request_id": str})
         elif suffix in (".parquet", ".pq"):
             f = pd.read_parquet(p)
         else:
@@ -105,8 +106,14 @@ def read_events(path: str | Path, rules: Rules, settings: Settings) -> pd.DataFr
         f"unknown event type (known: {', '.join(rules.types)})")
     f["type"] = t.astype(object)
     ts = f["timestamp"]
-    parsed = (pd.to_datetime(pd.to_numeric(ts, errors="coerce"), unit="s", utc=True, errors="coerce")
-              if pd.api.types.is_numeric_dtype(ts) else pd.to_datetime(ts, utc=True, errors="coerce", format="mixed"))
+    if pd.api.types.is_datetime64_any_dtype(ts):  # Parquet keeps real times
+        ts = ts.dt.tz_localize("UTC") if ts.dt.tz is None else ts
+        ts = (ts - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
+    num = pd.to_numeric(ts, errors="coerce")  # unix seconds, or else ISO 8601, row by row
+    parsed = pd.to_datetime(num, unit="s", utc=True, errors="coerce")
+    iso = num.isna() & ts.notna()
+    if iso.any():
+        parsed[iso] = pd.to_datetime(ts[iso].astype(str), utc=True, errors="coerce", format="ISO8601")
     bad(parsed.isna().to_numpy(), "missing or malformed timestamp (ISO 8601 or unix seconds)")
     limit = pd.Timestamp.now(tz="UTC") + pd.Timedelta(seconds=settings.feedback_max_future_s)
     bad((parsed > limit).to_numpy(), f"timestamp more than {settings.feedback_max_future_s:g} s in the future")

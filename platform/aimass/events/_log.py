@@ -13,6 +13,7 @@ import queue
 import threading
 from datetime import UTC, datetime
 
+import numpy as np
 import pandas as pd
 from pydantic import BaseModel
 from sqlalchemy import func, select
@@ -137,7 +138,7 @@ class EventLog:
             return 0, 0
         now = as_utc(datetime.now(UTC))
         f = frame.drop_duplicates("event_id", keep="first")
-        ts = pd.to_datetime(f["timestamp"], utc=True).dt.to_pydatetime()
+        ts = pd.to_datetime(f["timestamp"], utc=True).dt.tz_convert("UTC").astype(object).tolist()
         value = f["value"].astype(object).where(f["value"].notna(), None)
         rid = f["request_id"].astype(object).where(f["request_id"].notna(), None)
         rows = [{"endpoint": endpoint, "event_id": e, "user_id": int(u), "item_id": int(i), "type": t,

@@ -1,0 +1,101 @@
+"""The durable feedback log: idempotent appends, group commit, bulk ingest with validation, reading back in
+log order; on SQLite and on Postgres."""
+from __future__ import annotations
+
+import concurrent.futures
+import time
+
+import pandas as pd
+import pytest
+
+from aimass import events
+from aimass.catalog import FeedbackEventBase
+from aimass.errors import ConflictError, InvalidInputError
+from aimass.events import EventLog, Rules
+
+
+def _e(i, user=1, item=2, type_="play", **kw) -> FeedbackEventBase:
+    return FeedbackEventBase(event_id=f"e{i}", user_id=user, item_id=item, type=type_, timestamp=1.7e9 + i, **kw)
+
+
+def test_a_repeated_event_id_is_stored_once_and_answered_as_a_duplicate(store):
+    log = EventLog(store)
+    first = log.write("recs", [_e(1), _e(2)])
+    again = log.write("recs", [_e(2), _e(3), _e(3)])
+    assert [a.duplicate for a in first] == [False, False]
+    assert [(a.event_id, a.duplicate) for a in again] == [("e2", True), ("e3", False), ("e3", True)]
+    assert again[0].seq == first[1].seq and again[1].seq == again[2].seq
+    f = log.frame("recs")
+    assert f["event_id"].tolist() == ["e1", "e2", "e3"] and f["seq"].is_monotonic_increasing
+    assert log.write("other", [_e(1)])[0].duplicate is False  # ids are unique per endpoint
+
+
+def test_concurrent_single_events_share_commits_and_none_is_lost(store):
+    log = EventLog(store)
+    with concurrent.futures.ThreadPoolExecutor(32) as pool:
+        acks = list(pool.map(lambda i: log.append("recs", [_e(i, user=i)]).result()[0], range(400)))
+    assert sorted(a.event_id for a in acks) == sorted(f"e{i}" for i in range(400))
+    assert len({a.seq for a in acks}) == 400 and not any(a.duplicate for a in acks)
+    assert len(log.frame("recs")) == 400
+    rows = log.since("recs", 0)
+    assert [r[0] for r in rows] == sorted(a.seq for a in acks) and log.last_seq("recs") == max(a.seq for a in acks)
+
+
+def test_a_group_that_cannot_commit_fails_every_waiter_and_stores_nothing(store):
+    log = EventLog(store)
+    log.write("recs", [_e(0)])
+    # what validation never lets through: the store's NOT NULL refuses it, as a failing disk would refuse all
+    bad = FeedbackEventBase.model_construct(event_id="x", user_id=None, item_id=1, type="play",
+                                            timestamp=_e(1).timestamp)
+    with pytest.raises(Exception):
+        log.write("recs", [_e(1), bad])
+    assert log.frame("recs")["event_id"].tolist() == ["e0"]
+
+
+def test_rules_with_thresholds():
+    rules = Rules(["like", "play>=30", "rating>=4"], ["skip", "rating<=2"], ["impression"])
+    assert rules.polarity("play", 30) == 1 and rules.polarity("play", 29.9) == 0 and rules.polarity("play", None) == 0
+    assert rules.polarity("rating", 1) == -1 and rules.polarity("rating", 3) == 0 and rules.polarity("skip", None) == -1
+    assert rules.types == ["impression", "like", "play", "rating", "skip"]
+    got = rules.polarities(pd.Series(["play", "play", "like", "skip", "impression"]), pd.Series([45, 3, None, 1, 1]))
+    assert got.tolist() == [1, 0, 1, -1, 0]
+    with pytest.raises(InvalidInputError, match="play=>30"):
+        Rules(["play=>30"], [])
+
+
+def test_check_refuses_unknown_types_and_timestamps_too_far_ahead(settings):
+    rules = Rules.of(settings)
+    events.check([_e(1)], rules, settings)
+    with pytest.raises(InvalidInputError, match="unknown event type 'teleport'"):
+        events.check([_e(1), _e(2, type_="teleport")], rules, settings)
+    ahead = FeedbackEventBase(event_id="f", user_id=1, item_id=1, type="play", timestamp=time.time() + 2 * 86400)
+    with pytest.raises(ConflictError, match="in the future"):
+        events.check([ahead], rules, settings)
+
+
+def test_ingest_stores_a_file_once_and_refuses_a_bad_row_naming_it(store, tmp_path):
+    f = pd.DataFrame({"event_id": [f"i{i}" for i in range(1000)], "user_id": range(1000), "item_id": 7,
+                      "type": ["play", "skip"] * 500, "timestamp": 1.7e9, "value": 40.0})
+    f.to_csv(tmp_path / "ev.csv", index=False)
+    r = events.ingest(tmp_path / "ev.csv", "recs", settings=store)
+    assert (r.rows, r.stored, r.duplicates) == (1000, 1000, 0)
+    f.iloc[:10].to_json(tmp_path / "ev.jsonl", orient="records", lines=True)
+    assert events.ingest(tmp_path / "ev.jsonl", "recs", settings=store).duplicates == 10
+    stats = events.stats("recs", settings=store)
+    assert stats["events"] == 1000 and stats["positive"] == 500 and stats["negative"] == 500
+    for change, says in [({"type": "teleport"}, "unknown event type"), ({"timestamp": "soon"}, "timestamp"),
+                         ({"user_id": -1}, "user_id"), ({"timestamp": time.time() + 9e5}, "in the future")]:
+        bad = f.iloc[:5].astype(object)
+        for k, v in change.items():
+            bad.loc[3, k] = v
+        bad["event_id"] = [f"b{i}" for i in range(5)]
+        bad.to_csv(tmp_path / "bad.csv", index=False)
+        with pytest.raises(InvalidInputError, match=f"row 4 .*{says}"):
+            events.ingest(tmp_path / "bad.csv", "recs", settings=store)
+    assert events.stats("recs", settings=store)["events"] == 1000  # nothing of a bad file is stored
+
+
+def test_list_events_newest_first(store):
+    EventLog(store).write("recs", [_e(i) for i in range(30)])
+    got = events.list_events("recs", limit=5, settings=store)
+    assert [e.event_id for e in got] == ["e29", "e28", "e27", "e26", "e25"]
