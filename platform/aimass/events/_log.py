@@ -13,7 +13,6 @@ import queue
 import threading
 from datetime import UTC, datetime
 
-import numpy as np
 import pandas as pd
 from pydantic import BaseModel
 from sqlalchemy import func, select
