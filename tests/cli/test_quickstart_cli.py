@@ -1,11 +1,13 @@
 """`aimass quickstart` (what `make demo` runs) end to end on a small demo: data -> training -> registry ->
-int8 compression -> a served endpoint answering the printed curl, in at most 60 lines on the terminal."""
+int8 compression -> a served endpoint answering the printed curl -> feedback -> a drift report -> a retrain
+and its gate decision, in at most 60 lines on the terminal."""
 from __future__ import annotations
 
 import json
 import shlex
 import socket
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -29,7 +31,8 @@ def _quickstart(home):
     import aimass
     from aimass.settings import Settings
 
-    res = run(home, "quickstart", "--users", "60", "--tracks", "120", "--time-budget", "0.2")
+    res = run(home, "quickstart", "--users", "60", "--tracks", "120", "--time-budget", "0.2",
+              "--traffic-users", "40", "--retrain-budget", "0.1")
     shown = res.stdout + res.stderr  # what a person sees; a progress bar redraws with \r, one line in the end
     assert shown.count("\n") <= 60, shown
     log = home / "logs" / "aimass.log"
@@ -37,12 +40,21 @@ def _quickstart(home):
     assert "pid=" in log.read_text() and " mlflow." in log.read_text()  # Ray's and MLflow's output went there
     s = Settings(home=home)
     assert aimass.datasets.get("demo", settings=s).n_users == 60
-    parent, child = aimass.models.versions("demo-sasrec", settings=s)
+    parent, child, challenger = aimass.models.versions("demo-sasrec", settings=s)
     assert (parent.version, parent.method, parent.aliases) == (1, "original", ["champion"])
     assert (child.version, child.method, child.parent_version) == (2, "int8", 1)
     assert child.metrics["size_bytes"] < child.metrics["parent_size_bytes"]
     assert child.metrics["parent_test_ndcg_at_10"] == pytest.approx(parent.metrics["test_ndcg_at_10"], abs=1e-4)
     assert f"test NDCG@10 {parent.metrics['test_ndcg_at_10']:.4f}" in res.stdout
+    # the loop: feedback stored, a drift report written, a retrain on a new dataset version with its gate decision
+    stats = aimass.events.stats("demo", settings=s)
+    assert stats["events"] > 40 and stats["unjoined_request_ids"] == 0
+    assert f"feedback {stats['events']:,} events stored" in res.stdout
+    report = aimass.monitoring.reports("demo", settings=s)[0]
+    assert Path(report.html).exists() and report.html in res.stdout
+    assert challenger.dataset == "demo@v2" and challenger.parent_version is None
+    assert aimass.datasets.lineage("demo@v2", settings=s).endpoint == "demo"
+    assert f"-> demo@v2 -> challenger {challenger.ref}: gate" in res.stdout
     # the printed curl works as printed, and the answer names the champion it came from
     curl = next(line.strip() for line in res.stdout.splitlines() if line.strip().startswith("curl "))
     key = next(line.split()[2] for line in res.stdout.splitlines() if line.startswith("API key "))
