@@ -139,6 +139,8 @@ def test_concurrent_promotions_of_one_name_are_serialised(env):
     (lambda s: models.register("0" * 32, "bad/name", settings=s), InvalidInputError, "invalid model name"),
     (lambda s: models.promote("recs", 99, settings=s), NotFoundError, "has no version 99"),
     (lambda s: models.promote("recs", 1, alias="prod", settings=s), InvalidInputError, "unknown alias"),
+    (lambda s: models.promote("recs", 1, min_unexposed_users=0, settings=s), InvalidInputError,
+     "min_unexposed_users must be a whole number of users >= 1, got 0"),
 ])
 def test_bad_input_is_refused_and_changes_nothing(env, call, exc, message):
     s, _ = env

@@ -1,6 +1,7 @@
 """The retrain loop end to end on real parts (git+DVC data registry, MLflow store, Ray Train on a local Ray):
 feedback events -> a new dataset version with lineage -> a challenger -> the gate's decision, recorded; and
-from a served answer back to the dataset version and the events in it."""
+from a served answer back to the dataset version and the events in it. Much of the feedback is on items the
+champion itself served (exposed), the rest organic: the gate must not let the first kind decide."""
 from __future__ import annotations
 
 import json
@@ -12,7 +13,7 @@ import pytest
 import aimass
 from aimass import datasets, registry, retraining, serving
 from aimass.errors import ConflictError, NotFoundError
-from aimass.events import EventLog, FeedbackEventBase
+from aimass.events import EventLog, FeedbackEventBase, ServedLog
 from aimass.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -32,15 +33,28 @@ def served_record(s: Settings, endpoint: str, ref: str) -> None:
     (folder / f"{endpoint}.json").write_text(json.dumps({"deployment": d.model_dump(mode="json"), "args": {}}))
 
 
-def event(eid: str, user: int, item: int, type_: str, value: float | None = None, ago_s: int = 600):
+def event(eid: str, user: int, item: int, type_: str, value: float | None = None, ago_s: int = 600,
+          request_id: str | None = None):
     return FeedbackEventBase(event_id=eid, user_id=user, item_id=item, type=type_, value=value,
-                             timestamp=datetime.now(UTC) - timedelta(seconds=ago_s))
+                             timestamp=datetime.now(UTC) - timedelta(seconds=ago_s), request_id=request_id)
+
+
+def served(s: Settings, engine, request_id: str, user: int, items: list[int] | None = None) -> list[int]:
+    """One answer of the endpoint to `user`, in the served-answer log as serving writes it: the champion's own
+    top 10 for the user, unless `items` says what was shown."""
+    out = engine.recommend(user_id=user, history=None, k=10)
+    items = out["items"] if items is None else items
+    log = ServedLog(s)
+    log.record("recs", request_id, "recommend", engine.info.name, engine.info.version, user, None, items,
+               [1.0] * len(items))
+    log.flush()
+    return items
 
 
 @pytest.fixture(scope="module")
 def loop(tmp_path_factory):
     s = Settings(home=tmp_path_factory.mktemp("retrain") / "home")
-    inter, items = datasets.generate_demo(s.home.parent / "demo", datasets.DemoConfig(users=60, tracks=120, seed=4))
+    inter, items = datasets.generate_demo(s.home.parent / "demo", datasets.DemoConfig(users=100, tracks=120, seed=4))
     datasets.register("demo", inter, "csv", items=items, settings=s)
     run = aimass.train("itemknn", "demo@v1", PARAMS, workers=1, progress=False, settings=s)
     import ray
@@ -60,6 +74,20 @@ def loop(tmp_path_factory):
     other = [event("n1", 1, c, "skip", 0.1, 850), event("n2", 3, unseen(3)[1], "rating", 1.0, 350),
              event("z1", 2, unseen(2)[0], "impression", None, 650), event("z2", 4, unseen(4)[0], "rating", 3.0)]
     EventLog(s).write("recs", positive + other)
+    # What the champion served afterwards: to user 1 the items of p1, p2 (shown after those events: organic
+    # still); to users 10-29 their top 10, clicked at the top through the answer's request_id; to 30-34 their
+    # top 10, the top one played later without a request_id; user 35 clicked through an answer on an item it
+    # did not show (organic); user 36's click names an answer the log lost, on an item an earlier one showed.
+    engine = serving.Engine("recs/1", s)
+    served(s, engine, "late-1", 1, [a, b, c])
+    exposed = [event(f"r{u}", u, served(s, engine, f"req-{u}", u)[0], "click", ago_s=0, request_id=f"req-{u}")
+               for u in range(10, 30)]
+    exposed += [event(f"e{u}", u, served(s, engine, f"req-{u}", u)[0], "play", 1.0, ago_s=0) for u in range(30, 35)]
+    shown35 = served(s, engine, "req-35", 35)
+    organic = event("o35", 35, next(i for i in unseen(35) if i not in shown35), "click", ago_s=0, request_id="req-35")
+    exposed.append(event("e36", 36, served(s, engine, "req-36", 36)[0], "click", ago_s=0, request_id="req-lost"))
+    EventLog(s).write("recs", [*exposed, organic])
+    positive += [*exposed, organic]
     result = retraining.retrain("recs", settings=s)
     ray.shutdown()
     yield s, result, positive, other
@@ -69,10 +97,10 @@ def test_events_become_a_new_dataset_version_with_lineage(loop):
     s, r, positive, other = loop
     last = EventLog(s).last_seq("recs")
     assert (r.parent_dataset, r.dataset, r.events_after_seq, r.events_through_seq) == ("demo@v1", "demo@v2", 0, last)
-    assert (r.events, r.positive, r.negative, r.neutral) == (11, 7, 2, 2)
+    assert (r.events, r.positive, r.negative, r.neutral) == (38, 34, 2, 2)
     link = datasets.lineage("demo@v2", settings=s)
     assert (link.parent, link.endpoint, link.after_seq, link.through_seq, link.events, link.positive) == (
-        "demo@v1", "recs", 0, last, 11, 7)
+        "demo@v1", "recs", 0, last, 38, 34)
     assert datasets.lineage("demo@v1", settings=s) is None
     meta = json.loads((datasets.pull("demo@v2", settings=s) / "meta.json").read_text())
     assert meta["lineage"]["through_seq"] == last and meta["lineage"]["parent"] == "demo@v1"
@@ -111,11 +139,95 @@ def test_the_gate_compares_on_the_new_versions_test_split(loop):
         info = registry.get(ref, settings=s)
         assert rescore(info, ds, settings=s) == pytest.approx(info.metrics["test_ndcg_at_10"], abs=1e-12)
     champ = registry.get("recs/1", settings=s)
-    assert checks["quality"].values["champion"] == pytest.approx(rescore(champ, "demo@v2", settings=s))
+    assert checks["quality"].values["champion_whole"] == pytest.approx(rescore(champ, "demo@v2", settings=s))
     assert r.gate_passed == all(c.passed for c in r.gate) and r.promoted == r.gate_passed
     assert r.status == ("promoted" if r.promoted else "kept")
     assert registry.get("recs@champion", settings=s).version == (2 if r.promoted else 1)
     assert ("aimass deploy recs@champion --endpoint recs" if r.promoted else "refuses recs/2") in r.next_step
+
+
+def test_each_folded_event_is_marked_exposed_or_organic(loop):
+    s, r, positive, _ = loop
+    marks = retraining.exposure("demo@v2", settings=s)
+    by_event = dict(zip(marks["seq"], marks["via"], strict=True))
+    seq = dict(zip(*EventLog(s).frame("recs")[["event_id", "seq"]].to_numpy().T, strict=True))
+    via = {e.event_id: by_event[seq[e.event_id]] for e in positive}
+    assert via == {**{f"r{u}": "request" for u in range(10, 30)},
+                   **{f"e{u}": "earlier" for u in (30, 31, 32, 33, 34, 36)},
+                   **{e: "" for e in ("p1", "p2", "p3", "p4", "p5", "p6", "p7", "o35")}}
+    assert (r.exposed, r.organic) == (26, 8) and r.exposure_record and (marks["exposed"] == (marks["via"] != "")).all()
+    assert json.loads(registry.get(r.challenger, settings=s).tags["aimass.retrain"])["exposed"] == 26
+    # the marks name the version's own rows: every one is an interaction of demo@v2
+    rows = datasets.load("demo@v2", settings=s).interactions[["user_id", "item_id", "timestamp"]]
+    assert len(marks[["user_id", "item_id", "timestamp"]].merge(rows)) == len(positive)
+    assert retraining.exposure("demo@v1", settings=s) is None
+
+
+def test_the_gate_decides_on_the_unexposed_test_split(loop):
+    """Every exposed target is the champion's own top item: on the whole split the re-scored champion is far
+    ahead. The quality check must compare the two on the other users, and say so with both figures."""
+    from aimass.registry._gate import rescore, run_gate
+
+    s, r, *_ = loop
+    q = {c.check: c for c in r.gate}["quality"]
+    v = q.values
+    assert (v["users"], v["exposed_users"], v["unexposed_users"], v["on_unexposed"]) == (101, 26, 75, 1.0)
+    assert q.detail.startswith("on demo@v2's unexposed test split (75 of 101 users; targets the served model had "
+                               "shown were left out: they favour it): test_ndcg_at_10 ")
+    assert f"; whole split: {v['candidate_whole']:.4f} vs {v['champion_whole']:.4f}" in q.detail
+    # the numbers compared are the unexposed users', recomputed here from the record and the version's rows
+    inter = datasets.load("demo@v2", settings=s).interactions  # in time order: a user's last row is the target
+    last = inter[inter.groupby("user_id")["item_id"].transform("size") >= 3].groupby("user_id").tail(1)
+    marks = retraining.exposure("demo@v2", settings=s)
+    hit = last.merge(marks.loc[marks["exposed"], ["user_id", "item_id", "timestamp"]], how="left", indicator=True)
+    users = hit.loc[hit["_merge"] == "left_only", "user_id"].to_numpy()
+    champ, chall = (registry.get(ref, settings=s) for ref in ("recs/1", "recs/2"))
+    assert len(users) == 75
+    assert v["champion"] == v["champion_unexposed"] == pytest.approx(rescore(champ, "demo@v2", settings=s,
+                                                                             users=users), abs=1e-12)
+    assert v["candidate"] == v["candidate_unexposed"] == pytest.approx(rescore(chall, "demo@v2", settings=s,
+                                                                               users=users), abs=1e-12)
+    assert v["candidate_whole"] == chall.metrics["test_ndcg_at_10"]
+    assert q.passed == (v["candidate"] >= v["champion"] * 0.99)
+    # the loop at work: every exposed target is the champion's own top pick, a hit at rank 1 for it
+    assert rescore(champ, "demo@v2", settings=s, users=hit.loc[hit["_merge"] == "both", "user_id"]) == 1.0
+    whole, part = v["candidate_whole"] / v["champion_whole"], v["candidate"] / v["champion"]
+    assert whole < min(part, 1.0)
+    # a tolerance between the two: the unexposed split passes the challenger, the whole split would not
+    tolerance = 1 - (whole + min(part, 1.0)) / 2
+
+    def quality(**kw):
+        checks = run_gate(chall, champ, tolerance, 1e9, "test_ndcg_at_10", settings=s, **kw)
+        return next(c for c in checks if c.check == "quality")
+
+    on_part, on_whole = quality(), quality(min_unexposed_users=76)
+    assert on_part.passed and on_part.values["on_unexposed"] == 1.0
+    assert not on_whole.passed and on_whole.values["on_unexposed"] == 0.0
+    assert on_whole.detail.startswith("on demo@v2's whole test split (only 75 of 101 users' targets were "
+                                      "unexposed, fewer than 76): ")
+    assert f"; unexposed split: {v['candidate']:.4f} vs {v['champion']:.4f}" in on_whole.detail
+
+
+def test_a_fold_without_an_exposure_record_is_left_out_of_the_unexposed_split(loop):
+    """A version derived by hand (or before records were kept) cannot tell exposed from organic: its folded
+    targets are all left out, and the check says which version lacks the record."""
+    from aimass.registry._gate import run_gate
+
+    s, r, *_ = loop
+    path = s.home / "exposure" / "demo" / "v2.parquet"
+    assert str(path) == r.exposure_record
+    aside = path.with_name("aside.parquet")
+    path.rename(aside)
+    try:
+        champ, chall = (registry.get(ref, settings=s) for ref in ("recs/1", "recs/2"))
+        q = next(c for c in run_gate(chall, champ, 0.01, 1e9, "test_ndcg_at_10", settings=s) if c.check == "quality")
+    finally:
+        aside.rename(path)
+    # folded targets: users 1, 2, 3, 777 and 10-36; the other 70 never sent a positive event
+    assert (q.values["unknown_users"], q.values["exposed_users"], q.values["unexposed_users"]) == (31, 0, 70)
+    assert q.detail.startswith("on demo@v2's unexposed test split (70 of 101 users; targets the served model had "
+                               "shown were left out: they favour it; 31 targets of unknown exposure counted as exposed "
+                               "(no exposure record for demo@v2)): ")
 
 
 def test_every_retrain_is_recorded(loop):
@@ -139,11 +251,11 @@ def test_a_retrain_without_new_events_refuses_and_changes_nothing(loop):
     s, r, *_ = loop
     before = ([v.ref for v in datasets.versions("demo", settings=s)],
               [(v.version, v.aliases) for v in registry.versions("recs", settings=s)])
-    with pytest.raises(ConflictError, match=r"no new events for endpoint 'recs' after seq 11 \("):
+    with pytest.raises(ConflictError, match=r"no new events for endpoint 'recs' after seq 38 \("):
         retraining.retrain("recs", reason="schedule", settings=s)
     EventLog(s).write("recs", [event("n3", 5, 7, "skip", 0.1), event("z3", 5, 8, "impression")])
-    with pytest.raises(ConflictError, match=r"no new positive events for endpoint 'recs' after seq 11 .*: 2 new "
-                                            r"events \(seq 12\.\.13\), 0 positive, 1 negative, 1 neutral"):
+    with pytest.raises(ConflictError, match=r"no new positive events for endpoint 'recs' after seq 38 .*: 2 new "
+                                            r"events \(seq 39\.\.40\), 0 positive, 1 negative, 1 neutral"):
         retraining.retrain("recs", reason="volume", settings=s)
     after = ([v.ref for v in datasets.versions("demo", settings=s)],
              [(v.version, v.aliases) for v in registry.versions("recs", settings=s)])

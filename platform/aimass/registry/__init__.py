@@ -20,6 +20,9 @@ from aimass.tracking import lineage_of
 
 ALIASES = ("champion", "challenger")
 METHODS = ("int8", "fp16", "bf16", "prune", "distill", "onnx")  # compression, see registry/README.md
+# Fewer unexposed test users than this and the gate decides on the whole split: the figure on them is noise
+# (about 0.04 standard error for an NDCG@10 near 0.1 on 50 users), worse than the whole split's known bias.
+MIN_UNEXPOSED_USERS = 50
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _REF = re.compile(r"^(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[A-Za-z0-9_-]+))?$")
 
@@ -192,19 +195,24 @@ class Promotion(BaseModel):
 
 def promote(name: str, version: int, *, alias: str = "champion", force: bool = False,
             tolerance: float = 0.01, latency_budget_ms: float = 50.0, metric: str = "test_ndcg_at_10",
-            rescore_on: str | None = None, settings: Settings | None = None) -> Promotion:
+            rescore_on: str | None = None, min_unexposed_users: int = MIN_UNEXPOSED_USERS,
+            settings: Settings | None = None) -> Promotion:
     """Point `alias` at `version` if it passes the gate: offline `metric` no worse than the champion's by more
     than `tolerance` (relative) on one test split, and p99 scoring latency at batch 1 within
     `latency_budget_ms`. The split is the champion's dataset version's; for a candidate trained on a version
     derived from it (feedback events folded in), the candidate's, with the champion re-scored there
-    (`rescore_on` names another version derived from both). Any other dataset refuses. `force` promotes
-    anyway and records so. A refusal raises GateRefusedError (a ConflictError) carrying the checks."""
+    (`rescore_on` names another version derived from both). There the quality check decides on the users
+    whose test target the endpoint had not shown them (feedback on what was served favours the served model)
+    when they are at least `min_unexposed_users`, else on the whole split; its detail gives both. Any other
+    dataset refuses. `force` promotes anyway and records so. A refusal raises GateRefusedError (a
+    ConflictError) carrying the checks."""
     s = settings or default_settings()
     if alias not in ALIASES:
         raise InvalidInputError(f"unknown alias {alias!r}; use one of {', '.join(ALIASES)}")
-    candidate, client = _candidate(name, version, tolerance, s)
+    candidate, client = _candidate(name, version, tolerance, min_unexposed_users, s)
     with _lock(s, name, "promote"):
-        checks = _run_gate(client, candidate, tolerance, latency_budget_ms, metric, rescore_on, s)
+        checks = _run_gate(client, candidate, tolerance, latency_budget_ms, metric, rescore_on, min_unexposed_users,
+                           s)
         ok = all(c.passed for c in checks)
         if not ok and not force:
             failed = "; ".join(f"{c.check}: {c.detail}" for c in checks if not c.passed)
@@ -220,11 +228,11 @@ def promote(name: str, version: int, *, alias: str = "champion", force: bool = F
 
 def gate(name: str, version: int, *, tolerance: float = 0.01, latency_budget_ms: float = 50.0,
          metric: str = "test_ndcg_at_10", rescore_on: str | None = None,
-         settings: Settings | None = None) -> list[GateCheck]:
+         min_unexposed_users: int = MIN_UNEXPOSED_USERS, settings: Settings | None = None) -> list[GateCheck]:
     """The checks `promote` would run against the current champion, changing nothing."""
     s = settings or default_settings()
-    candidate, client = _candidate(name, version, tolerance, s)
-    return _run_gate(client, candidate, tolerance, latency_budget_ms, metric, rescore_on, s)
+    candidate, client = _candidate(name, version, tolerance, min_unexposed_users, s)
+    return _run_gate(client, candidate, tolerance, latency_budget_ms, metric, rescore_on, min_unexposed_users, s)
 
 
 def set_alias(name: str, version: int, alias: str, *, settings: Settings | None = None) -> int | None:
@@ -240,17 +248,21 @@ def set_alias(name: str, version: int, alias: str, *, settings: Settings | None 
         return _set_alias(_client(s), name, version, alias)
 
 
-def _candidate(name: str, version: int, tolerance: float, s: Settings):
+def _candidate(name: str, version: int, tolerance: float, min_unexposed_users: int, s: Settings):
     if not 0 <= tolerance < 1:
         raise InvalidInputError(f"tolerance must be in [0, 1), got {tolerance}")
+    if isinstance(min_unexposed_users, bool) or not isinstance(min_unexposed_users, int) or min_unexposed_users < 1:
+        raise InvalidInputError(f"min_unexposed_users must be a whole number of users >= 1, got "
+                                f"{min_unexposed_users!r}")
     return get(f"{name}/{version}", settings=s), _client(s)
 
 
-def _run_gate(client, candidate, tolerance, latency_budget_ms, metric, rescore_on, s) -> list[GateCheck]:
+def _run_gate(client, candidate, tolerance, latency_budget_ms, metric, rescore_on, min_unexposed_users,
+              s) -> list[GateCheck]:
     from aimass.registry._gate import run_gate
 
     return run_gate(candidate, _champion(client, candidate.name), tolerance, latency_budget_ms, metric,
-                    settings=s, rescore_on=rescore_on)
+                    settings=s, rescore_on=rescore_on, min_unexposed_users=min_unexposed_users)
 
 
 def _set_alias(client, name: str, version: int, alias: str) -> int | None:

@@ -7,16 +7,19 @@ on it, the result registered as `challenger` and put through the promotion gate.
     >>> aimass.retraining.due("recs", settings=s)           # 'drift' | 'volume' | 'schedule' | None
 
 The new version is the champion's dataset version plus the endpoint's positive events after what that
-version's lineage already folded in, up to the newest one (`aimass.datasets.lineage(ref)` says which). The
-gate compares champion and challenger on the new version's test split, re-scoring the champion there. A
-promoted challenger becomes `champion`; the endpoint keeps serving what it served until it is redeployed
-(`aimass deploy NAME@champion --endpoint E`). `start_in_cluster` runs the triggers inside the serving
-cluster."""
+version's lineage already folded in, up to the newest one (`aimass.datasets.lineage(ref)` says which). Each
+folded event is marked exposed (the endpoint had shown that user the item) or organic, in the version's
+exposure record (`exposure(ref)`). The gate compares champion and challenger on the new version's test split,
+re-scoring the champion there, and decides on its unexposed part: a target the served model picked itself
+would favour it. A promoted challenger becomes `champion`; the endpoint keeps serving what it served until it
+is redeployed (`aimass deploy NAME@champion --endpoint E`). `start_in_cluster` runs the triggers inside the
+serving cluster."""
 from __future__ import annotations
 
 import json
 import time
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from filelock import FileLock, Timeout
 from pydantic import BaseModel, Field
@@ -25,7 +28,10 @@ from aimass.errors import ConflictError, InvalidInputError
 from aimass.registry import GateCheck
 from aimass.settings import Settings, default_settings
 
-__all__ = ["REASONS", "RetrainResult", "Scheduler", "due", "history", "retrain", "start_in_cluster"]
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["REASONS", "RetrainResult", "Scheduler", "due", "exposure", "history", "retrain", "start_in_cluster"]
 REASONS = ("manual", "schedule", "volume", "drift")
 
 
@@ -52,6 +58,10 @@ class RetrainResult(BaseModel):
     positive: int = 0
     negative: int = 0
     neutral: int = 0
+    exposed: int = Field(0, description="Positive events on an item the endpoint had shown that user (by the "
+                                        "event's request_id, or in an earlier answer to the user)")
+    organic: int = Field(0, description="The other positive events")
+    exposure_record: str | None = Field(None, description="Which folded interactions were exposed (a file)")
     run_id: str | None = None
     challenger: str | None = None
     metrics: dict[str, float] = Field(default_factory=dict, description="The challenger's own")
@@ -112,6 +122,7 @@ def retrain(endpoint: str, *, reason: str = "manual", promote: bool = True, sett
 
 def _run(r: RetrainResult, d, promote: bool, progress: bool, s: Settings, budget_min: float | None) -> None:
     from aimass import datasets, registry
+    from aimass.retraining._fold import save_exposure
     from aimass.tracking import TAG, client
     from aimass.training import train
 
@@ -125,6 +136,8 @@ def _run(r: RetrainResult, d, promote: bool, progress: bool, s: Settings, budget
         endpoint=d.endpoint, after_seq=fold.after_seq, through_seq=fold.through_seq,
         through_time=fold.through_time, events=r.events))
     r.dataset = new.ref
+    record = save_exposure(fold, new, s)  # what the gate reads back to leave exposed targets out
+    r.exposed, r.organic, r.exposure_record = record.exposed, record.organic, str(record.path)
     same = {k: job[k] for k in ("epochs", "time_budget_min", "max_val_users", "item_text") if k in job}
     if budget_min is not None:
         same["time_budget_min"] = budget_min
@@ -147,7 +160,8 @@ def _run(r: RetrainResult, d, promote: bool, progress: bool, s: Settings, budget
     # on the version too: `aimass models show NAME/V` tells why it exists and what the gate said
     client(s).set_model_version_tag(v.name, str(v.version), f"{TAG}retrain", json.dumps(
         {"endpoint": d.endpoint, "reason": r.reason, "dataset": r.dataset, "parent_dataset": r.parent_dataset,
-         "events_through_seq": r.events_through_seq, "gate_passed": r.gate_passed, "promoted": r.promoted,
+         "events_through_seq": r.events_through_seq, "exposed": r.exposed, "organic": r.organic,
+         "gate_passed": r.gate_passed, "promoted": r.promoted,
          "checks": [c.model_dump() for c in r.gate]}))
 
 
@@ -220,6 +234,17 @@ def history(endpoint: str, *, limit: int | None = None, settings: Settings | Non
     from aimass.retraining import _records
 
     return [RetrainResult.model_validate(x) for x in _records.read(settings or default_settings(), endpoint, limit)]
+
+
+def exposure(ref: str, *, settings: Settings | None = None) -> pd.DataFrame | None:
+    """Which interactions derived version `ref` folded in were exposed: user_id, item_id, timestamp (as the
+    version holds them), seq, request_id, event_time, via ('request': in the answer the event's request_id
+    names; 'earlier': in an answer to that user served before the event; '': organic) and exposed. None for a
+    version without a record (registered, or derived by hand)."""
+    from aimass.retraining._fold import load_exposure
+
+    record = load_exposure(ref, settings or default_settings())
+    return None if record is None else record.rows
 
 
 def due(endpoint: str, *, settings: Settings | None = None, now: float | None = None) -> str | None:

@@ -1,15 +1,31 @@
 """An endpoint's feedback events as the interactions of a new dataset version. Only positive events become
 interactions (a skip is not something the user wants more of); each event is folded once along a lineage,
-since a version derived from the parent starts after the last position any ancestor folded for the endpoint."""
+since a version derived from the parent starts after the last position any ancestor folded for the endpoint.
+
+Each folded interaction is also marked exposed or organic. Feedback is mostly caused by what was served: an
+event on an item the endpoint had shown that user is a target the serving model picked itself, so on a test
+split made of such targets that model looks far better than any other (a feedback loop). The gate leaves
+exposed targets out (aimass.registry._gate). The marks live in an exposure record per derived version,
+`home/exposure/<name>/v<N>.parquet`, not in the version's interactions: the canonical layout refuses extra
+columns, a new column would change the dataset's schema (which `register` refuses for the next plain version)
+and would reach training, and whether an item was shown is a fact about the serving log, not about the data."""
 from __future__ import annotations
 
 import dataclasses
+import json
+import logging
+import os
 from datetime import datetime
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from aimass.settings import Settings
+
+log = logging.getLogger(__name__)
+KEY = ["user_id", "item_id", "timestamp"]  # an interaction of a version, as the record names it
+_META = b"aimass.exposure"
 
 
 @dataclasses.dataclass
@@ -22,6 +38,7 @@ class Fold:
     seq: np.ndarray  # of every event in (after_seq, through_seq]
     polarity: np.ndarray  # +1 / -1 / 0 of each
     rows: pd.DataFrame  # the positive ones in the parent's interaction columns, in event time order
+    shown: pd.DataFrame  # per row of `rows`: seq, request_id, event_time, via ('request', 'earlier' or '')
 
     def counts(self, after: int | None = None) -> dict[str, int]:
         p = self.polarity[self.seq > (self.after_seq if after is None else after)]
@@ -62,7 +79,127 @@ def collect(endpoint: str, parent: str, settings: Settings) -> Fold:
         rows["event"] = pos["type"].to_numpy()
     if "value" in columns:  # an event without a value counts as one unit (one play, one click)
         rows["value"] = pos["value"].fillna(1.0).astype(np.float64).to_numpy()
+    shown = pd.DataFrame({"seq": pos["seq"].astype(np.int64).to_numpy(),
+                          "request_id": pos["request_id"].astype(object).where(pos["request_id"].notna(), None)
+                          .to_numpy(),
+                          "event_time": pos["timestamp"].reset_index(drop=True),
+                          "via": _shown(pos, endpoint, settings)})
     return Fold(parent=info.ref, endpoint=endpoint, after_seq=after,
                 through_seq=int(f["seq"].max()) if len(f) else after,
                 through_time=f["received_at"].max().to_pydatetime() if len(f) else None,
-                seq=f["seq"].to_numpy(dtype=np.int64), polarity=pol, rows=rows)
+                seq=f["seq"].to_numpy(dtype=np.int64), polarity=pol, rows=rows, shown=shown)
+
+
+def _shown(events: pd.DataFrame, endpoint: str, settings: Settings) -> np.ndarray:
+    """How the endpoint had shown each event's item to its user: 'request' (the answer the event's request_id
+    names lists it), 'earlier' (an answer to that user served at or before the event lists it), '' (neither:
+    organic). Either way the serving model put the item in front of the user, so both count as exposed; the
+    second catches events sent without a request_id and answers whose record was lost (that log is best
+    effort). An answer without a user_id (a history-only request) is joined by request_id only."""
+    from aimass.events import ServedLog
+
+    via = np.full(len(events), "", dtype=object)
+    served = ServedLog(settings).frame(endpoint) if len(events) else pd.DataFrame()
+    if served.empty:
+        return via
+    ev = pd.DataFrame({"user_id": events["user_id"].astype(np.int64).to_numpy(),
+                       "item_id": events["item_id"].astype(np.int64).to_numpy(),
+                       "timestamp": events["timestamp"].reset_index(drop=True),
+                       "request_id": events["request_id"].astype(object).to_numpy()})
+    # only the answers these events can join to are spread into (answer, item) rows: the log is the endpoint's
+    served = served[served["request_id"].isin(ev["request_id"].dropna()) | served["user_id"].isin(ev["user_id"])]
+    shown = served[["request_id", "user_id", "items", "served_at"]].explode("items").dropna(subset=["items"])
+    shown["item_id"] = shown["items"].astype(np.int64)
+    answered = set(zip(shown["request_id"], shown["item_id"], strict=True))
+    by_request = np.array([r is not None and not pd.isna(r) and (r, i) in answered
+                           for r, i in zip(ev["request_id"], ev["item_id"], strict=True)], dtype=bool)
+    to_user = shown.dropna(subset=["user_id"]).astype({"user_id": np.int64})
+    first = to_user.groupby(["user_id", "item_id"], as_index=False)["served_at"].min()
+    # a left merge on unique right keys keeps the events' order and count
+    when = ev[["user_id", "item_id"]].merge(first, on=["user_id", "item_id"], how="left")["served_at"]
+    earlier = (when.notna() & (when <= ev["timestamp"])).to_numpy(dtype=bool)
+    via[earlier] = "earlier"
+    via[by_request] = "request"
+    return via
+
+
+@dataclasses.dataclass
+class Exposure:
+    """The exposure record of a derived dataset version: its folded interactions (`rows`: user_id, item_id,
+    timestamp as the version holds them, then seq, request_id, event_time, via, exposed)."""
+
+    dataset: str
+    content_hash: str
+    endpoint: str
+    rows: pd.DataFrame
+    path: Path
+
+    @property
+    def exposed(self) -> int:
+        return int(self.rows["exposed"].sum())
+
+    @property
+    def organic(self) -> int:
+        return len(self.rows) - self.exposed
+
+
+def exposure_path(ref: str, settings: Settings) -> Path:
+    from aimass import datasets
+
+    name, version = datasets.parse_ref(ref)  # a checked name: safe as a path
+    return settings.home / "exposure" / name / f"v{version}.parquet"
+
+
+def save_exposure(fold: Fold, new, settings: Settings) -> Exposure:
+    """Write the exposure record of `new` (the version `fold` was derived into), atomically."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from aimass import datasets
+
+    rows = fold.rows[KEY].reset_index(drop=True).copy()
+    if new.timestamp_kind == "order":
+        # derive renumbers the added rows after the parent's last position, in the order given: they are the
+        # version's last rows; their user and item must line up, or the marks would land on other rows
+        tail = datasets.load(new.ref, settings=settings).interactions[KEY].tail(len(rows)).reset_index(drop=True)
+        if not tail[["user_id", "item_id"]].equals(rows[["user_id", "item_id"]]):
+            from aimass.errors import ConflictError
+
+            raise ConflictError(f"{new.ref}'s last {len(rows)} interactions are not the events folded into it: "
+                                "its exposure record cannot be written")
+        rows["timestamp"] = tail["timestamp"]
+    rows = pd.concat([rows, fold.shown.reset_index(drop=True)], axis=1)
+    rows["exposed"] = rows["via"] != ""
+    path = exposure_path(new.ref, settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"dataset": new.ref, "content_hash": new.content_hash, "endpoint": fold.endpoint,
+            "after_seq": fold.after_seq, "through_seq": fold.through_seq}
+    table = pa.Table.from_pandas(rows, preserve_index=False)
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), _META: json.dumps(meta).encode()})
+    tmp = path.with_suffix(".parquet.partial")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)  # a reader never sees half a record
+    return Exposure(new.ref, new.content_hash, fold.endpoint, rows, path)
+
+
+def load_exposure(ref: str, settings: Settings) -> Exposure | None:
+    """The exposure record of derived version `ref`; None when there is none (a version derived by hand, or
+    before records existed) or when it was written for other content (a version of that number made by another
+    home against a shared data registry)."""
+    import pyarrow.parquet as pq
+
+    from aimass import datasets
+
+    info = datasets.get(ref, settings=settings)
+    path = exposure_path(info.ref, settings)
+    if not path.exists():
+        return None
+    try:
+        table = pq.read_table(path)
+        meta = json.loads((table.schema.metadata or {}).get(_META, b"{}"))
+    except Exception as e:  # a damaged record: the version's folds are of unknown exposure, not a failed gate
+        log.warning("ignoring the unreadable exposure record %s: %s", path, e)
+        return None
+    if meta.get("content_hash") != info.content_hash:
+        return None
+    return Exposure(info.ref, info.content_hash, meta.get("endpoint", ""), table.to_pandas(), path)
