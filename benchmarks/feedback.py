@@ -35,6 +35,7 @@ async def throughput(s, d, key: str, users: list[int], items: list[int], levels:
 
     headers = {"Authorization": f"Bearer {key}"}
     n = itertools.count()
+    run = uuid.uuid4().hex[:8]  # once: uuid4 per request would cost the client (same CPUs) a urandom call each
     rows = []
     limits = httpx.Limits(max_connections=max(levels), max_keepalive_connections=max(levels))
     async with httpx.AsyncClient(timeout=30, limits=limits) as client:
@@ -42,7 +43,7 @@ async def throughput(s, d, key: str, users: list[int], items: list[int], levels:
             return (await client.get(d.url + "/healthz")).status_code == 200
 
         async def feedback(user: int) -> bool:
-            body = {"event_id": f"bench-{next(n)}-{uuid.uuid4().hex[:8]}", "user_id": user,
+            body = {"event_id": f"bench-{run}-{next(n)}", "user_id": user,
                     "item_id": items[next(n) % len(items)], "type": "play", "timestamp": time.time(), "value": 42}
             r = await client.post(d.url + "/feedback", json=body, headers=headers)
             return r.status_code == 200 and r.json()["stored"] == 1

@@ -16,6 +16,7 @@ from pydantic import (
     Field,
     Strict,
     Tag,
+    TypeAdapter,
     WithJsonSchema,
     field_validator,
 )
@@ -163,6 +164,9 @@ def _form(v: Any) -> str:
 # One event or a batch; the body's shape picks which, so a validation error speaks of that one only.
 FeedbackBody = Annotated[Annotated[FeedbackEvent, Tag("event")] | Annotated[FeedbackBatch, Tag("batch")],
                          Discriminator(_form)]
+
+
+FEEDBACK_BODY = TypeAdapter(FeedbackBody)  # validates a raw /feedback body exactly as the signature declares
 
 
 class EventAck(BaseModel):

@@ -50,6 +50,16 @@ from aimass.settings import Settings
 
 TRAFFIC = {"timeout": 30, "max_concurrency": 256}
 log = logging.getLogger(__name__)
+_live: dict[type, object] = {}  # service class -> its instance in this process (for the HTTP gate)
+
+
+class Unavailable(AimassError):
+    """A store that cannot commit now: nothing was stored; the same request may be retried (503)."""
+
+
+def live(service_class) -> object | None:
+    """The instance of `service_class` this process serves, once BentoML has built it (else None)."""
+    return _live.get(service_class)
 
 
 @contextlib.contextmanager
@@ -59,6 +69,8 @@ def _errors():
         yield
     except InvalidInputError as e:
         raise BentoMLException(str(e), error_code=HTTPStatus.BAD_REQUEST) from None
+    except Unavailable as e:
+        raise BentoMLException(str(e), error_code=HTTPStatus.SERVICE_UNAVAILABLE) from None
     except NotFoundError as e:
         raise BentoMLException(str(e), error_code=HTTPStatus.NOT_FOUND) from None
     except AimassError as e:
@@ -88,6 +100,7 @@ class _Feedback:
         self.rules = ev.Rules.of(s)
         self.event_log = ev.EventLog(s)
         self.served_log = ev.ServedLog(s)
+        _live[type(self)] = self
 
     def _record(self, ctx: bentoml.Context, route: str, served: dict, user_id: int | None, out: dict) -> dict:
         tail = out.pop("history_tail", [])
@@ -107,17 +120,21 @@ class _Feedback:
 
         The answer comes only once the events are committed to stable storage. A repeated event_id is stored
         once and answered with duplicate: true. Unknown users and items are stored (flagged known_user /
-        known_item false); an unknown type, a malformed timestamp or one more than a day ahead is refused
-        (400) and nothing of the request is stored."""
-        events = body.events if isinstance(body, FeedbackBatch) else [body]
+        known_item false); an unknown type, a malformed timestamp or an unknown field is refused (400), a
+        timestamp more than a day ahead too (409), and nothing of the request is stored."""
         with _errors():
-            ev.check(events, self.rules, self.settings)
+            return await self.store(body, getattr(ctx.request.state, "request_id", None) or "")
+
+    async def store(self, body: FeedbackEvent | FeedbackBatch, request_id: str) -> FeedbackAck:
+        """What /feedback does with a validated body. The HTTP gate calls it directly with the body validated
+        against this same signature (FEEDBACK_BODY): BentoML's request machinery cost most of the route's CPU."""
+        events = body.events if isinstance(body, FeedbackBatch) else [body]
+        ev.check(events, self.rules, self.settings)
         try:
             acks = await asyncio.wrap_future(self.event_log.append(self.endpoint, events))
         except Exception as e:  # the store is away: nothing of the request was committed, a retry is safe
             log.exception("storing feedback failed")
-            raise BentoMLException(f"feedback not stored ({type(e).__name__}); retry with the same event_ids",
-                                   error_code=HTTPStatus.SERVICE_UNAVAILABLE) from None
+            raise Unavailable(f"feedback not stored ({type(e).__name__}); retry with the same event_ids") from None
         by_id = {e.event_id: e for e in events}
         known = {i: self._known(e) for i, e in by_id.items()}  # as the model knew them before this request
         self._applied([(a.seq, by_id[a.event_id].user_id, by_id[a.event_id].item_id, by_id[a.event_id].type,
@@ -125,9 +142,8 @@ class _Feedback:
         out = [EventAck(**a.model_dump(), known_user=known[a.event_id][0], known_item=known[a.event_id][1])
                for a in acks]
         dup = sum(a.duplicate for a in acks)
-        rid = getattr(ctx.request.state, "request_id", None) or ""
         return FeedbackAck(stored=len(acks) - dup, duplicates=dup, duplicate=dup == len(acks), events=out,
-                           request_id=rid)
+                           request_id=request_id)
 
 
 class _SingleModel(_Feedback):
