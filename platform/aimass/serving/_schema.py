@@ -5,7 +5,7 @@ Scalars mean what the document says: an `integer` is 7 or 7.0, never "7" or true
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from pydantic import (
@@ -129,10 +129,18 @@ def _strict_number(v: object) -> object:
 _ISO = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
 
 
+MAX_UNIX_S = 10**10  # year 2286: a larger number is a mistake (milliseconds?), not a time
+
+
 def _timestamp(v: object) -> object:
-    # pydantic alone would also take a bare date or a number in a string; the document promises neither.
+    # pydantic alone would also take a bare date or a number in a string, and read a large number as
+    # milliseconds; the document promises none of that.
     if isinstance(v, bool) or v is None or (isinstance(v, str) and not _ISO.match(v)):
         raise ValueError("must be an ISO 8601 date and time or a number of unix seconds")
+    if isinstance(v, int | float):
+        if not 0 <= v <= MAX_UNIX_S:
+            raise ValueError(f"unix seconds must be between 0 and {MAX_UNIX_S}")
+        return datetime.fromtimestamp(v, UTC)
     return v
 
 
@@ -142,7 +150,8 @@ class FeedbackEvent(FeedbackEventBase):
     model_config = ConfigDict(extra="forbid")
 
     timestamp: Annotated[datetime, WithJsonSchema({
-        "anyOf": [{"type": "string", "format": "date-time"}, {"type": "number"}],
+        "anyOf": [{"type": "string", "format": "date-time"},
+                  {"type": "number", "minimum": 0, "maximum": MAX_UNIX_S}],
         "description": "When it happened: ISO 8601 date and time (no offset means UTC) or unix seconds; at most "
                        "AIMASS_FEEDBACK_MAX_FUTURE_S (a day) ahead of the server's clock, else 409"})]
 
