@@ -55,6 +55,7 @@ def _quickstart(home):
     assert challenger.dataset == "demo@v2" and challenger.parent_version is None
     assert aimass.datasets.lineage("demo@v2", settings=s).endpoint == "demo"
     assert f"-> demo@v2 -> challenger {challenger.ref}: gate" in res.stdout
+    assert "scheduler: drift reports every 3600 s" in res.stdout  # started in the serving cluster
     # the printed curl works as printed, and the answer names the champion it came from
     curl = next(line.strip() for line in res.stdout.splitlines() if line.strip().startswith("curl "))
     key = next(line.split()[2] for line in res.stdout.splitlines() if line.startswith("API key "))

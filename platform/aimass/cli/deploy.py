@@ -26,9 +26,9 @@ def deploy(
     d = serving.deploy(ref, endpoint, ranker=ranker, min_replicas=min_replicas, max_replicas=max_replicas,
                        target_ongoing_requests=target_ongoing_requests, settings=state.settings)
     what = f"{d.model}/{d.version} ({d.family})" + (f" ranked by {d.ranker}" if d.ranker else "")
+    scheduler = schedule(state.settings)
     emit(d, as_json, [f"deployed {what} at {d.url} ({d.status}; {d.min_replicas}-{d.max_replicas} replicas, "
-                      f"{d.proxy} proxy; POST {d.url}/recommend with 'Authorization: Bearer <key>')",
-                      schedule(state.settings)])
+                      f"{d.proxy} proxy; POST {d.url}/recommend with 'Authorization: Bearer <key>'); {scheduler}"])
 
 
 def schedule(settings) -> str:

@@ -85,8 +85,8 @@ def quickstart(
     report = monitoring.drift("demo", window_s=3600, settings=s)
     console.stage(f"[9/9] retraining on the feedback: a new dataset version, a challenger, the gate "
                   f"(at most {retrain_budget} min)")
-    again = retraining.retrain("demo", reason="manual", progress=not as_json, settings=s,
-                               time_budget_min=retrain_budget)
+    # no second progress bar: the stage line gives its bound, and a demo's output stays one screen
+    again = retraining.retrain("demo", reason="manual", progress=False, settings=s, time_budget_min=retrain_budget)
     loop = {"traffic": burst, "drift": report.model_dump(mode="json"), "retrain": again.model_dump(mode="json"),
             "scheduler": scheduler}
     if as_json:
