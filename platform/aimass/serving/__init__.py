@@ -77,7 +77,12 @@ def check_endpoint(endpoint: str) -> str:
 def _env(s: Settings, model: str, ranker: str | None, endpoint: str) -> dict[str, str]:
     env = {f"AIMASS_{k.upper()}": json.dumps(v) if isinstance(v, list) else str(v)
            for k, v in s.model_dump().items() if k in _SHARED and v is not None}
-    env.update({"AIMASS_SERVE_MODEL": model, "AIMASS_SERVE_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "1"})
+    env.update({"AIMASS_SERVE_MODEL": model, "AIMASS_SERVE_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "1",
+                # BentoML's own per-request metrics, access log and tracing spans: aimass's gate answers /metrics
+                # and the served-answer log records every answer, and they cost a large share of a cheap route's
+                # CPU (its /metrics hung inside Serve anyway, ../shared/STACK.md)
+                "BENTOML_CONFIG_OPTIONS": "api_server.metrics.enabled=false api_server.logging.access.enabled=false "
+                                          "tracing.excluded_urls=.*"})
     if ranker:
         env["AIMASS_SERVE_RANKER"] = ranker
     return env
