@@ -39,7 +39,7 @@ def _quickstart(home):
     assert f"logs: {log}" in res.stdout.splitlines()
     assert "pid=" in log.read_text() and " mlflow." in log.read_text()  # Ray's and MLflow's output went there
     s = Settings(home=home)
-    assert aimass.datasets.get("demo", settings=s).n_users == 60
+    assert aimass.datasets.get("demo@v1", settings=s).n_users == 60  # v2: the retrain folded new users in
     parent, child, challenger = aimass.models.versions("demo-sasrec", settings=s)
     assert (parent.version, parent.method, parent.aliases) == (1, "original", ["champion"])
     assert (child.version, child.method, child.parent_version) == (2, "int8", 1)
