@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 from sqlmodel import col, select
 
 from aimass.catalog import DatasetLineage, DatasetLineagePublic, DatasetVersion, DatasetVersionPublic, session
+from aimass.datasets import _exposure
 from aimass.datasets._canonical import Canonical, normalise
 from aimass.datasets._demo import DemoConfig, generate_demo
 from aimass.datasets._formats import formats, read
@@ -26,9 +27,9 @@ from aimass.datasets._registry import DataRegistry, git, read_folder, tag_for
 from aimass.errors import ConflictError, InvalidInputError, NotFoundError
 from aimass.settings import Settings, default_settings
 
-__all__ = ["Dataset", "DatasetLineagePublic", "DemoConfig", "FoldedEvents", "ancestry", "derive", "folded_through",
-           "formats", "generate_demo", "get", "lineage", "list", "load", "pull", "register", "registry_status",
-           "versions"]
+__all__ = ["EXPOSURE_KEY", "Exposure", "exposure", "write_exposure", "Dataset", "DatasetLineagePublic", "DemoConfig",
+           "FoldedEvents", "ancestry", "derive", "folded_through", "formats", "generate_demo", "get", "lineage",
+           "list", "load", "pull", "register", "registry_status", "versions"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _REF = re.compile(r"^(?P<name>[^@]+)(?:@(?:v(?P<v>\d+)|(?P<n>\d+)|(?P<latest>latest)))?$")
@@ -270,3 +271,19 @@ def registry_status(*, settings: Settings | None = None) -> dict:
         out["versions"] = len(git(reg.path, "tag", "--list").split())
         out["uncommitted"] = git(reg.path, "status", "--porcelain")
     return out
+
+
+Exposure = _exposure.Exposure
+EXPOSURE_KEY = _exposure.KEY
+
+
+def exposure(ref: str, *, settings: Settings | None = None) -> Exposure | None:
+    """The exposure record of derived version `ref` (which folded interactions the endpoint had shown the user);
+    None when it has none, or one written for other content."""
+    return _exposure.read(ref, settings or default_settings())
+
+
+def write_exposure(ref: str, endpoint: str, rows: pd.DataFrame, *, settings: Settings | None = None,
+                   meta: dict | None = None) -> Exposure:
+    """Record which of `ref`'s folded interactions were exposed (rows: EXPOSURE_KEY columns + `exposed`)."""
+    return _exposure.write(ref, endpoint, rows, settings=settings or default_settings(), meta=meta)

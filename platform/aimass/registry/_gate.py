@@ -194,14 +194,13 @@ def _unexposed(split: _Split, settings: Settings) -> _Part:
     when that version's exposure record says so; one from a fold without a record (derived by hand, or before
     records were kept) is unknown and left out too: only targets known to be organic stay."""
     from aimass import datasets
-    from aimass.retraining._fold import KEY, load_exposure
 
     n = len(split.splits.test_users)
     exposed, unknown, missing = [], [], []
     for link in datasets.ancestry(split.ref, settings=settings):
-        record = load_exposure(link.dataset, settings)
+        record = datasets.exposure(link.dataset, settings=settings)
         if record is not None:
-            exposed.append(record.rows.loc[record.rows["exposed"].astype(bool), KEY])
+            exposed.append(record.rows.loc[record.rows["exposed"].astype(bool), datasets.EXPOSURE_KEY])
         else:
             missing.append(link.dataset)
             unknown.append(_added(link.dataset, link.parent, settings))
@@ -216,11 +215,11 @@ def _unexposed(split: _Split, settings: Settings) -> _Part:
 def _added(ref: str, parent: str, settings: Settings) -> pd.DataFrame:
     """The interactions `ref` has beyond `parent` (a derived version only adds rows)."""
     from aimass import datasets
-    from aimass.retraining._fold import KEY
 
-    new, old = (datasets.load(r, settings=settings).interactions[KEY] for r in (ref, parent))
-    m = new.merge(old.drop_duplicates(), on=KEY, how="left", indicator=True)
-    return m.loc[m["_merge"] == "left_only", KEY]
+    key = datasets.EXPOSURE_KEY
+    new, old = (datasets.load(r, settings=settings).interactions[key] for r in (ref, parent))
+    m = new.merge(old.drop_duplicates(), on=key, how="left", indicator=True)
+    return m.loc[m["_merge"] == "left_only", key]
 
 
 def _among(rows: pd.DataFrame, frames: list[pd.DataFrame]) -> np.ndarray:

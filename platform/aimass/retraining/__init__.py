@@ -241,9 +241,9 @@ def exposure(ref: str, *, settings: Settings | None = None) -> pd.DataFrame | No
     version holds them), seq, request_id, event_time, via ('request': in the answer the event's request_id
     names; 'earlier': in an answer to that user served before the event; '': organic) and exposed. None for a
     version without a record (registered, or derived by hand)."""
-    from aimass.retraining._fold import load_exposure
+    from aimass import datasets
 
-    record = load_exposure(ref, settings or default_settings())
+    record = datasets.exposure(ref, settings=settings or default_settings())
     return None if record is None else record.rows
 
 

@@ -5,27 +5,25 @@ since a version derived from the parent starts after the last position any ances
 Each folded interaction is also marked exposed or organic. Feedback is mostly caused by what was served: an
 event on an item the endpoint had shown that user is a target the serving model picked itself, so on a test
 split made of such targets that model looks far better than any other (a feedback loop). The gate leaves
-exposed targets out (aimass.registry._gate). The marks live in an exposure record per derived version,
-`home/exposure/<name>/v<N>.parquet`, not in the version's interactions: the canonical layout refuses extra
+exposed targets out (aimass.registry's gate). The marks live in an exposure record per derived version
+(`aimass.datasets.exposure`, `home/exposure/<name>/v<N>.parquet`), not in the version's interactions: the
+canonical layout refuses extra
 columns, a new column would change the dataset's schema (which `register` refuses for the next plain version)
 and would reach training, and whether an item was shown is a fact about the serving log, not about the data."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import os
 from datetime import datetime
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from aimass.datasets import EXPOSURE_KEY
 from aimass.settings import Settings
 
 log = logging.getLogger(__name__)
-KEY = ["user_id", "item_id", "timestamp"]  # an interaction of a version, as the record names it
-_META = b"aimass.exposure"
+KEY = EXPOSURE_KEY  # an interaction of a version, as its exposure record names it
 
 
 @dataclasses.dataclass
@@ -123,37 +121,8 @@ def _shown(events: pd.DataFrame, endpoint: str, settings: Settings) -> np.ndarra
     return via
 
 
-@dataclasses.dataclass
-class Exposure:
-    """The exposure record of a derived dataset version: its folded interactions (`rows`: user_id, item_id,
-    timestamp as the version holds them, then seq, request_id, event_time, via, exposed)."""
-
-    dataset: str
-    content_hash: str
-    endpoint: str
-    rows: pd.DataFrame
-    path: Path
-
-    @property
-    def exposed(self) -> int:
-        return int(self.rows["exposed"].sum())
-
-    @property
-    def organic(self) -> int:
-        return len(self.rows) - self.exposed
-
-
-def exposure_path(ref: str, settings: Settings) -> Path:
-    from aimass import datasets
-
-    name, version = datasets.parse_ref(ref)  # a checked name: safe as a path
-    return settings.home / "exposure" / name / f"v{version}.parquet"
-
-
-def save_exposure(fold: Fold, new, settings: Settings) -> Exposure:
+def save_exposure(fold: Fold, new, settings: Settings):
     """Write the exposure record of `new` (the version `fold` was derived into), atomically."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
 
     from aimass import datasets
 
@@ -170,36 +139,7 @@ def save_exposure(fold: Fold, new, settings: Settings) -> Exposure:
         rows["timestamp"] = tail["timestamp"]
     rows = pd.concat([rows, fold.shown.reset_index(drop=True)], axis=1)
     rows["exposed"] = rows["via"] != ""
-    path = exposure_path(new.ref, settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"dataset": new.ref, "content_hash": new.content_hash, "endpoint": fold.endpoint,
-            "after_seq": fold.after_seq, "through_seq": fold.through_seq}
-    table = pa.Table.from_pandas(rows, preserve_index=False)
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}), _META: json.dumps(meta).encode()})
-    tmp = path.with_suffix(".parquet.partial")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)  # a reader never sees half a record
-    return Exposure(new.ref, new.content_hash, fold.endpoint, rows, path)
+    return datasets.write_exposure(new.ref, fold.endpoint, rows, settings=settings,
+                                   meta={"after_seq": fold.after_seq, "through_seq": fold.through_seq})
 
 
-def load_exposure(ref: str, settings: Settings) -> Exposure | None:
-    """The exposure record of derived version `ref`; None when there is none (a version derived by hand, or
-    before records existed) or when it was written for other content (a version of that number made by another
-    home against a shared data registry)."""
-    import pyarrow.parquet as pq
-
-    from aimass import datasets
-
-    info = datasets.get(ref, settings=settings)
-    path = exposure_path(info.ref, settings)
-    if not path.exists():
-        return None
-    try:
-        table = pq.read_table(path)
-        meta = json.loads((table.schema.metadata or {}).get(_META, b"{}"))
-    except Exception as e:  # a damaged record: the version's folds are of unknown exposure, not a failed gate
-        log.warning("ignoring the unreadable exposure record %s: %s", path, e)
-        return None
-    if meta.get("content_hash") != info.content_hash:
-        return None
-    return Exposure(info.ref, info.content_hash, meta.get("endpoint", ""), table.to_pandas(), path)
