@@ -22,23 +22,16 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).parent))  # benchmarks/serving.py
+
 
 def prepare(home: Path, family: str, users: int, tracks: int):
-    import aimass
+    """The serving benchmark's demo home and trained version (benchmarks/serving.py)."""
     from aimass import registry
-    from aimass.settings import Settings
+    from serving import prepare as demo_home
 
-    s = Settings(home=home)
-    inter, items = aimass.datasets.generate_demo(home.parent / "demo", aimass.datasets.DemoConfig(
-        users=users, tracks=tracks, seed=0))
-    aimass.datasets.register("demo", inter, "csv", items=items, settings=s)
-    params = {"epochs": 1} if family in ("sasrec", "two-tower") else None
-    run = aimass.train(family, "demo@v1", params, workers=1, progress=False, settings=s)
-    import ray
-
-    ray.shutdown()
-    v = registry.register(run.run_id, "bench", settings=s)
-    return s, v
+    s, ref = demo_home(home, family, users, tracks)
+    return s, registry.get(ref, settings=s)
 
 
 def serve(s, engine, version, endpoint: str, users: np.ndarray) -> float:
