@@ -46,7 +46,6 @@ class Settings(BaseSettings):
                                          description="Event types (with thresholds) that exclude an item.")
     feedback_neutral: list[str] = Field(["impression", "view", "rating"],
                                         description="Known event types that are neither (impressions).")
-    feedback_max_batch: int = Field(1000, ge=1, le=100_000, description="Most events in one POST /feedback.")
     feedback_max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest POST /feedback body.")
     feedback_max_future_s: float = Field(86400.0, ge=0, description="How far ahead a timestamp may be.")
     online_poll_s: float = Field(0.2, gt=0, le=10, description="How often a replica reads new events.")

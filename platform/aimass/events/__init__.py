@@ -145,10 +145,7 @@ def ingest(path: str | Path, endpoint: str, *, settings: Settings | None = None)
 def list_events(endpoint: str, *, limit: int = 20, settings: Settings | None = None) -> list[FeedbackEventPublic]:
     """The endpoint's latest `limit` events, newest first."""
     s = settings or default_settings()
-    log = EventLog(s)
-    last = log.last_seq(endpoint)
-    f = log.frame(endpoint, after_seq=max(0, last - 50 * limit))  # seq is global: widen until enough
-    rows = f.tail(limit).iloc[::-1]
+    rows = EventLog(s).frame(endpoint, limit=limit, newest_first=True)
     return [FeedbackEventPublic.model_validate({**r, "value": None if pd.isna(r["value"]) else r["value"],
                                                 "request_id": r["request_id"] or None})
             for r in rows.to_dict("records")]

@@ -211,10 +211,12 @@ class EventLog:
             return conn.execute(q).scalar() or 0
 
     def frame(self, endpoint: str, *, after_seq: int | None = None, through_seq: int | None = None,
-              start: datetime | None = None, end: datetime | None = None, limit: int | None = None) -> pd.DataFrame:
+              start: datetime | None = None, end: datetime | None = None, limit: int | None = None,
+              newest_first: bool = False) -> pd.DataFrame:
         """The endpoint's events as a table (columns: seq, endpoint, event_id, user_id, item_id, type,
-        timestamp, value, request_id, received_at; times UTC), in log order. `start`/`end` bound received_at."""
-        q = select(TABLE).where(TABLE.c.endpoint == endpoint).order_by(TABLE.c.seq)
+        timestamp, value, request_id, received_at; times UTC), in log order (newest first if asked). `start`/`end` bound received_at."""
+        q = select(TABLE).where(TABLE.c.endpoint == endpoint)
+        q = q.order_by(TABLE.c.seq.desc() if newest_first else TABLE.c.seq)
         if after_seq is not None:
             q = q.where(TABLE.c.seq > after_seq)
         if through_seq is not None:
