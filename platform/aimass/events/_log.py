@@ -214,7 +214,8 @@ class EventLog:
               start: datetime | None = None, end: datetime | None = None, limit: int | None = None,
               newest_first: bool = False) -> pd.DataFrame:
         """The endpoint's events as a table (columns: seq, endpoint, event_id, user_id, item_id, type,
-        timestamp, value, request_id, received_at; times UTC), in log order (newest first if asked). `start`/`end` bound received_at."""
+        timestamp, value, request_id, received_at; times UTC), in log order
+        (newest first if asked). `start`/`end` bound received_at."""
         q = select(TABLE).where(TABLE.c.endpoint == endpoint)
         q = q.order_by(TABLE.c.seq.desc() if newest_first else TABLE.c.seq)
         if after_seq is not None:
