@@ -49,12 +49,28 @@ class Settings(BaseSettings):
     feedback_max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest POST /feedback body.")
     feedback_max_future_s: float = Field(86400.0, ge=0, description="How far ahead a timestamp may be.")
     online_poll_s: float = Field(0.2, gt=0, le=10, description="How often a replica reads new events.")
+    # Traffic (aimass.serving.traffic): replicas read their endpoint's split from the catalog.
+    traffic_poll_s: float = Field(0.25, gt=0, le=10, description="How often a replica reads its split.")
+    traffic_apply_timeout_s: float = Field(300.0, gt=0, description=(
+        "How long a split change waits for every replica to load its arms before it is refused."))
     # Monitoring and retraining triggers, run on a schedule inside the serving cluster (aimass.monitoring).
     monitor_interval_s: float | None = Field(3600.0, gt=0, description="Drift report schedule; None: off.")
     monitor_window_s: float = Field(3600.0, gt=0, description="The window a scheduled drift report reads.")
     retrain_interval_s: float | None = Field(None, gt=0, description="Retrain on a schedule; None: off.")
     retrain_min_events: int | None = Field(None, ge=1, description="Retrain after this many new events.")
     retrain_on_drift: bool = Field(False, description="Retrain when a scheduled drift report flags.")
+    # Rollouts (aimass.experiments): a retrained challenger that passes the gate goes out as a canary on the
+    # running endpoint and is promoted or rolled back by the online experiment; 0 promotes by alias only.
+    gate_tolerance: float = Field(0.01, ge=0, lt=1, description=(
+        "How much worse (relative) a retrained challenger's offline metric may be than the champion's."))
+    canary_percent: int = Field(10, ge=0, le=50, description="Share of users a retrained challenger gets first.")
+    experiment_metric: str = Field("positive_rate", description="The rate a canary must win on.")
+    experiment_alpha: float = Field(0.05, gt=0, lt=1, description="Significance of the canary's sequential test.")
+    experiment_mde: float = Field(0.02, gt=0, lt=1, description="Smallest rate difference worth detecting.")
+    guardrail_max_p99_ratio: float = Field(1.5, gt=1, description="A canary slower than this x the control "
+                                                                  "(p99) is rolled back.")
+    guardrail_max_error_rate: float = Field(0.01, ge=0, lt=1, description="A canary failing more often is "
+                                                                          "rolled back.")
 
     @field_validator("home")
     @classmethod

@@ -9,13 +9,21 @@ from aimass.catalog.models import (
     DatasetLineagePublic,
     DatasetVersion,
     DatasetVersionPublic,
+    Experiment,
+    ExperimentPublic,
     FeedbackEvent,
     FeedbackEventBase,
     FeedbackEventPublic,
+    ReplicaReport,
+    ScalingEvent,
+    ScalingEventBase,
     ServedAnswer,
     ServedAnswerBase,
+    TrafficSplit,
+    TrafficSplitPublic,
 )
 
 __all__ = ["ApiKey", "ApiKeyPublic", "DatasetLineage", "DatasetLineagePublic", "DatasetVersion",
-           "DatasetVersionPublic", "FeedbackEvent", "FeedbackEventBase", "FeedbackEventPublic", "ServedAnswer",
-           "ServedAnswerBase", "engine_for", "session"]
+           "DatasetVersionPublic", "Experiment", "ExperimentPublic", "FeedbackEvent", "FeedbackEventBase",
+           "FeedbackEventPublic", "ReplicaReport", "ScalingEvent", "ScalingEventBase", "ServedAnswer",
+           "ServedAnswerBase", "TrafficSplit", "TrafficSplitPublic", "engine_for", "session"]

@@ -32,7 +32,29 @@ def engine_for(url: str) -> Engine:
     from aimass.catalog import models  # noqa: F401  (registers the tables)
 
     SQLModel.metadata.create_all(engine)
+    _add_new_columns(engine)
     return engine
+
+
+def _add_new_columns(engine: Engine) -> None:
+    """A catalog written by an older aimass lacks the columns added since: add them (all new columns are
+    nullable or have a server-side default), so an upgrade keeps every stored row. Tables are created whole
+    by create_all; columns are never dropped or changed here."""
+    from sqlalchemy import inspect, text
+
+    have = inspect(engine)
+    tables = set(have.get_table_names())
+    for table in SQLModel.metadata.sorted_tables:
+        if table.name not in tables:
+            continue
+        present = {c["name"] for c in have.get_columns(table.name)}
+        for col in table.columns:
+            if col.name in present:
+                continue
+            kind = col.type.compile(dialect=engine.dialect)
+            default = " DEFAULT 0" if kind.upper() in ("BOOLEAN", "INTEGER") else ""
+            with engine.begin() as conn:
+                conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{col.name}" {kind}{default}'))
 
 
 @contextlib.contextmanager

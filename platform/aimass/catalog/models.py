@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from pydantic import computed_field, field_validator
-from sqlalchemy import JSON, Column, UniqueConstraint
+from sqlalchemy import JSON, Column, Index, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 
@@ -113,6 +113,11 @@ class ServedAnswerBase(SQLModel):
     scores: list = Field(default_factory=list, sa_column=Column(JSON))
     strategy: str = Field("model", description="model, popular or trending")
     served_at: datetime = Field(default_factory=_now, index=True)
+    arm: str | None = Field(None, description="The traffic arm that answered (its model ref, NAME/VERSION)")
+    experiment_id: str | None = Field(None, index=True, description="The experiment of the split in force")
+    shadow: bool = Field(False, description="A shadow arm's answer: logged for comparison, never returned")
+    overlap: float | None = Field(None, description="Shadow only: |shadow items & live items| / k")
+    latency_ms: float | None = Field(None, description="Time to compute the answer in the replica")
 
 
 class ServedAnswer(ServedAnswerBase, table=True):
@@ -163,3 +168,98 @@ class DatasetLineagePublic(DatasetLineageBase):
     @classmethod
     def _utc(cls, v: datetime | None) -> datetime | None:  # SQLite hands datetimes back without their offset
         return v.replace(tzinfo=UTC) if v is not None and v.tzinfo is None else v
+
+
+# --- traffic: splits across model versions, experiments, scaling (aimass.serving.traffic, aimass.experiments) --
+class TrafficSplitBase(SQLModel):
+    """A split of one endpoint's traffic: arms (model refs NAME/VERSION with integer weights summing to 100),
+    an optional shadow ref, and the experiment whose id salts the sticky assignment."""
+
+    endpoint: str = Field(index=True)
+    arms: list = Field(sa_column=Column(JSON), description='[{"ref": "NAME/VERSION", "weight": 0-100}, ...]')
+    shadow: str | None = Field(None, description="A ref that gets a copy of the traffic, answers never returned")
+    experiment_id: str = Field(description="Salts the sticky assignment hash: a new experiment reshuffles users")
+    faults: dict = Field(default_factory=dict, sa_column=Column(JSON),
+                         description="Fault injection for drills: {ref: {'delay_ms': float}}")
+    state: str = Field("pending", index=True, description="pending, active, failed or superseded")
+    error: str | None = None
+    reason: str = Field("", description="Why: set, deploy, rollback, experiment, canary, promote, ...")
+    actor: str = Field("cli", description="Who changed it (a user name, 'scheduler', ...)")
+    created_at: datetime = Field(default_factory=_now)
+    decided_at: datetime | None = None
+
+
+class TrafficSplit(TrafficSplitBase, table=True):
+    __tablename__ = "traffic_splits"
+    # One change per endpoint at a time: the database itself refuses a second pending split of an endpoint.
+    __table_args__ = (Index("one_pending_split", "endpoint", unique=True, sqlite_where=text("state = 'pending'"),
+                            postgresql_where=text("state = 'pending'")),)
+
+    id: int | None = Field(default=None, primary_key=True)
+
+
+class TrafficSplitPublic(TrafficSplitBase):
+    id: int
+
+
+class ReplicaReport(SQLModel, table=True):
+    """A serving replica's answer to a split: prepared (every arm loaded), active (answering with it), or failed
+    (with why)."""
+
+    __tablename__ = "replica_reports"
+    __table_args__ = (UniqueConstraint("split_id", "replica"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    split_id: int = Field(index=True)
+    endpoint: str = Field(index=True)
+    replica: str
+    state: str = Field(description="prepared, active or failed")
+    error: str | None = None
+    at: datetime = Field(default_factory=_now)
+
+
+class ExperimentBase(SQLModel):
+    endpoint: str = Field(index=True)
+    experiment_id: str = Field(index=True, unique=True)
+    arms: list = Field(sa_column=Column(JSON), description="The split's arms, the first is the control")
+    metric: str = Field(description="A rate over served answers: '<event type>_rate', e.g. play_rate")
+    alpha: float = Field(0.05, gt=0, lt=1)
+    mde: float = Field(0.02, gt=0, lt=1, description="Smallest rate difference worth detecting, absolute")
+    min_samples: int = Field(100, ge=1, description="Served answers per arm before any call")
+    guardrails: dict = Field(default_factory=dict, sa_column=Column(JSON),
+                             description="{'max_p99_ratio': 1.5, 'max_error_rate': 0.01}")
+    auto: bool = Field(False, description="Canary: promote on a win, roll back on a broken guardrail")
+    state: str = Field("running", index=True, description="running or stopped")
+    decision: str | None = Field(None, description="promoted ARM, rolled back: why, stopped")
+    min_p: dict = Field(default_factory=dict, sa_column=Column(JSON),
+                        description="Per treatment arm: running minimum of the always-valid p-value over looks")
+    started_at: datetime = Field(default_factory=_now)
+    stopped_at: datetime | None = None
+
+
+class Experiment(ExperimentBase, table=True):
+    __tablename__ = "experiments"
+
+    id: int | None = Field(default=None, primary_key=True)
+
+
+class ExperimentPublic(ExperimentBase):
+    id: int
+
+
+class ScalingEventBase(SQLModel):
+    """A change of a deployment's replica count seen by the serving cluster's watcher."""
+
+    endpoint: str = Field(index=True)
+    deployment: str
+    at: datetime = Field(default_factory=_now, index=True)
+    replicas_from: int
+    replicas_to: int
+    trigger: str = Field("", description="Serve's status trigger, e.g. AUTOSCALING, UPSCALE_COMPLETED")
+    ongoing_per_replica: float | None = Field(None, description="Ongoing requests per replica when seen")
+
+
+class ScalingEvent(ScalingEventBase, table=True):
+    __tablename__ = "scaling_events"
+
+    id: int | None = Field(default=None, primary_key=True)

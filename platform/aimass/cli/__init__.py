@@ -15,12 +15,15 @@ from aimass.cli.datasets import app as datasets_app
 from aimass.cli.deploy import app as deployments_app
 from aimass.cli.deploy import deploy
 from aimass.cli.doctor import doctor
+from aimass.cli.experiments import app as experiments_app
 from aimass.cli.feedback import app as feedback_app
 from aimass.cli.keys import app as keys_app
 from aimass.cli.models import app as models_app
 from aimass.cli.monitor import app as monitor_app
 from aimass.cli.quickstart import quickstart
 from aimass.cli.retrain import retrain
+from aimass.cli.traffic import app as traffic_app
+from aimass.cli.traffic import rollback
 from aimass.cli.train import runs_app, train
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -36,7 +39,12 @@ app.add_typer(deployments_app, name="deployments", help="Served endpoints on Ray
 app.add_typer(keys_app, name="keys", help="API keys of the served endpoints.")
 app.add_typer(feedback_app, name="feedback", help="Feedback events of the endpoints: ingest, list, stats.")
 app.add_typer(monitor_app, name="monitor", help="Drift reports and online metrics of served endpoints.")
+app.add_typer(traffic_app, name="traffic",
+              help="Traffic splits across model versions: set, show (and `aimass rollback`).")
+app.add_typer(experiments_app, name="experiments",
+              help="A/B experiments on an endpoint's traffic: start, show, stop.")
 app.command()(retrain)
+app.command()(rollback)
 
 
 @app.callback()

@@ -17,6 +17,11 @@ def deploy(
     max_replicas: int = typer.Option(2, "--max-replicas"),
     target_ongoing_requests: float = typer.Option(8.0, "--target-ongoing-requests",
                                                   help="Autoscaling target per replica"),
+    upscale_delay: float = typer.Option(10.0, "--upscale-delay",
+                                        help="Seconds the autoscaler must want more replicas before adding them"),
+    downscale_delay: float = typer.Option(60.0, "--downscale-delay",
+                                          help="Seconds the autoscaler must want fewer replicas before removing "
+                                               "them"),
     as_json: bool = JSON,
 ):
     """Deploy a registered model version on Ray Serve (loopback, API keys required). Prints one line (the
@@ -24,10 +29,12 @@ def deploy(
     from aimass import serving
 
     d = serving.deploy(ref, endpoint, ranker=ranker, min_replicas=min_replicas, max_replicas=max_replicas,
-                       target_ongoing_requests=target_ongoing_requests, settings=state.settings)
+                       target_ongoing_requests=target_ongoing_requests, upscale_delay_s=upscale_delay,
+                       downscale_delay_s=downscale_delay, settings=state.settings)
     what = f"{d.model}/{d.version} ({d.family})" + (f" ranked by {d.ranker}" if d.ranker else "")
     scheduler = schedule(state.settings)
     emit(d, as_json, [f"deployed {what} at {d.url} ({d.status}; {d.min_replicas}-{d.max_replicas} replicas, "
+                      f"scaling up after {upscale_delay:g} s and down after {downscale_delay:g} s, "
                       f"{d.proxy} proxy; POST {d.url}/recommend with 'Authorization: Bearer <key>'); {scheduler}"])
 
 
@@ -58,10 +65,57 @@ def list_(as_json: bool = JSON):
 
 
 @app.command()
-def show(endpoint: str, as_json: bool = JSON):
+def show(endpoint: str, decisions: int = typer.Option(10, "--decisions",
+                                                      help="How many recent scaling decisions to show"),
+         as_json: bool = JSON):
+    """The deployment, what Serve runs for it now (replicas, ongoing requests per replica, the autoscaling
+    target and bounds) and its last scaling decisions. With --json: the deployment's fields plus `scaling`."""
     from aimass import serving
 
-    emit(serving.show(endpoint, settings=state.settings), as_json)
+    d = serving.show(endpoint, settings=state.settings)
+    scaling = serving.scaling(endpoint, settings=state.settings, limit=decisions)
+    data = {**d.model_dump(mode="json"), "scaling": scaling}
+    if as_json:
+        emit(data, True)
+        return
+    lines = [f"{k:>23}: {v}" for k, v in d.model_dump(mode="json").items()]
+    emit(data, False, lines + [""] + _scaling_lines(scaling))
+
+
+def _num(v, unit: str = "") -> str:
+    return "-" if v is None else f"{v:g}{unit}"
+
+
+def _scaling_lines(sc: dict) -> list[str]:
+    """The snapshot as one row per deployment, then the decisions as a small table."""
+    if not sc.get("running"):
+        out = ["replicas: the serving cluster is not running"]
+    elif not sc.get("deployments"):
+        out = [f"replicas: Serve runs no application {sc['endpoint']!r}"]
+    else:
+        table = []
+        for x in sc["deployments"]:
+            ongoing = x.get("ongoing")
+            table.append({
+                "deployment": x["deployment"], "status": x.get("status") or "-",
+                "replicas": f"{x['replicas']}" + (f" (target {x['target_replicas']})"
+                                                  if x.get("target_replicas") not in (None, x["replicas"]) else ""),
+                "bounds": f"{_num(x.get('min_replicas'))}-{_num(x.get('max_replicas'))}",
+                # live counts, one per running replica; '?' for one that did not answer
+                "ongoing now": " ".join("?" if v is None else str(v) for v in ongoing.values()) if ongoing else "-",
+                "autoscaler/replica": _num(x.get("autoscaler_ongoing_per_replica")),
+                "target/replica": _num(x.get("target_ongoing_requests")),
+                "delays up/down": f"{_num(x.get('upscale_delay_s'), 's')}/{_num(x.get('downscale_delay_s'), 's')}",
+            })
+        out = rows(table, ["deployment", "status", "replicas", "bounds", "ongoing now", "autoscaler/replica",
+                           "target/replica", "delays up/down"])
+    events = [{"at": e["at"][:19].replace("T", " "), "deployment": e["deployment"],
+               "replicas": f"{e['replicas_from']} -> {e['replicas_to']}", "trigger": e.get("trigger") or "-",
+               "ongoing/replica": _num(e.get("ongoing_per_replica"))} for e in sc.get("decisions") or []]
+    out += ["", "last scaling decisions (UTC, newest first):" if events else "no scaling decisions recorded"]
+    if events:
+        out += rows(events, ["at", "deployment", "replicas", "trigger", "ongoing/replica"])
+    return out
 
 
 @app.command()

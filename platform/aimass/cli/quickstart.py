@@ -21,15 +21,16 @@ def quickstart(
     as_json: bool = JSON,
 ):
     """The main job, end to end on the embedded default: demo dataset -> DVC registry -> Ray Train -> MLflow ->
-    registry -> Ray Serve -> feedback -> drift report -> retraining and the gate."""
+    registry -> Ray Serve -> feedback -> drift report -> retraining and the gate -> a canary split."""
     from aimass import datasets, models, serving, training
     from aimass.cli.deploy import schedule
+    from aimass.cli.traffic import view_lines
     from aimass.errors import ConflictError
 
     s = state.settings
-    console.stage(f"[1/9] generating the demo music-streaming log ({users} users, {tracks} tracks)")
+    console.stage(f"[1/10] generating the demo music-streaming log ({users} users, {tracks} tracks)")
     inter, items = datasets.generate_demo(s.home / "demo-data", datasets.DemoConfig(users=users, tracks=tracks))
-    console.stage("[2/9] registering it in the DVC data registry")
+    console.stage("[2/10] registering it in the DVC data registry")
     v = datasets.register("demo", inter, "csv", items=items, settings=s)
     ds = datasets.load(v.ref, settings=s)
     i = ds.interactions
@@ -48,7 +49,7 @@ def quickstart(
         "registry": str(s.registry_path),
         "git_tag": v.git_tag,
     }
-    console.stage(f"[3/9] training {family} on {v.ref} with Ray Train ({workers} worker(s), at most {time_budget} "
+    console.stage(f"[3/10] training {family} on {v.ref} with Ray Train ({workers} worker(s), at most {time_budget} "
                   "min), tracked in MLflow")
     r = training.train(family, v.ref, workers=workers, time_budget_min=time_budget, progress=not as_json,
                        settings=s)
@@ -56,7 +57,7 @@ def quickstart(
            "wall_time_s": round(r.wall_time_s, 1), "model_uri": r.model_uri,
            **{k: round(val, 4) for k, val in r.metrics.items()}}
     name = f"demo-{family}"
-    console.stage(f"[4/9] registering the run as model {name!r} in the MLflow registry and promoting it to "
+    console.stage(f"[4/10] registering the run as model {name!r} in the MLflow registry and promoting it to "
                   "champion")
     mv = models.register(r.run_id, name, settings=s)
     try:
@@ -69,26 +70,29 @@ def quickstart(
             # needs a champion to serve, so it is forced, which the version's tags record
             console.stage(f"      {e}; forcing it: there is no champion yet")
             promotion = models.promote(name, mv.version, force=True, settings=s).model_dump(mode="json")
-    console.stage(f"[5/9] compressing {mv.ref} to int8 (a child version, evaluated on the same split)")
+    console.stage(f"[5/10] compressing {mv.ref} to int8 (a child version, evaluated on the same split)")
     small = models.compress(name, mv.version, "int8", progress=not as_json, settings=s)
     side = [_side(models.show(mv.ref, settings=s), small.metrics, "parent_"), _side(small, small.metrics, "")]
-    console.stage(f"[6/9] deploying {name}@champion on Ray Serve at {s.host} with a new demo API key")
+    console.stage(f"[6/10] deploying {name}@champion on Ray Serve at {s.host} with a new demo API key")
     key, _ = serving.create_key("demo", settings=s)
     d = serving.deploy(f"{name}@champion", endpoint="demo", settings=s)
     scheduler = schedule(s)
     curl = serving.curl_example(d, key, user_id=int(i["user_id"].iloc[0]))
-    console.stage(f"[7/9] a burst of demo traffic: {traffic_users} users ask {d.url}/recommend and send feedback")
+    console.stage(f"[7/10] a burst of demo traffic: {traffic_users} users ask {d.url}/recommend and send feedback")
     burst = _traffic(d.url, key, i, traffic_users)
-    console.stage("[8/9] a drift report of that traffic against the training data (Evidently)")
+    console.stage("[8/10] a drift report of that traffic against the training data (Evidently)")
     from aimass import monitoring, retraining
 
     report = monitoring.drift("demo", window_s=3600, settings=s)
-    console.stage(f"[9/9] retraining on the feedback: a new dataset version, a challenger, the gate "
+    console.stage(f"[9/10] retraining on the feedback: a new dataset version, a challenger, the gate "
                   f"(at most {retrain_budget} min)")
     # no second progress bar: the stage line gives its bound, and a demo's output stays one screen
     again = retraining.retrain("demo", reason="manual", progress=False, settings=s, time_budget_min=retrain_budget)
+    console.stage("[10/10] a canary split on the demo endpoint: an auto experiment on the feedback")
+    canary = _canary(again, name, small, s)
+    traffic = serving.traffic("demo", settings=s)
     loop = {"traffic": burst, "drift": report.model_dump(mode="json"), "retrain": again.model_dump(mode="json"),
-            "scheduler": scheduler}
+            "scheduler": scheduler, "canary": canary, "split": traffic.model_dump(mode="json")}
     if as_json:
         emit({"dataset": summary, "training": run, "tracking_uri": s.tracking_uri, "promotion": promotion,
               "models": side, "deployment": d.model_dump(mode="json"), "api_key": key, "curl": curl, **loop}, True)
@@ -108,10 +112,15 @@ def quickstart(
         f"drift    {'DRIFT in ' + ', '.join(report.drifted_columns) if report.drifted else 'no drift'} "
         f"({len(report.drifted_columns)} of {len(report.columns)} columns, {report.n_current} answers): {report.html}",
         f"retrain  {again.parent_dataset} + {again.positive:,} positive events -> {again.dataset} -> challenger "
-        f"{again.challenger}: gate {'passed, promoted' if again.promoted else 'refused, champion kept'}",
+        f"{again.challenger}: gate " + ("passed, canary" if again.canary else "passed, promoted" if again.promoted
+                                      else "refused, champion kept"),
         *[f"         {'pass' if c.passed else 'FAIL'} {c.check}: {c.detail}" for c in again.gate],
         f"         {again.next_step}",
         f"         {scheduler}",
+        f"canary   {canary}",
+        "",
+        "$ aimass traffic show demo",
+        *view_lines(traffic),
         "",
         f"MLflow   .venv/bin/mlflow ui --backend-store-uri {s.tracking_uri} --host 127.0.0.1 --port 5000",
         f"API      {d.url} (OpenAPI: {d.url}/docs.json)",
@@ -120,6 +129,20 @@ def quickstart(
         f"  {curl}",
         "Stop serving: .venv/bin/aimass deployments shutdown",
     ]))
+
+
+def _canary(again, name: str, small, s) -> str:
+    """Step 10: the retrained challenger's canary when the gate let it out; else the int8 child of the champion
+    as the canary (10% of users, an auto experiment the scheduler promotes or rolls back)."""
+    from aimass import experiments, serving
+
+    if again.canary:
+        return f"{again.challenger} (retrained) serves 10% of users: experiment {again.canary}"
+    control = serving.traffic("demo", settings=s).split.arms[0]["ref"]
+    e = experiments.start("demo", [f"{control}=90", f"{small.ref}=10"], s.experiment_metric,
+                          alpha=s.experiment_alpha, mde=s.experiment_mde, auto=True, actor="quickstart", settings=s)
+    return (f"{small.ref} (int8 of {control}) serves 10% of users: experiment {e.experiment_id}, promoted when it "
+            f"wins on {e.metric}, rolled back when a guardrail breaks")
 
 
 def _side(v, m: dict, prefix: str) -> dict:

@@ -11,7 +11,7 @@ import time
 from datetime import UTC, datetime
 
 import pandas as pd
-from sqlalchemy import insert, select
+from sqlalchemy import insert, or_, select
 
 from aimass.catalog import ServedAnswer, engine_for
 from aimass.events._log import as_utc
@@ -34,11 +34,13 @@ class ServedLog:
 
     def record(self, endpoint: str, request_id: str, route: str, model: str, version: int,
                user_id: int | None, history: list[int] | None, items: list[int], scores: list[float],
-               strategy: str = "model") -> None:
+               strategy: str = "model", *, arm: str | None = None, experiment_id: str | None = None,
+               latency_ms: float | None = None, shadow: bool = False, overlap: float | None = None) -> None:
         row = {"endpoint": endpoint, "request_id": request_id, "route": route, "model": model, "version": version,
                "user_id": user_id, "history_length": len(history or ()), "history_tail": list(history or ())[-TAIL:],
                "items": list(items), "scores": [round(float(s), 6) for s in scores], "strategy": strategy,
-               "served_at": as_utc(datetime.now(UTC))}
+               "served_at": as_utc(datetime.now(UTC)), "arm": arm, "experiment_id": experiment_id,
+               "latency_ms": latency_ms, "shadow": shadow, "overlap": overlap}
         with self._lock:
             if len(self._pending) >= _MAX_PENDING:
                 self.dropped += 1
@@ -65,9 +67,18 @@ class ServedLog:
                 log.exception("writing served answers failed")
 
     def frame(self, endpoint: str, *, start: datetime | None = None, end: datetime | None = None,
-              limit: int | None = None) -> pd.DataFrame:
-        """The endpoint's answers (columns of ServedAnswer; served_at UTC), oldest first."""
+              limit: int | None = None, shadow: bool = False, experiment_id: str | None = None,
+              errors: bool = False) -> pd.DataFrame:
+        """The endpoint's answers (columns of ServedAnswer; served_at UTC), oldest first: the answers consumers
+        got, or with `shadow` only the shadow arm's (never returned, logged for comparison); with `errors` also
+        the failed requests (strategy 'error', no items)."""
         q = select(TABLE).where(TABLE.c.endpoint == endpoint).order_by(TABLE.c.seq)
+        if not errors:
+            q = q.where(TABLE.c.strategy != "error")
+        q = q.where(TABLE.c.shadow.is_(True)) if shadow else q.where(or_(TABLE.c.shadow.is_(False),
+                                                                          TABLE.c.shadow.is_(None)))
+        if experiment_id is not None:
+            q = q.where(TABLE.c.experiment_id == experiment_id)
         if start is not None:
             q = q.where(TABLE.c.served_at >= as_utc(start))
         if end is not None:

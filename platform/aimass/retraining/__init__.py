@@ -17,6 +17,7 @@ serving cluster."""
 from __future__ import annotations
 
 import json
+import logging
 import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -31,6 +32,7 @@ from aimass.settings import Settings, default_settings
 if TYPE_CHECKING:
     import pandas as pd
 
+log = logging.getLogger(__name__)
 __all__ = ["REASONS", "RetrainResult", "Scheduler", "due", "exposure", "history", "retrain", "start_in_cluster"]
 REASONS = ("manual", "schedule", "volume", "drift")
 
@@ -39,9 +41,10 @@ class RetrainResult(BaseModel):
     endpoint: str
     reason: str
     status: str = Field("running", description=(
-        "promoted (the challenger is champion now), kept (the gate refused: the champion stays), challenger "
-        "(not promoted on request; the gate's decision is recorded), nothing-new (no new positive events), "
-        "failed (see error)"))
+        "canary (the gate passed and the challenger serves a share of users in an auto experiment, which "
+        "promotes or rolls it back), promoted (the challenger is champion now), kept (the gate refused: the "
+        "champion stays), challenger (not promoted on request; the gate's decision is recorded), nothing-new "
+        "(no new positive events), failed (see error)"))
     started_at: datetime
     finished_at: datetime | None = None
     seconds: float = 0.0
@@ -68,6 +71,7 @@ class RetrainResult(BaseModel):
     gate: list[GateCheck] = Field(default_factory=list)
     gate_passed: bool | None = None
     promoted: bool = False
+    canary: str | None = Field(None, description="The experiment id of the challenger's canary")
     next_step: str | None = None
     error: str | None = None
     record: str | None = None
@@ -146,16 +150,21 @@ def _run(r: RetrainResult, d, promote: bool, progress: bool, s: Settings, budget
     v = registry.register(run.run_id, champion.name, settings=s)
     r.challenger = v.ref
     registry.set_alias(v.name, v.version, "challenger", settings=s)
-    if promote:
+    control = _canary_control(d.endpoint, s) if promote else None
+    if control is not None:  # the online experiment decides: a share of users first, then all or none
+        r.gate = registry.gate(v.name, v.version, tolerance=s.gate_tolerance, settings=s)
+        if all(c.passed for c in r.gate):
+            r.canary = _start_canary(d.endpoint, control, v.ref, s)
+    elif promote:
         try:
-            r.gate = registry.promote(v.name, v.version, settings=s).checks
+            r.gate = registry.promote(v.name, v.version, tolerance=s.gate_tolerance, settings=s).checks
             r.promoted = True
         except registry.GateRefusedError as e:
             r.gate = e.checks
     else:
-        r.gate = registry.gate(v.name, v.version, settings=s)
+        r.gate = registry.gate(v.name, v.version, tolerance=s.gate_tolerance, settings=s)
     r.gate_passed = all(c.passed for c in r.gate)
-    r.status = "promoted" if r.promoted else "kept" if promote else "challenger"
+    r.status = "canary" if r.canary else "promoted" if r.promoted else "kept" if promote else "challenger"
     r.next_step = _next_step(r, v, d.endpoint, promote)
     # on the version too: `aimass models show NAME/V` tells why it exists and what the gate said
     client(s).set_model_version_tag(v.name, str(v.version), f"{TAG}retrain", json.dumps(
@@ -189,7 +198,42 @@ def _new_events(r: RetrainResult, endpoint: str, parent: str, s: Settings):
     return fold
 
 
+def _canary_control(endpoint: str, s: Settings) -> str | None:
+    """The version a canary is compared with (the only arm of the split in force), or None when there is no
+    canary to run: canaries off, the endpoint not running, or already split (an experiment runs)."""
+    from aimass import serving
+
+    if not s.canary_percent:
+        return None
+    try:
+        view = serving.traffic(endpoint, settings=s)
+        running = serving.show(endpoint, settings=s).status == "RUNNING"
+    except Exception:  # no split recorded, no cluster: the alias path
+        return None
+    if not running or view.split is None or len(view.split.arms) != 1:
+        return None
+    return view.split.arms[0]["ref"]
+
+
+def _start_canary(endpoint: str, control: str, challenger: str, s: Settings) -> str | None:
+    from aimass import experiments
+
+    try:
+        e = experiments.start(endpoint, [f"{control}={100 - s.canary_percent}", f"{challenger}={s.canary_percent}"],
+                              s.experiment_metric, alpha=s.experiment_alpha, mde=s.experiment_mde, auto=True,
+                              guardrails={"max_p99_ratio": s.guardrail_max_p99_ratio,
+                                          "max_error_rate": s.guardrail_max_error_rate},
+                              actor="retrain", settings=s)
+    except Exception:
+        log.exception("the canary of %s on %s did not start", challenger, endpoint)
+        return None
+    return e.experiment_id
+
+
 def _next_step(r: RetrainResult, v, endpoint: str, promote: bool) -> str:
+    if r.canary:
+        return (f"{v.ref} serves a canary share of {endpoint}'s users (experiment {r.canary}): it is "
+                f"promoted when it wins, rolled back when a guardrail breaks; aimass experiments show {endpoint}")
     deploy = f"aimass deploy {v.name}@champion --endpoint {endpoint}"
     if r.promoted:  # rollouts are the deployer's (issue 14): a new champion is never served by surprise
         return f"{endpoint} keeps serving {r.served} until it is redeployed: {deploy}"

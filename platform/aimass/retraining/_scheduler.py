@@ -28,12 +28,14 @@ class Scheduler:
 
     def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.time,
                  endpoints: Callable[[], list[str]] | None = None, drift: Callable[[str], object] | None = None,
-                 launch: Callable[[str, str], object] | None = None):
+                 launch: Callable[[str, str], object] | None = None,
+                 experiments: Callable[[], dict[str, str]] | None = None):
         self.settings = settings
         self.clock = clock
         self._endpoints = endpoints or self._deployed
         self._drift = drift or self._drift_report
         self._launch = launch or self._start_retrain
+        self._experiments = experiments or self._check_experiments
         self.last_drift: dict[str, float] = {}
         self.launched: dict[str, tuple[float, object]] = {}  # endpoint -> (when, process with poll())
         self._no_monitoring = False
@@ -43,6 +45,11 @@ class Scheduler:
         from aimass.retraining import due
 
         s, now, done = self.settings, self.clock(), {}
+        try:  # canaries first: a decision must not wait behind an hour-long drift report
+            for endpoint, decision in self._experiments().items():
+                done.setdefault(endpoint, []).append(f"experiment:{decision}")
+        except Exception:
+            log.exception("checking the running experiments failed")
         for endpoint in self._endpoints():
             did = done.setdefault(endpoint, [])
             if s.monitor_interval_s and now - self.last_drift.get(endpoint, float("-inf")) >= s.monitor_interval_s:
@@ -84,6 +91,11 @@ class Scheduler:
         from aimass import serving
 
         return [d.endpoint for d in serving.deployments(settings=self.settings) if not d.ranker]
+
+    def _check_experiments(self) -> dict[str, str]:
+        from aimass import experiments
+
+        return experiments.check_all(settings=self.settings)
 
     def _drift_report(self, endpoint: str) -> object:
         if self._no_monitoring:

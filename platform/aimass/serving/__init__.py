@@ -16,18 +16,19 @@ import re
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from aimass import _ray  # noqa: F401  (loopback-only Ray: must run before anything imports ray)
-from aimass.catalog import ApiKeyPublic
-from aimass.errors import AimassError, BackendError, InvalidInputError, NotFoundError
+from aimass.catalog import ApiKeyPublic, TrafficSplitPublic
+from aimass.errors import AimassError, BackendError, ConflictError, InvalidInputError, NotFoundError
 from aimass.serving import _keys
 from aimass.serving._bento import pin as pin_bento
 from aimass.settings import Settings, default_settings
 
-__all__ = ["CLUSTER_OWNER_ENV", "WORKER_SETUP_HOOK", "Deployment", "Engine", "build_bento", "check_deployed",
-           "check_endpoint", "connect", "create_key", "curl_example", "delete", "deploy", "deployments", "endpoints",
-           "list_keys", "orphans", "pin_bento", "revoke_key", "show", "shutdown", "shutdown_orphans"]
+__all__ = ["CLUSTER_OWNER_ENV", "WORKER_SETUP_HOOK", "Deployment", "Engine", "TrafficView", "build_bento",
+           "check_deployed", "check_endpoint", "connect", "create_key", "curl_example", "delete", "deploy",
+           "deployments", "endpoints", "list_keys", "orphans", "pin_bento", "revoke_key", "rollback", "scaling",
+           "set_traffic", "show", "shutdown", "shutdown_orphans", "traffic"]
 log = logging.getLogger(__name__)
 
 
@@ -42,7 +43,7 @@ _ENDPOINT = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
 # Settings a replica must share with the deployer (where the state lives); the serve_* ones are set per app.
 _SHARED = ("home", "catalog_url", "data_registry", "dvc_remote", "mlflow_tracking_uri", "host",
            "serve_max_body_bytes", "feedback_positive", "feedback_negative", "feedback_neutral",
-           "feedback_max_body_bytes", "feedback_max_future_s", "online_poll_s")
+           "feedback_max_body_bytes", "feedback_max_future_s", "online_poll_s", "traffic_poll_s")
 
 
 class Deployment(BaseModel):
@@ -89,11 +90,13 @@ def _env(s: Settings, model: str, ranker: str | None, endpoint: str) -> dict[str
 
 
 def deploy(ref: str, endpoint: str, *, ranker: str | None = None, min_replicas: int = 1,
-           max_replicas: int = 2, target_ongoing_requests: float = 8.0,
-           settings: Settings | None = None) -> Deployment:
+           max_replicas: int = 2, target_ongoing_requests: float = 8.0, upscale_delay_s: float = 10.0,
+           downscale_delay_s: float = 60.0, settings: Settings | None = None) -> Deployment:
     """Serve `ref` (NAME, NAME/VERSION or NAME@ALIAS, pinned to the version it names now) at
     http://host:serve_port/<endpoint>. With `ranker`, a multi-stage application: `ref` retrieves (two-tower),
-    `ranker` ranks (SASRec), then rules. Redeploying an endpoint replaces it."""
+    `ranker` ranks (SASRec), then rules. Redeploying an endpoint replaces it. The autoscaler keeps
+    min_replicas..max_replicas replicas near target_ongoing_requests each, adding them once it has wanted more
+    for upscale_delay_s and removing them after downscale_delay_s; `scaling(endpoint)` shows its decisions."""
     from aimass import registry
     from aimass.serving import _cluster
 
@@ -104,6 +107,9 @@ def deploy(ref: str, endpoint: str, *, ranker: str | None = None, min_replicas: 
                                 f"{min_replicas} and {max_replicas}")
     if target_ongoing_requests <= 0:
         raise InvalidInputError(f"target_ongoing_requests must be positive, got {target_ongoing_requests}")
+    if upscale_delay_s < 0 or downscale_delay_s < 0:
+        raise InvalidInputError(f"scaling delays must not be negative, got {upscale_delay_s} (up) and "
+                                f"{downscale_delay_s} (down)")
     info = registry.get(ref, settings=s)
     rank_info = registry.get(ranker, settings=s) if ranker else None
     if rank_info and rank_info.dataset != info.dataset:
@@ -115,12 +121,21 @@ def deploy(ref: str, endpoint: str, *, ranker: str | None = None, min_replicas: 
     if family not in servable():
         raise InvalidInputError(f"{info.ref} has family {family!r}, which no service serves")
     _cluster.check_port(s)  # before anything starts: HAProxy's own failure comes late and says little
-    from aimass.serving import app
+    from aimass.serving import _traffic, app
 
-    args = app.AppArgs(family=family, env=_env(s, info.ref, rank_info.ref if rank_info else None, endpoint),
-                       min_replicas=min_replicas, max_replicas=max_replicas,
-                       target_ongoing_requests=target_ongoing_requests)
-    state = _run(s, args, endpoint, info.ref)
+    before = _saved(s).get(endpoint)
+    swap = (before is not None and family != "pipeline" and before["args"]["family"] != "pipeline"
+            and _live_status(s).get(endpoint) == "RUNNING")
+    env = _env(s, info.ref, rank_info.ref if rank_info else None, endpoint)
+    if swap:  # the replicas keep running: the model changes through the split, in two phases (no lost request)
+        env["AIMASS_SERVE_MODEL"] = before["args"]["env"].get("AIMASS_SERVE_MODEL", info.ref)  # a fallback only
+        set_traffic(endpoint, [f"{info.ref}=100"], reason="deploy", settings=s)
+    args = app.AppArgs(family=family, env=env, min_replicas=min_replicas, max_replicas=max_replicas,
+                       target_ongoing_requests=target_ongoing_requests, upscale_delay_s=upscale_delay_s,
+                       downscale_delay_s=downscale_delay_s)
+    if not swap and family != "pipeline":
+        _traffic.activate_initial(s, endpoint, info.ref)
+    state = _cluster.connect(s) if swap and before["args"] == args.model_dump() else _run(s, args, endpoint, info.ref)
     d = Deployment(endpoint=endpoint, url=f"http://{s.host}:{s.serve_port}/{endpoint}", model=info.name,
                    version=info.version, family=family, requested=ref, dataset=info.dataset,
                    ranker=rank_info.ref if rank_info else None, status="RUNNING", proxy=state["proxy"],
@@ -132,7 +147,19 @@ def deploy(ref: str, endpoint: str, *, ranker: str | None = None, min_replicas: 
     (meta / f"{endpoint}.json").write_text(json.dumps({"deployment": d.model_dump(mode="json"),
                                                        "args": args.model_dump()}, indent=2))
     _write_config(s)
+    _watch_scaling(s)
     return d
+
+
+def _watch_scaling(s: Settings) -> None:
+    """Start (or reuse) the cluster's scaling watcher. The endpoint serves without it, so a failure is logged,
+    not raised: only the record of scaling decisions is missing."""
+    from aimass.serving import _scaling
+
+    try:
+        _scaling.start_watcher(s)
+    except Exception:
+        log.warning("the scaling watcher did not start: scaling decisions are not recorded", exc_info=True)
 
 
 def _run(s: Settings, args, endpoint: str, ref: str) -> dict:
@@ -185,6 +212,101 @@ def _write_config(s: Settings) -> Path:
     path.write_text("# Written by aimass; reproduce with: serve deploy " + str(path) + "\n"
                     + yaml.safe_dump(cfg, sort_keys=False))
     return path
+
+
+# --- traffic splits (see _traffic: two-phase changes, sticky assignment) -------------------------------------
+class TrafficView(BaseModel):
+    endpoint: str
+    split: TrafficSplitPublic | None = Field(description="The split in force")
+    pending: TrafficSplitPublic | None = Field(None, description="A change being applied now")
+    replicas: list[dict] = Field(default_factory=list, description="Each replica's answer to the split in force")
+    history: list[TrafficSplitPublic] = Field(default_factory=list, description="Newest first")
+
+
+def set_traffic(endpoint: str, arms: list[str] | dict[str, int], shadow: str | None = None, *,
+                faults: dict | None = None, experiment_id: str | None = None, reason: str = "set",
+                actor: str = "sdk", ending: str | None = None, settings: Settings | None = None) -> TrafficSplitPublic:
+    """Split ENDPOINT's traffic: `arms` as ["NAME/V=90", "NAME/W=10"] or {"NAME/V": 90, ...} (weights sum to
+    100, refs may be aliases: pinned now), `shadow` a ref that gets a copy of /recommend off the request path,
+    `faults` drills such as {"NAME/W": {"delay_ms": 50}}. Returns once every replica has loaded every arm and
+    switched; a version that fails to load is reported (BackendError) and the split in force stays. Users keep
+    their arm while only weights change. While an experiment runs on the endpoint, only a change under its id
+    (or one that `ending` it, what aimass.experiments does) is accepted."""
+    from aimass.serving import _traffic
+
+    s = settings or default_settings()
+    saved = _saved(s).get(check_deployed(endpoint, settings=s))
+    parsed = _traffic.parse_arms([f"{r}={w}" for r, w in arms.items()] if isinstance(arms, dict) else list(arms))
+    resolved, shadow = _traffic.validate(s, endpoint, parsed, shadow, saved["args"]["family"])
+    faults = _traffic.check_faults(s, faults or {}, resolved)
+    running = _traffic.running_experiment(s, endpoint)
+    if running and running not in (experiment_id, ending):
+        raise ConflictError(f"experiment {running} is running on {endpoint!r}: stop it first (aimass experiments "
+                            f"stop {endpoint} [--promote ARM]); the split is unchanged")
+    if _live_status(s).get(endpoint) != "RUNNING":
+        raise ConflictError(f"endpoint {endpoint!r} is not running (aimass deploy it first); the split is "
+                            "unchanged")
+    split = _traffic.propose(s, endpoint, resolved, shadow, faults=faults, experiment_id=experiment_id,
+                             reason=reason, actor=actor)
+    try:
+        _traffic.wait(s, split, lambda: _running_replicas(s, endpoint))
+    except BaseException as e:  # Ctrl-C included: a pending split must not hold the endpoint's lock
+        if not isinstance(e, AimassError):
+            try:
+                _traffic.decide(s, split.id, "failed", f"interrupted: {type(e).__name__}")
+            except AimassError:
+                pass
+        raise
+    log.info("traffic of %s: %s", endpoint, ", ".join(f"{a.ref}={a.weight}" for a in resolved))
+    _retarget(s, endpoint, resolved[0].ref)
+    return _traffic.current(s, endpoint)
+
+
+def rollback(endpoint: str, *, actor: str = "sdk", settings: Settings | None = None) -> TrafficSplitPublic:
+    """Restore the split in force before the current one (its arms, shadow and user assignment; not its
+    fault drills). A second rollback swaps back."""
+    from aimass.serving import _traffic
+
+    s = settings or default_settings()
+    prev = _traffic.previous(s, check_deployed(endpoint, settings=s))
+    # a drill's faults do not come back with its split; rolling back twice swaps back (the previous split)
+    return set_traffic(endpoint, [f"{a['ref']}={a['weight']}" for a in prev.arms], prev.shadow,
+                       experiment_id=prev.experiment_id, reason=f"rollback to #{prev.id}", actor=actor, settings=s)
+
+
+def traffic(endpoint: str, *, history: int = 10, settings: Settings | None = None) -> TrafficView:
+    from aimass.serving import _traffic
+
+    s = settings or default_settings()
+    check_deployed(endpoint, settings=s)
+    active, pending = _traffic.newest(s, endpoint)
+    reps = [{"replica": r.replica, "state": r.state, "at": r.at, "error": r.error}
+            for r in (_traffic.reports(s, active.id) if active else [])]
+    return TrafficView(endpoint=endpoint, split=active, pending=pending, replicas=reps,
+                       history=_traffic.history(s, endpoint, history))
+
+
+def _running_replicas(s: Settings, endpoint: str) -> int:
+    from ray import serve
+
+    from aimass.serving import _cluster
+
+    _cluster.connect(s)
+    app = serve.status().applications.get(endpoint)
+    if app is None:
+        return 0
+    return sum(int(d.replica_states.get("RUNNING", 0)) for d in app.deployments.values())
+
+
+def _retarget(s: Settings, endpoint: str, ref: str) -> None:
+    """The deployment record names the split's first arm (what `deployments list` shows as its model)."""
+    from aimass import registry
+
+    meta = _dir(s) / "deployments" / f"{endpoint}.json"
+    m = json.loads(meta.read_text())
+    info = registry.get(ref, settings=s)
+    m["deployment"].update(model=info.name, version=info.version, requested=ref, dataset=info.dataset)
+    meta.write_text(json.dumps(m, indent=2))
 
 
 # The variable that marks a process as belonging to a home's serving cluster: stopping the cluster stops it.
@@ -242,6 +364,17 @@ def show(endpoint: str, *, settings: Settings | None = None) -> Deployment:
         if d.endpoint == endpoint:
             return d
     raise NotFoundError(f"no deployment named {endpoint!r}")
+
+
+def scaling(endpoint: str, *, settings: Settings | None = None, limit: int = 10) -> dict:
+    """What Serve runs for `endpoint` now (per deployment: replicas, their states and the autoscaler's target,
+    ongoing requests per replica, target_ongoing_requests, bounds and delays) and its last `limit` scaling
+    decisions, newest first, as plain JSON values. Does not start a cluster."""
+    from aimass.serving import _scaling
+
+    s = settings or default_settings()
+    check_deployed(endpoint, settings=s)
+    return _scaling.report(s, endpoint, limit)
 
 
 def delete(endpoint: str, *, settings: Settings | None = None) -> Deployment:

@@ -47,6 +47,10 @@ class Engine:
             self.online = Online(settings.serve_endpoint, settings, self.dense_of, self.popularity,
                                  cutoff=_cutoff(self.info.dataset, settings.serve_endpoint, settings))
 
+    def close(self) -> None:
+        if self.online is not None:
+            self.online.stop()
+
     @property
     def n_items(self) -> int:
         return len(self.item_ids)

@@ -37,6 +37,7 @@ class Online:
         self.applied: set[int] = set()  # own events applied ahead of the poll
         self.lock = threading.Lock()
         self.poll_s = settings.online_poll_s
+        self.stopped = threading.Event()
         self.catch_up()
         threading.Thread(target=self._poll, name="aimass-online", daemon=True).start()
 
@@ -76,9 +77,12 @@ class Online:
             self.apply(rows)
             n += len(rows)
 
+    def stop(self) -> None:
+        """No more polling (the model this state serves was dropped from the split)."""
+        self.stopped.set()
+
     def _poll(self) -> None:
-        while True:
-            time.sleep(self.poll_s)
+        while not self.stopped.wait(self.poll_s):
             try:
                 self.catch_up()
             except Exception:  # the store is away for a moment: keep serving what we have

@@ -65,6 +65,9 @@ class Served(BaseModel):
     version: int = Field(description="Registered model version")
     dataset: str | None = Field(description="Dataset version the model was trained on (name@vN)")
     request_id: str = Field(description="Echoes the X-Request-ID header, or a new id")
+    arm: str | None = Field(None, description="The traffic arm that answered (NAME/VERSION); a user keeps one "
+                                              "arm for the life of an experiment")
+    experiment_id: str | None = Field(None, description="The experiment (split) the arm belongs to")
 
 
 class Recommendation(Served):

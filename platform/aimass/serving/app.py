@@ -8,7 +8,9 @@ ASGI start-up builds the BentoML service instance. A multi-stage application add
 and hands their handles to the ingress."""
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+import warnings
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray import serve
 
 from aimass.serving._cluster import HOOK
@@ -31,6 +33,30 @@ class AppArgs(BaseModel):
     max_replicas: int = Field(2, ge=1)
     target_ongoing_requests: float = Field(8.0, gt=0)
     num_cpus: float = Field(0.5, gt=0)
+    # Ray's own defaults (30 s up, 600 s down, metrics every 10 s averaged over 30 s) make a replica change take
+    # minutes to appear: too slow to see, or to trust, on a small cluster.
+    upscale_delay_s: float = Field(10.0, ge=0, description="How long the autoscaler must want more replicas "
+                                   "before it adds them (Ray's default: 30 s)")
+    downscale_delay_s: float = Field(60.0, ge=0, description="How long the autoscaler must want fewer replicas "
+                                     "before it removes them (Ray's default: 600 s)")
+    metrics_interval_s: float = Field(2.0, gt=0, description="How often each replica reports its ongoing "
+                                      "requests to the autoscaler (Ray's default: 10 s)")
+    look_back_period_s: float = Field(10.0, gt=0, description="The window the autoscaler averages ongoing "
+                                      "requests over (Ray's default: 30 s); must exceed metrics_interval_s")
+
+    def autoscaling_config(self) -> dict:
+        return {"min_replicas": self.min_replicas, "max_replicas": self.max_replicas,
+                "target_ongoing_requests": self.target_ongoing_requests, "upscale_delay_s": self.upscale_delay_s,
+                "downscale_delay_s": self.downscale_delay_s, "metrics_interval_s": self.metrics_interval_s,
+                "look_back_period_s": self.look_back_period_s}
+
+    @model_validator(mode="after")
+    def _window_spans_reports(self) -> AppArgs:
+        # A window no longer than the report interval averages over one report or none (Ray only warns).
+        if self.look_back_period_s <= self.metrics_interval_s:
+            raise ValueError(f"look_back_period_s ({self.look_back_period_s}) must exceed metrics_interval_s "
+                             f"({self.metrics_interval_s})")
+        return self
 
 
 @serve.deployment
@@ -54,14 +80,17 @@ StageDeployment = serve.deployment(StageServer)
 def build(args: dict):
     a = AppArgs.model_validate(args)
     opts = {
-        "autoscaling_config": {"min_replicas": a.min_replicas, "max_replicas": a.max_replicas,
-                               "target_ongoing_requests": a.target_ongoing_requests},
+        "autoscaling_config": a.autoscaling_config(),
         "max_ongoing_requests": max(32, int(4 * a.target_ongoing_requests)),
         "ray_actor_options": {"num_cpus": a.num_cpus,
                               "runtime_env": {"env_vars": a.env, "worker_process_setup_hook": HOOK}},
     }
-    if a.family != "pipeline":
-        return BentoIngress.options(name="ingress", **opts).bind(a.family)
-    retrieval = StageDeployment.options(name="retrieval", **opts).bind(a.env["AIMASS_SERVE_MODEL"])
-    ranking = StageDeployment.options(name="ranking", **opts).bind(a.env["AIMASS_SERVE_RANKER"])
-    return BentoIngress.options(name="ingress", **opts).bind("pipeline", retrieval, ranking)
+    with warnings.catch_warnings():
+        # Ray 2.60 marks metrics_interval_s deprecated in favour of environment variables it does not read yet
+        # (the replicas still push at autoscaling_config.metrics_interval_s): the field is the only lever.
+        warnings.filterwarnings("ignore", message=".*metrics_interval_s.*", category=DeprecationWarning)
+        if a.family != "pipeline":
+            return BentoIngress.options(name="ingress", **opts).bind(a.family)
+        retrieval = StageDeployment.options(name="retrieval", **opts).bind(a.env["AIMASS_SERVE_MODEL"])
+        ranking = StageDeployment.options(name="ranking", **opts).bind(a.env["AIMASS_SERVE_RANKER"])
+        return BentoIngress.options(name="ingress", **opts).bind("pipeline", retrieval, ranking)

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from http import HTTPStatus
 
 import bentoml
@@ -23,6 +24,7 @@ from aimass import events as ev
 from aimass import zoo
 from aimass.errors import AimassError, InvalidInputError, NotFoundError
 from aimass.serving import _pipeline
+from aimass.serving._arms import Arms
 from aimass.serving._engine import Engine
 from aimass.serving._http import Gate
 from aimass.serving._schema import (
@@ -147,21 +149,60 @@ class _Feedback:
 
 
 class _SingleModel(_Feedback):
-    """recommend / similar / rank over one registered model version, in-process."""
+    """recommend / similar / rank over the registered versions of the endpoint's traffic split, in-process:
+    each request is answered by its user's arm (sticky), named in the answer."""
 
     def __init__(self) -> None:
         s = _settings()
-        self.engine = Engine(s.serve_model, s)
         self._start_feedback(s)
+        self.arms = Arms(s, self.endpoint, s.serve_model, self._record_shadow)
+
+    @property
+    def engine(self) -> Engine:
+        """The first arm's engine (the control)."""
+        return self.arms.primary()
 
     def _known(self, e: FeedbackEvent) -> tuple[bool | None, bool | None]:
-        online = self.engine.online
-        user = int(e.user_id) in self.engine.histories or (online is not None and int(e.user_id) in online.extra)
-        return user, int(e.item_id) in self.engine.dense_of
+        engine = self.engine
+        online = engine.online
+        user = int(e.user_id) in engine.histories or (online is not None and int(e.user_id) in online.extra)
+        return user, int(e.item_id) in engine.dense_of
 
     def _applied(self, rows: list[tuple]) -> None:
-        if self.engine.online is not None and rows:
-            self.engine.online.apply(rows, own=True)
+        for engine in list(self.arms.engines.values()):
+            if engine.online is not None and rows:
+                engine.online.apply(rows, own=True)
+
+    def _answer(self, ctx: bentoml.Context, route: str, user_id: int | None, call) -> tuple[dict, dict, object]:
+        """The request's arm computes `call(engine)`; (served fields, answer, routing table) with latency."""
+        t, ref, engine = self.arms.pick(user_id)
+        t0 = time.perf_counter()
+        self.arms.delay(t, ref)
+        served = {**_served(engine, ctx), "arm": ref, "experiment_id": t.experiment_id}
+        try:
+            with _errors():
+                out = call(engine)
+        except BentoMLException:  # the client's mistake (4xx): not the arm's failure
+            raise
+        except Exception:  # the arm failed (a 5xx): counted against it by the experiment's error guardrail
+            self.served_log.record(self.endpoint, served["request_id"], route, served["model"], served["version"],
+                                   user_id, [], [], [], "error", arm=ref, experiment_id=t.experiment_id,
+                                   latency_ms=round((time.perf_counter() - t0) * 1000, 3))
+            raise
+        ms = (time.perf_counter() - t0) * 1000
+        tail = out.pop("history_tail", [])
+        self.served_log.record(self.endpoint, served["request_id"], route, served["model"], served["version"],
+                               user_id, tail, out["items"], out["scores"], out.get("strategy", "model"), arm=ref,
+                               experiment_id=t.experiment_id, latency_ms=round(ms, 3))
+        return served, out, t
+
+    def _record_shadow(self, engine: Engine, t, request_id: str, user_id: int | None, out: dict, overlap: float,
+                       ms: float) -> None:
+        i = engine.info
+        self.served_log.record(self.endpoint, request_id, "recommend", i.name, i.version, user_id,
+                               out.get("history_tail", []), out["items"], out["scores"], out.get("strategy", "model"),
+                               arm=t.shadow, experiment_id=t.experiment_id, latency_ms=round(ms, 3), shadow=True,
+                               overlap=round(overlap, 4))
 
     @bentoml.api
     def recommend(self, ctx: bentoml.Context, user_id: UserId | None = None, history: History | None = None,
@@ -169,36 +210,39 @@ class _SingleModel(_Feedback):
                   filters: Filters | None = None) -> Recommendation:
         """Top-k items for a user id or an explicit recent-items history (which takes precedence). A user id's
         history includes its positive feedback since training. An unknown user with no history gets trending
-        or popular items, marked cold_start."""
-        with _errors():
-            out = self.engine.recommend(user_id, history, k, exclude_seen, exclude, filters)
-        served = _served(self.engine, ctx)
-        return Recommendation(**served, **self._record(ctx, "recommend", served, user_id, out))
+        or popular items, marked cold_start. The answer names the traffic arm that gave it."""
+        req = {"user_id": user_id, "history": history, "k": k, "exclude_seen": exclude_seen, "exclude": exclude,
+               "filters": filters}
+        served, out, t = self._answer(ctx, "recommend", user_id, lambda e: e.recommend(**req))
+        self.arms.copy_to_shadow(t, req, out, served["request_id"])
+        return Recommendation(**served, **out)
 
     @bentoml.api
     def similar(self, ctx: bentoml.Context, item_id: ItemId, k: K = 10,
                 filters: Filters | None = None) -> Similar:
-        """Items the model most expects after `item_id`."""
-        with _errors():
-            out = self.engine.similar(item_id, k, filters)
-        served = _served(self.engine, ctx)
-        self.served_log.record(self.endpoint, served["request_id"], "similar", served["model"], served["version"],
-                               None, [item_id], out["items"], out["scores"])
+        """Items the model most expects after `item_id` (answered by the split's first arm: no user to stick
+        to)."""
+        def call(e: Engine) -> dict:
+            out = e.similar(item_id, k, filters)
+            return {**out, "history_tail": [item_id]}
+
+        served, out, _ = self._answer(ctx, "similar", None, call)
         return Similar(**served, **out)
 
     @bentoml.api
     def rank(self, ctx: bentoml.Context, items: Candidates, user_id: UserId | None = None,
              history: History | None = None) -> Ranking:
         """Score and order a candidate list for a user id or a history."""
-        with _errors():
-            out = self.engine.rank(user_id, history, items)
-        served = _served(self.engine, ctx)
-        return Ranking(**served, **self._record(ctx, "rank", served, user_id, out))
+        served, out, _ = self._answer(ctx, "rank", user_id, lambda e: e.rank(user_id, history, items))
+        return Ranking(**served, **out)
 
     @bentoml.api(route="/admin/info")
     def admin_info(self, ctx: bentoml.Context) -> ModelCard:
-        """The served version and its lineage (admin key)."""
-        return ModelCard(**{**_served(self.engine, ctx), **self.engine.card()})
+        """The first arm's version and its lineage (admin key); `aimass traffic show` has the whole split."""
+        engine = self.engine
+        t = self.arms.table
+        return ModelCard(**{**_served(engine, ctx), "arm": t.bounds[0][0], "experiment_id": t.experiment_id,
+                            **engine.card()})
 
 
 @bentoml.service(name="aimass-pipeline", traffic=TRAFFIC)

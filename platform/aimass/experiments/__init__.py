@@ -1,0 +1,293 @@
+"""A/B experiments on served endpoints: a traffic split whose arms are compared on an online metric.
+
+    >>> aimass.experiments.start("recs", ["recs/3=50", "recs/4=50"], metric="play_rate")
+    >>> aimass.experiments.show("recs")          # per-arm rates with intervals, the always-valid p, sample size
+    >>> aimass.experiments.stop("recs", promote="recs/4")
+
+The metric is a rate over the answers an arm served: `<type>_rate` (the share of answers followed by at least
+one event of that type naming the answer's request_id, e.g. play_rate, click_rate) or `positive_rate` (any
+positive event under the feedback rules). Each treatment arm is compared with the first arm (the control) by
+an mSPRT whose p-value stays valid however often it is looked at (`_stats`); its running minimum is stored
+at every look. Guardrails compare each treatment with the control on p99 latency and error rate.
+
+An `auto` experiment (a canary: what a retrain starts) decides itself when `check` runs (the scheduler in the
+serving cluster calls it every tick): a treatment that wins with its guardrails held is promoted (it gets all
+the traffic and becomes `champion`), a broken guardrail or a winning control rolls it back."""
+from __future__ import annotations
+
+import logging
+import re
+from datetime import UTC, datetime
+
+import numpy as np
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+
+from aimass.catalog import Experiment, ExperimentPublic, session
+from aimass.errors import ConflictError, InvalidInputError, NotFoundError
+from aimass.experiments import _stats
+from aimass.settings import Settings, default_settings
+
+__all__ = ["ArmView", "ExperimentView", "check", "check_all", "get", "show", "start", "stop"]
+log = logging.getLogger(__name__)
+_METRIC = re.compile(r"^(?P<type>[a-z][a-z0-9_]*)_rate$")
+GUARDRAILS = {"max_p99_ratio": 1.5, "max_error_rate": 0.01, "min_answers": 50}
+
+
+class ArmView(BaseModel):
+    arm: str
+    weight: int
+    answers: int = Field(description="Answers the arm served (the metric's exposures)")
+    successes: int = Field(description="Answers followed by the metric's event")
+    rate: float
+    interval: tuple[float, float] = Field(description="Wilson interval of the rate at the comparison's level")
+    errors: int = Field(description="Requests the arm failed (5xx)")
+    error_rate: float
+    latency_p50_ms: float | None
+    latency_p99_ms: float | None
+
+
+class ExperimentView(BaseModel):
+    experiment: ExperimentPublic
+    arms: list[ArmView]
+    comparisons: list[_stats.Comparison] = Field(description="Each treatment against the control (first arm)")
+    guardrails_broken: list[str] = Field(default_factory=list, description="Which treatment broke which guardrail")
+
+
+def _metric_type(metric: str, s: Settings) -> str | None:
+    """The event type a metric counts (None: any positive event); InvalidInputError for an unknown one."""
+    from aimass.events import Rules
+
+    if metric == "positive_rate":
+        return None
+    m = _METRIC.match(metric)
+    types = Rules.of(s).types
+    if not m or m["type"] not in types:
+        raise InvalidInputError(f"unknown metric {metric!r}: use positive_rate or <type>_rate with a known event "
+                                f"type ({', '.join(t + '_rate' for t in types)})")
+    return m["type"]
+
+
+def start(endpoint: str, arms: list[str] | dict[str, int], metric: str = "positive_rate", *, alpha: float = 0.05,
+          mde: float = 0.02, min_samples: int = 100, guardrails: dict | None = None, auto: bool = False,
+          shadow: str | None = None, faults: dict | None = None, actor: str = "sdk",
+          settings: Settings | None = None) -> ExperimentPublic:
+    """Split ENDPOINT across `arms` (the first is the control) under a new experiment id (users are
+    reassigned once, then stick) and record the experiment. `mde`: the smallest difference of the rate worth
+    detecting, absolute (0.02 = two points); it also sets the sequential test's mixing spread."""
+    from aimass import serving
+
+    s = settings or default_settings()
+    serving.check_deployed(endpoint, settings=s)
+    _metric_type(metric, s)
+    if not 0 < alpha < 1:
+        raise InvalidInputError(f"alpha must be in (0, 1), got {alpha}")
+    if not 0 < mde < 1:
+        raise InvalidInputError(f"mde must be an absolute rate difference in (0, 1), got {mde}")
+    if min_samples < 1:
+        raise InvalidInputError(f"min_samples must be at least 1, got {min_samples}")
+    rails = {**GUARDRAILS, **(guardrails or {})}
+    unknown = set(rails) - set(GUARDRAILS)
+    if unknown:
+        raise InvalidInputError(f"unknown guardrail {sorted(unknown)[0]!r}; known: {', '.join(GUARDRAILS)}")
+    for name, v in rails.items():
+        low, high = {"max_p99_ratio": (1.0, 1e6), "max_error_rate": (0.0, 1.0), "min_answers": (1, 1e9)}[name]
+        if isinstance(v, bool) or not isinstance(v, int | float) or not low <= v <= high:
+            raise InvalidInputError(f"guardrail {name} must be a number in [{low:g}, {high:g}], got {v!r}")
+    running = get(endpoint, settings=s, running_only=True)
+    if running is not None:
+        raise ConflictError(f"experiment {running.experiment_id} is running on {endpoint!r}: stop it first "
+                            f"(aimass experiments stop {endpoint})")
+    eid = f"{endpoint}-x{int(datetime.now(UTC).timestamp() * 1000):x}"
+    split = serving.set_traffic(endpoint, arms, shadow, faults=faults, experiment_id=eid,
+                                reason=f"experiment {eid}" + (" (canary)" if auto else ""), actor=actor, settings=s)
+    row = Experiment(endpoint=endpoint, experiment_id=eid, arms=split.arms, metric=metric, alpha=alpha, mde=mde,
+                     min_samples=min_samples, guardrails=rails, auto=auto)
+    with session(s) as db:
+        db.add(row)
+        db.commit()
+        return ExperimentPublic.model_validate(row, from_attributes=True)
+
+
+def get(endpoint: str, *, experiment_id: str | None = None, running_only: bool = False,
+        settings: Settings | None = None) -> ExperimentPublic | None:
+    """The endpoint's running experiment, else its latest (or the one named)."""
+    s = settings or default_settings()
+    q = select(Experiment).where(Experiment.endpoint == endpoint)
+    if experiment_id is not None:
+        q = q.where(Experiment.experiment_id == experiment_id)
+    if running_only:
+        q = q.where(Experiment.state == "running")
+    with session(s) as db:
+        rows = db.exec(q.order_by(Experiment.id.desc())).scalars().all()
+    row = next((r for r in rows if r.state == "running"), rows[0] if rows else None)
+    return ExperimentPublic.model_validate(row, from_attributes=True) if row is not None else None
+
+
+def _must(endpoint: str, s: Settings, experiment_id: str | None = None) -> ExperimentPublic:
+    from aimass import serving
+
+    serving.check_deployed(endpoint, settings=s)
+    e = get(endpoint, experiment_id=experiment_id, settings=s)
+    if e is None:
+        raise NotFoundError(f"no experiment on {endpoint!r}" + (f" named {experiment_id!r}" if experiment_id else "")
+                            + f": start one with aimass experiments start {endpoint} --arms ...")
+    return e
+
+
+def show(endpoint: str, *, experiment_id: str | None = None, settings: Settings | None = None) -> ExperimentView:
+    """Per-arm rates, latency and errors, and each treatment against the control, now. A look at a running
+    experiment stores the running minimum of its always-valid p-values."""
+    s = settings or default_settings()
+    e = _must(endpoint, s, experiment_id)
+    arms = _arms(e, s)
+    counts = [_stats.ArmCounts(name=a.arm, n=a.answers, successes=a.successes) for a in arms]
+    comparisons = _stats.decide(counts, control=arms[0].arm, alpha=e.alpha, mde=e.mde, min_p=e.min_p or 1.0,
+                                min_samples=e.min_samples) if len(arms) > 1 else []
+    for a, c in zip(arms[1:], comparisons, strict=True):  # the interval at the comparison's (corrected) level
+        a.interval = c.treatment.interval
+    if e.state == "running" and comparisons:
+        _store_min_p(s, e, {c.treatment.name: c.min_p for c in comparisons})
+        e = get(endpoint, experiment_id=e.experiment_id, settings=s)
+    return ExperimentView(experiment=e, arms=arms, comparisons=comparisons, guardrails_broken=_broken(e, arms))
+
+
+def _store_min_p(s: Settings, e: ExperimentPublic, min_p: dict[str, float]) -> None:
+    with session(s) as db:
+        row = db.get(Experiment, e.id)
+        row.min_p = {**(row.min_p or {}), **min_p}
+        db.add(row)
+        db.commit()
+
+
+def _arms(e: ExperimentPublic, s: Settings) -> list[ArmView]:
+    """Each arm's answers in the experiment joined to the endpoint's events through request_id."""
+    from aimass.events import EventLog, Rules, ServedLog
+
+    answers = ServedLog(s).frame(e.endpoint, start=e.started_at, experiment_id=e.experiment_id, errors=True)
+    answers = answers[answers["route"].isin(["recommend", "rank"])]
+    events = EventLog(s).frame(e.endpoint, start=e.started_at)
+    events = events[events["request_id"].isin(set(answers["request_id"]))]
+    kind = _metric_type(e.metric, s)
+    if kind is None:
+        hit = Rules.of(s).polarities(events["type"], events["value"]) > 0 if len(events) else np.zeros(0, bool)
+    else:
+        hit = (events["type"] == kind).to_numpy()
+    converted = set(events.loc[hit, "request_id"]) if len(events) else set()
+    out = []
+    for a in e.arms:
+        mine = answers[answers["arm"] == a["ref"]]
+        failed = mine["strategy"] == "error"
+        ok = mine[~failed]
+        lat = ok["latency_ms"].dropna().to_numpy(dtype=float)
+        n, k = len(ok), int(ok["request_id"].isin(converted).sum())
+        out.append(ArmView(arm=a["ref"], weight=a["weight"], answers=n, successes=k, rate=k / n if n else 0.0,
+                           interval=_stats.wilson(k, n, 1 - e.alpha), errors=int(failed.sum()),
+                           error_rate=float(failed.mean()) if len(mine) else 0.0,
+                           latency_p50_ms=float(np.percentile(lat, 50)) if len(lat) else None,
+                           latency_p99_ms=float(np.percentile(lat, 99)) if len(lat) else None))
+    return out
+
+
+def _broken(e: ExperimentPublic, arms: list[ArmView]) -> list[str]:
+    g = {**GUARDRAILS, **(e.guardrails or {})}
+    control, out = arms[0], []
+    for a in arms[1:]:
+        if a.answers + a.errors < g["min_answers"]:
+            continue
+        if a.error_rate > g["max_error_rate"]:
+            out.append(f"{a.arm}: error rate {a.error_rate:.1%} > {g['max_error_rate']:.1%}")
+        if (a.latency_p99_ms is not None and control.latency_p99_ms is not None
+                and control.answers >= g["min_answers"]
+                and a.latency_p99_ms > g["max_p99_ratio"] * max(control.latency_p99_ms, 1.0)):
+            out.append(f"{a.arm}: p99 latency {a.latency_p99_ms:.1f} ms > {g['max_p99_ratio']:g} x the control's "
+                       f"{control.latency_p99_ms:.1f} ms")
+    return out
+
+
+def stop(endpoint: str, *, promote: str | None = None, decision: str | None = None, actor: str = "sdk",
+         settings: Settings | None = None) -> ExperimentPublic:
+    """End the running experiment; with `promote`, that arm gets all the traffic (the split keeps the
+    experiment's id, so its users stay where they were) and, if it is a version of the control's model,
+    becomes its `champion`."""
+    from aimass import registry, serving
+
+    s = settings or default_settings()
+    e = _must(endpoint, s)
+    if e.state != "running":
+        raise ConflictError(f"experiment {e.experiment_id} on {endpoint!r} already stopped ({e.decision})")
+    if promote is not None:
+        refs = [a["ref"] for a in e.arms]
+        ref = registry.get(promote, settings=s).ref if promote not in refs else promote
+        if ref not in refs:
+            raise InvalidInputError(f"{promote} is not an arm of {e.experiment_id} ({', '.join(refs)})")
+        serving.set_traffic(endpoint, [f"{ref}=100"], reason=f"promote {ref} ({e.experiment_id})", actor=actor,
+                            ending=e.experiment_id, settings=s)
+        decision = decision or f"promoted {ref}"
+        name, version = ref.split("/")
+        if name == refs[0].split("/")[0]:  # won online: the champion even if an offline check disagrees (recorded)
+            try:
+                registry.promote(name, int(version), force=True, settings=s)
+            except Exception as err:  # the traffic moved: the experiment is over either way
+                log.exception("making %s the champion failed", ref)
+                decision += f" (champion alias not moved: {err})"
+    return _stopped(s, e, decision or "stopped")
+
+
+def _stopped(s: Settings, e: ExperimentPublic, decision: str) -> ExperimentPublic:
+    with session(s) as db:
+        row = db.get(Experiment, e.id)
+        row.state, row.decision, row.stopped_at = "stopped", decision, datetime.now(UTC)
+        db.add(row)
+        db.commit()
+        return ExperimentPublic.model_validate(row, from_attributes=True)
+
+
+def check(endpoint: str, *, settings: Settings | None = None) -> str | None:
+    """One look at an auto (canary) experiment: promote a treatment that wins with its guardrails held, roll
+    back on a broken guardrail or a winning control; the decision made, or None (keep collecting)."""
+    from aimass import serving
+
+    s = settings or default_settings()
+    e = get(endpoint, running_only=True, settings=s)
+    if e is None or not e.auto:
+        return None
+    view = show(endpoint, experiment_id=e.experiment_id, settings=s)
+    control = view.arms[0].arm
+    if view.guardrails_broken:
+        why = "; ".join(view.guardrails_broken)
+        serving.set_traffic(endpoint, [f"{control}=100"], reason=f"rollback: {why}"[:200], actor="scheduler",
+                            ending=e.experiment_id, settings=s)
+        stop(endpoint, decision=f"rolled back: {why}", actor="scheduler", settings=s)
+        return f"rolled back: {why}"
+    wins = [c for c in view.comparisons if c.significant and c.winner == c.treatment.name]
+    if wins:
+        best = max(wins, key=lambda c: c.treatment.value)
+        stop(endpoint, promote=best.treatment.name, decision=f"promoted {best.treatment.name}: "
+             f"{e.metric} {best.treatment.value:.3f} vs {best.control.value:.3f}, p={best.min_p:.2g}",
+             actor="scheduler", settings=s)
+        return f"promoted {best.treatment.name}"
+    if view.comparisons and all(c.significant and c.winner == control for c in view.comparisons):
+        serving.set_traffic(endpoint, [f"{control}=100"], reason="rollback: the control won", actor="scheduler",
+                            ending=e.experiment_id, settings=s)
+        stop(endpoint, decision=f"rolled back: the control {control} won", actor="scheduler", settings=s)
+        return "rolled back: the control won"
+    return None
+
+
+def check_all(*, settings: Settings | None = None) -> dict[str, str]:
+    """`check` for every endpoint with a running auto experiment: the decisions made."""
+    s = settings or default_settings()
+    with session(s) as db:
+        endpoints = sorted(set(db.exec(select(Experiment.endpoint).where(Experiment.state == "running",
+                                                                        Experiment.auto.is_(True))).scalars()))
+    out = {}
+    for endpoint in endpoints:
+        try:
+            d = check(endpoint, settings=s)
+        except Exception:
+            log.exception("checking the experiment on %s failed", endpoint)
+            continue
+        if d:
+            out[endpoint] = d
+    return out

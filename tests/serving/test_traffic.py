@@ -1,0 +1,257 @@
+"""Traffic splits on a real Ray Serve: sticky arms named in every answer, a shadow that is logged and never
+returned, bad changes refused with the split in force unchanged, and changes under steady load (split twice,
+a version swap, a rollback, a broken version) that lose no request and answer no 5xx."""
+from __future__ import annotations
+
+import shutil
+import threading
+from collections import defaultdict
+from pathlib import Path
+
+import httpx
+import pytest
+
+from aimass import events, registry, serving
+from aimass.errors import BackendError, ConflictError, InvalidInputError, NotFoundError
+from aimass.serving import _traffic
+
+pytestmark = pytest.mark.integration
+USERS = list(range(1, 41))
+
+
+@pytest.fixture(scope="module")
+def ab(served, tmp_path_factory):
+    """Endpoint 'ab' serving recs/1 (item-kNN), plus recs/2 (the same model, another version) and broken/1,
+    a version whose weights were damaged after registration."""
+    import mlflow
+
+    s = served.settings
+    one = registry.get("recs/1", settings=s)
+    two = registry.register(one.run_id, "recs", settings=s)
+    from aimass.tracking import client
+
+    client(s)
+    copy = Path(mlflow.artifacts.download_artifacts(f"models:/recs/{one.version}",
+                                                    dst_path=str(tmp_path_factory.mktemp("broken"))))
+    damaged = [p for p in copy.rglob("*") if p.is_file() and p.name != "MLmodel" and p.suffix != ".yaml"
+               and "requirements" not in p.name and p.suffix != ".txt"]
+    assert damaged, list(copy.rglob("*"))
+    for p in damaged:
+        p.write_bytes(b"not a model")
+    broken = registry.register(one.run_id, "broken", model_uri=str(copy), settings=s)
+    d = serving.deploy("recs/1", "ab", settings=s)
+    yield {"url": d.url, "one": one.ref, "two": two.ref, "broken": broken.ref}
+    serving.delete("ab", settings=s)
+    shutil.rmtree(copy, ignore_errors=True)
+
+
+def _ask(served, url: str, user: int) -> dict:
+    r = served.client.post(url + "/recommend", json={"user_id": user, "k": 5},
+                           headers={"Authorization": f"Bearer {served.keys['consumer']}"})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_split_is_sticky_per_user_and_named_in_every_answer(served, ab):
+    s = served.settings
+    split = serving.set_traffic("ab", [f"{ab['one']}=50", "ranker/1=50"], settings=s)  # across families
+    assert [a["ref"] for a in split.arms] == [ab["one"], "ranker/1"] and split.state == "active"
+    first = {u: _ask(served, ab["url"], u) for u in USERS}
+    again = {u: _ask(served, ab["url"], u) for u in USERS}
+    assert {a["arm"] for a in first.values()} == {ab["one"], "ranker/1"}  # both arms serve
+    for u in USERS:
+        assert first[u]["arm"] == again[u]["arm"] == _arm_of(split, u)  # sticky, and by the documented hash
+        assert first[u]["experiment_id"] == split.experiment_id
+        assert f"{first[u]['model']}/{first[u]['version']}" == first[u]["arm"]
+    view = serving.traffic("ab", settings=s)
+    assert view.split.id == split.id and view.replicas and all(r["state"] == "active" for r in view.replicas)
+
+    ramp = serving.set_traffic("ab", [f"{ab['one']}=20", "ranker/1=80"], settings=s)  # weights only: a ramp
+    assert ramp.experiment_id == split.experiment_id
+    for u in USERS:
+        if first[u]["arm"] == "ranker/1":  # the growing arm keeps every user it had
+            assert _ask(served, ab["url"], u)["arm"] == "ranker/1"
+
+
+def _arm_of(split, user: int) -> str:
+    b = _traffic.bucket(split.experiment_id, user)
+    return next(ref for ref, upper in _traffic.bounds(split.arms) if b < upper)
+
+
+def test_bad_changes_are_refused_and_the_split_stays(served, ab):
+    s = served.settings
+    before = serving.set_traffic("ab", [f"{ab['one']}=100"], settings=s)
+    cases = [
+        (InvalidInputError, "sum to 100", dict(arms=[f"{ab['one']}=60", "ranker/1=30"])),
+        (NotFoundError, "99", dict(arms=["recs/99=100"])),
+        (InvalidInputError, "also a live arm", dict(arms=[f"{ab['one']}=100"], shadow=ab["one"])),
+        (InvalidInputError, "REF=WEIGHT", dict(arms=["recs/1:100"])),
+        (InvalidInputError, "named twice", dict(arms=[f"{ab['one']}=50", f"{ab['one']}=50"])),
+    ]
+    for err, words, kw in cases:
+        with pytest.raises(err, match=words):
+            serving.set_traffic("ab", settings=s, **kw)
+    with pytest.raises(NotFoundError, match="no deployment named 'nowhere'"):
+        serving.set_traffic("nowhere", [f"{ab['one']}=100"], settings=s)
+    with pytest.raises(InvalidInputError, match="single-model"):
+        serving.set_traffic("multi", ["ranker/1=100"], settings=s)
+    # two changes at once: the second is refused while the first is pending
+    pending = _traffic.propose(s, "ab", [_traffic.Arm(ref="ranker/1", weight=100)], None)
+    try:
+        with pytest.raises(ConflictError, match="in progress"):
+            serving.set_traffic("ab", [f"{ab['one']}=50", "ranker/1=50"], settings=s)
+    finally:
+        _traffic.decide(s, pending.id, "failed", "test")
+    assert serving.traffic("ab", settings=s).split.id == before.id
+    assert {_ask(served, ab["url"], u)["arm"] for u in USERS[:10]} == {ab["one"]}
+
+
+def test_shadow_is_logged_and_never_returned(served, ab):
+    s = served.settings
+    split = serving.set_traffic("ab", [f"{ab['one']}=100"], shadow="ranker/1", settings=s)
+    answers = [_ask(served, ab["url"], u) for u in USERS]
+    assert {a["arm"] for a in answers} == {ab["one"]}
+    log = events.ServedLog(s)
+    rids = {a["request_id"] for a in answers}
+    for _ in range(100):  # written off the request path: wait (bounded) for the log
+        shadow = log.frame("ab", shadow=True, experiment_id=split.experiment_id)
+        if rids <= set(shadow["request_id"]):
+            break
+        threading.Event().wait(0.1)
+    shadow = shadow[shadow["request_id"].isin(rids)]
+    assert set(shadow["request_id"]) == rids and set(shadow["arm"]) == {"ranker/1"}
+    assert shadow["overlap"].between(0, 1).all() and (shadow["latency_ms"] > 0).all()
+    live = log.frame("ab", experiment_id=split.experiment_id)
+    assert not live["shadow"].any() and rids <= set(live["request_id"])
+
+
+def test_changes_under_load_lose_no_request(served, ab):
+    """Steady load on 127.0.0.1 while the split changes twice, the version is swapped by a deploy, rolled back,
+    and a broken version is refused: every request answered 200, each user one arm per experiment."""
+    s = served.settings
+    serving.set_traffic("ab", [f"{ab['one']}=100"], settings=s)
+    stop = threading.Event()
+    results: list[tuple[int, int, str | None, str | None]] = []
+
+    def client(users: list[int]) -> None:
+        with httpx.Client(timeout=30) as c:
+            while not stop.is_set():
+                for u in users:
+                    try:
+                        r = c.post(ab["url"] + "/recommend", json={"user_id": u, "k": 5},
+                                   headers={"Authorization": f"Bearer {served.keys['consumer']}"})
+                        body = r.json() if r.status_code == 200 else {}
+                        results.append((u, r.status_code, body.get("arm"), body.get("experiment_id")))
+                    except httpx.HTTPError as e:
+                        results.append((u, 0, type(e).__name__, None))
+
+    threads = [threading.Thread(target=client, args=(USERS[i::4],)) for i in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        serving.set_traffic("ab", [f"{ab['one']}=90", f"{ab['two']}=10"], settings=s)
+        serving.set_traffic("ab", [f"{ab['one']}=50", "ranker/1=50"], settings=s)
+        d = serving.deploy(ab["two"], "ab", settings=s)  # a swap: through the split, the replicas stay
+        assert (d.model, d.version) == ("recs", int(ab["two"].split("/")[1]))
+        back = serving.rollback("ab", settings=s)
+        assert [a["ref"] for a in back.arms] == [ab["one"], "ranker/1"]
+        # new code: other replica settings restart every replica (Serve's rolling update), the split stays
+        serving.deploy(ab["one"], "ab", settings=s.model_copy(update={"serve_max_body_bytes": 70_000}))
+        assert serving.traffic("ab", settings=s).split.id > back.id
+        with pytest.raises(BackendError, match="could not load"):
+            serving.set_traffic("ab", [f"{ab['one']}=50", f"{ab['broken']}=50"], settings=s)
+        threading.Event().wait(1.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    bad = [r for r in results if r[1] != 200]
+    assert not bad, bad[:5]
+    assert len(results) > 100
+    arms = defaultdict(set)
+    for u, _, arm, exp in results:
+        arms[(u, exp)].add(arm)
+    assert all(len(v) == 1 for v in arms.values()), {k: v for k, v in arms.items() if len(v) > 1}
+    assert ab["broken"] not in {r[2] for r in results}
+    assert len({exp for _, _, _, exp in results}) >= 3  # the load really spanned the changes
+
+
+@pytest.fixture(scope="module")
+def loop(served):
+    """Endpoint 'loop' serving recs/1, with plays of items it did not show (organic, for at least the gate's
+    50 users: the gate decides on them): what a retrain folds in."""
+    s = served.settings
+    d = serving.deploy("recs/1", "loop", settings=s)
+    for u in range(1, 56):
+        shown = _ask(served, d.url, u)["items"]
+        played = _feedback(served, d.url, f"seed-{u}", u, next(i for i in range(1, 121) if i not in shown), None)
+        assert played.status_code == 200, played.text
+    yield d
+    serving.delete("loop", settings=s)
+
+
+def _feedback(served, url: str, eid: str, user: int, item: int, request_id: str | None) -> httpx.Response:
+    import time
+
+    return served.client.post(url + "/feedback", json={"event_id": eid, "user_id": user, "item_id": item,
+                                                       "type": "play", "timestamp": time.time(),
+                                                       "request_id": request_id},
+                              headers={"Authorization": f"Bearer {served.keys['consumer']}"})
+
+
+def _traffic_with_plays(served, url: str, rates: dict[str, float], rounds: int, tag: str) -> None:
+    """Users 1-60 ask `rounds` times; an answer from arm A is played with probability rates[A]."""
+    import random
+
+    rng = random.Random(7)
+    for k in range(rounds):
+        for u in range(1, 61):
+            a = _ask(served, url, u)
+            if rng.random() < rates.get(a["arm"], 0.0):
+                assert _feedback(served, url, f"{tag}-{k}-{u}", u, a["items"][0], a["request_id"]).status_code == 200
+    threading.Event().wait(1.0)  # answers are logged off the request path: let the last ones land
+
+
+def test_a_retrained_challenger_goes_out_as_a_canary_and_wins(served, loop):
+    """retrain -> canary (half the users) -> the challenger's answers are played far more -> the check the
+    scheduler runs promotes it: all the traffic, and champion."""
+    from aimass import experiments, retraining
+
+    # half the users, and a gate that tolerates the noise of a 60-user test split (the canary is the test here)
+    s = served.settings.model_copy(update={"canary_percent": 50, "gate_tolerance": 0.2})
+    r = retraining.retrain("loop", settings=s)
+    import ray
+
+    ray.shutdown()  # the retrain's training cluster
+    assert r.gate_passed, [c.detail for c in r.gate]
+    assert r.status == "canary" and r.canary, r
+    split = serving.traffic("loop", settings=s).split
+    assert [a["ref"] for a in split.arms] == ["recs/1", r.challenger] and split.experiment_id == r.canary
+    assert experiments.check("loop", settings=s) is None  # nothing served yet: still collecting
+    _traffic_with_plays(served, loop.url, {r.challenger: 0.6, "recs/1": 0.1}, rounds=5, tag="win")
+    view = experiments.show("loop", settings=s)
+    assert view.comparisons[0].state == "significant", view.comparisons[0]
+    decision = experiments.check("loop", settings=s)
+    assert decision == f"promoted {r.challenger}", decision
+    assert [a["ref"] for a in serving.traffic("loop", settings=s).split.arms] == [r.challenger]
+    assert registry.get("recs@champion", settings=s).ref == r.challenger
+    assert experiments.get("loop", settings=s).state == "stopped"
+    assert {_ask(served, loop.url, u)["arm"] for u in range(1, 21)} == {r.challenger}
+
+
+def test_a_slow_canary_is_rolled_back(served, loop):
+    """The same loop with a challenger made slow (a fault-injection delay): the latency guardrail breaks and
+    the check rolls it back, whatever its play rate."""
+    from aimass import experiments
+
+    s = served.settings
+    control = serving.traffic("loop", settings=s).split.arms[0]["ref"]
+    experiments.start("loop", [f"{control}=50", "recs/1=50"], auto=True, faults={"recs/1": {"delay_ms": 40}},
+                      settings=s)
+    _traffic_with_plays(served, loop.url, {"recs/1": 0.5, control: 0.1}, rounds=3, tag="slow")
+    view = experiments.show("loop", settings=s)
+    assert any("p99 latency" in g for g in view.guardrails_broken), view
+    decision = experiments.check("loop", settings=s)
+    assert decision and decision.startswith("rolled back: recs/1: p99 latency"), decision
+    assert [a["ref"] for a in serving.traffic("loop", settings=s).split.arms] == [control]
+    assert experiments.get("loop", settings=s).decision.startswith("rolled back")
