@@ -34,7 +34,7 @@ def _quickstart(home):
     res = run(home, "quickstart", "--users", "60", "--tracks", "120", "--time-budget", "0.2",
               "--traffic-users", "40", "--retrain-budget", "0.1")
     shown = res.stdout + res.stderr  # what a person sees; a progress bar redraws with \r, one line in the end
-    assert shown.count("\n") <= 60, shown
+    assert shown.count("\n") <= 80, shown  # ten stage lines, the summary, and `aimass traffic show demo`
     log = home / "logs" / "aimass.log"
     assert f"logs: {log}" in res.stdout.splitlines()
     assert "pid=" in log.read_text() and " mlflow." in log.read_text()  # Ray's and MLflow's output went there
@@ -56,6 +56,9 @@ def _quickstart(home):
     assert aimass.datasets.lineage("demo@v2", settings=s).endpoint == "demo"
     assert f"-> demo@v2 -> challenger {challenger.ref}: gate" in res.stdout
     assert "scheduler: drift reports every 3600 s" in res.stdout  # started in the serving cluster
+    split = aimass.serving.traffic("demo", settings=s).split  # it ends with a canary split, and shows it
+    assert len(split.arms) == 2 and split.arms[1]["weight"] == 10 and split.state == "active"
+    assert "$ aimass traffic show demo" in res.stdout and f"experiment: {split.experiment_id}" in res.stdout
     # the printed curl works as printed, and the answer names the champion it came from
     curl = next(line.strip() for line in res.stdout.splitlines() if line.strip().startswith("curl "))
     key = next(line.split()[2] for line in res.stdout.splitlines() if line.startswith("API key "))

@@ -90,7 +90,7 @@ def quickstart(
     again = retraining.retrain("demo", reason="manual", progress=False, settings=s, time_budget_min=retrain_budget)
     console.stage("[10/10] a canary split on the demo endpoint: an auto experiment on the feedback")
     canary = _canary(again, name, small, s)
-    traffic = serving.traffic("demo", settings=s)
+    traffic = serving.traffic("demo", history=3, settings=s)
     loop = {"traffic": burst, "drift": report.model_dump(mode="json"), "retrain": again.model_dump(mode="json"),
             "scheduler": scheduler, "canary": canary, "split": traffic.model_dump(mode="json")}
     if as_json:

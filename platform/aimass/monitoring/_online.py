@@ -19,6 +19,10 @@ def rate(successes: int, trials: int) -> dict:
     return {"successes": int(successes), "trials": int(trials), "rate": r, "low": low, "high": high}
 
 
+def _missing(k) -> bool:
+    return k is None or (isinstance(k, float) and np.isnan(k))
+
+
 def metrics(answers: pd.DataFrame, events: pd.DataFrame, polarity: np.ndarray) -> list[dict]:
     """One dict per (model, version[, arm]) of `answers` (served-answer rows) given the endpoint's `events`
     (feedback rows) and their polarities (+1/0/-1)."""
@@ -29,14 +33,15 @@ def metrics(answers: pd.DataFrame, events: pd.DataFrame, polarity: np.ndarray) -
     hits = _hits(answers, ev[ev["polarity"] > 0])
     types = sorted(ev["type"].unique().tolist()) if len(ev) else []
     out = []
-    for key, group in answers.groupby(keys, sort=True):
+    for key, group in answers.groupby(keys, sort=True, dropna=False):  # answers logged before splits: arm None
         key = key if isinstance(key, tuple) else (key,)
         idx = group.index.to_numpy()
         j = joined[joined["answer"].isin(idx)]
         n = len(idx)
         with_user = int(group["user_id"].notna().sum())
         out.append({
-            **dict(zip(keys, (k.item() if hasattr(k, "item") else k for k in key), strict=True)),
+            **dict(zip(keys, (None if _missing(k) else k.item() if hasattr(k, "item") else k for k in key),
+                       strict=True)),
             "answers": n,
             "answers_with_request_events": int(j["answer"].nunique()),
             "click_through": rate(j.loc[j["polarity"] > 0, "answer"].nunique(), n),
