@@ -160,6 +160,10 @@ def test_changes_under_load_lose_no_request(served, ab):
         assert serving.traffic("ab", settings=s).split.id > back.id
         with pytest.raises(BackendError, match="could not load"):
             serving.set_traffic("ab", [f"{ab['one']}=50", f"{ab['broken']}=50"], settings=s)
+        # new code whose replicas cannot start (here: settings they refuse): refused, the running ones stay
+        with pytest.raises(BackendError, match="did not start"):
+            serving.deploy(ab["one"], "ab", settings=s.model_copy(update={"feedback_positive": ["play>>3"]}))
+        assert serving.show("ab", settings=s).status == "RUNNING"
         threading.Event().wait(1.0)
     finally:
         stop.set()
@@ -199,16 +203,16 @@ def _feedback(served, url: str, eid: str, user: int, item: int, request_id: str 
                               headers={"Authorization": f"Bearer {served.keys['consumer']}"})
 
 
-def _traffic_with_plays(served, url: str, rates: dict[str, float], rounds: int, tag: str) -> None:
-    """Users 1-60 ask `rounds` times; an answer from arm A is played with probability rates[A]."""
+def _traffic_with_plays(served, url: str, rates: dict[str, float], tag: str) -> None:
+    """300 users ask once each (the 60 of the demo data and 240 new ones: users are the experiment's unit, 100
+    per arm at least); an answer from arm A is played with probability rates[A]."""
     import random
 
     rng = random.Random(7)
-    for k in range(rounds):
-        for u in range(1, 61):
-            a = _ask(served, url, u)
-            if rng.random() < rates.get(a["arm"], 0.0):
-                assert _feedback(served, url, f"{tag}-{k}-{u}", u, a["items"][0], a["request_id"]).status_code == 200
+    for u in [*range(1, 61), *range(1001, 1241)]:
+        a = _ask(served, url, u)
+        if rng.random() < rates.get(a["arm"], 0.0):
+            assert _feedback(served, url, f"{tag}-{u}", u, a["items"][0], a["request_id"]).status_code == 200
     threading.Event().wait(1.0)  # answers are logged off the request path: let the last ones land
 
 
@@ -228,7 +232,7 @@ def test_a_retrained_challenger_goes_out_as_a_canary_and_wins(served, loop):
     split = serving.traffic("loop", settings=s).split
     assert [a["ref"] for a in split.arms] == ["recs/1", r.challenger] and split.experiment_id == r.canary
     assert experiments.check("loop", settings=s) is None  # nothing served yet: still collecting
-    _traffic_with_plays(served, loop.url, {r.challenger: 0.6, "recs/1": 0.1}, rounds=5, tag="win")
+    _traffic_with_plays(served, loop.url, {r.challenger: 0.6, "recs/1": 0.1}, tag="win")
     view = experiments.show("loop", settings=s)
     assert view.comparisons[0].state == "significant", view.comparisons[0]
     decision = experiments.check("loop", settings=s)
@@ -248,7 +252,7 @@ def test_a_slow_canary_is_rolled_back(served, loop):
     control = serving.traffic("loop", settings=s).split.arms[0]["ref"]
     experiments.start("loop", [f"{control}=50", "recs/1=50"], auto=True, faults={"recs/1": {"delay_ms": 40}},
                       settings=s)
-    _traffic_with_plays(served, loop.url, {"recs/1": 0.5, control: 0.1}, rounds=3, tag="slow")
+    _traffic_with_plays(served, loop.url, {"recs/1": 0.5, control: 0.1}, tag="slow")
     view = experiments.show("loop", settings=s)
     assert any("p99 latency" in g for g in view.guardrails_broken), view
     decision = experiments.check("loop", settings=s)

@@ -38,9 +38,10 @@ def engine_for(url: str) -> Engine:
 
 def _add_new_columns(engine: Engine) -> None:
     """A catalog written by an older aimass lacks the columns added since: add them (all new columns are
-    nullable or have a server-side default), so an upgrade keeps every stored row. Tables are created whole
-    by create_all; columns are never dropped or changed here."""
+    nullable or have a default), with their indexes, so an upgrade keeps every stored row. Tables are created
+    whole by create_all; columns are never dropped or changed here. Safe when two processes upgrade at once."""
     from sqlalchemy import inspect, text
+    from sqlalchemy.exc import DBAPIError
 
     have = inspect(engine)
     tables = set(have.get_table_names())
@@ -48,13 +49,22 @@ def _add_new_columns(engine: Engine) -> None:
         if table.name not in tables:
             continue
         present = {c["name"] for c in have.get_columns(table.name)}
+        added = []
         for col in table.columns:
             if col.name in present:
                 continue
             kind = col.type.compile(dialect=engine.dialect)
-            default = " DEFAULT 0" if kind.upper() in ("BOOLEAN", "INTEGER") else ""
-            with engine.begin() as conn:
-                conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{col.name}" {kind}{default}'))
+            default = {"BOOLEAN": " DEFAULT false", "INTEGER": " DEFAULT 0"}.get(kind.upper(), "")
+            try:
+                with engine.begin() as conn:
+                    conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{col.name}" {kind}{default}'))
+            except DBAPIError:  # another process added it first
+                if col.name not in {c["name"] for c in inspect(engine).get_columns(table.name)}:
+                    raise
+            added.append(col.name)
+        for index in table.indexes:
+            if any(c.name in added for c in index.columns):
+                index.create(engine, checkfirst=True)
 
 
 @contextlib.contextmanager

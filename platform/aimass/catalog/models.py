@@ -239,6 +239,9 @@ class ExperimentBase(SQLModel):
 
 class Experiment(ExperimentBase, table=True):
     __tablename__ = "experiments"
+    # One running experiment per endpoint: the database refuses a second one, whoever starts it.
+    __table_args__ = (Index("one_running_experiment", "endpoint", unique=True,
+                            sqlite_where=text("state = 'running'"), postgresql_where=text("state = 'running'")),)
 
     id: int | None = Field(default=None, primary_key=True)
 

@@ -46,7 +46,8 @@ def start(
                                         "an option takes one value each time"),
     metric: str = typer.Option("positive_rate", "--metric",
                                help="positive_rate (any positive event) or <event type>_rate, e.g. play_rate: the "
-                                    "share of an arm's answers followed by such an event naming their request_id"),
+                                    "share of an arm's users with an answer followed by such an event naming its "
+                                    "request_id"),
     alpha: float = typer.Option(0.05, "--alpha", help="False-positive rate of the whole experiment"),
     mde: float = typer.Option(0.02, "--mde", help="Smallest difference of the rate worth detecting, absolute "
                                                   "(0.02 = two points)"),
@@ -80,7 +81,7 @@ def start(
             "back" if e.auto else f"end it with aimass experiments stop {endpoint} [--promote ARM]")
     emit(e, as_json, [f"started experiment {e.experiment_id} on {endpoint}: control {control} vs "
                       f"{', '.join(treatments) or 'nothing'}; metric {e.metric}, alpha {e.alpha:g}, mde {e.mde:g}, "
-                      f"at least {e.min_samples} answers per arm; guardrails: {_rails(e.guardrails)}; {then}; "
+                      f"at least {e.min_samples} users per arm; guardrails: {_rails(e.guardrails)}; {then}; "
                       f"watch: aimass experiments show {endpoint}"])
 
 
@@ -103,13 +104,13 @@ def view_lines(v) -> list[str]:
             if e.state == "running" else
             f"experiment {e.experiment_id} on {e.endpoint}: stopped {_when(e.stopped_at)} UTC "
             f"(ran from {_when(e.started_at)}): {e.decision or 'stopped'}")
-    lines = [head, f"metric {e.metric}, alpha {e.alpha:g}, mde {e.mde:g}, at least {e.min_samples} answers per arm"
+    lines = [head, f"metric {e.metric}, alpha {e.alpha:g}, mde {e.mde:g}, at least {e.min_samples} users per arm"
                    + ("; auto (canary)" if e.auto else "")]
-    arms = [{"arm": a.arm + (" (control)" if i == 0 else ""), "weight": f"{a.weight}%", "answers": a.answers,
-             "successes": a.successes, "rate [interval]": _rate(a.rate, a.interval),
+    arms = [{"arm": a.arm + (" (control)" if i == 0 else ""), "weight": f"{a.weight}%", "users": a.users,
+             "answers": a.answers, "converted": a.successes, "rate [interval]": _rate(a.rate, a.interval),
              "errors": f"{a.errors} ({a.error_rate:.1%})", "p50 ms": _ms(a.latency_p50_ms),
              "p99 ms": _ms(a.latency_p99_ms)} for i, a in enumerate(v.arms)]
-    lines += ["", *rows(arms, ["arm", "weight", "answers", "successes", "rate [interval]", "errors", "p50 ms",
+    lines += ["", *rows(arms, ["arm", "weight", "users", "answers", "converted", "rate [interval]", "errors", "p50 ms",
                                "p99 ms"])]
     comps = []
     for c in v.comparisons:
@@ -129,7 +130,7 @@ def view_lines(v) -> list[str]:
                   + (f"; alpha split over {len(comps)} comparisons (Bonferroni), the control's interval at "
                      f"{1 - e.alpha:.1%}" if len(comps) > 1 else "")
                   + "; min p: the always-valid p, significant once <= alpha, however often one looks; samples: "
-                    "the smaller arm's answers / needed per arm to detect the mde"]
+                    "the smaller arm's users / needed per arm to detect the mde"]
     else:
         lines += ["", "nothing to compare: the experiment has one arm"]
     from aimass.experiments import GUARDRAILS

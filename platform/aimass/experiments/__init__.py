@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 import numpy as np
 from pydantic import BaseModel, Field
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from aimass.catalog import Experiment, ExperimentPublic, session
 from aimass.errors import ConflictError, InvalidInputError, NotFoundError
@@ -37,8 +38,9 @@ GUARDRAILS = {"max_p99_ratio": 1.5, "max_error_rate": 0.01, "min_answers": 50}
 class ArmView(BaseModel):
     arm: str
     weight: int
-    answers: int = Field(description="Answers the arm served (the metric's exposures)")
-    successes: int = Field(description="Answers followed by the metric's event")
+    users: int = Field(description="Users the arm answered (the unit of analysis: assignment is per user)")
+    answers: int = Field(description="Answers the arm served")
+    successes: int = Field(description="Users with an answer followed by the metric's event")
     rate: float
     interval: tuple[float, float] = Field(description="Wilson interval of the rate at the comparison's level")
     errors: int = Field(description="Requests the arm failed (5xx)")
@@ -84,8 +86,8 @@ def start(endpoint: str, arms: list[str] | dict[str, int], metric: str = "positi
         raise InvalidInputError(f"alpha must be in (0, 1), got {alpha}")
     if not 0 < mde < 1:
         raise InvalidInputError(f"mde must be an absolute rate difference in (0, 1), got {mde}")
-    if min_samples < 1:
-        raise InvalidInputError(f"min_samples must be at least 1, got {min_samples}")
+    if isinstance(min_samples, bool) or not isinstance(min_samples, int) or min_samples < 1:
+        raise InvalidInputError(f"min_samples must be a whole number of users >= 1, got {min_samples!r}")
     rails = {**GUARDRAILS, **(guardrails or {})}
     unknown = set(rails) - set(GUARDRAILS)
     if unknown:
@@ -94,16 +96,37 @@ def start(endpoint: str, arms: list[str] | dict[str, int], metric: str = "positi
         low, high = {"max_p99_ratio": (1.0, 1e6), "max_error_rate": (0.0, 1.0), "min_answers": (1, 1e9)}[name]
         if isinstance(v, bool) or not isinstance(v, int | float) or not low <= v <= high:
             raise InvalidInputError(f"guardrail {name} must be a number in [{low:g}, {high:g}], got {v!r}")
-    running = get(endpoint, settings=s, running_only=True)
-    if running is not None:
-        raise ConflictError(f"experiment {running.experiment_id} is running on {endpoint!r}: stop it first "
-                            f"(aimass experiments stop {endpoint})")
+    specs = [f"{r}={w}" for r, w in arms.items()] if isinstance(arms, dict) else list(arms)
+    if len(specs) < 2:
+        raise InvalidInputError(f"an experiment compares at least two arms, got {len(specs)}")
+    from aimass.serving import parse_arms
+
+    if parse_arms(specs)[0].weight == 0:
+        raise InvalidInputError("the control (the first arm) must get some traffic: its weight is 0")
     eid = f"{endpoint}-x{int(datetime.now(UTC).timestamp() * 1000):x}"
-    split = serving.set_traffic(endpoint, arms, shadow, faults=faults, experiment_id=eid,
-                                reason=f"experiment {eid}" + (" (canary)" if auto else ""), actor=actor, settings=s)
-    row = Experiment(endpoint=endpoint, experiment_id=eid, arms=split.arms, metric=metric, alpha=alpha, mde=mde,
+    row = Experiment(endpoint=endpoint, experiment_id=eid, arms=[], metric=metric, alpha=alpha, mde=mde,
                      min_samples=min_samples, guardrails=rails, auto=auto)
+    try:  # claimed first: the database admits one running experiment per endpoint
+        with session(s) as db:
+            db.add(row)
+            db.commit()
+            rid = row.id
+    except IntegrityError:
+        running = get(endpoint, settings=s, running_only=True)
+        raise ConflictError(f"experiment {running.experiment_id if running else '?'} is running on {endpoint!r}: "
+                            f"stop it first (aimass experiments stop {endpoint})") from None
+    try:
+        split = serving.set_traffic(endpoint, specs, shadow, faults=faults, experiment_id=eid,
+                                    reason=f"experiment {eid}" + (" (canary)" if auto else ""), actor=actor,
+                                    settings=s)
+    except BaseException:
+        with session(s) as db:  # the split in force stayed: so does the absence of an experiment
+            db.delete(db.get(Experiment, rid))
+            db.commit()
+        raise
     with session(s) as db:
+        row = db.get(Experiment, rid)
+        row.arms, row.started_at = split.arms, datetime.now(UTC)
         db.add(row)
         db.commit()
         return ExperimentPublic.model_validate(row, from_attributes=True)
@@ -141,7 +164,7 @@ def show(endpoint: str, *, experiment_id: str | None = None, settings: Settings 
     s = settings or default_settings()
     e = _must(endpoint, s, experiment_id)
     arms = _arms(e, s)
-    counts = [_stats.ArmCounts(name=a.arm, n=a.answers, successes=a.successes) for a in arms]
+    counts = [_stats.ArmCounts(name=a.arm, n=a.users, successes=a.successes) for a in arms]
     comparisons = _stats.decide(counts, control=arms[0].arm, alpha=e.alpha, mde=e.mde, min_p=e.min_p or 1.0,
                                 min_samples=e.min_samples) if len(arms) > 1 else []
     for a, c in zip(arms[1:], comparisons, strict=True):  # the interval at the comparison's (corrected) level
@@ -155,17 +178,22 @@ def show(endpoint: str, *, experiment_id: str | None = None, settings: Settings 
 def _store_min_p(s: Settings, e: ExperimentPublic, min_p: dict[str, float]) -> None:
     with session(s) as db:
         row = db.get(Experiment, e.id)
-        row.min_p = {**(row.min_p or {}), **min_p}
+        have = row.min_p or {}
+        row.min_p = {**have, **{k: min(v, have.get(k, 1.0)) for k, v in min_p.items()}}
         db.add(row)
         db.commit()
 
 
 def _arms(e: ExperimentPublic, s: Settings) -> list[ArmView]:
-    """Each arm's answers in the experiment joined to the endpoint's events through request_id."""
+    """Each arm's users in the experiment and whether they converted: assignment is per user (sticky), so the
+    user is the unit of analysis, not the answer (a user's repeated answers are not independent trials). A user
+    converted when an answer they got from the arm was followed by the metric's event naming its request_id.
+    Requests without a user_id are left out (they are not assigned: they go to the first arm)."""
     from aimass.events import EventLog, Rules, ServedLog
 
-    answers = ServedLog(s).frame(e.endpoint, start=e.started_at, experiment_id=e.experiment_id, errors=True)
-    answers = answers[answers["route"].isin(["recommend", "rank"])]
+    answers = ServedLog(s).frame(e.endpoint, start=e.started_at, end=e.stopped_at, experiment_id=e.experiment_id,
+                                 errors=True)
+    answers = answers[answers["route"].isin(["recommend", "rank"]) & answers["user_id"].notna()]
     events = EventLog(s).frame(e.endpoint, start=e.started_at)
     events = events[events["request_id"].isin(set(answers["request_id"]))]
     kind = _metric_type(e.metric, s)
@@ -180,29 +208,38 @@ def _arms(e: ExperimentPublic, s: Settings) -> list[ArmView]:
         failed = mine["strategy"] == "error"
         ok = mine[~failed]
         lat = ok["latency_ms"].dropna().to_numpy(dtype=float)
-        n, k = len(ok), int(ok["request_id"].isin(converted).sum())
-        out.append(ArmView(arm=a["ref"], weight=a["weight"], answers=n, successes=k, rate=k / n if n else 0.0,
-                           interval=_stats.wilson(k, n, 1 - e.alpha), errors=int(failed.sum()),
-                           error_rate=float(failed.mean()) if len(mine) else 0.0,
+        users = ok["user_id"].nunique()
+        k = int(ok.loc[ok["request_id"].isin(converted), "user_id"].nunique())
+        out.append(ArmView(arm=a["ref"], weight=a["weight"], users=users, answers=len(ok), successes=k,
+                           rate=k / users if users else 0.0, interval=_stats.wilson(k, users, 1 - e.alpha),
+                           errors=int(failed.sum()), error_rate=float(failed.mean()) if len(mine) else 0.0,
                            latency_p50_ms=float(np.percentile(lat, 50)) if len(lat) else None,
                            latency_p99_ms=float(np.percentile(lat, 99)) if len(lat) else None))
     return out
 
 
 def _broken(e: ExperimentPublic, arms: list[ArmView]) -> list[str]:
+    """The guardrails a treatment breaks, compared with the control once both have `min_answers` answers:
+    p99 latency over `max_p99_ratio` x the control's, or an error rate more than `max_error_rate` above the
+    control's (and at least 3 errors: one failure in 50 answers is not a rate)."""
     g = {**GUARDRAILS, **(e.guardrails or {})}
     control, out = arms[0], []
     for a in arms[1:]:
-        if a.answers + a.errors < g["min_answers"]:
+        if not _judged(a, control, g):
             continue
-        if a.error_rate > g["max_error_rate"]:
-            out.append(f"{a.arm}: error rate {a.error_rate:.1%} > {g['max_error_rate']:.1%}")
+        if a.error_rate - control.error_rate > g["max_error_rate"] and a.errors >= 3:
+            out.append(f"{a.arm}: error rate {a.error_rate:.1%} > the control's {control.error_rate:.1%} + "
+                       f"{g['max_error_rate']:.1%}")
         if (a.latency_p99_ms is not None and control.latency_p99_ms is not None
-                and control.answers >= g["min_answers"]
                 and a.latency_p99_ms > g["max_p99_ratio"] * max(control.latency_p99_ms, 1.0)):
             out.append(f"{a.arm}: p99 latency {a.latency_p99_ms:.1f} ms > {g['max_p99_ratio']:g} x the control's "
                        f"{control.latency_p99_ms:.1f} ms")
     return out
+
+
+def _judged(a: ArmView, control: ArmView, g: dict) -> bool:
+    """Whether the guardrails can be evaluated for `a` yet: enough answers on both sides."""
+    return min(a.answers + a.errors, control.answers + control.errors) >= g["min_answers"]
 
 
 def stop(endpoint: str, *, promote: str | None = None, decision: str | None = None, actor: str = "sdk",
@@ -260,7 +297,11 @@ def check(endpoint: str, *, settings: Settings | None = None) -> str | None:
                             ending=e.experiment_id, settings=s)
         stop(endpoint, decision=f"rolled back: {why}", actor="scheduler", settings=s)
         return f"rolled back: {why}"
-    wins = [c for c in view.comparisons if c.significant and c.winner == c.treatment.name]
+    g = {**GUARDRAILS, **(e.guardrails or {})}
+    by_arm = {a.arm: a for a in view.arms}
+    # a win counts once its guardrails could be judged: an unguarded challenger is never promoted
+    wins = [c for c in view.comparisons if c.significant and c.winner == c.treatment.name
+            and _judged(by_arm[c.treatment.name], view.arms[0], g)]
     if wins:
         best = max(wins, key=lambda c: c.treatment.value)
         stop(endpoint, promote=best.treatment.name, decision=f"promoted {best.treatment.name}: "

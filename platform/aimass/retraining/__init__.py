@@ -154,7 +154,9 @@ def _run(r: RetrainResult, d, promote: bool, progress: bool, s: Settings, budget
     if control is not None:  # the online experiment decides: a share of users first, then all or none
         r.gate = registry.gate(v.name, v.version, tolerance=s.gate_tolerance, settings=s)
         if all(c.passed for c in r.gate):
-            r.canary = _start_canary(d.endpoint, control, v.ref, s)
+            r.canary, why = _start_canary(d.endpoint, control, v.ref, s)
+            if why:
+                r.error = f"the gate passed but the canary did not start: {why}"
     elif promote:
         try:
             r.gate = registry.promote(v.name, v.version, tolerance=s.gate_tolerance, settings=s).checks
@@ -164,7 +166,8 @@ def _run(r: RetrainResult, d, promote: bool, progress: bool, s: Settings, budget
     else:
         r.gate = registry.gate(v.name, v.version, tolerance=s.gate_tolerance, settings=s)
     r.gate_passed = all(c.passed for c in r.gate)
-    r.status = "canary" if r.canary else "promoted" if r.promoted else "kept" if promote else "challenger"
+    r.status = ("canary" if r.canary else "promoted" if r.promoted else "kept" if promote and not r.gate_passed
+                else "challenger")
     r.next_step = _next_step(r, v, d.endpoint, promote)
     # on the version too: `aimass models show NAME/V` tells why it exists and what the gate said
     client(s).set_model_version_tag(v.name, str(v.version), f"{TAG}retrain", json.dumps(
@@ -215,7 +218,8 @@ def _canary_control(endpoint: str, s: Settings) -> str | None:
     return view.split.arms[0]["ref"]
 
 
-def _start_canary(endpoint: str, control: str, challenger: str, s: Settings) -> str | None:
+def _start_canary(endpoint: str, control: str, challenger: str, s: Settings) -> tuple[str | None, str | None]:
+    """(experiment id, None), or (None, why it did not start)."""
     from aimass import experiments
 
     try:
@@ -224,10 +228,10 @@ def _start_canary(endpoint: str, control: str, challenger: str, s: Settings) -> 
                               guardrails={"max_p99_ratio": s.guardrail_max_p99_ratio,
                                           "max_error_rate": s.guardrail_max_error_rate},
                               actor="retrain", settings=s)
-    except Exception:
+    except Exception as err:
         log.exception("the canary of %s on %s did not start", challenger, endpoint)
-        return None
-    return e.experiment_id
+        return None, (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return e.experiment_id, None
 
 
 def _next_step(r: RetrainResult, v, endpoint: str, promote: bool) -> str:
@@ -240,6 +244,8 @@ def _next_step(r: RetrainResult, v, endpoint: str, promote: bool) -> str:
     if not promote and r.gate_passed:
         return f"the gate passes {v.ref} (not promoted: asked not to); aimass models promote {v.name} {v.version}, " \
                f"then {deploy}"
+    if r.gate_passed and r.error:
+        return f"{r.error}; {v.ref} stays the challenger (aimass experiments start {endpoint} --arms ...)"
     return (f"the gate refuses {v.ref}: {v.name}@champion stays; the challenger is kept for inspection (aimass "
             f"models show {v.name}@challenger)")
 

@@ -10,6 +10,7 @@ the services use it (benchmarks call it without HTTP).
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -23,12 +24,13 @@ from aimass.catalog import ApiKeyPublic, TrafficSplitPublic
 from aimass.errors import AimassError, BackendError, ConflictError, InvalidInputError, NotFoundError
 from aimass.serving import _keys
 from aimass.serving._bento import pin as pin_bento
+from aimass.serving._traffic import parse_arms
 from aimass.settings import Settings, default_settings
 
 __all__ = ["CLUSTER_OWNER_ENV", "WORKER_SETUP_HOOK", "Deployment", "Engine", "TrafficView", "build_bento",
            "check_deployed", "check_endpoint", "connect", "create_key", "curl_example", "delete", "deploy",
-           "deployments", "endpoints", "list_keys", "orphans", "pin_bento", "revoke_key", "rollback", "scaling",
-           "set_traffic", "show", "shutdown", "shutdown_orphans", "traffic"]
+           "deployments", "endpoints", "list_keys", "orphans", "parse_arms", "pin_bento", "revoke_key", "rollback",
+           "scaling", "set_traffic", "show", "shutdown", "shutdown_orphans", "traffic"]
 log = logging.getLogger(__name__)
 
 
@@ -75,10 +77,25 @@ def check_endpoint(endpoint: str) -> str:
     return endpoint
 
 
+@functools.cache
+def _code_digest() -> str:
+    """A digest of the installed aimass package's source: what the replicas would import."""
+    import hashlib
+
+    root = Path(__file__).resolve().parent.parent
+    h = hashlib.sha256()
+    for f in sorted(root.rglob("*.py")):
+        h.update(str(f.relative_to(root)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def _env(s: Settings, model: str, ranker: str | None, endpoint: str) -> dict[str, str]:
     env = {f"AIMASS_{k.upper()}": json.dumps(v) if isinstance(v, list) else str(v)
            for k, v in s.model_dump().items() if k in _SHARED and v is not None}
     env.update({"AIMASS_SERVE_MODEL": model, "AIMASS_SERVE_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "1",
+                # new code is a new application: a redeploy after an upgrade restarts the replicas (preflight first)
+                "AIMASS_CODE_DIGEST": _code_digest(),
                 # BentoML's own per-request metrics, access log and tracing spans: aimass's gate answers /metrics
                 # and the served-answer log records every answer, and they cost a large share of a cheap route's
                 # CPU (its /metrics hung inside Serve anyway, ../shared/STACK.md)
@@ -124,18 +141,23 @@ def deploy(ref: str, endpoint: str, *, ranker: str | None = None, min_replicas: 
     from aimass.serving import _traffic, app
 
     before = _saved(s).get(endpoint)
-    swap = (before is not None and family != "pipeline" and before["args"]["family"] != "pipeline"
-            and _live_status(s).get(endpoint) == "RUNNING")
+    running = before is not None and _live_status(s).get(endpoint) == "RUNNING"
+    swap = (running and family != "pipeline" and before["args"]["family"] != "pipeline"
+            and _traffic.current(s, endpoint) is not None)  # an endpoint deployed before splits restarts
     env = _env(s, info.ref, rank_info.ref if rank_info else None, endpoint)
     if swap:  # the replicas keep running: the model changes through the split, in two phases (no lost request)
         env["AIMASS_SERVE_MODEL"] = before["args"]["env"].get("AIMASS_SERVE_MODEL", info.ref)  # a fallback only
-        set_traffic(endpoint, [f"{info.ref}=100"], reason="deploy", settings=s)
     args = app.AppArgs(family=family, env=env, min_replicas=min_replicas, max_replicas=max_replicas,
                        target_ongoing_requests=target_ongoing_requests, upscale_delay_s=upscale_delay_s,
                        downscale_delay_s=downscale_delay_s)
-    if not swap and family != "pipeline":
+    restart = not (swap and before["args"] == args.model_dump())
+    if running and restart:  # new replicas must start before the running ones are replaced: try them aside first
+        _preflight(s, args, endpoint, info.ref)
+    if swap:
+        set_traffic(endpoint, [f"{info.ref}=100"], reason="deploy", settings=s)
+    elif family != "pipeline":
         _traffic.activate_initial(s, endpoint, info.ref)
-    state = _cluster.connect(s) if swap and before["args"] == args.model_dump() else _run(s, args, endpoint, info.ref)
+    state = _run(s, args, endpoint, info.ref) if restart else _cluster.connect(s)
     d = Deployment(endpoint=endpoint, url=f"http://{s.host}:{s.serve_port}/{endpoint}", model=info.name,
                    version=info.version, family=family, requested=ref, dataset=info.dataset,
                    ranker=rank_info.ref if rank_info else None, status="RUNNING", proxy=state["proxy"],
@@ -160,6 +182,31 @@ def _watch_scaling(s: Settings) -> None:
         _scaling.start_watcher(s)
     except Exception:
         log.warning("the scaling watcher did not start: scaling decisions are not recorded", exc_info=True)
+
+
+def _preflight(s: Settings, args, endpoint: str, ref: str) -> None:
+    """Start the new application's replicas as a separate, unrouted Serve application and delete it again:
+    replicas that cannot start (new code, new settings) fail here, while the endpoint keeps serving untouched.
+    Serve's own rolling update would have routed the odd request to a replica that never came up."""
+    from ray import serve
+
+    from aimass.serving import _cluster, app
+
+    name = f"{endpoint}--preflight"
+    _cluster.connect(s)
+    # its own endpoint name: its replicas must not answer the endpoint's split changes or read its feedback
+    trial = args.model_copy(update={"env": {**args.env, "AIMASS_SERVE_ENDPOINT": name}, "min_replicas": 1,
+                                        "max_replicas": 1})
+    try:
+        serve.run(app.build(trial.model_dump()), name=name, route_prefix=None, blocking=False)
+    except Exception as e:
+        raise BackendError(f"the new deployment of {ref} at {endpoint!r} did not start, so {endpoint!r} keeps "
+                           f"serving what it served: {str(e)[-1500:]}") from None
+    finally:
+        try:
+            serve.delete(name)
+        except Exception:
+            log.warning("the preflight application %s was not deleted", name, exc_info=True)
 
 
 def _run(s: Settings, args, endpoint: str, ref: str) -> dict:
@@ -243,6 +290,11 @@ def set_traffic(endpoint: str, arms: list[str] | dict[str, int], shadow: str | N
     if running and running not in (experiment_id, ending):
         raise ConflictError(f"experiment {running} is running on {endpoint!r}: stop it first (aimass experiments "
                             f"stop {endpoint} [--promote ARM]); the split is unchanged")
+    now = _traffic.current(s, endpoint)
+    if (running and running == experiment_id and now is not None and now.experiment_id == running
+            and [a["ref"] for a in now.arms] != [a.ref for a in resolved]):
+        raise ConflictError(f"experiment {running} runs on {', '.join(a['ref'] for a in now.arms)}: its arms (and "
+                            "their order) cannot change under it, only their weights and faults")
     if _live_status(s).get(endpoint) != "RUNNING":
         raise ConflictError(f"endpoint {endpoint!r} is not running (aimass deploy it first); the split is "
                             "unchanged")
@@ -286,12 +338,17 @@ def traffic(endpoint: str, *, history: int = 10, settings: Settings | None = Non
                        history=_traffic.history(s, endpoint, history))
 
 
-def _running_replicas(s: Settings, endpoint: str) -> int:
+def _running_replicas(s: Settings, endpoint: str) -> set[str] | int:
+    """The ids of the endpoint's running replicas (what each reports its split state under), or their number
+    when Serve does not name them."""
     from ray import serve
 
-    from aimass.serving import _cluster
+    from aimass.serving import _cluster, _scaling
 
     _cluster.connect(s)
+    ids = _scaling.running_replica_ids(endpoint)
+    if ids is not None:
+        return ids
     app = serve.status().applications.get(endpoint)
     if app is None:
         return 0

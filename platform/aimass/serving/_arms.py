@@ -34,6 +34,7 @@ class Table:
     bounds: tuple[tuple[str, int], ...]  # (ref, upper bucket) in split order
     shadow: str | None = None
     delays: dict = field(default_factory=dict)  # ref -> seconds (fault injection drills)
+    engines: dict = field(default_factory=dict)  # ref -> Engine: one read of the table gives both
 
     def pick(self, user_id: int | None) -> str:
         if len(self.bounds) == 1 or user_id is None:  # no user to stick to: the first arm (the control)
@@ -45,12 +46,18 @@ class Table:
         return self.bounds[-1][0]
 
 
-def _table(split) -> Table:
+def _table(split, engines: dict | None = None) -> Table:
     # an arm at weight 0 owns no bucket: it is neither loaded nor picked
     live = tuple((ref, upper) for (ref, upper), a in zip(_traffic.bounds(split.arms), split.arms, strict=True)
                  if a["weight"] > 0)
     delays = {ref: float(f.get("delay_ms", 0)) / 1000 for ref, f in (split.faults or {}).items()}
-    return Table(split.id, split.experiment_id, live, split.shadow, delays)
+    t = Table(split.id, split.experiment_id, live, split.shadow, delays)
+    return t if engines is None else _with(t, engines)
+
+
+def _with(t: Table, engines: dict) -> Table:
+    refs = [r for r, _ in t.bounds] + ([t.shadow] if t.shadow else [])
+    return Table(t.split_id, t.experiment_id, t.bounds, t.shadow, t.delays, {r: engines[r] for r in refs})
 
 
 def replica_name() -> str:
@@ -73,10 +80,12 @@ class Arms:
         self.prepared: set[int] = set()
         active, pending = _traffic.newest(settings, endpoint)
         if active is None:  # a bare `bentoml serve`, or a deployment made before splits existed
-            self.table = Table(None, None, ((fallback_ref, _traffic.BUCKETS),))
+            table = Table(None, None, ((fallback_ref, _traffic.BUCKETS),))
         else:
-            self.table = _table(active)
-        self._load(self.table)
+            table = _table(active)
+        self._load(table)
+        self.table = _with(table, self.engines)
+        self.failed_active: set[int] = set()
         if active is not None:
             _traffic.report(settings, endpoint, active.id, self.replica, "active")
         if pending is not None:
@@ -86,12 +95,13 @@ class Arms:
 
     # --- the request path -----------------------------------------------------------------------------------
     def pick(self, user_id: int | None) -> tuple[Table, str, Engine]:
-        t = self.table
+        t = self.table  # one read: a switch replaces the table whole, engines included
         ref = t.pick(user_id)
-        return t, ref, self.engines[ref]
+        return t, ref, t.engines[ref]
 
     def primary(self) -> Engine:
-        return self.engines[self.table.bounds[0][0]]
+        t = self.table
+        return t.engines[t.bounds[0][0]]
 
     def delay(self, t: Table, ref: str) -> None:
         d = t.delays.get(ref)
@@ -99,7 +109,7 @@ class Arms:
             time.sleep(d)
 
     def copy_to_shadow(self, t: Table, request: dict, live: dict, request_id: str) -> None:
-        if t.shadow is None or t.shadow not in self.engines:
+        if t.shadow is None:
             return
         try:
             self.shadow_queue.put_nowait((t, request, live, request_id))
@@ -111,7 +121,9 @@ class Arms:
         for ref in [r for r, _ in t.bounds] + ([t.shadow] if t.shadow else []):
             if ref not in self.engines:
                 log.info("loading %s for %s", ref, self.endpoint)
-                self.engines[ref] = Engine(ref, self.settings)
+                engine = Engine(ref, self.settings)
+                _warm(engine)
+                self.engines[ref] = engine
 
     def _prepare(self, split) -> None:
         if split.id in self.prepared:
@@ -132,9 +144,17 @@ class Arms:
                 active, pending = _traffic.newest(self.settings, self.endpoint)
                 if pending is not None:
                     self._prepare(pending)
-                if active is not None and active.id != self.table.split_id:
+                if active is not None and active.id != self.table.split_id and active.id not in self.failed_active:
                     t = _table(active)
-                    self._load(t)  # prepared already, unless this replica started after the vote
+                    try:
+                        self._load(t)  # prepared already, unless this replica started after the vote
+                    except Exception:  # keep answering with the split it has; say so once
+                        log.exception("split #%s of %s is active but does not load here", active.id, self.endpoint)
+                        self.failed_active.add(active.id)
+                        _traffic.report(self.settings, self.endpoint, active.id, self.replica, "failed",
+                                        traceback.format_exc())
+                        continue
+                    t = _with(t, self.engines)
                     self.table = t
                     _traffic.report(self.settings, self.endpoint, active.id, self.replica, "active")
                     keep = {r for r, _ in t.bounds} | {t.shadow} | (
@@ -147,16 +167,23 @@ class Arms:
     def _shadow(self) -> None:
         while True:
             t, req, live, rid = self.shadow_queue.get()
-            engine = self.engines.get(t.shadow)
-            if engine is None:
-                continue
-            t0 = time.perf_counter()
             try:
+                engine = t.engines[t.shadow]
+                t0 = time.perf_counter()
                 out = engine.recommend(**req)
-            except Exception as e:  # the shadow's failure is logged, never the live answer's
+                ms = (time.perf_counter() - t0) * 1000
+                k = max(len(live["items"]), 1)
+                overlap = len(set(out["items"]) & set(live["items"])) / k
+                self.record_shadow(engine, t, rid, req.get("user_id"), out, overlap, ms)
+            except Exception as e:  # the shadow's failure is logged, never the live answer's; the thread goes on
                 log.info("shadow %s failed on %s: %s", t.shadow, rid, e)
-                continue
-            ms = (time.perf_counter() - t0) * 1000
-            k = max(len(live["items"]), 1)
-            overlap = len(set(out["items"]) & set(live["items"])) / k
-            self.record_shadow(engine, t, rid, req.get("user_id"), out, overlap, ms)
+
+
+def _warm(engine: Engine) -> None:
+    """One answer before the first request: a fresh model's first call is slow (lazy imports, allocation), and a
+    canary's latency guardrail must not judge that."""
+    try:
+        user = next(iter(engine.histories), None)
+        engine.recommend(user, None if user is not None else [], 1)
+    except Exception:
+        log.debug("warming %s failed", engine.info.ref, exc_info=True)

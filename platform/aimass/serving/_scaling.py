@@ -109,6 +109,22 @@ def _applications() -> tuple[dict[str, dict], bool]:
     return _status_apps(), False
 
 
+def running_replica_ids(endpoint: str) -> set[str] | None:
+    """The replica ids (Serve's unique ids, what a replica's context names it) of the endpoint's running
+    replicas; None when Serve's details are not available."""
+    d = _details()
+    if d is None:
+        return None
+    app = d["applications"].get(endpoint)
+    if app is None:
+        return set()
+    try:
+        return {str(r["replica_id"]) for dep in (app.get("deployments") or {}).values()
+                for r in dep.get("replicas") or [] if _text(r.get("state")) == "RUNNING"}
+    except (KeyError, TypeError, AttributeError):
+        return None
+
+
 def _ongoing(dep: dict) -> dict[str, int | None] | None:
     """Each running replica's ongoing requests now, by replica id (None for one that did not answer)."""
     try:

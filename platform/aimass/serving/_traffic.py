@@ -119,6 +119,8 @@ def validate(s: Settings, endpoint: str, arms: list[Arm], shadow: str | None, fa
         raise InvalidInputError(f"an arm is named twice: {', '.join(refs)}")
     if shadow is not None:
         info = registry.get(shadow, settings=s)
+        if info.family not in servable() or info.family == "pipeline":
+            raise InvalidInputError(f"shadow {info.ref} has family {info.family!r}, which no service serves")
         shadow = info.ref
         if shadow in refs:
             raise InvalidInputError(f"shadow {shadow} is also a live arm: a shadow's answers are never returned")
@@ -181,8 +183,11 @@ def activate_initial(s: Settings, endpoint: str, ref: str, reason: str = "deploy
     engine = engine_for(s.catalog)
     with engine.begin() as conn:
         conn.execute(update(TrafficSplit.__table__).where(TrafficSplit.endpoint == endpoint,
-                                                          TrafficSplit.state.in_(("active", "pending")))
+                                                          TrafficSplit.state == "active")
                      .values(state="superseded", decided_at=datetime.now(UTC)))
+        conn.execute(update(TrafficSplit.__table__).where(TrafficSplit.endpoint == endpoint,
+                                                          TrafficSplit.state == "pending")
+                     .values(state="failed", error="replaced by a new deployment", decided_at=datetime.now(UTC)))
     with session(s) as db:
         row = TrafficSplit(endpoint=endpoint, arms=[{"ref": ref, "weight": 100}], shadow=None,
                            experiment_id=f"{endpoint}-{int(time.time() * 1000):x}", state="active", reason=reason,
@@ -226,23 +231,37 @@ def _expire_stale(s: Settings, endpoint: str) -> None:
 
 
 def decide(s: Settings, split_id: int, state: str, error: str | None = None) -> None:
-    """Mark a pending split active (superseding the one in force) or failed."""
+    """Mark a pending split active (superseding the one in force) or failed; ConflictError when it is no longer
+    pending (failed meanwhile: abandoned, interrupted)."""
     engine = engine_for(s.catalog)
     t = TrafficSplit.__table__
     with engine.begin() as conn:
         row = conn.execute(select(t.c.endpoint, t.c.state).where(t.c.id == split_id)).first()
         if row is None or row.state != "pending":
             raise ConflictError(f"split #{split_id} is {row.state if row else 'missing'}, not pending")
+        done = conn.execute(update(t).where(t.c.id == split_id, t.c.state == "pending")
+                            .values(state=state, error=error, decided_at=datetime.now(UTC)))
+        if done.rowcount != 1:
+            raise ConflictError(f"split #{split_id} stopped being pending while it was decided")
         if state == "active":
-            conn.execute(update(t).where(t.c.endpoint == row.endpoint, t.c.state == "active")
+            conn.execute(update(t).where(t.c.endpoint == row.endpoint, t.c.state == "active", t.c.id != split_id)
                          .values(state="superseded"))
-        conn.execute(update(t).where(t.c.id == split_id)
-                     .values(state=state, error=error, decided_at=datetime.now(UTC)))
+
+
+def _ready(got: list[ReplicaReport], running: set[str] | int, states: tuple[str, ...]) -> bool:
+    """Whether every running replica has a report in `states`: by replica id when Serve names them (a report
+    of a replica that stopped does not count), else by count."""
+    if isinstance(running, set):
+        have = {r.replica for r in got if r.state in states}
+        return running <= have
+    return sum(r.state in states for r in got) >= running
 
 
 def wait(s: Settings, split: TrafficSplitPublic, running: callable, timeout: float | None = None) -> None:
     """Until every running replica has prepared `split` (then it is activated), one has failed, or the timeout
-    passes (then it is failed): BackendError names the replica's reason. `running()` -> replicas serving now."""
+    passes (then it is failed): BackendError names the replica's reason. `running()` -> the ids of the replicas
+    serving now (or their number). With no replica running (scaled to zero) it is activated at once: a replica
+    that starts loads the split in force."""
     timeout = timeout or s.traffic_apply_timeout_s
     deadline = time.monotonic() + timeout
     while True:
@@ -254,13 +273,15 @@ def wait(s: Settings, split: TrafficSplitPublic, running: callable, timeout: flo
             raise BackendError(f"the split was not applied: a replica of {split.endpoint!r} could not load it "
                                f"({why.strip().splitlines()[-1][:500] if why.strip() else why}); the split in "
                                "force is unchanged and keeps serving")
-        n = running()
-        if n and sum(r.state in ("prepared", "active") for r in got) >= n:
+        now = running()
+        if not now or _ready(got, now, ("prepared", "active")):
             decide(s, split.id, "active")
-            _switched(s, split, running)
+            if now:
+                _switched(s, split, running)
             return
         if time.monotonic() > deadline:
             decide(s, split.id, "failed", "timed out waiting for replicas")
+            n = len(now) if isinstance(now, set) else now
             raise BackendError(f"the split was not applied: {sum(r.state == 'prepared' for r in got)} of {n} "
                                f"replicas of {split.endpoint!r} loaded it within {timeout:g} s; "
                                "the split in force is unchanged")
@@ -272,7 +293,7 @@ def _switched(s: Settings, split: TrafficSplitPublic, running: callable, timeout
     next request sees it; a replica that is slow to notice only delays this, it cannot fail the change."""
     deadline = time.monotonic() + max(timeout, 10 * s.traffic_poll_s)
     while time.monotonic() < deadline:
-        if sum(r.state == "active" for r in reports(s, split.id)) >= running():
+        if _ready(reports(s, split.id), running(), ("active",)):
             return
         time.sleep(min(0.05, s.traffic_poll_s))
     log.warning("not every replica of %s reported split #%s within %g s", split.endpoint, split.id, timeout)
