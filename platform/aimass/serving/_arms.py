@@ -6,9 +6,10 @@ loaded in that thread while the split in force keeps answering, then the replica
 `failed` with the traceback); the switch happens when the deployer marks the split active. Routing reads one
 immutable `Table`, replaced whole, so a request never sees half a split.
 
-The shadow gets a copy of /recommend requests through a bounded queue served by its own thread: its answers
-are logged (overlap with the live answer, latency) and never returned; when the queue is full, copies are
-dropped (counted), so the shadow never slows the live answer beyond the enqueue."""
+The shadow gets a copy of /recommend requests through a bounded queue, whose thread hands each to the shadow
+model in a process of its own (`Shadow`: a Ray actor), so its scoring never holds the live replica's GIL: its
+answers are logged (overlap with the live answer, latency) and never returned; when the queue is full, copies
+are dropped (counted)."""
 from __future__ import annotations
 
 import logging
@@ -25,6 +26,7 @@ from aimass.settings import Settings
 
 log = logging.getLogger(__name__)
 _SHADOW_QUEUE = 256
+_SHADOW_BATCH, _SHADOW_BATCH_S = 64, 0.05  # copies per call to the shadow's process, and how long to gather them
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,7 @@ class Table:
     shadow: str | None = None
     delays: dict = field(default_factory=dict)  # ref -> seconds (fault injection drills)
     engines: dict = field(default_factory=dict)  # ref -> Engine: one read of the table gives both
+    shadow_engine: object = None  # an Engine in a process of its own (a Ray actor) when Ray runs
 
     def pick(self, user_id: int | None) -> str:
         if len(self.bounds) == 1 or user_id is None:  # no user to stick to: the first arm (the control)
@@ -46,18 +49,17 @@ class Table:
         return self.bounds[-1][0]
 
 
-def _table(split, engines: dict | None = None) -> Table:
+def _table(split) -> Table:
     # an arm at weight 0 owns no bucket: it is neither loaded nor picked
     live = tuple((ref, upper) for (ref, upper), a in zip(_traffic.bounds(split.arms), split.arms, strict=True)
                  if a["weight"] > 0)
     delays = {ref: float(f.get("delay_ms", 0)) / 1000 for ref, f in (split.faults or {}).items()}
-    t = Table(split.id, split.experiment_id, live, split.shadow, delays)
-    return t if engines is None else _with(t, engines)
+    return Table(split.id, split.experiment_id, live, split.shadow, delays)
 
 
-def _with(t: Table, engines: dict) -> Table:
-    refs = [r for r, _ in t.bounds] + ([t.shadow] if t.shadow else [])
-    return Table(t.split_id, t.experiment_id, t.bounds, t.shadow, t.delays, {r: engines[r] for r in refs})
+def _with(t: Table, engines: dict, shadows: dict) -> Table:
+    return Table(t.split_id, t.experiment_id, t.bounds, t.shadow, t.delays, {r: engines[r] for r, _ in t.bounds},
+                 shadows[t.shadow] if t.shadow else None)
 
 
 def replica_name() -> str:
@@ -74,6 +76,7 @@ class Arms:
         self.settings, self.endpoint = settings, endpoint
         self.replica = replica_name()
         self.engines: dict[str, Engine] = {}
+        self.shadows: dict[str, object] = {}  # ref -> its shadow worker (see Shadow)
         self.record_shadow = record_shadow
         self.shadow_queue: queue.Queue = queue.Queue(_SHADOW_QUEUE)
         self.shadow_dropped = 0
@@ -84,7 +87,7 @@ class Arms:
         else:
             table = _table(active)
         self._load(table)
-        self.table = _with(table, self.engines)
+        self.table = _with(table, self.engines, self.shadows)
         self.failed_active: set[int] = set()
         if active is not None:
             _traffic.report(settings, endpoint, active.id, self.replica, "active")
@@ -118,12 +121,15 @@ class Arms:
 
     # --- keeping up with the catalog ------------------------------------------------------------------------
     def _load(self, t: Table) -> None:
-        for ref in [r for r, _ in t.bounds] + ([t.shadow] if t.shadow else []):
+        for ref, _ in t.bounds:
             if ref not in self.engines:
                 log.info("loading %s for %s", ref, self.endpoint)
                 engine = Engine(ref, self.settings)
                 _warm(engine)
                 self.engines[ref] = engine
+        if t.shadow and t.shadow not in self.shadows:
+            log.info("starting the shadow %s for %s", t.shadow, self.endpoint)
+            self.shadows[t.shadow] = Shadow(t.shadow, self.settings)
 
     def _prepare(self, split) -> None:
         if split.id in self.prepared:
@@ -154,29 +160,97 @@ class Arms:
                         _traffic.report(self.settings, self.endpoint, active.id, self.replica, "failed",
                                         traceback.format_exc())
                         continue
-                    t = _with(t, self.engines)
+                    t = _with(t, self.engines, self.shadows)
                     self.table = t
                     _traffic.report(self.settings, self.endpoint, active.id, self.replica, "active")
-                    keep = {r for r, _ in t.bounds} | {t.shadow} | (
-                        {r for r, _ in _table(pending).bounds} | {pending.shadow} if pending else set())
+                    nxt = _table(pending) if pending else None
+                    keep = {r for r, _ in t.bounds} | ({r for r, _ in nxt.bounds} if nxt else set())
                     for ref in [r for r in self.engines if r not in keep]:
                         self.engines.pop(ref).close()  # requests that picked it hold their own reference
+                    for ref in [r for r in self.shadows if r not in {t.shadow, nxt.shadow if nxt else None}]:
+                        self.shadows.pop(ref).close()
             except Exception:  # the catalog is away for a moment: keep serving the split in force
                 log.exception("reading the split of %s failed", self.endpoint)
 
     def _shadow(self) -> None:
         while True:
-            t, req, live, rid = self.shadow_queue.get()
+            batch = [self.shadow_queue.get()]
+            deadline = time.monotonic() + _SHADOW_BATCH_S
+            while len(batch) < _SHADOW_BATCH and (left := deadline - time.monotonic()) > 0:
+                try:  # one call to the shadow's process per batch: each call costs the live replica CPU
+                    batch.append(self.shadow_queue.get(timeout=left))
+                except queue.Empty:
+                    break
+            by_shadow: dict[int, list] = {}
+            for item in batch:
+                by_shadow.setdefault(id(item[0].shadow_engine), []).append(item)
+            for items in by_shadow.values():
+                t = items[0][0]
+                try:
+                    answers = t.shadow_engine.recommend_many([req for _, req, _, _ in items])
+                    for (_, req, live, rid), (out, ms) in zip(items, answers, strict=True):
+                        if out is None:  # this request failed in the shadow: logged there, not recorded
+                            continue
+                        overlap = len(set(out["items"]) & set(live["items"])) / max(len(live["items"]), 1)
+                        self.record_shadow(t.shadow_engine, t, rid, req.get("user_id"), out, overlap, ms)
+                except Exception as e:  # the shadow's failure is logged, never the live answer's; the thread goes on
+                    log.info("shadow %s failed on %d requests: %s", t.shadow, len(items), e)
+
+
+class _Worker:
+    """A shadow model and its scoring, in whatever process holds it."""
+
+    def __init__(self, ref: str, settings: Settings):
+        self.engine = Engine(ref, settings)
+        _warm(self.engine)
+
+    def info(self):
+        return self.engine.info
+
+    def recommend_many(self, reqs: list[dict]) -> list[tuple[dict | None, float]]:
+        out = []
+        for req in reqs:
+            t0 = time.perf_counter()
             try:
-                engine = t.engines[t.shadow]
-                t0 = time.perf_counter()
-                out = engine.recommend(**req)
-                ms = (time.perf_counter() - t0) * 1000
-                k = max(len(live["items"]), 1)
-                overlap = len(set(out["items"]) & set(live["items"])) / k
-                self.record_shadow(engine, t, rid, req.get("user_id"), out, overlap, ms)
-            except Exception as e:  # the shadow's failure is logged, never the live answer's; the thread goes on
-                log.info("shadow %s failed on %s: %s", t.shadow, rid, e)
+                answer = self.engine.recommend(**req)
+            except Exception as e:  # one bad request must not lose the batch's other answers
+                log.info("shadow %s failed: %s", self.engine.info.ref, e)
+                answer = None
+            out.append((answer, (time.perf_counter() - t0) * 1000))
+        return out
+
+
+class Shadow:
+    """The shadow model in a process of its own when Ray runs (a Ray actor the replica owns: it stops with the
+    replica), so that its scoring never holds the live replica's GIL; in-process under a bare `bentoml serve`. A
+    model that does not load fails here, so a split naming it fails to apply."""
+
+    def __init__(self, ref: str, settings: Settings):
+        import sys
+
+        self.actor = None
+        ray = sys.modules.get("ray")
+        if ray is not None and ray.is_initialized():
+            self.actor = ray.remote(num_cpus=0.25)(_Worker).remote(ref, settings)
+            self.info = ray.get(self.actor.info.remote())  # raises what the model's loading raised
+        else:
+            self.local = _Worker(ref, settings)
+            self.info = self.local.info()
+
+    def recommend_many(self, reqs: list[dict]) -> list[tuple[dict | None, float]]:
+        if self.actor is None:
+            return self.local.recommend_many(reqs)
+        import ray
+
+        return ray.get(self.actor.recommend_many.remote(reqs), timeout=120)
+
+    def close(self) -> None:
+        if self.actor is not None:
+            import ray
+
+            ray.kill(self.actor)
+        else:
+            self.local.engine.close()
 
 
 def _warm(engine: Engine) -> None:
