@@ -32,7 +32,8 @@ from aimass.settings import Settings, default_settings
 __all__ = ["ArmView", "ExperimentView", "check", "check_all", "get", "show", "start", "stop"]
 log = logging.getLogger(__name__)
 _METRIC = re.compile(r"^(?P<type>[a-z][a-z0-9_]*)_rate$")
-GUARDRAILS = {"max_p99_ratio": 1.5, "max_error_rate": 0.01, "min_answers": 50}
+# p99 must also exceed the control's by min_p99_excess_ms: on a millisecond path a ratio alone is noise
+GUARDRAILS = {"max_p99_ratio": 1.5, "min_p99_excess_ms": 10.0, "max_error_rate": 0.01, "min_answers": 50}
 
 
 class ArmView(BaseModel):
@@ -93,7 +94,8 @@ def start(endpoint: str, arms: list[str] | dict[str, int], metric: str = "positi
     if unknown:
         raise InvalidInputError(f"unknown guardrail {sorted(unknown)[0]!r}; known: {', '.join(GUARDRAILS)}")
     for name, v in rails.items():
-        low, high = {"max_p99_ratio": (1.0, 1e6), "max_error_rate": (0.0, 1.0), "min_answers": (1, 1e9)}[name]
+        low, high = {"max_p99_ratio": (1.0, 1e6), "min_p99_excess_ms": (0.0, 1e6), "max_error_rate": (0.0, 1.0),
+                     "min_answers": (1, 1e9)}[name]
         if isinstance(v, bool) or not isinstance(v, int | float) or not low <= v <= high:
             raise InvalidInputError(f"guardrail {name} must be a number in [{low:g}, {high:g}], got {v!r}")
     specs = [f"{r}={w}" for r, w in arms.items()] if isinstance(arms, dict) else list(arms)
@@ -220,7 +222,8 @@ def _arms(e: ExperimentPublic, s: Settings) -> list[ArmView]:
 
 def _broken(e: ExperimentPublic, arms: list[ArmView]) -> list[str]:
     """The guardrails a treatment breaks, compared with the control once both have `min_answers` answers:
-    p99 latency over `max_p99_ratio` x the control's, or an error rate more than `max_error_rate` above the
+    p99 latency over `max_p99_ratio` x the control's and more than `min_p99_excess_ms` above it, or an error
+    rate more than `max_error_rate` above the
     control's (and at least 3 errors: one failure in 50 answers is not a rate)."""
     g = {**GUARDRAILS, **(e.guardrails or {})}
     control, out = arms[0], []
@@ -231,7 +234,8 @@ def _broken(e: ExperimentPublic, arms: list[ArmView]) -> list[str]:
             out.append(f"{a.arm}: error rate {a.error_rate:.1%} > the control's {control.error_rate:.1%} + "
                        f"{g['max_error_rate']:.1%}")
         if (a.latency_p99_ms is not None and control.latency_p99_ms is not None
-                and a.latency_p99_ms > g["max_p99_ratio"] * max(control.latency_p99_ms, 1.0)):
+                and a.latency_p99_ms > g["max_p99_ratio"] * control.latency_p99_ms
+                and a.latency_p99_ms - control.latency_p99_ms > g["min_p99_excess_ms"]):
             out.append(f"{a.arm}: p99 latency {a.latency_p99_ms:.1f} ms > {g['max_p99_ratio']:g} x the control's "
                        f"{control.latency_p99_ms:.1f} ms")
     return out
