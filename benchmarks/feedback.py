@@ -14,7 +14,6 @@ The client is aiohttp with asyncio on the same machine (it shares the CPUs: numb
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import itertools
 import os
@@ -27,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from serving import load, prepare  # noqa: E402  (the serving benchmark's home and load loop)
+from serving import demo_args, load, prepare  # noqa: E402  (the serving benchmark's home and load loop)
 
 
 async def throughput(s, d, key: str, users: list[int], items: list[int], levels: list[int], seconds: float,
@@ -117,12 +116,7 @@ def visibility(s, d, key: str, users: list[int], samples: int) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--family", default="itemknn", choices=["popularity", "itemknn", "sasrec", "two-tower"])
-    ap.add_argument("--users", type=int, default=1000)
-    ap.add_argument("--tracks", type=int, default=2000)
-    ap.add_argument("--levels", type=int, nargs="+", default=[16, 64])
-    ap.add_argument("--seconds", type=float, default=8.0, help="measured s per level (+1 s warm-up)")
+    ap = demo_args(__doc__, [16, 64])
     ap.add_argument("--rounds", type=int, default=3, help="interleaved healthz/feedback rounds per level")
     ap.add_argument("--ingest-rows", type=int, default=500_000)
     ap.add_argument("--samples", type=int, default=200, help="events timed from ack to visible")

@@ -145,14 +145,19 @@ async def run_all(s, ref: str, levels: list[int], seconds: float) -> list[dict]:
     return rows
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def demo_args(doc: str, levels: list[int]) -> argparse.ArgumentParser:
+    """The options every serving benchmark shares: the model family, the demo's size, the load levels."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--family", default="itemknn", choices=["popularity", "itemknn", "sasrec", "two-tower"])
     ap.add_argument("--users", type=int, default=1000)
     ap.add_argument("--tracks", type=int, default=2000)
-    ap.add_argument("--levels", type=int, nargs="+", default=[1, 16, 64])
+    ap.add_argument("--levels", type=int, nargs="+", default=levels)
     ap.add_argument("--seconds", type=float, default=8.0, help="measured s per level (+1 s warm-up)")
-    a = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    a = demo_args(__doc__, [1, 16, 64]).parse_args()
     with tempfile.TemporaryDirectory(prefix="aimass-bench-") as tmp:
         s, ref = prepare(Path(tmp) / "home", a.family, a.users, a.tracks)
         rows = asyncio.run(run_all(s, ref, a.levels, a.seconds))

@@ -11,7 +11,6 @@ The client is aiohttp on the same 2 cores (it shares the CPUs: numbers are a flo
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import sys
@@ -22,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from serving import load, prepare  # noqa: E402  (the serving benchmark's home and load loop)
+from serving import demo_args, load, prepare  # noqa: E402  (the serving benchmark's home and load loop)
 
 
 async def measure(url: str, key: str, users: list[int], levels: list[int], seconds: float) -> list[dict]:
@@ -42,13 +41,7 @@ async def measure(url: str, key: str, users: list[int], levels: list[int], secon
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--family", default="itemknn", choices=["popularity", "itemknn", "sasrec", "two-tower"])
-    ap.add_argument("--users", type=int, default=1000)
-    ap.add_argument("--tracks", type=int, default=2000)
-    ap.add_argument("--levels", type=int, nargs="+", default=[1, 16])
-    ap.add_argument("--seconds", type=float, default=8.0, help="measured s per level (+1 s warm-up)")
-    a = ap.parse_args()
+    a = demo_args(__doc__, [1, 16]).parse_args()
     from aimass import registry, serving
 
     rows, changes = [], []
