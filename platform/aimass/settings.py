@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     feedback_max_future_s: float = Field(86400.0, ge=0, description="How far ahead a timestamp may be.")
     online_poll_s: float = Field(0.2, gt=0, le=10, description="How often a replica reads new events.")
     # Traffic (aimass.serving.traffic): replicas read their endpoint's split from the catalog.
+    serve_drain_s: float = Field(3.0, ge=0, le=300, description=(
+        "How long a stopping replica (a delete, a rolling update, a scale-down) keeps answering before it "
+        "closes; in-flight requests always finish. Ray's default, 30 s, is for external load balancers."))
     traffic_poll_s: float = Field(0.25, gt=0, le=10, description="How often a replica reads its split.")
     traffic_apply_timeout_s: float = Field(300.0, gt=0, description=(
         "How long a split change waits for every replica to load its arms before it is refused."))

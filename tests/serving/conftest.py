@@ -1,5 +1,6 @@
 """One serving cluster per test session: a tiny demo dataset, an item-kNN champion, a two-tower + SASRec
-pair for the multi-stage path, both deployed on a real Ray Serve over HTTP on 127.0.0.1."""
+pair for the multi-stage path and a search index of the catalogue, deployed on a real Ray Serve over HTTP on
+127.0.0.1."""
 from __future__ import annotations
 
 import json
@@ -83,7 +84,7 @@ def served(tmp_path_factory):
                                                  aimass.datasets.DemoConfig(users=60, tracks=120, seed=4))
     aimass.datasets.register("demo", inter, "csv", items=items, settings=s)
     runs = {f: aimass.train(f, "demo@v1", TINY if f in ("sasrec", "two-tower") else None, workers=1,
-                            progress=False, settings=s).run_id for f in ("itemknn", "two-tower", "sasrec")}
+                            progress=False, settings=s).run_id for f in ("itemknn", "two-tower", "sasrec", "search")}
     import ray
 
     ray.shutdown()  # the training cluster; serving runs on its own detached one
@@ -92,6 +93,7 @@ def served(tmp_path_factory):
     registry.promote("recs", knn.version, force=True, settings=s)
     registry.register(runs["two-tower"], "retrieval", settings=s)
     registry.register(runs["sasrec"], "ranker", settings=s)
+    registry.register(runs["search"], "catalogue", settings=s)
     keys = {"consumer": serving.create_key("tests", settings=s)[0],
             "admin": serving.create_key("ops", role="admin", settings=s)[0],
             "revoked": serving.create_key("gone", settings=s)[0]}
@@ -99,9 +101,10 @@ def served(tmp_path_factory):
     try:
         d = serving.deploy("recs@champion", "recs", settings=s)
         m = serving.deploy("retrieval/1", "multi", ranker="ranker/1", settings=s)
+        q = serving.deploy("catalogue/1", "search", settings=s)
         ray.shutdown()
         cluster = cluster_of(s)
-        yield Served(s, keys, {"recs": d.url, "multi": m.url})
+        yield Served(s, keys, {"recs": d.url, "multi": m.url, "search": q.url})
     finally:
         serving.shutdown(settings=s)
     assert cluster_processes(*cluster) == []  # replicas, HAProxy and Ray's client server included

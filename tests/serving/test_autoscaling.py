@@ -2,8 +2,8 @@
 back to 1 when the load stops, never leaves its bounds, and the serving cluster's watcher records both changes;
 `deployments show --json` reports the replicas, the autoscaling target and bounds, and the decisions.
 
-One home of its own (not the package's `served` cluster): the load and the replica changes must not disturb,
-or be disturbed by, the other serving tests."""
+A serving cluster of its own (not the package's `served` one, whose models it serves): the load and the replica
+changes must not disturb, or be disturbed by, the other serving tests."""
 from __future__ import annotations
 
 import json
@@ -17,11 +17,10 @@ import httpx
 import psutil
 import pytest
 
-import aimass
-from aimass import registry, serving
+from aimass import serving
 from aimass.serving import _procs, _scaling
 from aimass.settings import Settings
-from tests.serving.conftest import cluster_of, cluster_processes, free_port
+from tests.serving.conftest import cluster_of, cluster_processes, free_port, sharing
 
 pytestmark = pytest.mark.integration
 ENDPOINT = "scaled"
@@ -70,19 +69,10 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float, every: float 
     return time.monotonic() - start
 
 
-def _home(tmp_path) -> tuple[Settings, str]:
-    """A fresh home with an item-kNN champion on a tiny demo dataset, and a consumer key (as `served` does)."""
-    s = Settings(home=tmp_path / "home", serve_port=free_port())
-    inter, items = aimass.datasets.generate_demo(tmp_path / "demo",
-                                                 aimass.datasets.DemoConfig(users=60, tracks=120, seed=4))
-    aimass.datasets.register("demo", inter, "csv", items=items, settings=s)
-    run = aimass.train("itemknn", "demo@v1", None, workers=1, progress=False, settings=s).run_id
-    import ray
-
-    ray.shutdown()  # the training cluster; serving runs on its own detached one
-    v = registry.register(run, "recs", settings=s)
-    registry.promote("recs", v.version, force=True, settings=s)  # forced: the latency gate measures this machine
-    return s, serving.create_key("load", settings=s)[0]
+def _home(served, tmp_path) -> tuple[Settings, str]:
+    """A home of its own whose catalog, MLflow store and data registry are the package's (its `recs` champion,
+    an item-kNN model, and its consumer key), with its own serving cluster."""
+    return sharing(served.settings, tmp_path / "home", serve_port=free_port()), served.keys["consumer"]
 
 
 def test_the_watcher_records_each_change_once_and_never_a_first_sight(tmp_path):
@@ -124,8 +114,8 @@ def watchers(owner: str) -> list[int]:
     return found
 
 
-def test_replicas_rise_under_load_fall_back_after_and_the_decisions_are_recorded(tmp_path, monkeypatch):
-    s, key = _home(tmp_path)
+def test_replicas_rise_under_load_fall_back_after_and_the_decisions_are_recorded(served, tmp_path, monkeypatch):
+    s, key = _home(served, tmp_path)
     seen: list[int] = []  # every running-replica count observed, to check the bounds held throughout
 
     def deployment() -> dict:

@@ -28,9 +28,9 @@ def quickstart(
     from aimass.errors import ConflictError
 
     s = state.settings
-    console.stage(f"[1/10] generating the demo music-streaming log ({users} users, {tracks} tracks)")
+    console.stage(f"[1/11] generating the demo music-streaming log ({users} users, {tracks} tracks)")
     inter, items = datasets.generate_demo(s.home / "demo-data", datasets.DemoConfig(users=users, tracks=tracks))
-    console.stage("[2/10] registering it in the DVC data registry")
+    console.stage("[2/11] registering it in the DVC data registry")
     v = datasets.register("demo", inter, "csv", items=items, settings=s)
     ds = datasets.load(v.ref, settings=s)
     i = ds.interactions
@@ -49,7 +49,7 @@ def quickstart(
         "registry": str(s.registry_path),
         "git_tag": v.git_tag,
     }
-    console.stage(f"[3/10] training {family} on {v.ref} with Ray Train ({workers} worker(s), at most {time_budget} "
+    console.stage(f"[3/11] training {family} on {v.ref} with Ray Train ({workers} worker(s), at most {time_budget} "
                   "min), tracked in MLflow")
     r = training.train(family, v.ref, workers=workers, time_budget_min=time_budget, progress=not as_json,
                        settings=s)
@@ -57,7 +57,7 @@ def quickstart(
            "wall_time_s": round(r.wall_time_s, 1), "model_uri": r.model_uri,
            **{k: round(val, 4) for k, val in r.metrics.items()}}
     name = f"demo-{family}"
-    console.stage(f"[4/10] registering the run as model {name!r} in the MLflow registry and promoting it to "
+    console.stage(f"[4/11] registering the run as model {name!r} in the MLflow registry and promoting it to "
                   "champion")
     mv = models.register(r.run_id, name, settings=s)
     try:
@@ -70,29 +70,32 @@ def quickstart(
             # needs a champion to serve, so it is forced, which the version's tags record
             console.stage(f"      {e}; forcing it: there is no champion yet")
             promotion = models.promote(name, mv.version, force=True, settings=s).model_dump(mode="json")
-    console.stage(f"[5/10] compressing {mv.ref} to int8 (a child version, evaluated on the same split)")
+    console.stage(f"[5/11] compressing {mv.ref} to int8 (a child version, evaluated on the same split)")
     small = models.compress(name, mv.version, "int8", progress=not as_json, settings=s)
     side = [_side(models.show(mv.ref, settings=s), small.metrics, "parent_"), _side(small, small.metrics, "")]
-    console.stage(f"[6/10] deploying {name}@champion on Ray Serve at {s.host} with a new demo API key")
+    console.stage(f"[6/11] deploying {name}@champion on Ray Serve at {s.host} with a new demo API key")
     key, _ = serving.create_key("demo", settings=s)
     d = serving.deploy(f"{name}@champion", endpoint="demo", settings=s)
     scheduler = schedule(s)
     curl = serving.curl_example(d, key, user_id=int(i["user_id"].iloc[0]))
-    console.stage(f"[7/10] a burst of demo traffic: {traffic_users} users ask {d.url}/recommend and send feedback")
+    console.stage(f"[7/11] a burst of demo traffic: {traffic_users} users ask {d.url}/recommend and send feedback")
     burst = _traffic(d.url, key, i, traffic_users)
-    console.stage("[8/10] a drift report of that traffic against the training data (Evidently)")
+    console.stage("[8/11] a drift report of that traffic against the training data (Evidently)")
     from aimass import monitoring, retraining
 
     report = monitoring.drift("demo", window_s=3600, settings=s)
-    console.stage(f"[9/10] retraining on the feedback: a new dataset version, a challenger, the gate "
+    console.stage(f"[9/11] retraining on the feedback: a new dataset version, a challenger, the gate "
                   f"(at most {retrain_budget} min)")
     # no second progress bar: the stage line gives its bound, and a demo's output stays one screen
     again = retraining.retrain("demo", reason="manual", progress=False, settings=s, time_budget_min=retrain_budget)
-    console.stage("[10/10] a canary split on the demo endpoint: an auto experiment on the feedback")
+    console.stage("[10/11] a canary split on the demo endpoint: an auto experiment on the feedback")
     canary = _canary(again, name, small, s)
     traffic = serving.traffic("demo", history=3, settings=s)
+    console.stage("[11/11] a search index of the demo catalogue (BM25 + MiniLM vectors, int8) built with Ray "
+                  "Train, registered as demo-search and deployed at endpoint 'search'")
+    search = _search_index(v.ref, key, ds, s)
     loop = {"traffic": burst, "drift": report.model_dump(mode="json"), "retrain": again.model_dump(mode="json"),
-            "scheduler": scheduler, "canary": canary, "split": traffic.model_dump(mode="json")}
+            "scheduler": scheduler, "canary": canary, "split": traffic.model_dump(mode="json"), "search": search}
     if as_json:
         emit({"dataset": summary, "training": run, "tracking_uri": s.tracking_uri, "promotion": promotion,
               "models": side, "deployment": d.model_dump(mode="json"), "api_key": key, "curl": curl, **loop}, True)
@@ -125,8 +128,10 @@ def quickstart(
         f"MLflow   .venv/bin/mlflow ui --backend-store-uri {s.tracking_uri} --host 127.0.0.1 --port 5000",
         f"API      {d.url} (OpenAPI: {d.url}/docs.json)",
         f"API key  {key} (shown once; stored hashed)",
+        f"search   {search['model']} at {search['url']}: {search['query']!r} -> {', '.join(search['top'])}",
         "Try it:",
         f"  {curl}",
+        f"  {search['curl']}",
         "Stop serving: .venv/bin/aimass deployments shutdown",
     ]))
 
@@ -143,6 +148,22 @@ def _canary(again, name: str, small, s) -> str:
                           alpha=s.experiment_alpha, mde=s.experiment_mde, auto=True, actor="quickstart", settings=s)
     return (f"{small.ref} (int8 of {control}) serves 10% of users: experiment {e.experiment_id}, promoted when it "
             f"wins on {e.metric}, rolled back when a guardrail breaks")
+
+
+def _search_index(dataset: str, key: str, ds, s) -> dict:
+    """Step 11: the search family trained on the catalogue's text, deployed, and asked once (a genre word)."""
+    import httpx
+
+    from aimass import models, serving, training
+
+    r = training.train("search", dataset, progress=False, settings=s)
+    mv = models.register(r.run_id, "demo-search", settings=s)
+    d = serving.deploy(mv.ref, endpoint="search", min_replicas=1, max_replicas=1, settings=s)
+    query = str(ds.items["genre"].mode().iloc[0]) if "genre" in ds.items.columns else "music"
+    answer = httpx.post(f"{d.url}/search", json={"query": query, "k": 3}, timeout=30,
+                        headers={"Authorization": f"Bearer {key}"}).json()
+    return {"model": mv.ref, "url": d.url, "query": query, "top": answer.get("titles", []),
+            "curl": serving.curl_example(d, key, k=5, query=query)}
 
 
 def _side(v, m: dict, prefix: str) -> dict:

@@ -35,12 +35,13 @@ class ServedLog:
     def record(self, endpoint: str, request_id: str, route: str, model: str, version: int,
                user_id: int | None, history: list[int] | None, items: list[int], scores: list[float],
                strategy: str = "model", *, arm: str | None = None, experiment_id: str | None = None,
-               latency_ms: float | None = None, shadow: bool = False, overlap: float | None = None) -> None:
+               latency_ms: float | None = None, shadow: bool = False, overlap: float | None = None,
+               query: str | None = None) -> None:
         row = {"endpoint": endpoint, "request_id": request_id, "route": route, "model": model, "version": version,
                "user_id": user_id, "history_length": len(history or ()), "history_tail": list(history or ())[-TAIL:],
                "items": list(items), "scores": [round(float(s), 6) for s in scores], "strategy": strategy,
                "served_at": as_utc(datetime.now(UTC)), "arm": arm, "experiment_id": experiment_id,
-               "latency_ms": latency_ms, "shadow": shadow, "overlap": overlap}
+               "latency_ms": latency_ms, "shadow": shadow, "overlap": overlap, "query": query}
         with self._lock:
             if len(self._pending) >= _MAX_PENDING:
                 self.dropped += 1
@@ -89,3 +90,16 @@ class ServedLog:
             f = pd.DataFrame(conn.execute(q).mappings().all(), columns=[c.name for c in TABLE.columns])
         f["served_at"] = pd.to_datetime(f["served_at"], utc=True)
         return f
+
+    def queries(self, endpoint: str, limit: int = 5000) -> list[tuple[str, int]]:
+        """The endpoint's past search queries that found something, most asked first, as (query, times): what
+        suggestions complete beside the catalogue's titles. Case-folded, so "Jazz" and "jazz" count together."""
+        from sqlalchemy import func
+
+        q = func.lower(func.trim(TABLE.c.query))
+        stmt = (select(q.label("q"), func.count().label("n"))
+                .where(TABLE.c.endpoint == endpoint, TABLE.c.route == "search", TABLE.c.query.is_not(None),
+                       TABLE.c.strategy == "model", or_(TABLE.c.shadow.is_(False), TABLE.c.shadow.is_(None)))
+                .group_by(q).order_by(func.count().desc(), q).limit(limit))
+        with self.engine.connect() as conn:
+            return [(r.q, int(r.n)) for r in conn.execute(stmt) if r.q]

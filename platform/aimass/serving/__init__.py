@@ -234,10 +234,13 @@ def _run(s: Settings, args, endpoint: str, ref: str) -> dict:
     return state
 
 
-def curl_example(d: Deployment, key: str, user_id: int = 1, k: int = 10) -> str:
-    """A working `curl` for d's /recommend (what `make demo` prints)."""
-    return (f"curl -s -X POST {d.url}/recommend -H 'Authorization: Bearer {key}' "
-            f"-H 'Content-Type: application/json' -d '{{\"user_id\": {user_id}, \"k\": {k}}}'")
+def curl_example(d: Deployment, key: str, user_id: int = 1, k: int = 10, query: str | None = None) -> str:
+    """A working `curl` for d's /recommend, or with `query` its /search (what `make demo` prints)."""
+    body = json.dumps({"query": query, "k": k} if query is not None else {"user_id": user_id, "k": k})
+    if "'" in body:
+        raise InvalidInputError("the example query must not hold a single quote (the shell's quote)")
+    return (f"curl -s -X POST {d.url}/{'search' if query is not None else 'recommend'} -H 'Authorization: "
+            f"Bearer {key}' -H 'Content-Type: application/json' -d '{body}'")
 
 
 def _saved(s: Settings) -> dict[str, dict]:

@@ -120,7 +120,10 @@ def _start_head(settings: Settings) -> dict:
            "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", **_procs.owner_env(settings.home),
            # On 2 busy cores a starting proxy missed Serve's 5 s ready / 10 s health checks three times, and
            # Serve killed it in the middle of a deploy.
-           "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30", "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "30"}
+           "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30", "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "30",
+           # A stopping replica keeps answering this long before it closes (Ray: 30 s, for external load
+           # balancers to deregister it); the ingress here is Serve's own, told at once, and retries refusals.
+           "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": str(settings.serve_drain_s)}
     if proxy == "haproxy":
         hp = _procs.haproxy_dir(settings.home)
         hp.mkdir(exist_ok=True)

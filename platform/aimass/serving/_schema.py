@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -91,6 +91,40 @@ class Ranking(Served):
     scores: list[float]
     cold_start: bool
     history_length: int = Field(description="Length of the history the ranking was scored from")
+
+
+MAX_QUERY = 1000
+MAX_SUGGEST = 20
+Query = Annotated[str, Field(min_length=1, max_length=MAX_QUERY, description=(
+    f"What to search for, 1-{MAX_QUERY} characters of any script; a word the catalogue lacks is corrected to "
+    "its nearest catalogue word (one edit from 5 characters, two from 9), and the answer says so"))]
+Prefix = Annotated[str, Field(min_length=1, max_length=100, description="What the user has typed so far")]
+SearchMode = Annotated[Literal["bm25", "semantic", "hybrid"], Field(description=(
+    "bm25 (words), semantic (MiniLM meaning), hybrid (both, fused by reciprocal rank); default: the model's"))]
+SuggestK = Annotated[int, Field(ge=1, le=MAX_SUGGEST, description=f"How many suggestions (1-{MAX_SUGGEST})"),
+                     Integer]
+
+
+class SearchResults(Served):
+    query: str = Field(description="The query as sent")
+    items: list[int] = Field(description="Raw item ids, best first")
+    titles: list[str] = Field(description="Each item's title (or name, or text)")
+    scores: list[float]
+    mode: str = Field(description="The mode that answered: bm25, semantic or hybrid")
+    corrected: str | None = Field(description="The corrected query when a word was corrected (\"did you mean\")")
+    personalised: bool = Field(description="True when the user's history reordered the results")
+    history_length: int = Field(description="Length of the user's history used for personalisation (0: none)")
+
+
+class Suggestion(BaseModel):
+    text: str = Field(description="The completion: an item title or a past query")
+    item_id: int | None = Field(description="The item it names; None for a past query")
+    score: float
+
+
+class Suggestions(Served):
+    prefix: str
+    suggestions: list[Suggestion] = Field(description="Best first: titles by popularity, then past queries")
 
 
 class Stage(BaseModel):

@@ -23,7 +23,7 @@ from bentoml.exceptions import BentoMLException
 from aimass import events as ev
 from aimass import zoo
 from aimass.errors import AimassError, InvalidInputError, NotFoundError
-from aimass.serving import _pipeline
+from aimass.serving import _pipeline, _search
 from aimass.serving._arms import Arms
 from aimass.serving._engine import Engine
 from aimass.serving._http import Gate
@@ -43,9 +43,15 @@ from aimass.serving._schema import (
     MaxPer,
     ModelCard,
     PipelineRecommendation,
+    Prefix,
+    Query,
     Ranking,
     Recommendation,
+    SearchMode,
+    SearchResults,
     Similar,
+    Suggestions,
+    SuggestK,
     UserId,
 )
 from aimass.settings import Settings
@@ -173,7 +179,8 @@ class _SingleModel(_Feedback):
             if engine.online is not None and rows:
                 engine.online.apply(rows, own=True)
 
-    def _answer(self, ctx: bentoml.Context, route: str, user_id: int | None, call) -> tuple[dict, dict, object]:
+    def _answer(self, ctx: bentoml.Context, route: str, user_id: int | None, call,
+                query: str | None = None) -> tuple[dict, dict, object]:
         """The request's arm computes `call(engine)`; (served fields, answer, routing table) with latency."""
         t, ref, engine = self.arms.pick(user_id)
         t0 = time.perf_counter()
@@ -187,13 +194,13 @@ class _SingleModel(_Feedback):
         except Exception:  # the arm failed (a 5xx): counted against it by the experiment's error guardrail
             self.served_log.record(self.endpoint, served["request_id"], route, served["model"], served["version"],
                                    user_id, [], [], [], "error", arm=ref, experiment_id=t.experiment_id,
-                                   latency_ms=round((time.perf_counter() - t0) * 1000, 3))
+                                   latency_ms=round((time.perf_counter() - t0) * 1000, 3), query=query)
             raise
         ms = (time.perf_counter() - t0) * 1000
         tail = out.pop("history_tail", [])
         self.served_log.record(self.endpoint, served["request_id"], route, served["model"], served["version"],
                                user_id, tail, out["items"], out["scores"], out.get("strategy", "model"), arm=ref,
-                               experiment_id=t.experiment_id, latency_ms=round(ms, 3))
+                               experiment_id=t.experiment_id, latency_ms=round(ms, 3), query=query)
         return served, out, t
 
     def _record_shadow(self, engine: Engine, t, request_id: str, user_id: int | None, out: dict, overlap: float,
@@ -290,12 +297,46 @@ class Pipeline(_Feedback):
         return ModelCard(**await self._served(ctx), family="pipeline", n_items=q["n_items"])
 
 
+@bentoml.service(name="aimass-search", traffic=TRAFFIC)
+class Search(_SingleModel):
+    """search and suggest over a registered search index (family `search`: BM25 and MiniLM vectors), besides
+    the recommend / similar / rank every model answers; splits, shadows and rollbacks as for any model."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.past = _search.PastQueries(self.served_log, self.endpoint)
+
+    @bentoml.api
+    def search(self, ctx: bentoml.Context, query: Query, k: K = 10, mode: SearchMode | None = None,
+               user_id: UserId | None = None, filters: Filters | None = None) -> SearchResults:
+        """The k best items for a query: words (BM25), meaning (MiniLM) or both fused (hybrid). With a known
+        user_id, the user's history (with their feedback since training) reorders the results; an unknown user
+        gets them unpersonalised. A word the catalogue lacks is corrected (`corrected` says to what). Clicks
+        on results go to POST /feedback with this answer's request_id."""
+        served, out, _ = self._answer(
+            ctx, "search", user_id, lambda e: _search.search(e, query, k, mode, user_id, filters), query=query)
+        return SearchResults(**served, **{k_: v for k_, v in out.items() if k_ != "strategy"})
+
+    @bentoml.api
+    def suggest(self, ctx: bentoml.Context, prefix: Prefix, k: SuggestK = 5) -> Suggestions:
+        """Completions of what the user has typed: item titles by popularity (a typo in the prefix forgiven),
+        then the endpoint's popular past queries."""
+        t, ref, engine = self.arms.pick(None)
+        with _errors():
+            out = _search.suggest(engine, prefix, k, self.past)
+        return Suggestions(**_served(engine, ctx), arm=ref, experiment_id=t.experiment_id, prefix=prefix,
+                           suggestions=out)
+
+
+Search.add_asgi_middleware(Gate, service=Search)
+
+
 def _lineage(card: dict) -> dict:
     return {k: card[k] for k in ("model", "version", "dataset")}
 
 
 Pipeline.add_asgi_middleware(Gate, service=Pipeline)
-SPECIAL = {"pipeline": Pipeline}
+SPECIAL = {"pipeline": Pipeline, "search": Search}
 
 
 def _fast_root_input(svc) -> None:
@@ -315,11 +356,12 @@ def _fast_root_input(svc) -> None:
 
 
 _fast_root_input(Pipeline)
+_fast_root_input(Search)
 
 
 def servable() -> list[str]:
     """Every family a deployment may name: the zoo's, and the special services."""
-    return [*zoo.families(), *SPECIAL]
+    return [*zoo.families(), *(f for f in SPECIAL if f not in zoo.families())]
 
 
 @functools.cache  # one class per family: BentoML and the Bento's import path must see the same object

@@ -73,6 +73,8 @@ def train(
     data, splits = _prepare(ds, max_val_users, params.get("seed", 0))
     use_text = item_text if item_text is not None else (
         getattr(cls, "accepts_item_features", False) and ds.items is not None)
+    if getattr(cls, "accepts_item_table", False):
+        data["item_table"] = _item_table(ds, splits, family)
     if use_text:
         data["item_features"] = _text_features(s, ds, splits, progress)
     return _run(s, cls, family, ds.info, params, data, splits, workers, gpu, epochs, time_budget_min,
@@ -105,6 +107,8 @@ def resume(run_id: str, *, epochs: int | None = None, time_budget_min: float | N
         raise InvalidInputError(f"run {run_id} validated on other users than {ds.ref} now gives: cannot resume")
     if job.get("item_text"):
         data["item_features"] = _text_features(s, ds, splits, progress)
+    if getattr(cls, "accepts_item_table", False):
+        data["item_table"] = _item_table(ds, splits, job["family"])
     return _run(s, cls, job["family"], ds.info, job["params"], data, splits, job["workers"], job["gpu"],
                 epochs or job["epochs"], time_budget_min, progress, resume=(run_id, ckpt))
 
@@ -321,6 +325,15 @@ def _final_metrics(est, splits) -> dict:
         m = evaluate(est.score, list(hist), np.asarray(targets), splits.n_items, ks=(10,))
         out.update({f"{name}_{k}": float(v) for k, v in m.items() if k != "n_users"})
     return out
+
+
+def _item_table(ds, splits, family: str) -> dict[str, list[str]]:
+    """The items table in the dense id order (entry i describes item i + 1), every column as text: what a
+    family that indexes the catalogue itself (search) reads."""
+    if ds.items is None or "text" not in ds.items.columns:
+        raise InvalidInputError(f"{family} needs item text: {ds.ref} has no items table with a text column")
+    table = ds.items.set_index("item_id").reindex(splits.item_ids)
+    return {str(c): table[c].fillna("").astype(str).tolist() for c in table.columns}
 
 
 def _text_features(s: Settings, ds, splits, progress: bool) -> np.ndarray:

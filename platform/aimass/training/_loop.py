@@ -57,7 +57,10 @@ def _stats_job(est, cfg, data, rank, world, reporter) -> None:
         gathered: list = [None] * world
         dist.all_gather_object(gathered, stats)  # internal worker-to-worker traffic, never user input
         stats = {k: sum(g[k] for g in gathered) for k in stats}
-    est.adopt_stats(stats, cfg, data["n_items"])
+    # a family that indexes the catalogue (search) also gets its items: text, columns and text vectors
+    items = ({"item_table": data.get("item_table"), "item_features": data.get("item_features")}
+             if getattr(est, "accepts_item_table", False) else {})
+    est.adopt_stats(stats, cfg, data["n_items"], **items)
     metrics = validation_metrics(est.score, data["val_histories"], data["val_targets"], data["n_items"],
                                  rank=rank, world=world)
     took = time.time() - t0

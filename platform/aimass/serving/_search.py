@@ -1,0 +1,88 @@
+"""Search over a served `search` model (aimass.zoo.search): the engine's facts (ids, filters, the user's
+history with its online feedback) around the index's own search and suggest, and the endpoint's popular past
+queries, which suggestions complete beside the titles."""
+from __future__ import annotations
+
+import logging
+import threading
+import unicodedata
+
+import numpy as np
+
+from aimass.errors import InvalidInputError
+from aimass.serving._engine import Engine, _finite
+
+log = logging.getLogger(__name__)
+
+
+def _index(engine: Engine):
+    est = engine.scorer.estimator
+    if not hasattr(est, "search"):
+        i = engine.info
+        raise InvalidInputError(f"model {i.name}/{i.version} ({i.family}) is no search index: deploy a model of "
+                                "family 'search' (aimass train search --dataset D)")
+    return est
+
+
+def search(engine: Engine, query: str, k: int, mode: str | None, user_id: int | None,
+           filters: dict[str, list[str]] | None) -> dict:
+    est = _index(engine)
+    # An unknown user is no error: the results are simply not personalised (history_length 0).
+    seen = engine.history(user_id, None) if user_id is not None else None
+    ok = engine.allowed(None, False, [], filters or {}) if filters else None
+    out = est.search(query, k=k, mode=mode, history=seen, allowed=ok)
+    dense = np.asarray(out["items"], dtype=np.int64)
+    return {"query": query, "items": engine.item_ids[dense - 1].tolist(), "titles": engine.titles[dense].tolist(),
+            "scores": _finite(np.asarray(out["scores"])), "mode": out["mode"], "corrected": out.get("corrected"),
+            "personalised": bool(out.get("personalised")), "history_length": 0 if seen is None else len(seen),
+            "history_tail": engine.raw(seen), "strategy": "model" if len(dense) else "no_results"}
+
+
+def _fold(text: str) -> str:
+    return "".join(c for c in unicodedata.normalize("NFKD", text.casefold()) if not unicodedata.combining(c))
+
+
+class PastQueries:
+    """The endpoint's popular past queries, refreshed from the served-answer log every `interval` seconds in
+    a thread of its own (never on the request path)."""
+
+    def __init__(self, served_log, endpoint: str, interval: float = 30.0):
+        self.served_log, self.endpoint, self.interval = served_log, endpoint, interval
+        self.table: list[tuple[str, str, int]] = []  # (folded, as asked, times)
+        self._stop = threading.Event()
+        threading.Thread(target=self._run, name="aimass-past-queries", daemon=True).start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.table = [(_fold(q), q, n) for q, n in self.served_log.queries(self.endpoint)]
+            except Exception:  # the catalog is away: keep the last table
+                log.exception("reading past queries failed")
+            self._stop.wait(self.interval)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def matching(self, prefix: str, k: int) -> list[tuple[str, int]]:
+        p = _fold(prefix).strip()
+        return [(q, n) for f, q, n in self.table if f.startswith(p)][:k] if p else []
+
+
+def suggest(engine: Engine, prefix: str, k: int, past: PastQueries | None) -> list[dict]:
+    """Item titles by popularity first (the index's own), then the past queries that extend the prefix; past
+    queries keep up to half of the places when there are enough titles to fill them all."""
+    est = _index(engine)
+    asked = past.matching(prefix, k) if past is not None else []
+    out = []
+    for s in est.suggest(prefix, k=max(k - len(asked), (k + 1) // 2)):
+        item = s.get("item")
+        out.append({"text": s["text"], "item_id": None if item is None else int(engine.item_ids[int(item) - 1]),
+                    "score": float(s["score"])})
+    shown = {_fold(o["text"]) for o in out}
+    for q, n in asked:
+        if len(out) >= k:
+            break
+        if _fold(q) not in shown:
+            out.append({"text": q, "item_id": None, "score": float(n)})
+            shown.add(_fold(q))
+    return out[:k]

@@ -1,0 +1,143 @@
+"""The search endpoint on a real Ray Serve: a search index (family `search`) of the demo catalogue, trained
+through Ray Train and registered like any model, answers POST /search and /suggest with the consumer key:
+words, typos corrected and said so, filters, personalisation by a known user, clicks joined by request_id,
+and bad input refused with a 4xx or answered sanely, never a 5xx."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from aimass import datasets, events
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def catalogue(served):
+    items = datasets.load("demo@v1", settings=served.settings).items
+    return items.set_index("item_id")
+
+
+def _search(served, **body):
+    return served.post("search", "/search", body)
+
+
+def test_a_query_finds_its_items_with_their_titles_and_lineage(served, catalogue):
+    genre = catalogue["genre"].value_counts().index[0]  # a genre with many tracks
+    r = _search(served, query=genre, k=10)
+    assert r.status_code == 200, r.text
+    a = r.json()
+    assert (a["model"], a["version"], a["dataset"]) == ("catalogue", 1, "demo@v1") and a["request_id"]
+    assert a["mode"] == "hybrid" and a["corrected"] is None and not a["personalised"]
+    assert len(a["items"]) == 10 and len(a["titles"]) == 10 and a["scores"] == sorted(a["scores"], reverse=True)
+    assert a["titles"] == [catalogue.loc[i, "title"] for i in a["items"]]
+    assert set(catalogue.loc[a["items"][:5], "genre"]) == {genre}, a  # the best answers are of that genre
+    for mode in ("bm25", "semantic"):
+        m = _search(served, query=genre, k=5, mode=mode).json()
+        assert m["mode"] == mode and len(m["items"]) == 5, m
+
+
+def test_a_typo_is_corrected_and_said(served, catalogue):
+    title = next(t for t in catalogue["title"] if len(t.split()[0]) >= 6)  # e.g. "Golden River"
+    word = title.split()[0]
+    typo = word[0] + word[2] + word[1] + word[3:]  # two letters swapped
+    a = _search(served, query=f"{typo} {title.split()[1]}", k=10).json()
+    assert a["corrected"] and word.lower() in a["corrected"].lower(), a
+    assert title in a["titles"], a
+
+
+def test_filters_keep_only_matching_items_and_an_unknown_column_is_404(served, catalogue):
+    genre = catalogue["genre"].value_counts().index[-1]
+    a = _search(served, query="night", k=10, filters={"genre": [genre]}).json()
+    assert a["items"] and set(catalogue.loc[a["items"], "genre"]) == {genre}, a
+    r = _search(served, query="night", filters={"colour": ["red"]})
+    assert r.status_code == 404 and "unknown filter column 'colour'" in r.json()["error"], r.text
+
+
+def test_a_known_user_gets_personalised_results_an_unknown_one_plain_results(served):
+    plain = _search(served, query="summer", k=10).json()
+    mine = _search(served, query="summer", k=10, user_id=1).json()
+    assert mine["personalised"] and mine["history_length"] > 0, mine
+    stranger = _search(served, query="summer", k=10, user_id=10**9).json()
+    assert not stranger["personalised"] and stranger["history_length"] == 0
+    assert stranger["items"] == plain["items"]
+
+
+def test_suggestions_complete_a_prefix_with_titles_by_popularity(served, catalogue):
+    title = catalogue["title"].iloc[0]
+    r = served.post("search", "/suggest", {"prefix": title[:3].lower(), "k": 5})
+    assert r.status_code == 200, r.text
+    got = r.json()["suggestions"]
+    assert 1 <= len(got) <= 5 and all(s["text"].lower().startswith(title[:3].lower()) for s in got), got
+    assert all(s["item_id"] in catalogue.index for s in got if s["item_id"] is not None)
+    typo = served.post("search", "/suggest", {"prefix": title[0] + title[2] + title[1] + title[3:6], "k": 5})
+    assert typo.status_code == 200, typo.text
+
+
+@pytest.mark.parametrize("body,status", [
+    ({"query": ""}, 400),
+    ({"query": "x" * 10_000}, 400),
+    ({"query": "jazz", "k": 0}, 400),
+    ({"query": "jazz", "k": 101}, 400),
+    ({"query": "jazz", "mode": "fuzzy"}, 400),
+    ({"query": "jazz", "user_id": "1"}, 400),
+    ({"query": "   "}, 400),
+    ({"query": "🎷🎺 jazz 🎶"}, 200),
+    ({"query": "موسيقى الجاز"}, 200),  # right-to-left
+    ({"query": "ja\u0301zz\u0308"}, 200),  # combining marks
+    ({"query": "ja\x00zz\x1b[31m\x7f"}, 200),  # control characters
+    ({"query": "x" * 1000}, 200),
+])
+def test_bad_input_is_a_clear_4xx_or_a_sane_answer(served, body, status):
+    r = _search(served, **body)
+    assert r.status_code == status, r.text
+    if status == 200:
+        assert isinstance(r.json()["items"], list)
+    else:
+        assert r.json()["error"], r.text
+
+
+def test_routes_need_the_consumer_key(served):
+    assert served.post("search", "/search", {"query": "jazz"}, key=None).status_code == 401
+    assert served.post("search", "/suggest", {"prefix": "ja"}, key="revoked").status_code == 401
+
+
+def test_a_click_on_a_result_joins_the_answer_that_showed_it(served):
+    a = _search(served, query="rock", k=5).json()
+    r = served.post("search", "/feedback", {"event_id": "search-click-1", "user_id": 1, "item_id": a["items"][0],
+                                            "type": "click", "timestamp": time.time(),
+                                            "request_id": a["request_id"]})
+    assert r.status_code == 200 and r.json()["stored"] == 1, r.text
+    log = events.ServedLog(served.settings)
+    for _ in range(50):  # answers are logged off the request path
+        f = log.frame("search")
+        if a["request_id"] in set(f["request_id"]):
+            break
+        time.sleep(0.1)
+    row = f[f["request_id"] == a["request_id"]].iloc[0]
+    assert (row["route"], row["query"], row["items"]) == ("search", "rock", a["items"])
+    assert events.stats("search", settings=served.settings)["unjoined_request_ids"] == 0
+
+
+def test_past_queries_are_suggested_by_how_often_they_were_asked(served, tmp_path):
+    """The replica's table of past queries, fed by the served-answer log (an endpoint of its own here)."""
+    from aimass.serving._search import PastQueries
+
+    log = events.ServedLog(served.settings)
+    for q, n in (("Velvet Underground live", 3), ("velvet underground live ", 1), ("velvet gold", 2),
+                 ("nothing found", 5)):
+        for _ in range(n):
+            log.record("past", "r", "search", "catalogue", 1, None, [], [] if q == "nothing found" else [1], [0.5],
+                       "no_results" if q == "nothing found" else "model", query=q)
+    log.flush()
+    past = PastQueries(log, "past", interval=0.05)
+    try:
+        for _ in range(100):
+            if past.table:
+                break
+            time.sleep(0.05)
+        assert past.matching("VEL", 5) == [("velvet underground live", 4), ("velvet gold", 2)]
+        assert past.matching("noth", 5) == []  # a query that found nothing is not suggested
+    finally:
+        past.stop()
