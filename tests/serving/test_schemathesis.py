@@ -22,7 +22,8 @@ expected-statuses = ["2xx", "3xx", "401", "403", "404", "409", "413", "429", "5x
 """
 
 
-@pytest.mark.parametrize("endpoint,key", [("recs", "admin"), ("recs", "consumer"), ("multi", "admin")])
+@pytest.mark.parametrize("endpoint,key", [("recs", "admin"), ("recs", "consumer"), ("multi", "admin"),
+                                          ("search", "consumer")])
 def test_schemathesis_finds_nothing_with_all_its_checks(served, tmp_path, endpoint, key):
     (tmp_path / "schemathesis.toml").write_text(CONFIG)
     cmd = [SCHEMATHESIS, "--config-file", str(tmp_path / "schemathesis.toml"), "--no-color", "run",
@@ -33,4 +34,4 @@ def test_schemathesis_finds_nothing_with_all_its_checks(served, tmp_path, endpoi
     assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
     assert "No issues found" in r.stdout and "Tested: " in r.stdout, r.stdout[-3000:]
     tested = int(r.stdout.split("Tested: ")[1].split()[0])
-    assert tested == (7 if endpoint == "recs" else 5), r.stdout[-3000:]  # every route, none skipped
+    assert tested == {"recs": 7, "multi": 5, "search": 9}[endpoint], r.stdout[-3000:]  # every route, none skipped
