@@ -22,6 +22,7 @@ _FAMILIES = {
     "itemknn": "aimass.zoo.item_knn:ItemKNN",
     "sasrec": "aimass.zoo.sasrec:SASRec",
     "two-tower": "aimass.zoo.two_tower:TwoTower",
+    "search": "aimass.zoo.search:Search",
 }
 
 

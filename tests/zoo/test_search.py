@@ -1,0 +1,125 @@
+"""The search family: the zoo contract, lexical/typo/suggestion/filter/personalisation behaviour on a small
+hand-made catalogue, hostile input, and save/load without pickle."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from aimass.errors import InvalidInputError
+from aimass.zoo.contract import check_family
+from aimass.zoo.search import Search
+
+CATALOGUE = [  # (title, text)
+    ("The Beatles", "The Beatles | rock, 60s, british, pop"),
+    ("Beach House", "Beach House | dream pop, indie"),
+    ("Beastie Boys", "Beastie Boys | hip hop, rap"),
+    ("Beyoncé", "Beyoncé | rnb, pop, female vocalists"),
+    ("Rammstein", "Rammstein | industrial metal, german"),
+    ("Sigur Rós", "Sigur Rós | post-rock, icelandic, ambient"),
+    ("Metallica", "Metallica | thrash metal, heavy metal"),
+    ("Miles Davis", "Miles Davis | jazz, trumpet, cool jazz"),
+    ("Amélie (2001)", "Amélie (2001) | film soundtrack, french"),
+    ("Godspeed You! Black Emperor", "Godspeed You! Black Emperor | post-rock, instrumental"),
+    ("Daft Punk", "Daft Punk | electronic, house, french"),
+    ("宇多田ヒカル", "宇多田ヒカル | j-pop, japanese"),
+]
+N = len(CATALOGUE)
+TABLE = {"title": [t for t, _ in CATALOGUE], "text": [x for _, x in CATALOGUE]}
+# The Beatles most played; Metallica and Rammstein are listened to together
+SEQS = [np.array([1, 2, 3]), np.array([1, 4]), np.array([1, 8]), np.array([1]), np.array([5, 7]),
+        np.array([7, 5]), np.array([5, 7, 6]), np.array([2, 6, 10]), np.array([3, 11]),
+        np.array([9, 10])]
+
+
+@pytest.fixture(scope="module")
+def lexical() -> Search:
+    return Search(semantic=False, mode="bm25").fit(SEQS, N, item_table=TABLE)
+
+
+def test_search_passes_the_contract():
+    assert "save/load gives identical scores" in check_family(Search, {"semantic": False, "mode": "bm25"})
+
+
+def test_a_word_finds_its_item(lexical):
+    out = lexical.search("thrash", k=3)
+    assert out["items"][0] == 7 and out["corrected"] is None and out["mode"] == "bm25"
+    assert lexical.search("beyonce")["items"][0] == 4  # accents folded
+    assert lexical.search("amelie 2001")["items"][0] == 9  # titles with years and punctuation
+    assert lexical.search("宇多田")["items"][0] == 12  # no-space scripts matched by bigrams
+
+
+@pytest.mark.parametrize("typo", ["Metalica", "Rammstien", "Godspede You Black Emperor", "Godspeed You Black Empreor",
+                                  "Godspeed You Black Emperer"])
+def test_typos_are_corrected(lexical, typo):
+    out = lexical.search(typo, k=3)
+    assert out["items"][0] == {"m": 7, "r": 5, "g": 10}[typo[0].lower()]
+    assert out["corrected"] is not None
+
+
+def test_two_edits_in_a_long_word(lexical):
+    out = lexical.search("insturmentl", k=3)  # a transposition and a deletion in an 11-letter word
+    assert out["items"][0] == 10 and out["corrected"] == "instrumental"
+    assert lexical.search("Metllca")["corrected"] is None  # two edits in a 7-letter word are too many
+
+
+def test_suggest_by_popularity(lexical):
+    got = lexical.suggest("bea")
+    assert got[0]["text"] == "The Beatles" and got[0]["item"] == 1  # most played, matched on a word start
+    assert {g["text"] for g in got} == {"The Beatles", "Beach House", "Beastie Boys"}
+    assert lexical.suggest("BEY")[0]["text"] == "Beyoncé" and lexical.suggest("sigur ro")[0]["item"] == 6
+    with pytest.raises(InvalidInputError):
+        lexical.suggest("  ")
+
+
+def test_filters(lexical):
+    allowed = np.zeros(N + 1, bool)
+    allowed[[5, 6]] = True
+    out = lexical.search("metal", k=10, allowed=allowed)
+    assert out["items"].tolist() == [5]
+
+
+def test_personalised_ranking_moves_the_neighbour_up(lexical):
+    plain = lexical.search("post rock", k=5)
+    assert plain["items"][:2].tolist() == [6, 10] and not plain["personalised"]
+    mine = lexical.search("post rock", k=5, history=np.array([9]))  # Amélie's listeners also play Godspeed
+    assert mine["personalised"] and mine["items"][0] == 10
+    assert set(mine["items"]) == set(plain["items"])  # re-ranked, nothing off-query added
+
+
+@pytest.mark.parametrize("query", ["🎸🔥", "مرحبا بالعالم", "e\u0301\u0301\u0301", "\x00\x07\x1b[31m", "metal " * 1700,
+                                   "\u202eatem", "a", "'; DROP TABLE items; --"])
+def test_odd_input_never_raises(lexical, query):
+    out = lexical.search(query)
+    assert isinstance(out["items"], np.ndarray) and len(out["items"]) == len(out["scores"]) <= 10
+    assert isinstance(lexical.suggest(query), list)
+
+
+@pytest.mark.parametrize("kwargs", [{"query": ""}, {"query": " \t\n"}, {"query": "metal", "k": 0},
+                                    {"query": "metal", "mode": "vector"}, {"query": "metal", "mode": "semantic"}])
+def test_bad_input_is_refused(lexical, kwargs):
+    with pytest.raises(InvalidInputError):
+        lexical.search(**kwargs)
+
+
+def test_save_load_identical_without_pickle(lexical, tmp_path):
+    lexical.save(tmp_path / "m")
+    assert not list(tmp_path.rglob("*.pkl")) and not list(tmp_path.rglob("*.pickle"))
+    loaded = Search.load(tmp_path / "m")
+    for q in ["metal", "Metalica", "post rock"]:
+        a, b = lexical.search(q, history=np.array([1])), loaded.search(q, history=np.array([1]))
+        np.testing.assert_array_equal(a["items"], b["items"])
+        np.testing.assert_allclose(a["scores"], b["scores"])
+    assert loaded.suggest("bea") == lexical.suggest("bea")
+
+
+def test_semantic_and_hybrid(tmp_path):
+    """One small MiniLM case: a word the text does not contain is found by meaning; ANN matches exact."""
+    est = Search(ann_min_items=0).fit(SEQS, N, item_table=TABLE)  # ANN even at 12 items
+    exact = Search(ann_min_items=10**6).fit(SEQS, N, item_table=TABLE)
+    assert 7 in est.search("loud guitars headbanging", k=3, mode="semantic")["items"][:3]
+    assert est.search("metallica", mode="hybrid")["items"][0] == 7
+    assert set(est.search("jazz trumpet", k=3, mode="semantic")["items"]) == \
+        set(exact.search("jazz trumpet", k=3, mode="semantic")["items"])
+    est.save(tmp_path / "m")
+    loaded = Search.load(tmp_path / "m")
+    np.testing.assert_array_equal(loaded.search("jazz")["items"], est.search("jazz")["items"])
