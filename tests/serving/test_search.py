@@ -141,3 +141,20 @@ def test_past_queries_are_suggested_by_how_often_they_were_asked(served, tmp_pat
         assert past.matching("noth", 5) == []  # a query that found nothing is not suggested
     finally:
         past.stop()
+
+
+def test_an_index_is_split_and_rolled_back_like_any_model(served):
+    """Two versions of the index behind one endpoint, each user sticky to one arm; a rollback restores one."""
+    from aimass import registry, serving
+
+    s = served.settings
+    two = registry.register(registry.get("catalogue/1", settings=s).run_id, "catalogue", settings=s)
+    serving.set_traffic("search", ["catalogue/1=50", f"{two.ref}=50"], settings=s)
+    try:
+        arms = {u: _search(served, query="summer", user_id=u).json()["arm"] for u in range(1, 41)}
+        assert set(arms.values()) == {"catalogue/1", two.ref}, arms
+        assert all(_search(served, query="night", user_id=u).json()["arm"] == arms[u] for u in range(1, 11))
+    finally:
+        back = serving.rollback("search", settings=s)
+    assert [a["ref"] for a in back.arms] == ["catalogue/1"]
+    assert {_search(served, query="summer", user_id=u).json()["arm"] for u in range(1, 11)} == {"catalogue/1"}

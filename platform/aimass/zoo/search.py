@@ -36,6 +36,7 @@ import scipy.sparse as sp
 from pydantic import BaseModel, ConfigDict, Field
 
 from aimass.errors import InvalidInputError
+from aimass.zoo.text import autocast as _autocast
 
 
 class SearchConfig(BaseModel):
@@ -159,8 +160,7 @@ class Search:
             if feats is None:
                 from aimass.zoo.text import item_text_features
 
-                with _autocast(cfg.bf16):
-                    feats = item_text_features(texts, batch_size=128)
+                feats = item_text_features(texts, batch_size=128, bf16=cfg.bf16)
             feats = np.asarray(feats, dtype=np.float32)[1:]
             if cfg.vectors == "int8":
                 scale = np.abs(feats).max(axis=1) / 127.0
@@ -463,19 +463,6 @@ class Search:
 
             return est._build(ann=Index.restore(str(p / "ann.usearch")))
         return est._build()
-
-
-def _autocast(wanted: bool):
-    """bf16 autocast only where the CPU has it natively: emulated, it is slower than float32."""
-    import contextlib
-
-    import torch
-
-    try:
-        native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    except (AttributeError, RuntimeError):
-        native = False
-    return torch.autocast("cpu", dtype=torch.bfloat16) if wanted and native else contextlib.nullcontext()
 
 
 def _top_k_rows(m: sp.csr_matrix, k: int) -> sp.csr_matrix:

@@ -57,23 +57,37 @@ class TextEncoder:
     def model(self):
         return _load(self.path or model_path(), self.device)
 
-    def encode(self, texts: list[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
+    def encode(self, texts: list[str], batch_size: int = 64, progress: bool = False, bf16: bool = True) -> np.ndarray:
         """float32 [n, 384], L2-normalised (cosine = dot product); deterministic (eval mode, no sampling)."""
         texts = [str(t) for t in texts]
         if not texts:
             return np.zeros((0, DIM), dtype=np.float32)
         import torch
 
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(bf16):
             out = self.model.encode(texts, batch_size=batch_size, show_progress_bar=progress,
                                     convert_to_numpy=True, normalize_embeddings=True)
         return np.ascontiguousarray(out, dtype=np.float32)
 
 
+def autocast(wanted: bool):
+    """bf16 autocast only where the CPU has it natively (about 4x faster encoding here, cosine to float32 above
+    0.9999); emulated, it is slower than float32."""
+    import contextlib
+
+    import torch
+
+    try:
+        native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    except (AttributeError, RuntimeError):
+        native = False
+    return torch.autocast("cpu", dtype=torch.bfloat16) if wanted and native else contextlib.nullcontext()
+
+
 def item_text_features(texts_by_dense_id: list[str], encoder: TextEncoder | None = None,
-                       batch_size: int = 64, progress: bool = False) -> np.ndarray:
+                       batch_size: int = 64, progress: bool = False, bf16: bool = True) -> np.ndarray:
     """Item feature matrix for the dense id space: ``texts_by_dense_id[i]`` describes item ``i + 1``;
     returns float32 [n_items + 1, 384] with row 0 (padding) all zeros."""
     enc = encoder or TextEncoder()
-    vecs = enc.encode(list(texts_by_dense_id), batch_size=batch_size, progress=progress)
+    vecs = enc.encode(list(texts_by_dense_id), batch_size=batch_size, progress=progress, bf16=bf16)
     return np.concatenate([np.zeros((1, DIM), dtype=np.float32), vecs])
