@@ -75,52 +75,52 @@ def _check(s, endpoint: str, posters: Posters) -> None:
     assert counts.max() == 1, "an event is stored twice"
 
 
-def _deploy(served, tmp_path, endpoint: str):
-    s = sharing(served.settings, tmp_path / "home", serve_port=free_port())
-    d = serving.deploy("recs@champion", endpoint, min_replicas=1, max_replicas=1, settings=s)
-    import ray
-
-    ray.shutdown()
-    return s, d
-
-
-def test_killing_the_replica_loses_no_acknowledged_event(served, tmp_path):
-    s, d = _deploy(served, tmp_path, "durable-replica")
+@pytest.fixture(scope="module")
+def durable(served, tmp_path_factory):
+    """One endpoint on a serving cluster of its own (the package's models): first its replica is killed, then
+    its whole head (the tests run in this order)."""
+    s = sharing(served.settings, tmp_path_factory.mktemp("durable") / "home", serve_port=free_port())
     try:
-        posters = Posters(d.url, served.keys["consumer"])
-        posters.wait_for(100)
-        replicas = [p for p in psutil.process_iter(["cmdline"])
-                    if "ServeReplica:durable-replica" in " ".join(p.info["cmdline"] or [])]
-        assert replicas, "no replica process found"
-        for p in replicas:
-            os.kill(p.pid, signal.SIGKILL)
-        posters.join()
-        assert posters.failures > 0  # the kill was felt: requests failed and were retried
-        _check(s, "durable-replica", posters)
-    finally:
-        serving.shutdown(settings=s)
-
-
-def test_killing_the_whole_head_loses_no_acknowledged_event(served, tmp_path):
-    s, d = _deploy(served, tmp_path, "durable-head")
-    try:
-        posters = Posters(d.url, served.keys["consumer"])
-        posters.wait_for(100)
-        members = _procs.members(_procs.tag(s.home))
-        assert members
-        for p in members:
-            try:
-                os.kill(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(1)
-        assert not [p for p in _procs.members(_procs.tag(s.home)) if p.status() != psutil.STATUS_ZOMBIE]
-        serving.deploy("recs@champion", "durable-head", min_replicas=1, max_replicas=1, settings=s)  # restart
+        d = serving.deploy("recs@champion", "durable", min_replicas=1, max_replicas=1, settings=s)
         import ray
 
         ray.shutdown()
-        posters.join()
-        assert posters.failures > 0
-        _check(s, "durable-head", posters)
+        yield s, d
     finally:
         serving.shutdown(settings=s)
+
+
+def test_killing_the_replica_loses_no_acknowledged_event(served, durable):
+    s, d = durable
+    posters = Posters(d.url, served.keys["consumer"])
+    posters.wait_for(100)
+    replicas = [p for p in psutil.process_iter(["cmdline"])
+                if "ServeReplica:durable:" in " ".join(p.info["cmdline"] or [])]
+    assert replicas, "no replica process found"
+    for p in replicas:
+        os.kill(p.pid, signal.SIGKILL)
+    posters.join()
+    assert posters.failures > 0  # the kill was felt: requests failed and were retried
+    _check(s, "durable", posters)
+
+
+def test_killing_the_whole_head_loses_no_acknowledged_event(served, durable):
+    s, d = durable
+    posters = Posters(d.url, served.keys["consumer"])
+    posters.wait_for(100)
+    members = _procs.members(_procs.tag(s.home))
+    assert members
+    for p in members:
+        try:
+            os.kill(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    time.sleep(1)
+    assert not [p for p in _procs.members(_procs.tag(s.home)) if p.status() != psutil.STATUS_ZOMBIE]
+    serving.deploy("recs@champion", "durable", min_replicas=1, max_replicas=1, settings=s)  # restart
+    import ray
+
+    ray.shutdown()
+    posters.join()
+    assert posters.failures > 0
+    _check(s, "durable", posters)

@@ -121,6 +121,14 @@ def test_a_timestamp_more_than_a_day_ahead_is_409_and_not_stored(served):
     assert _stored(served) == n
 
 
+def test_a_timestamp_before_1970_is_409_and_not_stored_and_the_log_stays_readable(served):
+    """Year 825 is a valid ISO 8601 date-time: stored, it made SQLite's reader fail on the whole log."""
+    n = _stored(served)
+    r = served.post("recs", "/feedback", {"events": [_event(1, 2), _event(1, 2, timestamp="0825-03-02T18:17:53")]})
+    assert r.status_code == 409 and "event 1" in r.json()["error"] and "before 1970" in r.json()["error"], r.text
+    assert _stored(served) == n
+
+
 def test_a_body_over_the_feedback_limit_is_413(served):
     big = {"events": [_event(1, 2, request_id="r" * 64) for _ in range(1000)]}
     big["events"][0]["event_id"] = "e" * 128

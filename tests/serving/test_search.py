@@ -71,8 +71,6 @@ def test_suggestions_complete_a_prefix_with_titles_by_popularity(served, catalog
     got = r.json()["suggestions"]
     assert 1 <= len(got) <= 5 and all(s["text"].lower().startswith(title[:3].lower()) for s in got), got
     assert all(s["item_id"] in catalogue.index for s in got if s["item_id"] is not None)
-    typo = served.post("search", "/suggest", {"prefix": title[0] + title[2] + title[1] + title[3:6], "k": 5})
-    assert typo.status_code == 200, typo.text
 
 
 @pytest.mark.parametrize("body,status", [
@@ -86,7 +84,7 @@ def test_suggestions_complete_a_prefix_with_titles_by_popularity(served, catalog
     ({"query": "🎷🎺 jazz 🎶"}, 200),
     ({"query": "موسيقى الجاز"}, 200),  # right-to-left
     ({"query": "ja\u0301zz\u0308"}, 200),  # combining marks
-    ({"query": "ja\x00zz\x1b[31m\x7f"}, 200),  # control characters
+    ({"query": "ja\x00zz\x1b[31m\x7f"}, 200),  # control characters (logged without them)
     ({"query": "x" * 1000}, 200),
 ])
 def test_bad_input_is_a_clear_4xx_or_a_sane_answer(served, body, status):
@@ -125,19 +123,20 @@ def test_past_queries_are_suggested_by_how_often_they_were_asked(served, tmp_pat
     from aimass.serving._search import PastQueries
 
     log = events.ServedLog(served.settings)
-    for q, n in (("Velvet Underground live", 3), ("velvet underground live ", 1), ("velvet gold", 2),
-                 ("nothing found", 5)):
-        for _ in range(n):
-            log.record("past", "r", "search", "catalogue", 1, None, [], [] if q == "nothing found" else [1], [0.5],
+    for q, users in (("Velvet Underground live", [1, 2, 3]), ("velvet underground live ", [4]),
+                     ("velvet gold", [1, 2, 3]), ("velvet secret of one user", [5] * 9), ("nothing found", [1, 2, 3])):
+        for u in users:
+            log.record("past", "r", "search", "catalogue", 1, u, [], [] if q == "nothing found" else [1], [0.5],
                        "no_results" if q == "nothing found" else "model", query=q)
     log.flush()
-    past = PastQueries(log, "past", interval=0.05)
+    past = PastQueries(log, "past", interval=0.05, min_users=3)
     try:
         for _ in range(100):
             if past.table:
                 break
             time.sleep(0.05)
-        assert past.matching("VEL", 5) == [("velvet underground live", 4), ("velvet gold", 2)]
+        # asked by 4 users (3 + 1, case and spaces folded), by 3; one user's query, however often, never
+        assert past.matching("VEL", 5) == [("velvet underground live", 4), ("velvet gold", 3)]
         assert past.matching("noth", 5) == []  # a query that found nothing is not suggested
     finally:
         past.stop()

@@ -118,7 +118,7 @@ class ServedAnswerBase(SQLModel):
     shadow: bool = Field(False, description="A shadow arm's answer: logged for comparison, never returned")
     overlap: float | None = Field(None, description="Shadow only: |shadow items & live items| / k")
     latency_ms: float | None = Field(None, description="Time to compute the answer in the replica")
-    query: str | None = Field(None, description="search and suggest: the query or prefix as sent")
+    query: str | None = Field(None, description="search: the query as sent (printable characters only)")
 
 
 class ServedAnswer(ServedAnswerBase, table=True):

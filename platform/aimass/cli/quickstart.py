@@ -18,6 +18,7 @@ def quickstart(
     workers: int = typer.Option(1, "--workers", help="Ray Train workers"),
     traffic_users: int = typer.Option(300, "--traffic-users", help="Users of the demo traffic burst"),
     retrain_budget: float = typer.Option(1.0, "--retrain-budget", help="Minutes of retraining at most"),
+    search: bool = typer.Option(True, "--search/--no-search", help="Step 11: a search index of the catalogue"),
     as_json: bool = JSON,
 ):
     """The main job, end to end on the embedded default: demo dataset -> DVC registry -> Ray Train -> MLflow ->
@@ -91,9 +92,13 @@ def quickstart(
     console.stage("[10/11] a canary split on the demo endpoint: an auto experiment on the feedback")
     canary = _canary(again, name, small, s)
     traffic = serving.traffic("demo", history=3, settings=s)
-    console.stage("[11/11] a search index of the demo catalogue (BM25 + MiniLM vectors, int8) built with Ray "
-                  "Train, registered as demo-search and deployed at endpoint 'search'")
-    search = _search_index(v.ref, key, ds, s)
+    if search:
+        console.stage("[11/11] a search index of the demo catalogue (BM25 + MiniLM vectors, int8) built with Ray "
+                      "Train, registered as demo-search and deployed at endpoint 'search'")
+        search = _search_index(v.ref, key, ds, s)
+    else:
+        console.stage("[11/11] no search index (--no-search)")
+        search = None
     loop = {"traffic": burst, "drift": report.model_dump(mode="json"), "retrain": again.model_dump(mode="json"),
             "scheduler": scheduler, "canary": canary, "split": traffic.model_dump(mode="json"), "search": search}
     if as_json:
@@ -128,10 +133,11 @@ def quickstart(
         f"MLflow   .venv/bin/mlflow ui --backend-store-uri {s.tracking_uri} --host 127.0.0.1 --port 5000",
         f"API      {d.url} (OpenAPI: {d.url}/docs.json)",
         f"API key  {key} (shown once; stored hashed)",
-        f"search   {search['model']} at {search['url']}: {search['query']!r} -> {', '.join(search['top'])}",
+        *([f"search   {search['model']} at {search['url']}: {search['query']!r} -> {', '.join(search['top'])}"]
+          if search else []),
         "Try it:",
         f"  {curl}",
-        f"  {search['curl']}",
+        *([f"  {search['curl']}"] if search else []),
         "Stop serving: .venv/bin/aimass deployments shutdown",
     ]))
 
@@ -160,8 +166,10 @@ def _search_index(dataset: str, key: str, ds, s) -> dict:
     mv = models.register(r.run_id, "demo-search", settings=s)
     d = serving.deploy(mv.ref, endpoint="search", min_replicas=1, max_replicas=1, settings=s)
     query = str(ds.items["genre"].mode().iloc[0]) if "genre" in ds.items.columns else "music"
-    answer = httpx.post(f"{d.url}/search", json={"query": query, "k": 3}, timeout=30,
-                        headers={"Authorization": f"Bearer {key}"}).json()
+    r = httpx.post(f"{d.url}/search", json={"query": query, "k": 3}, timeout=30,
+                   headers={"Authorization": f"Bearer {key}"})
+    r.raise_for_status()
+    answer = r.json()
     return {"model": mv.ref, "url": d.url, "query": query, "top": answer.get("titles", []),
             "curl": serving.curl_example(d, key, k=5, query=query)}
 

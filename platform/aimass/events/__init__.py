@@ -27,9 +27,13 @@ __all__ = ["TAIL", "Ack", "EventLog", "FeedbackEventBase", "FeedbackEventPublic"
 _COLUMNS = ["event_id", "user_id", "item_id", "type", "timestamp", "value", "request_id"]
 
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def check(events: list[FeedbackEventBase], rules: Rules, settings: Settings, now: datetime | None = None) -> None:
-    """What the field types cannot say: a known type (InvalidInputError), a timestamp not too far ahead of this
-    server's clock (ConflictError: the event is well-formed, the clock disagrees). Names the event."""
+    """What the field types cannot say: a known type (InvalidInputError), a timestamp from 1970 on and not too
+    far ahead of this server's clock (ConflictError: the event is well-formed, the clock disagrees). Names the
+    event."""
     now = now or datetime.now(UTC)
     limit = now + timedelta(seconds=settings.feedback_max_future_s)
     for i, e in enumerate(events):
@@ -38,6 +42,8 @@ def check(events: list[FeedbackEventBase], rules: Rules, settings: Settings, now
             raise InvalidInputError(f"{where}: unknown event type {e.type!r}; known types: "
                                     f"{', '.join(rules.types)} (AIMASS_FEEDBACK_POSITIVE/_NEGATIVE/_NEUTRAL)")
         ts = e.timestamp if e.timestamp.tzinfo else e.timestamp.replace(tzinfo=UTC)
+        if ts < EPOCH:  # well-formed, but no behaviour log starts before it (and year 825 breaks SQLite's reader)
+            raise ConflictError(f"{where}: timestamp {ts.isoformat()} is before 1970-01-01")
         if ts > limit:
             raise ConflictError(f"{where}: timestamp {ts.isoformat()} is more than "
                                     f"{settings.feedback_max_future_s:g} s in the future")
@@ -115,6 +121,7 @@ def read_events(path: str | Path, rules: Rules, settings: Settings) -> pd.DataFr
     if iso.any():
         parsed[iso] = pd.to_datetime(ts[iso].astype(str), utc=True, errors="coerce", format="ISO8601")
     bad(parsed.isna().to_numpy(), "missing or malformed timestamp (ISO 8601 or unix seconds)")
+    bad((parsed < pd.Timestamp(0, tz="UTC")).to_numpy(), "timestamp before 1970-01-01")
     limit = pd.Timestamp.now(tz="UTC") + pd.Timedelta(seconds=settings.feedback_max_future_s)
     bad((parsed > limit).to_numpy(), f"timestamp more than {settings.feedback_max_future_s:g} s in the future")
     f["timestamp"] = parsed

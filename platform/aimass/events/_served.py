@@ -91,15 +91,22 @@ class ServedLog:
         f["served_at"] = pd.to_datetime(f["served_at"], utc=True)
         return f
 
-    def queries(self, endpoint: str, limit: int = 5000) -> list[tuple[str, int]]:
-        """The endpoint's past search queries that found something, most asked first, as (query, times): what
-        suggestions complete beside the catalogue's titles. Case-folded, so "Jazz" and "jazz" count together."""
+    def queries(self, endpoint: str, *, min_users: int = 1, days: float = 30,
+                limit: int = 5000) -> list[tuple[str, int]]:
+        """The endpoint's past search queries of the last `days` that found something and that at least
+        `min_users` different (known) users asked, most asked first, as (query, times): what suggestions complete
+        beside the catalogue's titles. Case-folded, so "Jazz" and "jazz" count together."""
+        from datetime import timedelta
+
         from sqlalchemy import func
 
         q = func.lower(func.trim(TABLE.c.query))
+        since = as_utc(datetime.now(UTC) - timedelta(days=days))
         stmt = (select(q.label("q"), func.count().label("n"))
                 .where(TABLE.c.endpoint == endpoint, TABLE.c.route == "search", TABLE.c.query.is_not(None),
-                       TABLE.c.strategy == "model", or_(TABLE.c.shadow.is_(False), TABLE.c.shadow.is_(None)))
-                .group_by(q).order_by(func.count().desc(), q).limit(limit))
+                       TABLE.c.strategy == "model", TABLE.c.served_at >= since,
+                       or_(TABLE.c.shadow.is_(False), TABLE.c.shadow.is_(None)))
+                .group_by(q).having(func.count(TABLE.c.user_id.distinct()) >= min_users)
+                .order_by(func.count().desc(), q).limit(limit))
         with self.engine.connect() as conn:
             return [(r.q, int(r.n)) for r in conn.execute(stmt) if r.q]

@@ -26,7 +26,6 @@ class Engine:
         self.histories: dict[int, np.ndarray] = {}
         self.popularity = np.zeros(n + 1, dtype=np.float64)  # by dense id; column 0 is padding
         self.columns: dict[str, np.ndarray] = {}
-        self.titles = np.full(n + 1, "", dtype=object)  # by dense id: what a search answer shows per item
         if ds is not None:
             inter = ds.interactions
             by_user = inter.groupby("user_id", sort=False)["item_id"]
@@ -35,9 +34,6 @@ class Engine:
             np.add.at(self.popularity, dense, 1.0)
             if ds.items is not None:
                 table = ds.items.set_index("item_id").reindex(self.item_ids)
-                named = next((c for c in ("title", "name", "text") if c in table.columns), None)
-                if named is not None:
-                    self.titles[1:] = table[named].fillna("").astype(str).to_numpy()
                 for col in table.columns:
                     if col not in _TEXT_COLUMNS and not pd.api.types.is_numeric_dtype(table[col]):
                         values = table[col].fillna("").astype(str).to_numpy()

@@ -189,8 +189,9 @@ class FeedbackEvent(FeedbackEventBase):
     timestamp: Annotated[datetime, WithJsonSchema({
         "anyOf": [{"type": "string", "format": "date-time"},
                   {"type": "number", "minimum": 0, "maximum": MAX_UNIX_S}],
-        "description": "When it happened: ISO 8601 date and time (no offset means UTC) or unix seconds; at most "
-                       "AIMASS_FEEDBACK_MAX_FUTURE_S (a day) ahead of the server's clock, else 409"})]
+        "description": "When it happened: ISO 8601 date and time (no offset means UTC) or unix seconds; from "
+                       "1970-01-01 and at most AIMASS_FEEDBACK_MAX_FUTURE_S (a day) ahead of the server's clock, "
+                       "else 409"})]
 
     _numbers = field_validator("user_id", "item_id", "value", mode="before")(_strict_number)
     _time = field_validator("timestamp", mode="before")(_timestamp)

@@ -32,10 +32,16 @@ def search(engine: Engine, query: str, k: int, mode: str | None, user_id: int | 
     ok = engine.allowed(None, False, [], filters or {}) if filters else None
     out = est.search(query, k=k, mode=mode, history=seen, allowed=ok)
     dense = np.asarray(out["items"], dtype=np.int64)
-    return {"query": query, "items": engine.item_ids[dense - 1].tolist(), "titles": engine.titles[dense].tolist(),
+    titles = [est.titles_[i - 1] for i in dense.tolist()]  # the index's own: what /suggest shows too
+    return {"query": query, "items": engine.item_ids[dense - 1].tolist(), "titles": titles,
             "scores": _finite(np.asarray(out["scores"])), "mode": out["mode"], "corrected": out.get("corrected"),
             "personalised": bool(out.get("personalised")), "history_length": 0 if seen is None else len(seen),
             "history_tail": engine.raw(seen), "strategy": "model" if len(dense) else "no_results"}
+
+
+def loggable(query: str) -> str:
+    """The query as the served-answer log keeps it: printable characters only (Postgres text cannot hold NUL)."""
+    return "".join(c if c.isprintable() else " " for c in query)[:1000]
 
 
 def _fold(text: str) -> str:
@@ -44,10 +50,13 @@ def _fold(text: str) -> str:
 
 class PastQueries:
     """The endpoint's popular past queries, refreshed from the served-answer log every `interval` seconds in
-    a thread of its own (never on the request path)."""
+    a thread of its own (never on the request path). Only a query that `min_users` different users asked in the
+    last `days` is suggested: one person's query (an e-mail address, a name) never reaches anyone else, and one
+    key cannot plant suggestions for everyone."""
 
-    def __init__(self, served_log, endpoint: str, interval: float = 30.0):
+    def __init__(self, served_log, endpoint: str, interval: float = 30.0, min_users: int = 3, days: float = 30):
         self.served_log, self.endpoint, self.interval = served_log, endpoint, interval
+        self.min_users, self.days = min_users, days
         self.table: list[tuple[str, str, int]] = []  # (folded, as asked, times)
         self._stop = threading.Event()
         threading.Thread(target=self._run, name="aimass-past-queries", daemon=True).start()
@@ -55,7 +64,8 @@ class PastQueries:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                self.table = [(_fold(q), q, n) for q, n in self.served_log.queries(self.endpoint)]
+                asked = self.served_log.queries(self.endpoint, min_users=self.min_users, days=self.days)
+                self.table = [(_fold(q), q, n) for q, n in asked]
             except Exception:  # the catalog is away: keep the last table
                 log.exception("reading past queries failed")
             self._stop.wait(self.interval)

@@ -300,7 +300,8 @@ class Pipeline(_Feedback):
 @bentoml.service(name="aimass-search", traffic=TRAFFIC)
 class Search(_SingleModel):
     """search and suggest over a registered search index (family `search`: BM25 and MiniLM vectors), besides
-    the recommend / similar / rank every model answers; splits, shadows and rollbacks as for any model."""
+    the recommend / similar / rank every model answers; splits and rollbacks as for any model (a shadow arm
+    sees the /recommend traffic only)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -314,13 +315,14 @@ class Search(_SingleModel):
         gets them unpersonalised. A word the catalogue lacks is corrected (`corrected` says to what). Clicks
         on results go to POST /feedback with this answer's request_id."""
         served, out, _ = self._answer(
-            ctx, "search", user_id, lambda e: _search.search(e, query, k, mode, user_id, filters), query=query)
+            ctx, "search", user_id, lambda e: _search.search(e, query, k, mode, user_id, filters),
+            query=_search.loggable(query))
         return SearchResults(**served, **{k_: v for k_, v in out.items() if k_ != "strategy"})
 
     @bentoml.api
     def suggest(self, ctx: bentoml.Context, prefix: Prefix, k: SuggestK = 5) -> Suggestions:
-        """Completions of what the user has typed: item titles by popularity (a typo in the prefix forgiven),
-        then the endpoint's popular past queries."""
+        """Completions of what the user has typed: item titles whose start, or a word's, matches the prefix, by
+        popularity, then the endpoint's past queries that several users asked."""
         t, ref, engine = self.arms.pick(None)
         with _errors():
             out = _search.suggest(engine, prefix, k, self.past)

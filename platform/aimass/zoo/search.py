@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import unicodedata
 from collections import OrderedDict
 from pathlib import Path
@@ -73,7 +74,8 @@ class SearchConfig(BaseModel):
 
 _WORD = re.compile(r"\w+")
 _NO_SPACE_SCRIPT = 0x2E80  # CJK, kana, hangul and above: scripts written without spaces
-_MAX_QUERY_CHARS = 1000  # a 10 kB query is a paste accident; its head is what the user meant
+_MAX_QUERY_CHARS = 1000
+_MAX_TITLE = 100  # a 10 kB query is a paste accident; its head is what the user meant
 
 
 def fold(text: str) -> str:
@@ -93,11 +95,12 @@ def words(text: str) -> list[str]:
 
 
 def title_of(row: dict, text: str) -> str:
-    """The display name of an item: its title/name column, else its text up to ' | ' or ' by '."""
+    """The display name of an item: its title/name column, else its text up to ' | ' (the demo's and Last.fm's
+    field separator), at most 100 characters: suggestions index every word suffix of it."""
     for key in ("title", "name"):
         if isinstance(row.get(key), str) and row[key].strip():  # a missing value (None, NaN) falls through
-            return row[key]
-    return re.split(r" \| | by ", text, maxsplit=1)[0]
+            return row[key][:_MAX_TITLE]
+    return text.split(" | ", 1)[0][:_MAX_TITLE]
 
 
 class Search:
@@ -230,6 +233,7 @@ class Search:
             self._ann = Index(ndim=self._dense.shape[1], metric="ip", dtype="i8" if cfg.vectors == "int8" else "f32")
             self._ann.add(np.arange(self.n_items_), self._dense, threads=1)
         self._qcache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._qlock = threading.Lock()
         return self
 
     def _terms(self, toks: list[str]) -> list[str]:
@@ -341,10 +345,11 @@ class Search:
                            weights=np.concatenate([self._bm25_data[p] for p in parts]), minlength=self.n_items_)
 
     def _query_vector(self, text: str) -> np.ndarray:
-        cached = self._qcache.get(text)
-        if cached is not None:
-            self._qcache.move_to_end(text)
-            return cached
+        with self._qlock:  # one estimator answers every request of a replica
+            cached = self._qcache.get(text)
+            if cached is not None:
+                self._qcache.move_to_end(text)
+                return cached
         import torch
 
         from aimass.zoo.text import TextEncoder
@@ -355,9 +360,10 @@ class Search:
             v = model(prep([text]))["sentence_embedding"][0].float().numpy()
         v /= max(float(np.linalg.norm(v)), 1e-12)
         if self._cfg.query_cache:
-            self._qcache[text] = v
-            if len(self._qcache) > self._cfg.query_cache:
-                self._qcache.popitem(last=False)
+            with self._qlock:
+                self._qcache[text] = v
+                if len(self._qcache) > self._cfg.query_cache:
+                    self._qcache.popitem(last=False)
         return v
 
     def _semantic(self, q: np.ndarray, mask) -> np.ndarray:
