@@ -46,7 +46,7 @@ def home(tmp_path_factory) -> Home:
     inter, items = aimass.datasets.generate_demo(s.home.parent / "demo",
                                                  aimass.datasets.DemoConfig(users=600, tracks=300, seed=4))
     aimass.datasets.register("demo", inter, "csv", items=items, settings=s)
-    run = aimass.train("itemknn", "demo@v1", workers=1, progress=False, settings=s).run_id
+    run = aimass.train("itemknn", "demo@v1", workers=0, progress=False, settings=s).run_id
     ray.shutdown()
     registry.register(run, "recs", settings=s)
     return Home(s)

@@ -37,8 +37,8 @@ def env(tmp_path_factory):
     inter, items = aimass.datasets.generate_demo(s.home.parent / "demo", cfg)
     aimass.datasets.register("demo", inter, "csv", items=items, settings=s)
     params = {"dim": 16, "n_blocks": 1, "n_heads": 1, "max_len": 20, "epochs": 2, "batch_size": 32}
-    sas = aimass.train("sasrec", "demo", params, workers=1, progress=False, settings=s)
-    pop = aimass.train("popularity", "demo", workers=1, progress=False, settings=s)
+    sas = aimass.train("sasrec", "demo", params, workers=0, progress=False, settings=s)
+    pop = aimass.train("popularity", "demo", workers=0, progress=False, settings=s)
     registry.register(sas.run_id, "rec", settings=s)
     registry.register(pop.run_id, "pop", settings=s)
     yield s

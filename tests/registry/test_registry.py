@@ -24,9 +24,9 @@ def env(tmp_path_factory):
     inter2, _ = aimass.datasets.generate_demo(s.home.parent / "demo2", cfg.model_copy(update={"seed": 3}))
     aimass.datasets.register("demo", inter2, "csv", items=items, settings=s)
     runs = {
-        "pop": aimass.train("popularity", "demo@v1", workers=1, progress=False, settings=s).run_id,
-        "knn": aimass.train("itemknn", "demo@v1", workers=1, progress=False, settings=s).run_id,
-        "knn_v2": aimass.train("itemknn", "demo@v2", workers=1, progress=False, settings=s).run_id,
+        "pop": aimass.train("popularity", "demo@v1", workers=0, progress=False, settings=s).run_id,
+        "knn": aimass.train("itemknn", "demo@v1", workers=0, progress=False, settings=s).run_id,
+        "knn_v2": aimass.train("itemknn", "demo@v2", workers=0, progress=False, settings=s).run_id,
     }
     yield s, runs
     import ray

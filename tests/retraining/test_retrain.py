@@ -56,7 +56,7 @@ def loop(tmp_path_factory):
     s = Settings(home=tmp_path_factory.mktemp("retrain") / "home")
     inter, items = datasets.generate_demo(s.home.parent / "demo", datasets.DemoConfig(users=100, tracks=120, seed=4))
     datasets.register("demo", inter, "csv", items=items, settings=s)
-    run = aimass.train("itemknn", "demo@v1", PARAMS, workers=1, progress=False, settings=s)
+    run = aimass.train("itemknn", "demo@v1", PARAMS, workers=0, progress=False, settings=s)
     import ray
 
     ray.shutdown()

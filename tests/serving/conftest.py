@@ -83,11 +83,8 @@ def served(tmp_path_factory):
     inter, items = aimass.datasets.generate_demo(s.home.parent / "demo",
                                                  aimass.datasets.DemoConfig(users=60, tracks=120, seed=4))
     aimass.datasets.register("demo", inter, "csv", items=items, settings=s)
-    runs = {f: aimass.train(f, "demo@v1", TINY if f in ("sasrec", "two-tower") else None, workers=1,
+    runs = {f: aimass.train(f, "demo@v1", TINY if f in ("sasrec", "two-tower") else None, workers=0,
                             progress=False, settings=s).run_id for f in ("itemknn", "two-tower", "sasrec", "search")}
-    import ray
-
-    ray.shutdown()  # the training cluster; serving runs on its own detached one
     knn = registry.register(runs["itemknn"], "recs", settings=s)
     # Forced: the gate's latency check measures this machine, and serving tests must not depend on its load.
     registry.promote("recs", knn.version, force=True, settings=s)
@@ -102,6 +99,8 @@ def served(tmp_path_factory):
         d = serving.deploy("recs@champion", "recs", settings=s)
         m = serving.deploy("retrieval/1", "multi", ranker="ranker/1", settings=s)
         q = serving.deploy("catalogue/1", "search", settings=s)
+        import ray
+
         ray.shutdown()
         cluster = cluster_of(s)
         yield Served(s, keys, {"recs": d.url, "multi": m.url, "search": q.url})

@@ -89,9 +89,10 @@ BAD = [
     ("itemknn", "demo@v9", {}, 1, False, NotFoundError, "has no version 9"),
     ("sasrec", "demo", {"lr": -1.0}, 1, False, InvalidInputError, "lr: Input should be greater than 0"),
     ("itemknn", "demo", {"colour": "red"}, 1, False, InvalidInputError, "colour: Extra inputs"),
-    ("itemknn", "demo", {}, 0, False, InvalidInputError, "workers must be at least 1"),
+    ("itemknn", "demo", {}, -1, False, InvalidInputError, r"workers must be 0 \(this process\) or more"),
     ("itemknn", "demo", {}, 64, False, InvalidInputError, "64 workers asked for"),
     ("itemknn", "demo", {}, 1, True, InvalidInputError, "GPU"),
+    ("itemknn", "demo", {}, 0, True, InvalidInputError, "a GPU asked for but this process sees none"),
 ]
 
 
@@ -130,6 +131,22 @@ def test_resume_continues_a_stopped_job_in_the_same_run(home):
     splits = make_splits(aimass.datasets.load("demo", settings=home).interactions, max_val_users=7, seed=0)
     assert len(splits.val_users) == 7 and job["val_users_sha1"] == hashlib.sha1(
         np.asarray(splits.val_users, dtype=np.int64).tobytes()).hexdigest()
+
+
+def test_local_mode_trains_in_this_process_and_resumes(home):
+    """workers=0: Ray Train's local mode, the same loop without a cluster; its checkpoints land where Ray
+    Train's would (two kept), so resume works the same."""
+    first = aimass.train("sasrec", "demo", TINY["sasrec"], workers=0, epochs=1, progress=False, settings=home)
+    run = mlflow.get_run(first.run_id)
+    assert run.info.status == "FINISHED" and run.data.params["workers"] == "0" and first.epochs == 1
+    again = aimass.resume(first.run_id, epochs=3, progress=False, settings=home)
+    assert again.run_id == first.run_id and again.epochs == 3
+    steps = [m.step for m in mlflow.MlflowClient().get_metric_history(first.run_id, "loss")]
+    assert steps == [1, 2, 3]
+    kept = sorted(p.name for p in (home.home / "ray-results" / first.run_id).glob("checkpoint_*"))
+    assert len(kept) == 2 and all((home.home / "ray-results" / first.run_id / k / "state.json").exists()
+                                  for k in kept)
+    assert 0 <= again.metrics["test_ndcg@10"] <= 1
 
 
 def test_time_budget_stops_every_worker_at_the_same_step(home):

@@ -29,7 +29,8 @@ def _parse_params(pairs: list[str]) -> dict:
 def train(
     family: str = typer.Argument(None, help=f"Model family: {', '.join(families())}"),
     dataset: str = typer.Option(None, "--dataset", "-d", help="NAME or NAME@vN"),
-    workers: int = typer.Option(1, "--workers", "-w", help="Ray Train workers"),
+    workers: int = typer.Option(1, "--workers", "-w",
+                                help="Ray Train workers (0: in this process, Ray Train's local mode)"),
     gpu: bool = typer.Option(False, "--gpu", help="One GPU per worker"),
     epochs: int = typer.Option(None, "--epochs", help="Override the family's epochs"),
     time_budget: float = typer.Option(None, "--time-budget", help="Minutes of training at most"),

@@ -145,7 +145,9 @@ def _run(r: RetrainResult, d, promote: bool, progress: bool, s: Settings, budget
     same = {k: job[k] for k in ("epochs", "time_budget_min", "max_val_users", "item_text") if k in job}
     if budget_min is not None:
         same["time_budget_min"] = budget_min
-    run = train(job["family"], new.ref, job["params"], workers=1, progress=progress, settings=s, **same)
+    # on as many workers as the champion's job had (0: in the process that retrains)
+    run = train(job["family"], new.ref, job["params"], workers=job.get("workers", 1), progress=progress,
+                settings=s, **same)
     r.run_id, r.metrics = run.run_id, run.metrics
     v = registry.register(run.run_id, champion.name, settings=s)
     r.challenger = v.ref

@@ -1,5 +1,6 @@
 """Training jobs: any family on a registered dataset version, on N Ray Train workers (CPU, or GPU when asked
-and present), tracked as one MLflow run.
+and present), tracked as one MLflow run. `workers=0` runs the same loop in this process (Ray Train's local
+mode: no cluster to start, for notebooks, debugging and small data).
 
     >>> run = aimass.train("sasrec", dataset="demo@v1", params={"dim": 64}, workers=2)
     >>> run.metrics["test_ndcg@10"], run.model_uri
@@ -9,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import queue as _queue
 import tempfile
 import time
 from pathlib import Path
@@ -59,8 +61,8 @@ def train(
     params = dict(params or {})
     cls = family_class(family)
     _check_params(cls, params, epochs)
-    if workers < 1:
-        raise InvalidInputError(f"workers must be at least 1, got {workers}")
+    if workers < 0:
+        raise InvalidInputError(f"workers must be 0 (this process) or more, got {workers}")
     if not s.ray_address and workers > (os.cpu_count() or 1):  # known before starting anything
         raise InvalidInputError(f"{workers} workers asked for but this machine has {os.cpu_count()} CPUs")
     if time_budget_min is not None and time_budget_min <= 0:
@@ -161,14 +163,22 @@ def _run(s, cls, family, info, params, data, splits, workers, gpu, epochs, budge
     from aimass import _ray
     from aimass.tracking import TAG, lineage_tags, log_model, metric_key, mlflow_for
 
-    ray = _ray.init(s)
-    resources = ray.cluster_resources()
-    if gpu and resources.get("GPU", 0) < workers:
-        raise InvalidInputError(f"{workers} GPU worker(s) asked for but the Ray cluster has "
-                                f"{int(resources.get('GPU', 0))} GPU(s)")
-    if workers > resources.get("CPU", 0):
-        raise InvalidInputError(f"{workers} workers asked for but the Ray cluster has "
-                                f"{int(resources.get('CPU', 0))} CPUs")
+    if workers:
+        ray = _ray.init(s)
+        resources = ray.cluster_resources()
+        if gpu and resources.get("GPU", 0) < workers:
+            raise InvalidInputError(f"{workers} GPU worker(s) asked for but the Ray cluster has "
+                                    f"{int(resources.get('GPU', 0))} GPU(s)")
+        if workers > resources.get("CPU", 0):
+            raise InvalidInputError(f"{workers} workers asked for but the Ray cluster has "
+                                    f"{int(resources.get('CPU', 0))} CPUs")
+    else:  # Ray Train's local mode: the loop runs in this process, no Ray cluster
+        ray = None
+        if gpu:
+            import torch
+
+            if not torch.cuda.is_available():
+                raise InvalidInputError("a GPU asked for but this process sees none")
     mlflow = mlflow_for(s)
     job = {"family": family, "dataset": info.ref, "params": params, "workers": workers, "gpu": gpu,
            "epochs": epochs, "time_budget_min": budget_min, "max_val_users": data["max_val_users"],
@@ -248,18 +258,29 @@ def _fit(s, ray, cls, family, data, params, run_id, workers, gpu, epochs, budget
 
     from aimass.training._loop import worker_loop
 
-    queue = Queue(maxsize=1000, actor_options={"num_cpus": 0}) if progress else None
-    config = {"family": family, "params": params, "data_ref": ray.put(data), "seed": params.get("seed", 0),
+    storage = (s.home / "ray-results").resolve()
+    if workers:
+        queue = Queue(maxsize=1000, actor_options={"num_cpus": 0}) if progress else None
+        where = {"data_ref": ray.put(data),
+                 "threads_per_worker": max(1, int(ray.cluster_resources().get("CPU", 1)) // workers)}
+        scaling = ScalingConfig(num_workers=workers, use_gpu=gpu, resources_per_worker={"CPU": 1})
+    else:
+        # Local mode keeps the checkpoint object the loop reports, not a copy, so the loop writes its
+        # checkpoints where Ray Train would have put them (resume reads them there)
+        queue = _LocalQueue(maxsize=1000) if progress else None
+        where = {"data": data, "threads_per_worker": os.cpu_count() or 1,
+                 "local_checkpoints": str(storage / run_id)}
+        scaling = ScalingConfig(num_workers=0, use_gpu=gpu)
+    config = {"family": family, "params": params, "seed": params.get("seed", 0),
               "epochs": epochs, "time_budget_s": budget_min * 60 if budget_min else None,
               "progress_queue": queue, "tracking_uri": s.tracking_uri, "run_id": run_id,
               # Train V2 dropped resume_from_checkpoint: the loop reads the folder itself
-              "resume_from": str(resume_from) if resume_from else None,
-              "threads_per_worker": max(1, int(ray.cluster_resources().get("CPU", 1)) // workers)}
+              "resume_from": str(resume_from) if resume_from else None, **where}
     trainer = TorchTrainer(
         worker_loop,
         train_loop_config=config,
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpu, resources_per_worker={"CPU": 1}),
-        run_config=RunConfig(name=run_id, storage_path=str((s.home / "ray-results").resolve()),
+        scaling_config=scaling,
+        run_config=RunConfig(name=run_id, storage_path=str(storage),
                              checkpoint_config=CheckpointConfig(num_to_keep=2),
                              # OpenMP threads that spin while waiting collapse when another process holds a
                              # core (a training step went from 0.8 s to 3 s here); passive waiting does not
@@ -269,6 +290,13 @@ def _fit(s, ray, cls, family, data, params, run_id, workers, gpu, epochs, budget
         return trainer.fit()
     with _ProgressBar(queue, family, epochs or getattr(cls.Config(), "epochs", 1)):
         return trainer.fit()
+
+
+class _LocalQueue(_queue.Queue):
+    """The progress queue of a local-mode job, in this process; Ray's queue (an actor) needs a cluster."""
+
+    def shutdown(self, force: bool = False) -> None:
+        pass
 
 
 class _ProgressBar:

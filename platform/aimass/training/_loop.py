@@ -31,7 +31,7 @@ def worker_loop(config: dict) -> None:
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    data = ray.get(config["data_ref"])
+    data = config["data"] if "data" in config else ray.get(config["data_ref"])
     torch.manual_seed(config["seed"])
     np.random.seed(config["seed"] + rank)
     torch.set_num_threads(max(1, config.get("threads_per_worker", 1)))
@@ -146,6 +146,7 @@ class _Reporter:
     def __init__(self, config: dict, rank: int, world: int):
         self.rank, self.queue, self.last, self.expected = rank, config.get("progress_queue"), 0.0, None
         self.client, self.run_id = None, config["run_id"]
+        self.local = Path(config["local_checkpoints"]) if config.get("local_checkpoints") else None
         if rank == 0:
             from mlflow import MlflowClient
 
@@ -164,12 +165,26 @@ class _Reporter:
         if self.rank != 0:
             ray.train.report(metrics)
             return
-        with tempfile.TemporaryDirectory(prefix="aimass-ckpt-") as d:
-            write(Path(d))
-            (Path(d) / "state.json").write_text(json.dumps(dataclasses.asdict(st)))
+        if self.local:  # local mode reports the folder itself: it must outlive this call
+            self.local.mkdir(parents=True, exist_ok=True)
+            d = self.local / f"checkpoint_{st.step:09d}"
+            shutil.rmtree(d, ignore_errors=True)
+            d.mkdir()
+            self._write(d, st, write)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+            for old in sorted(self.local.glob("checkpoint_*"))[:-2]:  # Ray Train's num_to_keep=2
+                shutil.rmtree(old, ignore_errors=True)
+        else:
+            with tempfile.TemporaryDirectory(prefix="aimass-ckpt-") as d:
+                self._write(Path(d), st, write)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
         self._log(metrics)
         self._send({"step": st.step, "expected": self.expected, "epoch": st.epoch, "best": st.best})
+
+    @staticmethod
+    def _write(d: Path, st: LoopState, write) -> None:
+        write(d)
+        (d / "state.json").write_text(json.dumps(dataclasses.asdict(st)))
 
     def _send(self, msg: dict) -> None:
         if self.queue is None:
