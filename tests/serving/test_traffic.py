@@ -214,6 +214,16 @@ def _traffic_with_plays(served, url: str, rates: dict[str, float], tag: str) -> 
     threading.Event().wait(1.0)  # answers are logged off the request path: let the last ones land
 
 
+def _decision(experiments, s, timeout: float = 30.0) -> str | None:
+    """The decision of the loop's experiment once another look (the scheduler's) has finished making it."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while (e := experiments.get("loop", settings=s)).state == "running" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return e.decision
+
+
 def test_a_retrained_challenger_goes_out_as_a_canary_and_wins(served, loop):
     """retrain -> canary (half the users) -> the challenger's answers are played far more -> the check the
     scheduler runs promotes it: all the traffic, and champion."""
@@ -234,7 +244,7 @@ def test_a_retrained_challenger_goes_out_as_a_canary_and_wins(served, loop):
     view = experiments.show("loop", settings=s)
     assert view.comparisons[0].state == "significant", view.comparisons[0]
     # the check the scheduler runs (a scheduler started by another test in this cluster may be first)
-    decision = experiments.check("loop", settings=s) or experiments.get("loop", settings=s).decision
+    decision = experiments.check("loop", settings=s) or _decision(experiments, s)
     assert decision.startswith(f"promoted {r.challenger}"), decision
     assert [a["ref"] for a in serving.traffic("loop", settings=s).split.arms] == [r.challenger]
     assert registry.get("recs@champion", settings=s).ref == r.challenger
@@ -254,7 +264,7 @@ def test_a_slow_canary_is_rolled_back(served, loop):
     _traffic_with_plays(served, loop.url, {"recs/1": 0.5, control: 0.1}, tag="slow")
     view = experiments.show("loop", settings=s)
     assert any("p99 latency" in g for g in view.guardrails_broken), view
-    decision = experiments.check("loop", settings=s) or experiments.get("loop", settings=s).decision
+    decision = experiments.check("loop", settings=s) or _decision(experiments, s)
     assert decision.startswith("rolled back: recs/1: p99 latency"), decision
     assert [a["ref"] for a in serving.traffic("loop", settings=s).split.arms] == [control]
     assert experiments.get("loop", settings=s).decision.startswith("rolled back")

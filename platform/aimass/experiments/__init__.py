@@ -286,14 +286,26 @@ def _stopped(s: Settings, e: ExperimentPublic, decision: str) -> ExperimentPubli
 
 def check(endpoint: str, *, settings: Settings | None = None) -> str | None:
     """One look at an auto (canary) experiment: promote a treatment that wins with its guardrails held, roll
-    back on a broken guardrail or a winning control; the decision made, or None (keep collecting)."""
-    from aimass import serving
-
+    back on a broken guardrail or a winning control; the decision made, or None (keep collecting, or another
+    look decided)."""
     s = settings or default_settings()
     e = get(endpoint, running_only=True, settings=s)
     if e is None or not e.auto:
         return None
     view = show(endpoint, experiment_id=e.experiment_id, settings=s)
+    still = get(endpoint, running_only=True, settings=s)
+    if still is None or still.id != e.id:  # decided by another look (the scheduler's, a person's) meanwhile
+        return None
+    try:
+        return _decide(endpoint, e, view, s)
+    except ConflictError:  # another look is deciding right now (its change is pending), or just did
+        log.info("experiment %s on %s: decided elsewhere", e.experiment_id, endpoint)
+        return None
+
+
+def _decide(endpoint: str, e: ExperimentPublic, view, s: Settings) -> str | None:
+    from aimass import serving
+
     control = view.arms[0].arm
     if view.guardrails_broken:
         why = "; ".join(view.guardrails_broken)
