@@ -323,7 +323,7 @@ class _ProgressBar:
         from aimass import console
 
         bar = console.progress(desc=f"training {self.family}", unit="step")
-        best = None
+        best, drawn = None, 0.0
         try:
             while not self.done.is_set():
                 try:
@@ -338,7 +338,12 @@ class _ProgressBar:
                 post = {"epoch": f"{min(msg['epoch'], self.epochs)}/{self.epochs}"}
                 if best is not None:
                     post["best_val_ndcg@10"] = f"{best:.4f}"
-                bar.set_postfix(post, refresh=True)
+                # at most one redraw a second: fast epochs would otherwise print a line each where stderr is
+                # not a terminal (a log, CI); close() draws the last state
+                bar.set_postfix(post, refresh=False)
+                if time.monotonic() - drawn >= 1.0:
+                    bar.refresh()
+                    drawn = time.monotonic()
         finally:
             bar.close()
 
