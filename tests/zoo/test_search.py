@@ -62,10 +62,11 @@ def test_two_edits_in_a_long_word(lexical):
     assert lexical.search("Metllca")["corrected"] is None  # two edits in a 7-letter word are too many
 
 
-def test_suggest_by_popularity(lexical):
+def test_suggest_title_starts_first_then_word_starts_each_by_popularity(lexical):
     got = lexical.suggest("bea")
-    assert got[0]["text"] == "The Beatles" and got[0]["item"] == 1  # most played, matched on a word start
-    assert {g["text"] for g in got} == {"The Beatles", "Beach House", "Beastie Boys"}
+    # Beach House and Beastie Boys start with the prefix; The Beatles, the most played, matches a later word
+    assert [g["text"] for g in got] == ["Beach House", "Beastie Boys", "The Beatles"] and got[2]["item"] == 1
+    assert [g["text"] for g in lexical.suggest("the")] == ["The Beatles"]
     assert lexical.suggest("BEY")[0]["text"] == "Beyoncé" and lexical.suggest("sigur ro")[0]["item"] == 6
     with pytest.raises(InvalidInputError):
         lexical.suggest("  ")

@@ -56,3 +56,25 @@ def test_item_text_features_rows_follow_dense_ids(encoder):
     assert feats.shape == (3, 384) and feats.dtype == np.float32
     assert not feats[0].any()  # padding
     np.testing.assert_array_equal(feats[1:], encoder.encode(["first item", "second item"]))
+
+
+def test_the_query_encoder_is_the_same_model_through_onnxruntime(encoder, tmp_path, monkeypatch):
+    """One query at a time through onnxruntime: the torch encoder's vectors, from any number of threads; if the
+    export fails (a full disk: simulated), the torch path answers instead."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    texts = ["rock", "female vocalists", "80s synth pop dance", "Ελληνικά τραγούδια", "日本のロック", "a " * 400]
+    ref = encoder.encode(texts, bf16=False)
+    q = text.query_encoder().warm()
+    assert q._session is not None and q._fallback is None  # really onnxruntime
+    with ThreadPoolExecutor(4) as pool:
+        got = np.stack(list(pool.map(q.encode, texts * 4)))
+    assert np.allclose(np.einsum("ij,ij->i", got, np.tile(ref, (4, 1))), 1.0, atol=1e-4)
+
+    def full_disk(path):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(text, "_exported", full_disk)
+    fallback = text.QueryEncoder().warm()
+    assert fallback._session is None and fallback._fallback is not None
+    assert float(fallback.encode("rock") @ ref[0]) > 0.999
