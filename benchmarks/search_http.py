@@ -2,7 +2,7 @@
 dataset, the `search` family trained on it through Ray Train, registered, deployed on Ray Serve (HAProxy
 ingress, 127.0.0.1), then queried one request at a time with tag words and misspelt artist names, per mode.
 
-    .venv/bin/python benchmarks/search_http.py [--data ../shared/data/lastfm-2k] [--queries 300]
+    .venv/bin/python benchmarks/search_http.py [--data ../shared/data/lastfm-2k] [--queries 300] [--workers 1]
 
 Prints the build (training job) time and p50/p99 latency per mode, measured by the client (the whole HTTP
 round trip: HAProxy, the replica, the gate and the answer). The query-vector cache is defeated: every query
@@ -40,6 +40,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--queries", type=int, default=300)
+    ap.add_argument("--workers", type=int, default=1, help="Ray Train workers of the build (0: in this process)")
     a = ap.parse_args()
 
     import aimass
@@ -50,7 +51,7 @@ def main() -> None:
         s = Settings(home=Path(tmp) / "home", serve_port=_free_port())
         aimass.datasets.register("lastfm", a.data, "lastfm", settings=s)
         t0 = time.perf_counter()
-        run = aimass.train("search", "lastfm@v1", workers=1, progress=False, settings=s)
+        run = aimass.train("search", "lastfm@v1", workers=a.workers, progress=False, settings=s)
         build = time.perf_counter() - t0
         import ray
 
@@ -79,7 +80,8 @@ def main() -> None:
                         rows.append((mode, kind, len(lat), np.percentile(lat, 50), np.percentile(lat, 99), errors))
         finally:
             serving.shutdown(settings=s)
-    print(f"index build (aimass train search, Ray Train job incl. MiniLM encoding): {build:.1f} s\n")
+    where = f"{a.workers} Ray Train worker(s)" if a.workers else "Ray Train's local mode, in process"
+    print(f"index build (aimass train search, the whole job incl. MiniLM encoding, {where}): {build:.1f} s\n")
     print("| mode | queries | n | p50 ms | p99 ms | errors |\n|---|---|---|---|---|---|")
     for mode, kind, n, p50, p99, errors in rows:
         print(f"| {mode} | {kind} | {n} | {p50:.2f} | {p99:.2f} | {errors} |")
