@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint clean postgres
+.PHONY: install demo test lint clean postgres chromium
 install: $(STAMP)
 
 $(BIN)/python:
@@ -31,13 +31,23 @@ postgres:
 	      DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql >/dev/null 2>&1; }; } || \
 	  echo "postgresql could not be installed: the Postgres cases of tests/events will skip"
 
+# The console's browser test loads every page in Debian's headless chromium.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || \
+	  { echo "installing chromium (tests/dashboards loads the console in it)"; \
+	    DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null 2>&1 || \
+	    { $(SUDO) apt-get update -qq >/dev/null 2>&1 && \
+	      DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null 2>&1; }; } || \
+	  echo "chromium could not be installed: the console's browser test will skip"
+
 # pytest exits 5 when it collects nothing; that is not a failure of the suite's own making.
-test: install postgres
+test: install postgres chromium
 	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then rc=0; fi; exit $$rc
 
 lint: install
-	$(BIN)/ruff check platform tests pipelines benchmarks
+	$(BIN)/ruff check platform tests pipelines benchmarks bentos dashboards
 
 clean:
 	-$(BIN)/aimass deployments shutdown
+	-$(BIN)/aimass console --stop
 	rm -rf $(VENV) .aimass

@@ -18,6 +18,45 @@ def settings(tmp_path: Path) -> Settings:
     return Settings(home=tmp_path / "home")
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def quickstart(tmp_path_factory):
+    """`aimass quickstart` (what `make demo` runs) once per session, small and without step 11: its home holds
+    the real data of a demo job (a trained, compressed, deployed model, traffic, feedback, a drift report, a
+    retrain, a canary split) for the quickstart's own test and the console's. Serving and the console run on
+    free ports (a demo may be running on this machine), and are stopped at the end whoever used them."""
+    from tests.cli.test_datasets_cli import run
+
+    home = tmp_path_factory.mktemp("quickstart") / "home"
+    ports = {"AIMASS_SERVE_PORT": str(free_port()), "AIMASS_CONSOLE_PORT": str(free_port())}
+    try:
+        res = run(home, "quickstart", "--users", "60", "--tracks", "120", "--time-budget", "0.2",
+                  "--traffic-users", "40", "--retrain-budget", "0.1", "--no-search", env=ports)
+        yield home, res, ports
+    finally:
+        stop(home)
+
+
+def stop(home: Path) -> None:
+    """Stop what a quickstart left running in `home`: serving and the console."""
+    from tests.cli.test_datasets_cli import run
+
+    run(home, "deployments", "shutdown", ok=False)
+    run(home, "console", "--stop", ok=False)
+
+
+@pytest.fixture
+def quickstart_home(quickstart) -> Path:
+    return quickstart[0]
+
+
 @pytest.fixture
 def shared_data() -> Path:
     if not (SHARED_DATA / "ml-1m-seq").is_dir():

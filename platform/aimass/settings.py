@@ -38,6 +38,7 @@ class Settings(BaseSettings):
     serve_ranker: str | None = Field(None, description="Ranking-stage model ref of a multi-stage service.")
     serve_endpoint: str | None = Field(None, description="Endpoint name of a serving process.")
     serve_max_body_bytes: int = Field(65536, ge=1024, description="Largest accepted request body.")
+    console_port: int = Field(8501, ge=1, le=65535, description="HTTP port of the operator console (Streamlit).")
     # Feedback (aimass.events): which event types count as positive or negative, Gorse-style: a bare type
     # ("like") or a type with a value threshold ("play>=30", "rating<=2"). A type named nowhere is refused.
     feedback_positive: list[str] = Field(["click", "like", "purchase", "play", "rating>=4"],

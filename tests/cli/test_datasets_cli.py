@@ -12,8 +12,8 @@ import pytest
 AIMASS = shutil.which("aimass") or str(Path(os.sys.executable).with_name("aimass"))
 
 
-def run(home: Path, *args: str, ok: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "AIMASS_HOME": str(home)}
+def run(home: Path, *args: str, ok: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, **(env or {}), "AIMASS_HOME": str(home)}
     res = subprocess.run([AIMASS, *args], capture_output=True, text=True, env=env, cwd=home.parent)
     if ok:
         assert res.returncode == 0, res.stderr

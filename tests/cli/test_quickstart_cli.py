@@ -5,34 +5,28 @@ from __future__ import annotations
 
 import json
 import shlex
-import socket
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.cli.test_datasets_cli import run
+from tests.conftest import stop
 
 pytestmark = pytest.mark.integration
 
 
-def test_quickstart_trains_registers_promotes_compresses_and_serves(tmp_path, monkeypatch):
-    home = tmp_path / "home"
-    with socket.socket() as sock:  # not the default 8000: a demo may be running on this machine
-        sock.bind(("127.0.0.1", 0))
-        monkeypatch.setenv("AIMASS_SERVE_PORT", str(sock.getsockname()[1]))
+def test_quickstart_trains_registers_promotes_compresses_and_serves(quickstart):
+    home, res, ports = quickstart
     try:
-        _quickstart(home)
+        _quickstart(home, res, ports)
     finally:
-        run(home, "deployments", "shutdown", ok=False)
+        stop(home)  # the console's tests read this home's data, with nothing left running
 
 
-def _quickstart(home):
+def _quickstart(home, res, ports):
     import aimass
     from aimass.settings import Settings
 
-    res = run(home, "quickstart", "--users", "60", "--tracks", "120", "--time-budget", "0.2",
-              "--traffic-users", "40", "--retrain-budget", "0.1", "--no-search")
     shown = res.stdout + res.stderr  # what a person sees; a progress bar redraws with \r, one line in the end
     assert shown.count("\n") <= 80, shown  # eleven stage lines, the summary, and `aimass traffic show demo`
     log = home / "logs" / "aimass.log"
@@ -70,3 +64,8 @@ def _quickstart(home):
     assert denied == "401"
     # step 11 (the search index: trained, deployed and asked as tests/serving/test_search.py does) skipped here
     assert "[11/11] no search index (--no-search)" in shown
+    # the console, left running with its URL printed (its pages: tests/dashboards)
+    url = f"http://127.0.0.1:{ports['AIMASS_CONSOLE_PORT']}"
+    assert f"console  {url} (stop: aimass console --stop)" in res.stdout
+    assert subprocess.run(["curl", "-s", f"{url}/_stcore/health"], capture_output=True, text=True,
+                          timeout=60).stdout == "ok"

@@ -158,3 +158,19 @@ def test_an_index_is_split_and_rolled_back_like_any_model(served):
         back = serving.rollback("search", settings=s)
     assert [a["ref"] for a in back.arms] == ["catalogue/1"]
     assert {_search(served, query="summer", user_id=u).json()["arm"] for u in range(1, 11)} == {"catalogue/1"}
+
+
+def test_the_consoles_search_page_shows_this_endpoints_queries(served, monkeypatch):
+    """The operator console's Search page over this endpoint's real traffic (the other pages: tests/dashboards)."""
+    from aimass import monitoring
+    from tests.dashboards.test_app import open_console, page
+
+    assert served.post("search", "/search", {"query": "zzqqxxjj", "mode": "bm25"}).json()["items"] == []
+    time.sleep(1.0)  # answers are logged off the request path
+    activity = monitoring.search_activity("search", settings=served.settings)
+    assert activity.queries > 10 and ("zzqqxxjj", 1) in activity.top_no_results
+    at = open_console(served.settings.home, monkeypatch)
+    page(at, "pages/search.py")
+    shown = {m.label: m.value for m in at.metric}
+    assert shown["queries (7 days)"] == f"{activity.queries:,}" and shown["found nothing"] == f"{activity.no_results:,}"
+    assert "zzqqxxjj" in at.dataframe[1].value["query"].tolist()

@@ -3,6 +3,8 @@ acknowledges. Field declarations live once, in SQLModel Base/Table/Public classe
 tables and the API's wire models."""
 from aimass.catalog._db import engine_for, session
 from aimass.catalog.models import (
+    AdminAction,
+    AdminActionPublic,
     ApiKey,
     ApiKeyPublic,
     DatasetLineage,
@@ -23,7 +25,7 @@ from aimass.catalog.models import (
     TrafficSplitPublic,
 )
 
-__all__ = ["ApiKey", "ApiKeyPublic", "DatasetLineage", "DatasetLineagePublic", "DatasetVersion",
-           "DatasetVersionPublic", "Experiment", "ExperimentPublic", "FeedbackEvent", "FeedbackEventBase",
-           "FeedbackEventPublic", "ReplicaReport", "ScalingEvent", "ScalingEventBase", "ServedAnswer",
-           "ServedAnswerBase", "TrafficSplit", "TrafficSplitPublic", "engine_for", "session"]
+__all__ = ["AdminAction", "AdminActionPublic", "ApiKey", "ApiKeyPublic", "DatasetLineage", "DatasetLineagePublic",
+           "DatasetVersion", "DatasetVersionPublic", "Experiment", "ExperimentPublic", "FeedbackEvent",
+           "FeedbackEventBase", "FeedbackEventPublic", "ReplicaReport", "ScalingEvent", "ScalingEventBase",
+           "ServedAnswer", "ServedAnswerBase", "TrafficSplit", "TrafficSplitPublic", "engine_for", "session"]

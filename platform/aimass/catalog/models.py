@@ -267,3 +267,26 @@ class ScalingEvent(ScalingEventBase, table=True):
     __tablename__ = "scaling_events"
 
     id: int | None = Field(default=None, primary_key=True)
+
+
+class AdminActionBase(SQLModel):
+    """An operator action (the console's Admin page): who asked (an admin key's name and id), what, on what,
+    when, and how it ended, failures included."""
+
+    actor: str = Field(description="console:NAME (KEY_ID) of the admin key that asked")
+    action: str = Field(index=True, description="rollback, set_traffic, promote, retrain or revoke_key")
+    target: str = Field(description="The endpoint, model version or key id acted on")
+    detail: str = Field("", description="The action's input, e.g. the arms of a split")
+    at: datetime = Field(default_factory=_now, index=True)
+    outcome: str = Field("running", description="What it did, or 'failed: why'")
+    ok: bool | None = Field(None, description="None while it runs")
+
+
+class AdminAction(AdminActionBase, table=True):
+    __tablename__ = "admin_actions"
+
+    id: int | None = Field(default=None, primary_key=True)
+
+
+class AdminActionPublic(AdminActionBase):
+    id: int

@@ -11,6 +11,7 @@ import typer
 
 from aimass import console
 from aimass.cli._common import state
+from aimass.cli.dashboard import console as console_command
 from aimass.cli.datasets import app as datasets_app
 from aimass.cli.deploy import app as deployments_app
 from aimass.cli.deploy import deploy
@@ -45,6 +46,7 @@ app.add_typer(experiments_app, name="experiments",
               help="A/B experiments on an endpoint's traffic: start, show, stop.")
 app.command()(retrain)
 app.command()(rollback)
+app.command(name="console")(console_command)
 
 
 @app.callback()

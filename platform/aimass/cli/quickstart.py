@@ -99,8 +99,10 @@ def quickstart(
     else:
         console.stage("[11/11] no search index (--no-search)")
         search = None
+    panel = _console(s)
     loop = {"traffic": burst, "drift": report.model_dump(mode="json"), "retrain": again.model_dump(mode="json"),
-            "scheduler": scheduler, "canary": canary, "split": traffic.model_dump(mode="json"), "search": search}
+            "scheduler": scheduler, "canary": canary, "split": traffic.model_dump(mode="json"), "search": search,
+            "console": panel}
     if as_json:
         emit({"dataset": summary, "training": run, "tracking_uri": s.tracking_uri, "promotion": promotion,
               "models": side, "deployment": d.model_dump(mode="json"), "api_key": key, "curl": curl, **loop}, True)
@@ -139,7 +141,23 @@ def quickstart(
         f"  {curl}",
         *([f"  {search['curl']}"] if search else []),
         "Stop serving: .venv/bin/aimass deployments shutdown",
+        f"console  {panel['url']} (stop: aimass console --stop)" if panel.get("url")
+        else f"console  not started: {panel['error']}",
     ]))
+
+
+def _console(s) -> dict:
+    """The operator console, left running for this home like the endpoints; a console that cannot start (its
+    port taken) is reported, and the demo it would show is still done."""
+    from aimass import dashboard
+    from aimass.errors import AimassError
+
+    console.stage(f"starting the operator console on {s.host}:{s.console_port}")
+    try:
+        info = dashboard.start(s)
+    except AimassError as e:
+        return {"error": str(e)}
+    return {"url": info["url"], "pid": info["pid"]}
 
 
 def _canary(again, name: str, small, s) -> str:

@@ -158,6 +158,17 @@ def list_events(endpoint: str, *, limit: int = 20, settings: Settings | None = N
             for r in rows.to_dict("records")]
 
 
+def count(endpoint: str, *, settings: Settings | None = None) -> int:
+    """How many events the endpoint's log holds (one SQL count: cheap at any size, unlike `stats`)."""
+    from sqlalchemy import func, select
+
+    from aimass.catalog import FeedbackEvent
+
+    t = FeedbackEvent.__table__
+    with EventLog(settings or default_settings()).engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(t).where(t.c.endpoint == endpoint)).scalar() or 0)
+
+
 def stats(endpoint: str, *, settings: Settings | None = None) -> dict:
     """Counts of the endpoint's log: events by type and polarity, users, items, and how many events name a
     request_id that no served answer has (unjoined: a typo'd or never-served id)."""

@@ -4,6 +4,8 @@
     >>> r = aimass.monitoring.drift("recs", window_s=3600)      # r.drifted, r.columns, r.html
     >>> aimass.monitoring.reports("recs")                        # stored reports, newest first
     >>> aimass.monitoring.online_metrics("recs", window_s=86400) # CTR / hit rate per model version
+    >>> aimass.monitoring.golden_signals("recs")                 # requests/s, errors, p50/p99, per minute
+    >>> aimass.monitoring.search_activity("search")              # query volume, top and zero-result queries
 
 What is compared. The endpoint's `recommend` answers of the window (from the served-answer log), of the model
 version that served most of them, against that version's training reference (a fixed-seed sample of up to
@@ -301,6 +303,36 @@ def reports(endpoint: str, *, settings: Settings | None = None) -> list[ReportIn
             continue
         out.append(ReportInfo(**r.model_dump(include=set(ReportInfo.model_fields))))
     return sorted(out, key=lambda r: r.created_at, reverse=True)
+
+
+def golden_signals(endpoint: str, *, window_s: float = 3600, bucket_s: float = 60, end: datetime | None = None,
+                   settings: Settings | None = None):
+    """Traffic, errors and latency (p50/p99) of the endpoint in [end - window_s, end), in total and per bucket
+    of `bucket_s`, over every replica (aimass.monitoring._signals.Signals); zeros when it served nothing."""
+    from aimass.events import ServedLog
+    from aimass.monitoring import _signals
+
+    s = settings or default_settings()
+    _check(endpoint)
+    if not bucket_s > 0:
+        raise InvalidInputError(f"bucket must be positive, got {bucket_s:g} s")
+    start, end = _window(window_s, end)
+    if window_s / bucket_s > 10_000:
+        raise InvalidInputError(f"{window_s:g} s in buckets of {bucket_s:g} s is more than 10,000 buckets")
+    return _signals.signals(ServedLog(s).engine, endpoint, start, end, bucket_s)
+
+
+def search_activity(endpoint: str, *, window_s: float = 7 * 86400, end: datetime | None = None,
+                    settings: Settings | None = None):
+    """A search endpoint's queries in [end - window_s, end): volume per hour, the most asked, and those that
+    found nothing (aimass.monitoring._signals.SearchActivity); click-through per version is `online_metrics`."""
+    from aimass.events import ServedLog
+    from aimass.monitoring import _signals
+
+    s = settings or default_settings()
+    _check(endpoint)
+    start, end = _window(window_s, end)
+    return _signals.search_activity(ServedLog(s).frame(endpoint, start=start, end=end), endpoint, start, end)
 
 
 def online_metrics(endpoint: str, *, window_s: float | None = None, end: datetime | None = None,

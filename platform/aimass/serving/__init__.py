@@ -485,6 +485,14 @@ def list_keys(*, include_revoked: bool = False, settings: Settings | None = None
     return _keys.list_keys(settings or default_settings(), include_revoked)
 
 
+def key_info(key: str, *, settings: Settings | None = None) -> ApiKeyPublic | None:
+    """The record (name, id, role) of a valid, unrevoked key; None for anything else."""
+    from aimass.serving import _keys
+
+    row = _keys.Verifier(settings or default_settings(), ttl=0).record(key)
+    return ApiKeyPublic.model_validate(row) if row is not None else None
+
+
 def revoke_key(key_id: str, *, settings: Settings | None = None) -> ApiKeyPublic:
     return _keys.revoke(key_id, settings or default_settings())
 

@@ -77,6 +77,11 @@ class Verifier:
 
     def role(self, presented: str | None) -> str | None:
         """The role of a valid, unrevoked key; None otherwise (absent, malformed, unknown, revoked)."""
+        row = self.record(presented)
+        return row.role if row is not None else None
+
+    def record(self, presented: str | None) -> ApiKey | None:
+        """The catalog row of a valid, unrevoked key; None otherwise."""
         m = _KEY.match(presented or "")
         if not m:
             return None
@@ -85,7 +90,7 @@ class Verifier:
             return None
         if not hmac.compare_digest(row.secret_hash, _hash(m["id"], m["secret"])):
             return None
-        return row.role
+        return row
 
     def _row(self, key_id: str) -> ApiKey | None:
         now = time.monotonic()

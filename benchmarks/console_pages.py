@@ -1,0 +1,139 @@
+"""How long each page of the operator console takes to run at scale: a home with 100 model versions, a million
+feedback events, an hour of served answers at 100 requests/s and 1,000 drift reports, every page run under
+Streamlit's AppTest (the server-side script run a browser waits for), cold (caches cleared) and warm.
+
+    .venv/bin/python benchmarks/console_pages.py [--events 1000000] [--versions 100] [--reports 1000]
+
+The seeding is real where it is cheap (a trained model, registered versions, a deployment, one real drift
+report) and bulk where it is not: events and answers are inserted straight into the catalog's tables, and
+the drift report is copied with new timestamps."""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+
+APP = Path(__file__).resolve().parents[1] / "dashboards" / "app.py"
+PAGES = ["pages/overview.py", "pages/datasets.py", "pages/models.py", "pages/deployments.py",
+         "pages/monitoring.py", "pages/experiments.py", "pages/search.py", "pages/explore.py", "pages/admin.py"]
+
+
+def seed(home: Path, versions: int, events: int, reports: int, answers_per_s: int) -> None:
+    import aimass
+    from aimass import registry, serving
+    from aimass.catalog import FeedbackEvent, ServedAnswer, engine_for
+    from aimass.settings import Settings
+
+    s = Settings(home=home, serve_port=_free_port())
+    inter, items = aimass.datasets.generate_demo(home.parent / "demo", aimass.datasets.DemoConfig(users=300,
+                                                                                                   tracks=500))
+    aimass.datasets.register("demo", inter, "csv", items=items, settings=s)
+    run = aimass.train("itemknn", "demo@v1", workers=0, progress=False, settings=s)
+    t0 = time.perf_counter()
+    for _ in range(versions):
+        registry.register(run.run_id, "recs", settings=s)
+    print(f"seeded {versions} model versions in {time.perf_counter() - t0:.0f} s", flush=True)
+    registry.promote("recs", 1, force=True, settings=s)
+    try:
+        d = serving.deploy("recs@champion", "recs", settings=s)
+        import httpx
+
+        key, _ = serving.create_key("bench", settings=s)
+        for u in range(1, 60):  # real answers, so that one drift report can be made
+            httpx.post(f"{d.url}/recommend", json={"user_id": u}, headers={"Authorization": f"Bearer {key}"})
+        time.sleep(1.0)
+        report = aimass.monitoring.drift("recs", settings=s)
+    finally:
+        serving.shutdown(settings=s)
+    engine = engine_for(s.catalog)
+    now = datetime.now(UTC)
+    rng = np.random.default_rng(0)
+    t0 = time.perf_counter()
+    n_answers = answers_per_s * 3600
+    rids = [uuid.uuid4().hex for _ in range(n_answers)]
+    with engine.begin() as conn:
+        for i in range(0, n_answers, 50_000):
+            conn.execute(ServedAnswer.__table__.insert(), [
+                {"endpoint": "recs", "request_id": rids[j], "route": "recommend", "model": "recs", "version": 1,
+                 "user_id": int(rng.integers(1, 300)), "history_length": 5, "history_tail": [1, 2, 3], "items": [4, 5],
+                 "scores": [0.5, 0.4], "strategy": "error" if j % 500 == 0 else "model",
+                 "served_at": now - timedelta(seconds=3600 * (1 - j / n_answers)), "latency_ms": float(rng.gamma(2, 3)),
+                 "shadow": False} for j in range(i, min(i + 50_000, n_answers))])
+    with engine.begin() as conn:
+        for i in range(0, events, 50_000):
+            conn.execute(FeedbackEvent.__table__.insert(), [
+                {"endpoint": "recs", "event_id": f"e{j}", "user_id": int(rng.integers(1, 300)),
+                 "item_id": int(rng.integers(1, 500)), "type": "play" if j % 3 else "impression",
+                 "timestamp": now - timedelta(seconds=int(rng.integers(0, 86400 * 30))), "value": 30.0,
+                 "request_id": rids[j % n_answers], "received_at": now}
+                for j in range(i, min(i + 50_000, events))])
+    print(f"seeded {n_answers:,} served answers and {events:,} feedback events in {time.perf_counter() - t0:.0f} s",
+          flush=True)
+    src = Path(report.html).parent
+    for i in range(reports - 1):
+        dst = src.parent / f"{src.name}-copy{i}"
+        shutil.copytree(src, dst)
+        summary = json.loads((dst / "summary.json").read_text())
+        summary["created_at"] = (now - timedelta(hours=i + 1)).isoformat()
+        (dst / "summary.json").write_text(json.dumps(summary))
+    print(f"seeded {reports:,} drift reports", flush=True)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def time_pages(home: Path) -> list[tuple[str, float, float]]:
+    import sys
+
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    sys.argv = ["app.py", "--home", str(home)]
+    rows = []
+    for page in PAGES:
+        st.cache_data.clear()
+        at = AppTest.from_file(str(APP), default_timeout=600)
+        at.run()
+        t0 = time.perf_counter()
+        at.switch_page(page).run()
+        cold = time.perf_counter() - t0
+        if at.exception:
+            raise RuntimeError(f"{page}: {at.exception}")
+        t0 = time.perf_counter()
+        at.run()
+        rows.append((page, cold, time.perf_counter() - t0))
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--events", type=int, default=1_000_000)
+    ap.add_argument("--versions", type=int, default=100)
+    ap.add_argument("--reports", type=int, default=1000)
+    ap.add_argument("--answers-per-s", type=int, default=100, help="served answers per second over the last hour")
+    a = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        home = Path(tmp) / "home"
+        seed(home, a.versions, a.events, a.reports, a.answers_per_s)
+        rows = time_pages(home)
+    print(f"\n{a.versions} model versions, {a.events:,} feedback events, {a.answers_per_s * 3600:,} answers in the "
+          f"last hour, {a.reports:,} drift reports\n")
+    print("| page | cold s | warm s |\n|---|---|---|")
+    for page, cold, warm in rows:
+        print(f"| {page.removeprefix('pages/').removesuffix('.py')} | {cold:.2f} | {warm:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""Admin: change a split, roll back, promote, start a retrain, revoke a key. Nothing here renders without a
+valid admin key; every action asks for confirmation and is recorded in the catalog (who, what, when, outcome)."""
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+import _common
+from aimass import admin, serving
+from aimass.errors import AimassError
+
+s = _common.settings()
+st.title("Admin")
+who = _common.admin_key()
+if who is None:
+    st.info("Enter an admin API key in the sidebar to change anything (`aimass keys create NAME --admin`).")
+    st.stop()
+key = st.session_state["admin_key"]
+st.caption(f"acting as {who.name} ({who.key_id}); every action is recorded")
+
+
+def action(name: str, label: str, target: str, detail: str = "") -> None:
+    """A confirmation box and a button; the action runs only when both are set."""
+    sure = st.checkbox(f"I confirm: {label}", key=f"confirm-{name}")
+    if st.button(label, key=f"do-{name}", disabled=not sure or not target):
+        try:
+            done = admin.act(key, name, target, detail, settings=s)
+            st.success(f"{label}: {done.outcome}")
+        except AimassError as e:
+            st.error(f"{label} failed: {e}")
+        st.cache_data.clear()
+
+
+endpoints = [d["endpoint"] for d in _common.deployments()]
+st.subheader("Traffic")
+endpoint = st.selectbox("Endpoint", endpoints) if endpoints else None
+if endpoint:
+    arms = st.text_input("New split (REF=WEIGHT ...)", key="arms", placeholder="recs/3=90 recs/4=10")
+    action("set_traffic", f"set the split of {endpoint} to {arms or '...'}", endpoint if arms else "", arms)
+    action("rollback", f"roll {endpoint} back to its previous split", endpoint)
+    action("retrain", f"retrain what {endpoint} serves on its new feedback", endpoint)
+st.subheader("Models")
+versions = [f"{m['name']}/{m['version']}" for m in _common.models()]
+ref = st.selectbox("Version", versions) if versions else None
+if ref:
+    action("promote", f"promote {ref} to champion (through the gate)", ref)
+st.subheader("API keys")
+keys = serving.list_keys(settings=s)
+key_id = st.selectbox("Key", [k.key_id for k in keys],
+                      format_func=lambda i: next(f"{k.name} ({k.role}, {i})" for k in keys if k.key_id == i))
+if key_id:
+    action("revoke_key", f"revoke key {key_id}", key_id)
+st.subheader("Recorded actions")
+st.dataframe(pd.DataFrame([a.model_dump() for a in admin.history(settings=s)]), hide_index=True)

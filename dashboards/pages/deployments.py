@@ -1,0 +1,34 @@
+"""Deployments and traffic: each endpoint's model, replicas, the split in force and its history, and latency
+over the last hour."""
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+import _common
+from aimass import monitoring, serving
+
+s = _common.settings()
+st.title("Deployments and traffic")
+deployments = _common.deployments()
+if not deployments:
+    st.info("Nothing is deployed in this home yet.")
+    st.stop()
+st.dataframe(pd.DataFrame([{k: d[k] for k in ("endpoint", "model", "version", "family", "status", "min_replicas",
+                                              "max_replicas", "url")} for d in deployments]), hide_index=True)
+endpoint = st.selectbox("Endpoint", [d["endpoint"] for d in deployments])
+view = serving.traffic(endpoint, settings=s)
+split = view.split
+st.subheader("Split in force")
+if split is not None:
+    st.dataframe(pd.DataFrame(split.arms), hide_index=True)
+    st.caption(f"experiment {split.experiment_id} · shadow: {split.shadow or 'none'} · "
+               f"since {split.created_at:%Y-%m-%d %H:%M:%S} UTC")
+st.subheader("History")
+st.dataframe(pd.DataFrame([{"id": h.id, "state": h.state,
+                            "arms": " ".join(f"{a['ref']}={a['weight']}" for a in h.arms),
+                            "reason": h.reason, "actor": h.actor, "at": h.created_at} for h in view.history]),
+             hide_index=True)
+sig = monitoring.golden_signals(endpoint, window_s=3600, bucket_s=60, settings=s)
+st.subheader("Latency, last hour")
+st.line_chart(sig.buckets.set_index("start")[["p50_ms", "p99_ms"]], y_label="ms")

@@ -1,0 +1,54 @@
+"""Runs and models: training curves, every registered version with its metrics across compression methods
+(size against NDCG@10 against latency), aliases and forced promotions, and each version's lineage."""
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+import _common
+import aimass
+
+s = _common.settings()
+st.title("Runs and models")
+runs, models = _common.runs(), _common.models()
+
+st.subheader("Model versions")
+if not models:
+    st.info("No model registered yet: `aimass models register RUN_ID --name NAME`.")
+else:
+    table = pd.DataFrame([{
+        "model": f"{m['name']}/{m['version']}", "family": m["family"], "method": m["method"],
+        "parent": f"{m['name']}/{m['parent_version']}" if m["parent_version"] else "-",
+        "aliases": ", ".join(m["aliases"]), "dataset": m["dataset"],
+        "test NDCG@10": m["metrics"].get("test_ndcg_at_10"), "size MB": m["metrics"].get("size_bytes", 0) / 1e6 or None,
+        "p99 ms (batch 1)": m["metrics"].get("p99_b1_ms"),
+        "forced promotion": m["tags"].get("aimass.forced_promotion", ""), "run": m["run_id"]} for m in models])
+    st.dataframe(table, hide_index=True)
+    sized = table.dropna(subset=["size MB", "test NDCG@10"])
+    if len(sized):
+        st.markdown("**Size against test NDCG@10** (each version; compressed children beside their parents)")
+        st.scatter_chart(sized, x="size MB", y="test NDCG@10", color="method")
+
+st.subheader("Training runs")
+if not runs:
+    st.info("No training run yet: `aimass train FAMILY --dataset NAME`.")
+    st.stop()
+st.dataframe(pd.DataFrame([{k: r[k] for k in ("name", "status", "family", "dataset", "val_ndcg_at_10",
+                                              "test_ndcg_at_10", "run_id")} for r in runs]), hide_index=True)
+run_id = st.selectbox("Run", [r["run_id"] for r in runs],
+                      format_func=lambda i: next(f"{r['name']} ({i[:8]})" for r in runs if r["run_id"] == i))
+shown = aimass.runs.show(run_id, settings=s)
+left, right = st.columns(2)
+for col, (key, label) in zip((left, right), (("loss", "training loss"), ("val_ndcg_at_10", "validation NDCG@10")),
+                             strict=True):
+    points = shown["history"].get(key, [])
+    col.markdown(f"**{label}** per epoch")
+    if points:
+        col.line_chart(pd.DataFrame(points, columns=["epoch", label]).set_index("epoch"))
+    else:
+        col.caption("not recorded for this family (a single pass)")
+st.markdown("**Lineage**: " + " -> ".join(
+    [f"dataset {shown['dataset']}", f"run {run_id[:8]}"]
+    + [f"model {m['name']}/{m['version']}" for m in models if m["run_id"] == run_id]
+    + [f"endpoint {d['endpoint']}" for d in _common.deployments()
+       if any(m["run_id"] == run_id and m["name"] == d["model"] and m["version"] == d["version"] for m in models)]))

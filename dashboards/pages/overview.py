@@ -1,0 +1,70 @@
+"""Overview: per endpoint the golden signals of the last hour over all replicas, feedback, the last training
+and drift report; what is failing comes first."""
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pandas as pd
+import streamlit as st
+
+import _common
+import aimass
+from aimass import monitoring
+
+s = _common.settings()
+st.title("Overview")
+deployments = _common.deployments()
+runs = _common.runs()
+if not deployments:
+    st.info("Nothing is deployed in this home yet: `aimass deploy MODEL@champion --endpoint NAME`.")
+
+rows, problems = [], []
+for d in deployments:
+    e = d["endpoint"]
+    sig = monitoring.golden_signals(e, window_s=3600, bucket_s=60, settings=s)
+    fb = aimass.events.count(e, settings=s)
+    reports = monitoring.reports(e, settings=s)
+    last = reports[0] if reports else None
+    if d["status"] != "RUNNING":
+        problems.append(f"**{e}**: {d['status'].lower().replace('_', ' ')}")
+    if sig.errors:
+        problems.append(f"**{e}**: {sig.errors} failed requests in the last hour ({sig.error_rate:.1%})")
+    if last is not None and last.drifted:
+        problems.append(f"**{e}**: the last drift report ({_common.ago(last.created_at)}) flags drift")
+    rows.append({"endpoint": e, "model": f"{d['model']}/{d['version']}", "status": d["status"],
+                 "requests/s (1 h)": round(sig.requests_per_s, 3), "p50": _common.ms(sig.p50_ms),
+                 "p99": _common.ms(sig.p99_ms), "error rate": f"{sig.error_rate:.2%}",
+                 "replicas": f"{d['min_replicas']}-{d['max_replicas']}", "feedback events": fb,
+                 "last drift report": _common.ago(last.created_at) if last else "none",
+                 "drift": ("yes" if last.drifted else "no") if last else "-", "_signals": sig})
+failed_runs = [r for r in runs if r["status"] == "FAILED"]
+if failed_runs:
+    problems.append(f"{len(failed_runs)} failed training run(s), the last {failed_runs[0]['name']}")
+
+st.subheader("Failing")
+if problems:
+    for p in problems:
+        st.error(p)
+else:
+    st.success("Nothing is failing.")
+
+st.subheader("Endpoints, last hour")
+if rows:
+    st.dataframe(pd.DataFrame([{k: v for k, v in r.items() if k != "_signals"} for r in rows]), hide_index=True)
+    for r in rows:
+        b = r["_signals"].buckets.set_index("start")
+        st.markdown(f"**{r['endpoint']}**: {r['_signals'].requests:,} requests in the hour")
+        left, right = st.columns(2)
+        left.line_chart(b[["requests_per_s"]], y_label="requests/s")
+        right.line_chart(b[["p50_ms", "p99_ms"]], y_label="ms")
+
+st.subheader("Last training")
+if runs:
+    r = runs[0]
+    started = datetime.fromtimestamp(r["start_time"] / 1000, UTC) if r["start_time"] else None
+    c1, c2, c3 = st.columns(3)
+    c1.metric("run", r["name"] or r["run_id"][:8], help=r["run_id"])
+    c2.metric("test NDCG@10", "-" if r["test_ndcg_at_10"] is None else f"{r['test_ndcg_at_10']:.4f}")
+    c3.metric("started", _common.ago(started))
+else:
+    st.info("No training run yet: `aimass train FAMILY --dataset NAME`.")

@@ -1,0 +1,115 @@
+"""Operator actions (the console's): each needs an admin API key and is recorded in the catalog with who asked,
+what, when and how it ended, whether it succeeded or not.
+
+    >>> aimass.admin.act(key, "rollback", "recs")                        # the split before the current one
+    >>> aimass.admin.act(key, "set_traffic", "recs", arms="recs/3=90 recs/4=10")
+    >>> aimass.admin.act(key, "promote", "recs/4")                        # champion, through the gate
+    >>> aimass.admin.act(key, "retrain", "recs")
+    >>> aimass.admin.act(key, "revoke_key", "0123456789ab")
+    >>> aimass.admin.history()                                             # newest first
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlmodel import select
+
+from aimass.catalog import AdminAction, AdminActionPublic, ApiKeyPublic, session
+from aimass.errors import AimassError, InvalidInputError
+from aimass.settings import Settings, default_settings
+
+
+def authorize(key: str, *, settings: Settings | None = None) -> ApiKeyPublic:
+    """The admin key's record; InvalidInputError for anything else (a consumer key, a revoked or unknown one)."""
+    from aimass import serving
+
+    s = settings or default_settings()
+    who = serving.key_info(key, settings=s)
+    if who is None or who.role != "admin":
+        raise InvalidInputError("an admin API key is required (aimass keys create NAME --admin)")
+    return who
+
+
+def _rollback(target: str, detail: str, actor: str, s: Settings) -> str:
+    from aimass import serving
+
+    split = serving.rollback(target, actor=actor, settings=s)
+    return "split #{}: {}".format(split.id, " ".join(f"{a['ref']}={a['weight']}" for a in split.arms))
+
+
+def _set_traffic(target: str, detail: str, actor: str, s: Settings) -> str:
+    from aimass import serving
+
+    arms = detail.split()
+    if not arms:
+        raise InvalidInputError("arms are required, as REF=WEIGHT ...")
+    split = serving.set_traffic(target, arms, reason="console", actor=actor, settings=s)
+    return "split #{}: {}".format(split.id, " ".join(f"{a['ref']}={a['weight']}" for a in split.arms))
+
+
+def _promote(target: str, detail: str, actor: str, s: Settings) -> str:
+    from aimass import registry
+
+    name, version, _ = registry.parse_ref(target)
+    if version is None:
+        raise InvalidInputError(f"promote needs NAME/VERSION, got {target!r}")
+    p = registry.promote(name, version, settings=s)
+    return f"{target} is champion" + (" (forced)" if p.forced else "")
+
+
+def _retrain(target: str, detail: str, actor: str, s: Settings) -> str:
+    from aimass import retraining
+
+    r = retraining.retrain(target, reason="console", settings=s)
+    return f"{r.status}: {r.challenger or '-'} on {r.dataset or '-'}"
+
+
+def _revoke_key(target: str, detail: str, actor: str, s: Settings) -> str:
+    from aimass import serving
+
+    k = serving.revoke_key(target, settings=s)
+    return f"key {k.key_id} ({k.name}) revoked"
+
+
+ACTIONS: dict[str, Callable[[str, str, str, Settings], str]] = {
+    "rollback": _rollback, "set_traffic": _set_traffic, "promote": _promote, "retrain": _retrain,
+    "revoke_key": _revoke_key}
+
+
+def act(key: str, action: str, target: str, detail: str = "", *,
+        settings: Settings | None = None) -> AdminActionPublic:
+    """Run one operator action as the admin key's holder and record it (also when it fails: the record says
+    why, and the error is raised). A refused key records nothing and changes nothing."""
+    s = settings or default_settings()
+    if action not in ACTIONS:
+        raise InvalidInputError(f"unknown action {action!r}; one of {', '.join(ACTIONS)}")
+    who = authorize(key, settings=s)
+    actor = f"console:{who.name} ({who.key_id})"
+    row = AdminAction(actor=actor, action=action, target=target, detail=detail[:500], outcome="running")
+    with session(s) as db:
+        db.add(row)
+        db.commit()
+        db.refresh(row)
+    try:
+        result, ok = ACTIONS[action](target, detail, actor, s), True
+    except AimassError as e:
+        result, ok, error = f"failed: {e}", False, e
+    with session(s) as db:
+        stored = db.get(AdminAction, row.id)
+        stored.outcome = result[:1000]
+        stored.ok = ok
+        db.add(stored)
+        db.commit()
+        db.refresh(stored)
+        out = AdminActionPublic.model_validate(stored)
+    if not ok:
+        raise error
+    return out
+
+
+def history(*, limit: int = 100, settings: Settings | None = None) -> list[AdminActionPublic]:
+    """The recorded operator actions, newest first."""
+    s = settings or default_settings()
+    with session(s) as db:
+        rows = db.exec(select(AdminAction).order_by(AdminAction.id.desc()).limit(limit)).all()
+    return [AdminActionPublic.model_validate(r) for r in rows]

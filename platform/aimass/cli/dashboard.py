@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import typer
+
+from aimass.cli._common import JSON, emit, state
+
+
+def console(port: int = typer.Option(None, "--port", help="HTTP port (default $AIMASS_CONSOLE_PORT or 8501)"),
+            detach: bool = typer.Option(False, "--detach", help="Leave it running in the background"),
+            stop: bool = typer.Option(False, "--stop", help="Stop this home's console"),
+            as_json: bool = JSON):
+    """The operator console (Streamlit) on 127.0.0.1, its URL printed: deployments and their golden signals,
+    datasets, runs and models, traffic. Runs until Ctrl-C, or with --detach in the background until
+    `aimass console --stop`."""
+    from aimass import console as term
+    from aimass import dashboard
+
+    s = state.settings
+    if stop:
+        emit({"stopped": dashboard.stop(s)}, as_json)
+        return
+    already = dashboard.status(s) is not None
+    if not already:
+        term.stage(f"starting the console on {s.host} (log: {s.home / 'logs' / 'console.log'})")
+    info = dashboard.start(s, port=port)
+    emit({"url": info["url"], "pid": info["pid"], "already_running": already}, as_json,
+         [f"console  {info['url']}" + (" (already running)" if already else ""),
+          "stop:    aimass console --stop" if detach or already else "stop:    Ctrl-C"])
+    if detach or already:
+        return
+    import psutil
+
+    try:
+        psutil.Process(info["pid"]).wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        dashboard.stop(s)

@@ -1,0 +1,96 @@
+"""The four golden signals of an endpoint over a window, from the served-answer log: every replica logs every
+answer (and every failed request) there, so these are the endpoint's figures, not one replica's scrape."""
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime, timedelta
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import or_, select
+
+from aimass.catalog import ServedAnswer
+
+TABLE = ServedAnswer.__table__
+COLUMNS = ["start", "requests_per_s", "errors", "error_rate", "p50_ms", "p99_ms"]
+
+
+@dataclasses.dataclass
+class Signals:
+    endpoint: str
+    window_start: datetime
+    window_end: datetime
+    requests: int  # answers and failures in the window (shadow answers excluded: no consumer saw them)
+    errors: int
+    p50_ms: float | None
+    p99_ms: float | None
+    buckets: pd.DataFrame  # one row per bucket: COLUMNS
+
+    @property
+    def requests_per_s(self) -> float:
+        return self.requests / max((self.window_end - self.window_start).total_seconds(), 1e-9)
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.requests if self.requests else 0.0
+
+
+def signals(engine, endpoint: str, start: datetime, end: datetime, bucket_s: float) -> Signals:
+    q = (select(TABLE.c.served_at, TABLE.c.latency_ms, TABLE.c.strategy)
+         .where(TABLE.c.endpoint == endpoint, TABLE.c.served_at >= start, TABLE.c.served_at < end,
+                or_(TABLE.c.shadow.is_(False), TABLE.c.shadow.is_(None))))
+    with engine.connect() as conn:
+        f = pd.DataFrame(conn.execute(q).all(), columns=["served_at", "latency_ms", "strategy"])
+    edges = pd.date_range(start, end, freq=timedelta(seconds=bucket_s), inclusive="left")
+    rows = []
+    if len(f):
+        f["served_at"] = pd.to_datetime(f["served_at"], utc=True)
+        f["bucket"] = np.floor((f["served_at"] - start).dt.total_seconds() / bucket_s).astype(int)
+        f["error"] = f["strategy"] == "error"
+    for i, t0 in enumerate(edges):
+        part = f[f["bucket"] == i] if len(f) else f
+        lat = part["latency_ms"].dropna().to_numpy(float) if len(part) else np.zeros(0)
+        n, err = len(part), int(part["error"].sum()) if len(part) else 0
+        rows.append([t0, n / bucket_s, err, err / n if n else 0.0, *(_pct(lat, 50), _pct(lat, 99))])
+    lat = f["latency_ms"].dropna().to_numpy(float) if len(f) else np.zeros(0)
+    return Signals(endpoint=endpoint, window_start=start, window_end=end, requests=len(f),
+                   errors=int(f["error"].sum()) if len(f) else 0, p50_ms=_pct(lat, 50), p99_ms=_pct(lat, 99),
+                   buckets=pd.DataFrame(rows, columns=COLUMNS))
+
+
+def _pct(values: np.ndarray, q: float) -> float | None:
+    return round(float(np.percentile(values, q)), 3) if len(values) else None
+
+
+@dataclasses.dataclass
+class SearchActivity:
+    endpoint: str
+    window_start: datetime
+    window_end: datetime
+    queries: int
+    no_results: int  # queries that found nothing
+    per_hour: pd.DataFrame  # hour, queries, no_results
+    top: list[tuple[str, int]]  # most asked (case-folded), with counts
+    top_no_results: list[tuple[str, int]]  # most asked of those that found nothing
+
+    @property
+    def no_result_rate(self) -> float:
+        return self.no_results / self.queries if self.queries else 0.0
+
+
+def search_activity(answers: pd.DataFrame, endpoint: str, start: datetime, end: datetime,
+                    top: int = 20) -> SearchActivity:
+    """Volume and the queries asked, from the window's answers of the endpoint (ServedLog.frame)."""
+    q = answers[answers["route"] == "search"] if len(answers) else answers
+    if not len(q):
+        return SearchActivity(endpoint, start, end, 0, 0, pd.DataFrame(columns=["hour", "queries", "no_results"]),
+                              [], [])
+    q = q.assign(text=q["query"].fillna("").str.strip().str.lower(), empty=q["strategy"] == "no_results",
+                 hour=q["served_at"].dt.floor("h"))
+    per_hour = q.groupby("hour").agg(queries=("text", "size"), no_results=("empty", "sum")).reset_index()
+
+    def counted(frame: pd.DataFrame) -> list[tuple[str, int]]:
+        return [(t, int(n)) for t, n in frame["text"].value_counts().head(top).items()]
+
+    return SearchActivity(endpoint, start, end, len(q), int(q["empty"].sum()), per_hour, counted(q),
+                          counted(q[q["empty"]]))

@@ -1,0 +1,144 @@
+"""The operator console over the real data of a demo job (the session's `aimass quickstart`): every page runs
+under Streamlit's AppTest without an exception and shows figures from the catalog and MLflow; `aimass console`
+serves it on 127.0.0.1 and stops."""
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+from streamlit.testing.v1 import AppTest
+
+import aimass
+from aimass import monitoring, registry, serving
+from aimass.settings import Settings
+from tests.cli.test_datasets_cli import run
+
+pytestmark = pytest.mark.integration
+APP = str(Path(__file__).resolve().parents[2] / "dashboards" / "app.py")
+
+
+def open_console(home: Path, monkeypatch) -> AppTest:
+    """An AppTest of the console reading `home` (as `-- --home H` would), its first page run."""
+    import streamlit as st
+
+    monkeypatch.setattr("sys.argv", ["app.py", "--home", str(home)])
+    st.cache_resource.clear()  # the settings of another test's home
+    st.cache_data.clear()
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+@pytest.fixture
+def console(quickstart_home, monkeypatch):
+    return open_console(quickstart_home, monkeypatch)
+
+
+def _texts(at) -> str:
+    """Everything the page shows as text: markdown, metrics, messages and the tables' cells."""
+    parts = [e.value for e in (*at.title, *at.subheader, *at.markdown, *at.error, *at.success, *at.info,
+                                *at.caption)]
+    parts += [f"{m.label} {m.value}" for m in at.metric]
+    parts += [df.value.to_csv() for df in at.dataframe]
+    return "\n".join(str(p) for p in parts)
+
+
+def page(at, path: str):
+    at.switch_page(path).run()
+    assert not at.exception, at.exception
+    return _texts(at)
+
+
+def test_overview_shows_the_demo_endpoint_and_its_hour(console, quickstart_home):
+    s = Settings(home=quickstart_home)
+    shown = _texts(console)
+    sig = monitoring.golden_signals("demo", settings=s)
+    assert sig.requests > 40  # the quickstart's traffic burst, all replicas' answers
+    assert "demo" in shown and f"{sig.requests:,} requests in the hour" in shown
+    assert f"demo-sasrec/{serving.show('demo', settings=s).version}" in shown
+    stats = aimass.events.stats("demo", settings=s)
+    assert str(stats["events"]) in shown  # feedback events
+    assert len(console.get("vega_lite_chart")) >= 2  # requests and latency charts
+
+
+def test_every_page_renders_catalog_figures(console, quickstart_home):
+    s = Settings(home=quickstart_home)
+    datasets = page(console, "pages/datasets.py")
+    assert "demo@v1" in datasets and "demo@v2" in datasets
+    assert "demo@v1 + " in datasets  # v2's lineage: folded feedback events
+    models = page(console, "pages/models.py")
+    for v in registry.versions("demo-sasrec", settings=s):
+        assert f"demo-sasrec/{v.version}" in models
+    assert "int8" in models and "validation NDCG@10" in models
+    traffic = page(console, "pages/deployments.py")
+    split = serving.traffic("demo", settings=s).split
+    assert split.experiment_id in traffic and all(a["ref"] in traffic for a in split.arms)
+    drift = page(console, "pages/monitoring.py")
+    reports = monitoring.reports("demo", settings=s)
+    assert reports and len(console.dataframe[0].value) == len(reports)
+    assert str(reports[0].n_current) in drift and "demo-sasrec/1" in drift  # online metrics per version
+    assert any("iframe" in str(type(e)).lower() or getattr(e, "type", "") == "iframe"
+               for e in console.main)  # the newest Evidently report, embedded
+    ab = page(console, "pages/experiments.py")
+    assert f"demo: {split.experiment_id}" in ab and "always-valid p" in ab
+    explore = page(console, "pages/explore.py")  # the champion and its int8 child, side by side, for user 1
+    assert "demo-sasrec/1" in explore and len(console.dataframe) == 2
+    assert all(len(df.value) == 10 for df in console.dataframe)
+    assert "No search index is deployed" in page(console, "pages/search.py")  # its data: tests/serving
+
+
+def test_aimass_console_serves_on_loopback_and_stops(quickstart_home):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    run(quickstart_home, "console", "--stop", ok=False)  # the quickstart's own, when its test did not run
+    started = json.loads(run(quickstart_home, "console", "--detach", "--port", str(port), "--json").stdout)
+    try:
+        assert started["url"] == f"http://127.0.0.1:{port}" and not started["already_running"]
+        assert httpx.get(started["url"] + "/_stcore/health", timeout=10).text == "ok"
+        listening = {c.laddr.ip for c in psutil.net_connections("tcp")
+                     if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
+        assert listening == {"127.0.0.1"}
+        again = json.loads(run(quickstart_home, "console", "--detach", "--json").stdout)
+        assert again["already_running"] and again["pid"] == started["pid"]
+        busy = run(quickstart_home.parent / "other", "console", "--detach", "--port", str(port), ok=False)
+        assert busy.returncode == 4 and f"console port {port}" in busy.stderr.strip().splitlines()[-1]
+    finally:
+        stopped = json.loads(run(quickstart_home, "console", "--stop", "--json").stdout)
+    assert stopped == {"stopped": True} and not psutil.pid_exists(started["pid"])
+
+
+def test_without_an_admin_key_the_console_changes_nothing_with_one_each_action_is_recorded(console, quickstart_home):
+    from aimass import admin
+
+    s = Settings(home=quickstart_home)
+    page(console, "pages/admin.py")
+    assert not console.button and not console.checkbox  # no key: no action is even drawn
+    consumer, victim = serving.create_key("console-test-consumer", settings=s)
+    console.session_state["admin_key"] = consumer  # what the sidebar's field (drawn by app.py) keeps
+    console.run()
+    assert not console.button and "an admin API key is required" in _texts(console)
+    assert admin.history(settings=s) == []
+    key, ops = serving.create_key("console-test-ops", role="admin", settings=s)
+    console.session_state["admin_key"] = key
+    console.run()
+    console.selectbox[-1].select(victim.key_id).run()  # the key to revoke
+    assert console.button(key="do-revoke_key").disabled  # not confirmed yet
+    console.checkbox(key="confirm-revoke_key").check().run()
+    console.button(key="do-revoke_key").click().run()
+    assert not console.exception, console.exception
+    assert victim.key_id not in [k.key_id for k in serving.list_keys(settings=s)]  # revoked
+    # an action that fails (the endpoint is stopped, its canary runs) is recorded with its reason too
+    console.checkbox(key="confirm-rollback").check().run()
+    console.button(key="do-rollback").click().run()
+    assert "roll demo back to its previous split failed" in _texts(console)
+    failed, done = admin.history(settings=s)
+    assert (done.action, done.target, done.ok) == ("revoke_key", victim.key_id, True)
+    assert done.actor == f"console:console-test-ops ({ops.key_id})" and done.at is not None
+    assert (failed.action, failed.ok) == ("rollback", False) and failed.outcome.startswith("failed: ")
+    assert key.split("_")[-1] not in str([a.model_dump() for a in admin.history(settings=s)])  # no secret kept
