@@ -18,7 +18,7 @@ if not deployments:
     st.info("Nothing is deployed in this home yet.")
     st.stop()
 endpoint = st.selectbox("Endpoint", [d["endpoint"] for d in deployments])
-reports = monitoring.reports(endpoint, settings=s)
+reports = monitoring.reports(endpoint, limit=100, settings=s)  # the newest; older ones stay on disk
 st.subheader("Drift reports")
 if not reports:
     st.info(f"No drift report yet: `aimass monitor drift {endpoint}`, or the schedule in the serving cluster.")
@@ -38,11 +38,13 @@ else:
     if html.is_file():  # written by aimass.monitoring with Evidently, never uploaded by a user
         st.iframe(html, height=700)
 st.subheader("Online metrics per model version and arm, last 24 hours")
-try:
-    online = monitoring.online_metrics(endpoint, window_s=86400, settings=s)
-except NotFoundError as e:
-    st.info(str(e))
-    online = []
+online = []
+# joining a day of answers to their feedback takes seconds on a busy endpoint: on demand, not on every visit
+if st.toggle("Compute them", key="online-metrics"):
+    try:
+        online = monitoring.online_metrics(endpoint, window_s=86400, settings=s)
+    except NotFoundError as e:
+        st.info(str(e))
 if online:
     def interval(r) -> str:
         return f"{r.low:.3f}-{r.high:.3f}" if r.low is not None else "-"

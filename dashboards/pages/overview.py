@@ -23,7 +23,7 @@ for d in deployments:
     e = d["endpoint"]
     sig = monitoring.golden_signals(e, window_s=3600, bucket_s=60, settings=s)
     fb = aimass.events.count(e, settings=s)
-    reports = monitoring.reports(e, settings=s)
+    reports = monitoring.reports(e, limit=1, settings=s)
     last = reports[0] if reports else None
     if d["status"] != "RUNNING":
         problems.append(f"**{e}**: {d['status'].lower().replace('_', ' ')}")

@@ -81,7 +81,9 @@ def test_every_page_renders_catalog_figures(console, quickstart_home):
     drift = page(console, "pages/monitoring.py")
     reports = monitoring.reports("demo", settings=s)
     assert reports and len(console.dataframe[0].value) == len(reports)
-    assert str(reports[0].n_current) in drift and "demo-sasrec/1" in drift  # online metrics per version
+    assert str(reports[0].n_current) in drift
+    console.toggle(key="online-metrics").set_value(True).run()  # on demand: a day of answers joined to feedback
+    assert not console.exception and "demo-sasrec/1" in _texts(console)  # online metrics per version
     assert any("iframe" in str(type(e)).lower() or getattr(e, "type", "") == "iframe"
                for e in console.main)  # the newest Evidently report, embedded
     ab = page(console, "pages/experiments.py")

@@ -291,12 +291,22 @@ def _report_folder(s: Settings, endpoint: str, created: datetime) -> tuple[Path,
     raise ConflictError(f"cannot reserve a report folder under {base.parent}: 999 reports in one second")
 
 
-def reports(endpoint: str, *, settings: Settings | None = None) -> list[ReportInfo]:
-    """The endpoint's stored drift reports, newest first (empty when it has none)."""
+def _folder_order(summary: Path) -> tuple[str, int]:
+    """STAMP, STAMP-2, ..., STAMP-10 in the order they were made (see _report_folder)."""
+    stamp, _, n = summary.parent.name.partition("-")
+    return stamp, int(n) if n.isdigit() else 1
+
+
+def reports(endpoint: str, *, limit: int | None = None, settings: Settings | None = None) -> list[ReportInfo]:
+    """The endpoint's stored drift reports, newest first (empty when it has none); with `limit`, only the newest
+    `limit` are read (a report's folder is named by its time, so the rest are not opened)."""
     s = settings or default_settings()
     root = _root(s, _check(endpoint))
+    if limit is not None and limit < 1:
+        raise InvalidInputError(f"limit must be at least 1, got {limit}")
+    found = sorted(root.glob("*/summary.json"), key=_folder_order, reverse=True) if root.is_dir() else []
     out = []
-    for f in root.glob("*/summary.json") if root.is_dir() else ():
+    for f in found[:limit]:
         try:
             r = DriftReport.model_validate_json(f.read_text())
         except Exception:  # a summary from a newer layout or a damaged disk: skip it, list the rest

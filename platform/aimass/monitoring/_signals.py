@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import or_, select
+from sqlalchemy import String, or_, select, type_coerce
 
 from aimass.catalog import ServedAnswer
 
@@ -36,15 +36,17 @@ class Signals:
 
 
 def signals(engine, endpoint: str, start: datetime, end: datetime, bucket_s: float) -> Signals:
-    q = (select(TABLE.c.served_at, TABLE.c.latency_ms, TABLE.c.strategy)
+    # the time as stored (SQLite: text; Postgres: the driver's datetime): parsed once by pandas, vectorised, not
+    # row by row by the ORM's type (which was 1.4 s of 2.1 for an hour at 100 requests/s)
+    q = (select(type_coerce(TABLE.c.served_at, String).label("served_at"), TABLE.c.latency_ms, TABLE.c.strategy)
          .where(TABLE.c.endpoint == endpoint, TABLE.c.served_at >= start, TABLE.c.served_at < end,
                 or_(TABLE.c.shadow.is_(False), TABLE.c.shadow.is_(None))))
-    with engine.connect() as conn:
-        f = pd.DataFrame(conn.execute(q).all(), columns=["served_at", "latency_ms", "strategy"])
+    with engine.connect() as conn:  # the driver's tuples: no Row objects for an hour of answers
+        f = pd.DataFrame(conn.execute(q).cursor.fetchall(), columns=["served_at", "latency_ms", "strategy"])
     edges = pd.date_range(start, end, freq=timedelta(seconds=bucket_s), inclusive="left")
     rows = []
     if len(f):
-        f["served_at"] = pd.to_datetime(f["served_at"], utc=True)
+        f["served_at"] = pd.to_datetime(f["served_at"], utc=True, format="ISO8601")
         f["bucket"] = np.floor((f["served_at"] - start).dt.total_seconds() / bucket_s).astype(int)
         f["error"] = f["strategy"] == "error"
     for i, t0 in enumerate(edges):

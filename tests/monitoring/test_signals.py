@@ -1,0 +1,56 @@
+"""Golden signals and search activity from the served-answer log: every replica's answers and failures count,
+shadow answers do not, and each lands in its bucket."""
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from aimass import monitoring
+from aimass.catalog import ServedAnswer, engine_for
+from aimass.errors import InvalidInputError
+
+
+def _answer(at: datetime, latency: float, strategy: str = "model", shadow: bool = False, route: str = "recommend",
+            query: str | None = None) -> dict:
+    return {"endpoint": "recs", "request_id": f"r{at.timestamp()}{latency}{shadow}", "route": route, "model": "recs",
+            "version": 1, "user_id": 1, "history_length": 0, "history_tail": [], "items": [] if strategy != "model"
+            else [1], "scores": [], "strategy": strategy, "served_at": at, "latency_ms": latency, "shadow": shadow,
+            "query": query}
+
+
+def test_signals_count_every_answer_and_failure_in_its_bucket(settings):
+    settings.home.mkdir(parents=True)
+    end = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+    rows = [_answer(end - timedelta(seconds=170), 10.0), _answer(end - timedelta(seconds=150), 30.0),
+            _answer(end - timedelta(seconds=130), 50.0, "error"),  # a failed request: counted, and an error
+            _answer(end - timedelta(seconds=30), 5.0),
+            _answer(end - timedelta(seconds=30), 999.0, shadow=True),  # never seen by a consumer
+            _answer(end - timedelta(seconds=500), 1.0)]  # before the window
+    with engine_for(settings.catalog).begin() as conn:
+        conn.execute(ServedAnswer.__table__.insert(), rows)
+    sig = monitoring.golden_signals("recs", window_s=180, bucket_s=60, end=end, settings=settings)
+    assert (sig.requests, sig.errors) == (4, 1) and sig.error_rate == 0.25
+    assert sig.p50_ms == pytest.approx(20.0) and sig.requests_per_s == pytest.approx(4 / 180)
+    b = sig.buckets
+    assert b["errors"].tolist() == [1, 0, 0] and (b["requests_per_s"] * 60).round().tolist() == [3, 0, 1]
+    assert b["p50_ms"].tolist()[0] == pytest.approx(30.0) and b["p99_ms"].isna().tolist() == [False, True, False]
+    empty = monitoring.golden_signals("recs", window_s=60, end=end - timedelta(days=1), settings=settings)
+    assert (empty.requests, empty.p99_ms, len(empty.buckets)) == (0, None, 1)
+    with pytest.raises(InvalidInputError, match="bucket must be positive"):
+        monitoring.golden_signals("recs", bucket_s=0, settings=settings)
+
+
+def test_search_activity_counts_queries_and_those_that_found_nothing(settings):
+    settings.home.mkdir(parents=True)
+    now = datetime.now(UTC)
+    rows = [_answer(now - timedelta(minutes=m), 1.0, route="search", query=q,
+                    strategy="no_results" if q.startswith("zz") else "model")
+            for m, q in enumerate(["Jazz", "jazz ", "rock", "zzqx", "zzqx", "jazz"])]
+    rows.append(_answer(now, 1.0))  # a recommendation: not a query
+    with engine_for(settings.catalog).begin() as conn:
+        conn.execute(ServedAnswer.__table__.insert(), rows)
+    a = monitoring.search_activity("recs", settings=settings)
+    assert (a.queries, a.no_results) == (6, 2) and a.no_result_rate == pytest.approx(1 / 3)
+    assert a.top[0] == ("jazz", 3) and a.top_no_results == [("zzqx", 2)]
+    assert int(a.per_hour["queries"].sum()) == 6
