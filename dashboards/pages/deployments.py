@@ -29,6 +29,21 @@ st.dataframe(pd.DataFrame([{"id": h.id, "state": h.state,
                             "arms": " ".join(f"{a['ref']}={a['weight']}" for a in h.arms),
                             "reason": h.reason, "actor": h.actor, "at": h.created_at} for h in view.history]),
              hide_index=True)
+st.subheader("Replicas and scaling decisions")
+scaling = serving.scaling(endpoint, settings=s)  # live from Serve when the cluster runs; decisions from the catalog
+if scaling["deployments"]:
+    st.dataframe(pd.DataFrame([{k: d.get(k) for k in ("deployment", "status", "replicas", "target_replicas",
+                                                       "min_replicas", "max_replicas", "ongoing_per_replica")}
+                               for d in scaling["deployments"]]), hide_index=True)
+else:
+    st.caption(f"not running now ({scaling['status'].lower().replace('_', ' ')})")
+if scaling["decisions"]:
+    st.dataframe(pd.DataFrame([{"at": e["at"], "deployment": e["deployment"],
+                                "replicas": f"{e['replicas_from']} -> {e['replicas_to']}", "trigger": e["trigger"],
+                                "ongoing per replica": e["ongoing_per_replica"]} for e in scaling["decisions"]]),
+                 hide_index=True)
+else:
+    st.caption("no scaling decision recorded")
 sig = monitoring.golden_signals(endpoint, window_s=3600, bucket_s=60, settings=s)
 st.subheader("Latency, last hour")
 st.line_chart(sig.buckets.set_index("start")[["p50_ms", "p99_ms"]], y_label="ms")

@@ -22,12 +22,24 @@ else:
         "aliases": ", ".join(m["aliases"]), "dataset": m["dataset"],
         "test NDCG@10": m["metrics"].get("test_ndcg_at_10"), "size MB": m["metrics"].get("size_bytes", 0) / 1e6 or None,
         "p99 ms (batch 1)": m["metrics"].get("p99_b1_ms"),
+        "promoted to champion": m["tags"].get("aimass.promoted_champion_at", ""),
         "forced promotion": m["tags"].get("aimass.forced_promotion", ""), "run": m["run_id"]} for m in models])
     st.dataframe(table, hide_index=True)
     sized = table.dropna(subset=["size MB", "test NDCG@10"])
     if len(sized):
         st.markdown("**Size against test NDCG@10** (each version; compressed children beside their parents)")
         st.scatter_chart(sized, x="size MB", y="test NDCG@10", color="method")
+
+st.subheader("Gate decisions of retrains")
+attempts = [r for d in _common.deployments() for r in aimass.retraining.history(d["endpoint"], limit=20, settings=s)]
+if attempts:
+    st.dataframe(pd.DataFrame([{
+        "endpoint": r.endpoint, "started": r.started_at, "champion": r.champion, "challenger": r.challenger,
+        "dataset": r.dataset, "gate": {True: "passed", False: "refused", None: "-"}[r.gate_passed], "status": r.status,
+        "checks": "; ".join(f"{'pass' if c.passed else 'FAIL'} {c.check}" for c in r.gate)} for r in attempts]),
+        hide_index=True)
+else:
+    st.caption("no retrain yet")
 
 st.subheader("Training runs")
 if not runs:

@@ -75,9 +75,13 @@ def test_every_page_renders_catalog_figures(console, quickstart_home):
     for v in registry.versions("demo-sasrec", settings=s):
         assert f"demo-sasrec/{v.version}" in models
     assert "int8" in models and "validation NDCG@10" in models
+    (attempt,) = aimass.retraining.history("demo", settings=s)  # the quickstart's retrain and its gate
+    assert attempt.challenger in models and "; ".join(
+        f"{'pass' if c.passed else 'FAIL'} {c.check}" for c in attempt.gate) in models
     traffic = page(console, "pages/deployments.py")
     split = serving.traffic("demo", settings=s).split
     assert split.experiment_id in traffic and all(a["ref"] in traffic for a in split.arms)
+    assert "Replicas and scaling decisions" in traffic
     drift = page(console, "pages/monitoring.py")
     reports = monitoring.reports("demo", settings=s)
     assert reports and len(console.dataframe[0].value) == len(reports)
