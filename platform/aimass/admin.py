@@ -33,8 +33,7 @@ def authorize(key: str, *, settings: Settings | None = None) -> ApiKeyPublic:
 def _rollback(target: str, detail: str, actor: str, s: Settings) -> str:
     from aimass import serving
 
-    split = serving.rollback(target, actor=actor, settings=s)
-    return "split #{}: {}".format(split.id, " ".join(f"{a['ref']}={a['weight']}" for a in split.arms))
+    return _split_text(serving.rollback(target, actor=actor, settings=s))
 
 
 def _set_traffic(target: str, detail: str, actor: str, s: Settings) -> str:
@@ -43,8 +42,11 @@ def _set_traffic(target: str, detail: str, actor: str, s: Settings) -> str:
     arms = detail.split()
     if not arms:
         raise InvalidInputError("arms are required, as REF=WEIGHT ...")
-    split = serving.set_traffic(target, arms, reason="console", actor=actor, settings=s)
-    return "split #{}: {}".format(split.id, " ".join(f"{a['ref']}={a['weight']}" for a in split.arms))
+    return _split_text(serving.set_traffic(target, arms, reason="console", actor=actor, settings=s))
+
+
+def _split_text(split) -> str:
+    return f"split #{split.id}: " + " ".join(f"{a['ref']}={a['weight']}" for a in split.arms)
 
 
 def _promote(target: str, detail: str, actor: str, s: Settings) -> str:

@@ -64,7 +64,7 @@ class Chromium:
                         raise TimeoutError(f"{url} did not render {ready!r} in {timeout:g} s: {seen}")
                     await asyncio.sleep(0.25)
                     seen = await _evaluate(ws, n, probe)
-        return {}
+        raise AssertionError("unreachable: the loop returns or times out")
 
 
 async def _evaluate(ws, n: int, expression: str) -> dict:
