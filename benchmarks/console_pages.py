@@ -1,5 +1,6 @@
 """How long each page of the operator console takes to run at scale: a home with 100 model versions, a million
-feedback events, an hour of served answers at 100 requests/s and 1,000 drift reports, every page run under
+feedback events, an hour of served answers at 100 requests/s under an A/B experiment with a shadow, a week of
+search queries with clicks and 1,000 drift reports, every page run under
 Streamlit's AppTest (the server-side script run a browser waits for), cold (caches cleared) and warm.
 
     .venv/bin/python benchmarks/console_pages.py [--events 1000000] [--versions 100] [--reports 1000]
@@ -28,7 +29,7 @@ PAGES = ["pages/overview.py", "pages/datasets.py", "pages/models.py", "pages/dep
 def seed(home: Path, versions: int, events: int, reports: int, answers_per_s: int) -> None:
     import aimass
     from aimass import registry, serving
-    from aimass.catalog import FeedbackEvent, ServedAnswer, engine_for
+    from aimass.catalog import Experiment, FeedbackEvent, ServedAnswer, engine_for
     from aimass.settings import Settings
 
     s = Settings(home=home, serve_port=_free_port())
@@ -50,6 +51,10 @@ def seed(home: Path, versions: int, events: int, reports: int, answers_per_s: in
             httpx.post(f"{d.url}/recommend", json={"user_id": u}, headers={"Authorization": f"Bearer {key}"})
         time.sleep(1.0)
         report = aimass.monitoring.drift("recs", settings=s)
+        # an A/B experiment with a shadow over the hour of answers seeded below, and a deployed search index
+        exp = aimass.experiments.start("recs", ["recs/1=50", "recs/2=50"], shadow="recs/3", settings=s)
+        found = aimass.train("search", "demo@v1", workers=0, progress=False, settings=s)
+        serving.deploy(registry.register(found.run_id, "catalogue", settings=s).ref, "search", settings=s)
     finally:
         serving.shutdown(settings=s)
     engine = engine_for(s.catalog)
@@ -58,14 +63,25 @@ def seed(home: Path, versions: int, events: int, reports: int, answers_per_s: in
     t0 = time.perf_counter()
     n_answers = answers_per_s * 3600
     rids = [uuid.uuid4().hex for _ in range(n_answers)]
+    with engine.begin() as conn:  # the experiment ran over the whole hour
+        conn.execute(Experiment.__table__.update().where(Experiment.__table__.c.experiment_id == exp.experiment_id)
+                     .values(started_at=now - timedelta(hours=1, minutes=1)))
+    answer = {"endpoint": "recs", "route": "recommend", "model": "recs", "history_length": 5, "history_tail": [1, 2, 3],
+              "items": [4, 5], "scores": [0.5, 0.4], "experiment_id": exp.experiment_id, "overlap": None}
     with engine.begin() as conn:
         for i in range(0, n_answers, 50_000):
-            conn.execute(ServedAnswer.__table__.insert(), [
-                {"endpoint": "recs", "request_id": rids[j], "route": "recommend", "model": "recs", "version": 1,
-                 "user_id": int(rng.integers(1, 300)), "history_length": 5, "history_tail": [1, 2, 3], "items": [4, 5],
-                 "scores": [0.5, 0.4], "strategy": "error" if j % 500 == 0 else "model",
-                 "served_at": now - timedelta(seconds=3600 * (1 - j / n_answers)), "latency_ms": float(rng.gamma(2, 3)),
-                 "shadow": False} for j in range(i, min(i + 50_000, n_answers))])
+            rows = []
+            for j in range(i, min(i + 50_000, n_answers)):
+                user, at = int(rng.integers(1, 300)), now - timedelta(seconds=3600 * (1 - j / n_answers))
+                rows.append({**answer, "request_id": rids[j], "version": 1 + user % 2, "arm": f"recs/{1 + user % 2}",
+                             "user_id": user, "strategy": "error" if j % 500 == 0 else "model", "served_at": at,
+                             "latency_ms": float(rng.gamma(2, 3)), "shadow": False})
+                if j % 10 == 0:  # a tenth of the requests copied to the shadow
+                    rows.append({**answer, "request_id": rids[j], "version": 3, "arm": "recs/3", "user_id": user,
+                                 "strategy": "model", "served_at": at, "latency_ms": float(rng.gamma(2, 4)),
+                                 "shadow": True, "overlap": float(rng.integers(0, 3)) / 2})
+            conn.execute(ServedAnswer.__table__.insert(), rows)
+    search_answers = seed_search(engine, now, rng)
     with engine.begin() as conn:
         for i in range(0, events, 50_000):
             conn.execute(FeedbackEvent.__table__.insert(), [
@@ -74,7 +90,8 @@ def seed(home: Path, versions: int, events: int, reports: int, answers_per_s: in
                  "timestamp": now - timedelta(seconds=int(rng.integers(0, 86400 * 30))), "value": 30.0,
                  "request_id": rids[j % n_answers], "received_at": now}
                 for j in range(i, min(i + 50_000, events))])
-    print(f"seeded {n_answers:,} served answers and {events:,} feedback events in {time.perf_counter() - t0:.0f} s",
+    print(f"seeded {n_answers:,} served answers (and a tenth as many shadow copies) under an A/B experiment, "
+          f"{events:,} feedback events, {search_answers:,} search answers in {time.perf_counter() - t0:.0f} s",
           flush=True)
     src = Path(report.html).parent
     for i in range(reports - 1):
@@ -84,6 +101,36 @@ def seed(home: Path, versions: int, events: int, reports: int, answers_per_s: in
         summary["created_at"] = (now - timedelta(hours=i + 1)).isoformat()
         (dst / "summary.json").write_text(json.dumps(summary))
     print(f"seeded {reports:,} drift reports", flush=True)
+
+
+def seed_search(engine, now: datetime, rng, per_day: int = 20_000) -> int:
+    """A week of search answers (Zipf-distributed queries, the three modes and personalised hybrid, 3% found
+    nothing) and a click on a fifth of them."""
+    from aimass.catalog import FeedbackEvent, ServedAnswer
+
+    vocabulary = [f"query {i}" for i in range(5000)]
+    modes = ["bm25", "semantic", "hybrid", "hybrid+personal"]
+    n = per_day * 7
+    picks = np.minimum(rng.zipf(1.3, n), len(vocabulary)) - 1
+    rows, clicks = [], []
+    for j in range(n):
+        empty = j % 33 == 0
+        rid = uuid.uuid4().hex
+        rows.append({"endpoint": "search", "request_id": rid, "route": "search", "model": "catalogue", "version": 1,
+                     "user_id": int(rng.integers(1, 300)), "history_length": 0, "history_tail": [],
+                     "items": [] if empty else [1, 2, 3], "scores": [] if empty else [0.9, 0.8, 0.7],
+                     "strategy": "no_results" if empty else "model", "served_at": now - timedelta(days=7 * j / n),
+                     "latency_ms": float(rng.gamma(2, 2)), "shadow": False, "query": vocabulary[picks[j]],
+                     "mode": modes[j % 4]})
+        if not empty and j % 5 == 0:
+            clicks.append({"endpoint": "search", "event_id": f"s{j}", "user_id": rows[-1]["user_id"], "item_id": 1,
+                           "type": "click", "timestamp": rows[-1]["served_at"], "value": None, "request_id": rid,
+                           "received_at": rows[-1]["served_at"]})
+    with engine.begin() as conn:
+        for i in range(0, n, 50_000):
+            conn.execute(ServedAnswer.__table__.insert(), rows[i:i + 50_000])
+        conn.execute(FeedbackEvent.__table__.insert(), clicks)
+    return n
 
 
 def _free_port() -> int:

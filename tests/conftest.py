@@ -28,7 +28,7 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def quickstart(tmp_path_factory):
-    """`aimass quickstart` (what `make demo` runs) once per session, small and without step 11: its home holds
+    """`aimass quickstart` (what `make demo` runs) once per session, small: its home holds
     the real data of a demo job (a trained, compressed, deployed model, traffic, feedback, a drift report, a
     retrain, a canary split) for the quickstart's own test and the console's. Serving and the console run on
     free ports (a demo may be running on this machine), and are stopped at the end whoever used them."""
@@ -38,7 +38,7 @@ def quickstart(tmp_path_factory):
     ports = {"AIMASS_SERVE_PORT": str(free_port()), "AIMASS_CONSOLE_PORT": str(free_port())}
     try:
         res = run(home, "quickstart", "--users", "60", "--tracks", "120", "--time-budget", "0.2",
-                  "--traffic-users", "40", "--retrain-budget", "0.1", "--no-search", env=ports)
+                  "--traffic-users", "40", "--retrain-budget", "0.1", env=ports)
         yield home, res, ports
     finally:
         stop(home)

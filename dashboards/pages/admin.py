@@ -19,13 +19,15 @@ key = st.session_state["admin_key"]
 st.caption(f"acting as {who.name} ({who.key_id}); every action is recorded")
 
 
-def action(name: str, label: str, target: str, detail: str = "") -> None:
-    """A confirmation box and a button; the action runs only when both are set."""
+def action(name: str, label: str, target: str, detail: str = "", wait: bool = True) -> None:
+    """A confirmation box and a button; the action runs only when both are set (in the background unless
+    `wait`: its outcome then lands in the recorded actions below)."""
     sure = st.checkbox(f"I confirm: {label}", key=f"confirm-{name}")
     if st.button(label, key=f"do-{name}", disabled=not sure or not target):
         try:
-            done = admin.act(key, name, target, detail, settings=s)
-            st.success(f"{label}: {done.outcome}")
+            done = admin.act(key, name, target, detail, wait=wait, settings=s)
+            st.success(f"{label}: {done.outcome}" if wait else
+                       f"{label}: started (action #{done.id}); its outcome appears under Recorded actions")
         except AimassError as e:
             st.error(f"{label} failed: {e}")
         st.cache_data.clear()
@@ -38,7 +40,7 @@ if endpoint:
     arms = st.text_input("New split (REF=WEIGHT ...)", key="arms", placeholder="recs/3=90 recs/4=10")
     action("set_traffic", f"set the split of {endpoint} to {arms or '...'}", endpoint if arms else "", arms)
     action("rollback", f"roll {endpoint} back to its previous split", endpoint)
-    action("retrain", f"retrain what {endpoint} serves on its new feedback", endpoint)
+    action("retrain", f"retrain what {endpoint} serves on its new feedback", endpoint, wait=False)
 st.subheader("Models")
 versions = [f"{m['name']}/{m['version']}" for m in _common.models()]
 ref = st.selectbox("Version", versions) if versions else None

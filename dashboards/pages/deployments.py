@@ -1,5 +1,5 @@
-"""Deployments and traffic: each endpoint's model, replicas, the split in force and its history, and latency
-over the last hour."""
+"""Deployments and traffic: each endpoint's model, replicas, the split in force and its history, scaling
+decisions, shadow comparisons, and latency over the last hour."""
 from __future__ import annotations
 
 import pandas as pd
@@ -44,6 +44,14 @@ if scaling["decisions"]:
                  hide_index=True)
 else:
     st.caption("no scaling decision recorded")
+st.subheader("Shadow comparisons")
+shadow = monitoring.shadow_comparison(endpoint, settings=s)
+if len(shadow):
+    st.caption("what each shadow would have answered on its copy of the requests, against what consumers got")
+    st.dataframe(shadow.rename(columns={"copies": "requests copied", "mean_overlap": "mean overlap@k",
+                                        "identical": "identical lists"}), hide_index=True)
+else:
+    st.caption("no shadow has run on this endpoint (aimass traffic set ENDPOINT --arms ... --shadow REF)")
 sig = monitoring.golden_signals(endpoint, window_s=3600, bucket_s=60, settings=s)
 st.subheader("Latency, last hour")
 st.line_chart(sig.buckets.set_index("start")[["p50_ms", "p99_ms"]], y_label="ms")

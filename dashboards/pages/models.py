@@ -23,14 +23,22 @@ else:
         "test NDCG@10": m["metrics"].get("test_ndcg_at_10"), "size MB": m["metrics"].get("size_bytes", 0) / 1e6 or None,
         "p99 ms (batch 1)": m["metrics"].get("p99_b1_ms"),
         "promoted to champion": m["tags"].get("aimass.promoted_champion_at", ""),
-        "forced promotion": m["tags"].get("aimass.forced_promotion", ""), "run": m["run_id"]} for m in models])
+        "forced promotion": m["tags"].get("aimass.forced_promotion", ""),
+        "last gate decision": m["tags"].get("aimass.gate", ""), "run": m["run_id"]} for m in models])
     st.dataframe(table, hide_index=True)
     sized = table.dropna(subset=["size MB", "test NDCG@10"])
     if len(sized):
         st.markdown("**Size against test NDCG@10** (each version; compressed children beside their parents)")
         st.scatter_chart(sized, x="size MB", y="test NDCG@10", color="method")
 
-st.subheader("Gate decisions of retrains")
+st.subheader("Gate decisions")
+decided = sorted(((m["tags"]["aimass.gate"], f"{m['name']}/{m['version']}") for m in models
+                  if m["tags"].get("aimass.gate")), reverse=True)
+if decided:
+    st.markdown("**The last promotion attempt of each version** (refused ones too; newest first)")
+    st.dataframe(pd.DataFrame([{"version": ref, "at": text.split(" ", 1)[0], "decision": text.split(" ", 1)[1]}
+                               for text, ref in decided]), hide_index=True)
+st.markdown("**Retrains**")
 attempts = [r for d in _common.deployments() for r in aimass.retraining.history(d["endpoint"], limit=20, settings=s)]
 if attempts:
     st.dataframe(pd.DataFrame([{

@@ -1,4 +1,5 @@
-"""Search: query volume, the most asked queries, those that found nothing, and click-through per index version."""
+"""Search: query volume, the most asked queries, those that found nothing, and click-through by mode and per
+index version."""
 from __future__ import annotations
 
 import pandas as pd
@@ -28,6 +29,13 @@ left.markdown("**Most asked**")
 left.dataframe(pd.DataFrame(a.top, columns=["query", "times"]), hide_index=True)
 right.markdown("**Found nothing**")
 right.dataframe(pd.DataFrame(a.top_no_results, columns=["query", "times"]), hide_index=True)
+st.markdown("**Click-through by mode** (answers with a click or other positive feedback naming their request_id)")
+if len(a.by_mode):
+    st.dataframe(a.by_mode.rename(columns={"click_through": "click-through", "low": "95% low", "high": "95% high"}),
+                 hide_index=True)
+    st.bar_chart(a.by_mode.set_index("mode")[["click_through"]], y_label="click-through")
+else:
+    st.caption("no query in this window")
 st.markdown("**Click-through per index version** (clicks sent to `/feedback` with the answer's request_id)")
 try:
     online = monitoring.online_metrics(endpoint, settings=s)

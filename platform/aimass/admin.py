@@ -10,6 +10,7 @@ what, when and how it ended, whether it succeeded or not.
 """
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
 from sqlmodel import select
@@ -78,10 +79,13 @@ ACTIONS: dict[str, Callable[[str, str, str, Settings], str]] = {
     "revoke_key": _revoke_key}
 
 
-def act(key: str, action: str, target: str, detail: str = "", *,
+def act(key: str, action: str, target: str, detail: str = "", *, wait: bool = True,
         settings: Settings | None = None) -> AdminActionPublic:
     """Run one operator action as the admin key's holder and record it (also when it fails: the record says
-    why, and the error is raised). A refused key records nothing and changes nothing."""
+    why, and the error is raised). A refused key records nothing and changes nothing. With `wait=False` the
+    action runs in a thread of this process and the record is returned at once with outcome 'running'; the
+    thread writes the outcome when it ends (`history` shows it). The console starts retrains so: they take
+    minutes, and a page must not wait for them."""
     s = settings or default_settings()
     if action not in ACTIONS:
         raise InvalidInputError(f"unknown action {action!r}; one of {', '.join(ACTIONS)}")
@@ -92,21 +96,35 @@ def act(key: str, action: str, target: str, detail: str = "", *,
         db.add(row)
         db.commit()
         db.refresh(row)
+        started = AdminActionPublic.model_validate(row)
+    if not wait:
+        threading.Thread(target=_run, args=(started.id, action, target, detail, actor, s), daemon=True,
+                         name=f"aimass-admin-{started.id}").start()
+        return started
+    out, error = _run(started.id, action, target, detail, actor, s)
+    if error is not None:
+        raise error
+    return out
+
+
+def _run(row_id: int, action: str, target: str, detail: str, actor: str,
+         s: Settings) -> tuple[AdminActionPublic, BaseException | None]:
+    """The action, and its outcome written to its record whatever happens (an unexpected error too, which is
+    then returned for the caller to raise)."""
+    error: BaseException | None = None
     try:
         result, ok = ACTIONS[action](target, detail, actor, s), True
-    except AimassError as e:
-        result, ok, error = f"failed: {e}", False, e
+    except Exception as e:
+        error, ok = e, False
+        result = f"failed: {e}" if isinstance(e, AimassError) else f"failed: {type(e).__name__}: {e}"
     with session(s) as db:
-        stored = db.get(AdminAction, row.id)
+        stored = db.get(AdminAction, row_id)
         stored.outcome = result[:1000]
         stored.ok = ok
         db.add(stored)
         db.commit()
         db.refresh(stored)
-        out = AdminActionPublic.model_validate(stored)
-    if not ok:
-        raise error
-    return out
+        return AdminActionPublic.model_validate(stored), error
 
 
 def history(*, limit: int = 100, settings: Settings | None = None) -> list[AdminActionPublic]:

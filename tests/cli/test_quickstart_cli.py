@@ -4,6 +4,7 @@ and its gate decision, in at most 60 lines on the terminal."""
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import subprocess
 from pathlib import Path
@@ -43,7 +44,9 @@ def _quickstart(home, res, ports):
     # the loop: feedback stored, a drift report written, a retrain on a new dataset version with its gate decision
     stats = aimass.events.stats("demo", settings=s)
     assert stats["events"] > 40 and stats["unjoined_request_ids"] == 0
-    assert f"feedback {stats['events']:,} events stored" in res.stdout
+    first = int(re.search(r"^feedback ([\d,]+) events stored", res.stdout, re.M)[1].replace(",", ""))
+    second = int(re.search(r"on the split and ([\d,]+) more feedback events", res.stdout)[1].replace(",", ""))
+    assert first + second == stats["events"] and second > 0
     # the printed report (the scheduler in the serving cluster may have written one of its own since)
     assert any(Path(r.html).exists() and r.html in res.stdout for r in aimass.monitoring.reports("demo", settings=s))
     assert challenger.dataset == "demo@v2" and challenger.parent_version is None
@@ -52,9 +55,14 @@ def _quickstart(home, res, ports):
     assert "scheduler: drift reports every 3600 s" in res.stdout  # started in the serving cluster
     split = aimass.serving.traffic("demo", settings=s).split  # it ends with a canary split, and shows it
     assert len(split.arms) == 2 and split.arms[1]["weight"] == 10 and split.state == "active"
+    # with a shadow version that is on neither arm, which saw copies of the second burst's requests
+    assert split.shadow not in (None, *[a["ref"] for a in split.arms]) and f"{split.shadow} gets a shadow" in res.stdout
+    (shadowed,) = aimass.monitoring.shadow_comparison("demo", settings=s).to_dict("records")
+    assert shadowed["shadow"] == split.shadow and shadowed["copies"] > 0 and 0 <= shadowed["mean_overlap"] <= 1
     assert "$ aimass traffic show demo" in res.stdout and f"experiment: {split.experiment_id}" in res.stdout
     # the printed curl works as printed, and the answer names the arm of the split it came from
-    (curl,) = [line.strip() for line in res.stdout.splitlines() if line.strip().startswith("curl ")]
+    curl, searching = [line.strip() for line in res.stdout.splitlines() if line.strip().startswith("curl ")]
+    assert "/recommend" in curl and "/search" in searching
     key = next(line.split()[2] for line in res.stdout.splitlines() if line.startswith("API key "))
     answer = json.loads(subprocess.run(shlex.split(curl), capture_output=True, text=True, timeout=60).stdout)
     assert answer["arm"] in [a["ref"] for a in split.arms] and answer["experiment_id"] == split.experiment_id
@@ -62,8 +70,12 @@ def _quickstart(home, res, ports):
     denied = subprocess.run(shlex.split(curl.replace(key, "aimass_0_wrong")) + [
         "-o", "/dev/null", "-w", "%{http_code}"], capture_output=True, text=True, timeout=60).stdout
     assert denied == "401"
-    # step 11 (the search index: trained, deployed and asked as tests/serving/test_search.py does) skipped here
-    assert "[11/11] no search index (--no-search)" in shown
+    # step 11: the search index, deployed, answers its printed curl; the demo's searches and clicks were logged
+    found = json.loads(subprocess.run(shlex.split(searching), capture_output=True, text=True, timeout=60).stdout)
+    assert found["items"] and found["model"] == "demo-search" and len(found["titles"]) == len(found["items"])
+    assert "9 demo searches in 3 modes, 6 clicks on results" in res.stdout
+    by_mode = aimass.monitoring.search_activity("search", settings=s).by_mode.set_index("mode")
+    assert {"bm25", "semantic", "hybrid", "hybrid+personal"} <= set(by_mode.index) and by_mode["clicked"].sum() == 6
     # the console, left running with its URL printed (its pages: tests/dashboards)
     url = f"http://127.0.0.1:{ports['AIMASS_CONSOLE_PORT']}"
     assert f"console  {url} (stop: aimass console --stop)" in res.stdout

@@ -75,6 +75,8 @@ def test_every_page_renders_catalog_figures(console, quickstart_home):
     for v in registry.versions("demo-sasrec", settings=s):
         assert f"demo-sasrec/{v.version}" in models
     assert "int8" in models and "validation NDCG@10" in models
+    gate = registry.get("demo-sasrec/1", settings=s).tags["aimass.gate"]  # the quickstart's promotion
+    assert "for champion: " in gate and gate.split(" ", 1)[1] in models
     (attempt,) = aimass.retraining.history("demo", settings=s)  # the quickstart's retrain and its gate
     assert attempt.challenger in models and "; ".join(
         f"{'pass' if c.passed else 'FAIL'} {c.check}" for c in attempt.gate) in models
@@ -82,6 +84,9 @@ def test_every_page_renders_catalog_figures(console, quickstart_home):
     split = serving.traffic("demo", settings=s).split
     assert split.experiment_id in traffic and all(a["ref"] in traffic for a in split.arms)
     assert "Replicas and scaling decisions" in traffic
+    (shadowed,) = monitoring.shadow_comparison("demo", settings=s).to_dict("records")  # the demo's shadow
+    shown = console.dataframe[3].value  # endpoints, split, history, then the shadow comparison
+    assert shown["shadow"].tolist() == [split.shadow] and shown["requests copied"].tolist() == [shadowed["copies"]]
     drift = page(console, "pages/monitoring.py")
     reports = monitoring.reports("demo", settings=s)
     assert reports and len(console.dataframe[0].value) == len(reports)
@@ -95,7 +100,12 @@ def test_every_page_renders_catalog_figures(console, quickstart_home):
     explore = page(console, "pages/explore.py")  # the champion and its int8 child, side by side, for user 1
     assert "demo-sasrec/1" in explore and len(console.dataframe) == 2
     assert all(len(df.value) == 10 for df in console.dataframe)
-    assert "No search index is deployed" in page(console, "pages/search.py")  # its data: tests/serving
+    search = page(console, "pages/search.py")  # the demo's searches in three modes, and its clicks on results
+    activity = monitoring.search_activity("search", settings=s)
+    assert activity.queries >= 10 and f"queries (7 days) {activity.queries}" in search  # + the printed curl's
+    by_mode = next(df.value for df in console.dataframe if "mode" in df.value.columns)
+    assert by_mode.set_index("mode")["clicked"].to_dict() == activity.by_mode.set_index("mode")["clicked"].to_dict()
+    assert by_mode["clicked"].sum() == 6
 
 
 def test_aimass_console_serves_on_loopback_and_stops(quickstart_home):

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration
 # url path -> a text its page renders last (the tables are drawn on a canvas: their cells are not text)
 PAGES = {"": "Last training", "datasets": "Model versions trained on", "models": "Lineage",
          "deployments": "Latency, last hour", "monitoring": "Online metrics per model version",
-         "experiments": "canary (automatic)", "search": "No search index is deployed",
+         "experiments": "canary (automatic)", "search": "Click-through per index version",
          "explore": "items of history in", "admin": "Enter an admin API key"}
 
 
@@ -46,3 +46,7 @@ def test_every_page_renders_in_chromium_with_the_catalogs_figures(quickstart_hom
     split = serving.traffic("demo", settings=s).split
     assert split.experiment_id in seen["deployments"]["text"] and split.experiment_id in seen["experiments"]["text"]
     assert "Enter an admin API key" in seen["admin"]["text"]
+    queries = monitoring.search_activity("search", settings=s).queries  # the demo's searches
+    assert queries >= 10 and "Click-through by mode" in seen["search"]["text"]
+    assert "queries (7 days)" in seen["search"]["text"] and f"{queries:,}" in seen["search"]["text"]
+    assert "Shadow comparisons" in seen["deployments"]["text"]

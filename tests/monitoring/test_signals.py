@@ -1,5 +1,6 @@
-"""Golden signals and search activity from the served-answer log: every replica's answers and failures count,
-shadow answers do not, and each lands in its bucket."""
+"""Golden signals, search activity and shadow comparisons from the served-answer log: every replica's answers
+and failures count, shadow answers do not (but are compared with the live ones), and each lands in its
+bucket."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
@@ -12,11 +13,12 @@ from aimass.errors import InvalidInputError
 
 
 def _answer(at: datetime, latency: float, strategy: str = "model", shadow: bool = False, route: str = "recommend",
-            query: str | None = None) -> dict:
-    return {"endpoint": "recs", "request_id": f"r{at.timestamp()}{latency}{shadow}", "route": route, "model": "recs",
+            query: str | None = None, request_id: str | None = None, **more) -> dict:
+    return {"endpoint": "recs", "request_id": request_id or f"r{at.timestamp()}{latency}{shadow}", "route": route,
+            "model": "recs",
             "version": 1, "user_id": 1, "history_length": 0, "history_tail": [], "items": [] if strategy != "model"
             else [1], "scores": [], "strategy": strategy, "served_at": at, "latency_ms": latency, "shadow": shadow,
-            "query": query}
+            "query": query, **more}
 
 
 def test_signals_count_every_answer_and_failure_in_its_bucket(settings):
@@ -54,3 +56,41 @@ def test_search_activity_counts_queries_and_those_that_found_nothing(settings):
     assert (a.queries, a.no_results) == (6, 2) and a.no_result_rate == pytest.approx(1 / 3)
     assert a.top[0] == ("jazz", 3) and a.top_no_results == [("zzqx", 2)]
     assert int(a.per_hour["queries"].sum()) == 6
+
+
+def test_search_activity_gives_click_through_by_mode_from_positive_feedback(settings):
+    from aimass import events
+
+    settings.home.mkdir(parents=True)
+    now = datetime.now(UTC)
+    modes = ["bm25", "bm25", "hybrid", "hybrid", "hybrid", "hybrid+personal", None]
+    rows = [_answer(now - timedelta(minutes=j), 1.0, route="search", query="q", request_id=f"s{j}", mode=m)
+            for j, m in enumerate(modes)]
+    with engine_for(settings.catalog).begin() as conn:
+        conn.execute(ServedAnswer.__table__.insert(), rows)
+    log = events.EventLog(settings)
+    clicks = [("s0", "click"), ("s0", "click"), ("s2", "click"), ("s3", "skip"), ("s5", "like")]  # skip: negative
+    log.write("recs", [events.FeedbackEventBase(event_id=f"e{j}", user_id=1, item_id=1, type=kind, request_id=rid,
+                                                timestamp=now) for j, (rid, kind) in enumerate(clicks)])
+    by = monitoring.search_activity("recs", settings=settings).by_mode.set_index("mode")
+    assert by["queries"].to_dict() == {"bm25": 2, "hybrid": 3, "hybrid+personal": 1, "unknown": 1}
+    assert by["clicked"].to_dict() == {"bm25": 1, "hybrid": 1, "hybrid+personal": 1, "unknown": 0}
+    assert by.loc["bm25", "click_through"] == 0.5 and by.loc["bm25", "low"] < 0.5 < by.loc["bm25", "high"]
+
+
+def test_shadow_comparison_sets_each_shadows_lists_and_latency_beside_the_live_answers(settings):
+    settings.home.mkdir(parents=True)
+    now = datetime.now(UTC)
+    rows = []
+    for j in range(4):
+        at = now - timedelta(seconds=10 * j)
+        rows.append(_answer(at, 2.0 + j, request_id=f"r{j}", arm="recs/1", overlap=None))
+        rows.append(_answer(at, 10.0 + j, shadow=True, request_id=f"r{j}", arm="recs/2", overlap=[1, 1, .5, 0][j]))
+    rows.append(_answer(now, 100.0, request_id="r9", arm="recs/1", overlap=None))  # no copy: not on the live side
+    with engine_for(settings.catalog).begin() as conn:
+        conn.execute(ServedAnswer.__table__.insert(), rows)
+    (row,) = monitoring.shadow_comparison("recs", settings=settings).to_dict("records")
+    assert (row["shadow"], row["copies"], row["mean_overlap"], row["identical"]) == ("recs/2", 4, 0.625, 0.5)
+    assert row["shadow_p50_ms"] == pytest.approx(11.5) and row["live_p50_ms"] == pytest.approx(3.5)
+    assert row["live_p99_ms"] < 6  # r9's 100 ms is not a copied request
+    assert monitoring.shadow_comparison("recs", window_s=1, end=now - timedelta(days=1), settings=settings).empty

@@ -59,6 +59,10 @@ def test_gate_passes_first_champion_and_refuses_worse_models(env):
         models.promote("gate", worse.version, settings=s)
     assert _snapshot(s) == before
     assert models.show("gate@champion", settings=s).version == good.version
+    # each decision is recorded on its candidate, a refusal too (the console lists them)
+    assert "passed for champion: pass latency" in models.show(good.ref, settings=s).tags["aimass.gate"]
+    assert models.show(worse.ref, settings=s).tags["aimass.gate"].endswith(
+        " refused for champion: pass dataset; FAIL quality; pass latency")
     forced = models.promote("gate", worse.version, force=True, settings=s)
     assert forced.forced and forced.previous == good.version
     champ = models.show("gate@champion", settings=s)

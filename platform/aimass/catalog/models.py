@@ -119,6 +119,8 @@ class ServedAnswerBase(SQLModel):
     overlap: float | None = Field(None, description="Shadow only: |shadow items & live items| / k")
     latency_ms: float | None = Field(None, description="Time to compute the answer in the replica")
     query: str | None = Field(None, description="search: the query as sent (printable characters only)")
+    mode: str | None = Field(None, description="search: the mode that answered (bm25, semantic, hybrid; "
+                             "'+personal' when the user's history reordered it)")
 
 
 class ServedAnswer(ServedAnswerBase, table=True):

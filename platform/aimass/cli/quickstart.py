@@ -89,8 +89,10 @@ def quickstart(
                   f"(at most {retrain_budget} min)")
     # no second progress bar: the stage line gives its bound, and a demo's output stays one screen
     again = retraining.retrain("demo", reason="manual", progress=False, settings=s, time_budget_min=retrain_budget)
-    console.stage("[10/11] a canary split on the demo endpoint: an auto experiment on the feedback")
-    canary = _canary(again, name, small, s)
+    console.stage("[10/11] a canary split on the demo endpoint (an auto experiment on the feedback) with a shadow "
+                  "version, and a second burst of traffic on it")
+    canary = _canary(again, name, small, s) + _shadow(again, small, s)
+    burst2 = _traffic(d.url, key, i, max(traffic_users // 2, 1), seed=1)
     traffic = serving.traffic("demo", history=3, settings=s)
     if search:
         console.stage("[11/11] a search index of the demo catalogue (BM25 + MiniLM vectors, int8) built with Ray "
@@ -100,7 +102,8 @@ def quickstart(
         console.stage("[11/11] no search index (--no-search)")
         search = None
     panel = _console(s)
-    loop = {"traffic": burst, "drift": report.model_dump(mode="json"), "retrain": again.model_dump(mode="json"),
+    loop = {"traffic": burst, "traffic_on_split": burst2, "drift": report.model_dump(mode="json"),
+            "retrain": again.model_dump(mode="json"),
             "scheduler": scheduler, "canary": canary, "split": traffic.model_dump(mode="json"), "search": search,
             "console": panel}
     if as_json:
@@ -128,6 +131,7 @@ def quickstart(
         f"         {again.next_step}",
         f"         {scheduler}",
         f"canary   {canary}",
+        f"         then {burst2['answers']} answers on the split and {burst2['events']:,} more feedback events",
         "",
         "$ aimass traffic show demo",
         *view_lines(traffic),
@@ -135,7 +139,8 @@ def quickstart(
         f"MLflow   .venv/bin/mlflow ui --backend-store-uri {s.tracking_uri} --host 127.0.0.1 --port 5000",
         f"API      {d.url} (OpenAPI: {d.url}/docs.json)",
         f"API key  {key} (shown once; stored hashed)",
-        *([f"search   {search['model']} at {search['url']}: {search['query']!r} -> {', '.join(search['top'])}"]
+        *([f"search   {search['model']} at {search['url']}: {search['query']!r} -> {', '.join(search['top'])}",
+           f"         {search['searches']} demo searches in 3 modes, {search['clicks']} clicks on results"]
           if search else []),
         "Try it:",
         f"  {curl}",
@@ -158,6 +163,21 @@ def _console(s) -> dict:
     except AimassError as e:
         return {"error": str(e)}
     return {"url": info["url"], "pid": info["pid"]}
+
+
+def _shadow(again, small, s) -> str:
+    """A version that is on neither arm gets a copy of the demo's /recommend traffic (the retrained challenger
+    or the int8 child): the console's deployments page compares its lists with the live ones."""
+    from aimass import serving
+
+    split = serving.traffic("demo", settings=s).split
+    live = [a["ref"] for a in split.arms]
+    ref = next((r for r in (again.challenger, small.ref) if r and r not in live), None)
+    if ref is None:
+        return ""
+    serving.set_traffic("demo", [f"{a['ref']}={a['weight']}" for a in split.arms], shadow=ref,
+                        experiment_id=split.experiment_id, reason="shadow", actor="quickstart", settings=s)
+    return f"; {ref} gets a shadow copy of the traffic"
 
 
 def _canary(again, name: str, small, s) -> str:
@@ -184,12 +204,39 @@ def _search_index(dataset: str, key: str, ds, s) -> dict:
     mv = models.register(r.run_id, "demo-search", settings=s)
     d = serving.deploy(mv.ref, endpoint="search", min_replicas=1, max_replicas=1, settings=s)
     query = str(ds.items["genre"].mode().iloc[0]) if "genre" in ds.items.columns else "music"
-    r = httpx.post(f"{d.url}/search", json={"query": query, "k": 3}, timeout=30,
-                   headers={"Authorization": f"Bearer {key}"})
-    r.raise_for_status()
-    answer = r.json()
-    return {"model": mv.ref, "url": d.url, "query": query, "top": answer.get("titles", []),
+    with httpx.Client(timeout=30, headers={"Authorization": f"Bearer {key}"}) as c:
+        r = c.post(f"{d.url}/search", json={"query": query, "k": 3})
+        r.raise_for_status()
+        answer = r.json()
+        asked = _searches(c, d.url, ds)
+    return {"model": mv.ref, "url": d.url, "query": query, "top": answer.get("titles", []), **asked,
             "curl": serving.curl_example(d, key, k=5, query=query)}
+
+
+def _searches(c, url: str, ds) -> dict:
+    """Demo users search in each mode (every other one signed in: personalised) and click the first result of
+    two searches in three, naming the answer's request_id: the console's search page shows click-through by
+    mode from these."""
+    import time
+
+    words = [str(w) for w in ds.items["genre"].value_counts().index[:3]] if "genre" in ds.items.columns else \
+        ["music"]
+    users = ds.interactions["user_id"].drop_duplicates().head(6).tolist()
+    searches = clicks = 0
+    for j, (word, mode) in enumerate((w, m) for w in words for m in ("bm25", "semantic", "hybrid")):
+        user = int(users[j % len(users)])
+        body = {"query": word, "k": 5, "mode": mode, **({"user_id": user} if j % 2 else {})}
+        r = c.post(f"{url}/search", json=body)
+        r.raise_for_status()
+        out = r.json()
+        searches += 1
+        if out["items"] and j % 3 != 2:
+            event = {"event_id": f"demo-search-{out['request_id']}", "user_id": user,
+                     "item_id": out["items"][0], "type": "click", "timestamp": time.time(),
+                     "request_id": out["request_id"]}
+            c.post(f"{url}/feedback", json=event).raise_for_status()
+            clicks += 1
+    return {"searches": searches, "clicks": clicks}
 
 
 def _side(v, m: dict, prefix: str) -> dict:

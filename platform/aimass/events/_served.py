@@ -36,12 +36,13 @@ class ServedLog:
                user_id: int | None, history: list[int] | None, items: list[int], scores: list[float],
                strategy: str = "model", *, arm: str | None = None, experiment_id: str | None = None,
                latency_ms: float | None = None, shadow: bool = False, overlap: float | None = None,
-               query: str | None = None) -> None:
+               query: str | None = None, mode: str | None = None) -> None:
         row = {"endpoint": endpoint, "request_id": request_id, "route": route, "model": model, "version": version,
                "user_id": user_id, "history_length": len(history or ()), "history_tail": list(history or ())[-TAIL:],
                "items": list(items), "scores": [round(float(s), 6) for s in scores], "strategy": strategy,
                "served_at": as_utc(datetime.now(UTC)), "arm": arm, "experiment_id": experiment_id,
-               "latency_ms": latency_ms, "shadow": shadow, "overlap": overlap, "query": query}
+               "latency_ms": latency_ms, "shadow": shadow, "overlap": overlap, "query": query,
+               "mode": mode}
         with self._lock:
             if len(self._pending) >= _MAX_PENDING:
                 self.dropped += 1

@@ -334,15 +334,38 @@ def golden_signals(endpoint: str, *, window_s: float = 3600, bucket_s: float = 6
 
 def search_activity(endpoint: str, *, window_s: float = 7 * 86400, end: datetime | None = None,
                     settings: Settings | None = None):
-    """A search endpoint's queries in [end - window_s, end): volume per hour, the most asked, and those that
-    found nothing (aimass.monitoring._signals.SearchActivity); click-through per version is `online_metrics`."""
+    """A search endpoint's queries in [end - window_s, end): volume per hour, the most asked, those that found
+    nothing, and click-through per mode (aimass.monitoring._signals.SearchActivity); per version it is
+    `online_metrics`. A click is any positive feedback event (the endpoint's rules) naming the answer's
+    request_id, received up to now."""
+    from aimass.events import EventLog, Rules, ServedLog
+    from aimass.monitoring import _signals
+
+    s = settings or default_settings()
+    _check(endpoint)
+    start, end = _window(window_s, end)
+    events = EventLog(s).frame(endpoint, start=start)
+    clicked: set[str] = set()
+    if len(events):
+        positive = Rules.of(s).polarities(events["type"], events["value"]) > 0
+        clicked = set(events.loc[positive & events["request_id"].notna(), "request_id"].astype(str))
+    return _signals.search_activity(ServedLog(s).frame(endpoint, start=start, end=end), clicked, endpoint, start,
+                                    end)
+
+
+def shadow_comparison(endpoint: str, *, window_s: float | None = None, end: datetime | None = None,
+                      settings: Settings | None = None) -> pd.DataFrame:
+    """What each shadow ref of the endpoint would have answered, against what consumers got, in
+    [end - window_s, end) (all of the log without window_s): one row per shadow ref with the requests it saw a
+    copy of, the mean overlap of its lists with the live ones and the share identical, and both sides' p50/p99
+    latency on those requests (columns: aimass.monitoring._signals.SHADOW). Empty when no shadow ever ran."""
     from aimass.events import ServedLog
     from aimass.monitoring import _signals
 
     s = settings or default_settings()
     _check(endpoint)
     start, end = _window(window_s, end)
-    return _signals.search_activity(ServedLog(s).frame(endpoint, start=start, end=end), endpoint, start, end)
+    return _signals.shadow_comparison(ServedLog(s).engine, endpoint, start, end)
 
 
 def online_metrics(endpoint: str, *, window_s: float | None = None, end: datetime | None = None,

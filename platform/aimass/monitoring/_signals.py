@@ -74,19 +74,24 @@ class SearchActivity:
     per_hour: pd.DataFrame  # hour, queries, no_results
     top: list[tuple[str, int]]  # most asked (case-folded), with counts
     top_no_results: list[tuple[str, int]]  # most asked of those that found nothing
+    by_mode: pd.DataFrame  # mode, queries, clicked, click_through, low, high (95% Wilson interval)
 
     @property
     def no_result_rate(self) -> float:
         return self.no_results / self.queries if self.queries else 0.0
 
 
-def search_activity(answers: pd.DataFrame, endpoint: str, start: datetime, end: datetime,
+BY_MODE = ["mode", "queries", "clicked", "click_through", "low", "high"]
+
+
+def search_activity(answers: pd.DataFrame, clicked: set[str], endpoint: str, start: datetime, end: datetime,
                     top: int = 20) -> SearchActivity:
-    """Volume and the queries asked, from the window's answers of the endpoint (ServedLog.frame)."""
+    """Volume, the queries asked and click-through per mode, from the window's answers of the endpoint
+    (ServedLog.frame) and the request_ids that positive feedback named (`clicked`)."""
     q = answers[answers["route"] == "search"] if len(answers) else answers
     if not len(q):
         return SearchActivity(endpoint, start, end, 0, 0, pd.DataFrame(columns=["hour", "queries", "no_results"]),
-                              [], [])
+                              [], [], pd.DataFrame(columns=BY_MODE))
     q = q.assign(text=q["query"].fillna("").str.strip().str.lower(), empty=q["strategy"] == "no_results",
                  hour=q["served_at"].dt.floor("h"))
     per_hour = q.groupby("hour").agg(queries=("text", "size"), no_results=("empty", "sum")).reset_index()
@@ -95,4 +100,54 @@ def search_activity(answers: pd.DataFrame, endpoint: str, start: datetime, end: 
         return [(t, int(n)) for t, n in frame["text"].value_counts().head(top).items()]
 
     return SearchActivity(endpoint, start, end, len(q), int(q["empty"].sum()), per_hour, counted(q),
-                          counted(q[q["empty"]]))
+                          counted(q[q["empty"]]), _by_mode(q, clicked))
+
+
+def _by_mode(q: pd.DataFrame, clicked: set[str]) -> pd.DataFrame:
+    """Click-through per mode: answers in that mode with at least one positive event naming their request_id.
+    Answers logged before modes were (mode null) count as 'unknown'."""
+    from aimass.monitoring._stats import wilson
+
+    q = q.assign(mode=q["mode"].fillna("unknown"), clicked=q["request_id"].isin(clicked))
+    rows = []
+    for mode, g in q.groupby("mode", sort=True):
+        n, c = len(g), int(g["clicked"].sum())
+        rows.append([mode, n, c, *wilson(c, n)])
+    return pd.DataFrame(rows, columns=BY_MODE)
+
+
+SHADOW = ["shadow", "copies", "mean_overlap", "identical", "shadow_p50_ms", "shadow_p99_ms", "live_p50_ms",
+          "live_p99_ms", "first", "last"]
+
+
+def shadow_comparison(engine, endpoint: str, start: datetime | None, end: datetime) -> pd.DataFrame:
+    """Per shadow ref: how many requests it got a copy of, how much its lists overlap the answers consumers got
+    (mean, and the share identical as sets), and its latency beside the live arm's on the same requests."""
+    window = [TABLE.c.endpoint == endpoint, TABLE.c.served_at < end]
+    if start is not None:
+        window.append(TABLE.c.served_at >= start)
+    copies = select(TABLE.c.request_id).where(*window, TABLE.c.shadow.is_(True))
+    q = select(TABLE.c.arm, TABLE.c.request_id, TABLE.c.overlap, TABLE.c.latency_ms,
+               type_coerce(TABLE.c.served_at, String)).where(*window, TABLE.c.shadow.is_(True))
+    # the live answer of a copied request: logged within a minute of its copy, never a shadow
+    pad = timedelta(minutes=1)
+    live = select(TABLE.c.request_id, TABLE.c.latency_ms).where(
+        TABLE.c.endpoint == endpoint, TABLE.c.served_at < end + pad,
+        *([TABLE.c.served_at >= start - pad] if start is not None else []),
+        or_(TABLE.c.shadow.is_(False), TABLE.c.shadow.is_(None)), TABLE.c.request_id.in_(copies))
+    with engine.connect() as conn:
+        f = pd.DataFrame(conn.execute(q).cursor.fetchall(),
+                         columns=["arm", "request_id", "overlap", "latency_ms", "served_at"])
+        lv = pd.DataFrame(conn.execute(live).cursor.fetchall(), columns=["request_id", "latency_ms"])
+    rows = []
+    if len(f):
+        f["served_at"] = pd.to_datetime(f["served_at"], utc=True, format="ISO8601")
+    for ref, g in (f.groupby("arm", sort=True) if len(f) else ()):
+        theirs = lv.loc[lv["request_id"].isin(g["request_id"]), "latency_ms"].dropna().to_numpy(float)
+        overlap = g["overlap"].dropna().to_numpy(float)
+        own = g["latency_ms"].dropna().to_numpy(float)
+        rows.append([ref, len(g), round(float(overlap.mean()), 4) if len(overlap) else None,
+                     round(float((overlap >= 1).mean()), 4) if len(overlap) else None,
+                     _pct(own, 50), _pct(own, 99), _pct(theirs, 50), _pct(theirs, 99),
+                     g["served_at"].min(), g["served_at"].max()])
+    return pd.DataFrame(rows, columns=SHADOW)

@@ -214,6 +214,11 @@ def promote(name: str, version: int, *, alias: str = "champion", force: bool = F
         checks = _run_gate(client, candidate, tolerance, latency_budget_ms, metric, rescore_on, min_unexposed_users,
                            s)
         ok = all(c.passed for c in checks)
+        # every decision is kept on the candidate, a refusal too: what the console's models page lists
+        verdict = "passed" if ok else "forced" if force else "refused"
+        client.set_model_version_tag(name, str(version), f"{T}gate", (
+            f"{datetime.now(UTC).isoformat(timespec='seconds')} {verdict} for {alias}: "
+            + "; ".join(f"{'pass' if c.passed else 'FAIL'} {c.check}" for c in checks))[:4000])
         if not ok and not force:
             failed = "; ".join(f"{c.check}: {c.detail}" for c in checks if not c.passed)
             raise GateRefusedError(f"promotion of {name}/{version} to {alias} refused: {failed} (--force overrides)",

@@ -36,7 +36,8 @@ def search(engine: Engine, query: str, k: int, mode: str | None, user_id: int | 
     return {"query": query, "items": engine.item_ids[dense - 1].tolist(), "titles": titles,
             "scores": _finite(np.asarray(out["scores"])), "mode": out["mode"], "corrected": out.get("corrected"),
             "personalised": bool(out.get("personalised")), "history_length": 0 if seen is None else len(seen),
-            "history_tail": engine.raw(seen), "strategy": "model" if len(dense) else "no_results"}
+            "history_tail": engine.raw(seen), "strategy": "model" if len(dense) else "no_results",
+            "logged_mode": out["mode"] + ("+personal" if out.get("personalised") else "")}
 
 
 def loggable(query: str) -> str:

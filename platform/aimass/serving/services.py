@@ -200,7 +200,8 @@ class _SingleModel(_Feedback):
         tail = out.pop("history_tail", [])
         self.served_log.record(self.endpoint, served["request_id"], route, served["model"], served["version"],
                                user_id, tail, out["items"], out["scores"], out.get("strategy", "model"), arm=ref,
-                               experiment_id=t.experiment_id, latency_ms=round(ms, 3), query=query)
+                               experiment_id=t.experiment_id, latency_ms=round(ms, 3), query=query,
+                               mode=out.pop("logged_mode", None))
         return served, out, t
 
     def _record_shadow(self, engine: Engine, t, request_id: str, user_id: int | None, out: dict, overlap: float,

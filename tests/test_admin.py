@@ -1,0 +1,45 @@
+"""Operator actions (aimass.admin): an admin key is required, each action is recorded with its outcome, and an
+action started without waiting (what the console does for retrains) records its outcome when it ends."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from aimass import admin, serving
+from aimass.errors import InvalidInputError, NotFoundError
+
+
+def _settled(s, action_id: int, timeout: float = 30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        (row,) = [a for a in admin.history(settings=s) if a.id == action_id]
+        if row.outcome != "running":
+            return row
+        time.sleep(0.05)
+    raise AssertionError(f"action {action_id} still running after {timeout} s")
+
+
+def test_an_action_started_without_waiting_records_its_outcome_when_it_ends(settings):
+    key, ops = serving.create_key("ops", role="admin", settings=settings)
+    _, victim = serving.create_key("victim", settings=settings)
+    started = admin.act(key, "revoke_key", victim.key_id, wait=False, settings=settings)
+    assert started.outcome == "running" and started.actor == f"console:ops ({ops.key_id})"
+    done = _settled(settings, started.id)
+    assert done.ok and done.outcome == f"key {victim.key_id} (victim) revoked"
+    assert victim.key_id not in [k.key_id for k in serving.list_keys(settings=settings)]
+    # a failure in the background raises nowhere: its record says why
+    failed = _settled(settings, admin.act(key, "revoke_key", "0" * 12, wait=False, settings=settings).id)
+    assert failed.ok is False and failed.outcome.startswith("failed: ")
+    with pytest.raises(NotFoundError):  # waiting, the same failure is raised, and recorded as well
+        admin.act(key, "revoke_key", "0" * 12, settings=settings)
+    assert [a.ok for a in admin.history(settings=settings)] == [False, False, True]
+
+
+def test_without_an_admin_key_nothing_runs_and_nothing_is_recorded(settings):
+    consumer, _ = serving.create_key("app", settings=settings)
+    _, victim = serving.create_key("victim", settings=settings)
+    for key in (consumer, "aimass_0_wrong"):
+        with pytest.raises(InvalidInputError, match="an admin API key is required"):
+            admin.act(key, "revoke_key", victim.key_id, wait=False, settings=settings)
+    assert admin.history(settings=settings) == [] and len(serving.list_keys(settings=settings)) == 2
