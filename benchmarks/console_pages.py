@@ -3,7 +3,7 @@ feedback events, an hour of served answers at 100 requests/s under an A/B experi
 search queries with clicks and 1,000 drift reports, every page run under
 Streamlit's AppTest (the server-side script run a browser waits for), cold (caches cleared) and warm.
 
-    .venv/bin/python benchmarks/console_pages.py [--events 1000000] [--versions 100] [--reports 1000]
+    .venv/bin/python benchmarks/console_pages.py [--events 1000000] [--versions 100] [--reports 1000] [--home H]
 
 The seeding is real where it is cheap (a trained model, registered versions, a deployment, one real drift
 report) and bulk where it is not: events and answers are inserted straight into the catalog's tables, and
@@ -170,10 +170,13 @@ def main() -> None:
     ap.add_argument("--versions", type=int, default=100)
     ap.add_argument("--reports", type=int, default=1000)
     ap.add_argument("--answers-per-s", type=int, default=100, help="served answers per second over the last hour")
+    ap.add_argument("--home", type=Path, help="seed this home once and keep it: later runs time its pages again")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        home = Path(tmp) / "home"
-        seed(home, a.versions, a.events, a.reports, a.answers_per_s)
+        home = a.home or Path(tmp) / "home"
+        if not (home / "seeded").exists():
+            seed(home, a.versions, a.events, a.reports, a.answers_per_s)
+            (home / "seeded").touch()
         rows = time_pages(home)
     print(f"\n{a.versions} model versions, {a.events:,} feedback events, {a.answers_per_s * 3600:,} answers in the "
           f"last hour, {a.reports:,} drift reports\n")

@@ -7,7 +7,6 @@ import streamlit as st
 
 import _common
 from aimass import monitoring
-from aimass.errors import NotFoundError
 
 s = _common.settings()
 st.title("Search")
@@ -36,10 +35,7 @@ if len(a.by_mode):
     st.bar_chart(a.by_mode.set_index("mode")[["click_through"]], y_label="click-through")
 else:
     st.caption("no query in this window")
-st.markdown("**Click-through per index version** (clicks sent to `/feedback` with the answer's request_id)")
-try:
-    online = monitoring.online_metrics(endpoint, settings=s)
-    st.dataframe(pd.DataFrame([{"index": f"{m.model}/{m.version}", "arm": m.arm or "-", "answers": m.answers,
-                                "click-through": m.click_through.rate} for m in online]), hide_index=True)
-except NotFoundError as e:
-    st.info(str(e))
+st.markdown("**Click-through per index version**")
+if len(a.by_index):
+    st.dataframe(a.by_index.rename(columns={"click_through": "click-through", "low": "95% low", "high": "95% high"}),
+                 hide_index=True)

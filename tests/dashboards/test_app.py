@@ -106,6 +106,8 @@ def test_every_page_renders_catalog_figures(console, quickstart_home):
     by_mode = next(df.value for df in console.dataframe if "mode" in df.value.columns)
     assert by_mode.set_index("mode")["clicked"].to_dict() == activity.by_mode.set_index("mode")["clicked"].to_dict()
     assert by_mode["clicked"].sum() == 6
+    per_index = next(df.value for df in console.dataframe if "index" in df.value.columns)
+    assert per_index["index"].tolist() == ["demo-search/1"] and per_index["clicked"].tolist() == [6]
 
 
 def test_aimass_console_serves_on_loopback_and_stops(quickstart_home):

@@ -76,6 +76,8 @@ def test_search_activity_gives_click_through_by_mode_from_positive_feedback(sett
     assert by["queries"].to_dict() == {"bm25": 2, "hybrid": 3, "hybrid+personal": 1, "unknown": 1}
     assert by["clicked"].to_dict() == {"bm25": 1, "hybrid": 1, "hybrid+personal": 1, "unknown": 0}
     assert by.loc["bm25", "click_through"] == 0.5 and by.loc["bm25", "low"] < 0.5 < by.loc["bm25", "high"]
+    (per_index,) = monitoring.search_activity("recs", settings=settings).by_index.to_dict("records")
+    assert (per_index["index"], per_index["queries"], per_index["clicked"]) == ("recs/1", 7, 3)
 
 
 def test_shadow_comparison_sets_each_shadows_lists_and_latency_beside_the_live_answers(settings):

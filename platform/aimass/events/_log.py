@@ -96,6 +96,8 @@ def _store(engine, conn, by_endpoint: dict[str, dict[str, dict]]) -> tuple[dict,
 
 
 class EventLog:
+    table = TABLE
+
     def __init__(self, settings: Settings):
         self.engine = engine_for(settings.catalog)
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
@@ -234,6 +236,22 @@ class EventLog:
             f[c] = pd.to_datetime(f[c], utc=True)
         f["value"] = pd.to_numeric(f["value"]).astype(float)
         return f
+
+    def named(self, endpoint: str, *, where=None, start: datetime | None = None) -> set[str]:
+        """The request_ids that the endpoint's events name, of the events received from `start` on that match
+        `where` (a condition on this table, such as Rules.positive_clause): which served answers converted."""
+        # One sequential pass over the log, in the database, returning one column. The endpoint is wrapped in
+        # coalesce() so that SQLite does not walk the endpoint's index row by row (random reads: 6.6 s for a
+        # million events, against 0.5 s); matching the ids to answers is left to the caller: probing them with
+        # IN (a subquery of the served answers) cost 4 s more for the same million.
+        q = select(TABLE.c.request_id).where(func.coalesce(TABLE.c.endpoint, "") == endpoint,
+                                             TABLE.c.request_id.is_not(None))
+        if where is not None:
+            q = q.where(where)
+        if start is not None:
+            q = q.where(TABLE.c.received_at >= as_utc(start))
+        with self.engine.connect() as conn:
+            return {r[0] for r in conn.execute(q).cursor.fetchall()}
 
     def endpoints(self) -> list[str]:
         with self.engine.connect() as conn:

@@ -58,6 +58,17 @@ class Rules:
         return out
 
 
+    def positive_clause(self, type_col, value_col):
+        """polarity() > 0 as a SQL condition on a table's type and value columns (positive rules win, so an
+        event is positive exactly when it matches one)."""
+        from sqlalchemy import and_, false, or_
+
+        ops = {">=": "__ge__", "<=": "__le__", ">": "__gt__", "<": "__lt__", "==": "__eq__"}
+        return or_(false(), *(type_col == t if op is None else
+                              and_(type_col == t, value_col.is_not(None), getattr(value_col, ops[op])(x))
+                              for t, op, x in self.positive))
+
+
 def _parse(rule: str, kind: str) -> tuple[str, str | None, float | None]:
     m = _RULE.match(rule)
     if not m:

@@ -193,17 +193,17 @@ def _arms(e: ExperimentPublic, s: Settings) -> list[ArmView]:
     Requests without a user_id are left out (they are not assigned: they go to the first arm)."""
     from aimass.events import EventLog, Rules, ServedLog
 
-    answers = ServedLog(s).frame(e.endpoint, start=e.started_at, end=e.stopped_at, experiment_id=e.experiment_id,
-                                 errors=True)
-    answers = answers[answers["route"].isin(["recommend", "rank"]) & answers["user_id"].notna()]
-    events = EventLog(s).frame(e.endpoint, start=e.started_at)
-    events = events[events["request_id"].isin(set(answers["request_id"]))]
+    log = EventLog(s)
     kind = _metric_type(e.metric, s)
-    if kind is None:
-        hit = Rules.of(s).polarities(events["type"], events["value"]) > 0 if len(events) else np.zeros(0, bool)
-    else:
-        hit = (events["type"] == kind).to_numpy()
-    converted = set(events.loc[hit, "request_id"]) if len(events) else set()
+    col = log.table.c
+    hit = Rules.of(s).positive_clause(col.type, col.value) if kind is None else col.type == kind
+    converted = log.named(e.endpoint, where=hit, start=e.started_at)
+    answers = ServedLog(s).frame(e.endpoint, columns=["request_id", "arm", "user_id", "strategy", "latency_ms"],
+                                 start=e.started_at, end=e.stopped_at, experiment_id=e.experiment_id, errors=True,
+                                 route=["recommend", "rank"])
+    answers = answers[answers["user_id"].notna()]
+    # a set lookup per answer: pandas' isin() turned the set into an array first, which cost more than this
+    answers["converted"] = np.fromiter((r in converted for r in answers["request_id"]), bool, len(answers))
     out = []
     for a in e.arms:
         mine = answers[answers["arm"] == a["ref"]]
@@ -211,7 +211,7 @@ def _arms(e: ExperimentPublic, s: Settings) -> list[ArmView]:
         ok = mine[~failed]
         lat = ok["latency_ms"].dropna().to_numpy(dtype=float)
         users = ok["user_id"].nunique()
-        k = int(ok.loc[ok["request_id"].isin(converted), "user_id"].nunique())
+        k = int(ok.loc[ok["converted"], "user_id"].nunique())
         out.append(ArmView(arm=a["ref"], weight=a["weight"], users=users, answers=len(ok), successes=k,
                            rate=k / users if users else 0.0, interval=_stats.wilson(k, users, 1 - e.alpha),
                            errors=int(failed.sum()), error_rate=float(failed.mean()) if len(mine) else 0.0,

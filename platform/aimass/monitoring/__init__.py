@@ -335,22 +335,22 @@ def golden_signals(endpoint: str, *, window_s: float = 3600, bucket_s: float = 6
 def search_activity(endpoint: str, *, window_s: float = 7 * 86400, end: datetime | None = None,
                     settings: Settings | None = None):
     """A search endpoint's queries in [end - window_s, end): volume per hour, the most asked, those that found
-    nothing, and click-through per mode (aimass.monitoring._signals.SearchActivity); per version it is
-    `online_metrics`. A click is any positive feedback event (the endpoint's rules) naming the answer's
-    request_id, received up to now."""
+    nothing, and click-through per mode and per index version (aimass.monitoring._signals.SearchActivity). A
+    click is any positive feedback event (the endpoint's rules) naming the answer's request_id, received up to
+    now."""
     from aimass.events import EventLog, Rules, ServedLog
     from aimass.monitoring import _signals
 
     s = settings or default_settings()
     _check(endpoint)
     start, end = _window(window_s, end)
-    events = EventLog(s).frame(endpoint, start=start)
-    clicked: set[str] = set()
-    if len(events):
-        positive = Rules.of(s).polarities(events["type"], events["value"]) > 0
-        clicked = set(events.loc[positive & events["request_id"].notna(), "request_id"].astype(str))
-    return _signals.search_activity(ServedLog(s).frame(endpoint, start=start, end=end), clicked, endpoint, start,
-                                    end)
+    served = ServedLog(s)
+    window = {"start": start, "end": end, "route": "search"}
+    log = EventLog(s)
+    answers = served.frame(endpoint, columns=["request_id", "served_at", "query", "strategy", "mode", "model",
+                                              "version"], **window)
+    clicked = log.named(endpoint, start=start, where=Rules.of(s).positive_clause(log.table.c.type, log.table.c.value))
+    return _signals.search_activity(answers, clicked, endpoint, start, end)
 
 
 def shadow_comparison(endpoint: str, *, window_s: float | None = None, end: datetime | None = None,

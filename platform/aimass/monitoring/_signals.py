@@ -75,6 +75,7 @@ class SearchActivity:
     top: list[tuple[str, int]]  # most asked (case-folded), with counts
     top_no_results: list[tuple[str, int]]  # most asked of those that found nothing
     by_mode: pd.DataFrame  # mode, queries, clicked, click_through, low, high (95% Wilson interval)
+    by_index: pd.DataFrame  # index (NAME/VERSION), queries, clicked, click_through, low, high
 
     @property
     def no_result_rate(self) -> float:
@@ -86,34 +87,36 @@ BY_MODE = ["mode", "queries", "clicked", "click_through", "low", "high"]
 
 def search_activity(answers: pd.DataFrame, clicked: set[str], endpoint: str, start: datetime, end: datetime,
                     top: int = 20) -> SearchActivity:
-    """Volume, the queries asked and click-through per mode, from the window's answers of the endpoint
-    (ServedLog.frame) and the request_ids that positive feedback named (`clicked`)."""
-    q = answers[answers["route"] == "search"] if len(answers) else answers
+    """Volume, the queries asked and click-through per mode and per index version, from the window's search
+    answers of the endpoint (ServedLog.frame: request_id, served_at, query, strategy, mode, model, version) and
+    the request_ids that positive feedback named (`clicked`)."""
+    q = answers
     if not len(q):
         return SearchActivity(endpoint, start, end, 0, 0, pd.DataFrame(columns=["hour", "queries", "no_results"]),
-                              [], [], pd.DataFrame(columns=BY_MODE))
+                              [], [], pd.DataFrame(columns=BY_MODE), pd.DataFrame(columns=["index", *BY_MODE[1:]]))
     q = q.assign(text=q["query"].fillna("").str.strip().str.lower(), empty=q["strategy"] == "no_results",
-                 hour=q["served_at"].dt.floor("h"))
+                 hour=q["served_at"].dt.floor("h"), mode=q["mode"].fillna("unknown"),
+                 index=q["model"] + "/" + q["version"].astype(str),
+                 clicked=np.fromiter((r in clicked for r in q["request_id"]), bool, len(q)))
     per_hour = q.groupby("hour").agg(queries=("text", "size"), no_results=("empty", "sum")).reset_index()
 
     def counted(frame: pd.DataFrame) -> list[tuple[str, int]]:
         return [(t, int(n)) for t, n in frame["text"].value_counts().head(top).items()]
 
     return SearchActivity(endpoint, start, end, len(q), int(q["empty"].sum()), per_hour, counted(q),
-                          counted(q[q["empty"]]), _by_mode(q, clicked))
+                          counted(q[q["empty"]]), _by(q, "mode"), _by(q, "index"))
 
 
-def _by_mode(q: pd.DataFrame, clicked: set[str]) -> pd.DataFrame:
-    """Click-through per mode: answers in that mode with at least one positive event naming their request_id.
-    Answers logged before modes were (mode null) count as 'unknown'."""
+def _by(q: pd.DataFrame, key: str) -> pd.DataFrame:
+    """Click-through per value of `key` (mode, index version): answers with at least one positive event naming
+    their request_id. Answers logged before modes were (mode null) count as 'unknown'."""
     from aimass.monitoring._stats import wilson
 
-    q = q.assign(mode=q["mode"].fillna("unknown"), clicked=q["request_id"].isin(clicked))
     rows = []
-    for mode, g in q.groupby("mode", sort=True):
+    for value, g in q.groupby(key, sort=True):
         n, c = len(g), int(g["clicked"].sum())
-        rows.append([mode, n, c, *wilson(c, n)])
-    return pd.DataFrame(rows, columns=BY_MODE)
+        rows.append([value, n, c, *wilson(c, n)])
+    return pd.DataFrame(rows, columns=[key, *BY_MODE[1:]])
 
 
 SHADOW = ["shadow", "copies", "mean_overlap", "identical", "shadow_p50_ms", "shadow_p99_ms", "live_p50_ms",
