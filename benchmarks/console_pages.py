@@ -1,9 +1,11 @@
 """How long each page of the operator console takes to run at scale: a home with 100 model versions, a million
-feedback events, an hour of served answers at 100 requests/s under an A/B experiment with a shadow, a week of
+feedback events received over 30 days, an hour of served answers at 100 requests/s under an A/B experiment with
+a shadow, a week of
 search queries with clicks and 1,000 drift reports, every page run under
 Streamlit's AppTest (the server-side script run a browser waits for), cold (caches cleared) and warm.
 
     .venv/bin/python benchmarks/console_pages.py [--events 1000000] [--versions 100] [--reports 1000] [--home H]
+                                                 [--all-now]
 
 The seeding is real where it is cheap (a trained model, registered versions, a deployment, one real drift
 report) and bulk where it is not: events and answers are inserted straight into the catalog's tables, and
@@ -26,7 +28,7 @@ PAGES = ["pages/overview.py", "pages/datasets.py", "pages/models.py", "pages/dep
          "pages/monitoring.py", "pages/experiments.py", "pages/search.py", "pages/explore.py", "pages/admin.py"]
 
 
-def seed(home: Path, versions: int, events: int, reports: int, answers_per_s: int) -> None:
+def seed(home: Path, versions: int, events: int, reports: int, answers_per_s: int, all_now: bool) -> None:
     import aimass
     from aimass import registry, serving
     from aimass.catalog import Experiment, FeedbackEvent, ServedAnswer, engine_for
@@ -84,12 +86,17 @@ def seed(home: Path, versions: int, events: int, reports: int, answers_per_s: in
     search_answers = seed_search(engine, now, rng)
     with engine.begin() as conn:
         for i in range(0, events, 50_000):
-            conn.execute(FeedbackEvent.__table__.insert(), [
-                {"endpoint": "recs", "event_id": f"e{j}", "user_id": int(rng.integers(1, 300)),
-                 "item_id": int(rng.integers(1, 500)), "type": "play" if j % 3 else "impression",
-                 "timestamp": now - timedelta(seconds=int(rng.integers(0, 86400 * 30))), "value": 30.0,
-                 "request_id": rids[j % n_answers], "received_at": now}
-                for j in range(i, min(i + 50_000, events))])
+            rows = []
+            for j in range(i, min(i + 50_000, events)):
+                # received over the last 30 days (all "now" with --all-now): an event of the last hour names
+                # one of the hour's answers, an older one none of them
+                ago = 0 if all_now else int(rng.integers(0, 86400 * 30))
+                at = now - timedelta(seconds=ago)
+                rows.append({"endpoint": "recs", "event_id": f"e{j}", "user_id": int(rng.integers(1, 300)),
+                             "item_id": int(rng.integers(1, 500)), "type": "play" if j % 3 else "impression",
+                             "timestamp": at, "value": 30.0, "received_at": at,
+                             "request_id": rids[j % n_answers] if ago < 3600 else None})
+            conn.execute(FeedbackEvent.__table__.insert(), rows)
     print(f"seeded {n_answers:,} served answers (and a tenth as many shadow copies) under an A/B experiment, "
           f"{events:,} feedback events, {search_answers:,} search answers in {time.perf_counter() - t0:.0f} s",
           flush=True)
@@ -170,12 +177,14 @@ def main() -> None:
     ap.add_argument("--versions", type=int, default=100)
     ap.add_argument("--reports", type=int, default=1000)
     ap.add_argument("--answers-per-s", type=int, default=100, help="served answers per second over the last hour")
+    ap.add_argument("--all-now", action="store_true", help="every event received now, naming one of the hour's "
+                    "answers (the experiment's look then joins all of them), instead of over 30 days")
     ap.add_argument("--home", type=Path, help="seed this home once and keep it: later runs time its pages again")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         home = a.home or Path(tmp) / "home"
         if not (home / "seeded").exists():
-            seed(home, a.versions, a.events, a.reports, a.answers_per_s)
+            seed(home, a.versions, a.events, a.reports, a.answers_per_s, a.all_now)
             (home / "seeded").touch()
         rows = time_pages(home)
     print(f"\n{a.versions} model versions, {a.events:,} feedback events, {a.answers_per_s * 3600:,} answers in the "

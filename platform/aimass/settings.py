@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     feedback_max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest POST /feedback body.")
     feedback_max_future_s: float = Field(86400.0, ge=0, description="How far ahead a timestamp may be.")
     online_poll_s: float = Field(0.2, gt=0, le=10, description="How often a replica reads new events.")
+    serve_cache_users: int = Field(10_000, ge=0, description=(
+        "Users whose /recommend answers a replica keeps per served version (0: no cache). An answer is kept "
+        "until the user's next feedback event; cold starts, explicit histories, exclusions and filters are "
+        "never cached."))
     # Traffic (aimass.serving.traffic): replicas read their endpoint's split from the catalog.
     serve_drain_s: float = Field(3.0, ge=0, le=300, description=(
         "How long a stopping replica (a delete, a rolling update, a scale-down) keeps answering before it "

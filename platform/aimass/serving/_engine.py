@@ -41,6 +41,11 @@ class Engine:
         self.popularity[0] = -np.inf
         self.dense_of = {int(r): i + 1 for i, r in enumerate(self.item_ids.tolist())}
         self.online = None
+        self.cache = None
+        if settings.serve_cache_users:
+            from aimass.serving._cache import Answers
+
+            self.cache = Answers(settings.serve_cache_users)
         if settings.serve_endpoint:
             from aimass.serving._online import Online
 
@@ -117,13 +122,22 @@ class Engine:
 
     def recommend(self, user_id: int | None, history: list[int] | None, k: int, exclude_seen: bool = True,
                   exclude: list[int] | None = None, filters: dict[str, list[str]] | None = None) -> dict:
+        kept = self.cache is not None and history is None and user_id is not None and not exclude and not filters
+        if kept:
+            key, generation = (k, exclude_seen), self.online.generation.get(int(user_id), 0) if self.online else 0
+            hit = self.cache.get(int(user_id), key, generation)
+            if hit is not None:
+                return hit
         seen = self.history(user_id, history)
         ok = self.allowed(seen, exclude_seen, exclude or [], filters or {},
                           user_id if history is None else None)
         scores, strategy = self.cold() if seen is None else (self.scores(seen), "model")
         items, best = self.top(scores, ok, k)
-        return {"items": items, "scores": best, "cold_start": seen is None, "strategy": strategy,
-                "history_length": 0 if seen is None else len(seen), "history_tail": self.raw(seen)}
+        out = {"items": items, "scores": best, "cold_start": seen is None, "strategy": strategy,
+               "history_length": 0 if seen is None else len(seen), "history_tail": self.raw(seen)}
+        if kept and seen is not None:
+            self.cache.put(int(user_id), key, generation, out)
+        return out
 
     def raw(self, dense: np.ndarray | None, tail: int = 50) -> list[int]:
         return [] if dense is None else self.item_ids[np.asarray(dense[-tail:]) - 1].tolist()

@@ -13,10 +13,12 @@ from http import HTTPStatus
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
+from aimass.serving import _v2
 from aimass.serving._keys import Verifier
 from aimass.settings import Settings
 
-OPEN = {"/healthz", "/livez", "/readyz", "/docs", "/docs.json", "/schema.json", "/", "/favicon.ico"}
+OPEN = {"/healthz", "/livez", "/readyz", "/docs", "/docs.json", "/schema.json", "/", "/favicon.ico",
+        "/v2/health/live", "/v2/health/ready"}
 OPEN_PREFIXES = ("/static_content/",)
 UNAUTHORIZED = ("missing, malformed, unknown or revoked API key: send 'Authorization: Bearer <key>' "
                 "(aimass keys create)")
@@ -46,6 +48,7 @@ class Gate:
         self.latency = Histogram("aimass_request_duration_seconds", "Time to answer, by route", ["route"],
                                  registry=self.registry,
                                  buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
+        self.registry.register(_CacheStats(self._live))
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -57,7 +60,7 @@ class Gate:
         rid = headers.get("x-request-id", "")
         rid = rid if _RID.match(rid) else f"{_ids.getrandbits(128):032x}"
         scope.setdefault("state", {})["request_id"] = rid
-        route = path if path in self.routes or path in OPEN or path in _OURS else "other"
+        route = path if path in self.routes or path in OPEN or path in _OURS else _v2.label(path)
         status = await self._handle(scope, receive, send, path, headers, rid)
         self.requests.labels(route, str(status)).inc()
         self.latency.labels(route).observe(time.perf_counter() - t0)
@@ -71,6 +74,13 @@ class Gate:
             return await _reply(send, 200, {"status": "ok"}, tag)
         if path == "/docs.json":
             return await _reply(send, 200, self._document(scope.get("root_path", "")), tag)
+        if path in _v2.HEALTH:
+            if scope["method"] not in ("GET", "HEAD"):
+                return await _reply(send, 405, {"error": f"{scope['method']} is not allowed on {path}"},
+                                    [*tag, (b"allow", b"GET")])
+            ready = path.endswith("/live") or self._live() is not None
+            return await _reply(send, 200 if ready else 503, {"live" if path.endswith("/live") else "ready": ready},
+                                tag)
         if not (path in OPEN or path.startswith(OPEN_PREFIXES)):
             auth = headers.get("authorization", "")
             role = self.verifier.role(auth[7:].strip() if auth[:7].lower() == "bearer " else None)
@@ -99,6 +109,8 @@ class Gate:
             more = msg.get("more_body", False)
             if len(body) > limit:
                 return await _reply(send, 413, {"error": f"request body larger than {limit} bytes"}, tag)
+        if path.startswith("/v2/models/"):
+            return await self._v2(scope["method"], path, body, send, tag, rid)
         if path == "/feedback" and scope["method"] == "POST":
             from aimass.serving.services import live
 
@@ -138,6 +150,50 @@ class Gate:
         await self.app(scope, replay, tagged_send)
         return status
 
+    def _live(self):
+        from aimass.serving.services import live
+
+        return live(getattr(self.service, "inner", self.service))
+
+    async def _v2(self, method: str, path: str, body: bytes, send, tag: list, rid: str) -> int:
+        """The Open Inference Protocol's model routes (aimass.serving._v2), answered here: BentoML routes take
+        no path parameters, and the model's name in the path is the endpoint's."""
+        import anyio
+        from bentoml.exceptions import BentoMLException
+
+        from aimass.errors import InvalidInputError, NotFoundError
+
+        handler = self._live()
+        if handler is None:
+            return await _reply(send, 503, {"error": "the service is starting"}, tag)
+        if not hasattr(handler, "infer_v2"):
+            return await _reply(send, 404, {"error": "the v2 inference protocol serves single-model endpoints "
+                                                     "(use /recommend here)"}, tag)
+        try:
+            what = _v2.route(path, handler.endpoint)
+        except NotFoundError as e:
+            return await _reply(send, 404, {"error": str(e)}, tag)
+        if what is None:
+            return await _reply(send, 404, {"error": f"no route {path[:100]}"}, tag)
+        allowed = "POST" if what == "infer" else "GET"
+        if method != allowed and not (allowed == "GET" and method == "HEAD"):
+            return await _reply(send, 405, {"error": f"{method} is not allowed on {path[:100]}"},
+                                [*tag, (b"allow", allowed.encode())])
+        if what == "ready":
+            return await _reply(send, 200, {"name": handler.endpoint, "ready": True}, tag)
+        if what == "metadata":
+            return await _reply(send, 200, _v2.metadata(handler.endpoint, handler.engine.info.version), tag)
+        try:
+            parsed = _v2.parse(body)
+            answer = await anyio.to_thread.run_sync(handler.infer_v2, parsed, rid)
+        except InvalidInputError as e:
+            return await _reply(send, 400, {"error": str(e)}, tag)
+        except NotFoundError as e:
+            return await _reply(send, 404, {"error": str(e)}, tag)
+        except BentoMLException as e:  # the recommend path's own 4xx (its errors, mapped by services._errors)
+            return await _reply(send, int(e.error_code), {"error": str(e)}, tag)
+        return await _reply(send, 200, answer, tag)
+
     def _document(self, prefix: str) -> bytes:
         if prefix not in self.docs:
             from aimass.events import Rules
@@ -147,6 +203,26 @@ class Gate:
                                                     event_types=Rules.of(self.settings).types,
                                                     is_admin=is_admin)).encode()
         return self.docs[prefix]
+
+
+class _CacheStats:
+    """aimass_answer_cache_total{result=hit|miss}: the /recommend answers this replica took from its cache
+    (aimass.serving._cache), over every version it serves, read at each scrape."""
+
+    def __init__(self, handler):
+        self.handler = handler
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily
+
+        served = self.handler()
+        caches = [e.cache for e in getattr(getattr(served, "arms", None), "engines", {}).values()
+                  if getattr(e, "cache", None) is not None]
+        family = CounterMetricFamily("aimass_answer_cache", "Answers of /recommend from the replica's cache, "
+                                     "by result", labels=["result"])
+        family.add_metric(["hit"], sum(c.hits for c in caches))
+        family.add_metric(["miss"], sum(c.misses for c in caches))
+        yield family
 
 
 def _in_serve() -> bool:

@@ -33,6 +33,7 @@ class Online:
         self.t0 = time.time()
         self.extra: dict[int, list[int]] = {}  # user -> dense items after the cut-off, in log order
         self.hidden: dict[int, set[int]] = {}  # user -> dense items with a negative event
+        self.generation: dict[int, int] = {}  # user -> how many of their events changed this state (the cache)
         self.seq = cutoff  # everything up to here is applied (or was in the training data)
         self.applied: set[int] = set()  # own events applied ahead of the poll
         self.lock = threading.Lock()
@@ -59,6 +60,8 @@ class Online:
                 dense = self.dense_of.get(int(item))
                 if sign == 0 or dense is None:  # an item the model cannot score changes nothing here
                     continue
+                # before the change itself: an answer computed meanwhile is then never kept as current
+                self.generation[int(user)] = self.generation.get(int(user), 0) + 1
                 if sign > 0:
                     self.extra.setdefault(int(user), []).append(dense)
                     self.popularity[dense] += 1.0

@@ -23,7 +23,7 @@ from bentoml.exceptions import BentoMLException
 from aimass import events as ev
 from aimass import zoo
 from aimass.errors import AimassError, InvalidInputError, NotFoundError
-from aimass.serving import _pipeline, _search
+from aimass.serving import _pipeline, _search, _v2
 from aimass.serving._arms import Arms
 from aimass.serving._engine import Engine
 from aimass.serving._http import Gate
@@ -85,9 +85,12 @@ def _errors():
         raise BentoMLException(str(e), error_code=HTTPStatus.CONFLICT) from None
 
 
-def _served(engine: Engine, ctx: bentoml.Context) -> dict:
+def _rid(ctx: bentoml.Context) -> str:
+    return getattr(ctx.request.state, "request_id", None) or ""
+
+
+def _served(engine: Engine, rid: str) -> dict:
     i = engine.info
-    rid = getattr(ctx.request.state, "request_id", None) or ""
     return {"model": i.name, "version": i.version, "dataset": i.dataset, "request_id": rid}
 
 
@@ -179,13 +182,13 @@ class _SingleModel(_Feedback):
             if engine.online is not None and rows:
                 engine.online.apply(rows, own=True)
 
-    def _answer(self, ctx: bentoml.Context, route: str, user_id: int | None, call,
+    def _answer(self, rid: str, route: str, user_id: int | None, call,
                 query: str | None = None) -> tuple[dict, dict, object]:
         """The request's arm computes `call(engine)`; (served fields, answer, routing table) with latency."""
         t, ref, engine = self.arms.pick(user_id)
         t0 = time.perf_counter()
         self.arms.delay(t, ref)
-        served = {**_served(engine, ctx), "arm": ref, "experiment_id": t.experiment_id}
+        served = {**_served(engine, rid), "arm": ref, "experiment_id": t.experiment_id}
         try:
             with _errors():
                 out = call(engine)
@@ -221,9 +224,23 @@ class _SingleModel(_Feedback):
         or popular items, marked cold_start. The answer names the traffic arm that gave it."""
         req = {"user_id": user_id, "history": history, "k": k, "exclude_seen": exclude_seen, "exclude": exclude,
                "filters": filters}
-        served, out, t = self._answer(ctx, "recommend", user_id, lambda e: e.recommend(**req))
-        self.arms.copy_to_shadow(t, req, out, served["request_id"])
+        served, out = self._recommend(_rid(ctx), req)
         return Recommendation(**served, **out)
+
+    def _recommend(self, rid: str, req: dict) -> tuple[dict, dict]:
+        served, out, t = self._answer(rid, "recommend", req["user_id"], lambda e: e.recommend(**req))
+        self.arms.copy_to_shadow(t, req, out, served["request_id"])
+        return served, out
+
+    def infer_v2(self, p: _v2.Parsed, rid: str) -> dict:
+        """An Open Inference Protocol v2 request (aimass.serving._v2): /recommend for each of its users, each
+        answer logged under a request id of its own (the request's, suffixed by the row when there are several)."""
+        rows = []
+        for i, user in enumerate(p.users):
+            req = {"user_id": user, "history": None, "k": p.k, "exclude_seen": True, "exclude": None,
+                   "filters": None}
+            rows.append(self._recommend(rid if len(p.users) == 1 else f"{rid[:56]}-{i}", req))
+        return _v2.response(self.endpoint, p, rows)
 
     @bentoml.api
     def similar(self, ctx: bentoml.Context, item_id: ItemId, k: K = 10,
@@ -234,14 +251,14 @@ class _SingleModel(_Feedback):
             out = e.similar(item_id, k, filters)
             return {**out, "history_tail": [item_id]}
 
-        served, out, _ = self._answer(ctx, "similar", None, call)
+        served, out, _ = self._answer(_rid(ctx), "similar", None, call)
         return Similar(**served, **out)
 
     @bentoml.api
     def rank(self, ctx: bentoml.Context, items: Candidates, user_id: UserId | None = None,
              history: History | None = None) -> Ranking:
         """Score and order a candidate list for a user id or a history."""
-        served, out, _ = self._answer(ctx, "rank", user_id, lambda e: e.rank(user_id, history, items))
+        served, out, _ = self._answer(_rid(ctx), "rank", user_id, lambda e: e.rank(user_id, history, items))
         return Ranking(**served, **out)
 
     @bentoml.api(route="/admin/info")
@@ -249,7 +266,7 @@ class _SingleModel(_Feedback):
         """The first arm's version and its lineage (admin key); `aimass traffic show` has the whole split."""
         engine = self.engine
         t = self.arms.table
-        return ModelCard(**{**_served(engine, ctx), "arm": t.bounds[0][0], "experiment_id": t.experiment_id,
+        return ModelCard(**{**_served(engine, _rid(ctx)), "arm": t.bounds[0][0], "experiment_id": t.experiment_id,
                             **engine.card()})
 
 
@@ -316,7 +333,7 @@ class Search(_SingleModel):
         gets them unpersonalised. A word the catalogue lacks is corrected (`corrected` says to what). Clicks
         on results go to POST /feedback with this answer's request_id."""
         served, out, _ = self._answer(
-            ctx, "search", user_id, lambda e: _search.search(e, query, k, mode, user_id, filters),
+            _rid(ctx), "search", user_id, lambda e: _search.search(e, query, k, mode, user_id, filters),
             query=_search.loggable(query))
         return SearchResults(**served, **{k_: v for k_, v in out.items() if k_ != "strategy"})
 
@@ -327,7 +344,7 @@ class Search(_SingleModel):
         t, ref, engine = self.arms.pick(None)
         with _errors():
             out = _search.suggest(engine, prefix, k, self.past)
-        return Suggestions(**_served(engine, ctx), arm=ref, experiment_id=t.experiment_id, prefix=prefix,
+        return Suggestions(**_served(engine, _rid(ctx)), arm=ref, experiment_id=t.experiment_id, prefix=prefix,
                            suggestions=out)
 
 

@@ -1,0 +1,58 @@
+"""The replica's cache of /recommend answers (aimass.serving._cache) over real HTTP: a repeated request is a hit
+counted in /metrics and answers the same; the user's feedback and a version change are never answered from it."""
+from __future__ import annotations
+
+import re
+import time
+import uuid
+
+import pytest
+
+from aimass import datasets, serving
+
+pytestmark = pytest.mark.integration
+
+
+def _cache(served) -> dict[str, float]:
+    text = served.get("recs", "/metrics", key="admin").text
+    return {m[1]: float(m[2]) for m in re.finditer(r'^aimass_answer_cache_total\{result="(\w+)"\} (\S+)$', text,
+                                                   re.M)}
+
+
+def _ask(served, user: int) -> dict:
+    r = served.post("recs", "/recommend", {"user_id": user, "k": 5})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def _same(a: dict, b: dict) -> bool:
+    return all(a[f] == b[f] for f in ("items", "scores", "history_length", "model", "version", "strategy"))
+
+
+def test_a_repeated_request_is_a_counted_hit_and_feedback_or_a_version_change_is_never_stale(served):
+    inter = datasets.load("demo@v1", settings=served.settings).interactions
+    user = int(inter["user_id"].drop_duplicates().iloc[7])
+    first = _ask(served, user)
+    before = _cache(served)
+    again = _ask(served, user)
+    after = _cache(served)
+    assert _same(first, again) and again["request_id"] != first["request_id"]
+    assert after["hit"] == before["hit"] + 1 and after["miss"] == before["miss"]
+    # the user's own feedback: the next answer reads it (a longer history, the played item gone)
+    played = first["items"][0]
+    ack = served.post("recs", "/feedback", {"event_id": uuid.uuid4().hex, "user_id": user, "item_id": played,
+                                            "type": "play", "timestamp": time.time()})
+    assert ack.status_code == 200, ack.text
+    fresh = _ask(served, user)
+    assert fresh["history_length"] == first["history_length"] + 1 and played not in fresh["items"]
+    assert _cache(served)["miss"] == after["miss"] + 1
+    # a version change: the other version answers at once, and the first one's answers come back with it
+    s = served.settings
+    serving.set_traffic("recs", ["ranker/1=100"], reason="cache test", settings=s)
+    try:
+        other = _ask(served, user)
+        assert (other["model"], other["version"]) == ("ranker", 1) and other["arm"] == "ranker/1"
+    finally:
+        serving.rollback("recs", settings=s)
+    back = _ask(served, user)
+    assert back["arm"] == "recs/1" and _same(back, fresh)
