@@ -2,6 +2,7 @@
 of the same registered version:
 
   serve    the aimass deployment: the Bento's ASGI app inside Ray Serve (HAProxy path when available)
+  serve-nocache  the same with the replica's answer cache off (AIMASS_SERVE_CACHE_USERS=0)
   bentoml  bare `bentoml serve` of the Bento built from that version (one worker)
   inproc   the in-process call the services make (Engine.recommend), no HTTP
 
@@ -113,7 +114,7 @@ async def run_all(s, ref: str, levels: list[int], seconds: float) -> list[dict]:
     from aimass import serving
 
     key, _ = serving.create_key("benchmark", settings=s)
-    engine = serving.Engine(ref, s)
+    engine = serving.Engine(ref, s.model_copy(update={"serve_cache_users": 0}))  # the model call, uncached
     users = list(engine.histories)
     rows = []
 
@@ -122,6 +123,8 @@ async def run_all(s, ref: str, levels: list[int], seconds: float) -> list[dict]:
         return True
 
     d = serving.deploy(ref, "bench", min_replicas=1, max_replicas=1, settings=s)
+    uncached = serving.deploy(ref, "nocache", min_replicas=1, max_replicas=1,
+                              settings=s.model_copy(update={"serve_cache_users": 0}))
     tag = serving.build_bento(ref, settings=s)
     port = _free_port()
     bento = start_bentoml(s, tag, port)
@@ -129,13 +132,14 @@ async def run_all(s, ref: str, levels: list[int], seconds: float) -> list[dict]:
         limits = httpx.Limits(max_connections=max(levels), max_keepalive_connections=max(levels))
         async with httpx.AsyncClient(timeout=30, limits=limits) as client:
             paths = {"serve": http_caller(client, d.url + "/recommend", key),
+                     "serve-nocache": http_caller(client, uncached.url + "/recommend", key),
                      "bentoml": http_caller(client, f"http://127.0.0.1:{port}/recommend", key),
                      "inproc": inproc}
             for name, call in paths.items():
                 for c in levels:
                     r = await load(call, users, c, seconds)
                     rows.append({"path": name, "concurrency": c, **r})
-                    print(f"{name:8} c={c:<3} {r['rps']:8.1f} req/s  p50 {r['p50']:7.2f} ms  "
+                    print(f"{name:13} c={c:<3} {r['rps']:8.1f} req/s  p50 {r['p50']:7.2f} ms  "
                           f"p99 {r['p99']:8.2f} ms  n={r['n']} errors={r['errors']}", flush=True)
     finally:
         bento.terminate()
