@@ -144,6 +144,13 @@ def get(ref: str, *, settings: Settings | None = None) -> ModelVersionInfo:
     s = settings or default_settings()
     name, version, alias = parse_ref(ref)
     client = _client(s)
+    if version is not None or alias:  # one row, not every version of the model (100 versions: 0.2 s)
+        try:
+            found = (client.get_model_version(name, str(version)) if version is not None
+                     else client.get_model_version_by_alias(name, alias))
+            return _info(found)
+        except Exception:  # missing (or the store is away): the full listing below says which, or raises
+            pass
     all_versions = versions(name, settings=s)
     if alias:
         try:
