@@ -124,6 +124,22 @@ def test_shadow_is_logged_and_never_returned(served, ab):
     assert not live["shadow"].any() and rids <= set(live["request_id"])
 
 
+def test_a_cached_answer_never_outlives_a_version_change(served, ab):
+    """The replica's answer cache (aimass.serving._cache) is per version: a split that moves a user to another
+    version answers from that version at once."""
+    s = served.settings
+    serving.set_traffic("ab", [f"{ab['one']}=100"], settings=s)
+    user = USERS[0]
+    first, again = _ask(served, ab["url"], user), _ask(served, ab["url"], user)  # the second from the cache
+    assert again["items"] == first["items"] and again["arm"] == ab["one"]
+    serving.set_traffic("ab", [f"{ab['two']}=100"], settings=s)
+    moved = _ask(served, ab["url"], user)
+    assert moved["arm"] == ab["two"] and f"{moved['model']}/{moved['version']}" == ab["two"]
+    serving.set_traffic("ab", ["ranker/1=100"], settings=s)
+    other = _ask(served, ab["url"], user)
+    assert other["arm"] == "ranker/1" and (other["model"], other["version"]) == ("ranker", 1)
+
+
 def test_changes_under_load_lose_no_request(served, ab):
     """Steady load on 127.0.0.1 while the split changes twice, the version is swapped by a deploy, rolled back,
     and a broken version is refused: every request answered 200, each user one arm per experiment."""
