@@ -6,7 +6,6 @@ echoed."""
 from __future__ import annotations
 
 import json
-import logging
 import random
 import re
 import time
@@ -28,7 +27,6 @@ _RID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 # Request ids must be unique, not secret: uuid4 reads os.urandom, which cost over a millisecond per call on a
 # busy sandboxed host; a generator seeded once from it costs a microsecond.
 _ids = random.Random()
-log = logging.getLogger(__name__)
 
 
 def is_admin(path: str) -> bool:
@@ -51,8 +49,6 @@ class Gate:
                                  registry=self.registry,
                                  buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
         self.registry.register(_CacheStats(self._live))
-        api = service.apis.get("recommend")
-        self.recommend_in = api.input_spec if api is not None else None  # the route's own request model
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -115,10 +111,6 @@ class Gate:
                 return await _reply(send, 413, {"error": f"request body larger than {limit} bytes"}, tag)
         if path.startswith("/v2/models/"):
             return await self._v2(scope["method"], path, body, send, tag, rid)
-        if path == "/recommend" and scope["method"] == "POST" and self.recommend_in is not None:
-            handler = self._live()
-            if hasattr(handler, "_recommend"):
-                return await _recommend(handler, self.recommend_in, body, send, tag, rid)
         if path == "/feedback" and scope["method"] == "POST":
             from aimass.serving.services import live
 
@@ -304,33 +296,6 @@ async def _feedback(handler, body: bytes, send, tag: list, rid: str) -> int:
     except AimassError as e:
         return await _reply(send, 409, {"error": str(e)}, tag)
     return await _reply(send, 200, ack.model_dump_json().encode(), tag)
-
-
-async def _recommend(handler, spec, body: bytes, send, tag: list, rid: str) -> int:
-    """POST /recommend of a single-model service without BentoML's request machinery, as /feedback: the body is
-    validated by the route's own request model (the signature's), the service's `_recommend` runs in a worker
-    thread, and errors take the one error shape with the statuses the document declares. The profile
-    (benchmarks/profile_serving.py) put the HTTP side at as much CPU as the model's work."""
-    import anyio
-    from bentoml.exceptions import BentoMLException
-    from pydantic import ValidationError
-
-    from aimass.serving._schema import Recommendation
-
-    try:
-        req = spec.model_validate_json(body or b"null")
-    except ValidationError as e:
-        detail = [{"loc": list(d["loc"]), "msg": d["msg"], "type": d["type"]} for d in e.errors()]
-        return await _reply(send, 400, _error_body(json.dumps({"error": "", "detail": detail}).encode(), 400), tag)
-    fields = {k: getattr(req, k) for k in ("user_id", "history", "k", "exclude_seen", "exclude", "filters")}
-    try:
-        served, out = await anyio.to_thread.run_sync(handler._recommend, rid, fields)
-    except BentoMLException as e:  # the service's own 4xx (aimass errors, mapped by services._errors)
-        return await _reply(send, int(e.error_code), {"error": str(e)}, tag)
-    except Exception:  # a bug: logged with its trace, answered as BentoML would (500, the one error shape)
-        log.exception("POST /recommend failed")
-        return await _reply(send, 500, {"error": "Internal Server Error"}, tag)
-    return await _reply(send, 200, Recommendation(**served, **out).model_dump_json().encode(), tag)
 
 
 async def _reply(send, status: int, body, extra: list, content_type: bytes = b"application/json") -> int:
