@@ -63,9 +63,8 @@ class Rules:
         event is positive exactly when it matches one)."""
         from sqlalchemy import and_, false, or_
 
-        ops = {">=": "__ge__", "<=": "__le__", ">": "__gt__", "<": "__lt__", "==": "__eq__"}
         return or_(false(), *(type_col == t if op is None else
-                              and_(type_col == t, value_col.is_not(None), getattr(value_col, ops[op])(x))
+                              and_(type_col == t, value_col.is_not(None), _OPS[op](value_col, x))
                               for t, op, x in self.positive))
 
 

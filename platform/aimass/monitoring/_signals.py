@@ -90,14 +90,14 @@ def search_activity(answers: pd.DataFrame, clicked: set[str], endpoint: str, sta
     """Volume, the queries asked and click-through per mode and per index version, from the window's search
     answers of the endpoint (ServedLog.frame: request_id, served_at, query, strategy, mode, model, version) and
     the request_ids that positive feedback named (`clicked`)."""
-    q = answers
-    if not len(q):
+    if not len(answers):
         return SearchActivity(endpoint, start, end, 0, 0, pd.DataFrame(columns=["hour", "queries", "no_results"]),
                               [], [], pd.DataFrame(columns=BY_MODE), pd.DataFrame(columns=["index", *BY_MODE[1:]]))
-    q = q.assign(text=q["query"].fillna("").str.strip().str.lower(), empty=q["strategy"] == "no_results",
-                 hour=q["served_at"].dt.floor("h"), mode=q["mode"].fillna("unknown"),
-                 index=q["model"] + "/" + q["version"].astype(str),
-                 clicked=np.fromiter((r in clicked for r in q["request_id"]), bool, len(q)))
+    q = answers.assign(text=answers["query"].fillna("").str.strip().str.lower(),
+                       empty=answers["strategy"] == "no_results",
+                       hour=answers["served_at"].dt.floor("h"), mode=answers["mode"].fillna("unknown"),
+                       index=answers["model"] + "/" + answers["version"].astype(str),
+                       clicked=np.fromiter((r in clicked for r in answers["request_id"]), bool, len(answers)))
     per_hour = q.groupby("hour").agg(queries=("text", "size"), no_results=("empty", "sum")).reset_index()
 
     def counted(frame: pd.DataFrame) -> list[tuple[str, int]]:
@@ -109,7 +109,7 @@ def search_activity(answers: pd.DataFrame, clicked: set[str], endpoint: str, sta
 
 def _by(q: pd.DataFrame, key: str) -> pd.DataFrame:
     """Click-through per value of `key` (mode, index version): answers with at least one positive event naming
-    their request_id. Answers logged before modes were (mode null) count as 'unknown'."""
+    their request_id."""
     from aimass.monitoring._stats import wilson
 
     rows = []
