@@ -54,6 +54,10 @@ class Settings(BaseSettings):
         "Users whose /recommend answers a replica keeps per served version (0: no cache). An answer is kept "
         "until the user's next feedback event; cold starts, explicit histories, exclusions and filters are "
         "never cached."))
+    serve_ann_min_items: int = Field(50_000, ge=0, description=(
+        "Catalogue size from which a two-tower or SASRec replica answers through an HNSW index over its item "
+        "vectors (candidates re-scored exactly) instead of scoring every item (0: always exact). Exact scoring "
+        "of one user costs 0.6 ms at 50k items and 18 ms at 1M on 2 cores; the index 0.1-0.4 ms."))
     # Traffic (aimass.serving.traffic): replicas read their endpoint's split from the catalog.
     serve_drain_s: float = Field(3.0, ge=0, le=300, description=(
         "How long a stopping replica (a delete, a rolling update, a scale-down) keeps answering before it "

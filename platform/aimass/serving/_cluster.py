@@ -136,6 +136,7 @@ def _start_head(settings: Settings) -> dict:
                     "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(hp / "server-state"),
                     "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()),
                     "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port())})
+    _ensure_token()
     ray_bin = Path(sys.executable).with_name("ray")
     cmd = [str(ray_bin), "start", "--head", f"--node-ip-address={settings.host}", f"--port={port}",
            f"--temp-dir={tmp}", "--include-dashboard=false", "--disable-usage-stats",
@@ -152,6 +153,18 @@ def _start_head(settings: Settings) -> dict:
     state_file(settings).parent.mkdir(parents=True, exist_ok=True)
     state_file(settings).write_text(json.dumps(state, indent=2))
     return state
+
+
+def _ensure_token() -> None:
+    """`ray start` with token auth refuses to run without a token, and only ray.init() makes one: on a fresh
+    machine a deploy before any training job failed. Make the local token file as ray.init() would."""
+    from ray._private.authentication.authentication_token_setup import generate_and_save_token
+    from ray._raylet import AuthenticationTokenLoader
+
+    loader = AuthenticationTokenLoader.instance()
+    if not loader.has_token(ignore_auth_mode=True):
+        generate_and_save_token()
+        loader.reset_cache()
 
 
 def connect(settings: Settings) -> dict:

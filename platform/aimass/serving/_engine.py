@@ -40,6 +40,10 @@ class Engine:
                         self.columns[col] = np.concatenate([[""], values])
         self.popularity[0] = -np.inf
         self.dense_of = {int(r): i + 1 for i, r in enumerate(self.item_ids.tolist())}
+        from aimass.serving._vectors import Vectors
+
+        self.vectors = Vectors.of(self.scorer.estimator, settings.serve_ann_min_items,
+                                  settings.home / "cache" / "ann")
         self.online = None
         self.cache = None
         if settings.serve_cache_users:
@@ -112,7 +116,17 @@ class Engine:
     def scores(self, seen: np.ndarray | None) -> np.ndarray:
         if seen is None:
             return self.cold()[0]
+        if self.vectors is not None:
+            return self.vectors.scores(self.vectors.user(seen))
         return np.asarray(self.scorer.estimator.score([seen])[0], dtype=np.float64)
+
+    def best(self, seen: np.ndarray, ok: np.ndarray, k: int) -> tuple[list[int], list[float]]:
+        """The model's k best allowed items for history `seen`: through the item vectors (and their
+        nearest-neighbour index on a large catalogue) when the family has them."""
+        if self.vectors is None:
+            return self.top(self.scores(seen), ok, k)
+        cols, best = self.vectors.top(self.vectors.user(seen), ok, k)
+        return self.item_ids[cols - 1].tolist(), _finite(best)
 
     def top(self, scores: np.ndarray, ok: np.ndarray, k: int) -> tuple[list[int], list[float]]:
         """The k best allowed items (raw ids), best first, ties in catalogue order; an allowed item the model
@@ -131,8 +145,12 @@ class Engine:
         seen = self.history(user_id, history)
         ok = self.allowed(seen, exclude_seen, exclude or [], filters or {},
                           user_id if history is None else None)
-        scores, strategy = self.cold() if seen is None else (self.scores(seen), "model")
-        items, best = self.top(scores, ok, k)
+        if seen is None:
+            scores, strategy = self.cold()
+            items, best = self.top(scores, ok, k)
+        else:
+            strategy = "model"
+            items, best = self.best(seen, ok, k)
         out = {"items": items, "scores": best, "cold_start": seen is None, "strategy": strategy,
                "history_length": 0 if seen is None else len(seen), "history_tail": self.raw(seen)}
         if kept and seen is not None:
@@ -149,13 +167,16 @@ class Engine:
                                 f"{self.info.name}/{self.info.version})")
         ok = self.allowed(dense, True, [], filters or {})
         # "Similar" = what the model expects next after this one item: defined for every family.
-        items, scores = self.top(self.scores(dense), ok, k)
+        items, scores = self.best(dense, ok, k)
         return {"item_id": item_id, "items": items, "scores": scores}
 
     def rank(self, user_id: int | None, history: list[int] | None, candidates: list[int]) -> dict:
         cand = self.known(candidates, "candidates")
         seen = self.history(user_id, history)
-        s = self.scores(seen)[cand]
+        if seen is not None and self.vectors is not None:  # only the candidates' rows
+            s = (self.vectors.table[cand] @ self.vectors.user(seen)).astype(np.float64)
+        else:
+            s = self.scores(seen)[cand]
         order = np.argsort(-s, kind="stable")
         return {"items": [int(candidates[i]) for i in order], "scores": _finite(s[order]),
                 "cold_start": seen is None, "history_length": 0 if seen is None else len(seen),

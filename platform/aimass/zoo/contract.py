@@ -71,6 +71,14 @@ def check_family(cls, params: dict | None = None, *, time_budget_s: float = 1.0)
     np.testing.assert_allclose(reordered, scores, rtol=1e-5, atol=1e-5, err_msg="scores depend on the batch")
     done.append("scores independent of the batch")
 
+    if hasattr(est, "item_table"):  # a vector family: serving may score it with a (nearest-neighbour) index
+        table, users = est.item_table(), est.user_vectors(held)
+        assert table.shape[0] == N_ITEMS + 1 and users.shape == (len(held), table.shape[1]), \
+            f"item_table {table.shape} and user_vectors {users.shape} do not fit {N_ITEMS} items"
+        np.testing.assert_allclose((users @ table.T)[:, 1:], scores[:, 1:], rtol=1e-4, atol=1e-4,
+                                   err_msg="score must equal user_vectors @ item_table.T")
+        done.append("scores are user vectors times the item table")
+
     again, other = fit(seed=7).score(held), fit(seed=7).score(held)
     np.testing.assert_array_equal(again, other, err_msg="the same seed must give the same scores")
     done.append("same seed, same scores")

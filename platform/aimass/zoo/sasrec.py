@@ -438,6 +438,20 @@ class SASRec:
         """float32 [n, n_items + 1] next-item scores (column 0 = -inf); history items are NOT masked."""
         return self.score_module(self.module_, histories, self.config_, batch_size)
 
+    # ---- retrieval: score = user_vectors(h) @ item_table().T, which an ANN index serves ------------------
+    @torch.no_grad()
+    def item_table(self) -> np.ndarray:
+        """float32 [n_items + 1, D] item embeddings (row 0 = padding): the output layer shares them."""
+        return self.module_.item_emb.weight.detach().float().cpu().numpy()
+
+    @torch.no_grad()
+    def user_vectors(self, histories: list[np.ndarray]) -> np.ndarray:
+        """float32 [n, D] last hidden states, padded exactly as ``score`` pads them."""
+        self.module_.eval()
+        device = next(self.module_.parameters()).device
+        seq = torch.from_numpy(np.stack([_left_pad(h, self.config_.max_len) for h in histories]))
+        return self.module_(seq.to(device))[:, -1].float().cpu().numpy()
+
     def save(self, path: str | Path) -> None:
         from safetensors.torch import save_file
 

@@ -319,6 +319,21 @@ class TwoTower:
         """float32 [n, n_items + 1] next-item scores (column 0 = -inf); history items are NOT masked."""
         return self.score_module(self.module_, histories, self.config_, batch_size)
 
+    # ---- retrieval: score = user_vectors(h) @ item_table().T, which an ANN index serves ------------------
+    @torch.no_grad()
+    def item_table(self) -> np.ndarray:
+        """float32 [n_items + 1, D] item vectors (row 0 = padding); ``score`` is ``user_vectors @ table.T``."""
+        self.module_.eval()
+        return self.module_.item_vectors().float().cpu().numpy()
+
+    @torch.no_grad()
+    def user_vectors(self, histories: list[np.ndarray]) -> np.ndarray:
+        """float32 [n, D] user vectors, padded exactly as ``score`` pads them."""
+        self.module_.eval()
+        device = next(self.module_.parameters()).device
+        seq = torch.from_numpy(np.stack([_left_pad(h, self.config_.max_len) for h in histories]))
+        return self.module_.user_vectors(seq.to(device)).float().cpu().numpy()
+
     def save(self, path: str | Path) -> None:
         """``config.json`` + ``weights.safetensors`` (item features included when used); no pickle."""
         from safetensors.torch import save_file

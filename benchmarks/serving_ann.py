@@ -1,0 +1,155 @@
+"""/recommend on a large catalogue: a two-tower model over a synthetic 1,000,000-item catalogue (served through
+the HNSW index of serving/_vectors.py) beside the same family on MovieLens-1M's 3,416 items (exact scoring).
+
+For each: the recall@10 of the served answers against exact scoring of every item (1,000 random users, their
+history excluded, in process), the in-process latency of one answer with and without the index, HTTP
+latency and throughput at each concurrency (answer cache off, so every request runs the model), the
+replicas' resident memory, and the index's build time and file size.
+
+The synthetic catalogue: 125,000 users with 8 interactions each; items come in groups of 100 and each user
+draws from one group, so the model has structure to learn and every item is played.
+
+    .venv/bin/python benchmarks/serving_ann.py --data ../shared/data
+    .venv/bin/python benchmarks/serving_ann.py --data ../shared/data --items 200000 --budget 1   # quicker
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serving import _free_port, http_caller, load  # noqa: E402
+
+
+def synthetic(out: Path, n_items: int, per_user: int, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    group = 100
+    items = np.concatenate([g * group + rng.permutation(group) for g in rng.permutation(n_items // group)]) + 1
+    items = items[: (len(items) // per_user) * per_user]
+    users = np.repeat(np.arange(1, len(items) // per_user + 1), per_user)
+    stamps = 1_700_000_000 + np.tile(np.arange(per_user) * 600, len(items) // per_user) + users * 7
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "interactions.csv"
+    pd.DataFrame({"user_id": users, "item_id": items, "timestamp": stamps}).to_csv(path, index=False)
+    return path
+
+
+def replica_rss(endpoint: str) -> float:
+    """Resident MiB of the endpoint's replica processes (Ray names them ServeReplica:<app>:<deployment>)."""
+    total = 0
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if "ServeReplica" in cmd and endpoint in cmd:
+            total += p.memory_info().rss
+    return total / 2**20
+
+
+def recall_and_latency(ref: str, s, users: list[int], n: int = 1000) -> dict:
+    from aimass import serving
+
+    rng = np.random.default_rng(1)
+    chosen = [int(u) for u in rng.choice(users, size=min(n, len(users)), replace=False)]
+    quiet = {"serve_cache_users": 0}
+    t0 = time.perf_counter()
+    fast = serving.Engine(ref, s.model_copy(update=quiet))
+    load_s = time.perf_counter() - t0
+    exact = serving.Engine(ref, s.model_copy(update={**quiet, "serve_ann_min_items": 0}))
+    hits, t_fast, t_exact = [], [], []
+    for u in chosen:
+        t = time.perf_counter()
+        a = fast.recommend(u, None, 10)["items"]
+        t_fast.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        b = exact.recommend(u, None, 10)["items"]
+        t_exact.append(time.perf_counter() - t)
+        hits.append(len(set(a) & set(b)) / 10)
+    ms = lambda x, q: float(np.percentile(x, q) * 1000)  # noqa: E731
+    files = list((s.home / "cache" / "ann").glob("*.usearch"))
+    return {"recall": float(np.mean(hits)), "index": fast.vectors is not None and fast.vectors.index is not None,
+            "load_s": load_s, "p50": ms(t_fast, 50), "p99": ms(t_fast, 99),
+            "exact_p50": ms(t_exact, 50), "exact_p99": ms(t_exact, 99),
+            "index_mib": sum(f.stat().st_size for f in files) / 2**20}
+
+
+async def over_http(d, key: str, users: list[int], levels: list[int], seconds: float) -> list[dict]:
+    import httpx
+
+    rows = []
+    limits = httpx.Limits(max_connections=max(levels), max_keepalive_connections=max(levels))
+    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+        call = http_caller(client, d.url + "/recommend", key)
+        for c in levels:
+            rows.append({"concurrency": c, **await load(call, users, c, seconds)})
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=Path("../shared/data"))
+    ap.add_argument("--items", type=int, default=1_000_000)
+    ap.add_argument("--budget", type=float, default=3.0, help="training minutes per model")
+    ap.add_argument("--levels", type=int, nargs="+", default=[1, 16, 64])
+    ap.add_argument("--seconds", type=float, default=8.0)
+    a = ap.parse_args()
+
+    import ray
+
+    import aimass
+    from aimass import registry, serving
+    from aimass.settings import Settings
+
+    out = []
+    with tempfile.TemporaryDirectory(prefix="aimass-ann-") as tmp:
+        s = Settings(home=Path(tmp) / "home", serve_port=_free_port(), serve_cache_users=0)
+        data = a.data.expanduser().resolve()
+        aimass.datasets.register("ml1m", data / "ml-1m-seq", "ml1m-seq", settings=s)
+        aimass.datasets.register("synth", synthetic(Path(tmp) / "synth", a.items, 8), "csv", settings=s)
+        key, _ = serving.create_key("benchmark", settings=s)
+        try:
+            for name in ("ml1m", "synth"):
+                t0 = time.perf_counter()
+                run = aimass.train("two-tower", name, {"epochs": 1000, "patience": None}, workers=0,
+                                   time_budget_min=a.budget, progress=False, settings=s)
+                train_s = time.perf_counter() - t0
+                ref = registry.register(run.run_id, f"tt-{name}", settings=s).ref
+                ds = aimass.datasets.load(name, settings=s)
+                users = sorted(ds.interactions["user_id"].unique().tolist())
+                t0 = time.perf_counter()
+                row = {"catalogue": name, "train_s": train_s, **recall_and_latency(ref, s, users)}
+                print(f"{name}: recall@10 {row['recall']:.3f}, engine load {row['load_s']:.1f} s "
+                      f"(index build included), in process p50 {row['p50']:.2f} ms", flush=True)
+                d = serving.deploy(ref, f"ann-{name}", min_replicas=1, max_replicas=1, settings=s)
+                row["deploy_s"] = time.perf_counter() - t0
+                row["http"] = asyncio.run(over_http(d, key, users, a.levels, a.seconds))
+                row["rss_mib"] = replica_rss(f"ann-{name}")
+                for r in row["http"]:
+                    print(f"  c={r['concurrency']:<3} {r['rps']:7.1f} req/s p50 {r['p50']:7.2f} ms "
+                          f"p99 {r['p99']:8.2f} ms errors={r['errors']}", flush=True)
+                out.append(row)
+                ray.shutdown()  # the driver's training cluster handle; the deployments live on
+        finally:
+            serving.shutdown(settings=s)
+
+    print(f"\ntwo-tower /recommend, {os.cpu_count()} CPUs, client on the same machine, answer cache off\n")
+    print("| catalogue | items scored by | recall@10 vs exact | in-process p50 / p99 ms (exact) | "
+          + " | ".join(f"c={c} req/s, p50 / p99 ms" for c in a.levels) + " | replica RSS MiB | index MiB |")
+    print("|" + "---|" * (6 + len(a.levels)))
+    for r in out:
+        how = "HNSW + exact re-score" if r["index"] else "exact"
+        cells = " | ".join(f"{h['rps']:.0f}, {h['p50']:.1f} / {h['p99']:.1f}" for h in r["http"])
+        print(f"| {r['catalogue']} | {how} | {r['recall']:.3f} | {r['p50']:.2f} / {r['p99']:.2f} "
+              f"({r['exact_p50']:.2f} / {r['exact_p99']:.2f}) | {cells} | {r['rss_mib']:.0f} | "
+              f"{r['index_mib']:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
