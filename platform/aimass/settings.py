@@ -58,6 +58,11 @@ class Settings(BaseSettings):
         "Catalogue size from which a two-tower or SASRec replica answers through an HNSW index over its item "
         "vectors (candidates re-scored exactly) instead of scoring every item (0: always exact). Exact scoring "
         "of one user costs 0.6 ms at 50k items and 18 ms at 1M on 2 cores; the index 0.1-0.4 ms."))
+    serve_batch_max: int = Field(64, ge=1, le=4096, description=(
+        "Most requests whose model pass a replica runs as one batch (1: no batching). A batch is what queued "
+        "while the previous one ran, plus what arrives within serve_batch_wait_ms."))
+    serve_batch_wait_ms: float = Field(0.0, ge=0, le=1000, description=(
+        "How long the first request of a batch waits for others (0: never waits)."))
     # Traffic (aimass.serving.traffic): replicas read their endpoint's split from the catalog.
     serve_drain_s: float = Field(3.0, ge=0, le=300, description=(
         "How long a stopping replica (a delete, a rolling update, a scale-down) keeps answering before it "

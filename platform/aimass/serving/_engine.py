@@ -44,6 +44,11 @@ class Engine:
 
         self.vectors = Vectors.of(self.scorer.estimator, settings.serve_ann_min_items,
                                   settings.home / "cache" / "ann")
+        self.batcher = None
+        if settings.serve_batch_max > 1:
+            from aimass.serving._batch import Batcher
+
+            self.batcher = Batcher(self._forward, settings.serve_batch_max, settings.serve_batch_wait_ms / 1000)
         self.online = None
         self.cache = None
         if settings.serve_cache_users:
@@ -113,19 +118,29 @@ class Engine:
         trend = self.online.trending() if self.online is not None else None
         return (trend, "trending") if trend is not None else (self.popularity.copy(), "popular")
 
+    def _forward(self, histories: list[np.ndarray]):
+        """The model on several histories: user vectors when the family has them, else every item's score."""
+        if self.vectors is not None:
+            return self.vectors.estimator.user_vectors(histories)
+        return self.scorer.estimator.score(histories)
+
+    def model(self, seen: np.ndarray) -> np.ndarray:
+        """One history's row of :meth:`_forward`, batched with concurrent requests' when batching is on."""
+        return self.batcher(seen) if self.batcher is not None else self._forward([seen])[0]
+
     def scores(self, seen: np.ndarray | None) -> np.ndarray:
         if seen is None:
             return self.cold()[0]
         if self.vectors is not None:
-            return self.vectors.scores(self.vectors.user(seen))
-        return np.asarray(self.scorer.estimator.score([seen])[0], dtype=np.float64)
+            return self.vectors.scores(self.model(seen))
+        return np.asarray(self.model(seen), dtype=np.float64)
 
     def best(self, seen: np.ndarray, ok: np.ndarray, k: int) -> tuple[list[int], list[float]]:
         """The model's k best allowed items for history `seen`: through the item vectors (and their
         nearest-neighbour index on a large catalogue) when the family has them."""
         if self.vectors is None:
             return self.top(self.scores(seen), ok, k)
-        cols, best = self.vectors.top(self.vectors.user(seen), ok, k)
+        cols, best = self.vectors.top(self.model(seen), ok, k)
         return self.item_ids[cols - 1].tolist(), _finite(best)
 
     def top(self, scores: np.ndarray, ok: np.ndarray, k: int) -> tuple[list[int], list[float]]:
@@ -174,7 +189,7 @@ class Engine:
         cand = self.known(candidates, "candidates")
         seen = self.history(user_id, history)
         if seen is not None and self.vectors is not None:  # only the candidates' rows
-            s = (self.vectors.table[cand] @ self.vectors.user(seen)).astype(np.float64)
+            s = (self.vectors.table[cand] @ self.model(seen)).astype(np.float64)
         else:
             s = self.scores(seen)[cand]
         order = np.argsort(-s, kind="stable")

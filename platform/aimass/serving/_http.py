@@ -48,7 +48,7 @@ class Gate:
         self.latency = Histogram("aimass_request_duration_seconds", "Time to answer, by route", ["route"],
                                  registry=self.registry,
                                  buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
-        self.registry.register(_CacheStats(self._live))
+        self.registry.register(_EngineStats(self._live))
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -205,9 +205,11 @@ class Gate:
         return self.docs[prefix]
 
 
-class _CacheStats:
-    """aimass_answer_cache_total{result=hit|miss}: the /recommend answers this replica took from its cache
-    (aimass.serving._cache), over every version it serves, read at each scrape."""
+class _EngineStats:
+    """Read at each scrape, over every version this replica serves:
+    - aimass_answer_cache_total{result=hit|miss}: /recommend answers taken from the cache (serving/_cache.py);
+    - aimass_model_passes_total and aimass_model_pass_rows_total: the model's batched passes and the requests
+      they answered (serving/_batch.py); rows / passes is the mean batch size."""
 
     def __init__(self, handler):
         self.handler = handler
@@ -216,13 +218,18 @@ class _CacheStats:
         from prometheus_client.core import CounterMetricFamily
 
         served = self.handler()
-        caches = [e.cache for e in getattr(getattr(served, "arms", None), "engines", {}).values()
-                  if getattr(e, "cache", None) is not None]
+        engines = list(getattr(getattr(served, "arms", None), "engines", {}).values())
+        caches = [e.cache for e in engines if getattr(e, "cache", None) is not None]
         family = CounterMetricFamily("aimass_answer_cache", "Answers of /recommend from the replica's cache, "
                                      "by result", labels=["result"])
         family.add_metric(["hit"], sum(c.hits for c in caches))
         family.add_metric(["miss"], sum(c.misses for c in caches))
         yield family
+        batchers = [e.batcher for e in engines if getattr(e, "batcher", None) is not None]
+        yield CounterMetricFamily("aimass_model_passes", "Batched passes of the model",
+                                  value=sum(b.batches for b in batchers))
+        yield CounterMetricFamily("aimass_model_pass_rows", "Requests answered by batched passes of the model",
+                                  value=sum(b.rows for b in batchers))
 
 
 def _in_serve() -> bool:
