@@ -118,7 +118,7 @@ def main() -> None:
             for name in ("ml1m", "synth"):
                 t0 = time.perf_counter()
                 run = aimass.train("two-tower", name, {"epochs": 1000, "patience": None}, workers=0,
-                                   time_budget_min=a.budget, progress=False, settings=s)
+                                   time_budget_min=a.budget, max_test_users=2000, progress=False, settings=s)
                 train_s = time.perf_counter() - t0
                 ref = registry.register(run.run_id, f"tt-{name}", settings=s).ref
                 ds = aimass.datasets.load(name, settings=s)

@@ -83,14 +83,17 @@ def served(tmp_path_factory):
     inter, items = aimass.datasets.generate_demo(s.home.parent / "demo",
                                                  aimass.datasets.DemoConfig(users=60, tracks=120, seed=4))
     aimass.datasets.register("demo", inter, "csv", items=items, settings=s)
-    runs = {f: aimass.train(f, "demo@v1", TINY if f in ("sasrec", "two-tower") else None, workers=0,
-                            progress=False, settings=s).run_id for f in ("itemknn", "two-tower", "sasrec", "search")}
+    params = {"sasrec": TINY, "two-tower": TINY, "mult-vae": {"hidden": 32, "latent": 8, "epochs": 2}}
+    runs = {f: aimass.train(f, "demo@v1", params.get(f), workers=0, progress=False, settings=s).run_id
+            for f in ("itemknn", "two-tower", "sasrec", "search", "ease", "mult-vae")}
     knn = registry.register(runs["itemknn"], "recs", settings=s)
     # Forced: the gate's latency check measures this machine, and serving tests must not depend on its load.
     registry.promote("recs", knn.version, force=True, settings=s)
     registry.register(runs["two-tower"], "retrieval", settings=s)
     registry.register(runs["sasrec"], "ranker", settings=s)
     registry.register(runs["search"], "catalogue", settings=s)
+    registry.register(runs["ease"], "closed", settings=s)
+    registry.register(runs["mult-vae"], "vae", settings=s)
     keys = {"consumer": serving.create_key("tests", settings=s)[0],
             "admin": serving.create_key("ops", role="admin", settings=s)[0],
             "revoked": serving.create_key("gone", settings=s)[0]}

@@ -60,7 +60,8 @@ def test_an_error_reaches_every_caller_of_its_batch_and_the_next_batch_runs():
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("ref", ["ranker/1", "retrieval/1", "recs/1"])  # SASRec, two-tower, item-kNN
+# SASRec, two-tower, item-kNN, EASE, Mult-VAE
+@pytest.mark.parametrize("ref", ["ranker/1", "retrieval/1", "recs/1", "closed/1", "vae/1"])
 def test_batched_answers_equal_unbatched_ones(served, ref):
     from aimass.serving import Engine
 

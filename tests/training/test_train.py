@@ -16,8 +16,9 @@ from tests.netcheck import Sampler
 
 pytestmark = pytest.mark.integration
 
-TINY = {  # one family of each kind (counts, a sequence model, two towers); popularity and search are counts too
+TINY = {  # one family of each kind (counts, closed form, a sequence model, two towers)
     "itemknn": {"neighbors": 20},
+    "ease": {},  # its Gram matrix is summed over the workers' users
     "sasrec": {"dim": 16, "n_blocks": 1, "n_heads": 1, "max_len": 20, "epochs": 2, "batch_size": 32},
     "two-tower": {"dim": 16, "max_len": 20, "epochs": 2, "batch_size": 32},
 }
@@ -93,6 +94,7 @@ BAD = [
     ("itemknn", "demo", {}, 64, False, InvalidInputError, "64 workers asked for"),
     ("itemknn", "demo", {}, 1, True, InvalidInputError, "GPU"),
     ("itemknn", "demo", {}, 0, True, InvalidInputError, "a GPU asked for but this process sees none"),
+    ("ease", "demo", {"max_items": 50}, 0, False, InvalidInputError, "limit is max_items=50"),
 ]
 
 
@@ -157,3 +159,18 @@ def test_time_budget_stops_every_worker_at_the_same_step(home):
     assert 1 <= r.epochs < 500  # stopped by the 3 s budget, long before the epochs ran out
     steps = [m.step for m in mlflow.MlflowClient().get_metric_history(r.run_id, "loss")]
     assert steps == list(range(1, r.epochs + 1))
+
+
+def test_a_job_may_test_on_a_seeded_sample_of_users(home):
+    """A large catalogue's full-ranking test costs users x items: max_test_users samples the test users
+    (seeded: the same sample each time), and the run records how many it tested."""
+    full = aimass.train("popularity", "demo", None, workers=0, progress=False, settings=home)
+    a = aimass.train("itemknn", "demo", None, workers=0, max_test_users=7, progress=False, settings=home)
+    b = aimass.train("itemknn", "demo", None, workers=0, max_test_users=7, progress=False, settings=home)
+    assert full.metrics["test_users"] > 7 and a.metrics["test_users"] == b.metrics["test_users"] == 7
+    assert a.metrics["test_ndcg@10"] == b.metrics["test_ndcg@10"]
+    assert json.loads(mlflow.get_run(a.run_id).data.tags["aimass.job"])["max_test_users"] == 7
+    before = _runs(home)
+    with pytest.raises(InvalidInputError, match="max_test_users must be at least 1"):
+        aimass.train("itemknn", "demo", None, workers=0, max_test_users=0, progress=False, settings=home)
+    assert _runs(home) == before

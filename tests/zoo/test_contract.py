@@ -8,7 +8,8 @@ from aimass.zoo.contract import check_family
 
 # small enough that the contract's several fits take seconds; every other param is the family's default
 SMALL = {"sasrec": {"dim": 16, "n_blocks": 1, "max_len": 12, "epochs": 2, "batch_size": 32},
-         "two-tower": {"dim": 16, "max_len": 12, "epochs": 2, "batch_size": 32}}
+         "two-tower": {"dim": 16, "max_len": 12, "epochs": 2, "batch_size": 32},
+         "mult-vae": {"hidden": 32, "latent": 8, "epochs": 2, "batch_size": 32}}
 
 
 @pytest.mark.parametrize("family", families())

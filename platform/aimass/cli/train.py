@@ -36,6 +36,8 @@ def train(
     time_budget: float = typer.Option(None, "--time-budget", help="Minutes of training at most"),
     param: list[str] = typer.Option(None, "--param", "-p", help="key=value (JSON values), repeatable"),
     resume: str = typer.Option(None, "--resume", help="RUN_ID of a stopped job to continue"),
+    max_test_users: int = typer.Option(None, "--max-test-users",
+                                       help="Test on a seeded sample of this many users (default: all)"),
     as_json: bool = JSON,
 ):
     """Train a model family on a dataset version with Ray Train, tracked in MLflow."""
@@ -53,7 +55,8 @@ def train(
         console.stage(f"training {family} on {dataset} with Ray Train ({workers} worker(s)), tracked in MLflow; "
                       f"logs: {console.log_path()}")
         r = training.train(family, dataset, params, workers=workers, gpu=gpu, epochs=epochs,
-                           time_budget_min=time_budget, progress=not as_json, settings=state.settings)
+                           time_budget_min=time_budget, max_test_users=max_test_users, progress=not as_json,
+                           settings=state.settings)
     out = {"run_id": r.run_id, "family": r.family, "dataset": r.dataset, "epochs": r.epochs,
            "best_epoch": r.best_epoch, "wall_time_s": round(r.wall_time_s, 1),
            "samples_per_s": round(r.samples_per_s, 1), "model_uri": r.model_uri, "metrics": r.metrics,

@@ -49,6 +49,7 @@ def train(
     epochs: int | None = None,
     time_budget_min: float | None = None,
     max_val_users: int | None = 2048,
+    max_test_users: int | None = None,
     item_text: bool | None = None,
     progress: bool = True,
     settings: Settings | None = None,
@@ -67,12 +68,16 @@ def train(
         raise InvalidInputError(f"{workers} workers asked for but this machine has {os.cpu_count()} CPUs")
     if time_budget_min is not None and time_budget_min <= 0:
         raise InvalidInputError(f"time budget must be positive, got {time_budget_min} minutes")
+    if max_test_users is not None and max_test_users < 1:
+        raise InvalidInputError(f"max_test_users must be at least 1, got {max_test_users}")
     if item_text and not getattr(cls, "accepts_item_features", False):
         raise InvalidInputError(f"{family} cannot use item text features")
     ds = datasets.load(dataset, settings=s)
     if item_text and (ds.items is None or "text" not in ds.items.columns):
         raise InvalidInputError(f"{ds.ref} has no items table with text")
     data, splits = _prepare(ds, max_val_users, params.get("seed", 0))
+    data["max_test_users"] = max_test_users
+    cls(**params).resolve_config(data["n_items"], [len(x) for x in data["train"]])  # a family's size limits
     use_text = item_text if item_text is not None else (
         getattr(cls, "accepts_item_features", False) and ds.items is not None)
     if getattr(cls, "accepts_item_table", False):
@@ -105,6 +110,7 @@ def resume(run_id: str, *, epochs: int | None = None, time_budget_min: float | N
     ds = datasets.load(job["dataset"], settings=s)
     # exactly the validation users of the run it continues: same cap, same seed, same dataset version
     data, splits = _prepare(ds, job["max_val_users"], job["params"].get("seed", 0))
+    data["max_test_users"] = job.get("max_test_users")
     if job.get("val_users_sha1") and job["val_users_sha1"] != _users_digest(splits.val_users):
         raise InvalidInputError(f"run {run_id} validated on other users than {ds.ref} now gives: cannot resume")
     if job.get("item_text"):
@@ -182,6 +188,7 @@ def _run(s, cls, family, info, params, data, splits, workers, gpu, epochs, budge
     mlflow = mlflow_for(s)
     job = {"family": family, "dataset": info.ref, "params": params, "workers": workers, "gpu": gpu,
            "epochs": epochs, "time_budget_min": budget_min, "max_val_users": data["max_val_users"],
+           "max_test_users": data.get("max_test_users"),
            "val_users_sha1": _users_digest(splits.val_users), "item_text": data.get("item_features") is not None}
     if resume:
         active = mlflow.start_run(run_id=resume[0])
@@ -205,7 +212,7 @@ def _run(s, cls, family, info, params, data, splits, workers, gpu, epochs, budge
 
             shutil.copytree(Path(d) / "best", model_dir)
             est = load_estimator(model_dir, family)
-            metrics = _final_metrics(est, splits)
+            metrics = _final_metrics(est, splits, data.get("max_test_users"), params.get("seed", 0))
             n_parameters = count_parameters(est)
             mlflow.log_metric("n_parameters", n_parameters)
             mlflow.log_metrics({metric_key(k): v for k, v in metrics.items()})
@@ -348,13 +355,20 @@ class _ProgressBar:
             bar.close()
 
 
-def _final_metrics(est, splits) -> dict:
+def _final_metrics(est, splits, max_test_users: int | None = None, seed: int = 0) -> dict:
+    """Validation and test figures of the kept model. Full ranking costs users x items: on a catalogue of a
+    million items and a hundred thousand users that is hours, so a job may test on a seeded sample of users
+    (``max_test_users``, recorded in the run as ``test_users``)."""
     from aimass.evaluation import evaluate
 
-    out = {}
+    test_h, test_t = list(splits.test_histories), np.asarray(splits.test_targets)
+    if max_test_users is not None and len(test_h) > max_test_users:
+        pick = np.sort(np.random.default_rng(seed).choice(len(test_h), max_test_users, replace=False))
+        test_h, test_t = [test_h[i] for i in pick], test_t[pick]
+    out = {"test_users": float(len(test_h))}
     # "best_val": the restored best epoch, apart from the per-epoch "val_" series logged during training
     for name, hist, targets in (("best_val", splits.val_histories, splits.val_targets),
-                                ("test", splits.test_histories, splits.test_targets)):
+                                ("test", test_h, test_t)):
         m = evaluate(est.score, list(hist), np.asarray(targets), splits.n_items, ks=(10,))
         out.update({f"{name}_{k}": float(v) for k, v in m.items() if k != "n_users"})
     return out

@@ -20,8 +20,10 @@ from pathlib import Path
 _FAMILIES = {
     "popularity": "aimass.zoo.popularity:Popularity",
     "itemknn": "aimass.zoo.item_knn:ItemKNN",
+    "ease": "aimass.zoo.ease:EASE",
     "sasrec": "aimass.zoo.sasrec:SASRec",
     "two-tower": "aimass.zoo.two_tower:TwoTower",
+    "mult-vae": "aimass.zoo.mult_vae:MultVAE",
     "search": "aimass.zoo.search:Search",
 }
 

@@ -17,9 +17,7 @@ Sequences are left-padded with 0; item ids are dense 1..n_items.
 """
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -29,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from aimass.zoo import _losses
+from aimass.zoo._neural import NeuralEstimator, left_pad
 
 
 class SASRecConfig(BaseModel):
@@ -191,14 +190,6 @@ class SASRecModule(nn.Module):
         return s
 
 
-def _left_pad(seq: np.ndarray, length: int) -> np.ndarray:
-    out = np.zeros(length, dtype=np.int64)
-    seq = np.asarray(seq, dtype=np.int64)[-length:]
-    if len(seq):
-        out[length - len(seq):] = seq
-    return out
-
-
 class SASRecTrainingData(torch.utils.data.Dataset):
     """One sample per user: ``(inputs [L], targets [L])`` with targets = inputs shifted by one, both
     left-padded to max_len (fixed size, so a DistributedSampler + default collate just work).
@@ -226,8 +217,8 @@ class SASRecTrainingData(torch.utils.data.Dataset):
             end = np.random.default_rng((self.seed, self.epoch, i)).integers(n, len(s) + 1)
             s = s[end - n:end]
         s = s[-n:]
-        return (torch.from_numpy(_left_pad(s[:-1], self.max_len)),
-                torch.from_numpy(_left_pad(s[1:], self.max_len)))
+        return (torch.from_numpy(left_pad(s[:-1], self.max_len)),
+                torch.from_numpy(left_pad(s[1:], self.max_len)))
 
 
 class SASRecBatchSampler(torch.utils.data.Sampler):
@@ -373,24 +364,13 @@ def sasrec_distill_step(student, teacher, batch, cfg: SASRecConfig, optimizer, s
     return float(loss.detach())
 
 
-class SASRec:
+class SASRec(NeuralEstimator):
     """Estimator: ``SASRec(dim=128).fit(sequences, n_items, valid=(histories, targets)).score(histories)``."""
 
     family = "sasrec"  # the name in aimass.zoo' registry
     Config = SASRecConfig
-    is_torch = True
-    accepts_item_features = False
-
-    def __init__(self, **params):
-        self.params = params  # validated in fit(), as in scikit-learn
-
-    def get_params(self, deep: bool = True) -> dict:
-        return dict(self.params)
 
     # ---- uniform hooks (aimass.training's DDP loop calls these; fit() is built from them) ---------------
-    def resolve_config(self, n_items: int, sequence_lengths) -> SASRecConfig:
-        return SASRecConfig(**self.params).resolve(n_items, sequence_lengths)
-
     @staticmethod
     def build_module(cfg: SASRecConfig, n_items: int, item_features=None) -> SASRecModule:
         return SASRecModule(n_items, cfg)  # item features: not used by this family
@@ -400,43 +380,6 @@ class SASRec:
     make_optimizer = staticmethod(sasrec_optimizer)
     train_step = staticmethod(sasrec_train_step)
     distill_step = staticmethod(sasrec_distill_step)  # a smaller SASRec learns from a trained one
-
-    @staticmethod
-    @torch.no_grad()
-    def score_module(module: nn.Module, histories: list[np.ndarray], cfg: SASRecConfig,
-                     batch_size: int = 256) -> np.ndarray:
-        """float32 [n, n_items + 1] next-item scores (column 0 = -inf); history items are NOT masked."""
-        module = getattr(module, "module", module).eval()
-        out = np.empty((len(histories), module.n_items + 1), dtype=np.float32)
-        device = next(module.parameters()).device
-        for i in range(0, len(histories), batch_size):
-            # always pad to max_len: identical shapes, so a user's scores do not depend on the batch
-            seq = torch.from_numpy(np.stack([_left_pad(h, cfg.max_len) for h in histories[i:i + batch_size]]))
-            # a GPU-trained module scores where it lives; the caller always gets CPU float32
-            out[i:i + len(seq)] = module.scores(seq.to(device)).float().cpu().numpy()
-        return out
-
-    def adopt(self, module: nn.Module, cfg: SASRecConfig, n_items: int) -> SASRec:
-        """Take the learned state from a trained module (DDP's ``.module`` unwrapped)."""
-        self.module_ = getattr(module, "module", module).eval()
-        self.config_, self.n_items_ = cfg, n_items
-        self.best_epoch_ = getattr(self, "best_epoch_", None)
-        self.history_ = getattr(self, "history_", [])
-        return self
-
-    # ---- estimator ---------------------------------------------------------------------------------------
-
-    def fit(self, sequences: list[np.ndarray], n_items: int, *, valid=None, item_features=None,
-            progress: bool = False) -> SASRec:
-        """Train in this process (the same loop a Ray Train worker runs); ``valid`` = (histories, targets)
-        picks the best epoch and drives early stopping. ``item_features`` are not used by this family."""
-        from aimass.zoo.trainer import fit_neural
-
-        return fit_neural(self, sequences, n_items, valid=valid, progress=progress)
-
-    def score(self, histories: list[np.ndarray], batch_size: int = 256) -> np.ndarray:
-        """float32 [n, n_items + 1] next-item scores (column 0 = -inf); history items are NOT masked."""
-        return self.score_module(self.module_, histories, self.config_, batch_size)
 
     # ---- retrieval: score = user_vectors(h) @ item_table().T, which an ANN index serves ------------------
     @torch.no_grad()
@@ -448,30 +391,4 @@ class SASRec:
     def user_vectors(self, histories: list[np.ndarray]) -> np.ndarray:
         """float32 [n, D] last hidden states, padded exactly as ``score`` pads them."""
         self.module_.eval()
-        device = next(self.module_.parameters()).device
-        seq = torch.from_numpy(np.stack([_left_pad(h, self.config_.max_len) for h in histories]))
-        return self.module_(seq.to(device))[:, -1].float().cpu().numpy()
-
-    def save(self, path: str | Path) -> None:
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        meta = {"family": self.family, "n_items": self.n_items_, "best_epoch": self.best_epoch_,
-                "config": self.config_.model_dump()}
-        (path / "config.json").write_text(json.dumps(meta, indent=2))
-        weights = {k: v.contiguous() for k, v in self.module_.state_dict().items()}
-        save_file(weights, str(path / "weights.safetensors"))
-
-    @classmethod
-    def load(cls, path: str | Path) -> SASRec:
-        from safetensors.torch import load_file
-
-        path = Path(path)
-        meta = json.loads((path / "config.json").read_text())
-        cfg = SASRecConfig(**meta["config"])
-        est = cls(**meta["config"])
-        module = est.build_module(cfg, meta["n_items"])
-        module.load_state_dict(load_file(str(path / "weights.safetensors")))
-        est.best_epoch_ = meta["best_epoch"]
-        return est.adopt(module, cfg, meta["n_items"])
+        return self.module_(self._sequences(histories))[:, -1].float().cpu().numpy()

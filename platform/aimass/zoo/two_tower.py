@@ -17,9 +17,7 @@ are a constant buffer, so such a loop may pass ``broadcast_buffers=False``. Ids:
 """
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -29,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from aimass.zoo import _losses
+from aimass.zoo._neural import NeuralEstimator, left_pad
 
 # "auto" uses the full softmax up to this catalogue size: each step then runs the item tower over the whole
 # catalogue and a [batch, n_items] logits product; above it, 1024 shared uniform negatives cost the same
@@ -161,14 +160,6 @@ class TwoTowerModule(nn.Module):
         return s
 
 
-def _left_pad(seq: np.ndarray, length: int) -> np.ndarray:
-    out = np.zeros(length, dtype=np.int64)
-    seq = np.asarray(seq, dtype=np.int64)[-length:]
-    if len(seq):
-        out[length - len(seq):] = seq
-    return out
-
-
 class TwoTowerTrainingData(torch.utils.data.Dataset):
     """Samples ``(history [max_len] left-padded, target [])``: target = item t, history = the items before it.
 
@@ -200,7 +191,7 @@ class TwoTowerTrainingData(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         s, t = self.seqs[self.owner[i]], int(self.t[i])
-        return torch.from_numpy(_left_pad(s[:t], self.max_len)), torch.tensor(s[t])
+        return torch.from_numpy(left_pad(s[:t], self.max_len)), torch.tensor(s[t])
 
 
 def two_tower_loss(module: nn.Module, batch, cfg: TwoTowerConfig, generator: torch.Generator | None = None):
@@ -232,24 +223,15 @@ def two_tower_lr(cfg: TwoTowerConfig, step: int, progress: float) -> float:
     return cfg.lr * warm
 
 
-class TwoTower:
-    """Estimator: ``TwoTower(dim=128).fit(sequences, n_items, valid=(hist, targets)).score(histories)``."""
+class TwoTower(NeuralEstimator):
+    """Estimator: ``TwoTower(dim=128).fit(sequences, n_items, valid=(hist, targets)).score(histories)``;
+    ``item_features`` [n_items + 1, F] given to ``fit`` feed the item tower and are saved with the weights."""
 
     family = "two-tower"  # the name in aimass.zoo' registry
     Config = TwoTowerConfig
-    is_torch = True
     accepts_item_features = True
 
-    def __init__(self, **params):
-        self.params = params  # validated in fit(), as in scikit-learn
-
-    def get_params(self, deep: bool = True) -> dict:
-        return dict(self.params)
-
     # ---- uniform hooks (a generic DDP loop calls these; fit() is built from them) -----------------------
-    def resolve_config(self, n_items: int, sequence_lengths) -> TwoTowerConfig:
-        return TwoTowerConfig(**self.params).resolve(n_items, sequence_lengths)
-
     @staticmethod
     def build_module(cfg: TwoTowerConfig, n_items: int, item_features: np.ndarray | None = None) -> nn.Module:
         return TwoTowerModule(n_items, cfg, item_features)
@@ -281,44 +263,6 @@ class TwoTower:
         optimizer.step()
         return float(loss.detach())
 
-    @staticmethod
-    @torch.no_grad()
-    def score_module(module: nn.Module, histories: list[np.ndarray], cfg: TwoTowerConfig,
-                     batch_size: int = 256) -> np.ndarray:
-        """float32 [n, n_items + 1] next-item scores (column 0 = -inf); history items are NOT masked."""
-        module = getattr(module, "module", module)
-        module.eval()
-        out = np.empty((len(histories), module.n_items + 1), dtype=np.float32)
-        device = next(module.parameters()).device
-        for i in range(0, len(histories), batch_size):
-            # always pad to max_len: identical shapes, so a user's scores do not depend on the batch
-            seq = torch.from_numpy(np.stack([_left_pad(h, cfg.max_len) for h in histories[i:i + batch_size]]))
-            # a GPU-trained module scores where it lives; the caller always gets CPU float32
-            out[i:i + len(seq)] = module.scores(seq.to(device)).float().cpu().numpy()
-        return out
-
-    def adopt(self, module: nn.Module, cfg: TwoTowerConfig, n_items: int) -> TwoTower:
-        """Take the learned state from a trained module (DDP's ``.module`` unwrapped)."""
-        self.module_ = getattr(module, "module", module).eval()
-        self.config_, self.n_items_ = cfg, n_items
-        self.best_epoch_ = getattr(self, "best_epoch_", None)
-        self.history_ = getattr(self, "history_", [])
-        return self
-
-    # ---- estimator ---------------------------------------------------------------------------------------
-    def fit(self, sequences: list[np.ndarray], n_items: int, *, valid=None, item_features=None,
-            progress: bool = False) -> TwoTower:
-        """Train in this process (the same loop a Ray Train worker runs); ``valid`` = (histories, targets)
-        picks the best epoch and drives early stopping; ``item_features`` [n_items + 1, F] feed the item
-        tower."""
-        from aimass.zoo.trainer import fit_neural
-
-        return fit_neural(self, sequences, n_items, valid=valid, item_features=item_features, progress=progress)
-
-    def score(self, histories: list[np.ndarray], batch_size: int = 256) -> np.ndarray:
-        """float32 [n, n_items + 1] next-item scores (column 0 = -inf); history items are NOT masked."""
-        return self.score_module(self.module_, histories, self.config_, batch_size)
-
     # ---- retrieval: score = user_vectors(h) @ item_table().T, which an ANN index serves ------------------
     @torch.no_grad()
     def item_table(self) -> np.ndarray:
@@ -330,33 +274,4 @@ class TwoTower:
     def user_vectors(self, histories: list[np.ndarray]) -> np.ndarray:
         """float32 [n, D] user vectors, padded exactly as ``score`` pads them."""
         self.module_.eval()
-        device = next(self.module_.parameters()).device
-        seq = torch.from_numpy(np.stack([_left_pad(h, self.config_.max_len) for h in histories]))
-        return self.module_.user_vectors(seq.to(device)).float().cpu().numpy()
-
-    def save(self, path: str | Path) -> None:
-        """``config.json`` + ``weights.safetensors`` (item features included when used); no pickle."""
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        meta = {"family": self.family, "n_items": self.n_items_, "best_epoch": self.best_epoch_,
-                "config": self.config_.model_dump()}
-        (path / "config.json").write_text(json.dumps(meta, indent=2))
-        state = {k: v.contiguous() for k, v in self.module_.state_dict().items()}
-        save_file(state, str(path / "weights.safetensors"))
-
-    @classmethod
-    def load(cls, path: str | Path) -> TwoTower:
-        from safetensors.torch import load_file
-
-        path = Path(path)
-        meta = json.loads((path / "config.json").read_text())
-        state = load_file(str(path / "weights.safetensors"))
-        cfg = TwoTowerConfig(**meta["config"])
-        feats = state.get("item_features")
-        est = cls(**meta["config"])
-        module = est.build_module(cfg, meta["n_items"], None if feats is None else feats.numpy())
-        module.load_state_dict(state)
-        est.best_epoch_ = meta["best_epoch"]
-        return est.adopt(module, cfg, meta["n_items"])
+        return self.module_.user_vectors(self._sequences(histories)).float().cpu().numpy()

@@ -1,0 +1,103 @@
+"""What every neural family's estimator shares, as transformers' PreTrainedModel holds what its model files
+share: params, fit through the zoo's one loop, scoring in fixed-shape batches, adopting a trained module,
+and saving as JSON + safetensors (no pickle). A family file keeps its model, loss and step, and names them in
+the class attributes ``family``, ``Config``, ``build_module`` and the training hooks."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def left_pad(seq, length: int) -> np.ndarray:
+    """The last ``length`` ids of ``seq``, left-padded with 0 (positions count from the end)."""
+    out = np.zeros(length, dtype=np.int64)
+    seq = np.asarray(seq, dtype=np.int64)[-length:]
+    if len(seq):
+        out[length - len(seq):] = seq
+    return out
+
+
+class NeuralEstimator:
+    is_torch = True
+    accepts_item_features = False
+
+    def __init__(self, **params):
+        self.params = params  # validated in fit(), as in scikit-learn
+
+    def get_params(self, deep: bool = True) -> dict:
+        return dict(self.params)
+
+    def resolve_config(self, n_items: int, sequence_lengths):
+        return self.Config(**self.params).resolve(n_items, sequence_lengths)
+
+    @staticmethod
+    @torch.no_grad()
+    def score_module(module: nn.Module, histories: list[np.ndarray], cfg, batch_size: int = 256) -> np.ndarray:
+        """float32 [n, n_items + 1] next-item scores (column 0 = -inf); history items are NOT masked."""
+        module = getattr(module, "module", module).eval()
+        out = np.empty((len(histories), module.n_items + 1), dtype=np.float32)
+        device = next(module.parameters()).device
+        for i in range(0, len(histories), batch_size):
+            # always pad to max_len: identical shapes, so a user's scores do not depend on the batch
+            seq = torch.from_numpy(np.stack([left_pad(h, cfg.max_len) for h in histories[i:i + batch_size]]))
+            # a GPU-trained module scores where it lives; the caller always gets CPU float32
+            out[i:i + len(seq)] = module.scores(seq.to(device)).float().cpu().numpy()
+        return out
+
+    def adopt(self, module: nn.Module, cfg, n_items: int):
+        """Take the learned state from a trained module (DDP's ``.module`` unwrapped)."""
+        self.module_ = getattr(module, "module", module).eval()
+        self.config_, self.n_items_ = cfg, n_items
+        self.best_epoch_ = getattr(self, "best_epoch_", None)
+        self.history_ = getattr(self, "history_", [])
+        return self
+
+    def fit(self, sequences: list[np.ndarray], n_items: int, *, valid=None, item_features=None,
+            progress: bool = False):
+        """Train in this process (the same loop a Ray Train worker runs); ``valid`` = (histories, targets)
+        picks the best epoch and drives early stopping; ``item_features`` [n_items + 1, F] reach the model
+        only in a family that accepts them."""
+        from aimass.zoo.trainer import fit_neural
+
+        feats = item_features if self.accepts_item_features else None
+        return fit_neural(self, sequences, n_items, valid=valid, item_features=feats, progress=progress)
+
+    def score(self, histories: list[np.ndarray], batch_size: int = 256) -> np.ndarray:
+        """float32 [n, n_items + 1] next-item scores (column 0 = -inf); history items are NOT masked."""
+        return self.score_module(self.module_, histories, self.config_, batch_size)
+
+    def _sequences(self, histories: list[np.ndarray]) -> torch.Tensor:
+        """Histories as the module's input: [n, max_len] left-padded ids, on the module's device."""
+        device = next(self.module_.parameters()).device
+        return torch.from_numpy(np.stack([left_pad(h, self.config_.max_len) for h in histories])).to(device)
+
+    def save(self, path: str | Path) -> None:
+        """``config.json`` + ``weights.safetensors`` (frozen buffers such as item features included)."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        meta = {"family": self.family, "n_items": self.n_items_, "best_epoch": self.best_epoch_,
+                "config": self.config_.model_dump()}
+        (path / "config.json").write_text(json.dumps(meta, indent=2))
+        save_file({k: v.contiguous() for k, v in self.module_.state_dict().items()},
+                  str(path / "weights.safetensors"))
+
+    @classmethod
+    def load(cls, path: str | Path):
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        meta = json.loads((path / "config.json").read_text())
+        state = load_file(str(path / "weights.safetensors"))
+        cfg = cls.Config(**meta["config"])
+        est = cls(**meta["config"])
+        feats = state.get("item_features")
+        module = est.build_module(cfg, meta["n_items"], None if feats is None else feats.numpy())
+        module.load_state_dict(state)
+        est.best_epoch_ = meta["best_epoch"]
+        return est.adopt(module, cfg, meta["n_items"])
