@@ -55,9 +55,9 @@ class Settings(BaseSettings):
         "until the user's next feedback event; cold starts, explicit histories, exclusions and filters are "
         "never cached."))
     serve_ann_min_items: int = Field(50_000, ge=0, description=(
-        "Catalogue size from which a two-tower or SASRec replica answers through an HNSW index over its item "
-        "vectors (candidates re-scored exactly) instead of scoring every item (0: always exact). Exact scoring "
-        "of one user costs 0.6 ms at 50k items and 18 ms at 1M on 2 cores; the index 0.1-0.4 ms."))
+        "Catalogue size from which a replica of a vector family (two-tower, SASRec, Mult-VAE) answers through "
+        "an HNSW index over its item vectors (candidates re-scored exactly) instead of scoring every item (0: "
+        "always exact). Exact scoring of one user costs 0.6 ms at 50k items and 18 ms at 1M on 2 cores."))
     serve_batch_max: int = Field(64, ge=1, le=4096, description=(
         "Most requests whose model pass a replica runs as one batch (1: no batching). A batch is what queued "
         "while the previous one ran, plus what arrives within serve_batch_wait_ms."))

@@ -100,3 +100,15 @@ def test_the_replica_counts_its_model_passes(served):
         assert r.status_code == 200, r.text
     after, after_rows = _passes(served)
     assert after_rows - rows == len(items) and 1 <= after - passes <= len(items)
+
+
+@pytest.mark.integration
+def test_a_compressed_version_is_never_batched(served):
+    """int8 quantises a batch's activations with one scale: a user's answer would depend on who else asked."""
+    from aimass import registry
+    from aimass.serving import Engine
+
+    small = registry.compress("retrieval", 1, "int8", settings=served.settings)
+    s = served.settings.model_copy(update={"serve_batch_max": 64})
+    assert Engine(f"retrieval/{small.version}", s).batcher is None
+    assert Engine("retrieval/1", s).batcher is not None

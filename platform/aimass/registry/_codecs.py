@@ -285,6 +285,7 @@ class CompressedScorer:
     masked), like every family's estimator. ``trim``: pad each batch only to its longest history."""
 
     is_torch = True
+    batch_invariant = False  # int8 quantises each batch's activations with one scale; trim pads per batch
 
     def __init__(self, meta: dict, fn, max_len: int, trim: bool, parameters: int = 0):
         self.meta, self.family, self.method = meta, meta["family"], meta["method"]

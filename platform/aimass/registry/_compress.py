@@ -40,10 +40,11 @@ _CHOICES = {"head": ("int8", "float"), "linear": ("per_tensor", "per_channel"), 
 
 
 def neural_families() -> list[str]:
-    """The zoo's families with neural weights: what every method but distill applies to."""
+    """The zoo's families with neural weights that the methods know how to rewrite: what every method but
+    distill applies to (a family says ``compressible = False`` until its layers are covered)."""
     from aimass.zoo import families, family_class
 
-    return [f for f in families() if family_class(f).is_torch]
+    return [f for f in families() if family_class(f).is_torch and getattr(family_class(f), "compressible", True)]
 
 
 def distillable_families() -> list[str]:
@@ -60,7 +61,7 @@ def check(method: str, family: str | None, options: dict) -> dict:
     neural = neural_families()
     if family not in neural:
         raise InvalidInputError(f"compression method {method!r} does not apply to family {family!r}: "
-                                f"it has no neural weights (methods apply to {', '.join(neural)})")
+                                f"methods apply to {', '.join(neural)}")
     if method == "distill" and family not in distillable_families():
         raise InvalidInputError(f"compression method 'distill' does not apply to family {family!r} "
                                 f"(only {', '.join(distillable_families())} can teach a smaller student)")

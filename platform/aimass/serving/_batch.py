@@ -44,25 +44,28 @@ class Batcher:
                     return _result(slot)
                 # the model is idle: this thread runs the next batch (its own row is in it, or in a later one)
                 self._busy = True
-                if self.max_wait_s > 0:
-                    self._collecting = True
-                    deadline = time.monotonic() + self.max_wait_s
-                    while len(self._queue) < self.max_batch and (left := deadline - time.monotonic()) > 0:
-                        self._cv.wait(left)
-                    self._collecting = False
-                batch = self._queue[:self.max_batch]
-                del self._queue[:self.max_batch]
-                self._cv.release()
+                batch: list[_Slot] = []
                 try:
-                    self._run(batch)
-                finally:
-                    self._cv.acquire()
-                for s in batch:
-                    s.done = True
-                self.batches += 1
-                self.rows += len(batch)
-                self._busy = False
-                self._cv.notify_all()
+                    if self.max_wait_s > 0:
+                        self._collecting = True
+                        deadline = time.monotonic() + self.max_wait_s
+                        while len(self._queue) < self.max_batch and (left := deadline - time.monotonic()) > 0:
+                            self._cv.wait(left)
+                    batch = self._queue[:self.max_batch]
+                    del self._queue[:self.max_batch]
+                    self._cv.release()
+                    try:
+                        self._run(batch)
+                    finally:
+                        self._cv.acquire()
+                finally:  # whatever happened (even an interrupt in the wait), the next thread may lead
+                    self._collecting = False
+                    for s in batch:
+                        s.done = True
+                    self.batches += 1 if batch else 0
+                    self.rows += len(batch)
+                    self._busy = False
+                    self._cv.notify_all()
 
     def _run(self, batch: list[_Slot]) -> None:
         try:
@@ -76,5 +79,11 @@ class Batcher:
 
 def _result(slot: _Slot):
     if slot.error is not None:
-        raise slot.error
+        # a fresh exception per caller where the type allows (one object raised in several threads would mix
+        # their tracebacks)
+        try:
+            fresh = type(slot.error)(*slot.error.args)
+        except Exception:  # noqa: BLE001 - a type that cannot be rebuilt from its args is raised as it is
+            raise slot.error from None
+        raise fresh from slot.error
     return slot.result

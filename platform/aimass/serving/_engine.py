@@ -45,7 +45,9 @@ class Engine:
         self.vectors = Vectors.of(self.scorer.estimator, settings.serve_ann_min_items,
                                   settings.home / "cache" / "ann")
         self.batcher = None
-        if settings.serve_batch_max > 1:
+        # only a model whose rows do not depend on the batch: a compressed version's may (int8 picks one
+        # activation scale per batch, and its SASRec pads to the batch's longest history)
+        if settings.serve_batch_max > 1 and getattr(self.scorer.estimator, "batch_invariant", True):
             from aimass.serving._batch import Batcher
 
             self.batcher = Batcher(self._forward, settings.serve_batch_max, settings.serve_batch_wait_ms / 1000)

@@ -1,5 +1,5 @@
 """Scoring by vectors, for the families whose scores are ``user_vectors(h) @ item_table().T`` (two-tower,
-SASRec; the family contract checks the identity). A compressed version has no such pair: it keeps the exact
+SASRec, Mult-VAE; the family contract checks the identity). A compressed version has no such pair: it keeps the exact
 scorer.
 
 The item table is computed once per replica (two-tower's item tower would otherwise run over the whole
@@ -46,7 +46,8 @@ class Vectors:
 
     def _search(self, u: np.ndarray, count: int) -> np.ndarray:
         q = np.concatenate([u, [0.0]]).astype(np.float32)  # the query side of the MIPS -> L2 mapping
-        return np.asarray(self.index.search(q, count, exact=False).keys, dtype=np.int64)
+        # one thread: the request threads are the pool (usearch's own advice for an outer pool)
+        return np.asarray(self.index.search(q, count, exact=False, threads=1).keys, dtype=np.int64)
 
     def scores(self, u: np.ndarray) -> np.ndarray:
         """Every item's score, float64 [n_items + 1], column 0 = -inf (as the family's ``score``)."""
@@ -62,15 +63,15 @@ class Vectors:
             return top_k(self.scores(u), k, ok)
         if allowed <= max(4 * _MIN_CANDIDATES, self.n // 50):
             return _best(np.flatnonzero(ok), self.table, u, k)
-        # blocked items are mostly the user's history, which the model scores high: ask for that many more
+        # a filter thins the candidates in proportion; the user's history, which the model scores high, is
+        # blocked on top of that: ask for both
         blocked = self.n - allowed
-        want = k + _MIN_CANDIDATES + blocked if blocked < 10_000 else \
-            int((k + _MIN_CANDIDATES) * self.n / allowed * 1.5)
+        want = int((k + _MIN_CANDIDATES) * self.n / allowed * 1.2) + min(blocked, 10_000)
         while True:
             want = min(self.n, want)
             cand = self._search(u, want)
             cand = cand[ok[cand]]
-            if len(cand) >= k or want >= self.n:
+            if len(cand) >= min(k + _MIN_CANDIDATES, allowed) or want >= self.n:
                 return _best(np.sort(cand), self.table, u, k)
             want *= 4
 

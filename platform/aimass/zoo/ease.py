@@ -71,7 +71,7 @@ class EASE:
 
     def adopt_stats(self, stats: dict, cfg: EASEConfig, n_items: int) -> EASE:
         # float32 throughout, in place where numpy allows: the limit is memory (three n x n matrices at most)
-        g = sp.csr_matrix(stats["gram"]).astype(np.float32).toarray()
+        g = sp.csr_matrix(stats.pop("gram")).astype(np.float32).toarray()  # the sparse copy is let go
         g[0, :] = g[:, 0] = 0.0
         counts = np.diag(g)[1:].astype(np.float64)
         lam = cfg.l2 if cfg.l2 is not None else cfg.l2_scale * max(float(counts.mean()) if len(counts) else 1.0,
@@ -127,7 +127,8 @@ class EASE:
         meta = json.loads((p / "config.json").read_text())
         est = cls(**meta["config"])
         est.config_, est.n_items_, est.l2_ = EASEConfig(**meta["config"]), meta["n_items"], meta["l2"]
-        est.weights_ = np.load(p / "weights.npy", allow_pickle=False)
+        # memory-mapped: the replicas of a version share its pages (1.6 GB at 20,000 items)
+        est.weights_ = np.load(p / "weights.npy", allow_pickle=False, mmap_mode="r")
         est.popularity_ = np.load(p / "popularity.npy", allow_pickle=False)
         return est
 

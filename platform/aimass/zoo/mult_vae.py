@@ -135,6 +135,7 @@ class MultVAE(NeuralEstimator):
 
     family = "mult-vae"
     Config = MultVAEConfig
+    compressible = False  # the registry's methods rewrite SASRec's and two-tower's layers, not these yet
 
     # ---- uniform hooks (aimass.training's DDP loop calls these; fit() is built from them) ---------------
     @staticmethod
