@@ -3,7 +3,7 @@ of the same registered version:
 
   serve    the aimass deployment: the Bento's ASGI app inside Ray Serve (HAProxy path when available)
   serve-nocache  the same with the replica's answer cache off (AIMASS_SERVE_CACHE_USERS=0)
-  serve-nobatch  cache off and no batching of the model's pass across requests (AIMASS_SERVE_BATCH_MAX=1)
+  serve-batch    cache off, the model's pass batched across requests (AIMASS_SERVE_BATCH_MAX=64; off by default)
   bentoml  bare `bentoml serve` of the Bento built from that version (one worker)
   inproc   the in-process call the services make (Engine.recommend), no HTTP
 
@@ -126,8 +126,8 @@ async def run_all(s, ref: str, levels: list[int], seconds: float) -> list[dict]:
     d = serving.deploy(ref, "bench", min_replicas=1, max_replicas=1, settings=s)
     uncached = serving.deploy(ref, "nocache", min_replicas=1, max_replicas=1,
                               settings=s.model_copy(update={"serve_cache_users": 0}))
-    unbatched = serving.deploy(ref, "nobatch", min_replicas=1, max_replicas=1,
-                               settings=s.model_copy(update={"serve_cache_users": 0, "serve_batch_max": 1}))
+    batched = serving.deploy(ref, "batch", min_replicas=1, max_replicas=1,
+                             settings=s.model_copy(update={"serve_cache_users": 0, "serve_batch_max": 64}))
     tag = serving.build_bento(ref, settings=s)
     port = _free_port()
     bento = start_bentoml(s, tag, port)
@@ -136,7 +136,7 @@ async def run_all(s, ref: str, levels: list[int], seconds: float) -> list[dict]:
         async with httpx.AsyncClient(timeout=30, limits=limits) as client:
             paths = {"serve": http_caller(client, d.url + "/recommend", key),
                      "serve-nocache": http_caller(client, uncached.url + "/recommend", key),
-                     "serve-nobatch": http_caller(client, unbatched.url + "/recommend", key),
+                     "serve-batch": http_caller(client, batched.url + "/recommend", key),
                      "bentoml": http_caller(client, f"http://127.0.0.1:{port}/recommend", key),
                      "inproc": inproc}
             for name, call in paths.items():

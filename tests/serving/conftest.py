@@ -79,7 +79,8 @@ def _leave_the_serving_cluster():
 
 @pytest.fixture(scope="package")  # torn down when tests/serving ends, before the rest of the suite
 def served(tmp_path_factory):
-    s = Settings(home=tmp_path_factory.mktemp("serving") / "home", serve_port=free_port())
+    # batching on (off by default): every HTTP test runs through the batcher too
+    s = Settings(home=tmp_path_factory.mktemp("serving") / "home", serve_port=free_port(), serve_batch_max=16)
     inter, items = aimass.datasets.generate_demo(s.home.parent / "demo",
                                                  aimass.datasets.DemoConfig(users=60, tracks=120, seed=4))
     aimass.datasets.register("demo", inter, "csv", items=items, settings=s)

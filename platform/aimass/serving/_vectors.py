@@ -93,7 +93,8 @@ def _best(cand: np.ndarray, table: np.ndarray, u: np.ndarray, k: int) -> tuple[n
 def _index(table: np.ndarray, cache_dir: Path):
     from usearch.index import Index
 
-    digest = hashlib.blake2b(table.tobytes(), digest_size=16).hexdigest()
+    params = f"{_CONNECTIVITY}-{_EXPANSION_ADD}".encode()  # another build recipe is another file
+    digest = hashlib.blake2b(table.tobytes() + params, digest_size=16).hexdigest()
     path = Path(cache_dir) / f"{digest}.usearch"
     if not path.is_file():
         # Inner product is no metric, and HNSW's graph misleads on it when norms differ (a popular item's
