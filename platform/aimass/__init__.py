@@ -6,8 +6,9 @@ private.
 from aimass import admin, dashboard, datasets, events, experiments, models, monitoring, retraining, runs
 from aimass.errors import AimassError
 from aimass.settings import Settings
-from aimass.training import TrainResult, resume, train
+from aimass.training import AutoResult, TrainResult, resume, train
+from aimass.training import auto as train_auto
 
 __all__ = ["AimassError", "Settings", "TrainResult", "admin", "dashboard", "datasets", "events", "experiments",
-           "models", "monitoring", "resume", "retraining", "runs", "train"]
+           "models", "monitoring", "resume", "retraining", "runs", "train", "train_auto", "AutoResult"]
 __version__ = "0.1.0"

@@ -16,6 +16,39 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 
 
+def test_train_auto_searches_on_validation_and_registers_the_best_with_its_leaderboard(tmp_path):
+    home = tmp_path / "home"
+    demo = json.loads(run(home, "datasets", "generate-demo", str(tmp_path / "d"), "--users", "60", "--tracks",
+                          "120", "--json").stdout)
+    run(home, "datasets", "register", "demo", demo["interactions"], "--format", "csv")
+    short = run(home, "train", "auto", "--dataset", "demo", "--time-budget", "0.5", "--workers", "0", ok=False)
+    assert short.returncode != 0 and "at least 1 minute" in short.stderr
+    assert not (home / "mlflow.db").exists() or json.loads(run(home, "runs", "list", "--json").stdout) == []
+    # --epochs 1 caps the neural candidates so that the search ends early: what is checked is its shape
+    res = run(home, "train", "auto", "--dataset", "demo", "--time-budget", "1", "--workers", "0", "--epochs",
+              "1", "--json")
+    out = json.loads(res.stdout)
+    board = out["leaderboard"]
+    ranked = [r for r in board if r["rank"] != "-"]
+    assert [r["stage"] for r in board].count("baseline") == 3
+    assert {"popularity", "itemknn", "ease", "sasrec", "mult-vae"} <= {r["family"] for r in ranked}
+    assert any(r["stage"] == "final" for r in ranked)
+    vals = [float(r["val_ndcg@10"]) for r in ranked]
+    assert vals == sorted(vals, reverse=True) and out["best_run_id"] == ranked[0]["run_id"]
+    assert out["registered"] == "demo/1"
+    shown = json.loads(run(home, "runs", "show", out["best_run_id"], "--json").stdout)
+    assert shown["tags"]["aimass.auto.rank"] == "1"
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
+    saved = json.loads(mlflow.artifacts.load_text(f"runs:/{out['best_run_id']}/leaderboard.json"))
+    assert [r["run_id"] for r in saved["leaderboard"]][:len(ranked)] == [r["run_id"] for r in ranked]
+    probe = next(r for r in ranked if r["family"] == "sasrec" and r["stage"] == "probe")
+    params = json.loads(run(home, "runs", "show", probe["run_id"], "--json").stdout)["params"]
+    # what the data decided is recorded with the run: 60 users over 120 tracks is sparse, so 64 / 0.5
+    assert float(params["data.per_item"]) < 50 and params.get("resolved.dim") in ("64", "128")
+
+
 def test_train_runs_models_round_trip(tmp_path):
     home = tmp_path / "home"
     demo = json.loads(run(home, "datasets", "generate-demo", str(tmp_path / "d"), "--users", "50", "--tracks",

@@ -138,6 +138,16 @@ def test_resolve_derives_max_len_and_affordable_loss():
     assert SASRecConfig(max_len=50, loss="bce").resolve(10, [3]).max_len == 50
 
 
+def test_width_and_dropout_adapt_to_interactions_per_item():
+    dense = SASRecConfig().resolve(100, np.full(100, 300))  # 300 training interactions per item
+    sparse = SASRecConfig().resolve(10_000, np.full(2000, 9))  # ~2 per item, Amazon-review-like
+    assert (dense.dim, dense.dropout) == (128, 0.3) and (sparse.dim, sparse.dropout) == (64, 0.5)
+    mine = SASRecConfig(dim=32, dropout=0.1).resolve(10_000, np.full(2000, 9))
+    assert (mine.dim, mine.dropout) == (32, 0.1)  # what the user set is kept
+    with pytest.raises(ValueError, match="dim=64 is not divisible by n_heads=3"):
+        SASRecConfig(n_heads=3).resolve(10_000, np.full(2000, 9))
+
+
 def test_config_validation():
     with pytest.raises(pydantic.ValidationError):
         SASRecConfig(lr=-1e-3)

@@ -39,3 +39,26 @@ def test_max_steps_and_the_schedule_progress():
     assert st.step == 7 and st.epoch == 3 and seen[0] == 0.0 and seen == sorted(seen) and seen[-1] < 1.0
     st = EpochLoop(Limits(epochs=5, max_steps=0), lambda *a: 0.0).run([(np.zeros(1),)])
     assert (st.step, st.epoch) == (0, 0)  # zero steps: no epoch ran, nothing to validate
+
+
+def test_a_time_budget_is_spent_not_cut_short_by_early_stopping():
+    """With a budget and the family's default patience, validation that never improves does not end the job
+    early: the budget is the user's. A patience the user set explicitly still applies."""
+    import time
+
+    from aimass.zoo.sasrec import SASRecConfig
+
+    def run(limits):
+        scores = iter(np.linspace(0.5, 0.0, 10_000))  # worse every epoch after the first
+        return EpochLoop(limits, lambda *a: time.sleep(0.01) or 0.0,
+                         validate=lambda: {STOP_METRIC: float(next(scores))}).run([(np.zeros(1),)] * 2)
+
+    cfg = SASRecConfig(epochs=3, patience=2)
+    budgeted = Limits.of(cfg, time_budget_s=0.5)
+    assert budgeted.patience is None and budgeted.epochs > 1000
+    st = run(budgeted)
+    assert st.stop_reason == "time budget" and st.epoch > 3 and st.best_epoch == 1
+    st = run(Limits.of(cfg, time_budget_s=0.5, explicit={"patience": 2, "epochs": 3}))
+    assert (st.stop_reason, st.epoch) == ("patience", 3)
+    assert run(Limits.of(cfg)).stop_reason == "patience"  # no budget: the family's early stopping
+    assert run(Limits(epochs=2)).stop_reason == "epochs"

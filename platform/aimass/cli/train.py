@@ -27,7 +27,8 @@ def _parse_params(pairs: list[str]) -> dict:
 
 
 def train(
-    family: str = typer.Argument(None, help=f"Model family: {', '.join(families())}"),
+    family: str = typer.Argument(None, help=f"Model family: {', '.join(families())}; or auto (model search "
+                                            "within --time-budget, the best registered)"),
     dataset: str = typer.Option(None, "--dataset", "-d", help="NAME or NAME@vN"),
     workers: int = typer.Option(1, "--workers", "-w",
                                 help="Ray Train workers (0: in this process, Ray Train's local mode)"),
@@ -38,12 +39,18 @@ def train(
     resume: str = typer.Option(None, "--resume", help="RUN_ID of a stopped job to continue"),
     max_test_users: int = typer.Option(None, "--max-test-users",
                                        help="Test on a seeded sample of this many users (default: all)"),
+    name: str = typer.Option(None, "--name", help="auto: register the best as this model (default: the "
+                                                  "dataset's name)"),
     as_json: bool = JSON,
 ):
     """Train a model family on a dataset version with Ray Train, tracked in MLflow."""
     from aimass import training
     from aimass.errors import InvalidInputError
 
+    if family == "auto":
+        if not dataset or time_budget is None or resume or param or gpu:
+            raise InvalidInputError("auto wants --dataset and --time-budget, and no --param, --gpu or --resume")
+        return _auto(dataset, time_budget, workers, epochs, max_test_users, name, as_json)
     if resume:
         console.stage(f"resuming run {resume} with Ray Train; logs: {console.log_path()}")
         r = training.resume(resume, epochs=epochs, time_budget_min=time_budget, progress=not as_json,
@@ -63,6 +70,30 @@ def train(
            "tracking_uri": state.settings.tracking_uri}
     emit(out, as_json, [f"{k:>14}: {v}" for k, v in out.items() if k != "metrics"]
          + [f"{k:>14}: {v:.4f}" for k, v in r.metrics.items()])
+
+
+def _auto(dataset, budget, workers, epochs, max_test_users, name, as_json):
+    from aimass import models, training
+
+    console.stage(f"model search on {dataset} for {budget:g} min: baselines, probes of the neural families, then "
+                  f"the best probe for the rest; logs: {console.log_path()}")
+    r = training.auto(dataset, budget, workers=workers, epochs=epochs, max_test_users=max_test_users,
+                      progress=not as_json, settings=state.settings)
+    v = models.register(r.best.run_id, name or r.dataset.split("@")[0], settings=state.settings)
+    board = [{"rank": i + 1 if c.val_ndcg is not None else "-", "stage": c.stage, "family": c.family,
+              "params": json.dumps(c.params) if c.params else "", "val_ndcg@10": _f(c.val_ndcg),
+              "test_ndcg@10": _f(c.test_ndcg), "test_hr@10": _f(c.test_recall), "minutes": round(c.wall_time_s / 60, 1),
+              "run_id": c.run_id or "", "note": c.skipped or c.stop_reason}
+             for i, c in enumerate(r.leaderboard)]
+    out = {"search_id": r.search_id, "dataset": r.dataset, "registered": v.ref, "best_run_id": r.best.run_id,
+           "wall_time_s": r.wall_time_s, "leaderboard": board}
+    emit(out, as_json, rows(board, list(board[0])) + [
+        f"best: {r.best.family} (val NDCG@10 {r.best.val_ndcg:.4f}) registered as {v.ref}; the leaderboard is in "
+        f"run {r.best.run_id} (leaderboard.json)"])
+
+
+def _f(x):
+    return "" if x is None else f"{x:.4f}"
 
 
 @runs_app.command("list")

@@ -37,6 +37,8 @@ class TrainResult:
     samples_per_s: float
     n_parameters: int = 0
     history: list = dataclasses.field(default_factory=list)
+    stop_reason: str = ""  # "time budget", "epochs", "patience", "max steps" or "one pass" (count families)
+    resolved: dict = dataclasses.field(default_factory=dict)  # what the data decided: see _data_stats
 
 
 def train(
@@ -77,7 +79,9 @@ def train(
         raise InvalidInputError(f"{ds.ref} has no items table with text")
     data, splits = _prepare(ds, max_val_users, params.get("seed", 0))
     data["max_test_users"] = max_test_users
-    cls(**params).resolve_config(data["n_items"], [len(x) for x in data["train"]])  # a family's size limits
+    lengths = [len(x) for x in data["train"]]
+    cfg = cls(**params).resolve_config(data["n_items"], lengths)  # a family's size limits refuse here
+    data["resolved"] = {**data_stats(lengths, data["n_items"]), **_derived(cls, params, cfg)}
     use_text = item_text if item_text is not None else (
         getattr(cls, "accepts_item_features", False) and ds.items is not None)
     if getattr(cls, "accepts_item_table", False):
@@ -152,6 +156,22 @@ def _prepare(ds, max_val_users: int | None, seed: int) -> tuple[dict, object]:
     return data, splits
 
 
+def data_stats(lengths, n_items: int) -> dict:
+    """What the data-dependent defaults are decided from (logged with the run as ``data.*`` params)."""
+    n = np.asarray(lengths, dtype=np.int64)
+    return {"data.users": len(n), "data.items": int(n_items), "data.interactions": int(n.sum()),
+            "data.mean_length": round(float(n.mean()), 2) if len(n) else 0.0,
+            "data.p90_length": int(np.percentile(n, 90)) if len(n) else 0,
+            "data.per_item": round(float(n.sum()) / max(n_items, 1), 2)}
+
+
+def _derived(cls, params: dict, cfg) -> dict:
+    """The config values the data decided: fields the user left to their ``None`` / "auto" default."""
+    fields = getattr(cls.Config, "model_fields", {})
+    return {f"resolved.{k}": v for k, v in cfg.model_dump().items()
+            if k not in params and k in fields and fields[k].default in (None, "auto") and v is not None}
+
+
 def _users_digest(users) -> str:
     import hashlib
 
@@ -196,7 +216,7 @@ def _run(s, cls, family, info, params, data, splits, workers, gpu, epochs, budge
         active = mlflow.start_run(run_name=f"{family}-{info.name}-v{info.version}")
         mlflow.log_params({"family": family, "workers": workers, "gpu": gpu, "epochs": epochs,
                            "protocol": data["protocol"], "item_text": job["item_text"],
-                           **{f"param.{k}": v for k, v in params.items()}})
+                           **{f"param.{k}": v for k, v in params.items()}, **data.get("resolved", {})})
         mlflow.set_tags({**lineage_tags(family, info), f"{TAG}job": json.dumps(job)})
     run_id = active.info.run_id
     started = time.time()
@@ -218,7 +238,7 @@ def _run(s, cls, family, info, params, data, splits, workers, gpu, epochs, budge
             mlflow.log_metrics({metric_key(k): v for k, v in metrics.items()})
             example = [int(x) for x in splits.item_ids[np.asarray(splits.test_histories[0][-5:]) - 1]]
             info_model = log_model(mlflow, model_dir, splits.item_ids, family, example)
-        mlflow.set_tag(f"{TAG}best_epoch", state["best_epoch"])
+        mlflow.set_tags({f"{TAG}best_epoch": state["best_epoch"], f"{TAG}stop_reason": state.get("stop_reason", "")})
         mlflow.end_run("FINISHED")
     except BaseException as e:
         mlflow.end_run("FAILED" if not isinstance(e, KeyboardInterrupt) else "KILLED")
@@ -230,7 +250,8 @@ def _run(s, cls, family, info, params, data, splits, workers, gpu, epochs, budge
         run_id=run_id, family=family, dataset=info.ref, metrics=metrics, model_uri=info_model.model_uri,
         epochs=state["epoch"], best_epoch=state["best_epoch"], wall_time_s=time.time() - started,
         samples_per_s=float(np.mean([h["samples_per_s"] for h in hist])) if hist else 0.0,
-        n_parameters=n_parameters, history=hist)
+        n_parameters=n_parameters, history=hist, stop_reason=state.get("stop_reason", ""),
+        resolved=data.get("resolved", {}))
 
 
 def _root_cause(e: BaseException) -> str:
@@ -295,7 +316,8 @@ def _fit(s, ray, cls, family, data, params, run_id, workers, gpu, epochs, budget
     )
     if queue is None:
         return trainer.fit()
-    with _ProgressBar(queue, family, epochs or getattr(cls.Config(), "epochs", 1)):
+    shown = epochs or (None if budget_min and "epochs" not in params else getattr(cls.Config(), "epochs", 1))
+    with _ProgressBar(queue, family, shown):
         return trainer.fit()
 
 
@@ -310,7 +332,7 @@ class _ProgressBar:
     """The driver's one bar for a job (step, epoch, best validation NDCG@10, ETA), fed by rank 0 through a
     Ray queue, so it works the same when the workers run on other machines of a cluster."""
 
-    def __init__(self, queue, family: str, epochs: int):
+    def __init__(self, queue, family: str, epochs: int | None):
         import threading
 
         self.queue, self.family, self.epochs = queue, family, epochs
@@ -342,7 +364,7 @@ class _ProgressBar:
                 if msg.get("best", -1.0) >= 0:
                     best = msg["best"]
                 bar.n = msg["step"]
-                post = {"epoch": f"{min(msg['epoch'], self.epochs)}/{self.epochs}"}
+                post = {"epoch": f"{min(msg['epoch'], self.epochs)}/{self.epochs}" if self.epochs else msg["epoch"]}
                 if best is not None:
                     post["best_val_ndcg@10"] = f"{best:.4f}"
                 # at most one redraw a second: fast epochs would otherwise print a line each where stderr is
@@ -398,3 +420,6 @@ def _text_features(s: Settings, ds, splits, progress: bool) -> np.ndarray:
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.save(cache, feats)
     return feats
+
+
+from aimass.training._auto import AutoResult, Candidate, auto  # noqa: E402, F401  (it calls train, defined above)

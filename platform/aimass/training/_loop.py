@@ -67,7 +67,7 @@ def _stats_job(est, cfg, data, rank, world, reporter) -> None:
     metrics.update(epoch=1, step=1, train_time_s=took,
                    samples_per_s=sum(len(s) for s in data["train"]) / max(took, 1e-9))
     state = LoopState(epoch=1, step=1, best_epoch=1, best=metrics[STOP_METRIC], train_time_s=took,
-                      history=[metrics])
+                      history=[metrics], stop_reason="one pass")
     reporter.epoch(metrics, state, lambda d: est.save(d / "best"))
 
 
@@ -84,8 +84,8 @@ def _torch_job(est, cfg, data, config, rank, world, resume, reporter) -> None:
             optimizer_state = torch.load(Path(d) / "optimizer.pt", weights_only=True)
             state = _state_from(json.loads((Path(d) / "state.json").read_text()))
             shutil.copytree(Path(d) / "best", best_dir / "best")
-    limits = Limits(epochs=config.get("epochs") or cfg.epochs, time_budget_s=config.get("time_budget_s"),
-                    patience=getattr(cfg, "patience", None))
+    limits = Limits.of(cfg, epochs=config.get("epochs"), time_budget_s=config.get("time_budget_s"),
+                       explicit=config["params"])
     trainer: Trainer
 
     def on_epoch(metrics: dict, st: LoopState, improved: bool) -> None:

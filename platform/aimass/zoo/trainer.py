@@ -21,6 +21,7 @@ from aimass.evaluation import evaluate, metric_name
 
 STOP_METRIC = metric_name("val", "ndcg")  # what "best epoch" and early stopping are judged on
 RECALL = metric_name("val", "recall")
+BUDGET_EPOCHS = 1_000_000  # "until the time budget ends"
 
 
 @dataclasses.dataclass
@@ -32,6 +33,23 @@ class Limits:
     time_budget_s: float | None = None
     max_steps: int | None = None
     patience: int | None = None
+
+    @classmethod
+    def of(cls, cfg, *, epochs: int | None = None, time_budget_s: float | None = None,
+           explicit=()) -> Limits:
+        """A job's limits from its resolved config. With a time budget, the budget is the user's to spend:
+        the family's default epoch count and early stopping give way to it (the cosine schedule ends with
+        the budget and the best epoch is still the one kept), unless ``explicit`` names them as set by the
+        user. Early stopping on a noisy validation set ended budgeted jobs at under half their budget."""
+        budget = time_budget_s if time_budget_s is not None else getattr(cfg, "time_budget_s", None)
+        n = epochs or cfg.epochs
+        patience = getattr(cfg, "patience", None)
+        if budget:
+            if epochs is None and "epochs" not in explicit:
+                n = BUDGET_EPOCHS
+            if "patience" not in explicit:
+                patience = None
+        return cls(epochs=n, time_budget_s=budget, patience=patience)
 
 
 @dataclasses.dataclass
@@ -45,6 +63,8 @@ class LoopState:
     bad_epochs: int = 0
     train_time_s: float = 0.0
     history: list[dict] = dataclasses.field(default_factory=list)
+    # why the loop ended: "time budget", "epochs", "max steps", "patience" or "no data"
+    stop_reason: str = ""
 
     @classmethod
     def from_dict(cls, d: dict) -> LoopState:
@@ -126,6 +146,7 @@ class EpochLoop:
                     self.on_step(st, loss, time.time() - started, _expected_steps(st, total, budget,
                                                                                   time.time() - started))
             if not losses:
+                st.stop_reason = "time budget" if budget and st.step else "no data"
                 break  # nothing to train on, or no time left for this epoch's first step
             # a budget that ran out in the epoch's last step: stop now, not after one more step and validation
             out_of_time = out_of_time or bool(budget and self.elapsed(time.time() - started) > budget)
@@ -149,7 +170,11 @@ class EpochLoop:
             if self.on_epoch is not None:
                 self.on_epoch(metrics, st, improved)
             if out_of_time or (lim.patience and st.bad_epochs >= lim.patience):
+                st.stop_reason = ("max steps" if lim.max_steps is not None and st.step >= lim.max_steps
+                                  else "time budget" if out_of_time else "patience")
                 break
+        else:
+            st.stop_reason = "epochs"
         return st
 
 
@@ -267,7 +292,7 @@ def fit_neural(est, sequences, n_items: int, *, valid=None, item_features=None, 
                         refresh=False)
         bar.update(st.step - bar.n)  # redraws at most every mininterval
 
-    limits = Limits(epochs=cfg.epochs, time_budget_s=cfg.time_budget_s, patience=cfg.patience)
+    limits = Limits.of(cfg, explicit=est.params)
     trainer = Trainer(est, cfg, n_items, limits, seed=cfg.seed, valid=valid, on_step=on_step)
     try:
         module, st = trainer.fit(module, sequences)

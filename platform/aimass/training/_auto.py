@@ -1,0 +1,148 @@
+"""Model search on a budget, as Gorse searches its models on a schedule: ``aimass train auto --dataset D
+--time-budget M``.
+
+1. Cheap strong baselines, one pass each: popularity, item-kNN, EASE (a family whose size limit the data
+   exceeds is listed as skipped, with the limit).
+2. Short probes of the neural families with their data-adapted defaults, plus one SASRec variant (the
+   other density class's width and dropout): the small search. Each probe gets ``PROBE_SHARE`` of what the
+   baselines left.
+3. The rest of the budget goes to the probe configuration that validated best, trained again from scratch
+   with a schedule that ends with the budget.
+
+Every choice is made on validation NDCG@10; test figures are reported, never used to choose. Every
+candidate is its own MLflow run tagged with the search's id, and the winner's run holds the whole
+leaderboard (``leaderboard.json``), so the version registered from it carries it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+import uuid
+
+from aimass.errors import AimassError, InvalidInputError
+from aimass.settings import Settings, default_settings
+
+MIN_BUDGET_MIN = 1.0  # the baselines and one short probe of each neural family need about this much
+BASELINES = ("popularity", "itemknn", "ease")
+PROBE_SHARE = 0.1
+STOP_METRIC = "best_val_ndcg@10"
+
+
+@dataclasses.dataclass
+class Candidate:
+    family: str
+    params: dict
+    stage: str                      # "baseline", "probe" or "final"
+    run_id: str | None = None
+    val_ndcg: float | None = None   # best_val_ndcg@10: what the search ranks on
+    val_recall: float | None = None
+    test_ndcg: float | None = None
+    test_recall: float | None = None
+    budget_min: float | None = None
+    wall_time_s: float = 0.0
+    stop_reason: str = ""
+    skipped: str | None = None      # why it did not run, or how it failed
+
+
+@dataclasses.dataclass
+class AutoResult:
+    search_id: str
+    dataset: str
+    best: Candidate
+    leaderboard: list[Candidate]
+    wall_time_s: float
+
+
+def auto(dataset: str, time_budget_min: float, *, workers: int = 1, max_val_users: int | None = 2048,
+         max_test_users: int | None = None, epochs: int | None = None, progress: bool = True,
+         settings: Settings | None = None) -> AutoResult:
+    """Search the zoo for ``dataset`` within ``time_budget_min`` minutes of wall time; returns the
+    leaderboard, best first. ``epochs`` caps the neural candidates (for quick checks)."""
+    from aimass import console, datasets
+    from aimass.training import _prepare, train
+
+    s = settings or default_settings()
+    if time_budget_min is None or time_budget_min < MIN_BUDGET_MIN:
+        raise InvalidInputError(f"auto needs a time budget of at least {MIN_BUDGET_MIN:g} minute(s) (the "
+                                f"baselines and one probe of each neural family), got {time_budget_min}")
+    if epochs is not None and epochs < 1:
+        raise InvalidInputError(f"epochs must be at least 1, got {epochs}")
+    ds = datasets.load(dataset, settings=s)
+    data, _ = _prepare(ds, max_val_users, 0)  # too few users for validation and test: refused before any run
+    started, search_id = time.time(), uuid.uuid4().hex[:12]
+    deadline = started + time_budget_min * 60
+    board: list[Candidate] = []
+    common = {"workers": workers, "max_val_users": max_val_users, "max_test_users": max_test_users,
+              "progress": progress, "settings": s}
+
+    def run(c: Candidate) -> Candidate:
+        console.stage(f"auto [{len(board) + 1}] {c.stage} {c.family} {json.dumps(c.params) if c.params else ''}"
+                      + (f" for {c.budget_min:.1f} min" if c.budget_min else ""))
+        t0 = time.time()
+        try:
+            r = train(c.family, ds.info.ref, c.params, time_budget_min=c.budget_min,
+                      epochs=epochs if c.stage != "baseline" else None, **common)
+        except InvalidInputError as e:  # a family's limit (EASE's catalogue size, ...): not for this data
+            c.skipped = str(e)
+        except AimassError as e:  # one candidate failing must not lose the others' work
+            c.skipped = f"failed: {e}"
+        else:
+            m = r.metrics
+            c.run_id, c.stop_reason = r.run_id, r.stop_reason
+            c.val_ndcg, c.val_recall = m.get(STOP_METRIC), m.get("best_val_recall@10")
+            c.test_ndcg, c.test_recall = m.get("test_ndcg@10"), m.get("test_recall@10")
+        c.wall_time_s = round(time.time() - t0, 1)
+        board.append(c)
+        return c
+
+    for family in BASELINES:
+        run(Candidate(family, {}, "baseline"))
+    probes = [Candidate("sasrec", {}, "probe"), Candidate("sasrec", _sasrec_variant(data), "probe"),
+              Candidate("mult-vae", {}, "probe")]
+    share = PROBE_SHARE * max(0.0, deadline - time.time()) / 60
+    overhead = 0.0  # a job's time beyond its training budget (start, final evaluation, logging)
+    for c in probes:
+        if share < 0.05 or deadline - time.time() < 60 * share + overhead:
+            c.skipped = "the time budget was spent"
+            board.append(c)
+            continue
+        c.budget_min = round(share, 2)
+        run(c)
+        if c.run_id:
+            overhead = max(overhead, c.wall_time_s - 60 * c.budget_min)
+    ran = [c for c in probes if c.val_ndcg is not None]
+    left = (deadline - time.time() - 1.2 * overhead) / 60
+    if ran and left >= 0.1:
+        top = max(ran, key=lambda c: c.val_ndcg)
+        run(Candidate(top.family, dict(top.params), "final", budget_min=round(left, 2)))
+    done = sorted((c for c in board if c.val_ndcg is not None), key=lambda c: -c.val_ndcg)
+    if not done:
+        raise InvalidInputError(f"no family could train on {ds.info.ref}: "
+                                + "; ".join(f"{c.family}: {c.skipped}" for c in board))
+    leaderboard = done + [c for c in board if c.val_ndcg is None]
+    _record(s, search_id, ds.info.ref, leaderboard)
+    return AutoResult(search_id=search_id, dataset=ds.info.ref, best=done[0], leaderboard=leaderboard,
+                      wall_time_s=round(time.time() - started, 1))
+
+
+def _sasrec_variant(data: dict) -> dict:
+    """The other density class's width and dropout (see aimass.zoo.sasrec.DENSE_PER_ITEM)."""
+    from aimass.zoo.sasrec import DENSE_PER_ITEM
+
+    dense = sum(len(x) for x in data["train"]) / max(data["n_items"], 1) >= DENSE_PER_ITEM
+    return {"dim": 64, "dropout": 0.5} if dense else {"dim": 128, "dropout": 0.3}
+
+
+def _record(s: Settings, search_id: str, dataset: str, leaderboard: list[Candidate]) -> None:
+    """Every candidate run gets the search's id and its rank; the winner's run the whole leaderboard."""
+    from aimass.tracking import TAG, client
+
+    c = client(s)
+    rows = [dataclasses.asdict(x) for x in leaderboard]
+    for rank, x in enumerate(leaderboard, 1):
+        if x.run_id:
+            c.set_tag(x.run_id, f"{TAG}auto.search_id", search_id)
+            c.set_tag(x.run_id, f"{TAG}auto.rank", str(rank))
+    c.log_text(leaderboard[0].run_id, json.dumps({"search_id": search_id, "dataset": dataset,
+                                                   "leaderboard": rows}, indent=2), "leaderboard.json")
