@@ -50,4 +50,13 @@ def show(run_id: str, *, settings: Settings | None = None) -> dict:
             "tags": {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")
                      and k != "aimass.job"},
             "job": json.loads(run.data.tags.get("aimass.job", "null") or "null"),
-            "history": history, "models": [f"models:/{m.model_id}" for m in models]}
+            "history": history, "models": [f"models:/{m.model_id}" for m in models],
+            **({"leaderboard": _leaderboard(mlflow, run_id)} if "aimass.auto.rank" in run.data.tags else {})}
+
+
+def _leaderboard(mlflow, run_id: str) -> list[dict] | None:
+    """The model search's ranking, kept in the winning run (aimass train auto); None on the others."""
+    try:
+        return json.loads(mlflow.artifacts.load_text(f"runs:/{run_id}/leaderboard.json"))["leaderboard"]
+    except Exception:  # a candidate that did not win has no leaderboard of its own
+        return None

@@ -88,6 +88,33 @@ def test_each_method_registers_a_child_that_loads_and_ranks(env, label):
         assert run.data.metrics["top10_overlap_vs_parent"] >= 0.9
 
 
+@pytest.mark.parametrize("family,method,options", [
+    ("ease", "int8", {}), ("ease", "fp16", {}), ("ease", "prune", {"sparsity": 0.9}), ("mult-vae", "int8", {}),
+    ("mult-vae", "bf16", {})])
+def test_the_autoencoders_compress_like_the_others(env, family, method, options):
+    """EASE's one item-item matrix (int8 rows, fp16, or a sparse EASE) and Mult-VAE's layers: a registered
+    child that loads through the one loader, ranks, and keeps the parent's top 10 where the method is exact
+    enough to."""
+    s = env
+    name = f"ae-{family}"
+    if not registry._client(s).search_registered_models(f"name = '{name}'"):
+        params = {"hidden": 32, "latent": 8, "epochs": 2} if family == "mult-vae" else {}
+        registry.register(aimass.train(family, "demo", params, workers=0, progress=False, settings=s).run_id, name,
+                          settings=s)
+    v = models.compress(name, 1, method, settings=s, **FAST, **options)
+    assert (v.parent_version, v.method, v.family) == (1, method, family)
+    scorer = registry.load(v.ref, settings=s)
+    hist = [int(x) for x in scorer.item_ids[:5]]
+    out = scorer.recommend(pd.DataFrame({"history": [hist, []], "k": [5, 3]}))
+    assert [len(x) for x in out["items"]] == [5, 3] and not set(out["items"][0]) & set(hist)
+    if method == "int8":
+        assert v.metrics["size_ratio"] >= 3.0
+    if method == "prune":  # 10% of the weights kept as CSR (8 bytes each) instead of all of them in 4
+        assert v.metrics["size_ratio"] > 1.5
+    if (family, method) != ("ease", "prune"):
+        assert v.metrics["top10_overlap_vs_parent"] >= 0.9
+
+
 def test_bad_requests_raise_before_anything_is_written(env):
     s = env
     before = _snapshot(s)
@@ -110,6 +137,10 @@ def test_bad_requests_raise_before_anything_is_written(env):
         _compress.check("distill", "two-tower", {})
     with pytest.raises(InvalidInputError, match="does not apply to family 'itemknn'"):
         _compress.check("onnx", "itemknn", {})
+    with pytest.raises(InvalidInputError, match=r"'bf16' does not apply to family 'ease' \(its methods: int8"):
+        _compress.check("bf16", "ease", {})
+    with pytest.raises(InvalidInputError, match="unknown option 'kind' for method 'prune'"):
+        _compress.check("prune", "ease", {"kind": "structured"})
     assert _snapshot(s) == before
     assert len(registry._client(s).search_runs([registry._client(s).get_experiment_by_name("aimass")
                                                 .experiment_id])) == runs_before

@@ -19,6 +19,8 @@ def quickstart(
     traffic_users: int = typer.Option(300, "--traffic-users", help="Users of the demo traffic burst"),
     retrain_budget: float = typer.Option(1.0, "--retrain-budget", help="Minutes of retraining at most"),
     search: bool = typer.Option(True, "--search/--no-search", help="Step 11: a search index of the catalogue"),
+    auto_budget: float = typer.Option(1.0, "--auto-budget",
+                                      help="Step 12: minutes of model search (aimass train auto); 0 skips it"),
     as_json: bool = JSON,
 ):
     """The main job, end to end on the embedded default: demo dataset -> DVC registry -> Ray Train -> MLflow ->
@@ -29,9 +31,9 @@ def quickstart(
     from aimass.errors import ConflictError
 
     s = state.settings
-    console.stage(f"[1/11] generating the demo music-streaming log ({users} users, {tracks} tracks)")
+    console.stage(f"[1/12] generating the demo music-streaming log ({users} users, {tracks} tracks)")
     inter, items = datasets.generate_demo(s.home / "demo-data", datasets.DemoConfig(users=users, tracks=tracks))
-    console.stage("[2/11] registering it in the DVC data registry")
+    console.stage("[2/12] registering it in the DVC data registry")
     v = datasets.register("demo", inter, "csv", items=items, settings=s)
     ds = datasets.load(v.ref, settings=s)
     i = ds.interactions
@@ -50,7 +52,7 @@ def quickstart(
         "registry": str(s.registry_path),
         "git_tag": v.git_tag,
     }
-    console.stage(f"[3/11] training {family} on {v.ref} with Ray Train ({workers} worker(s), at most {time_budget} "
+    console.stage(f"[3/12] training {family} on {v.ref} with Ray Train ({workers} worker(s), at most {time_budget} "
                   "min), tracked in MLflow")
     r = training.train(family, v.ref, workers=workers, time_budget_min=time_budget, progress=not as_json,
                        settings=s)
@@ -58,7 +60,7 @@ def quickstart(
            "wall_time_s": round(r.wall_time_s, 1), "model_uri": r.model_uri,
            **{k: round(val, 4) for k, val in r.metrics.items()}}
     name = f"demo-{family}"
-    console.stage(f"[4/11] registering the run as model {name!r} in the MLflow registry and promoting it to "
+    console.stage(f"[4/12] registering the run as model {name!r} in the MLflow registry and promoting it to "
                   "champion")
     mv = models.register(r.run_id, name, settings=s)
     try:
@@ -71,41 +73,52 @@ def quickstart(
             # needs a champion to serve, so it is forced, which the version's tags record
             console.stage(f"      {e}; forcing it: there is no champion yet")
             promotion = models.promote(name, mv.version, force=True, settings=s).model_dump(mode="json")
-    console.stage(f"[5/11] compressing {mv.ref} to int8 (a child version, evaluated on the same split)")
+    console.stage(f"[5/12] compressing {mv.ref} to int8 (a child version, evaluated on the same split)")
     small = models.compress(name, mv.version, "int8", progress=not as_json, settings=s)
     side = [_side(models.show(mv.ref, settings=s), small.metrics, "parent_"), _side(small, small.metrics, "")]
-    console.stage(f"[6/11] deploying {name}@champion on Ray Serve at {s.host} with a new demo API key")
+    console.stage(f"[6/12] deploying {name}@champion on Ray Serve at {s.host} with a new demo API key")
     key, _ = serving.create_key("demo", settings=s)
     d = serving.deploy(f"{name}@champion", endpoint="demo", settings=s)
     scheduler = schedule(s)
     curl = serving.curl_example(d, key, user_id=int(i["user_id"].iloc[0]))
-    console.stage(f"[7/11] a burst of demo traffic: {traffic_users} users ask {d.url}/recommend and send feedback")
+    console.stage(f"[7/12] a burst of demo traffic: {traffic_users} users ask {d.url}/recommend and send feedback")
     burst = _traffic(d.url, key, i, traffic_users)
-    console.stage("[8/11] a drift report of that traffic against the training data (Evidently)")
+    console.stage("[8/12] a drift report of that traffic against the training data (Evidently)")
     from aimass import monitoring, retraining
 
     report = monitoring.drift("demo", window_s=3600, settings=s)
-    console.stage(f"[9/11] retraining on the feedback: a new dataset version, a challenger, the gate "
+    console.stage(f"[9/12] retraining on the feedback: a new dataset version, a challenger, the gate "
                   f"(at most {retrain_budget} min)")
     # no second progress bar: the stage line gives its bound, and a demo's output stays one screen
     again = retraining.retrain("demo", reason="manual", progress=False, settings=s, time_budget_min=retrain_budget)
-    console.stage("[10/11] a canary split on the demo endpoint (an auto experiment on the feedback) with a shadow "
+    console.stage("[10/12] a canary split on the demo endpoint (an auto experiment on the feedback) with a shadow "
                   "version, and a second burst of traffic on it")
     canary = _canary(again, name, small, s) + _shadow(again, small, s)
     burst2 = _traffic(d.url, key, i, max(traffic_users // 2, 1), seed=1)
     traffic = serving.traffic("demo", history=3, settings=s)
     if search:
-        console.stage("[11/11] a search index of the demo catalogue (BM25 + MiniLM vectors, int8) built with Ray "
+        console.stage("[11/12] a search index of the demo catalogue (BM25 + MiniLM vectors, int8) built with Ray "
                       "Train, registered as demo-search and deployed at endpoint 'search'")
         search = _search_index(v.ref, key, ds, s)
     else:
-        console.stage("[11/11] no search index (--no-search)")
+        console.stage("[11/12] no search index (--no-search)")
         search = None
+    if auto_budget:
+        console.stage(f"[12/12] model search on {v.ref} for {auto_budget:g} min (aimass train auto): baselines, "
+                      "neural probes, the best probe for the rest; the best registered as demo-auto")
+        found = training.auto(v.ref, auto_budget, workers=workers, progress=False, settings=s)
+        best = models.register(found.best.run_id, "demo-auto", settings=s)
+        auto = {"registered": best.ref, "family": found.best.family, "params": found.best.params,
+                "val_ndcg@10": found.best.val_ndcg, "candidates": len(found.leaderboard),
+                "run_id": found.best.run_id, "wall_time_s": found.wall_time_s}
+    else:
+        console.stage("[12/12] no model search (--auto-budget 0)")
+        auto = None
     panel = _console(s)
     loop = {"traffic": burst, "traffic_on_split": burst2, "drift": report.model_dump(mode="json"),
             "retrain": again.model_dump(mode="json"),
             "scheduler": scheduler, "canary": canary, "split": traffic.model_dump(mode="json"), "search": search,
-            "console": panel}
+            "auto": auto, "console": panel}
     if as_json:
         emit({"dataset": summary, "training": run, "tracking_uri": s.tracking_uri, "promotion": promotion,
               "models": side, "deployment": d.model_dump(mode="json"), "api_key": key, "curl": curl, **loop}, True)
@@ -142,6 +155,9 @@ def quickstart(
         *([f"search   {search['model']} at {search['url']}: {search['query']!r} -> {', '.join(search['top'])}",
            f"         {search['searches']} demo searches in 3 modes, {search['clicks']} clicks on results"]
           if search else []),
+        *([f"auto     {auto['candidates']} candidates in {auto['wall_time_s'] / 60:.1f} min; best {auto['family']} "
+           f"(val NDCG@10 {auto['val_ndcg@10']:.4f}) registered as {auto['registered']}; leaderboard: "
+           f"aimass runs show {auto['run_id']}"] if auto else []),
         "Try it:",
         f"  {curl}",
         *([f"  {search['curl']}"] if search else []),

@@ -316,6 +316,10 @@ def load_compressed(path: str | Path) -> CompressedScorer:
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path} is not an aimass compressed model (format {meta.get('format')!r})")
     family, method = meta["family"], meta["method"]
+    if family == "ease":
+        from aimass.registry import _closed_form
+
+        return _closed_form.load(path, meta, WEIGHTS)
     cls = family_class(family)
     cfg = cls.Config(**meta["config"])
     if method == "onnx":

@@ -21,6 +21,7 @@ from torch import nn
 
 from aimass.errors import InvalidInputError
 from aimass.registry import METHODS
+from aimass.registry import _closed_form as CF
 from aimass.registry import _codecs as C
 from aimass.registry._latency import latency_batches, latency_ms
 from aimass.settings import Settings, default_settings
@@ -59,13 +60,17 @@ def check(method: str, family: str | None, options: dict) -> dict:
     if method not in METHODS:
         raise InvalidInputError(f"unknown compression method {method!r}; known: {', '.join(METHODS)}")
     neural = neural_families()
-    if family not in neural:
+    if family == "ease":  # the closed-form family: its one matrix, see registry/_closed_form.py
+        if method not in CF.METHODS:
+            raise InvalidInputError(f"compression method {method!r} does not apply to family 'ease' (its "
+                                    f"methods: {', '.join(CF.METHODS)})")
+    elif family not in neural:
         raise InvalidInputError(f"compression method {method!r} does not apply to family {family!r}: "
-                                f"methods apply to {', '.join(neural)}")
+                                f"methods apply to {', '.join(neural)} (and {', '.join(CF.METHODS)} to ease)")
     if method == "distill" and family not in distillable_families():
         raise InvalidInputError(f"compression method 'distill' does not apply to family {family!r} "
                                 f"(only {', '.join(distillable_families())} can teach a smaller student)")
-    allowed = {**_COMMON, **_OPTIONS[method]}
+    allowed = {**_COMMON, **(CF.OPTIONS[method] if family == "ease" else _OPTIONS[method])}
     out = {}
     for k, v in options.items():
         if k not in allowed:
@@ -92,6 +97,8 @@ def check(method: str, family: str | None, options: dict) -> dict:
 def build(method: str, est, family: str, splits, out: Path, opts: dict, progress: bool = False) -> dict:
     """Write the compressed folder of ``est`` (a fitted family estimator) to ``out``; returns its meta."""
     out.mkdir(parents=True, exist_ok=True)
+    if family == "ease":
+        return CF.build(est, method, opts, out, C.write_meta, C.WEIGHTS)
     module = est.module_.eval()
     meta = {"family": family, "method": method, "n_items": int(est.n_items_),
             "config": est.config_.model_dump()}
@@ -137,8 +144,10 @@ def _finetune(cls, module: nn.Module, cfg, sequences, steps: int, lr: float, see
     number of steps or the time budget)."""
     from aimass.zoo.trainer import EpochLoop, Limits, make_loader
 
-    cfg = cfg.model_copy(update={"lr": lr, "warmup_steps": min(cfg.warmup_steps, max(1, steps // 10)),
-                                 "schedule": "cosine"})
+    upd = {"lr": lr}
+    if "warmup_steps" in type(cfg).model_fields:  # families with a schedule (Mult-VAE has a fixed lr)
+        upd.update(warmup_steps=min(cfg.warmup_steps, max(1, steps // 10)), schedule="cosine")
+    cfg = cfg.model_copy(update=upd)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     data = cls.training_data(list(sequences), cfg)

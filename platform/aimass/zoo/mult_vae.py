@@ -72,7 +72,11 @@ class MultVAEModule(nn.Module):
             nn.init.normal_(lin.bias, std=1e-3)
 
     def multi_hot(self, seq: torch.Tensor) -> torch.Tensor:
-        x = torch.zeros(seq.shape[0], self.n_items + 1, device=seq.device)
+        # in the weights' dtype: a bf16 copy (the registry's bf16 method) multiplies bf16 by bf16; an int8
+        # copy's dynamic linears take float32
+        w = getattr(self.enc, "weight", None)
+        x = torch.zeros(seq.shape[0], self.n_items + 1, device=seq.device,
+                        dtype=w.dtype if isinstance(w, torch.Tensor) else torch.float32)
         x.scatter_(1, seq[:, -self.max_len:], 1.0)
         x[:, 0] = 0.0
         return x
@@ -135,7 +139,6 @@ class MultVAE(NeuralEstimator):
 
     family = "mult-vae"
     Config = MultVAEConfig
-    compressible = False  # the registry's methods rewrite SASRec's and two-tower's layers, not these yet
 
     # ---- uniform hooks (aimass.training's DDP loop calls these; fit() is built from them) ---------------
     @staticmethod
