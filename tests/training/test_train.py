@@ -143,6 +143,7 @@ def test_local_mode_trains_in_this_process_and_resumes(home):
     assert run.info.status == "FINISHED" and run.data.params["workers"] == "0" and first.epochs == 1
     again = aimass.resume(first.run_id, epochs=3, progress=False, settings=home)
     assert again.run_id == first.run_id and again.epochs == 3
+    assert first.stop_reason == again.stop_reason == "epochs"  # the first part's reason did not end the resume
     steps = [m.step for m in mlflow.MlflowClient().get_metric_history(first.run_id, "loss")]
     assert steps == [1, 2, 3]
     kept = sorted(p.name for p in (home.home / "ray-results" / first.run_id).glob("checkpoint_*"))
@@ -157,6 +158,7 @@ def test_time_budget_stops_every_worker_at_the_same_step(home):
     r = aimass.train("sasrec", "demo", params, workers=2, time_budget_min=0.05, progress=False, settings=home)
     assert mlflow.get_run(r.run_id).info.status == "FINISHED"
     assert 1 <= r.epochs < 500  # stopped by the 3 s budget, long before the epochs ran out
+    assert r.stop_reason == mlflow.get_run(r.run_id).data.tags["aimass.stop_reason"] == "time budget"
     steps = [m.step for m in mlflow.MlflowClient().get_metric_history(r.run_id, "loss")]
     assert steps == list(range(1, r.epochs + 1))
 

@@ -128,6 +128,7 @@ class EpochLoop:
         total = max(1, lim.max_steps if lim.max_steps is not None else lim.epochs * per_epoch)
         started = time.time() - st.train_time_s  # a resumed job's budget counts the time already spent
         budget = lim.time_budget_s
+        st.stop_reason = ""  # a resumed job's checkpoint says why its first part ended
         for epoch in range(st.epoch, lim.epochs):
             for h in self.epoch_hooks:
                 h.set_epoch(epoch)
@@ -167,14 +168,18 @@ class EpochLoop:
                     self.keep_best()
             else:
                 st.bad_epochs += 1
-            if self.on_epoch is not None:
-                self.on_epoch(metrics, st, improved)
+            # decided before on_epoch, so that the checkpoint it writes says why the job ended
             if out_of_time or (lim.patience and st.bad_epochs >= lim.patience):
                 st.stop_reason = ("max steps" if lim.max_steps is not None and st.step >= lim.max_steps
                                   else "time budget" if out_of_time else "patience")
+            elif epoch + 1 >= lim.epochs:
+                st.stop_reason = "epochs"
+            if self.on_epoch is not None:
+                self.on_epoch(metrics, st, improved)
+            if st.stop_reason:
                 break
         else:
-            st.stop_reason = "epochs"
+            st.stop_reason = st.stop_reason or "epochs"
         return st
 
 
