@@ -141,6 +141,8 @@ def test_bad_requests_raise_before_anything_is_written(env):
         _compress.check("bf16", "ease", {})
     with pytest.raises(InvalidInputError, match="unknown option 'kind' for method 'prune'"):
         _compress.check("prune", "ease", {"kind": "structured"})
+    with pytest.raises(InvalidInputError, match="feed-forward units, which mult-vae has none of"):
+        _compress.check("prune", "mult-vae", {"kind": "structured"})
     assert _snapshot(s) == before
     assert len(registry._client(s).search_runs([registry._client(s).get_experiment_by_name("aimass")
                                                 .experiment_id])) == runs_before

@@ -28,8 +28,12 @@ def quickstart(
     from aimass import datasets, models, serving, training
     from aimass.cli.deploy import schedule
     from aimass.cli.traffic import view_lines
-    from aimass.errors import ConflictError
+    from aimass.errors import ConflictError, InvalidInputError
+    from aimass.training import MIN_AUTO_BUDGET_MIN
 
+    if auto_budget and not auto_budget >= MIN_AUTO_BUDGET_MIN:  # refused before step 1, not after step 11
+        raise InvalidInputError(f"--auto-budget must be 0 (no model search) or at least {MIN_AUTO_BUDGET_MIN:g} "
+                                f"minute(s), got {auto_budget}")
     s = state.settings
     console.stage(f"[1/12] generating the demo music-streaming log ({users} users, {tracks} tracks)")
     inter, items = datasets.generate_demo(s.home / "demo-data", datasets.DemoConfig(users=users, tracks=tracks))

@@ -51,6 +51,9 @@ def train(
         if not dataset or time_budget is None or resume or param or gpu:
             raise InvalidInputError("auto wants --dataset and --time-budget, and no --param, --gpu or --resume")
         return _auto(dataset, time_budget, workers, epochs, max_test_users, name, as_json)
+    if name:
+        raise InvalidInputError("--name is for auto (the model the search registers); register a run with "
+                                "`aimass models register RUN_ID --name NAME`")
     if resume:
         console.stage(f"resuming run {resume} with Ray Train; logs: {console.log_path()}")
         r = training.resume(resume, epochs=epochs, time_budget_min=time_budget, progress=not as_json,
@@ -79,16 +82,19 @@ def _auto(dataset, budget, workers, epochs, max_test_users, name, as_json):
                   f"the best probe for the rest; logs: {console.log_path()}")
     r = training.auto(dataset, budget, workers=workers, epochs=epochs, max_test_users=max_test_users,
                       progress=not as_json, settings=state.settings)
-    v = models.register(r.best.run_id, name or r.dataset.split("@")[0], settings=state.settings)
+    try:
+        registered = models.register(r.best.run_id, name or r.dataset.split("@")[0], settings=state.settings).ref
+    except Exception as e:  # the search's result is still printed: its runs hold the models
+        registered = f"not registered: {e}"
     board = [{"rank": i + 1 if c.val_ndcg is not None else "-", "stage": c.stage, "family": c.family,
               "params": json.dumps(c.params) if c.params else "", "val_ndcg@10": _f(c.val_ndcg),
               "test_ndcg@10": _f(c.test_ndcg), "test_hr@10": _f(c.test_recall), "minutes": round(c.wall_time_s / 60, 1),
               "run_id": c.run_id or "", "note": c.skipped or c.stop_reason}
              for i, c in enumerate(r.leaderboard)]
-    out = {"search_id": r.search_id, "dataset": r.dataset, "registered": v.ref, "best_run_id": r.best.run_id,
+    out = {"search_id": r.search_id, "dataset": r.dataset, "registered": registered, "best_run_id": r.best.run_id,
            "wall_time_s": r.wall_time_s, "leaderboard": board}
     emit(out, as_json, rows(board, list(board[0])) + [
-        f"best: {r.best.family} (val NDCG@10 {r.best.val_ndcg:.4f}) registered as {v.ref}; the leaderboard is in "
+        f"best: {r.best.family} (val NDCG@10 {r.best.val_ndcg:.4f}), registered: {registered}; the leaderboard is in "
         f"run {r.best.run_id} (leaderboard.json)"])
 
 

@@ -85,6 +85,9 @@ def check(method: str, family: str | None, options: dict) -> dict:
             raise InvalidInputError(f"option {k}={v!r}: use one of {', '.join(_CHOICES[k])}")
         if allowed[k] in (int, float) and out[k] <= 0 and k != "seed":
             raise InvalidInputError(f"option {k}={v!r} must be positive")
+    if out.get("kind") == "structured" and family not in ("sasrec", "two-tower"):
+        raise InvalidInputError(f"structured pruning removes feed-forward units, which {family} has none of: "
+                                "use kind=unstructured")
     if not 0 < out.get("sparsity", 0.5) < 1:
         raise InvalidInputError(f"sparsity must be in (0, 1), got {out['sparsity']}")
     if not 0 <= out.get("alpha", 0.5) <= 1:
@@ -144,9 +147,11 @@ def _finetune(cls, module: nn.Module, cfg, sequences, steps: int, lr: float, see
     number of steps or the time budget)."""
     from aimass.zoo.trainer import EpochLoop, Limits, make_loader
 
-    upd = {"lr": lr}
-    if "warmup_steps" in type(cfg).model_fields:  # families with a schedule (Mult-VAE has a fixed lr)
+    upd, fields = {"lr": lr}, type(cfg).model_fields
+    if "warmup_steps" in fields:  # families with a schedule (Mult-VAE has a fixed lr)
         upd.update(warmup_steps=min(cfg.warmup_steps, max(1, steps // 10)), schedule="cosine")
+    if "anneal_steps" in fields:  # Mult-VAE: tune at the trained model's KL weight, not a restarted anneal
+        upd["anneal_steps"] = 1
     cfg = cfg.model_copy(update=upd)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)

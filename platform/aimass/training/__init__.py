@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import queue as _queue
 import tempfile
@@ -68,8 +69,7 @@ def train(
         raise InvalidInputError(f"workers must be 0 (this process) or more, got {workers}")
     if not s.ray_address and workers > (os.cpu_count() or 1):  # known before starting anything
         raise InvalidInputError(f"{workers} workers asked for but this machine has {os.cpu_count()} CPUs")
-    if time_budget_min is not None and time_budget_min <= 0:
-        raise InvalidInputError(f"time budget must be positive, got {time_budget_min} minutes")
+    _check_budget(time_budget_min)
     if max_test_users is not None and max_test_users < 1:
         raise InvalidInputError(f"max_test_users must be at least 1, got {max_test_users}")
     if item_text and not getattr(cls, "accepts_item_features", False):
@@ -111,6 +111,10 @@ def resume(run_id: str, *, epochs: int | None = None, time_budget_min: float | N
         raise InvalidInputError(f"run {run_id} has no checkpoint to resume from")
     cls = family_class(job["family"])
     _check_params(cls, job["params"], epochs)
+    _check_budget(time_budget_min)
+    if time_budget_min is None:  # the job's own budget: without it, a budgeted job's limits would change
+        time_budget_min = job.get("time_budget_min")
+    params = {**_checkpoint_derived(cls, job["params"], ckpt), **job["params"]}
     ds = datasets.load(job["dataset"], settings=s)
     # exactly the validation users of the run it continues: same cap, same seed, same dataset version
     data, splits = _prepare(ds, job["max_val_users"], job["params"].get("seed", 0))
@@ -121,8 +125,24 @@ def resume(run_id: str, *, epochs: int | None = None, time_budget_min: float | N
         data["item_features"] = _text_features(s, ds, splits, progress)
     if getattr(cls, "accepts_item_table", False):
         data["item_table"] = _item_table(ds, splits, job["family"])
-    return _run(s, cls, job["family"], ds.info, job["params"], data, splits, job["workers"], job["gpu"],
+    return _run(s, cls, job["family"], ds.info, params, data, splits, job["workers"], job["gpu"],
                 epochs or job["epochs"], time_budget_min, progress, resume=(run_id, ckpt))
+
+
+def _checkpoint_derived(cls, params: dict, ckpt: Path) -> dict:
+    """The values the data decided for the checkpointed model (its width, length, ...): a resume must build
+    the same network even if the data-dependent defaults have changed since (another aimass version)."""
+    saved = ckpt / "best" / "config.json"
+    try:
+        cfg = cls.Config(**json.loads(saved.read_text())["config"])
+    except (OSError, KeyError, ValueError, TypeError):
+        return {}
+    return {k.removeprefix("resolved."): v for k, v in _derived(cls, params, cfg).items()}
+
+
+def _check_budget(minutes: float | None) -> None:
+    if minutes is not None and not (math.isfinite(minutes) and minutes > 0):
+        raise InvalidInputError(f"time budget must be a positive number of minutes, got {minutes}")
 
 
 def _check_params(cls, params: dict, epochs: int | None) -> None:
@@ -422,4 +442,5 @@ def _text_features(s: Settings, ds, splits, progress: bool) -> np.ndarray:
     return feats
 
 
+from aimass.training._auto import MIN_BUDGET_MIN as MIN_AUTO_BUDGET_MIN  # noqa: E402, F401
 from aimass.training._auto import AutoResult, Candidate, auto  # noqa: E402, F401  (it calls train, defined above)

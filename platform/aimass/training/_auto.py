@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import os
 import time
 import uuid
 
-from aimass.errors import AimassError, InvalidInputError
+from aimass.errors import InvalidInputError
 from aimass.settings import Settings, default_settings
 
 MIN_BUDGET_MIN = 1.0  # the baselines and one short probe of each neural family need about this much
@@ -63,11 +65,16 @@ def auto(dataset: str, time_budget_min: float, *, workers: int = 1, max_val_user
     from aimass.training import _prepare, train
 
     s = settings or default_settings()
-    if time_budget_min is None or time_budget_min < MIN_BUDGET_MIN:
+    if time_budget_min is None or not math.isfinite(time_budget_min) or time_budget_min < MIN_BUDGET_MIN:
         raise InvalidInputError(f"auto needs a time budget of at least {MIN_BUDGET_MIN:g} minute(s) (the "
                                 f"baselines and one probe of each neural family), got {time_budget_min}")
     if epochs is not None and epochs < 1:
         raise InvalidInputError(f"epochs must be at least 1, got {epochs}")
+    # what every candidate would refuse alike is refused once, here, not listed as seven skipped families
+    if workers < 0 or (not s.ray_address and workers > (os.cpu_count() or 1)):
+        raise InvalidInputError(f"workers must be 0 (this process) to {os.cpu_count()} here, got {workers}")
+    if max_test_users is not None and max_test_users < 1:
+        raise InvalidInputError(f"max_test_users must be at least 1, got {max_test_users}")
     ds = datasets.load(dataset, settings=s)
     data, _ = _prepare(ds, max_val_users, 0)  # too few users for validation and test: refused before any run
     started, search_id = time.time(), uuid.uuid4().hex[:12]
@@ -85,8 +92,10 @@ def auto(dataset: str, time_budget_min: float, *, workers: int = 1, max_val_user
                       epochs=epochs if c.stage != "baseline" else None, **common)
         except InvalidInputError as e:  # a family's limit (EASE's catalogue size, ...): not for this data
             c.skipped = str(e)
-        except AimassError as e:  # one candidate failing must not lose the others' work
-            c.skipped = f"failed: {e}"
+        except KeyboardInterrupt:
+            raise
+        except Exception as e:  # one candidate failing must not lose the others' work
+            c.skipped = f"failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
         else:
             m = r.metrics
             c.run_id, c.stop_reason = r.run_id, r.stop_reason
@@ -97,11 +106,16 @@ def auto(dataset: str, time_budget_min: float, *, workers: int = 1, max_val_user
         return c
 
     for family in BASELINES:
-        run(Candidate(family, {}, "baseline"))
+        if time.time() >= deadline:
+            board.append(Candidate(family, {}, "baseline", skipped="the time budget was spent"))
+        else:
+            run(Candidate(family, {}, "baseline"))
     probes = [Candidate("sasrec", {}, "probe"), Candidate("sasrec", _sasrec_variant(data), "probe"),
               Candidate("mult-vae", {}, "probe")]
     share = PROBE_SHARE * max(0.0, deadline - time.time()) / 60
-    overhead = 0.0  # a job's time beyond its training budget (start, final evaluation, logging)
+    # a job's time beyond its training budget (start, final evaluation, logging): a baseline is nearly all that
+    ran = [c.wall_time_s for c in board if c.run_id]
+    overhead = min(ran) if ran else 0.0
     for c in probes:
         if share < 0.05 or deadline - time.time() < 60 * share + overhead:
             c.skipped = "the time budget was spent"
@@ -121,7 +135,10 @@ def auto(dataset: str, time_budget_min: float, *, workers: int = 1, max_val_user
         raise InvalidInputError(f"no family could train on {ds.info.ref}: "
                                 + "; ".join(f"{c.family}: {c.skipped}" for c in board))
     leaderboard = done + [c for c in board if c.val_ndcg is None]
-    _record(s, search_id, ds.info.ref, leaderboard)
+    try:
+        _record(s, search_id, ds.info.ref, leaderboard)
+    except Exception as e:  # the search's result stands; only its record in the runs is incomplete
+        console.stage(f"auto: the leaderboard could not be written to run {done[0].run_id}: {e}")
     return AutoResult(search_id=search_id, dataset=ds.info.ref, best=done[0], leaderboard=leaderboard,
                       wall_time_s=round(time.time() - started, 1))
 

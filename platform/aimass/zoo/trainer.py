@@ -146,9 +146,9 @@ class EpochLoop:
                 if self.on_step is not None:
                     self.on_step(st, loss, time.time() - started, _expected_steps(st, total, budget,
                                                                                   time.time() - started))
-            if not losses:
-                st.stop_reason = "time budget" if budget and st.step else "no data"
-                break  # nothing to train on, or no time left for this epoch's first step
+            if not losses:  # max_steps reached at an epoch's start, or nothing to train on
+                st.stop_reason = "max steps" if lim.max_steps is not None and st.step >= lim.max_steps else "no data"
+                break
             # a budget that ran out in the epoch's last step: stop now, not after one more step and validation
             out_of_time = out_of_time or bool(budget and self.elapsed(time.time() - started) > budget)
             out_of_time = out_of_time or (lim.max_steps is not None and st.step >= lim.max_steps)
