@@ -86,7 +86,7 @@ def _auto(dataset, budget, workers, epochs, max_test_users, name, as_json):
         registered = models.register(r.best.run_id, name or r.dataset.split("@")[0], settings=state.settings).ref
     except Exception as e:  # the search's result is still printed: its runs hold the models
         registered = f"not registered: {e}"
-    board = [{"rank": i + 1 if c.val_ndcg is not None else "-", "stage": c.stage, "family": c.family,
+    board = [{"rank": i + 1 if c.run_id and c.val_ndcg is not None else "-", "stage": c.stage, "family": c.family,
               "params": json.dumps(c.params) if c.params else "", "val_ndcg@10": _f(c.val_ndcg),
               "test_ndcg@10": _f(c.test_ndcg), "test_hr@10": _f(c.test_recall), "minutes": round(c.wall_time_s / 60, 1),
               "run_id": c.run_id or "", "note": c.skipped or c.stop_reason}

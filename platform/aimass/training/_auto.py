@@ -6,8 +6,8 @@
 2. Short probes of the neural families with their data-adapted defaults, plus one SASRec variant (the
    other density class's width and dropout): the small search. Each probe gets ``PROBE_SHARE`` of what the
    baselines left.
-3. The rest of the budget goes to the probe configuration that validated best, trained again from scratch
-   with a schedule that ends with the budget.
+3. The rest of the budget goes to the probe that validated best: it continues from its checkpoint, in its
+   own run, with a schedule that restarts warm and ends with the budget.
 
 Every choice is made on validation NDCG@10; test figures are reported, never used to choose. Every
 candidate is its own MLflow run tagged with the search's id, and the winner's run holds the whole
@@ -62,7 +62,7 @@ def auto(dataset: str, time_budget_min: float, *, workers: int = 1, max_val_user
     """Search the zoo for ``dataset`` within ``time_budget_min`` minutes of wall time; returns the
     leaderboard, best first. ``epochs`` caps the neural candidates (for quick checks)."""
     from aimass import console, datasets
-    from aimass.training import _prepare, train
+    from aimass.training import _prepare, resume, train
 
     s = settings or default_settings()
     if time_budget_min is None or not math.isfinite(time_budget_min) or time_budget_min < MIN_BUDGET_MIN:
@@ -83,13 +83,17 @@ def auto(dataset: str, time_budget_min: float, *, workers: int = 1, max_val_user
     common = {"workers": workers, "max_val_users": max_val_users, "max_test_users": max_test_users,
               "progress": progress, "settings": s}
 
-    def run(c: Candidate) -> Candidate:
+    def run(c: Candidate, resume_of: Candidate | None = None) -> Candidate:
         console.stage(f"auto [{len(board) + 1}] {c.stage} {c.family} {json.dumps(c.params) if c.params else ''}"
                       + (f" for {c.budget_min:.1f} min" if c.budget_min else ""))
         t0 = time.time()
         try:
-            r = train(c.family, ds.info.ref, c.params, time_budget_min=c.budget_min,
-                      epochs=epochs if c.stage != "baseline" else None, **common)
+            if resume_of is not None:  # the probe goes on from its checkpoint, in its own run
+                r = resume(resume_of.run_id, time_budget_min=c.budget_min, epochs=2 * epochs if epochs else None,
+                           progress=progress, settings=s)
+            else:
+                r = train(c.family, ds.info.ref, c.params, time_budget_min=c.budget_min,
+                          epochs=epochs if c.stage != "baseline" else None, **common)
         except InvalidInputError as e:  # a family's limit (EASE's catalogue size, ...): not for this data
             c.skipped = str(e)
         except KeyboardInterrupt:
@@ -128,13 +132,18 @@ def auto(dataset: str, time_budget_min: float, *, workers: int = 1, max_val_user
     ran = [c for c in probes if c.val_ndcg is not None]
     left = (deadline - time.time() - 1.2 * overhead) / 60
     if ran and left >= 0.1:
+        # the best probe continues rather than starting over: its time counts towards the final model (a
+        # warm restart of the schedule, which then ends with the budget)
         top = max(ran, key=lambda c: c.val_ndcg)
-        run(Candidate(top.family, dict(top.params), "final", budget_min=round(left, 2)))
-    done = sorted((c for c in board if c.val_ndcg is not None), key=lambda c: -c.val_ndcg)
+        final = run(Candidate(top.family, dict(top.params), "final", budget_min=round(top.budget_min + left, 2)),
+                    resume_of=top)
+        if final.run_id:
+            top.run_id, top.skipped = None, f"continued as the final candidate (run {final.run_id})"
+    done = sorted((c for c in board if c.val_ndcg is not None and c.run_id), key=lambda c: -c.val_ndcg)
     if not done:
         raise InvalidInputError(f"no family could train on {ds.info.ref}: "
                                 + "; ".join(f"{c.family}: {c.skipped}" for c in board))
-    leaderboard = done + [c for c in board if c.val_ndcg is None]
+    leaderboard = done + [c for c in board if c not in done]
     try:
         _record(s, search_id, ds.info.ref, leaderboard)
     except Exception as e:  # the search's result stands; only its record in the runs is incomplete
