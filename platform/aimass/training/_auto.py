@@ -3,9 +3,9 @@
 
 1. Cheap strong baselines, one pass each: popularity, item-kNN, EASE (a family whose size limit the data
    exceeds is listed as skipped, with the limit).
-2. Short probes of the neural families with their data-adapted defaults, plus one SASRec variant (the
-   other density class's width and dropout): the small search. Each probe gets ``PROBE_SHARE`` of what the
-   baselines left.
+2. Short probes of the neural families (SASRec, two-tower, Mult-VAE) with their data-adapted defaults, plus
+   one SASRec variant (the other density class's width and dropout): the small search. Each probe gets
+   ``PROBE_SHARE`` of what the baselines left.
 3. The rest of the budget goes to the probe that validated best: it continues from its checkpoint, in its
    own run, with a schedule that restarts warm and ends with the budget.
 
@@ -27,7 +27,7 @@ from aimass.settings import Settings, default_settings
 
 MIN_BUDGET_MIN = 1.0  # the baselines and one short probe of each neural family need about this much
 BASELINES = ("popularity", "itemknn", "ease")
-PROBE_SHARE = 0.1
+PROBE_SHARE = 0.08
 STOP_METRIC = "best_val_ndcg@10"
 
 
@@ -115,7 +115,7 @@ def auto(dataset: str, time_budget_min: float, *, workers: int = 1, max_val_user
         else:
             run(Candidate(family, {}, "baseline"))
     probes = [Candidate("sasrec", {}, "probe"), Candidate("sasrec", _sasrec_variant(data), "probe"),
-              Candidate("mult-vae", {}, "probe")]
+              Candidate("two-tower", {}, "probe"), Candidate("mult-vae", {}, "probe")]
     share = PROBE_SHARE * max(0.0, deadline - time.time()) / 60
     # a job's time beyond its training budget (start, final evaluation, logging): a baseline is nearly all that
     ran = [c.wall_time_s for c in board if c.run_id]
