@@ -103,13 +103,13 @@ def table(rows: list[dict]) -> str:
              "|---|---|---|---|---|---|---|---|---|"]
     f = lambda x: "" if x is None else f"{x:.4f}"  # noqa: E731
     for r in rows:
-        note = r.get("error") or r.get("chosen") or r.get("stop", "")
+        note = (r.get("error") or "").split(":")[0] or r.get("chosen") or r.get("stop", "")
         if r.get("resolved"):
             note += " " + ", ".join(f"{k} {v}" for k, v in r["resolved"].items())
         if (r["dataset"], r["family"]) in PUBLISHED:
             note += "; published " + PUBLISHED[(r["dataset"], r["family"])]
         lines.append(f"| {r['dataset']} | {r['family']} | {f(r.get('val_ndcg'))} | {f(r.get('val_hr'))} | "
-                     f"{f(r.get('test_ndcg'))} | {f(r.get('test_hr'))} | {r['wall_s']:.0f} | {r['peak_mib']} | "
+                     f"{f(r.get('test_ndcg'))} | {f(r.get('test_hr'))} | {r['wall_s']:.0f} | {r['peak_mib']:,} | "
                      f"{note.strip()} |")
     return "\n".join(lines)
 
@@ -151,6 +151,9 @@ def main() -> None:
             with a.out.open("a") as f:
                 f.write(line + "\n")
     rows = [r for r in map(json.loads, a.out.read_text().splitlines()) if r["budget_min"] == a.budget]
+    order = {d: i for i, d in enumerate(a.datasets)}, {f: i for i, f in enumerate(a.families)}
+    rows = sorted((r for r in rows if r["dataset"] in order[0] and r["family"] in order[1]),
+                  key=lambda r: (order[0][r["dataset"]], order[1][r["family"]]))
     print(f"budget {a.budget:g} min per budgeted family and for auto; 2 cores; Ray Train local mode\n")
     print(table(rows))
 
