@@ -18,12 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
+from aimass.registry._codecs import WEIGHTS, write_meta
+
 METHODS = ("int8", "fp16", "prune")
 BLOCK = 1024  # rows converted at a time: a few n-sized rows in memory beside the result, not n x n copies
 OPTIONS = {"int8": {}, "fp16": {}, "prune": {"sparsity": float}}
 
 
-def build(est, method: str, opts: dict, out: Path, write_meta, weights_file: str) -> dict:
+def build(est, method: str, opts: dict, out: Path) -> dict:
     """Write the compressed folder of a fitted EASE; returns its meta."""
     from safetensors.numpy import save_file
 
@@ -59,7 +61,7 @@ def build(est, method: str, opts: dict, out: Path, write_meta, weights_file: str
         tensors.update(indptr=np.concatenate(indptr).astype(np.int64),
                        indices=np.concatenate(indices).astype(np.int32), data=np.concatenate(data))
         meta["sparsity"] = float(1 - len(tensors["data"]) / (n * n))
-    save_file(tensors, str(out / weights_file))
+    save_file(tensors, str(out / WEIGHTS))
     write_meta(out, meta)
     return meta
 
@@ -88,14 +90,14 @@ class _SparseRows:
         return self.m[np.atleast_1d(rows)].toarray()
 
 
-def load(path: Path, meta: dict, weights_file: str):
+def load(path: Path, meta: dict):
     """An EASE estimator that scores from the compressed matrix (``method``, ``meta`` and ``n_parameters``
     set, as on the registry's other compressed scorers)."""
     from safetensors.numpy import load_file
 
     from aimass.zoo.ease import EASE, EASEConfig
 
-    t = load_file(str(path / weights_file))
+    t = load_file(str(path / WEIGHTS))
     est = EASE(**meta["config"])
     est.config_, est.n_items_, est.l2_ = EASEConfig(**meta["config"]), meta["n_items"], meta["l2"]
     est.popularity_ = t["popularity"]

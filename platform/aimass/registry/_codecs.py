@@ -319,7 +319,7 @@ def load_compressed(path: str | Path) -> CompressedScorer:
     if family == "ease":
         from aimass.registry import _closed_form
 
-        return _closed_form.load(path, meta, WEIGHTS)
+        return _closed_form.load(path, meta)
     cls = family_class(family)
     cfg = cls.Config(**meta["config"])
     if method == "onnx":

@@ -101,7 +101,7 @@ def build(method: str, est, family: str, splits, out: Path, opts: dict, progress
     """Write the compressed folder of ``est`` (a fitted family estimator) to ``out``; returns its meta."""
     out.mkdir(parents=True, exist_ok=True)
     if family == "ease":
-        return CF.build(est, method, opts, out, C.write_meta, C.WEIGHTS)
+        return CF.build(est, method, opts, out)
     module = est.module_.eval()
     meta = {"family": family, "method": method, "n_items": int(est.n_items_),
             "config": est.config_.model_dump()}

@@ -65,13 +65,8 @@ def train(
     params = dict(params or {})
     cls = family_class(family)
     _check_params(cls, params, epochs)
-    if workers < 0:
-        raise InvalidInputError(f"workers must be 0 (this process) or more, got {workers}")
-    if not s.ray_address and workers > (os.cpu_count() or 1):  # known before starting anything
-        raise InvalidInputError(f"{workers} workers asked for but this machine has {os.cpu_count()} CPUs")
+    check_job(s, workers, max_test_users)
     _check_budget(time_budget_min)
-    if max_test_users is not None and max_test_users < 1:
-        raise InvalidInputError(f"max_test_users must be at least 1, got {max_test_users}")
     if item_text and not getattr(cls, "accepts_item_features", False):
         raise InvalidInputError(f"{family} cannot use item text features")
     ds = datasets.load(dataset, settings=s)
@@ -127,6 +122,16 @@ def resume(run_id: str, *, epochs: int | None = None, time_budget_min: float | N
         data["item_table"] = _item_table(ds, splits, job["family"])
     return _run(s, cls, job["family"], ds.info, params, data, splits, job["workers"], job["gpu"],
                 epochs or job["epochs"], time_budget_min, progress, resume=(run_id, ckpt))
+
+
+def check_job(s: Settings, workers: int, max_test_users: int | None) -> None:
+    """What a job's shape must satisfy whatever the family (auto checks it once for all its candidates)."""
+    if workers < 0:
+        raise InvalidInputError(f"workers must be 0 (this process) or more, got {workers}")
+    if not s.ray_address and workers > (os.cpu_count() or 1):  # known before starting anything
+        raise InvalidInputError(f"{workers} workers asked for but this machine has {os.cpu_count()} CPUs")
+    if max_test_users is not None and max_test_users < 1:
+        raise InvalidInputError(f"max_test_users must be at least 1, got {max_test_users}")
 
 
 def _checkpoint_derived(cls, params: dict, ckpt: Path) -> dict:

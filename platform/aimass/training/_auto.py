@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import time
 import uuid
 
@@ -62,7 +61,7 @@ def auto(dataset: str, time_budget_min: float, *, workers: int = 1, max_val_user
     """Search the zoo for ``dataset`` within ``time_budget_min`` minutes of wall time; returns the
     leaderboard, best first. ``epochs`` caps the neural candidates (for quick checks)."""
     from aimass import console, datasets
-    from aimass.training import _prepare, resume, train
+    from aimass.training import _prepare, check_job, resume, train
 
     s = settings or default_settings()
     if time_budget_min is None or not math.isfinite(time_budget_min) or time_budget_min < MIN_BUDGET_MIN:
@@ -70,11 +69,7 @@ def auto(dataset: str, time_budget_min: float, *, workers: int = 1, max_val_user
                                 f"baselines and one probe of each neural family), got {time_budget_min}")
     if epochs is not None and epochs < 1:
         raise InvalidInputError(f"epochs must be at least 1, got {epochs}")
-    # what every candidate would refuse alike is refused once, here, not listed as seven skipped families
-    if workers < 0 or (not s.ray_address and workers > (os.cpu_count() or 1)):
-        raise InvalidInputError(f"workers must be 0 (this process) to {os.cpu_count()} here, got {workers}")
-    if max_test_users is not None and max_test_users < 1:
-        raise InvalidInputError(f"max_test_users must be at least 1, got {max_test_users}")
+    check_job(s, workers, max_test_users)  # refused once here, not listed as eight skipped candidates
     ds = datasets.load(dataset, settings=s)
     data, _ = _prepare(ds, max_val_users, 0)  # too few users for validation and test: refused before any run
     started, search_id = time.time(), uuid.uuid4().hex[:12]
@@ -153,11 +148,11 @@ def auto(dataset: str, time_budget_min: float, *, workers: int = 1, max_val_user
 
 
 def _sasrec_variant(data: dict) -> dict:
-    """The other density class's width and dropout (see aimass.zoo.sasrec.DENSE_PER_ITEM)."""
-    from aimass.zoo.sasrec import DENSE_PER_ITEM
+    """The other density class's width and dropout than the data-adapted defaults chose (aimass.zoo.sasrec)."""
+    from aimass.zoo.sasrec import SASRecConfig
 
-    dense = sum(len(x) for x in data["train"]) / max(data["n_items"], 1) >= DENSE_PER_ITEM
-    return {"dim": 64, "dropout": 0.5} if dense else {"dim": 128, "dropout": 0.3}
+    adapted = SASRecConfig().resolve(data["n_items"], [len(x) for x in data["train"]])
+    return {"dim": 64, "dropout": 0.5} if adapted.dim == 128 else {"dim": 128, "dropout": 0.3}
 
 
 def _record(s: Settings, search_id: str, dataset: str, leaderboard: list[Candidate]) -> None:
