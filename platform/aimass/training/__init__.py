@@ -39,7 +39,7 @@ class TrainResult:
     n_parameters: int = 0
     history: list = dataclasses.field(default_factory=list)
     stop_reason: str = ""  # "time budget", "epochs", "patience", "max steps" or "one pass" (count families)
-    resolved: dict = dataclasses.field(default_factory=dict)  # what the data decided: see _data_stats
+    resolved: dict = dataclasses.field(default_factory=dict)  # what the data decided: see data_stats, _derived
 
 
 def train(
