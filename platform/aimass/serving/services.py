@@ -142,19 +142,19 @@ class _Feedback:
         events = body.events if isinstance(body, FeedbackBatch) else [body]
         ev.check(events, self.rules, self.settings)
         try:
-            acks = await asyncio.wrap_future(self.event_log.append(self.endpoint, events))
+            acks = await self.event_log.append_async(self.endpoint, events)
         except Exception as e:  # the store is away: nothing of the request was committed, a retry is safe
             log.exception("storing feedback failed")
             raise Unavailable(f"feedback not stored ({type(e).__name__}); retry with the same event_ids") from None
-        by_id = {e.event_id: e for e in events}
-        known = {i: self._known(e) for i, e in by_id.items()}  # as the model knew them before this request
-        self._applied([(a.seq, by_id[a.event_id].user_id, by_id[a.event_id].item_id, by_id[a.event_id].type,
-                        by_id[a.event_id].value, by_id[a.event_id].timestamp) for a in acks if not a.duplicate])
-        out = [EventAck(**a.model_dump(), known_user=known[a.event_id][0], known_item=known[a.event_id][1])
-               for a in acks]
+        # as the model knew them before this request; model_construct: every field is built right here
+        known = [self._known(e) for e in events]
+        self._applied([(a.seq, e.user_id, e.item_id, e.type, e.value, e.timestamp)
+                       for a, e in zip(acks, events, strict=True) if not a.duplicate])
+        out = [EventAck.model_construct(event_id=a.event_id, seq=a.seq, duplicate=a.duplicate, known_user=k[0],
+                                        known_item=k[1]) for a, k in zip(acks, known, strict=True)]
         dup = sum(a.duplicate for a in acks)
-        return FeedbackAck(stored=len(acks) - dup, duplicates=dup, duplicate=dup == len(acks), events=out,
-                           request_id=request_id)
+        return FeedbackAck.model_construct(stored=len(acks) - dup, duplicates=dup, duplicate=dup == len(acks),
+                                           events=out, request_id=request_id)
 
 
 class _SingleModel(_Feedback):
