@@ -107,8 +107,8 @@ def main() -> None:
             raw = Path(tmp) / "stacks.txt"
             spy = subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "--format", "raw",
                                     "-o", str(raw), "-d", str(int(a.seconds)), "-r", "200", "--nonblocking",
-                                    "-p", str(replica_pid("profiled")), *(["--gil"] if a.gil else [])], stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL)
+                                    "-p", str(replica_pid("profiled")), *(["--gil"] if a.gil else [])],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             r = asyncio.run(drive(d.url, a.route, key, users, items, a.concurrency, a.seconds))
             spy.wait(timeout=60)
             print(f"/{a.route} at concurrency {a.concurrency}: {r['rps']:.0f} req/s, p50 {r['p50']:.1f} ms, "

@@ -302,7 +302,7 @@ async def _feedback(handler, body: bytes, send, tag: list, rid: str) -> int:
         return await _reply(send, 503, {"error": str(e)}, tag)
     except AimassError as e:
         return await _reply(send, 409, {"error": str(e)}, tag)
-    return await _reply(send, 200, ack.model_dump_json().encode(), tag)
+    return await _reply(send, 200, ack, tag)  # FeedbackAck's fields (the route's declared answer)
 
 
 async def _reply(send, status: int, body, extra: list, content_type: bytes = b"application/json") -> int:

@@ -10,7 +10,6 @@ A service is configured by its AIMASS_* variables (AIMASS_SERVE_MODEL, AIMASS_HO
 deployment, a Bento's envs or the shell sets: its constructor is an entry point and parses Settings."""
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import logging
@@ -29,7 +28,6 @@ from aimass.serving._engine import Engine
 from aimass.serving._http import Gate
 from aimass.serving._schema import (
     Candidates,
-    EventAck,
     Exclude,
     ExcludeSeen,
     FeedbackAck,
@@ -134,11 +132,12 @@ class _Feedback:
         known_item false); an unknown type, a malformed timestamp or an unknown field is refused (400), a
         timestamp more than a day ahead too (409), and nothing of the request is stored."""
         with _errors():
-            return await self.store(body, getattr(ctx.request.state, "request_id", None) or "")
+            return FeedbackAck(**await self.store(body, getattr(ctx.request.state, "request_id", None) or ""))
 
-    async def store(self, body: FeedbackEvent | FeedbackBatch, request_id: str) -> FeedbackAck:
-        """What /feedback does with a validated body. The HTTP gate calls it directly with the body validated
-        against this same signature (FEEDBACK_BODY): BentoML's request machinery cost most of the route's CPU."""
+    async def store(self, body: FeedbackEvent | FeedbackBatch, request_id: str) -> dict:
+        """What /feedback does with a validated body: FeedbackAck's fields, as plain data. The HTTP gate calls
+        it directly with the body validated against this same signature (FEEDBACK_BODY) and sends the answer as
+        JSON: BentoML's request machinery, and building and dumping the models, cost most of the route's CPU."""
         events = body.events if isinstance(body, FeedbackBatch) else [body]
         ev.check(events, self.rules, self.settings)
         try:
@@ -146,15 +145,14 @@ class _Feedback:
         except Exception as e:  # the store is away: nothing of the request was committed, a retry is safe
             log.exception("storing feedback failed")
             raise Unavailable(f"feedback not stored ({type(e).__name__}); retry with the same event_ids") from None
-        # as the model knew them before this request; model_construct: every field is built right here
-        known = [self._known(e) for e in events]
+        known = [self._known(e) for e in events]  # as the model knew them before this request
         self._applied([(a.seq, e.user_id, e.item_id, e.type, e.value, e.timestamp)
                        for a, e in zip(acks, events, strict=True) if not a.duplicate])
-        out = [EventAck.model_construct(event_id=a.event_id, seq=a.seq, duplicate=a.duplicate, known_user=k[0],
-                                        known_item=k[1]) for a, k in zip(acks, known, strict=True)]
+        out = [{"event_id": a.event_id, "seq": a.seq, "duplicate": a.duplicate, "known_user": k[0],
+                "known_item": k[1]} for a, k in zip(acks, known, strict=True)]
         dup = sum(a.duplicate for a in acks)
-        return FeedbackAck.model_construct(stored=len(acks) - dup, duplicates=dup, duplicate=dup == len(acks),
-                                           events=out, request_id=request_id)
+        return {"stored": len(acks) - dup, "duplicates": dup, "duplicate": dup == len(acks), "events": out,
+                "request_id": request_id}
 
 
 class _SingleModel(_Feedback):
