@@ -115,6 +115,16 @@ def visibility(s, d, key: str, users: list[int], samples: int) -> dict:
                 "max": float(np.max(v))} for k, v in out.items()}
 
 
+def group_commits(d, admin: str) -> tuple[float, float]:
+    """(group commits, events they stored) so far, from the replica's /metrics."""
+    import httpx
+
+    text = httpx.get(d.url + "/metrics", headers={"Authorization": f"Bearer {admin}"}, timeout=30).text
+    values = {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
+              if line.startswith(("aimass_feedback_commits_total", "aimass_feedback_committed_events_total"))}
+    return values.get("aimass_feedback_commits_total", 0.0), values.get("aimass_feedback_committed_events_total", 0.0)
+
+
 def main() -> None:
     ap = demo_args(__doc__, [16, 64])
     ap.add_argument("--rounds", type=int, default=3, help="interleaved healthz/feedback rounds per level")
@@ -126,11 +136,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="aimass-bench-") as tmp:
         s, ref = prepare(Path(tmp) / "home", a.family, a.users, a.tracks)
         key, _ = serving.create_key("benchmark", settings=s)
+        admin, _ = serving.create_key("benchmark-admin", "admin", settings=s)
         engine = serving.Engine(ref, s)
         users, items = list(engine.histories), engine.item_ids.tolist()
         d = serving.deploy(ref, "bench", min_replicas=1, max_replicas=1, settings=s)
         try:
             rows = asyncio.run(throughput(s, d, key, users, items, a.levels, a.seconds, a.rounds))
+            commits, committed = group_commits(d, admin)
             vis = visibility(s, d, key, users, a.samples)
             ing = ingest(s, "bench", a.ingest_rows, items)
         finally:
@@ -147,6 +159,8 @@ def main() -> None:
         per = " ".join(f"{y['rps'] / x['rps']:.0%}" for x, y in zip(h, f, strict=True))
         print(f"| {c} | {hm:.0f} | {fm:.0f} | **{fm / hm:.0%}** | {per} | {np.median([r['p50'] for r in f]):.1f} / "
               f"{np.median([r['p99'] for r in f]):.0f} | {sum(r['errors'] for r in h + f)} |")
+    print(f"\ngroup commits during the throughput rounds: {commits:,.0f} for {committed:,.0f} events "
+          f"({committed / max(commits, 1):.1f} events per commit)")
     print(f"\n| batch ingest | rows | seconds | events/s |\n|---|---|---|---|\n| parquet file | {ing['rows']} | "
           f"{ing['seconds']:.2f} | {ing['events_per_s']:,.0f} |")
     print("\n| ack -> in the next /recommend's history | n | p50 s | p99 s | max s |\n|---|---|---|---|---|")

@@ -30,6 +30,27 @@ def test_a_repeated_event_id_is_stored_once_and_answered_as_a_duplicate(store):
     assert log.write("other", [_e(1)])[0].duplicate is False  # ids are unique per endpoint
 
 
+def test_a_group_mixing_new_ids_with_ids_another_writer_stored_tells_them_apart(store):
+    # Another process's rows (here: a second log, as another replica) sit between this log's commits, and a
+    # group of more than one INSERT's worth of rows mixes them with new ones.
+    log, other = EventLog(store), EventLog(store)
+    log.write("recs", [_e(i) for i in range(5)])
+    theirs = other.write("recs", [_e(i) for i in range(100, 130)])
+    mixed = [_e(i) for i in range(0, 250, 2)]  # 0-4: ours before, 100-128: theirs, the rest new
+    acks = log.write("recs", mixed)
+    before = {a.event_id: a.seq for a in theirs}
+    for e, a in zip(mixed, acks, strict=True):
+        n = int(e.event_id[1:])
+        assert a.duplicate == (n < 5 or 100 <= n < 130), e.event_id
+        if e.event_id in before:
+            assert a.seq == before[e.event_id]
+    new = [a.seq for a in acks if not a.duplicate]
+    assert len(set(new)) == len(new) and min(new) > max(before.values())
+    f = log.frame("recs")
+    assert len(f) == 5 + 30 + len(new) and dict(zip(f["event_id"], f["seq"], strict=True)) == {
+        **{a.event_id: a.seq for a in acks}, **before, **dict(zip(f["event_id"][:5], f["seq"][:5], strict=True))}
+
+
 def test_concurrent_single_events_share_commits_and_none_is_lost(store):
     log = EventLog(store)
     with concurrent.futures.ThreadPoolExecutor(32) as pool:

@@ -209,7 +209,9 @@ class _EngineStats:
     """Read at each scrape, over every version this replica serves:
     - aimass_answer_cache_total{result=hit|miss}: /recommend answers taken from the cache (serving/_cache.py);
     - aimass_model_passes_total and aimass_model_pass_rows_total: the model's batched passes and the requests
-      they answered (serving/_batch.py); rows / passes is the mean batch size."""
+      they answered (serving/_batch.py); rows / passes is the mean batch size;
+    - aimass_feedback_commits_total and aimass_feedback_committed_events_total: this replica's group commits of
+      feedback and the events they held; events / commits is the mean group."""
 
     def __init__(self, handler):
         self.handler = handler
@@ -230,6 +232,11 @@ class _EngineStats:
                                   value=sum(b.batches for b in batchers))
         yield CounterMetricFamily("aimass_model_pass_rows", "Requests answered by batched passes of the model",
                                   value=sum(b.rows for b in batchers))
+        log = getattr(served, "event_log", None)
+        yield CounterMetricFamily("aimass_feedback_commits", "Group commits of feedback events",
+                                  value=log.commits if log is not None else 0)
+        yield CounterMetricFamily("aimass_feedback_committed_events", "Feedback events stored by group commits",
+                                  value=log.committed if log is not None else 0)
 
 
 def _in_serve() -> bool:
@@ -306,7 +313,7 @@ async def _feedback(handler, body: bytes, send, tag: list, rid: str) -> int:
 
 
 async def _reply(send, status: int, body, extra: list, content_type: bytes = b"application/json") -> int:
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    data = body if isinstance(body, bytes) else json.dumps(body, separators=(",", ":")).encode()
     headers = [(b"content-type", content_type), (b"content-length", str(len(data)).encode()), *extra]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": data})
