@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import itertools
 import json
 import logging
 import queue
@@ -16,6 +17,7 @@ import threading
 from datetime import UTC, datetime
 from typing import NamedTuple
 
+import numpy as np
 import pandas as pd
 from sqlalchemy import func, select
 
@@ -244,9 +246,12 @@ class EventLog:
             return 0, 0
         now = as_utc(datetime.now(UTC))
         f = frame.drop_duplicates("event_id", keep="first")
-        ts = pd.to_datetime(f["timestamp"], utc=True).dt.tz_convert("UTC").astype(object).tolist()
         value = f["value"].astype(object).where(f["value"].notna(), None)
         rid = f["request_id"].astype(object).where(f["request_id"].notna(), None)
+        if self.engine.dialect.name == "sqlite":
+            stored = self._ingest_sqlite(endpoint, f, value, rid, _sqlite_time(now))
+            return stored, len(frame) - stored
+        ts = pd.to_datetime(f["timestamp"], utc=True).dt.tz_convert("UTC").astype(object).tolist()
         rows = [{"endpoint": endpoint, "event_id": e, "user_id": int(u), "item_id": int(i), "type": t,
                  "timestamp": s, "value": None if v is None else float(v), "request_id": r, "received_at": now}
                 for e, u, i, t, s, v, r in zip(f["event_id"], f["user_id"], f["item_id"], f["type"], ts, value,
@@ -257,6 +262,30 @@ class EventLog:
             conn.execute(stmt, rows)
             stored = self._count(conn, endpoint) - before
         return stored, len(frame) - stored
+
+    def _ingest_sqlite(self, endpoint: str, f: pd.DataFrame, value: pd.Series, rid: pd.Series,
+                       received: str) -> int:
+        """One executemany of plain tuples in one transaction (SQLAlchemy's per-row processing took three
+        quarters of a large file's ingest); times in the form _sqlite_time writes, converted as arrays."""
+        ts = pd.to_datetime(f["timestamp"], utc=True).dt.tz_convert("UTC").dt.tz_localize(None).to_numpy()
+        text = np.char.replace(np.datetime_as_string(ts.astype("datetime64[us]"), unit="us"), "T", " ")
+        rows = zip(itertools.repeat(endpoint), f["event_id"], f["user_id"].astype(int).tolist(),
+                   f["item_id"].astype(int).tolist(), f["type"], text.tolist(),
+                   [None if v is None else float(v) for v in value], rid, itertools.repeat(received))
+        sql = _SQLITE_INSERT.format("(?,?,?,?,?,?,?,?,?)")
+        raw = self.engine.raw_connection()
+        try:
+            db = raw.driver_connection
+            try:
+                cur = db.executemany(sql, rows)
+                stored = cur.rowcount
+                db.commit()
+            except BaseException:
+                db.rollback()
+                raise
+        finally:
+            raw.close()
+        return stored
 
     @staticmethod
     def _count(conn, endpoint: str) -> int:
