@@ -92,6 +92,8 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--route", default="recommend", choices=["recommend", "feedback", "healthz"])
     ap.add_argument("--gil", action="store_true", help="only samples that hold the GIL")
+    ap.add_argument("--idle", action="store_true",
+                    help="keep idle samples too, each stack under its thread (where a thread waits)")
     ap.add_argument("--save", type=Path, help="also keep py-spy's collapsed stacks in this file")
     a = ap.parse_args()
     from aimass import serving
@@ -107,7 +109,8 @@ def main() -> None:
             raw = Path(tmp) / "stacks.txt"
             spy = subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "--format", "raw",
                                     "-o", str(raw), "-d", str(int(a.seconds)), "-r", "200", "--nonblocking",
-                                    "-p", str(replica_pid("profiled")), *(["--gil"] if a.gil else [])],
+                                    "-p", str(replica_pid("profiled")), *(["--gil"] if a.gil else []),
+                                    *(["--idle", "--threads"] if a.idle else [])],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             r = asyncio.run(drive(d.url, a.route, key, users, items, a.concurrency, a.seconds))
             spy.wait(timeout=60)
