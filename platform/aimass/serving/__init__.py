@@ -96,12 +96,7 @@ def _env(s: Settings, model: str, ranker: str | None, endpoint: str) -> dict[str
            for k, v in s.model_dump().items() if k in _SHARED and v is not None}
     env.update({"AIMASS_SERVE_MODEL": model, "AIMASS_SERVE_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "1",
                 # new code is a new application: a redeploy after an upgrade restarts the replicas (preflight first)
-                "AIMASS_CODE_DIGEST": _code_digest(),
-                # BentoML's own per-request metrics, access log and tracing spans: aimass's gate answers /metrics
-                # and the served-answer log records every answer, and they cost a large share of a cheap route's
-                # CPU (its /metrics hung inside Serve anyway, ../shared/STACK.md)
-                "BENTOML_CONFIG_OPTIONS": "api_server.metrics.enabled=false api_server.logging.access.enabled=false "
-                                          "tracing.excluded_urls=.*"})
+                "AIMASS_CODE_DIGEST": _code_digest()})  # BentoML's own options: services.CONFIG
     if ranker:
         env["AIMASS_SERVE_RANKER"] = ranker
     return env

@@ -55,6 +55,13 @@ from aimass.serving._schema import (
 from aimass.settings import Settings
 
 TRAFFIC = {"timeout": 30, "max_concurrency": 256}
+# Every service's BentoML configuration. BentoML's own per-request metrics, access log and tracing spans are off:
+# the gate answers /metrics, the served-answer log records every answer, and they cost a large share of a cheap
+# route's CPU (its /metrics hung inside Serve anyway, ../shared/STACK.md). They are a service's options, not
+# BENTOML_CONFIG_OPTIONS: to_asgi() merges each service's defaults over the api_server options of the
+# environment, which is how the environment's switches were silently undone.
+CONFIG = {"traffic": TRAFFIC, "metrics": {"enabled": False}, "logging": {"access": {"enabled": False}},
+          "tracing": {"excluded_urls": ".*"}}
 log = logging.getLogger(__name__)
 _live: dict[type, object] = {}  # service class -> its instance in this process (for the HTTP gate)
 
@@ -268,7 +275,7 @@ class _SingleModel(_Feedback):
                             **engine.card()})
 
 
-@bentoml.service(name="aimass-pipeline", traffic=TRAFFIC)
+@bentoml.service(name="aimass-pipeline", **CONFIG)
 class Pipeline(_Feedback):
     """retrieval (AIMASS_SERVE_MODEL, two-tower) -> ranking (AIMASS_SERVE_RANKER, SASRec) -> rules."""
 
@@ -313,7 +320,7 @@ class Pipeline(_Feedback):
         return ModelCard(**await self._served(ctx), family="pipeline", n_items=q["n_items"])
 
 
-@bentoml.service(name="aimass-search", traffic=TRAFFIC)
+@bentoml.service(name="aimass-search", **CONFIG)
 class Search(_SingleModel):
     """search and suggest over a registered search index (family `search`: BM25 and MiniLM vectors), besides
     the recommend / similar / rank every model answers; splits and rollbacks as for any model (a shadow arm
@@ -391,7 +398,7 @@ def service(family: str):
     name = zoo.family_class(family).__name__  # refuses an unknown family, naming the known ones
     cls = type(name, (_SingleModel,), {"__module__": __name__, "__doc__": f"The {family} service: recommend, "
                                        "similar and rank with one registered model version."})
-    svc = bentoml.service(name=f"aimass-{family}", traffic=TRAFFIC)(cls)
+    svc = bentoml.service(name=f"aimass-{family}", **CONFIG)(cls)
     svc.add_asgi_middleware(Gate, service=svc)
     _fast_root_input(svc)
     return svc
