@@ -7,7 +7,8 @@ of the same registered version:
   bentoml  bare `bentoml serve` of the Bento built from that version (one worker)
   inproc   the in-process call the services make (Engine.recommend), no HTTP
 
-The client is httpx with asyncio, on the same machine (it shares the CPUs: numbers are a floor).
+The client is aiohttp with asyncio, on the same machine (it shares the CPUs: numbers are a floor). httpx's
+connection pool was the bottleneck at 64 connections (benchmarks/feedback.py).
 
     python benchmarks/serving.py                       # demo data, an item-kNN model, 8 s per level
     python benchmarks/serving.py --family sasrec --seconds 5 --levels 1 16 64
@@ -79,12 +80,21 @@ async def load(call, users: list[int], concurrency: int, seconds: float) -> dict
             "p99": float(np.percentile(a, 99)) if len(a) else float("nan"), "errors": errors}
 
 
+def client_session(connections: int):
+    """An aiohttp session for `connections` concurrent requests."""
+    import aiohttp
+
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=connections),
+                                 timeout=aiohttp.ClientTimeout(total=30))
+
+
 def http_caller(client, url: str, key: str):
-    headers = {"Authorization": f"Bearer {key}"}
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
 
     async def call(user: int) -> bool:
-        r = await client.post(url, json={"user_id": user, "k": 10}, headers=headers)
-        return r.status_code == 200
+        async with client.post(url, data=f'{{"user_id": {user}, "k": 10}}'.encode(), headers=headers) as r:
+            await r.read()
+            return r.status == 200
 
     return call
 
@@ -110,8 +120,6 @@ def start_bentoml(s, tag: str, port: int) -> subprocess.Popen:
 
 
 async def run_all(s, ref: str, levels: list[int], seconds: float) -> list[dict]:
-    import httpx
-
     from aimass import serving
 
     key, _ = serving.create_key("benchmark", settings=s)
@@ -132,8 +140,7 @@ async def run_all(s, ref: str, levels: list[int], seconds: float) -> list[dict]:
     port = _free_port()
     bento = start_bentoml(s, tag, port)
     try:
-        limits = httpx.Limits(max_connections=max(levels), max_keepalive_connections=max(levels))
-        async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+        async with client_session(max(levels)) as client:
             paths = {"serve": http_caller(client, d.url + "/recommend", key),
                      "serve-nocache": http_caller(client, uncached.url + "/recommend", key),
                      "serve-batch": http_caller(client, batched.url + "/recommend", key),

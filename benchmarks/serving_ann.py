@@ -27,7 +27,7 @@ import pandas as pd
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serving import _free_port, http_caller, load  # noqa: E402
+from serving import _free_port, client_session, http_caller, load  # noqa: E402
 
 
 def synthetic(out: Path, n_items: int, per_user: int, seed: int = 0) -> Path:
@@ -81,11 +81,8 @@ def recall_and_latency(ref: str, s, users: list[int], n: int = 1000) -> dict:
 
 
 async def over_http(d, key: str, users: list[int], levels: list[int], seconds: float) -> list[dict]:
-    import httpx
-
     rows = []
-    limits = httpx.Limits(max_connections=max(levels), max_keepalive_connections=max(levels))
-    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+    async with client_session(max(levels)) as client:
         call = http_caller(client, d.url + "/recommend", key)
         for c in levels:
             rows.append({"concurrency": c, **await load(call, users, c, seconds)})

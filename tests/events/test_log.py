@@ -51,6 +51,16 @@ def test_a_group_mixing_new_ids_with_ids_another_writer_stored_tells_them_apart(
         **{a.event_id: a.seq for a in acks}, **before, **dict(zip(f["event_id"][:5], f["seq"][:5], strict=True))}
 
 
+def test_a_repeat_is_a_duplicate_for_a_new_writer_and_after_another_writer_stored_it(store):
+    first = EventLog(store).write("recs", [_e(1), _e(2)])
+    again = EventLog(store).write("recs", [_e(1), _e(2)])  # a restarted replica: its connection inserted nothing
+    assert [(a.duplicate, a.seq) for a in again] == [(True, first[0].seq), (True, first[1].seq)]
+    log, other = EventLog(store), EventLog(store)
+    log.write("recs", [_e(3)])
+    stored = other.write("recs", [_e(4)])  # after log's last insert: a retry that reaches log is still a repeat
+    assert log.write("recs", [_e(4)]) == [events.Ack("e4", stored[0].seq, True)]
+
+
 def test_concurrent_single_events_share_commits_and_none_is_lost(store):
     log = EventLog(store)
     with concurrent.futures.ThreadPoolExecutor(32) as pool:

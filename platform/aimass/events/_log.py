@@ -93,7 +93,9 @@ def _store_sqlite(db, by_endpoint: dict[str, dict[str, tuple]]) -> tuple[dict, d
                 continue
             last, added, pairs = cur.execute(_SQLITE_SEQS.format(",".join("?" * len(part))),
                                              [endpoint, *(r[1] for r in part)]).fetchone()
-            first = last - added + 1 if added else last + 1
+            # last_insert_rowid() speaks of this INSERT only if it stored a row: else it is an older insert's
+            # (or 0 on a new connection), and every id of the part was stored before
+            first = last - added + 1 if added else float("inf")
             for eid, seq in json.loads(pairs):
                 (new if seq >= first else old)[(endpoint, eid)] = seq
     cur.close()
@@ -126,6 +128,8 @@ def _settle(futures: list, outcome: list) -> None:
     for fut, out in zip(futures, outcome, strict=True):
         if isinstance(fut, asyncio.Future):
             by_loop.setdefault(fut.get_loop(), []).append((fut, out))
+        elif not fut.set_running_or_notify_cancel():  # cancelled by its caller: nobody waits
+            continue
         elif isinstance(out, BaseException):
             fut.set_exception(out)
         else:
@@ -211,7 +215,10 @@ class EventLog:
             except Exception as e:  # the whole group failed: every waiter hears it, nothing was acknowledged
                 log.exception("group commit of %d events failed", n)
                 outcome = [e] * len(group)
-            _settle([item[2] for item in group], outcome)
+            try:
+                _settle([item[2] for item in group], outcome)
+            except Exception:  # the writer must outlive any one waiter's trouble: every later append needs it
+                log.exception("resolving the waiters of a group commit failed")
 
     def _commit(self, group: list) -> list[list[Ack]]:
         if self._sqlite:
@@ -238,8 +245,7 @@ class EventLog:
                     given.add(key)
                     acks.append(Ack(event_id=e.event_id, seq=new[key], duplicate=False))
                 else:
-                    acks.append(Ack(event_id=e.event_id, seq=new.get(key) or old[key],
-                                                    duplicate=True))
+                    acks.append(Ack(event_id=e.event_id, seq=new.get(key) or old[key], duplicate=True))
             out.append(acks)
         return out
 
