@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from aimass.serving._cluster import free_port
+
 APP = Path(__file__).resolve().parents[1] / "dashboards" / "app.py"
 PAGES = ["pages/overview.py", "pages/datasets.py", "pages/models.py", "pages/deployments.py",
          "pages/monitoring.py", "pages/experiments.py", "pages/search.py", "pages/explore.py", "pages/admin.py"]
@@ -34,7 +36,7 @@ def seed(home: Path, versions: int, events: int, reports: int, answers_per_s: in
     from aimass.catalog import Experiment, FeedbackEvent, ServedAnswer, engine_for
     from aimass.settings import Settings
 
-    s = Settings(home=home, serve_port=_free_port())
+    s = Settings(home=home, serve_port=free_port())
     inter, items = aimass.datasets.generate_demo(home.parent / "demo", aimass.datasets.DemoConfig(users=300,
                                                                                                    tracks=500))
     aimass.datasets.register("demo", inter, "csv", items=items, settings=s)
@@ -138,14 +140,6 @@ def seed_search(engine, now: datetime, rng, per_day: int = 20_000) -> int:
             conn.execute(ServedAnswer.__table__.insert(), rows[i:i + 50_000])
         conn.execute(FeedbackEvent.__table__.insert(), clicks)
     return n
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def time_pages(home: Path) -> list[tuple[str, float, float]]:

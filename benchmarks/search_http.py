@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import random
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -20,13 +19,9 @@ import httpx
 import numpy as np
 import pandas as pd
 
+from aimass.serving._cluster import free_port
+
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "lastfm-2k"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _typo(name: str, rng: random.Random) -> str:
@@ -48,7 +43,7 @@ def main() -> None:
     from aimass.settings import Settings
 
     with tempfile.TemporaryDirectory() as tmp:
-        s = Settings(home=Path(tmp) / "home", serve_port=_free_port())
+        s = Settings(home=Path(tmp) / "home", serve_port=free_port())
         aimass.datasets.register("lastfm", a.data, "lastfm", settings=s)
         t0 = time.perf_counter()
         run = aimass.train("search", "lastfm@v1", workers=a.workers, progress=False, settings=s)

@@ -9,16 +9,11 @@ default is 30 s). Prints one row per run, seconds of wall time per operation."""
 from __future__ import annotations
 
 import argparse
-import socket
 import tempfile
 import time
 from pathlib import Path
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from aimass.serving._cluster import free_port
 
 
 def one(drain: float) -> dict[str, float]:
@@ -30,7 +25,7 @@ def one(drain: float) -> dict[str, float]:
 
     out: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        s = Settings(home=Path(tmp) / "home", serve_port=_free_port(), serve_drain_s=drain)
+        s = Settings(home=Path(tmp) / "home", serve_port=free_port(), serve_drain_s=drain)
         inter, items = aimass.datasets.generate_demo(Path(tmp) / "demo", aimass.datasets.DemoConfig(users=60,
                                                                                                      tracks=120))
         aimass.datasets.register("demo", inter, "csv", items=items, settings=s)

@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import os
 import random
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,11 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from aimass.serving._cluster import free_port
 
 
 def prepare(home: Path, family: str, users: int, tracks: int):
@@ -40,7 +35,7 @@ def prepare(home: Path, family: str, users: int, tracks: int):
     from aimass import registry
     from aimass.settings import Settings
 
-    s = Settings(home=home, serve_port=_free_port())
+    s = Settings(home=home, serve_port=free_port())
     inter, items = aimass.datasets.generate_demo(home.parent / "demo", aimass.datasets.DemoConfig(
         users=users, tracks=tracks, seed=0))
     aimass.datasets.register("demo", inter, "csv", items=items, settings=s)
@@ -137,7 +132,7 @@ async def run_all(s, ref: str, levels: list[int], seconds: float) -> list[dict]:
     batched = serving.deploy(ref, "batch", min_replicas=1, max_replicas=1,
                              settings=s.model_copy(update={"serve_cache_users": 0, "serve_batch_max": 64}))
     tag = serving.build_bento(ref, settings=s)
-    port = _free_port()
+    port = free_port()
     bento = start_bentoml(s, tag, port)
     try:
         async with client_session(max(levels)) as client:

@@ -19,11 +19,10 @@ def settings(tmp_path: Path) -> Settings:
 
 
 def free_port() -> int:
-    import socket
+    """A port for a server the test starts later, outside the kernel's ephemeral range (see free_port's doc)."""
+    from aimass.serving._cluster import free_port as pick
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return pick()
 
 
 @pytest.fixture(scope="session")

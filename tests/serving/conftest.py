@@ -4,7 +4,6 @@ pair for the multi-stage path and a search index of the catalogue, deployed on a
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import httpx
@@ -13,15 +12,10 @@ import pytest
 
 import aimass
 from aimass import registry, serving
+from aimass.serving._cluster import free_port  # noqa: F401  (the tests' ports too)
 from aimass.settings import Settings
 
 TINY = {"dim": 16, "max_len": 20, "epochs": 1, "batch_size": 32}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def sharing(settings: Settings, home: Path, **kw) -> Settings:

@@ -111,3 +111,14 @@ def test_a_serve_port_held_by_any_other_process_is_refused_naming_it(tmp_path):
             _cluster.check_port(s)
     assert f"pid {os.getpid()} ({psutil.Process().name()})" in str(e.value)
     assert "AIMASS_SERVE_PORT" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_ports_picked_for_later_binds_are_not_the_kernels_to_hand_out():
+    """A port chosen now and bound at the first deploy must not be one any outgoing connection may take first."""
+    lo, hi = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    ports = {_cluster.free_port() for _ in range(20)}
+    assert len(ports) > 1
+    for port in ports:
+        assert not lo <= port <= hi and not 10002 <= port <= 19999, port
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))  # and it is free

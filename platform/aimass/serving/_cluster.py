@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -51,8 +52,23 @@ def state_file(settings: Settings) -> Path:
     return settings.home / "serve" / "cluster.json"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
+def free_port() -> int:
+    """A free port for a process that binds it later. Not one the kernel hands out itself: in its ephemeral
+    range any outgoing connection or port-0 bind may take the port first (HAProxy, started at the first deploy,
+    once found its metrics port so taken), and Ray's workers listen on 10002-19999."""
+    try:
+        lo, hi = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        lo, hi = 32768, 60999
+    pool = [p for p in range(20000, 32768) if not lo <= p <= hi]
+    for port in random.SystemRandom().sample(pool, min(len(pool), 64)):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # the whole range is ephemeral here: the kernel's choice, as before
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
@@ -113,7 +129,7 @@ def _start_head(settings: Settings) -> dict:
     if stale:  # what a dead head left (its client server, workers): the new head must not share its folder
         log.info("stopping %d leftover processes of this home's previous serving cluster", len(stale))
         _procs.terminate(stale)
-    port = _free_port()
+    port = free_port()
     # Before the head exists: whatever happens next, its processes can be mapped back to this home.
     _procs.write_record(settings.home, f"{settings.host}:{port}", settings.serve_port)
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token",
@@ -131,18 +147,18 @@ def _start_head(settings: Settings) -> dict:
                     "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(hp / "haproxy.cfg"),
                     "RAY_SERVE_HAPROXY_SOCKET_PATH": str(hp / "admin.sock"),
                     "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(hp / "metrics.sock"),
-                    "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(_free_port()),
+                    "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_port()),
                     "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(hp),
                     "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(hp / "server-state"),
-                    "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()),
-                    "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port())})
+                    "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+                    "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port())})
     _ensure_token()
     ray_bin = Path(sys.executable).with_name("ray")
     cmd = [str(ray_bin), "start", "--head", f"--node-ip-address={settings.host}", f"--port={port}",
            f"--temp-dir={tmp}", "--include-dashboard=false", "--disable-usage-stats",
            f"--num-cpus={max(8, 4 * (os.cpu_count() or 1))}",  # logical: replicas ask for fractions
-           f"--ray-client-server-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}",
-           f"--metrics-export-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}"]
+           f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
+           f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}"]
     log.info("starting the serving Ray head at %s:%s (temp dir %s)", settings.host, port, tmp)
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     if r.returncode != 0:
