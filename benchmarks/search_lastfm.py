@@ -121,6 +121,30 @@ def suggest_rate(est, names: list[str], weights: np.ndarray, n: int, rng, chars:
     return float(np.mean([any(s["item"] == i + 1 for s in est.suggest(names[i][:chars], 5)) for i in picks]))
 
 
+def suggest_personal(data: dict, feats: np.ndarray, n: int, rng, chars: int = 3) -> tuple[float, float, int]:
+    """Suggestions for a person: n (listener, artist) pairs drawn uniformly (so artists by listeners), each pair
+    removed from the plays the index is fitted on (its co-occurrence and popularity) and from the history
+    given, prefix = the artist's first ``chars`` characters; the share with the artist in the top 5, without
+    and with the listener's history."""
+    from aimass.zoo.search import Search
+
+    names, hist = data["names"], data["histories"]
+    pairs = [(u, int(a)) for u, h in hist.items() for a in h if len(names[a - 1].strip()) >= chars]
+    drawn = [pairs[j] for j in rng.choice(len(pairs), size=n, replace=False)]
+    held: dict = {}
+    for u, a in drawn:
+        held.setdefault(u, set()).add(a)
+    kept = {u: h[~np.isin(h, list(held.get(u, ())))] for u, h in hist.items()}
+    est = Search().fit([h for h in kept.values() if len(h)], data["n_items"],
+                       item_table={"name": names, "text": data["texts"]}, item_features=feats)
+    anon = mine = 0
+    for u, a in drawn:
+        prefix = names[a - 1][:chars]
+        anon += any(s["item"] == a for s in est.suggest(prefix, 5))
+        mine += any(s["item"] == a for s in est.suggest(prefix, 5, history=kept[u]))
+    return anon / n, mine / n, n
+
+
 def suggest_bound(names: list[str], weights: np.ndarray, chars: int = 3) -> float:
     """The most any 5 suggestions per prefix can reach on draws by listeners: each prefix's 5 most listened
     artists (a prefix says nothing more about which of its artists a person means)."""
@@ -223,13 +247,18 @@ def main() -> None:
             suggest_rate(est, names, w, n_t, np.random.default_rng(2), n, replace=True),
             suggest_bound(names, w, n)] for n in (3, 4)])
 
+    feats = np.vstack([np.zeros((1, est._dense.shape[1]), np.float32), est._dense])
+    anon, mine, n_p = suggest_personal(data, feats, 1000 if not a.quick else 200, np.random.default_rng(3))
+    table(["suggest: (listener, artist) pairs, the pair held out of the index and the history", "pairs",
+           "artist in top 5, prefix only", "artist in top 5, with the listener's history"],
+          [["prefix = first 3 characters", n_p, anon, mine]])
+
     typo_qs = [typo(names[i], 1, rng) for i in rng.choice(n_items, 200, p=w / w.sum())]
     tag_qs = [q for q, _ in queries]
     rows = []
     for mode in ("bm25", "semantic", "hybrid"):
         rows.append([mode, "tags", *latency(est, tag_qs, mode)])
         rows.append([mode, "misspelt names", *latency(est, typo_qs, mode)])
-    feats = np.vstack([np.zeros((1, est._dense.shape[1]), np.float32), est._dense])
     ann = Search(ann_min_items=0).fit(seqs, n_items, item_table=item_table, item_features=feats)
     rows.append(["semantic, HNSW", "tags", *latency(ann, tag_qs, "semantic")])
     recall = np.mean([len(set(ann.search(q, K, mode="semantic")["items"]) &

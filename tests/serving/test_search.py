@@ -73,6 +73,21 @@ def test_suggestions_complete_a_prefix_with_titles_by_popularity(served, catalog
     assert all(s["item_id"] in catalogue.index for s in got if s["item_id"] is not None)
 
 
+def test_a_known_users_suggestions_follow_their_history_an_unknown_users_do_not(served, catalogue):
+    letter = catalogue["title"].str[0].str.lower().value_counts().index[0]  # the commonest first letter
+    anon = served.post("search", "/suggest", {"prefix": letter, "k": 5}).json()
+    assert not anon["personalised"] and anon["history_length"] == 0
+    stranger = served.post("search", "/suggest", {"prefix": letter, "k": 5, "user_id": 10**9}).json()
+    assert not stranger["personalised"] and stranger["suggestions"] == anon["suggestions"]
+    lists = []
+    for user in range(1, 6):
+        mine = served.post("search", "/suggest", {"prefix": letter, "k": 5, "user_id": user}).json()
+        assert mine["personalised"] and mine["history_length"] > 0, mine
+        assert all(letter in s["text"].lower() for s in mine["suggestions"]), mine
+        lists.append([s["text"] for s in mine["suggestions"]])
+    assert any(got != [s["text"] for s in anon["suggestions"]] for got in lists), lists  # histories reorder
+
+
 @pytest.mark.parametrize("body,status", [
     ({"query": ""}, 400),
     ({"query": "x" * 10_000}, 400),

@@ -72,6 +72,14 @@ def test_suggest_title_starts_first_then_word_starts_each_by_popularity(lexical)
         lexical.suggest("  ")
 
 
+def test_a_history_moves_the_titles_it_goes_with_up_among_the_prefixs(lexical):
+    assert [g["item"] for g in lexical.suggest("bea", k=2)] == [2, 3]  # Beach House, Beastie Boys by popularity
+    # Beastie Boys' listeners also play Daft Punk; with no co-occurrence the others keep their order
+    got = [g["item"] for g in lexical.suggest("bea", k=3, history=np.array([11]))]
+    assert got[0] == 3 and sorted(got) == [1, 2, 3]
+    assert lexical.suggest("bea", history=np.array([], dtype=np.int64)) == lexical.suggest("bea")
+
+
 def test_filters(lexical):
     allowed = np.zeros(N + 1, bool)
     allowed[[5, 6]] = True

@@ -124,7 +124,10 @@ class Suggestion(BaseModel):
 
 class Suggestions(Served):
     prefix: str
-    suggestions: list[Suggestion] = Field(description="Best first: titles by popularity, then past queries")
+    suggestions: list[Suggestion] = Field(description="Best first: titles by popularity (and, for a known user, "
+                                          "by their history), then past queries")
+    personalised: bool = Field(False, description="Whether the user's history ranked the titles")
+    history_length: int = Field(0, description="Events of the user's history used (0: none, or unknown user)")
 
 
 class Stage(BaseModel):

@@ -79,13 +79,15 @@ class PastQueries:
         return [(q, n) for f, q, n in self.table if f.startswith(p)][:k] if p else []
 
 
-def suggest(engine: Engine, prefix: str, k: int, past: PastQueries | None) -> list[dict]:
-    """Item titles by popularity first (the index's own), then the past queries that extend the prefix; past
-    queries keep up to half of the places when there are enough titles to fill them all."""
+def suggest(engine: Engine, prefix: str, k: int, past: PastQueries | None, user_id: int | None = None) -> dict:
+    """Item titles first (the index's own ranking: by popularity, and by the user's history when the user is
+    known), then the past queries that extend the prefix; past queries keep up to half of the places when there
+    are enough titles to fill them all. An unknown user is no error: the titles are not personalised."""
     est = _index(engine)
+    seen = engine.history(user_id, None) if user_id is not None else None
     asked = past.matching(prefix, k) if past is not None else []
     out = []
-    for s in est.suggest(prefix, k=max(k - len(asked), (k + 1) // 2)):
+    for s in est.suggest(prefix, k=max(k - len(asked), (k + 1) // 2), history=seen):
         item = s.get("item")
         out.append({"text": s["text"], "item_id": None if item is None else int(engine.item_ids[int(item) - 1]),
                     "score": float(s["score"])})
@@ -96,4 +98,5 @@ def suggest(engine: Engine, prefix: str, k: int, past: PastQueries | None) -> li
         if _fold(q) not in shown:
             out.append({"text": q, "item_id": None, "score": float(n)})
             shown.add(_fold(q))
-    return out[:k]
+    n_seen = 0 if seen is None else len(seen)
+    return {"suggestions": out[:k], "personalised": n_seen > 0, "history_length": n_seen}

@@ -343,14 +343,16 @@ class Search(_SingleModel):
         return SearchResults(**served, **{k_: v for k_, v in out.items() if k_ != "strategy"})
 
     @bentoml.api
-    def suggest(self, ctx: bentoml.Context, prefix: Prefix, k: SuggestK = 5) -> Suggestions:
+    def suggest(self, ctx: bentoml.Context, prefix: Prefix, k: SuggestK = 5,
+                user_id: UserId | None = None) -> Suggestions:
         """Completions of what the user has typed: item titles whose start, or a word's, matches the prefix, by
-        popularity, then the endpoint's past queries that several users asked."""
-        t, ref, engine = self.arms.pick(None)
+        popularity and, with a known user_id, by what the user's history goes with; then the endpoint's past
+        queries that several users asked. An unknown user gets the same completions as no user."""
+        t, ref, engine = self.arms.pick(user_id)
         with _errors():
-            out = _search.suggest(engine, prefix, k, self.past)
+            out = _search.suggest(engine, prefix, k, self.past, user_id)
         return Suggestions(**_served(engine, _rid(ctx)), arm=ref, experiment_id=t.experiment_id, prefix=prefix,
-                           suggestions=out)
+                           **out)
 
 
 Search.add_asgi_middleware(Gate, service=Search)
