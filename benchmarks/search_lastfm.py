@@ -14,7 +14,8 @@ user tagged with it; hybrid vs personalised hybrid on the same pairs.
 
 Typos: artist names drawn by listeners (fixed seed), one random edit (insert / delete / substitute /
 transpose a letter) for names of 5+ letters, two for 9+; success = the artist in the top 10. Suggestions:
-artists drawn by listeners, prefix = the name's first 3 characters, success = the artist in the top 5.
+artists drawn by listeners (and by plays), prefix = the name's first 3 characters, success = the artist in
+the top 5; and per person: (listener, artist) pairs, each held out of the index and of the history given.
 Latency: in process, one torch thread, after warm-up, query vector cache off (every query is encoded).
 
     python benchmarks/search_lastfm.py                         # ../shared/data/lastfm-2k, 1,000 queries
@@ -55,9 +56,11 @@ def read_lastfm(path: Path) -> dict:
     # most played last: a history is read as "most recent last", and the most played say most about a user
     plays = plays.sort_values(["userID", "weight"], ascending=[True, True])
     histories = {u: g["item"].to_numpy() for u, g in plays.groupby("userID")}
+    pair_plays = {u: g["weight"].to_numpy(float) for u, g in plays.groupby("userID")}  # aligned with histories
     listeners = np.bincount(plays["item"], minlength=len(artists) + 1).astype(float)
+    played = np.bincount(plays["item"], weights=plays["weight"], minlength=len(artists) + 1)
     return {"names": names, "texts": texts, "histories": histories, "judge": tagged[tagged["judge"]],
-            "listeners": listeners, "n_items": len(artists)}
+            "listeners": listeners, "plays": played, "pair_plays": pair_plays, "n_items": len(artists)}
 
 
 def dcg(gains: np.ndarray) -> float:
@@ -121,16 +124,23 @@ def suggest_rate(est, names: list[str], weights: np.ndarray, n: int, rng, chars:
     return float(np.mean([any(s["item"] == i + 1 for s in est.suggest(names[i][:chars], 5)) for i in picks]))
 
 
-def suggest_personal(data: dict, feats: np.ndarray, n: int, rng, chars: int = 3) -> tuple[float, float, int]:
-    """Suggestions for a person: n (listener, artist) pairs drawn uniformly (so artists by listeners), each pair
-    removed from the plays the index is fitted on (its co-occurrence and popularity) and from the history
-    given, prefix = the artist's first ``chars`` characters; the share with the artist in the top 5, without
-    and with the listener's history."""
+def suggest_personal(data: dict, feats: np.ndarray, n: int, rng, chars: int = 3,
+                     by_plays: bool = False) -> tuple[float, float, int]:
+    """Suggestions for a person: n (listener, artist) pairs drawn uniformly (so artists by listeners) or by the
+    pair's plays, each pair removed from the plays the index is fitted on (its co-occurrence and popularity) and
+    from the history given, prefix = the artist's first ``chars`` characters; the share with the artist in the
+    top 5, without and with the listener's history."""
     from aimass.zoo.search import Search
 
     names, hist = data["names"], data["histories"]
-    pairs = [(u, int(a)) for u, h in hist.items() for a in h if len(names[a - 1].strip()) >= chars]
-    drawn = [pairs[j] for j in rng.choice(len(pairs), size=n, replace=False)]
+    pairs, weights = [], []
+    for u, h in hist.items():
+        for a, w in zip(h, data["pair_plays"][u], strict=True):
+            if len(names[a - 1].strip()) >= chars:
+                pairs.append((u, int(a)))
+                weights.append(w if by_plays else 1.0)
+    p = np.asarray(weights) / np.sum(weights)
+    drawn = list(dict.fromkeys(pairs[j] for j in rng.choice(len(pairs), size=3 * n, p=p)))[:n]  # n distinct
     held: dict = {}
     for u, a in drawn:
         held.setdefault(u, set()).add(a)
@@ -245,13 +255,18 @@ def main() -> None:
            "artist in top 5 (draws with replacement)", "the most any ranking by prefix can reach"],
           [[f"prefix = first {n} characters", suggest_rate(est, names, w, n_t, np.random.default_rng(2), n),
             suggest_rate(est, names, w, n_t, np.random.default_rng(2), n, replace=True),
-            suggest_bound(names, w, n)] for n in (3, 4)])
+            suggest_bound(names, w, n)] for n in (3, 4)]
+          + [["prefix = first 3 characters, artists drawn by plays", "",
+              suggest_rate(est, names, data["plays"][1:], n_t, np.random.default_rng(2), 3, replace=True),
+              suggest_bound(names, data["plays"][1:], 3)]])
 
     feats = np.vstack([np.zeros((1, est._dense.shape[1]), np.float32), est._dense])
-    anon, mine, n_p = suggest_personal(data, feats, 1000 if not a.quick else 200, np.random.default_rng(3))
-    table(["suggest: (listener, artist) pairs, the pair held out of the index and the history", "pairs",
-           "artist in top 5, prefix only", "artist in top 5, with the listener's history"],
-          [["prefix = first 3 characters", n_p, anon, mine]])
+    n_p = 2000 if not a.quick else 200
+    table(["suggest, prefix = first 3 characters: (listener, artist) pairs, each held out of the index and the "
+           "history", "pairs", "artist in top 5, prefix only", "artist in top 5, with the listener's history"],
+          [[f"drawn {how}", *(lambda r: (r[2], r[0], r[1]))(suggest_personal(
+              data, feats, n_p, np.random.default_rng(3), by_plays=how == "by plays"))]
+           for how in ("uniformly (artists by listeners)", "by plays")])
 
     typo_qs = [typo(names[i], 1, rng) for i in rng.choice(n_items, 200, p=w / w.sum())]
     tag_qs = [q for q, _ in queries]
