@@ -105,6 +105,24 @@ def test_every_listener_of_the_serving_cluster_is_on_loopback(served):
     assert non_loopback(found) == []
 
 
+def test_no_per_request_work_beyond_the_answer_in_serve_and_haproxy(served):
+    """Serve writes no access-log line per request, HAProxy sends no per-request metrics datagram, and replicas
+    do not watch each request for the client's disconnect (aimass.serving.hooks)."""
+    # Serve buffers up to 1,000 request-path records before it writes them
+    assert {served.get("recs", "/healthz").status_code for _ in range(1001)} == {200}
+    logs = Path(json.loads(_cluster.state_file(served.settings).read_text())["temp_dir"]) / "session_latest" / "logs"
+    replica_logs = list((logs / "serve").glob("replica_recs_*.log"))
+    assert replica_logs, sorted(p.name for p in (logs / "serve").iterdir())
+    assert not [line for f in replica_logs for line in f.read_text(errors="replace").splitlines()
+                if "GET" in line], "Serve logged requests"
+    if _cluster.proxy_mode(served.settings) == "haproxy":
+        from aimass.serving import _procs
+
+        cfg = next(_procs.haproxy_dir(served.settings.home).rglob("haproxy.cfg")).read_text()
+        assert "set-header x-request-disconnect-disabled ?1" in cfg
+        assert "format rfc5424" not in cfg  # the per-request metrics log line
+
+
 def test_bentoml_build_pins_the_registered_version(served):
     tag = serving.build_bento("recs@champion", settings=served.settings)
     assert tag == "aimass-recs:v1"

@@ -151,7 +151,11 @@ def _start_head(settings: Settings) -> dict:
                     "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(hp),
                     "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(hp / "server-state"),
                     "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
-                    "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port())})
+                    "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+                    # HAProxy's per-request metrics are one log datagram per request, parsed in Python by the
+                    # HAProxy manager: a third process working for every request on the replica's cores. The
+                    # replica counts its requests itself when they are off, and /metrics has our own.
+                    "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0"})
     _ensure_token()
     ray_bin = Path(sys.executable).with_name("ray")
     cmd = [str(ray_bin), "start", "--head", f"--node-ip-address={settings.host}", f"--port={port}",

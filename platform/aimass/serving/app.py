@@ -82,6 +82,9 @@ def build(args: dict):
     opts = {
         "autoscaling_config": a.autoscaling_config(),
         "max_ongoing_requests": max(32, int(4 * a.target_ongoing_requests)),
+        # Serve's per-request access log line (a record built, filtered and formatted for every request): the
+        # served-answer log and /metrics already account for each request
+        "logging_config": {"enable_access_log": False},
         "ray_actor_options": {"num_cpus": a.num_cpus,
                               "runtime_env": {"env_vars": a.env, "worker_process_setup_hook": HOOK}},
     }

@@ -4,6 +4,11 @@ module: Ray imports it by name in each worker before any user code runs."""
 from __future__ import annotations
 
 LOOPBACK = "127.0.0.1"
+FRONTEND = "    bind {{ config.frontend_host }}:{{ config.frontend_port }}\n"
+# Without this header a replica starts a task per request that watches for the client's disconnect, and waits on
+# both: an event-loop round trip of every request, for answers that take milliseconds. A client that goes away
+# no longer cancels its request, which then completes (a /feedback batch is stored as sent).
+NO_WATCH = "    http-request set-header x-request-disconnect-disabled ?1\n"
 
 
 def loopback() -> None:
@@ -24,7 +29,7 @@ def loopback() -> None:
     from ray.serve._private import haproxy_templates as t
 
     t.HAPROXY_CONFIG_TEMPLATE = (t.HAPROXY_CONFIG_TEMPLATE.replace("bind *:", f"bind {LOOPBACK}:")
-                                 .replace("bind :", f"bind {LOOPBACK}:"))
+                                 .replace("bind :", f"bind {LOOPBACK}:").replace(FRONTEND, FRONTEND + NO_WATCH))
     haproxy = __import__("sys").modules.get("ray.serve._private.haproxy")
     if haproxy is not None:  # already imported in this worker: patch its copy too
         haproxy.HAPROXY_CONFIG_TEMPLATE = t.HAPROXY_CONFIG_TEMPLATE
