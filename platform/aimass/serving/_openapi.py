@@ -37,6 +37,7 @@ def _errors(route: str, props: set[str], unauthorized: str, admin: bool) -> dict
     out["413"] = _json(_ERROR, "Request body larger than the limit (AIMASS_SERVE_MAX_BODY_BYTES; "
                                "AIMASS_FEEDBACK_MAX_BODY_BYTES for /feedback)")
     out["415"] = _json(_ERROR, "A body that is not application/json")
+    out["504"] = _json(_ERROR, "No answer started within the service's timeout (30 s)")
     if route == "/feedback":
         out["409"] = _json(_ERROR, "An event whose timestamp is further ahead of the server's clock than "
                                    "AIMASS_FEEDBACK_MAX_FUTURE_S allows; nothing of the request was stored")

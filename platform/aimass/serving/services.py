@@ -22,7 +22,7 @@ from bentoml.exceptions import BentoMLException
 from aimass import events as ev
 from aimass import zoo
 from aimass.errors import AimassError, InvalidInputError, NotFoundError
-from aimass.serving import _pipeline, _search, _v2
+from aimass.serving import _pipeline, _search, _timeout, _v2
 from aimass.serving._arms import Arms
 from aimass.serving._engine import Engine
 from aimass.serving._http import Gate
@@ -55,6 +55,7 @@ from aimass.serving._schema import (
 from aimass.settings import Settings
 
 TRAFFIC = {"timeout": 30, "max_concurrency": 256}
+_timeout.install()  # BentoML's timeout without a live timer per request (see _timeout)
 # Every service's BentoML configuration. BentoML's own per-request metrics, access log and tracing spans are off:
 # the gate answers /metrics, the served-answer log records every answer, and they cost a large share of a cheap
 # route's CPU (its /metrics hung inside Serve anyway, ../shared/STACK.md). They are a service's options, not
