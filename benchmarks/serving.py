@@ -30,21 +30,28 @@ import numpy as np
 from aimass.serving._cluster import free_port
 
 
-def prepare(home: Path, family: str, users: int, tracks: int):
+def prepare(home: Path, family: str, users: int, tracks: int, ml1m: Path | None = None, int8: bool = False):
     import aimass
     from aimass import registry
     from aimass.settings import Settings
 
     s = Settings(home=home, serve_port=free_port())
-    inter, items = aimass.datasets.generate_demo(home.parent / "demo", aimass.datasets.DemoConfig(
-        users=users, tracks=tracks, seed=0))
-    aimass.datasets.register("demo", inter, "csv", items=items, settings=s)
+    if ml1m is not None:  # the shared MovieLens-1M folder (ml-1m-seq, ml-1m-meta), read in place
+        aimass.datasets.register("data", ml1m / "ml-1m-seq", "ml1m-seq", items=ml1m / "ml-1m-meta" / "movies.dat",
+                                 settings=s)
+    else:
+        inter, items = aimass.datasets.generate_demo(home.parent / "demo", aimass.datasets.DemoConfig(
+            users=users, tracks=tracks, seed=0))
+        aimass.datasets.register("data", inter, "csv", items=items, settings=s)
+    # one epoch: serving speed depends on the model's shape, not on how well it is trained
     params = {"epochs": 1} if family in ("sasrec", "two-tower") else None
-    run = aimass.train(family, "demo@v1", params, workers=1, progress=False, settings=s)
+    run = aimass.train(family, "data@v1", params, workers=1, progress=False, settings=s)
     import ray
 
     ray.shutdown()
     v = registry.register(run.run_id, "bench", settings=s)
+    if int8:
+        v = registry.compress("bench", v.version, "int8", settings=s)
     return s, v.ref
 
 
@@ -163,16 +170,20 @@ def demo_args(doc: str, levels: list[int]) -> argparse.ArgumentParser:
     ap.add_argument("--tracks", type=int, default=2000)
     ap.add_argument("--levels", type=int, nargs="+", default=levels)
     ap.add_argument("--seconds", type=float, default=8.0, help="measured s per level (+1 s warm-up)")
+    ap.add_argument("--ml1m", type=Path, default=None, help="serve a model of MovieLens-1M from this shared data "
+                    "folder (ml-1m-seq, ml-1m-meta) instead of the demo")
+    ap.add_argument("--int8", action="store_true", help="serve the int8 compression of the trained version")
     return ap
 
 
 def main() -> None:
     a = demo_args(__doc__, [1, 16, 64]).parse_args()
     with tempfile.TemporaryDirectory(prefix="aimass-bench-") as tmp:
-        s, ref = prepare(Path(tmp) / "home", a.family, a.users, a.tracks)
+        s, ref = prepare(Path(tmp) / "home", a.family, a.users, a.tracks, a.ml1m, a.int8)
         rows = asyncio.run(run_all(s, ref, a.levels, a.seconds))
     proxy = rows.pop()["proxy"]
-    print(f"\n/recommend, {a.family} on demo ({a.users} users, {a.tracks} tracks), Serve proxy: {proxy}, "
+    data = "ml1m" if a.ml1m else f"demo ({a.users} users, {a.tracks} tracks)"
+    print(f"\n/recommend, {a.family}{' int8' if a.int8 else ''} on {data}, Serve proxy: {proxy}, "
           f"{os.cpu_count()} CPUs, client on the same machine\n")
     print("| path | concurrency | req/s | p50 ms | p99 ms | errors |\n|---|---|---|---|---|---|")
     for r in rows:
