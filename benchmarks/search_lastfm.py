@@ -152,7 +152,7 @@ def suggest_personal(data: dict, feats: np.ndarray, n: int, rng, chars: int = 3,
         prefix = names[a - 1][:chars]
         anon += any(s["item"] == a for s in est.suggest(prefix, 5))
         mine += any(s["item"] == a for s in est.suggest(prefix, 5, history=kept[u]))
-    return anon / n, mine / n, n
+    return anon / len(drawn), mine / len(drawn), len(drawn)
 
 
 def suggest_bound(names: list[str], weights: np.ndarray, chars: int = 3) -> float:

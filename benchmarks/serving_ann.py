@@ -27,7 +27,7 @@ import pandas as pd
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serving import _free_port, client_session, http_caller, load  # noqa: E402
+from serving import client_session, free_port, http_caller, load  # noqa: E402
 
 
 def synthetic(out: Path, n_items: int, per_user: int, seed: int = 0) -> Path:
@@ -106,7 +106,7 @@ def main() -> None:
 
     out = []
     with tempfile.TemporaryDirectory(prefix="aimass-ann-") as tmp:
-        s = Settings(home=Path(tmp) / "home", serve_port=_free_port(), serve_cache_users=0)
+        s = Settings(home=Path(tmp) / "home", serve_port=free_port(), serve_cache_users=0)
         data = a.data.expanduser().resolve()
         aimass.datasets.register("ml1m", data / "ml-1m-seq", "ml1m-seq", settings=s)
         aimass.datasets.register("synth", synthetic(Path(tmp) / "synth", a.items, 8), "csv", settings=s)

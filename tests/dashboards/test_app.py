@@ -4,7 +4,6 @@ serves it on 127.0.0.1 and stops."""
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import httpx
@@ -16,6 +15,7 @@ import aimass
 from aimass import monitoring, registry, serving
 from aimass.settings import Settings
 from tests.cli.test_datasets_cli import run
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration
 APP = str(Path(__file__).resolve().parents[2] / "dashboards" / "app.py")
@@ -111,9 +111,7 @@ def test_every_page_renders_catalog_figures(console, quickstart_home):
 
 
 def test_aimass_console_serves_on_loopback_and_stops(quickstart_home):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     run(quickstart_home, "console", "--stop", ok=False)  # the quickstart's own, when its test did not run
     started = json.loads(run(quickstart_home, "console", "--detach", "--port", str(port), "--json").stdout)
     try:

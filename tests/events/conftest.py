@@ -5,7 +5,6 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from aimass.settings import Settings
+from tests.conftest import free_port
 
 
 def _pg_bin() -> Path | None:
@@ -36,9 +36,7 @@ def postgres_url():
     if os.geteuid() == 0:  # PostgreSQL refuses to run as root: its own system user runs the cluster
         shutil.chown(root, "postgres")
         as_user = ["runuser", "-u", "postgres", "--"]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     run = lambda *cmd: subprocess.run([*as_user, *cmd], check=True, capture_output=True, text=True)  # noqa: E731
     run(str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "aimass", "--no-sync")
     run(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w", "-o",

@@ -72,11 +72,12 @@ def test_suggest_title_starts_first_then_word_starts_each_by_popularity(lexical)
         lexical.suggest("  ")
 
 
-def test_a_history_moves_the_titles_it_goes_with_up_among_the_prefixs(lexical):
-    assert [g["item"] for g in lexical.suggest("bea", k=2)] == [2, 3]  # Beach House, Beastie Boys by popularity
+def test_a_history_moves_up_the_titles_it_goes_with_and_leaves_the_others_in_order(lexical):
+    assert [g["item"] for g in lexical.suggest("bea", k=3)] == [2, 3, 1]  # title starts first, by popularity
     # Beastie Boys' listeners also play Daft Punk; with no co-occurrence the others keep their order
-    got = [g["item"] for g in lexical.suggest("bea", k=3, history=np.array([11]))]
-    assert got[0] == 3 and sorted(got) == [1, 2, 3]
+    assert [g["item"] for g in lexical.suggest("bea", k=3, history=np.array([11]))] == [3, 2, 1]
+    # a history that goes with none of them changes nothing (the popular Beatles stay behind the title starts)
+    assert lexical.suggest("bea", history=np.array([12])) == lexical.suggest("bea")
     assert lexical.suggest("bea", history=np.array([], dtype=np.int64)) == lexical.suggest("bea")
 
 

@@ -126,7 +126,8 @@ class Suggestions(Served):
     prefix: str
     suggestions: list[Suggestion] = Field(description="Best first: titles by popularity (and, for a known user, "
                                           "by their history), then past queries")
-    personalised: bool = Field(False, description="Whether the user's history ranked the titles")
+    personalised: bool = Field(False, description="Whether a history of the user's took part in ranking the "
+                               "titles (as for /search); a history that goes with none of them changes nothing")
     history_length: int = Field(0, description="Events of the user's history used (0: none, or unknown user)")
 
 

@@ -21,7 +21,8 @@ async def _call(self, scope, receive, send) -> None:
         nonlocal started
         if not started:
             started = True
-            limit.reschedule(None)  # as BentoML's: the timeout covers the wait for the answer to start
+            if not limit.expired():  # as BentoML's: the timeout covers the wait for the answer to start
+                limit.reschedule(None)
         await send(message)
 
     try:

@@ -248,15 +248,22 @@ class Search:
         n = self.n_items_ + 1
         out = np.zeros((len(histories), n), dtype=np.float32)
         for r, h in enumerate(histories):
-            h = np.asarray(h, dtype=np.int64)
-            h = h[(h > 0) & (h < n)][-50:]  # the most recent 50 speak for the user
-            if len(h):
-                out[r] = np.asarray(self.similarity_[h].sum(axis=0)).ravel() / len(h)
-                if self._dense is not None and self._cfg.content_weight:
-                    taste = self._dense[h - 1].mean(axis=0)
-                    out[r, 1:] += self._cfg.content_weight * (self._dense @ taste)
+            out[r, 1:] = self._taste(h)
         out[:, 1:] += 1e-3 * self._pop.astype(np.float32)  # breaks ties for the unknown user
         out[:, 0] = -np.inf
+        return out
+
+    def _taste(self, history, items: np.ndarray | None = None) -> np.ndarray:
+        """How well each item (0-based ``items``, else all) goes with a history: its co-occurrence with the
+        history's items plus, weighted, the similarity of its vector to their mean; all 0 when nothing does."""
+        h = np.asarray(history, dtype=np.int64)
+        h = h[(h > 0) & (h <= self.n_items_)][-50:]  # the most recent 50 speak for the user
+        cols = slice(None) if items is None else items
+        if not len(h):
+            return np.zeros(self.n_items_ if items is None else len(items), np.float32)
+        out = (np.asarray(self.similarity_[h].sum(axis=0)).ravel()[1:][cols] / len(h)).astype(np.float32)
+        if self._dense is not None and self._cfg.content_weight:
+            out += self._cfg.content_weight * (self._dense[cols] @ self._dense[h - 1].mean(axis=0))
         return out
 
     # -- search -------------------------------------------------------------------------------------------
@@ -433,10 +440,10 @@ class Search:
         starts = np.fromiter((self._folded_titles[i].startswith(p) for i in items), bool, len(items))
         score = self._pop[items] + self._cfg.title_start_bonus * starts
         if history is not None and len(np.asarray(history)) and self._cfg.personal_weight:
-            mine = self.score([np.asarray(history)])[0, 1:][items].astype(np.float64)
+            mine = np.maximum(self._taste(history, items).astype(np.float64), 0.0)
             top = float(mine.max())
-            if top > 0:
-                score = score + self._cfg.personal_weight * np.maximum(mine, 0.0) / top
+            if top > 0:  # a history that goes with none of these titles leaves their order alone
+                score = score + self._cfg.personal_weight * mine / top
         order = np.lexsort((items, -score))[:k]
         return [{"text": self.titles_[items[j]], "item": int(items[j]) + 1, "score": float(score[j])} for j in order]
 
