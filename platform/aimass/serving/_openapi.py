@@ -26,7 +26,7 @@ def _json(schema: dict, description: str) -> dict:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-def _errors(route: str, props: set[str], unauthorized: str, admin: bool) -> dict:
+def _errors(route: str, props: set[str], unauthorized: str, admin: bool, timeout: float) -> dict:
     out = {"400": _json(_ERROR, "Invalid request: not JSON, a wrong type, a missing field or a value out of "
                                 "range; the error names it"),
            "401": _json(_ERROR, unauthorized)}
@@ -37,7 +37,7 @@ def _errors(route: str, props: set[str], unauthorized: str, admin: bool) -> dict
     out["413"] = _json(_ERROR, "Request body larger than the limit (AIMASS_SERVE_MAX_BODY_BYTES; "
                                "AIMASS_FEEDBACK_MAX_BODY_BYTES for /feedback)")
     out["415"] = _json(_ERROR, "A body that is not application/json")
-    out["504"] = _json(_ERROR, "No answer started within the service's timeout (30 s)")
+    out["504"] = _json(_ERROR, f"No answer started within the service's timeout ({timeout:g} s)")
     if route == "/feedback":
         out["409"] = _json(_ERROR, "An event whose timestamp is further ahead of the server's clock than "
                                    "AIMASS_FEEDBACK_MAX_FUTURE_S allows; nothing of the request was stored")
@@ -78,7 +78,7 @@ def document(service: Any, prefix: str, *, unauthorized: str, is_admin: typing.C
             "requestBody": {"required": bool(props) or getattr(api.input_spec, "__root_input__", False),
                             "content": {"application/json": {"schema": body}}},
             "responses": {"200": _json({"$ref": REF.format(model=returns[api.name].__name__)}, "The answer"),
-                          **_errors(api.route, props, unauthorized, admin)},
+                          **_errors(api.route, props, unauthorized, admin, service.config["traffic"]["timeout"])},
             "security": [{"apiKey": []}],
         }}
     if event_types and "FeedbackEvent" in defs:
