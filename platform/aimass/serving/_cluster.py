@@ -9,6 +9,7 @@ back to the default proxy when neither is there. Either way every listener is bo
 worker set-up hook in hooks patches the two places Ray hard-codes a wildcard address)."""
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
@@ -52,6 +53,9 @@ def state_file(settings: Settings) -> Path:
     return settings.home / "serve" / "cluster.json"
 
 
+_given: collections.deque[int] = collections.deque(maxlen=4096)
+
+
 def free_port() -> int:
     """A free port for a process that binds it later. Not one the kernel hands out itself: in its ephemeral
     range any outgoing connection or port-0 bind may take the port first (HAProxy, started at the first deploy,
@@ -60,13 +64,15 @@ def free_port() -> int:
         lo, hi = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
     except (OSError, ValueError):
         lo, hi = 32768, 60999
-    pool = [p for p in range(20000, 32768) if not lo <= p <= hi]
+    # never the same port twice in a process: a head's start asks for several before any is bound
+    pool = [p for p in range(20000, 32768) if not lo <= p <= hi and p not in _given]
     for port in random.SystemRandom().sample(pool, min(len(pool), 64)):
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
+            _given.append(port)
             return port
     with socket.socket() as s:  # the whole range is ephemeral here: the kernel's choice, as before
         s.bind(("127.0.0.1", 0))
