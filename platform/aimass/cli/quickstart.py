@@ -87,6 +87,7 @@ def quickstart(
     curl = serving.curl_example(d, key, user_id=int(i["user_id"].iloc[0]))
     console.stage(f"[7/12] a burst of demo traffic: {traffic_users} users ask {d.url}/recommend and send feedback")
     burst = _traffic(d.url, key, i, traffic_users)
+    _logged(s, "demo", burst["answers"])
     console.stage("[8/12] a drift report of that traffic against the training data (Evidently)")
     from aimass import monitoring, retraining
 
@@ -266,6 +267,18 @@ def _side(v, m: dict, prefix: str) -> dict:
             "p50_b1_ms": round(m[f"{prefix}latency_b1_p50_ms"], 2),
             "p99_b1_ms": round(m[f"{prefix}latency_b1_p99_ms"], 2),
             "p50_b64_ms": round(m[f"{prefix}latency_b64_p50_ms"], 2)}
+
+
+def _logged(s, endpoint: str, answers: int, timeout_s: float = 10.0) -> None:
+    """Until the endpoint's answer log holds `answers`: a replica writes it every quarter second, and a report
+    made at once could miss the burst's last answers (or all of them, when the burst took less than that)."""
+    import time
+
+    from aimass.events import ServedLog
+
+    log, deadline = ServedLog(s), time.monotonic() + timeout_s
+    while len(log.frame(endpoint)) < answers and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 def _traffic(url: str, key: str, interactions, n_users: int, seed: int = 0) -> dict:
