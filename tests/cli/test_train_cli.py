@@ -35,10 +35,10 @@ def test_train_auto_searches_on_validation_and_registers_the_best_with_its_leade
     # Mult-VAE is probed unless EASE, the bag-of-items baseline, validated below item-kNN
     val = {r["family"]: float(r["val_ndcg@10"]) for r in board if r["stage"] == "baseline"}
     vae = next(r for r in board if r["family"] == "mult-vae")
-    if val["ease"] >= val["itemknn"]:
-        assert vae["rank"] != "-"
+    if vae["rank"] == "-":  # the printed figures are rounded, and rounding keeps their order (ties aside)
+        assert vae["note"].startswith("not probed: EASE") and vae["run_id"] == "" and val["ease"] <= val["itemknn"]
     else:
-        assert vae["rank"] == "-" and vae["note"].startswith("not probed: EASE") and vae["run_id"] == ""
+        assert val["ease"] >= val["itemknn"]
     assert any(r["stage"] == "final" for r in ranked)
     vals = [float(r["val_ndcg@10"]) for r in ranked]
     assert vals == sorted(vals, reverse=True) and out["best_run_id"] == ranked[0]["run_id"]
