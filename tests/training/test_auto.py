@@ -1,7 +1,14 @@
-"""Model search's choices that need no training: which probes a search's baselines rule out."""
+"""Model search: the choices that need no training (which probes the baselines rule out, who gets a second
+round), and the second round run for real on a tiny dataset."""
 from __future__ import annotations
 
-from aimass.training._auto import Candidate, _bag_of_items_evidence
+import mlflow
+import pytest
+
+import aimass
+from aimass.settings import Settings
+from aimass.training import _auto
+from aimass.training._auto import Candidate, _bag_of_items_evidence, _round2
 
 
 def _baselines(ease: float | None, knn: float | None = 0.10) -> list[Candidate]:
@@ -21,3 +28,40 @@ def test_mult_vae_is_ruled_out_only_when_ease_trails_item_knn():
     # no evidence either way: EASE refused for its size, or item-kNN failed
     assert _bag_of_items_evidence(_baselines(ease=None)) is None
     assert _bag_of_items_evidence(_baselines(ease=0.05, knn=None)) is None
+
+
+def _probes(*vals: float) -> list[Candidate]:
+    return [Candidate(f"f{i}", {}, "probe", run_id=f"r{i}", val_ndcg=v, budget_min=1.0) for i, v in enumerate(vals)]
+
+
+def test_a_second_round_only_for_close_contenders_with_time_to_separate():
+    probes = _probes(0.1417, 0.1669, 0.100)
+    assert [c.family for c in _round2(probes, extra_min=5.0)] == ["f1", "f0"]  # the best two, best first
+    assert _round2(probes, extra_min=0.5) == []  # too short to let the learning curves cross
+    assert _round2(_probes(0.130, 0.167), extra_min=5.0) == []  # the runner-up is clearly behind
+    assert _round2(_probes(0.167), extra_min=5.0) == []  # nothing to compare
+
+
+@pytest.mark.integration
+def test_the_second_round_continues_both_contenders_and_the_final_continues_the_better(tmp_path, monkeypatch):
+    """Real jobs (Ray Train's local mode, a real MLflow store), the round forced on a tiny dataset: each
+    continuation resumes its predecessor's checkpoint in the same run, so the final run holds every epoch."""
+    monkeypatch.setattr(_auto, "ROUND2_MIN_MIN", 0.0)
+    monkeypatch.setattr(_auto, "ROUND2_CLOSE", 0.0)
+    s = Settings(home=tmp_path / "home")
+    inter, items = aimass.datasets.generate_demo(tmp_path / "demo", aimass.datasets.DemoConfig(users=60, tracks=120))
+    aimass.datasets.register("demo", inter, "csv", items=items, settings=s)
+    r = aimass.train_auto("demo", 3, workers=0, epochs=1, progress=False, settings=s)
+    board = r.leaderboard
+    second = [c for c in board if c.stage == "round 2"]
+    final = next(c for c in board if c.stage == "final")
+    assert len(second) == 2 and final.run_id and final.epochs == 3  # 1 probe epoch + 1 + 1
+    # the probes that went on say where; the round-2 candidate that became the final says so too
+    assert sorted(c.skipped for c in board if c.stage == "probe" and c.skipped and "round 2" in c.skipped) == \
+        sorted(f"continued in round 2 (run {c.run_id or final.run_id})" for c in second)
+    became = [c for c in second if c.run_id is None]
+    assert len(became) == 1 and became[0].skipped == f"continued as the final candidate (run {final.run_id})"
+    assert became[0].family == final.family and became[0].val_ndcg >= max(
+        c.val_ndcg for c in second)  # the better of the two went on
+    steps = [m.step for m in mlflow.MlflowClient().get_metric_history(final.run_id, "loss")]
+    assert steps == [1, 2, 3]
