@@ -8,7 +8,7 @@ import pytest
 import aimass
 from aimass.settings import Settings
 from aimass.training import _auto
-from aimass.training._auto import Candidate, _bag_of_items_evidence, _round2
+from aimass.training._auto import Candidate, _bag_of_items_evidence, _lost, _round2
 
 
 def _baselines(ease: float | None, knn: float | None = 0.10) -> list[Candidate]:
@@ -40,6 +40,14 @@ def test_a_second_round_only_for_close_contenders_with_time_to_separate():
     assert _round2(probes, extra_min=0.5) == []  # too short to let the learning curves cross
     assert _round2(_probes(0.130, 0.167), extra_min=5.0) == []  # the runner-up is clearly behind
     assert _round2(_probes(0.167), extra_min=5.0) == []  # nothing to compare
+
+
+def test_a_failed_continuation_takes_its_probe_off_the_board():
+    # the continuation went on in the probe's run: that run may be marked failed, its checkpoints moved on
+    probes = _probes(0.15, 0.16)
+    ran = list(probes)
+    _lost(probes[1], Candidate("f1", {}, "final", skipped="failed: disk full"), ran)
+    assert ran == [probes[0]] and probes[1].run_id is None and probes[1].skipped.endswith("failed: disk full")
 
 
 @pytest.mark.integration

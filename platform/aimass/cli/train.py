@@ -79,7 +79,7 @@ def _auto(dataset, budget, workers, epochs, max_test_users, name, as_json):
     from aimass import models, training
 
     console.stage(f"model search on {dataset} for {budget:g} min: baselines, probes of the neural families, then "
-                  f"the best probe for the rest; logs: {console.log_path()}")
+                  f"the best for the rest; logs: {console.log_path()}")
     r = training.auto(dataset, budget, workers=workers, epochs=epochs, max_test_users=max_test_users,
                       progress=not as_json, settings=state.settings)
     try:

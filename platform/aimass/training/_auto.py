@@ -11,11 +11,12 @@
    continue from their checkpoints for ``ROUND2_SHARE`` of what is left each, so that the family which ends
    best is not lost to the one which learns fastest.
 4. The rest of the budget goes to the candidate that validated best: it continues from its checkpoint, in its
-   own run, with a schedule that restarts warm and ends with the budget.
+   probe's run, with a schedule that restarts warm and ends with the budget.
 
 Every choice is made on validation NDCG@10; test figures are reported, never used to choose. Every
-candidate is its own MLflow run tagged with the search's id, and the winner's run holds the whole
-leaderboard (``leaderboard.json``), so the version registered from it carries it.
+baseline and probe is its own MLflow run (a continuation goes on in its probe's run), tagged with the
+search's id, and the winner's run holds the whole leaderboard (``leaderboard.json``), so the version
+registered from it carries it.
 """
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ STOP_METRIC = "best_val_ndcg@10"
 class Candidate:
     family: str
     params: dict
-    stage: str                      # "baseline", "probe" or "final"
+    stage: str                      # "baseline", "probe", "round 2" or "final"
     run_id: str | None = None
     val_ndcg: float | None = None   # best_val_ndcg@10: what the search ranks on
     val_recall: float | None = None
@@ -149,6 +150,9 @@ def auto(dataset: str, time_budget_min: float, *, workers: int = 1, max_val_user
         if more.run_id:
             ran[ran.index(c)] = more
             c.run_id, c.skipped = None, f"continued in round 2 (run {more.run_id})"
+            overhead = max(overhead, more.wall_time_s - 60 * extra)
+        else:
+            _lost(c, more, ran)
     # the budget bounds training, as a single job's does: the final model's evaluation and logging follow it
     left = (deadline - time.time()) / 60
     if ran and left >= 0.1:
@@ -159,6 +163,8 @@ def auto(dataset: str, time_budget_min: float, *, workers: int = 1, max_val_user
                     resume_of=top)
         if final.run_id:
             top.run_id, top.skipped = None, f"continued as the final candidate (run {final.run_id})"
+        else:
+            _lost(top, final, ran)
     done = sorted((c for c in board if c.val_ndcg is not None and c.run_id), key=lambda c: -c.val_ndcg)
     if not done:
         raise InvalidInputError(f"no family could train on {ds.info.ref}: "
@@ -170,6 +176,13 @@ def auto(dataset: str, time_budget_min: float, *, workers: int = 1, max_val_user
         console.stage(f"auto: the leaderboard could not be written to run {done[0].run_id}: {e}")
     return AutoResult(search_id=search_id, dataset=ds.info.ref, best=done[0], leaderboard=leaderboard,
                       wall_time_s=round(time.time() - started, 1))
+
+
+def _lost(c: Candidate, continuation: Candidate, ran: list[Candidate]) -> None:
+    """A continuation that failed went on in ``c``'s run, which it may have marked failed and whose checkpoints
+    it may have moved past ``c``'s model: ``c`` is no longer a model the search can rank or register."""
+    ran.remove(c)
+    c.run_id, c.skipped = None, f"its continuation failed, in its run: {continuation.skipped}"
 
 
 def _round2(probes: list[Candidate], extra_min: float) -> list[Candidate]:
