@@ -12,6 +12,7 @@ connection pool was the bottleneck at 64 connections (benchmarks/feedback.py).
 
     python benchmarks/serving.py                       # demo data, an item-kNN model, 8 s per level
     python benchmarks/serving.py --family sasrec --seconds 5 --levels 1 16 64
+    python benchmarks/serving.py --family sasrec --ml1m ../shared/data --paths serve-nocache serve-batch --rounds 3
 """
 from __future__ import annotations
 
@@ -121,7 +122,11 @@ def start_bentoml(s, tag: str, port: int) -> subprocess.Popen:
     raise RuntimeError("bentoml serve did not become ready in 180 s")
 
 
-async def run_all(s, ref: str, levels: list[int], seconds: float) -> list[dict]:
+PATHS = ("serve", "serve-nocache", "serve-batch", "bentoml", "inproc")
+
+
+async def run_all(s, ref: str, levels: list[int], seconds: float, paths=PATHS, rounds: int = 1,
+                  batch_wait_ms: float = 0.0) -> list[dict]:
     from aimass import serving
 
     key, _ = serving.create_key("benchmark", settings=s)
@@ -133,32 +138,36 @@ async def run_all(s, ref: str, levels: list[int], seconds: float) -> list[dict]:
         await asyncio.to_thread(engine.recommend, user, None, 10)
         return True
 
-    d = serving.deploy(ref, "bench", min_replicas=1, max_replicas=1, settings=s)
-    uncached = serving.deploy(ref, "nocache", min_replicas=1, max_replicas=1,
-                              settings=s.model_copy(update={"serve_cache_users": 0}))
-    batched = serving.deploy(ref, "batch", min_replicas=1, max_replicas=1,
-                             settings=s.model_copy(update={"serve_cache_users": 0, "serve_batch_max": 64}))
-    tag = serving.build_bento(ref, settings=s)
-    port = free_port()
-    bento = start_bentoml(s, tag, port)
+    variants = {"serve": {}, "serve-nocache": {"serve_cache_users": 0},
+                "serve-batch": {"serve_cache_users": 0, "serve_batch_max": 64, "serve_batch_wait_ms": batch_wait_ms}}
+    deployed = {p: serving.deploy(ref, p.replace("serve-", "") if p != "serve" else "bench", min_replicas=1,
+                                  max_replicas=1, settings=s.model_copy(update=variants[p]))
+                for p in paths if p in variants}
+    bento, port = None, free_port()
+    if "bentoml" in paths:
+        bento = start_bentoml(s, serving.build_bento(ref, settings=s), port)
     try:
         async with client_session(max(levels)) as client:
-            paths = {"serve": http_caller(client, d.url + "/recommend", key),
-                     "serve-nocache": http_caller(client, uncached.url + "/recommend", key),
-                     "serve-batch": http_caller(client, batched.url + "/recommend", key),
-                     "bentoml": http_caller(client, f"http://127.0.0.1:{port}/recommend", key),
-                     "inproc": inproc}
-            for name, call in paths.items():
-                for c in levels:
-                    r = await load(call, users, c, seconds)
-                    rows.append({"path": name, "concurrency": c, **r})
-                    print(f"{name:13} c={c:<3} {r['rps']:8.1f} req/s  p50 {r['p50']:7.2f} ms  "
-                          f"p99 {r['p99']:8.2f} ms  n={r['n']} errors={r['errors']}", flush=True)
+            calls = {p: http_caller(client, d.url + "/recommend", key) for p, d in deployed.items()}
+            if bento is not None:
+                calls["bentoml"] = http_caller(client, f"http://127.0.0.1:{port}/recommend", key)
+            if "inproc" in paths:
+                calls["inproc"] = inproc
+            calls = {p: calls[p] for p in paths}
+            # rounds > 1 interleave the paths level by level: a drift of the machine's load hits them alike
+            order = ([(p, c, 0) for p in calls for c in levels] if rounds == 1 else
+                     [(p, c, k) for c in levels for k in range(rounds) for p in calls])
+            for name, c, k in order:
+                r = await load(calls[name], users, c, seconds)
+                rows.append({"path": name, "concurrency": c, "round": k, **r})
+                print(f"{name:13} c={c:<3} {r['rps']:8.1f} req/s  p50 {r['p50']:7.2f} ms  "
+                      f"p99 {r['p99']:8.2f} ms  n={r['n']} errors={r['errors']}", flush=True)
     finally:
-        bento.terminate()
-        bento.wait(timeout=30)
+        if bento is not None:
+            bento.terminate()
+            bento.wait(timeout=30)
         serving.shutdown(settings=s)
-    rows.append({"proxy": d.proxy})
+    rows.append({"proxy": next(iter(deployed.values())).proxy if deployed else "none"})
     return rows
 
 
@@ -176,17 +185,33 @@ def demo_args(doc: str, levels: list[int]) -> argparse.ArgumentParser:
     return ap
 
 
+def medians(rows: list[dict]) -> list[dict]:
+    """One row per (path, level): the median of its rounds' req/s, p50 and p99."""
+    out = []
+    for key in dict.fromkeys((r["path"], r["concurrency"]) for r in rows):
+        rs = [r for r in rows if (r["path"], r["concurrency"]) == key]
+        out.append({"path": key[0], "concurrency": key[1], "errors": sum(r["errors"] for r in rs),
+                    **{m: float(np.median([r[m] for r in rs])) for m in ("rps", "p50", "p99")}})
+    return out
+
+
 def main() -> None:
-    a = demo_args(__doc__, [1, 16, 64]).parse_args()
+    ap = demo_args(__doc__, [1, 16, 64])
+    ap.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS), help="the paths to measure")
+    ap.add_argument("--rounds", type=int, default=1, help="rounds per path and level, interleaved (medians)")
+    ap.add_argument("--batch-wait-ms", type=float, default=0.0, help="serve-batch's AIMASS_SERVE_BATCH_WAIT_MS")
+    a = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="aimass-bench-") as tmp:
         s, ref = prepare(Path(tmp) / "home", a.family, a.users, a.tracks, a.ml1m, a.int8)
-        rows = asyncio.run(run_all(s, ref, a.levels, a.seconds))
+        rows = asyncio.run(run_all(s, ref, a.levels, a.seconds, a.paths, a.rounds, a.batch_wait_ms))
     proxy = rows.pop()["proxy"]
     data = "ml1m" if a.ml1m else f"demo ({a.users} users, {a.tracks} tracks)"
     print(f"\n/recommend, {a.family}{' int8' if a.int8 else ''} on {data}, Serve proxy: {proxy}, "
           f"{os.cpu_count()} CPUs, client on the same machine\n")
+    if a.rounds > 1:
+        print(f"medians of {a.rounds} interleaved rounds\n")
     print("| path | concurrency | req/s | p50 ms | p99 ms | errors |\n|---|---|---|---|---|---|")
-    for r in rows:
+    for r in medians(rows):
         print(f"| {r['path']} | {r['concurrency']} | {r['rps']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} | "
               f"{r['errors']} |")
 

@@ -103,6 +103,23 @@ def test_the_replica_counts_its_model_passes(served):
 
 
 @pytest.mark.integration
+def test_concurrent_http_requests_share_model_passes(served):
+    """BentoML runs a sync API in one thread unless the service says more: requests answered one at a time
+    would never meet in the batcher (every pass was one row before the replica raised its thread count)."""
+    items = datasets.load("demo@v1", settings=served.settings).interactions["item_id"].unique()[:16].tolist()
+    passes, rows = _passes(served)
+    for _burst in range(5):  # threads meet in the batcher by the scheduler's timing: a few bursts make it sure
+        with ThreadPoolExecutor(32) as pool:
+            codes = list(pool.map(lambda i: served.post("recs", "/recommend", {"history": [int(i)], "k": 3})
+                                  .status_code, items * 4))
+        assert codes == [200] * len(codes)
+        after, after_rows = _passes(served)
+        if after - passes < after_rows - rows:
+            break
+    assert after - passes < after_rows - rows, f"{after - passes:.0f} passes for {after_rows - rows:.0f} rows"
+
+
+@pytest.mark.integration
 def test_a_compressed_version_is_never_batched(served):
     """int8 quantises a batch's activations with one scale: a user's answer would depend on who else asked."""
     from aimass import registry

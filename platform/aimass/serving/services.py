@@ -65,6 +65,7 @@ CONFIG = {"traffic": TRAFFIC, "metrics": {"enabled": False}, "logging": {"access
           "tracing": {"excluded_urls": ".*"}}
 log = logging.getLogger(__name__)
 _live: dict[type, object] = {}  # service class -> its instance in this process (for the HTTP gate)
+_generic: dict[type, object] = {}  # a family's generic service class -> its BentoML service
 
 
 class Unavailable(AimassError):
@@ -171,6 +172,11 @@ class _SingleModel(_Feedback):
         s = _settings()
         self._start_feedback(s)
         self.arms = Arms(s, self.endpoint, s.serve_model, self._record_shadow)
+        if self.engine.batcher is not None and type(self) in _generic:
+            # BentoML runs a sync API in the service's `threads` threads, 1 unless configured: requests one at a
+            # time leave the batcher nothing to batch (measured: a mean batch of 1.0). The limiter reads the
+            # number at the first request, so this replica's own setting counts.
+            _generic[type(self)].config["threads"] = min(s.serve_batch_max, TRAFFIC["max_concurrency"])
 
     @property
     def engine(self) -> Engine:
@@ -402,6 +408,7 @@ def service(family: str):
     cls = type(name, (_SingleModel,), {"__module__": __name__, "__doc__": f"The {family} service: recommend, "
                                        "similar and rank with one registered model version."})
     svc = bentoml.service(name=f"aimass-{family}", **CONFIG)(cls)
+    _generic[cls] = svc
     svc.add_asgi_middleware(Gate, service=svc)
     _fast_root_input(svc)
     return svc
