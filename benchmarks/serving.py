@@ -4,6 +4,7 @@ of the same registered version:
   serve    the aimass deployment: the Bento's ASGI app inside Ray Serve (HAProxy path when available)
   serve-nocache  the same with the replica's answer cache off (AIMASS_SERVE_CACHE_USERS=0)
   serve-batch    cache off, the model's pass batched across requests (AIMASS_SERVE_BATCH_MAX=64; off by default)
+  serve-batch-wait  the same, a batch's first request waiting --batch-wait-ms for more (only with --paths)
   bentoml  bare `bentoml serve` of the Bento built from that version (one worker)
   inproc   the in-process call the services make (Engine.recommend), no HTTP
 
@@ -122,11 +123,12 @@ def start_bentoml(s, tag: str, port: int) -> subprocess.Popen:
     raise RuntimeError("bentoml serve did not become ready in 180 s")
 
 
-PATHS = ("serve", "serve-nocache", "serve-batch", "bentoml", "inproc")
+PATHS = ("serve", "serve-nocache", "serve-batch", "serve-batch-wait", "bentoml", "inproc")
+DEFAULT_PATHS = ("serve", "serve-nocache", "serve-batch", "bentoml", "inproc")
 
 
-async def run_all(s, ref: str, levels: list[int], seconds: float, paths=PATHS, rounds: int = 1,
-                  batch_wait_ms: float = 0.0) -> list[dict]:
+async def run_all(s, ref: str, levels: list[int], seconds: float, paths=DEFAULT_PATHS, rounds: int = 1,
+                  batch_wait_ms: float = 2.0) -> list[dict]:
     from aimass import serving
 
     key, _ = serving.create_key("benchmark", settings=s)
@@ -139,7 +141,9 @@ async def run_all(s, ref: str, levels: list[int], seconds: float, paths=PATHS, r
         return True
 
     variants = {"serve": {}, "serve-nocache": {"serve_cache_users": 0},
-                "serve-batch": {"serve_cache_users": 0, "serve_batch_max": 64, "serve_batch_wait_ms": batch_wait_ms}}
+                "serve-batch": {"serve_cache_users": 0, "serve_batch_max": 64},
+                "serve-batch-wait": {"serve_cache_users": 0, "serve_batch_max": 64,
+                                     "serve_batch_wait_ms": batch_wait_ms}}
     deployed = {p: serving.deploy(ref, p.replace("serve-", "") if p != "serve" else "bench", min_replicas=1,
                                   max_replicas=1, settings=s.model_copy(update=variants[p]))
                 for p in paths if p in variants}
@@ -197,9 +201,9 @@ def medians(rows: list[dict]) -> list[dict]:
 
 def main() -> None:
     ap = demo_args(__doc__, [1, 16, 64])
-    ap.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS), help="the paths to measure")
+    ap.add_argument("--paths", nargs="+", choices=PATHS, default=list(DEFAULT_PATHS), help="the paths to measure")
     ap.add_argument("--rounds", type=int, default=1, help="rounds per path and level, interleaved (medians)")
-    ap.add_argument("--batch-wait-ms", type=float, default=0.0, help="serve-batch's AIMASS_SERVE_BATCH_WAIT_MS")
+    ap.add_argument("--batch-wait-ms", type=float, default=2.0, help="serve-batch-wait's AIMASS_SERVE_BATCH_WAIT_MS")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="aimass-bench-") as tmp:
         s, ref = prepare(Path(tmp) / "home", a.family, a.users, a.tracks, a.ml1m, a.int8)
