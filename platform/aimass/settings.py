@@ -61,10 +61,10 @@ class Settings(BaseSettings):
         "exact top 10 (README, benchmarks/serving_ann.py). Exact scoring of one user costs 0.6 ms at 50k "
         "items and 18-28 ms at 1M on 2 cores."))
     serve_batch_max: int = Field(1, ge=1, le=4096, description=(
-        "Most requests whose model pass a replica runs as one batch, and the requests it answers at once (1, the "
-        "default: no batching; on 2 cores it gained 13-21% at concurrency 16-64 with SASRec on ml1m and nothing "
-        "on the demo data, see the README). A batch is what queued while the previous one ran, plus what "
-        "arrives within serve_batch_wait_ms."))
+        "Most requests whose model pass a replica runs as one batch; above 1, a family's replica also answers up "
+        "to that many requests in threads at once (1, the default: no batching; on 2 cores it gained with SASRec "
+        "on ml1m in some runs and not others, and nothing on the demo data, see the README). A batch is what "
+        "queued while the previous one ran, plus what arrives within serve_batch_wait_ms."))
     serve_batch_wait_ms: float = Field(0.0, ge=0, le=1000, description=(
         "How long the first request of a batch waits for others (0: never waits)."))
     # Traffic (aimass.serving.traffic): replicas read their endpoint's split from the catalog.

@@ -4,8 +4,6 @@ state its feedback events build (_online). Pure Python: the Bento services and t
 deployments call it; it raises only aimass errors, which the HTTP layer maps to 4xx."""
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pandas as pd
 
@@ -47,7 +45,6 @@ class Engine:
         self.vectors = Vectors.of(self.scorer.estimator, settings.serve_ann_min_items,
                                   settings.home / "cache" / "ann")
         self.batcher = None
-        self._solo = threading.Lock()
         # only a model whose rows do not depend on the batch: a compressed version's may (int8 picks one
         # activation scale per batch, and its SASRec pads to the batch's longest history)
         if settings.serve_batch_max > 1 and getattr(self.scorer.estimator, "batch_invariant", True):
@@ -131,10 +128,7 @@ class Engine:
 
     def model(self, seen: np.ndarray) -> np.ndarray:
         """One history's row of :meth:`_forward`, batched with concurrent requests' when batching is on."""
-        if self.batcher is not None:
-            return self.batcher(seen)
-        with self._solo:  # unbatched forwards one at a time: side by side on the same cores they were slower
-            return self._forward([seen])[0]
+        return self.batcher(seen) if self.batcher is not None else self._forward([seen])[0]
 
     def scores(self, seen: np.ndarray | None) -> np.ndarray:
         if seen is None:
