@@ -175,7 +175,8 @@ class _SingleModel(_Feedback):
         if self.engine.batcher is not None and type(self) in _generic:
             # BentoML runs a sync API in the service's `threads` threads, 1 unless configured: requests one at a
             # time leave the batcher nothing to batch (measured: a mean batch of 1.0). The limiter reads the
-            # number at the first request, so this replica's own setting counts.
+            # number at the first request, so this replica's own setting counts. Generic services only: the
+            # search service's query-vector cache is a plain OrderedDict, kept to one thread.
             _generic[type(self)].config["threads"] = min(s.serve_batch_max, TRAFFIC["max_concurrency"])
 
     @property
