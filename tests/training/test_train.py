@@ -20,7 +20,9 @@ TINY = {  # one family of each kind (counts, closed form, a sequence model, two 
     "itemknn": {"neighbors": 20},
     "ease": {},  # its Gram matrix is summed over the workers' users
     "sasrec": {"dim": 16, "n_blocks": 1, "n_heads": 1, "max_len": 20, "epochs": 2, "batch_size": 32},
-    "two-tower": {"dim": 16, "max_len": 20, "epochs": 2, "batch_size": 32},
+    # sampled softmax: its item table has sparse gradients, which the workers all-reduce as such
+    "two-tower": {"dim": 16, "max_len": 20, "epochs": 2, "batch_size": 32, "loss": "sampled_softmax",
+                  "n_negatives": 32},
 }
 
 

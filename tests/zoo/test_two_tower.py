@@ -61,6 +61,35 @@ def test_sampled_losses_learn(data, loss):
     assert rank_metrics(est.score(vh), vt, vh)["ndcg@10"] > 0.5
 
 
+def test_a_sampled_step_moves_only_the_rows_it_read_and_its_optimizer_state_round_trips(tmp_path):
+    """Sampled losses train the item table with sparse gradients: a step moves the rows of the batch's histories,
+    targets and negatives and no other, and the optimizer's state survives a checkpoint (torch.save, then
+    torch.load with weights_only, as the training loop does)."""
+    from aimass.zoo import _losses
+
+    cfg = TwoTowerConfig(**{**FAST, "loss": "sampled_softmax", "n_negatives": 8}).resolve(N_ITEMS, [12])
+    torch.manual_seed(0)
+    module = TwoTower.build_module(cfg, N_ITEMS)
+    opt = TwoTower.make_optimizer(module, cfg)
+    batch = (torch.tensor([[0, 1, 2], [0, 3, 4]]), torch.tensor([5, 6]))
+    before = module.item_emb.weight.detach().clone()
+    TwoTower.train_step(module, batch, cfg, opt, generator=torch.Generator().manual_seed(0))
+    negatives = _losses.uniform_negatives(8, N_ITEMS, "cpu", torch.Generator().manual_seed(0)).tolist()
+    moved = set(torch.nonzero((module.item_emb.weight != before).any(1)).flatten().tolist())
+    assert module.item_emb.weight.grad.is_sparse
+    assert {1, 2, 3, 4, 5, 6} <= moved <= {1, 2, 3, 4, 5, 6, *negatives} and len(moved) < N_ITEMS // 2
+    torch.save(opt.state_dict(), tmp_path / "optimizer.pt")
+    twin = TwoTower.build_module(cfg, N_ITEMS)
+    twin.load_state_dict(module.state_dict())
+    twin_opt = TwoTower.make_optimizer(twin, cfg)
+    twin_opt.load_state_dict(torch.load(tmp_path / "optimizer.pt", weights_only=True))
+    for m, o in ((module, opt), (twin, twin_opt)):  # the same second step from the same state
+        torch.manual_seed(1)
+        TwoTower.train_step(m, batch, cfg, o, step=1, generator=torch.Generator().manual_seed(1))
+    for (name, a), b in zip(module.state_dict().items(), twin.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=name)
+
+
 def test_save_load_round_trip(fitted, data, tmp_path):
     _, vh, _ = data
     fitted.save(tmp_path / "m")
