@@ -96,6 +96,8 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=3.0, help="training minutes per model")
     ap.add_argument("--levels", type=int, nargs="+", default=[1, 16, 64])
     ap.add_argument("--seconds", type=float, default=8.0)
+    ap.add_argument("--ann-min-items", type=int, default=100_000,
+                    help="AIMASS_SERVE_ANN_MIN_ITEMS for both models (0 by default in the product: always exact)")
     a = ap.parse_args()
 
     import ray
@@ -106,7 +108,8 @@ def main() -> None:
 
     out = []
     with tempfile.TemporaryDirectory(prefix="aimass-ann-") as tmp:
-        s = Settings(home=Path(tmp) / "home", serve_port=free_port(), serve_cache_users=0)
+        s = Settings(home=Path(tmp) / "home", serve_port=free_port(), serve_cache_users=0,
+                     serve_ann_min_items=a.ann_min_items)
         data = a.data.expanduser().resolve()
         aimass.datasets.register("ml1m", data / "ml-1m-seq", "ml1m-seq", settings=s)
         aimass.datasets.register("synth", synthetic(Path(tmp) / "synth", a.items, 8), "csv", settings=s)

@@ -291,11 +291,17 @@ def test_top_k_matches_a_sort_by_score_then_column_even_with_ties_at_the_cutoff(
     rng = np.random.default_rng(0)
     scores = rng.integers(0, 3, (300, 21)).astype(float)  # many ties, often across the k-th place
     scores[rng.random(scores.shape) < 0.05] = -np.inf  # allowed but hopeless: still ranked, last
+    scores[rng.random(scores.shape) < 0.05] = np.nan  # as hopeless as -inf (a tie with it)
+    scores[rng.random(scores.shape) < 0.02] = np.inf  # first
     allowed = rng.random(scores.shape) > 0.2
+
+    def key(x: float) -> float:
+        return np.inf if np.isnan(x) or x == -np.inf else -x
+
     got, values = top_k(scores, 4, allowed)
     for row, ok, cols, vals in zip(scores, allowed, got, values, strict=True):
-        want = [c for c in sorted(range(1, 21), key=lambda c: (-row[c], c)) if ok[c]][:4]
+        want = [c for c in sorted(range(1, 21), key=lambda c: (key(row[c]), c)) if ok[c]][:4]
         assert [c for c in cols if c >= 0] == want
-        assert list(vals[: len(want)]) == [row[c] for c in want]
+        np.testing.assert_array_equal(vals[: len(want)], [row[c] for c in want])
     one, _ = top_k(np.array([0, 2, 0, 1, 0, 2, 2, 2.0]), 3)
     assert one.tolist() == [1, 5, 6]  # the tie at the cutoff goes to the lowest-numbered columns

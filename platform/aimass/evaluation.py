@@ -325,16 +325,24 @@ def top_k(scores: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tupl
     s = np.asarray(scores)
     one = s.ndim == 1
     s2 = s[None, :] if one else s
-    ok = np.ones(s2.shape, dtype=bool) if allowed is None else np.broadcast_to(
-        allowed[None, :] if allowed.ndim == 1 else allowed, s2.shape)
-    ok = ok.copy()
-    ok[:, 0] = False
-    # sort key, smallest first: -score for allowed columns (a -inf or NaN score last among them), then every
-    # excluded column, which only fills a row that lacks allowed ones
-    neg = -s2.astype(np.float64, copy=False)
-    key = np.where(ok, np.nan_to_num(neg, nan=np.finfo(np.float64).max, posinf=np.finfo(np.float64).max), np.inf)
-    n_ok = ok.sum(1)
-    kk = int(min(max(k, 0), s2.shape[1] - 1, int(n_ok.max()) if len(n_ok) else 0))
+    # sort key, smallest first: -score for allowed columns (a -inf or NaN score last among them, at the largest
+    # finite key), then every excluded column (+inf), which only fills a row that lacks allowed ones. Few
+    # passes over the rows, in place: at a million items a batch of users is gigabytes.
+    key = np.negative(s2, dtype=np.float64)
+    hopeless = np.isnan(key)
+    hopeless |= key == np.inf
+    if hopeless.any():
+        key[hopeless] = np.finfo(np.float64).max
+    del hopeless
+    if allowed is not None:
+        np.copyto(key, np.inf, where=~(allowed[None, :] if allowed.ndim == 1 else allowed))
+    key[:, 0] = np.inf
+    if allowed is None:
+        most = s2.shape[1] - 1
+    else:
+        a2 = allowed[None, :] if allowed.ndim == 1 else allowed
+        most = int((a2[:, 1:].sum(1)).max()) if len(a2) else 0
+    kk = int(min(max(k, 0), s2.shape[1] - 1, most if len(s2) else 0))
     if kk <= 0:
         empty = np.zeros((len(s2), 0), dtype=np.int64)
         return (empty[0], s2[0, :0]) if one else (empty, s2[:, :0])
@@ -347,7 +355,7 @@ def top_k(scores: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tupl
     top.sort(axis=1)  # then a stable sort by key keeps ties in column order
     top = np.take_along_axis(top, np.argsort(np.take_along_axis(key, top, 1), axis=1, kind="stable"), 1)
     vals = np.take_along_axis(s2, top, 1)
-    bad = ~np.take_along_axis(ok, top, 1)
+    bad = np.take_along_axis(key, top, 1) == np.inf  # an excluded column: allowed ones have finite keys
     if bad.any():  # rows with fewer than kk allowed columns
         top = np.where(bad, -1, top)
         vals = np.where(bad, -np.inf, vals)
