@@ -86,8 +86,18 @@ def test_a_sampled_step_moves_only_the_rows_it_read_and_its_optimizer_state_roun
     for m, o in ((module, opt), (twin, twin_opt)):  # the same second step from the same state
         torch.manual_seed(1)
         TwoTower.train_step(m, batch, cfg, o, step=1, generator=torch.Generator().manual_seed(1))
-    for (name, a), b in zip(module.state_dict().items(), twin.state_dict().values()):
+    for (name, a), b in zip(module.state_dict().items(), twin.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, msg=name)
+
+
+def test_an_optimizer_state_of_the_single_adamw_of_before_still_loads():
+    cfg = TwoTowerConfig(**FAST).resolve(N_ITEMS, [12])  # ce: every table dense
+    module = TwoTower.build_module(cfg, N_ITEMS)
+    old = TwoTower.make_optimizer(module, cfg).dense  # with every table dense, what make_optimizer returned before
+    TwoTower.make_optimizer(module, cfg).load_state_dict(old.state_dict())
+    sampled = cfg.model_copy(update={"loss": "sampled_softmax"})
+    with pytest.raises(ValueError, match="dense item table"):
+        TwoTower.make_optimizer(TwoTower.build_module(sampled, N_ITEMS), sampled).load_state_dict(old.state_dict())
 
 
 def test_save_load_round_trip(fitted, data, tmp_path):

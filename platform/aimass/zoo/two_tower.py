@@ -104,6 +104,11 @@ class _SparseAwareAdamW:
         return {"dense": self.dense.state_dict(), **({"sparse": self.sparse.state_dict()} if self.sparse else {})}
 
     def load_state_dict(self, state: dict) -> None:
+        if "dense" not in state:  # a checkpoint of the single AdamW of before (every table dense)
+            if self.sparse is not None:
+                raise ValueError("this checkpoint's optimizer state has a dense item table; resume it with "
+                                 "loss='ce' or train again")
+            state = {"dense": state}
         self.dense.load_state_dict(state["dense"])
         if self.sparse is not None:
             self.sparse.load_state_dict(state["sparse"])
