@@ -334,14 +334,12 @@ def top_k(scores: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tupl
     if hopeless.any():
         key[hopeless] = np.finfo(np.float64).max
     del hopeless
+    most = s2.shape[1] - 1  # the most allowed columns in any row
     if allowed is not None:
-        np.copyto(key, np.inf, where=~(allowed[None, :] if allowed.ndim == 1 else allowed))
-    key[:, 0] = np.inf
-    if allowed is None:
-        most = s2.shape[1] - 1
-    else:
         a2 = allowed[None, :] if allowed.ndim == 1 else allowed
-        most = int((a2[:, 1:].sum(1)).max()) if len(a2) else 0
+        np.copyto(key, np.inf, where=~a2)
+        most = int(a2[:, 1:].sum(1).max()) if len(a2) else 0
+    key[:, 0] = np.inf
     kk = int(min(max(k, 0), s2.shape[1] - 1, most if len(s2) else 0))
     if kk <= 0:
         empty = np.zeros((len(s2), 0), dtype=np.int64)
