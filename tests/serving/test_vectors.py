@@ -92,3 +92,55 @@ def test_the_index_is_built_once_per_table_and_shared(model, held, tmp_path):
     ok = np.r_[False, np.ones(N_ITEMS, bool)]
     for h in held[:20]:
         np.testing.assert_array_equal(first.top(first.user(h), ok, K)[0], second.top(second.user(h), ok, K)[0])
+
+
+class _Table:
+    """An estimator face over fixed vectors: score = user_vectors @ item_table.T."""
+
+    def __init__(self, table: np.ndarray):
+        self.table = table
+
+    def item_table(self) -> np.ndarray:
+        return self.table
+
+    def user_vectors(self, histories: list[np.ndarray]) -> np.ndarray:
+        return np.stack([self.table[h].sum(0) for h in histories])
+
+
+def test_the_longest_vectors_are_scored_exactly_and_the_graph_holds_the_rest(tmp_path):
+    # random directions, a popular head 4x longer: the head wins most queries, which a graph over every item
+    # finds poorly (the L2 mapping puts a query far from all of them)
+    rng = np.random.default_rng(3)
+    n, dim = 40_000, 16
+    table = rng.standard_normal((n + 1, dim)).astype(np.float32)
+    table[0] = 0.0
+    popular = rng.choice(np.arange(1, n + 1), 2_000, replace=False)
+    table[popular] *= 4.0
+    ann = Vectors(_Table(table), 1, tmp_path)
+    assert len(ann.head) == max(2048, n // 16) and set(popular.tolist()) <= set(ann.head.tolist())
+    assert len(ann.index) == n - len(ann.head) and set(ann.head.tolist()).isdisjoint(ann.index.keys)
+    hits = []
+    for _ in range(100):
+        u = rng.standard_normal(dim).astype(np.float32)
+        ok = np.r_[False, np.ones(n, bool)]
+        got, scores = ann.top(u, ok, K)
+        want, _ = top_k(np.r_[-np.inf, (table[1:] @ u).astype(np.float64)], K, ok)
+        np.testing.assert_allclose(scores, table[got] @ u, rtol=1e-5, atol=1e-5)  # re-scored exactly
+        hits.append(len(set(got.tolist()) & set(want.tolist())) / K)
+    assert np.mean(hits) >= 0.99
+
+
+def test_a_catalogue_within_the_head_needs_no_index(tmp_path):
+    rng = np.random.default_rng(4)
+    table = rng.standard_normal((1_001, 8)).astype(np.float32)
+    table[0] = 0.0
+    ann = Vectors(_Table(table), 1, tmp_path)
+    assert ann.index is None and len(ann.head) == 1_000 and not list(tmp_path.glob("*.usearch"))
+    for _ in range(20):
+        u = rng.standard_normal(8).astype(np.float32)
+        ok = rng.random(1_001) < 0.9
+        ok[0] = False
+        want, best = top_k(np.r_[-np.inf, (table[1:] @ u).astype(np.float64)], K, ok)
+        got, scores = ann.top(u, ok, K)
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_allclose(scores, best, rtol=1e-5)
