@@ -1,5 +1,5 @@
 """/recommend on a large catalogue: a two-tower model over a synthetic 1,000,000-item catalogue (served through
-the HNSW index of serving/_vectors.py) beside the same family on MovieLens-1M's 3,416 items (exact scoring).
+the fast-scan PQ index of serving/_vectors.py) beside the same family on MovieLens-1M's 3,416 items (exact scoring).
 
 For each: the recall@10 of the served answers against exact scoring of every item (1,000 random users, their
 history excluded, in process), the in-process latency of one answer with and without the index, HTTP
@@ -92,7 +92,7 @@ def recall_and_latency(ref: str, s, users: list[int], n: int = 1000) -> dict:
         hits.append(len(set(a) & set(b)) / 10)
         in_head.append(len(head & set(b)) / 10)  # what the exactly scored head alone would find
     ms = lambda x, q: float(np.percentile(x, q) * 1000)  # noqa: E731
-    files = [f for f in (s.home / "cache" / "ann").glob("*.usearch") if f.stat().st_mtime >= started]
+    files = [f for f in (s.home / "cache" / "ann").glob("*.faiss") if f.stat().st_mtime >= started]
     return {"recall": float(np.mean(hits)), "head_share": float(np.mean(in_head)),
             "index": fast.vectors is not None and fast.vectors.index is not None,
             "load_s": load_s, "p50": ms(t_fast, 50), "p99": ms(t_fast, 99),
@@ -171,7 +171,7 @@ def main() -> None:
           + " | ".join(f"c={c} req/s, p50 / p99 ms" for c in a.levels) + " | replica RSS MiB | index MiB |")
     print("|" + "---|" * (6 + len(a.levels)))
     for r in out:
-        how = "exact head + HNSW tail" if r["index"] else "exact"
+        how = "PQ scan, re-scored exactly" if r["index"] else "exact"
         cells = " | ".join(f"{h['rps']:.0f}, {h['p50']:.1f} / {h['p99']:.1f}" for h in r["http"])
         print(f"| {r['catalogue']} | {how} | {r['recall']:.3f} ({r['head_share']:.3f}) | "
               f"{r['p50']:.2f} / {r['p99']:.2f} ({r['exact_p50']:.2f} / {r['exact_p99']:.2f}) | {cells} | "

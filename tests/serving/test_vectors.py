@@ -58,9 +58,8 @@ def _recall(model, ann: Vectors, held, allowed: np.ndarray) -> float:
 
 def test_ann_answers_stay_above_the_recall_bound(model, held, tmp_path):
     ann = Vectors(model, 1, tmp_path)
-    # the longest vectors are scored exactly, the graph holds every other item
-    assert ann.index is not None and len(ann.index) + len(ann.head) == N_ITEMS
-    assert set(ann.head.tolist()).isdisjoint(ann.index.keys)
+    # the longest vectors are scored exactly besides the scan over every item
+    assert ann.index is not None and ann.index.ntotal == N_ITEMS and len(ann.head) == 2048
     everything = np.ones(N_ITEMS + 1, dtype=bool)
     everything[0] = False
     assert _recall(model, ann, held, everything) >= 0.95
@@ -84,11 +83,11 @@ def test_a_narrow_filter_and_a_small_catalogue_are_scored_exactly(model, held, t
 
 def test_the_index_is_built_once_per_table_and_shared(model, held, tmp_path):
     first = Vectors(model, 1, tmp_path)
-    files = list(tmp_path.glob("*.usearch"))
+    files = list(tmp_path.glob("*.faiss"))
     assert len(files) == 1
     stamp = files[0].stat().st_mtime_ns
     second = Vectors(model, 1, tmp_path)  # a second replica maps the same file
-    assert files[0].stat().st_mtime_ns == stamp and list(tmp_path.glob("*.usearch")) == files
+    assert files[0].stat().st_mtime_ns == stamp and list(tmp_path.glob("*.faiss")) == files
     ok = np.r_[False, np.ones(N_ITEMS, bool)]
     for h in held[:20]:
         np.testing.assert_array_equal(first.top(first.user(h), ok, K)[0], second.top(second.user(h), ok, K)[0])
@@ -107,27 +106,35 @@ class _Table:
         return np.stack([self.table[h].sum(0) for h in histories])
 
 
-def test_the_longest_vectors_are_scored_exactly_and_the_graph_holds_the_rest(tmp_path):
-    # random directions, a popular head 4x longer: the head wins most queries, which a graph over every item
-    # finds poorly (the L2 mapping puts a query far from all of them)
+@pytest.mark.parametrize("popular_scale", [4.0, 1.0])
+def test_the_scan_finds_the_exact_top_k_with_or_without_a_popular_head(popular_scale, tmp_path):
+    # random directions in 63 dimensions (padded to 64 for the quantiser, which must leave the scores alone).
+    # 4.0: a popular 2,000 four times longer wins most queries, and the exactly scored head must hold them;
+    # 1.0: no item is longer than the rest (by design), and the scan must find most of the top 10 outside the head.
     rng = np.random.default_rng(3)
-    n, dim = 40_000, 16
+    n, dim = 40_000, 63
     table = rng.standard_normal((n + 1, dim)).astype(np.float32)
     table[0] = 0.0
     popular = rng.choice(np.arange(1, n + 1), 2_000, replace=False)
-    table[popular] *= 4.0
+    table[popular] *= popular_scale
     ann = Vectors(_Table(table), 1, tmp_path)
-    assert len(ann.head) == max(2048, n // 16) and set(popular.tolist()) <= set(ann.head.tolist())
-    assert len(ann.index) == n - len(ann.head) and set(ann.head.tolist()).isdisjoint(ann.index.keys)
-    hits = []
+    assert ann.index.ntotal == n and ann.index.d == 64 and len(ann.head) == 2048
+    if popular_scale > 1:
+        assert set(popular.tolist()) <= set(ann.head.tolist())
+    blocked = rng.choice(np.arange(1, n + 1), 50, replace=False)
+    hits, in_head = [], []
     for _ in range(100):
         u = rng.standard_normal(dim).astype(np.float32)
         ok = np.r_[False, np.ones(n, bool)]
+        ok[blocked] = False
         got, scores = ann.top(u, ok, K)
         want, _ = top_k(np.r_[-np.inf, (table[1:] @ u).astype(np.float64)], K, ok)
+        assert ok[got].all()
         np.testing.assert_allclose(scores, table[got] @ u, rtol=1e-5, atol=1e-5)  # re-scored exactly
         hits.append(len(set(got.tolist()) & set(want.tolist())) / K)
+        in_head.append(len(set(ann.head.tolist()) & set(want.tolist())) / K)
     assert np.mean(hits) >= 0.99
+    assert np.mean(in_head) > 0.9 if popular_scale > 1 else np.mean(in_head) < 0.5
 
 
 def test_a_catalogue_within_the_head_needs_no_index(tmp_path):
@@ -135,7 +142,7 @@ def test_a_catalogue_within_the_head_needs_no_index(tmp_path):
     table = rng.standard_normal((1_001, 8)).astype(np.float32)
     table[0] = 0.0
     ann = Vectors(_Table(table), 1, tmp_path)
-    assert ann.index is None and len(ann.head) == 1_000 and not list(tmp_path.glob("*.usearch"))
+    assert ann.index is None and len(ann.head) == 1_000 and not list(tmp_path.glob("*.faiss"))
     for _ in range(20):
         u = rng.standard_normal(8).astype(np.float32)
         ok = rng.random(1_001) < 0.9
