@@ -11,8 +11,8 @@ re-scored exactly. Measured on 2 cores, one 64-d query: exact (numpy matmul + to
 
 A scan, not a graph: an HNSW graph (usearch, with a MIPS-to-L2 mapping and an exactly scored head of the
 longest n/16 vectors) found 0.92 of the exact top 10 on a 1M-item two-tower model with a popular layer,
-at 10 ms a query with a beam of 1,024, after a 12-minute build; the scan found 0.999 of the same model's
-top 10 (1,000 users), in 3.3 ms, after an 11-second build. A graph's recall rests on how well the items
+its search taking 10 ms a query with a beam of 1,024, after a build of about 12 minutes; the scan found 0.999 of
+the same model's top 10 (1,000 users), in 3.3 ms, after an 11-second build. A graph's recall rests on how well the items
 cluster, which a weakly trained model's tail does not; a scan's rests only on the quantisation error, which
 the exact re-scoring of 200 candidates absorbs.
 
