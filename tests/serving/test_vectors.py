@@ -86,7 +86,7 @@ def test_the_index_is_built_once_per_table_and_shared(model, held, tmp_path):
     files = list(tmp_path.glob("*.faiss"))
     assert len(files) == 1
     stamp = files[0].stat().st_mtime_ns
-    second = Vectors(model, 1, tmp_path)  # a second replica maps the same file
+    second = Vectors(model, 1, tmp_path)  # a second replica loads the same file
     assert files[0].stat().st_mtime_ns == stamp and list(tmp_path.glob("*.faiss")) == files
     ok = np.r_[False, np.ones(N_ITEMS, bool)]
     for h in held[:20]:
