@@ -54,6 +54,10 @@ class Settings(BaseSettings):
         "Users whose /recommend answers a replica keeps per served version (0: no cache). An answer is kept "
         "until the user's next feedback event; cold starts, explicit histories, exclusions and filters are "
         "never cached."))
+    serve_cache_warm_users: int = Field(10_000, ge=0, description=(
+        "Users whose answer to the default request (k=10, seen items excluded) a replica computes into its cache "
+        "when it loads a version, the most active first (at most serve_cache_users; 0: none), in a background "
+        "thread that takes at most half of a core, so that their first request is a lookup too."))
     serve_ann_min_items: int = Field(100_000, ge=0, description=(
         "Catalogue size from which a replica of a vector family (two-tower, SASRec, Mult-VAE) scores every item "
         "through a 4-bit product-quantised scan and re-scores its best candidates (and the 2,048 longest item "

@@ -47,3 +47,42 @@ def test_a_repeated_request_is_a_counted_hit_and_the_users_feedback_is_never_ans
     fresh = _ask(served, user)
     assert fresh["history_length"] == first["history_length"] + 1 and played not in fresh["items"]
     assert _cache(served)["miss"] == after["miss"] + 1
+
+
+def test_a_loaded_version_warms_the_default_answers_of_its_most_active_users_as_recommend_computes_them(served):
+    from aimass.serving import Engine
+
+    plain = served.settings.model_copy(update={"serve_endpoint": None})
+    engine, fresh = Engine("recs/1", plain), Engine("recs/1", plain.model_copy(update={"serve_cache_users": 0}))
+    counts = datasets.load("demo@v1", settings=served.settings).interactions["user_id"].value_counts()
+    active = sorted(counts.index, key=lambda u: (-counts[u], u))  # the most active first, ties by id
+    engine.warm(5)
+    deadline = time.monotonic() + 60
+    while engine.warmed < 5 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert engine.warmed == 5
+    top, rest = [int(u) for u in active[:5]], [int(u) for u in active[5:]]
+    assert all(engine.cached(u, None, 10) for u in top) and not any(engine.cached(u, None, 10) for u in rest)
+    assert not engine.cached(top[0], None, 5) and not engine.cached(top[0], None, 10, exclude_seen=False)
+    hits = engine.cache.hits
+    for u in top:  # a warmed answer is the one a cache-less engine computes, and taking it is a counted hit
+        assert engine.recommend(u, None, 10) == fresh.recommend(u, None, 10)
+    assert engine.cache.hits == hits + 5 and engine.cache.misses == 0
+    engine.close()
+    fresh.close()
+
+
+def test_a_closed_engine_stops_warming(served):
+    from aimass.serving import Engine
+
+    engine = Engine("recs/1", served.settings.model_copy(update={"serve_endpoint": None}))
+    engine.close()
+    engine.warm(50)
+    time.sleep(0.5)
+    assert engine.warmed == 0
+
+
+def test_metrics_count_the_warmed_answers(served):
+    text = served.get("recs", "/metrics", key="admin").text
+    warmed = re.search(r"^aimass_answer_cache_warmed (\S+)$", text, re.M)
+    assert warmed is not None and float(warmed[1]) > 0

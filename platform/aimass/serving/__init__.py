@@ -46,7 +46,7 @@ _ENDPOINT = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
 _SHARED = ("home", "catalog_url", "data_registry", "dvc_remote", "mlflow_tracking_uri", "host",
            "serve_max_body_bytes", "feedback_positive", "feedback_negative", "feedback_neutral",
            "feedback_max_body_bytes", "feedback_max_future_s", "online_poll_s", "traffic_poll_s", "serve_cache_users",
-           "serve_ann_min_items", "serve_batch_max", "serve_batch_wait_ms")
+           "serve_cache_warm_users", "serve_ann_min_items", "serve_batch_max", "serve_batch_wait_ms")
 
 
 class Deployment(BaseModel):

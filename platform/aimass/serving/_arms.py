@@ -126,6 +126,7 @@ class Arms:
                 log.info("loading %s for %s", ref, self.endpoint)
                 engine = Engine(ref, self.settings)
                 _warm(engine)
+                engine.warm(self.settings.serve_cache_warm_users)  # its hot users' answers, in the background
                 self.engines[ref] = engine
         if t.shadow and t.shadow not in self.shadows:
             log.info("starting the shadow %s for %s", t.shadow, self.endpoint)

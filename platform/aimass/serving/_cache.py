@@ -27,6 +27,10 @@ class Answers:
             self.hits += 1
         return dict(entry[1])  # the caller may pop fields of its copy
 
+    def has(self, user: int, key: tuple, generation: int) -> bool:
+        entry = self._kept.get(user, {}).get(key)  # a dict read is atomic under the GIL
+        return entry is not None and entry[0] == generation
+
     def put(self, user: int, key: tuple, generation: int, answer: dict) -> None:
         with self._lock:
             kept = self._kept.setdefault(user, {})

@@ -4,6 +4,9 @@ state its feedback events build (_online). Pure Python: the Bento services and t
 deployments call it; it raises only aimass errors, which the HTTP layer maps to 4xx."""
 from __future__ import annotations
 
+import logging
+import threading
+
 import numpy as np
 import pandas as pd
 
@@ -12,6 +15,8 @@ from aimass.evaluation import top_k
 from aimass.settings import Settings
 
 _TEXT_COLUMNS = {"item_id", "text", "title"}  # free text: not useful as a filter
+_WARM_K = 10  # the k of /recommend's default request (serving._schema: `k: K = 10`)
+log = logging.getLogger(__name__)
 
 
 class Engine:
@@ -62,8 +67,11 @@ class Engine:
 
             self.online = Online(settings.serve_endpoint, settings, self.dense_of, self.popularity,
                                  cutoff=_cutoff(self.info.dataset, settings.serve_endpoint, settings))
+        self.warmed = 0  # answers computed into the cache by warm()
+        self._closed = threading.Event()
 
     def close(self) -> None:
+        self._closed.set()
         if self.online is not None:
             self.online.stop()
 
@@ -151,14 +159,34 @@ class Engine:
         cols, best = top_k(scores, k, ok)
         return self.item_ids[cols - 1].tolist(), _finite(best)
 
+    def _kept(self, user_id: int | None, history: list[int] | None, k: int, exclude_seen: bool,
+              exclude: list[int] | None, filters: dict | None) -> tuple[tuple, int] | None:
+        """The cache key and the user's generation when this request's answer is one the cache keeps."""
+        if self.cache is None or history is not None or user_id is None or exclude or filters:
+            return None
+        return (k, exclude_seen), self.online.generation.get(int(user_id), 0) if self.online else 0
+
+    def cached(self, user_id: int | None, history: list[int] | None, k: int, exclude_seen: bool = True,
+               exclude: list[int] | None = None, filters: dict[str, list[str]] | None = None) -> bool:
+        """Whether :meth:`recommend` would answer this from the cache now (a lookup that counts nothing)."""
+        kept = self._kept(user_id, history, k, exclude_seen, exclude, filters)
+        return kept is not None and self.cache.has(int(user_id), *kept)
+
     def recommend(self, user_id: int | None, history: list[int] | None, k: int, exclude_seen: bool = True,
                   exclude: list[int] | None = None, filters: dict[str, list[str]] | None = None) -> dict:
-        kept = self.cache is not None and history is None and user_id is not None and not exclude and not filters
+        kept = self._kept(user_id, history, k, exclude_seen, exclude, filters)
         if kept:
-            key, generation = (k, exclude_seen), self.online.generation.get(int(user_id), 0) if self.online else 0
+            key, generation = kept
             hit = self.cache.get(int(user_id), key, generation)
             if hit is not None:
                 return hit
+        out = self._compute(user_id, history, k, exclude_seen, exclude, filters)
+        if kept and not out["cold_start"]:
+            self.cache.put(int(user_id), key, generation, out)
+        return out
+
+    def _compute(self, user_id: int | None, history: list[int] | None, k: int, exclude_seen: bool,
+                 exclude: list[int] | None, filters: dict[str, list[str]] | None) -> dict:
         seen = self.history(user_id, history)
         ok = self.allowed(seen, exclude_seen, exclude or [], filters or {},
                           user_id if history is None else None)
@@ -168,11 +196,38 @@ class Engine:
         else:
             strategy = "model"
             items, best = self.best(seen, ok, k)
-        out = {"items": items, "scores": best, "cold_start": seen is None, "strategy": strategy,
-               "history_length": 0 if seen is None else len(seen), "history_tail": self.raw(seen)}
-        if kept and seen is not None:
-            self.cache.put(int(user_id), key, generation, out)
-        return out
+        return {"items": items, "scores": best, "cold_start": seen is None, "strategy": strategy,
+                "history_length": 0 if seen is None else len(seen), "history_tail": self.raw(seen)}
+
+    def warm(self, users: int) -> None:
+        """Starts computing the default answers of up to `users` users into the cache (:meth:`_warm`) in a
+        background thread, which :meth:`close` stops: a replica does, for each version it serves."""
+        if self.cache is not None and users and self.histories:
+            threading.Thread(target=self._warm, args=(min(users, self.cache.users),), name="aimass-cache-warm",
+                             daemon=True).start()
+
+    def _warm(self, n: int) -> None:
+        """Computes the default request's answer (k=10, seen items excluded: the route's defaults) of the `n`
+        users with the longest histories (ties by id) into the cache, as `recommend` would: a user whose answer
+        is already kept is skipped, and an event that arrives meanwhile makes the warmed answer stale.
+        After each user it sleeps as long as the user took, so live requests keep at least half of the core."""
+        import time
+
+        users = sorted(self.histories, key=lambda u: (-len(self.histories[u]), u))[:n]
+        try:
+            for user in users:
+                if self._closed.is_set():
+                    return
+                t0 = time.perf_counter()
+                key, generation = self._kept(user, None, _WARM_K, True, None, None)
+                if not self.cache.has(user, key, generation):
+                    out = self._compute(user, None, _WARM_K, True, None, None)
+                    if not out["cold_start"]:
+                        self.cache.put(user, key, generation, out)
+                        self.warmed += 1
+                self._closed.wait(time.perf_counter() - t0)
+        except Exception:  # a warm-up is an optimisation: the requests compute what it could not
+            log.exception("warming the answer cache stopped")
 
     def raw(self, dense: np.ndarray | None, tail: int = 50) -> list[int]:
         return [] if dense is None else self.item_ids[np.asarray(dense[-tail:]) - 1].tolist()

@@ -6,6 +6,7 @@ echoed."""
 from __future__ import annotations
 
 import json
+import logging
 import random
 import re
 import time
@@ -23,10 +24,12 @@ OPEN_PREFIXES = ("/static_content/",)
 UNAUTHORIZED = ("missing, malformed, unknown or revoked API key: send 'Authorization: Bearer <key>' "
                 "(aimass keys create)")
 _OURS = {"/healthz": "GET", "/docs.json": "GET", "/metrics": "GET"}  # routes the gate answers itself
+_UNEXPECTED = "An unexpected error has occurred, please check the server log."  # BentoML's words for a 5xx
 _RID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 # Request ids must be unique, not secret: uuid4 reads os.urandom, which cost over a millisecond per call on a
 # busy sandboxed host; a generator seeded once from it costs a microsecond.
 _ids = random.Random()
+log = logging.getLogger(__name__)
 
 
 def is_admin(path: str) -> bool:
@@ -117,6 +120,10 @@ class Gate:
             handler = live(getattr(self.service, "inner", self.service))
             if handler is not None:
                 return await _feedback(handler, body, send, tag, rid)
+        if path == "/recommend" and scope["method"] == "POST":
+            handler = self._live()
+            if handler is not None and hasattr(handler, "recommend_body"):
+                return await _recommend(handler, self.service.apis["recommend"].input_spec, body, send, tag, rid)
         replayed = False
 
         async def replay():
@@ -208,6 +215,7 @@ class Gate:
 class _EngineStats:
     """Read at each scrape, over every version this replica serves:
     - aimass_answer_cache_total{result=hit|miss}: /recommend answers taken from the cache (serving/_cache.py);
+    - aimass_answer_cache_warmed: answers computed into it when a version was loaded (Engine.warm);
     - aimass_model_passes_total and aimass_model_pass_rows_total: the model's batched passes and the requests
       they answered (serving/_batch.py); rows / passes is the mean batch size;
     - aimass_feedback_commits_total and aimass_feedback_committed_events_total: this replica's group commits of
@@ -217,7 +225,7 @@ class _EngineStats:
         self.handler = handler
 
     def collect(self):
-        from prometheus_client.core import CounterMetricFamily
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         served = self.handler()
         engines = list(getattr(getattr(served, "arms", None), "engines", {}).values())
@@ -227,6 +235,9 @@ class _EngineStats:
         family.add_metric(["hit"], sum(c.hits for c in caches))
         family.add_metric(["miss"], sum(c.misses for c in caches))
         yield family
+        yield GaugeMetricFamily("aimass_answer_cache_warmed", "Answers computed into the cache when a version "
+                                "was loaded (AIMASS_SERVE_CACHE_WARM_USERS)",
+                                value=sum(getattr(e, "warmed", 0) for e in engines))
         batchers = [e.batcher for e in engines if getattr(e, "batcher", None) is not None]
         yield CounterMetricFamily("aimass_model_passes", "Batched passes of the model",
                                   value=sum(b.batches for b in batchers))
@@ -310,6 +321,32 @@ async def _feedback(handler, body: bytes, send, tag: list, rid: str) -> int:
     except AimassError as e:
         return await _reply(send, 409, {"error": str(e)}, tag)
     return await _reply(send, 200, ack, tag)  # FeedbackAck's fields (the route's declared answer)
+
+
+async def _recommend(handler, spec, body: bytes, send, tag: list, rid: str) -> int:
+    """POST /recommend without BentoML's request machinery: the body is validated by the route's own input
+    model (built by BentoML from the signature), the service answers (`recommend_body`), and errors take the
+    statuses and bodies BentoML's route gives them."""
+    from bentoml.exceptions import BentoMLException
+    from pydantic import ValidationError
+
+    try:
+        parsed = spec.model_validate_json(body or b"{}")
+        req = {name: getattr(parsed, name) for name in spec.model_fields}
+        data = await handler.recommend_body(req, rid)
+    except ValidationError as e:
+        detail = [{"loc": list(d["loc"]), "msg": d["msg"], "type": d["type"]} for d in e.errors()]
+        return await _reply(send, 400, _error_body(json.dumps({"error": "", "detail": detail}).encode(), 400), tag)
+    except BentoMLException as e:
+        status = int(e.error_code)
+        if status < 500:
+            return await _reply(send, status, {"error": str(e)}, tag)
+        log.exception("/recommend failed")
+        return await _reply(send, status, {"error": _UNEXPECTED}, tag)
+    except Exception:
+        log.exception("/recommend failed")
+        return await _reply(send, 500, {"error": _UNEXPECTED}, tag)
+    return await _reply(send, 200, data, tag)
 
 
 async def _reply(send, status: int, body, extra: list, content_type: bytes = b"application/json") -> int:

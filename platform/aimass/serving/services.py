@@ -10,6 +10,7 @@ A service is configured by its AIMASS_* variables (AIMASS_SERVE_MODEL, AIMASS_HO
 deployment, a Bento's envs or the shell sets: its constructor is an entry point and parses Settings."""
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import logging
@@ -172,6 +173,7 @@ class _SingleModel(_Feedback):
         s = _settings()
         self._start_feedback(s)
         self.arms = Arms(s, self.endpoint, s.serve_model, self._record_shadow)
+        self._pool = None  # recommend_body's threads, made at its first computed answer
         if self.engine.batcher is not None and type(self) in _generic:
             # BentoML runs a sync API in the service's `threads` threads, 1 unless configured: requests one at a
             # time leave the batcher nothing to batch (measured: a mean batch of 1.0). The limiter reads the
@@ -239,6 +241,23 @@ class _SingleModel(_Feedback):
                "filters": filters}
         served, out = self._recommend(_rid(ctx), req)
         return Recommendation(**served, **out)
+
+    async def recommend_body(self, req: dict, rid: str) -> bytes:
+        """What POST /recommend answers (a Recommendation's JSON) for a request validated against the route's
+        own signature, without BentoML's request machinery, which the HTTP gate skips for this route (most of a
+        cheap answer's CPU): an answer the cache holds is taken in the event loop, any other is computed in the
+        service's threads, as many as BentoML would run (`threads`)."""
+        t, ref, engine = self.arms.pick(req["user_id"])
+        if not t.delays.get(ref) and engine.cached(**req):
+            served, out = self._recommend(rid, req)
+        else:
+            if self._pool is None:
+                import concurrent.futures
+
+                threads = _generic[type(self)].config.get("threads", 1) if type(self) in _generic else 1
+                self._pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="aimass-recommend")
+            served, out = await asyncio.get_running_loop().run_in_executor(self._pool, self._recommend, rid, req)
+        return Recommendation(**served, **out).model_dump_json().encode()
 
     def _recommend(self, rid: str, req: dict) -> tuple[dict, dict]:
         served, out, t = self._answer(rid, "recommend", req["user_id"], lambda e: e.recommend(**req))
