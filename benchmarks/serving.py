@@ -2,11 +2,15 @@
 of the same registered version:
 
   serve    the aimass deployment: the Bento's ASGI app inside Ray Serve (HAProxy path when available)
+  serve-x2   the same with two replicas (one per core of a 2-core machine; the others have one)
   serve-nocache  the same with the replica's answer cache off (AIMASS_SERVE_CACHE_USERS=0)
   serve-batch    cache off, the model's pass batched across requests (AIMASS_SERVE_BATCH_MAX=64; off by default)
   serve-batch-wait  the same, a batch's first request waiting --batch-wait-ms for more (only with --paths)
   bentoml  bare `bentoml serve` of the Bento built from that version (one worker)
   inproc   the in-process call the services make (Engine.recommend), no HTTP
+
+Every path with the answer cache on is measured once its replicas have warmed it (AIMASS_SERVE_CACHE_WARM_USERS:
+the default answers of the most active users, computed when a version loads); the wait is printed.
 
 The client is aiohttp with asyncio, on the same machine (it shares the CPUs: numbers are a floor). httpx's
 connection pool was the bottleneck at 64 connections (benchmarks/feedback.py).
@@ -123,7 +127,7 @@ def start_bentoml(s, tag: str, port: int) -> subprocess.Popen:
     raise RuntimeError("bentoml serve did not become ready in 180 s")
 
 
-PATHS = ("serve", "serve-nocache", "serve-batch", "serve-batch-wait", "bentoml", "inproc")
+PATHS = ("serve", "serve-x2", "serve-nocache", "serve-batch", "serve-batch-wait", "bentoml", "inproc")
 DEFAULT_PATHS = tuple(p for p in PATHS if p != "serve-batch-wait")  # the wait is measured on request
 BATCH_WAIT_MS = 2.0
 
@@ -133,6 +137,7 @@ async def run_all(s, ref: str, levels: list[int], seconds: float, paths=DEFAULT_
     from aimass import serving
 
     key, _ = serving.create_key("benchmark", settings=s)
+    admin, _ = serving.create_key("benchmark-admin", role="admin", settings=s)
     engine = serving.Engine(ref, s.model_copy(update={"serve_cache_users": 0}))  # the model call, uncached
     users = list(engine.histories)
     rows = []
@@ -141,18 +146,29 @@ async def run_all(s, ref: str, levels: list[int], seconds: float, paths=DEFAULT_
         await asyncio.to_thread(engine.recommend, user, None, 10)
         return True
 
-    variants = {"serve": {}, "serve-nocache": {"serve_cache_users": 0},
+    variants = {"serve": {}, "serve-x2": {}, "serve-nocache": {"serve_cache_users": 0},
                 "serve-batch": {"serve_cache_users": 0, "serve_batch_max": 64},
                 "serve-batch-wait": {"serve_cache_users": 0, "serve_batch_max": 64,
                                      "serve_batch_wait_ms": batch_wait_ms}}
-    deployed = {p: serving.deploy(ref, p.replace("serve-", "") if p != "serve" else "bench", min_replicas=1,
-                                  max_replicas=1, settings=s.model_copy(update=variants[p]))
+    replicas = {p: 2 if p == "serve-x2" else 1 for p in paths}
+    deployed = {p: serving.deploy(ref, p.replace("serve-", "") if p != "serve" else "bench",
+                                  min_replicas=replicas[p], max_replicas=replicas[p],
+                                  settings=s.model_copy(update=variants[p]))
                 for p in paths if p in variants}
     bento, port = None, free_port()
     if "bentoml" in paths:
         bento = start_bentoml(s, serving.build_bento(ref, settings=s), port)
     try:
         async with client_session(max(levels)) as client:
+            urls = {p: d.url for p, d in deployed.items() if variants[p].get("serve_cache_users", 1)}
+            if bento is not None:
+                urls["bentoml"] = f"http://127.0.0.1:{port}"
+            want = min(len(users), s.serve_cache_warm_users, s.serve_cache_users)
+            t0 = time.perf_counter()
+            for p, url in urls.items():
+                await warmed(client, url, admin, want, 2 * replicas.get(p, 1))
+            print(f"cache warm-up: {want} answers per replica, all paths warm after {time.perf_counter() - t0:.0f} s",
+                  flush=True)
             calls = {p: http_caller(client, d.url + "/recommend", key) for p, d in deployed.items()}
             if bento is not None:
                 calls["bentoml"] = http_caller(client, f"http://127.0.0.1:{port}/recommend", key)
@@ -174,6 +190,21 @@ async def run_all(s, ref: str, levels: list[int], seconds: float, paths=DEFAULT_
         serving.shutdown(settings=s)
     rows.append({"proxy": next(iter(deployed.values())).proxy if deployed else "none"})
     return rows
+
+
+async def warmed(client, url: str, admin: str, want: int, reads: int, timeout_s: float = 600) -> None:
+    """Waits until `reads` reads of /metrics in a row (each may reach another replica) count `want` warmed
+    answers."""
+    in_a_row, deadline = 0, time.monotonic() + timeout_s
+    while in_a_row < reads:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url}: the answer cache did not warm {want} answers in {timeout_s:.0f} s")
+        async with client.get(url + "/metrics", headers={"Authorization": f"Bearer {admin}"}) as r:
+            text = await r.text()
+        n = next((float(line.split()[-1]) for line in text.splitlines()
+                  if line.startswith("aimass_answer_cache_warmed ")), 0.0)
+        in_a_row = in_a_row + 1 if n >= want else 0
+        await asyncio.sleep(0.2 if n >= want else 1.0)
 
 
 def demo_args(doc: str, levels: list[int]) -> argparse.ArgumentParser:

@@ -71,8 +71,11 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float, every: float 
 
 def _home(served, tmp_path) -> tuple[Settings, str]:
     """A home of its own whose catalog, MLflow store and data registry are the package's (its `recs` champion,
-    an item-kNN model, and its consumer key), with its own serving cluster."""
-    return sharing(served.settings, tmp_path / "home", serve_port=free_port()), served.keys["consumer"]
+    an item-kNN model, and its consumer key), with its own serving cluster. Its answer cache is off: the load
+    must cost the model's work, and the 60 users' repeated answers would be lookups in the event loop that never
+    keep a request waiting long enough to call for a second replica."""
+    return (sharing(served.settings, tmp_path / "home", serve_port=free_port(), serve_cache_users=0),
+            served.keys["consumer"])
 
 
 def test_the_watcher_records_each_change_once_and_never_a_first_sight(tmp_path):
