@@ -9,6 +9,9 @@ of the same registered version:
   bentoml  bare `bentoml serve` of the Bento built from that version (one worker)
   inproc   the in-process call the services make (Engine.recommend), no HTTP
 
+--cpu adds where each request's CPU time went (client, HAProxy, the replica or bentoml's processes, the rest of
+Ray, anything else): on 2 cores shared by all of them, a path's throughput is 2 s of CPU over its CPU per request.
+
 Every path with the answer cache on is measured once its replicas have warmed it (AIMASS_SERVE_CACHE_WARM_USERS:
 the default answers of the most active users, computed when a version loads); the wait is printed.
 
@@ -127,13 +130,58 @@ def start_bentoml(s, tag: str, port: int) -> subprocess.Popen:
     raise RuntimeError("bentoml serve did not become ready in 180 s")
 
 
+def cpu_times(bento_pid: int | None) -> dict[int, tuple[str, float]]:
+    """CPU seconds (user + system) so far of every process this user can read, with the part it plays."""
+    import psutil
+
+    me, out = os.getpid(), {}
+    bento = set()
+    if bento_pid is not None:
+        try:
+            b = psutil.Process(bento_pid)
+            bento = {b.pid, *(c.pid for c in b.children(recursive=True))}
+        except psutil.NoSuchProcess:
+            pass
+    for p in psutil.process_iter(["pid", "name", "cmdline", "cpu_times"]):
+        t = p.info["cpu_times"]
+        if t is None:
+            continue
+        line = " ".join(p.info["cmdline"] or [])
+        part = ("client" if p.pid == me else "haproxy" if p.info["name"] == "haproxy" else
+                "replica" if line.startswith("ray::ServeReplica") else "bentoml" if p.pid in bento else
+                "ray" if "ray" in line or p.info["name"] in ("raylet", "gcs_server") else "other")
+        out[p.pid] = (part, t.user + t.system)
+    return out
+
+
+async def measured(call, users: list[int], concurrency: int, seconds: float, bento_pid: int | None) -> dict:
+    """load(), with the CPU time each part spent per request over the measured seconds when bento_pid is not
+    False."""
+    if bento_pid is False:
+        return await load(call, users, concurrency, seconds)
+    marks: list[dict] = []
+
+    async def mark():
+        await asyncio.sleep(1.0)  # load()'s warm-up
+        marks.append(cpu_times(bento_pid))
+
+    task = asyncio.create_task(mark())
+    r = await load(call, users, concurrency, seconds)
+    await task
+    after, parts = cpu_times(bento_pid), {}
+    for pid, (part, t) in after.items():  # a process that started meanwhile counts whole; one that ended, not
+        parts[part] = parts.get(part, 0.0) + t - marks[0].get(pid, (part, 0.0))[1]
+    r["cpu_ms"] = {k: 1000 * v / max(r["n"], 1) for k, v in parts.items()}
+    return r
+
+
 PATHS = ("serve", "serve-x2", "serve-nocache", "serve-batch", "serve-batch-wait", "bentoml", "inproc")
 DEFAULT_PATHS = tuple(p for p in PATHS if p != "serve-batch-wait")  # the wait is measured on request
 BATCH_WAIT_MS = 2.0
 
 
 async def run_all(s, ref: str, levels: list[int], seconds: float, paths=DEFAULT_PATHS, rounds: int = 1,
-                  batch_wait_ms: float = BATCH_WAIT_MS) -> list[dict]:
+                  batch_wait_ms: float = BATCH_WAIT_MS, cpu: bool = False) -> list[dict]:
     from aimass import serving
 
     key, _ = serving.create_key("benchmark", settings=s)
@@ -179,10 +227,14 @@ async def run_all(s, ref: str, levels: list[int], seconds: float, paths=DEFAULT_
             order = ([(p, c, 0) for p in calls for c in levels] if rounds == 1 else
                      [(p, c, k) for c in levels for k in range(rounds) for p in calls])
             for name, c, k in order:
-                r = await load(calls[name], users, c, seconds)
+                r = await measured(calls[name], users, c, seconds, (bento.pid if bento else None) if cpu else False)
                 rows.append({"path": name, "concurrency": c, "round": k, **r})
                 print(f"{name:13} c={c:<3} {r['rps']:8.1f} req/s  p50 {r['p50']:7.2f} ms  "
                       f"p99 {r['p99']:8.2f} ms  n={r['n']} errors={r['errors']}", flush=True)
+                if cpu:
+                    print("   CPU ms a request: " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(r["cpu_ms"].items())
+                                                            if v >= 0.0005) +
+                          f"; all {sum(r['cpu_ms'].values()):.3f}", flush=True)
     finally:
         if bento is not None:
             bento.terminate()
@@ -237,10 +289,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1, help="rounds per path and level, interleaved (medians)")
     ap.add_argument("--batch-wait-ms", type=float, default=BATCH_WAIT_MS,
                     help="serve-batch-wait's AIMASS_SERVE_BATCH_WAIT_MS")
+    ap.add_argument("--cpu", action="store_true", help="also the CPU time per request of each part (client, "
+                    "HAProxy, replica or bentoml, the rest of Ray, other processes)")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="aimass-bench-") as tmp:
         s, ref = prepare(Path(tmp) / "home", a.family, a.users, a.tracks, a.ml1m, a.int8)
-        rows = asyncio.run(run_all(s, ref, a.levels, a.seconds, a.paths, a.rounds, a.batch_wait_ms))
+        rows = asyncio.run(run_all(s, ref, a.levels, a.seconds, a.paths, a.rounds, a.batch_wait_ms, a.cpu))
     proxy = rows.pop()["proxy"]
     data = "ml1m" if a.ml1m else f"demo ({a.users} users, {a.tracks} tracks)"
     print(f"\n/recommend, {a.family}{' int8' if a.int8 else ''} on {data}, Serve proxy: {proxy}, "
