@@ -26,11 +26,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from serving import client_session, demo_args, load, prepare, warmed  # noqa: E402  (the serving benchmark's home and load loop)
+from serving import client_session, cpu_line, demo_args, measured, prepare, warmed  # noqa: E402  (the serving benchmark's home and load loop)
 
 
 async def throughput(s, d, key: str, users: list[int], items: list[int], levels: list[int], seconds: float,
-                     rounds: int):
+                     rounds: int, cpu: bool = False):
     # aiohttp, not httpx: httpx's connection pool became the bottleneck at 64 connections (GET /healthz 173
     # req/s through httpx against 1,253 through aiohttp, same deployment, same run), which hid the server's cost.
     import aiohttp
@@ -58,10 +58,12 @@ async def throughput(s, d, key: str, users: list[int], items: list[int], levels:
         for c in levels:
             for k in range(rounds):  # interleaved rounds: a drift of the machine's load hits both routes alike
                 for name, call in (("GET /healthz", healthz), ("POST /feedback", feedback)):
-                    r = await load(call, users, c, seconds)
+                    r = await measured(call, users, c, seconds, None if cpu else False)
                     rows.append({"route": name, "concurrency": c, "round": k, **r})
                     print(f"{name:15} c={c:<3} round {k}  {r['rps']:8.1f} req/s  p50 {r['p50']:7.2f} ms  "
                           f"p99 {r['p99']:8.2f} ms  errors={r['errors']}", flush=True)
+                    if cpu:
+                        print(cpu_line(r), flush=True)
     return rows
 
 
@@ -137,6 +139,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="interleaved healthz/feedback rounds per level")
     ap.add_argument("--ingest-rows", type=int, default=500_000)
     ap.add_argument("--samples", type=int, default=200, help="events timed from ack to visible")
+    ap.add_argument("--cpu", action="store_true", help="also the CPU time per request of each part (client, "
+                    "HAProxy, replica, the rest of Ray, other processes)")
     a = ap.parse_args()
     from aimass import serving
 
@@ -149,7 +153,7 @@ def main() -> None:
         d = serving.deploy(ref, "bench", min_replicas=1, max_replicas=1, settings=s)
         try:
             asyncio.run(_warm_first(d.url, admin, min(len(users), s.serve_cache_warm_users, s.serve_cache_users)))
-            rows = asyncio.run(throughput(s, d, key, users, items, a.levels, a.seconds, a.rounds))
+            rows = asyncio.run(throughput(s, d, key, users, items, a.levels, a.seconds, a.rounds, a.cpu))
             commits, committed = group_commits(d, admin)
             vis = visibility(s, d, key, users, a.samples)
             ing = ingest(s, "bench", a.ingest_rows, items)

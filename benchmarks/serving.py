@@ -151,6 +151,7 @@ def cpu_times(bento_pid: int | None) -> dict[int, tuple[str, float]]:
                 "replica" if line.startswith("ray::ServeReplica") else "bentoml" if p.pid in bento else
                 "ray" if "ray" in line or p.info["name"] in ("raylet", "gcs_server") else "other")
         out[p.pid] = (part, t.user + t.system)
+    out[0] = ("(cores idle)", psutil.cpu_times().idle)  # what nobody used: the rest is the kernel's own
     return out
 
 
@@ -173,6 +174,12 @@ async def measured(call, users: list[int], concurrency: int, seconds: float, ben
         parts[part] = parts.get(part, 0.0) + t - marks[0].get(pid, (part, 0.0))[1]
     r["cpu_ms"] = {k: 1000 * v / max(r["n"], 1) for k, v in parts.items()}
     return r
+
+
+def cpu_line(r: dict) -> str:
+    parts = sorted(r["cpu_ms"].items())
+    return ("   CPU ms a request: " + ", ".join(f"{k} {v:.3f}" for k, v in parts if v >= 0.0005) +
+            f"; all processes {sum(v for k, v in parts if not k.startswith('(')):.3f}")
 
 
 PATHS = ("serve", "serve-x2", "serve-nocache", "serve-batch", "serve-batch-wait", "bentoml", "inproc")
@@ -232,9 +239,7 @@ async def run_all(s, ref: str, levels: list[int], seconds: float, paths=DEFAULT_
                 print(f"{name:13} c={c:<3} {r['rps']:8.1f} req/s  p50 {r['p50']:7.2f} ms  "
                       f"p99 {r['p99']:8.2f} ms  n={r['n']} errors={r['errors']}", flush=True)
                 if cpu:
-                    print("   CPU ms a request: " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(r["cpu_ms"].items())
-                                                            if v >= 0.0005) +
-                          f"; all {sum(r['cpu_ms'].values()):.3f}", flush=True)
+                    print(cpu_line(r), flush=True)
     finally:
         if bento is not None:
             bento.terminate()

@@ -47,6 +47,10 @@ def test_written_serve_config_builds_the_same_applications(served):
     assert apps["recs"]["args"]["env"]["AIMASS_SERVE_MODEL"] == "recs/1"
     multi = app.build(apps["multi"]["args"])
     assert multi._bound_deployment.name == "ingress"
+    # Serve's logger below INFO (AIMASS_SERVE_LOG_LEVEL): no record is built per request only to be dropped
+    assert apps["recs"]["args"]["log_level"] == served.settings.serve_log_level == "WARNING"
+    assert multi._bound_deployment.logging_config == {**multi._bound_deployment.logging_config,
+                                                      "log_level": "WARNING", "enable_access_log": False}
     from aimass.serving import _app  # what configs written before the rename name
 
     assert _app.build is app.build
@@ -106,8 +110,8 @@ def test_every_listener_of_the_serving_cluster_is_on_loopback(served):
 
 
 def test_no_per_request_work_beyond_the_answer_in_serve_and_haproxy(served):
-    """Serve writes no access-log line per request, HAProxy sends no per-request metrics datagram, and replicas
-    do not watch each request for the client's disconnect (aimass.serving.hooks)."""
+    """Serve writes no access-log line per request, HAProxy sends no per-request log or metrics datagram, and
+    replicas do not watch each request for the client's disconnect (aimass.serving.hooks)."""
     # Serve buffers up to 1,000 request-path records before it writes them
     assert {served.get("recs", "/healthz").status_code for _ in range(1001)} == {200}
     logs = Path(json.loads(_cluster.state_file(served.settings).read_text())["temp_dir"]) / "session_latest" / "logs"
@@ -121,6 +125,7 @@ def test_no_per_request_work_beyond_the_answer_in_serve_and_haproxy(served):
         cfg = next(_procs.haproxy_dir(served.settings.home).rglob("haproxy.cfg")).read_text()
         assert "set-header x-request-disconnect-disabled ?1" in cfg
         assert "format rfc5424" not in cfg  # the per-request metrics log line
+        assert "http-request set-log-level silent" in cfg  # nor its syslog line
 
 
 def test_bentoml_build_pins_the_registered_version(served):

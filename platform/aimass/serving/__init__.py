@@ -145,7 +145,7 @@ def deploy(ref: str, endpoint: str, *, ranker: str | None = None, min_replicas: 
         env["AIMASS_SERVE_MODEL"] = before["args"]["env"].get("AIMASS_SERVE_MODEL", info.ref)  # a fallback only
     args = app.AppArgs(family=family, env=env, min_replicas=min_replicas, max_replicas=max_replicas,
                        target_ongoing_requests=target_ongoing_requests, upscale_delay_s=upscale_delay_s,
-                       downscale_delay_s=downscale_delay_s)
+                       downscale_delay_s=downscale_delay_s, log_level=s.serve_log_level)
     restart = not (swap and before["args"] == args.model_dump())
     if running and restart:  # new replicas must start before the running ones are replaced: try them aside first
         _preflight(s, args, endpoint, info.ref)

@@ -9,6 +9,7 @@ and hands their handles to the ingress."""
 from __future__ import annotations
 
 import warnings
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray import serve
@@ -43,6 +44,9 @@ class AppArgs(BaseModel):
                                       "requests to the autoscaler (Ray's default: 10 s)")
     look_back_period_s: float = Field(10.0, gt=0, description="The window the autoscaler averages ongoing "
                                       "requests over (Ray's default: 30 s); must exceed metrics_interval_s")
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("WARNING", description="Level of Serve's own "
+                                                                     "logger in the replicas")
 
     def autoscaling_config(self) -> dict:
         return {"min_replicas": self.min_replicas, "max_replicas": self.max_replicas,
@@ -82,9 +86,10 @@ def build(args: dict):
     opts = {
         "autoscaling_config": a.autoscaling_config(),
         "max_ongoing_requests": max(32, int(4 * a.target_ongoing_requests)),
-        # Serve's per-request access log line (a record built, filtered and formatted for every request): the
-        # served-answer log and /metrics already account for each request
-        "logging_config": {"enable_access_log": False},
+        # Serve's per-request access log line: the served-answer log and /metrics already account for each
+        # request. Off alone, it still builds a record per request that a filter then drops; below INFO it
+        # is not built at all.
+        "logging_config": {"enable_access_log": False, "log_level": a.log_level},
         "ray_actor_options": {"num_cpus": a.num_cpus,
                               "runtime_env": {"env_vars": a.env, "worker_process_setup_hook": HOOK}},
     }
