@@ -9,6 +9,9 @@ of the same registered version:
   bentoml  bare `bentoml serve` of the Bento built from that version (one worker)
   inproc   the in-process call the services make (Engine.recommend), no HTTP
 
+--client wrk sends the HTTP paths' requests with wrk (C, one thread; apt-get install wrk) instead of aiohttp in
+this process: the issue's own figures were measured with it, and it takes far less of the shared cores.
+
 --cpu adds where each request's CPU time went (client, HAProxy, the replica or bentoml's processes, the rest of
 Ray, anything else): on 2 cores shared by all of them, a path's throughput is 2 s of CPU over its CPU per request.
 
@@ -64,8 +67,14 @@ def prepare(home: Path, family: str, users: int, tracks: int, ml1m: Path | None 
     return s, v.ref
 
 
-async def load(call, users: list[int], concurrency: int, seconds: float) -> dict:
-    """`concurrency` workers send requests back to back for `seconds` (after a 1 s warm-up)."""
+async def load(call, users: list[int], concurrency: int, seconds: float, on_start=None) -> dict:
+    """`concurrency` workers send requests back to back for `seconds` (after a 1 s warm-up, then `on_start()`).
+    `call` is an async function of a user, or a Wrk."""
+    if isinstance(call, Wrk):
+        await call.run(concurrency, 1.0)
+        if on_start is not None:
+            on_start()
+        return await call.run(concurrency, seconds)
     lat: list[float] = []
     errors = 0
     stop_warm = time.perf_counter() + 1.0
@@ -83,12 +92,65 @@ async def load(call, users: list[int], concurrency: int, seconds: float) -> dict
                 lat.append(time.perf_counter() - now)
                 errors += not ok
 
+    async def start():
+        await asyncio.sleep(max(0.0, stop_warm - time.perf_counter()))
+        if on_start is not None:
+            on_start()
+
     t0 = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await asyncio.gather(start(), *(worker() for _ in range(concurrency)))
     wall = time.perf_counter() - max(t0, stop_warm)
     a = np.array(lat) * 1000
     return {"n": len(a), "rps": len(a) / wall, "p50": float(np.percentile(a, 50)) if len(a) else float("nan"),
             "p99": float(np.percentile(a, 99)) if len(a) else float("nan"), "errors": errors}
+
+
+# wrk's script: POST one of the bodies at random; its summary on one line the benchmark reads
+_LUA = """local bodies = {}
+for line in io.lines("%s") do bodies[#bodies + 1] = line end
+math.randomseed(os.time())
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer %s"
+request = function() return wrk.format(nil, nil, nil, bodies[math.random(#bodies)]) end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("AIMASS %%d %%d %%d %%d %%d\\n", summary.requests, e.connect + e.read + e.write + e.status +
+    e.timeout, summary.duration, latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+
+class Wrk:
+    """POST {"user_id": U, "k": 10} to `url` for random users through wrk (C, one thread): a client that takes far
+    less of the shared cores than aiohttp (Debian's `wrk` package)."""
+
+    def __init__(self, url: str, key: str, users: list, folder: Path):
+        import json
+        import shutil
+
+        if shutil.which("wrk") is None:
+            raise SystemExit("--client wrk needs wrk on PATH (apt-get install wrk)")
+        self.url = url
+        self.script = folder / f"wrk-{len(list(folder.glob('wrk-*.lua')))}.lua"
+        bodies = self.script.with_suffix(".bodies")
+        bodies.write_text("".join(json.dumps({"user_id": getattr(u, "item", lambda u=u: u)(), "k": 10}) + "\n"
+                                  for u in users))  # numpy ids as plain numbers
+        self.script.touch(mode=0o600)  # it holds the key
+        self.script.write_text(_LUA % (bodies, key))
+
+    async def run(self, concurrency: int, seconds: float) -> dict:
+        p = await asyncio.create_subprocess_exec(
+            "wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--timeout", "30s", "--latency", "-s",
+            str(self.script),
+            self.url, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        out, err = await p.communicate()
+        line = next((x for x in out.decode().splitlines() if x.startswith("AIMASS ")), None)
+        if line is None:
+            raise RuntimeError(f"wrk failed: {(out + err).decode()[-500:]}")
+        n, errors, duration_us, p50_us, p99_us = (int(x) for x in line.split()[1:])
+        return {"n": n, "rps": n / (duration_us / 1e6), "p50": p50_us / 1000, "p99": p99_us / 1000,
+                "errors": errors}
 
 
 def client_session(connections: int):
@@ -130,8 +192,12 @@ def start_bentoml(s, tag: str, port: int) -> subprocess.Popen:
     raise RuntimeError("bentoml serve did not become ready in 180 s")
 
 
-def cpu_times(bento_pid: int | None) -> dict[int, tuple[str, float]]:
-    """CPU seconds (user + system) so far of every process this user can read, with the part it plays."""
+def cpu_times(bento_pid: int | None, app: str | None = None) -> dict[int, tuple[str, float]]:
+    """CPU seconds (user + system) so far of every process this user can read, with the part it plays: the
+    replicas of Serve application `app` (of any, if None; of none, if "") are "replica", others are "ray". wrk's
+    runs, which end before a mark is taken, are counted by resource usage of this process's reaped children."""
+    import resource
+
     import psutil
 
     me, out = os.getpid(), {}
@@ -148,28 +214,25 @@ def cpu_times(bento_pid: int | None) -> dict[int, tuple[str, float]]:
             continue
         line = " ".join(p.info["cmdline"] or [])
         part = ("client" if p.pid == me else "haproxy" if p.info["name"] == "haproxy" else
-                "replica" if line.startswith("ray::ServeReplica") else "bentoml" if p.pid in bento else
+                "replica" if line.startswith("ray::ServeReplica" if app is None else f"ray::ServeReplica:{app}:") else
+                "bentoml" if p.pid in bento else
                 "ray" if "ray" in line or p.info["name"] in ("raylet", "gcs_server") else "other")
         out[p.pid] = (part, t.user + t.system)
     out[0] = ("(cores idle)", psutil.cpu_times().idle)  # what nobody used: the rest is the kernel's own
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out[-1] = ("client", children.ru_utime + children.ru_stime)  # wrk
     return out
 
 
-async def measured(call, users: list[int], concurrency: int, seconds: float, bento_pid: int | None) -> dict:
+async def measured(call, users: list[int], concurrency: int, seconds: float, bento_pid: int | None,
+                   app: str | None = None) -> dict:
     """load(), with the CPU time each part spent per request over the measured seconds when bento_pid is not
-    False."""
+    False (cpu_times)."""
     if bento_pid is False:
         return await load(call, users, concurrency, seconds)
     marks: list[dict] = []
-
-    async def mark():
-        await asyncio.sleep(1.0)  # load()'s warm-up
-        marks.append(cpu_times(bento_pid))
-
-    task = asyncio.create_task(mark())
-    r = await load(call, users, concurrency, seconds)
-    await task
-    after, parts = cpu_times(bento_pid), {}
+    r = await load(call, users, concurrency, seconds, on_start=lambda: marks.append(cpu_times(bento_pid, app)))
+    after, parts = cpu_times(bento_pid, app), {}
     for pid, (part, t) in after.items():  # a process that started meanwhile counts whole; one that ended, not
         parts[part] = parts.get(part, 0.0) + t - marks[0].get(pid, (part, 0.0))[1]
     r["cpu_ms"] = {k: 1000 * v / max(r["n"], 1) for k, v in parts.items()}
@@ -188,7 +251,7 @@ BATCH_WAIT_MS = 2.0
 
 
 async def run_all(s, ref: str, levels: list[int], seconds: float, paths=DEFAULT_PATHS, rounds: int = 1,
-                  batch_wait_ms: float = BATCH_WAIT_MS, cpu: bool = False) -> list[dict]:
+                  batch_wait_ms: float = BATCH_WAIT_MS, cpu: bool = False, client_kind: str = "aiohttp") -> list[dict]:
     from aimass import serving
 
     key, _ = serving.create_key("benchmark", settings=s)
@@ -224,9 +287,13 @@ async def run_all(s, ref: str, levels: list[int], seconds: float, paths=DEFAULT_
                 await warmed(client, url, admin, want, 2 * replicas.get(p, 1))
             print(f"cache warm-up: {want} answers per replica, all paths warm after {time.perf_counter() - t0:.0f} s",
                   flush=True)
-            calls = {p: http_caller(client, d.url + "/recommend", key) for p, d in deployed.items()}
+            def caller(url: str):
+                return (Wrk(url, key, users, s.home) if client_kind == "wrk" else
+                        http_caller(client, url, key))
+
+            calls = {p: caller(d.url + "/recommend") for p, d in deployed.items()}
             if bento is not None:
-                calls["bentoml"] = http_caller(client, f"http://127.0.0.1:{port}/recommend", key)
+                calls["bentoml"] = caller(f"http://127.0.0.1:{port}/recommend")
             if "inproc" in paths:
                 calls["inproc"] = inproc
             calls = {p: calls[p] for p in paths}
@@ -234,7 +301,9 @@ async def run_all(s, ref: str, levels: list[int], seconds: float, paths=DEFAULT_
             order = ([(p, c, 0) for p in calls for c in levels] if rounds == 1 else
                      [(p, c, k) for c in levels for k in range(rounds) for p in calls])
             for name, c, k in order:
-                r = await measured(calls[name], users, c, seconds, (bento.pid if bento else None) if cpu else False)
+                app = deployed[name].endpoint if name in deployed else ""  # bentoml's rows: every replica is "ray"
+                r = await measured(calls[name], users, c, seconds, (bento.pid if bento else None) if cpu else False,
+                                   app)
                 rows.append({"path": name, "concurrency": c, "round": k, **r})
                 print(f"{name:13} c={c:<3} {r['rps']:8.1f} req/s  p50 {r['p50']:7.2f} ms  "
                       f"p99 {r['p99']:8.2f} ms  n={r['n']} errors={r['errors']}", flush=True)
@@ -296,14 +365,17 @@ def main() -> None:
                     help="serve-batch-wait's AIMASS_SERVE_BATCH_WAIT_MS")
     ap.add_argument("--cpu", action="store_true", help="also the CPU time per request of each part (client, "
                     "HAProxy, replica or bentoml, the rest of Ray, other processes)")
+    ap.add_argument("--client", choices=["aiohttp", "wrk"], default="aiohttp", help="the HTTP load generator: "
+                    "aiohttp in this process, or wrk (one thread; apt-get install wrk), far cheaper on shared cores")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="aimass-bench-") as tmp:
         s, ref = prepare(Path(tmp) / "home", a.family, a.users, a.tracks, a.ml1m, a.int8)
-        rows = asyncio.run(run_all(s, ref, a.levels, a.seconds, a.paths, a.rounds, a.batch_wait_ms, a.cpu))
+        rows = asyncio.run(run_all(s, ref, a.levels, a.seconds, a.paths, a.rounds, a.batch_wait_ms, a.cpu,
+                                   a.client))
     proxy = rows.pop()["proxy"]
     data = "ml1m" if a.ml1m else f"demo ({a.users} users, {a.tracks} tracks)"
     print(f"\n/recommend, {a.family}{' int8' if a.int8 else ''} on {data}, Serve proxy: {proxy}, "
-          f"{os.cpu_count()} CPUs, client on the same machine\n")
+          f"{os.cpu_count()} CPUs, client ({a.client}) on the same machine\n")
     if a.rounds > 1:
         print(f"medians of {a.rounds} interleaved rounds\n")
     print("| path | concurrency | req/s | p50 ms | p99 ms | errors |\n|---|---|---|---|---|---|")

@@ -72,7 +72,8 @@ class Settings(BaseSettings):
     serve_batch_wait_ms: float = Field(0.0, ge=0, le=1000, description=(
         "How long the first request of a batch waits for others (0: never waits)."))
     serve_log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("WARNING", description=(
-        "Level of Ray Serve's own logger in the replicas (their files under the serving cluster's session logs). "
+        "Level of Ray Serve's own logger in the replicas (their files under the serving cluster's session logs; "
+        "a replica's stdout and stderr go to its worker's .out and .err files there, whatever the level). "
         "At INFO Serve also builds a log record for every request, which it then drops when its access log is "
         "off, as it is here: 7% of a replica's CPU per cached /recommend (README, \"Serving\")."))
     # Traffic (aimass.serving.traffic): replicas read their endpoint's split from the catalog.

@@ -72,7 +72,8 @@ def test_concurrent_single_events_share_commits_and_none_is_lost(store):
     assert [r[0] for r in rows] == sorted(a.seq for a in acks) and log.last_seq("recs") == max(a.seq for a in acks)
 
 
-def test_a_group_that_cannot_commit_fails_every_waiter_and_stores_nothing(store):
+@pytest.mark.parametrize("before", [1, 150], ids=["one-statement", "two-statements"])
+def test_a_group_that_cannot_commit_fails_every_waiter_and_stores_nothing(store, before):
     log = EventLog(store)
     log.write("recs", [_e(0)])
     # what validation never lets through: the store's NOT NULL refuses it, as a failing disk would refuse all
@@ -83,8 +84,10 @@ def test_a_group_that_cannot_commit_fails_every_waiter_and_stores_nothing(store)
     from sqlalchemy.exc import IntegrityError
 
     with pytest.raises((IntegrityError, sqlite3.IntegrityError)):  # SQLite's rows go through sqlite3 directly
-        log.write("recs", [_e(1), bad])
+        log.write("recs", [*(_e(i) for i in range(1, 1 + before)), bad])  # 100 rows an INSERT: 150 make two
     assert log.frame("recs")["event_id"].tolist() == ["e0"]
+    assert log.write("recs", [_e(1)])[0].duplicate is False  # the writer goes on, on a new connection
+    assert log.frame("recs")["event_id"].tolist() == ["e0", "e1"]
 
 
 def test_rules_with_thresholds():

@@ -167,7 +167,8 @@ class EventLog:
     # --- writing -------------------------------------------------------------------------------------------
     def append(self, endpoint: str, events: list[FeedbackEventBase]) -> concurrent.futures.Future:
         """Queue `events` for the next group commit; the future resolves to one Ack per event, in order, once
-        they are durable (or to the exception that stopped the commit: nothing of the group is stored)."""
+        they are durable (or to the exception that stopped the commit: nothing of the group is stored, unless
+        only reading back the seqs of its repeats failed, see _commit_sqlite)."""
         fut: concurrent.futures.Future = concurrent.futures.Future()
         self._start()
         self._queue.put((endpoint, events, fut, self._rows(endpoint, events)))
@@ -253,14 +254,17 @@ class EventLog:
         """One transaction on the writer thread's own connection, held for the thread's life (opened through
         the engine, so with its pragmas); a connection that failed is closed and the next group opens another."""
         if self._db is None:
-            self._db = self.engine.raw_connection()
-            # Transactions by hand: sqlite3's implicit BEGIN is one more statement step, and the GIL wait after it
-            self._db.driver_connection.isolation_level = None
-        db = self._db.driver_connection
+            pooled = self.engine.raw_connection()
+            pooled.detach()  # never back to the pool: its transactions are by hand (below)
+            self._db = pooled.dbapi_connection
+            # Transactions by hand: sqlite3's implicit BEGIN is one more statement step, and a GIL wait after it
+            self._db.isolation_level = None
+        db = self._db
         try:
             # A group of one INSERT (one endpoint, up to 100 rows) is a transaction of its own: its one step also
-            # commits (and fsyncs), so the writer waits for the GIL twice per group instead of six times
-            # (prepare and step of BEGIN, INSERT and COMMIT).
+            # commits (and fsyncs), with no BEGIN and no COMMIT statement, each a step that lets go of the GIL and
+            # waits to get it back. If reading back its repeats' seqs then failed, the group is reported failed
+            # with its new rows stored: a retry of the same event_ids answers them as duplicates.
             single = len(by_endpoint) == 1 and len(next(iter(by_endpoint.values()))) <= _SQLITE_ROWS
             if not single:
                 db.execute("BEGIN")
@@ -269,11 +273,11 @@ class EventLog:
                 db.execute("COMMIT")
             return new, old
         except BaseException:
-            try:
+            try:  # first: the close waits for statements the traceback still holds, and the lock with it
                 db.rollback()
+                db.close()
             except Exception:
                 pass
-            self._db.invalidate()
             self._db = None
             raise
 

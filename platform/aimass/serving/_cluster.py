@@ -140,6 +140,10 @@ def _start_head(settings: Settings) -> dict:
     _procs.write_record(settings.home, f"{settings.host}:{port}", settings.serve_port)
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token",
            "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", **_procs.owner_env(settings.home),
+           # Throughput mode would send a replica's stdout and stderr (tracebacks, warnings, our own log records)
+           # into Serve's logger at INFO, which its level (serve_log_level, WARNING) drops: they stay the worker's
+           # own files. No driver of this cluster shows them (log_to_driver=False).
+           "RAY_SERVE_LOG_TO_STDERR": "1",
            # On 2 busy cores a starting proxy missed Serve's 5 s ready / 10 s health checks three times, and
            # Serve killed it in the middle of a deploy.
            "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30", "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "30",

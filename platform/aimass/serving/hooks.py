@@ -8,12 +8,12 @@ FRONTEND = "    bind {{ config.frontend_host }}:{{ config.frontend_port }}\n"
 # Rules for every request at HAProxy's frontend. Without the header a replica starts a task per request that
 # watches for the client's disconnect, and waits on both: an event-loop round trip of every request, for answers
 # that take milliseconds. A client that goes away no longer cancels its request, which then completes (a
-# /feedback batch is stored as sent). Silent: HAProxy's log line of each request goes to syslog at
+# /feedback batch is stored as sent). dontlog-normal: HAProxy's log line of each request goes to syslog at
 # 127.0.0.1:514 (Ray's RAY_SERVE_HAPROXY_LOG_TARGET), formatted and sent for every request, into the host's
-# system log where one listens; Serve's own access log is off too (/metrics counts requests and the
-# served-answer log keeps them).
+# system log where one listens; requests that succeed are no longer logged (errors, timeouts and aborts are), as
+# Serve's own access log is off (/metrics counts requests and the served-answer log keeps them).
 PER_REQUEST = ("    http-request set-header x-request-disconnect-disabled ?1\n"
-               "    http-request set-log-level silent\n")
+               "    option dontlog-normal\n")
 
 
 def loopback() -> None:
@@ -33,8 +33,9 @@ def loopback() -> None:
     # "bind :PORT"). Patched before ray.serve._private.haproxy imports the template.
     from ray.serve._private import haproxy_templates as t
 
-    t.HAPROXY_CONFIG_TEMPLATE = (t.HAPROXY_CONFIG_TEMPLATE.replace("bind *:", f"bind {LOOPBACK}:")
-                                 .replace("bind :", f"bind {LOOPBACK}:").replace(FRONTEND, FRONTEND + PER_REQUEST))
+    if PER_REQUEST not in t.HAPROXY_CONFIG_TEMPLATE:  # once per process
+        t.HAPROXY_CONFIG_TEMPLATE = (t.HAPROXY_CONFIG_TEMPLATE.replace("bind *:", f"bind {LOOPBACK}:")
+                                     .replace("bind :", f"bind {LOOPBACK}:").replace(FRONTEND, FRONTEND + PER_REQUEST))
     haproxy = __import__("sys").modules.get("ray.serve._private.haproxy")
     if haproxy is not None:  # already imported in this worker: patch its copy too
         haproxy.HAPROXY_CONFIG_TEMPLATE = t.HAPROXY_CONFIG_TEMPLATE
