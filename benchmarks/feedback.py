@@ -58,7 +58,7 @@ async def throughput(s, d, key: str, users: list[int], items: list[int], levels:
         for c in levels:
             for k in range(rounds):  # interleaved rounds: a drift of the machine's load hits both routes alike
                 for name, call in (("GET /healthz", healthz), ("POST /feedback", feedback)):
-                    r = await measured(call, users, c, seconds, None if cpu else False)
+                    r = await measured(call, users, c, seconds, cpu)
                     rows.append({"route": name, "concurrency": c, "round": k, **r})
                     print(f"{name:15} c={c:<3} round {k}  {r['rps']:8.1f} req/s  p50 {r['p50']:7.2f} ms  "
                           f"p99 {r['p99']:8.2f} ms  errors={r['errors']}", flush=True)

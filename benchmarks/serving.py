@@ -134,8 +134,8 @@ class Wrk:
         self.url = url
         self.script = folder / f"wrk-{len(list(folder.glob('wrk-*.lua')))}.lua"
         bodies = self.script.with_suffix(".bodies")
-        bodies.write_text("".join(json.dumps({"user_id": getattr(u, "item", lambda u=u: u)(), "k": 10}) + "\n"
-                                  for u in users))  # numpy ids as plain numbers
+        bodies.write_text("".join(json.dumps({"user_id": int(u) if isinstance(u, np.integer) else u, "k": 10}) +
+                                  "\n" for u in users))
         self.script.touch(mode=0o600)  # it holds the key
         self.script.write_text(_LUA % (bodies, key))
 
@@ -224,11 +224,10 @@ def cpu_times(bento_pid: int | None, app: str | None = None) -> dict[int, tuple[
     return out
 
 
-async def measured(call, users: list[int], concurrency: int, seconds: float, bento_pid: int | None,
-                   app: str | None = None) -> dict:
-    """load(), with the CPU time each part spent per request over the measured seconds when bento_pid is not
-    False (cpu_times)."""
-    if bento_pid is False:
+async def measured(call, users: list[int], concurrency: int, seconds: float, cpu: bool,
+                   bento_pid: int | None = None, app: str | None = None) -> dict:
+    """load(), with the CPU time each part spent per request over the measured seconds if `cpu` (cpu_times)."""
+    if not cpu:
         return await load(call, users, concurrency, seconds)
     marks: list[dict] = []
     r = await load(call, users, concurrency, seconds, on_start=lambda: marks.append(cpu_times(bento_pid, app)))
@@ -302,8 +301,7 @@ async def run_all(s, ref: str, levels: list[int], seconds: float, paths=DEFAULT_
                      [(p, c, k) for c in levels for k in range(rounds) for p in calls])
             for name, c, k in order:
                 app = deployed[name].endpoint if name in deployed else ""  # bentoml's rows: every replica is "ray"
-                r = await measured(calls[name], users, c, seconds, (bento.pid if bento else None) if cpu else False,
-                                   app)
+                r = await measured(calls[name], users, c, seconds, cpu, bento.pid if bento else None, app)
                 rows.append({"path": name, "concurrency": c, "round": k, **r})
                 print(f"{name:13} c={c:<3} {r['rps']:8.1f} req/s  p50 {r['p50']:7.2f} ms  "
                       f"p99 {r['p99']:8.2f} ms  n={r['n']} errors={r['errors']}", flush=True)

@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="AIMASS_", extra="forbid", frozen=True)
@@ -71,11 +73,11 @@ class Settings(BaseSettings):
         "queued while the previous one ran, plus what arrives within serve_batch_wait_ms."))
     serve_batch_wait_ms: float = Field(0.0, ge=0, le=1000, description=(
         "How long the first request of a batch waits for others (0: never waits)."))
-    serve_log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("WARNING", description=(
+    serve_log_level: LogLevel = Field("WARNING", description=(
         "Level of Ray Serve's own logger in the replicas (their files under the serving cluster's session logs; "
         "a replica's stdout and stderr go to its worker's .out and .err files there, whatever the level). "
         "At INFO Serve also builds a log record for every request, which it then drops when its access log is "
-        "off, as it is here: 7% of a replica's CPU per cached /recommend (README, \"Serving\")."))
+        "off, as it is here: about 7% of a replica's CPU per cached /recommend (README, \"Serving\")."))
     # Traffic (aimass.serving.traffic): replicas read their endpoint's split from the catalog.
     serve_drain_s: float = Field(3.0, ge=0, le=300, description=(
         "How long a stopping replica (a delete, a rolling update, a scale-down) keeps answering before it "

@@ -9,13 +9,13 @@ and hands their handles to the ingress."""
 from __future__ import annotations
 
 import warnings
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray import serve
 
 from aimass.serving._cluster import HOOK
 from aimass.serving._pipeline import Stages, StageServer
+from aimass.settings import LogLevel
 
 _stages: Stages | None = None
 
@@ -45,8 +45,7 @@ class AppArgs(BaseModel):
     look_back_period_s: float = Field(10.0, gt=0, description="The window the autoscaler averages ongoing "
                                       "requests over (Ray's default: 30 s); must exceed metrics_interval_s")
 
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("WARNING", description="Level of Serve's own "
-                                                                     "logger in the replicas")
+    log_level: LogLevel = Field("WARNING", description="Level of Serve's own logger in the replicas")
 
     def autoscaling_config(self) -> dict:
         return {"min_replicas": self.min_replicas, "max_replicas": self.max_replicas,
