@@ -10,8 +10,9 @@ import threading
 import time
 from datetime import UTC, datetime
 
+import orjson
 import pandas as pd
-from sqlalchemy import String, insert, or_, select, type_coerce
+from sqlalchemy import String, or_, select, type_coerce
 
 from aimass.catalog import ServedAnswer, engine_for
 from aimass.events._log import as_utc
@@ -21,28 +22,37 @@ log = logging.getLogger(__name__)
 TABLE = ServedAnswer.__table__
 TAIL = 50  # history items kept per answer: enough to measure the popularity of what the model read
 _MAX_PENDING = 100_000  # a store that cannot keep up sheds answer records, never memory
+_COLUMNS = ("endpoint", "request_id", "route", "model", "version", "user_id", "history_length", "history_tail",
+            "items", "scores", "strategy", "served_at", "arm", "experiment_id", "latency_ms", "shadow", "overlap",
+            "query", "mode")
+_NUMPY = orjson.OPT_SERIALIZE_NUMPY  # a family may answer numpy scalars
+_CHUNK = 512  # rows a statement: 9,728 parameters, within SQLite's and Postgres's limits
 
 
 class ServedLog:
     def __init__(self, settings: Settings, interval: float = 0.25):
         self.engine = engine_for(settings.catalog)
         self.interval = interval
-        self._pending: list[dict] = []
+        self._pending: list[tuple] = []
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self.dropped = 0
+        self._second = (-1, "")
+        self._inserts: dict[int, str] = {}
 
     def record(self, endpoint: str, request_id: str, route: str, model: str, version: int,
                user_id: int | None, history: list[int] | None, items: list[int], scores: list[float],
                strategy: str = "model", *, arm: str | None = None, experiment_id: str | None = None,
                latency_ms: float | None = None, shadow: bool = False, overlap: float | None = None,
                query: str | None = None, mode: str | None = None) -> None:
-        row = {"endpoint": endpoint, "request_id": request_id, "route": route, "model": model, "version": version,
-               "user_id": user_id, "history_length": len(history or ()), "history_tail": list(history or ())[-TAIL:],
-               "items": list(items), "scores": [round(float(s), 6) for s in scores], "strategy": strategy,
-               "served_at": as_utc(datetime.now(UTC)), "arm": arm, "experiment_id": experiment_id,
-               "latency_ms": latency_ms, "shadow": shadow, "overlap": overlap, "query": query,
-               "mode": mode}
+        """Queue one answer. Its lists are encoded here (orjson: about a microsecond for the three), so that
+        a queued row holds only strings and numbers, which the garbage collector stops tracking: at 5,000
+        answers a second, rows of lists waiting for the writer made the collector's full passes 100-200 ms."""
+        dumps = orjson.dumps
+        row = (endpoint, request_id, route, model, version, user_id, len(history) if history else 0,
+               dumps(history[-TAIL:] if history else (), option=_NUMPY), dumps(items, option=_NUMPY),
+               dumps(scores, option=_NUMPY), strategy, self._now(), arm, experiment_id, latency_ms, shadow, overlap,
+               query, mode)
         with self._lock:
             if len(self._pending) >= _MAX_PENDING:
                 self.dropped += 1
@@ -53,12 +63,44 @@ class ServedLog:
                 self._thread.start()
 
     def flush(self) -> int:
+        """Write the queued answers in one transaction, up to 512 rows a statement (one multi-row VALUES),
+        as they are stored (JSON text, UTC time without an offset, as SQLAlchemy writes them). Not an
+        executemany: its writer takes the GIL back after every row (the driver releases it around each row's
+        step), so the serving event loop hands it over thousands of times a flush; with it, bare BentoML of
+        item-kNN answered 3,400-3,600 requests/s at concurrency 64 with p99 130-240 ms, against 5,400-5,500
+        and 19-120 ms this way."""
         with self._lock:
             rows, self._pending = self._pending, []
         if rows:
             with self.engine.begin() as conn:
-                conn.execute(insert(TABLE), rows)
+                i = 0
+                while i < len(rows):
+                    n = min(_CHUNK, 1 << (len(rows) - i).bit_length() - 1)  # powers of two: few distinct statements
+                    params = [v for r in rows[i:i + n]
+                              for v in (*r[:7], r[7].decode(), r[8].decode(), r[9].decode(), *r[10:])]
+                    conn.exec_driver_sql(self._insert(n), tuple(params))
+                    i += n
         return len(rows)
+
+    def _insert(self, n: int) -> str:
+        """INSERT of n rows, made once per size."""
+        sql = self._inserts.get(n)
+        if sql is None:
+            mark = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
+            one = f"({', '.join([mark] * len(_COLUMNS))})"
+            sql = self._inserts[n] = f"INSERT INTO {TABLE.name} ({', '.join(_COLUMNS)}) VALUES {', '.join([one] * n)}"
+        return sql
+
+    def _now(self) -> str:
+        """Now in UTC as SQLAlchemy stores a datetime in SQLite (and Postgres reads as a timestamp): the text
+        of the second is made once a second, not per answer."""
+        t = time.time()
+        second, text = self._second
+        if int(t) != second:
+            second = int(t)
+            text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%d %H:%M:%S")
+            self._second = (second, text)
+        return f"{text}.{int((t - second) * 1e6):06d}"
 
     def _run(self) -> None:
         while True:

@@ -1,0 +1,70 @@
+"""The served-answer log on SQLite and Postgres: what a replica records is read back as it was served (the
+writer hands the driver pre-encoded rows, not the ORM's), time windows select by the UTC time of serving, and a
+store that refuses a write loses that flush's answers, never the next ones."""
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pytest
+import sqlalchemy
+
+from aimass.events import ServedLog
+
+
+def _record(log: ServedLog, rid: str, **kw) -> None:
+    args = {"user_id": 7, "history": list(range(80)), "items": [3, 1, 2], "scores": [0.5, 0.25, 0.125]} | kw
+    log.record("e", rid, "recommend", "m", 2, args.pop("user_id"), args.pop("history"), args.pop("items"),
+               args.pop("scores"), **args)
+
+
+def test_answers_read_back_as_served(store):
+    log = ServedLog(store, interval=3600)
+    before = datetime.now(UTC)
+    _record(log, "a", arm="m/2", experiment_id="x1", latency_ms=1.25)
+    _record(log, "b", user_id=None, history=None, items=np.array([9, 8]), scores=[np.float32(0.75), np.float64(0.5)],
+            strategy="popular", shadow=True, overlap=0.5)
+    _record(log, "c", history=(4, 5), items=(6,), scores=(1.0,), query="Jazz, “naïve”", mode="hybrid")
+    assert log.flush() == 3 and log.flush() == 0
+    after = datetime.now(UTC)
+    live = log.frame("e").set_index("request_id")
+    assert list(live.index) == ["a", "c"]
+    a, c = live.loc["a"], live.loc["c"]
+    assert a["history_length"] == 80 and a["history_tail"] == list(range(30, 80)) and a["items"] == [3, 1, 2]
+    assert a["scores"] == [0.5, 0.25, 0.125] and (a["arm"], a["experiment_id"], a["latency_ms"]) == ("m/2", "x1", 1.25)
+    assert a["version"] == 2 and a["user_id"] == 7 and a["strategy"] == "model" and not a["shadow"]
+    assert before - timedelta(seconds=1) <= a["served_at"] <= after + timedelta(seconds=1)
+    assert c["history_tail"] == [4, 5] and c["items"] == [6] and (c["query"], c["mode"]) == ("Jazz, “naïve”", "hybrid")
+    b = log.frame("e", shadow=True).iloc[0]
+    assert b["request_id"] == "b" and b["items"] == [9, 8] and b["scores"] == [0.75, 0.5] and b["overlap"] == 0.5
+    assert b["history_length"] == 0 and b["history_tail"] == [] and b["user_id"] is None
+    # windows are UTC: the answers fall inside [before, after) and outside a window that ended before them
+    assert len(log.frame("e", start=before - timedelta(seconds=1), end=after + timedelta(seconds=1))) == 2
+    assert log.frame("e", end=before - timedelta(seconds=1)).empty
+    few = log.frame("e", columns=["request_id", "served_at", "arm"])
+    assert few["request_id"].tolist() == ["a", "c"] and str(few["served_at"].dt.tz) == "UTC"
+    assert abs(few["served_at"].iloc[0] - a["served_at"]) < timedelta(microseconds=2)
+
+
+def test_a_failed_flush_loses_only_its_own_answers(store):
+    log = ServedLog(store, interval=3600)
+    _record(log, "lost")
+    with log.engine.begin() as conn:  # the store refuses writes for a while
+        conn.exec_driver_sql("ALTER TABLE served_answers RENAME TO away")
+    with pytest.raises(sqlalchemy.exc.DBAPIError):
+        log.flush()
+    with log.engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE away RENAME TO served_answers")
+    _record(log, "kept")
+    assert log.flush() == 1
+    assert log.frame("e")["request_id"].tolist() == ["kept"]
+
+
+def test_a_flush_of_many_answers_keeps_them_all_in_order(store):
+    log = ServedLog(store, interval=3600)
+    for i in range(1300):  # several statements of different sizes in one transaction
+        _record(log, f"r{i}", user_id=i, items=[i, i + 1])
+    assert log.flush() == 1300
+    f = log.frame("e")
+    assert f["request_id"].tolist() == [f"r{i}" for i in range(1300)]
+    assert f["user_id"].tolist() == list(range(1300)) and f["items"].iloc[-1] == [1299, 1300]
