@@ -68,3 +68,12 @@ def test_a_flush_of_many_answers_keeps_them_all_in_order(store):
     f = log.frame("e")
     assert f["request_id"].tolist() == [f"r{i}" for i in range(1300)]
     assert f["user_id"].tolist() == list(range(1300)) and f["items"].iloc[-1] == [1299, 1300]
+
+
+def test_an_answer_json_cannot_hold_is_not_logged_and_the_call_does_not_fail(store):
+    log = ServedLog(store, interval=3600)
+    _record(log, "odd", items=[object()])
+    _record(log, "huge", scores=[2 ** 70])
+    _record(log, "fine")
+    assert log.dropped == 2 and log.flush() == 1
+    assert log.frame("e")["request_id"].tolist() == ["fine"]

@@ -49,10 +49,16 @@ class ServedLog:
         a queued row holds only strings and numbers, which the garbage collector stops tracking: at 5,000
         answers a second, rows of lists waiting for the writer made the collector's full passes 100-200 ms."""
         dumps = orjson.dumps
-        row = (endpoint, request_id, route, model, version, user_id, len(history) if history else 0,
-               dumps(history[-TAIL:] if history else (), option=_NUMPY), dumps(items, option=_NUMPY),
-               dumps(scores, option=_NUMPY), strategy, self._now(), arm, experiment_id, latency_ms, shadow, overlap,
-               query, mode)
+        try:
+            lists = (dumps(history[-TAIL:] if history else (), option=_NUMPY), dumps(items, option=_NUMPY),
+                     dumps(scores, option=_NUMPY))
+        except TypeError:  # orjson's error for what JSON cannot hold: the record is lost, never the answer
+            with self._lock:
+                self.dropped += 1
+            log.warning("served answer %s not logged: its items or scores are not JSON", request_id, exc_info=True)
+            return
+        row = (endpoint, request_id, route, model, version, user_id, len(history) if history else 0, *lists,
+               strategy, self._now(), arm, experiment_id, latency_ms, shadow, overlap, query, mode)
         with self._lock:
             if len(self._pending) >= _MAX_PENDING:
                 self.dropped += 1
