@@ -47,7 +47,7 @@ class ServedLog:
                query: str | None = None, mode: str | None = None) -> None:
         """Queue one answer. Its lists are encoded here (orjson: about a microsecond for the three), so that
         a queued row holds only strings and numbers, which the garbage collector stops tracking: at 5,000
-        answers a second, rows of lists waiting for the writer made the collector's full passes 100-200 ms."""
+        answers a second, rows of lists waiting for the writer made the collector's full passes 80-280 ms."""
         dumps = orjson.dumps
         try:
             lists = (dumps(history[-TAIL:] if history else (), option=_NUMPY), dumps(items, option=_NUMPY),
@@ -73,8 +73,8 @@ class ServedLog:
         as they are stored (JSON text, UTC time without an offset, as SQLAlchemy writes them). Not an
         executemany: its writer takes the GIL back after every row (the driver releases it around each row's
         step), so the serving event loop hands it over thousands of times a flush; with it, bare BentoML of
-        item-kNN answered 3,400-3,600 requests/s at concurrency 64 with p99 130-240 ms, against 5,400-5,500
-        and 19-120 ms this way."""
+        item-kNN answered 3,390-3,620 requests/s at concurrency 64 with p99 134-242 ms, against 5,890-6,150
+        and 16-17 ms this way (README, "Most of that tail was the served-answer log")."""
         with self._lock:
             rows, self._pending = self._pending, []
         if rows:
