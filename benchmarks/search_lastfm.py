@@ -124,12 +124,10 @@ def suggest_rate(est, names: list[str], weights: np.ndarray, n: int, rng, chars:
     return float(np.mean([any(s["item"] == i + 1 for s in est.suggest(names[i][:chars], 5)) for i in picks]))
 
 
-def suggest_personal(data: dict, feats: np.ndarray, n: int, rng, chars: int = 3,
-                     by_plays: bool = False) -> tuple[float, float, int]:
-    """Suggestions for a person: n (listener, artist) pairs drawn uniformly (so artists by listeners) or by the
-    pair's plays, each pair removed from the plays the index is fitted on (its co-occurrence and popularity) and
-    from the history given, prefix = the artist's first ``chars`` characters; the share with the artist in the
-    top 5, without and with the listener's history."""
+def held_out_pairs(data: dict, feats: np.ndarray, n: int, rng, chars: int = 3, by_plays: bool = False):
+    """n distinct (listener, artist) pairs drawn uniformly (so artists by listeners) or by the pair's plays, each
+    removed from the plays the index is fitted on (its co-occurrence and popularity) and from the history given:
+    (index, pairs, the histories left)."""
     from aimass.zoo.search import Search
 
     names, hist = data["names"], data["histories"]
@@ -147,12 +145,59 @@ def suggest_personal(data: dict, feats: np.ndarray, n: int, rng, chars: int = 3,
     kept = {u: h[~np.isin(h, list(held.get(u, ())))] for u, h in hist.items()}
     est = Search().fit([h for h in kept.values() if len(h)], data["n_items"],
                        item_table={"name": names, "text": data["texts"]}, item_features=feats)
+    return est, drawn, kept
+
+
+def suggest_personal(data: dict, feats: np.ndarray, n: int, rng, chars: int = 3,
+                     by_plays: bool = False) -> tuple[float, float, int]:
+    """Suggestions for a person on held_out_pairs, prefix = the artist's first ``chars`` characters: the share
+    with the artist in the top 5, without and with the listener's history."""
+    est, drawn, kept = held_out_pairs(data, feats, n, rng, chars, by_plays)
     anon = mine = 0
     for u, a in drawn:
-        prefix = names[a - 1][:chars]
+        prefix = data["names"][a - 1][:chars]
         anon += any(s["item"] == a for s in est.suggest(prefix, 5))
         mine += any(s["item"] == a for s in est.suggest(prefix, 5, history=kept[u]))
     return anon / len(drawn), mine / len(drawn), len(drawn)
+
+
+def suggest_variants(data: dict, feats: np.ndarray, n: int, by_plays: bool) -> dict[str, float]:
+    """Other personal signals for /suggest on the same held-out pairs as suggest_personal (seed 3): the share
+    with the artist in the top 5 when the prefix's titles are ranked by each. "bag": co-occurrence over the
+    whole history (weight 1 at any distance, cosine-normalised like the family's windowed one), kept whole or
+    cut to each item's 100 strongest neighbours as the family keeps its own; "linear" adds it, scaled by the
+    best of these titles, to popularity as /suggest does; "product" ranks by listeners x (0.01 + scaled taste)^2.
+    """
+    import bisect
+
+    import scipy.sparse as sp
+
+    from aimass.zoo.search import _top_k_rows, words
+
+    est, drawn, kept = held_out_pairs(data, feats, n, np.random.default_rng(3), 3, by_plays)
+    rows = [np.repeat(h, len(h)) for h in kept.values()]
+    cols = [np.tile(h, len(h)) for h in kept.values()]
+    r, c = np.concatenate(rows), np.concatenate(cols)
+    size = data["n_items"] + 1
+    co = sp.csr_matrix((np.ones(int((r != c).sum())), (r[r != c], c[r != c])), shape=(size, size))
+    norm = sp.diags(1.0 / np.sqrt(np.maximum(est.counts_, 1.0)))
+    bag = (norm @ co @ norm).tocsr()
+    signals = {"windowed (the family's)": None, "bag, whole": bag, "bag, 100 neighbours": _top_k_rows(bag, 100)}
+    hits: dict[str, int] = {}
+    for u, a in drawn:
+        p = " ".join(words(data["names"][a - 1][:3]))
+        lo, hi = bisect.bisect_left(est._sugg_keys, p), bisect.bisect_left(est._sugg_keys, p + "\U0010ffff")
+        items = np.unique(est._sugg_items[lo:hi])
+        starts = np.fromiter((est._folded_titles[i].startswith(p) for i in items), bool, len(items))
+        h = kept[u]
+        for name, m in signals.items():
+            t = np.maximum(est._taste(h, items), 0) if m is None else np.asarray(m[h].sum(axis=0)).ravel()[1:][items]
+            t = t / t.max() if t.max() > 0 else t
+            for how, score in (("linear", est._pop[items] + starts + t),
+                               ("product", np.log1p(est.counts_[1:][items]) + 2 * np.log(0.01 + t) + 10 * starts)):
+                order = np.lexsort((items, -score))[:5]
+                hits[f"{name}, {how}"] = hits.get(f"{name}, {how}", 0) + int(a - 1 in items[order])
+    return {k: v / len(drawn) for k, v in hits.items()}
 
 
 def suggest_bound(names: list[str], weights: np.ndarray, chars: int = 3) -> float:
@@ -203,6 +248,8 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=1000, help="tag queries and personalised pairs (at most)")
     ap.add_argument("--quick", action="store_true", help="100 queries, no demo catalogue, no sweep")
     ap.add_argument("--sweep", action="store_true", help="compare fusion, weights and tokenisation")
+    ap.add_argument("--suggest-variants", action="store_true",
+                    help="only: other personal signals for /suggest on the held-out (listener, artist) pairs")
     a = ap.parse_args()
     n_q = 100 if a.quick else a.queries
 
@@ -212,6 +259,15 @@ def main() -> None:
 
     data = read_lastfm(Path(a.data))
     names, n_items = data["names"], data["n_items"]
+    if a.suggest_variants:
+        from aimass.zoo.text import item_text_features
+
+        feats = item_text_features(data["texts"], batch_size=128, bf16=True)
+        got = {how: suggest_variants(data, feats, 200 if a.quick else 2000, how == "by plays")
+               for how in ("uniformly", "by plays")}
+        table(["personal signal for /suggest, 3-character prefixes", "pairs drawn uniformly", "drawn by plays"],
+              [[k, got["uniformly"][k], got["by plays"][k]] for k in got["uniformly"]])
+        return
     seqs = list(data["histories"].values())
     item_table = {"name": names, "text": data["texts"]}
     print(f"Last.fm: {n_items} artists, {len(seqs)} users; tag assignments split by crc32(userID) % 2: "
