@@ -21,6 +21,7 @@ Latency: in process, one torch thread, after warm-up, query vector cache off (ev
     python benchmarks/search_lastfm.py                         # ../shared/data/lastfm-2k, 1,000 queries
     python benchmarks/search_lastfm.py --quick                 # 100 queries, no demo, no sweep
     python benchmarks/search_lastfm.py --sweep                 # also the fusion / tokenisation comparisons
+    python benchmarks/search_lastfm.py --suggest-variants      # only: other personal signals for /suggest
 """
 from __future__ import annotations
 
