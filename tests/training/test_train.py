@@ -160,7 +160,12 @@ def test_time_budget_stops_every_worker_at_the_same_step(home):
     r = aimass.train("sasrec", "demo", params, workers=2, time_budget_min=0.05, progress=False, settings=home)
     assert mlflow.get_run(r.run_id).info.status == "FINISHED"
     assert 1 <= r.epochs < 500  # stopped by the 3 s budget, long before the epochs ran out
-    assert r.stop_reason == mlflow.get_run(r.run_id).data.tags["aimass.stop_reason"] == "time budget"
+    tags = mlflow.get_run(r.run_id).data.tags
+    assert r.stop_reason == tags["aimass.stop_reason"] == "time budget"
+    # a budget note (the best epoch came in the budget's first half) names that epoch; a last-epoch best has none
+    assert tags.get("aimass.budget_note", "") == r.note
+    assert not r.note or f"peaked at epoch {r.best_epoch} of {r.epochs}," in r.note
+    assert r.note == "" or r.best_epoch < r.epochs
     steps = [m.step for m in mlflow.MlflowClient().get_metric_history(r.run_id, "loss")]
     assert steps == list(range(1, r.epochs + 1))
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from aimass.zoo.trainer import STOP_METRIC, EpochLoop, Limits, validation_metrics
+from aimass.zoo.trainer import STOP_METRIC, EpochLoop, Limits, LoopState, budget_note, validation_metrics
 
 
 def test_a_diverged_epoch_is_never_the_best_and_patience_stops_it():
@@ -62,3 +62,26 @@ def test_a_time_budget_is_spent_not_cut_short_by_early_stopping():
     assert (st.stop_reason, st.epoch) == ("patience", 3)
     assert run(Limits.of(cfg)).stop_reason == "patience"  # no budget: the family's early stopping
     assert run(Limits(epochs=2)).stop_reason == "epochs"
+
+
+def test_a_budget_that_bought_nothing_after_an_early_peak_is_said():
+    """The loop spends the whole budget, but a job whose best epoch came in the first half of it says so,
+    with the epoch and the minutes; one that improved late, or stopped for another reason, says nothing."""
+    import time
+
+    def run(scores):
+        it = iter(scores)
+        return EpochLoop(Limits(epochs=10_000, time_budget_s=0.6), lambda *a: time.sleep(0.02) or 0.0,
+                         validate=lambda: {STOP_METRIC: float(next(it))}).run([(np.zeros(1),)] * 2)
+
+    early = run(np.linspace(0.5, 0.0, 10_000))  # best at epoch 1, worse ever after
+    assert early.stop_reason == "time budget" and early.best_epoch == 1 and early.epoch > 4
+    assert 0 < early.best_at_s < 0.3 < early.train_time_s
+    note = budget_note(early, 0.6)
+    assert note.startswith(f"validation peaked at epoch 1 of {early.epoch},") and "did not improve it" in note
+    assert budget_note(early, None) == ""  # no budget, nothing to say about one
+    late = run(np.linspace(0.0, 0.5, 10_000))  # better every epoch
+    assert late.best_epoch == late.epoch and late.best_at_s >= 0.6 and budget_note(late, 0.6) == ""
+    stopped = LoopState(epoch=5, best_epoch=1, best_at_s=0.1, train_time_s=0.5, stop_reason="patience")
+    assert budget_note(stopped, 10.0) == ""  # early stopping the user asked for already says why
+

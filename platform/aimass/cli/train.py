@@ -70,7 +70,7 @@ def train(
     out = {"run_id": r.run_id, "family": r.family, "dataset": r.dataset, "epochs": r.epochs,
            "best_epoch": r.best_epoch, "wall_time_s": round(r.wall_time_s, 1),
            "samples_per_s": round(r.samples_per_s, 1), "model_uri": r.model_uri, "metrics": r.metrics,
-           "tracking_uri": state.settings.tracking_uri}
+           "tracking_uri": state.settings.tracking_uri, **({"note": r.note} if r.note else {})}
     emit(out, as_json, [f"{k:>14}: {v}" for k, v in out.items() if k != "metrics"]
          + [f"{k:>14}: {v:.4f}" for k, v in r.metrics.items()])
 
@@ -89,7 +89,7 @@ def _auto(dataset, budget, workers, epochs, max_test_users, name, as_json):
     board = [{"rank": i + 1 if c.run_id and c.val_ndcg is not None else "-", "stage": c.stage, "family": c.family,
               "params": json.dumps(c.params) if c.params else "", "val_ndcg@10": _f(c.val_ndcg),
               "test_ndcg@10": _f(c.test_ndcg), "test_hr@10": _f(c.test_recall), "minutes": round(c.wall_time_s / 60, 1),
-              "run_id": c.run_id or "", "note": c.skipped or c.stop_reason}
+              "run_id": c.run_id or "", "note": c.skipped or c.note or c.stop_reason}
              for i, c in enumerate(r.leaderboard)]
     out = {"search_id": r.search_id, "dataset": r.dataset, "registered": registered, "best_run_id": r.best.run_id,
            "wall_time_s": r.wall_time_s, "leaderboard": board}

@@ -40,6 +40,7 @@ class TrainResult:
     history: list = dataclasses.field(default_factory=list)
     stop_reason: str = ""  # "time budget", "epochs", "patience", "max steps" or "one pass" (count families)
     resolved: dict = dataclasses.field(default_factory=dict)  # what the data decided: see data_stats, _derived
+    note: str = ""  # a budgeted job that peaked early says so (aimass.zoo.trainer.budget_note)
 
 
 def train(
@@ -213,6 +214,8 @@ def _latest_checkpoint(s: Settings, run_id: str) -> Path | None:
 def _run(s, cls, family, info, params, data, splits, workers, gpu, epochs, budget_min, progress, resume):
     from aimass import _ray
     from aimass.tracking import TAG, lineage_tags, log_model, metric_key, mlflow_for
+    from aimass.training._loop import _state_from
+    from aimass.zoo.trainer import budget_note
 
     if workers:
         ray = _ray.init(s)
@@ -263,7 +266,9 @@ def _run(s, cls, family, info, params, data, splits, workers, gpu, epochs, budge
             mlflow.log_metrics({metric_key(k): v for k, v in metrics.items()})
             example = [int(x) for x in splits.item_ids[np.asarray(splits.test_histories[0][-5:]) - 1]]
             info_model = log_model(mlflow, model_dir, splits.item_ids, family, example)
-        mlflow.set_tags({f"{TAG}best_epoch": state["best_epoch"], f"{TAG}stop_reason": state.get("stop_reason", "")})
+        note = budget_note(_state_from(state), budget_min * 60 if budget_min else None)
+        mlflow.set_tags({f"{TAG}best_epoch": state["best_epoch"], f"{TAG}stop_reason": state.get("stop_reason", ""),
+                         **({f"{TAG}budget_note": note} if note else {})})
         mlflow.end_run("FINISHED")
     except BaseException as e:
         mlflow.end_run("FAILED" if not isinstance(e, KeyboardInterrupt) else "KILLED")
@@ -276,7 +281,7 @@ def _run(s, cls, family, info, params, data, splits, workers, gpu, epochs, budge
         epochs=state["epoch"], best_epoch=state["best_epoch"], wall_time_s=time.time() - started,
         samples_per_s=float(np.mean([h["samples_per_s"] for h in hist])) if hist else 0.0,
         n_parameters=n_parameters, history=hist, stop_reason=state.get("stop_reason", ""),
-        resolved=data.get("resolved", {}))
+        resolved=data.get("resolved", {}), note=note)
 
 
 def _root_cause(e: BaseException) -> str:

@@ -53,6 +53,7 @@ class Candidate:
     budget_min: float | None = None
     wall_time_s: float = 0.0
     stop_reason: str = ""
+    note: str = ""                  # the run's budget note: it peaked early in its budget
     epochs: int = 0                 # epochs trained so far (a continuation counts its predecessors')
     skipped: str | None = None      # why it did not run, or how it failed
 
@@ -108,7 +109,7 @@ def auto(dataset: str, time_budget_min: float, *, workers: int = 1, max_val_user
             c.skipped = f"failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
         else:
             m = r.metrics
-            c.run_id, c.stop_reason, c.epochs = r.run_id, r.stop_reason, r.epochs
+            c.run_id, c.stop_reason, c.epochs, c.note = r.run_id, r.stop_reason, r.epochs, r.note
             c.val_ndcg, c.val_recall = m.get(STOP_METRIC), m.get("best_val_recall@10")
             c.test_ndcg, c.test_recall = m.get("test_ndcg@10"), m.get("test_recall@10")
         c.wall_time_s = round(time.time() - t0, 1)

@@ -118,10 +118,12 @@ def _torch_job(est, cfg, data, config, rank, world, resume, reporter) -> None:
 
 def _state_from(d: dict) -> LoopState:
     """A checkpoint's loop state; checkpoints written before the loop was shared named the best figure by the
-    metric and kept no running time."""
+    metric and kept no running time, and older ones did not say when the best epoch ended."""
     d = dict(d)
+    times = [h.get("train_time_s", 0.0) for h in d.get("history", [])]
     d.setdefault("best", d.get(STOP_METRIC, -1.0))
-    d.setdefault("train_time_s", sum(h.get("train_time_s", 0.0) for h in d.get("history", [])))
+    d.setdefault("train_time_s", sum(times))
+    d.setdefault("best_at_s", sum(times[:d.get("best_epoch", 0)]))
     return LoopState.from_dict(d)
 
 
