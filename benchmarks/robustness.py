@@ -40,6 +40,14 @@ PLAIN_SASREC = {"dim": 64, "n_blocks": 2, "max_len": 50, "dropout": 0.2, "loss":
 PUBLISHED = {("ml1m", "sasrec"): "SASRec CE: test NDCG@10 0.1821, HR@10 0.3152 (Klenitskiy & Vasilev 2023)"}
 
 
+def ml1m_short(data: Path) -> list[list[str]]:
+    """Each ml1m user's last 5-12 items (seeded), as raw item ids: the 8-9 interactions per user of
+    Amazon-style review data."""
+    rng = np.random.default_rng(0)
+    return [line.split()[-int(rng.integers(5, 13)):]
+            for line in (data / "ml-1m-seq" / "train_input.txt").read_text().splitlines()]
+
+
 def register(name: str, data: Path, s) -> str:
     import aimass
 
@@ -52,10 +60,7 @@ def register(name: str, data: Path, s) -> str:
     elif name == "lastfm":
         aimass.datasets.register(name, data / "lastfm-2k", "lastfm", settings=s)
     elif name == "ml1m-short":
-        rng, rows = np.random.default_rng(0), []
-        for u, line in enumerate((data / "ml-1m-seq" / "train_input.txt").read_text().splitlines(), 1):
-            items = line.split()[-int(rng.integers(5, 13)):]
-            rows += [f"{u},{i},{t}" for t, i in enumerate(items)]
+        rows = [f"{u},{i},{t}" for u, items in enumerate(ml1m_short(data), 1) for t, i in enumerate(items)]
         path = work / "ml1m-short.csv"
         path.write_text("user_id,item_id,timestamp\n" + "\n".join(rows) + "\n")
         aimass.datasets.register(name, path, "csv", settings=s)

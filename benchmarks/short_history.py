@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,15 +26,14 @@ from aimass.zoo.ease import EASE
 from aimass.zoo.sasrec import SASRec, sasrec_train_step
 from aimass.zoo.trainer import BUDGET_EPOCHS, STOP_METRIC, Limits, Trainer
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ml-1m-seq" / "train_input.txt"
+sys.path.insert(0, str(Path(__file__).parent))
+from robustness import DATA, ml1m_short  # noqa: E402  (the robustness benchmark's ml1m-short)
+
 VARIANTS = ["default", "weight_decay=0.1", "lr=1e-3", "dropout=0.6", "ema", "anneal", "blend-ease"]
 
 
-def ml1m_short() -> tuple[list, int]:
-    rng, seqs = np.random.default_rng(0), []
-    for line in DATA.read_text().splitlines():  # the same draw as benchmarks/robustness.py
-        items = line.split()
-        seqs.append(items[-int(rng.integers(5, 13)):])
+def ml1m_short_sequences() -> tuple[list, int]:
+    seqs = ml1m_short(DATA)  # robustness.py's draw
     ids = {i: k + 1 for k, i in enumerate(sorted({i for s in seqs for i in s}))}
     return [np.array([ids[i] for i in s], dtype=np.int64) for s in seqs], len(ids)
 
@@ -78,7 +78,7 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", default=VARIANTS, choices=VARIANTS)
     a = ap.parse_args()
     torch.set_num_threads(2)
-    seqs, n = ml1m_short()
+    seqs, n = ml1m_short_sequences()
     train = [s[:-2] for s in seqs]
     val = ([s[:-2] for s in seqs], np.array([s[-2] for s in seqs]))
     test = ([s[:-1] for s in seqs], np.array([s[-1] for s in seqs]))

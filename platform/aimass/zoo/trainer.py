@@ -190,8 +190,8 @@ def budget_note(state: LoopState, budget_s: float | None) -> str:
     """What a budgeted job says when its budget bought nothing after an early peak ("spend it or say why
     not"): the loop still spends the whole budget, since a noisy validation set must not end it, but the user
     learns that the model is an early epoch's. On ml1m-short (8.5 items per user) SASRec peaked in its first
-    two minutes of 45; on ml1m it improves to the end and says nothing. Empty unless the job ran out of
-    budget with its best epoch in the first ``PEAK_SHARE`` of it."""
+    two minutes of 45. Empty unless the job ran out of budget with its best epoch in the first ``PEAK_SHARE``
+    of it."""
     if not budget_s or state.stop_reason != "time budget" or state.best_epoch >= state.epoch:
         return ""
     if state.best_epoch < 1 or state.best_at_s > PEAK_SHARE * budget_s:
