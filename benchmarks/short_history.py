@@ -29,7 +29,7 @@ from aimass.zoo.trainer import BUDGET_EPOCHS, STOP_METRIC, Limits, Trainer
 sys.path.insert(0, str(Path(__file__).parent))
 from robustness import DATA, ml1m_short  # noqa: E402  (the robustness benchmark's ml1m-short)
 
-VARIANTS = ["default", "weight_decay=0.1", "lr=1e-3", "dropout=0.6", "ema", "anneal", "blend-ease"]
+VARIANTS = ["default", "weight_decay=0.1", "lr=1e-3", "dropout=0.6", "ema", "anneal", "blend-ease", "ensemble"]
 
 
 def ml1m_short_sequences() -> tuple[list, int]:
@@ -72,9 +72,15 @@ def zscore(s: np.ndarray) -> np.ndarray:
     return np.nan_to_num(z, nan=-1e9)
 
 
+def log_softmax(s: np.ndarray) -> np.ndarray:
+    t = torch.from_numpy(np.where(np.isfinite(s), s, -1e9).astype(np.float32))
+    return torch.log_softmax(t, dim=1).numpy()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--budget", type=float, default=3.0, help="minutes per SASRec variant")
+    ap.add_argument("--members", type=int, default=4, help="seeds in the ensemble variant")
     ap.add_argument("--variants", nargs="+", default=VARIANTS, choices=VARIANTS)
     a = ap.parse_args()
     torch.set_num_threads(2)
@@ -94,6 +100,16 @@ def main() -> None:
         print(json.dumps(row), flush=True)
 
     for v in a.variants:
+        if v == "ensemble":  # K seeds, each the whole budget; their z-scored scores averaged
+            members = []
+            for seed in range(a.members):
+                members.append(SASRec(time_budget_s=a.budget * 60, seed=seed).fit(train, n, valid=val))
+
+                for how, f in (("z-scored", zscore), ("raw", lambda s: s), ("log-softmax", log_softmax)):
+                    def mean(h, ms=tuple(members), f=f):
+                        return sum(f(m.score(h)) for m in ms) / len(ms)
+                    report(f"ensemble of {len(members)}, {how}", ndcg(mean, val), ndcg(mean, test), None, None)
+            continue
         if v in ("anneal", "blend-ease"):
             if base is None:
                 base = SASRec(time_budget_s=a.budget * 60).fit(train, n, valid=val)

@@ -160,6 +160,11 @@ def test_time_budget_stops_every_worker_at_the_same_step(home):
     r = aimass.train("sasrec", "demo", params, workers=2, time_budget_min=0.05, progress=False, settings=home)
     assert mlflow.get_run(r.run_id).info.status == "FINISHED"
     assert 1 <= r.epochs < 500  # stopped by the 3 s budget, long before the epochs ran out
+    # the demo is sparse and an epoch of it takes milliseconds: the budget trains an ensemble, on both workers
+    members = int(mlflow.get_run(r.run_id).data.params["resolved.members"])
+    aimass.registry.register(r.run_id, "budgeted", settings=home)
+    model = aimass.registry.load("budgeted/1", settings=home)
+    assert members > 1 and len(model.estimator.module_.members) == members
     tags = mlflow.get_run(r.run_id).data.tags
     assert r.stop_reason == tags["aimass.stop_reason"] == "time budget"
     # a budget note (the best epoch came in the budget's first half) names that epoch; a last-epoch best has none

@@ -19,6 +19,11 @@ def test_family_passes_the_contract(family):
     assert ("time budget respected" in done) == family_class(family).is_torch
 
 
+def test_a_sasrec_ensemble_passes_the_contract():
+    done = check_family(family_class("sasrec"), {**SMALL["sasrec"], "members": 2})
+    assert "save/load gives identical scores" in done and "time budget respected" in done
+
+
 def test_the_contract_catches_a_family_that_breaks_it(monkeypatch):
     """The contract can fail: a family whose scores depend on the rest of the batch is caught and named."""
     import aimass.zoo as zoo

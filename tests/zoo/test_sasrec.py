@@ -9,13 +9,17 @@ import torch
 from aimass.evaluation import evaluate
 from aimass.zoo import _losses
 from aimass.zoo.sasrec import (
+    MAX_MEMBERS,
     SASRec,
     SASRecBatchSampler,
     SASRecConfig,
+    SASRecEnsemble,
     SASRecModule,
     SASRecTrainingData,
     sasrec_loss,
+    sasrec_optimizer,
     sasrec_token_weight,
+    sasrec_train_step,
     sasrec_trim,
 )
 from aimass.zoo.trainer import STOP_METRIC
@@ -206,3 +210,52 @@ def test_trimming_padding_is_exact():
         untrimmed = _losses.full_softmax_ce(module(inputs)[keep], targets[keep], module.item_emb.weight)
         weight = sasrec_token_weight(int(keep.sum()), len(inputs), cfg)
         assert torch.allclose(sasrec_loss(module, (inputs, targets), cfg), untrimmed * weight, atol=1e-6)
+
+
+def test_a_budget_on_sparse_data_buys_members_and_dense_data_or_no_budget_keeps_one():
+    short = np.full(6040, 8)  # ml1m-short's shape: 8 items a user, 3.4k items (sparse)
+    assert SASRecConfig().resolve(3400, short).members == 1  # no budget: one network, as before
+    assert SASRecConfig().resolve(3400, short, 45 * 60).members == MAX_MEMBERS
+    assert SASRecConfig(time_budget_s=45 * 60).resolve(3400, short).members == MAX_MEMBERS
+    by_budget = [SASRecConfig().resolve(3400, short, m * 60).members for m in (0.5, 3, 5, 10, 45)]
+    assert by_budget == sorted(by_budget) and by_budget[0] == 1 < by_budget[-1]
+    assert SASRecConfig().resolve(3400, np.full(6040, 200), 45 * 60).members == 1  # dense: one network
+    # a large sparse catalogue: each epoch is long, so one network gets the whole budget
+    assert SASRecConfig().resolve(50_000, np.full(20_000, 9), 45 * 60).members == 1
+    assert SASRecConfig(members=2).resolve(3400, np.full(6040, 200)).members == 2  # the user's choice stands
+
+
+def test_an_ensemble_scores_the_mean_of_its_members_as_one_product():
+    seqs = successor_sequences(80)
+    est = SASRec(**dict(TINY, epochs=3, members=3)).fit(seqs, N_ITEMS, progress=False)
+    assert isinstance(est.module_, SASRecEnsemble) and len(est.module_.members) == 3
+    histories = [s[:-1] for s in seqs[:10]]
+    scores = est.score(histories)
+    with torch.no_grad():
+        seq = est._sequences(histories)
+        each = [m.scores(seq).numpy() for m in est.module_.members]
+    np.testing.assert_allclose(scores[:, 1:], np.mean(each, axis=0)[:, 1:], rtol=1e-5, atol=1e-5)
+    assert not np.allclose(each[0][:, 1:], each[1][:, 1:])  # members start apart and stay apart
+    # what an ANN index or the quantised scan serves: user vectors against the item table, the same scores
+    vectors = est.user_vectors(histories) @ est.item_table().T
+    np.testing.assert_allclose(vectors[:, 1:], scores[:, 1:], rtol=1e-5, atol=1e-5)
+
+
+def test_each_member_learns_as_it_would_alone():
+    """The ensemble's loss is the sum of its members' and each is clipped on its own: member 0 takes exactly
+    the steps a lone SASRec with its weights takes."""
+    seqs = successor_sequences(64)
+    cfg = SASRecConfig(**dict(TINY, dropout=0.0, bf16=False, members=2)).resolve(N_ITEMS, [len(x) for x in seqs])
+    torch.manual_seed(0)
+    ensemble = SASRecEnsemble(N_ITEMS, cfg)
+    alone = SASRecModule(N_ITEMS, cfg.model_copy(update={"members": 1}))
+    alone.load_state_dict(ensemble.members[0].state_dict())
+    data = SASRecTrainingData(seqs, cfg)
+    batch = tuple(torch.stack(t) for t in zip(*(data[i] for i in range(32)), strict=True))
+    opt_e, opt_a = sasrec_optimizer(ensemble, cfg), sasrec_optimizer(alone, cfg)
+    for step in range(3):
+        loss_e = sasrec_train_step(ensemble, batch, cfg, opt_e, step)
+        loss_a = sasrec_train_step(alone, batch, cfg, opt_a, step)
+    for k, v in alone.state_dict().items():
+        torch.testing.assert_close(ensemble.members[0].state_dict()[k], v, rtol=1e-5, atol=1e-6)
+    assert loss_e != pytest.approx(loss_a)  # the reported loss is the members' mean, and member 1 differs

@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from aimass.zoo.sasrec import is_ensemble
+
 FORMAT = "aimass-compressed/1"
 META = "compressed.json"
 WEIGHTS = "weights.safetensors"
@@ -247,6 +249,28 @@ class SASRecInfer(nn.Module):
         return x + block.ffn(block.ln2(x))
 
 
+class _MeanOf(nn.Module):
+    """An ensemble's scores: the mean of its members' restructured scorers (column 0 stays -inf)."""
+
+    def __init__(self, members: list[SASRecInfer]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, seq: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(seq) for m in self.members]).mean(0)
+
+
+def sasrec_infer(module: nn.Module, cfg, qrows: dict, **kw) -> nn.Module:
+    """The restructured scorer of a SASRec, or of each member of an ensemble (their mean); ``qrows``: the
+    int8 item tables by state-dict key, when the model was quantised."""
+    nets = [(f"members.{k}.", m) for k, m in enumerate(module.members)] if is_ensemble(cfg) else [("", module)]
+    infers = []
+    for prefix, net in nets:
+        item_q, item_scale = qrows.get(f"{prefix}item_emb.weight", (None, None))
+        infers.append(SASRecInfer(net, item_q=item_q, item_scale=item_scale, **kw).eval())
+    return infers[0] if len(infers) == 1 else _MeanOf(infers).eval()
+
+
 def _split_rows(qkv: nn.Module, d: int) -> tuple[nn.Module, nn.Module]:
     """A fused [3D, D] qkv projection -> (q: first D rows, kv: the other 2D), exact for int8 too (per-tensor
     scales are shared, per-channel ones are per row)."""
@@ -329,14 +353,12 @@ def load_compressed(path: str | Path) -> CompressedScorer:
     fake = np.zeros((meta["n_items"] + 1, feats), np.float32) if feats else None
     module = cls.build_module(cfg, meta["n_items"], fake) if fake is not None else \
         cls.build_module(cfg, meta["n_items"])
-    item_q = item_scale = None
+    qrows: dict = {}
     dtype = torch.float32
     if method == "int8":
         state, qlin, qrows = decode_int8(module, blobs, meta["linear"] == "per_channel")
         module.load_state_dict(state)
         swap_in_dynamic_linears(module, qlin)
-        if "item_emb.weight" in qrows:
-            item_q, item_scale = qrows["item_emb.weight"]
     else:
         state = {}
         for key in module.state_dict():
@@ -355,8 +377,7 @@ def load_compressed(path: str | Path) -> CompressedScorer:
     n_params = sum(p.numel() for p in module.parameters()) + sum(q.numel() for q, _ in
                                                                  (qlin.values() if method == "int8" else []))
     if family == "sasrec":
-        infer = SASRecInfer(module, item_q=item_q, item_scale=item_scale,
-                            head=meta.get("head", "float"), dtype=dtype).eval()
+        infer = sasrec_infer(module, cfg, qrows, head=meta.get("head", "float"), dtype=dtype)
         fn = lambda seq: infer(torch.from_numpy(seq)).numpy()  # noqa: E731
         return CompressedScorer(meta, fn, cfg.max_len, trim=True, parameters=n_params)
     fn = lambda seq: module.scores(torch.from_numpy(seq)).float().numpy()  # noqa: E731
@@ -390,8 +411,10 @@ def export_onnx(module: nn.Module, family: str, cfg, path: Path, opset: int) -> 
             return self.m.scores(seq)
 
     if family == "sasrec":
-        wrapped = SASRecInfer(copy.deepcopy(module).float().eval())
-        wrapped.export_mode = True  # no data-dependent shortcut in the traced graph
+        wrapped = sasrec_infer(copy.deepcopy(module).float().eval(), cfg, {})
+        for m in wrapped.modules():
+            if isinstance(m, SASRecInfer):
+                m.export_mode = True  # no data-dependent shortcut in the traced graph
         axes = {"seq": {0: "batch", 1: "length"}, "scores": {0: "batch"}}
     else:
         wrapped = Scores(copy.deepcopy(module).float().eval())

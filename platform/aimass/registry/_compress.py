@@ -240,11 +240,16 @@ def _distill(teacher_est, splits, opts: dict, progress: bool):
 
     SASRec = family_class("sasrec")
 
+    from aimass.zoo.sasrec import is_ensemble
+
     teacher, tcfg = teacher_est.module_.eval(), teacher_est.config_
+    # an ensemble teaches its members' mean scores; the student is one network, started from the first member
+    first = teacher.members[0] if is_ensemble(tcfg) else teacher
     n_blocks = opts.get("n_blocks", max(1, tcfg.n_blocks - 1))
     dim = opts.get("dim", tcfg.dim if n_blocks < tcfg.n_blocks else max(8, tcfg.dim // 2))
     n_heads = opts.get("n_heads", tcfg.n_heads if dim % tcfg.n_heads == 0 else 1)
-    if (n_blocks, dim) == (tcfg.n_blocks, tcfg.dim) or n_blocks > tcfg.n_blocks or dim > tcfg.dim:
+    same = (n_blocks, dim) == (tcfg.n_blocks, tcfg.dim) and not is_ensemble(tcfg)
+    if same or n_blocks > tcfg.n_blocks or dim > tcfg.dim:
         raise InvalidInputError(f"student (n_blocks={n_blocks}, dim={dim}) must be smaller than the teacher "
                                 f"(n_blocks={tcfg.n_blocks}, dim={tcfg.dim})")
     if dim % n_heads:
@@ -263,7 +268,7 @@ def _distill(teacher_est, splits, opts: dict, progress: bool):
                                    "lr": lr,
                                    "warmup_steps": min(50, max(1, steps // 10)), "schedule": "cosine",
                                    "batch_size": opts.get("batch_size", tcfg.batch_size), "tokens_per_seq": None,
-                                   "crop": "random", "seed": seed}
+                                   "crop": "random", "seed": seed, "members": 1}
                            ).resolve(n, [len(x) for x in splits.train_sequences])
     torch.manual_seed(seed)
     student = SASRec.build_module(scfg, n)
@@ -275,17 +280,17 @@ def _distill(teacher_est, splits, opts: dict, progress: bool):
     with torch.no_grad():
         if init == "blocks":
             picks = np.round(np.linspace(0, tcfg.n_blocks - 1, n_blocks)).astype(int).tolist()
-            student.item_emb.load_state_dict(teacher.item_emb.state_dict())
-            student.pos_emb.load_state_dict(teacher.pos_emb.state_dict())
-            student.norm.load_state_dict(teacher.norm.state_dict())
+            student.item_emb.load_state_dict(first.item_emb.state_dict())
+            student.pos_emb.load_state_dict(first.pos_emb.state_dict())
+            student.norm.load_state_dict(first.norm.state_dict())
             for i, j in enumerate(picks):
-                _copy_block(teacher.blocks[j], student.blocks[i])
+                _copy_block(first.blocks[j], student.blocks[i])
         else:
             # a narrower student starts from the teacher's item and position tables on their top `dim`
             # right singular vectors: item-item dot products begin as the teacher's best rank-`dim` ones
-            proj = torch.linalg.svd(teacher.item_emb.weight[1:].float(), full_matrices=False).Vh[:dim].T
-            student.item_emb.weight.copy_(teacher.item_emb.weight.float() @ proj)
-            student.pos_emb.weight.copy_(teacher.pos_emb.weight.float() @ proj)
+            proj = torch.linalg.svd(first.item_emb.weight[1:].float(), full_matrices=False).Vh[:dim].T
+            student.item_emb.weight.copy_(first.item_emb.weight.float() @ proj)
+            student.pos_emb.weight.copy_(first.pos_emb.weight.float() @ proj)
     data = SASRec.training_data(list(splits.train_sequences), scfg)
     loader, sampler = make_loader(SASRec, data, scfg, seed=seed)  # users of similar length: less padding
     opt = SASRec.make_optimizer(student, scfg)

@@ -76,7 +76,9 @@ def train(
     data, splits = _prepare(ds, max_val_users, params.get("seed", 0))
     data["max_test_users"] = max_test_users
     lengths = [len(x) for x in data["train"]]
-    cfg = cls(**params).resolve_config(data["n_items"], lengths)  # a family's size limits refuse here
+    budget_s = time_budget_min * 60 if time_budget_min else None
+    # a family's size limits refuse here; the worker resolves the same (same data, same budget)
+    cfg = cls(**params).resolve_config(data["n_items"], lengths, time_budget_s=budget_s)
     data["resolved"] = {**data_stats(lengths, data["n_items"]), **_derived(cls, params, cfg)}
     use_text = item_text if item_text is not None else (
         getattr(cls, "accepts_item_features", False) and ds.items is not None)
@@ -140,7 +142,10 @@ def _checkpoint_derived(cls, params: dict, ckpt: Path) -> dict:
     the same network even if the data-dependent defaults have changed since (another aimass version)."""
     saved = ckpt / "best" / "config.json"
     try:
-        cfg = cls.Config(**json.loads(saved.read_text())["config"])
+        raw = json.loads(saved.read_text())["config"]
+        if "members" in getattr(cls.Config, "model_fields", {}) and "members" not in raw:
+            raw["members"] = 1  # saved before SASRec could train an ensemble: one network
+        cfg = cls.Config(**raw)
     except (OSError, KeyError, ValueError, TypeError):
         return {}
     return {k.removeprefix("resolved."): v for k, v in _derived(cls, params, cfg).items()}

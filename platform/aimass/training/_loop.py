@@ -36,7 +36,8 @@ def worker_loop(config: dict) -> None:
     np.random.seed(config["seed"] + rank)
     torch.set_num_threads(max(1, config.get("threads_per_worker", 1)))
     est = family_class(config["family"])(**config["params"])
-    cfg = est.resolve_config(data["n_items"], [len(s) for s in data["train"]])
+    cfg = est.resolve_config(data["n_items"], [len(s) for s in data["train"]],
+                             time_budget_s=config.get("time_budget_s"))
     resume = ray.train.get_checkpoint()  # a restarted worker group continues the same job
     if resume is None and config.get("resume_from"):
         resume = ray.train.Checkpoint.from_directory(config["resume_from"])

@@ -31,7 +31,9 @@ class NeuralEstimator:
     def get_params(self, deep: bool = True) -> dict:
         return dict(self.params)
 
-    def resolve_config(self, n_items: int, sequence_lengths):
+    def resolve_config(self, n_items: int, sequence_lengths, time_budget_s: float | None = None):
+        """The config with the data-dependent fields filled; ``time_budget_s`` is the job's budget (a family
+        may size itself to it)."""
         return self.Config(**self.params).resolve(n_items, sequence_lengths)
 
     @staticmethod

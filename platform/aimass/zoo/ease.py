@@ -49,7 +49,7 @@ class EASE:
     def get_params(self, deep: bool = True) -> dict:
         return dict(self.params)
 
-    def resolve_config(self, n_items: int, sequence_lengths) -> EASEConfig:
+    def resolve_config(self, n_items: int, sequence_lengths, time_budget_s: float | None = None) -> EASEConfig:
         cfg = EASEConfig(**self.params)
         if n_items > cfg.max_items:
             gb = 4 * (n_items + 1) ** 2 / 1e9

@@ -39,7 +39,7 @@ class ItemKNN:
     def get_params(self, deep: bool = True) -> dict:
         return dict(self.params)
 
-    def resolve_config(self, n_items: int, sequence_lengths) -> ItemKNNConfig:
+    def resolve_config(self, n_items: int, sequence_lengths, time_budget_s: float | None = None) -> ItemKNNConfig:
         return ItemKNNConfig(**self.params)
 
     def sufficient_stats(self, sequences: list[np.ndarray], cfg: ItemKNNConfig, n_items: int) -> dict:

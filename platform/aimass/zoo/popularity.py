@@ -31,7 +31,7 @@ class Popularity:
 
     # -- additive statistics: a distributed job sums them over shards of users ------------------------------
 
-    def resolve_config(self, n_items: int, sequence_lengths) -> PopularityConfig:
+    def resolve_config(self, n_items: int, sequence_lengths, time_budget_s: float | None = None) -> PopularityConfig:
         return PopularityConfig(**self.params)
 
     def sufficient_stats(self, sequences: list[np.ndarray], cfg: PopularityConfig, n_items: int) -> dict:

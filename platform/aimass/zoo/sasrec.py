@@ -30,6 +30,16 @@ from aimass.zoo import _losses
 from aimass.zoo._neural import NeuralEstimator, left_pad
 
 DENSE_PER_ITEM = 50  # training interactions per item from which a catalogue counts as dense
+# Members of a budgeted job on sparse data (``members`` None): as many SASRecs as the budget gives at least
+# MEMBER_EPOCHS epochs each, up to MAX_MEMBERS. On ml1m-short SASRec peaked at about its 30th epoch, well
+# inside its first 2 minutes of 45, and 2 / 3 / 4 members of 1.5 minutes each validated 0.1038 / 0.1043 /
+# 0.1048 against one's 0.1007 (test 0.0976 / 0.0977 / 0.0970 against 0.0945; benchmarks/short_history.py).
+MAX_MEMBERS = 4
+MEMBER_EPOCHS = 40
+# the epoch time is estimated before training from its multiply-adds at this rate: on 2 shared CPU cores
+# (bf16) epochs ran at 4.2e10 a second on ml1m-short (3.4k items, validation included) and 5-6e10 on random
+# data of 22k users x 12k items and 30k x 23k; a lower rate errs towards fewer, longer-trained members
+ASSUMED_FLOPS = 3e10
 
 
 class SASRecConfig(BaseModel):
@@ -87,9 +97,13 @@ class SASRecConfig(BaseModel):
     # bf16 autocast on CPU, CE head's products included; None: on when the CPU has bf16 instructions.
     # ml1m, 6 min on 2 EPYC cores: 40 vs 49 s/epoch, val NDCG@10 0.157 vs 0.144 (benchmarks/sasrec_ml1m.py)
     bf16: bool | None = None
+    # independent SASRecs trained side by side, scores averaged (an ensemble; see MAX_MEMBERS). None: 1 on
+    # dense data or without a time budget, else what the budget affords (members_for_budget)
+    members: int | None = Field(None, ge=1, le=16)
 
-    def resolve(self, n_items: int, sequence_lengths) -> SASRecConfig:
-        """Fill the data-dependent fields; returns a new config (idempotent)."""
+    def resolve(self, n_items: int, sequence_lengths, time_budget_s: float | None = None) -> SASRecConfig:
+        """Fill the data-dependent fields; returns a new config (idempotent). ``time_budget_s``: the job's
+        budget, when the job (not this config) carries it."""
         lengths = np.asarray(sequence_lengths, dtype=np.int64)
         upd: dict = {}
         if self.max_len is None:
@@ -111,9 +125,25 @@ class SASRecConfig(BaseModel):
         if self.bf16 is None:
             upd["bf16"] = _cpu_has_bf16()
         dim = upd.get("dim", self.dim)
+        if self.members is None:
+            budget = time_budget_s or self.time_budget_s
+            tokens = float(np.minimum(lengths - 1, max_len).clip(0).sum()) if len(lengths) else 0.0
+            upd["members"] = 1 if dense or not budget else members_for_budget(
+                budget, tokens, dim, n_items, self.n_blocks, self.ffn_mult)
         if self.n_heads > 1 and dim % self.n_heads:
             raise ValueError(f"dim={dim} is not divisible by n_heads={self.n_heads}")
         return self.model_copy(update=upd)
+
+
+def members_for_budget(budget_s: float, tokens: float, dim: int, n_items: int, n_blocks: int,
+                       ffn_mult: int = 1) -> int:
+    """How many members a budget trains for MEMBER_EPOCHS epochs each, 1 to MAX_MEMBERS. An epoch's cost is
+    estimated from its multiply-adds (forward and backward: 3 products) per training token: the full-softmax
+    head over the catalogue and the blocks' projections. A large catalogue keeps one member: there each
+    epoch is long and one model needs the whole budget."""
+    per_token = 6.0 * dim * (n_items + (4 + 2 * ffn_mult) * dim * n_blocks)
+    epochs = budget_s * ASSUMED_FLOPS / max(tokens * per_token, 1.0)
+    return int(min(MAX_MEMBERS, max(1, epochs // MEMBER_EPOCHS)))
 
 
 def _cpu_has_bf16() -> bool:
@@ -195,12 +225,53 @@ class SASRecModule(nn.Module):
             x = block(x, mask) * keep.unsqueeze(-1)
         return self.norm(x)
 
+    def head_weight(self) -> torch.Tensor:
+        """The output layer, [n_items + 1, D]: scores = forward(seq)[:, -1] @ head_weight().T."""
+        return self.item_emb.weight
+
     def scores(self, seq: torch.Tensor) -> torch.Tensor:
         """[B, L] -> [B, n_items + 1] scores of the next item; column 0 (padding) is -inf."""
-        h = self.forward(seq)[:, -1]
-        s = h.float() @ self.item_emb.weight.float().T
-        s[:, 0] = float("-inf")
-        return s
+        return _scores(self, seq)
+
+
+class SASRecEnsemble(nn.Module):
+    """``members`` SASRecs with their own weights, each trained on its own loss (sasrec_loss), scored by the
+    mean of their scores. That mean is one dot product, concat(hidden) @ concat(tables).T / members, so
+    ``forward`` and ``head_weight`` give every path built on ``user vector @ item table`` (an ANN index,
+    the quantised scan) the ensemble's exact scores."""
+
+    def __init__(self, n_items: int, cfg: SASRecConfig):
+        super().__init__()
+        self.members = nn.ModuleList(SASRecModule(n_items, cfg) for _ in range(cfg.members))
+        self.n_items, self.max_len, self.dim = n_items, cfg.max_len, cfg.dim
+
+    def forward(self, seq: torch.Tensor) -> torch.Tensor:
+        """[B, L] -> [B, L, members * D]: the members' hidden states side by side."""
+        return torch.cat([m(seq) for m in self.members], dim=-1)
+
+    def head_weight(self) -> torch.Tensor:
+        return torch.cat([m.item_emb.weight for m in self.members], dim=-1) / len(self.members)
+
+    def scores(self, seq: torch.Tensor) -> torch.Tensor:
+        return _scores(self, seq)
+
+
+def _scores(module, seq: torch.Tensor) -> torch.Tensor:
+    h = module.forward(seq)[:, -1]
+    s = h.float() @ module.head_weight().float().T
+    s[:, 0] = float("-inf")
+    return s
+
+
+def is_ensemble(cfg) -> bool:
+    """Whether a (any family's) config builds a SASRec ensemble."""
+    return (getattr(cfg, "members", None) or 1) > 1
+
+
+def _members(module) -> list[SASRecModule]:
+    """The single networks of a module (itself, or an ensemble's members), DDP's wrapper unwrapped."""
+    inner = getattr(module, "module", module)
+    return list(inner.members) if isinstance(inner, SASRecEnsemble) else [inner]
 
 
 class SASRecTrainingData(torch.utils.data.Dataset):
@@ -297,27 +368,34 @@ def sasrec_trim(inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tens
 
 
 def sasrec_loss(module: SASRecModule, batch, cfg: SASRecConfig, generator: torch.Generator | None = None):
-    """Next-item loss over every non-padding position of the batch (not only the last: ~100x the signal)."""
+    """Next-item loss over every non-padding position of the batch (not only the last: ~100x the signal).
+    An ensemble's is the sum of its members' losses, each on its own hidden states and table, so each member
+    learns as it would alone."""
     inputs, targets = sasrec_trim(*batch)
-    inner = getattr(module, "module", module)  # DDP: call the wrapper (it syncs grads), read weights inside
+    members = _members(module)  # DDP: call the wrapper (it syncs grads), read weights inside
     bf16 = bool(cfg.bf16) and inputs.device.type == "cpu"
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         hidden = module(inputs)
         keep = targets != 0
         h, t = hidden[keep], targets[keep]
-        w, n = inner.item_emb.weight, inner.n_items
-        if cfg.loss == "ce":
-            loss = _losses.full_softmax_ce(h, t, w, matmul_dtype=torch.bfloat16 if bf16 else torch.float32)
-        elif cfg.loss == "bce":
-            neg = _losses.uniform_negatives(len(t), n, t.device, generator)  # one per position
-            loss = _losses.bce_one_negative(h, t, w, neg)
-        elif cfg.loss in ("sampled_softmax", "gbce"):
-            neg = _losses.uniform_negatives(min(cfg.n_negatives, n), n, t.device, generator)
-            loss = (_losses.sampled_softmax(h, t, w, neg) if cfg.loss == "sampled_softmax"
-                    else _losses.gbce(h, t, w, neg, n, cfg.gbce_t))
-        else:
-            raise ValueError(f"unresolved loss {cfg.loss!r}: call SASRecConfig.resolve() first")
+        d = h.shape[-1] // len(members)
+        loss = sum(_member_loss(h[:, k * d:(k + 1) * d], t, m.item_emb.weight, m.n_items, cfg, bf16, generator)
+                   for k, m in enumerate(members))
     return loss * sasrec_token_weight(len(t), len(inputs), cfg)
+
+
+def _member_loss(h, t, w, n: int, cfg: SASRecConfig, bf16: bool, generator):
+    """One network's loss: its hidden states ``h`` of the targets ``t`` against its item table ``w``."""
+    if cfg.loss == "ce":
+        return _losses.full_softmax_ce(h, t, w, matmul_dtype=torch.bfloat16 if bf16 else torch.float32)
+    if cfg.loss == "bce":
+        neg = _losses.uniform_negatives(len(t), n, t.device, generator)  # one per position
+        return _losses.bce_one_negative(h, t, w, neg)
+    if cfg.loss in ("sampled_softmax", "gbce"):
+        neg = _losses.uniform_negatives(min(cfg.n_negatives, n), n, t.device, generator)
+        return (_losses.sampled_softmax(h, t, w, neg) if cfg.loss == "sampled_softmax"
+                else _losses.gbce(h, t, w, neg, n, cfg.gbce_t))
+    raise ValueError(f"unresolved loss {cfg.loss!r}: call SASRecConfig.resolve() first")
 
 
 def sasrec_optimizer(module: nn.Module, cfg: SASRecConfig) -> torch.optim.Optimizer:
@@ -345,9 +423,11 @@ def sasrec_train_step(module, batch, cfg: SASRecConfig, optimizer, step: int = 0
     loss = sasrec_loss(module, batch, cfg, generator)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(module.parameters(), 5.0)
+    members = _members(module)
+    for m in members:  # each member clipped as it would be alone
+        torch.nn.utils.clip_grad_norm_(m.parameters(), 5.0)
     optimizer.step()
-    return float(loss.detach())
+    return float(loss.detach()) / len(members)  # a member's loss, comparable whatever their number
 
 
 def sasrec_distill_step(student, teacher, batch, cfg: SASRecConfig, optimizer, step: int, progress: float,
@@ -365,8 +445,9 @@ def sasrec_distill_step(student, teacher, batch, cfg: SASRecConfig, optimizer, s
     student.train()
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         hidden = student(inputs)[keep]
+    # an ensemble teacher's soft targets are its members' mean scores (its head_weight makes them one product)
     loss = _losses.distill_ce(hidden, targets[keep], student.item_emb.weight, t_hidden,
-                              teacher.item_emb.weight.detach(), temperature, alpha, chunk=512,
+                              teacher.head_weight().detach(), temperature, alpha, chunk=512,
                               matmul_dtype=torch.bfloat16 if bf16 else torch.float32)
     # each token weighs the same whether its batch holds short or long users (as in sasrec_loss)
     loss = loss * sasrec_token_weight(int(keep.sum()), len(inputs), cfg)
@@ -385,8 +466,12 @@ class SASRec(NeuralEstimator):
 
     # ---- uniform hooks (aimass.training's DDP loop calls these; fit() is built from them) ---------------
     @staticmethod
-    def build_module(cfg: SASRecConfig, n_items: int, item_features=None) -> SASRecModule:
-        return SASRecModule(n_items, cfg)  # item features: not used by this family
+    def build_module(cfg: SASRecConfig, n_items: int, item_features=None) -> SASRecModule | SASRecEnsemble:
+        # item features: not used by this family
+        return SASRecEnsemble(n_items, cfg) if is_ensemble(cfg) else SASRecModule(n_items, cfg)
+
+    def resolve_config(self, n_items: int, sequence_lengths, time_budget_s: float | None = None):
+        return self.Config(**self.params).resolve(n_items, sequence_lengths, time_budget_s)
 
     training_data = staticmethod(SASRecTrainingData)
     batch_sampler = staticmethod(sasrec_batch_sampler)
@@ -397,8 +482,9 @@ class SASRec(NeuralEstimator):
     # ---- retrieval: score = user_vectors(h) @ item_table().T, which an ANN index serves ------------------
     @torch.no_grad()
     def item_table(self) -> np.ndarray:
-        """float32 [n_items + 1, D] item embeddings (row 0 = padding): the output layer shares them."""
-        return self.module_.item_emb.weight.detach().float().cpu().numpy()
+        """float32 [n_items + 1, D] item embeddings (row 0 = padding): the output layer shares them (an
+        ensemble's: its members' side by side, over their number)."""
+        return self.module_.head_weight().detach().float().cpu().numpy()
 
     @torch.no_grad()
     def user_vectors(self, histories: list[np.ndarray]) -> np.ndarray:

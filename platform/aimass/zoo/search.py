@@ -118,7 +118,7 @@ class Search:
 
     # -- additive statistics ------------------------------------------------------------------------------
 
-    def resolve_config(self, n_items: int, sequence_lengths) -> SearchConfig:
+    def resolve_config(self, n_items: int, sequence_lengths, time_budget_s: float | None = None) -> SearchConfig:
         return SearchConfig(**self.params)
 
     def sufficient_stats(self, sequences: list[np.ndarray], cfg: SearchConfig, n_items: int) -> dict:
