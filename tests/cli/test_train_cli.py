@@ -54,6 +54,12 @@ def test_train_auto_searches_on_validation_and_registers_the_best_with_its_leade
     # what the data decided is recorded with the run: the history length the network reads, and the data's
     # statistics it was decided from
     assert int(params["resolved.max_len"]) >= 8 and float(params["data.per_item"]) > 0
+    # a budget on this sparse demo buys a SASRec ensemble, and the job says how many members it trained
+    one = json.loads(run(home, "train", "sasrec", "--dataset", "demo", "--workers", "0", "--time-budget", "0.05",
+                         "--param", "dim=16", "--param", "n_blocks=1", "--json").stdout)
+    assert one["members"] > 1
+    shown = json.loads(run(home, "runs", "show", one["run_id"], "--json").stdout)
+    assert int(shown["params"]["resolved.members"]) == one["members"]
 
 
 def test_train_runs_models_round_trip(tmp_path):

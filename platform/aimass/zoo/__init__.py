@@ -10,6 +10,8 @@ the hooks a distributed job drives:
   ``make_optimizer``, ``train_step``, ``score_module``, ``adopt``; optionally ``batch_sampler(dataset, cfg,
   world, rank, seed)`` for the family's own batches of each rank (else shuffled batches of a
   DistributedSampler).
+``resolve_config(n_items, sequence_lengths, time_budget_s=None)`` fills what the data (and the job's budget)
+decide; the driver and every worker call it with the same arguments, so they build the same network.
 """
 from __future__ import annotations
 
