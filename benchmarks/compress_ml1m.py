@@ -67,7 +67,7 @@ def _fast_scorer(est):
 
     from aimass.registry import _codecs
 
-    infer = _codecs.SASRecInfer(est.module_).eval()
+    infer = _codecs.sasrec_infer(est.module_, est.config_, {})  # an ensemble: its members' mean
     meta = {"family": "sasrec", "method": "fp32 fast path (reference)", "n_items": est.n_items_, "config": {}}
     return _codecs.CompressedScorer(meta, lambda q: infer(torch.from_numpy(q)).numpy(), est.config_.max_len, True)
 

@@ -279,3 +279,7 @@ def test_an_ensemble_compresses_and_its_scorer_ranks_like_it(method, tmp_path):
         overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in
                            zip(_codecs.top10(got, hist), _codecs.top10(ref, hist), strict=True)])
         assert overlap >= (0.99 if method == "onnx" else 0.7), overlap
+        # the members' mean, not one member: closer to the ensemble's scores than to its first member's
+        with torch.no_grad():
+            first = est.module_.members[0].scores(est._sequences(hist)).numpy()
+        assert np.abs(got[:, 1:] - ref[:, 1:]).mean() < np.abs(got[:, 1:] - first[:, 1:]).mean()
