@@ -111,7 +111,8 @@ class SASRecConfig(BaseModel):
             p90 = int(np.percentile(lengths, 90)) if len(lengths) else 50
             upd["max_len"] = int(min(200, max(8, p90)))
         max_len = upd.get("max_len", self.max_len)
-        per_user = float(np.minimum(lengths - 1, max_len).clip(0).mean()) if len(lengths) else 1.0
+        targets = np.minimum(lengths - 1, max_len).clip(0)  # training tokens per user
+        per_user = float(targets.mean()) if len(lengths) else 1.0
         dense = float(lengths.sum()) / max(n_items, 1) >= DENSE_PER_ITEM
         if self.dim is None:
             upd["dim"] = 128 if dense else 64
@@ -127,9 +128,8 @@ class SASRecConfig(BaseModel):
         dim = upd.get("dim", self.dim)
         if self.members is None:
             budget = time_budget_s or self.time_budget_s
-            tokens = float(np.minimum(lengths - 1, max_len).clip(0).sum()) if len(lengths) else 0.0
             upd["members"] = 1 if dense or not budget else members_for_budget(
-                budget, tokens, dim, n_items, self.n_blocks, self.ffn_mult)
+                budget, float(targets.sum()), dim, n_items, self.n_blocks, self.ffn_mult)
         if self.n_heads > 1 and dim % self.n_heads:
             raise ValueError(f"dim={dim} is not divisible by n_heads={self.n_heads}")
         return self.model_copy(update=upd)
@@ -488,6 +488,6 @@ class SASRec(NeuralEstimator):
 
     @torch.no_grad()
     def user_vectors(self, histories: list[np.ndarray]) -> np.ndarray:
-        """float32 [n, D] last hidden states, padded exactly as ``score`` pads them."""
+        """float32 [n, D] last hidden states ([n, members x D] for an ensemble), padded as ``score`` pads them."""
         self.module_.eval()
         return self.module_(self._sequences(histories))[:, -1].float().cpu().numpy()
