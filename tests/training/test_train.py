@@ -154,6 +154,24 @@ def test_local_mode_trains_in_this_process_and_resumes(home):
     assert 0 <= again.metrics["test_ndcg@10"] <= 1
 
 
+def test_a_checkpoint_from_before_ensembles_resumes_as_one_network(home):
+    """A checkpoint whose config has no ``members`` holds one network: a budgeted resume, whose budget would
+    buy an ensemble on this sparse data, must rebuild that one network rather than fail to load it."""
+    params = {**TINY["sasrec"], "epochs": 500, "patience": None}
+    first = aimass.train("sasrec", "demo", {**params, "members": 1}, workers=0, epochs=1, time_budget_min=0.5,
+                         progress=False, settings=home)
+    client = mlflow.MlflowClient()
+    job = json.loads(client.get_run(first.run_id).data.tags["aimass.job"])
+    job["params"].pop("members")  # as an older aimass recorded it
+    client.set_tag(first.run_id, "aimass.job", json.dumps(job))
+    for saved in (home.home / "ray-results" / first.run_id).glob("checkpoint_*/best/config.json"):
+        meta = json.loads(saved.read_text())
+        meta["config"].pop("members")
+        saved.write_text(json.dumps(meta))
+    again = aimass.resume(first.run_id, epochs=2, progress=False, settings=home)
+    assert again.epochs == 2 and again.members == 1
+
+
 def test_time_budget_stops_every_worker_at_the_same_step(home):
     """Two workers must agree on when the budget runs out: one stopping a step before the other hangs DDP."""
     params = {**TINY["sasrec"], "epochs": 500, "patience": None, "batch_size": 8}
@@ -164,7 +182,7 @@ def test_time_budget_stops_every_worker_at_the_same_step(home):
     members = int(mlflow.get_run(r.run_id).data.params["resolved.members"])
     aimass.registry.register(r.run_id, "budgeted", settings=home)
     model = aimass.registry.load("budgeted/1", settings=home)
-    assert members > 1 and len(model.estimator.module_.members) == members
+    assert members > 1 and len(model.estimator.module_.members) == members == r.members
     tags = mlflow.get_run(r.run_id).data.tags
     assert r.stop_reason == tags["aimass.stop_reason"] == "time budget"
     # a budget note (the best epoch came in the budget's first half) names that epoch; a last-epoch best has none

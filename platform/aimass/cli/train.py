@@ -71,9 +71,8 @@ def train(
            "best_epoch": r.best_epoch, "wall_time_s": round(r.wall_time_s, 1),
            "samples_per_s": round(r.samples_per_s, 1), "model_uri": r.model_uri, "metrics": r.metrics,
            "tracking_uri": state.settings.tracking_uri, **({"note": r.note} if r.note else {})}
-    members = int(r.resolved.get("resolved.members") or 1)
-    if members > 1:  # the budget bought an ensemble (aimass.zoo.sasrec): say so, it costs that much at serving
-        out["members"] = members
+    if r.members > 1:  # an ensemble (aimass.zoo.sasrec): say so, it costs that much at serving
+        out["members"] = r.members
     emit(out, as_json, [f"{k:>14}: {v}" for k, v in out.items() if k != "metrics"]
          + [f"{k:>14}: {v:.4f}" for k, v in r.metrics.items()])
 

@@ -41,6 +41,7 @@ class TrainResult:
     stop_reason: str = ""  # "time budget", "epochs", "patience", "max steps" or "one pass" (count families)
     resolved: dict = dataclasses.field(default_factory=dict)  # what the data decided: see data_stats, _derived
     note: str = ""  # a budgeted job that peaked early says so (aimass.zoo.trainer.budget_note)
+    members: int = 1  # networks in the model: a budget on sparse data buys SASRec an ensemble (aimass.zoo.sasrec)
 
 
 def train(
@@ -286,7 +287,9 @@ def _run(s, cls, family, info, params, data, splits, workers, gpu, epochs, budge
         epochs=state["epoch"], best_epoch=state["best_epoch"], wall_time_s=time.time() - started,
         samples_per_s=float(np.mean([h["samples_per_s"] for h in hist])) if hist else 0.0,
         n_parameters=n_parameters, history=hist, stop_reason=state.get("stop_reason", ""),
-        resolved=data.get("resolved", {}), note=note)
+        resolved=data.get("resolved", {}), note=note,
+        # set by the user, kept from a resumed checkpoint, or bought by the budget
+        members=int(params.get("members") or data.get("resolved", {}).get("resolved.members") or 1))
 
 
 def _root_cause(e: BaseException) -> str:

@@ -40,6 +40,7 @@ MEMBER_EPOCHS = 40
 # (bf16) epochs ran at 4.2e10 a second on ml1m-short (3.4k items, validation included) and 5-6e10 on random
 # data of 22k users x 12k items and 30k x 23k; a lower rate errs towards fewer, longer-trained members
 ASSUMED_FLOPS = 3e10
+CLIP_NORM = 5.0  # gradient norm clip, per member: an ensemble's members train as each would alone
 
 
 class SASRecConfig(BaseModel):
@@ -425,7 +426,7 @@ def sasrec_train_step(module, batch, cfg: SASRecConfig, optimizer, step: int = 0
     loss.backward()
     members = _members(module)
     for m in members:  # each member clipped as it would be alone
-        torch.nn.utils.clip_grad_norm_(m.parameters(), 5.0)
+        torch.nn.utils.clip_grad_norm_(m.parameters(), CLIP_NORM)
     optimizer.step()
     return float(loss.detach()) / len(members)  # a member's loss, comparable whatever their number
 
@@ -453,7 +454,7 @@ def sasrec_distill_step(student, teacher, batch, cfg: SASRecConfig, optimizer, s
     loss = loss * sasrec_token_weight(int(keep.sum()), len(inputs), cfg)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(student.parameters(), 5.0)
+    torch.nn.utils.clip_grad_norm_(student.parameters(), CLIP_NORM)
     optimizer.step()
     return float(loss.detach())
 
