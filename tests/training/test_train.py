@@ -169,7 +169,7 @@ def test_a_checkpoint_from_before_ensembles_resumes_as_one_network(home):
         meta["config"].pop("members")
         saved.write_text(json.dumps(meta))
     again = aimass.resume(first.run_id, epochs=2, progress=False, settings=home)
-    assert again.epochs == 2 and again.members == 1
+    assert again.epochs == 2 and again.members == 1 and again.n_parameters == first.n_parameters
 
 
 def test_time_budget_stops_every_worker_at_the_same_step(home):
@@ -191,6 +191,8 @@ def test_time_budget_stops_every_worker_at_the_same_step(home):
     assert r.note == "" or r.best_epoch < r.epochs
     steps = [m.step for m in mlflow.MlflowClient().get_metric_history(r.run_id, "loss")]
     assert steps == list(range(1, r.epochs + 1))
+    # a resume rebuilds the ensemble its checkpoint holds
+    assert aimass.resume(r.run_id, epochs=r.epochs + 1, progress=False, settings=home).members == members
 
 
 def test_a_job_may_test_on_a_seeded_sample_of_users(home):

@@ -268,6 +268,8 @@ def _run(s, cls, family, info, params, data, splits, workers, gpu, epochs, budge
             est = load_estimator(model_dir, family)
             metrics = _final_metrics(est, splits, data.get("max_test_users"), params.get("seed", 0))
             n_parameters = count_parameters(est)
+            # the networks the saved model really holds (a SASRec ensemble's members; 1 for every other family)
+            members = int(getattr(getattr(est, "config_", None), "members", None) or 1)
             mlflow.log_metric("n_parameters", n_parameters)
             mlflow.log_metrics({metric_key(k): v for k, v in metrics.items()})
             example = [int(x) for x in splits.item_ids[np.asarray(splits.test_histories[0][-5:]) - 1]]
@@ -287,9 +289,7 @@ def _run(s, cls, family, info, params, data, splits, workers, gpu, epochs, budge
         epochs=state["epoch"], best_epoch=state["best_epoch"], wall_time_s=time.time() - started,
         samples_per_s=float(np.mean([h["samples_per_s"] for h in hist])) if hist else 0.0,
         n_parameters=n_parameters, history=hist, stop_reason=state.get("stop_reason", ""),
-        resolved=data.get("resolved", {}), note=note,
-        # set by the user, kept from a resumed checkpoint, or bought by the budget
-        members=int(params.get("members") or data.get("resolved", {}).get("resolved.members") or 1))
+        resolved=data.get("resolved", {}), note=note, members=members)
 
 
 def _root_cause(e: BaseException) -> str:
