@@ -260,6 +260,7 @@ def _run(s, cls, family, info, params, data, splits, workers, gpu, epochs, budge
         state = json.loads((Path(result.checkpoint.path) / "state.json").read_text())
         with result.checkpoint.as_directory() as d, tempfile.TemporaryDirectory() as tmp:
             from aimass.zoo import load_estimator
+            from aimass.zoo.sasrec import n_members
 
             model_dir = Path(tmp) / "model"
             import shutil
@@ -268,8 +269,7 @@ def _run(s, cls, family, info, params, data, splits, workers, gpu, epochs, budge
             est = load_estimator(model_dir, family)
             metrics = _final_metrics(est, splits, data.get("max_test_users"), params.get("seed", 0))
             n_parameters = count_parameters(est)
-            # the networks the saved model really holds (a SASRec ensemble's members; 1 for every other family)
-            members = int(getattr(getattr(est, "config_", None), "members", None) or 1)
+            members = n_members(getattr(est, "config_", None))  # what the saved model really holds
             mlflow.log_metric("n_parameters", n_parameters)
             mlflow.log_metrics({metric_key(k): v for k, v in metrics.items()})
             example = [int(x) for x in splits.item_ids[np.asarray(splits.test_histories[0][-5:]) - 1]]

@@ -264,9 +264,14 @@ def _scores(module, seq: torch.Tensor) -> torch.Tensor:
     return s
 
 
+def n_members(cfg) -> int:
+    """The networks a (any family's) config builds: a SASRec ensemble's members, else 1."""
+    return int(getattr(cfg, "members", None) or 1)
+
+
 def is_ensemble(cfg) -> bool:
     """Whether a (any family's) config builds a SASRec ensemble."""
-    return (getattr(cfg, "members", None) or 1) > 1
+    return n_members(cfg) > 1
 
 
 def _members(module) -> list[SASRecModule]:
