@@ -6,7 +6,7 @@ import json
 from aimass.errors import NotFoundError
 from aimass.evaluation import metric_name
 from aimass.settings import Settings, default_settings
-from aimass.tracking import metric_key
+from aimass.tracking import logged_models, metric_key
 
 
 def _summary(run) -> dict:
@@ -45,12 +45,12 @@ def show(run_id: str, *, settings: Settings | None = None) -> dict:
     client = mlflow.MlflowClient()
     history = {k: [(m.step, m.value) for m in client.get_metric_history(run_id, k)]
                for k in run.data.metrics if k in ("loss", metric_key(metric_name("val", "ndcg")))}
-    models = mlflow.search_logged_models(filter_string=f"source_run_id = '{run_id}'", output_format="list")
+    models = logged_models(mlflow, run_id)
     return {**_summary(run), "params": run.data.params, "metrics": run.data.metrics,
             "tags": {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")
                      and k != "aimass.job"},
             "job": json.loads(run.data.tags.get("aimass.job", "null") or "null"),
-            "history": history, "models": [f"models:/{m.model_id}" for m in models],
+            "history": history, "models": models,
             **({"leaderboard": _leaderboard(mlflow, run_id)} if "aimass.auto.rank" in run.data.tags else {})}
 
 

@@ -130,6 +130,9 @@ def test_resume_continues_a_stopped_job_in_the_same_run(home):
     steps = [m.step for m in mlflow.MlflowClient().get_metric_history(first.run_id, "loss")]
     assert steps == [1, 2, 3]  # epoch 1 from the first job, 2 and 3 continued from its checkpoint
     # the resumed epochs were validated on those same users: the restored best epoch scores as recorded
+    assert [h["epoch"] for h in again.history] == [1, 2, 3]
+    assert again.metrics["best_val_ndcg@10"] == pytest.approx(max(h["val_ndcg@10"] for h in again.history),
+                                                              abs=1e-6)
     from aimass.evaluation import make_splits
 
     splits = make_splits(aimass.datasets.load("demo", settings=home).interactions, max_val_users=7, seed=0)
@@ -152,6 +155,9 @@ def test_local_mode_trains_in_this_process_and_resumes(home):
     assert len(kept) == 2 and all((home.home / "ray-results" / first.run_id / k / "state.json").exists()
                                   for k in kept)
     assert 0 <= again.metrics["test_ndcg@10"] <= 1
+    # each job logged its model in the run; the run's model is the resumed one, not the first part's
+    assert aimass.runs.show(first.run_id, settings=home)["models"] == [again.model_uri, first.model_uri]
+    assert aimass.registry.register(first.run_id, "resumed", settings=home).source == again.model_uri
 
 
 def test_a_checkpoint_from_before_ensembles_resumes_as_one_network(home):

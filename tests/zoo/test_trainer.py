@@ -64,6 +64,23 @@ def test_a_time_budget_is_spent_not_cut_short_by_early_stopping():
     assert run(Limits(epochs=2)).stop_reason == "epochs"
 
 
+def test_a_validation_that_runs_past_the_budget_ends_the_job():
+    """The epoch's steps end inside the budget and its validation ends outside it: the job stops there, rather
+    than train one more step and pay a second validation and checkpoint past the user's budget."""
+    import time
+
+    validations = []
+
+    def validate():
+        validations.append(1)
+        time.sleep(0.3)  # a validation longer than the whole budget
+        return {STOP_METRIC: 0.1}
+
+    st = EpochLoop(Limits(epochs=100, time_budget_s=0.2), lambda *a: 0.0, validate=validate
+                   ).run([(np.zeros(1),)] * 3)
+    assert (st.stop_reason, st.epoch, st.step, len(validations)) == ("time budget", 1, 3, 1)
+
+
 def test_a_budget_that_bought_nothing_after_an_early_peak_is_said():
     """The loop spends the whole budget, but a job whose best epoch came in the first half of it says so,
     with the epoch and the minutes; one that improved late, or stopped for another reason, says nothing."""

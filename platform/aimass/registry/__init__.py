@@ -91,10 +91,12 @@ def register(run_id: str, name: str, *, settings: Settings | None = None, parent
     if model_uri is None:
         import mlflow
 
-        models = mlflow.search_logged_models(filter_string=f"source_run_id = '{run_id}'", output_format="list")
+        from aimass.tracking import logged_models
+
+        models = logged_models(mlflow, run_id)
         if not models:
             raise InvalidInputError(f"run {run_id} has no logged model to register")
-        model_uri = f"models:/{models[-1].model_id}"
+        model_uri = models[0]
     tags = lineage_of(run.data.tags)
     tags.update({f"{T}run_id": run_id, f"{T}method": method})
     if parent_version is not None:

@@ -44,6 +44,14 @@ def metric_key(name: str) -> str:
     return name.replace("@", "_at_")
 
 
+def logged_models(mlflow, run_id: str) -> list[str]:
+    """The model URIs a run logged, newest first: a resumed run (and `aimass train auto`'s final candidate,
+    which continues its probe's run) logs one model per job, and the last one is the run's model."""
+    models = mlflow.search_logged_models(filter_string=f"source_run_id = '{run_id}'", output_format="list",
+                                         order_by=[{"field_name": "creation_time", "ascending": False}])
+    return [f"models:/{m.model_id}" for m in models]
+
+
 def lineage_tags(family: str, dataset_info) -> dict[str, str]:
     """The lineage tags of a training run on ``dataset_info`` (an ``aimass.datasets`` version record)."""
     values = {"family": family, "dataset": dataset_info.name, "dataset_version": str(dataset_info.version),

@@ -151,11 +151,12 @@ class EpochLoop:
             if not losses:  # max_steps reached at an epoch's start, or nothing to train on
                 st.stop_reason = "max steps" if lim.max_steps is not None and st.step >= lim.max_steps else "no data"
                 break
-            # a budget that ran out in the epoch's last step: stop now, not after one more step and validation
-            out_of_time = out_of_time or bool(budget and self.elapsed(time.time() - started) > budget)
             out_of_time = out_of_time or (lim.max_steps is not None and st.step >= lim.max_steps)
             train_time = time.time() - t0
             metrics = dict(self.validate()) if self.validate is not None else {}
+            # a budget that ran out in the epoch's last step or in its validation: stop now, not after one
+            # more step, validation and checkpoint (every rank validates, so every rank reads the clock here)
+            out_of_time = out_of_time or bool(budget and self.elapsed(time.time() - started) > budget)
             score = metrics.get(STOP_METRIC, math.inf if self.validate is None else -math.inf)
             if isinstance(score, float) and math.isnan(score):
                 score = -math.inf  # a diverged epoch is never the best
