@@ -144,11 +144,16 @@ def _checkpoint_derived(cls, params: dict, ckpt: Path) -> dict:
     saved = ckpt / "best" / "config.json"
     try:
         raw = json.loads(saved.read_text())["config"]
-        if "members" in getattr(cls.Config, "model_fields", {}) and "members" not in raw:
-            raw["members"] = 1  # saved before SASRec could train an ensemble: one network
-        cfg = cls.Config(**raw)
     except (OSError, KeyError, ValueError, TypeError):
-        return {}
+        return {}  # a one-pass family's model keeps no config of its network: nothing to pin
+    if "members" in getattr(cls.Config, "model_fields", {}) and "members" not in raw:
+        raw["members"] = 1  # saved before SASRec could train an ensemble: one network
+    try:
+        cfg = cls.Config(**raw)
+    except (ValueError, TypeError) as e:  # re-derived values would build another network than the weights'
+        raise InvalidInputError(f"the checkpoint's config ({saved}) does not fit this aimass's "
+                                f"{cls.family} config, so the network it saved cannot be rebuilt: "
+                                f"{str(e).splitlines()[0]}") from None
     return {k.removeprefix("resolved."): v for k, v in _derived(cls, params, cfg).items()}
 
 
