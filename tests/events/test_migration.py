@@ -5,7 +5,8 @@ from __future__ import annotations
 import sqlalchemy
 
 from aimass.catalog import engine_for
-from aimass.events import ServedLog
+from aimass.catalog import FeedbackEventBase
+from aimass.events import EventLog, ServedLog
 
 OLD = ("CREATE TABLE served_answers (seq INTEGER PRIMARY KEY, endpoint VARCHAR, request_id VARCHAR, route VARCHAR, "
        "model VARCHAR, version INTEGER, user_id INTEGER, history_length INTEGER, history_tail JSON, items JSON, "
@@ -32,3 +33,38 @@ def test_an_old_catalog_gets_the_new_columns_and_keeps_its_rows(store):
     assert "ix_served_answers_experiment_id" in indexes
     f = ServedLog(store).frame("e")
     assert f["request_id"].tolist() == ["r1"] and not f["shadow"].any() and f["arm"].isna().all()
+
+
+def test_an_old_catalogs_32_bit_id_columns_are_widened_and_keep_their_rows(store):
+    """An older aimass created the event log's ids and seq as INTEGER, 32 bits on Postgres (SERIAL): they
+    become 64 bits, the seq's sequence too, and the stored event stays where it was."""
+    url = store.catalog.replace("postgresql://", "postgresql+psycopg://")
+    if url.startswith("sqlite:///"):
+        store.home.mkdir(parents=True, exist_ok=True)
+    serial = "SERIAL PRIMARY KEY" if url.startswith("postgresql") else "INTEGER PRIMARY KEY"
+    old = sqlalchemy.create_engine(url)
+    with old.begin() as c:
+        c.exec_driver_sql(f"CREATE TABLE feedback_events (seq {serial}, event_id VARCHAR NOT NULL, user_id INTEGER "
+                          "NOT NULL, item_id INTEGER NOT NULL, type VARCHAR NOT NULL, timestamp TIMESTAMP NOT NULL, "
+                          "value FLOAT, request_id VARCHAR, endpoint VARCHAR NOT NULL, received_at TIMESTAMP NOT "
+                          "NULL, UNIQUE (endpoint, event_id))")
+        c.exec_driver_sql("INSERT INTO feedback_events (event_id, user_id, item_id, type, timestamp, endpoint, "
+                          "received_at) VALUES ('old', 5, 6, 'play', '2026-01-01 00:00:00', 'e', "
+                          "'2026-01-01 00:00:00')")
+    old.dispose()
+    engine_for(store.catalog)
+    engine_for.cache_clear()
+    engine_for(store.catalog)  # a second process: nothing left to widen, no error
+    log = EventLog(store)
+    ack = log.write("e", [FeedbackEventBase(event_id="new", user_id=2**62, item_id=2**40, type="play",
+                                            timestamp=1.7e9)])[0]
+    f = log.frame("e")
+    assert f["event_id"].tolist() == ["old", "new"] and f["user_id"].tolist() == [5, 2**62]
+    assert f["seq"].tolist() == [1, ack.seq] and ack.seq == 2
+    if url.startswith("postgresql"):
+        with sqlalchemy.create_engine(url).connect() as c:
+            kinds = dict(c.exec_driver_sql("SELECT column_name, data_type FROM information_schema.columns "
+                                           "WHERE table_name = 'feedback_events'").fetchall())
+            assert kinds["seq"] == kinds["user_id"] == kinds["item_id"] == "bigint"
+            assert c.exec_driver_sql("SELECT data_type FROM information_schema.sequences WHERE sequence_name "
+                                     "= 'feedback_events_seq_seq'").scalar() == "bigint"

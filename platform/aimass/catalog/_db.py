@@ -33,6 +33,8 @@ def engine_for(url: str) -> Engine:
 
     SQLModel.metadata.create_all(engine)
     _add_new_columns(engine)
+    if engine.dialect.name == "postgresql":
+        _widen_columns(engine)
     return engine
 
 
@@ -65,6 +67,28 @@ def _add_new_columns(engine: Engine) -> None:
         for index in table.indexes:
             if any(c.name in added for c in index.columns):
                 index.create(engine, checkfirst=True)
+
+
+def _widen_columns(engine: Engine) -> None:
+    """Postgres columns an older aimass created 32 bits wide (ids, log positions) become the 64 bits the
+    tables now declare, their sequences too; rows are kept. A no-op once done, and when two processes race."""
+    from sqlalchemy import BigInteger, inspect, text
+
+    have = inspect(engine)
+    tables = set(have.get_table_names())
+    for table in SQLModel.metadata.sorted_tables:
+        if table.name not in tables:
+            continue
+        narrow = {c["name"] for c in have.get_columns(table.name) if type(c["type"]).__name__ == "INTEGER"}
+        for col in table.columns:
+            if col.name not in narrow or not isinstance(col.type.dialect_impl(engine.dialect), BigInteger):
+                continue
+            with engine.begin() as conn:
+                conn.execute(text(f'ALTER TABLE {table.name} ALTER COLUMN "{col.name}" TYPE BIGINT'))
+                seq = conn.execute(text("SELECT pg_get_serial_sequence(:t, :c)"),
+                                   {"t": table.name, "c": col.name}).scalar()
+                if seq:
+                    conn.execute(text(f"ALTER SEQUENCE {seq} AS BIGINT"))
 
 
 @contextlib.contextmanager

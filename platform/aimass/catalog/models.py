@@ -3,8 +3,13 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from pydantic import computed_field, field_validator
-from sqlalchemy import JSON, Column, Index, UniqueConstraint, text
+from sqlalchemy import JSON, BigInteger, Column, Index, Integer, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
+
+# Raw ids and log positions: 64 bits on Postgres (its INTEGER is 32: one user id above 2^31 would fail a whole
+# group commit). SQLite's INTEGER is 64 bits already, and only "INTEGER PRIMARY KEY" is the rowid whose
+# order the group commit reads seqs by, so it keeps that spelling there.
+BIG = BigInteger().with_variant(Integer(), "sqlite")
 
 
 def _now() -> datetime:
@@ -74,8 +79,10 @@ _TYPE = r"^[a-z][a-z0-9_]{0,31}$"
 class FeedbackEventBase(SQLModel):
     event_id: str = Field(schema_extra={"pattern": _EVENT_ID}, description=(
         "Chosen by the client, unique per endpoint: a repeated id is stored once (idempotent retries)"))
-    user_id: int = Field(ge=0, le=2**62, description="Raw user id (a user the model never saw is accepted)")
-    item_id: int = Field(ge=0, le=2**62, description="Raw item id (an item the model never saw is accepted)")
+    user_id: int = Field(ge=0, le=2**62, sa_type=BIG,
+                         description="Raw user id (a user the model never saw is accepted)")
+    item_id: int = Field(ge=0, le=2**62, sa_type=BIG,
+                         description="Raw item id (an item the model never saw is accepted)")
     type: str = Field(schema_extra={"pattern": _TYPE}, description="Event type: play, skip, like, click, ...")
     timestamp: datetime = Field(description="When it happened: ISO 8601 (no offset means UTC) or unix seconds")
     value: float | None = Field(None, description="e.g. seconds played or a rating; thresholds apply to it")
@@ -87,7 +94,8 @@ class FeedbackEvent(FeedbackEventBase, table=True):
     __tablename__ = "feedback_events"
     __table_args__ = (UniqueConstraint("endpoint", "event_id"),)
 
-    seq: int | None = Field(default=None, primary_key=True, description="Log position: the order of commit")
+    seq: int | None = Field(default=None, primary_key=True, sa_type=BIG,
+                            description="Log position: the order of commit")
     endpoint: str = Field(index=True)
     received_at: datetime = Field(default_factory=_now)
 
@@ -105,7 +113,7 @@ class ServedAnswerBase(SQLModel):
     route: str = Field(description="recommend, rank or similar")
     model: str
     version: int
-    user_id: int | None = None
+    user_id: int | None = Field(None, sa_type=BIG)
     history_length: int = Field(0, description="Length of the history the answer was scored from")
     history_tail: list = Field(default_factory=list, sa_column=Column(JSON),
                                description="The last items of that history (raw ids)")
@@ -126,7 +134,7 @@ class ServedAnswerBase(SQLModel):
 class ServedAnswer(ServedAnswerBase, table=True):
     __tablename__ = "served_answers"
 
-    seq: int | None = Field(default=None, primary_key=True)
+    seq: int | None = Field(default=None, primary_key=True, sa_type=BIG)
     endpoint: str = Field(index=True)
 
 
@@ -139,8 +147,8 @@ class DatasetLineageBase(SQLModel):
     version: int = Field(ge=1, description="The derived version")
     parent_version: int = Field(ge=1, description="The version it was derived from")
     endpoint: str = Field(description="The endpoint whose feedback events were folded in")
-    after_seq: int = Field(ge=0, description="Events up to this log position were already in an ancestor")
-    through_seq: int = Field(ge=0, description="The last log position folded in")
+    after_seq: int = Field(ge=0, sa_type=BIG, description="Events up to this log position were already in an ancestor")
+    through_seq: int = Field(ge=0, sa_type=BIG, description="The last log position folded in")
     through_time: datetime | None = Field(None, description="When the event at through_seq was received (UTC)")
     events: int = Field(ge=0, description="Events of the endpoint in (after_seq, through_seq]")
     positive: int = Field(ge=0, description="Positive events among them: the interactions added")

@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from aimass.catalog import FeedbackEvent, FeedbackEventBase, engine_for
 from aimass.settings import Settings
@@ -29,6 +29,11 @@ TABLE = FeedbackEvent.__table__
 _COLUMNS = ("event_id", "user_id", "item_id", "type", "timestamp", "value", "request_id")
 _MAX_GROUP = 5000  # events per group commit: bounds one transaction's time under a flood
 _CHUNK = 500  # rows per INSERT statement (SQLite's bound-parameter limit)
+# Postgres draws a seq at INSERT and shows it at COMMIT, so two writers' commits could show seq 16 before 10-15:
+# a replica polling "seq > last seen" (and a fold of events "through seq") would then skip 10-15 for good.
+# Writers take this transaction lock first, so seqs become visible in their order, as SQLite's one writer
+# makes them; it also keeps two groups with the same ids in another order from deadlocking on the unique key.
+_PG_WRITE_LOCK = 0x61696D617373  # "aimass"
 
 
 class Ack(NamedTuple):
@@ -120,6 +125,11 @@ def _store(engine, conn, by_endpoint: dict[str, dict[str, FeedbackEventBase]],
                 TABLE.c.endpoint == endpoint, TABLE.c.event_id.in_(missing[i:i + _CHUNK]))
             old.update({(endpoint, r.event_id): r.seq for r in conn.execute(q)})
     return new, old
+
+
+def _write_lock(conn) -> None:
+    """Postgres: one writing transaction at a time (see _PG_WRITE_LOCK), held until it commits."""
+    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_WRITE_LOCK})
 
 
 def _settle(futures: list, outcome: list) -> None:
@@ -236,6 +246,7 @@ class EventLog:
                 for e in events:
                     mine.setdefault(e.event_id, e)
             with self.engine.begin() as conn:
+                _write_lock(conn)
                 new, old = _store(self.engine, conn, by_endpoint, datetime.now(UTC))
         out, given = [], set()
         for endpoint, events, _, _ in group:
@@ -300,6 +311,7 @@ class EventLog:
                                                rid, strict=True)]
         stmt = _insert(self.engine).on_conflict_do_nothing(index_elements=["endpoint", "event_id"])
         with self.engine.begin() as conn:
+            _write_lock(conn)  # also keeps other writers' rows out of the count below
             before = self._count(conn, endpoint)
             conn.execute(stmt, rows)
             stored = self._count(conn, endpoint) - before

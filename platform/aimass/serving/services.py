@@ -150,12 +150,14 @@ class _Feedback:
         JSON: BentoML's request machinery, and building and dumping the models, cost most of the route's CPU."""
         events = body.events if isinstance(body, FeedbackBatch) else [body]
         ev.check(events, self.rules, self.settings)
+        # as the model knew them before this request: read before the commit, after which the replica's poll
+        # may already have applied the request's own events
+        known = [self._known(e) for e in events]
         try:
             acks = await self.event_log.append_async(self.endpoint, events)
-        except Exception as e:  # the store is away: nothing of the request was committed, a retry is safe
+        except Exception as e:  # the store is away: a retry with the same ids is safe
             log.exception("storing feedback failed")
             raise Unavailable(f"feedback not stored ({type(e).__name__}); retry with the same event_ids") from None
-        known = [self._known(e) for e in events]  # as the model knew them before this request
         self._applied([(a.seq, e.user_id, e.item_id, e.type, e.value, e.timestamp)
                        for a, e in zip(acks, events, strict=True) if not a.duplicate])
         out = [{"event_id": a.event_id, "seq": a.seq, "duplicate": a.duplicate, "known_user": k[0],
