@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import sqlalchemy
 
-from aimass.catalog import engine_for
-from aimass.catalog import FeedbackEventBase
+from aimass.catalog import FeedbackEventBase, engine_for
 from aimass.events import EventLog, ServedLog
 
 OLD = ("CREATE TABLE served_answers (seq INTEGER PRIMARY KEY, endpoint VARCHAR, request_id VARCHAR, route VARCHAR, "
