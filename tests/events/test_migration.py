@@ -1,5 +1,6 @@
-"""A catalog written by an older aimass (here: served_answers before traffic splits) is upgraded in place, on
-SQLite and on Postgres: the new columns and their index appear, and the stored rows stay readable."""
+"""A catalog written by an older aimass is upgraded in place, on SQLite and on Postgres: new columns and their
+index appear (served_answers before traffic splits), 32-bit id columns become 64-bit (the event log), and the
+stored rows stay readable."""
 from __future__ import annotations
 
 import sqlalchemy

@@ -24,6 +24,14 @@ class Rules:
         self.types = sorted({t for t, _, _ in [*self.positive, *self.negative, *map(lambda r: _parse(r, "neutral"),
                                                                                     neutral)]})
 
+    @property
+    def positive_types(self) -> set[str]:
+        return {t for t, _, _ in self.positive}
+
+    @property
+    def negative_types(self) -> set[str]:
+        return {t for t, _, _ in self.negative}
+
     @classmethod
     def of(cls, settings: Settings) -> Rules:
         return cls(settings.feedback_positive, settings.feedback_negative, settings.feedback_neutral)

@@ -4,7 +4,8 @@ already folded into the training data are not applied twice): positive events ex
 the sequential model reads them on the next /recommend) and add to item popularity and to the decayed
 "trending" counts; negative ones only hide the item from that user. Its own acknowledged events apply at
 once; other replicas' arrive by polling the log every `online_poll_s`, so an event is in every replica's
-next answer within a second."""
+next answer within a second. Of the events up to the cut-off, a retrain folded only the positive ones into
+the data: the negative ones still hide their items, and the recent positive ones still count as trending."""
 from __future__ import annotations
 
 import logging
@@ -20,6 +21,7 @@ from aimass.settings import Settings
 log = logging.getLogger(__name__)
 HALF_LIFE_S = 86400.0  # trending: an event counts half as much a day later
 MIN_TRENDING = 20.0  # decayed positive events before "trending" replaces all-time popularity for cold starts
+TREND_RESTORE_S = 5 * HALF_LIFE_S  # folded positive events older than this weigh under 1/32: not re-read
 
 
 class Online:
@@ -39,6 +41,8 @@ class Online:
         self.lock = threading.Lock()
         self.poll_s = settings.online_poll_s
         self.stopped = threading.Event()
+        if cutoff:
+            self._restore(cutoff)
         self.catch_up()
         threading.Thread(target=self._poll, name="aimass-online", daemon=True).start()
 
@@ -70,6 +74,26 @@ class Online:
                     self.hidden.setdefault(int(user), set()).add(dense)
             if not own:
                 self.applied = {s for s in self.applied if s > self.seq}
+
+    def _restore(self, cutoff: int) -> None:
+        """What the events up to the cut-off still change (see the module's docstring): hidden items, and the
+        trending counts of the last days, each weighted by its age as a live event would be by now."""
+        from datetime import UTC, datetime
+
+        now = time.time()
+        rows = self.log.folded(self.endpoint, cutoff, self.rules.negative_types, self.rules.positive_types,
+                               datetime.fromtimestamp(now - TREND_RESTORE_S, UTC))
+        for user, item, type_, value, received in rows:
+            sign = self.rules.polarity(type_, value)
+            dense = self.dense_of.get(int(item))
+            if dense is None or sign == 0:
+                continue
+            if sign < 0:
+                self.hidden.setdefault(int(user), set()).add(dense)
+                continue
+            age = now - (received if received.tzinfo else received.replace(tzinfo=UTC)).timestamp()
+            if age <= TREND_RESTORE_S:  # a type with rules of both signs (rating) brings older ones too
+                self.trend[dense] += 2.0 ** ((now - age - self.t0) / HALF_LIFE_S)  # as apply() adds it
 
     def catch_up(self) -> int:
         n = 0

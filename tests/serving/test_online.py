@@ -1,0 +1,45 @@
+"""Online state (aimass.serving._online.Online) of a model trained through a log position: the events up to it
+are in the model's data, so they neither extend histories nor add popularity again; but a retrain folds only
+the positive ones, so the negative ones must still hide their items, and the recent positive ones still count
+as trending."""
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+
+from aimass.catalog import FeedbackEventBase
+from aimass.events import EventLog
+from aimass.serving._online import HALF_LIFE_S, Online
+from aimass.settings import Settings
+
+
+def _e(i, user, item, type_, value=None):
+    return FeedbackEventBase(event_id=f"e{i}", user_id=user, item_id=item, type=type_, value=value,
+                             timestamp=time.time() - 60)
+
+
+def test_events_up_to_the_cutoff_still_hide_and_trend_but_are_not_applied_twice(tmp_path):
+    s = Settings(home=tmp_path / "home")
+    log = EventLog(s)
+    folded = log.write("recs", [_e(1, 7, 100, "like"), _e(2, 7, 101, "dislike"), _e(3, 8, 102, "rating", 1.0),
+                                _e(4, 8, 100, "rating", 5.0), _e(5, 9, 103, "impression")])
+    cutoff = max(a.seq for a in folded)
+    with log.engine.begin() as c:  # received a day ago, and six days ago: past what trending re-reads
+        for eid, days in (("e1", 1), ("e4", 6)):
+            c.execute(log.table.update().where(log.table.c.event_id == eid).values(
+                received_at=datetime.now(UTC) - timedelta(days=days)))
+    log.write("recs", [_e(6, 7, 102, "play")])  # after the cut-off: applied as usual
+    popularity = np.zeros(5)
+    online = Online("recs", s, {100: 1, 101: 2, 102: 3, 103: 4}, popularity, cutoff=cutoff)
+    try:
+        assert online.hidden_of(7) == {2} and online.hidden_of(8) == {3}  # the folded dislike and low rating
+        assert online.history(7, None).tolist() == [3]  # only the event after the cut-off extends it
+        assert popularity.tolist() == [0.0, 0.0, 0.0, 1.0, 0.0]  # the folded likes are in the model's counts
+        scale = 2.0 ** (-(time.time() - online.t0) / HALF_LIFE_S)
+        trend = online.trend[1:] * scale
+        # item 100: the like a day old weighs a half, the rating of 5 six days old nothing; 102: the play now
+        assert 0.499 < trend[0] < 0.501 and trend[1] == 0 and 0.999 < trend[2] <= 1.0 and trend[3] == 0
+    finally:
+        online.stop()
