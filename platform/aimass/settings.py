@@ -91,6 +91,8 @@ class Settings(BaseSettings):
     retrain_interval_s: float | None = Field(None, gt=0, description="Retrain on a schedule; None: off.")
     retrain_min_events: int | None = Field(None, ge=1, description="Retrain after this many new events.")
     retrain_on_drift: bool = Field(False, description="Retrain when a scheduled drift report flags.")
+    retrain_retry_s: float = Field(1800.0, gt=0, description=(
+        "After a failed retrain attempt, how long the triggers wait before the next one."))
     # Rollouts (aimass.experiments): a retrained challenger that passes the gate goes out as a canary on the
     # running endpoint and is promoted or rolled back by the online experiment; 0 promotes by alias only.
     gate_tolerance: float = Field(0.01, ge=0, lt=1, description=(

@@ -325,3 +325,26 @@ def test_triggers_and_the_scheduler_tick(settings):
     quiet = Scheduler(s, clock=lambda: clock[0], endpoints=lambda: ["e1"], drift=no_traffic, launch=launch)
     quiet.launched["e1"] = (clock[0], Proc())
     assert quiet.tick() == {"e1": []}  # skipped quietly, and the running retrain is left alone
+
+    # An attempt that failed before it read any event: its cause (3 new events) still holds, but it is
+    # retried after retrain_retry_s, not at every tick.
+    from aimass.retraining import RetrainResult, _records
+
+    failed_at = clock[0]
+    _records.write(s, RetrainResult(endpoint="e1", reason="volume", status="failed", served="m/1",
+                                    started_at=datetime.fromtimestamp(failed_at, UTC), error="no dataset"))
+    assert retraining.due("e1", settings=s, now=failed_at + 60) is None
+    assert retraining.due("e1", settings=s, now=failed_at + s.retrain_retry_s + 1) == "volume"
+    # An attempt that retrained the served m/1 (kept: the gate refused): a later report about m/1, which
+    # still serves, does not start another one; once m/2 is deployed, its own drift does.
+    done_at = failed_at + s.retrain_retry_s + 10
+    _records.write(s, RetrainResult(endpoint="e1", reason="drift", status="kept", served="m/1",
+                                    events_through_seq=3, started_at=datetime.fromtimestamp(done_at, UTC)))
+    report.write_text(json.dumps({"drifted": True,
+                                  "created_at": datetime.fromtimestamp(done_at + 30, UTC).isoformat()}))
+    assert retraining.due("e1", settings=s, now=done_at + 60) is None
+    redeployed = served.model_copy(update={"version": 2, "requested": "m/2",
+                                           "created_at": datetime.fromtimestamp(done_at + 20, UTC)})
+    (settings.home / "serve" / "deployments" / "e1.json").write_text(json.dumps(
+        {"deployment": redeployed.model_dump(mode="json"), "args": {}}))
+    assert retraining.due("e1", settings=s, now=done_at + 60) == "drift"

@@ -188,9 +188,11 @@ def _new_events(r: RetrainResult, endpoint: str, parent: str, s: Settings):
     r.events_through_time = fold.through_time
     for k, v in fold.counts().items():
         setattr(r, k, v)
-    # A challenger already trained from this parent used the events up to its through_seq: the same events
-    # again would make the same dataset version and the same model.
-    tried = [x for x in history(endpoint, settings=s) if x.parent_dataset == fold.parent and x.challenger]
+    # A challenger already trained from this parent and gated used the events up to its through_seq: the same
+    # events again would make the same dataset version and the same model. One whose gate never decided (it
+    # failed first) did not: a retry trains and gates again.
+    tried = [x for x in history(endpoint, settings=s)
+             if x.parent_dataset == fold.parent and x.challenger and x.gate_passed is not None]
     seen = max(tried, key=lambda x: x.events_through_seq or 0, default=None)
     if seen is not None and (seen.events_through_seq or 0) > fold.after_seq:
         why = fold.nothing_new(seen.events_through_seq, f"the retrain of {seen.started_at:%Y-%m-%d %H:%M} UTC "

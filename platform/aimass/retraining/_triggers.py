@@ -1,6 +1,9 @@
 """When an endpoint's model is due for retraining: a drift report that flagged, enough new events, or the
 schedule. Each is measured from the later of the deployment and the last retrain attempt, so one cause
-starts one retrain, not one per scheduler tick."""
+starts one retrain, not one per scheduler tick. A failed attempt is retried only after `retrain_retry_s`
+(its cause usually holds on the next tick), and a drift report about a served version that an attempt
+already retrained does not start another: the served model stays the same until it is redeployed, and so
+would its drift."""
 from __future__ import annotations
 
 import json
@@ -25,7 +28,12 @@ def due(endpoint: str, settings: Settings, now: float | None = None) -> str | No
     d = serving.show(endpoint, settings=s)
     last = next(iter(history(endpoint, limit=1, settings=s)), None)
     since = max(d.created_at.timestamp(), last.started_at.timestamp() if last else 0.0)
-    if s.retrain_on_drift:
+    failed = last is not None and last.status == "failed"
+    if failed and now - last.started_at.timestamp() < s.retrain_retry_s:
+        return None
+    answered = (last is not None and not failed and last.served == f"{d.model}/{d.version}"
+                and last.started_at >= d.created_at)
+    if s.retrain_on_drift and not answered:
         report = newest_drift_report(s, endpoint)
         if report is not None and report["drifted"] and report["created_at"] > since:
             return "drift"
