@@ -132,3 +132,12 @@ def test_fresh_clone_with_empty_cache_pulls_from_the_remote(settings, tmp_path):
     assert datasets.load("plays", settings=other).info.n_users == 7
     out = datasets.pull("plays@v1", tmp_path / "export", settings=other)
     assert sorted(p.name for p in out.iterdir()) == [".complete", "interactions.parquet", "meta.json"]
+    assert datasets.pull("plays@v2", out, settings=other) == out  # a pulled folder takes another version
+    assert pd.read_parquet(out / "interactions.parquet")["user_id"].nunique() == 7
+    # a folder of the user's own is never replaced: the pull is refused and the folder kept as it was
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(InvalidInputError, match="is not a folder a dataset was pulled into"):
+        datasets.pull("plays@v1", mine, settings=other)
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]

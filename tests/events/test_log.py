@@ -122,7 +122,8 @@ def test_ingest_stores_a_file_once_and_refuses_a_bad_row_naming_it(store, tmp_pa
     stats = events.stats("recs", settings=store)
     assert stats["events"] == 1000 and stats["positive"] == 500 and stats["negative"] == 500
     for change, says in [({"type": "teleport"}, "unknown event type"), ({"timestamp": "soon"}, "timestamp"),
-                         ({"user_id": -1}, "user_id"), ({"timestamp": time.time() + 9e5}, "in the future")]:
+                         ({"user_id": -1}, "user_id"), ({"timestamp": time.time() + 9e5}, "in the future"),
+                         ({"value": "inf"}, "value must be a finite number")]:
         bad = f.iloc[:5].astype(object)
         for k, v in change.items():
             bad.loc[3, k] = v

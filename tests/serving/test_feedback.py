@@ -100,6 +100,7 @@ def test_a_negative_event_hides_the_item_but_is_no_history(served):
     (_event(1, 2, timestamp="2026-12-01"), "timestamp"),
     (_event(1, 2, timestamp="1764000000"), "timestamp"),
     (_event("1", 2), "user_id"),
+    (_event(1, 2, value=float("inf")), "must be a finite number"),  # sent as Infinity
     (_event(1, 2, colour="red"), "colour"),
     (_event(1, 2, event_id="has space"), "event_id"),
     ({"events": []}, "events"),

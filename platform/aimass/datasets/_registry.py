@@ -14,7 +14,7 @@ import dvc  # noqa: F401  (configures DVC's loggers on import; quietened below)
 import pandas as pd
 
 from aimass.datasets._canonical import Canonical
-from aimass.errors import BackendError, NotFoundError
+from aimass.errors import BackendError, InvalidInputError, NotFoundError
 from aimass.settings import Settings
 
 # DVC reports usage to a server unless told not to; nothing may leave this machine.
@@ -133,6 +133,10 @@ class DataRegistry:
         done = dest / ".complete"
         if done.exists() and done.read_text() == tag:
             return dest
+        # dest is replaced whole below: only a folder a pull made (or an empty one) may be
+        if dest.exists() and not (dest.is_dir() and (done.exists() or not any(dest.iterdir()))):
+            raise InvalidInputError(f"{dest} exists and is not a folder a dataset was pulled into: give a new or "
+                                    "an empty folder (its contents would be replaced)")
         self.ensure()
         if not git(self.path, "tag", "--list", tag):
             raise NotFoundError(f"the data registry {self.path} has no tag {tag}")

@@ -127,6 +127,7 @@ def read_events(path: str | Path, rules: Rules, settings: Settings) -> pd.DataFr
     f["timestamp"] = parsed
     v = pd.to_numeric(f["value"], errors="coerce")
     bad((v.isna() & f["value"].notna()).to_numpy(), "value must be a number")
+    bad(np.isinf(v.to_numpy(dtype=np.float64)), "value must be a finite number")
     f["value"] = v
     rid = f["request_id"].astype("string")
     bad((rid.notna() & ~rid.str.fullmatch(r"[A-Za-z0-9._-]{1,64}").fillna(False)).to_numpy(dtype=bool),

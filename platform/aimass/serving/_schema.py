@@ -4,6 +4,7 @@ Scalars mean what the document says: an `integer` is 7 or 7.0, never "7" or true
 (pydantic's lax mode would take both)."""
 from __future__ import annotations
 
+import math
 import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -164,6 +165,8 @@ class Error(BaseModel):
 def _strict_number(v: object) -> object:
     if isinstance(v, str | bool):
         raise ValueError("must be a JSON number, not a string or a boolean")
+    if isinstance(v, float) and not math.isfinite(v):  # Python's JSON reads NaN and Infinity; JSON has neither
+        raise ValueError("must be a finite number")
     return v
 
 
