@@ -34,6 +34,10 @@ def test_an_action_started_without_waiting_records_its_outcome_when_it_ends(sett
     with pytest.raises(NotFoundError):  # waiting, the same failure is raised, and recorded as well
         admin.act(key, "revoke_key", "0" * 12, settings=settings)
     assert [a.ok for a in admin.history(settings=settings)] == [False, False, True]
+    # revoked by the full key: the record, which the console shows, names only its public id
+    full, other = serving.create_key("other", settings=settings)
+    done = admin.act(key, "revoke_key", full, settings=settings)
+    assert done.target == other.key_id and full.split("_")[-1] not in {done.target, done.outcome}
 
 
 def test_without_an_admin_key_nothing_runs_and_nothing_is_recorded(settings):

@@ -38,3 +38,15 @@ def test_library_output_goes_to_the_log_and_only_results_to_stdout(tmp_path, ver
     shown = [line for line in CHATTER if line in res.stderr]
     assert shown == (CHATTER if verbose else []), res.stderr
     assert "error line" in res.stderr.splitlines()
+
+
+def test_a_key_on_the_command_line_is_logged_as_its_id(tmp_path):
+    """`aimass keys revoke KEY` takes the full key too: the log's copy of the command line keeps its id only."""
+    key = "aimass_0123456789ab_" + "S" * 43
+    program = ("import sys\nfrom aimass import console\nhome, key = sys.argv[1], sys.argv[2]\n"
+               "sys.argv = ['aimass', 'keys', 'revoke', key]\nconsole.setup(home, verbose=False, as_json=False)\n")
+    res = subprocess.run([sys.executable, "-c", program, str(tmp_path), key], capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 0, res.stderr
+    log = (tmp_path / "logs" / "aimass.log").read_text()
+    assert "aimass keys revoke aimass_0123456789ab_<secret>" in log and "S" * 43 not in log

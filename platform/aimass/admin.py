@@ -91,6 +91,10 @@ def act(key: str, action: str, target: str, detail: str = "", *, wait: bool = Tr
         raise InvalidInputError(f"unknown action {action!r}; one of {', '.join(ACTIONS)}")
     who = authorize(key, settings=s)
     actor = f"console:{who.name} ({who.key_id})"
+    if action == "revoke_key":  # a full key given as the target is recorded (and shown) as its id only
+        from aimass import serving
+
+        target = serving.key_id_of(target)
     row = AdminAction(actor=actor, action=action, target=target, detail=detail[:500], outcome="running")
     with session(s) as db:
         db.add(row)

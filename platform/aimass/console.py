@@ -13,6 +13,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -76,7 +77,9 @@ def setup(home: Path, *, verbose: bool = False, as_json: bool = False) -> Path:
     root.addHandler(handler)
     root.setLevel(logging.INFO)
     logging.captureWarnings(True)
-    logging.getLogger("aimass").info("aimass %s", " ".join(sys.argv[1:]))
+    # a full API key on the command line (keys revoke KEY) is logged as its public id only
+    line = re.sub(r"\b(aimass_[0-9a-f]{12}_)[A-Za-z0-9_-]+", r"\1<secret>", " ".join(sys.argv[1:]))
+    logging.getLogger("aimass").info("aimass %s", line)
     return path
 
 

@@ -38,7 +38,7 @@ def test_keys_are_shown_once_and_stored_hashed(tmp_path):
 def test_bad_key_and_deploy_input_exit_non_zero_with_one_line(tmp_path):
     home = tmp_path / "home"
     cases = [
-        (("keys", "revoke", "0123456789ab"), 3, "no API key with id '0123456789ab'"),
+        (("keys", "revoke", "0123456789ab"), 3, "no API key with the id '0123456789ab'"),
         (("keys", "create", "bad/name"), 2, "invalid key name"),
         (("deploy", "recs", "--endpoint", "Not OK"), 2, "invalid endpoint 'Not OK'"),
         (("deploy", "recs", "-e", "ok", "--min-replicas", "3", "--max-replicas", "1"), 2, "min_replicas"),

@@ -29,8 +29,8 @@ from aimass.settings import Settings, default_settings
 
 __all__ = ["CLUSTER_OWNER_ENV", "WORKER_SETUP_HOOK", "Deployment", "Engine", "TrafficView", "build_bento",
            "check_deployed", "check_endpoint", "connect", "create_key", "curl_example", "delete", "deploy",
-           "deployments", "endpoints", "list_keys", "orphans", "parse_arms", "pin_bento", "revoke_key", "rollback",
-           "scaling", "set_traffic", "show", "shutdown", "shutdown_orphans", "traffic"]
+           "deployments", "endpoints", "key_id_of", "list_keys", "orphans", "parse_arms", "pin_bento", "revoke_key",
+           "rollback", "scaling", "set_traffic", "show", "shutdown", "shutdown_orphans", "traffic"]
 log = logging.getLogger(__name__)
 
 
@@ -491,6 +491,11 @@ def key_info(key: str, *, settings: Settings | None = None) -> ApiKeyPublic | No
 
 def revoke_key(key_id: str, *, settings: Settings | None = None) -> ApiKeyPublic:
     return _keys.revoke(key_id, settings or default_settings())
+
+
+def key_id_of(key: str) -> str:
+    """The public id of a full API key (what may be logged or recorded), or `key` itself."""
+    return _keys.key_id_of(key)
 
 
 def build_bento(ref: str, *, settings: Settings | None = None) -> str:

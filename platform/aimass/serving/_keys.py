@@ -19,6 +19,7 @@ from aimass.settings import Settings
 
 ROLES = ("consumer", "admin")
 _KEY = re.compile(r"^aimass_(?P<id>[0-9a-f]{12})_(?P<secret>[A-Za-z0-9_-]{43})$")
+_ID = re.compile(r"^[0-9a-f]{12}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@ -]{0,63}$")
 
 
@@ -50,14 +51,20 @@ def list_keys(settings: Settings, include_revoked: bool = False) -> list[ApiKeyP
         return [ApiKeyPublic.model_validate(r) for r in db.exec(q)]
 
 
+def key_id_of(key: str) -> str:
+    """The public id of a full key, or `key` itself (an id, or anything else): what may be logged or shown."""
+    m = _KEY.match(key or "")
+    return m["id"] if m else key
+
+
 def revoke(key_id: str, settings: Settings) -> ApiKeyPublic:
     """Revoke by public id (or by the full key); serving processes stop accepting it within a second."""
-    m = _KEY.match(key_id or "")
-    key_id = m["id"] if m else key_id
+    key_id = key_id_of(key_id)
     with session(settings) as db:
         row = db.exec(select(ApiKey).where(ApiKey.key_id == key_id)).first()
         if row is None:
-            raise NotFoundError(f"no API key with id {key_id!r}")
+            shown = repr(key_id) if _ID.match(key_id or "") else "given (an id is 12 hex digits)"
+            raise NotFoundError(f"no API key with the id {shown}")
         if row.revoked_at is None:
             row.revoked_at = datetime.now(UTC)
             db.add(row)
