@@ -69,6 +69,19 @@ def test_gate_passes_first_champion_and_refuses_worse_models(env):
     assert champ.version == worse.version and "quality" in champ.tags["aimass.forced_promotion"]
 
 
+def test_without_a_champion_a_baseline_version_is_gated_against(env):
+    """A name deployed by version has no champion: retraining gates its challenger against the served version
+    (`baseline`), quality included; only a first champion with nothing to compare is gated on latency alone."""
+    s, runs = env
+    served = models.register(runs["knn"], "nochamp", settings=s)
+    worse = models.register(runs["pop"], "nochamp", settings=s)
+    assert [c.check for c in aimass.registry.gate("nochamp", worse.version, settings=s)] == ["latency"]
+    before = _snapshot(s)
+    with pytest.raises(ConflictError, match=r"quality: test_ndcg_at_10 0\.\d+ vs champion 0\.\d+"):
+        models.promote("nochamp", worse.version, baseline=served.version, settings=s)
+    assert _snapshot(s) == before
+
+
 def test_a_champion_that_cannot_be_read_refuses_promotion(env, monkeypatch):
     """Only a missing alias means "no champion yet". A store that fails while the champion is read (SQLite
     busy, a failing disk: simulated, no user runs one on purpose) must refuse the promotion and name the

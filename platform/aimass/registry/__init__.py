@@ -205,7 +205,7 @@ class Promotion(BaseModel):
 def promote(name: str, version: int, *, alias: str = "champion", force: bool = False,
             tolerance: float = 0.01, latency_budget_ms: float = 50.0, metric: str = "test_ndcg_at_10",
             rescore_on: str | None = None, min_unexposed_users: int = MIN_UNEXPOSED_USERS,
-            settings: Settings | None = None) -> Promotion:
+            baseline: int | None = None, settings: Settings | None = None) -> Promotion:
     """Point `alias` at `version` if it passes the gate: offline `metric` no worse than the champion's by more
     than `tolerance` (relative) on one test split, and p99 scoring latency at batch 1 within
     `latency_budget_ms`. The split is the champion's dataset version's; for a candidate trained on a version
@@ -213,15 +213,17 @@ def promote(name: str, version: int, *, alias: str = "champion", force: bool = F
     (`rescore_on` names another version derived from both). There the quality check decides on the users
     whose test target the endpoint had not shown them (feedback on what was served favours the served model)
     when they are at least `min_unexposed_users`, else on the whole split; its detail gives both. Any other
-    dataset refuses. `force` promotes anyway and records so. A refusal raises GateRefusedError (a
-    ConflictError) carrying the checks."""
+    dataset refuses. `baseline`: the version to compare with while the name has no champion (retraining
+    passes the version its endpoint serves); without either, only latency is checked (a first champion).
+    `force` promotes anyway and records so. A refusal raises GateRefusedError (a ConflictError) carrying the
+    checks."""
     s = settings or default_settings()
     if alias not in ALIASES:
         raise InvalidInputError(f"unknown alias {alias!r}; use one of {', '.join(ALIASES)}")
     candidate, client = _candidate(name, version, tolerance, min_unexposed_users, s)
     with _lock(s, name, "promote"):
         checks = _run_gate(client, candidate, tolerance, latency_budget_ms, metric, rescore_on, min_unexposed_users,
-                           s)
+                           s, baseline)
         ok = all(c.passed for c in checks)
         # every decision is kept on the candidate, a refusal too: what the console's models page lists
         verdict = "passed" if ok else "forced" if force else "refused"
@@ -242,11 +244,13 @@ def promote(name: str, version: int, *, alias: str = "champion", force: bool = F
 
 def gate(name: str, version: int, *, tolerance: float = 0.01, latency_budget_ms: float = 50.0,
          metric: str = "test_ndcg_at_10", rescore_on: str | None = None,
-         min_unexposed_users: int = MIN_UNEXPOSED_USERS, settings: Settings | None = None) -> list[GateCheck]:
-    """The checks `promote` would run against the current champion, changing nothing."""
+         min_unexposed_users: int = MIN_UNEXPOSED_USERS, baseline: int | None = None,
+         settings: Settings | None = None) -> list[GateCheck]:
+    """The checks `promote` would run against the current champion (or `baseline`), changing nothing."""
     s = settings or default_settings()
     candidate, client = _candidate(name, version, tolerance, min_unexposed_users, s)
-    return _run_gate(client, candidate, tolerance, latency_budget_ms, metric, rescore_on, min_unexposed_users, s)
+    return _run_gate(client, candidate, tolerance, latency_budget_ms, metric, rescore_on, min_unexposed_users, s,
+                     baseline)
 
 
 def set_alias(name: str, version: int, alias: str, *, settings: Settings | None = None) -> int | None:
@@ -272,10 +276,13 @@ def _candidate(name: str, version: int, tolerance: float, min_unexposed_users: i
 
 
 def _run_gate(client, candidate, tolerance, latency_budget_ms, metric, rescore_on, min_unexposed_users,
-              s) -> list[GateCheck]:
+              s, baseline: int | None = None) -> list[GateCheck]:
     from aimass.registry._gate import run_gate
 
-    return run_gate(candidate, _champion(client, candidate.name), tolerance, latency_budget_ms, metric,
+    champion = _champion(client, candidate.name)
+    if champion is None and baseline is not None:  # compared as a champion would be: quality, not latency alone
+        champion = get(f"{candidate.name}/{baseline}", settings=s)
+    return run_gate(candidate, champion, tolerance, latency_budget_ms, metric,
                     settings=s, rescore_on=rescore_on, min_unexposed_users=min_unexposed_users)
 
 

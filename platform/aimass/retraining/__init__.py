@@ -154,19 +154,22 @@ def _run(r: RetrainResult, d, promote: bool, progress: bool, s: Settings, budget
     registry.set_alias(v.name, v.version, "challenger", settings=s)
     control = _canary_control(d.endpoint, s) if promote else None
     if control is not None:  # the online experiment decides: a share of users first, then all or none
-        r.gate = registry.gate(v.name, v.version, tolerance=s.gate_tolerance, settings=s)
+        r.gate = registry.gate(v.name, v.version, tolerance=s.gate_tolerance, baseline=champion.version,
+                               settings=s)
         if all(c.passed for c in r.gate):
             r.canary, why = _start_canary(d.endpoint, control, v.ref, s)
             if why:
                 r.error = f"the gate passed but the canary did not start: {why}"
     elif promote:
         try:
-            r.gate = registry.promote(v.name, v.version, tolerance=s.gate_tolerance, settings=s).checks
+            r.gate = registry.promote(v.name, v.version, tolerance=s.gate_tolerance, baseline=champion.version,
+                                      settings=s).checks
             r.promoted = True
         except registry.GateRefusedError as e:
             r.gate = e.checks
     else:
-        r.gate = registry.gate(v.name, v.version, tolerance=s.gate_tolerance, settings=s)
+        r.gate = registry.gate(v.name, v.version, tolerance=s.gate_tolerance, baseline=champion.version,
+                               settings=s)
     r.gate_passed = all(c.passed for c in r.gate)
     r.status = ("canary" if r.canary else "promoted" if r.promoted else "kept" if promote and not r.gate_passed
                 else "challenger")
