@@ -348,3 +348,16 @@ def test_triggers_and_the_scheduler_tick(settings):
     (settings.home / "serve" / "deployments" / "e1.json").write_text(json.dumps(
         {"deployment": redeployed.model_dump(mode="json"), "args": {}}))
     assert retraining.due("e1", settings=s, now=done_at + 60) == "drift"
+    # While a canary runs on the endpoint, its decision comes first: nothing is due, and a retrain refuses.
+    from aimass.catalog import Experiment, session
+
+    with session(s) as db:
+        db.add(Experiment(endpoint="e1", experiment_id="x1", arms=[{"ref": "m/2", "weight": 90},
+                                                                   {"ref": "m/3", "weight": 10}],
+                          metric="positive_rate", auto=True))
+        db.commit()
+    assert retraining.due("e1", settings=s, now=done_at + 60) is None
+    attempts = len(retraining.history("e1", settings=s))
+    with pytest.raises(ConflictError, match=r"a canary runs on endpoint 'e1' \(experiment x1\)"):
+        retraining.retrain("e1", settings=s)
+    assert len(retraining.history("e1", settings=s)) == attempts

@@ -97,6 +97,9 @@ def retrain(endpoint: str, *, reason: str = "manual", promote: bool = True, sett
     if reason not in REASONS:
         raise InvalidInputError(f"unknown retrain reason {reason!r}; use one of {', '.join(REASONS)}")
     d = serving.show(endpoint, settings=s)
+    canary = running_canary(endpoint, s)
+    if canary:
+        raise ConflictError(canary)
     if d.ranker:
         raise InvalidInputError(f"endpoint {endpoint!r} is multi-stage ({d.model}/{d.version} ranked by "
                                 f"{d.ranker}): retraining serves single-model endpoints only")
@@ -180,6 +183,19 @@ def _run(r: RetrainResult, d, promote: bool, progress: bool, s: Settings, budget
          "events_through_seq": r.events_through_seq, "exposed": r.exposed, "organic": r.organic,
          "gate_passed": r.gate_passed, "promoted": r.promoted,
          "checks": [c.model_dump() for c in r.gate]}))
+
+
+def running_canary(endpoint: str, s: Settings) -> str | None:
+    """Why `endpoint` cannot be retrained now: a canary (an auto experiment) runs there, and its decision
+    promotes or rolls back the challenger it serves; a retrain meanwhile would take that challenger's place
+    only for the canary's end to promote the older one over it. None when no canary runs."""
+    from aimass import experiments
+
+    e = experiments.get(endpoint, running_only=True, settings=s)
+    if e is None or e.state != "running" or not e.auto:
+        return None
+    return (f"a canary runs on endpoint {endpoint!r} (experiment {e.experiment_id}): a retrain waits for its "
+            f"decision (aimass experiments show {endpoint})")
 
 
 def _new_events(r: RetrainResult, endpoint: str, parent: str, s: Settings):

@@ -21,11 +21,13 @@ log = logging.getLogger(__name__)
 def due(endpoint: str, settings: Settings, now: float | None = None) -> str | None:
     """'drift', 'volume', 'schedule' (the first that holds, in that order) or None."""
     from aimass import datasets, serving
-    from aimass.retraining import history
+    from aimass.retraining import history, running_canary
 
     now = time.time() if now is None else now
     s = settings
     d = serving.show(endpoint, settings=s)
+    if running_canary(endpoint, s):  # its decision comes first (retrain would refuse)
+        return None
     last = next(iter(history(endpoint, limit=1, settings=s)), None)
     since = max(d.created_at.timestamp(), last.started_at.timestamp() if last else 0.0)
     failed = last is not None and last.status == "failed"
