@@ -12,7 +12,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
-from aimass.settings import Settings
+from aimass.settings import Settings, shown_url
 
 
 def check(settings: Settings) -> list[dict]:
@@ -61,7 +61,7 @@ def _registry_status(s: Settings) -> dict | Exception:
 
 def _registry(s: Settings, reg: dict | Exception) -> dict:
     ver = f"dvc {version('dvc')}; {_git_version()}"
-    where = str(s.registry_path) + (f" (clone of {s.registry_origin})" if s.registry_origin else "")
+    where = str(s.registry_path) + (f" (clone of {shown_url(s.registry_origin)})" if s.registry_origin else "")
     if isinstance(reg, Exception):
         return _row("data registry", where, ver, "error", str(reg).splitlines()[0])
     if not reg["exists"]:
@@ -73,7 +73,7 @@ def _registry(s: Settings, reg: dict | Exception) -> dict:
 
 def _remote(s: Settings, reg: dict | Exception) -> dict:
     url = (None if isinstance(reg, Exception) else reg["remote"]) or s.remote
-    ver = f"dvc {version('dvc')}"
+    url, ver = shown_url(url), f"dvc {version('dvc')}"
     if "://" in url:
         return _row("dvc remote", url, ver, "ok", "object store (reachability checked on push)")
     p = Path(url)
@@ -86,7 +86,7 @@ def _remote(s: Settings, reg: dict | Exception) -> dict:
 
 
 def _mlflow(s: Settings) -> dict:
-    uri = s.tracking_uri
+    uri = shown_url(s.tracking_uri)
     ver = f"mlflow {version('mlflow')}"
     if uri.startswith("sqlite:///"):
         db = Path(uri.removeprefix("sqlite:///"))

@@ -145,6 +145,24 @@ def _is_url(s: str) -> bool:
     return "://" in s or s.startswith("git@")
 
 
+def shown_url(url: str) -> str:
+    """`url` as it may be printed, logged or put in an error: a password or token in it (`scheme://user:secret@
+    host/...`, `https://token@host/...`) replaced by ***; anything without one unchanged."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    if "://" not in url:
+        return url
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<a URL that cannot be parsed>"
+    if "@" not in parts.netloc:
+        return url
+    userinfo, host = parts.netloc.rsplit("@", 1)
+    user = userinfo.split(":", 1)[0] if ":" in userinfo else ""
+    return urlunsplit(parts._replace(netloc=f"{user + ':' if user else ''}***@{host}"))
+
+
 @functools.cache
 def default_settings() -> Settings:
     """The settings of a process that was given none: read from the environment once."""

@@ -69,6 +69,21 @@ def test_doctor_reports_every_component(tmp_path):
     assert all(c["version"] and c["location"] for c in rep)
 
 
+def test_doctor_never_prints_a_secret_in_a_url(tmp_path):
+    """Credentials in the registry's git URL, the DVC remote or the MLflow URI are shown as ***, in the table
+    and in --json, also in the error a failed clone reports."""
+    secret = "s3cr3t-t0ken"
+    env = {"AIMASS_DATA_REGISTRY": f"https://user:{secret}@127.0.0.1:1/registry.git",
+           "AIMASS_DVC_REMOTE": f"s3://key:{secret}@bucket/prefix",
+           "AIMASS_MLFLOW_TRACKING_URI": f"http://{secret}@127.0.0.1:1"}
+    for args in (("doctor",), ("doctor", "--json")):
+        res = run(tmp_path / "home", *args, ok=False, env=env)
+        out = res.stdout + res.stderr
+        assert secret not in out and "user:***@127.0.0.1:1" in out and "***@127.0.0.1:1" in out
+    log = (tmp_path / "home" / "logs" / "aimass.log").read_text()
+    assert secret not in log
+
+
 @pytest.mark.data
 def test_real_datasets_counts_via_cli(tmp_path, shared_data):
     home = tmp_path / "home"

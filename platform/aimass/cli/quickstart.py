@@ -4,6 +4,7 @@ import typer
 
 from aimass import console
 from aimass.cli._common import JSON, emit, rows, state
+from aimass.settings import shown_url
 
 # what a newcomer reads in the summary; every metric is in the MLflow run and in --json
 _SHOWN = {"best_val_ndcg@10": "val NDCG@10", "test_ndcg@10": "test NDCG@10", "test_recall@10": "Recall@10",
@@ -125,8 +126,9 @@ def quickstart(
             "scheduler": scheduler, "canary": canary, "split": traffic.model_dump(mode="json"), "search": search,
             "auto": auto, "console": panel}
     if as_json:
-        emit({"dataset": summary, "training": run, "tracking_uri": s.tracking_uri, "promotion": promotion,
-              "models": side, "deployment": d.model_dump(mode="json"), "api_key": key, "curl": curl, **loop}, True)
+        emit({"dataset": summary, "training": run, "tracking_uri": shown_url(s.tracking_uri),
+              "promotion": promotion, "models": side, "deployment": d.model_dump(mode="json"), "api_key": key,
+              "curl": curl, **loop}, True)
         return
     console.stage(f"logs: {console.log_path()}")
     metrics = ", ".join(f"{label} {r.metrics[k]:.4f}" for k, label in _SHOWN.items() if k in r.metrics)
@@ -154,7 +156,7 @@ def quickstart(
         "$ aimass traffic show demo",
         *view_lines(traffic),
         "",
-        f"MLflow   .venv/bin/mlflow ui --backend-store-uri {s.tracking_uri} --host 127.0.0.1 --port 5000",
+        f"MLflow   .venv/bin/mlflow ui --backend-store-uri {shown_url(s.tracking_uri)} --host 127.0.0.1 --port 5000",
         f"API      {d.url} (OpenAPI: {d.url}/docs.json)",
         f"API key  {key} (shown once; stored hashed)",
         *([f"search   {search['model']} at {search['url']}: {search['query']!r} -> {', '.join(search['top'])}",

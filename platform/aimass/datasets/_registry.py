@@ -15,7 +15,7 @@ import pandas as pd
 
 from aimass.datasets._canonical import Canonical
 from aimass.errors import BackendError, InvalidInputError, NotFoundError
-from aimass.settings import Settings
+from aimass.settings import Settings, shown_url
 
 # DVC reports usage to a server unless told not to; nothing may leave this machine.
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
@@ -58,7 +58,9 @@ class DataRegistry:
             res = subprocess.run(["git", "clone", "--quiet", self.origin, str(self.path)],
                                  capture_output=True, text=True)
             if res.returncode != 0:
-                raise BackendError(f"cannot clone the data registry {self.origin}: {res.stderr.strip()}")
+                shown = shown_url(self.origin)  # git may quote the URL in its message too
+                raise BackendError(f"cannot clone the data registry {shown}: "
+                                   f"{res.stderr.strip().replace(self.origin, shown)}")
             return
         from dvc.repo import Repo
 
