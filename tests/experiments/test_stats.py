@@ -114,14 +114,19 @@ def test_msprt_p_is_the_inverse_mixture_likelihood_ratio():
     assert float(msprt_p(0.5, 1e-8, tau)) == 0.0  # no overflow far out
 
 
-def test_collecting_until_each_arm_has_min_samples_and_a_few_successes():
+def test_collecting_until_each_arm_has_min_samples_and_a_few_expected_successes():
     def state(na: int, sa: int, nb: int, sb: int, **kw) -> str:
         [c] = decide([ArmCounts("a", na, sa), ArmCounts("b", nb, sb)], "a", **kw)
         return c.state
 
     assert state(99, 10, 5000, 900) == "collecting"  # a huge apparent lift, but arm a is too small to judge
-    assert state(100, 3, 100, 40) == "collecting"  # too few successes in a
-    assert state(100, 97, 100, 60) == "collecting"  # too few failures in a
+    assert state(100, 1, 100, 3) == "collecting"  # 2% pooled: 2 successes expected per arm, too few
+    assert state(100, 99, 100, 97) == "collecting"  # and too few failures
+    assert state(100, 3, 100, 40) != "collecting"  # 21.5% pooled: arm a's 3 are telling, not too few
+    # a challenger that converts nobody, against a control at 10%: judged (the control wins), not collecting
+    # for ever as a rule of 5 successes in each arm would leave it
+    [c] = decide([ArmCounts("a", 2000, 200), ArmCounts("b", 2000, 0)], "a")
+    assert c.state != "collecting" and c.winner == "a"
     assert state(0, 0, 0, 0) == "collecting"
     assert state(100, 10, 100, 11) == "running"
     assert state(50, 5, 50, 30) == "collecting"

@@ -19,9 +19,12 @@ ones are found fast anyway, and much smaller ones take long, which is right for 
 was sized to detect. tau is fixed before the data (never an estimate from it), since a tau that moves with the
 data would break the martingale argument the validity rests on.
 
-Rates: V = p_a(1-p_a)/n_a + p_b(1-p_b)/n_b, or the pooled p(1-p)(1/n_a + 1/n_b) where that is 0. Nothing is
-evaluated (state "collecting") until each arm has MIN_SAMPLES exposures and MIN_EVENTS successes and failures:
-below that the normal approximation of the difference, and the plug-in V, are poor. Means (e.g. latency, from
+Rates: V = p_a(1-p_a)/n_a + p_b(1-p_b)/n_b while each arm has MIN_EVENTS successes and failures, else the
+pooled p(1-p)(1/n_a + 1/n_b), the variance under no difference (an arm's own plug-in variance is poor, or 0,
+with fewer). Nothing is evaluated (state "collecting") until each arm has MIN_SAMPLES exposures and, under no
+difference, expects MIN_EVENTS successes and failures (n_arm x pooled p, the chi-square rule): below that the
+normal approximation of the difference is poor. The rule is on the pooled rate, not each arm's own, so that a
+challenger that converts nobody while the control converts 10% is judged, not left collecting forever. Means (e.g. latency, from
 ArmMoments) use V = var_a/n_a + var_b/n_b and the same core.
 
 The intervals reported next to the test are fixed-horizon ones (Wilson per rate, Newcombe's hybrid score for a
@@ -216,17 +219,19 @@ def _rate_diff_variance(sa: np.ndarray, na: np.ndarray, sb: np.ndarray,
     na_, nb_ = np.maximum(na, 1), np.maximum(nb, 1)
     pa, pb = sa / na_, sb / nb_
     unpooled = pa * (1 - pa) / na_ + pb * (1 - pb) / nb_
-    # an arm at 0% or 100% has no estimated variance, and the unpooled V would call any difference certain;
-    # the pooled V (the variance under no difference) stays positive whenever either arm varies
+    # an arm with few successes or failures (0% or 100% at worst) has a poor plug-in variance, and the unpooled
+    # V would call a difference near-certain; the pooled V (under no difference) stays positive if either varies
     pooled_p = (sa + sb) / (na_ + nb_)
     pooled = pooled_p * (1 - pooled_p) * (1 / na_ + 1 / nb_)
-    return pb - pa, np.where(unpooled > 0, unpooled, pooled)
+    each = (np.minimum.reduce([sa, na - sa, sb, nb - sb]) >= MIN_EVENTS) & (unpooled > 0)
+    return pb - pa, np.where(each, unpooled, pooled)
 
 
 def _rate_ready(sa: np.ndarray, na: np.ndarray, sb: np.ndarray, nb: np.ndarray, min_samples: int,
                 min_events: int) -> np.ndarray:
-    return ((na >= min_samples) & (nb >= min_samples) & (sa >= min_events) & (sb >= min_events)
-            & (na - sa >= min_events) & (nb - sb >= min_events))
+    pooled_p = (sa + sb) / np.maximum(na + nb, 1)
+    expected = np.minimum(np.minimum(na, nb) * pooled_p, np.minimum(na, nb) * (1 - pooled_p))
+    return (na >= min_samples) & (nb >= min_samples) & (expected >= min_events)
 
 
 def sequential_p_values(a_successes: np.ndarray, a_n: np.ndarray, b_successes: np.ndarray, b_n: np.ndarray,
