@@ -24,8 +24,8 @@ pooled p(1-p)(1/n_a + 1/n_b), the variance under no difference (an arm's own plu
 with fewer). Nothing is evaluated (state "collecting") until each arm has MIN_SAMPLES exposures and, under no
 difference, expects MIN_EVENTS successes and failures (n_arm x pooled p, the chi-square rule): below that
 the normal approximation of the difference is poor. The rule is on the pooled rate, not each arm's own, so
-that a challenger that converts nobody while the control converts 10% is judged, not left collecting. Means (e.g. latency, from
-ArmMoments) use V = var_a/n_a + var_b/n_b and the same core.
+that a challenger that converts nobody while the control converts 10% is judged, not left collecting.
+Means (e.g. latency, from ArmMoments) use V = var_a/n_a + var_b/n_b and the same core.
 
 The intervals reported next to the test are fixed-horizon ones (Wilson per rate, Newcombe's hybrid score for a
 difference of rates, normal for means): they describe the data of one look. The sequential interval is the set of
