@@ -64,7 +64,10 @@ def _compared_on(on: str, candidate, champion, metric: str, tolerance: float, mi
     masks = [part.mask] if 0 < nu < n else []  # the whole split again would only cost time
 
     def figures(info) -> tuple[float | None, float | None]:  # (whole split, unexposed part)
-        if info.dataset == on:  # its own split: the recorded figure is the whole-split one
+        tested = info.metrics.get("test_users")
+        # its own split, every test user tested (not a seeded sample: max_test_users): the recorded figure is
+        # the whole-split one
+        if info.dataset == on and (tested is None or int(tested) == n):
             return info.metrics.get(metric), *(_score(info, split, metric, masks, settings) or [None])
         whole, *rest = _score(info, split, metric, [None, *masks], settings)
         return whole, (rest[0] if rest else None)
