@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from aimass.settings import Settings
+from aimass.settings import Settings, private_dir
 
 # Must be set before `ray` is first imported: it makes a local Ray bind to 127.0.0.1 on Linux.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -40,9 +40,7 @@ def _short_tmp(settings: Settings):
     from pathlib import Path
 
     tag = hashlib.sha1(str(settings.home).encode()).hexdigest()[:8]
-    p = Path(tempfile.gettempdir()) / f"aimass-ray-{tag}"
-    p.mkdir(parents=True, exist_ok=True)
-    return p
+    return private_dir(Path(tempfile.gettempdir()) / f"aimass-ray-{tag}")
 
 
 def version() -> str:

@@ -145,6 +145,26 @@ def _is_url(s: str) -> bool:
     return "://" in s or s.startswith("git@")
 
 
+def private_dir(path: Path) -> Path:
+    """`path` created if missing, as this user's alone (0700). The short fixed-name folders aimass keeps in the
+    shared temp folder (Ray's sockets and session files, HAProxy's config and admin socket) must not be one
+    another user made first, or could read or swap."""
+    import os
+    import stat
+
+    if not path.exists():
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = path.lstat()
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+        from aimass.errors import BackendError
+
+        raise BackendError(f"{path} is not a folder of this user's (owner uid {st.st_uid}): aimass will not "
+                           "keep its cluster's sockets there; remove it or point TMPDIR elsewhere")
+    if st.st_mode & 0o077:
+        path.chmod(0o700)
+    return path
+
+
 def shown_url(url: str) -> str:
     """`url` as it may be printed, logged or put in an error: a password or token in it (`scheme://user:secret@
     host/...`, `https://token@host/...`) replaced by ***; anything without one unchanged."""

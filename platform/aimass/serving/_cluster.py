@@ -24,7 +24,7 @@ from pathlib import Path
 from aimass import _ray  # noqa: F401  (sets RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER before ray is imported)
 from aimass.errors import BackendError, ConflictError, InvalidInputError
 from aimass.serving import _procs
-from aimass.settings import Settings
+from aimass.settings import Settings, private_dir
 
 HOOK = "aimass.serving.hooks.loopback"  # serving.WORKER_SETUP_HOOK, its public name
 log = logging.getLogger(__name__)
@@ -151,8 +151,7 @@ def _start_head(settings: Settings) -> dict:
            # balancers to deregister it); the ingress here is Serve's own, told at once, and retries refusals.
            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": str(settings.serve_drain_s)}
     if proxy == "haproxy":
-        hp = _procs.haproxy_dir(settings.home)
-        hp.mkdir(exist_ok=True)
+        hp = private_dir(_procs.haproxy_dir(settings.home))
         env.update({"RAY_SERVE_ENABLE_HA_PROXY": "1",
                     "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(hp / "haproxy.cfg"),
                     "RAY_SERVE_HAPROXY_SOCKET_PATH": str(hp / "admin.sock"),

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import psutil
 
+from aimass.settings import private_dir
+
 OWNER = "RAY_CLUSTER_OWNER"  # serving.CLUSTER_OWNER_ENV, its public name
 RECORD = "aimass-home.json"
 _TAG = re.compile(r"(?<=/)(?:aimass-serve|ahp)-([0-9a-f]{8})(?![0-9a-f])")
@@ -43,8 +45,7 @@ def haproxy_dir(home: Path) -> Path:
 
 
 def write_record(home: Path, address: str, serve_port: int) -> None:
-    tmp = temp_dir(home)
-    tmp.mkdir(parents=True, exist_ok=True)
+    tmp = private_dir(temp_dir(home))
     (tmp / RECORD).write_text(json.dumps({"home": str(home), "address": address, "serve_port": serve_port}))
 
 
