@@ -39,6 +39,9 @@ def test_written_serve_config_builds_the_same_applications(served):
 
     path = Path(serving.show("recs", settings=served.settings).config)
     cfg = yaml.safe_load(path.read_text())
+    # it and the deployment records carry the store URLs replicas need (credentials too): this user's only
+    records = list((served.settings.home / "serve" / "deployments").glob("*.json"))
+    assert records and {p.stat().st_mode & 0o777 for p in [path, *records]} == {0o600}
     ServeDeploySchema.model_validate(cfg)  # what `serve deploy` validates first
     apps = {a["name"]: a for a in cfg["applications"]}
     assert {"recs", "multi"} <= set(apps) and apps["recs"]["route_prefix"] == "/recs"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import re
 from datetime import UTC, datetime
 from pathlib import Path
@@ -162,8 +163,8 @@ def deploy(ref: str, endpoint: str, *, ranker: str | None = None, min_replicas: 
                    created_at=datetime.now(UTC))
     meta = _dir(s) / "deployments"
     meta.mkdir(parents=True, exist_ok=True)
-    (meta / f"{endpoint}.json").write_text(json.dumps({"deployment": d.model_dump(mode="json"),
-                                                       "args": args.model_dump()}, indent=2))
+    _write_private(meta / f"{endpoint}.json", json.dumps({"deployment": d.model_dump(mode="json"),
+                                                          "args": args.model_dump()}, indent=2))
     _write_config(s)
     _watch_scaling(s)
     return d
@@ -255,9 +256,18 @@ def _write_config(s: Settings) -> Path:
            "applications": apps}
     path = _dir(s) / "serve-config.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("# Written by aimass; reproduce with: serve deploy " + str(path) + "\n"
-                    + yaml.safe_dump(cfg, sort_keys=False))
+    _write_private(path, "# Written by aimass; reproduce with: serve deploy " + str(path) + "\n"
+                   + yaml.safe_dump(cfg, sort_keys=False))
     return path
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Deployment records and the Serve config carry the store URLs each replica needs, credentials included
+    (AIMASS_CATALOG_URL=postgresql://user:password@...): readable by this user only."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # a file an older aimass wrote keeps its mode on O_CREAT
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
 
 
 # --- traffic splits (see _traffic: two-phase changes, sticky assignment) -------------------------------------
@@ -362,7 +372,7 @@ def _retarget(s: Settings, endpoint: str, ref: str) -> None:
     m = json.loads(meta.read_text())
     info = registry.get(ref, settings=s)
     m["deployment"].update(model=info.name, version=info.version, requested=ref, dataset=info.dataset)
-    meta.write_text(json.dumps(m, indent=2))
+    _write_private(meta, json.dumps(m, indent=2))
 
 
 # The variable that marks a process as belonging to a home's serving cluster: stopping the cluster stops it.
