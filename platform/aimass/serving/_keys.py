@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import re
 import secrets
 import threading
@@ -74,12 +75,14 @@ def revoke(key_id: str, settings: Settings) -> ApiKeyPublic:
 
 
 class Verifier:
-    """Checks a presented key against the catalog. Rows are cached for `ttl` seconds so that a request does
-    not cost a database read, and a revocation takes effect within `ttl`."""
+    """Checks a presented key against the catalog. The whole key table (a few rows) is read at most once per
+    `ttl` seconds, so a request costs no database read, a revocation or a new key takes effect within `ttl`,
+    and well-formed keys with random ids (anyone can send them) cost nothing more than a dictionary lookup."""
 
     def __init__(self, settings: Settings, ttl: float = 1.0):
         self._settings, self._ttl = settings, ttl
-        self._cache: dict[str, tuple[float, ApiKey | None]] = {}
+        self._rows: dict[str, ApiKey] = {}
+        self._loaded = -math.inf
         self._lock = threading.Lock()
 
     def role(self, presented: str | None) -> str | None:
@@ -100,17 +103,12 @@ class Verifier:
         return row
 
     def _row(self, key_id: str) -> ApiKey | None:
-        now = time.monotonic()
-        with self._lock:
-            hit = self._cache.get(key_id)
-        if hit and now - hit[0] < self._ttl:
-            return hit[1]
-        with session(self._settings) as db:
-            row = db.exec(select(ApiKey).where(ApiKey.key_id == key_id)).first()
-            if row is not None:
-                db.expunge(row)
-        with self._lock:
-            if len(self._cache) > 10_000:  # unknown ids must not grow memory without bound
-                self._cache.clear()
-            self._cache[key_id] = (now, row)
-        return row
+        if time.monotonic() - self._loaded >= self._ttl:
+            with self._lock:  # one reader refreshes; the others wait for it rather than query too
+                if time.monotonic() - self._loaded >= self._ttl:
+                    with session(self._settings) as db:
+                        rows = db.exec(select(ApiKey)).all()
+                        for r in rows:
+                            db.expunge(r)
+                    self._rows, self._loaded = {r.key_id: r for r in rows}, time.monotonic()
+        return self._rows.get(key_id)
