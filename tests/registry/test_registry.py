@@ -69,6 +69,39 @@ def test_gate_passes_first_champion_and_refuses_worse_models(env):
     assert champ.version == worse.version and "quality" in champ.tags["aimass.forced_promotion"]
 
 
+class _Planted:
+    """What someone with access to the tracking server could log: a pickled model whose loading runs code."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def load_context(self, context):
+        open(self.marker, "w").close()
+
+    def predict(self, context, model_input, params=None):
+        return model_input
+
+
+def test_a_model_aimass_did_not_log_is_never_loaded(env, tmp_path):
+    """Registering any logged model is allowed (model_uri), but loading builds the scorer from aimass's own
+    code and the model's files: a model logged some other way is refused, its code never run."""
+    import mlflow.pyfunc
+
+    from aimass.tracking import mlflow_for
+
+    s, _ = env
+    marker = tmp_path / "ran"
+    planted = type("Planted", (_Planted, mlflow.pyfunc.PythonModel), {})(str(marker))
+    mlflow = mlflow_for(s)
+    with mlflow.start_run() as run:
+        uri = mlflow.pyfunc.log_model(name="model", python_model=planted).model_uri
+    marker.unlink(missing_ok=True)  # logging may load it once itself, in the process that logs it
+    v = models.register(run.info.run_id, "planted", model_uri=uri, settings=s)
+    with pytest.raises(InvalidInputError, match="is not a model aimass logged"):
+        models.load(v.ref, settings=s)
+    assert not marker.exists()
+
+
 def test_without_a_champion_a_baseline_version_is_gated_against(env):
     """A name deployed by version has no champion: retraining gates its challenger against the served version
     (`baseline`), quality included; only a first champion with nothing to compare is gated on latency alone."""

@@ -5,10 +5,12 @@ lineage tags; aliases (`champion`, `challenger`) instead of the deprecated stage
 The SDK face is `aimass.models` (register, list, show, versions, promote, load)."""
 from __future__ import annotations
 
+import json
 import re
 import time
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 
 from filelock import FileLock, Timeout
 from pydantic import BaseModel, Field
@@ -337,7 +339,30 @@ def load(ref: str, *, settings: Settings | None = None):
     info = get(ref, settings=s)
     _client(s)
     t0 = time.time()
-    model = mlflow.pyfunc.load_model(f"models:/{info.name}/{info.version}").unwrap_python_model()
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{info.name}/{info.version}"))
+    model = _scorer(local, info.ref)
     model.info = info
     model.load_seconds = time.time() - t0
     return model
+
+
+def _scorer(local: Path, ref: str):
+    """The scorer of a downloaded model, built by this installed aimass from the model's own files (weights,
+    ids, config: no pickle). MLflow's loader would run the Python file stored with the model, and anyone who
+    can log a model to the tracking server can store any file there: refused unless aimass logged it."""
+    import yaml
+
+    from aimass.registry._pyfunc import CompressedRecommender
+    from aimass.tracking.pyfunc import AimassRecommender
+
+    scorers = {"pyfunc.py": AimassRecommender, "_pyfunc.py": CompressedRecommender}
+    try:
+        flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
+        code = Path(flavor["model_code_path"]).name
+        arts = {k: local / v["path"] for k, v in flavor["artifacts"].items()}
+        family = json.loads(arts["family"].read_text())["family"]
+        cls = scorers[code]
+    except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError):
+        raise InvalidInputError(f"{ref} is not a model aimass logged (its MLmodel names no aimass scorer and "
+                                "family): refusing to load it") from None
+    return cls.from_files(arts["model"], arts["item_ids"], family)
