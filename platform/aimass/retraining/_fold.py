@@ -72,6 +72,14 @@ def collect(endpoint: str, parent: str, settings: Settings) -> Fold:
                          "item_id": pos["item_id"].astype(np.int64).to_numpy(),
                          "timestamp": ((pos["timestamp"] - epoch) // pd.Timedelta(seconds=1)).astype(np.int64)
                          .to_numpy()})
+    if info.timestamp_kind == "unix" and len(rows):
+        # An event stamped before the user's last interaction in the parent (a client's clock, a late batch)
+        # is folded at that interaction's time, not before it: it is new data, and leave-one-out must make it
+        # the user's target rather than a row the served model was trained on (which would favour that model
+        # in the gate). Equal times keep row order, and derive appends these rows after the parent's.
+        last = datasets.load(info.ref, settings=settings).interactions.groupby("user_id")["timestamp"].max()
+        floor = rows["user_id"].map(last).fillna(np.iinfo(np.int64).min).astype(np.int64).to_numpy()
+        rows["timestamp"] = np.maximum(rows["timestamp"].to_numpy(), floor)
     columns = info.columns["interactions"]
     if "event" in columns:
         rows["event"] = pos["type"].to_numpy()

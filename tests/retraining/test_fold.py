@@ -1,0 +1,24 @@
+"""Which events a retrain folds into a new dataset version, and at what time (aimass.retraining._fold)."""
+from __future__ import annotations
+
+from aimass import datasets
+from aimass.events import EventLog, FeedbackEventBase
+from aimass.retraining._fold import collect
+
+
+def test_a_backdated_event_is_folded_after_the_users_own_data(settings):
+    """A positive event stamped before its user's last interaction in the parent is folded at that time: it
+    becomes the user's leave-one-out target, never a row the served model already trained on."""
+    inter, items = datasets.generate_demo(settings.home.parent / "d", datasets.DemoConfig(users=10, tracks=20))
+    v = datasets.register("demo", inter, "csv", items=items, settings=settings)
+    assert v.timestamp_kind == "unix"
+    last = datasets.load(v.ref, settings=settings).interactions.groupby("user_id")["timestamp"].max()
+    user = int(last.index[0])
+    EventLog(settings).write("e", [
+        FeedbackEventBase(event_id="old", user_id=user, item_id=3, type="play", timestamp=1_000_000),
+        FeedbackEventBase(event_id="new-user", user_id=10**9, item_id=3, type="play", timestamp=1_000_000),
+        FeedbackEventBase(event_id="later", user_id=user, item_id=4, type="like", timestamp=int(last[user]) + 60)])
+    fold = collect("e", v.ref, settings)
+    got = list(zip(fold.rows["user_id"], fold.rows["timestamp"], strict=True))
+    assert sorted(got) == sorted([(user, int(last[user])), (10**9, 1_000_000), (user, int(last[user]) + 60)])
+    assert fold.shown["event_time"].min().timestamp() == 1_000_000  # the event's own time stays on record
