@@ -9,20 +9,26 @@ from sqlalchemy import event
 
 from aimass import serving
 from aimass.catalog import engine_for
-from aimass.serving._keys import Verifier
+from aimass.serving._keys import MISS_LOOKUPS_PER_S, Verifier
 
 
-def test_random_key_ids_cost_no_query_and_changes_count_within_the_ttl(settings):
+def test_random_key_ids_cost_few_queries_and_changes_count_in_time(settings):
     key, _ = serving.create_key("app", settings=settings)
     verifier = Verifier(settings, ttl=0.5)
     queries = []
     event.listen(engine_for(settings.catalog), "before_cursor_execute", lambda *a: queries.append(1))
     assert verifier.role(key) == "consumer"
-    # anyone can send well-formed keys with ids never issued: each is a lookup in memory, never a query
+    # anyone can send well-formed keys with ids never issued: at most MISS_LOOKUPS_PER_S of them a second
+    # reach the catalog, the rest are a lookup in memory
+    t0 = time.monotonic()
     for _ in range(200):
         assert verifier.role(f"aimass_{secrets.token_hex(6)}_{secrets.token_urlsafe(32)}") is None
-    assert len(queries) == 1 and verifier.role(key) == "consumer"  # the issued key is still known
+    spent = time.monotonic() - t0
+    assert len(queries) <= 2 + spent * MISS_LOOKUPS_PER_S < 100, (len(queries), spent)
+    assert verifier.role(key) == "consumer"  # the issued key is still known
+    time.sleep(1 / MISS_LOOKUPS_PER_S)
     fresh, _ = serving.create_key("later", settings=settings)
+    assert verifier.role(fresh) == "consumer"  # a key created since the table was read works at once
     serving.revoke_key(key, settings=settings)
     time.sleep(0.6)
-    assert verifier.role(fresh) == "consumer" and verifier.role(key) is None  # both within the ttl
+    assert verifier.role(key) is None  # a revocation counts within the ttl

@@ -74,15 +74,19 @@ def revoke(key_id: str, settings: Settings) -> ApiKeyPublic:
         return ApiKeyPublic.model_validate(row)
 
 
+MISS_LOOKUPS_PER_S = 20  # ids not in the loaded table that are looked up one by one (a key created since)
+
+
 class Verifier:
     """Checks a presented key against the catalog. The whole key table (a few rows) is read at most once per
-    `ttl` seconds, so a request costs no database read, a revocation or a new key takes effect within `ttl`,
-    and well-formed keys with random ids (anyone can send them) cost nothing more than a dictionary lookup."""
+    `ttl` seconds, so a request costs no database read and a revocation takes effect within `ttl`. An id the
+    table lacks is looked up alone (a key created since works at once), but at most MISS_LOOKUPS_PER_S times a
+    second: well-formed keys with random ids, which anyone can send, cost the catalog no more than that."""
 
     def __init__(self, settings: Settings, ttl: float = 1.0):
         self._settings, self._ttl = settings, ttl
         self._rows: dict[str, ApiKey] = {}
-        self._loaded = -math.inf
+        self._loaded = self._missed = -math.inf
         self._lock = threading.Lock()
 
     def role(self, presented: str | None) -> str | None:
@@ -111,4 +115,15 @@ class Verifier:
                         for r in rows:
                             db.expunge(r)
                     self._rows, self._loaded = {r.key_id: r for r in rows}, time.monotonic()
-        return self._rows.get(key_id)
+        row = self._rows.get(key_id)
+        if row is None and time.monotonic() - self._missed >= 1 / MISS_LOOKUPS_PER_S:
+            with self._lock:
+                if time.monotonic() - self._missed < 1 / MISS_LOOKUPS_PER_S:
+                    return None
+                self._missed = time.monotonic()
+                with session(self._settings) as db:
+                    row = db.exec(select(ApiKey).where(ApiKey.key_id == key_id)).first()
+                    if row is not None:
+                        db.expunge(row)
+                        self._rows = {**self._rows, key_id: row}
+        return row
