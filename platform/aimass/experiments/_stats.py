@@ -214,8 +214,8 @@ def _sequential_half_width(variance: float, tau: float, alpha: float) -> float:
                      * (math.log(1 / alpha) + 0.5 * math.log((variance + t2) / variance)))
 
 
-def _rate_diff_variance(sa: np.ndarray, na: np.ndarray, sb: np.ndarray,
-                        nb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _rate_diff_variance(sa: np.ndarray, na: np.ndarray, sb: np.ndarray, nb: np.ndarray,
+                        min_events: int = MIN_EVENTS) -> tuple[np.ndarray, np.ndarray]:
     na_, nb_ = np.maximum(na, 1), np.maximum(nb, 1)
     pa, pb = sa / na_, sb / nb_
     unpooled = pa * (1 - pa) / na_ + pb * (1 - pb) / nb_
@@ -223,7 +223,7 @@ def _rate_diff_variance(sa: np.ndarray, na: np.ndarray, sb: np.ndarray,
     # V would call a difference near-certain; the pooled V (under no difference) stays positive if either varies
     pooled_p = (sa + sb) / (na_ + nb_)
     pooled = pooled_p * (1 - pooled_p) * (1 / na_ + 1 / nb_)
-    each = (np.minimum.reduce([sa, na - sa, sb, nb - sb]) >= MIN_EVENTS) & (unpooled > 0)
+    each = (np.minimum.reduce([sa, na - sa, sb, nb - sb]) >= min_events) & (unpooled > 0)
     return pb - pa, np.where(each, unpooled, pooled)
 
 
@@ -242,7 +242,7 @@ def sequential_p_values(a_successes: np.ndarray, a_n: np.ndarray, b_successes: n
     np.minimum.accumulate of these along its looks. The same computation as SequentialTest.update."""
     sa, na = np.asarray(a_successes, dtype=np.float64), np.asarray(a_n, dtype=np.float64)
     sb, nb = np.asarray(b_successes, dtype=np.float64), np.asarray(b_n, dtype=np.float64)
-    diff, var = _rate_diff_variance(sa, na, sb, nb)
+    diff, var = _rate_diff_variance(sa, na, sb, nb, min_events)
     ready = _rate_ready(sa, na, sb, nb, min_samples, min_events)
     return np.where(ready, msprt_p(diff, var, tau), 1.0)
 
@@ -286,7 +286,7 @@ class SequentialTest:
         if isinstance(a, ArmCounts) and isinstance(b, ArmCounts):
             tau = DEFAULT_MDE if self.tau is None else self.tau
             sa, na, sb, nb = (np.float64(x) for x in (a.successes, a.n, b.successes, b.n))
-            d, v = _rate_diff_variance(sa, na, sb, nb)
+            d, v = _rate_diff_variance(sa, na, sb, nb, self.min_events)
             diff = float(d) if a.n and b.n else None
             var = float(v)
             ready = bool(_rate_ready(sa, na, sb, nb, self.min_samples, self.min_events))

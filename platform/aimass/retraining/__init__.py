@@ -192,7 +192,7 @@ def running_canary(endpoint: str, s: Settings) -> str | None:
     from aimass import experiments
 
     e = experiments.get(endpoint, running_only=True, settings=s)
-    if e is None or e.state != "running" or not e.auto:
+    if e is None or not e.auto:
         return None
     return (f"a canary runs on endpoint {endpoint!r} (experiment {e.experiment_id}): a retrain waits for its "
             f"decision (aimass experiments show {endpoint})")
