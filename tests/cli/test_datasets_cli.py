@@ -79,7 +79,7 @@ def test_doctor_never_prints_a_secret_in_a_url(tmp_path):
     for args in (("doctor",), ("doctor", "--json")):
         res = run(tmp_path / "home", *args, ok=False, env=env)
         out = res.stdout + res.stderr
-        assert secret not in out and "user:***@127.0.0.1:1" in out and "***@127.0.0.1:1" in out
+        assert secret not in out and "user:***@127.0.0.1:1" in out and "http://***@127.0.0.1:1" in out
     log = (tmp_path / "home" / "logs" / "aimass.log").read_text()
     assert secret not in log
 

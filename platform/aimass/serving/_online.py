@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from aimass.events import EventLog, Rules
+from aimass.events import EventLog, Rules, as_utc
 from aimass.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -60,16 +60,15 @@ class Online:
                     self.seq = seq  # the poll reads in log order: everything up to here is seen
                     if seq in self.applied:
                         continue
-                sign = self.rules.polarity(type_, value)
-                dense = self.dense_of.get(int(item))
-                if sign == 0 or dense is None:  # an item the model cannot score changes nothing here
+                sign, dense = self._effect(item, type_, value)
+                if not sign:
                     continue
                 # before the change itself: an answer computed meanwhile is then never kept as current
                 self.generation[int(user)] = self.generation.get(int(user), 0) + 1
                 if sign > 0:
                     self.extra.setdefault(int(user), []).append(dense)
                     self.popularity[dense] += 1.0
-                    self.trend[dense] += 2.0 ** ((time.time() - self.t0) / HALF_LIFE_S)
+                    self.trend[dense] += self._trend_weight(time.time())
                 else:
                     self.hidden.setdefault(int(user), set()).add(dense)
             if not own:
@@ -84,16 +83,24 @@ class Online:
         rows = self.log.folded(self.endpoint, cutoff, self.rules.negative_types, self.rules.positive_types,
                                datetime.fromtimestamp(now - TREND_RESTORE_S, UTC))
         for user, item, type_, value, received in rows:
-            sign = self.rules.polarity(type_, value)
-            dense = self.dense_of.get(int(item))
-            if dense is None or sign == 0:
-                continue
+            sign, dense = self._effect(item, type_, value)
             if sign < 0:
                 self.hidden.setdefault(int(user), set()).add(dense)
-                continue
-            age = now - (received if received.tzinfo else received.replace(tzinfo=UTC)).timestamp()
-            if age <= TREND_RESTORE_S:  # a type with rules of both signs (rating) brings older ones too
-                self.trend[dense] += 2.0 ** ((now - age - self.t0) / HALF_LIFE_S)  # as apply() adds it
+            elif sign > 0:
+                at = as_utc(received).timestamp()
+                if now - at <= TREND_RESTORE_S:  # a type with rules of both signs (rating) brings older ones too
+                    self.trend[dense] += self._trend_weight(at)
+
+    def _effect(self, item: int, type_: str, value: float | None) -> tuple[int, int]:
+        """(polarity, dense item) of an event; polarity 0 also for an item the model cannot score, which
+        changes nothing here."""
+        dense = self.dense_of.get(int(item))
+        return (0, 0) if dense is None else (self.rules.polarity(type_, value), dense)
+
+    def _trend_weight(self, at: float) -> float:
+        """An event at unix time `at` in the trending counts: they grow by 2^(t / half-life) from t0 on, and
+        trending() scales them back by now, so each weighs 2^-(its age / half-life) when read."""
+        return 2.0 ** ((at - self.t0) / HALF_LIFE_S)
 
     def catch_up(self) -> int:
         n = 0
