@@ -80,6 +80,18 @@ def test_clearly_better_arm_is_called_the_winner():
     assert np.median(stopped_at) < 10_000
 
 
+def test_a_persisted_winner_is_kept_when_a_later_look_reverses_the_difference():
+    # b clearly ahead: the test stops here and calls b
+    [first] = decide([ArmCounts("a", 2000, 200), ArmCounts("b", 2000, 300)], "a")
+    assert first.significant and first.winner == "b"
+    # later the rates cross by noise; the running minimum p keeps the comparison significant
+    later = [ArmCounts("a", 2400, 260), ArmCounts("b", 2400, 255)]
+    [unpersisted] = decide(later, "a", min_p=first.min_p)
+    assert unpersisted.significant and unpersisted.winner == "a"  # what a look without the call would say
+    [kept] = decide(later, "a", min_p=first.min_p, winners={"b": first.winner})
+    assert kept.significant and kept.winner == "b"
+
+
 def test_resume_from_persisted_min_p_matches_one_uninterrupted_test_and_the_vectorised_path():
     sa, sb = cumulative_counts(np.random.default_rng(3), 1, 60, 100, (0.10, 0.12))
     n = 100 * np.arange(1, 61)
@@ -238,6 +250,8 @@ def test_required_sample_size_is_the_two_proportion_formula_and_gives_its_power(
     (lambda: decide([ArmCounts("a", 10, 1)], "a"), "arms"),
     (lambda: decide([ArmCounts("a", 10, 1), ArmCounts("b", 10, 1)], "a", mde=0), "mde"),
     (lambda: decide([ArmCounts("a", 10, 1), ArmCounts("b", 10, 1)], "a", min_p={"x": 0.1}), "min_p"),
+    (lambda: decide([ArmCounts("a", 10, 1), ArmCounts("b", 10, 1)], "a", winners={"b": "c"}), "winners"),
+    (lambda: decide([ArmCounts("a", 10, 1), ArmCounts("b", 10, 1)], "a", winners={"a": "a"}), "winners"),
 ])
 def test_bad_input_is_refused_naming_the_field(make, field: str):
     with pytest.raises(InvalidInputError, match=rf"\b{field}\b"):

@@ -259,6 +259,8 @@ def test_a_retrained_challenger_goes_out_as_a_canary_and_wins(served, loop):
     _traffic_with_plays(served, loop.url, {r.challenger: 0.6, "recs/1": 0.1}, tag="win")
     view = experiments.show("loop", settings=s)
     assert view.comparisons[0].state == "significant", view.comparisons[0]
+    # the call is kept: a later look whose rates cross by noise does not turn it around
+    assert experiments.get("loop", settings=s).winners == {r.challenger: r.challenger}
     # the check the scheduler runs (a scheduler started by another test in this cluster may be first)
     decision = experiments.check("loop", settings=s) or _decision(experiments, s)
     assert decision.startswith(f"promoted {r.challenger}"), decision

@@ -244,6 +244,9 @@ class ExperimentBase(SQLModel):
     decision: str | None = Field(None, description="promoted ARM, rolled back: why, stopped")
     min_p: dict = Field(default_factory=dict, sa_column=Column(JSON),
                         description="Per treatment arm: running minimum of the always-valid p-value over looks")
+    winners: dict | None = Field(default_factory=dict, sa_column=Column(JSON),
+                                 description="Per treatment arm: the better arm (it or the control) at the look "
+                                             "that first found the difference significant; later looks keep it")
     started_at: datetime = Field(default_factory=_now)
     stopped_at: datetime | None = None
 

@@ -168,20 +168,23 @@ def show(endpoint: str, *, experiment_id: str | None = None, settings: Settings 
     arms = _arms(e, s)
     counts = [_stats.ArmCounts(name=a.arm, n=a.users, successes=a.successes) for a in arms]
     comparisons = _stats.decide(counts, control=arms[0].arm, alpha=e.alpha, mde=e.mde, min_p=e.min_p or 1.0,
-                                min_samples=e.min_samples) if len(arms) > 1 else []
+                                min_samples=e.min_samples, winners=e.winners) if len(arms) > 1 else []
     for a, c in zip(arms[1:], comparisons, strict=True):  # the interval at the comparison's (corrected) level
         a.interval = c.treatment.interval
     if e.state == "running" and comparisons:
-        _store_min_p(s, e, {c.treatment.name: c.min_p for c in comparisons})
+        _store_look(s, e, comparisons)
         e = get(endpoint, experiment_id=e.experiment_id, settings=s)
     return ExperimentView(experiment=e, arms=arms, comparisons=comparisons, guardrails_broken=_broken(e, arms))
 
 
-def _store_min_p(s: Settings, e: ExperimentPublic, min_p: dict[str, float]) -> None:
+def _store_look(s: Settings, e: ExperimentPublic, comparisons: list[_stats.Comparison]) -> None:
+    """Keep each comparison's running minimum p and, the first time it is significant, its winner."""
     with session(s) as db:
         row = db.get(Experiment, e.id)
-        have = row.min_p or {}
-        row.min_p = {**have, **{k: min(v, have.get(k, 1.0)) for k, v in min_p.items()}}
+        have, called = row.min_p or {}, row.winners or {}
+        row.min_p = {**have, **{c.treatment.name: min(c.min_p, have.get(c.treatment.name, 1.0))
+                                for c in comparisons}}
+        row.winners = {**{c.treatment.name: c.winner for c in comparisons if c.winner}, **called}
         db.add(row)
         db.commit()
 

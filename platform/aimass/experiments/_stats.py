@@ -396,7 +396,8 @@ def _summary(arm: Arm, confidence: float) -> ArmSummary:
 
 def decide(arms: Sequence[Arm], control: str, alpha: float = DEFAULT_ALPHA, mde: float | None = None,
            min_p: float | Mapping[str, float] = 1.0, min_samples: int = MIN_SAMPLES, *,
-           higher_is_better: bool = True, power: float = DEFAULT_POWER) -> list[Comparison]:
+           higher_is_better: bool = True, power: float = DEFAULT_POWER,
+           winners: Mapping[str, str] | None = None) -> list[Comparison]:
     """Compare each non-control arm with the control at one look of cumulative data, in the order of `arms`.
 
     mde: the minimum detectable effect as an absolute difference in the metric's units (for rates 0.01 is one
@@ -404,6 +405,9 @@ def decide(arms: Sequence[Arm], control: str, alpha: float = DEFAULT_ALPHA, mde:
     min_p: the running minimum p persisted from earlier looks, one float for a single comparison or a mapping
     from treatment name to its min_p (missing names start at 1).
     higher_is_better: which direction wins (False for latency or an error rate).
+    winners: the winner persisted from the look that first found each treatment's comparison significant. The
+    always-valid test stops there: a later look's difference (noise once the call is made) must not turn the
+    call around, so a persisted winner is kept.
 
     With k > 2 arms there are k - 1 comparisons and each is tested at alpha / (k - 1) (Bonferroni), so the chance
     of any false winner stays at most alpha; the intervals are reported at the same corrected level."""
@@ -434,6 +438,10 @@ def decide(arms: Sequence[Arm], control: str, alpha: float = DEFAULT_ALPHA, mde:
     else:
         min_ps = {name: min_p for name in names if name != control}
     min_samples = _count("min_samples", min_samples)
+    winners = dict(winners or {})
+    bad = {k: v for k, v in winners.items() if k not in names or k == control or v not in (k, control)}
+    if bad:
+        raise InvalidInputError(f"winners must map a treatment to itself or the control {control!r}, got {bad}")
 
     per_alpha = alpha / (len(arms) - 1)
     confidence = 1 - per_alpha
@@ -458,7 +466,9 @@ def decide(arms: Sequence[Arm], control: str, alpha: float = DEFAULT_ALPHA, mde:
         base_value = base_summary.value
         lift = seq.difference / abs(base_value) if seq.difference is not None and base_value != 0 else None
         winner = None
-        if seq.significant and seq.difference:
+        if seq.significant and arm.name in winners:
+            winner = winners[arm.name]
+        elif seq.significant and seq.difference:
             winner = arm.name if (seq.difference > 0) == higher_is_better else control
         out.append(Comparison(
             control=base_summary, treatment=_summary(arm, confidence), metric="rate" if rates else "mean",
