@@ -1,13 +1,15 @@
-"""The shared settings module's helpers: URLs shown without their secrets, and private folders in the shared
-temp folder."""
+"""The shared settings module's helpers: URLs shown without their secrets, private folders in the shared
+temp folder, and credentials handed to child processes through a private file."""
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
+from pydantic import ValidationError
 
 from aimass.errors import BackendError
-from aimass.settings import private_dir, shown_url
+from aimass.settings import Settings, private_dir, shown_url
 
 
 @pytest.mark.parametrize("url, shown", [
@@ -37,3 +39,48 @@ def test_a_private_dir_is_this_users_alone(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "getuid", lambda: mine + 1)  # another user made it first
     with pytest.raises(BackendError, match=f"owner uid {mine}"):
         private_dir(opened)
+
+
+def _from_env(env: dict[str, str], monkeypatch) -> Settings:
+    """Settings as a child process given `env` would parse them."""
+    for k in [k for k in os.environ if k.startswith("AIMASS_")]:
+        monkeypatch.delenv(k)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    return Settings()
+
+
+def test_credentials_reach_a_child_through_a_private_file_not_its_variables(tmp_path, monkeypatch):
+    secret = "pw-s3cr3t"
+    s = Settings(home=tmp_path / "home", catalog_url=f"postgresql://u:{secret}@db:5432/aimass",
+                 mlflow_tracking_uri="http://127.0.0.1:5000", dvc_remote=f"s3://key:{secret}@bucket/x",
+                 feedback_positive=["play>=30"])
+    env = s.as_env(secrets_to=tmp_path / "sec")
+    assert not any(secret in v for v in env.values()), env
+    assert env["AIMASS_MLFLOW_TRACKING_URI"] == "http://127.0.0.1:5000"  # no credential: stays a variable
+    path = tmp_path / "sec" / env["AIMASS_SECRETS_FILE"].rsplit("/", 1)[1]
+    assert path.stat().st_mode & 0o777 == 0o600 and (tmp_path / "sec").stat().st_mode & 0o777 == 0o700
+    child = _from_env(env, monkeypatch)
+    assert child.model_dump(exclude={"secrets_file"}) == s.model_dump(exclude={"secrets_file"})
+    # the same credentials name the same file; changed ones a new file (the old one stays for who reads it)
+    assert s.as_env(secrets_to=tmp_path / "sec") == env
+    rotated = s.model_copy(update={"catalog_url": "postgresql://u:new@db:5432/aimass"})
+    moved = rotated.as_env(secrets_to=tmp_path / "sec")
+    assert moved["AIMASS_SECRETS_FILE"] != env["AIMASS_SECRETS_FILE"] and path.exists()
+    # without a folder (a child process's environment, never logged) every value is a variable
+    assert s.as_env()["AIMASS_CATALOG_URL"] == s.catalog_url and "AIMASS_SECRETS_FILE" not in s.as_env()
+
+
+def test_a_value_set_otherwise_wins_over_the_secrets_file_and_a_bad_file_is_refused(tmp_path, monkeypatch):
+    f = tmp_path / "s.json"
+    f.write_text(json.dumps({"catalog_url": "sqlite:///from-file.db", "dvc_remote": "/from/file"}))
+    s = _from_env({"AIMASS_SECRETS_FILE": str(f), "AIMASS_DVC_REMOTE": "/from/env"}, monkeypatch)
+    assert (s.catalog_url, s.dvc_remote) == ("sqlite:///from-file.db", "/from/env")
+    for text, why in [(None, "cannot be read"), ("not json", "cannot be read"), ('{"home": "/x"}', "keys are among"),
+                      ("[1]", "keys are among")]:
+        bad = tmp_path / "bad.json"
+        bad.unlink(missing_ok=True)
+        if text is not None:
+            bad.write_text(text)
+        with pytest.raises(ValidationError, match=f"secrets_file .*{why}"):
+            Settings(secrets_file=bad)

@@ -7,13 +7,17 @@ registry and its DVC remote; each piece is swapped for its scale-out counterpart
 from __future__ import annotations
 
 import functools
+import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+# The settings that may carry a credential (postgresql://user:password@..., https://token@...).
+CREDENTIAL_FIELDS = ("catalog_url", "data_registry", "dvc_remote", "mlflow_tracking_uri", "ray_address")
 
 
 class Settings(BaseSettings):
@@ -29,6 +33,11 @@ class Settings(BaseSettings):
     )
     mlflow_tracking_uri: str | None = Field(None, description="Default SQLite store in home.")
     ray_address: str | None = Field(None, description="Existing Ray cluster; default a local one.")
+    secrets_file: Path | None = Field(None, description=(
+        "A JSON object of credential-bearing settings (catalog_url, data_registry, dvc_remote, "
+        "mlflow_tracking_uri, ray_address), readable by its owner only; a value set otherwise wins. Serving "
+        "replicas and the cluster's actors get their store URLs this way when a URL carries a credential: "
+        "Ray logs a runtime environment's variables whole."))
     host: str = Field("127.0.0.1", description="Address every embedded listener binds to.")
     # Serving (aimass.serving). The serve_model/serve_ranker/serve_endpoint fields are how a deployment
     # tells its replicas (or a bare `bentoml serve`) what to load: they arrive as AIMASS_* variables.
@@ -106,6 +115,45 @@ class Settings(BaseSettings):
     guardrail_max_error_rate: float = Field(0.01, ge=0, lt=1, description="A canary failing more often is "
                                                                           "rolled back.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _read_secrets_file(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not data.get("secrets_file"):
+            return data
+        path = Path(data["secrets_file"]).expanduser()
+        try:
+            stored = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise ValueError(f"secrets_file {path} cannot be read as JSON: {type(e).__name__}") from None
+        if not isinstance(stored, dict) or set(stored) - set(CREDENTIAL_FIELDS):
+            raise ValueError(f"secrets_file {path} must be a JSON object whose keys are among "
+                             f"{', '.join(CREDENTIAL_FIELDS)}")
+        return {**stored, **{k: v for k, v in data.items() if v is not None}}
+
+    def as_env(self, fields: Iterable[str] | None = None, *, secrets_to: Path | None = None) -> dict[str, str]:
+        """These settings (all, or `fields`) as the AIMASS_* variables that give a child process exactly them.
+        With `secrets_to` (a folder), the URLs that carry a credential are not among the variables: they go to
+        a JSON file there, readable by this user only, that AIMASS_SECRETS_FILE names. Its name changes with its
+        content, so a changed credential changes the variables, and a file a running process names stays."""
+        import secrets
+
+        values = {k: v for k, v in self.model_dump(mode="json").items()
+                  if v is not None and (fields is None or k in fields)}
+        hidden = {k: v for k, v in values.items()
+                  if secrets_to is not None and k in CREDENTIAL_FIELDS and shown_url(v) != v}
+        env = {f"AIMASS_{k.upper()}": v if isinstance(v, str) else json.dumps(v)
+               for k, v in values.items() if k not in hidden and k != "secrets_file"}
+        if hidden:
+            text = json.dumps(hidden, sort_keys=True)
+            folder = private_dir(secrets_to)
+            # a file with this content already: its name again (no restart for a redeploy that changed nothing)
+            same = [f for f in sorted(folder.glob("secrets-*.json")) if f.read_text() == text]
+            path = same[0] if same else folder / f"secrets-{secrets.token_hex(8)}.json"
+            if not same:
+                write_private(path, text)
+            env["AIMASS_SECRETS_FILE"] = str(path)
+        return env
+
     @field_validator("home")
     @classmethod
     def _absolute_home(cls, v: Path) -> Path:
@@ -163,6 +211,17 @@ def private_dir(path: Path) -> Path:
     if st.st_mode & 0o077:
         path.chmod(0o700)
     return path
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write `text` to `path`, readable by this user only, from its first byte (files that carry
+    credentials or hold what replicas are told)."""
+    import os
+
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # a file an older aimass wrote keeps its mode on O_CREAT
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
 
 
 def shown_url(url: str) -> str:

@@ -4,7 +4,6 @@ with them. A retrain runs as its own `aimass retrain E --reason R` process: hour
 the loop, and a crash of either must not take the other down."""
 from __future__ import annotations
 
-import json
 import logging
 import os
 import subprocess
@@ -118,12 +117,6 @@ class Scheduler:
                 stderr=subprocess.STDOUT, cwd=self.settings.home, start_new_session=True)
 
 
-def settings_env(settings: Settings) -> dict[str, str]:
-    """The settings as the AIMASS_* variables that give a child process exactly these settings."""
-    return {f"AIMASS_{k.upper()}": v if isinstance(v, str) else json.dumps(v)
-            for k, v in settings.model_dump(mode="json").items() if v is not None}
-
-
 def child_env(settings: Settings) -> dict[str, str]:
     """The environment of a retrain process: this one's (PATH, HOME, the cluster owner mark, so that
     stopping the serving cluster stops it too) without its AIMASS_* (the settings say it all) and without
@@ -132,7 +125,7 @@ def child_env(settings: Settings) -> dict[str, str]:
 
     keep = {k: v for k, v in os.environ.items()
             if not k.startswith("AIMASS_") and (not k.startswith("RAY_") or k == OWNER) and k != "OMP_NUM_THREADS"}
-    return {**keep, **settings_env(settings), "HF_HUB_OFFLINE": "1"}
+    return {**keep, **settings.as_env(), "HF_HUB_OFFLINE": "1"}
 
 
 class _Actor:
@@ -167,14 +160,14 @@ def start_in_cluster(settings: Settings, tick_s: float = TICK_S) -> dict:
     import ray
 
     from aimass.serving import WORKER_SETUP_HOOK as HOOK
-    from aimass.serving import connect
+    from aimass.serving import connect, secrets_dir
 
     connect(settings)
     data = settings.model_dump(mode="json")
     actor = ray.remote(_Actor).options(
         name=ACTOR, namespace=NAMESPACE, lifetime="detached", get_if_exists=True, num_cpus=0,
         # what the serving replicas get: the loopback hook, and the settings for whatever reads the environment
-        runtime_env={"env_vars": {**settings_env(settings), "HF_HUB_OFFLINE": "1"},
+        runtime_env={"env_vars": {**settings.as_env(secrets_to=secrets_dir(settings)), "HF_HUB_OFFLINE": "1"},
                      "worker_process_setup_hook": HOOK},
     ).remote(data, tick_s)
     ray.get(actor.update.remote(data))

@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
 import re
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,7 +25,7 @@ from aimass.errors import AimassError, BackendError, ConflictError, InvalidInput
 from aimass.serving import _keys
 from aimass.serving._bento import pin as pin_bento
 from aimass.serving._traffic import parse_arms
-from aimass.settings import Settings, default_settings
+from aimass.settings import Settings, default_settings, write_private
 
 __all__ = ["CLUSTER_OWNER_ENV", "WORKER_SETUP_HOOK", "Deployment", "Engine", "TrafficView", "build_bento",
            "check_deployed", "check_endpoint", "connect", "create_key", "curl_example", "delete", "deploy",
@@ -93,8 +92,7 @@ def _code_digest() -> str:
 
 
 def _env(s: Settings, model: str, ranker: str | None, endpoint: str) -> dict[str, str]:
-    env = {f"AIMASS_{k.upper()}": json.dumps(v) if isinstance(v, list) else str(v)
-           for k, v in s.model_dump().items() if k in _SHARED and v is not None}
+    env = s.as_env(_SHARED, secrets_to=secrets_dir(s))
     env.update({"AIMASS_SERVE_MODEL": model, "AIMASS_SERVE_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "1",
                 # new code is a new application: a redeploy after an upgrade restarts the replicas (preflight first)
                 "AIMASS_CODE_DIGEST": _code_digest()})  # BentoML's own options: services.CONFIG
@@ -163,7 +161,7 @@ def deploy(ref: str, endpoint: str, *, ranker: str | None = None, min_replicas: 
                    created_at=datetime.now(UTC))
     meta = _dir(s) / "deployments"
     meta.mkdir(parents=True, exist_ok=True)
-    _write_private(meta / f"{endpoint}.json", json.dumps({"deployment": d.model_dump(mode="json"),
+    write_private(meta / f"{endpoint}.json", json.dumps({"deployment": d.model_dump(mode="json"),
                                                           "args": args.model_dump()}, indent=2))
     _write_config(s)
     _watch_scaling(s)
@@ -256,18 +254,15 @@ def _write_config(s: Settings) -> Path:
            "applications": apps}
     path = _dir(s) / "serve-config.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_private(path, "# Written by aimass; reproduce with: serve deploy " + str(path) + "\n"
+    write_private(path, "# Written by aimass; reproduce with: serve deploy " + str(path) + "\n"
                    + yaml.safe_dump(cfg, sort_keys=False))
     return path
 
 
-def _write_private(path: Path, text: str) -> None:
-    """Deployment records and the Serve config carry the store URLs each replica needs, credentials included
-    (AIMASS_CATALOG_URL=postgresql://user:password@...): readable by this user only."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)  # a file an older aimass wrote keeps its mode on O_CREAT
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
+def secrets_dir(s: Settings) -> Path:
+    """Where the serving cluster's processes read the credentials in store URLs from (Settings.as_env): not
+    from their runtime environment, which Ray logs whole."""
+    return _dir(s) / "secrets"
 
 
 # --- traffic splits (see _traffic: two-phase changes, sticky assignment) -------------------------------------
@@ -372,7 +367,7 @@ def _retarget(s: Settings, endpoint: str, ref: str) -> None:
     m = json.loads(meta.read_text())
     info = registry.get(ref, settings=s)
     m["deployment"].update(model=info.name, version=info.version, requested=ref, dataset=info.dataset)
-    _write_private(meta, json.dumps(m, indent=2))
+    write_private(meta, json.dumps(m, indent=2))
 
 
 # The variable that marks a process as belonging to a home's serving cluster: stopping the cluster stops it.

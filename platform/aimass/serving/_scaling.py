@@ -347,23 +347,16 @@ class _ScalingWatcher:  # the name `ps` shows for the actor's process (ray::_Sca
                 "last_error": self.last_error}
 
 
-def _settings_env(settings: Settings) -> dict[str, str]:
-    import json
-
-    return {f"AIMASS_{k.upper()}": v if isinstance(v, str) else json.dumps(v)
-            for k, v in settings.model_dump(mode="json").items() if v is not None}
-
-
 def start_watcher(settings: Settings, interval: float = WATCH_S) -> dict:
     """Start the watcher in this home's serving cluster as the detached actor `aimass-scaling-watcher`, or give
     the running one these settings. Idempotent; returns its status. Joins (or starts) the cluster."""
     import ray
 
-    from aimass.serving import CLUSTER_OWNER_ENV, WORKER_SETUP_HOOK, _procs, connect
+    from aimass.serving import CLUSTER_OWNER_ENV, WORKER_SETUP_HOOK, _procs, connect, secrets_dir
 
     connect(settings)
     data = settings.model_dump(mode="json")
-    env = {**_settings_env(settings), "HF_HUB_OFFLINE": "1"}
+    env = {**settings.as_env(secrets_to=secrets_dir(settings)), "HF_HUB_OFFLINE": "1"}
     if not settings.ray_address:  # an embedded head's mark: stopping the cluster stops the watcher too
         env[CLUSTER_OWNER_ENV] = _procs.owner_env(settings.home)[CLUSTER_OWNER_ENV]
     actor = ray.remote(_ScalingWatcher).options(
