@@ -102,3 +102,50 @@ def test_a_budget_that_bought_nothing_after_an_early_peak_is_said():
     stopped = LoopState(epoch=5, best_epoch=1, best_at_s=0.1, train_time_s=0.5, stop_reason="patience")
     assert budget_note(stopped, 10.0) == ""  # early stopping the user asked for already says why
 
+
+
+class _Recorder:
+    """A family whose step only records what it draws from the step's generator and torch's global stream
+    (where dropout draws)."""
+
+    family = "recorder"
+
+    def __init__(self):
+        self.draws = []
+
+    def training_data(self, sequences, cfg):
+        import torch
+
+        return torch.utils.data.TensorDataset(torch.arange(4.0))
+
+    def make_optimizer(self, module, cfg):
+        import torch
+
+        return torch.optim.SGD(module.parameters(), lr=0.1)
+
+    def train_step(self, wrapped, batch, cfg, optimizer, i, progress, generator=None):
+        import torch
+
+        self.draws.append((int(torch.randint(0, 2**30, (1,), generator=generator)), float(torch.rand(1))))
+        return 0.0
+
+
+def test_a_resumed_job_draws_fresh_random_streams_not_a_replay_of_its_first_epochs():
+    import types
+
+    import torch
+
+    from aimass.zoo.trainer import Trainer
+
+    def draws(state):
+        torch.manual_seed(0)  # as a job's process starts (a resumed one too)
+        est = _Recorder()
+        Trainer(est, types.SimpleNamespace(batch_size=2), 5, Limits(epochs=(state.epoch if state else 0) + 1),
+                seed=3).fit(torch.nn.Linear(1, 1), [[1, 2]], state=state)
+        return est.draws
+
+    first = draws(None)
+    resumed = draws(LoopState(epoch=1, step=len(first)))
+    assert len(first) == len(resumed) == 2
+    assert all(a[0] != b[0] and a[1] != b[1] for a, b in zip(first, resumed, strict=True)), (first, resumed)
+    assert draws(LoopState(epoch=1, step=2)) == resumed and draws(None) == first  # still seeded

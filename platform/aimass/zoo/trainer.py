@@ -264,6 +264,12 @@ class Trainer:
             optimizer.load_state_dict(optimizer_state)
         loader, sampler = make_loader(est, dataset, cfg, self.world, self.rank, self.seed)
         generator = torch.Generator().manual_seed(self.seed * 1000 + self.rank)
+        if state is not None and state.epoch:
+            # a resumed job: streams of its own for dropout and sampled negatives, not a replay of the ones its
+            # first epochs drew (seeded as at the start, they would repeat them)
+            again = int(np.random.SeedSequence([self.seed, self.rank, state.epoch]).generate_state(1)[0])
+            generator.manual_seed(again)
+            torch.manual_seed(again + 1)
         device = next(unwrap(wrapped).parameters()).device
         self.optimizer = optimizer
 
