@@ -21,7 +21,8 @@ CREDENTIAL_FIELDS = ("catalog_url", "data_registry", "dvc_remote", "mlflow_track
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="AIMASS_", extra="forbid", frozen=True)
+    # an error names the field, never its value: a value may be a URL with a password
+    model_config = SettingsConfigDict(env_prefix="AIMASS_", extra="forbid", frozen=True, hide_input_in_errors=True)
 
     home: Path = Field(Path(".aimass"), description="Folder holding all embedded state.")
     catalog_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in home.")
@@ -130,29 +131,33 @@ class Settings(BaseSettings):
                              f"{', '.join(CREDENTIAL_FIELDS)}")
         return {**stored, **{k: v for k, v in data.items() if v is not None}}
 
-    def as_env(self, fields: Iterable[str] | None = None, *, secrets_to: Path | None = None) -> dict[str, str]:
-        """These settings (all, or `fields`) as the AIMASS_* variables that give a child process exactly them.
-        With `secrets_to` (a folder), the URLs that carry a credential are not among the variables: they go to
-        a JSON file there, readable by this user only, that AIMASS_SECRETS_FILE names. Its name changes with its
-        content, so a changed credential changes the variables, and a file a running process names stays."""
+    def dump(self, fields: Iterable[str] | None = None, *, secrets_to: Path | None = None) -> dict[str, Any]:
+        """These settings (all, or `fields`) as JSON values that `Settings(**...)` turns back into them. With
+        `secrets_to` (a folder), the URLs that carry a credential are left out: they go to a JSON file there,
+        readable by this user only, that `secrets_file` names. Its name changes with its content, so a changed
+        credential changes the dump, and a file a running process names stays."""
         import secrets
 
         values = {k: v for k, v in self.model_dump(mode="json").items()
-                  if v is not None and (fields is None or k in fields)}
+                  if v is not None and k != "secrets_file" and (fields is None or k in fields)}
         hidden = {k: v for k, v in values.items()
                   if secrets_to is not None and k in CREDENTIAL_FIELDS and shown_url(v) != v}
-        env = {f"AIMASS_{k.upper()}": v if isinstance(v, str) else json.dumps(v)
-               for k, v in values.items() if k not in hidden and k != "secrets_file"}
-        if hidden:
-            text = json.dumps(hidden, sort_keys=True)
-            folder = private_dir(secrets_to)
-            # a file with this content already: its name again (no restart for a redeploy that changed nothing)
-            same = [f for f in sorted(folder.glob("secrets-*.json")) if f.read_text() == text]
-            path = same[0] if same else folder / f"secrets-{secrets.token_hex(8)}.json"
-            if not same:
-                write_private(path, text)
-            env["AIMASS_SECRETS_FILE"] = str(path)
-        return env
+        if not hidden:
+            return values
+        text = json.dumps(hidden, sort_keys=True)
+        folder = private_dir(secrets_to)
+        # a file with this content already: its name again (no restart for a redeploy that changed nothing)
+        same = [f for f in sorted(folder.glob("secrets-*.json")) if f.read_text() == text]
+        path = same[0] if same else folder / f"secrets-{secrets.token_hex(8)}.json"
+        if not same:
+            write_private(path, text)
+        return {**{k: v for k, v in values.items() if k not in hidden}, "secrets_file": str(path)}
+
+    def as_env(self, fields: Iterable[str] | None = None, *, secrets_to: Path | None = None) -> dict[str, str]:
+        """`dump` as the AIMASS_* variables that give a child process exactly these settings. With `secrets_to`
+        no credential is among them (Ray writes a runtime environment's variables whole into its logs)."""
+        return {f"AIMASS_{k.upper()}": v if isinstance(v, str) else json.dumps(v)
+                for k, v in self.dump(fields, secrets_to=secrets_to).items()}
 
     @field_validator("home")
     @classmethod

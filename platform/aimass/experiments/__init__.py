@@ -174,13 +174,16 @@ def show(endpoint: str, *, experiment_id: str | None = None, settings: Settings 
     if e.state == "running" and comparisons:
         _store_look(s, e, comparisons)
         e = get(endpoint, experiment_id=e.experiment_id, settings=s)
+        for c in comparisons:  # a look that ran beside this one may have made the call first: it stands
+            if c.significant and (e.winners or {}).get(c.treatment.name):
+                c.winner = e.winners[c.treatment.name]
     return ExperimentView(experiment=e, arms=arms, comparisons=comparisons, guardrails_broken=_broken(e, arms))
 
 
 def _store_look(s: Settings, e: ExperimentPublic, comparisons: list[_stats.Comparison]) -> None:
     """Keep each comparison's running minimum p and, the first time it is significant, its winner."""
     with session(s) as db:
-        row = db.get(Experiment, e.id)
+        row = db.get(Experiment, e.id, with_for_update=True)  # two looks at once: neither undoes the other
         have, called = row.min_p or {}, row.winners or {}
         row.min_p = {**have, **{c.treatment.name: min(c.min_p, have.get(c.treatment.name, 1.0))
                                 for c in comparisons}}

@@ -163,7 +163,8 @@ def start_in_cluster(settings: Settings, tick_s: float = TICK_S) -> dict:
     from aimass.serving import connect, secrets_dir
 
     connect(settings)
-    data = settings.model_dump(mode="json")
+    # the actor's arguments stay in Ray's control store: credentials travel in the secrets file there too
+    data = settings.dump(secrets_to=secrets_dir(settings))
     actor = ray.remote(_Actor).options(
         name=ACTOR, namespace=NAMESPACE, lifetime="detached", get_if_exists=True, num_cpus=0,
         # what the serving replicas get: the loopback hook, and the settings for whatever reads the environment

@@ -138,7 +138,10 @@ def _start_head(settings: Settings) -> dict:
     port = free_port()
     # Before the head exists: whatever happens next, its processes can be mapped back to this home.
     _procs.write_record(settings.home, f"{settings.host}:{port}", settings.serve_port)
-    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token",
+    # without this shell's AIMASS_* variables: every worker would inherit them, and a variable beats the
+    # secrets file each deployment names (a rotated password would not reach its replicas)
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("AIMASS_")},
+           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token",
            "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", **_procs.owner_env(settings.home),
            # Throughput mode would send a replica's stdout and stderr (tracebacks, warnings, our own log records)
            # into Serve's logger at INFO, which its level (serve_log_level, WARNING) drops: they stay the worker's

@@ -355,7 +355,8 @@ def start_watcher(settings: Settings, interval: float = WATCH_S) -> dict:
     from aimass.serving import CLUSTER_OWNER_ENV, WORKER_SETUP_HOOK, _procs, connect, secrets_dir
 
     connect(settings)
-    data = settings.model_dump(mode="json")
+    # the actor's arguments stay in Ray's control store: credentials travel in the secrets file there too
+    data = settings.dump(secrets_to=secrets_dir(settings))
     env = {**settings.as_env(secrets_to=secrets_dir(settings)), "HF_HUB_OFFLINE": "1"}
     if not settings.ray_address:  # an embedded head's mark: stopping the cluster stops the watcher too
         env[CLUSTER_OWNER_ENV] = _procs.owner_env(settings.home)[CLUSTER_OWNER_ENV]
