@@ -326,19 +326,32 @@ def test_triggers_and_the_scheduler_tick(settings):
     quiet.launched["e1"] = (clock[0], Proc())
     assert quiet.tick() == {"e1": []}  # skipped quietly, and the running retrain is left alone
 
-    # An attempt that failed before it read any event: its cause (3 new events) still holds, but it is
-    # retried after retrain_retry_s, not at every tick.
+    def cannot_start(endpoint, reason):
+        raise OSError("no space left on device")
+
+    broken = Scheduler(s, clock=lambda: clock[0], endpoints=lambda: ["e1"], drift=drifts.append,
+                       launch=cannot_start)
+    assert broken.tick() == {"e1": ["drift-report"]}  # logged; the tick goes on to the next endpoint
+    clock[0] += 60
+    assert broken.tick() == {"e1": []} and drifts.pop() == "e1"  # and waits before trying again
+
+    # An attempt that failed after it read the 3 new events: their count still holds (they were not folded),
+    # so it is retried, after retrain_retry_s, not at every tick.
     from aimass.retraining import RetrainResult, _records
 
     failed_at = clock[0]
     _records.write(s, RetrainResult(endpoint="e1", reason="volume", status="failed", served="m/1",
-                                    started_at=datetime.fromtimestamp(failed_at, UTC), error="no dataset"))
+                                    events_through_seq=3, started_at=datetime.fromtimestamp(failed_at, UTC),
+                                    error="out of memory"))
     assert retraining.due("e1", settings=s, now=failed_at + 60) is None
+    # after it, every cause that held still holds: the drift report it did not answer, and the 3 events
+    assert retraining.due("e1", settings=s, now=failed_at + s.retrain_retry_s + 1) == "drift"
+    report.write_text(json.dumps({"drifted": False, "created_at": datetime.now(UTC).isoformat()}))
     assert retraining.due("e1", settings=s, now=failed_at + s.retrain_retry_s + 1) == "volume"
     # An attempt that retrained the served m/1 (kept: the gate refused): a later report about m/1, which
     # still serves, does not start another one; once m/2 is deployed, its own drift does.
     done_at = failed_at + s.retrain_retry_s + 10
-    _records.write(s, RetrainResult(endpoint="e1", reason="drift", status="kept", served="m/1",
+    _records.write(s, RetrainResult(endpoint="e1", reason="drift", status="kept", served="m/1", challenger="m/2",
                                     events_through_seq=3, started_at=datetime.fromtimestamp(done_at, UTC)))
     report.write_text(json.dumps({"drifted": True,
                                   "created_at": datetime.fromtimestamp(done_at + 30, UTC).isoformat()}))
@@ -347,6 +360,13 @@ def test_triggers_and_the_scheduler_tick(settings):
                                            "created_at": datetime.fromtimestamp(done_at + 20, UTC)})
     (settings.home / "serve" / "deployments" / "e1.json").write_text(json.dumps(
         {"deployment": redeployed.model_dump(mode="json"), "args": {}}))
+    assert retraining.due("e1", settings=s, now=done_at + 60) == "drift"
+    # An attempt about m/2 that found nothing new to fold did not answer its drift: a later report starts one.
+    _records.write(s, RetrainResult(endpoint="e1", reason="drift", status="nothing-new", served="m/2",
+                                    events_through_seq=3, started_at=datetime.fromtimestamp(done_at + 40, UTC)))
+    assert retraining.due("e1", settings=s, now=done_at + 60) is None  # the report predates that attempt
+    report.write_text(json.dumps({"drifted": True,
+                                  "created_at": datetime.fromtimestamp(done_at + 50, UTC).isoformat()}))
     assert retraining.due("e1", settings=s, now=done_at + 60) == "drift"
     # While a canary runs on the endpoint, its decision comes first: nothing is due, and a retrain refuses.
     from aimass.catalog import Experiment, session

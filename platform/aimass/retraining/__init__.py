@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -92,8 +93,8 @@ def retrain(endpoint: str, *, reason: str = "manual", promote: bool = True, sett
     from aimass.retraining import _records
 
     s = settings or default_settings()
-    if time_budget_min is not None and time_budget_min <= 0:
-        raise InvalidInputError(f"time budget must be positive, got {time_budget_min} minutes")
+    if time_budget_min is not None and not (math.isfinite(time_budget_min) and time_budget_min > 0):
+        raise InvalidInputError(f"time budget must be a positive number of minutes, got {time_budget_min}")
     if reason not in REASONS:
         raise InvalidInputError(f"unknown retrain reason {reason!r}; use one of {', '.join(REASONS)}")
     d = serving.show(endpoint, settings=s)
@@ -109,6 +110,10 @@ def retrain(endpoint: str, *, reason: str = "manual", promote: bool = True, sett
         lock.acquire(timeout=0)
     except Timeout:
         raise ConflictError(f"another retrain of endpoint {endpoint!r} is in progress") from None
+    canary = running_canary(endpoint, s)  # again, holding the lock: one that just ended may have started one
+    if canary:
+        lock.release()
+        raise ConflictError(canary)
     r = RetrainResult(endpoint=endpoint, reason=reason, started_at=datetime.now(UTC),
                       served=f"{d.model}/{d.version}")
     t0 = time.perf_counter()
@@ -130,7 +135,6 @@ def retrain(endpoint: str, *, reason: str = "manual", promote: bool = True, sett
 def _run(r: RetrainResult, d, promote: bool, progress: bool, s: Settings, budget_min: float | None) -> None:
     from aimass import datasets, registry
     from aimass.retraining._fold import save_exposure
-    from aimass.tracking import TAG, client
     from aimass.training import train
 
     champion = _champion(d, s)
@@ -177,12 +181,22 @@ def _run(r: RetrainResult, d, promote: bool, progress: bool, s: Settings, budget
     r.status = ("canary" if r.canary else "promoted" if r.promoted else "kept" if promote and not r.gate_passed
                 else "challenger")
     r.next_step = _next_step(r, v, d.endpoint, promote)
-    # on the version too: `aimass models show NAME/V` tells why it exists and what the gate said
-    client(s).set_model_version_tag(v.name, str(v.version), f"{TAG}retrain", json.dumps(
-        {"endpoint": d.endpoint, "reason": r.reason, "dataset": r.dataset, "parent_dataset": r.parent_dataset,
-         "events_through_seq": r.events_through_seq, "exposed": r.exposed, "organic": r.organic,
-         "gate_passed": r.gate_passed, "promoted": r.promoted,
-         "checks": [c.model_dump() for c in r.gate]}))
+    _tag_version(r, v, d.endpoint, s)
+
+
+def _tag_version(r: RetrainResult, v, endpoint: str, s: Settings) -> None:
+    """On the version too: `aimass models show NAME/V` tells why it exists and what the gate said. The alias
+    or the canary already moved: a tag that cannot be written is logged, and the attempt keeps its status."""
+    from aimass.tracking import TAG, client
+
+    try:
+        client(s).set_model_version_tag(v.name, str(v.version), f"{TAG}retrain", json.dumps(
+            {"endpoint": endpoint, "reason": r.reason, "dataset": r.dataset, "parent_dataset": r.parent_dataset,
+             "events_through_seq": r.events_through_seq, "exposed": r.exposed, "organic": r.organic,
+             "gate_passed": r.gate_passed, "promoted": r.promoted,
+             "checks": [c.model_dump() for c in r.gate]}))
+    except Exception:
+        log.warning("the retrain tag of %s was not written", v.ref, exc_info=True)
 
 
 def running_canary(endpoint: str, s: Settings) -> str | None:

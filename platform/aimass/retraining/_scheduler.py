@@ -65,7 +65,12 @@ class Scheduler:
                 continue
             if reason and (started is None or now - started >= RETRY_S or self._recorded_since(endpoint, started)):
                 log.info("retraining %s (%s)", endpoint, reason)
-                self.launched[endpoint] = (now, self._launch(endpoint, reason))
+                try:  # one endpoint's launch failing must not keep the endpoints after it waiting
+                    self.launched[endpoint] = (now, self._launch(endpoint, reason))
+                except Exception:
+                    log.exception("the retrain of %s did not start", endpoint)
+                    self.launched[endpoint] = (now, None)  # tried again after RETRY_S, not every tick
+                    continue
                 did.append(f"retrain:{reason}")
         return done
 

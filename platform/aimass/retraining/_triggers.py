@@ -1,9 +1,9 @@
 """When an endpoint's model is due for retraining: a drift report that flagged, enough new events, or the
-schedule. Each is measured from the later of the deployment and the last retrain attempt, so one cause
-starts one retrain, not one per scheduler tick. A failed attempt is retried only after `retrain_retry_s`
-(its cause usually holds on the next tick), and a drift report about a served version that an attempt
-already retrained does not start another: the served model stays the same until it is redeployed, and so
-would its drift."""
+schedule. Each is measured from the later of the deployment and the last retrain attempt that did not fail,
+so one cause starts one retrain, not one per scheduler tick. A failed attempt is retried after
+`retrain_retry_s` (not before: its cause usually holds on the next tick), and a drift report about a served
+version that an attempt already retrained (it trained a challenger) does not start another: the served model
+stays the same until it is redeployed, and so would its drift."""
 from __future__ import annotations
 
 import json
@@ -28,21 +28,25 @@ def due(endpoint: str, settings: Settings, now: float | None = None) -> str | No
     d = serving.show(endpoint, settings=s)
     if running_canary(endpoint, s):  # its decision comes first (retrain would refuse)
         return None
-    last = next(iter(history(endpoint, limit=1, settings=s)), None)
-    since = max(d.created_at.timestamp(), last.started_at.timestamp() if last else 0.0)
-    failed = last is not None and last.status == "failed"
-    if failed and now - last.started_at.timestamp() < s.retrain_retry_s:
+    attempts = history(endpoint, limit=50, settings=s)
+    last = attempts[0] if attempts else None
+    if last is not None and last.status == "failed" and now - last.started_at.timestamp() < s.retrain_retry_s:
         return None
-    answered = (last is not None and not failed and last.served == f"{d.model}/{d.version}"
-                and last.started_at >= d.created_at)
+    # a failed attempt only delays the next one: its cause (the drift, the events it read) still holds
+    done = next((a for a in attempts if a.status != "failed"), None)
+    since = max(d.created_at.timestamp(), done.started_at.timestamp() if done else 0.0)
+    # drift about the served version is answered by an attempt that trained a challenger on its feedback;
+    # one that found nothing new to fold did not answer it
+    answered = (done is not None and done.challenger is not None and done.served == f"{d.model}/{d.version}"
+                and done.started_at >= d.created_at)
     if s.retrain_on_drift and not answered:
         report = newest_drift_report(s, endpoint)
         if report is not None and report["drifted"] and report["created_at"] > since:
             return "drift"
     if s.retrain_min_events:
         after = datasets.folded_through(d.dataset, endpoint, settings=s) if d.dataset else 0
-        if last is not None and last.events_through_seq:  # what the last attempt already looked at
-            after = max(after, last.events_through_seq)
+        if done is not None and done.events_through_seq:  # what the last attempt already looked at
+            after = max(after, done.events_through_seq)
         if events_after(s, endpoint, after) >= s.retrain_min_events:
             return "volume"
     if s.retrain_interval_s and now - since >= s.retrain_interval_s:
