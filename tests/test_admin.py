@@ -40,6 +40,15 @@ def test_an_action_started_without_waiting_records_its_outcome_when_it_ends(sett
     assert done.target == other.key_id and full.split("_")[-1] not in {done.target, done.outcome}
 
 
+def test_the_console_may_start_a_retrain(settings):
+    key, _ = serving.create_key("ops", role="admin", settings=settings)
+    # the console's reason is a known one: what stops this retrain is the missing endpoint, and the record says so
+    with pytest.raises(NotFoundError, match="nowhere"):
+        admin.act(key, "retrain", "nowhere", settings=settings)
+    (row,) = admin.history(settings=settings)
+    assert row.ok is False and "reason" not in row.outcome and "nowhere" in row.outcome
+
+
 def test_without_an_admin_key_nothing_runs_and_nothing_is_recorded(settings):
     consumer, _ = serving.create_key("app", settings=settings)
     _, victim = serving.create_key("victim", settings=settings)

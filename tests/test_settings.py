@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from aimass.errors import BackendError
-from aimass.settings import Settings, private_dir, shown_url
+from aimass.settings import Settings, private_dir, redacted, shown_url
 
 
 @pytest.mark.parametrize("url, shown", [
@@ -90,3 +90,12 @@ def test_a_value_set_otherwise_wins_over_the_secrets_file_and_a_bad_file_is_refu
             Settings(dvc_remote="s3://k:s3cr3t@b", secrets_file=bad)
         # the error never shows the values it was given
         assert "s3cr3t" not in str(err.value) and "input_value" not in str(err.value)
+
+
+def test_a_message_is_redacted_url_by_url():
+    msg = ("API request to https://user:tok3n@mlflow.example/api/2.0/x failed; "
+           "catalog 'postgresql://u:pw9@db/aimass' and http://127.0.0.1:5000 kept")
+    out = redacted(msg)
+    assert "tok3n" not in out and "pw9" not in out
+    assert "https://user:***@mlflow.example/api/2.0/x" in out and "'postgresql://u:***@db/aimass'" in out
+    assert "http://127.0.0.1:5000 kept" in out

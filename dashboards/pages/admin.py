@@ -8,6 +8,7 @@ import streamlit as st
 import _common
 from aimass import admin, serving
 from aimass.errors import AimassError
+from aimass.settings import redacted
 
 s = _common.settings()
 st.title("Admin")
@@ -22,7 +23,8 @@ st.caption(f"acting as {who.name} ({who.key_id}); every action is recorded")
 def action(name: str, label: str, target: str, detail: str = "", wait: bool = True) -> None:
     """A confirmation box and a button; the action runs only when both are set (in the background unless
     `wait`: its outcome then lands in the recorded actions below)."""
-    sure = st.checkbox(f"I confirm: {label}", key=f"confirm-{name}")
+    # keyed by what it confirms: a box ticked for one key, split or version does not confirm another
+    sure = st.checkbox(f"I confirm: {label}", key=f"confirm-{name}-{target}-{detail}")
     if st.button(label, key=f"do-{name}", disabled=not sure or not target):
         try:
             done = admin.act(key, name, target, detail, wait=wait, settings=s)
@@ -30,6 +32,8 @@ def action(name: str, label: str, target: str, detail: str = "", wait: bool = Tr
                        f"{label}: started (action #{done.id}); its outcome appears under Recorded actions")
         except AimassError as e:
             st.error(f"{label} failed: {e}")
+        except Exception as e:  # recorded with its outcome; the page shows the message, never a traceback
+            st.error(f"{label} failed: {redacted(f'{type(e).__name__}: {e}')}")
         st.cache_data.clear()
 
 

@@ -10,6 +10,7 @@ what, when and how it ended, whether it succeeded or not.
 """
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 
@@ -17,7 +18,9 @@ from sqlmodel import select
 
 from aimass.catalog import AdminAction, AdminActionPublic, ApiKeyPublic, session
 from aimass.errors import AimassError, InvalidInputError
-from aimass.settings import Settings, default_settings
+from aimass.settings import Settings, default_settings, redacted
+
+log = logging.getLogger(__name__)
 
 
 def authorize(key: str, *, settings: Settings | None = None) -> ApiKeyPublic:
@@ -120,7 +123,9 @@ def _run(row_id: int, action: str, target: str, detail: str, actor: str,
         result, ok = ACTIONS[action](target, detail, actor, s), True
     except Exception as e:
         error, ok = e, False
-        result = f"failed: {e}" if isinstance(e, AimassError) else f"failed: {type(e).__name__}: {e}"
+        # recorded, logged and shown on the console: never a credential a library quoted in a URL
+        result = redacted(f"failed: {e}" if isinstance(e, AimassError) else f"failed: {type(e).__name__}: {e}")
+        log.warning("admin action %s on %s by %s %s", action, target, actor, result)
     with session(s) as db:
         stored = db.get(AdminAction, row_id)
         stored.outcome = result[:1000]

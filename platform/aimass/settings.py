@@ -229,6 +229,14 @@ def write_private(path: Path, text: str) -> None:
         f.write(text)
 
 
+def redacted(text: str) -> str:
+    """`text` with each URL in it as `shown_url` shows it: for messages that may quote a store URL (a failed
+    call to an MLflow server names the URL it called)."""
+    import re
+
+    return re.sub(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+", lambda m: shown_url(m.group()), text)
+
+
 def shown_url(url: str) -> str:
     """`url` as it may be printed, logged or put in an error: a password or token in it (`scheme://user:secret@
     host/...`, `https://token@host/...`) replaced by ***; anything without one unchanged."""

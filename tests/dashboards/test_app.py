@@ -145,12 +145,16 @@ def test_without_an_admin_key_the_console_changes_nothing_with_one_each_action_i
     console.run()
     console.selectbox[-1].select(victim.key_id).run()  # the key to revoke
     assert console.button(key="do-revoke_key").disabled  # not confirmed yet
-    console.checkbox(key="confirm-revoke_key").check().run()
+    console.checkbox(key=f"confirm-revoke_key-{victim.key_id}-").check().run()
+    console.selectbox[-1].select(ops.key_id).run()  # another key: the box ticked for the first confirms nothing
+    assert console.button(key="do-revoke_key").disabled
+    console.selectbox[-1].select(victim.key_id).run()
+    console.checkbox(key=f"confirm-revoke_key-{victim.key_id}-").check().run()
     console.button(key="do-revoke_key").click().run()
     assert not console.exception, console.exception
     assert victim.key_id not in [k.key_id for k in serving.list_keys(settings=s)]  # revoked
     # an action that fails (the endpoint is stopped, its canary runs) is recorded with its reason too
-    console.checkbox(key="confirm-rollback").check().run()
+    console.checkbox(key="confirm-rollback-demo-").check().run()
     console.button(key="do-rollback").click().run()
     assert "roll demo back to its previous split failed" in _texts(console)
     failed, done = admin.history(settings=s)

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 __all__ = ["REASONS", "RetrainResult", "Scheduler", "due", "exposure", "history", "retrain", "start_in_cluster"]
-REASONS = ("manual", "schedule", "volume", "drift")
+REASONS = ("manual", "console", "schedule", "volume", "drift")
 
 
 class RetrainResult(BaseModel):
