@@ -94,6 +94,16 @@ def test_personalised_ranking_moves_the_neighbour_up(lexical):
     mine = lexical.search("post rock", k=5, history=np.array([9]))  # Amélie's listeners also play Godspeed
     assert mine["personalised"] and mine["items"][0] == 10
     assert set(mine["items"]) == set(plain["items"])  # re-ranked, nothing off-query added
+    # a history that goes with none of the results says nothing: the plain ranking, not called personalised
+    unrelated = lexical.search("post rock", k=5, history=np.array([12]))
+    assert not unrelated["personalised"] and unrelated["items"].tolist() == plain["items"].tolist()
+
+
+def test_without_vectors_the_default_mode_is_bm25():
+    out = Search(semantic=False).fit(SEQS, N, item_table=TABLE).search("metal")
+    assert out["mode"] == "bm25" and 7 in out["items"].tolist()
+    with pytest.raises(Exception, match="needs semantic=True"):
+        Search(semantic=False, mode="hybrid").fit(SEQS, N, item_table=TABLE)
 
 
 @pytest.mark.parametrize("query", ["🎸🔥", "مرحبا بالعالم", "e\u0301\u0301\u0301", "\x00\x07\x1b[31m", "metal " * 1700,

@@ -52,8 +52,10 @@ def _fold(text: str) -> str:
 class PastQueries:
     """The endpoint's popular past queries, refreshed from the served-answer log every `interval` seconds in
     a thread of its own (never on the request path). Only a query that `min_users` different users asked in the
-    last `days` is suggested: one person's query (an e-mail address, a name) never reaches anyone else, and one
-    key cannot plant suggestions for everyone."""
+    last `days` is suggested: one person's query (an e-mail address, a name) never reaches anyone else. Users are
+    counted by the user_id the application sends, which it vouches for: a key is an application's, shared by all
+    its users, so counting keys would keep every query of a one-app deployment out, and an application that
+    sends made-up user ids can plant suggestions (revoke its key)."""
 
     def __init__(self, served_log, endpoint: str, interval: float = 30.0, min_users: int = 3, days: float = 30):
         self.served_log, self.endpoint, self.interval = served_log, endpoint, interval

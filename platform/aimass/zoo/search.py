@@ -34,7 +34,7 @@ from typing import Literal
 
 import numpy as np
 import scipy.sparse as sp
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from aimass.errors import InvalidInputError
 from aimass.zoo.text import query_encoder
@@ -70,6 +70,15 @@ class SearchConfig(BaseModel):
     bf16: bool = Field(True, description="Run MiniLM under bfloat16 autocast where the CPU has native bf16: "
                        "~4x faster item encoding, cosine to float32 > 0.9999 (measured)")
     query_cache: int = Field(4096, ge=0, description="Query vectors kept in an LRU cache (0: none)")
+
+    @model_validator(mode="after")
+    def _mode_needs_vectors(self) -> SearchConfig:
+        # without MiniLM the default mode is BM25: an index whose every default request failed would serve nothing
+        if not self.semantic and self.mode != "bm25":
+            if "mode" in self.model_fields_set:
+                raise ValueError(f"mode {self.mode!r} needs semantic=True (without MiniLM only bm25 searches)")
+            self.mode = "bm25"
+        return self
 
 
 _WORD = re.compile(r"\w+")
@@ -308,7 +317,7 @@ class Search:
             return {"items": np.zeros(0, np.int64), "scores": np.zeros(0, np.float32), "mode": mode,
                     "corrected": corrected, "personalised": False}
         personal = history is not None and len(np.asarray(history)) > 0
-        items, scores = self._fuse(sources, np.asarray(history) if personal else None, int(k))
+        items, scores, personal = self._fuse(sources, np.asarray(history) if personal else None, int(k))
         return {"items": items + 1, "scores": scores, "mode": mode, "corrected": corrected,
                 "personalised": personal}
 
@@ -390,18 +399,23 @@ class Search:
         # ties (common in BM25 over short texts) go to the more popular item, deterministically
         return top[np.lexsort((top, -self._pop[top], -scores[top]))]
 
-    def _fuse(self, sources, history, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _fuse(self, sources, history, k: int) -> tuple[np.ndarray, np.ndarray, bool]:
         """Candidates are the union of the sources' lists; every signal then scores every candidate (a lexical
         match the vector list missed still gets its semantic similarity), ranks are fused (RRF) or min-max
-        scores mixed. Popularity and the user's taste only re-rank: they never add an off-query item."""
+        scores mixed. Popularity and the user's taste only re-rank: they never add an off-query item. Also
+        returns whether the taste took part: a history that relates to none of the candidates says nothing
+        (its ranks would only be popularity's again)."""
         cfg = self._cfg
         cand = np.unique(np.concatenate([src[0] for src in sources]))
         signals = [(score(cand), w, positive) for _, score, w, positive in sources]
         signals.append((self._pop[cand], cfg.popularity_weight, False))
+        personal = False
         if history is not None:
             # score()'s values for the candidates only: the content term is not worked out for the whole catalogue
-            mine = self._taste(history, cand) + 1e-3 * self._pop[cand].astype(np.float32)
-            signals.append((mine, cfg.personal_weight, False))
+            taste = self._taste(history, cand)
+            personal = bool(cfg.personal_weight and (np.asarray(taste) > 0).any())
+            if personal:
+                signals.append((taste + 1e-3 * self._pop[cand].astype(np.float32), cfg.personal_weight, False))
         fused = np.zeros(len(cand), np.float64)
         for signal, w, positive in signals:
             signal = np.asarray(signal, np.float64)
@@ -416,7 +430,7 @@ class Search:
                 lo, hi = float(signal[counts].min()), float(signal[counts].max())
                 fused += np.where(counts, w * ((signal - lo) / (hi - lo) if hi > lo else 1.0), 0.0)
         order = np.lexsort((cand, -fused))[:k]
-        return cand[order], fused[order].astype(np.float32)
+        return cand[order], fused[order].astype(np.float32), personal
 
     # -- suggestions --------------------------------------------------------------------------------------
 
