@@ -22,3 +22,23 @@ def test_a_backdated_event_is_folded_after_the_users_own_data(settings):
     got = list(zip(fold.rows["user_id"], fold.rows["timestamp"], strict=True))
     assert sorted(got) == sorted([(user, int(last[user])), (10**9, 1_000_000), (user, int(last[user]) + 60)])
     assert fold.shown["event_time"].min().timestamp() == 1_000_000  # the event's own time stays on record
+
+
+def test_an_event_from_a_slow_clock_still_counts_as_shown_by_the_answer_before_it(settings):
+    """No request_id, and the client's clock runs 10 minutes slow: the play is stamped before the answer that
+    showed the item, but it reached the server after it. Exposed ('earlier'), not organic."""
+    import time
+
+    from aimass.events import ServedLog
+
+    inter, items = datasets.generate_demo(settings.home.parent / "d", datasets.DemoConfig(users=10, tracks=20))
+    v = datasets.register("demo", inter, "csv", items=items, settings=settings)
+    user = 10**9
+    served = ServedLog(settings)
+    served.record("e", "r1", "recommend", "m", 1, user, [1], [5, 6], [0.9, 0.8])
+    served.flush()
+    EventLog(settings).write("e", [
+        FeedbackEventBase(event_id="slow", user_id=user, item_id=5, type="play", timestamp=int(time.time()) - 600),
+        FeedbackEventBase(event_id="organic", user_id=user, item_id=7, type="play", timestamp=int(time.time()))])
+    fold = collect("e", v.ref, settings)
+    assert dict(zip(fold.rows["item_id"], fold.shown["via"], strict=True)) == {5: "earlier", 7: ""}

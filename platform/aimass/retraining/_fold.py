@@ -98,19 +98,24 @@ def collect(endpoint: str, parent: str, settings: Settings) -> Fold:
 
 def _shown(events: pd.DataFrame, endpoint: str, settings: Settings) -> np.ndarray:
     """How the endpoint had shown each event's item to its user: 'request' (the answer the event's request_id
-    names lists it), 'earlier' (an answer to that user served at or before the event lists it), '' (neither:
-    organic). Either way the serving model put the item in front of the user, so both count as exposed; the
-    second catches events sent without a request_id and answers whose record was lost (that log is best
-    effort). An answer without a user_id (a history-only request) is joined by request_id only."""
+    names lists it), 'earlier' (an answer to that user served at or before the event, by its timestamp or its
+    receipt, lists it), '' (neither: organic). Either way the serving model put the item in front of the user,
+    so both count as exposed; the second catches events sent without a request_id and answers whose record was
+    lost (that log is best effort). An answer without a user_id (a history-only request) is joined by
+    request_id only."""
     from aimass.events import ServedLog
 
     via = np.full(len(events), "", dtype=object)
     served = ServedLog(settings).frame(endpoint) if len(events) else pd.DataFrame()
     if served.empty:
         return via
+    # "before the event" by either clock: the client's timestamp may run slow, the server's receipt never
+    # precedes the event; an answer served before either showed the item first (so: exposed, the safe side)
+    stamped = events["timestamp"].reset_index(drop=True)
+    received = events["received_at"].reset_index(drop=True)
     ev = pd.DataFrame({"user_id": events["user_id"].astype(np.int64).to_numpy(),
                        "item_id": events["item_id"].astype(np.int64).to_numpy(),
-                       "timestamp": events["timestamp"].reset_index(drop=True),
+                       "timestamp": stamped.where(stamped >= received, received),
                        "request_id": events["request_id"].astype(object).to_numpy()})
     # only the answers these events can join to are spread into (answer, item) rows: the log is the endpoint's
     served = served[served["request_id"].isin(ev["request_id"].dropna()) | served["user_id"].isin(ev["user_id"])]
