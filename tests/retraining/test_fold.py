@@ -42,3 +42,19 @@ def test_an_event_from_a_slow_clock_still_counts_as_shown_by_the_answer_before_i
         FeedbackEventBase(event_id="organic", user_id=user, item_id=7, type="play", timestamp=int(time.time()))])
     fold = collect("e", v.ref, settings)
     assert dict(zip(fold.rows["item_id"], fold.shown["via"], strict=True)) == {5: "earlier", 7: ""}
+
+
+def test_an_exposure_record_without_its_columns_is_refused_and_nothing_is_written(settings):
+    import pandas as pd
+    import pytest
+
+    from aimass.errors import InvalidInputError
+
+    inter, items = datasets.generate_demo(settings.home.parent / "d", datasets.DemoConfig(users=10, tracks=20))
+    v = datasets.register("demo", inter, "csv", items=items, settings=settings)
+    rows = pd.DataFrame({"user_id": [1], "item_id": [2], "timestamp": [3]})
+    with pytest.raises(InvalidInputError, match="missing: exposed"):
+        datasets.write_exposure(v.ref, "e", rows, settings=settings)
+    with pytest.raises(InvalidInputError, match="must be boolean"):
+        datasets.write_exposure(v.ref, "e", rows.assign(exposed=["yes"]), settings=settings)
+    assert datasets.exposure(v.ref, settings=settings) is None

@@ -53,7 +53,14 @@ def write(ref: str, endpoint: str, rows: pd.DataFrame, *, settings: Settings, me
     import pyarrow.parquet as pq
 
     from aimass import datasets
+    from aimass.errors import InvalidInputError
 
+    missing = [c for c in [*KEY, "exposed"] if c not in getattr(rows, "columns", ())]
+    if missing:
+        raise InvalidInputError(f"an exposure record needs the columns {', '.join([*KEY, 'exposed'])}; "
+                                f"missing: {', '.join(missing)}")
+    if rows["exposed"].dtype != bool:
+        raise InvalidInputError(f"an exposure record's 'exposed' column must be boolean, got {rows['exposed'].dtype}")
     info = datasets.get(ref, settings=settings)
     path = path_of(info.ref, settings)
     path.parent.mkdir(parents=True, exist_ok=True)
