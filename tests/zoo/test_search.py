@@ -56,6 +56,11 @@ def test_typos_are_corrected(lexical, typo):
     assert out["corrected"] is not None
 
 
+def test_did_you_mean_is_the_query_as_typed_with_only_the_misspelt_words_replaced(lexical):
+    assert lexical.search("Godspede You! Black Emperor")["corrected"] == "Godspeed You! Black Emperor"
+    assert lexical.search("宇多田 METALICA")["corrected"] == "宇多田 METALLICA"  # no bigrams, the typed case
+
+
 def test_two_edits_in_a_long_word(lexical):
     out = lexical.search("insturmentl", k=3)  # a transposition and a deletion in an 11-letter word
     assert out["items"][0] == 10 and out["corrected"] == "instrumental"

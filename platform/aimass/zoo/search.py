@@ -103,6 +103,16 @@ def words(text: str) -> list[str]:
     return out
 
 
+def _respelt(word: str, fixes: dict[str, str]) -> str:
+    """`word` as typed, or its correction in the typed word's case (METALICA -> METALLICA, Metalica ->
+    Metallica)."""
+    fix = fixes.get(fold(word))
+    if fix is None:
+        return word
+    return fix.upper() if word.isupper() and len(word) > 1 else fix[:1].upper() + fix[1:] if word[:1].isupper() \
+        else fix
+
+
 def title_of(row: dict, text: str) -> str:
     """The display name of an item: its title/name column, else its text up to ' | ' (the demo's and Last.fm's
     field separator), at most 100 characters: suggestions index every word suffix of it."""
@@ -294,8 +304,11 @@ class Search:
             raise InvalidInputError(f"allowed must be a mask of {self.n_items_ + 1} booleans")
         mask = None if mask is None else mask[1:]
         query = "".join(" " if unicodedata.category(c)[0] == "C" else c for c in query[:_MAX_QUERY_CHARS])
-        toks, corrected, unknown = self._correct(words(query)[:32])
-        text = " ".join(toks) if corrected else query
+        toks, fixes, unknown = self._correct(words(query)[:32])
+        # "did you mean": the query as typed with only its misspelt words replaced (not the index's folded
+        # tokens: accents, case and no-space scripts stay as the person wrote them); MiniLM reads the same
+        corrected = _WORD.sub(lambda m: _respelt(m.group(), fixes), query) if fixes else None
+        text = corrected or query
 
         # each source: (its candidates best first, its score for any item, weight, only positive scores count)
         sources: list[tuple[np.ndarray, object, float, bool]] = []
@@ -321,13 +334,13 @@ class Search:
         return {"items": items + 1, "scores": scores, "mode": mode, "corrected": corrected,
                 "personalised": personal}
 
-    def _correct(self, toks: list[str]) -> tuple[list[str], str | None, bool]:
-        """Tokens with the misspelt ones replaced, the corrected query if any changed, and whether any token
+    def _correct(self, toks: list[str]) -> tuple[list[str], dict[str, str], bool]:
+        """Tokens with the misspelt ones replaced, each replaced token's correction, and whether any token
         was unknown to the index."""
         from rapidfuzz import process
         from rapidfuzz.distance import OSA
 
-        cfg, out, changed = self._cfg, [], False
+        cfg, out, fixes = self._cfg, [], {}
         unknown = any(t not in self._vocab_rank for t in toks)
         for t in toks:
             if t in self._vocab_rank or len(t) < cfg.typo_min_1 or not t.isalpha():
@@ -337,10 +350,9 @@ class Search:
             hits = [h for n in range(len(t) - edits, len(t) + edits + 1) for h in process.extract(
                 t, self._vocab_by_len.get(n, ()), scorer=OSA.distance, score_cutoff=edits, limit=None)]
             if hits:  # closest first, then the most frequent
-                t = min(hits, key=lambda h: (h[1], self._vocab_rank[h[0]]))[0]
-                changed = True
+                fixes[t] = t = min(hits, key=lambda h: (h[1], self._vocab_rank[h[0]]))[0]
             out.append(t)
-        return out, (" ".join(out) if changed else None), unknown
+        return out, fixes, unknown
 
     def _fuzzy_titles(self, query: str, mask) -> dict[int, float]:
         from rapidfuzz import fuzz, process
