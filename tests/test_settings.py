@@ -66,6 +66,16 @@ def test_credentials_reach_a_child_through_a_private_file_not_its_variables(tmp_
     data = s.dump(secrets_to=tmp_path / "sec")
     assert secret not in json.dumps(data) and data["secrets_file"] == env["AIMASS_SECRETS_FILE"]
     assert Settings(**data).model_dump(exclude={"secrets_file"}) == s.model_dump(exclude={"secrets_file"})
+    # a running actor whose environment still holds older values: the dump beats them, unset ones included
+    for k, v in {"AIMASS_CATALOG_URL": "postgresql://db1/x", "AIMASS_RETRAIN_MIN_EVENTS": "100",
+                 "AIMASS_MONITOR_INTERVAL_S": "60"}.items():
+        monkeypatch.setenv(k, v)
+    off = s.model_copy(update={"monitor_interval_s": None})
+    again = Settings(**off.dump(secrets_to=tmp_path / "sec"))
+    assert (again.catalog_url, again.retrain_min_events, again.monitor_interval_s) == (s.catalog_url, None, None)
+    monkeypatch.setenv("AIMASS_SECRETS_FILE", env["AIMASS_SECRETS_FILE"])  # credentials since removed
+    plain = Settings(**s.model_copy(update={"catalog_url": None, "dvc_remote": None}).dump(secrets_to=tmp_path / "sec"))
+    assert plain.catalog_url is None and plain.dvc_remote is None
     # the same credentials name the same file; changed ones a new file (the old one stays for who reads it)
     assert s.as_env(secrets_to=tmp_path / "sec") == env
     rotated = s.model_copy(update={"catalog_url": "postgresql://u:new@db:5432/aimass"})

@@ -30,8 +30,8 @@ def action(name: str, label: str, target: str, detail: str = "", wait: bool = Tr
             done = admin.act(key, name, target, detail, wait=wait, settings=s)
             st.success(f"{label}: {done.outcome}" if wait else
                        f"{label}: started (action #{done.id}); its outcome appears under Recorded actions")
-        except AimassError as e:
-            st.error(f"{label} failed: {e}")
+        except AimassError as e:  # a wrapped git or DVC message may quote a remote URL
+            st.error(f"{label} failed: {redacted(str(e))}")
         except Exception as e:  # recorded with its outcome; the page shows the message, never a traceback
             st.error(f"{label} failed: {redacted(f'{type(e).__name__}: {e}')}")
         st.cache_data.clear()

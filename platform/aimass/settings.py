@@ -129,7 +129,7 @@ class Settings(BaseSettings):
         if not isinstance(stored, dict) or set(stored) - set(CREDENTIAL_FIELDS):
             raise ValueError(f"secrets_file {path} must be a JSON object whose keys are among "
                              f"{', '.join(CREDENTIAL_FIELDS)}")
-        return {**stored, **{k: v for k, v in data.items() if v is not None}}
+        return {**data, **{k: v for k, v in stored.items() if data.get(k) is None}}
 
     def dump(self, fields: Iterable[str] | None = None, *, secrets_to: Path | None = None) -> dict[str, Any]:
         """These settings (all, or `fields`) as JSON values that `Settings(**...)` turns back into them. With
@@ -138,12 +138,13 @@ class Settings(BaseSettings):
         credential changes the dump, and a file a running process names stays."""
         import secrets
 
+        # unset ones too, as None: a running actor given these must not keep a value its environment still has
         values = {k: v for k, v in self.model_dump(mode="json").items()
-                  if v is not None and k != "secrets_file" and (fields is None or k in fields)}
+                  if k != "secrets_file" and (fields is None or k in fields)}
         hidden = {k: v for k, v in values.items()
-                  if secrets_to is not None and k in CREDENTIAL_FIELDS and shown_url(v) != v}
+                  if secrets_to is not None and k in CREDENTIAL_FIELDS and v is not None and shown_url(v) != v}
         if not hidden:
-            return values
+            return {**values, "secrets_file": None}
         text = json.dumps(hidden, sort_keys=True)
         folder = private_dir(secrets_to)
         # a file with this content already: its name again (no restart for a redeploy that changed nothing)
@@ -151,13 +152,14 @@ class Settings(BaseSettings):
         path = same[0] if same else folder / f"secrets-{secrets.token_hex(8)}.json"
         if not same:
             write_private(path, text)
-        return {**{k: v for k, v in values.items() if k not in hidden}, "secrets_file": str(path)}
+        # a hidden one as None: the file's value wins over None, and over whatever the environment holds
+        return {**values, **dict.fromkeys(hidden), "secrets_file": str(path)}
 
     def as_env(self, fields: Iterable[str] | None = None, *, secrets_to: Path | None = None) -> dict[str, str]:
         """`dump` as the AIMASS_* variables that give a child process exactly these settings. With `secrets_to`
         no credential is among them (Ray writes a runtime environment's variables whole into its logs)."""
         return {f"AIMASS_{k.upper()}": v if isinstance(v, str) else json.dumps(v)
-                for k, v in self.dump(fields, secrets_to=secrets_to).items()}
+                for k, v in self.dump(fields, secrets_to=secrets_to).items() if v is not None}
 
     @field_validator("home")
     @classmethod

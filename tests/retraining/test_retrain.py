@@ -353,6 +353,9 @@ def test_triggers_and_the_scheduler_tick(settings):
     done_at = failed_at + s.retrain_retry_s + 10
     _records.write(s, RetrainResult(endpoint="e1", reason="drift", status="kept", served="m/1", challenger="m/2",
                                     events_through_seq=3, started_at=datetime.fromtimestamp(done_at, UTC)))
+    # ... and a later attempt on m/1 that found nothing new does not undo that answer
+    _records.write(s, RetrainResult(endpoint="e1", reason="schedule", status="nothing-new", served="m/1",
+                                    events_through_seq=3, started_at=datetime.fromtimestamp(done_at + 5, UTC)))
     report.write_text(json.dumps({"drifted": True,
                                   "created_at": datetime.fromtimestamp(done_at + 30, UTC).isoformat()}))
     assert retraining.due("e1", settings=s, now=done_at + 60) is None

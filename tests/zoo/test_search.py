@@ -59,6 +59,7 @@ def test_typos_are_corrected(lexical, typo):
 def test_did_you_mean_is_the_query_as_typed_with_only_the_misspelt_words_replaced(lexical):
     assert lexical.search("Godspede You! Black Emperor")["corrected"] == "Godspeed You! Black Emperor"
     assert lexical.search("宇多田 METALICA")["corrected"] == "宇多田 METALLICA"  # no bigrams, the typed case
+    assert lexical.search("metalica_live")["corrected"] == "metallica_live"  # "_" splits words, as the index does
 
 
 def test_two_edits_in_a_long_word(lexical):
@@ -135,6 +136,13 @@ def test_save_load_identical_without_pickle(lexical, tmp_path):
         np.testing.assert_array_equal(a["items"], b["items"])
         np.testing.assert_allclose(a["scores"], b["scores"])
     assert loaded.suggest("bea") == lexical.suggest("bea")
+    # saved before bm25 became the default mode of an index without vectors: it still loads and answers
+    import json
+
+    config = tmp_path / "m" / "config.json"
+    config.write_text(json.dumps({**(meta := json.loads(config.read_text())),
+                                  "config": {**meta["config"], "mode": "hybrid"}}))
+    assert Search.load(tmp_path / "m").search("metal")["mode"] == "bm25"
 
 
 def test_semantic_and_hybrid(tmp_path):

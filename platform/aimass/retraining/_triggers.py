@@ -37,8 +37,8 @@ def due(endpoint: str, settings: Settings, now: float | None = None) -> str | No
     since = max(d.created_at.timestamp(), done.started_at.timestamp() if done else 0.0)
     # drift about the served version is answered by an attempt that trained a challenger on its feedback;
     # one that found nothing new to fold did not answer it
-    answered = (done is not None and done.challenger is not None and done.served == f"{d.model}/{d.version}"
-                and done.started_at >= d.created_at)
+    answered = any(a.status != "failed" and a.challenger is not None and a.served == f"{d.model}/{d.version}"
+                   and a.started_at >= d.created_at for a in attempts)
     if s.retrain_on_drift and not answered:
         report = newest_drift_report(s, endpoint)
         if report is not None and report["drifted"] and report["created_at"] > since:

@@ -82,6 +82,7 @@ class SearchConfig(BaseModel):
 
 
 _WORD = re.compile(r"\w+")
+_LETTERS = re.compile(r"[^\W_]+")  # a word as words() splits it: "_" separates too
 _NO_SPACE_SCRIPT = 0x2E80  # CJK, kana, hangul and above: scripts written without spaces
 _MAX_QUERY_CHARS = 1000
 _MAX_TITLE = 100  # a 10 kB query is a paste accident; its head is what the user meant
@@ -307,7 +308,7 @@ class Search:
         toks, fixes, unknown = self._correct(words(query)[:32])
         # "did you mean": the query as typed with only its misspelt words replaced (not the index's folded
         # tokens: accents, case and no-space scripts stay as the person wrote them); MiniLM reads the same
-        corrected = _WORD.sub(lambda m: _respelt(m.group(), fixes), query) if fixes else None
+        corrected = _LETTERS.sub(lambda m: _respelt(m.group(), fixes), query) if fixes else None
         text = corrected or query
 
         # each source: (its candidates best first, its score for any item, weight, only positive scores count)
@@ -495,6 +496,8 @@ class Search:
     def load(cls, path: str | Path) -> Search:
         p = Path(path)
         meta = json.loads((p / "config.json").read_text())
+        if not meta["config"].get("semantic", True):  # saved before bm25 became such an index's default mode
+            meta["config"]["mode"] = "bm25"
         z = np.load(p / "arrays.npz", allow_pickle=False)
         est = cls(**meta["config"])
         est.config_, est.n_items_ = SearchConfig(**meta["config"]), meta["n_items"]
