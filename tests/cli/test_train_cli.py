@@ -24,6 +24,9 @@ def test_train_auto_searches_on_validation_and_registers_the_best_with_its_leade
     short = run(home, "train", "auto", "--dataset", "demo", "--time-budget", "0.5", "--workers", "0", ok=False)
     assert short.returncode != 0 and "at least 1 minute" in short.stderr
     assert not (home / "mlflow.db").exists() or json.loads(run(home, "runs", "list", "--json").stdout) == []
+    named = run(home, "train", "auto", "--dataset", "demo", "--time-budget", "1", "--name", "bad name", ok=False)
+    assert named.returncode != 0 and "invalid model name 'bad name'" in named.stderr  # before the budget is spent
+    assert not (home / "mlflow.db").exists() or json.loads(run(home, "runs", "list", "--json").stdout) == []
     # --epochs 1 caps the neural candidates so that the search ends early: what is checked is its shape
     res = run(home, "train", "auto", "--dataset", "demo", "--time-budget", "1", "--workers", "0", "--epochs",
               "1", "--json")

@@ -78,8 +78,9 @@ def train(
 
 
 def _auto(dataset, budget, workers, epochs, max_test_users, name, as_json):
-    from aimass import models, training
+    from aimass import models, registry, training
 
+    registry.check_name(name or dataset.split("@")[0])  # before the budget is spent, not after
     console.stage(f"model search on {dataset} for {budget:g} min: baselines, probes of the neural families, then "
                   f"the best for the rest; logs: {console.log_path()}")
     r = training.auto(dataset, budget, workers=workers, epochs=epochs, max_test_users=max_test_users,

@@ -236,10 +236,10 @@ def promote(name: str, version: int, *, alias: str = "champion", force: bool = F
             failed = "; ".join(f"{c.check}: {c.detail}" for c in checks if not c.passed)
             raise GateRefusedError(f"promotion of {name}/{version} to {alias} refused: {failed} (--force overrides)",
                                    checks)
-        previous = _set_alias(client, name, version, alias)
-        if force and not ok:
+        if force and not ok:  # recorded before the alias moves: a forced promotion is never unrecorded
             client.set_model_version_tag(name, str(version), f"{T}forced_promotion",
                                          "; ".join(f"{c.check}: {c.detail}" for c in checks if not c.passed))
+        previous = _set_alias(client, name, version, alias)
     return Promotion(name=name, version=version, alias=alias, promoted=True, forced=force and not ok,
                      previous=previous, checks=checks)
 
@@ -290,8 +290,9 @@ def _run_gate(client, candidate, tolerance, latency_budget_ms, metric, rescore_o
 
 def _set_alias(client, name: str, version: int, alias: str) -> int | None:
     holder = _aliases(client, name).get(alias)
-    client.set_registered_model_alias(name, alias, str(version))
+    # the tag first: a failure leaves the alias where it was (a stray tag says when it was last tried)
     client.set_model_version_tag(name, str(version), f"{T}promoted_{alias}_at", datetime.now(UTC).isoformat())
+    client.set_registered_model_alias(name, alias, str(version))
     return int(holder) if holder is not None else None
 
 

@@ -38,7 +38,8 @@ def run_gate(candidate, champion, tolerance: float, latency_budget_ms: float, me
     if champion is not None and champion.version != candidate.version:
         on = _common_split(candidate, champion, rescore_on, settings)
         if on is None:
-            same = candidate.dataset_hash == champion.dataset_hash
+            # a version that records no dataset hash cannot show it was trained on the champion's data
+            same = candidate.dataset_hash is not None and candidate.dataset_hash == champion.dataset_hash
             checks.append(GateCheck(
                 check="dataset", passed=same,
                 detail=f"candidate trained on {candidate.dataset}, champion on {champion.dataset}" if not same

@@ -253,13 +253,14 @@ def _run(s, cls, family, info, params, data, splits, workers, gpu, epochs, budge
         active = mlflow.start_run(run_id=resume[0])
     else:
         active = mlflow.start_run(run_name=f"{family}-{info.name}-v{info.version}")
-        mlflow.log_params({"family": family, "workers": workers, "gpu": gpu, "epochs": epochs,
-                           "protocol": data["protocol"], "item_text": job["item_text"],
-                           **{f"param.{k}": v for k, v in params.items()}, **data.get("resolved", {})})
-        mlflow.set_tags({**lineage_tags(family, info), f"{TAG}job": json.dumps(job)})
     run_id = active.info.run_id
     started = time.time()
-    try:
+    try:  # from here on a failure ends the run FAILED: a run left active would refuse every later start_run
+        if not resume:
+            mlflow.log_params({"family": family, "workers": workers, "gpu": gpu, "epochs": epochs,
+                               "protocol": data["protocol"], "item_text": job["item_text"],
+                               **{f"param.{k}": v for k, v in params.items()}, **data.get("resolved", {})})
+            mlflow.set_tags({**lineage_tags(family, info), f"{TAG}job": json.dumps(job)})
         result = _fit(s, ray, cls, family, data, params, run_id, workers, gpu, epochs, budget_min, progress,
                       resume[1] if resume else None)
         state = json.loads((Path(result.checkpoint.path) / "state.json").read_text())
