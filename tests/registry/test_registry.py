@@ -252,3 +252,16 @@ def test_the_challenger_alias_moves_without_the_gate(env):
     assert [c.check for c in refused.value.checks if not c.passed] == ["quality"]
     assert refused.value.checks[1].values["champion"] == good.metrics["test_ndcg_at_10"]
     assert _snapshot(s) == before
+
+
+def test_a_model_tested_on_a_sample_is_compared_with_the_champion_on_the_same_users(env):
+    """Same data, but the candidate's recorded test figure comes from a seeded sample of 10 users: both are
+    scored on the whole split, so the same model passes as itself rather than by the sample's luck."""
+    s, runs = env
+    sampled = aimass.train("itemknn", "demo@v1", workers=0, max_test_users=10, progress=False, settings=s).run_id
+    models.promote("sampled", models.register(runs["knn"], "sampled", settings=s).version, settings=s)
+    v = models.register(sampled, "sampled", settings=s)
+    assert v.metrics["test_users"] == 10
+    quality = next(c for c in aimass.registry.gate("sampled", v.version, settings=s) if c.check == "quality")
+    assert quality.values["candidate_whole"] == pytest.approx(quality.values["champion_whole"]), quality.detail
+    assert quality.passed

@@ -125,14 +125,19 @@ def _how(info, who: str, on: str) -> str:
 
 
 def _common_split(candidate, champion, rescore_on: str | None, settings: Settings) -> str | None:
-    """The dataset version both models are compared on, or None to compare their recorded metrics (same data,
-    or unrelated data, which the dataset check then refuses). Only a version derived from both models'
+    """The dataset version both models are compared on, or None to compare their recorded metrics (same data
+    and test users, or unrelated data, which the dataset check then refuses). Only a version derived from both models'
     training versions (or one of them) qualifies: anywhere else a test target may be in one's training data."""
     from aimass import datasets
 
     if rescore_on is None:
-        if candidate.dataset_hash == champion.dataset_hash or not candidate.dataset or not champion.dataset:
+        if not candidate.dataset or not champion.dataset:
             return None
+        if candidate.dataset_hash == champion.dataset_hash:
+            # the same data: the recorded figures compare, unless they were taken on different test users (one
+            # model tested on a seeded sample, max_test_users): then both are scored on the whole split
+            same_users = candidate.metrics.get("test_users") == champion.metrics.get("test_users")
+            return None if same_users or candidate.dataset_hash is None else candidate.dataset
         on = candidate.dataset
         return on if champion.dataset in _lineage_of(on, settings) else None
     on = datasets.get(rescore_on, settings=settings).ref
