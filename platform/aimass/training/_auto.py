@@ -144,8 +144,9 @@ def auto(dataset: str, time_budget_min: float, *, workers: int = 1, max_val_user
     ran = [c for c in probes if c.val_ndcg is not None]
     extra = ROUND2_SHARE * max(0.0, deadline - time.time()) / 60
     for c in _round2(ran, extra):  # each probe's time counts towards what it becomes (a warm restart)
-        if deadline - time.time() < 60 * extra + overhead:
-            break
+        if deadline - time.time() < 60 * extra + overhead:  # said: its figure is a shorter run's than the other's
+            c.note = "picked for round 2, not continued: the budget left was too short"
+            continue
         more = run(Candidate(c.family, dict(c.params), "round 2", budget_min=round(c.budget_min + extra, 2)),
                    resume_of=c)
         if more.run_id:
