@@ -162,7 +162,7 @@ def deploy(ref: str, endpoint: str, *, ranker: str | None = None, min_replicas: 
     meta = _dir(s) / "deployments"
     meta.mkdir(parents=True, exist_ok=True)
     write_private(meta / f"{endpoint}.json", json.dumps({"deployment": d.model_dump(mode="json"),
-                                                          "args": args.model_dump()}, indent=2))
+                                                         "args": args.model_dump()}, indent=2))
     _write_config(s)
     _watch_scaling(s)
     return d
@@ -255,7 +255,7 @@ def _write_config(s: Settings) -> Path:
     path = _dir(s) / "serve-config.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     write_private(path, "# Written by aimass; reproduce with: serve deploy " + str(path) + "\n"
-                   + yaml.safe_dump(cfg, sort_keys=False))
+                  + yaml.safe_dump(cfg, sort_keys=False))
     return path
 
 
