@@ -132,13 +132,13 @@ class Settings(BaseSettings):
         return {**data, **{k: v for k, v in stored.items() if data.get(k) is None}}
 
     def dump(self, fields: Iterable[str] | None = None, *, secrets_to: Path | None = None) -> dict[str, Any]:
-        """These settings (all, or `fields`) as JSON values that `Settings(**...)` turns back into them. With
-        `secrets_to` (a folder), the URLs that carry a credential are left out: they go to a JSON file there,
-        readable by this user only, that `secrets_file` names. Its name changes with its content, so a changed
-        credential changes the dump, and a file a running process names stays."""
+        """These settings (all, or `fields`) as JSON values that `Settings(**...)` turns back into them, unset
+        ones as None. With `secrets_to` (a folder), the URLs that carry a credential are None here: their values
+        go to a JSON file there, readable by this user only, that `secrets_file` names. Its name changes with its
+        content, so a changed credential changes the dump, and a file a running process names stays."""
         import secrets
 
-        # unset ones too, as None: a running actor given these must not keep a value its environment still has
+        # unset ones as None too: a running actor given these must not keep a value its environment still has
         values = {k: v for k, v in self.model_dump(mode="json").items()
                   if k != "secrets_file" and (fields is None or k in fields)}
         hidden = {k: v for k, v in values.items()
