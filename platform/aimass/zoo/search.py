@@ -110,8 +110,11 @@ def _respelt(word: str, fixes: dict[str, str]) -> str:
     fix = fixes.get(fold(word))
     if fix is None:
         return word
-    return fix.upper() if word.isupper() and len(word) > 1 else fix[:1].upper() + fix[1:] if word[:1].isupper() \
-        else fix
+    if word.isupper() and len(word) > 1:
+        return fix.upper()
+    if word[:1].isupper():
+        return fix[:1].upper() + fix[1:]
+    return fix
 
 
 def title_of(row: dict, text: str) -> str:
