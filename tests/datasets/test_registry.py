@@ -141,3 +141,57 @@ def test_fresh_clone_with_empty_cache_pulls_from_the_remote(settings, tmp_path):
     with pytest.raises(InvalidInputError, match="is not a folder a dataset was pulled into"):
         datasets.pull("plays@v1", mine, settings=other)
     assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+
+
+def _origin_state(bare: Path) -> tuple[str, str]:
+    out = [subprocess.run(["git", "-C", str(bare), *args], capture_output=True, text=True).stdout
+           for args in (["for-each-ref", "--format=%(refname) %(objectname)"], ["log", "--all", "--oneline"])]
+    return out[0], out[1]
+
+
+@pytest.mark.integration
+def test_a_shared_origin_is_initialised_built_on_by_two_machines_and_undone_at(tmp_path):
+    """A registry given as a git URL: an empty repository is initialised by the first user, each machine builds
+    on the other's newest commit, and a registration whose catalog commit fails is undone at the origin too, so
+    the version stays free for the next attempt."""
+    bare = tmp_path / "origin.git"
+    subprocess.run(["git", "init", "--quiet", "--bare", str(bare)], check=True)
+    a = Settings(home=tmp_path / "a", data_registry=f"file://{bare}")
+    b = Settings(home=tmp_path / "b", catalog_url=a.catalog, data_registry=f"file://{bare}")
+    assert datasets.register("plays", _csv(tmp_path / "1.csv"), "csv", settings=a).version == 1
+    assert datasets.register("plays", _csv(tmp_path / "2.csv", n_users=5), "csv", settings=b).version == 2
+    assert datasets.register("clicks", _csv(tmp_path / "3.csv"), "csv", settings=a).version == 1
+    refs, _ = _origin_state(bare)
+    assert sorted(r.split()[0] for r in refs.splitlines() if "/tags/" in r) == [
+        "refs/tags/clicks/v1", "refs/tags/plays/v1", "refs/tags/plays/v2"]
+    assert datasets.load("plays@v2", settings=a).info.n_users == 5  # a reads what b registered
+
+    # The catalog refuses the row after the registry pushed (a real SQLite trigger): the push is undone too.
+    import sqlite3
+
+    db = sqlite3.connect(a.home / "catalog.db")
+    db.execute("CREATE TRIGGER refuse BEFORE INSERT ON dataset_versions BEGIN "
+               "SELECT RAISE(ABORT, 'the catalog is read-only today'); END")
+    db.commit()
+    before = _origin_state(bare)
+    with pytest.raises(Exception, match="read-only today"):
+        datasets.register("plays", _csv(tmp_path / "4.csv", n_users=6), "csv", settings=b)
+    assert _origin_state(bare) == before
+    db.execute("DROP TRIGGER refuse")
+    db.commit()
+    db.close()
+    assert datasets.register("plays", _csv(tmp_path / "4.csv", n_users=6), "csv", settings=a).version == 3
+    assert datasets.load("plays@v3", settings=b).info.n_users == 6
+
+
+def test_an_origin_that_is_not_a_registry_is_refused(tmp_path):
+    work = tmp_path / "work"
+    subprocess.run(["git", "init", "--quiet", str(work)], check=True)
+    (work / "x.txt").write_text("x")
+    subprocess.run(["git", "-C", str(work), "add", "x.txt"], check=True)
+    subprocess.run(["git", "-C", str(work), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "--quiet",
+                    "-m", "x"], check=True)
+    s = Settings(home=tmp_path / "home", data_registry=f"file://{work}")
+    with pytest.raises(Exception, match="is not an aimass data registry"):
+        datasets.register("plays", _csv(tmp_path / "1.csv"), "csv", settings=s)
+    assert not (s.home / "catalog.db").exists() or state_of(s)["catalog"] == []

@@ -24,7 +24,7 @@ from aimass.datasets._canonical import Canonical, normalise
 from aimass.datasets._demo import DemoConfig, generate_demo
 from aimass.datasets._formats import formats, read
 from aimass.datasets._registry import DataRegistry, git, read_folder, tag_for
-from aimass.errors import ConflictError, InvalidInputError, NotFoundError
+from aimass.errors import BackendError, ConflictError, InvalidInputError, NotFoundError
 from aimass.settings import Settings, default_settings
 
 __all__ = ["EXPOSURE_KEY", "Exposure", "exposure", "write_exposure", "Dataset", "DatasetLineagePublic", "DemoConfig",
@@ -111,7 +111,6 @@ def _store(s: Settings, name: str, data: Canonical, *, format: str, source: str,
                 {**link.model_dump(), "created_at": link.created_at}).model_dump(mode="json")
         registry = DataRegistry(s)
         registry.ensure()
-        head = registry.head()
         tag = registry.commit_version(name, version, data, meta)
         row = DatasetVersion(name=name, version=version, content_hash=digest, format=format, source=row_source,
                              has_items_table=data.items is not None, timestamp_kind=data.timestamp_kind,
@@ -122,9 +121,11 @@ def _store(s: Settings, name: str, data: Canonical, *, format: str, source: str,
                 db.add(link)
             db.commit()
             db.refresh(row)
-        except Exception:
+        except Exception as e:
             db.rollback()
-            registry.rollback(head, tag)
+            left = registry.rollback()
+            if left:
+                raise BackendError(f"registering {name} v{version} failed and was undone{left}: {e}") from e
             raise
         return DatasetVersionPublic.model_validate(row)
 

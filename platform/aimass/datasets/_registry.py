@@ -42,6 +42,7 @@ class DataRegistry:
         self.settings = settings
         self.path = settings.registry_path
         self.origin = settings.registry_origin
+        self._undo: tuple[str, str, str | None] | None = None  # what rollback() undoes: see commit_version
 
     # -- set-up ----------------------------------------------------------------------------------------------
 
@@ -55,17 +56,29 @@ class DataRegistry:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.origin:
-            res = subprocess.run(["git", "clone", "--quiet", self.origin, str(self.path)],
-                                 capture_output=True, text=True)
-            if res.returncode != 0:
-                shown = shown_url(self.origin)  # git may quote the URL in its message too
-                raise BackendError(f"cannot clone the data registry {shown}: "
-                                   f"{res.stderr.strip().replace(self.origin, shown)}")
+            if not (self.path / ".git").is_dir():
+                res = subprocess.run(["git", "clone", "--quiet", self.origin, str(self.path)],
+                                     capture_output=True, text=True)
+                if res.returncode != 0:
+                    shown = shown_url(self.origin)  # git may quote the URL in its message too
+                    raise BackendError(f"cannot clone the data registry {shown}: "
+                                       f"{res.stderr.strip().replace(self.origin, shown)}")
+            if (self.path / ".dvc").is_dir():
+                return
+            if git(self.path, "rev-parse", "--verify", "--quiet", "HEAD", check=False):
+                raise BackendError(f"the git repository {shown_url(self.origin)} is not an aimass data registry "
+                                   "(it has commits but no .dvc folder): give an empty repository or a registry")
+            # an empty repository: this clone initialises the registry and publishes it
+            self._initialise()
+            git(self.path, "push", "--quiet", "-u", "origin", "HEAD")
             return
-        from dvc.repo import Repo
-
         self.path.mkdir(parents=True, exist_ok=True)
         git(self.path, "init", "--quiet", "--initial-branch=main")
+        self._initialise()
+
+    def _initialise(self) -> None:
+        from dvc.repo import Repo
+
         Repo.init(str(self.path))
         with Repo(str(self.path)) as repo, repo.config.edit() as conf:
             conf["core"]["analytics"] = False
@@ -95,11 +108,20 @@ class DataRegistry:
     # -- versions --------------------------------------------------------------------------------------------
 
     def commit_version(self, name: str, version: int, data: Canonical, meta: dict) -> str:
-        """Write, track, commit, tag and push one version; on any failure undo every step."""
+        """Write, track, commit, tag and push one version; on any failure undo every step. The caller holds the
+        registry's lock, so this clone has no commit of its own that the origin lacks."""
         from dvc.repo import Repo
 
         tag = tag_for(name, version)
-        head = self.head()
+        if self.origin:  # another machine may have registered since: build on the origin's newest commit
+            git(self.path, "reset", "--quiet", "--hard", "@{upstream}")
+        if git(self.path, "tag", "--list", tag):
+            fix = f"git push origin :refs/tags/{tag}; " if self.origin else ""
+            raise BackendError(
+                f"the data registry {self.path} already has the tag {tag}, which the catalog does not know (a "
+                f"registration in progress elsewhere, or one whose undo failed): if none is running, remove it "
+                f"({fix}git -C {self.path} tag -d {tag}) and register again")
+        self._undo = (self.head(), tag, None)  # (commit to return to, tag, commit pushed to the origin)
         folder = self.path / "datasets" / name
         try:
             if folder.exists():
@@ -116,17 +138,33 @@ class DataRegistry:
                 git(self.path, "tag", tag)
                 repo.push(targets=[str(folder)])
             if self.origin:
-                git(self.path, "push", "--quiet", "origin", "HEAD", tag)
+                git(self.path, "push", "--quiet", "--atomic", "origin", "HEAD", tag)
+                self._undo = (*self._undo[:2], self.head())
         except BaseException as e:
-            self.rollback(head, tag)
-            if isinstance(e, BackendError):
+            left = self.rollback()
+            if isinstance(e, BackendError) and not left:
                 raise
-            raise BackendError(f"registering {name} v{version} failed and was undone: {e}") from e
+            raise BackendError(f"registering {name} v{version} failed and was undone{left}: {e}") from e
         return tag
 
-    def rollback(self, head: str, tag: str) -> None:
+    def rollback(self) -> str:
+        """Undo the last commit_version: here, and at the origin when it reached it (unless someone has built on it
+        since). Returns "" or what could not be undone, as a clause for the caller's message."""
+        assert self._undo is not None, "rollback() without a commit_version() to undo"
+        head, tag, pushed = self._undo
+        left = ""
+        if pushed:
+            branch = git(self.path, "rev-parse", "--abbrev-ref", "@{upstream}").split("/", 1)[1]
+            undone = subprocess.run(
+                ["git", "-C", str(self.path), "push", "--quiet", "--atomic",
+                 f"--force-with-lease={branch}:{pushed}", "origin", f"{head}:refs/heads/{branch}",
+                 f":refs/tags/{tag}"], capture_output=True, text=True)
+            if undone.returncode != 0:
+                left = (f" here, but the origin {shown_url(self.origin)} keeps the tag {tag} (remove it: git push "
+                        f"origin :refs/tags/{tag})")
         git(self.path, "tag", "-d", tag, check=False)
         git(self.path, "reset", "--quiet", "--hard", head, check=False)
+        return left
 
     def materialise(self, name: str, tag: str, dest: Path) -> Path:
         """Copy a tagged version's files to `dest`, from the local cache or else the DVC remote."""
