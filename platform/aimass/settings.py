@@ -195,6 +195,13 @@ class Settings(BaseSettings):
     def locks(self) -> Path:
         return self.home / "locks"
 
+    @property
+    def secrets_dir(self) -> Path:
+        """Where the processes this home starts (serving replicas, the cluster's actors, training workers) read
+        the credentials in store URLs from (`dump(secrets_to=)`): not from their runtime environment or
+        config, which Ray logs and shows whole."""
+        return self.home / "serve" / "secrets"
+
 
 def _is_url(s: str) -> bool:
     return "://" in s or s.startswith("git@")

@@ -6,6 +6,7 @@ import typer
 
 from aimass import console
 from aimass.cli._common import JSON, emit, rows, state
+from aimass.settings import shown_url
 from aimass.zoo import families  # the zoo's registry: no model code is imported
 
 runs_app = typer.Typer(no_args_is_help=True)
@@ -70,7 +71,7 @@ def train(
     out = {"run_id": r.run_id, "family": r.family, "dataset": r.dataset, "epochs": r.epochs,
            "best_epoch": r.best_epoch, "wall_time_s": round(r.wall_time_s, 1),
            "samples_per_s": round(r.samples_per_s, 1), "model_uri": r.model_uri, "metrics": r.metrics,
-           "tracking_uri": state.settings.tracking_uri, **({"note": r.note} if r.note else {})}
+           "tracking_uri": shown_url(state.settings.tracking_uri), **({"note": r.note} if r.note else {})}
     if r.members > 1:  # an ensemble (aimass.zoo.sasrec): say so, it costs that much at serving
         out["members"] = r.members
     emit(out, as_json, [f"{k:>14}: {v}" for k, v in out.items() if k != "metrics"]

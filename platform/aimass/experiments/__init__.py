@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 from pydantic import BaseModel, Field
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from aimass.catalog import Experiment, ExperimentPublic, session
@@ -183,7 +183,11 @@ def show(endpoint: str, *, experiment_id: str | None = None, settings: Settings 
 def _store_look(s: Settings, e: ExperimentPublic, comparisons: list[_stats.Comparison]) -> None:
     """Keep each comparison's running minimum p and, the first time it is significant, its winner."""
     with session(s) as db:
-        row = db.get(Experiment, e.id, with_for_update=True)  # two looks at once: neither undoes the other
+        # Two looks at once: neither may undo the other. A no-op UPDATE first takes the row's lock on Postgres
+        # and the database's write lock on SQLite (which ignores FOR UPDATE) before the row is read.
+        t = Experiment.__table__
+        db.connection().execute(update(t).where(t.c.id == e.id).values(min_p=t.c.min_p))
+        row = db.get(Experiment, e.id, populate_existing=True)
         have, called = row.min_p or {}, row.winners or {}
         row.min_p = {**have, **{c.treatment.name: min(c.min_p, have.get(c.treatment.name, 1.0))
                                 for c in comparisons}}

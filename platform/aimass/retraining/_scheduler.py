@@ -165,15 +165,15 @@ def start_in_cluster(settings: Settings, tick_s: float = TICK_S) -> dict:
     import ray
 
     from aimass.serving import WORKER_SETUP_HOOK as HOOK
-    from aimass.serving import connect, secrets_dir
+    from aimass.serving import connect
 
     connect(settings)
     # the actor's arguments stay in Ray's control store: credentials travel in the secrets file there too
-    data = settings.dump(secrets_to=secrets_dir(settings))
+    data = settings.dump(secrets_to=settings.secrets_dir)
     actor = ray.remote(_Actor).options(
         name=ACTOR, namespace=NAMESPACE, lifetime="detached", get_if_exists=True, num_cpus=0,
         # what the serving replicas get: the loopback hook, and the settings for whatever reads the environment
-        runtime_env={"env_vars": {**settings.as_env(secrets_to=secrets_dir(settings)), "HF_HUB_OFFLINE": "1"},
+        runtime_env={"env_vars": {**settings.as_env(secrets_to=settings.secrets_dir), "HF_HUB_OFFLINE": "1"},
                      "worker_process_setup_hook": HOOK},
     ).remote(data, tick_s)
     ray.get(actor.update.remote(data))

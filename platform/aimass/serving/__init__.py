@@ -92,7 +92,7 @@ def _code_digest() -> str:
 
 
 def _env(s: Settings, model: str, ranker: str | None, endpoint: str) -> dict[str, str]:
-    env = s.as_env(_SHARED, secrets_to=secrets_dir(s))
+    env = s.as_env(_SHARED, secrets_to=s.secrets_dir)
     env.update({"AIMASS_SERVE_MODEL": model, "AIMASS_SERVE_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "1",
                 # new code is a new application: a redeploy after an upgrade restarts the replicas (preflight first)
                 "AIMASS_CODE_DIGEST": _code_digest()})  # BentoML's own options: services.CONFIG
@@ -257,12 +257,6 @@ def _write_config(s: Settings) -> Path:
     write_private(path, "# Written by aimass; reproduce with: serve deploy " + str(path) + "\n"
                   + yaml.safe_dump(cfg, sort_keys=False))
     return path
-
-
-def secrets_dir(s: Settings) -> Path:
-    """Where the serving cluster's processes read the credentials in store URLs from (Settings.as_env): not
-    from their runtime environment, which Ray logs whole."""
-    return _dir(s) / "secrets"
 
 
 # --- traffic splits (see _traffic: two-phase changes, sticky assignment) -------------------------------------

@@ -352,12 +352,12 @@ def start_watcher(settings: Settings, interval: float = WATCH_S) -> dict:
     the running one these settings. Idempotent; returns its status. Joins (or starts) the cluster."""
     import ray
 
-    from aimass.serving import CLUSTER_OWNER_ENV, WORKER_SETUP_HOOK, _procs, connect, secrets_dir
+    from aimass.serving import CLUSTER_OWNER_ENV, WORKER_SETUP_HOOK, _procs, connect
 
     connect(settings)
     # the actor's arguments stay in Ray's control store: credentials travel in the secrets file there too
-    data = settings.dump(secrets_to=secrets_dir(settings))
-    env = {**settings.as_env(secrets_to=secrets_dir(settings)), "HF_HUB_OFFLINE": "1"}
+    data = settings.dump(secrets_to=settings.secrets_dir)
+    env = {**settings.as_env(secrets_to=settings.secrets_dir), "HF_HUB_OFFLINE": "1"}
     if not settings.ray_address:  # an embedded head's mark: stopping the cluster stops the watcher too
         env[CLUSTER_OWNER_ENV] = _procs.owner_env(settings.home)[CLUSTER_OWNER_ENV]
     actor = ray.remote(_ScalingWatcher).options(

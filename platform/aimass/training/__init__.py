@@ -345,7 +345,10 @@ def _fit(s, ray, cls, family, data, params, run_id, workers, gpu, epochs, budget
         scaling = ScalingConfig(num_workers=0, use_gpu=gpu)
     config = {"family": family, "params": params, "seed": params.get("seed", 0),
               "epochs": epochs, "time_budget_s": budget_min * 60 if budget_min else None,
-              "progress_queue": queue, "tracking_uri": s.tracking_uri, "run_id": run_id,
+              "progress_queue": queue, "run_id": run_id,
+              # Ray Train shows this config whole (its dashboard's run settings): a credential in the MLflow URL
+              # reaches rank 0 through a file of this user's instead
+              "store": s.dump(["home", "mlflow_tracking_uri"], secrets_to=s.secrets_dir),
               # Train V2 dropped resume_from_checkpoint: the loop reads the folder itself
               "resume_from": str(resume_from) if resume_from else None, **where}
     trainer = TorchTrainer(

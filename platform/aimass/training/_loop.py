@@ -153,7 +153,9 @@ class _Reporter:
         if rank == 0:
             from mlflow import MlflowClient
 
-            self.client = MlflowClient(tracking_uri=config["tracking_uri"])
+            from aimass.settings import Settings
+
+            self.client = MlflowClient(tracking_uri=Settings(**config["store"]).tracking_uri)
 
     def step(self, st: LoopState, loss: float, elapsed: float, expected: int) -> None:
         self.expected = expected
