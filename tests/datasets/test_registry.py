@@ -153,11 +153,13 @@ def _origin_state(bare: Path) -> tuple[str, str]:
 def test_a_shared_origin_is_initialised_built_on_by_two_machines_and_undone_at(tmp_path):
     """A registry given as a git URL: an empty repository is initialised by the first user, each machine builds
     on the other's newest commit, and a registration whose catalog commit fails is undone at the origin too, so
-    the version stays free for the next attempt."""
+    the version stays free for the next attempt, even where the server refuses to rewind its branch."""
     bare = tmp_path / "origin.git"
     subprocess.run(["git", "init", "--quiet", "--bare", str(bare)], check=True)
-    a = Settings(home=tmp_path / "a", data_registry=f"file://{bare}")
-    b = Settings(home=tmp_path / "b", catalog_url=a.catalog, data_registry=f"file://{bare}")
+    shared = dict(data_registry=f"file://{bare}", dvc_remote=str(tmp_path / "shared-remote"))
+    a = Settings(home=tmp_path / "a", **shared)
+    b = Settings(home=tmp_path / "b", catalog_url=a.catalog, **shared)
+    c = Settings(home=tmp_path / "c", catalog_url=a.catalog, **shared)
     assert datasets.register("plays", _csv(tmp_path / "1.csv"), "csv", settings=a).version == 1
     assert datasets.register("plays", _csv(tmp_path / "2.csv", n_users=5), "csv", settings=b).version == 2
     assert datasets.register("clicks", _csv(tmp_path / "3.csv"), "csv", settings=a).version == 1
@@ -165,23 +167,38 @@ def test_a_shared_origin_is_initialised_built_on_by_two_machines_and_undone_at(t
     assert sorted(r.split()[0] for r in refs.splitlines() if "/tags/" in r) == [
         "refs/tags/clicks/v1", "refs/tags/plays/v1", "refs/tags/plays/v2"]
     assert datasets.load("plays@v2", settings=a).info.n_users == 5  # a reads what b registered
+    assert datasets.load("plays@v1", settings=c).info.n_users == 4
 
-    # The catalog refuses the row after the registry pushed (a real SQLite trigger): the push is undone too.
+    # The catalog refuses the row after the registry pushed (a real SQLite trigger), on a server that refuses to
+    # rewind a branch: the tag is deleted at the origin all the same.
     import sqlite3
 
+    subprocess.run(["git", "-C", str(bare), "config", "receive.denyNonFastForwards", "true"], check=True)
     db = sqlite3.connect(a.home / "catalog.db")
     db.execute("CREATE TRIGGER refuse BEFORE INSERT ON dataset_versions BEGIN "
                "SELECT RAISE(ABORT, 'the catalog is read-only today'); END")
     db.commit()
-    before = _origin_state(bare)
+    tags_before = _origin_state(bare)[0].count("refs/tags/")
     with pytest.raises(Exception, match="read-only today"):
         datasets.register("plays", _csv(tmp_path / "4.csv", n_users=6), "csv", settings=b)
-    assert _origin_state(bare) == before
+    assert _origin_state(bare)[0].count("refs/tags/") == tags_before and "plays/v3" not in _origin_state(bare)[0]
     db.execute("DROP TRIGGER refuse")
     db.commit()
     db.close()
+    # c fetched the tag before it was undone (as a clone may): the next version 3 replaces it there
+    subprocess.run(["git", "-C", str(c.registry_path), "tag", "plays/v3", "HEAD"], check=True)
     assert datasets.register("plays", _csv(tmp_path / "4.csv", n_users=6), "csv", settings=a).version == 3
     assert datasets.load("plays@v3", settings=b).info.n_users == 6
+    assert datasets.load("plays@v3", settings=c).info.n_users == 6
+
+
+def test_a_shared_origin_without_a_shared_dvc_remote_is_refused(tmp_path):
+    bare = tmp_path / "origin.git"
+    subprocess.run(["git", "init", "--quiet", "--bare", str(bare)], check=True)
+    s = Settings(home=tmp_path / "home", data_registry=f"file://{bare}")
+    with pytest.raises(InvalidInputError, match="needs a DVC remote every machine reaches: set AIMASS_DVC_REMOTE"):
+        datasets.register("plays", _csv(tmp_path / "1.csv"), "csv", settings=s)
+    assert not s.registry_path.exists() and _origin_state(bare) == ("", "")
 
 
 def test_an_origin_that_is_not_a_registry_is_refused(tmp_path):
@@ -191,7 +208,7 @@ def test_an_origin_that_is_not_a_registry_is_refused(tmp_path):
     subprocess.run(["git", "-C", str(work), "add", "x.txt"], check=True)
     subprocess.run(["git", "-C", str(work), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "--quiet",
                     "-m", "x"], check=True)
-    s = Settings(home=tmp_path / "home", data_registry=f"file://{work}")
+    s = Settings(home=tmp_path / "home", data_registry=f"file://{work}", dvc_remote=str(tmp_path / "remote"))
     with pytest.raises(Exception, match="is not an aimass data registry"):
         datasets.register("plays", _csv(tmp_path / "1.csv"), "csv", settings=s)
     assert not (s.home / "catalog.db").exists() or state_of(s)["catalog"] == []

@@ -120,14 +120,32 @@ def _store(s: Settings, name: str, data: Canonical, *, format: str, source: str,
             if link is not None:
                 db.add(link)
             db.commit()
-            db.refresh(row)
         except Exception as e:
             db.rollback()
+            stored = _stored(s, name, version, digest)
+            if stored is not False:  # committed after all (a lost connection's answer), or cannot tell: keep it
+                if stored is not None:
+                    return stored
+                raise BackendError(f"registering {name} v{version}: the catalog's commit failed ({e}) and whether "
+                                   f"it holds the version could not be read back; its tag {tag} is kept") from e
             left = registry.rollback()
             if left:
                 raise BackendError(f"registering {name} v{version} failed and was undone{left}: {e}") from e
             raise
+        db.refresh(row)
         return DatasetVersionPublic.model_validate(row)
+
+
+def _stored(s: Settings, name: str, version: int, digest: str) -> DatasetVersionPublic | bool | None:
+    """The catalog's row for this version, read in a session of its own: False when there is none, None when
+    the catalog cannot be read."""
+    try:
+        with session(s) as db:
+            row = db.exec(select(DatasetVersion).where(DatasetVersion.name == name, DatasetVersion.version == version,
+                                                       DatasetVersion.content_hash == digest)).first()
+            return DatasetVersionPublic.model_validate(row) if row is not None else False
+    except Exception:
+        return None
 
 
 class FoldedEvents(BaseModel):

@@ -29,8 +29,18 @@ INTERACTIONS, ITEMS, META = "interactions.parquet", "items.parquet", "meta.json"
 def git(repo: Path, *args: str, check: bool = True) -> str:
     res = subprocess.run(["git", "-C", str(repo), *_GIT_ID, *args], capture_output=True, text=True)
     if check and res.returncode != 0:
-        raise BackendError(f"git {args[0]} failed in {repo}: {res.stderr.strip().splitlines()[-1:]}")
+        said = (res.stderr.strip() or res.stdout.strip()).splitlines()[-1:] or [f"exit status {res.returncode}"]
+        raise BackendError(f"git {args[0]} failed in {repo}: {said[0]}")
     return res.stdout.strip()
+
+
+def _without_credential(url: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    if "://" not in url or "@" not in urlsplit(url).netloc:
+        return url
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
 
 
 def tag_for(name: str, version: int) -> str:
@@ -52,29 +62,45 @@ class DataRegistry:
     def ensure(self) -> None:
         if self.exists():
             if self.origin:
-                git(self.path, "fetch", "--quiet", "--tags", "origin")
+                # tags an undone registration deleted at the origin go here too (and one moved since is taken)
+                git(self.path, "fetch", "--quiet", "--prune", "--prune-tags", "--force", "origin")
+                self._local_remote()
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.origin:
             if not (self.path / ".git").is_dir():
+                shown = shown_url(self.origin)  # git may quote the URL in its messages too
+                res = subprocess.run(["git", "ls-remote", self.origin], capture_output=True, text=True)
+                if res.returncode == 0 and not res.stdout.strip():
+                    self._check_shared_remote()  # before anything is written
                 res = subprocess.run(["git", "clone", "--quiet", self.origin, str(self.path)],
                                      capture_output=True, text=True)
                 if res.returncode != 0:
-                    shown = shown_url(self.origin)  # git may quote the URL in its message too
                     raise BackendError(f"cannot clone the data registry {shown}: "
                                        f"{res.stderr.strip().replace(self.origin, shown)}")
             if (self.path / ".dvc").is_dir():
+                self._local_remote()
                 return
-            if git(self.path, "rev-parse", "--verify", "--quiet", "HEAD", check=False):
+            if git(self.path, "rev-parse", "--verify", "--quiet", "HEAD", check=False) or git(
+                    self.path, "ls-remote", "origin"):
                 raise BackendError(f"the git repository {shown_url(self.origin)} is not an aimass data registry "
-                                   "(it has commits but no .dvc folder): give an empty repository or a registry")
+                                   "(it has commits but no .dvc folder on its default branch): give an empty "
+                                   "repository or a registry")
             # an empty repository: this clone initialises the registry and publishes it
+            self._check_shared_remote()
             self._initialise()
+            self._local_remote()
             git(self.path, "push", "--quiet", "-u", "origin", "HEAD")
             return
         self.path.mkdir(parents=True, exist_ok=True)
         git(self.path, "init", "--quiet", "--initial-branch=main")
         self._initialise()
+
+    def _check_shared_remote(self) -> None:
+        if not self.settings.dvc_remote:
+            raise InvalidInputError(
+                f"a data registry shared by git URL ({shown_url(self.origin)}) needs a DVC remote every machine "
+                "reaches: set AIMASS_DVC_REMOTE (s3://..., gs://... or a shared folder), not this home's own")
 
     def _initialise(self) -> None:
         from dvc.repo import Repo
@@ -83,7 +109,8 @@ class DataRegistry:
         with Repo(str(self.path)) as repo, repo.config.edit() as conf:
             conf["core"]["analytics"] = False
             conf["core"]["autostage"] = False
-            conf["remote"]["storage"] = {"url": self.settings.remote}
+            # the committed URL (in a shared registry, seen by all) never carries this user's credential
+            conf["remote"]["storage"] = {"url": _without_credential(self.settings.remote)}
             conf["core"]["remote"] = "storage"
         (self.path / "README.md").write_text(
             "# aimass data registry\n\nDatasets only, versioned by tags `<name>/v<N>`; managed by `aimass "
@@ -92,6 +119,17 @@ class DataRegistry:
         (self.path / "datasets").mkdir(exist_ok=True)
         git(self.path, "add", "-A")
         git(self.path, "commit", "--quiet", "-m", "Initialise the aimass data registry")
+
+    def _local_remote(self) -> None:
+        """This machine's DVC remote setting, credential included, in the clone's uncommitted config.local."""
+        url = self.settings.dvc_remote
+        local = self.path / ".dvc" / "config.local"
+        if not url or (local.exists() and f"url = {url}\n" in local.read_text()):
+            return
+        from dvc.repo import Repo
+
+        with Repo(str(self.path)) as repo, repo.config.edit("local") as conf:
+            conf["remote"]["storage"] = {"url": url}
 
     def head(self) -> str:
         return git(self.path, "rev-parse", "HEAD")
@@ -134,11 +172,12 @@ class DataRegistry:
             with Repo(str(self.path)) as repo:
                 repo.add(str(folder))
                 git(self.path, "add", f"datasets/{name}.dvc", "datasets/.gitignore")
-                git(self.path, "commit", "--quiet", "-m", f"Register {name} v{version}")
+                # empty when the origin's branch still holds an undone registration of this very content
+                git(self.path, "commit", "--quiet", "--allow-empty", "-m", f"Register {name} v{version}")
                 git(self.path, "tag", tag)
                 repo.push(targets=[str(folder)])
             if self.origin:
-                git(self.path, "push", "--quiet", "--atomic", "origin", "HEAD", tag)
+                git(self.path, "push", "--quiet", "--atomic", "origin", "HEAD", tag)  # both or neither
                 self._undo = (*self._undo[:2], self.head())
         except BaseException as e:
             left = self.rollback()
@@ -148,20 +187,25 @@ class DataRegistry:
         return tag
 
     def rollback(self) -> str:
-        """Undo the last commit_version: here, and at the origin when it reached it (unless someone has built on it
-        since). Returns "" or what could not be undone, as a clause for the caller's message."""
+        """Undo the last commit_version: here, and at the origin when it reached it. There the tag goes (unless it
+        was moved since); the branch is rewound only where the server allows it and no one has built on the
+        commit, which is harmless to keep: without its tag it names no version. Returns "" or what could not be
+        undone, as a clause for the caller's message."""
         assert self._undo is not None, "rollback() without a commit_version() to undo"
         head, tag, pushed = self._undo
         left = ""
         if pushed:
-            branch = git(self.path, "rev-parse", "--abbrev-ref", "@{upstream}").split("/", 1)[1]
-            undone = subprocess.run(
-                ["git", "-C", str(self.path), "push", "--quiet", "--atomic",
-                 f"--force-with-lease={branch}:{pushed}", "origin", f"{head}:refs/heads/{branch}",
-                 f":refs/tags/{tag}"], capture_output=True, text=True)
-            if undone.returncode != 0:
+            def push(*args: str) -> bool:
+                return subprocess.run(["git", "-C", str(self.path), "push", "--quiet", *args],
+                                      capture_output=True, text=True).returncode == 0
+
+            if not push(f"--force-with-lease=refs/tags/{tag}:{pushed}", "origin", f":refs/tags/{tag}"):
                 left = (f" here, but the origin {shown_url(self.origin)} keeps the tag {tag} (remove it: git push "
                         f"origin :refs/tags/{tag})")
+            upstream = git(self.path, "rev-parse", "--abbrev-ref", "@{upstream}", check=False)
+            if upstream.startswith("origin/"):
+                branch = upstream.removeprefix("origin/")
+                push(f"--force-with-lease=refs/heads/{branch}:{pushed}", "origin", f"{head}:refs/heads/{branch}")
         git(self.path, "tag", "-d", tag, check=False)
         git(self.path, "reset", "--quiet", "--hard", head, check=False)
         return left
