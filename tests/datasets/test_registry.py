@@ -212,3 +212,17 @@ def test_an_origin_that_is_not_a_registry_is_refused(tmp_path):
     with pytest.raises(Exception, match="is not an aimass data registry"):
         datasets.register("plays", _csv(tmp_path / "1.csv"), "csv", settings=s)
     assert not (s.home / "catalog.db").exists() or state_of(s)["catalog"] == []
+
+
+def test_a_credential_in_the_dvc_remote_stays_out_of_the_shared_history(tmp_path):
+    from aimass.datasets._registry import DataRegistry
+
+    bare = tmp_path / "origin.git"
+    subprocess.run(["git", "init", "--quiet", "--bare", str(bare)], check=True)
+    s = Settings(home=tmp_path / "home", data_registry=f"file://{bare}", dvc_remote="s3://key:s3cr3t@bucket/data")
+    DataRegistry(s).ensure()  # initialises the empty origin and publishes it; no data is pushed yet
+    shown = subprocess.run(["git", "-C", str(bare), "show", "HEAD:.dvc/config"], capture_output=True, text=True)
+    assert "url = s3://bucket/data" in shown.stdout and "s3cr3t" not in shown.stdout
+    assert "s3cr3t" not in subprocess.run(["git", "-C", str(bare), "log", "-p", "--all"], capture_output=True,
+                                          text=True).stdout
+    assert "url = s3://key:s3cr3t@bucket/data" in (s.registry_path / ".dvc" / "config.local").read_text()
