@@ -7,6 +7,7 @@ a version back in the canonical layout.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
 from datetime import datetime
@@ -121,7 +122,8 @@ def _store(s: Settings, name: str, data: Canonical, *, format: str, source: str,
                 db.add(link)
             db.commit()
         except Exception as e:
-            db.rollback()
+            with contextlib.suppress(Exception):  # a connection already gone: the error to report is e
+                db.rollback()
             stored = _stored(s, name, version, digest)
             if stored is not False:  # committed after all (a lost connection's answer), or cannot tell: keep it
                 if stored is not None:

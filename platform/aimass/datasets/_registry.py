@@ -35,11 +35,17 @@ def git(repo: Path, *args: str, check: bool = True) -> str:
 
 
 def _without_credential(url: str) -> str:
+    """`url` as the registry may commit it: without user or password."""
     from urllib.parse import urlsplit, urlunsplit
 
-    if "://" not in url or "@" not in urlsplit(url).netloc:
+    if "://" not in url:
         return url
     parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        if "@" in url.split("://", 1)[1]:  # a secret holding "/" ends the host early: it would be committed
+            raise InvalidInputError("the DVC remote URL has an '@' after a '/' in its user or password part: "
+                                    "percent-encode '/', '#' and '@' in the credential (%2F, %23, %40)")
+        return url
     return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
 
 
@@ -59,13 +65,21 @@ class DataRegistry:
     def exists(self) -> bool:
         return (self.path / ".git").is_dir() and (self.path / ".dvc").is_dir()
 
-    def ensure(self) -> None:
+    def ensure(self, again: bool = True) -> None:
+        """Make the working copy ready: clone, or initialise a new registry here or at an empty origin. `again`:
+        a clone that turns out unusable may be made once more."""
         if self.exists():
             if self.origin:
-                # tags an undone registration deleted at the origin go here too (and one moved since is taken)
-                git(self.path, "fetch", "--quiet", "--prune", "--prune-tags", "--force", "origin")
-                self._local_remote()
+                if again and not git(self.path, "rev-parse", "--abbrev-ref", "@{upstream}", check=False):
+                    # an initialisation whose publication failed (or lost to another machine's): never used
+                    # for a registration, which needs the upstream; clone again
+                    shutil.rmtree(self.path)
+                    return self.ensure(again=False)
+                # a tag that an undo deleted and a later version made again is taken as the origin has it
+                git(self.path, "fetch", "--quiet", "--tags", "--force", "origin")
+            self._local_remote()
             return
+        _without_credential(self.settings.remote)  # refused before anything is written, not halfway
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.origin:
             if not (self.path / ".git").is_dir():
@@ -81,20 +95,25 @@ class DataRegistry:
             if (self.path / ".dvc").is_dir():
                 self._local_remote()
                 return
-            if git(self.path, "rev-parse", "--verify", "--quiet", "HEAD", check=False) or git(
-                    self.path, "ls-remote", "origin"):
+            if git(self.path, "rev-parse", "--verify", "--quiet", "HEAD", check=False):
                 raise BackendError(f"the git repository {shown_url(self.origin)} is not an aimass data registry "
-                                   "(it has commits but no .dvc folder on its default branch): give an empty "
-                                   "repository or a registry")
+                                   "(it has commits but no .dvc folder): give an empty repository or a registry")
+            if git(self.path, "ls-remote", "origin"):
+                if not again:
+                    raise BackendError(f"the git repository {shown_url(self.origin)} is not an aimass data "
+                                       "registry (its default branch has no commit, other refs do)")
+                shutil.rmtree(self.path)  # initialised by another machine since this clone was made
+                return self.ensure(again=False)
             # an empty repository: this clone initialises the registry and publishes it
             self._check_shared_remote()
             self._initialise()
             self._local_remote()
-            git(self.path, "push", "--quiet", "-u", "origin", "HEAD")
+            git(self.path, "push", "--quiet", "-u", "origin", "HEAD")  # refused: the next ensure() clones again
             return
         self.path.mkdir(parents=True, exist_ok=True)
         git(self.path, "init", "--quiet", "--initial-branch=main")
         self._initialise()
+        self._local_remote()
 
     def _check_shared_remote(self) -> None:
         if not self.settings.dvc_remote:
@@ -129,7 +148,7 @@ class DataRegistry:
         from dvc.repo import Repo
 
         with Repo(str(self.path)) as repo, repo.config.edit("local") as conf:
-            conf["remote"]["storage"] = {"url": url}
+            conf["remote"].setdefault("storage", {})["url"] = url
 
     def head(self) -> str:
         return git(self.path, "rev-parse", "HEAD")
@@ -152,6 +171,9 @@ class DataRegistry:
 
         tag = tag_for(name, version)
         if self.origin:  # another machine may have registered since: build on the origin's newest commit
+            # and drop tags an undo deleted there (here only, under the lock: a load's fetch could drop the tag
+            # of a registration that is not pushed yet)
+            git(self.path, "fetch", "--quiet", "--prune", "--prune-tags", "--force", "origin")
             git(self.path, "reset", "--quiet", "--hard", "@{upstream}")
         if git(self.path, "tag", "--list", tag):
             fix = f"git push origin :refs/tags/{tag}; " if self.origin else ""
@@ -181,7 +203,7 @@ class DataRegistry:
                 self._undo = (*self._undo[:2], self.head())
         except BaseException as e:
             left = self.rollback()
-            if isinstance(e, BackendError) and not left:
+            if not isinstance(e, Exception) or (isinstance(e, BackendError) and not left):
                 raise
             raise BackendError(f"registering {name} v{version} failed and was undone{left}: {e}") from e
         return tag
