@@ -16,6 +16,7 @@ from aimass.settings import Settings, private_dir, redacted, shown_url
     ("postgresql://u:pw@db:5432/aimass", "postgresql://u:***@db:5432/aimass"),
     ("https://ghp_token@github.com/o/r.git", "https://***@github.com/o/r.git"),
     ("s3://key:secret@bucket/prefix", "s3://key:***@bucket/prefix"),
+    ("s3://AKIA:wJal/rXUt@bucket/data", "s3://AKIA:***@bucket/data"),  # an unencoded "/" in the secret
     ("http://127.0.0.1:5000", "http://127.0.0.1:5000"),
     ("sqlite:////home/me/.aimass/mlflow.db", "sqlite:////home/me/.aimass/mlflow.db"),
     ("/a/local/path", "/a/local/path"),

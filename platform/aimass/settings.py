@@ -258,7 +258,14 @@ def shown_url(url: str) -> str:
     except ValueError:
         return "<a URL that cannot be parsed>"
     if "@" not in parts.netloc:
-        return url
+        rest = url.split("://", 1)[1]
+        if "@" not in rest:
+            return url
+        # a secret holding an unencoded "/" or "#" ends the host early: mask up to the first "@" all the same
+        # (a path that merely holds an "@" is shown masked too, which hides nothing that matters)
+        userinfo, after = rest.split("@", 1)
+        user = userinfo.split(":", 1)[0] if ":" in userinfo else ""
+        return f"{url.split('://', 1)[0]}://{user + ':' if user else ''}***@{after}"
     userinfo, host = parts.netloc.rsplit("@", 1)
     user = userinfo.split(":", 1)[0] if ":" in userinfo else ""
     return urlunsplit(parts._replace(netloc=f"{user + ':' if user else ''}***@{host}"))
