@@ -239,3 +239,16 @@ def test_a_credential_in_the_dvc_remote_stays_out_of_the_shared_history(tmp_path
     with pytest.raises(InvalidInputError, match="percent-encode"):
         DataRegistry(bad).ensure()
     assert not bad.registry_path.exists()
+
+
+def test_a_home_registry_of_its_own_is_never_replaced_by_a_clone(settings, tmp_path):
+    """A home that registered locally, then named a shared origin: its own registry is refused, not re-cloned."""
+    datasets.register("plays", _csv(tmp_path / "1.csv"), "csv", settings=settings)
+    before = state_of(settings)
+    bare = tmp_path / "origin.git"
+    subprocess.run(["git", "init", "--quiet", "--bare", str(bare)], check=True)
+    shared = settings.model_copy(update={"data_registry": f"file://{bare}", "dvc_remote": str(tmp_path / "r")})
+    assert shared.registry_path == settings.registry_path
+    with pytest.raises(Exception, match="is not a clone of"):
+        datasets.load("plays@v1", settings=shared)
+    assert state_of(settings) == before

@@ -70,6 +70,7 @@ class DataRegistry:
         a clone that turns out unusable may be made once more."""
         if self.exists():
             if self.origin:
+                self._check_clone()
                 if again and not git(self.path, "rev-parse", "--abbrev-ref", "@{upstream}", check=False):
                     # an initialisation whose publication failed (or lost to another machine's): never used
                     # for a registration, which needs the upstream; clone again
@@ -92,6 +93,7 @@ class DataRegistry:
                 if res.returncode != 0:
                     raise BackendError(f"cannot clone the data registry {shown}: "
                                        f"{res.stderr.strip().replace(self.origin, shown)}")
+            self._check_clone()
             if (self.path / ".dvc").is_dir():
                 self._local_remote()
                 return
@@ -114,6 +116,13 @@ class DataRegistry:
         git(self.path, "init", "--quiet", "--initial-branch=main")
         self._initialise()
         self._local_remote()
+
+    def _check_clone(self) -> None:
+        """The working copy is a clone of the origin (so it may be made again), not a registry of its own, such as
+        the embedded one this home had before AIMASS_DATA_REGISTRY named a URL."""
+        if git(self.path, "remote", "get-url", "origin", check=False) != self.origin:
+            raise BackendError(f"{self.path} is not a clone of {shown_url(self.origin)}: move it away (it may be a "
+                               "registry of this home's own, from before AIMASS_DATA_REGISTRY named a URL)")
 
     def _check_shared_remote(self) -> None:
         if not self.settings.dvc_remote:
