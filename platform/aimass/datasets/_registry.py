@@ -38,14 +38,12 @@ def _without_credential(url: str) -> str:
     """`url` as the registry may commit it: without user or password."""
     from urllib.parse import urlsplit, urlunsplit
 
-    if "://" not in url:
+    if shown_url(url) == url:
         return url
     parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        if "@" in url.split("://", 1)[1]:  # a secret holding "/" ends the host early: it would be committed
-            raise InvalidInputError("the DVC remote URL has an '@' after a '/' in its user or password part: "
-                                    "percent-encode '/', '#' and '@' in the credential (%2F, %23, %40)")
-        return url
+    if "@" not in parts.netloc:  # a secret holding "/" ends the host early: stripping the host would keep it
+        raise InvalidInputError("the DVC remote URL has an '@' after a '/' in its user or password part: "
+                                "percent-encode '/', '#' and '@' in the credential (%2F, %23, %40)")
     return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
 
 
