@@ -51,7 +51,7 @@ def start(
     alpha: float = typer.Option(0.05, "--alpha", help="False-positive rate of the whole experiment"),
     mde: float = typer.Option(0.02, "--mde", help="Smallest difference of the rate worth detecting, absolute "
                                                   "(0.02 = two points)"),
-    min_samples: int = typer.Option(100, "--min-samples", help="Answers per arm before any call"),
+    min_samples: int = typer.Option(100, "--min-samples", help="Users per arm before any call"),
     auto: bool = typer.Option(False, "--auto", help="Canary: the scheduler promotes a winner whose guardrails "
                                                     "hold and rolls back on a broken guardrail or a winning "
                                                     "control"),

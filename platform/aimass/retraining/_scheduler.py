@@ -159,14 +159,16 @@ class _Actor:
                 "last_drift": dict(self.scheduler.last_drift)}
 
 
-def start_in_cluster(settings: Settings, tick_s: float = TICK_S) -> dict:
+def start_in_cluster(settings: Settings | None = None, tick_s: float = TICK_S) -> dict:
     """Start the scheduler in the serving cluster (`aimass.serving.connect`) as the detached actor
     `aimass-scheduler`, or give the running one these settings. Idempotent; returns its status."""
     import ray
 
     from aimass.serving import WORKER_SETUP_HOOK as HOOK
     from aimass.serving import connect
+    from aimass.settings import default_settings
 
+    settings = settings or default_settings()
     connect(settings)
     # the actor's arguments stay in Ray's control store: credentials travel in the secrets file there too
     data = settings.dump(secrets_to=settings.secrets_dir)
