@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 
 from aimass.errors import AimassError
-from aimass.settings import Settings
+from aimass.settings import Settings, default_settings
 
 log = logging.getLogger(__name__)
 ACTOR = "aimass-scheduler"
@@ -166,7 +166,6 @@ def start_in_cluster(settings: Settings | None = None, tick_s: float = TICK_S) -
 
     from aimass.serving import WORKER_SETUP_HOOK as HOOK
     from aimass.serving import connect
-    from aimass.settings import default_settings
 
     settings = settings or default_settings()
     connect(settings)
