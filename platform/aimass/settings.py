@@ -84,8 +84,9 @@ class Settings(BaseSettings):
     serve_batch_wait_ms: float = Field(0.0, ge=0, le=1000, description=(
         "How long the first request of a batch waits for others (0: never waits)."))
     serve_log_level: LogLevel = Field("WARNING", description=(
-        "Level of Ray Serve's own logger in the replicas (their files under the serving cluster's session logs; "
-        "a replica's stdout and stderr go to its worker's .out and .err files there, whatever the level). "
+        "Level of Ray Serve's own logger in the replicas (their files under the serving cluster's session logs, "
+        "moved to home/logs/serve when the cluster stops; a replica's stdout and stderr go to its worker's .out "
+        "and .err files there, whatever the level). "
         "At INFO Serve also builds a log record for every request, which it then drops when its access log is "
         "off, as it is here: about 7% of a replica's CPU per cached /recommend (README, \"Serving\")."))
     # Traffic (aimass.serving.traffic): replicas read their endpoint's split from the catalog.
@@ -194,6 +195,11 @@ class Settings(BaseSettings):
     @property
     def locks(self) -> Path:
         return self.home / "locks"
+
+    @property
+    def logs_dir(self) -> Path:
+        """aimass.log, and in serve/ Ray's logs of the serving clusters this home stopped."""
+        return self.home / "logs"
 
     @property
     def secrets_dir(self) -> Path:

@@ -92,6 +92,9 @@ def test_train_runs_models_round_trip(tmp_path):
     assert bad.returncode == 2 and "key=value" in bad.stderr
     bad = run(home, "train", "sasrec", "--dataset", "demo", "--param", "lr=-0.1", ok=False)
     assert bad.returncode == 2 and "lr: Input should be greater than 0" in bad.stderr
+    # a resume continues the run's own job: a flag it would ignore is refused, not dropped
+    bad = run(home, "train", "--resume", out["run_id"], "--workers", "2", "--param", "neighbors=5", ok=False)
+    assert bad.returncode == 2 and "--param, --workers cannot be given" in bad.stderr
     assert len(json.loads(run(home, "runs", "list", "--json").stdout)) == 1
 
 

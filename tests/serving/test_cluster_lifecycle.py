@@ -70,6 +70,10 @@ def test_shutdown_leaves_no_process_of_the_cluster(tmp_path):
     assert r.returncode == 0 and json.loads(r.stdout) == {"stopped": True}, r.stderr
     assert cluster_processes(temp_dir, address) == []
     assert not any(psutil.pid_exists(int(p.split()[0])) for p in before)
+    # nothing of the home is left in the temp folder; Ray's logs of the session moved into the home
+    assert not Path(temp_dir).exists() and not _procs.haproxy_dir(s.home).exists()
+    kept = list((s.logs_dir / "serve").glob("session_2*/gcs_server.err"))
+    assert len(kept) == 1, sorted(p.name for p in (s.logs_dir / "serve").rglob("*"))
 
 
 def test_doctor_lists_a_cluster_whose_home_is_gone_and_shutdown_orphans_stops_it(tmp_path):
@@ -87,6 +91,7 @@ def test_doctor_lists_a_cluster_whose_home_is_gone_and_shutdown_orphans_stops_it
     assert r.returncode == 0, r.stderr
     assert str(gone.home) in [o["home"] for o in json.loads(r.stdout)["stopped"]]
     assert cluster_processes(temp_dir, address) == []
+    assert not Path(temp_dir).exists() and not _procs.haproxy_dir(gone.home).exists()
     assert all(c["location"] != temp_dir for c in json.loads(_cli("doctor", "--json", settings=elsewhere).stdout))
 
 

@@ -97,6 +97,13 @@ BAD = [
     ("itemknn", "demo", {}, 1, True, InvalidInputError, "GPU"),
     ("itemknn", "demo", {}, 0, True, InvalidInputError, "a GPU asked for but this process sees none"),
     ("ease", "demo", {"max_items": 50}, 0, False, InvalidInputError, "limit is max_items=50"),
+    # valid alone, wrong together or for the data: refused before the run, not as a failed job
+    ("sasrec", "demo", {**TINY["sasrec"], "dim": 16, "n_heads": 3}, 0, False, InvalidInputError,
+     "invalid params for sasrec: dim=16 is not divisible by n_heads=3"),
+    ("sasrec", "demo", {**TINY["sasrec"], "batch_size": 1}, 2, False, InvalidInputError,
+     "no training batch for 2 workers: batch_size 1"),
+    ("sasrec", "demo", {"time_budget_s": float("inf")}, 0, False, InvalidInputError, "time_budget_s must be finite"),
+    ("ease", "demo", {"l2": float("inf")}, 0, False, InvalidInputError, "l2 must be finite"),
 ]
 
 
@@ -116,6 +123,22 @@ def test_too_few_interactions_per_user(home, tmp_path):
     with pytest.raises(InvalidInputError, match="too few interactions per user"):
         aimass.train("itemknn", "short", workers=1, progress=False, settings=home)
     assert _runs(home) == before
+
+
+def test_no_training_example_is_refused_before_the_run(home, tmp_path):
+    # 3 interactions a user: one to train on, one to validate, one to test; SASRec needs 2 to train on
+    pd.DataFrame({"user_id": np.repeat(np.arange(1, 9), 3), "item_id": np.tile([1, 2, 3], 8),
+                  "timestamp": np.arange(24)}).to_csv(tmp_path / "three.csv", index=False)
+    aimass.datasets.register("three", tmp_path / "three.csv", "csv", settings=home)
+    before = _runs(home)
+    with pytest.raises(InvalidInputError, match="sasrec has no training example in this dataset"):
+        aimass.train("sasrec", "three", TINY["sasrec"], workers=0, progress=False, settings=home)
+    assert _runs(home) == before
+
+
+def test_params_are_recorded_as_the_family_reads_them(home):
+    r = aimass.train("itemknn", "demo", {"neighbors": 20.0}, workers=0, progress=False, settings=home)
+    assert json.loads(mlflow.get_run(r.run_id).data.tags["aimass.job"])["params"] == {"neighbors": 20}
 
 
 def test_resume_continues_a_stopped_job_in_the_same_run(home):
@@ -158,6 +181,12 @@ def test_local_mode_trains_in_this_process_and_resumes(home):
     # each job logged its model in the run; the run's model is the resumed one, not the first part's
     assert aimass.runs.show(first.run_id, settings=home)["models"] == [again.model_uri, first.model_uri]
     assert aimass.registry.register(first.run_id, "resumed", settings=home).source == again.model_uri
+    # nothing left to train: refused before the finished run is reopened
+    for kwargs, message in (({"epochs": 3}, "has trained 3 epochs already"),
+                            ({"epochs": 5, "time_budget_min": 0.0001}, "minutes already, its whole budget")):
+        with pytest.raises(InvalidInputError, match=message):
+            aimass.resume(first.run_id, progress=False, settings=home, **kwargs)
+        assert mlflow.get_run(first.run_id).info.status == "FINISHED"
 
 
 def test_a_checkpoint_from_before_ensembles_resumes_as_one_network(home):

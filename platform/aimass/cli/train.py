@@ -31,7 +31,7 @@ def train(
     family: str = typer.Argument(None, help=f"Model family: {', '.join(families())}; or auto (model search "
                                             "within --time-budget, the best registered)"),
     dataset: str = typer.Option(None, "--dataset", "-d", help="NAME or NAME@vN"),
-    workers: int = typer.Option(1, "--workers", "-w",
+    workers: int = typer.Option(None, "--workers", "-w", show_default="1",
                                 help="Ray Train workers (0: in this process, Ray Train's local mode)"),
     gpu: bool = typer.Option(False, "--gpu", help="One GPU per worker"),
     epochs: int = typer.Option(None, "--epochs", help="Override the family's epochs"),
@@ -51,11 +51,19 @@ def train(
     if family == "auto":
         if not dataset or time_budget is None or resume or param or gpu:
             raise InvalidInputError("auto wants --dataset and --time-budget, and no --param, --gpu or --resume")
-        return _auto(dataset, time_budget, workers, epochs, max_test_users, name, as_json)
+        return _auto(dataset, time_budget, 1 if workers is None else workers, epochs, max_test_users, name,
+                     as_json)
     if name:
         raise InvalidInputError("--name is for auto (the model the search registers); register a run with "
                                 "`aimass models register RUN_ID --name NAME`")
     if resume:
+        # the run's job fixes these: silently ignoring one would train something else than was asked
+        fixed = [flag for flag, given in (("FAMILY", family), ("--dataset", dataset), ("--param", param),
+                                          ("--workers", workers is not None), ("--gpu", gpu),
+                                          ("--max-test-users", max_test_users is not None)) if given]
+        if fixed:
+            raise InvalidInputError(f"--resume continues the run's own job: {', '.join(fixed)} cannot be given "
+                                    "with it (only --epochs and --time-budget)")
         console.stage(f"resuming run {resume} with Ray Train; logs: {console.log_path()}")
         r = training.resume(resume, epochs=epochs, time_budget_min=time_budget, progress=not as_json,
                             settings=state.settings)
@@ -63,6 +71,7 @@ def train(
         if not family or not dataset:
             raise InvalidInputError("give FAMILY and --dataset NAME[@vN] (or --resume RUN_ID)")
         params = _parse_params(param)
+        workers = 1 if workers is None else workers
         console.stage(f"training {family} on {dataset} with Ray Train ({workers} worker(s)), tracked in MLflow; "
                       f"logs: {console.log_path()}")
         r = training.train(family, dataset, params, workers=workers, gpu=gpu, epochs=epochs,

@@ -28,6 +28,7 @@ from aimass.settings import Settings, private_dir
 
 HOOK = "aimass.serving.hooks.loopback"  # serving.WORKER_SETUP_HOOK, its public name
 log = logging.getLogger(__name__)
+KEPT_SESSIONS = 3  # Ray's logs of the last stopped serving sessions, kept in home/logs/serve
 
 
 def haproxy_binary() -> str | None:
@@ -235,6 +236,8 @@ def stop(settings: Settings) -> bool:
     if not f.exists():  # its cluster.json deleted, the cluster may still run: the record still names it
         stray = _procs.members(mine)
         _procs.terminate(stray)
+        if stray:
+            _retire_temp(mine, settings.logs_dir / "serve")
         return bool(stray)
     state = json.loads(f.read_text())
     if ray.is_initialized() and ray.get_runtime_context().gcs_address == state["address"]:
@@ -249,8 +252,25 @@ def stop(settings: Settings) -> bool:
             ray.shutdown()
     if state.get("managed"):
         _procs.terminate(_procs.members(mine))
+        _retire_temp(mine, settings.logs_dir / "serve")
     f.unlink(missing_ok=True)
     return True
+
+
+def _retire_temp(cluster_tag: str, logs_to: Path | None) -> None:
+    """A stopped head's folders in the temp folder (Ray's session, HAProxy's sockets and config) go with it:
+    nothing of a home outlives it there. Ray's logs of each session (the replicas' tracebacks among them) move
+    to `logs_to` first, the last KEPT_SESSIONS of them kept, when the home is still there to hold them."""
+    tmp = _procs.temp_dir_of(cluster_tag)
+    if logs_to is not None:
+        for logs in sorted(tmp.glob("session_2*/logs")):
+            dest = private_dir(logs_to) / logs.parent.name
+            shutil.rmtree(dest, ignore_errors=True)
+            shutil.move(str(logs), dest)
+        for old in sorted(logs_to.glob("session_2*"))[:-KEPT_SESSIONS] if logs_to.is_dir() else []:
+            shutil.rmtree(old, ignore_errors=True)
+    for folder in (tmp, _procs.haproxy_dir_of(cluster_tag)):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def orphans() -> list[dict]:
@@ -274,6 +294,6 @@ def stop_orphans() -> list[dict]:
     stopped = [o for o in orphans() if o["home"]]
     for o in stopped:
         _procs.terminate(_procs.members(o["tag"]))
-        (Path(o["temp_dir"]) / _procs.RECORD).unlink(missing_ok=True)
+        _retire_temp(o["tag"], None)  # its home, where its logs would go, is gone
         log.info("stopped the orphaned serving cluster of %s (pids %s)", o["home"], o["pids"])
     return stopped

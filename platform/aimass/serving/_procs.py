@@ -40,8 +40,12 @@ def temp_dir_of(cluster_tag: str) -> Path:
 
 
 def haproxy_dir(home: Path) -> Path:
+    return haproxy_dir_of(tag(home))
+
+
+def haproxy_dir_of(cluster_tag: str) -> Path:
     # HAProxy refuses a socket path over 97 bytes and Ray nests a 56-character folder under temp_dir.
-    return Path(tempfile.gettempdir()) / f"ahp-{tag(home)}"
+    return Path(tempfile.gettempdir()) / f"ahp-{cluster_tag}"
 
 
 def write_record(home: Path, address: str, serve_port: int) -> None:

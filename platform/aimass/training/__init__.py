@@ -64,10 +64,9 @@ def train(
     from aimass.zoo import family_class
 
     s = settings or default_settings()
-    params = dict(params or {})
     cls = family_class(family)
-    _check_params(cls, params, epochs)
-    check_job(s, workers, max_test_users)
+    params = _check_params(cls, dict(params or {}), epochs)
+    check_job(s, workers, max_test_users, max_val_users)
     _check_budget(time_budget_min)
     if item_text and not getattr(cls, "accepts_item_features", False):
         raise InvalidInputError(f"{family} cannot use item text features")
@@ -79,7 +78,14 @@ def train(
     lengths = [len(x) for x in data["train"]]
     budget_s = time_budget_min * 60 if time_budget_min else None
     # a family's size limits refuse here; the worker resolves the same (same data, same budget)
-    cfg = cls(**params).resolve_config(data["n_items"], lengths, time_budget_s=budget_s)
+    est = cls(**params)
+    try:
+        cfg = est.resolve_config(data["n_items"], lengths, time_budget_s=budget_s)
+    except InvalidInputError:
+        raise
+    except ValueError as e:  # values valid alone that do not fit together or the data (SASRec's n_heads, ...)
+        raise InvalidInputError(f"invalid params for {family}: {e}") from None
+    _check_trainable(est, cfg, data["train"], workers)
     data["resolved"] = {**data_stats(lengths, data["n_items"]), **_derived(cls, params, cfg)}
     use_text = item_text if item_text is not None else (
         getattr(cls, "accepts_item_features", False) and ds.items is not None)
@@ -113,6 +119,7 @@ def resume(run_id: str, *, epochs: int | None = None, time_budget_min: float | N
     _check_budget(time_budget_min)
     if time_budget_min is None:  # the job's own budget: without it, a budgeted job's limits would change
         time_budget_min = job.get("time_budget_min")
+    _check_left(run_id, ckpt, epochs or job["epochs"], time_budget_min)
     params = {**_checkpoint_derived(cls, job["params"], ckpt), **job["params"]}
     ds = datasets.load(job["dataset"], settings=s)
     # exactly the validation users of the run it continues: same cap, same seed, same dataset version
@@ -128,8 +135,10 @@ def resume(run_id: str, *, epochs: int | None = None, time_budget_min: float | N
                 epochs or job["epochs"], time_budget_min, progress, resume=(run_id, ckpt))
 
 
-def check_job(s: Settings, workers: int, max_test_users: int | None) -> None:
+def check_job(s: Settings, workers: int, max_test_users: int | None, max_val_users: int | None = None) -> None:
     """What a job's shape must satisfy whatever the family (auto checks it once for all its candidates)."""
+    if max_val_users is not None and max_val_users < MIN_EVAL_USERS:
+        raise InvalidInputError(f"max_val_users must be at least {MIN_EVAL_USERS}, got {max_val_users}")
     if workers < 0:
         raise InvalidInputError(f"workers must be 0 (this process) or more, got {workers}")
     if not s.ray_address and workers > (os.cpu_count() or 1):  # known before starting anything
@@ -157,19 +166,60 @@ def _checkpoint_derived(cls, params: dict, ckpt: Path) -> dict:
     return {k.removeprefix("resolved."): v for k, v in _derived(cls, params, cfg).items()}
 
 
+def _check_left(run_id: str, ckpt: Path, epochs: int | None, budget_min: float | None) -> None:
+    """A resume with nothing left to train would run no epoch and fail in the run it continues."""
+    from aimass.training._loop import _state_from
+
+    try:
+        st = _state_from(json.loads((ckpt / "state.json").read_text()))
+    except (OSError, ValueError, TypeError) as e:
+        raise InvalidInputError(f"run {run_id}'s checkpoint {ckpt} cannot be read: {e}") from None
+    if epochs is not None and epochs <= st.epoch:
+        raise InvalidInputError(f"run {run_id} has trained {st.epoch} epochs already: give --epochs above that")
+    if budget_min is not None and budget_min * 60 <= st.train_time_s:
+        raise InvalidInputError(f"run {run_id} has trained {st.train_time_s / 60:.1f} minutes already, its "
+                                f"whole budget of {budget_min:g}: give a --time-budget above that (it counts "
+                                "the time already spent)")
+
+
 def _check_budget(minutes: float | None) -> None:
     if minutes is not None and not (math.isfinite(minutes) and minutes > 0):
         raise InvalidInputError(f"time budget must be a positive number of minutes, got {minutes}")
 
 
-def _check_params(cls, params: dict, epochs: int | None) -> None:
+def _check_params(cls, params: dict, epochs: int | None) -> dict:
+    """The params as the family's config reads them (``seed=3.0`` becomes 3): what the job and its record use."""
     if epochs is not None and epochs < 1:
         raise InvalidInputError(f"epochs must be at least 1, got {epochs}")
     try:
-        cls.Config(**params)
+        checked = cls.Config(**params).model_dump(include=set(params))
     except ValidationError as e:
         problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'params'}: {err['msg']}" for err in e.errors())
         raise InvalidInputError(f"invalid params for {cls.family}: {problems}") from None
+    # an infinite budget or learning rate passes a field's bounds (> 0) and would never end or diverge
+    bad = [k for k, v in checked.items() if isinstance(v, float) and not math.isfinite(v)]
+    if bad:
+        raise InvalidInputError(f"invalid params for {cls.family}: {', '.join(bad)} must be finite")
+    return checked
+
+
+def _check_trainable(est, cfg, sequences, workers: int) -> None:
+    """A neural family's training batches, built as its workers will: none at all would fail the job after
+    its run exists."""
+    from aimass.zoo.trainer import make_loader
+
+    if not hasattr(est, "training_data"):  # one pass over counts: any data with users trains
+        return
+    dataset = est.training_data([np.asarray(x) for x in sequences], cfg)
+    if len(dataset) == 0:
+        raise InvalidInputError(f"{est.family} has no training example in this dataset: every user's training "
+                                "history (their interactions less the last 2, held out for validation and test) "
+                                "is too short for it")
+    world = max(1, workers)
+    if len(make_loader(est, dataset, cfg, world)[0]) == 0:
+        raise InvalidInputError(f"{est.family} has no training batch for {world} workers: batch_size "
+                                f"{cfg.batch_size} gives each worker less than one example; raise it or use "
+                                "fewer workers")
 
 
 def _prepare(ds, max_val_users: int | None, seed: int) -> tuple[dict, object]:
