@@ -136,6 +136,19 @@ def test_no_training_example_is_refused_before_the_run(home, tmp_path):
     assert _runs(home) == before
 
 
+def test_a_catalogue_beyond_free_memory_is_refused_naming_both(home, monkeypatch):
+    import psutil
+
+    # what a machine with 0.1 MB free would say: EASE's dense matrix over the demo's catalogue is more
+    free = psutil.virtual_memory()._replace(available=100_000)
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: free)
+    before = _runs(home)
+    with pytest.raises(InvalidInputError, match=r"ease needs about 0\.1 MB for 1\d\d items \(2 worker\(s\) x "
+                                                r"7\d kB\) and this machine has 0\.1 MB free"):
+        aimass.train("ease", "demo", workers=2, progress=False, settings=home)
+    assert _runs(home) == before
+
+
 def test_params_are_recorded_as_the_family_reads_them(home):
     r = aimass.train("itemknn", "demo", {"neighbors": 20.0}, workers=0, progress=False, settings=home)
     assert json.loads(mlflow.get_run(r.run_id).data.tags["aimass.job"])["params"] == {"neighbors": 20}

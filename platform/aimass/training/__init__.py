@@ -86,6 +86,8 @@ def train(
     except ValueError as e:  # values valid alone that do not fit together or the data (SASRec's n_heads, ...)
         raise InvalidInputError(f"invalid params for {family}: {e}") from None
     _check_trainable(est, cfg, data["train"], workers)
+    if not s.ray_address:  # this machine's memory holds every worker (a cluster's nodes are not known here)
+        _check_memory(est, cfg, data["n_items"], workers)
     data["resolved"] = {**data_stats(lengths, data["n_items"]), **_derived(cls, params, cfg)}
     use_text = item_text if item_text is not None else (
         getattr(cls, "accepts_item_features", False) and ds.items is not None)
@@ -201,6 +203,27 @@ def _check_params(cls, params: dict, epochs: int | None) -> dict:
     if bad:
         raise InvalidInputError(f"invalid params for {cls.family}: {', '.join(bad)} must be finite")
     return checked
+
+
+def _check_memory(est, cfg, n_items: int, workers: int) -> None:
+    """A family whose memory grows with the catalogue (EASE's dense matrix) says what one worker needs: more
+    than this machine has free would be killed mid-job, or swap it to a halt."""
+    import psutil
+
+    need = getattr(est, "memory_bytes", None)
+    if need is None:
+        return
+    procs = max(1, workers)
+    per, free = need(cfg, n_items), psutil.virtual_memory().available
+    if per * procs > free:
+        raise InvalidInputError(
+            f"{est.family} needs about {_size(per * procs)} for {n_items:,} items ({procs} worker(s) x "
+            f"{_size(per)}) and this machine has {_size(free)} free: use fewer workers (each "
+            "holds the whole matrix) or a family for large catalogues (itemknn, two-tower)")
+
+
+def _size(n: float) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.0f} kB"
 
 
 def _check_trainable(est, cfg, sequences, workers: int) -> None:

@@ -59,6 +59,11 @@ class EASE:
                 "max_items if this machine has the memory")
         return cfg
 
+    def memory_bytes(self, cfg: EASEConfig, n_items: int) -> int:
+        """One worker's peak: the dense float32 matrix, inverted in its own memory, and a quarter more for the
+        sparse Gram matrices it sums (every worker inverts the whole matrix)."""
+        return 5 * (n_items + 1) ** 2
+
     # -- additive statistics: a distributed job sums them over shards of users ------------------------------
     def sufficient_stats(self, sequences: list[np.ndarray], cfg: EASEConfig, n_items: int) -> dict:
         n = n_items + 1
