@@ -67,6 +67,7 @@ def train(
     cls = family_class(family)
     params = _check_params(cls, dict(params or {}), epochs)
     check_job(s, workers, max_test_users, max_val_users)
+    _check_gpus(s, workers, gpu)
     _check_budget(time_budget_min)
     if item_text and not getattr(cls, "accepts_item_features", False):
         raise InvalidInputError(f"{family} cannot use item text features")
@@ -143,10 +144,29 @@ def check_job(s: Settings, workers: int, max_test_users: int | None, max_val_use
         raise InvalidInputError(f"max_val_users must be at least {MIN_EVAL_USERS}, got {max_val_users}")
     if workers < 0:
         raise InvalidInputError(f"workers must be 0 (this process) or more, got {workers}")
-    if not s.ray_address and workers > (os.cpu_count() or 1):  # known before starting anything
-        raise InvalidInputError(f"{workers} workers asked for but this machine has {os.cpu_count()} CPUs")
+    cpus = _local_cpus()
+    if not s.ray_address and workers > cpus:  # known before starting anything
+        raise InvalidInputError(f"{workers} workers asked for but this process may use {cpus} CPUs")
     if max_test_users is not None and max_test_users < 1:
         raise InvalidInputError(f"max_test_users must be at least 1, got {max_test_users}")
+
+
+def _local_cpus() -> int:
+    # the CPUs this process may run on (a container's or taskset's share), not every core the machine has
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _check_gpus(s: Settings, workers: int, gpu: bool) -> None:
+    """Before Ray starts or item text is encoded: a local job's GPUs are this machine's (a cluster's are known
+    once joined, in _run)."""
+    if not gpu or s.ray_address:
+        return
+    import torch
+
+    have = torch.cuda.device_count()
+    if have < max(1, workers):
+        raise InvalidInputError("a GPU asked for but this process sees none" if not have else
+                                f"{workers} GPU worker(s) asked for but this machine has {have} GPU(s)")
 
 
 def _checkpoint_derived(cls, params: dict, ckpt: Path) -> dict:

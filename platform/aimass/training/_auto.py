@@ -26,7 +26,7 @@ import math
 import time
 import uuid
 
-from aimass.errors import InvalidInputError
+from aimass.errors import BackendError, InvalidInputError
 from aimass.settings import Settings, default_settings
 
 MIN_BUDGET_MIN = 1.0  # the baselines and one short probe of each neural family need about this much
@@ -169,8 +169,10 @@ def auto(dataset: str, time_budget_min: float, *, workers: int = 1, max_val_user
             _lost(top, final, ran)
     done = sorted((c for c in board if c.val_ndcg is not None and c.run_id), key=lambda c: -c.val_ndcg)
     if not done:
-        raise InvalidInputError(f"no family could train on {ds.info.ref}: "
-                                + "; ".join(f"{c.family}: {c.skipped}" for c in board))
+        why = "; ".join(f"{c.family}: {c.skipped}" for c in board)
+        if any((c.skipped or "").startswith("failed") for c in board):  # not the data's fault: see the log
+            raise BackendError(f"no family could train on {ds.info.ref}: {why}")
+        raise InvalidInputError(f"no family could train on {ds.info.ref}: {why}")
     leaderboard = done + [c for c in board if c not in done]
     try:
         _record(s, search_id, ds.info.ref, leaderboard)
@@ -182,7 +184,12 @@ def auto(dataset: str, time_budget_min: float, *, workers: int = 1, max_val_user
 
 def _lost(c: Candidate, continuation: Candidate, ran: list[Candidate]) -> None:
     """A continuation that failed went on in ``c``'s run, which it may have marked failed and whose checkpoints
-    it may have moved past ``c``'s model: ``c`` is no longer a model the search can rank or register."""
+    it may have moved past ``c``'s model: ``c`` is no longer a model the search can rank or register. One that
+    was refused before it started (a probe that overran its budget, leaving nothing to train) left the run as it
+    was: ``c`` stays, as it is."""
+    if not (continuation.skipped or "").startswith("failed"):
+        c.note = f"not continued: {continuation.skipped}"
+        return
     ran.remove(c)
     c.run_id, c.skipped = None, f"its continuation failed, in its run: {continuation.skipped}"
 
