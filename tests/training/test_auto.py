@@ -46,11 +46,11 @@ def test_a_failed_continuation_takes_its_probe_off_the_board():
     # the continuation went on in the probe's run: that run may be marked failed, its checkpoints moved on
     probes = _probes(0.15, 0.16)
     ran = list(probes)
-    _lost(probes[1], Candidate("f1", {}, "final", skipped="failed: disk full"), ran)
+    _lost(probes[1], Candidate("f1", {}, "final", skipped="failed: disk full"), ran, intact=False)
     assert ran == [probes[0]] and probes[1].run_id is None and probes[1].skipped.endswith("failed: disk full")
-    # refused before it started (training's checks: nothing left to train), the run is as it was: it stays
+    # refused before it started (training's checks), the run is still FINISHED: it stays
     refused = "run f0 has trained 0.6 minutes already, its whole budget of 0.5"
-    _lost(probes[0], Candidate("f0", {}, "final", skipped=refused), ran)
+    _lost(probes[0], Candidate("f0", {}, "final", skipped=refused), ran, intact=True)
     assert ran == [probes[0]] and probes[0].run_id and probes[0].note == f"not continued: {refused}"
 
 

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from aimass import _ray  # noqa: F401  (sets RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER before ray is imported)
-from aimass.errors import BackendError, ConflictError, InvalidInputError
+from aimass.errors import AimassError, BackendError, ConflictError, InvalidInputError
 from aimass.serving import _procs
 from aimass.settings import Settings, private_dir
 
@@ -100,14 +100,24 @@ def ensure(settings: Settings) -> dict:
     """The cluster's state; starts the embedded head when none is running."""
     if settings.ray_address:
         return {"address": settings.ray_address, "managed": False, "proxy": proxy_mode(settings)}
-    f = state_file(settings)
-    if f.exists():
-        state = json.loads(f.read_text())
-        if _listening(state["address"]):
-            if state.get("managed") and not (Path(state["temp_dir"]) / _procs.RECORD).exists():
-                _procs.write_record(settings.home, state["address"], settings.serve_port)  # an older head
-            return state
-    return _start_head(settings)
+    with _lifecycle_lock(settings):
+        f = state_file(settings)
+        if f.exists():
+            state = json.loads(f.read_text())
+            if _listening(state["address"]):
+                if state.get("managed") and not (Path(state["temp_dir"]) / _procs.RECORD).exists():
+                    _procs.write_record(settings.home, state["address"], settings.serve_port)  # an older head
+                return state
+        return _start_head(settings)
+
+
+def _lifecycle_lock(settings: Settings):
+    """One start or stop of this home's head at a time: two deploys would each start a head, and a stop
+    would remove the folders of a head started while it ran."""
+    from filelock import FileLock
+
+    # one instance per path (re-entrant): a stop of a cluster aimass did not start connects to it, so ensures
+    return FileLock(str(private_dir(settings.locks) / "serve-cluster.lock"), timeout=600, is_singleton=True)
 
 
 def check_port(settings: Settings) -> None:
@@ -229,6 +239,11 @@ def connect(settings: Settings) -> dict:
 def stop(settings: Settings) -> bool:
     """Stop every deployment and, when aimass started it, the head: every process of it (_procs.members),
     Ray's client server included."""
+    with _lifecycle_lock(settings):
+        return _stop(settings)
+
+
+def _stop(settings: Settings) -> bool:
     import ray
 
     f = state_file(settings)
@@ -237,7 +252,7 @@ def stop(settings: Settings) -> bool:
         stray = _procs.members(mine)
         _procs.terminate(stray)
         if stray:
-            _retire_temp(mine, settings.logs_dir / "serve")
+            _retire_temp(_procs.temp_dir(settings.home), settings.logs_dir / "serve")
         return bool(stray)
     state = json.loads(f.read_text())
     if ray.is_initialized() and ray.get_runtime_context().gcs_address == state["address"]:
@@ -252,25 +267,36 @@ def stop(settings: Settings) -> bool:
             ray.shutdown()
     if state.get("managed"):
         _procs.terminate(_procs.members(mine))
-        _retire_temp(mine, settings.logs_dir / "serve")
+        _retire_temp(Path(state.get("temp_dir") or _procs.temp_dir(settings.home)), settings.logs_dir / "serve")
     f.unlink(missing_ok=True)
     return True
 
 
-def _retire_temp(cluster_tag: str, logs_to: Path | None) -> None:
-    """A stopped head's folders in the temp folder (Ray's session, HAProxy's sockets and config) go with it:
-    nothing of a home outlives it there. Ray's logs of each session (the replicas' tracebacks among them) move
-    to `logs_to` first, the last KEPT_SESSIONS of them kept, when the home is still there to hold them."""
-    tmp = _procs.temp_dir_of(cluster_tag)
-    if logs_to is not None:
-        for logs in sorted(tmp.glob("session_2*/logs")):
-            dest = private_dir(logs_to) / logs.parent.name
-            shutil.rmtree(dest, ignore_errors=True)
-            shutil.move(str(logs), dest)
-        for old in sorted(logs_to.glob("session_2*"))[:-KEPT_SESSIONS] if logs_to.is_dir() else []:
-            shutil.rmtree(old, ignore_errors=True)
-    for folder in (tmp, _procs.haproxy_dir_of(cluster_tag)):
-        shutil.rmtree(folder, ignore_errors=True)
+def _retire_temp(tmp: Path, logs_to: Path | None) -> None:
+    """A stopped head's folders in the temp folder (Ray's session `tmp`, HAProxy's sockets and config beside it)
+    go with it: nothing of a home outlives it there. Ray's logs of each session (the replicas' tracebacks among
+    them) move to `logs_to` first, the last KEPT_SESSIONS of them kept, when the home is still there to hold
+    them. The processes are stopped by now: a failure here is logged, never raised over the stop."""
+    hp = _procs.haproxy_dir_beside(tmp)
+    gone = tmp.with_name(f"{tmp.name}.stopped-{os.getpid()}")
+    try:
+        tmp.rename(gone)  # a head started from now on gets a fresh folder, never this one half removed
+    except OSError:
+        gone = None  # nothing there
+    try:
+        if gone is not None and logs_to is not None:
+            for logs in sorted(gone.glob("session_2*/logs")):
+                dest = private_dir(logs_to) / logs.parent.name
+                shutil.rmtree(dest, ignore_errors=True)
+                shutil.move(str(logs), dest)
+            for old in sorted(logs_to.glob("session_2*"))[:-KEPT_SESSIONS]:
+                shutil.rmtree(old, ignore_errors=True)
+    except (OSError, shutil.Error, AimassError) as e:
+        log.warning("Ray's logs of the stopped serving cluster were not kept in %s: %s", logs_to, e)
+    finally:
+        for folder in (gone, hp):
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
 
 
 def orphans() -> list[dict]:
@@ -294,6 +320,6 @@ def stop_orphans() -> list[dict]:
     stopped = [o for o in orphans() if o["home"]]
     for o in stopped:
         _procs.terminate(_procs.members(o["tag"]))
-        _retire_temp(o["tag"], None)  # its home, where its logs would go, is gone
+        _retire_temp(Path(o["temp_dir"]), None)  # its home, where its logs would go, is gone
         log.info("stopped the orphaned serving cluster of %s (pids %s)", o["home"], o["pids"])
     return stopped

@@ -40,12 +40,12 @@ def temp_dir_of(cluster_tag: str) -> Path:
 
 
 def haproxy_dir(home: Path) -> Path:
-    return haproxy_dir_of(tag(home))
+    return haproxy_dir_beside(temp_dir(home))
 
 
-def haproxy_dir_of(cluster_tag: str) -> Path:
+def haproxy_dir_beside(head_temp_dir: Path) -> Path:
     # HAProxy refuses a socket path over 97 bytes and Ray nests a 56-character folder under temp_dir.
-    return Path(tempfile.gettempdir()) / f"ahp-{cluster_tag}"
+    return head_temp_dir.with_name(head_temp_dir.name.replace("aimass-serve-", "ahp-", 1))
 
 
 def write_record(home: Path, address: str, serve_port: int) -> None:

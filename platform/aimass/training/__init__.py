@@ -120,9 +120,9 @@ def resume(run_id: str, *, epochs: int | None = None, time_budget_min: float | N
     cls = family_class(job["family"])
     _check_params(cls, job["params"], epochs)
     _check_budget(time_budget_min)
+    _check_left(run_id, ckpt, epochs or job["epochs"] or job["params"].get("epochs"), time_budget_min)
     if time_budget_min is None:  # the job's own budget: without it, a budgeted job's limits would change
         time_budget_min = job.get("time_budget_min")
-    _check_left(run_id, ckpt, epochs or job["epochs"], time_budget_min)
     params = {**_checkpoint_derived(cls, job["params"], ckpt), **job["params"]}
     ds = datasets.load(job["dataset"], settings=s)
     # exactly the validation users of the run it continues: same cap, same seed, same dataset version
@@ -189,7 +189,9 @@ def _checkpoint_derived(cls, params: dict, ckpt: Path) -> dict:
 
 
 def _check_left(run_id: str, ckpt: Path, epochs: int | None, budget_min: float | None) -> None:
-    """A resume with nothing left to train would run no epoch and fail in the run it continues."""
+    """A resume with no epoch left would fail in the run it continues; a budget given for it that the run has
+    already spent asks for nothing. (The job's own budget, spent, still buys a resume one step: the loop takes
+    at least one.)"""
     from aimass.training._loop import _state_from
 
     try:

@@ -81,7 +81,7 @@ def auto(dataset: str, time_budget_min: float, *, workers: int = 1, max_val_user
                                 f"baselines and one probe of each neural family), got {time_budget_min}")
     if epochs is not None and epochs < 1:
         raise InvalidInputError(f"epochs must be at least 1, got {epochs}")
-    check_job(s, workers, max_test_users)  # refused once here, not listed as eight skipped candidates
+    check_job(s, workers, max_test_users, max_val_users)  # refused once here, not as eight skipped candidates
     ds = datasets.load(dataset, settings=s)
     data, _ = _prepare(ds, max_val_users, 0)  # too few users for validation and test: refused before any run
     started, search_id = time.time(), uuid.uuid4().hex[:12]
@@ -154,7 +154,7 @@ def auto(dataset: str, time_budget_min: float, *, workers: int = 1, max_val_user
             c.run_id, c.skipped = None, f"continued in round 2 (run {more.run_id})"
             overhead = max(overhead, more.wall_time_s - 60 * extra)
         else:
-            _lost(c, more, ran)
+            _lost(c, more, ran, _finished(s, c.run_id))
     # the budget bounds training, as a single job's does: the final model's evaluation and logging follow it
     left = (deadline - time.time()) / 60
     if ran and left >= 0.1:
@@ -166,7 +166,7 @@ def auto(dataset: str, time_budget_min: float, *, workers: int = 1, max_val_user
         if final.run_id:
             top.run_id, top.skipped = None, f"continued as the final candidate (run {final.run_id})"
         else:
-            _lost(top, final, ran)
+            _lost(top, final, ran, _finished(s, top.run_id))
     done = sorted((c for c in board if c.val_ndcg is not None and c.run_id), key=lambda c: -c.val_ndcg)
     if not done:
         why = "; ".join(f"{c.family}: {c.skipped}" for c in board)
@@ -182,12 +182,20 @@ def auto(dataset: str, time_budget_min: float, *, workers: int = 1, max_val_user
                       wall_time_s=round(time.time() - started, 1))
 
 
-def _lost(c: Candidate, continuation: Candidate, ran: list[Candidate]) -> None:
-    """A continuation that failed went on in ``c``'s run, which it may have marked failed and whose checkpoints
-    it may have moved past ``c``'s model: ``c`` is no longer a model the search can rank or register. One that
-    was refused before it started (a probe that overran its budget, leaving nothing to train) left the run as it
-    was: ``c`` stays, as it is."""
-    if not (continuation.skipped or "").startswith("failed"):
+def _finished(s: Settings, run_id: str) -> bool:
+    from aimass.tracking import client
+
+    try:
+        return client(s).get_run(run_id).info.status == "FINISHED"
+    except Exception:  # unreadable: not a run to rank
+        return False
+
+
+def _lost(c: Candidate, continuation: Candidate, ran: list[Candidate], intact: bool) -> None:
+    """A continuation that failed went on in ``c``'s run, which it marked failed and whose checkpoints it may
+    have moved past ``c``'s model: ``c`` is no longer a model the search can rank or register. One refused
+    before it started (``intact``: the run is still FINISHED) left the run as it was: ``c`` stays, as it is."""
+    if intact:
         c.note = f"not continued: {continuation.skipped}"
         return
     ran.remove(c)
