@@ -129,3 +129,29 @@ def test_ports_picked_for_later_binds_are_not_the_kernels_to_hand_out():
         assert port in outside or not outside, port
         with socket.socket() as s:
             s.bind(("127.0.0.1", port))  # and it is free
+
+
+def test_a_stopped_heads_folders_go_and_its_last_sessions_logs_stay(tmp_path, monkeypatch):
+    """_retire_temp on folders laid out as Ray and HAProxy leave them (no head needed): the head's and HAProxy's
+    folders go; the session's logs join the home's, of which the last 3 sessions stay."""
+    head = tmp_path / "aimass-serve-0123abcd"
+    (head / "session_2026-12-05_10-00-00_1" / "logs").mkdir(parents=True)
+    (head / "session_2026-12-05_10-00-00_1" / "logs" / "gcs_server.err").write_text("the head's log")
+    (head / "session_latest").symlink_to(head / "session_2026-12-05_10-00-00_1")
+    (tmp_path / "ahp-0123abcd").mkdir()
+    (tmp_path / "ahp-0123abcd" / "haproxy.cfg").write_text("global")
+    logs_to = tmp_path / "home" / "logs" / "serve"
+    for day in ("01", "02", "03"):  # three earlier stops
+        (logs_to / f"session_2026-12-{day}_10-00-00_1").mkdir(parents=True)
+    _cluster._retire_temp(head, logs_to)
+    assert not head.exists() and not (tmp_path / "ahp-0123abcd").exists()
+    assert not list(tmp_path.glob("aimass-serve-*"))  # the renamed folder went too
+    assert sorted(p.name for p in logs_to.iterdir()) == [
+        "session_2026-12-02_10-00-00_1", "session_2026-12-03_10-00-00_1", "session_2026-12-05_10-00-00_1"]
+    assert (logs_to / "session_2026-12-05_10-00-00_1" / "gcs_server.err").read_text() == "the head's log"
+    # logs that cannot be kept (the home's folder unwritable) are logged, and the folders still go
+    head.mkdir()
+    (head / "session_2026-12-06_10-00-00_1" / "logs").mkdir(parents=True)
+    monkeypatch.setattr(_cluster.shutil, "move", lambda *a: (_ for _ in ()).throw(OSError("disk full")))
+    _cluster._retire_temp(head, logs_to)
+    assert not head.exists() and len(list(logs_to.iterdir())) == 3
