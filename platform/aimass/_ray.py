@@ -2,9 +2,16 @@
 unless told otherwise)."""
 from __future__ import annotations
 
+import atexit
+import logging
 import os
+import shutil
+from pathlib import Path
 
 from aimass.settings import Settings, private_dir
+
+log = logging.getLogger(__name__)
+KEPT_SESSIONS = 3  # Ray's logs of the last sessions a home's Ray ran, kept in home/logs/<kind>
 
 # Must be set before `ray` is first imported: it makes a local Ray bind to 127.0.0.1 on Linux.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -30,7 +37,40 @@ def init(settings: Settings, num_cpus: int | None = None):
             logging_level="WARNING",
             _temp_dir=str(_short_tmp(settings)),
         )
+        from ray._private import worker
+
+        session = Path(worker._global_node.get_session_dir_path())
+        atexit.register(_retire_session, ray, session, settings.logs_dir / "ray")  # runs before Ray's own
     return ray
+
+
+def keep_logs(sessions: list[Path], logs_to: Path) -> None:
+    """Move the ``logs`` of Ray ``sessions`` (session folders) into ``logs_to``, keeping its last KEPT_SESSIONS."""
+    for session in sessions:
+        if (session / "logs").is_dir():
+            dest = private_dir(logs_to) / session.name
+            shutil.rmtree(dest, ignore_errors=True)
+            shutil.move(str(session / "logs"), dest)
+    for old in sorted(logs_to.glob("session_2*"))[:-KEPT_SESSIONS] if logs_to.is_dir() else []:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _retire_session(ray, session: Path, logs_to: Path) -> None:
+    """At exit, this process's local Ray stops and its session leaves the temp folder, its logs kept in the home:
+    nothing of a home outlives it there. Other jobs of the home have their own sessions beside it."""
+    try:
+        ray.shutdown()
+        keep_logs([session], logs_to)
+    except Exception as e:  # an exit must not fail over logs
+        log.warning("Ray's logs of %s were not kept in %s: %s", session, logs_to, e)
+    shutil.rmtree(session, ignore_errors=True)
+    latest = session.parent / "session_latest"
+    if latest.is_symlink() and not latest.exists():
+        latest.unlink(missing_ok=True)
+    try:
+        session.parent.rmdir()  # the home's folder, once no other session is in it
+    except OSError:
+        pass
 
 
 def _short_tmp(settings: Settings):

@@ -28,7 +28,6 @@ from aimass.settings import Settings, private_dir
 
 HOOK = "aimass.serving.hooks.loopback"  # serving.WORKER_SETUP_HOOK, its public name
 log = logging.getLogger(__name__)
-KEPT_SESSIONS = 3  # Ray's logs of the last stopped serving sessions, kept in home/logs/serve
 
 
 def haproxy_binary() -> str | None:
@@ -275,7 +274,7 @@ def _stop(settings: Settings) -> bool:
 def _retire_temp(tmp: Path, logs_to: Path | None) -> None:
     """A stopped head's folders in the temp folder (Ray's session `tmp`, HAProxy's sockets and config beside it)
     go with it: nothing of a home outlives it there. Ray's logs of each session (the replicas' tracebacks among
-    them) move to `logs_to` first, the last KEPT_SESSIONS of them kept, when the home is still there to hold
+    them) move to `logs_to` first, the last few of them kept (_ray.keep_logs), when the home is still there to hold
     them. The processes are stopped by now: a failure here is logged, never raised over the stop."""
     hp = _procs.haproxy_dir_beside(tmp)
     gone = tmp.with_name(f"{tmp.name}.stopped-{os.getpid()}")
@@ -285,12 +284,7 @@ def _retire_temp(tmp: Path, logs_to: Path | None) -> None:
         gone = None  # nothing there
     try:
         if gone is not None and logs_to is not None:
-            for logs in sorted(gone.glob("session_2*/logs")):
-                dest = private_dir(logs_to) / logs.parent.name
-                shutil.rmtree(dest, ignore_errors=True)
-                shutil.move(str(logs), dest)
-            for old in sorted(logs_to.glob("session_2*"))[:-KEPT_SESSIONS]:
-                shutil.rmtree(old, ignore_errors=True)
+            _ray.keep_logs(sorted(gone.glob("session_2*")), logs_to)
     except (OSError, shutil.Error, AimassError) as e:
         log.warning("Ray's logs of the stopped serving cluster were not kept in %s: %s", logs_to, e)
     finally:
