@@ -198,7 +198,7 @@ class Settings(BaseSettings):
 
     @property
     def logs_dir(self) -> Path:
-        """aimass.log, and in serve/ Ray's logs of the serving clusters this home stopped."""
+        """aimass.log; Ray's session logs of this home's training jobs (ray/) and stopped serving clusters (serve/)."""
         return self.home / "logs"
 
     @property

@@ -119,6 +119,7 @@ def resume(run_id: str, *, epochs: int | None = None, time_budget_min: float | N
         raise InvalidInputError(f"run {run_id} has no checkpoint to resume from")
     cls = family_class(job["family"])
     _check_params(cls, job["params"], epochs)
+    _check_gpus(s, job["workers"], job["gpu"])
     _check_budget(time_budget_min)
     _check_left(run_id, ckpt, epochs or job["epochs"] or job["params"].get("epochs"), time_budget_min)
     if time_budget_min is None:  # the job's own budget: without it, a budgeted job's limits would change
@@ -157,8 +158,8 @@ def _local_cpus() -> int:
 
 
 def _check_gpus(s: Settings, workers: int, gpu: bool) -> None:
-    """Before Ray starts or item text is encoded: a local job's GPUs are this machine's (a cluster's are known
-    once joined, in _run)."""
+    """Before Ray starts or item text is encoded: a local job's GPUs, and local mode's, are this machine's (a
+    joined cluster's are known once joined, in _run)."""
     if not gpu or s.ray_address:
         return
     import torch
@@ -332,13 +333,8 @@ def _run(s, cls, family, info, params, data, splits, workers, gpu, epochs, budge
         if workers > resources.get("CPU", 0):
             raise InvalidInputError(f"{workers} workers asked for but the Ray cluster has "
                                     f"{int(resources.get('CPU', 0))} CPUs")
-    else:  # Ray Train's local mode: the loop runs in this process, no Ray cluster
+    else:  # Ray Train's local mode: the loop runs in this process, no Ray cluster (its GPU: _check_gpus)
         ray = None
-        if gpu:
-            import torch
-
-            if not torch.cuda.is_available():
-                raise InvalidInputError("a GPU asked for but this process sees none")
     mlflow = mlflow_for(s)
     job = {"family": family, "dataset": info.ref, "params": params, "workers": workers, "gpu": gpu,
            "epochs": epochs, "time_budget_min": budget_min, "max_val_users": data["max_val_users"],

@@ -196,7 +196,7 @@ def _lost(c: Candidate, continuation: Candidate, ran: list[Candidate], intact: b
     have moved past ``c``'s model: ``c`` is no longer a model the search can rank or register. One refused
     before it started (``intact``: the run is still FINISHED) left the run as it was: ``c`` stays, as it is."""
     if intact:
-        c.note = f"not continued: {continuation.skipped}"
+        c.note = "; ".join(filter(None, (c.note, f"not continued: {continuation.skipped}")))
         return
     ran.remove(c)
     c.run_id, c.skipped = None, f"its continuation failed, in its run: {continuation.skipped}"
