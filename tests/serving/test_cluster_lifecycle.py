@@ -49,10 +49,12 @@ def test_a_failed_deploy_stops_the_cluster_it_started_and_only_that(served, tmp_
     _fail_serve_run(monkeypatch)
     with pytest.raises(BackendError, match="injected"):
         serving.deploy("recs/1", "doomed", settings=other)
-    record = json.loads((Path(_procs.temp_dir(other.home)) / "aimass-home.json").read_text())
-    assert record["home"] == str(other.home)  # so the failed head was really started, then stopped
+    # the failed head was really started, then stopped: its session's logs moved into the home, and nothing of it
+    # is left in the temp folder
+    assert list((other.logs_dir / "serve").glob("session_2*/gcs_server.err"))
+    assert not _procs.temp_dir(other.home).exists() and not _procs.haproxy_dir(other.home).exists()
     assert not _cluster.state_file(other).exists()
-    assert cluster_processes(str(_procs.temp_dir(other.home)), record["address"]) == []
+    assert cluster_processes(str(_procs.temp_dir(other.home)), "no address") == []
     # A head that was running before the deploy is left running.
     with pytest.raises(BackendError, match="injected"):
         serving.deploy("recs/1", "doomed", settings=served.settings)
