@@ -73,14 +73,17 @@ def _retire_session(ray, session: Path, logs_to: Path) -> None:
         pass
 
 
-def _short_tmp(settings: Settings):
-    # Ray's unix socket paths must stay under 107 bytes, so its temp folder cannot live deep in the home.
+def _short_tmp(settings: Settings) -> Path:
+    return private_dir(temp_folder(settings))
+
+
+def temp_folder(settings: Settings) -> Path:
+    """Where a training job's local Ray keeps its sessions while they run (none is left once its process exits).
+    Ray's unix socket paths must stay under 107 bytes, so it cannot live deep in the home."""
     import hashlib
     import tempfile
-    from pathlib import Path
 
-    tag = hashlib.sha1(str(settings.home).encode()).hexdigest()[:8]
-    return private_dir(Path(tempfile.gettempdir()) / f"aimass-ray-{tag}")
+    return Path(tempfile.gettempdir()) / f"aimass-ray-{hashlib.sha1(str(settings.home).encode()).hexdigest()[:8]}"
 
 
 def version() -> str:

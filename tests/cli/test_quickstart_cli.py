@@ -33,15 +33,13 @@ def _quickstart(home, res, ports):
     log = home / "logs" / "aimass.log"
     assert f"logs: {log}" in res.stdout.splitlines()
     assert "pid=" in log.read_text() and " mlflow." in log.read_text()  # Ray's and MLflow's output went there
+    s = Settings(home=home)
     # its training jobs' local Ray stopped with it: each session left the temp folder, its logs kept in the home
-    import hashlib
-    import tempfile
+    from aimass import _ray
 
     kept = sorted((home / "logs" / "ray").glob("session_2*"))
     assert kept and all((k / "raylet.out").exists() for k in kept), kept
-    ray_tmp = Path(tempfile.gettempdir()) / f"aimass-ray-{hashlib.sha1(str(home).encode()).hexdigest()[:8]}"
-    assert not [k.name for k in kept if (ray_tmp / k.name).exists()]
-    s = Settings(home=home)
+    assert not [k.name for k in kept if (_ray.temp_folder(s) / k.name).exists()]
     assert aimass.datasets.get("demo@v1", settings=s).n_users == 60  # v2: the retrain folded new users in
     parent, child, challenger = aimass.models.versions("demo-sasrec", settings=s)
     assert (parent.version, parent.method, parent.aliases) == (1, "original", ["champion"])
