@@ -73,7 +73,7 @@ def setup(home: Path, *, verbose: bool = False, as_json: bool = False) -> Path:
     for h in list(root.handlers):
         root.removeHandler(h)
     handler = logging.StreamHandler(sys.stderr)  # fd 2: the log file (and the terminal when verbose)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(_Redacting("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
     root.setLevel(logging.INFO)
     logging.captureWarnings(True)
@@ -81,6 +81,16 @@ def setup(home: Path, *, verbose: bool = False, as_json: bool = False) -> Path:
     line = re.sub(r"\b(aimass_[0-9a-f]{12}_)[A-Za-z0-9_-]+", r"\1<secret>", " ".join(sys.argv[1:]))
     logging.getLogger("aimass").info("aimass %s", line)
     return path
+
+
+class _Redacting(logging.Formatter):
+    """Records and their tracebacks with every URL's credential masked: a library's message or exception may
+    quote a store URL whole (MLflow names the URL it called, password included)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        from aimass.settings import redacted
+
+        return redacted(super().format(record))
 
 
 def _append(path: Path) -> int:

@@ -56,7 +56,7 @@ def start(settings: Settings, *, port: int | None = None, timeout_s: float = 90.
     running = status(s)
     if running is not None:
         return running
-    port = port or s.console_port
+    port = s.console_port if port is None else port
     app = app_path()
     with socket.socket() as sock:
         try:
@@ -73,7 +73,12 @@ def start(settings: Settings, *, port: int | None = None, timeout_s: float = 90.
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True)
     url = f"http://{s.host}:{port}"
-    if not _healthy(proc, url, timeout_s):
+    try:
+        up = _healthy(proc, url, timeout_s)
+    except BaseException:  # Ctrl-C while it starts: its own session never saw it, and no record names it yet
+        _terminate(proc.pid)
+        raise
+    if not up:
         _terminate(proc.pid)
         tail = log.read_text(errors="replace").strip().splitlines()[-5:]
         raise BackendError(f"the console did not start within {timeout_s:g} s: {' | '.join(tail) or 'no output'}")

@@ -98,7 +98,7 @@ def _mlflow(s: Settings) -> dict:
 def _ray(s: Settings) -> dict:
     ver = f"ray {version('ray')}"
     if s.ray_address:
-        return _row("ray", s.ray_address, ver, "ok", "existing cluster")
+        return _row("ray", shown_url(s.ray_address), ver, "ok", "existing cluster")
     return _row("ray", f"local, {s.host} only", ver, "ok", "started on demand by training and serving")
 
 

@@ -162,6 +162,20 @@ class Settings(BaseSettings):
         return {f"AIMASS_{k.upper()}": v if isinstance(v, str) else json.dumps(v)
                 for k, v in self.dump(fields, secrets_to=secrets_to).items() if v is not None}
 
+    @field_validator("catalog_url")
+    @classmethod
+    def _sqlalchemy_url(cls, v: str | None) -> str | None:
+        # parsed, not connected: a typo is bad input at start-up, not an unexpected error in the first query
+        if v is not None:
+            from sqlalchemy.engine import make_url
+
+            try:
+                make_url(v)
+            except Exception:
+                raise ValueError("not a SQLAlchemy URL (dialect[+driver]://user:password@host/database, or "
+                                 "sqlite:///path)") from None
+        return v
+
     @field_validator("home")
     @classmethod
     def _absolute_home(cls, v: Path) -> Path:

@@ -182,3 +182,15 @@ def test_postgres_shows_seqs_in_commit_order(store, monkeypatch):
     every = [r[0] for r in second.since("recs", 0)]
     assert every == [a.seq for a in seqs]
     assert seen == every[:len(seen)]  # what a reader saw was a prefix of the log, never a gap
+
+
+@pytest.mark.parametrize("store", ["postgres"], indirect=True)
+def test_postgres_reads_back_the_times_written_whatever_the_session_time_zone(store):
+    """Times are stored without a zone and read as UTC: a session in another zone (here the URL's own
+    options) must not shift them."""
+    from aimass.settings import Settings
+
+    tokyo = Settings(home=store.home, catalog_url=store.catalog_url + "?options=-c%20TimeZone%3DAsia/Tokyo")
+    EventLog(tokyo).write("recs", [_e(1)])
+    f = EventLog(tokyo).frame("recs")
+    assert f["timestamp"].iloc[0] == pd.Timestamp(1.7e9 + 1, unit="s", tz="UTC")

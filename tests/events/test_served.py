@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
+import pandas as pd
 import pytest
 import sqlalchemy
 
@@ -37,13 +38,23 @@ def test_answers_read_back_as_served(store):
     assert c["history_tail"] == [4, 5] and c["items"] == [6] and (c["query"], c["mode"]) == ("Jazz, “naïve”", "hybrid")
     b = log.frame("e", shadow=True).iloc[0]
     assert b["request_id"] == "b" and b["items"] == [9, 8] and b["scores"] == [0.75, 0.5] and b["overlap"] == 0.5
-    assert b["history_length"] == 0 and b["history_tail"] == [] and b["user_id"] is None
+    assert b["history_length"] == 0 and b["history_tail"] == [] and b["user_id"] is pd.NA
     # windows are UTC: the answers fall inside [before, after) and outside a window that ended before them
     assert len(log.frame("e", start=before - timedelta(seconds=1), end=after + timedelta(seconds=1))) == 2
     assert log.frame("e", end=before - timedelta(seconds=1)).empty
     few = log.frame("e", columns=["request_id", "served_at", "arm"])
     assert few["request_id"].tolist() == ["a", "c"] and str(few["served_at"].dt.tz) == "UTC"
     assert abs(few["served_at"].iloc[0] - a["served_at"]) < timedelta(microseconds=2)
+
+
+def test_user_ids_up_to_2_62_read_back_whole_beside_answers_without_a_user(store):
+    """One answer without a user must not turn the column into floats, which hold 53 bits."""
+    log = ServedLog(store, interval=3600)
+    _record(log, "a", user_id=2**62 - 1)
+    _record(log, "b", user_id=None, history=[1])
+    log.flush()
+    for f in (log.frame("e"), log.frame("e", columns=["request_id", "user_id"])):
+        assert f["user_id"].iloc[0] == 2**62 - 1 and f["user_id"].iloc[1] is pd.NA
 
 
 def test_a_failed_flush_loses_only_its_own_answers(store):

@@ -29,6 +29,15 @@ def engine_for(url: str) -> Engine:
         if url.startswith(("postgresql://", "postgres://")):  # the driver aimass ships (psycopg 3)
             url = "postgresql+psycopg://" + url.split("://", 1)[1]
         engine = create_engine(url, pool_pre_ping=True)
+        if engine.dialect.name == "postgresql":
+            @event.listens_for(engine, "connect")
+            def _utc(dbapi_conn, _record):
+                # times are stored without a zone and read as UTC: a session in another zone (a server's
+                # default, or ?options=-c TimeZone=... in the URL) would shift every aware time written
+                cur = dbapi_conn.cursor()
+                cur.execute("SET TIME ZONE 'UTC'")
+                cur.close()
+                dbapi_conn.commit()  # outside a transaction that a rollback would take the setting back with
     from aimass.catalog import models  # noqa: F401  (registers the tables)
 
     SQLModel.metadata.create_all(engine)

@@ -60,7 +60,41 @@ def _root(home: str = typer.Option(None, "--home", help="State folder (default $
     except Exception as e:  # a bad AIMASS_* variable is the user's input too
         typer.echo(f"error: invalid settings: {e}", err=True)
         raise typer.Exit(2) from None
+    problem = _unknown_variables(Settings) or _unusable(state.settings.home)
+    if problem:
+        typer.echo(f"error: {problem}", err=True)
+        raise typer.Exit(2)
     state.verbose = verbose
+
+
+# AIMASS_* variables that are not settings: a serving process's code digest, the benchmarks' data folder
+_NOT_SETTINGS = {"AIMASS_CODE_DIGEST", "AIMASS_BENCH_DATA"}
+
+
+def _unknown_variables(settings_type: type) -> str | None:
+    """A misspelt AIMASS_* variable, which pydantic-settings ignores: AIMASS_CATLOG_URL would quietly leave
+    the catalog in SQLite."""
+    import difflib
+    import os
+
+    known = {f"AIMASS_{name.upper()}" for name in settings_type.model_fields} | _NOT_SETTINGS
+    unknown = sorted(k for k in os.environ if k.upper().startswith("AIMASS_") and k.upper() not in known)
+    if not unknown:
+        return None
+    hints = [f"{k} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(k.upper(), known, 1)) else k
+             for k in unknown]
+    return f"unknown setting variable(s): {', '.join(hints)}"
+
+
+def _unusable(home) -> str | None:
+    """Why the home cannot hold state (a file where its folder or a parent should be), before any command
+    writes its log there."""
+    at = home
+    while not at.exists() and at != at.parent:
+        at = at.parent
+    if not at.is_dir():
+        return f"home {home} cannot be a folder: {at} is a file"
+    return None
 
 
 def _quiet(command: Any) -> None:
@@ -93,11 +127,15 @@ def main() -> None:
         # bad input says all there is to say in its message; a failing component's story is in the log
         _fail(str(e), e.exit_code, details=not isinstance(e, InvalidInputError | NotFoundError))
     except Exception as e:
-        logging.getLogger("aimass").exception("unexpected error")
+        if console.log_path() is not None:  # before the console's setup no handler exists: not on the terminal
+            logging.getLogger("aimass").exception("unexpected error")
         _fail(f"{type(e).__name__}: {e}", 1)
 
 
 def _fail(message: str, code: int, details: bool = True) -> None:
+    from aimass.settings import redacted
+
     where = console.log_path() if details else None
-    console.error(f"error: {message}" + (f" (details: {where})" if where else ""))
+    # a library's error may quote a store URL whole, password included (MLflow names the URL it called)
+    console.error(f"error: {redacted(message)}" + (f" (details: {where})" if where else ""))
     sys.exit(code)

@@ -48,3 +48,19 @@ def rows(items: list[dict], cols: list[str]) -> list[str]:
     out = ["  ".join(c.upper().ljust(w) for c, w in zip(cols, widths, strict=False))]
     out += ["  ".join(str(r.get(c, "")).ljust(w) for c, w in zip(cols, widths, strict=False)) for r in items]
     return out
+
+
+def parse_pairs(pairs: list[str] | None, flag: str) -> dict:
+    """Repeated ``key=value`` options as a dict, each value read as JSON when it is JSON, else as text."""
+    from aimass.errors import InvalidInputError
+
+    out = {}
+    for p in pairs or []:
+        key, sep, raw = p.partition("=")
+        if not sep or not key:
+            raise InvalidInputError(f"{flag} wants key=value, got {p!r}")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out

@@ -5,7 +5,8 @@ import typer
 from aimass.cli._common import JSON, emit, state
 
 
-def console(port: int = typer.Option(None, "--port", help="HTTP port (default $AIMASS_CONSOLE_PORT or 8501)"),
+def console(port: int = typer.Option(None, "--port", min=1, max=65535,
+                                     help="HTTP port (default $AIMASS_CONSOLE_PORT or 8501)"),
             detach: bool = typer.Option(False, "--detach", help="Leave it running in the background"),
             stop: bool = typer.Option(False, "--stop", help="Stop this home's console"),
             as_json: bool = JSON):

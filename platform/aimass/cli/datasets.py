@@ -64,8 +64,9 @@ def pull(ref: str, out: Path = typer.Option(None, "--out", help="Destination fol
     """Fetch a version's canonical Parquet files (from the DVC remote when not cached)."""
     from aimass import datasets
 
-    path = datasets.pull(ref, out, settings=state.settings)
-    emit({"ref": datasets.get(ref, settings=state.settings).ref, "path": str(path),
+    info = datasets.get(ref, settings=state.settings)  # once: NAME could name a newer version a second time
+    path = datasets.pull(info.ref, out, settings=state.settings)
+    emit({"ref": info.ref, "path": str(path),
           "files": sorted(p.name for p in path.iterdir() if not p.name.startswith("."))}, as_json)
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import typer
 
 from aimass import console
-from aimass.cli._common import JSON, emit, rows, state
+from aimass.cli._common import JSON, emit, parse_pairs, rows, state
 from aimass.models import METHODS  # aimass.cli imports the aimass package, so this costs nothing more
 
 app = typer.Typer(no_args_is_help=True)
@@ -79,9 +79,8 @@ def compress(
 ):
     """Make a smaller version of NAME/VERSION; it is registered with VERSION as its parent."""
     from aimass import models
-    from aimass.cli.train import _parse_params
 
-    options = _parse_params(option)
+    options = parse_pairs(option, "--option")
     console.stage(f"compressing {name}/{version} with {method}; logs: {console.log_path()}")
     v = models.compress(name, version, method, progress=not as_json, settings=state.settings, **options)
     emit(v, as_json, rows([_row(v)], _COLS) + [f"  {k}: {val:.4f}" for k, val in sorted(v.metrics.items())])

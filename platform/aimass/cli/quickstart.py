@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import math
+
 import typer
 
 from aimass import console
@@ -17,7 +19,7 @@ def quickstart(
     family: str = typer.Option("sasrec", help="Model family to train"),
     time_budget: float = typer.Option(3.0, "--time-budget", help="Minutes of training at most"),
     workers: int = typer.Option(1, "--workers", help="Ray Train workers"),
-    traffic_users: int = typer.Option(300, "--traffic-users", help="Users of the demo traffic burst"),
+    traffic_users: int = typer.Option(300, "--traffic-users", min=1, help="Users of the demo traffic burst"),
     retrain_budget: float = typer.Option(1.0, "--retrain-budget", help="Minutes of retraining at most"),
     search: bool = typer.Option(True, "--search/--no-search", help="Step 11: a search index of the catalogue"),
     auto_budget: float = typer.Option(1.0, "--auto-budget",
@@ -31,13 +33,24 @@ def quickstart(
     from aimass.cli.traffic import view_lines
     from aimass.errors import ConflictError, InvalidInputError
     from aimass.training import MIN_AUTO_BUDGET_MIN
+    from aimass.zoo import family_class
 
-    if auto_budget and not auto_budget >= MIN_AUTO_BUDGET_MIN:  # refused before step 1, not after step 11
+    # every option refused before step 1: a bad one must not leave a registered demo dataset, or a deployment
+    if auto_budget and not auto_budget >= MIN_AUTO_BUDGET_MIN:
         raise InvalidInputError(f"--auto-budget must be 0 (no model search) or at least {MIN_AUTO_BUDGET_MIN:g} "
                                 f"minute(s), got {auto_budget}")
+    for flag, minutes in (("--time-budget", time_budget), ("--retrain-budget", retrain_budget)):
+        if not (math.isfinite(minutes) and minutes > 0):
+            raise InvalidInputError(f"{flag} must be a positive number of minutes, got {minutes}")
+    try:
+        demo = datasets.DemoConfig(users=users, tracks=tracks)
+    except ValueError as e:
+        raise InvalidInputError(f"invalid demo size: {e.errors()[0]['loc'][0]}: {e.errors()[0]['msg']}") from None
+    family_class(family)
     s = state.settings
+    training.check_job(s, workers, None)
     console.stage(f"[1/12] generating the demo music-streaming log ({users} users, {tracks} tracks)")
-    inter, items = datasets.generate_demo(s.home / "demo-data", datasets.DemoConfig(users=users, tracks=tracks))
+    inter, items = datasets.generate_demo(s.home / "demo-data", demo)
     console.stage("[2/12] registering it in the DVC data registry")
     v = datasets.register("demo", inter, "csv", items=items, settings=s)
     ds = datasets.load(v.ref, settings=s)

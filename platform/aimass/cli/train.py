@@ -5,26 +5,11 @@ import json
 import typer
 
 from aimass import console
-from aimass.cli._common import JSON, emit, rows, state
+from aimass.cli._common import JSON, emit, parse_pairs, rows, state
 from aimass.settings import shown_url
-from aimass.zoo import families  # the zoo's registry: no model code is imported
+from aimass.zoo import families, family_class  # the zoo's registry: no model code is imported
 
 runs_app = typer.Typer(no_args_is_help=True)
-
-
-def _parse_params(pairs: list[str]) -> dict:
-    from aimass.errors import InvalidInputError
-
-    out = {}
-    for p in pairs or []:
-        key, sep, raw = p.partition("=")
-        if not sep or not key:
-            raise InvalidInputError(f"--param wants key=value, got {p!r}")
-        try:
-            out[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key] = raw
-    return out
 
 
 def train(
@@ -70,7 +55,8 @@ def train(
     else:
         if not family or not dataset:
             raise InvalidInputError("give FAMILY and --dataset NAME[@vN] (or --resume RUN_ID)")
-        params = _parse_params(param)
+        params = parse_pairs(param, "--param")
+        family_class(family)  # an unknown one refused before the stage line that announces it
         workers = 1 if workers is None else workers
         console.stage(f"training {family} on {dataset} with Ray Train ({workers} worker(s)), tracked in MLflow; "
                       f"logs: {console.log_path()}")
@@ -89,6 +75,7 @@ def train(
 
 def _auto(dataset, budget, workers, epochs, max_test_users, name, as_json):
     from aimass import models, registry, training
+    from aimass.settings import redacted
 
     registry.check_name(name or dataset.split("@")[0])  # before the budget is spent, not after
     console.stage(f"model search on {dataset} for {budget:g} min: baselines, probes of the neural families, then "
@@ -98,7 +85,7 @@ def _auto(dataset, budget, workers, epochs, max_test_users, name, as_json):
     try:
         registered = models.register(r.best.run_id, name or r.dataset.split("@")[0], settings=state.settings).ref
     except Exception as e:  # the search's result is still printed: its runs hold the models
-        registered = f"not registered: {e}"
+        registered = f"not registered: {redacted(str(e))}"
     board = [{"rank": i + 1 if c.run_id and c.val_ndcg is not None else "-", "stage": c.stage, "family": c.family,
               "params": json.dumps(c.params) if c.params else "", "val_ndcg@10": _f(c.val_ndcg),
               "test_ndcg@10": _f(c.test_ndcg), "test_hr@10": _f(c.test_recall), "minutes": round(c.wall_time_s / 60, 1),

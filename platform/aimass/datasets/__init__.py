@@ -56,6 +56,10 @@ def check_name(name: str) -> str:
             f"invalid dataset name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a "
             "letter or digit (no path separators, spaces or shell characters)"
         )
+    # git refuses a tag NAME/vN whose NAME ends in .lock; DVC keeps dataset NAME's pointer as NAME.dvc
+    if name.endswith((".lock", ".dvc")):
+        raise InvalidInputError(f"invalid dataset name {name!r}: it may not end in '.lock' or '.dvc' (git's tags "
+                                "and DVC's pointer files could not hold it)")
     return name
 
 
@@ -121,7 +125,7 @@ def _store(s: Settings, name: str, data: Canonical, *, format: str, source: str,
             if link is not None:
                 db.add(link)
             db.commit()
-        except Exception as e:
+        except BaseException as e:  # Ctrl-C too: a tag without its row would block the name's next version
             with contextlib.suppress(Exception):  # a connection already gone: the error to report is e
                 db.rollback()
             stored = _stored(s, name, version, digest)
@@ -273,7 +277,8 @@ def pull(ref: str, out: str | Path | None = None, *, settings: Settings | None =
 def load(ref: str, *, settings: Settings | None = None) -> Dataset:
     s = settings or default_settings()
     info = get(ref, settings=s)
-    data = read_folder(pull(ref, settings=s))
+    # the version just looked up: "NAME" again could name a newer one that a register committed meanwhile
+    data = read_folder(pull(info.ref, settings=s))
     if data.content_hash() != info.content_hash:
         raise ConflictError(f"{info.ref}: stored files do not match the catalog's content hash")
     return Dataset(info, data.interactions, data.items)

@@ -28,12 +28,17 @@ class DemoConfig(BaseModel):
     users: int = Field(1000, ge=10, le=1_000_000)
     tracks: int = Field(2000, ge=20, le=5_000_000)
     artists: int | None = Field(None, ge=2, description="default: tracks / 10")
-    mean_history: float = Field(40.0, ge=5, description="mean plays per user")
-    seed: int = 0
+    mean_history: float = Field(40.0, ge=5, allow_inf_nan=False, description="mean plays per user")
+    seed: int = Field(0, ge=0, description="numpy's generators take no negative seed")
 
 
 def generate_demo(out: str | Path, config: DemoConfig | None = None) -> tuple[Path, Path]:
     """Write interactions.csv and items.csv into `out`; returns their paths."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        from aimass.errors import InvalidInputError
+
+        raise InvalidInputError(f"{out} is a file: the demo dataset is written into a folder")
     cfg = config or DemoConfig()
     rng = np.random.default_rng(cfg.seed)
     n_artists = cfg.artists or max(2, cfg.tracks // 10)
@@ -77,7 +82,6 @@ def generate_demo(out: str | Path, config: DemoConfig | None = None) -> tuple[Pa
             events.append("skip" if skipped else "play")
             values.append(round(float(rng.uniform(0.05, 0.3) if skipped else rng.uniform(0.6, 1.0)), 3))
 
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     inter = pd.DataFrame({"user_id": users, "item_id": items, "timestamp": stamps, "event": events,
                           "value": values}).sort_values("timestamp", kind="stable")

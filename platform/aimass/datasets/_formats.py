@@ -183,8 +183,12 @@ def _movielens_meta(path: Path, items: Path | None) -> Canonical:
     movies = _movies_dat(_need_file(folder, "movies.dat", "movielens-meta") if path.is_dir() else path)
     ratings = folder / "ratings.dat"
     if ratings.is_file():
-        r = pd.read_csv(ratings, sep="::", engine="python", header=None,
-                        names=["user_id", "item_id", "value", "timestamp"])
+        try:
+            r = pd.read_csv(ratings, sep="::", engine="python", header=None,
+                            names=["user_id", "item_id", "value", "timestamp"])
+        except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError, OSError) as e:
+            raise InvalidInputError(f"movielens-meta {ratings}: cannot be parsed "
+                                    f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
         r["event"] = "rating"
         kind = "unix"
     else:

@@ -240,12 +240,29 @@ class DataRegistry:
         return left
 
     def materialise(self, name: str, tag: str, dest: Path) -> Path:
-        """Copy a tagged version's files to `dest`, from the local cache or else the DVC remote."""
-        from dvc.api import DVCFileSystem
+        """Copy a tagged version's files to `dest`, from the local cache or else the DVC remote. Safe to call
+        from several processes at once (replicas of one endpoint starting together): one copies, the others
+        wait and then find it done."""
+        import hashlib
+
+        from filelock import FileLock
 
         done = dest / ".complete"
         if done.exists() and done.read_text() == tag:
             return dest
+        lock = self.settings.locks / f"pull-{hashlib.sha256(str(dest).encode()).hexdigest()[:16]}.lock"
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(lock), timeout=1800):
+            if done.exists() and done.read_text() == tag:  # another process copied it while this one waited
+                return dest
+            return self._copy(name, tag, dest)
+
+    def _copy(self, name: str, tag: str, dest: Path) -> Path:
+        import tempfile
+
+        from dvc.api import DVCFileSystem
+
+        done = dest / ".complete"
         # dest is replaced whole below: only a folder a pull made (or an empty one) may be
         if dest.exists() and not (dest.is_dir() and (done.exists() or not any(dest.iterdir()))):
             raise InvalidInputError(f"{dest} exists and is not a folder a dataset was pulled into: give a new or "
@@ -253,9 +270,9 @@ class DataRegistry:
         self.ensure()
         if not git(self.path, "tag", "--list", tag):
             raise NotFoundError(f"the data registry {self.path} has no tag {tag}")
-        tmp = dest.with_name(dest.name + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        # a folder of its own: a copy that another home's pull into the same place makes cannot mix with it
+        tmp = Path(tempfile.mkdtemp(prefix=dest.name + ".partial-", dir=dest.parent))
         try:
             fs = DVCFileSystem(str(self.path), rev=tag)
             for f in fs.ls(f"datasets/{name}", detail=False):
@@ -264,6 +281,7 @@ class DataRegistry:
             shutil.rmtree(tmp, ignore_errors=True)
             raise BackendError(f"cannot fetch {tag} from the data registry or its remote: {e}") from e
         (tmp / ".complete").write_text(tag)
+        tmp.chmod(0o755)  # mkdtemp's 0700: the folder a plain mkdir made was readable as the umask allows
         shutil.rmtree(dest, ignore_errors=True)
         tmp.rename(dest)  # atomic: a reader never sees half a version
         return dest

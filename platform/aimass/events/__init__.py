@@ -116,7 +116,8 @@ def read_events(path: str | Path, rules: Rules, settings: Settings) -> pd.DataFr
         ts = ts.dt.tz_localize("UTC") if ts.dt.tz is None else ts
         ts = (ts - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
     num = pd.to_numeric(ts, errors="coerce")  # unix seconds, or else ISO 8601, row by row
-    parsed = pd.to_datetime(num, unit="s", utc=True, errors="coerce")
+    # beyond pandas' nanosecond range (about 9.2e9 s) to_datetime overflows instead of coercing: malformed too
+    parsed = pd.to_datetime(num.where(num.abs() < 9e9), unit="s", utc=True, errors="coerce")
     iso = num.isna() & ts.notna()
     if iso.any():
         parsed[iso] = pd.to_datetime(ts[iso].astype(str), utc=True, errors="coerce", format="ISO8601")

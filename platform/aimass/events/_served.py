@@ -152,9 +152,14 @@ class ServedLog:
             q = q.limit(limit)
         with self.engine.connect() as conn:
             if columns is None:
-                f = pd.DataFrame(conn.execute(q).mappings().all(), columns=[c.name for c in TABLE.columns])
+                names = [c.name for c in TABLE.columns]
+                rows = [tuple(r) for r in conn.execute(q)]
             else:
-                f = pd.DataFrame(conn.execute(q).cursor.fetchall(), columns=columns)
+                names, rows = list(columns), conn.execute(q).cursor.fetchall()
+        f = pd.DataFrame(rows, columns=names)
+        if "user_id" in f.columns:  # not through float64 (one answer without a user): ids go up to 2^62
+            at = names.index("user_id")
+            f["user_id"] = pd.array([r[at] for r in rows], dtype="Int64")
         if "served_at" in f.columns:
             f["served_at"] = pd.to_datetime(f["served_at"], utc=True, format="ISO8601")
         return f

@@ -137,11 +137,14 @@ def _check(endpoint: str) -> str:
     return check_endpoint(endpoint)
 
 
+_MAX_WINDOW_S = 100 * 365.25 * 86_400  # a longer one has no start a datetime can hold
+
+
 def _window(window_s: float | None, end: datetime | None) -> tuple[datetime | None, datetime]:
     from aimass.events import as_utc
 
-    if window_s is not None and not window_s > 0:
-        raise InvalidInputError(f"window must be positive, got {window_s:g} s")
+    if window_s is not None and not 0 < window_s <= _MAX_WINDOW_S:  # NaN and infinity too
+        raise InvalidInputError(f"window must be positive and at most 100 years, got {window_s:g} s")
     end = as_utc(end) if end is not None else datetime.now(UTC)
     return (end - timedelta(seconds=window_s) if window_s is not None else None), end
 

@@ -54,9 +54,11 @@ def metrics(answers: pd.DataFrame, events: pd.DataFrame, polarity: np.ndarray) -
 
 
 def _by_request(answers: pd.DataFrame, events: pd.DataFrame) -> pd.DataFrame:
-    """(answer, type, polarity) of every event whose request_id names an answer of the window."""
+    """(answer, type, polarity) of every event whose request_id names an answer of the window. A client may
+    send the same X-Request-Id with several requests: its events go to the last of those answers only, so one
+    event never counts for many."""
     rid = answers[["request_id"]].assign(answer=answers.index)
-    rid = rid[rid["request_id"].astype(str) != ""]
+    rid = rid[rid["request_id"].astype(str) != ""].drop_duplicates("request_id", keep="last")
     ev = events[events["request_id"].notna() & (events["request_id"].astype(str) != "")]
     return ev[["request_id", "type", "polarity"]].merge(rid, on="request_id", how="inner")
 

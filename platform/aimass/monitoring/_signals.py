@@ -53,7 +53,8 @@ def signals(engine, endpoint: str, start: datetime, end: datetime, bucket_s: flo
         part = f[f["bucket"] == i] if len(f) else f
         lat = part["latency_ms"].dropna().to_numpy(float) if len(part) else np.zeros(0)
         n, err = len(part), int(part["error"].sum()) if len(part) else 0
-        rows.append([t0, n / bucket_s, err, err / n if n else 0.0, *(_pct(lat, 50), _pct(lat, 99))])
+        span = min(bucket_s, (end - t0).total_seconds())  # the last bucket of a window it does not divide
+        rows.append([t0, n / span, err, err / n if n else 0.0, *(_pct(lat, 50), _pct(lat, 99))])
     lat = f["latency_ms"].dropna().to_numpy(float) if len(f) else np.zeros(0)
     return Signals(endpoint=endpoint, window_start=start, window_end=end, requests=len(f),
                    errors=int(f["error"].sum()) if len(f) else 0, p50_ms=_pct(lat, 50), p99_ms=_pct(lat, 99),
@@ -97,7 +98,9 @@ def search_activity(answers: pd.DataFrame, clicked: set[str], endpoint: str, sta
                        empty=answers["strategy"] == "no_results",
                        hour=answers["served_at"].dt.floor("h"), mode=answers["mode"].fillna("unknown"),
                        index=answers["model"] + "/" + answers["version"].astype(str),
-                       clicked=np.fromiter((r in clicked for r in answers["request_id"]), bool, len(answers)))
+                       # a request_id a client sent with several queries: its clicks count for the last one
+                       clicked=np.fromiter((r in clicked for r in answers["request_id"]), bool, len(answers))
+                       & ~answers["request_id"].duplicated(keep="last").to_numpy())
     per_hour = q.groupby("hour").agg(queries=("text", "size"), no_results=("empty", "sum")).reset_index()
 
     def counted(frame: pd.DataFrame) -> list[tuple[str, int]]:

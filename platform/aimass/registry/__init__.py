@@ -6,6 +6,7 @@ The SDK face is `aimass.models` (register, list, show, versions, promote, load).
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from contextlib import contextmanager
@@ -81,8 +82,9 @@ def _info(mv) -> ModelVersionInfo:
 
 
 def register(run_id: str, name: str, *, settings: Settings | None = None, parent_version: int | None = None,
-             method: str = "original", model_uri: str | None = None) -> ModelVersionInfo:
-    """Register the model a training run logged (or `model_uri`) as the next version of `name`."""
+             method: str | None = None, model_uri: str | None = None) -> ModelVersionInfo:
+    """Register the model a training run logged (or `model_uri`) as the next version of `name`. `method` and
+    `parent_version` default to what the run says: a compression run registered by hand stays a child."""
     s = settings or default_settings()
     check_name(name)
     client = _client(s)
@@ -90,6 +92,15 @@ def register(run_id: str, name: str, *, settings: Settings | None = None, parent
         run = client.get_run(run_id)
     except Exception:
         raise NotFoundError(f"no training run {run_id!r}") from None
+    if method is None:
+        method = run.data.tags.get(f"{T}method", "original")
+        parent = run.data.tags.get(f"{T}parent_model", "")
+        if parent_version is None and method != "original" and parent.rpartition("/")[2].isdigit():
+            parent_version = int(parent.rpartition("/")[2])
+    if method != "original" and method not in METHODS:
+        raise InvalidInputError(f"unknown method {method!r}: 'original' or one of {', '.join(METHODS)}")
+    if parent_version is not None and (method == "original" or parent_version < 1):
+        raise InvalidInputError(f"parent_version {parent_version} needs a compression method and a version >= 1")
     if model_uri is None:
         import mlflow
 
@@ -173,10 +184,12 @@ def get(ref: str, *, settings: Settings | None = None) -> ModelVersionInfo:
 def _lock(s: Settings, name: str, what: str):
     s.locks.mkdir(parents=True, exist_ok=True)
     try:
-        with FileLock(s.locks / f"model-{name}.lock", timeout=0 if what == "promote" else 60):
+        # a register waits out a promotion's gate (minutes when it re-scores): a compression's work is not lost
+        with FileLock(s.locks / f"model-{name}.lock", timeout=0 if what == "promote" else 1800):
             yield
     except Timeout:
-        raise ConflictError(f"another {what} of model {name!r} is in progress; try again when it ends") from None
+        raise ConflictError(f"a promotion or registration of model {name!r} is in progress; try again when it "
+                            "ends") from None
 
 
 class GateCheck(BaseModel):
@@ -222,7 +235,7 @@ def promote(name: str, version: int, *, alias: str = "champion", force: bool = F
     s = settings or default_settings()
     if alias not in ALIASES:
         raise InvalidInputError(f"unknown alias {alias!r}; use one of {', '.join(ALIASES)}")
-    candidate, client = _candidate(name, version, tolerance, min_unexposed_users, s)
+    candidate, client = _candidate(name, version, tolerance, min_unexposed_users, s, latency_budget_ms)
     with _lock(s, name, "promote"):
         checks = _run_gate(client, candidate, tolerance, latency_budget_ms, metric, rescore_on, min_unexposed_users,
                            s, baseline)
@@ -250,7 +263,7 @@ def gate(name: str, version: int, *, tolerance: float = 0.01, latency_budget_ms:
          settings: Settings | None = None) -> list[GateCheck]:
     """The checks `promote` would run against the current champion (or `baseline`), changing nothing."""
     s = settings or default_settings()
-    candidate, client = _candidate(name, version, tolerance, min_unexposed_users, s)
+    candidate, client = _candidate(name, version, tolerance, min_unexposed_users, s, latency_budget_ms)
     return _run_gate(client, candidate, tolerance, latency_budget_ms, metric, rescore_on, min_unexposed_users, s,
                      baseline)
 
@@ -268,9 +281,13 @@ def set_alias(name: str, version: int, alias: str, *, settings: Settings | None 
         return _set_alias(_client(s), name, version, alias)
 
 
-def _candidate(name: str, version: int, tolerance: float, min_unexposed_users: int, s: Settings):
+def _candidate(name: str, version: int, tolerance: float, min_unexposed_users: int, s: Settings,
+               latency_budget_ms: float):
     if not 0 <= tolerance < 1:
         raise InvalidInputError(f"tolerance must be in [0, 1), got {tolerance}")
+    # before the gate: a budget no model meets would be recorded on the version as a refusal
+    if not (math.isfinite(latency_budget_ms) and latency_budget_ms > 0):
+        raise InvalidInputError(f"latency budget must be a positive number of milliseconds, got {latency_budget_ms}")
     if isinstance(min_unexposed_users, bool) or not isinstance(min_unexposed_users, int) or min_unexposed_users < 1:
         raise InvalidInputError(f"min_unexposed_users must be a whole number of users >= 1, got "
                                 f"{min_unexposed_users!r}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import tempfile
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from aimass.errors import InvalidInputError
+from aimass.errors import ConflictError, InvalidInputError
 from aimass.registry import METHODS
 from aimass.registry import _closed_form as CF
 from aimass.registry import _codecs as C
@@ -77,10 +78,15 @@ def check(method: str, family: str | None, options: dict) -> dict:
             raise InvalidInputError(f"unknown option {k!r} for method {method!r}; "
                                     f"known: {', '.join(allowed) or 'none'}")
         try:
+            # int(2.9) and int(True) would pass as 2 and 1, float("nan") as a learning rate: none is what was meant
+            if isinstance(v, bool) and allowed[k] is not bool or allowed[k] is int and not float(v).is_integer():
+                raise ValueError(v)
             out[k] = allowed[k](v)
-        except (TypeError, ValueError):
-            raise InvalidInputError(f"option {k}={v!r} of method {method!r} must be "
-                                    f"{allowed[k].__name__}") from None
+            if isinstance(out[k], float) and not math.isfinite(out[k]):
+                raise ValueError(v)
+        except (TypeError, ValueError, OverflowError):
+            kind = {int: "a whole number", float: "a finite number"}.get(allowed[k], allowed[k].__name__)
+            raise InvalidInputError(f"option {k}={v!r} of method {method!r} must be {kind}") from None
         if k in _CHOICES and out[k] not in _CHOICES[k]:
             raise InvalidInputError(f"option {k}={v!r}: use one of {', '.join(_CHOICES[k])}")
         if allowed[k] in (int, float) and out[k] <= 0 and k != "seed":
@@ -451,5 +457,9 @@ def compress(name: str, version: int, method: str, *, settings: Settings | None 
             example = [int(x) for x in parent.item_ids[np.asarray(hist, dtype=np.int64) - 1]]
             model_info = log_model(mlflow, folder, parent.item_ids, info.family, example,
                                    model_class=CompressedRecommender, method=method)
-        return registry.register(run.info.run_id, name, parent_version=int(version), method=method,
-                                 model_uri=model_info.model_uri, settings=s)
+        try:
+            return registry.register(run.info.run_id, name, parent_version=int(version), method=method,
+                                     model_uri=model_info.model_uri, settings=s)
+        except ConflictError as e:  # the work is kept in its run, which registers as this child later
+            raise ConflictError(f"{e}; the compressed model is kept in run {run.info.run_id}: `aimass models "
+                                f"register {run.info.run_id} --name {name}` registers it") from e
