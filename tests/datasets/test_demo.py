@@ -1,6 +1,9 @@
 import pandas as pd
+import pydantic
+import pytest
 
 from aimass.datasets import DemoConfig, generate_demo
+from aimass.errors import InvalidInputError
 
 
 def test_demo_is_seeded_and_deterministic(tmp_path):
@@ -23,3 +26,17 @@ def test_demo_has_learnable_sequential_and_genre_structure(tmp_path):
     # random successors would give ~1/500 and ~1/12; the generator's rules give far more
     assert album_next > 0.2 and same_genre > 0.5
     assert set(it.columns) >= {"title", "artist", "genre", "tags", "text"}
+
+
+def test_demo_with_a_negative_seed_is_refused():
+    with pytest.raises(pydantic.ValidationError, match="seed"):
+        DemoConfig(users=50, tracks=200, seed=-1)
+    assert DemoConfig(users=50, tracks=200, seed=0).seed == 0
+
+
+def test_demo_into_an_existing_file_is_refused_before_anything_is_generated(tmp_path):
+    target = tmp_path / "notes.txt"
+    target.write_text("keep me")
+    with pytest.raises(InvalidInputError, match="is a file: the demo dataset is written into a folder"):
+        generate_demo(target, DemoConfig(users=50, tracks=200, seed=1))
+    assert target.read_text() == "keep me" and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]

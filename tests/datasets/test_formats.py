@@ -102,6 +102,21 @@ def test_movielens_meta_items(settings, tmp_path):
                                                                                [7, 2, 3, 978300761]]
 
 
+def test_movielens_meta_with_a_malformed_ratings_line_is_refused_naming_ratings_dat(settings, tmp_path):
+    from aimass.errors import InvalidInputError
+    from tests.conftest import state_of
+
+    d = tmp_path / "ml"
+    d.mkdir()
+    (d / "movies.dat").write_text("1::Toy Story (1995)::Animation\n2::Jumanji (1995)::Adventure\n",
+                                  encoding="latin-1")
+    (d / "ratings.dat").write_text("7::1::5::978300760\n7::2::3::978300761::9\n")  # 5 fields on line 2
+    before = state_of(settings)
+    with pytest.raises(InvalidInputError, match=r"movielens-meta .*ratings\.dat: cannot be parsed"):
+        datasets.register("movies", d, "movielens-meta", settings=settings)
+    assert state_of(settings) == before
+
+
 def _lastfm_folder(d: Path, plays: list[tuple[int, int, int]]) -> Path:
     d.mkdir()
     (d / "user_artists.dat").write_text("userID\tartistID\tweight\n" + "".join(f"{u}\t{a}\t{w}\n" for u, a, w in plays))

@@ -62,6 +62,9 @@ BAD = {
     "dot-dot name": lambda t: ("..", _csv(t / "f.csv"), "csv", "invalid dataset name"),
     "shell characters in name": lambda t: ("x;rm -rf", _csv(t / "f.csv"), "csv", "invalid dataset name"),
     "space in name": lambda t: ("my data", _csv(t / "f.csv"), "csv", "invalid dataset name"),
+    # git refuses a tag under a ref component ending in .lock; DVC keeps NAME's pointer as NAME.dvc
+    "name ending in .lock": lambda t: ("plays.lock", _csv(t / "f.csv"), "csv", "may not end in '.lock' or '.dvc'"),
+    "name ending in .dvc": lambda t: ("plays.dvc", _csv(t / "f.csv"), "csv", "may not end in '.lock' or '.dvc'"),
 }
 
 
@@ -73,6 +76,88 @@ def test_bad_input_is_refused_and_changes_nothing(settings, tmp_path, case):
     with pytest.raises(InvalidInputError, match=message.replace("(", r"\(").replace(")", r"\)")):
         datasets.register(name, path, fmt, settings=settings)
     assert state_of(settings) == before
+
+
+def test_concurrent_pulls_of_one_version_into_one_folder_all_get_it_whole(settings, tmp_path):
+    """Replicas of one endpoint starting together pull the same version into the same place: each gets the
+    complete folder, and no half-copied `.partial-*` folder is left beside it."""
+    import threading
+
+    datasets.register("plays", _csv(tmp_path / "a.csv", n_users=6), "csv", settings=settings)
+    dest = tmp_path / "shared" / "plays"
+    default = settings.home / "datasets" / "plays" / "v1"  # the home's own cache, empty too
+    barrier = threading.Barrier(8)
+    results: dict = {}
+
+    def go(i: int) -> None:
+        barrier.wait()
+        try:
+            results[i] = datasets.pull("plays@v1", dest if i % 2 else None, settings=settings)
+        except BaseException as e:  # noqa: BLE001 - reported by the assertion below
+            results[i] = e
+
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(8)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert results == {i: dest if i % 2 else default for i in range(8)}
+    for folder in (dest, default):
+        assert sorted(p.name for p in folder.iterdir()) == [".complete", "interactions.parquet", "meta.json"]
+        assert (folder / ".complete").read_text() == "plays/v1"
+        assert [p.name for p in folder.parent.iterdir()] == [folder.name]  # no .partial-* left
+    assert pd.read_parquet(dest / "interactions.parquet")["user_id"].nunique() == 6
+    assert datasets.load("plays@v1", settings=settings).info.n_users == 6
+
+
+def test_load_of_a_name_reads_the_version_it_looked_up_while_a_newer_one_is_registered(settings, tmp_path,
+                                                                                        monkeypatch):
+    """`load("plays")` looks the latest version up once: a version another user registers between that
+    look-up and the copy is not mistaken for it (which failed the content-hash check, a ConflictError)."""
+    datasets.register("plays", _csv(tmp_path / "a.csv", n_users=4), "csv", settings=settings)
+    real_get = datasets.get
+    calls: list[str] = []
+
+    def get_then_another_registers(ref, **kw):
+        info = real_get(ref, **kw)
+        calls.append(ref)
+        if len(calls) == 1:  # right after load's own look-up, someone else registers v2
+            datasets.register("plays", _csv(tmp_path / "b.csv", n_users=7), "csv", settings=settings)
+        return info
+
+    monkeypatch.setattr(datasets, "get", get_then_another_registers)
+    ds = datasets.load("plays", settings=settings)
+    assert (ds.info.version, ds.info.n_users, ds.interactions["user_id"].nunique()) == (1, 4, 4)
+    monkeypatch.undo()
+    assert datasets.load("plays", settings=settings).info.n_users == 7  # v2 was registered meanwhile
+
+
+def test_a_registration_interrupted_during_the_catalog_commit_leaves_no_tag_and_frees_the_version(
+        settings, tmp_path, monkeypatch):
+    """Ctrl-C while the catalog commits the row: git's tag for the version is undone with it, so the next
+    registration of the name takes the same version number instead of failing on a tag without a row."""
+    from sqlmodel import Session
+
+    datasets.register("plays", _csv(tmp_path / "a.csv"), "csv", settings=settings)
+    before = state_of(settings)
+    real_commit = Session.commit
+    interrupted: list[bool] = []
+
+    def commit_interrupted_once(self):
+        if not interrupted:
+            interrupted.append(True)
+            raise KeyboardInterrupt
+        return real_commit(self)
+
+    monkeypatch.setattr(Session, "commit", commit_interrupted_once)
+    with pytest.raises(KeyboardInterrupt):
+        datasets.register("plays", _csv(tmp_path / "b.csv", n_users=6), "csv", settings=settings)
+    monkeypatch.undo()
+    after = state_of(settings)
+    assert interrupted and after["tags"].split() == ["plays/v1"]
+    # no commit, file or row of v2 (the remote may keep its pushed blobs: content-addressed, harmless)
+    assert {k: after[k] for k in ("catalog", "head", "files")} == {k: before[k] for k in ("catalog", "head", "files")}
+    again = datasets.register("plays", _csv(tmp_path / "b.csv", n_users=6), "csv", settings=settings)
+    assert (again.version, again.n_users) == (2, 6)
+    assert datasets.load("plays@v2", settings=settings).info.n_users == 6
 
 
 def test_incompatible_schema_is_refused(settings, tmp_path):

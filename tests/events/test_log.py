@@ -134,6 +134,21 @@ def test_ingest_stores_a_file_once_and_refuses_a_bad_row_naming_it(store, tmp_pa
     assert events.stats("recs", settings=store)["events"] == 1000  # nothing of a bad file is stored
 
 
+def test_ingest_refuses_an_absurd_numeric_timestamp_as_malformed_and_stores_nothing(settings, tmp_path):
+    """Unix seconds beyond what a time can hold (pandas: about 9.2e9 s) are a bad row, named, not an overflow."""
+    good = pd.DataFrame({"event_id": ["g0", "g1"], "user_id": [1, 2], "item_id": 7, "type": "play",
+                         "timestamp": 1.7e9})
+    good.to_csv(tmp_path / "good.csv", index=False)
+    assert events.ingest(tmp_path / "good.csv", "recs", settings=settings).stored == 2
+    for absurd in (1e20, -1e20):
+        bad = pd.DataFrame({"event_id": [f"b{i}" for i in range(3)], "user_id": [1, 2, 3], "item_id": 7,
+                            "type": "play", "timestamp": [1.7e9, absurd, 1.7e9]})
+        bad.to_csv(tmp_path / "bad.csv", index=False)
+        with pytest.raises(InvalidInputError, match=r"row 2 \(event_id 'b1'\): missing or malformed timestamp"):
+            events.ingest(tmp_path / "bad.csv", "recs", settings=settings)
+    assert events.count("recs", settings=settings) == 2  # neither bad file's good rows were stored
+
+
 def test_list_events_newest_first(store):
     EventLog(store).write("recs", [_e(i) for i in range(30)])
     got = events.list_events("recs", limit=5, settings=store)

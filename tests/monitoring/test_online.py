@@ -57,6 +57,17 @@ def test_click_through_by_type_and_hit_rate_with_intervals(settings):
         monitoring.online_metrics("nobody", settings=settings)
 
 
+def test_one_event_naming_a_request_id_several_answers_shared_is_credited_to_one_answer(settings):
+    log = ServedLog(settings)
+    for user in range(3):  # a client that sent the same X-Request-Id with three /recommend requests
+        log.record("shop", "same", "recommend", "recs", 1, user, [1, 2], [100 + user], [0.9])
+    log.flush()
+    EventLog(settings).write("shop", [_event(0, 0, 999, "click", "same", datetime.now(UTC) + timedelta(seconds=5))])
+    (m,) = monitoring.online_metrics("shop", settings=settings)
+    assert (m.answers, m.answers_with_request_events) == (3, 1)
+    assert (m.click_through.successes, m.click_through.trials) == (1, 3) and m.by_type["click"].successes == 1
+
+
 def test_wilson_interval():
     assert wilson(0, 0) == (None, None, None)
     r, low, high = wilson(50, 100)

@@ -96,3 +96,48 @@ def test_shadow_comparison_sets_each_shadows_lists_and_latency_beside_the_live_a
     assert row["shadow_p50_ms"] == pytest.approx(11.5) and row["live_p50_ms"] == pytest.approx(3.5)
     assert row["live_p99_ms"] < 6  # r9's 100 ms is not a copied request
     assert monitoring.shadow_comparison("recs", window_s=1, end=now - timedelta(days=1), settings=settings).empty
+
+
+def test_a_window_too_long_for_a_datetime_is_refused_before_any_reading(settings):
+    settings.home.mkdir(parents=True)  # an empty store: only the window's own check can answer
+    end = datetime(2026, 1, 1, tzinfo=UTC)
+    for window in (float("inf"), 1e12):
+        for call in (monitoring.golden_signals, monitoring.online_metrics, monitoring.drift,
+                     monitoring.search_activity, monitoring.shadow_comparison):
+            with pytest.raises(InvalidInputError, match="window must be positive and at most 100 years"):
+                call("recs", window_s=window, end=end, settings=settings)
+    assert monitoring.golden_signals("recs", window_s=99 * 365 * 86400, bucket_s=86400 * 365, end=end,
+                                     settings=settings).requests == 0  # a long window that fits still answers
+
+
+def test_the_last_bucket_of_a_window_it_does_not_divide_is_a_rate_over_its_own_seconds(settings):
+    settings.home.mkdir(parents=True)
+    end = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+    # 90 s in buckets of 60 s: [end-90, end-30) holds 6 answers, the last bucket [end-30, end) 30 s with 3
+    at = [85, 80, 70, 60, 50, 40] + [25, 15, 5]
+    with engine_for(settings.catalog).begin() as conn:
+        conn.execute(ServedAnswer.__table__.insert(), [_answer(end - timedelta(seconds=s), 1.0) for s in at])
+    sig = monitoring.golden_signals("recs", window_s=90, bucket_s=60, end=end, settings=settings)
+    assert sig.buckets["start"].tolist() == [end - timedelta(seconds=90), end - timedelta(seconds=30)]
+    assert sig.buckets["requests_per_s"].tolist() == pytest.approx([6 / 60, 3 / 30])
+    assert sig.requests_per_s == pytest.approx(9 / 90)
+
+
+def test_a_click_on_a_request_id_several_searches_shared_counts_for_one_of_them(settings):
+    from aimass import events
+
+    settings.home.mkdir(parents=True)
+    now = datetime.now(UTC)
+    # one client sent X-Request-Id "same" with three queries (newest last), and "own" with one more
+    rows = [_answer(now - timedelta(minutes=m), 1.0, route="search", query="q", request_id="same", mode=mode)
+            for m, mode in [(3, "bm25"), (2, "hybrid"), (1, "hybrid+personal")]]
+    rows.append(_answer(now, 1.0, route="search", query="q", request_id="own", mode="bm25"))
+    with engine_for(settings.catalog).begin() as conn:
+        conn.execute(ServedAnswer.__table__.insert(), rows)
+    events.EventLog(settings).write("recs", [events.FeedbackEventBase(
+        event_id="e0", user_id=1, item_id=1, type="click", request_id="same", timestamp=now)])
+    a = monitoring.search_activity("recs", settings=settings)
+    (per_index,) = a.by_index.to_dict("records")
+    assert (per_index["queries"], per_index["clicked"]) == (4, 1)
+    by = a.by_mode.set_index("mode")["clicked"].to_dict()
+    assert by == {"bm25": 0, "hybrid": 0, "hybrid+personal": 1}  # the last query that named it

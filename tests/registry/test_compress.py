@@ -148,6 +148,23 @@ def test_bad_requests_raise_before_anything_is_written(env):
                                                 .experiment_id])) == runs_before
 
 
+@pytest.mark.parametrize("option,value", [
+    ("lr", float("nan")), ("lr", float("inf")), ("time_budget_s", float("-inf")), ("sparsity", "nan"),
+    ("steps", True), ("latency_n", False), ("steps", 2.9), ("seed", 0.5), ("steps", float("inf")),
+])
+def test_compress_options_that_are_not_finite_or_not_whole_are_refused(option, value):
+    """NaN and infinity pass float() and every `<= 0` check; int(2.9) and int(True) pass as 2 and 1: each is
+    refused before any work, not run as a number the user did not give."""
+    with pytest.raises(InvalidInputError, match=rf"option {option}=.* must be a (whole|finite) number"):
+        _compress.check("prune", "sasrec", {option: value})
+
+
+def test_compress_whole_floats_for_int_options_are_accepted_as_ints():
+    out = _compress.check("prune", "sasrec", {"steps": 3.0, "latency_n": "5", "sparsity": 0.25, "lr": 1})
+    assert out == {"steps": 3, "latency_n": 5, "sparsity": 0.25, "lr": 1.0}
+    assert type(out["steps"]) is int and type(out["lr"]) is float
+
+
 def test_inference_restructuring_matches_the_family_forward():
     """Trimmed padding + last-query-only last block give the family's own scores (fp32, no compression),
     for empty, short, full and over-long histories, in any batch."""

@@ -153,9 +153,50 @@ def test_latency_budget_is_enforced(env):
     s, runs = env
     v = models.register(runs["knn"], "slow", settings=s)
     with pytest.raises(ConflictError, match=r"latency: p99 [\d.]+ ms at batch 1 vs budget 0.0 ms"):
-        models.promote("slow", v.version, latency_budget_ms=0.0, settings=s)
+        models.promote("slow", v.version, latency_budget_ms=1e-6, settings=s)  # positive, met by no model
     p = models.promote("slow", v.version, alias="challenger", settings=s)
     assert models.show("slow@challenger", settings=s).version == v.version and p.alias == "challenger"
+
+
+@pytest.mark.parametrize("budget", [0.0, -5.0, float("nan")])
+def test_promote_with_a_latency_budget_that_is_not_positive_is_refused_and_records_no_gate(env, budget):
+    """A budget no model can meet is a mistake in the request, refused before the gate runs: it is not
+    recorded on the version as the gate's refusal of it."""
+    from aimass import registry
+
+    s, runs = env
+    v = models.register(runs["knn"], "budget", settings=s)
+    before = _snapshot(s)
+    message = "latency budget must be a positive number of milliseconds"
+    with pytest.raises(InvalidInputError, match=message):
+        models.promote("budget", v.version, latency_budget_ms=budget, settings=s)
+    with pytest.raises(InvalidInputError, match=message):
+        registry.gate("budget", v.version, latency_budget_ms=budget, settings=s)
+    assert "aimass.gate" not in models.show(v.ref, settings=s).tags
+    assert _snapshot(s) == before
+
+
+def test_a_compression_run_registered_by_hand_stays_a_child_of_its_parent(env):
+    """A run that `compress` logged but could not register (its lock timed out) is registered later by hand,
+    without a method: its tags make it the int8 child of version 1, not a new original."""
+    import mlflow
+
+    from aimass.tracking import mlflow_for
+
+    s, runs = env
+    parent = models.register(runs["knn"], "handmade", settings=s)
+    mlflow_for(s)
+    with mlflow.start_run() as run:  # what compress tags its run with; the model is the parent's files
+        mlflow.set_tags({"aimass.method": "int8", "aimass.parent_model": f"handmade/{parent.version}"})
+    child = models.register(run.info.run_id, "handmade", model_uri=parent.source, settings=s)
+    assert (child.version, child.method, child.parent_version) == (parent.version + 1, "int8", parent.version)
+    assert models.show(child.ref, settings=s).tags["aimass.parent_version"] == str(parent.version)
+    before = _snapshot(s)
+    with pytest.raises(InvalidInputError, match="unknown method 'bogus'"):
+        models.register(run.info.run_id, "handmade", method="bogus", model_uri=parent.source, settings=s)
+    with pytest.raises(InvalidInputError, match="unknown method 'bogus'"):
+        models.register(runs["pop"], "handmade", method="bogus", settings=s)
+    assert _snapshot(s) == before
 
 
 def test_concurrent_promotions_of_one_name_are_serialised(env):
