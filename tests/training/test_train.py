@@ -202,6 +202,28 @@ def test_local_mode_trains_in_this_process_and_resumes(home):
         assert mlflow.get_run(first.run_id).info.status == "FINISHED"
 
 
+def test_a_diverged_first_epoch_is_never_the_model_and_a_job_that_only_diverged_says_so(home, monkeypatch):
+    """Validation figures NaN (the model diverged) at the first epoch: no best model exists yet when its
+    checkpoint is written, which must not end the job; the next finite epoch becomes the model. A job whose
+    every epoch diverged fails naming that, not a missing folder."""
+    import aimass.zoo.trainer as trainer
+    from aimass.errors import BackendError
+
+    real, calls = trainer.validation_metrics, []
+
+    def diverged_first(*args, **kw):
+        calls.append(1)
+        got = real(*args, **kw)
+        return {k: float("nan") for k in got} if len(calls) == 1 else got
+
+    monkeypatch.setattr(trainer, "validation_metrics", diverged_first)
+    r = aimass.train("sasrec", "demo", TINY["sasrec"], workers=0, epochs=2, progress=False, settings=home)
+    assert (r.epochs, r.best_epoch) == (2, 2) and len(calls) == 2
+    monkeypatch.setattr(trainer, "validation_metrics", lambda *a, **k: {k2: float("nan") for k2 in real(*a, **k)})
+    with pytest.raises(BackendError, match="diverged: its validation figures were NaN at every one of its 2"):
+        aimass.train("sasrec", "demo", TINY["sasrec"], workers=0, epochs=2, progress=False, settings=home)
+
+
 def test_a_checkpoint_from_before_ensembles_resumes_as_one_network(home):
     """A checkpoint whose config has no ``members`` holds one network: a budgeted resume, whose budget would
     buy an ensemble on this sparse data, must rebuild that one network rather than fail to load it."""

@@ -362,6 +362,9 @@ def _run(s, cls, family, info, params, data, splits, workers, gpu, epochs, budge
             model_dir = Path(tmp) / "model"
             import shutil
 
+            if not (Path(d) / "best").exists():
+                raise BackendError(f"{family} diverged: its validation figures were NaN at every one of its "
+                                   f"{state['epoch']} epoch(s), so there is no model to keep (a lower lr may help)")
             shutil.copytree(Path(d) / "best", model_dir)
             est = load_estimator(model_dir, family)
             metrics = _final_metrics(est, splits, data.get("max_test_users"), params.get("seed", 0))

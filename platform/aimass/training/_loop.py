@@ -99,7 +99,8 @@ def _torch_job(est, cfg, data, config, rank, world, resume, reporter) -> None:
             weights = unwrap(trainer.module).state_dict().items()
             save_file({k: v.detach().cpu().contiguous() for k, v in weights}, str(d / "current.safetensors"))
             torch.save(trainer.optimizer.state_dict(), d / "optimizer.pt")
-            shutil.copytree(best_dir / "best", d / "best")
+            if (best_dir / "best").exists():  # none yet while every epoch so far diverged (NaN validation)
+                shutil.copytree(best_dir / "best", d / "best")
 
         reporter.epoch(metrics, st, write)
 

@@ -263,14 +263,14 @@ class Trainer:
         if optimizer_state is not None:
             optimizer.load_state_dict(optimizer_state)
         loader, sampler = make_loader(est, dataset, cfg, self.world, self.rank, self.seed)
-        generator = torch.Generator().manual_seed(self.seed * 1000 + self.rank)
-        if state is not None and state.epoch:
-            # a resumed job: streams of its own for dropout and sampled negatives, not a replay of the ones its
-            # first epochs drew (seeded as at the start, they would repeat them)
-            again = int(np.random.SeedSequence([self.seed, self.rank, state.epoch]).generate_state(1)[0])
-            generator.manual_seed(again)
-            torch.manual_seed(again + 1)
         device = next(unwrap(wrapped).parameters()).device
+        # on the parameters' device: torch.randint on a GPU refuses a CPU generator (sampled negatives)
+        generator = torch.Generator(device=device)
+        # streams of each rank's own for dropout and sampled negatives (one seed on every rank would draw the same
+        # dropout masks on all of them), and for a resumed job not a replay of the ones its first epochs drew
+        again = int(np.random.SeedSequence([self.seed, self.rank, state.epoch if state else 0]).generate_state(1)[0])
+        generator.manual_seed(again)
+        torch.manual_seed(again + 1)
         self.optimizer = optimizer
 
         def step(batch, i, progress):
