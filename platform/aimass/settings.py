@@ -291,6 +291,25 @@ def shown_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user + ':' if user else ''}***@{host}"))
 
 
+# AIMASS_* variables that are not settings: a serving process's code digest, the benchmarks' data folder
+_NOT_SETTINGS = {"AIMASS_CODE_DIGEST", "AIMASS_BENCH_DATA"}
+
+
+def unknown_variables() -> str | None:
+    """What is wrong with this process's AIMASS_* variables that pydantic-settings ignores: one that names no
+    setting (AIMASS_CATLOG_URL would quietly leave the catalog in SQLite), with the closest name; None if none."""
+    import difflib
+    import os
+
+    known = {f"AIMASS_{name.upper()}" for name in Settings.model_fields} | _NOT_SETTINGS
+    unknown = sorted(k for k in os.environ if k.upper().startswith("AIMASS_") and k.upper() not in known)
+    if not unknown:
+        return None
+    hints = [f"{k} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(k.upper(), known, 1)) else k
+             for k in unknown]
+    return f"unknown setting variable(s): {', '.join(hints)}"
+
+
 @functools.cache
 def default_settings() -> Settings:
     """The settings of a process that was given none: read from the environment once."""

@@ -70,6 +70,7 @@ def test_options_are_checked_at_the_boundary(tmp_path, args, needles):
     (("--time-budget", "0"), ("--time-budget must be a positive",)),
     (("--retrain-budget", "nan"), ("--retrain-budget must be a positive",)),
     (("--traffic-users", "0"), ("--traffic-users",)),
+    (("--auto-budget", "inf"), ("--auto-budget must be 0",)),
 ])
 def test_quickstart_refuses_a_bad_option_before_step_one(tmp_path, args, needles):
     res = run(tmp_path / "home", "quickstart", *args, ok=False)

@@ -85,6 +85,7 @@ def test_concurrent_pulls_of_one_version_into_one_folder_all_get_it_whole(settin
 
     datasets.register("plays", _csv(tmp_path / "a.csv", n_users=6), "csv", settings=settings)
     dest = tmp_path / "shared" / "plays"
+    (tmp_path / "shared" / "plays.partial-0123abcd").mkdir(parents=True)  # what an interrupted pull left
     default = settings.home / "datasets" / "plays" / "v1"  # the home's own cache, empty too
     barrier = threading.Barrier(8)
     results: dict = {}

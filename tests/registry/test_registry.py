@@ -191,6 +191,9 @@ def test_a_compression_run_registered_by_hand_stays_a_child_of_its_parent(env):
     child = models.register(run.info.run_id, "handmade", model_uri=parent.source, settings=s)
     assert (child.version, child.method, child.parent_version) == (parent.version + 1, "int8", parent.version)
     assert models.show(child.ref, settings=s).tags["aimass.parent_version"] == str(parent.version)
+    # under another name its parent's number names no version of that name: a child without a parent there
+    other = models.register(run.info.run_id, "handmade-other", model_uri=parent.source, settings=s)
+    assert (other.method, other.parent_version) == ("int8", None)
     before = _snapshot(s)
     with pytest.raises(InvalidInputError, match="unknown method 'bogus'"):
         models.register(run.info.run_id, "handmade", method="bogus", model_uri=parent.source, settings=s)

@@ -53,37 +53,18 @@ app.command(name="console")(console_command)
 def _root(home: str = typer.Option(None, "--home", help="State folder (default $AIMASS_HOME or .aimass)"),
           verbose: bool = typer.Option(False, "--verbose", "-v",
                                        help="Also show library logs and workers' output (always in HOME/logs)")):
-    from aimass.settings import Settings
+    from aimass.settings import Settings, unknown_variables
 
     try:
         state.settings = Settings(home=home) if home else Settings()
     except Exception as e:  # a bad AIMASS_* variable is the user's input too
         typer.echo(f"error: invalid settings: {e}", err=True)
         raise typer.Exit(2) from None
-    problem = _unknown_variables(Settings) or _unusable(state.settings.home)
+    problem = unknown_variables() or _unusable(state.settings.home)
     if problem:
         typer.echo(f"error: {problem}", err=True)
         raise typer.Exit(2)
     state.verbose = verbose
-
-
-# AIMASS_* variables that are not settings: a serving process's code digest, the benchmarks' data folder
-_NOT_SETTINGS = {"AIMASS_CODE_DIGEST", "AIMASS_BENCH_DATA"}
-
-
-def _unknown_variables(settings_type: type) -> str | None:
-    """A misspelt AIMASS_* variable, which pydantic-settings ignores: AIMASS_CATLOG_URL would quietly leave
-    the catalog in SQLite."""
-    import difflib
-    import os
-
-    known = {f"AIMASS_{name.upper()}" for name in settings_type.model_fields} | _NOT_SETTINGS
-    unknown = sorted(k for k in os.environ if k.upper().startswith("AIMASS_") and k.upper() not in known)
-    if not unknown:
-        return None
-    hints = [f"{k} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(k.upper(), known, 1)) else k
-             for k in unknown]
-    return f"unknown setting variable(s): {', '.join(hints)}"
 
 
 def _unusable(home) -> str | None:

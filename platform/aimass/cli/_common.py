@@ -50,6 +50,19 @@ def rows(items: list[dict], cols: list[str]) -> list[str]:
     return out
 
 
+def demo_config(**sizes):
+    """The demo generator's config, or bad input naming the first field out of range."""
+    from pydantic import ValidationError
+
+    from aimass.datasets import DemoConfig
+    from aimass.errors import InvalidInputError
+
+    try:
+        return DemoConfig(**sizes)
+    except ValidationError as e:
+        raise InvalidInputError(f"invalid demo size: {e.errors()[0]['loc'][0]}: {e.errors()[0]['msg']}") from None
+
+
 def parse_pairs(pairs: list[str] | None, flag: str) -> dict:
     """Repeated ``key=value`` options as a dict, each value read as JSON when it is JSON, else as text."""
     from aimass.errors import InvalidInputError

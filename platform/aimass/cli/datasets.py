@@ -4,7 +4,7 @@ from pathlib import Path
 
 import typer
 
-from aimass.cli._common import JSON, emit, rows, state
+from aimass.cli._common import JSON, demo_config, emit, rows, state
 
 app = typer.Typer(no_args_is_help=True)
 _COLS = ["ref", "n_rows", "n_users", "n_items", "format", "content_hash", "created_at"]
@@ -80,13 +80,8 @@ def generate_demo(
     as_json: bool = JSON,
 ):
     """Write the built-in music-streaming demo dataset (interactions.csv, items.csv) to OUT."""
-    from aimass.datasets import DemoConfig
     from aimass.datasets import generate_demo as gen
-    from aimass.errors import InvalidInputError
 
-    try:
-        cfg = DemoConfig(users=users, tracks=tracks, mean_history=mean_history, seed=seed)
-    except ValueError as e:
-        raise InvalidInputError(f"invalid demo size: {e.errors()[0]['loc'][0]}: {e.errors()[0]['msg']}") from None
+    cfg = demo_config(users=users, tracks=tracks, mean_history=mean_history, seed=seed)
     inter, items = gen(out, cfg)
     emit({"interactions": str(inter), "items": str(items), "config": cfg.model_dump()}, as_json)

@@ -5,7 +5,7 @@ import math
 import typer
 
 from aimass import console
-from aimass.cli._common import JSON, emit, rows, state
+from aimass.cli._common import JSON, demo_config, emit, rows, state
 from aimass.settings import shown_url
 
 # what a newcomer reads in the summary; every metric is in the MLflow run and in --json
@@ -36,16 +36,13 @@ def quickstart(
     from aimass.zoo import family_class
 
     # every option refused before step 1: a bad one must not leave a registered demo dataset, or a deployment
-    if auto_budget and not auto_budget >= MIN_AUTO_BUDGET_MIN:
+    if auto_budget and not (math.isfinite(auto_budget) and auto_budget >= MIN_AUTO_BUDGET_MIN):
         raise InvalidInputError(f"--auto-budget must be 0 (no model search) or at least {MIN_AUTO_BUDGET_MIN:g} "
                                 f"minute(s), got {auto_budget}")
     for flag, minutes in (("--time-budget", time_budget), ("--retrain-budget", retrain_budget)):
         if not (math.isfinite(minutes) and minutes > 0):
             raise InvalidInputError(f"{flag} must be a positive number of minutes, got {minutes}")
-    try:
-        demo = datasets.DemoConfig(users=users, tracks=tracks)
-    except ValueError as e:
-        raise InvalidInputError(f"invalid demo size: {e.errors()[0]['loc'][0]}: {e.errors()[0]['msg']}") from None
+    demo = demo_config(users=users, tracks=tracks)
     family_class(family)
     s = state.settings
     training.check_job(s, workers, None)

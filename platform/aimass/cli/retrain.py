@@ -21,12 +21,11 @@ def retrain(
     champion's plus the positive events), the same family and params trained on it with Ray Train, registered
     as challenger and put through the gate. A promoted challenger is not deployed: `aimass deploy
     NAME@champion --endpoint ENDPOINT` serves it."""
-    from aimass import retraining, serving
+    from aimass import retraining
     from aimass.errors import InvalidInputError
 
     if reason not in retraining.REASONS:  # before the stage line: bad input gets one line
         raise InvalidInputError(f"unknown retrain reason {reason!r}; use one of {', '.join(retraining.REASONS)}")
-    serving.show(endpoint, settings=state.settings)  # an unknown endpoint too
     console.stage(f"retraining what {endpoint} serves on its new feedback ({reason}); logs: {console.log_path()}")
     r = retraining.retrain(endpoint, reason=reason, promote=not no_promote, progress=not as_json,
                            settings=state.settings, time_budget_min=time_budget)

@@ -130,12 +130,14 @@ def _store(s: Settings, name: str, data: Canonical, *, format: str, source: str,
                 db.rollback()
             stored = _stored(s, name, version, digest)
             if stored is not False:  # committed after all (a lost connection's answer), or cannot tell: keep it
+                if not isinstance(e, Exception):  # Ctrl-C: the version stands, and the interrupt goes on
+                    raise
                 if stored is not None:
                     return stored
                 raise BackendError(f"registering {name} v{version}: the catalog's commit failed ({e}) and whether "
                                    f"it holds the version could not be read back; its tag {tag} is kept") from e
             left = registry.rollback()
-            if left:
+            if left and isinstance(e, Exception):
                 raise BackendError(f"registering {name} v{version} failed and was undone{left}: {e}") from e
             raise
         db.refresh(row)

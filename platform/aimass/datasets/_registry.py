@@ -258,7 +258,8 @@ class DataRegistry:
             return self._copy(name, tag, dest)
 
     def _copy(self, name: str, tag: str, dest: Path) -> Path:
-        import tempfile
+        import glob
+        import uuid
 
         from dvc.api import DVCFileSystem
 
@@ -271,8 +272,12 @@ class DataRegistry:
         if not git(self.path, "tag", "--list", tag):
             raise NotFoundError(f"the data registry {self.path} has no tag {tag}")
         dest.parent.mkdir(parents=True, exist_ok=True)
-        # a folder of its own: a copy that another home's pull into the same place makes cannot mix with it
-        tmp = Path(tempfile.mkdtemp(prefix=dest.name + ".partial-", dir=dest.parent))
+        # an interrupted pull's copy (this home's pulls into dest hold the lock: none is in progress)
+        for left in dest.parent.glob(glob.escape(dest.name) + ".partial-*"):
+            shutil.rmtree(left, ignore_errors=True)
+        # a name of its own: a copy that another home's pull into the same place makes cannot mix with it
+        tmp = dest.with_name(f"{dest.name}.partial-{uuid.uuid4().hex[:12]}")
+        tmp.mkdir()
         try:
             fs = DVCFileSystem(str(self.path), rev=tag)
             for f in fs.ls(f"datasets/{name}", detail=False):
@@ -281,7 +286,6 @@ class DataRegistry:
             shutil.rmtree(tmp, ignore_errors=True)
             raise BackendError(f"cannot fetch {tag} from the data registry or its remote: {e}") from e
         (tmp / ".complete").write_text(tag)
-        tmp.chmod(0o755)  # mkdtemp's 0700: the folder a plain mkdir made was readable as the umask allows
         shutil.rmtree(dest, ignore_errors=True)
         tmp.rename(dest)  # atomic: a reader never sees half a version
         return dest

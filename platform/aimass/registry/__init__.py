@@ -94,9 +94,9 @@ def register(run_id: str, name: str, *, settings: Settings | None = None, parent
         raise NotFoundError(f"no training run {run_id!r}") from None
     if method is None:
         method = run.data.tags.get(f"{T}method", "original")
-        parent = run.data.tags.get(f"{T}parent_model", "")
-        if parent_version is None and method != "original" and parent.rpartition("/")[2].isdigit():
-            parent_version = int(parent.rpartition("/")[2])
+        parent_name, _, parent = run.data.tags.get(f"{T}parent_model", "").rpartition("/")
+        if parent_version is None and method != "original" and parent_name == name and parent.isdigit():
+            parent_version = int(parent)  # a version of another name is not one of this name's
     if method != "original" and method not in METHODS:
         raise InvalidInputError(f"unknown method {method!r}: 'original' or one of {', '.join(METHODS)}")
     if parent_version is not None and (method == "original" or parent_version < 1):
@@ -182,11 +182,23 @@ def get(ref: str, *, settings: Settings | None = None) -> ModelVersionInfo:
 
 @contextmanager
 def _lock(s: Settings, name: str, what: str):
+    from aimass import console
+
     s.locks.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(s.locks / f"model-{name}.lock")
     try:
-        # a register waits out a promotion's gate (minutes when it re-scores): a compression's work is not lost
-        with FileLock(s.locks / f"model-{name}.lock", timeout=0 if what == "promote" else 1800):
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            if what == "promote":
+                raise
+            # a register waits out a promotion's gate (minutes when it re-scores): a compression's work is not lost
+            console.stage(f"waiting for another promotion or registration of model {name!r} to end")
+            lock.acquire(timeout=1800 if what == "register" else 60)
+        try:
             yield
+        finally:
+            lock.release()
     except Timeout:
         raise ConflictError(f"a promotion or registration of model {name!r} is in progress; try again when it "
                             "ends") from None

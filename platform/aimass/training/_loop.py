@@ -84,7 +84,8 @@ def _torch_job(est, cfg, data, config, rank, world, resume, reporter) -> None:
             module.load_state_dict(load_file(str(Path(d) / "current.safetensors")))
             optimizer_state = torch.load(Path(d) / "optimizer.pt", weights_only=True)
             state = _state_from(json.loads((Path(d) / "state.json").read_text()))
-            shutil.copytree(Path(d) / "best", best_dir / "best")
+            if (Path(d) / "best").exists():  # none while every epoch so far diverged
+                shutil.copytree(Path(d) / "best", best_dir / "best")
     limits = Limits.of(cfg, epochs=config.get("epochs"), time_budget_s=config.get("time_budget_s"),
                        explicit=config["params"])
     trainer: Trainer
