@@ -206,6 +206,8 @@ def test_postgres_reads_back_the_times_written_whatever_the_session_time_zone(st
     from aimass.settings import Settings
 
     tokyo = Settings(home=store.home, catalog_url=store.catalog_url + "?options=-c%20TimeZone%3DAsia/Tokyo")
+    with EventLog(tokyo).engine.connect() as conn:  # what raw SQL with an aware time would be converted to
+        assert conn.exec_driver_sql("SHOW TimeZone").scalar() == "UTC"
     EventLog(tokyo).write("recs", [_e(1)])
     f = EventLog(tokyo).frame("recs")
     assert f["timestamp"].iloc[0] == pd.Timestamp(1.7e9 + 1, unit="s", tz="UTC")

@@ -39,9 +39,8 @@ def quickstart(
     if auto_budget and not (math.isfinite(auto_budget) and auto_budget >= MIN_AUTO_BUDGET_MIN):
         raise InvalidInputError(f"--auto-budget must be 0 (no model search) or at least {MIN_AUTO_BUDGET_MIN:g} "
                                 f"minute(s), got {auto_budget}")
-    for flag, minutes in (("--time-budget", time_budget), ("--retrain-budget", retrain_budget)):
-        if not (math.isfinite(minutes) and minutes > 0):
-            raise InvalidInputError(f"{flag} must be a positive number of minutes, got {minutes}")
+    training.check_budget(time_budget, "--time-budget")
+    training.check_budget(retrain_budget, "--retrain-budget")
     demo = demo_config(users=users, tracks=tracks)
     family_class(family)
     s = state.settings

@@ -68,7 +68,7 @@ def train(
     params = _check_params(cls, dict(params or {}), epochs)
     check_job(s, workers, max_test_users, max_val_users)
     _check_gpus(s, workers, gpu)
-    _check_budget(time_budget_min)
+    check_budget(time_budget_min)
     if item_text and not getattr(cls, "accepts_item_features", False):
         raise InvalidInputError(f"{family} cannot use item text features")
     ds = datasets.load(dataset, settings=s)
@@ -120,7 +120,7 @@ def resume(run_id: str, *, epochs: int | None = None, time_budget_min: float | N
     cls = family_class(job["family"])
     _check_params(cls, job["params"], epochs)
     _check_gpus(s, job["workers"], job["gpu"])
-    _check_budget(time_budget_min)
+    check_budget(time_budget_min)
     _check_left(run_id, ckpt, epochs or job["epochs"] or job["params"].get("epochs"), time_budget_min)
     if time_budget_min is None:  # the job's own budget: without it, a budgeted job's limits would change
         time_budget_min = job.get("time_budget_min")
@@ -207,9 +207,9 @@ def _check_left(run_id: str, ckpt: Path, epochs: int | None, budget_min: float |
                                 "the time already spent)")
 
 
-def _check_budget(minutes: float | None) -> None:
+def check_budget(minutes: float | None, what: str = "time budget") -> None:
     if minutes is not None and not (math.isfinite(minutes) and minutes > 0):
-        raise InvalidInputError(f"time budget must be a positive number of minutes, got {minutes}")
+        raise InvalidInputError(f"{what} must be a positive number of minutes, got {minutes}")
 
 
 def _check_params(cls, params: dict, epochs: int | None) -> dict:
