@@ -176,6 +176,22 @@ def test_resume_continues_a_stopped_job_in_the_same_run(home):
         np.asarray(splits.val_users, dtype=np.int64).tobytes()).hexdigest()
 
 
+def test_runs_with_other_seeds_are_judged_on_the_same_users(home):
+    """The capped validation users and the sampled test users are one draw per dataset version, not the
+    model's seed: otherwise two seeds (or an auto search's probes) are compared on different users."""
+    jobs, runs = [], []
+    for seed in (1, 2):
+        r = aimass.train("itemknn", "demo", {"neighbors": 20, "seed": seed}, workers=0, max_val_users=7,
+                         max_test_users=5, progress=False, settings=home)
+        runs.append(r)
+        jobs.append(json.loads(mlflow.get_run(r.run_id).data.tags["aimass.job"]))
+    assert jobs[0]["val_users_sha1"] == jobs[1]["val_users_sha1"] and jobs[0]["eval_seed"] == 0
+    # item-kNN ignores its seed: the same model on the same users scores the same
+    assert runs[0].metrics["test_users"] == 5
+    for key in ("best_val_ndcg@10", "test_ndcg@10", "test_recall@10"):
+        assert runs[0].metrics[key] == runs[1].metrics[key]
+
+
 def test_local_mode_trains_in_this_process_and_resumes(home):
     """workers=0: Ray Train's local mode, the same loop without a cluster; its checkpoints land where Ray
     Train's would (two kept), so resume works the same."""

@@ -23,6 +23,9 @@ from aimass.errors import BackendError, InvalidInputError, NotFoundError
 from aimass.settings import Settings, default_settings
 
 MIN_EVAL_USERS = 2
+# the validation users a cap keeps and the test users a sample keeps: one draw for every job on a dataset version,
+# whatever the model's seed, so that two runs (an auto search's probes, seeds compared) are judged on the same users
+EVAL_SEED = 0
 
 
 @dataclasses.dataclass
@@ -74,7 +77,7 @@ def train(
     ds = datasets.load(dataset, settings=s)
     if item_text and (ds.items is None or "text" not in ds.items.columns):
         raise InvalidInputError(f"{ds.ref} has no items table with text")
-    data, splits = _prepare(ds, max_val_users, params.get("seed", 0))
+    data, splits = _prepare(ds, max_val_users, EVAL_SEED)
     data["max_test_users"] = max_test_users
     lengths = [len(x) for x in data["train"]]
     budget_s = time_budget_min * 60 if time_budget_min else None
@@ -126,8 +129,9 @@ def resume(run_id: str, *, epochs: int | None = None, time_budget_min: float | N
         time_budget_min = job.get("time_budget_min")
     params = {**_checkpoint_derived(cls, job["params"], ckpt), **job["params"]}
     ds = datasets.load(job["dataset"], settings=s)
-    # exactly the validation users of the run it continues: same cap, same seed, same dataset version
-    data, splits = _prepare(ds, job["max_val_users"], job["params"].get("seed", 0))
+    # exactly the validation users of the run it continues: same cap, same seed, same dataset version (a job
+    # recorded before "eval_seed" drew its users with the model's seed)
+    data, splits = _prepare(ds, job["max_val_users"], job.get("eval_seed", job["params"].get("seed", 0)))
     data["max_test_users"] = job.get("max_test_users")
     if job.get("val_users_sha1") and job["val_users_sha1"] != _users_digest(splits.val_users):
         raise InvalidInputError(f"run {run_id} validated on other users than {ds.ref} now gives: cannot resume")
@@ -285,7 +289,8 @@ def _prepare(ds, max_val_users: int | None, seed: int) -> tuple[dict, object]:
             f"interactions that training, validation and test need (at least {MIN_EVAL_USERS} required)")
     data = {"n_items": splits.n_items, "train": [np.asarray(x) for x in splits.train_sequences],
             "val_histories": [np.asarray(x) for x in splits.val_histories],
-            "val_targets": np.asarray(splits.val_targets), "protocol": protocol, "max_val_users": cap}
+            "val_targets": np.asarray(splits.val_targets), "protocol": protocol, "max_val_users": cap,
+            "eval_seed": seed}
     return data, splits
 
 
@@ -338,7 +343,7 @@ def _run(s, cls, family, info, params, data, splits, workers, gpu, epochs, budge
     mlflow = mlflow_for(s)
     job = {"family": family, "dataset": info.ref, "params": params, "workers": workers, "gpu": gpu,
            "epochs": epochs, "time_budget_min": budget_min, "max_val_users": data["max_val_users"],
-           "max_test_users": data.get("max_test_users"),
+           "max_test_users": data.get("max_test_users"), "eval_seed": data["eval_seed"],
            "val_users_sha1": _users_digest(splits.val_users), "item_text": data.get("item_features") is not None}
     if resume:
         active = mlflow.start_run(run_id=resume[0])
@@ -367,7 +372,7 @@ def _run(s, cls, family, info, params, data, splits, workers, gpu, epochs, budge
                                    f"{state['epoch']} epoch(s), so there is no model to keep (a lower lr may help)")
             shutil.copytree(Path(d) / "best", model_dir)
             est = load_estimator(model_dir, family)
-            metrics = _final_metrics(est, splits, data.get("max_test_users"), params.get("seed", 0))
+            metrics = _final_metrics(est, splits, data.get("max_test_users"), data["eval_seed"])
             n_parameters = count_parameters(est)
             members = n_members(getattr(est, "config_", None))  # what the saved model really holds
             mlflow.log_metric("n_parameters", n_parameters)

@@ -73,7 +73,7 @@ def auto(dataset: str, time_budget_min: float, *, workers: int = 1, max_val_user
     """Search the zoo for ``dataset`` within ``time_budget_min`` minutes of wall time; returns the
     leaderboard, best first. ``epochs`` caps the neural candidates (for quick checks)."""
     from aimass import console, datasets
-    from aimass.training import _prepare, check_job, resume, train
+    from aimass.training import EVAL_SEED, _prepare, check_job, resume, train
 
     s = settings or default_settings()
     if time_budget_min is None or not math.isfinite(time_budget_min) or time_budget_min < MIN_BUDGET_MIN:
@@ -83,7 +83,7 @@ def auto(dataset: str, time_budget_min: float, *, workers: int = 1, max_val_user
         raise InvalidInputError(f"epochs must be at least 1, got {epochs}")
     check_job(s, workers, max_test_users, max_val_users)  # refused once here, not as eight skipped candidates
     ds = datasets.load(dataset, settings=s)
-    data, _ = _prepare(ds, max_val_users, 0)  # too few users for validation and test: refused before any run
+    data, _ = _prepare(ds, max_val_users, EVAL_SEED)  # too few users for validation and test: refused before any run
     started, search_id = time.time(), uuid.uuid4().hex[:12]
     deadline = started + time_budget_min * 60
     board: list[Candidate] = []
