@@ -43,3 +43,25 @@ def test_events_up_to_the_cutoff_still_hide_and_trend_but_are_not_applied_twice(
         assert 0.499 < trend[0] < 0.501 and trend[1] == 0 and 0.999 < trend[2] <= 1.0 and trend[3] == 0
     finally:
         online.stop()
+
+
+def test_a_user_generation_moves_only_after_the_change_it_counts(tmp_path):
+    """The answer cache keys a user's answers by generation and reads it without the lock: a request that saw
+    the new generation but the old history would keep a stale answer as current (a disliked item recommended
+    until the user's next event)."""
+    s = Settings(home=tmp_path / "home")
+    online = Online("recs", s, {100: 1, 101: 2}, np.zeros(3))
+    seen = []
+
+    class Watched(dict):  # what a concurrent reader sees at the moment the change is made
+        def setdefault(self, key, default=None):
+            seen.append(online.generation.get(key, 0))
+            return super().setdefault(key, default)
+
+    try:
+        online.extra, online.hidden = Watched(), Watched()
+        online.apply([(1, 7, 100, "play", None, time.time()), (2, 7, 101, "dislike", None, time.time())], own=True)
+        assert seen == [0, 1] and online.generation[7] == 2
+        assert online.history(7, None).tolist() == [1] and online.hidden_of(7) == {2}
+    finally:
+        online.stop()

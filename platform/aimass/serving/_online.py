@@ -63,14 +63,15 @@ class Online:
                 sign, dense = self._effect(item, type_, value)
                 if not sign:
                     continue
-                # before the change itself: an answer computed meanwhile is then never kept as current
-                self.generation[int(user)] = self.generation.get(int(user), 0) + 1
                 if sign > 0:
                     self.extra.setdefault(int(user), []).append(dense)
                     self.popularity[dense] += 1.0
                     self.trend[dense] += self._trend_weight(time.time())
                 else:
                     self.hidden.setdefault(int(user), set()).add(dense)
+                # after the change (readers take no lock): a request that sees the new generation sees the new
+                # state, and an answer computed from the old state is kept under the old one, never taken again
+                self.generation[int(user)] = self.generation.get(int(user), 0) + 1
             if not own:
                 self.applied = {s for s in self.applied if s > self.seq}
 
