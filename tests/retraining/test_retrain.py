@@ -344,6 +344,14 @@ def test_triggers_and_the_scheduler_tick(settings):
                                     events_through_seq=3, started_at=datetime.fromtimestamp(failed_at, UTC),
                                     error="out of memory"))
     assert retraining.due("e1", settings=s, now=failed_at + 60) is None
+    # one that failed after training longer than the wait waits as long from its end
+    long = _records.write(s, RetrainResult(endpoint="e1", reason="volume", status="failed", served="m/1",
+                                           events_through_seq=3, error="out of memory",
+                                           started_at=datetime.fromtimestamp(failed_at + 1, UTC),
+                                           finished_at=datetime.fromtimestamp(failed_at + 2 * s.retrain_retry_s,
+                                                                              UTC)))
+    assert retraining.due("e1", settings=s, now=failed_at + 2 * s.retrain_retry_s + 60) is None
+    long.unlink()
     # after it, every cause that held still holds: the drift report it did not answer, and the 3 events
     assert retraining.due("e1", settings=s, now=failed_at + s.retrain_retry_s + 1) == "drift"
     report.write_text(json.dumps({"drifted": False, "created_at": datetime.now(UTC).isoformat()}))

@@ -30,7 +30,9 @@ def due(endpoint: str, settings: Settings, now: float | None = None) -> str | No
         return None
     attempts = history(endpoint, limit=50, settings=s)
     last = attempts[0] if attempts else None
-    if last is not None and last.status == "failed" and now - last.started_at.timestamp() < s.retrain_retry_s:
+    # the wait counts from the failure, not the start: a job that failed after hours is not started again at once
+    if last is not None and last.status == "failed" and \
+            now - (last.finished_at or last.started_at).timestamp() < s.retrain_retry_s:
         return None
     # a failed attempt only delays the next one: its cause (the drift, the events it read) still holds
     done = next((a for a in attempts if a.status != "failed"), None)
