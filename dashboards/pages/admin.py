@@ -20,12 +20,22 @@ key = st.session_state["admin_key"]
 st.caption(f"acting as {who.name} ({who.key_id}); every action is recorded")
 
 
+def _clicked(name: str, box: str) -> None:
+    """The button's callback, before the click's run: the click is remembered and its confirmation spent."""
+    st.session_state[f"clicked-{name}"] = box
+    st.session_state[box] = False
+
+
 def action(name: str, label: str, target: str, detail: str = "", wait: bool = True) -> None:
     """A confirmation box and a button; the action runs only when both are set (in the background unless
     `wait`: its outcome then lands in the recorded actions below)."""
     # keyed by what it confirms: a box ticked for one key, split or version does not confirm another
-    sure = st.checkbox(f"I confirm: {label}", key=f"confirm-{name}-{target}-{detail}")
-    if st.button(label, key=f"do-{name}", disabled=not sure or not target):
+    box = f"confirm-{name}-{target}-{detail}"
+    sure = st.checkbox(f"I confirm: {label}", key=box)
+    # one confirmation, one click: the box is unticked before the click's run, so a second click (a rollback
+    # back again, another retrain) needs its own
+    st.button(label, key=f"do-{name}", disabled=not sure or not target, on_click=_clicked, args=(name, box))
+    if st.session_state.pop(f"clicked-{name}", None) == box:
         try:
             done = admin.act(key, name, target, detail, wait=wait, settings=s)
             st.success(f"{label}: {done.outcome}" if wait else

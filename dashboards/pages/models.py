@@ -16,12 +16,21 @@ st.subheader("Model versions")
 if not models:
     st.info("No model registered yet: `aimass models register RUN_ID --name NAME`.")
 else:
+    # an original version's size and latency are measured only by its compressions, which log them as parent_*
+    by_child = {(m["name"], m["parent_version"]): {k.removeprefix("parent_"): v for k, v in m["metrics"].items()
+                                                   if k.startswith("parent_")}
+                for m in models if m["parent_version"]}
+
+    def figure(m: dict, key: str):
+        return m["metrics"].get(key, by_child.get((m["name"], m["version"]), {}).get(key))
+
     table = pd.DataFrame([{
         "model": f"{m['name']}/{m['version']}", "family": m["family"], "method": m["method"],
         "parent": f"{m['name']}/{m['parent_version']}" if m["parent_version"] else "-",
         "aliases": ", ".join(m["aliases"]), "dataset": m["dataset"],
-        "test NDCG@10": m["metrics"].get("test_ndcg_at_10"), "size MB": m["metrics"].get("size_bytes", 0) / 1e6 or None,
-        "p99 ms (batch 1)": m["metrics"].get("p99_b1_ms"),
+        "test NDCG@10": m["metrics"].get("test_ndcg_at_10"),
+        "size MB": (figure(m, "size_bytes") or 0) / 1e6 or None,
+        "p99 ms (batch 1)": figure(m, "latency_b1_p99_ms"),
         "promoted to champion": m["tags"].get("aimass.promoted_champion_at", ""),
         "forced promotion": m["tags"].get("aimass.forced_promotion", ""),
         "last gate decision": m["tags"].get("aimass.gate", ""), "run": m["run_id"]} for m in models])

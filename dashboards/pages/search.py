@@ -22,7 +22,7 @@ c1.metric("queries (7 days)", f"{a.queries:,}")
 c2.metric("found nothing", f"{a.no_results:,}")
 c3.metric("zero-result rate", f"{a.no_result_rate:.1%}")
 if a.queries:
-    st.bar_chart(a.per_hour.set_index("hour"), y_label="queries per hour")
+    st.bar_chart(a.per_hour.set_index("hour")[["queries"]], y_label="queries per hour")  # no_results is a part of it
 left, right = st.columns(2)
 left.markdown("**Most asked**")
 left.dataframe(pd.DataFrame(a.top, columns=["query", "times"]), hide_index=True)

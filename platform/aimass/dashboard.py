@@ -68,7 +68,9 @@ def start(settings: Settings, *, port: int | None = None, timeout_s: float = 90.
     log.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.address", s.host, "--server.port",
            str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
-           "--server.fileWatcherType", "none", "--client.toolbarMode", "viewer", "--", "--home", str(s.home.resolve())]
+           "--server.fileWatcherType", "none", "--client.toolbarMode", "viewer",
+           # what the pages do not catch (app.py shows theirs with URLs' passwords masked): its type only
+           "--client.showErrorDetails", "type", "--", "--home", str(s.home.resolve())]
     with open(log, "ab") as out:  # its own session: a Ctrl-C meant for the caller does not reach it
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True)

@@ -75,6 +75,11 @@ def test_every_page_renders_catalog_figures(console, quickstart_home):
     for v in registry.versions("demo-sasrec", settings=s):
         assert f"demo-sasrec/{v.version}" in models
     assert "int8" in models and "validation NDCG@10" in models
+    # every version's size and batch-1 p99: a child's from its run, its parent's as the compression measured it
+    table = console.dataframe[0].value
+    child = table[table["method"] == "int8"].iloc[0]
+    pair = table[table["model"].isin([child["model"], child["parent"]])]
+    assert len(pair) == 2 and pair[["size MB", "p99 ms (batch 1)"]].notna().all().all(), pair
     gate = registry.get("demo-sasrec/1", settings=s).tags["aimass.gate"]  # the quickstart's promotion
     assert "for champion: " in gate and gate.split(" ", 1)[1] in models
     (attempt,) = aimass.retraining.history("demo", settings=s)  # the quickstart's retrain and its gate
@@ -85,7 +90,7 @@ def test_every_page_renders_catalog_figures(console, quickstart_home):
     assert split.experiment_id in traffic and all(a["ref"] in traffic for a in split.arms)
     assert "Replicas and scaling decisions" in traffic
     (shadowed,) = monitoring.shadow_comparison("demo", settings=s).to_dict("records")  # the demo's shadow
-    shown = console.dataframe[3].value  # endpoints, split, history, then the shadow comparison
+    shown = next(df.value for df in console.dataframe if "shadow" in df.value.columns)  # the shadow comparison
     assert shown["shadow"].tolist() == [split.shadow] and shown["requests copied"].tolist() == [shadowed["copies"]]
     drift = page(console, "pages/monitoring.py")
     reports = monitoring.reports("demo", settings=s)
@@ -106,8 +111,29 @@ def test_every_page_renders_catalog_figures(console, quickstart_home):
     by_mode = next(df.value for df in console.dataframe if "mode" in df.value.columns)
     assert by_mode.set_index("mode")["clicked"].to_dict() == activity.by_mode.set_index("mode")["clicked"].to_dict()
     assert by_mode["clicked"].sum() == 6
+    charted = [c.proto.spec + str(c.proto.datasets) for c in console.get("arrow_vega_lite_chart")
+               + console.get("vega_lite_chart")]
+    # queries per hour only: its no-result queries stacked on top would count them twice
+    assert any("queries" in c for c in charted) and not any("no_results" in c for c in charted)
     per_index = next(df.value for df in console.dataframe if "index" in df.value.columns)
     assert per_index["index"].tolist() == ["demo-search/1"] and per_index["clicked"].tolist() == [6]
+
+
+def test_a_failing_page_shows_its_error_with_passwords_masked(tmp_path, monkeypatch):
+    """A store's client names the URL it called (password included); Streamlit would show the message whole."""
+    def unreachable(**_):
+        raise ConnectionError("API request to https://ops:s3cret-pw@mlflow.example/api/2.0/runs failed")
+
+    monkeypatch.setattr(aimass.runs, "list_runs", unreachable)
+    monkeypatch.setattr("sys.argv", ["app.py", "--home", str(tmp_path / "home")])
+    import streamlit as st
+
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    shown = str([e.proto for e in at.exception])
+    assert "ConnectionError" in shown and "mlflow.example" in shown and "s3cret-pw" not in shown
 
 
 def test_aimass_console_serves_on_loopback_and_stops(quickstart_home):
@@ -152,6 +178,9 @@ def test_without_an_admin_key_the_console_changes_nothing_with_one_each_action_i
     console.checkbox(key=f"confirm-revoke_key-{victim.key_id}-").check().run()
     console.button(key="do-revoke_key").click().run()
     assert not console.exception, console.exception
+    # the confirmation was for that click: the box is unticked and the button waits for a new one
+    assert not console.checkbox(key=f"confirm-revoke_key-{victim.key_id}-").value
+    assert console.button(key="do-revoke_key").disabled
     assert victim.key_id not in [k.key_id for k in serving.list_keys(settings=s)]  # revoked
     # an action that fails (the endpoint is stopped, its canary runs) is recorded with its reason too
     console.checkbox(key="confirm-rollback-demo-").check().run()
