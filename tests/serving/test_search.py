@@ -161,8 +161,18 @@ def test_past_queries_are_suggested_by_how_often_they_were_asked(served, tmp_pat
 def test_an_index_is_split_and_rolled_back_like_any_model(served):
     """Two versions of the index behind one endpoint, each user sticky to one arm; a rollback restores one."""
     from aimass import registry, serving
+    from aimass.errors import InvalidInputError
 
     s = served.settings
+    before = serving.traffic("search", settings=s).split
+    # a recommender beside an index (or a shadow) would answer its users' every search with a 400: refused
+    for arms, shadow in ((["catalogue/1=50", "recs/1=50"], None), (["catalogue/1=100"], "recs/1")):
+        with pytest.raises(InvalidInputError, match=r"recs/1 is a 'itemknn' model and endpoint 'search' serves "
+                                                    r"'search'"):
+            serving.set_traffic("search", arms, shadow=shadow, settings=s)
+    with pytest.raises(InvalidInputError, match=r"catalogue/1 is a 'search' model and endpoint 'recs' serves"):
+        serving.set_traffic("recs", ["recs/1=50", "catalogue/1=50"], settings=s)
+    assert serving.traffic("search", settings=s).split == before
     two = registry.register(registry.get("catalogue/1", settings=s).run_id, "catalogue", settings=s)
     serving.set_traffic("search", ["catalogue/1=50", f"{two.ref}=50"], settings=s)
     try:
@@ -181,8 +191,11 @@ def test_the_consoles_search_page_shows_this_endpoints_queries(served, monkeypat
     from tests.dashboards.test_app import open_console, page
 
     assert served.post("search", "/search", {"query": "zzqqxxjj", "mode": "bm25"}).json()["items"] == []
-    time.sleep(1.0)  # answers are logged off the request path
-    activity = monitoring.search_activity("search", settings=served.settings)
+    for _ in range(100):  # answers are logged off the request path
+        activity = monitoring.search_activity("search", settings=served.settings)
+        if ("zzqqxxjj", 1) in activity.top_no_results:
+            break
+        time.sleep(0.1)
     assert activity.queries > 10 and ("zzqqxxjj", 1) in activity.top_no_results
     at = open_console(served.settings.home, monkeypatch)
     page(at, "pages/search.py")

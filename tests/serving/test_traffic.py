@@ -217,17 +217,24 @@ def _feedback(served, url: str, eid: str, user: int, item: int, request_id: str 
                               headers={"Authorization": f"Bearer {served.keys['consumer']}"})
 
 
-def _traffic_with_plays(served, url: str, rates: dict[str, float], tag: str) -> None:
+def _traffic_with_plays(served, url: str, rates: dict[str, float], tag: str, endpoint: str = "loop") -> None:
     """300 users ask once each (the 60 of the demo data and 240 new ones: users are the experiment's unit, 100
     per arm at least); an answer from arm A is played with probability rates[A]."""
     import random
+    import time
 
     rng = random.Random(7)
+    asked = set()
     for u in [*range(1, 61), *range(1001, 1241)]:
         a = _ask(served, url, u)
+        asked.add(a["request_id"])
         if rng.random() < rates.get(a["arm"], 0.0):
             assert _feedback(served, url, f"{tag}-{u}", u, a["items"][0], a["request_id"]).status_code == 200
-    threading.Event().wait(1.0)  # answers are logged off the request path: let the last ones land
+    log, deadline = events.ServedLog(served.settings), time.monotonic() + 30
+    # answers are logged off the request path: every one of them in the log before the experiment is read
+    while not asked <= set(log.frame(endpoint, columns=["request_id"])["request_id"]):
+        assert time.monotonic() < deadline, "the answers were not all logged within 30 s"
+        time.sleep(0.1)
 
 
 def _decision(experiments, s, timeout: float = 30.0) -> str | None:
@@ -286,3 +293,35 @@ def test_a_slow_canary_is_rolled_back(served, loop):
     assert decision.startswith("rolled back: recs/1: p99 latency"), decision
     assert [a["ref"] for a in serving.traffic("loop", settings=s).split.arms] == [control]
     assert experiments.get("loop", settings=s).decision.startswith("rolled back")
+
+
+def test_a_bare_serve_answers_with_its_version_and_leaves_the_endpoints_split_alone(served, monkeypatch):
+    """`bentoml serve` of recs/1 with no endpoint set names its feedback's endpoint after the model, "recs":
+    the deployed endpoint's split (another process's) must neither choose its answers nor hear its votes."""
+    from aimass.serving import services
+    from aimass.serving._arms import Arms
+
+    s = served.settings
+    monkeypatch.setenv("AIMASS_HOME", str(s.home))
+    monkeypatch.setenv("AIMASS_SERVE_MODEL", "recs/1")
+    monkeypatch.delenv("AIMASS_SERVE_ENDPOINT", raising=False)
+    bare, deployed = services._settings()
+    assert bare.serve_endpoint == "recs" and not deployed
+    assert _traffic.current(s, "recs") is not None  # the deployment's split, which the bare serve ignores
+    arms = Arms(bare, "recs", "recs/1", lambda *a: None, follow=deployed)
+    try:
+        assert arms.table.split_id is None and arms.table.bounds == (("recs/1", _traffic.BUCKETS),)
+        # what a pending split loaded is released once it is no longer pending (it failed, or was replaced)
+        from types import SimpleNamespace
+
+        pending = SimpleNamespace(id=-1, experiment_id="x", shadow=None, faults=None,
+                                  arms=[{"ref": "recs/1", "weight": 50}, {"ref": "closed/1", "weight": 50}])
+        arms._prepare(pending)
+        extra = arms.engines["closed/1"]
+        arms._release(pending)
+        assert "closed/1" in arms.engines  # still pending: kept
+        arms._release(None)
+        assert "closed/1" not in arms.engines and extra._closed.is_set() and "recs/1" in arms.engines
+    finally:
+        for engine in arms.engines.values():
+            engine.close()

@@ -72,7 +72,7 @@ def replica_name() -> str:
 
 
 class Arms:
-    def __init__(self, settings: Settings, endpoint: str, fallback_ref: str, record_shadow):
+    def __init__(self, settings: Settings, endpoint: str, fallback_ref: str, record_shadow, follow: bool = True):
         self.settings, self.endpoint = settings, endpoint
         self.replica = replica_name()
         self.engines: dict[str, Engine] = {}
@@ -81,7 +81,7 @@ class Arms:
         self.shadow_queue: queue.Queue = queue.Queue(_SHADOW_QUEUE)
         self.shadow_dropped = 0
         self.prepared: set[int] = set()
-        active, pending = _traffic.newest(settings, endpoint)
+        active, pending = _traffic.newest(settings, endpoint) if follow else (None, None)
         if active is None:  # a bare `bentoml serve`, or a deployment made before splits existed
             table = Table(None, None, ((fallback_ref, _traffic.BUCKETS),))
         else:
@@ -92,8 +92,12 @@ class Arms:
         if active is not None:
             _traffic.report(settings, endpoint, active.id, self.replica, "active")
         if pending is not None:
-            self._prepare(pending)
-        threading.Thread(target=self._poll, name="aimass-traffic", daemon=True).start()
+            try:
+                self._prepare(pending)
+            except Exception:  # the catalog is away for a moment: the poll prepares it
+                log.exception("preparing split #%s of %s failed", pending.id, endpoint)
+        if follow:
+            threading.Thread(target=self._poll, name="aimass-traffic", daemon=True).start()
         threading.Thread(target=self._shadow, name="aimass-shadow", daemon=True).start()
 
     # --- the request path -----------------------------------------------------------------------------------
@@ -135,14 +139,15 @@ class Arms:
     def _prepare(self, split) -> None:
         if split.id in self.prepared:
             return
-        self.prepared.add(split.id)
         try:
             self._load(_table(split))
         except Exception:
             log.exception("split #%s of %s failed to load", split.id, self.endpoint)
             _traffic.report(self.settings, self.endpoint, split.id, self.replica, "failed", traceback.format_exc())
-            return
-        _traffic.report(self.settings, self.endpoint, split.id, self.replica, "prepared")
+        else:
+            _traffic.report(self.settings, self.endpoint, split.id, self.replica, "prepared")
+        # only once reported: a report the catalog refused is made again at the next poll
+        self.prepared.add(split.id)
 
     def _poll(self) -> None:
         while True:
@@ -164,14 +169,19 @@ class Arms:
                     t = _with(t, self.engines, self.shadows)
                     self.table = t
                     _traffic.report(self.settings, self.endpoint, active.id, self.replica, "active")
-                    nxt = _table(pending) if pending else None
-                    keep = {r for r, _ in t.bounds} | ({r for r, _ in nxt.bounds} if nxt else set())
-                    for ref in [r for r in self.engines if r not in keep]:
-                        self.engines.pop(ref).close()  # requests that picked it hold their own reference
-                    for ref in [r for r in self.shadows if r not in {t.shadow, nxt.shadow if nxt else None}]:
-                        self.shadows.pop(ref).close()
+                self._release(pending)
             except Exception:  # the catalog is away for a moment: keep serving the split in force
                 log.exception("reading the split of %s failed", self.endpoint)
+
+    def _release(self, pending) -> None:
+        """Close what neither the split in force nor the pending one needs: the old arms after a switch, and
+        what a pending split that failed, timed out or was replaced had loaded."""
+        t, nxt = self.table, _table(pending) if pending else None
+        keep = {r for r, _ in t.bounds} | ({r for r, _ in nxt.bounds} if nxt else set())
+        for ref in [r for r in self.engines if r not in keep]:
+            self.engines.pop(ref).close()  # requests that picked it hold their own reference
+        for ref in [r for r in self.shadows if r not in {t.shadow, nxt.shadow if nxt else None}]:
+            self.shadows.pop(ref).close()
 
     def _shadow(self) -> None:
         while True:

@@ -119,13 +119,24 @@ def _lifecycle_lock(settings: Settings):
     return FileLock(str(private_dir(settings.locks) / "serve-cluster.lock"), timeout=600, is_singleton=True)
 
 
+UNSEEN_HOLDER_WAIT_S = 10.0
+
+
 def check_port(settings: Settings) -> None:
     """Refuse, before anything starts, a serve port that another process holds: HAProxy would only fail
     later with a raw "[ALERT] ... failed to start their listeners". This home's own cluster may hold it."""
-    if settings.ray_address or not _listening(f"{settings.host}:{settings.serve_port}"):
+    address = f"{settings.host}:{settings.serve_port}"
+    if settings.ray_address or not _listening(address):
         return
     mine = _procs.tag(settings.home)
     pids = _procs.listening_pids(settings.serve_port)
+    # a holder no process owns any more is one that is exiting (a head killed a moment ago): its socket goes with it
+    deadline = time.monotonic() + UNSEEN_HOLDER_WAIT_S
+    while not pids and not running(settings) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        if not _listening(address):
+            return
+        pids = _procs.listening_pids(settings.serve_port)
     holders = [(pid, _procs.cluster_of(pid)) for pid in pids]
     if any(t == mine for _, t in holders) or (not pids and running(settings)):
         return

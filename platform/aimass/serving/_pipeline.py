@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 
-from aimass.errors import InvalidInputError
+from aimass.errors import AimassError, InvalidInputError
 from aimass.serving._engine import Engine
 from aimass.settings import Settings
 
@@ -51,7 +51,14 @@ class Stages:
 
     async def call(self, stage, method: str, **kw):
         if self.handles:
-            return await getattr(stage, method).remote(**kw)
+            from ray.exceptions import RayTaskError
+
+            try:
+                return await getattr(stage, method).remote(**kw)
+            except RayTaskError as e:  # a stage's own refusal: its message, not the remote traceback around it
+                if isinstance(e.cause, AimassError):
+                    raise e.cause from None
+                raise
         return await asyncio.to_thread(getattr(stage, method), **kw)
 
 

@@ -108,19 +108,27 @@ def validate(s: Settings, endpoint: str, arms: list[Arm], shadow: str | None, fa
     if total != 100:
         raise InvalidInputError(f"arm weights must sum to 100, got {total} "
                                 f"({' + '.join(str(a.weight) for a in arms)})")
+    def answers_here(info, what: str) -> None:
+        """An arm answers the endpoint's routes: search indexes beside search indexes, recommenders beside
+        recommenders (the other kind would answer every request of its users with a 400)."""
+        if info.family not in servable() or info.family == "pipeline":
+            raise InvalidInputError(f"{what}{info.ref} has family {info.family!r}, which no service serves")
+        if (info.family == "search") != (family == "search"):
+            raise InvalidInputError(f"{what}{info.ref} is a {info.family!r} model and endpoint {endpoint!r} serves "
+                                    f"{family!r}: every arm must answer its routes (a search index beside search "
+                                    "indexes, a recommender beside recommenders)")
+
     resolved = []
     for a in arms:
         info = registry.get(a.ref, settings=s)  # NotFoundError names the unknown model or version
-        if info.family not in servable() or info.family == "pipeline":
-            raise InvalidInputError(f"{info.ref} has family {info.family!r}, which no service serves")
+        answers_here(info, "")
         resolved.append(Arm(ref=info.ref, weight=a.weight))
     refs = [a.ref for a in resolved]
     if len(set(refs)) != len(refs):
         raise InvalidInputError(f"an arm is named twice: {', '.join(refs)}")
     if shadow is not None:
         info = registry.get(shadow, settings=s)
-        if info.family not in servable() or info.family == "pipeline":
-            raise InvalidInputError(f"shadow {info.ref} has family {info.family!r}, which no service serves")
+        answers_here(info, "shadow ")
         shadow = info.ref
         if shadow in refs:
             raise InvalidInputError(f"shadow {shadow} is also a live arm: a shadow's answers are never returned")

@@ -102,13 +102,15 @@ def _served(engine: Engine, rid: str) -> dict:
     return {"model": i.name, "version": i.version, "dataset": i.dataset, "request_id": rid}
 
 
-def _settings() -> Settings:
+def _settings() -> tuple[Settings, bool]:
+    """The replica's settings, and whether they name its endpoint (a deployment's replica) or only a model (a
+    bare `bentoml serve`, whose feedback goes to an endpoint named after the model)."""
     s = Settings()
     if not s.serve_model:
         raise InvalidInputError("no model to serve: set AIMASS_SERVE_MODEL=NAME/VERSION (aimass deploy does)")
-    if not s.serve_endpoint:  # a bare `bentoml serve`: its feedback goes to an endpoint named after the model
-        s = s.model_copy(update={"serve_endpoint": s.serve_model.split("/")[0].split("@")[0].lower()})
-    return s
+    if s.serve_endpoint:
+        return s, True
+    return s.model_copy(update={"serve_endpoint": s.serve_model.split("/")[0].split("@")[0].lower()}), False
 
 
 class _Feedback:
@@ -172,9 +174,11 @@ class _SingleModel(_Feedback):
     each request is answered by its user's arm (sticky), named in the answer."""
 
     def __init__(self) -> None:
-        s = _settings()
+        s, deployed = _settings()
         self._start_feedback(s)
-        self.arms = Arms(s, self.endpoint, s.serve_model, self._record_shadow)
+        # a bare `bentoml serve` of recs/1 answers with recs/1: an endpoint "recs" with a split of its own is
+        # another service's, whose changes it must neither follow nor vote on
+        self.arms = Arms(s, self.endpoint, s.serve_model, self._record_shadow, follow=deployed)
         self._pool = None  # recommend_body's threads, made at its first computed answer
         if self.engine.batcher is not None and type(self) in _generic:
             # BentoML runs a sync API in the service's `threads` threads, 1 unless configured: requests one at a
@@ -311,7 +315,7 @@ class Pipeline(_Feedback):
     def __init__(self) -> None:
         from aimass.serving import app
 
-        s = _settings()
+        s, _ = _settings()
         self.stages = app.stage_handles() or _pipeline.Stages.local(s)
         self.retrieval_card = None
         self._start_feedback(s)
