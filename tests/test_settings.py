@@ -110,3 +110,11 @@ def test_a_message_is_redacted_url_by_url():
     assert "tok3n" not in out and "pw9" not in out
     assert "https://user:***@mlflow.example/api/2.0/x" in out and "'postgresql://u:***@db/aimass'" in out
     assert "http://127.0.0.1:5000 kept" in out
+
+
+def test_an_error_line_is_the_first_line_masked_or_the_type():
+    from aimass.settings import error_line
+
+    e = ConnectionError("API request to https://ops:s3cret@mlflow.example/api failed\ntraceback follows")
+    assert error_line(e) == "API request to https://ops:***@mlflow.example/api failed"
+    assert error_line(TimeoutError()) == "TimeoutError"

@@ -266,6 +266,12 @@ def redacted(text: str) -> str:
     return re.sub(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+", lambda m: shown_url(m.group()), text)
 
 
+def error_line(e: BaseException) -> str:
+    """The first line of an error's message (its type's name when it has none), `redacted`: what a record or a
+    reply keeps of an error that a library raised."""
+    return redacted((str(e).strip().splitlines() or [type(e).__name__])[0])
+
+
 def shown_url(url: str) -> str:
     """`url` as it may be printed, logged or put in an error: a password or token in it (`scheme://user:secret@
     host/...`, `https://token@host/...`) replaced by ***; anything without one unchanged."""

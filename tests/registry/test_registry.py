@@ -59,6 +59,12 @@ def test_gate_passes_first_champion_and_refuses_worse_models(env):
         models.promote("gate", worse.version, settings=s)
     assert _snapshot(s) == before
     assert models.show("gate@champion", settings=s).version == good.version
+    # a metric training did not record (another K) is computed for both on the split they share, not "missing"
+    from aimass import registry
+
+    quality = next(c for c in registry.gate("gate", worse.version, metric="test_recall_at_20", settings=s)
+                   if c.check == "quality")
+    assert quality.detail.startswith("test_recall_at_20 0.") and quality.values["champion"] > 0
     # each decision is recorded on its candidate, a refusal too (the console lists them)
     assert "passed for champion: pass latency" in models.show(good.ref, settings=s).tags["aimass.gate"]
     assert models.show(worse.ref, settings=s).tags["aimass.gate"].endswith(
@@ -225,6 +231,26 @@ def test_concurrent_promotions_of_one_name_are_serialised(env):
     assert models.show("race@champion", settings=s).version == winner
 
 
+def test_an_unattended_promotion_waits_for_another_to_end(env):
+    """A retrain's gate or a canary's end (wait_s) must not fail after hours of training because a person's
+    promotion or a compression's registration of the model held its lock for a moment."""
+    from filelock import FileLock
+
+    s, runs = env
+    v = models.register(runs["knn"], "waiting", settings=s)
+    held = FileLock(s.locks / "model-waiting.lock", thread_local=False)  # released by the timer's thread
+    held.acquire()
+    try:
+        with pytest.raises(ConflictError, match="in progress"):  # a person is told at once
+            models.promote("waiting", v.version, settings=s)
+        threading.Timer(1.0, held.release).start()
+        p = models.promote("waiting", v.version, wait_s=60, settings=s)
+    finally:
+        if held.is_locked:
+            held.release()
+    assert p.version == v.version and models.show("waiting@champion", settings=s).version == v.version
+
+
 @pytest.mark.parametrize("call,exc,message", [
     (lambda s: models.show("nobody", settings=s), NotFoundError, "no registered model named 'nobody'"),
     (lambda s: models.show("recs/99", settings=s), NotFoundError, "has no version 99"),
@@ -235,6 +261,8 @@ def test_concurrent_promotions_of_one_name_are_serialised(env):
     (lambda s: models.promote("recs", 1, alias="prod", settings=s), InvalidInputError, "unknown alias"),
     (lambda s: models.promote("recs", 1, min_unexposed_users=0, settings=s), InvalidInputError,
      "min_unexposed_users must be a whole number of users >= 1, got 0"),
+    (lambda s: models.promote("recs", 1, metric="accuracy", settings=s), InvalidInputError,
+     "unknown gate metric 'accuracy'"),
 ])
 def test_bad_input_is_refused_and_changes_nothing(env, call, exc, message):
     s, _ = env

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -264,6 +265,21 @@ def test_a_retrain_without_new_events_refuses_and_changes_nothing(loop):
     assert [x.status for x in h] == ["nothing-new", "nothing-new", r.status] and h[0].reason == "volume"
     with pytest.raises(NotFoundError, match="no deployment named 'ghost'"):
         retraining.retrain("ghost", settings=s)
+
+
+def test_a_failed_retrain_records_its_error_with_passwords_masked(loop, monkeypatch):
+    """A store's client names the URL it called, password included; the record keeps the line, masked."""
+    s, *_ = loop
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("API request to https://ops:s3cret-pw@mlflow.example/api/2.0/runs failed\nmore")
+
+    monkeypatch.setattr(retraining, "_run", unreachable)
+    with pytest.raises(ConnectionError):
+        retraining.retrain("recs", reason="schedule", settings=s)
+    h = retraining.history("recs", settings=s)[0]
+    assert h.status == "failed" and "https://ops:***@mlflow.example" in h.error and h.error.endswith("failed")
+    assert "s3cret-pw" not in Path(h.record).read_text()
 
 
 def test_triggers_and_the_scheduler_tick(settings):

@@ -27,7 +27,7 @@ from sqlalchemy.exc import IntegrityError
 from aimass.catalog import Experiment, ExperimentPublic, session
 from aimass.errors import ConflictError, InvalidInputError, NotFoundError
 from aimass.experiments import _stats
-from aimass.settings import Settings, default_settings
+from aimass.settings import Settings, default_settings, error_line
 
 __all__ = ["ArmView", "ExperimentView", "check", "check_all", "get", "show", "start", "stop"]
 log = logging.getLogger(__name__)
@@ -39,9 +39,10 @@ GUARDRAILS = {"max_p99_ratio": 1.5, "min_p99_excess_ms": 10.0, "max_error_rate":
 class ArmView(BaseModel):
     arm: str
     weight: int
-    users: int = Field(description="Users the arm answered (the unit of analysis: assignment is per user)")
+    users: int = Field(description="Users whose first answer in the experiment the arm gave (the unit of "
+                       "analysis: assignment is per user; a user a ramp moved on counts in the first arm only)")
     answers: int = Field(description="Answers the arm served")
-    successes: int = Field(description="Users with an answer followed by the metric's event")
+    successes: int = Field(description="Those users with an answer of the arm followed by the metric's event")
     rate: float
     interval: tuple[float, float] = Field(description="Wilson interval of the rate at the comparison's level")
     errors: int = Field(description="Requests the arm failed (5xx)")
@@ -165,12 +166,16 @@ def show(endpoint: str, *, experiment_id: str | None = None, settings: Settings 
     experiment stores the running minimum of its always-valid p-values."""
     s = settings or default_settings()
     e = _must(endpoint, s, experiment_id)
+    if not e.arms:  # started a moment ago: its split is being applied, and no arm has answered yet
+        return ExperimentView(experiment=e, arms=[], comparisons=[], guardrails_broken=[])
     arms = _arms(e, s)
     counts = [_stats.ArmCounts(name=a.arm, n=a.users, successes=a.successes) for a in arms]
     comparisons = _stats.decide(counts, control=arms[0].arm, alpha=e.alpha, mde=e.mde, min_p=e.min_p or 1.0,
                                 min_samples=e.min_samples, winners=e.winners) if len(arms) > 1 else []
     for a, c in zip(arms[1:], comparisons, strict=True):  # the interval at the comparison's (corrected) level
         a.interval = c.treatment.interval
+    if comparisons:  # the control's too: every arm's interval at one level
+        arms[0].interval = comparisons[0].control.interval
     if e.state == "running" and comparisons:
         _store_look(s, e, comparisons)
         e = get(endpoint, experiment_id=e.experiment_id, settings=s)
@@ -214,14 +219,19 @@ def _arms(e: ExperimentPublic, s: Settings) -> list[ArmView]:
     answers = answers[answers["user_id"].notna()]
     # a set lookup per answer: pandas' isin() turned the set into an array first, which cost more than this
     answers["converted"] = np.fromiter((r in converted for r in answers["request_id"]), bool, len(answers))
+    # A user counts in the arm of their first answer (the log is in serving order), with what that arm's answers
+    # did: a ramp (weights changed while it runs) moves users to another arm, and counting them in both would
+    # make the arms' samples overlap, which the test's independence forbids.
+    answers["assigned"] = answers["arm"] == answers.groupby("user_id", sort=False)["arm"].transform("first")
     out = []
     for a in e.arms:
         mine = answers[answers["arm"] == a["ref"]]
         failed = mine["strategy"] == "error"
         ok = mine[~failed]
         lat = ok["latency_ms"].dropna().to_numpy(dtype=float)
-        users = ok["user_id"].nunique()
-        k = int(ok.loc[ok["converted"], "user_id"].nunique())
+        kept = ok[ok["assigned"]]
+        users = kept["user_id"].nunique()
+        k = int(kept.loc[kept["converted"], "user_id"].nunique())
         out.append(ArmView(arm=a["ref"], weight=a["weight"], users=users, answers=len(ok), successes=k,
                            rate=k / users if users else 0.0, interval=_stats.wilson(k, users, 1 - e.alpha),
                            errors=int(failed.sum()), error_rate=float(failed.mean()) if len(mine) else 0.0,
@@ -278,10 +288,10 @@ def stop(endpoint: str, *, promote: str | None = None, decision: str | None = No
         name, version = ref.split("/")
         if name == refs[0].split("/")[0]:  # won online: the champion even if an offline check disagrees (recorded)
             try:
-                registry.promote(name, int(version), force=True, settings=s)
+                registry.promote(name, int(version), force=True, wait_s=registry.UNATTENDED_WAIT_S, settings=s)
             except Exception as err:  # the traffic moved: the experiment is over either way
                 log.exception("making %s the champion failed", ref)
-                decision += f" (champion alias not moved: {err})"
+                decision += f" (champion alias not moved: {error_line(err)})"
     return _stopped(s, e, decision or "stopped")
 
 

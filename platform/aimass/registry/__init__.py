@@ -17,7 +17,7 @@ from filelock import FileLock, Timeout
 from pydantic import BaseModel, Field
 
 from aimass.errors import BackendError, ConflictError, InvalidInputError, NotFoundError
-from aimass.settings import Settings, default_settings
+from aimass.settings import Settings, default_settings, error_line
 from aimass.tracking import TAG as T  # tag prefix
 from aimass.tracking import lineage_of
 
@@ -117,7 +117,7 @@ def register(run_id: str, name: str, *, settings: Settings | None = None, parent
     tags.update({f"{T}metric.{k}": str(v) for k, v in run.data.metrics.items()
                  if k.startswith(("test_", "best_val_", "size_", "latency_", "n_parameters", "parent_",
                                    "delta_", "speedup_", "top10_"))})
-    with _lock(s, name, "register"):
+    with _lock(s, name, 1800):
         try:
             client.get_registered_model(name)
         except Exception:
@@ -180,8 +180,14 @@ def get(ref: str, *, settings: Settings | None = None) -> ModelVersionInfo:
     raise NotFoundError(f"model {name!r} has no version {version} (latest is {all_versions[-1].version})")
 
 
+# how long an unattended promotion (a retrain's gate, a canary's winner) waits for another one of the model
+UNATTENDED_WAIT_S = 1800.0
+
+
 @contextmanager
-def _lock(s: Settings, name: str, what: str):
+def _lock(s: Settings, name: str, wait_s: float):
+    """One promotion or registration of a model at a time; another waits up to `wait_s` (a register waits out
+    a promotion's gate, minutes when it re-scores, so that a compression's work is not lost)."""
     from aimass import console
 
     s.locks.mkdir(parents=True, exist_ok=True)
@@ -190,11 +196,10 @@ def _lock(s: Settings, name: str, what: str):
         try:
             lock.acquire(timeout=0)
         except Timeout:
-            if what == "promote":
+            if wait_s <= 0:
                 raise
-            # a register waits out a promotion's gate (minutes when it re-scores): a compression's work is not lost
             console.stage(f"waiting for another promotion or registration of model {name!r} to end")
-            lock.acquire(timeout=1800 if what == "register" else 60)
+            lock.acquire(timeout=wait_s)
         try:
             yield
         finally:
@@ -232,7 +237,7 @@ class Promotion(BaseModel):
 def promote(name: str, version: int, *, alias: str = "champion", force: bool = False,
             tolerance: float = 0.01, latency_budget_ms: float = 50.0, metric: str = "test_ndcg_at_10",
             rescore_on: str | None = None, min_unexposed_users: int = MIN_UNEXPOSED_USERS,
-            baseline: int | None = None, settings: Settings | None = None) -> Promotion:
+            baseline: int | None = None, wait_s: float = 0.0, settings: Settings | None = None) -> Promotion:
     """Point `alias` at `version` if it passes the gate: offline `metric` no worse than the champion's by more
     than `tolerance` (relative) on one test split, and p99 scoring latency at batch 1 within
     `latency_budget_ms`. The split is the champion's dataset version's; for a candidate trained on a version
@@ -243,12 +248,13 @@ def promote(name: str, version: int, *, alias: str = "champion", force: bool = F
     dataset refuses. `baseline`: the version to compare with while the name has no champion (retraining
     passes the version its endpoint serves); without either, only latency is checked (a first champion).
     `force` promotes anyway and records so. A refusal raises GateRefusedError (a ConflictError) carrying the
-    checks."""
+    checks. While another promotion or registration of the model runs, a ConflictError at once, or after
+    `wait_s` seconds of waiting for it (what an unattended caller, a retrain or a canary's end, does)."""
     s = settings or default_settings()
     if alias not in ALIASES:
         raise InvalidInputError(f"unknown alias {alias!r}; use one of {', '.join(ALIASES)}")
-    candidate, client = _candidate(name, version, tolerance, min_unexposed_users, s, latency_budget_ms)
-    with _lock(s, name, "promote"):
+    candidate, client = _candidate(name, version, tolerance, min_unexposed_users, s, latency_budget_ms, metric)
+    with _lock(s, name, wait_s):
         checks = _run_gate(client, candidate, tolerance, latency_budget_ms, metric, rescore_on, min_unexposed_users,
                            s, baseline)
         ok = all(c.passed for c in checks)
@@ -275,7 +281,7 @@ def gate(name: str, version: int, *, tolerance: float = 0.01, latency_budget_ms:
          settings: Settings | None = None) -> list[GateCheck]:
     """The checks `promote` would run against the current champion (or `baseline`), changing nothing."""
     s = settings or default_settings()
-    candidate, client = _candidate(name, version, tolerance, min_unexposed_users, s, latency_budget_ms)
+    candidate, client = _candidate(name, version, tolerance, min_unexposed_users, s, latency_budget_ms, metric)
     return _run_gate(client, candidate, tolerance, latency_budget_ms, metric, rescore_on, min_unexposed_users, s,
                      baseline)
 
@@ -289,12 +295,17 @@ def set_alias(name: str, version: int, alias: str, *, settings: Settings | None 
     if alias == "champion":
         raise InvalidInputError("the champion alias moves only through promote (the gate)")
     get(f"{name}/{version}", settings=s)
-    with _lock(s, name, "alias"):
+    with _lock(s, name, 60):
         return _set_alias(_client(s), name, version, alias)
 
 
 def _candidate(name: str, version: int, tolerance: float, min_unexposed_users: int, s: Settings,
-               latency_budget_ms: float):
+               latency_budget_ms: float, metric: str):
+    from aimass.registry._gate import scorable
+
+    if not scorable(metric):  # before the gate, which would record the version as refused for it
+        raise InvalidInputError(f"unknown gate metric {metric!r}: use test_ndcg_at_K, test_recall_at_K, "
+                                "test_coverage_at_K or test_mrr")
     if not 0 <= tolerance < 1:
         raise InvalidInputError(f"tolerance must be in [0, 1), got {tolerance}")
     # before the gate: a budget no model meets would be recorded on the version as a refusal
@@ -331,7 +342,7 @@ def _aliases(client, name: str) -> dict[str, str]:
     try:
         return dict(client.get_registered_model(name).aliases or {})
     except Exception as e:
-        raise BackendError(f"cannot read the aliases of model {name!r}: {_first_line(e)}") from None
+        raise BackendError(f"cannot read the aliases of model {name!r}: {error_line(e)}") from None
 
 
 def _champion(client, name: str) -> ModelVersionInfo | None:
@@ -343,11 +354,7 @@ def _champion(client, name: str) -> ModelVersionInfo | None:
         cause = e
     if "champion" not in _aliases(client, name):
         return None
-    raise BackendError(f"promotion of {name!r} refused: its champion cannot be read: {_first_line(cause)}")
-
-
-def _first_line(e: Exception) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+    raise BackendError(f"promotion of {name!r} refused: its champion cannot be read: {error_line(cause)}")
 
 
 def compress(name: str, version: int, method: str, *, settings: Settings | None = None, progress: bool = False,

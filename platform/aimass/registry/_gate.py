@@ -44,8 +44,11 @@ def run_gate(candidate, champion, tolerance: float, latency_budget_ms: float, me
                 check="dataset", passed=same,
                 detail=f"candidate trained on {candidate.dataset}, champion on {champion.dataset}" if not same
                 else f"both on {candidate.dataset}"))
-            checks.append(_quality(metric, candidate.metrics.get(metric), champion.metrics.get(metric),
-                                   tolerance, "champion"))
+            c, b = candidate.metrics.get(metric), champion.metrics.get(metric)
+            if same and (c is None or b is None):  # a figure training did not record (another K): both scored
+                split = _Split.of(candidate.dataset, settings)
+                c, b = (_score(x, split, metric, [None], settings)[0] for x in (candidate, champion))
+            checks.append(_quality(metric, c, b, tolerance, "champion"))
         else:
             checks += _compared_on(on, candidate, champion, metric, tolerance, min_unexposed_users, settings)
     p99 = scoring_latency_ms(candidate, settings)["p99"]
@@ -249,6 +252,11 @@ def rescore(info, dataset: str, metric: str = "test_ndcg_at_10", *, settings: Se
     split = _Split.of(dataset, settings)
     mask = None if users is None else np.isin(split.splits.test_users, np.asarray(users, dtype=np.int64))
     return _score(info, split, metric, [mask], settings)[0]
+
+
+def scorable(metric: str) -> bool:
+    """Whether the gate can compute `metric` on a test split (a version may not have recorded it)."""
+    return isinstance(metric, str) and _METRIC.match(metric) is not None
 
 
 def _score(info, split: _Split, metric: str, masks: list, settings: Settings) -> list[float]:

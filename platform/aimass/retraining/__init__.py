@@ -28,7 +28,7 @@ from pydantic import BaseModel, Field
 
 from aimass.errors import ConflictError, InvalidInputError
 from aimass.registry import GateCheck
-from aimass.settings import Settings, default_settings
+from aimass.settings import Settings, default_settings, error_line
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -123,7 +123,7 @@ def retrain(endpoint: str, *, reason: str = "manual", promote: bool = True, sett
         r.status, r.error = "nothing-new", str(e)
         raise ConflictError(str(e)) from None
     except BaseException as e:
-        r.status, r.error = "failed", (str(e).strip().splitlines() or [type(e).__name__])[0]
+        r.status, r.error = "failed", error_line(e)
         raise
     finally:
         r.finished_at, r.seconds = datetime.now(UTC), round(time.perf_counter() - t0, 1)
@@ -170,7 +170,7 @@ def _run(r: RetrainResult, d, promote: bool, progress: bool, s: Settings, budget
     elif promote:
         try:
             r.gate = registry.promote(v.name, v.version, tolerance=s.gate_tolerance, baseline=champion.version,
-                                      settings=s).checks
+                                      wait_s=registry.UNATTENDED_WAIT_S, settings=s).checks
             r.promoted = True
         except registry.GateRefusedError as e:
             r.gate = e.checks
@@ -267,7 +267,7 @@ def _start_canary(endpoint: str, control: str, challenger: str, s: Settings) -> 
                               actor="retrain", settings=s)
     except Exception as err:
         log.exception("the canary of %s on %s did not start", challenger, endpoint)
-        return None, (str(err).strip().splitlines() or [type(err).__name__])[0]
+        return None, error_line(err)
     return e.experiment_id, None
 
 

@@ -27,7 +27,7 @@ import time
 import uuid
 
 from aimass.errors import BackendError, InvalidInputError
-from aimass.settings import Settings, default_settings, redacted
+from aimass.settings import Settings, default_settings, error_line
 
 MIN_BUDGET_MIN = 1.0  # the baselines and one short probe of each neural family need about this much
 BASELINES = ("popularity", "itemknn", "ease")
@@ -106,7 +106,7 @@ def auto(dataset: str, time_budget_min: float, *, workers: int = 1, max_val_user
         except KeyboardInterrupt:
             raise
         except Exception as e:  # one candidate failing must not lose the others' work
-            c.skipped = f"failed: {redacted(str(e).splitlines()[0]) if str(e) else type(e).__name__}"
+            c.skipped = f"failed: {error_line(e)}"
         else:
             m = r.metrics
             c.run_id, c.stop_reason, c.epochs, c.note = r.run_id, r.stop_reason, r.epochs, r.note
