@@ -143,8 +143,8 @@ def test_a_catalogue_beyond_free_memory_is_refused_naming_both(home, monkeypatch
     free = psutil.virtual_memory()._replace(available=100_000)
     monkeypatch.setattr(psutil, "virtual_memory", lambda: free)
     before = _runs(home)
-    with pytest.raises(InvalidInputError, match=r"ease needs about 0\.1 MB for 1\d\d items \(2 worker\(s\) x "
-                                                r"7\d kB\) and this machine has 0\.1 MB free"):
+    with pytest.raises(InvalidInputError, match=r"ease needs about 0\.\d MB for 1\d\d items \(2 worker\(s\) x "
+                                                r"\d+ kB\) and this machine has 0\.1 MB free"):
         aimass.train("ease", "demo", workers=2, progress=False, settings=home)
     assert _runs(home) == before
 

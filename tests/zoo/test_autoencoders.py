@@ -45,3 +45,28 @@ def test_a_catalogue_beyond_the_limit_is_refused_naming_it():
         EASE(max_items=100).fit(grouped(10, 0), N_ITEMS)
     with pytest.raises(InvalidInputError, match=r"limit is max_items=100.*two-tower"):
         MultVAE(max_items=100).fit(grouped(10, 0), N_ITEMS)
+
+
+
+def test_the_memory_ease_says_it_needs_covers_its_peak():
+    """The job's memory check (aimass.training) refuses what this machine cannot hold from `memory_bytes`: an
+    estimate below the real peak lets a job be killed mid-run. On dense data (every user plays half the
+    catalogue: a Gram matrix with every pair) EASE peaked at over 3 times its old estimate of 5 n^2 bytes."""
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    n = 600
+    train = [rng.choice(n, n // 2, replace=False) + 1 for _ in range(200)]
+    lengths = [len(s) for s in train]
+    est = EASE()
+    cfg = est.resolve_config(n, lengths)
+    tracemalloc.start()
+    try:
+        est.adopt_stats(est.sufficient_stats(train, cfg, n), cfg, n)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    need = est.memory_bytes(cfg, n, lengths)
+    assert 5 * (n + 1) ** 2 < peak <= need, (peak, need)
+    # sparse histories: the Gram matrix holds at most each history's pairs, and the estimate says so
+    assert est.memory_bytes(cfg, n, [3] * 10) < need

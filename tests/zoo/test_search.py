@@ -156,3 +156,21 @@ def test_semantic_and_hybrid(tmp_path):
     est.save(tmp_path / "m")
     loaded = Search.load(tmp_path / "m")
     np.testing.assert_array_equal(loaded.search("jazz")["items"], est.search("jazz")["items"])
+
+
+def test_scripts_without_spaces_match_by_characters_and_pairs_and_keep_latin_words_whole():
+    """Chinese and Japanese are written without spaces: a one-character query ("猫", cat) must find its titles,
+    a Latin word inside such a title stays one word, a voiced kana is another letter, and a Hangul syllable is
+    not taken apart into its jamo."""
+    from aimass.zoo.search import words
+
+    titles = ["黒い猫", "iPhone手机壳", "ガラスの心", "カラスの歌", "방탄소년단", "Daft Punk"]
+    idx = Search(semantic=False, mode="bm25").fit([np.array([1, 2, 3, 4, 5, 6])], len(titles),
+                                                 item_table={"title": titles, "text": titles})
+    assert idx.search("猫")["items"][0] == 1
+    assert idx.search("iphone")["items"][0] == 2 and "iphone" in words("iPhone手机壳")
+    assert idx.search("ガラス")["items"][0] == 3 and idx.search("カラス")["items"][0] == 4
+    assert words("ガラス") != words("カラス") and words("ｶﾞﾗｽ") == words("ガラス")  # half-width kana too
+    assert idx.search("소년")["items"][0] == 5 and "소년" in words("방탄소년단")
+    assert [s["text"] for s in idx.suggest("방탄")] == ["방탄소년단"]
+

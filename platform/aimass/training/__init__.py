@@ -91,7 +91,7 @@ def train(
         raise InvalidInputError(f"invalid params for {family}: {e}") from None
     _check_trainable(est, cfg, data["train"], workers)
     if not s.ray_address:  # this machine's memory holds every worker (a cluster's nodes are not known here)
-        _check_memory(est, cfg, data["n_items"], workers)
+        _check_memory(est, cfg, data["n_items"], workers, lengths)
     data["resolved"] = {**data_stats(lengths, data["n_items"]), **_derived(cls, params, cfg)}
     use_text = item_text if item_text is not None else (
         getattr(cls, "accepts_item_features", False) and ds.items is not None)
@@ -232,7 +232,7 @@ def _check_params(cls, params: dict, epochs: int | None) -> dict:
     return checked
 
 
-def _check_memory(est, cfg, n_items: int, workers: int) -> None:
+def _check_memory(est, cfg, n_items: int, workers: int, lengths) -> None:
     """A family whose memory grows with the catalogue (EASE's dense matrix) says what one worker needs: more
     than this machine has free would be killed mid-job, or swap it to a halt."""
     import psutil
@@ -241,7 +241,7 @@ def _check_memory(est, cfg, n_items: int, workers: int) -> None:
     if need is None:
         return
     procs = max(1, workers)
-    per, free = need(cfg, n_items), psutil.virtual_memory().available
+    per, free = need(cfg, n_items, lengths), psutil.virtual_memory().available
     if per * procs > free:
         raise InvalidInputError(
             f"{est.family} needs about {_size(per * procs)} for {n_items:,} items ({procs} worker(s) x "

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from aimass.zoo.trainer import STOP_METRIC, Limits, LoopState, Trainer, unwrap, validation_metrics
+from aimass.zoo.trainer import STOP_METRIC, Limits, LoopState, Trainer, all_reduce, unwrap, validation_metrics
 
 
 def worker_loop(config: dict) -> None:
@@ -136,12 +136,7 @@ def _slowest(elapsed: float, world: int) -> float:
     learning rates (their weights would drift apart)."""
     if world == 1:
         return elapsed
-    import torch
-    import torch.distributed as dist
-
-    t = torch.tensor([elapsed], dtype=torch.float64)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return float(t)
+    return float(all_reduce([elapsed], op="max")[0])
 
 
 class _Reporter:

@@ -12,8 +12,8 @@ the hooks a distributed job drives:
   DistributedSampler).
 ``resolve_config(n_items, sequence_lengths, time_budget_s=None)`` fills what the data (and the job's budget)
 decide; the driver and every worker call it with the same arguments, so they build the same network.
-Any family may also say one worker's peak memory, ``memory_bytes(cfg, n_items)``, when the catalogue decides it
-(EASE): a job this machine cannot hold is refused before it starts.
+Any family may also say one worker's peak memory, ``memory_bytes(cfg, n_items, sequence_lengths)``, when the
+catalogue decides it (EASE, Mult-VAE): a job this machine cannot hold is refused before it starts.
 """
 from __future__ import annotations
 

@@ -59,10 +59,13 @@ class EASE:
                 "max_items if this machine has the memory")
         return cfg
 
-    def memory_bytes(self, cfg: EASEConfig, n_items: int) -> int:
-        """One worker's peak: the dense float32 matrix, inverted in its own memory, and a quarter more for the
-        sparse Gram matrices it sums (every worker inverts the whole matrix)."""
-        return 5 * (n_items + 1) ** 2
+    def memory_bytes(self, cfg: EASEConfig, n_items: int, lengths=None) -> int:
+        """One worker's peak: the dense float32 matrix, inverted in its own memory (every worker inverts the
+        whole matrix), and the sparse Gram matrices it sums and densifies, 8 bytes a pair of items seen together
+        (at most n^2; each history of L items gives at most L^2), twice over for the shards a worker gathers."""
+        n = n_items + 1
+        pairs = n * n if lengths is None else min(n * n, int(np.sum(np.square(np.asarray(lengths, np.int64)))))
+        return 4 * n * n + 16 * pairs
 
     # -- additive statistics: a distributed job sums them over shards of users ------------------------------
     def sufficient_stats(self, sequences: list[np.ndarray], cfg: EASEConfig, n_items: int) -> dict:
@@ -72,11 +75,11 @@ class EASE:
         x = sp.csr_matrix((np.ones(sum(map(len, cols)), dtype=np.float32),
                            (np.concatenate(rows) if rows else [], np.concatenate(cols) if cols else [])),
                           shape=(len(sequences), n))
-        return {"gram": (x.T @ x).tocsr()}
+        return {"gram": x.T @ x}  # as scipy returns it (CSC): a CSR copy would double the peak
 
     def adopt_stats(self, stats: dict, cfg: EASEConfig, n_items: int) -> EASE:
         # float32 throughout, in place where numpy allows: the limit is memory (three n x n matrices at most)
-        g = sp.csr_matrix(stats.pop("gram")).astype(np.float32).toarray()  # the sparse copy is let go
+        g = stats.pop("gram").toarray()  # float32 already (an astype would copy it); the sparse one is let go
         g[0, :] = g[:, 0] = 0.0
         counts = np.diag(g)[1:].astype(np.float64)
         lam = cfg.l2 if cfg.l2 is not None else cfg.l2_scale * max(float(counts.mean()) if len(counts) else 1.0,

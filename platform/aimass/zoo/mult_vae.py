@@ -41,7 +41,8 @@ class MultVAEConfig(BaseModel):
     epochs: int = Field(200, ge=1)
     patience: int | None = Field(20, ge=1)   # epochs without a better val NDCG@10; None: never stop early
     time_budget_s: float | None = Field(None, gt=0)
-    # the two dense [n_items, hidden] layers and a [batch, n_items] input: 500k items is ~5 GB with Adam
+    # the two dense [n_items, hidden] layers: 500k items at hidden 600 is 6e8 parameters, about 12 GB with their
+    # gradients, Adam's moments and the kept best copy (memory_bytes: a machine without it is refused)
     max_items: int = Field(500_000, ge=1)
     seed: int = 0
 
@@ -139,6 +140,14 @@ class MultVAE(NeuralEstimator):
 
     family = "mult-vae"
     Config = MultVAEConfig
+
+    def memory_bytes(self, cfg: MultVAEConfig, n_items: int, lengths=None) -> int:
+        """One worker's peak: the two [n_items, hidden] layers' weights, gradients, Adam's two moments and the
+        best epoch's copy (20 bytes a parameter), and a batch's [batch, n_items] input, logits and their
+        gradients (float32, a few of each), or a validation batch's scores."""
+        n = n_items + 1
+        params = 2 * n * cfg.hidden + 2 * cfg.hidden * cfg.latent
+        return 20 * params + 16 * n * max(cfg.batch_size, 256)
 
     # ---- uniform hooks (aimass.training's DDP loop calls these; fit() is built from them) ---------------
     @staticmethod

@@ -84,24 +84,41 @@ class SearchConfig(BaseModel):
 _WORD = re.compile(r"\w+")
 _LETTERS = re.compile(r"[^\W_]+")  # a word as words() splits it: "_" separates too
 _NO_SPACE_SCRIPT = 0x2E80  # CJK, kana, hangul and above: scripts written without spaces
+_RUNS = re.compile("[\u2e80-\U0010ffff]+|[^\u2e80-\U0010ffff]+")  # a word's no-space runs and the rest
+_KANA_VOICING = "\u3099\u309a"  # combining marks that make another kana: ガラス (glass) is not カラス (crow)
 _MAX_QUERY_CHARS = 1000
 _MAX_TITLE = 100  # a 10 kB query is a paste accident; its head is what the user meant
 
 
 def fold(text: str) -> str:
-    """Accent-, case- and width-insensitive form used for every match."""
+    """Accent-, case- and width-insensitive form used for every match. Composed again after the accents go:
+    a Hangul syllable stays one character (decomposed, it is three jamo), a voiced kana stays voiced."""
     text = unicodedata.normalize("NFKD", str(text))
-    return "".join(c for c in text if not unicodedata.combining(c)).casefold()
+    text = "".join(c for c in text if not unicodedata.combining(c) or c in _KANA_VOICING)
+    return unicodedata.normalize("NFC", text).casefold()
 
 
 def words(text: str) -> list[str]:
+    """Index and query tokens. Scripts written without spaces (CJK, kana, hangul) give each character and each
+    pair of neighbours (a one-character query is common there, and a pair carries most of the meaning); a
+    Latin or digit run inside such a word stays whole ("iphone手机壳": "iphone", "手", ..., "手机", ...)."""
     out = []
     for w in _WORD.findall(fold(text).replace("_", " ")):
-        if len(w) > 1 and ord(max(w)) >= _NO_SPACE_SCRIPT:
-            out += [w[i:i + 2] for i in range(len(w) - 1)]  # bigrams: no spaces to split on
-        else:
+        if ord(max(w)) < _NO_SPACE_SCRIPT:
             out.append(w)
+            continue
+        for run in _RUNS.findall(w):
+            if ord(run[0]) < _NO_SPACE_SCRIPT:
+                out.append(run)
+            else:
+                out += list(run) + [run[i:i + 2] for i in range(len(run) - 1)]
     return out
+
+
+def plain(text: str) -> str:
+    """Folded words in their order, one space apart, no pairs or single characters: what a whole title or a
+    prefix is matched as (suggestions, fuzzy titles), so "방탄" starts "방탄소년단"."""
+    return " ".join(_WORD.findall(fold(text).replace("_", " ")))
 
 
 def _respelt(word: str, fixes: dict[str, str]) -> str:
@@ -231,7 +248,7 @@ class Search:
         self._vocab_by_len: dict[int, list[str]] = {}
         for w in self._vocab_rank:  # frequency order is kept within each length
             self._vocab_by_len.setdefault(len(w), []).append(w)
-        self._folded_titles = [" ".join(words(t)) for t in self.titles_]
+        self._folded_titles = [plain(t) for t in self.titles_]
         lengths = np.fromiter((len(t) for t in self._folded_titles), np.int64, len(self._folded_titles))
         self._titles_by_len = np.argsort(lengths, kind="stable")
         self._title_lengths = lengths[self._titles_by_len]
@@ -322,7 +339,7 @@ class Search:
                 bm = self._bm25_scores(ids)
                 sources.append((self._top(bm, mask, positive=True), lambda c, bm=bm: bm[c], 1.0, True))
             if unknown:  # a misspelt name, or one "corrected" to another real word: match whole titles too
-                fz = self._fuzzy_titles(" ".join(words(query)), mask)
+                fz = self._fuzzy_titles(plain(query), mask)
                 sources.append((np.fromiter(fz, np.int64, len(fz)),
                                 lambda c, fz=fz: np.array([fz.get(int(i), 0.0) for i in c]), 1.0, True))
         if mode in ("semantic", "hybrid"):
@@ -459,7 +476,7 @@ class Search:
         plays; benchmarks/search_lastfm.py, each drawn pair held out of the history and the co-occurrence)."""
         if not isinstance(prefix, str) or not prefix.strip():
             raise InvalidInputError("the suggestion prefix is empty")
-        p = " ".join(words(prefix[:200]))
+        p = plain(prefix[:200])
         if not p:
             return []
         import bisect
@@ -484,9 +501,9 @@ class Search:
     def save(self, path: str | Path) -> None:
         p = Path(path)
         p.mkdir(parents=True, exist_ok=True)
-        (p / "config.json").write_text(json.dumps({
+        (p / "config.json").write_text(json.dumps({  # whatever the machine's locale: titles in any script
             "family": self.family, "n_items": self.n_items_, "config": self.config_.model_dump(),
-            "texts": self.texts_, "titles": self.titles_}, ensure_ascii=False))
+            "texts": self.texts_, "titles": self.titles_}, ensure_ascii=False), encoding="utf-8")
         s = self.similarity_.tocsr()
         arrays = {"counts": self.counts_, "sim_data": s.data, "sim_indices": s.indices, "sim_indptr": s.indptr}
         if self.vectors_ is not None:
@@ -498,7 +515,7 @@ class Search:
     @classmethod
     def load(cls, path: str | Path) -> Search:
         p = Path(path)
-        meta = json.loads((p / "config.json").read_text())
+        meta = json.loads((p / "config.json").read_text(encoding="utf-8"))
         if not meta["config"].get("semantic", True):  # saved before bm25 became such an index's default mode
             meta["config"]["mode"] = "bm25"
         z = np.load(p / "arrays.npz", allow_pickle=False)

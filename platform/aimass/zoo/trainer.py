@@ -95,14 +95,22 @@ def validation_metrics(score_fn, histories: Sequence[np.ndarray], targets: np.nd
         if diverged:
             sums[:2] = np.nan
     if world > 1:
-        import torch
-        import torch.distributed as dist
-
-        t = torch.tensor(sums, dtype=torch.float64)
-        dist.all_reduce(t)
-        sums = t.numpy()
+        sums = all_reduce(sums)
     n = max(float(sums[2]), 1.0)
     return {STOP_METRIC: float(sums[0]) / n, RECALL: float(sums[1]) / n}
+
+
+def all_reduce(values, op: str = "sum") -> np.ndarray:
+    """``values`` (float64) summed, or their maximum, over the job's ranks. NCCL, the backend of GPU workers,
+    reduces only CUDA tensors: there the values go through this rank's GPU."""
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor(np.asarray(values, dtype=np.float64), dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        t = t.to(torch.device("cuda", torch.cuda.current_device()))
+    dist.all_reduce(t, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
+    return t.cpu().numpy()
 
 
 class EpochLoop:
