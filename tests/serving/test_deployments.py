@@ -158,3 +158,39 @@ def test_multi_stage_is_one_application_of_three_deployments(served):
     assert set(app.deployments) == {"ingress", "retrieval", "ranking"}
     assert all(str(d.status.value if hasattr(d.status, "value") else d.status) == "HEALTHY"
                for d in app.deployments.values())
+
+
+def test_a_deploy_whose_replicas_do_not_start_leaves_the_split_as_the_record_says(served, monkeypatch):
+    """The split is made before the replicas start (they read it as they load); when they fail, the record
+    still names the old model, and so must the split in force."""
+    import aimass.serving as api
+    from aimass.errors import BackendError
+    from aimass.serving import _traffic
+
+    s = served.settings
+
+    def fails(*args, **kwargs):
+        raise BackendError("replicas did not start")
+
+    monkeypatch.setattr(api, "_run", fails)
+    with pytest.raises(BackendError, match="did not start"):
+        serving.deploy("recs/1", "never-started", settings=s)
+    assert _traffic.current(s, "never-started") is None
+    assert [h.state for h in _traffic.history(s, "never-started")] == ["failed"]
+
+
+def test_a_deploy_over_a_running_experiment_is_refused(served):
+    from aimass.catalog import Experiment, session
+    from aimass.errors import ConflictError
+
+    s = served.settings
+    with session(s) as db:
+        db.add(Experiment(endpoint="on-trial", experiment_id="t1", metric="play_rate",
+                          arms=[{"ref": "recs/1", "weight": 100}]))
+        db.commit()
+    with pytest.raises(ConflictError, match="experiment t1 is running on 'on-trial': stop it first"):
+        serving.deploy("recs/1", "on-trial", settings=s)
+    from aimass.serving import _traffic
+
+    assert "on-trial" not in [d.endpoint for d in serving.deployments(settings=s)]
+    assert _traffic.current(s, "on-trial") is None  # no split made either

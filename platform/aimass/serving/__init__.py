@@ -132,8 +132,13 @@ def deploy(ref: str, endpoint: str, *, ranker: str | None = None, min_replicas: 
 
     if family not in servable():
         raise InvalidInputError(f"{info.ref} has family {family!r}, which no service serves")
-    _cluster.check_port(s)  # before anything starts: HAProxy's own failure comes late and says little
     from aimass.serving import _traffic, app
+
+    experiment = _traffic.running_experiment(s, endpoint)
+    if experiment:  # a new deployment's split would end it unrecorded, its arms gone
+        raise ConflictError(f"experiment {experiment} is running on {endpoint!r}: stop it first (aimass "
+                            f"experiments stop {endpoint} [--promote ARM]); nothing was deployed")
+    _cluster.check_port(s)  # before anything starts: HAProxy's own failure comes late and says little
 
     before = _saved(s).get(endpoint)
     running = before is not None and _live_status(s).get(endpoint) == "RUNNING"
@@ -148,11 +153,18 @@ def deploy(ref: str, endpoint: str, *, ranker: str | None = None, min_replicas: 
     restart = not (swap and before["args"] == args.model_dump())
     if running and restart:  # new replicas must start before the running ones are replaced: try them aside first
         _preflight(s, args, endpoint, info.ref)
+    initial = prior = None
     if swap:
         set_traffic(endpoint, [f"{info.ref}=100"], reason="deploy", settings=s)
-    elif family != "pipeline":
-        _traffic.activate_initial(s, endpoint, info.ref)
-    state = _run(s, args, endpoint, info.ref) if restart else _cluster.connect(s)
+    elif family != "pipeline":  # before the replicas start: they read the split in force as they load
+        prior = _traffic.current(s, endpoint)
+        initial = _traffic.activate_initial(s, endpoint, info.ref)
+    try:
+        state = _run(s, args, endpoint, info.ref) if restart else _cluster.connect(s)
+    except BaseException:  # the deployment record still names the old model: so must the split
+        if initial is not None:
+            _traffic.undo_initial(s, endpoint, initial, prior.id if prior else None)
+        raise
     d = Deployment(endpoint=endpoint, url=f"http://{s.host}:{s.serve_port}/{endpoint}", model=info.name,
                    version=info.version, family=family, requested=ref, dataset=info.dataset,
                    ranker=rank_info.ref if rank_info else None, status="RUNNING", proxy=state["proxy"],

@@ -205,6 +205,18 @@ def activate_initial(s: Settings, endpoint: str, ref: str, reason: str = "deploy
         return row.id
 
 
+def undo_initial(s: Settings, endpoint: str, split_id: int, prior_id: int | None) -> None:
+    """A deployment whose replicas did not start: its split is marked failed, and the one it superseded (if
+    any) is in force again, as the deployment record (unchanged) says."""
+    now = datetime.now(UTC)
+    with engine_for(s.catalog).begin() as conn:
+        t = TrafficSplit.__table__
+        conn.execute(update(t).where(t.c.id == split_id).values(state="failed", error="the deployment did not start",
+                                                                decided_at=now))
+        if prior_id is not None:
+            conn.execute(update(t).where(t.c.id == prior_id, t.c.state == "superseded").values(state="active"))
+
+
 def propose(s: Settings, endpoint: str, arms: list[Arm], shadow: str | None, *, faults: dict | None = None,
             experiment_id: str | None = None, reason: str = "set", actor: str = "cli") -> TrafficSplitPublic:
     """Store a pending split; ConflictError while another change to the endpoint is pending."""
