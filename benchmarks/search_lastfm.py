@@ -173,7 +173,7 @@ def suggest_variants(data: dict, feats: np.ndarray, n: int, by_plays: bool) -> d
 
     import scipy.sparse as sp
 
-    from aimass.zoo.search import _top_k_rows, words
+    from aimass.zoo.search import _top_k_rows, plain
 
     est, drawn, kept = held_out_pairs(data, feats, n, np.random.default_rng(3), 3, by_plays)
     rows = [np.repeat(h, len(h)) for h in kept.values()]
@@ -186,7 +186,7 @@ def suggest_variants(data: dict, feats: np.ndarray, n: int, by_plays: bool) -> d
     signals = {"windowed (the family's)": None, "bag, whole": bag, "bag, 100 neighbours": _top_k_rows(bag, 100)}
     hits: dict[str, int] = {}
     for u, a in drawn:
-        p = " ".join(words(data["names"][a - 1][:3]))
+        p = plain(data["names"][a - 1][:3])
         lo, hi = bisect.bisect_left(est._sugg_keys, p), bisect.bisect_left(est._sugg_keys, p + "\U0010ffff")
         items = np.unique(est._sugg_items[lo:hi])
         starts = np.fromiter((est._folded_titles[i].startswith(p) for i in items), bool, len(items))
@@ -204,12 +204,12 @@ def suggest_variants(data: dict, feats: np.ndarray, n: int, by_plays: bool) -> d
 def suggest_bound(names: list[str], weights: np.ndarray, chars: int = 3) -> float:
     """The most any 5 suggestions per prefix can reach on draws by listeners: each prefix's 5 most listened
     artists (a prefix says nothing more about which of its artists a person means)."""
-    from aimass.zoo.search import words
+    from aimass.zoo.search import plain
 
     groups: dict[str, list[float]] = {}
     for nm, wt in zip(names, weights, strict=True):
         if len(nm.strip()) >= chars and wt > 0:
-            groups.setdefault(" ".join(words(nm[:chars])), []).append(float(wt))
+            groups.setdefault(plain(nm[:chars]), []).append(float(wt))
     return sum(sum(sorted(g, reverse=True)[:5]) for g in groups.values()) / sum(map(sum, groups.values()))
 
 

@@ -105,13 +105,13 @@ def shop(settings, monkeypatch):
                                                           "min_answers": 50}))
         db.commit()
     served, n = ServedLog(settings), 0
-    for arm, ms in ((ARMS[0], 12.0), (ARMS[1], 30.0)):
+    for arm, ms, users in ((ARMS[0], 12.0, 0), (ARMS[1], 30.0, 100)):  # each user sticks to one arm
         name, version = arm.split("/")
         for i in range(60):
-            served.record("shop", f"r{n}", "recommend", name, int(version), i, [1, 2], [10, 20], [0.9, 0.5],
-                          arm=arm, experiment_id="shop-x1", latency_ms=ms + i % 5)
+            served.record("shop", f"r{n}", "recommend", name, int(version), users + i, [1, 2], [10, 20],
+                          [0.9, 0.5], arm=arm, experiment_id="shop-x1", latency_ms=ms + i % 5)
             n += 1
-    served.record("shop", "r-err", "recommend", "recs", 2, 1, [], [], [], "error", arm=ARMS[1],
+    served.record("shop", "r-err", "recommend", "recs", 2, 101, [], [], [], "error", arm=ARMS[1],
                   experiment_id="shop-x1", latency_ms=5.0)
     served.flush()
     now = datetime.now(UTC)

@@ -37,7 +37,8 @@ def test_a_user_a_ramp_moved_counts_once_in_the_arm_of_their_first_answer(settin
 def test_an_experiment_still_starting_shows_no_arms(settings, monkeypatch):
     monkeypatch.setattr("aimass.serving.check_deployed", lambda endpoint, settings=None: None)
     with session(settings) as db:  # start() commits the row first, then applies the split (seconds)
-        db.add(Experiment(endpoint="recs", experiment_id="x2", metric="play_rate", arms=[]))
+        db.add(Experiment(endpoint="recs", experiment_id="x2", metric="play_rate", arms=[], auto=True))
         db.commit()
     view = experiments.show("recs", settings=settings)
     assert view.arms == [] and view.comparisons == [] and view.guardrails_broken == []
+    assert experiments.check("recs", settings=settings) is None  # the scheduler's look: nothing to decide yet

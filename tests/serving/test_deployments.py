@@ -194,3 +194,37 @@ def test_a_deploy_over_a_running_experiment_is_refused(served):
 
     assert "on-trial" not in [d.endpoint for d in serving.deployments(settings=s)]
     assert _traffic.current(s, "on-trial") is None  # no split made either
+
+
+def test_an_endpoint_changes_kind_and_a_running_experiment_guards_its_deletion(served):
+    """A search index deployed over a recommender endpoint restarts it with the other service (a split change
+    would refuse the other kind); an experiment running on an endpoint keeps it from being deleted (its record
+    would outlive it), and a stopped one does not."""
+    from aimass import experiments
+    from aimass.catalog import Experiment, session
+    from aimass.errors import ConflictError
+
+    s = served.settings
+    serving.deploy("recs/1", "kinds", min_replicas=1, max_replicas=1, settings=s)
+    try:
+        d = serving.deploy("catalogue/1", "kinds", min_replicas=1, max_replicas=1, settings=s)
+        assert d.family == "search"
+        r = httpx.post(f"{d.url}/search", json={"query": "rock", "k": 3}, timeout=30,
+                       headers={"Authorization": f"Bearer {served.keys['consumer']}"})
+        assert r.status_code == 200 and r.json()["model"] == "catalogue", r.text
+        with session(s) as db:
+            db.add(Experiment(endpoint="kinds", experiment_id="k1", metric="play_rate",
+                              arms=[{"ref": "catalogue/1", "weight": 100}]))
+            db.commit()
+        with pytest.raises(ConflictError, match="experiment k1 is running on 'kinds': stop it first"):
+            serving.delete("kinds", settings=s)
+        assert "kinds" in [x.endpoint for x in serving.deployments(settings=s)]
+        assert experiments.stop("kinds", settings=s).state != "running"
+    finally:
+        serving.delete("kinds", settings=s)
+    # an experiment left running by an endpoint deleted before this rule can still be stopped
+    with session(s) as db:
+        db.add(Experiment(endpoint="kinds", experiment_id="k2", metric="play_rate",
+                          arms=[{"ref": "recs/1", "weight": 100}]))
+        db.commit()
+    assert experiments.stop("kinds", settings=s).experiment_id == "k2"

@@ -48,15 +48,16 @@ def test_a_catalogue_beyond_the_limit_is_refused_naming_it():
 
 
 
-def test_the_memory_ease_says_it_needs_covers_its_peak():
+@pytest.mark.parametrize("n,users,per_user", [(600, 200, 300), (1500, 2000, 5)])
+def test_the_memory_ease_says_it_needs_covers_its_peak(n, users, per_user):
     """The job's memory check (aimass.training) refuses what this machine cannot hold from `memory_bytes`: an
     estimate below the real peak lets a job be killed mid-run. On dense data (every user plays half the
-    catalogue: a Gram matrix with every pair) EASE peaked at over 3 times its old estimate of 5 n^2 bytes."""
+    catalogue: a Gram matrix with every pair) EASE peaked at over 3 times its old estimate of 5 n^2 bytes; on
+    sparse data a copy of the dense matrix (LAPACK given the wrong memory order) would double it."""
     import tracemalloc
 
     rng = np.random.default_rng(0)
-    n = 600
-    train = [rng.choice(n, n // 2, replace=False) + 1 for _ in range(200)]
+    train = [rng.choice(n, per_user, replace=False) + 1 for _ in range(users)]
     lengths = [len(s) for s in train]
     est = EASE()
     cfg = est.resolve_config(n, lengths)
@@ -67,6 +68,4 @@ def test_the_memory_ease_says_it_needs_covers_its_peak():
     finally:
         tracemalloc.stop()
     need = est.memory_bytes(cfg, n, lengths)
-    assert 5 * (n + 1) ** 2 < peak <= need, (peak, need)
-    # sparse histories: the Gram matrix holds at most each history's pairs, and the estimate says so
-    assert est.memory_bytes(cfg, n, [3] * 10) < need
+    assert 4 * (n + 1) ** 2 < peak <= need, (peak, need)

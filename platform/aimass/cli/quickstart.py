@@ -92,6 +92,13 @@ def quickstart(
     side = [_side(models.show(mv.ref, settings=s), small.metrics, "parent_"), _side(small, small.metrics, "")]
     console.stage(f"[6/12] deploying {name}@champion on Ray Serve at {s.host} with a new demo API key")
     key, _ = serving.create_key("demo", settings=s)
+    from aimass import experiments
+
+    earlier = experiments.get("demo", running_only=True, settings=s)
+    if earlier is not None:  # a rerun: the last quickstart's canary would refuse the deployment
+        experiments.stop("demo", decision="stopped: a new quickstart deploys the demo endpoint", actor="quickstart",
+                         settings=s)
+        console.stage(f"      the previous run's experiment {earlier.experiment_id} on demo is stopped")
     d = serving.deploy(f"{name}@champion", endpoint="demo", settings=s)
     scheduler = schedule(s)
     curl = serving.curl_example(d, key, user_id=int(i["user_id"].iloc[0]))

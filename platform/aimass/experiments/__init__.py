@@ -33,6 +33,7 @@ __all__ = ["ArmView", "ExperimentView", "check", "check_all", "get", "show", "st
 log = logging.getLogger(__name__)
 _METRIC = re.compile(r"^(?P<type>[a-z][a-z0-9_]*)_rate$")
 # p99 must also exceed the control's by min_p99_excess_ms: on a millisecond path a ratio alone is noise
+SCHEDULER_PROMOTE_WAIT_S = 10.0
 GUARDRAILS = {"max_p99_ratio": 1.5, "min_p99_excess_ms": 10.0, "max_error_rate": 0.01, "min_answers": 50}
 
 
@@ -267,14 +268,18 @@ def _judged(a: ArmView, control: ArmView, g: dict) -> bool:
 
 
 def stop(endpoint: str, *, promote: str | None = None, decision: str | None = None, actor: str = "sdk",
-         settings: Settings | None = None) -> ExperimentPublic:
+         wait_s: float | None = None, settings: Settings | None = None) -> ExperimentPublic:
     """End the running experiment; with `promote`, that arm gets all the traffic (the split keeps the
     experiment's id, so its users stay where they were) and, if it is a version of the control's model,
-    becomes its `champion`."""
+    becomes its `champion` (waiting up to `wait_s`, by default registry.UNATTENDED_WAIT_S, for another
+    promotion of that model to end). Without `promote` it only ends the record, which an endpoint deleted
+    meanwhile does not prevent."""
     from aimass import registry, serving
 
     s = settings or default_settings()
-    e = _must(endpoint, s)
+    e = _must(endpoint, s) if promote is not None else get(endpoint, settings=s)
+    if e is None:
+        raise NotFoundError(f"no experiment on {endpoint!r}")
     if e.state != "running":
         raise ConflictError(f"experiment {e.experiment_id} on {endpoint!r} already stopped ({e.decision})")
     if promote is not None:
@@ -288,7 +293,8 @@ def stop(endpoint: str, *, promote: str | None = None, decision: str | None = No
         name, version = ref.split("/")
         if name == refs[0].split("/")[0]:  # won online: the champion even if an offline check disagrees (recorded)
             try:
-                registry.promote(name, int(version), force=True, wait_s=registry.UNATTENDED_WAIT_S, settings=s)
+                registry.promote(name, int(version), force=True, settings=s,
+                                 wait_s=registry.UNATTENDED_WAIT_S if wait_s is None else wait_s)
             except Exception as err:  # the traffic moved: the experiment is over either way
                 log.exception("making %s the champion failed", ref)
                 decision += f" (champion alias not moved: {error_line(err)})"
@@ -316,6 +322,8 @@ def check(endpoint: str, *, settings: Settings | None = None) -> str | None:
     still = get(endpoint, running_only=True, settings=s)
     if still is None or still.id != e.id:  # decided by another look (the scheduler's, a person's) meanwhile
         return None
+    if not view.arms:  # still starting: its split is being applied
+        return None
     try:
         return _decide(endpoint, e, view, s)
     except ConflictError:  # another look is deciding right now (its change is pending), or just did
@@ -340,9 +348,10 @@ def _decide(endpoint: str, e: ExperimentPublic, view, s: Settings) -> str | None
             and _judged(by_arm[c.treatment.name], view.arms[0], g)]
     if wins:
         best = max(wins, key=lambda c: c.treatment.value)
+        # the scheduler's tick decides for every endpoint: it waits a moment for the model's lock, not a gate
         stop(endpoint, promote=best.treatment.name, decision=f"promoted {best.treatment.name}: "
              f"{e.metric} {best.treatment.value:.3f} vs {best.control.value:.3f}, p={best.min_p:.2g}",
-             actor="scheduler", settings=s)
+             actor="scheduler", wait_s=SCHEDULER_PROMOTE_WAIT_S, settings=s)
         return f"promoted {best.treatment.name}"
     if view.comparisons and all(c.significant and c.winner == control for c in view.comparisons):
         serving.set_traffic(endpoint, [f"{control}=100"], reason="rollback: the control won", actor="scheduler",

@@ -143,6 +143,7 @@ def deploy(ref: str, endpoint: str, *, ranker: str | None = None, min_replicas: 
     before = _saved(s).get(endpoint)
     running = before is not None and _live_status(s).get(endpoint) == "RUNNING"
     swap = (running and family != "pipeline" and before["args"]["family"] != "pipeline"
+            and (family == "search") == (before["args"]["family"] == "search")  # another kind: new routes
             and _traffic.current(s, endpoint) is not None)  # an endpoint deployed before splits restarts
     env = _env(s, info.ref, rank_info.ref if rank_info else None, endpoint)
     if swap:  # the replicas keep running: the model changes through the split, in two phases (no lost request)
@@ -447,10 +448,14 @@ def scaling(endpoint: str, *, settings: Settings | None = None, limit: int = 10)
 def delete(endpoint: str, *, settings: Settings | None = None) -> Deployment:
     from ray import serve
 
-    from aimass.serving import _cluster
+    from aimass.serving import _cluster, _traffic
 
     s = settings or default_settings()
     d = show(endpoint, settings=s)
+    experiment = _traffic.running_experiment(s, endpoint)
+    if experiment:  # its record would outlive the endpoint, and block a new deployment of the name
+        raise ConflictError(f"experiment {experiment} is running on {endpoint!r}: stop it first (aimass "
+                            f"experiments stop {endpoint}); nothing was deleted")
     if d.status != "NOT_RUNNING":
         _cluster.connect(s)
         serve.delete(endpoint)

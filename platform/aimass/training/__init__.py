@@ -90,7 +90,9 @@ def train(
     except ValueError as e:  # values valid alone that do not fit together or the data (SASRec's n_heads, ...)
         raise InvalidInputError(f"invalid params for {family}: {e}") from None
     _check_trainable(est, cfg, data["train"], workers)
-    if not s.ray_address:  # this machine's memory holds every worker (a cluster's nodes are not known here)
+    # this machine's memory holds every worker (a cluster's nodes are not known here); a torch family on GPUs
+    # keeps its weights and optimiser state in device memory, which this check does not see
+    if not s.ray_address and not (gpu and cls.is_torch):
         _check_memory(est, cfg, data["n_items"], workers, lengths)
     data["resolved"] = {**data_stats(lengths, data["n_items"]), **_derived(cls, params, cfg)}
     use_text = item_text if item_text is not None else (

@@ -79,7 +79,9 @@ class EASE:
 
     def adopt_stats(self, stats: dict, cfg: EASEConfig, n_items: int) -> EASE:
         # float32 throughout, in place where numpy allows: the limit is memory (three n x n matrices at most)
-        g = stats.pop("gram").toarray()  # float32 already (an astype would copy it); the sparse one is let go
+        # C order: LAPACK works on its transpose in place (a CSC matrix's default would be copied whole there);
+        # float32 already (an astype would copy it); the sparse one is let go
+        g = stats.pop("gram").toarray(order="C")
         g[0, :] = g[:, 0] = 0.0
         counts = np.diag(g)[1:].astype(np.float64)
         lam = cfg.l2 if cfg.l2 is not None else cfg.l2_scale * max(float(counts.mean()) if len(counts) else 1.0,
@@ -161,8 +163,8 @@ def _spd_inverse(g: np.ndarray, block: int = 1024) -> np.ndarray:
         j = min(i + block, n)
         b[i:j, :i] = b[:i, i:j].T
         d = b[i:j, i:j]
-        low = np.tril_indices(j - i, -1)
-        d[low] = d.T[low]
+        for r in range(1, j - i):  # row by row: index arrays of the block's triangle would cost 8 x block^2 bytes
+            d[r, :r] = d[:r, r]
     return b
 
 
