@@ -1,0 +1,90 @@
+"""The HTTP gate (aimass.serving._http.Gate) in front of a stub app, request by request at the ASGI level: what
+it answers itself when something fails, that a route without a body never waits for one, that a bad
+X-Request-ID is refused, and that /metrics counts every request however it ended."""
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from aimass.serving import services
+from aimass.serving._http import Gate
+
+
+@pytest.fixture
+def gate(tmp_path, monkeypatch):
+    monkeypatch.setenv("AIMASS_HOME", str(tmp_path / "home"))
+
+    async def app(scope, receive, send):  # BentoML's app as far as these requests go: 200 and "{}"
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    return Gate(app, services.service("itemknn"))
+
+
+def call(gate, method: str, path: str, headers: dict | None = None, body: bytes | None = b""):
+    """One request through the gate; `body` None is one that never arrives (a client trickling nothing)."""
+    sent = []
+
+    async def receive():
+        if body is None:
+            await asyncio.Event().wait()
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": method, "path": path, "root_path": "", "query_string": b"",
+             "headers": [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]}
+    asyncio.run(asyncio.wait_for(gate(scope, receive, send), 5))
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    data = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return start["status"], dict(start["headers"]), data
+
+
+def test_a_route_without_a_body_never_waits_for_one(gate):
+    """A keyless POST /readyz declaring a body it never sends held a concurrency slot until the timeout."""
+    status, _, _ = call(gate, "POST", "/readyz", {"content-length": "65536"}, body=None)
+    assert status == 200
+
+
+def test_keys_that_cannot_be_read_are_a_json_503(gate, monkeypatch):
+    from sqlalchemy.exc import OperationalError
+
+    def unreadable(presented):
+        raise OperationalError("SELECT", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(gate.verifier, "role", unreadable)
+    status, headers, data = call(gate, "POST", "/recommend", {"authorization": "Bearer aimass_x_y",
+                                                               "content-type": "application/json"}, b"{}")
+    assert status == 503 and headers[b"retry-after"] == b"1"
+    assert json.loads(data)["error"].startswith("API keys cannot be checked right now")
+
+
+def test_an_unexpected_error_of_v2_inference_is_the_json_500(gate, monkeypatch):
+    class Handler:
+        endpoint = "recs"
+
+        def infer_v2(self, parsed, rid):
+            raise RuntimeError("an arm failed")
+
+    monkeypatch.setattr(gate.verifier, "role", lambda presented: "consumer")
+    monkeypatch.setattr(gate, "_live", lambda: Handler())
+    body = json.dumps({"inputs": [{"name": "user_id", "shape": [1], "datatype": "INT64", "data": [1]}]}).encode()
+    status, headers, data = call(gate, "POST", "/v2/models/recs/infer", {"authorization": "Bearer k",
+                                                                         "content-type": "application/json"}, body)
+    assert status == 500 and headers[b"content-type"] == b"application/json"
+    assert "unexpected error" in json.loads(data)["error"] and "an arm failed" not in data.decode()
+
+
+def test_a_bad_request_id_is_refused_and_every_request_is_counted(gate):
+    def counted(route: str, status: str) -> float:
+        return gate.requests.labels(route, status)._value.get()
+
+    status, headers, data = call(gate, "GET", "/healthz", {"x-request-id": "two words"})
+    assert status == 400 and "X-Request-ID" in json.loads(data)["error"]
+    assert headers[b"x-request-id"] != b"two words"  # outside Serve the gate names its own
+    ok_status, ok_headers, _ = call(gate, "GET", "/healthz", {"x-request-id": "Root=1-6789-abc"})
+    assert ok_status == 200 and ok_headers[b"x-request-id"] == b"Root=1-6789-abc"  # a trace id as sent
+    assert counted("/healthz", "400") == 1 and counted("/healthz", "200") == 1
