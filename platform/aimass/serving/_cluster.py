@@ -197,7 +197,12 @@ def _start_head(settings: Settings) -> dict:
            f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
            f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}"]
     log.info("starting the serving Ray head at %s:%s (temp dir %s)", settings.host, port, tmp)
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    try:
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    except subprocess.TimeoutExpired:  # only `ray start` itself was killed: its detached processes run on
+        _procs.terminate(_procs.members(_procs.tag(settings.home)))
+        raise BackendError("could not start the serving Ray head: `ray start` did not finish in 180 s (a very "
+                           "busy machine?); what it had started was stopped") from None
     if r.returncode != 0:
         _procs.terminate(_procs.members(_procs.tag(settings.home)))  # a half-started head
         raise BackendError(f"could not start the serving Ray head: {(r.stderr or r.stdout).strip()[-800:]}")

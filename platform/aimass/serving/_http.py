@@ -5,6 +5,7 @@ serve` and inside Ray Serve): API keys, body-size limit, request ids, /healthz, 
 echoed."""
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import random
@@ -25,7 +26,7 @@ UNAUTHORIZED = ("missing, malformed, unknown or revoked API key: send 'Authoriza
                 "(aimass keys create)")
 _OURS = {"/healthz": "GET", "/docs.json": "GET", "/metrics": "GET"}  # routes the gate answers itself
 _UNEXPECTED = "An unexpected error has occurred, please check the server log."  # BentoML's words for a 5xx
-_RID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_RID = re.compile(r"^[\x21-\x7e]{1,128}$")  # printable ASCII, no spaces: nothing a log line or header could split on
 # Request ids must be unique, not secret: uuid4 reads os.urandom, which cost over a millisecond per call on a
 # busy sandboxed host; a generator seeded once from it costs a microsecond.
 _ids = random.Random()
@@ -60,13 +61,25 @@ class Gate:
         root, path = scope.get("root_path", ""), scope["path"]
         path = path[len(root):] or "/" if root and path.startswith(root) else path
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        rid = headers.get("x-request-id", "")
-        rid = rid if _RID.match(rid) else f"{_ids.getrandbits(128):032x}"
-        scope.setdefault("state", {})["request_id"] = rid
+        rid = headers.get("x-request-id")
         route = path if path in self.routes or path in OPEN or path in _OURS else _v2.label(path)
-        status = await self._handle(scope, receive, send, path, headers, rid)
-        self.requests.labels(route, str(status)).inc()
-        self.latency.labels(route).observe(time.perf_counter() - t0)
+        status = 500  # what the server's last resort answers for an error that escapes
+        try:
+            if rid is not None and not _RID.match(rid):  # Serve's own middleware echoes the header as sent:
+                rid = f"{_ids.getrandbits(128):032x}"  # the answer's body and log must not name another id
+                status = await _reply(send, 400, {"error": "X-Request-ID must be 1 to 128 printable ASCII "
+                                                           "characters without spaces"},
+                                      [] if self.in_serve else [(b"x-request-id", rid.encode())])
+                return
+            rid = rid or f"{_ids.getrandbits(128):032x}"
+            scope.setdefault("state", {})["request_id"] = rid
+            status = await self._handle(scope, receive, send, path, headers, rid)
+        except asyncio.CancelledError:  # the service's timeout cancelled it, and answers 504
+            status = 504
+            raise
+        finally:  # counted whatever ended it: a replica in trouble must not go quiet in /metrics
+            self.requests.labels(route, str(status)).inc()
+            self.latency.labels(route).observe(time.perf_counter() - t0)
 
     async def _handle(self, scope, receive, send, path, headers, rid) -> int:
         tag = [] if self.in_serve else [(b"x-request-id", rid.encode())]  # Serve sets it on every response
@@ -86,7 +99,12 @@ class Gate:
                                 tag)
         if not (path in OPEN or path.startswith(OPEN_PREFIXES)):
             auth = headers.get("authorization", "")
-            role = self.verifier.role(auth[7:].strip() if auth[:7].lower() == "bearer " else None)
+            try:
+                role = self.verifier.role(auth[7:].strip() if auth[:7].lower() == "bearer " else None)
+            except Exception:  # the catalog is away for a moment: no key can be checked, so none passes
+                log.exception("reading the API keys failed")
+                return await _reply(send, 503, {"error": "API keys cannot be checked right now; retry"},
+                                    [*tag, (b"retry-after", b"1")])
             if role is None:
                 return await _reply(send, 401, {"error": UNAUTHORIZED},
                                     [*tag, (b"www-authenticate", b"Bearer")])
@@ -99,6 +117,9 @@ class Gate:
         if path in self.routes and ctype != "application/json":  # BentoML would try a form, or answer 500
             return await _reply(send, 415, {"error": f"send the body as Content-Type: application/json, not "
                                                      f"{ctype[:60] or 'an empty type'}"}, tag)
+        if not (path in self.routes or path == "/feedback" or path.startswith("/v2/models/")):
+            # no body to read (docs, health, an unknown path): a trickled one must not hold a slot for 30 s
+            return await self._passed(scope, receive, send, tag, None)
         limit = self.settings.feedback_max_body_bytes if path == "/feedback" else self.settings.serve_max_body_bytes
         declared = headers.get("content-length", "0")
         if not declared.isdigit() or int(declared) > limit:
@@ -124,7 +145,12 @@ class Gate:
             handler = self._live()
             if handler is not None and hasattr(handler, "recommend_body"):
                 return await _recommend(handler, self.service.apis["recommend"].input_spec, body, send, tag, rid)
-        replayed = False
+        return await self._passed(scope, receive, send, tag, body)
+
+    async def _passed(self, scope, receive, send, tag: list, body: bytes | None) -> int:
+        """The request handed to BentoML's app (the body already read, or None: left to the app), its answer
+        tagged and any error rewritten to the one error shape."""
+        replayed = body is None
 
         async def replay():
             nonlocal replayed
@@ -198,7 +224,11 @@ class Gate:
         except NotFoundError as e:
             return await _reply(send, 404, {"error": str(e)}, tag)
         except BentoMLException as e:  # the recommend path's own 4xx (its errors, mapped by services._errors)
-            return await _reply(send, int(e.error_code), {"error": str(e)}, tag)
+            status = int(e.error_code)
+            return await _reply(send, status, {"error": str(e) if status < 500 else _UNEXPECTED}, tag)
+        except Exception:
+            log.exception("v2 inference failed")
+            return await _reply(send, 500, {"error": _UNEXPECTED}, tag)
         return await _reply(send, 200, answer, tag)
 
     def _document(self, prefix: str) -> bytes:
@@ -319,6 +349,9 @@ async def _feedback(handler, body: bytes, send, tag: list, rid: str) -> int:
         return await _reply(send, 503, {"error": str(e)}, tag)
     except AimassError as e:
         return await _reply(send, 409, {"error": str(e)}, tag)
+    except Exception:
+        log.exception("/feedback failed")
+        return await _reply(send, 500, {"error": _UNEXPECTED}, tag)
     return await _reply(send, 200, ack, tag)  # FeedbackAck's fields (the route's declared answer)
 
 

@@ -28,7 +28,8 @@ def _json(schema: dict, description: str) -> dict:
 
 def _errors(route: str, props: set[str], unauthorized: str, admin: bool, timeout: float) -> dict:
     out = {"400": _json(_ERROR, "Invalid request: not JSON, a wrong type, a missing field or a value out of "
-                                "range; the error names it"),
+                                "range, or an X-Request-ID header that is not 1-128 printable ASCII characters; the "
+                                "error names it"),
            "401": _json(_ERROR, unauthorized)}
     if admin:
         out["403"] = _json(_ERROR, f"{route} needs an admin key")
@@ -37,12 +38,15 @@ def _errors(route: str, props: set[str], unauthorized: str, admin: bool, timeout
     out["413"] = _json(_ERROR, "Request body larger than the limit (AIMASS_SERVE_MAX_BODY_BYTES; "
                                "AIMASS_FEEDBACK_MAX_BODY_BYTES for /feedback)")
     out["415"] = _json(_ERROR, "A body that is not application/json")
+    out["429"] = _json(_ERROR, "Too many requests in progress on this replica at once; retry")
+    out["503"] = _json(_ERROR, "API keys cannot be checked right now (the catalog could not be read); retry")
     out["504"] = _json(_ERROR, f"No answer started within the service's timeout ({timeout:g} s)")
     if route == "/feedback":
         out["409"] = _json(_ERROR, "An event whose timestamp is further ahead of the server's clock than "
                                    "AIMASS_FEEDBACK_MAX_FUTURE_S allows; nothing of the request was stored")
-        out["503"] = _json(_ERROR, "The event store could not commit: nothing of the request was stored; retry "
-                                   "with the same event_ids (they are idempotent)")
+        out["503"] = _json(_ERROR, "The event store could not commit, or API keys cannot be checked right now: "
+                                   "nothing of the request was stored; retry with the same event_ids (they are "
+                                   "idempotent)")
     return out
 
 
