@@ -149,6 +149,33 @@ def test_ingest_refuses_an_absurd_numeric_timestamp_as_malformed_and_stores_noth
     assert events.count("recs", settings=settings) == 2  # neither bad file's good rows were stored
 
 
+def test_ingest_reads_ids_as_written(settings, tmp_path):
+    """A JSON null is a missing id, not the text "None" (two of them were one event, the second dropped as its
+    duplicate); an id past 2**53 stays itself whatever else its column holds; "NA" in a CSV is an id."""
+    import json
+
+    lines = [{"event_id": None, "user_id": 1, "item_id": 7, "type": "play", "timestamp": 1.7e9},
+             {"event_id": None, "user_id": 2, "item_id": 7, "type": "play", "timestamp": 1.7e9}]
+    (tmp_path / "nulls.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
+    with pytest.raises(InvalidInputError, match=r"row 1 .*event_id must be"):
+        events.ingest(tmp_path / "nulls.jsonl", "recs", settings=settings)
+    big = 2**53 + 1
+    lines = [{"event_id": "a", "user_id": big, "item_id": 7, "type": "play", "timestamp": 1.7e9,
+              "request_id": None},
+             {"event_id": 17, "user_id": 5.0, "item_id": 7, "type": "play", "timestamp": 1.7e9}]
+    (tmp_path / "mixed.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
+    assert events.ingest(tmp_path / "mixed.jsonl", "recs", settings=settings).stored == 2
+    (tmp_path / "ids.csv").write_text(f"event_id,user_id,item_id,type,timestamp,request_id\n"
+                                      f"NA,{big + 2},7,play,1700000000,\nb,5.0,7,play,1700000000,r-1\n")
+    assert events.ingest(tmp_path / "ids.csv", "recs", settings=settings).stored == 2
+    got = {e.event_id: e for e in events.list_events("recs", settings=settings)}
+    assert got["a"].user_id == big and got["a"].request_id is None and got["17"].user_id == 5
+    assert got["NA"].user_id == big + 2 and got["NA"].request_id is None and got["b"].request_id == "r-1"
+    (tmp_path / "frac.csv").write_text("event_id,user_id,item_id,type,timestamp\nc,5.5,7,play,1700000000\n")
+    with pytest.raises(InvalidInputError, match="user_id must be a whole number"):
+        events.ingest(tmp_path / "frac.csv", "recs", settings=settings)
+
+
 def test_list_events_newest_first(store):
     EventLog(store).write("recs", [_e(i) for i in range(30)])
     got = events.list_events("recs", limit=5, settings=store)

@@ -61,3 +61,23 @@ def test_tests_need_both_a_large_and_a_significant_difference():
     assert not categorical(rng.choice(cats, 2000), rng.choice(cats, 300))[2]
     assert categorical(rng.choice(cats, 2000), rng.choice(cats, 300, p=[0.7, 0.2, 0.1]))[2]
     assert categorical(np.array(["x"] * 10), np.array(["x"] * 5)) == (0.0, 1.0, False)
+
+
+def test_a_window_too_small_for_the_test_is_not_flagged_and_a_large_shift_still_is():
+    """Chi-square needs expected counts of 5: one cold start against a reference that had none gave p ~ 1e-15,
+    so a window of one answer flagged `strategy`."""
+    assert not categorical(np.array(["model"] * 2000), np.array(["popular"]))[2]
+    assert not categorical(np.array(["model"] * 1980 + ["popular"] * 20), np.array(["popular"] * 3))[2]
+    # 30% cold starts in 400 answers, against a reference without any: a real shift in who is served
+    assert categorical(np.array(["model"] * 2000), np.array(["model"] * 280 + ["popular"] * 120))[2]
+
+
+def test_item_ids_past_2_53_are_measured_exactly():
+    big = 2**60
+    cat = Catalogue(item_ids=np.array([big + 1, big + 2]), popularity=np.array([100.0, 1.0]), labels=None,
+                    label=None, user_ids=np.array([1]), activity=np.array([1]))
+    answers = pd.DataFrame({"user_id": [1], "history_length": [1], "history_tail": [[big + 1]],
+                            "items": [[big + 1, big + 2]], "scores": [[0.5, 0.4]], "strategy": ["model"]})
+    f = per_answer(answers, cat, k=2)
+    assert f["history_popularity"][0] == pytest.approx(math.log1p(100))  # big + 1, not big (a miss)
+    assert window_figures(answers["items"], cat, k=2)["coverage"] == 1.0  # two distinct items, both listed

@@ -8,6 +8,8 @@ it, monitoring and retraining read it.
 """
 from __future__ import annotations
 
+import math
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -59,6 +61,42 @@ class IngestResult(BaseModel):
     events_per_s: float
 
 
+_MISSING = ["", "NA", "N/A", "NaN", "nan", "null", "None"]
+_WHOLE = re.compile(r"\d{1,19}(?:\.0*)?", re.ASCII)
+
+
+def _read_json(p: Path, lines: bool) -> pd.DataFrame:
+    """JSON lines (or one JSON array) as the values were written: pandas' reader turns a null id into the text
+    "None" and reads every number of a column through a float once one has a decimal point."""
+    import gzip
+
+    import orjson
+
+    raw = (gzip.open(p, "rb") if p.suffix.lower() == ".gz" else open(p, "rb")).read()
+    rows = [orjson.loads(line) for line in raw.splitlines() if line.strip()] if lines else orjson.loads(raw)
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise InvalidInputError(f"{p}: expected JSON objects, one per line (or one array of them)")
+    return pd.DataFrame(rows, dtype=object)
+
+
+def _whole(x) -> int | None:
+    """An id as the exact integer it names, or None: an int, a float that holds one exactly (up to 2**53), or
+    decimal digits ("42", "42.0")."""
+    if isinstance(x, bool) or x is None:
+        return None
+    if isinstance(x, (int, np.integer)):
+        return int(x)
+    if isinstance(x, (float, np.floating)):
+        return int(x) if math.isfinite(x) and float(x).is_integer() and abs(x) <= 2**53 else None
+    if isinstance(x, str) and _WHOLE.fullmatch(x.strip()):
+        return int(x.strip().split(".")[0])
+    return None
+
+
+def _text(x) -> str | None:
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else str(x)
+
+
 def read_events(path: str | Path, rules: Rules, settings: Settings) -> pd.DataFrame:
     """A file of events (CSV, JSON lines or Parquet, by extension) as validated rows; the first bad row is
     named and nothing is returned."""
@@ -68,10 +106,12 @@ def read_events(path: str | Path, rules: Rules, settings: Settings) -> pd.DataFr
     suffix = "".join(p.suffixes[-2:]).lower() if p.suffix == ".gz" else p.suffix.lower()
     try:
         if suffix in (".csv", ".csv.gz"):
-            f = pd.read_csv(p, dtype={"event_id": str, "type": str, "request_id": str})
+            # ids as written: "NA" or "null" is an id, not a missing one, and 9007199254740993 is not a float
+            f = pd.read_csv(p, dtype={c: str for c in ("event_id", "type", "request_id", "user_id", "item_id")},
+                            keep_default_na=False, na_values={"value": _MISSING, "timestamp": [""],
+                                                              "request_id": [""]})
         elif suffix in (".jsonl", ".ndjson", ".json", ".jsonl.gz"):
-            f = pd.read_json(p, lines=suffix != ".json", convert_dates=False,
-                             dtype={"event_id": str, "type": str, "request_id": str})
+            f = _read_json(p, lines=suffix != ".json")
         elif suffix in (".parquet", ".pq"):
             f = pd.read_parquet(p)
         else:
@@ -99,13 +139,20 @@ def read_events(path: str | Path, rules: Rules, settings: Settings) -> pd.DataFr
             raise InvalidInputError(f"{p}: row {i + 1} (event_id {f['event_id'].iloc[i]!r}): {what}; "
                                     f"{int(mask.sum())} bad rows in all, nothing stored")
 
+    for c in ("event_id", "type", "request_id"):  # a JSON number is its text; a null stays missing
+        if f[c].dtype == object:
+            f[c] = f[c].map(_text)
     eid = f["event_id"].astype("string")
     bad(~eid.str.fullmatch(r"[A-Za-z0-9._:@/-]{1,128}").fillna(False).to_numpy(dtype=bool),
         "event_id must be 1-128 letters, digits or . _ : @ / -")
     f["event_id"] = eid.astype(object)
     for c in ("user_id", "item_id"):
-        v = pd.to_numeric(f[c], errors="coerce")
-        bad((v.isna() | (v < 0) | (v > 2**62) | (v % 1 != 0)).to_numpy(), f"{c} must be a whole number >= 0")
+        col = f[c]
+        v = col.astype("Int64") if pd.api.types.is_integer_dtype(col.dtype) else pd.array(col.map(_whole),
+                                                                                          dtype="Int64")
+        v = pd.Series(v)
+        ok = v.notna() & (v.fillna(-1) >= 0) & (v.fillna(-1) <= 2**62)
+        bad(~ok.to_numpy(dtype=bool), f"{c} must be a whole number from 0 to 2**62")
         f[c] = v.astype(np.int64)
     t = f["type"].astype("string")
     bad(~t.isin(rules.types).fillna(False).to_numpy(dtype=bool),

@@ -67,7 +67,8 @@ def _flat(lists: pd.Series, k: int | None = None) -> tuple[np.ndarray, np.ndarra
     """(row index, value) of every element of a column of lists, each list cut to its first k."""
     cut = [x[:k] for x in lists] if k is not None else list(lists)
     lengths = np.fromiter(map(len, cut), dtype=np.int64, count=len(cut))
-    values = np.fromiter(itertools.chain.from_iterable(cut), dtype=np.float64, count=int(lengths.sum()))
+    # item ids: int64, exact (through a float, ids past 2**53 would merge and miss the catalogue)
+    values = np.fromiter(itertools.chain.from_iterable(cut), dtype=np.int64, count=int(lengths.sum()))
     return np.repeat(np.arange(len(cut)), lengths), values
 
 

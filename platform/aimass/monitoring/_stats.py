@@ -47,8 +47,28 @@ def categorical(reference: np.ndarray, current: np.ndarray,
     if table.shape[1] < 2:
         return 0.0, 1.0, False
     js = float(distance.jensenshannon(table[0] / table[0].sum(), table[1] / table[1].sum()))
-    p = float(stats.chi2_contingency(table, correction=False).pvalue)
+    table = _pooled(table)
+    p = float(stats.chi2_contingency(table, correction=False).pvalue) if table.shape[1] >= 2 else 1.0
     return js, p, bool(js >= threshold and p < ALPHA)
+
+
+def _pooled(table: np.ndarray) -> np.ndarray:
+    """The 2 x values table with the values whose expected count is under 5 pooled into one, the chi-square
+    approximation's condition: one answer of a value the reference never had gave p ~ 1e-15 (a window of one
+    cold start flagged). A pool still under 5 joins the smallest of the rest; fewer than 2 columns: no test."""
+    def expected(t):
+        return t.sum(1, keepdims=True) * t.sum(0, keepdims=True) / t.sum()
+
+    small = expected(table).min(axis=0) < 5
+    if not small.any():
+        return table
+    table = np.column_stack([table[:, ~small], table[:, small].sum(axis=1)])
+    while table.shape[1] > 2 and expected(table)[:, -1].min() < 5:
+        rest = table[:, :-1]
+        j = int(np.argmin(rest.sum(axis=0)))
+        rest[:, j] += table[:, -1]
+        table = rest
+    return table
 
 
 def _evidently_numeric(reference: pd.Series, current: pd.Series, feature_type, threshold: float):

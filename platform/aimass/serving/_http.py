@@ -26,7 +26,7 @@ UNAUTHORIZED = ("missing, malformed, unknown or revoked API key: send 'Authoriza
                 "(aimass keys create)")
 _OURS = {"/healthz": "GET", "/docs.json": "GET", "/metrics": "GET"}  # routes the gate answers itself
 _UNEXPECTED = "An unexpected error has occurred, please check the server log."  # BentoML's words for a 5xx
-_RID = re.compile(r"^[\x21-\x7e]{1,128}$")  # printable ASCII, no spaces: nothing a log line or header could split on
+_RID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")  # what /feedback's request_id accepts, so every answer can be named
 # Request ids must be unique, not secret: uuid4 reads os.urandom, which cost over a millisecond per call on a
 # busy sandboxed host; a generator seeded once from it costs a microsecond.
 _ids = random.Random()
@@ -67,8 +67,8 @@ class Gate:
         try:
             if rid is not None and not _RID.match(rid):  # Serve's own middleware echoes the header as sent:
                 rid = f"{_ids.getrandbits(128):032x}"  # the answer's body and log must not name another id
-                status = await _reply(send, 400, {"error": "X-Request-ID must be 1 to 128 printable ASCII "
-                                                           "characters without spaces"},
+                status = await _reply(send, 400, {"error": "X-Request-ID must be 1-64 letters, digits or . _ - "
+                                                           "(what feedback's request_id accepts)"},
                                       [] if self.in_serve else [(b"x-request-id", rid.encode())])
                 return
             rid = rid or f"{_ids.getrandbits(128):032x}"

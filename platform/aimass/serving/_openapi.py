@@ -28,7 +28,7 @@ def _json(schema: dict, description: str) -> dict:
 
 def _errors(route: str, props: set[str], unauthorized: str, admin: bool, timeout: float) -> dict:
     out = {"400": _json(_ERROR, "Invalid request: not JSON, a wrong type, a missing field or a value out of "
-                                "range, or an X-Request-ID header that is not 1-128 printable ASCII characters; the "
+                                "range, or an X-Request-ID header that is not 1-64 letters, digits or . _ -; the "
                                 "error names it"),
            "401": _json(_ERROR, unauthorized)}
     if admin:
