@@ -72,7 +72,8 @@ def _read_json(p: Path, lines: bool) -> pd.DataFrame:
 
     import orjson
 
-    raw = (gzip.open(p, "rb") if p.suffix.lower() == ".gz" else open(p, "rb")).read()
+    with gzip.open(p, "rb") if p.suffix.lower() == ".gz" else open(p, "rb") as fh:
+        raw = fh.read()
     rows = [orjson.loads(line) for line in raw.splitlines() if line.strip()] if lines else orjson.loads(raw)
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
         raise InvalidInputError(f"{p}: expected JSON objects, one per line (or one array of them)")
@@ -148,9 +149,7 @@ def read_events(path: str | Path, rules: Rules, settings: Settings) -> pd.DataFr
     f["event_id"] = eid.astype(object)
     for c in ("user_id", "item_id"):
         col = f[c]
-        v = col.astype("Int64") if pd.api.types.is_integer_dtype(col.dtype) else pd.array(col.map(_whole),
-                                                                                          dtype="Int64")
-        v = pd.Series(v)
+        v = col.astype("Int64") if pd.api.types.is_integer_dtype(col.dtype) else col.map(_whole).astype("Int64")
         ok = v.notna() & (v.fillna(-1) >= 0) & (v.fillna(-1) <= 2**62)
         bad(~ok.to_numpy(dtype=bool), f"{c} must be a whole number from 0 to 2**62")
         f[c] = v.astype(np.int64)

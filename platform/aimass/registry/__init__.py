@@ -117,7 +117,7 @@ def register(run_id: str, name: str, *, settings: Settings | None = None, parent
     tags.update({f"{T}metric.{k}": str(v) for k, v in run.data.metrics.items()
                  if k.startswith(("test_", "best_val_", "size_", "latency_", "n_parameters", "parent_",
                                    "delta_", "speedup_", "top10_"))})
-    with _lock(s, name, 1800):
+    with _lock(s, name, UNATTENDED_WAIT_S):
         try:
             client.get_registered_model(name)
         except Exception:

@@ -61,7 +61,7 @@ class Gate:
         root, path = scope.get("root_path", ""), scope["path"]
         path = path[len(root):] or "/" if root and path.startswith(root) else path
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        rid = headers.get("x-request-id")
+        rid = headers.get("x-request-id") or None  # an empty header names no id
         route = path if path in self.routes or path in OPEN or path in _OURS else _v2.label(path)
         status = 500  # what the server's last resort answers for an error that escapes
         try:
