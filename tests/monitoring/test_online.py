@@ -94,3 +94,30 @@ def test_cli_metrics(settings, monkeypatch):
     out = CliRunner().invoke(app, ["metrics", "shop", "--window", "1h"])
     assert out.exit_code == 0, out.output
     assert "recs/1" in out.stdout and "0.000 [0.000, 0.490]" in out.stdout
+
+
+def test_a_drift_reports_feedback_is_per_answer_of_the_endpoint_and_counts_late_clicks(settings):
+    """The window's events are the endpoint's, of every route and version: per answer of the whole window, not
+    of the recommend answers a report compares; a click on a compared answer received after the window counts,
+    as online metrics count it."""
+    import time
+    from datetime import UTC, datetime
+
+    import pandas as pd
+
+    from aimass.catalog import FeedbackEventBase
+    from aimass.events import EventLog
+    from aimass.monitoring import _window_feedback
+
+    start = datetime.now(UTC)
+    log = EventLog(settings)
+    log.write("recs", [FeedbackEventBase(event_id=f"p{i}", user_id=1, item_id=7, type="play", timestamp=time.time(),
+                                         request_id="r1") for i in range(4)])
+    end = datetime.now(UTC)
+    time.sleep(0.01)
+    log.write("recs", [FeedbackEventBase(event_id="late", user_id=2, item_id=7, type="click", timestamp=time.time(),
+                                         request_id="r2")])
+    answers = pd.DataFrame({"request_id": ["r1", "r2"]})  # the compared answers; the window served 8 in all
+    fb = _window_feedback(settings, "recs", answers, 8, start, end)
+    assert fb["events"] == 4 and fb["events_per_answer"] == 0.5 and fb["by_type"] == {"play": 1.0}
+    assert (fb["click_through"]["successes"], fb["click_through"]["trials"]) == (2, 2)

@@ -221,7 +221,7 @@ def drift(endpoint: str, *, window_s: float = 3600, end: datetime | None = None,
             drifted=bool(columns) and share >= drift_share, drifted_share=round(share, 6),
             drifted_columns=drifted_cols, drift_share=drift_share, columns=columns,
             current={**_features.window_figures(answers["items"], ref.catalogue, _reference.K),
-                     "feedback": _window_feedback(s, endpoint, answers, start, end)},
+                     "feedback": _window_feedback(s, endpoint, answers, len(frame), start, end)},
             reference={**_features.window_figures(same_size, ref.catalogue, _reference.K),
                        "feedback": ref.feedback, "users": n_ref, "created_at": ref.created_at.isoformat()},
             html=str(folder / "report.html"), json_path=str(folder / "report.json"),
@@ -257,19 +257,26 @@ def _compare(cur: pd.DataFrame, ref: pd.DataFrame) -> dict[str, ColumnDrift]:
     return out
 
 
-def _window_feedback(s: Settings, endpoint: str, answers: pd.DataFrame, start: datetime, end: datetime) -> dict:
+def _window_feedback(s: Settings, endpoint: str, answers: pd.DataFrame, served: int, start: datetime,
+                     end: datetime) -> dict:
+    """The window's feedback: its events per answer of any route or version (`served`: the events are the
+    endpoint's), their mix, and the click-through of the compared answers, counting the events that named them
+    up to now (as online_metrics does: a click on the window's last answer may come after the window)."""
     from aimass.events import EventLog, Rules
 
-    ev = EventLog(s).frame(endpoint, start=start, end=end)
+    since = EventLog(s).frame(endpoint, start=start)
+    polarity = Rules.of(s).polarities(since["type"], since["value"])
+    joined = _online._by_request(answers, since.assign(polarity=polarity))
+    click_through = _online.rate(joined.loc[joined["polarity"] > 0, "answer"].nunique(), len(answers))
+    inside = (since["received_at"] < pd.Timestamp(end)).to_numpy(dtype=bool)
+    ev, pol = since[inside], polarity[inside]
     if not len(ev):
         return {"events": 0, "events_per_answer": 0.0, "positive_share": None, "negative_share": None,
-                "by_type": {}, "click_through": _online.rate(0, len(answers))}
-    pol = Rules.of(s).polarities(ev["type"], ev["value"])
-    joined = _online._by_request(answers, ev.assign(polarity=pol))
-    return {"events": len(ev), "events_per_answer": round(len(ev) / len(answers), 6),
+                "by_type": {}, "click_through": click_through}
+    return {"events": len(ev), "events_per_answer": round(len(ev) / served, 6),
             "positive_share": round(float((pol > 0).mean()), 6), "negative_share": round(float((pol < 0).mean()), 6),
             "by_type": {str(k): round(float(v), 6) for k, v in ev["type"].value_counts(normalize=True).items()},
-            "click_through": _online.rate(joined.loc[joined["polarity"] > 0, "answer"].nunique(), len(answers))}
+            "click_through": click_through}
 
 
 def _root(s: Settings, endpoint: str) -> Path:
