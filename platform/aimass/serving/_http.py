@@ -117,7 +117,7 @@ class Gate:
         if path in self.routes and ctype != "application/json":  # BentoML would try a form, or answer 500
             return await _reply(send, 415, {"error": f"send the body as Content-Type: application/json, not "
                                                      f"{ctype[:60] or 'an empty type'}"}, tag)
-        if not (path in self.routes or path == "/feedback" or path.startswith("/v2/models/")):
+        if not (path in self.routes or path.startswith("/v2/models/")):
             # no body to read (docs, health, an unknown path): a trickled one must not hold a slot for 30 s
             return await self._passed(scope, receive, send, tag, None)
         limit = self.settings.feedback_max_body_bytes if path == "/feedback" else self.settings.serve_max_body_bytes

@@ -103,7 +103,7 @@ def words(text: str) -> list[str]:
     pair of neighbours (a one-character query is common there, and a pair carries most of the meaning); a
     Latin or digit run inside such a word stays whole ("iphone手机壳": "iphone", "手", ..., "手机", ...)."""
     out = []
-    for w in _WORD.findall(fold(text).replace("_", " ")):
+    for w in _folded_words(text):
         if ord(max(w)) < _NO_SPACE_SCRIPT:
             out.append(w)
             continue
@@ -118,7 +118,11 @@ def words(text: str) -> list[str]:
 def plain(text: str) -> str:
     """Folded words in their order, one space apart, no pairs or single characters: what a whole title or a
     prefix is matched as (suggestions, fuzzy titles), so "방탄" starts "방탄소년단"."""
-    return " ".join(_WORD.findall(fold(text).replace("_", " ")))
+    return " ".join(_folded_words(text))
+
+
+def _folded_words(text: str) -> list[str]:
+    return _WORD.findall(fold(text).replace("_", " "))  # "_" separates words too
 
 
 def _respelt(word: str, fixes: dict[str, str]) -> str:
