@@ -17,6 +17,7 @@ import logging
 from datetime import datetime
 
 import numpy as np
+import orjson
 import pandas as pd
 
 from aimass.datasets import EXPOSURE_KEY
@@ -106,8 +107,7 @@ def _shown(events: pd.DataFrame, endpoint: str, settings: Settings) -> np.ndarra
     from aimass.events import ServedLog
 
     via = np.full(len(events), "", dtype=object)
-    served = ServedLog(settings).frame(endpoint) if len(events) else pd.DataFrame()
-    if served.empty:
+    if not len(events):
         return via
     # "before the event" by either clock: the client's timestamp may run slow, the server's receipt never
     # precedes the event; an answer served before either showed the item first (so: exposed, the safe side)
@@ -117,9 +117,15 @@ def _shown(events: pd.DataFrame, endpoint: str, settings: Settings) -> np.ndarra
                        "item_id": events["item_id"].astype(np.int64).to_numpy(),
                        "timestamp": stamped.where(stamped >= received, received),
                        "request_id": events["request_id"].astype(object).to_numpy()})
-    # only the answers these events can join to are spread into (answer, item) rows: the log is the endpoint's
+    # the endpoint's whole log up to the last event, but only the columns joined (not every answer's history and
+    # scores), and its item lists decoded only for the answers these events can join to
+    served = ServedLog(settings).frame(endpoint, end=ev["timestamp"].max() + pd.Timedelta(seconds=1),
+                                       columns=["request_id", "user_id", "items", "served_at"])
     served = served[served["request_id"].isin(ev["request_id"].dropna()) | served["user_id"].isin(ev["user_id"])]
-    shown = served[["request_id", "user_id", "items", "served_at"]].explode("items").dropna(subset=["items"])
+    if served.empty:
+        return via
+    served = served.assign(items=[orjson.loads(v) if isinstance(v, str | bytes) else v for v in served["items"]])
+    shown = served.explode("items").dropna(subset=["items"])
     shown["item_id"] = shown["items"].astype(np.int64)
     answered = set(zip(shown["request_id"], shown["item_id"], strict=True))
     by_request = np.array([r is not None and not pd.isna(r) and (r, i) in answered

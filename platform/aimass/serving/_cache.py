@@ -17,11 +17,11 @@ class Answers:
         self._lock = threading.Lock()
         self.hits = self.misses = 0
 
-    def get(self, user: int, key: tuple, generation: int) -> dict | None:
+    def get(self, user: int, key: tuple, generation: int, count_miss: bool = True) -> dict | None:
         with self._lock:
             entry = self._kept.get(user, {}).get(key)
             if entry is None or entry[0] != generation:
-                self.misses += 1
+                self.misses += count_miss
                 return None
             self._kept.move_to_end(user)
             self.hits += 1

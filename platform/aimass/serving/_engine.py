@@ -167,10 +167,11 @@ class Engine:
         return (k, exclude_seen), self.online.generation.get(int(user_id), 0) if self.online else 0
 
     def cached(self, user_id: int | None, history: list[int] | None, k: int, exclude_seen: bool = True,
-               exclude: list[int] | None = None, filters: dict[str, list[str]] | None = None) -> bool:
-        """Whether :meth:`recommend` would answer this from the cache now (a lookup that counts nothing)."""
+               exclude: list[int] | None = None, filters: dict[str, list[str]] | None = None) -> dict | None:
+        """:meth:`recommend`'s answer if the cache holds it now (a hit), else None (no miss counted: the caller
+        computes it through :meth:`recommend`, which counts it)."""
         kept = self._kept(user_id, history, k, exclude_seen, exclude, filters)
-        return kept is not None and self.cache.has(int(user_id), *kept)
+        return None if kept is None else self.cache.get(int(user_id), *kept, count_miss=False)
 
     def recommend(self, user_id: int | None, history: list[int] | None, k: int, exclude_seen: bool = True,
                   exclude: list[int] | None = None, filters: dict[str, list[str]] | None = None) -> dict:

@@ -203,16 +203,19 @@ class _SingleModel(_Feedback):
             if engine.online is not None and rows:
                 engine.online.apply(rows, own=True)
 
-    def _answer(self, rid: str, route: str, user_id: int | None, call,
-                query: str | None = None) -> tuple[dict, dict, object]:
-        """The request's arm computes `call(engine)`; (served fields, answer, routing table) with latency."""
-        t, ref, engine = self.arms.pick(user_id)
+    def _answer(self, rid: str, route: str, user_id: int | None, call, query: str | None = None,
+                picked: tuple | None = None) -> tuple[dict, dict, object] | None:
+        """The request's arm (`picked`, or picked now) computes `call(engine)`; (served fields, answer, routing
+        table) with latency, or None when the call answers None (nothing recorded)."""
+        t, ref, engine = picked or self.arms.pick(user_id)
         t0 = time.perf_counter()
         self.arms.delay(t, ref)
         served = {**_served(engine, rid), "arm": ref, "experiment_id": t.experiment_id}
         try:
             with _errors():
                 out = call(engine)
+            if out is None:
+                return None
         except BentoMLException:  # the client's mistake (4xx): not the arm's failure
             raise
         except Exception:  # the arm failed (a 5xx): counted against it by the experiment's error guardrail
@@ -253,20 +256,28 @@ class _SingleModel(_Feedback):
         own signature, without BentoML's request machinery, which the HTTP gate skips for this route (most of a
         cheap answer's CPU): an answer the cache holds is taken in the event loop, any other is computed in the
         service's threads, as many as BentoML would run (`threads`)."""
-        t, ref, engine = self.arms.pick(req["user_id"])
-        if not t.delays.get(ref) and engine.cached(**req):
-            served, out = self._recommend(rid, req)
-        else:
+        picked = self.arms.pick(req["user_id"])
+        # the cached answer is taken in one step with the arm it was checked on: checked, then taken after a
+        # feedback event or a split change, it could be gone and computed here, holding the event loop
+        got = None if picked[0].delays.get(picked[1]) else self._recommend(rid, req, picked, cached=True)
+        if got is None:
             if self._pool is None:
                 import concurrent.futures
 
                 threads = _generic[type(self)].config.get("threads", 1) if type(self) in _generic else 1
                 self._pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="aimass-recommend")
-            served, out = await asyncio.get_running_loop().run_in_executor(self._pool, self._recommend, rid, req)
+            got = await asyncio.get_running_loop().run_in_executor(self._pool, self._recommend, rid, req, picked)
+        served, out = got
         return Recommendation(**served, **out).model_dump_json().encode()
 
-    def _recommend(self, rid: str, req: dict) -> tuple[dict, dict]:
-        served, out, t = self._answer(rid, "recommend", req["user_id"], lambda e: e.recommend(**req))
+    def _recommend(self, rid: str, req: dict, picked: tuple | None = None,
+                   cached: bool = False) -> tuple[dict, dict] | None:
+        """(served fields, answer) of /recommend; with `cached`, only an answer the cache holds (else None)."""
+        got = self._answer(rid, "recommend", req["user_id"],
+                           (lambda e: e.cached(**req)) if cached else (lambda e: e.recommend(**req)), picked=picked)
+        if got is None:
+            return None
+        served, out, t = got
         self.arms.copy_to_shadow(t, req, out, served["request_id"])
         return served, out
 
