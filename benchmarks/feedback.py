@@ -150,8 +150,8 @@ def main() -> None:
         admin, _ = serving.create_key("benchmark-admin", "admin", settings=s)
         engine = serving.Engine(ref, s)
         users, items = list(engine.histories), engine.item_ids.tolist()
-        d = serving.deploy(ref, "bench", min_replicas=1, max_replicas=1, settings=s)
-        try:
+        try:  # a failed deploy may have started the cluster: shut it down either way
+            d = serving.deploy(ref, "bench", min_replicas=1, max_replicas=1, settings=s)
             asyncio.run(_warm_first(d.url, admin, min(len(users), s.serve_cache_warm_users, s.serve_cache_users)))
             rows = asyncio.run(throughput(s, d, key, users, items, a.levels, a.seconds, a.rounds, a.cpu))
             commits, committed = group_commits(d, admin)

@@ -2,7 +2,9 @@
 
     PYTHONPATH=platform python benchmarks/sasrec_ml1m.py [DATA_DIR] [--time-budget-min 60] [--param dim=128]
 
-DATA_DIR defaults to $AIMASS_BENCH_DATA, else ../shared/data/ml-1m-seq relative to the repository root.
+DATA_DIR is the ml-1m-seq folder itself; it defaults to $AIMASS_BENCH_DATA/ml-1m-seq, AIMASS_BENCH_DATA being the
+shared-data root (as for the tests and the other ml1m benchmarks), else ../shared/data/ml-1m-seq relative to the
+repository root.
 The data are licensed for research only: they are read from there, never copied.
 """
 from __future__ import annotations
@@ -25,6 +27,8 @@ from aimass.evaluation import evaluate  # noqa: E402
 from aimass.zoo.sasrec import SASRec, SASRecConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+# AIMASS_BENCH_DATA is the shared-data root (tests/conftest.py, compress_ml1m.py, zoo_ml1m.py): ml-1m-seq is in it
+DEFAULT_DATA = Path(os.environ.get("AIMASS_BENCH_DATA", ROOT.parent / "shared" / "data")) / "ml-1m-seq"
 
 
 def read_lines(path: Path) -> list[np.ndarray]:
@@ -60,8 +64,8 @@ def parse_value(v: str):
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("data", nargs="?", default=os.environ.get("AIMASS_BENCH_DATA",
-                                                              str(ROOT.parent / "shared/data/ml-1m-seq")))
+    ap.add_argument("data", nargs="?", default=str(DEFAULT_DATA),
+                    help="the ml-1m-seq folder (default: $AIMASS_BENCH_DATA/ml-1m-seq, else ../shared/data/ml-1m-seq)")
     ap.add_argument("--time-budget-min", type=float, default=60.0)
     ap.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                     help="override a SASRecConfig default, e.g. --param dim=128 (JSON values)")
@@ -73,7 +77,8 @@ def main(argv=None) -> dict:
 
     data_dir = Path(args.data)
     if not (data_dir / "train_input.txt").exists():
-        sys.exit(f"ml1m-seq not found at {data_dir} (pass a path or set AIMASS_BENCH_DATA)")
+        sys.exit(f"ml1m-seq not found at {data_dir} (pass the ml-1m-seq folder, or set AIMASS_BENCH_DATA to the "
+                 "shared-data folder that holds it)")
     train, (val_in, val_out), (test_hist, test_out), n_items = load(data_dir)
     params = {k: parse_value(v) for k, v in (p.split("=", 1) for p in args.param)}
     params["time_budget_s"] = args.time_budget_min * 60

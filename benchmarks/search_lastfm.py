@@ -8,6 +8,10 @@ artists; the graded relevance of artist a for tag t is the number of judge-half 
 (NDCG uses linear gain). No judge assignment is ever indexed, so a tag query can only find an artist the
 judges tagged if the index half or the artist's meaning (MiniLM) or its listeners say so.
 
+Metrics per query, averaged: NDCG@10; "capped R@10" = hits / min(|relevant|, 10), hits being the relevant items
+in the top 10 (capped recall: a top 10 can reach 1; plain recall@10 divides by |relevant|, so a tag with 50 judged
+artists could score at most 0.2); MRR@10.
+
 Personalised: (judge user, tag) pairs where the user tagged artists with the tag and has listening history;
 query = the tag, history = the artists the user listened to (by play count), relevant = the artists the
 user tagged with it; hybrid vs personalised hybrid on the same pairs.
@@ -69,7 +73,8 @@ def dcg(gains: np.ndarray) -> float:
 
 
 def metrics(ranked: np.ndarray, rel: dict[int, float]) -> tuple[float, float, float]:
-    """NDCG@10 (linear gain), Recall@10, MRR@10."""
+    """NDCG@10 (linear gain), capped R@10 (hits in the top 10 / min(|relevant|, 10): not recall@10, whose
+    denominator is |relevant|), MRR@10."""
     top = [int(i) for i in ranked[:K]]
     ideal = dcg(np.sort(np.fromiter(rel.values(), float))[::-1][:K])
     ndcg = dcg(np.array([rel.get(i, 0.0) for i in top])) / ideal if ideal else 0.0
@@ -286,7 +291,7 @@ def main() -> None:
     queries = tag_queries(data, n_q, rng)
     print(f"## Tag queries ({len(queries)} tags with >= 5 judged artists, seed 0)\n")
     rows = [[m, *evaluate(est, queries, m)] for m in ("bm25", "semantic", "hybrid")]
-    table(["mode", "NDCG@10", "Recall@10", "MRR@10"], rows)
+    table(["mode", "NDCG@10", "capped R@10", "MRR@10"], rows)
 
     judge = data["judge"]
     pairs = judge[judge["userID"].isin(data["histories"].keys())].groupby(["userID", "tagValue"])["item"]
@@ -295,7 +300,7 @@ def main() -> None:
     pq = [(pairs[j][1], {int(i): 1.0 for i in pairs[j][2]}) for j in pick]
     hist = [data["histories"][pairs[j][0]] for j in pick]
     print(f"## Personalised ({len(pq)} (judge user, tag) pairs with listening history)\n")
-    table(["mode", "NDCG@10", "Recall@10", "MRR@10"],
+    table(["mode", "NDCG@10", "capped R@10", "MRR@10"],
           [["hybrid", *evaluate(est, pq, "hybrid")], ["personalised hybrid", *evaluate(est, pq, "hybrid", hist)],
            ["bm25", *evaluate(est, pq, "bm25")], ["personalised bm25", *evaluate(est, pq, "bm25", hist)]])
 
@@ -385,8 +390,8 @@ def demo() -> None:
     vocab = sorted({w for ts in tags for w in ts})
     queries = [(w, {i + 1: 1.0 for i, ts in enumerate(tags) if w in ts}) for w in vocab]
     print(f"## Demo catalogue ({len(items)} tracks, {len(queries)} tag queries)\n")
-    table(["mode", "NDCG@10", "Recall@10", "MRR@10"], [[m, *evaluate(est, queries, m)]
-                                                       for m in ("bm25", "semantic", "hybrid")])
+    table(["mode", "NDCG@10", "capped R@10", "MRR@10"], [[m, *evaluate(est, queries, m)]
+                                                         for m in ("bm25", "semantic", "hybrid")])
     titles = table_["title"]
     same = {i: [j for j, t in enumerate(titles) if t == titles[i]] for i in range(len(titles))}
     w = np.bincount(inter["item"], minlength=len(items) + 1)[1:].astype(float)

@@ -178,18 +178,51 @@ def start_bentoml(s, tag: str, port: int) -> subprocess.Popen:
     bentoml = Path(sys.executable).with_name("bentoml")
     p = subprocess.Popen([str(bentoml), "serve", tag, "--host", "127.0.0.1", "--port", str(port)], env=env,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    import httpx
+    try:
+        import httpx
 
-    deadline = time.time() + 180
-    while time.time() < deadline:
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            if p.poll() is not None:
+                raise RuntimeError(f"bentoml serve exited with code {p.returncode} before it was ready")
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                    return p
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        raise RuntimeError("bentoml serve did not become ready in 180 s")
+    except BaseException:  # not ready, or interrupted: its workers must not outlive the benchmark
+        stop_tree(p)
+        raise
+
+
+def stop_tree(p: subprocess.Popen, timeout: float = 30) -> None:
+    """Stops `p` and every process under it (bentoml serve's workers): SIGTERM to all, up to `timeout` s for them
+    to exit, SIGKILL to what is left; `p` is reaped."""
+    import psutil
+
+    try:
+        parent = psutil.Process(p.pid)
+        procs = [*parent.children(recursive=True), parent]
+    except psutil.NoSuchProcess:
+        procs = []
+    for q in procs:
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                return p
-        except httpx.HTTPError:
+            q.terminate()
+        except psutil.NoSuchProcess:
             pass
-        time.sleep(1)
-    p.kill()
-    raise RuntimeError("bentoml serve did not become ready in 180 s")
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    for q in alive:
+        try:
+            q.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=5)
+    try:
+        p.wait(timeout=5)
+    except subprocess.TimeoutExpired:  # survived SIGKILL for 5 s (uninterruptible sleep): nothing more to do
+        pass
 
 
 def cpu_times(bento_pid: int | None, app: str | None = None) -> dict[int, tuple[str, float]]:
@@ -268,49 +301,53 @@ async def run_all(s, ref: str, levels: list[int], seconds: float, paths=DEFAULT_
                 "serve-batch-wait": {"serve_cache_users": 0, "serve_batch_max": 64,
                                      "serve_batch_wait_ms": batch_wait_ms}}
     replicas = {p: 2 if p == "serve-x2" else 1 for p in paths}
-    deployed = {p: serving.deploy(ref, p.replace("serve-", "") if p != "serve" else "bench",
-                                  min_replicas=replicas[p], max_replicas=replicas[p],
-                                  settings=s.model_copy(update=variants[p]))
-                for p in paths if p in variants}
+    deployed: dict = {}
     bento, port = None, free_port()
-    if "bentoml" in paths:
-        bento = start_bentoml(s, serving.build_bento(ref, settings=s), port)
-    try:
-        async with client_session(max(levels)) as client:
-            urls = {p: d.url for p, d in deployed.items() if variants[p].get("serve_cache_users", 1)}
-            if bento is not None:
-                urls["bentoml"] = f"http://127.0.0.1:{port}"
-            want = min(len(users), s.serve_cache_warm_users, s.serve_cache_users)
-            t0 = time.perf_counter()
-            for p, url in urls.items():
-                await warmed(client, url, admin, want, 2 * replicas.get(p, 1))
-            print(f"cache warm-up: {want} answers per replica, all paths warm after {time.perf_counter() - t0:.0f} s",
-                  flush=True)
-            def caller(url: str):
-                return (Wrk(url, key, users, s.home) if client_kind == "wrk" else
-                        http_caller(client, url, key))
+    try:  # whatever fails from the first deploy on, the Serve cluster and its replicas are stopped
+        for p in paths:
+            if p in variants:
+                deployed[p] = serving.deploy(ref, p.replace("serve-", "") if p != "serve" else "bench",
+                                             min_replicas=replicas[p], max_replicas=replicas[p],
+                                             settings=s.model_copy(update=variants[p]))
+        if "bentoml" in paths:
+            bento = start_bentoml(s, serving.build_bento(ref, settings=s), port)
+        try:
+            async with client_session(max(levels)) as client:
+                urls = {p: d.url for p, d in deployed.items() if variants[p].get("serve_cache_users", 1)}
+                if bento is not None:
+                    urls["bentoml"] = f"http://127.0.0.1:{port}"
+                want = min(len(users), s.serve_cache_warm_users, s.serve_cache_users)
+                t0 = time.perf_counter()
+                for p, url in urls.items():
+                    await warmed(client, url, admin, want, 2 * replicas.get(p, 1))
+                print(f"cache warm-up: {want} answers per replica, all paths warm after "
+                      f"{time.perf_counter() - t0:.0f} s", flush=True)
 
-            calls = {p: caller(d.url + "/recommend") for p, d in deployed.items()}
+                def caller(url: str):
+                    return (Wrk(url, key, users, s.home) if client_kind == "wrk" else
+                            http_caller(client, url, key))
+
+                calls = {p: caller(d.url + "/recommend") for p, d in deployed.items()}
+                if bento is not None:
+                    calls["bentoml"] = caller(f"http://127.0.0.1:{port}/recommend")
+                if "inproc" in paths:
+                    calls["inproc"] = inproc
+                calls = {p: calls[p] for p in paths}
+                # rounds > 1 interleave the paths level by level: a drift of the machine's load hits them alike
+                order = ([(p, c, 0) for p in calls for c in levels] if rounds == 1 else
+                         [(p, c, k) for c in levels for k in range(rounds) for p in calls])
+                for name, c, k in order:
+                    app = deployed[name].endpoint if name in deployed else ""  # bentoml's rows: every replica is "ray"
+                    r = await measured(calls[name], users, c, seconds, cpu, bento.pid if bento else None, app)
+                    rows.append({"path": name, "concurrency": c, "round": k, **r})
+                    print(f"{name:13} c={c:<3} {r['rps']:8.1f} req/s  p50 {r['p50']:7.2f} ms  "
+                          f"p99 {r['p99']:8.2f} ms  n={r['n']} errors={r['errors']}", flush=True)
+                    if cpu:
+                        print(cpu_line(r), flush=True)
+        finally:
             if bento is not None:
-                calls["bentoml"] = caller(f"http://127.0.0.1:{port}/recommend")
-            if "inproc" in paths:
-                calls["inproc"] = inproc
-            calls = {p: calls[p] for p in paths}
-            # rounds > 1 interleave the paths level by level: a drift of the machine's load hits them alike
-            order = ([(p, c, 0) for p in calls for c in levels] if rounds == 1 else
-                     [(p, c, k) for c in levels for k in range(rounds) for p in calls])
-            for name, c, k in order:
-                app = deployed[name].endpoint if name in deployed else ""  # bentoml's rows: every replica is "ray"
-                r = await measured(calls[name], users, c, seconds, cpu, bento.pid if bento else None, app)
-                rows.append({"path": name, "concurrency": c, "round": k, **r})
-                print(f"{name:13} c={c:<3} {r['rps']:8.1f} req/s  p50 {r['p50']:7.2f} ms  "
-                      f"p99 {r['p99']:8.2f} ms  n={r['n']} errors={r['errors']}", flush=True)
-                if cpu:
-                    print(cpu_line(r), flush=True)
+                stop_tree(bento)
     finally:
-        if bento is not None:
-            bento.terminate()
-            bento.wait(timeout=30)
         serving.shutdown(settings=s)
     rows.append({"proxy": next(iter(deployed.values())).proxy if deployed else "none"})
     return rows

@@ -6,13 +6,15 @@ history excluded, in process), the in-process latency of one answer with and wit
 latency and throughput at each concurrency (answer cache off, so every request runs the model), the
 replicas' resident memory, and the index's build time and file size.
 
-The synthetic catalogues (`--catalogues`): items come in groups of 100, and each user plays 8 items of one
-group.
-- `uniform`: 125,000 users; every item is played exactly once. No item is played twice, so a model learns
-  next to nothing about any one item: its vectors stay near their random start, the hardest case for an index.
-- `popular` (the default's 1M row): the same, plus as many users again whose group and items are drawn by
-  popularity (Zipf, exponent 1.1, over groups and over the items of a group), as real catalogues have a
-  popular head and a long tail played once or twice.
+The synthetic catalogues (`--catalogues`): items come in groups of 100 (consecutive ids).
+- `uniform`: 125,000 users; every item is played exactly once: the groups in random order, each group's items
+  shuffled, cut into consecutive runs of 8 items, one user each. 8 does not divide 100, so most users play 8
+  items of one group, but one in 25 straddles two groups (4 items of one, 4 of the group after it in that random
+  order). No item is played twice, so a model learns next to nothing about any one item: its vectors
+  stay near their random start, the hardest case for an index.
+- `popular` (the default's 1M row): the same, plus as many users again, each playing 8 distinct items of one
+  group, group and items drawn by popularity (Zipf, exponent 1.1, over groups and over the items of a group), as
+  real catalogues have a popular head and a long tail played once or twice.
 
     .venv/bin/python benchmarks/serving_ann.py --data ../shared/data
     .venv/bin/python benchmarks/serving_ann.py --data ../shared/data --catalogues ml1m popular --items 200000 \
@@ -119,7 +121,8 @@ def main() -> None:
     ap.add_argument("--levels", type=int, nargs="+", default=[1, 16, 64])
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--ann-min-items", type=int, default=100_000,
-                    help="AIMASS_SERVE_ANN_MIN_ITEMS for both models (0 by default in the product: always exact)")
+                    help="AIMASS_SERVE_ANN_MIN_ITEMS for both models (the product's default is 100,000 too; "
+                    "0: always exact)")
     a = ap.parse_args()
 
     import ray

@@ -1,8 +1,12 @@
 """What traffic splits cost on the request path, on one deployment (1 replica) of a demo model:
 
   1. /recommend throughput and latency with one arm, with a 50/50 split of two versions, and with one arm plus a
-     shadow of the same model (the shadow does as much work as the live answer, on the same replica);
+     shadow of the same model (the shadow does as much work as the live answer, in a process of its own: a Ray
+     actor the replica owns, on the same cores);
   2. how long a split change takes end to end (written, every replica loaded it, switched), and a rollback.
+
+The deployment runs with the answer cache off (AIMASS_SERVE_CACHE_USERS=0, for the live arms and the shadow alike),
+so every request computes the model: the rows compare what a split or a shadow costs, not cache lookups.
 
 The client is aiohttp on the same 2 cores (it shares the CPUs: numbers are a floor).
 
@@ -47,11 +51,14 @@ def main() -> None:
     rows, changes = [], []
     with tempfile.TemporaryDirectory(prefix="aimass-bench-") as tmp:
         s, ref = prepare(Path(tmp) / "home", a.family, a.users, a.tracks)
+        # no answer cache: every request (and every shadow copy: the shadow's engine reads the replica's settings)
+        # computes the model, as the README's table was measured
+        s = s.model_copy(update={"serve_cache_users": 0})
         other = registry.register(registry.get(ref, settings=s).run_id, "bench", settings=s).ref  # same model
         key, _ = serving.create_key("benchmark", settings=s)
         users = list(serving.Engine(ref, s).histories)
-        d = serving.deploy(ref, "bench", min_replicas=1, max_replicas=1, settings=s)
-        try:
+        try:  # a failed deploy may have started the cluster: shut it down either way
+            d = serving.deploy(ref, "bench", min_replicas=1, max_replicas=1, settings=s)
             for name, arms, shadow in (("one arm", [f"{ref}=100"], None),
                                        ("50/50 split of two versions", [f"{ref}=50", f"{other}=50"], None),
                                        ("one arm + shadow", [f"{ref}=100"], other)):
@@ -68,8 +75,8 @@ def main() -> None:
             shadowed = _shadow_log(s)
         finally:
             serving.shutdown(settings=s)
-    print(f"\ntraffic, {a.family} on demo ({a.users} users, {a.tracks} tracks), one replica, {os.cpu_count()} CPUs, "
-          "client on the same machine\n")
+    print(f"\ntraffic, {a.family} on demo ({a.users} users, {a.tracks} tracks), one replica, answer cache off, "
+          f"{os.cpu_count()} CPUs, client on the same machine\n")
     print("| setup | concurrency | req/s | p50 ms | p99 ms | errors |\n|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['setup']} | {r['concurrency']} | {r['rps']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} | "

@@ -63,7 +63,8 @@ class Settings(BaseSettings):
     feedback_max_future_s: float = Field(86400.0, ge=0, description="How far ahead a timestamp may be.")
     online_poll_s: float = Field(0.2, gt=0, le=10, description="How often a replica reads new events.")
     serve_cache_users: int = Field(10_000, ge=0, description=(
-        "Users whose /recommend answers a replica keeps per served version (0: no cache). An answer is kept "
+        "Users whose /recommend answers a replica keeps per served version (0: no cache), at most 4 answers a "
+        "user (one per k and exclude_seen asked, the latest). An answer is kept "
         "until the user's next feedback event; cold starts, explicit histories, exclusions and filters are "
         "never cached."))
     serve_cache_warm_users: int = Field(10_000, ge=0, description=(

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import threading
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -106,6 +107,31 @@ def test_a_model_aimass_did_not_log_is_never_loaded(env, tmp_path):
     with pytest.raises(InvalidInputError, match="is not a model aimass logged"):
         models.load(v.ref, settings=s)
     assert not marker.exists()
+
+
+def test_a_plain_version_logged_when_its_code_was_named_training_pyfunc_still_loads(env, tmp_path):
+    """Versions trained before the MLflow plumbing moved to aimass.tracking name aimass/training/_pyfunc.py as
+    their code, the same file name compressed versions carry: the scorer is chosen by the folder's content."""
+    import shutil
+
+    import mlflow
+    import yaml
+
+    from aimass.registry import _scorer
+    from aimass.tracking import mlflow_for
+
+    s, runs = env
+    v = models.register(runs["knn"], "old-layout", settings=s)
+    mlflow_for(s)
+    old = tmp_path / "model"
+    shutil.copytree(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{v.name}/{v.version}"), old)
+    meta = yaml.safe_load((old / "MLmodel").read_text())
+    meta["flavors"]["python_function"]["model_code_path"] = "code/aimass/training/_pyfunc.py"
+    (old / "MLmodel").write_text(yaml.safe_dump(meta))
+    scorer, now = _scorer(old, v.ref), models.load(v.ref, settings=s)
+    history = [np.array([0, 1])]  # dense ids
+    assert type(scorer) is type(now)
+    assert np.array_equal(scorer.estimator.score(history), now.estimator.score(history))
 
 
 def test_without_a_champion_a_baseline_version_is_gated_against(env):

@@ -86,3 +86,15 @@ def test_metrics_count_the_warmed_answers(served):
     text = served.get("recs", "/metrics", key="admin").text
     warmed = re.search(r"^aimass_answer_cache_warmed (\S+)$", text, re.M)
     assert warmed is not None and float(warmed[1]) > 0
+
+
+def test_the_cache_keeps_a_bounded_number_of_answers_per_user_the_latest():
+    from aimass.serving._cache import KEYS_PER_USER, Answers
+
+    cache = Answers(users=2)
+    for user in (1, 2):
+        for k in range(1, 101):  # a client cycling through k
+            for seen in (True, False):
+                cache.put(user, (k, seen), 0, {"items": list(range(k))})
+    assert sum(len(v) for v in cache._kept.values()) == 2 * KEYS_PER_USER
+    assert cache.get(1, (100, False), 0) == {"items": list(range(100))} and cache.get(1, (1, True), 0) is None

@@ -228,3 +228,16 @@ def test_an_endpoint_changes_kind_and_a_running_experiment_guards_its_deletion(s
                           arms=[{"ref": "recs/1", "weight": 100}]))
         db.commit()
     assert experiments.stop("kinds", settings=s).experiment_id == "k2"
+
+
+def test_every_registry_name_gets_a_bento_name_of_its_own_that_bentoml_accepts():
+    from bentoml._internal.tag import Tag
+
+    from aimass.serving._bento import bento_name
+
+    names = ["recs", "Recs", "RECS", "a" * 64, "a" * 63 + "b", "recs.", "recs_", "recs-", "My.Model_2"]
+    bentos = [bento_name(n) for n in names]
+    assert bento_name("recs") == "aimass-recs" and len(set(bentos)) == len(names)
+    for b in bentos:
+        tag = Tag.from_taglike(f"{b}:v1")  # BentoML's own validation of a tag
+        assert tag.name == b  # not lowercased into another model's Bento

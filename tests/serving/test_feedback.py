@@ -92,6 +92,11 @@ def test_a_negative_event_hides_the_item_but_is_no_history(served):
     served.post("recs", "/feedback", _event(user, before["items"][0], "dislike"))
     after = served.post("recs", "/recommend", {"user_id": user, "k": 5}).json()
     assert after["history_length"] == before["history_length"] and before["items"][0] not in after["items"]
+    # a list that may repeat what the user played still leaves out what they disliked
+    again = {"user_id": user, "k": 5, "exclude_seen": False}
+    top = served.post("recs", "/recommend", again).json()["items"][0]
+    served.post("recs", "/feedback", _event(user, top, "dislike"))
+    assert top not in served.post("recs", "/recommend", again).json()["items"]
 
 
 @pytest.mark.parametrize("body, says", [
@@ -148,14 +153,21 @@ def test_answers_are_logged_and_feedback_joins_them(served):
     item = r.json()["items"][0]
     served.post("recs", "/feedback", _event(user, item, "click", request_id="join-me-1"))
     served.post("recs", "/feedback", _event(user, item, "click", request_id="never-served"))
+    # a history longer than the tail an answer's record keeps (50 items): its length is logged whole
+    catalogue = sorted(datasets.load("demo@v1", settings=served.settings).interactions["item_id"].unique())
+    long = served.post("recs", "/recommend", {"history": [int(i) for i in catalogue[:80]], "k": 3},
+                       headers={"X-Request-ID": "join-me-long"})
+    assert long.status_code == 200 and long.json()["history_length"] == 80
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         log = events.ServedLog(served.settings).frame("recs")
-        if (log["request_id"] == "join-me-1").any():
+        if log["request_id"].isin(["join-me-1", "join-me-long"]).sum() == 2:
             break
         time.sleep(0.2)
     row = log[log["request_id"] == "join-me-1"].iloc[0]
-    assert row["items"][0] == item and row["user_id"] == user and row["history_length"] > 0
+    assert row["items"][0] == item and row["user_id"] == user and row["history_length"] == r.json()["history_length"]
+    row = log[log["request_id"] == "join-me-long"].iloc[0]
+    assert row["history_length"] == 80 and len(row["history_tail"]) == 50
     stats = events.stats("recs", settings=served.settings)
     assert stats["with_request_id"] >= 2 and stats["unjoined_request_ids"] >= 1
 

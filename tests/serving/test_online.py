@@ -65,3 +65,22 @@ def test_a_user_generation_moves_only_after_the_change_it_counts(tmp_path):
         assert online.history(7, None).tolist() == [1] and online.hidden_of(7) == {2}
     finally:
         online.stop()
+
+
+def test_events_read_at_start_weigh_in_trending_by_their_own_time(tmp_path):
+    """A replica starting on a month of events after its cut-off (or a backfill arriving by ingest) must not
+    count them as today's: each weighs by its timestamp, as it would had the replica seen it live."""
+    s = Settings(home=tmp_path / "home")
+    log = EventLog(s)
+    month = [FeedbackEventBase(event_id=f"old{i}", user_id=i % 50, item_id=100 + i % 3, type="play",
+                               timestamp=time.time() - 30 * 86400 + 60 * i) for i in range(2000)]
+    log.write("recs", month)
+    online = Online("recs", s, {100: 1, 101: 2, 102: 3}, np.zeros(4))
+    try:
+        assert online.trending() is None  # 2,000 plays of a month ago: well under MIN_TRENDING today
+        log.write("recs", [FeedbackEventBase(event_id=f"new{i}", user_id=i, item_id=102, type="play",
+                                             timestamp=time.time()) for i in range(30)])
+        online.catch_up()
+        assert online.trending() is not None and online.trending()[1:].argmax() == 2  # today's plays lead
+    finally:
+        online.stop()

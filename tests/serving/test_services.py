@@ -19,3 +19,45 @@ def test_the_served_app_has_no_bentoml_metrics_access_log_or_tracing(family, mon
     assert "Gate" in kinds
     assert "AccessLogMiddleware" not in kinds and "RunnerTrafficMetricsMiddleware" not in kinds, kinds
     assert BentoMLContainer.tracing_excluded_urls.get().url_disabled("http://127.0.0.1:8000/recs/feedback")
+
+
+def test_concurrent_first_requests_of_a_pipeline_replica_all_get_both_stage_cards():
+    """The first requests of a fresh pipeline replica fetch the stages' cards; one arriving while another is
+    between its two awaits must not see half of them (it got a 500)."""
+    import asyncio
+
+    class Stages:
+        retrieval, ranking = "retrieval", "ranking"
+
+        async def call(self, stage, method):
+            await asyncio.sleep(0.01)
+            return {"stage": stage}
+
+    pipeline = object.__new__(services.Pipeline.inner)
+    pipeline.stages, pipeline.cards = Stages(), None
+
+    async def both():
+        return await asyncio.gather(*(pipeline._cards() for _ in range(4)))
+
+    for cards in asyncio.run(both()):
+        assert cards == ({"stage": "retrieval"}, {"stage": "ranking"})
+
+
+def test_a_genre_cap_counts_each_of_an_items_genres_where_the_items_table_lists_several():
+    import asyncio
+
+    class Stages:
+        retrieval, ranking = "retrieval", "ranking"
+
+        async def call(self, stage, method, **kw):
+            if method == "rank":
+                return {"items": kw["candidates"], "scores": [1.0] * len(kw["candidates"])}
+            items = [1, 2, 3, 4]
+            return {"items": items, "scores": [4.0, 3.0, 2.0, 1.0], "cold_start": False, "strategy": "model",
+                    "history_length": 1, "history_tail": [9],
+                    "attributes": {"genres": ["Action, Comedy", "Comedy", "Drama", "Action|Drama"]}}
+
+    from aimass.serving import _pipeline
+
+    out = asyncio.run(_pipeline.recommend(Stages(), 7, None, 4, True, None, None, None, 1))
+    assert out["items"] == [1, 3]  # 2 is a second comedy, 4 a second action film (and drama)

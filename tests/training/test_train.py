@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 
 import mlflow
@@ -125,6 +126,38 @@ def test_too_few_interactions_per_user(home, tmp_path):
     assert _runs(home) == before
 
 
+@pytest.mark.parametrize("splits, message", [
+    (["train", "val", "test", "test"], "more than one 'test' row"),
+    (["train", "train", "train", "test"], "0 users a 'val' row"),
+])
+def test_a_split_column_the_protocol_cannot_read_is_bad_input(splits, message):
+    """Versions registered before registration checked the split column's layout reach training."""
+    from types import SimpleNamespace
+
+    from aimass.training import _prepare
+
+    frame = pd.DataFrame({"user_id": np.repeat(np.arange(1, 31), 4), "item_id": np.tile([1, 2, 3, 4], 30),
+                          "timestamp": np.arange(120), "split": splits * 30})
+    with pytest.raises(InvalidInputError, match=message):
+        _prepare(SimpleNamespace(interactions=frame, ref="old@v1"), None, 0)
+
+
+def test_a_half_written_text_feature_cache_is_computed_again(home):
+    from aimass import datasets
+    from aimass.training import _prepare, _text_features
+
+    ds = datasets.load("demo", settings=home)
+    _, splits = _prepare(ds, None, 0)
+    cache = home.home / "cache" / "text-features" / f"{ds.info.content_hash}.npy"
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    whole = io.BytesIO()  # a job killed while it wrote the cache: half of a right-sized array
+    np.save(whole, np.ones((splits.n_items + 1, 384), dtype=np.float32))
+    cache.write_bytes(whole.getvalue()[:len(whole.getvalue()) // 2])
+    feats = _text_features(home, ds, splits, False)
+    assert feats.shape[0] == splits.n_items + 1 and np.array_equal(np.load(cache), feats)
+    assert [p.name for p in cache.parent.iterdir()] == [cache.name]  # no temporary file left beside it
+
+
 def test_no_training_example_is_refused_before_the_run(home, tmp_path):
     # 3 interactions a user: one to train on, one to validate, one to test; SASRec needs 2 to train on
     pd.DataFrame({"user_id": np.repeat(np.arange(1, 9), 3), "item_id": np.tile([1, 2, 3], 8),
@@ -216,6 +249,21 @@ def test_local_mode_trains_in_this_process_and_resumes(home):
         with pytest.raises(InvalidInputError, match=message):
             aimass.resume(first.run_id, progress=False, settings=home, **kwargs)
         assert mlflow.get_run(first.run_id).info.status == "FINISHED"
+    # a job that ran its family's default epochs (no count recorded) has nothing left either
+    from aimass.training import _latest_checkpoint
+    from aimass.zoo import family_class
+
+    client = mlflow.MlflowClient()
+    job = json.loads(client.get_run(first.run_id).data.tags["aimass.job"])
+    job["epochs"] = None
+    job["params"].pop("epochs")
+    client.set_tag(first.run_id, "aimass.job", json.dumps(job))
+    state = _latest_checkpoint(home, first.run_id) / "state.json"
+    default = family_class("sasrec").Config().epochs
+    state.write_text(json.dumps({**json.loads(state.read_text()), "epoch": default}))
+    with pytest.raises(InvalidInputError, match=f"has trained {default} epochs already"):
+        aimass.resume(first.run_id, progress=False, settings=home)
+    assert mlflow.get_run(first.run_id).info.status == "FINISHED"
 
 
 def test_a_diverged_first_epoch_is_never_the_model_and_a_job_that_only_diverged_says_so(home, monkeypatch):
@@ -286,8 +334,12 @@ def test_time_budget_stops_every_worker_at_the_same_step(home):
     assert r.note == "" or r.best_epoch < r.epochs
     steps = [m.step for m in mlflow.MlflowClient().get_metric_history(r.run_id, "loss")]
     assert steps == list(range(1, r.epochs + 1))
+    # the job's own budget is spent: a resume that gives none would buy one step, so it is refused by name
+    with pytest.raises(InvalidInputError, match="its own whole budget of 0.05"):
+        aimass.resume(r.run_id, epochs=r.epochs + 1, progress=False, settings=home)
     # a resume rebuilds the ensemble its checkpoint holds
-    assert aimass.resume(r.run_id, epochs=r.epochs + 1, progress=False, settings=home).members == members
+    assert aimass.resume(r.run_id, epochs=r.epochs + 1, time_budget_min=5, progress=False,
+                         settings=home).members == members
 
 
 def test_a_job_may_test_on_a_seeded_sample_of_users(home):

@@ -44,8 +44,9 @@ class ServedLog:
                user_id: int | None, history: list[int] | None, items: list[int], scores: list[float],
                strategy: str = "model", *, arm: str | None = None, experiment_id: str | None = None,
                latency_ms: float | None = None, shadow: bool = False, overlap: float | None = None,
-               query: str | None = None, mode: str | None = None) -> None:
-        """Queue one answer. Its lists are encoded here (orjson: about a microsecond for the three), so that
+               query: str | None = None, mode: str | None = None, history_length: int | None = None) -> None:
+        """Queue one answer: `history` may be only the tail of the history the answer read, whose whole length
+        is then `history_length`. Its lists are encoded here (orjson: about a microsecond for the three), so that
         a queued row holds only strings and numbers, which the garbage collector stops tracking: at 5,000
         answers a second, rows of lists waiting for the writer made the collector's full passes 80-280 ms."""
         dumps = orjson.dumps
@@ -57,7 +58,8 @@ class ServedLog:
                 self.dropped += 1
             log.warning("served answer %s not logged: its items or scores are not JSON", request_id, exc_info=True)
             return
-        row = (endpoint, request_id, route, model, version, user_id, len(history) if history else 0, *lists,
+        length = history_length if history_length is not None else len(history) if history else 0
+        row = (endpoint, request_id, route, model, version, user_id, length, *lists,
                strategy, self._now(), arm, experiment_id, latency_ms, shadow, overlap, query, mode)
         with self._lock:
             if len(self._pending) >= _MAX_PENDING:

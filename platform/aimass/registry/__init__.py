@@ -392,13 +392,15 @@ def _scorer(local: Path, ref: str):
     from aimass.registry._pyfunc import CompressedRecommender
     from aimass.tracking.pyfunc import AimassRecommender
 
-    scorers = {"pyfunc.py": AimassRecommender, "_pyfunc.py": CompressedRecommender}
     try:
         flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
-        code = Path(flavor["model_code_path"]).name
+        if Path(flavor["model_code_path"]).name not in ("pyfunc.py", "_pyfunc.py"):
+            raise KeyError(flavor["model_code_path"])
         arts = {k: local / v["path"] for k, v in flavor["artifacts"].items()}
         family = json.loads(arts["family"].read_text())["family"]
-        cls = scorers[code]
+        # which scorer by what the folder holds, not by the code file's name: plain versions logged before the
+        # MLflow plumbing moved to aimass.tracking name aimass/training/_pyfunc.py too
+        cls = CompressedRecommender if (arts["model"] / "compressed.json").is_file() else AimassRecommender
     except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError):
         raise InvalidInputError(f"{ref} is not a model aimass logged (its MLmodel names no aimass scorer and "
                                 "family): refusing to load it") from None

@@ -4,6 +4,7 @@ container images, not `bentoml serve`). Run in a child process because BentoML r
 store) once, at import."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -45,6 +46,17 @@ def store(settings: Settings) -> Path:
     return settings.home / "bentos"
 
 
+def bento_name(model: str) -> str:
+    """The Bento of a registered model's versions: BentoML lowercases a tag's name (so "Recs" and "recs" would
+    share one Bento, and the store's folder would not be found under "Recs") and allows 63 characters ending in
+    a letter or digit, where the registry allows 64, either case and a trailing "." "_" "-": such a name gets a
+    digest of its exact spelling."""
+    name = f"aimass-{model}"
+    if name == name.lower() and len(name) <= 63 and name[-1].isalnum():
+        return name
+    return f"aimass-{model.lower()[:40].rstrip('._-')}-{hashlib.sha1(model.encode()).hexdigest()[:10]}"
+
+
 def build(ref: str, settings: Settings) -> str:
     from aimass import registry
 
@@ -52,7 +64,7 @@ def build(ref: str, settings: Settings) -> str:
     folder = BENTOS / (info.family or "")
     if not (folder / "bentofile.yaml").is_file():
         raise InvalidInputError(f"no bentofile for family {info.family!r} under {BENTOS}")
-    name, version = f"aimass-{info.name}", f"v{info.version}"
+    name, version = bento_name(info.name), f"v{info.version}"
     if (store(settings) / "bentos" / name / version / "bento.yaml").is_file():
         return f"{name}:{version}"  # a registered version is immutable, and so is its Bento
     spec = yaml.safe_load((folder / "bentofile.yaml").read_text())

@@ -9,6 +9,8 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 
+KEYS_PER_USER = 4  # answers kept per user (one per k and exclude_seen asked): the memory bound is users x 4
+
 
 class Answers:
     def __init__(self, users: int):
@@ -36,6 +38,9 @@ class Answers:
             kept = self._kept.setdefault(user, {})
             if kept and next(iter(kept.values()))[0] != generation:
                 kept.clear()  # older generations of this user
+            kept.pop(key, None)
+            while len(kept) >= KEYS_PER_USER:  # a client cycling k and exclude_seen must not grow one user's entry
+                kept.pop(next(iter(kept)))  # the oldest key of the user
             kept[key] = (generation, dict(answer))
             self._kept.move_to_end(user)
             while len(self._kept) > self.users:

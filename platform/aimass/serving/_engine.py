@@ -108,7 +108,7 @@ class Engine:
         ok[0] = False
         if exclude_seen and seen is not None:
             ok[seen] = False
-        if exclude_seen and self.online is not None and user_id is not None:
+        if self.online is not None and user_id is not None:  # a dislike hides the item even from a re-play list
             hidden = self.online.hidden_of(int(user_id))
             if hidden:
                 ok[list(hidden)] = False

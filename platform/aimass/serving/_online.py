@@ -48,8 +48,9 @@ class Online:
 
     def apply(self, rows: list[tuple], own: bool = False) -> None:
         """rows: (seq, user_id, item_id, type, value, timestamp) in log order."""
+        now = time.time()
         with self.lock:
-            for seq, user, item, type_, value, _ts in rows:
+            for seq, user, item, type_, value, ts in rows:
                 if seq <= self.seq:
                     continue
                 if own:
@@ -66,7 +67,9 @@ class Online:
                 if sign > 0:
                     self.extra.setdefault(int(user), []).append(dense)
                     self.popularity[dense] += 1.0
-                    self.trend[dense] += self._trend_weight(time.time())
+                    # weighed by its own time (never ahead of now): a replica starting on a month of events after
+                    # its cut-off, or a backfill through ingest, must not count them all as today's
+                    self.trend[dense] += self._trend_weight(min(_unix(ts, now), now))
                 else:
                     self.hidden.setdefault(int(user), set()).add(dense)
                 # after the change (readers take no lock): a request that sees the new generation sees the new
@@ -140,3 +143,10 @@ class Online:
         if not math.isfinite(mass) or mass < MIN_TRENDING:
             return None
         return self.trend + 1e-9 * self.popularity  # ties broken by all-time popularity
+
+
+def _unix(ts, default: float) -> float:
+    """An event's timestamp (a datetime from the log, or a number) as unix seconds."""
+    if hasattr(ts, "timestamp"):
+        return as_utc(ts).timestamp()
+    return float(ts) if isinstance(ts, int | float) else default

@@ -67,12 +67,15 @@ async def recommend(stages: Stages, user_id, history, k, exclude_seen, exclude, 
     n = max(MIN_CANDIDATES, k * CANDIDATES_PER_ITEM)
     got = await stages.call(stages.retrieval, "candidates", user_id=user_id, history=history, n=n,
                             exclude_seen=exclude_seen, exclude=exclude, filters=filters,
-                            columns=["artist", "genre"])
+                            columns=["artist", "genre", "genres"])
     items, scores = got["items"], got["scores"]
     if items and not got["cold_start"]:
         ranked = await stages.call(stages.ranking, "rank", user_id=user_id, history=history, candidates=items)
         items, scores = ranked["items"], ranked["scores"]
     attrs = {c: dict(zip(got["items"], v, strict=True)) for c, v in got["attributes"].items()}
+    if "genre" not in attrs and "genres" in attrs:  # MovieLens's items: several genres an item, each one capped
+        attrs["genre"] = {i: [g.strip() for g in str(v).replace("|", ",").split(",") if g.strip()]
+                          for i, v in attrs.pop("genres").items()}
     items, scores = rules(items, scores, k, attrs, {"artist": max_per_artist, "genre": max_per_genre})
     return {"items": items, "scores": scores, "cold_start": got["cold_start"], "strategy": got["strategy"],
             "history_length": got["history_length"], "history_tail": got["history_tail"]}
@@ -80,8 +83,8 @@ async def recommend(stages: Stages, user_id, history, k, exclude_seen, exclude, 
 
 def rules(items: list[int], scores: list[float], k: int, attrs: dict[str, dict[int, str]],
           caps: dict[str, int | None]) -> tuple[list[int], list[float]]:
-    """Dedupe, then keep at most caps[column] items per value of that column (when the items table has it),
-    in rank order, until k items are taken."""
+    """Dedupe, then keep at most caps[column] items per value of that column (when the items table has it;
+    an item with several values, a list, counts for each), in rank order, until k items are taken."""
     taken: list[int] = []
     kept: list[float] = []
     seen: set[int] = set()
@@ -89,7 +92,8 @@ def rules(items: list[int], scores: list[float], k: int, attrs: dict[str, dict[i
     for item, score in zip(items, scores, strict=True):
         if item in seen:
             continue
-        keys = [(c, attrs[c][item]) for c, cap in caps.items() if cap and c in attrs and attrs[c].get(item)]
+        keys = [(c, v) for c, cap in caps.items() if cap and c in attrs
+                for v in _values(attrs[c].get(item)) if v]
         if any(counts.get(key, 0) >= caps[key[0]] for key in keys):
             continue
         seen.add(item)
@@ -100,3 +104,7 @@ def rules(items: list[int], scores: list[float], k: int, attrs: dict[str, dict[i
         if len(taken) == k:
             break
     return taken, kept
+
+
+def _values(v) -> list:
+    return v if isinstance(v, list) else [v]

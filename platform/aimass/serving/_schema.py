@@ -49,14 +49,17 @@ History = Annotated[list[ItemId], Field(max_length=MAX_HISTORY, description=(
 Candidates = Annotated[list[ItemId], Field(min_length=1, max_length=MAX_CANDIDATES,
                                            description="The items to score and rank")]
 Exclude = Annotated[list[ItemId], Field(max_length=MAX_CANDIDATES, description="Items never to return")]
-ExcludeSeen = Annotated[bool, Strict(), Field(description="Leave out the items of the user's history")]
+ExcludeSeen = Annotated[bool, Strict(), Field(description=(
+    "Leave out the items of the user's history (items the user gave negative feedback are left out either way)"))]
 Filters = Annotated[
     dict[Annotated[str, Field(max_length=64)],
          Annotated[list[Annotated[str, Field(max_length=200)]], Field(max_length=MAX_FILTER_VALUES)]],
     Field(max_length=MAX_FILTER_COLUMNS, description=(
         "Keep only items whose item-table column has one of the values, e.g. {\"genre\": [\"jazz\"]}; an "
         "unknown column is refused (404)"))]
-MaxPer = Annotated[int, Field(ge=1, le=MAX_K, description="Most items per artist (or genre) in the answer"), Integer]
+MaxPer = Annotated[int, Field(ge=1, le=MAX_K, description=(
+    "Most items per artist (or genre) in the answer; it applies where the items table has an artist (or a genre "
+    "or genres) column")), Integer]
 
 
 class Served(BaseModel):

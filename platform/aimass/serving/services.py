@@ -126,7 +126,8 @@ class _Feedback:
     def _record(self, ctx: bentoml.Context, route: str, served: dict, user_id: int | None, out: dict) -> dict:
         tail = out.pop("history_tail", [])
         self.served_log.record(self.endpoint, served["request_id"], route, served["model"], served["version"],
-                               user_id, tail, out["items"], out["scores"], out.get("strategy", "model"))
+                               user_id, tail, out["items"], out["scores"], out.get("strategy", "model"),
+                               history_length=out.get("history_length"))
         return out
 
     def _known(self, e: FeedbackEvent) -> tuple[bool | None, bool | None]:
@@ -228,7 +229,7 @@ class _SingleModel(_Feedback):
         self.served_log.record(self.endpoint, served["request_id"], route, served["model"], served["version"],
                                user_id, tail, out["items"], out["scores"], out.get("strategy", "model"), arm=ref,
                                experiment_id=t.experiment_id, latency_ms=round(ms, 3), query=query,
-                               mode=out.pop("logged_mode", None))
+                               mode=out.pop("logged_mode", None), history_length=out.get("history_length"))
         return served, out, t
 
     def _record_shadow(self, engine: Engine, t, request_id: str, user_id: int | None, out: dict, overlap: float,
@@ -237,7 +238,7 @@ class _SingleModel(_Feedback):
         self.served_log.record(self.endpoint, request_id, "recommend", i.name, i.version, user_id,
                                out.get("history_tail", []), out["items"], out["scores"], out.get("strategy", "model"),
                                arm=t.shadow, experiment_id=t.experiment_id, latency_ms=round(ms, 3), shadow=True,
-                               overlap=round(overlap, 4))
+                               overlap=round(overlap, 4), history_length=out.get("history_length"))
 
     @bentoml.api
     def recommend(self, ctx: bentoml.Context, user_id: UserId | None = None, history: History | None = None,
@@ -328,14 +329,14 @@ class Pipeline(_Feedback):
 
         s, _ = _settings()
         self.stages = app.stage_handles() or _pipeline.Stages.local(s)
-        self.retrieval_card = None
+        self.cards: tuple[dict, dict] | None = None
         self._start_feedback(s)
 
     async def _cards(self) -> tuple[dict, dict]:
-        if self.retrieval_card is None:
-            self.retrieval_card = await self.stages.call(self.stages.retrieval, "card")
-            self.ranking_card = await self.stages.call(self.stages.ranking, "card")
-        return self.retrieval_card, self.ranking_card
+        if self.cards is None:  # set once both are in: a request arriving between the two awaits fetches its own
+            self.cards = (await self.stages.call(self.stages.retrieval, "card"),
+                          await self.stages.call(self.stages.ranking, "card"))
+        return self.cards
 
     async def _served(self, ctx: bentoml.Context) -> dict:
         r, q = await self._cards()

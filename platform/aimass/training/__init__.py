@@ -126,9 +126,12 @@ def resume(run_id: str, *, epochs: int | None = None, time_budget_min: float | N
     _check_params(cls, job["params"], epochs)
     _check_gpus(s, job["workers"], job["gpu"])
     check_budget(time_budget_min)
-    _check_left(run_id, ckpt, epochs or job["epochs"] or job["params"].get("epochs"), time_budget_min)
+    planned = (epochs or job["epochs"] or job["params"].get("epochs")
+               or getattr(cls.Config(**job["params"]), "epochs", None))  # the family's default, as the job ran
+    _check_left(run_id, ckpt, planned, time_budget_min)
     if time_budget_min is None:  # the job's own budget: without it, a budgeted job's limits would change
         time_budget_min = job.get("time_budget_min")
+        _check_left(run_id, ckpt, None, time_budget_min, own=True)
     params = {**_checkpoint_derived(cls, job["params"], ckpt), **job["params"]}
     ds = datasets.load(job["dataset"], settings=s)
     # exactly the validation users of the run it continues: same cap, same seed, same dataset version (a job
@@ -195,10 +198,9 @@ def _checkpoint_derived(cls, params: dict, ckpt: Path) -> dict:
     return {k.removeprefix("resolved."): v for k, v in _derived(cls, params, cfg).items()}
 
 
-def _check_left(run_id: str, ckpt: Path, epochs: int | None, budget_min: float | None) -> None:
-    """A resume with no epoch left would fail in the run it continues; a budget given for it that the run has
-    already spent asks for nothing. (The job's own budget, spent, still buys a resume one step: the loop takes
-    at least one.)"""
+def _check_left(run_id: str, ckpt: Path, epochs: int | None, budget_min: float | None, own: bool = False) -> None:
+    """A resume with no epoch left would fail in the run it continues; a budget that the run has already spent
+    (given for the resume, or the job's `own`, which a resume without --time-budget keeps) would buy one step."""
     from aimass.training._loop import _state_from
 
     try:
@@ -208,9 +210,9 @@ def _check_left(run_id: str, ckpt: Path, epochs: int | None, budget_min: float |
     if epochs is not None and epochs <= st.epoch:
         raise InvalidInputError(f"run {run_id} has trained {st.epoch} epochs already: give --epochs above that")
     if budget_min is not None and budget_min * 60 <= st.train_time_s:
-        raise InvalidInputError(f"run {run_id} has trained {st.train_time_s / 60:.1f} minutes already, its "
-                                f"whole budget of {budget_min:g}: give a --time-budget above that (it counts "
-                                "the time already spent)")
+        raise InvalidInputError(f"run {run_id} has trained {st.train_time_s / 60:.1f} minutes already, "
+                                f"{'its own' if own else 'its'} whole budget of {budget_min:g}: give a "
+                                "--time-budget above that (it counts the time already spent)")
 
 
 def check_budget(minutes: float | None, what: str = "time budget") -> None:
@@ -284,7 +286,15 @@ def _prepare(ds, max_val_users: int | None, seed: int) -> tuple[dict, object]:
         raise InvalidInputError(f"{ds.ref} has no interactions to train on")
     protocol = protocol_for(ds.interactions)
     cap = None if protocol == "ml1m-seq" else max_val_users
-    splits = make_splits(ds.interactions, protocol, max_val_users=cap, seed=seed)
+    try:
+        splits = make_splits(ds.interactions, protocol, max_val_users=cap, seed=seed)
+    except ValueError as e:  # a split column whose layout the protocol cannot read (two test rows of a user)
+        raise InvalidInputError(f"{ds.ref}: {e}") from None
+    if protocol == "ml1m-seq" and (len(splits.val_users) < MIN_EVAL_USERS or
+                                   len(splits.test_users) < MIN_EVAL_USERS):
+        raise InvalidInputError(
+            f"{ds.ref}'s split column gives {len(splits.val_users)} users a 'val' row and {len(splits.test_users)} "
+            f"a 'test' row: training needs at least {MIN_EVAL_USERS} of each")
     if len(splits.val_users) < MIN_EVAL_USERS or len(splits.test_users) < MIN_EVAL_USERS:
         raise InvalidInputError(
             f"{ds.ref} has too few interactions per user: {len(splits.val_users)} users have the 3 or more "
@@ -441,7 +451,7 @@ def _fit(s, ray, cls, family, data, params, run_id, workers, gpu, epochs, budget
         # Local mode keeps the checkpoint object the loop reports, not a copy, so the loop writes its
         # checkpoints where Ray Train would have put them (resume reads them there)
         queue = _LocalQueue(maxsize=1000) if progress else None
-        where = {"data": data, "threads_per_worker": os.cpu_count() or 1,
+        where = {"data": data, "threads_per_worker": _local_cpus(),
                  "local_checkpoints": str(storage / run_id)}
         scaling = ScalingConfig(num_workers=0, use_gpu=gpu)
     config = {"family": family, "params": params, "seed": params.get("seed", 0),
@@ -557,8 +567,11 @@ def _text_features(s: Settings, ds, splits, progress: bool) -> np.ndarray:
     """MiniLM vectors of the items' text in the dense id order, cached per dataset content."""
     cache = s.home / "cache" / "text-features" / f"{ds.info.content_hash}.npy"
     if cache.exists():
-        feats = np.load(cache, allow_pickle=False)
-        if feats.shape[0] == splits.n_items + 1:
+        try:
+            feats = np.load(cache, allow_pickle=False)
+        except (OSError, ValueError):  # unreadable (written by an older aimass before it wrote atomically)
+            feats = None
+        if feats is not None and feats.shape[0] == splits.n_items + 1:
             return feats
     from aimass.zoo.text import item_text_features
 
@@ -566,7 +579,10 @@ def _text_features(s: Settings, ds, splits, progress: bool) -> np.ndarray:
     texts = [text.get(int(i), "") for i in splits.item_ids]
     feats = item_text_features(texts, progress=progress)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    np.save(cache, feats)
+    # written beside and renamed: a job killed while writing, or one reading meanwhile, never sees half a file
+    with tempfile.NamedTemporaryFile(dir=cache.parent, suffix=".npy", delete=False) as f:
+        np.save(f, feats)
+    os.replace(f.name, cache)
     return feats
 
 

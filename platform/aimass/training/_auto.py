@@ -177,7 +177,7 @@ def auto(dataset: str, time_budget_min: float, *, workers: int = 1, max_val_user
     try:
         _record(s, search_id, ds.info.ref, leaderboard)
     except Exception as e:  # the search's result stands; only its record in the runs is incomplete
-        console.stage(f"auto: the leaderboard could not be written to run {done[0].run_id}: {e}")
+        console.stage(f"auto: the leaderboard could not be written to run {done[0].run_id}: {error_line(e)}")
     return AutoResult(search_id=search_id, dataset=ds.info.ref, best=done[0], leaderboard=leaderboard,
                       wall_time_s=round(time.time() - started, 1))
 
