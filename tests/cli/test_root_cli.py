@@ -66,6 +66,7 @@ def test_options_are_checked_at_the_boundary(tmp_path, args, needles):
 @pytest.mark.parametrize("args,needles", [
     (("--users", "5"), ("invalid demo size: users",)),
     (("--family", "nosuch"), ("unknown model family 'nosuch'",)),
+    (("--family", "itemknn"), ("compression method 'int8' does not apply to family 'itemknn'",)),
     (("--workers", "-1"), ("workers must be 0",)),
     (("--time-budget", "0"), ("--time-budget must be a positive",)),
     (("--retrain-budget", "nan"), ("--retrain-budget must be a positive",)),
@@ -77,3 +78,18 @@ def test_quickstart_refuses_a_bad_option_before_step_one(tmp_path, args, needles
     assert res.returncode == 2 and all(n in res.stderr for n in needles), res.stderr
     assert "[1/12]" not in res.stdout + res.stderr
     assert not (tmp_path / "home" / "data-registry").exists() and not (tmp_path / "home" / "demo-data").exists()
+
+
+def test_json_output_holds_no_nan_or_infinity(capsys):
+    """A diverged run's loss is NaN in MLflow: `--json` writes null, which every JSON parser reads."""
+    from pydantic import BaseModel
+
+    from aimass.cli._common import emit
+
+    class Run(BaseModel):
+        metrics: dict[str, float]
+
+    emit({"run": Run(metrics={"loss": float("nan"), "ndcg": 0.5}), "history": [float("inf"), 1.0]}, True)
+    out = capsys.readouterr().out
+    parsed = json.loads(out, parse_constant=lambda c: pytest.fail(f"{c} in --json output"))
+    assert parsed == {"run": {"metrics": {"loss": None, "ndcg": 0.5}}, "history": [None, 1.0]}

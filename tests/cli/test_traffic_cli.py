@@ -176,3 +176,27 @@ def test_experiments_show_and_stop(shop):
     assert _stale_experiment("shop", SimpleNamespace(experiment_id="shop-other")) == ""
     again = _invoke(app, "show", "shop", "--id", "shop-x1")
     assert "stopped" in again.splitlines()[0] and "ran from" in again.splitlines()[0]
+
+
+def test_the_guardrail_lines_say_what_is_checked_against_the_control():
+    """A treatment with 60 requests against a control with 10 was never judged (both need 50), and the error
+    guardrail is the control's rate plus the margin, not an absolute rate."""
+    from datetime import UTC, datetime
+    from types import SimpleNamespace
+
+    from aimass.cli.experiments import view_lines
+    from aimass.experiments import ArmView
+
+    def arm(name, answers, errors):
+        return ArmView(arm=name, weight=50, users=answers, answers=answers, successes=0, rate=0.0,
+                       interval=(0.0, 0.1), errors=errors, error_rate=errors / (answers + errors),
+                       latency_p50_ms=1.0, latency_p99_ms=2.0)
+
+    e = SimpleNamespace(experiment_id="x1", endpoint="recs", state="running", started_at=datetime.now(UTC),
+                        stopped_at=None, decision=None, metric="positive_rate", alpha=0.05, mde=0.02,
+                        min_samples=100, auto=False, guardrails=None)
+    lines = view_lines(SimpleNamespace(experiment=e, arms=[arm("recs/1", 10, 0), arm("recs/2", 60, 0)],
+                                       comparisons=[], guardrails_broken=[]))
+    text = "\n".join(lines)
+    assert "guardrails not checked yet for recs/2: under 50 requests" in text
+    assert "error rate <= the control's + 1.00%" in text and "within 10 ms" in text

@@ -123,3 +123,33 @@ def test_dvc_repro_runs_the_reference_pipeline(tmp_path):
     assert 0 < evaluated["test_sampled_ndcg_at_10"] <= 1  # the old-paper protocol, labelled
     trained = json.loads((work / "metrics" / "train.json").read_text())
     assert trained["model_uri"] == evaluated["model_uri"]
+
+
+def test_train_auto_prints_its_leaderboard_and_fails_when_the_winner_cannot_be_registered(monkeypatch, capsys,
+                                                                                          tmp_path):
+    """A search of 45 minutes whose registration failed (another promotion held the name's lock) still shows
+    what it found, but the exit is the failure's: a script must not deploy a name that was never registered."""
+    import importlib
+
+    from aimass import models, training
+
+    cli_train = importlib.import_module("aimass.cli.train")  # the package exports a command named train
+    from aimass.cli._common import state
+    from aimass.errors import ConflictError
+    from aimass.settings import Settings
+    from aimass.training._auto import AutoResult, Candidate
+
+    best = Candidate("itemknn", {}, "baseline", run_id="r1", val_ndcg=0.1)
+    monkeypatch.setattr(training, "auto", lambda *a, **k: AutoResult("s1", "demo@v1", best, [best], 1.0))
+
+    def held(*a, **k):
+        raise ConflictError("another promotion of 'demo' is in progress")
+
+    monkeypatch.setattr(models, "register", held)
+    monkeypatch.setattr(state, "settings", Settings(home=tmp_path / "home"), raising=False)
+    with pytest.raises(ConflictError):
+        cli_train._auto("demo", 1, 0, None, None, None, True)
+    printed = capsys.readouterr().out  # without the CLI's set-up, its stage line is printed too
+    out = json.loads(printed[printed.index("{"):])
+    assert out["registered"] == "not registered: another promotion of 'demo' is in progress"
+    assert out["best_run_id"] == "r1"

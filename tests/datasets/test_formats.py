@@ -137,6 +137,41 @@ def test_lastfm_round_trip(settings, tmp_path):
     assert (info.n_users, info.n_items) == (2, 2)
 
 
+def test_an_items_table_with_category_columns_registers(settings, tmp_path):
+    """read_parquet restores a pandas `category` column; filling its gaps with "" failed on it (TypeError)."""
+    pd.DataFrame({"user_id": [1, 1, 2], "item_id": [5, 6, 5], "timestamp": [1, 2, 3]}).to_csv(tmp_path / "i.csv",
+                                                                                               index=False)
+    items = pd.DataFrame({"item_id": [5, 6, 7], "genre": pd.Categorical(["rock", None, "rock"]),
+                          "decade": pd.Categorical([1990, 2000, 1990])})
+    items.to_parquet(tmp_path / "items.parquet")
+    assert isinstance(pd.read_parquet(tmp_path / "items.parquet")["genre"].dtype, pd.CategoricalDtype)
+    datasets.register("cat", tmp_path / "i.csv", "csv", items=tmp_path / "items.parquet", settings=settings)
+    got = datasets.load("cat", settings=settings).items
+    assert got.genre.tolist() == ["rock", "", "rock"] and got.decade.tolist() == [1990, 2000, 1990]
+    assert got.text.tolist() == ["rock", "", "rock"]
+
+
+@pytest.mark.parametrize("fmt", ["lastfm", "movielens-meta"])
+def test_formats_that_build_their_own_items_table_refuse_an_items_file(settings, tmp_path, fmt):
+    """`--items` was accepted and silently dropped: the version held other item text than the user gave."""
+    from aimass.errors import InvalidInputError
+    from tests.conftest import state_of
+
+    if fmt == "lastfm":
+        src = _lastfm_folder(tmp_path / "fm", [(2, 1, 10)])
+    else:
+        src = tmp_path / "ml"
+        src.mkdir()
+        (src / "movies.dat").write_text("1::Toy Story (1995)::Animation\n", encoding="latin-1")
+    mine = tmp_path / "my-items.csv"
+    pd.DataFrame({"item_id": [1], "text": ["mine"]}).to_csv(mine, index=False)
+    before = state_of(settings)
+    with pytest.raises(InvalidInputError, match=f"{fmt}: an items file .*my-items.csv.* is not taken: this format "
+                                                "builds its own items table"):
+        datasets.register("x", src, fmt, items=mine, settings=settings)
+    assert state_of(settings) == before
+
+
 @pytest.mark.data
 def test_real_ml1m_and_lastfm_counts(settings, shared_data):
     ml = datasets.register("ml1m", shared_data / "ml-1m-seq", "ml1m-seq",

@@ -1,8 +1,10 @@
 """Versioning, idempotence, bad input and remote pulls, against real git, real DVC and real SQLite."""
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -65,7 +67,46 @@ BAD = {
     # git refuses a tag under a ref component ending in .lock; DVC keeps NAME's pointer as NAME.dvc
     "name ending in .lock": lambda t: ("plays.lock", _csv(t / "f.csv"), "csv", "may not end in '.lock' or '.dvc'"),
     "name ending in .dvc": lambda t: ("plays.dvc", _csv(t / "f.csv"), "csv", "may not end in '.lock' or '.dvc'"),
+    # serving, feedback and the catalog take ids from 0 to 2**62 only; int64 would wrap a larger uint64
+    "negative id (csv)": lambda t: ("x", _write(t, "n.csv", "user_id,item_id,timestamp\n1,-5,3\n"), "csv",
+                                    "column item_id must hold integers from 0 to 2**62, found -5"),
+    "uint64 id (parquet)": lambda t: ("x", _uint64_parquet(t / "u.parquet"), "parquet",
+                                      f"column user_id must hold integers from 0 to 2**62, found {2**64 - 1}"),
+    "id beyond int64 (sasrec)": lambda t: ("x", _write(t, "b.txt", "1 2\n1 99999999999999999999\n"), "sasrec",
+                                           "b.txt:2: ids must be integers from 0 to 2**62, found 99999999999999999999"),
+    "negative id (sasrec)": lambda t: ("x", _write(t, "m.txt", "-1 2\n"), "sasrec",
+                                       "m.txt:1: ids must be integers from 0 to 2**62, found -1"),
+    "binary file (sasrec)": lambda t: ("x", _write_bytes(t / "bin.txt", b"1 2\n\xff\xfe\x00\x81\n"), "sasrec",
+                                       "bin.txt: not a UTF-8 text file"),
+    # evaluation's ml1m-seq protocol takes a user's one 'val' / 'test' row as its target, and needs some 'val'
+    "two val rows for a user": lambda t: ("x", _split_csv(t, ["train", "val", "val", "test"]), "csv",
+                                          "at most one split 'val' row (the val target), but user 1 has 2"),
+    "two test rows for a user": lambda t: ("x", _split_csv(t, ["train", "val", "test", "test"]), "csv",
+                                           "at most one split 'test' row (the test target), but user 1 has 2"),
+    "split without val rows": lambda t: ("x", _split_csv(t, ["train", "train", "val_input", "test"], other=False),
+                                         "csv", "needs some 'val' rows"),
 }
+
+
+def _write_bytes(p: Path, data: bytes) -> Path:
+    p.write_bytes(data)
+    return p
+
+
+def _uint64_parquet(p: Path) -> Path:
+    import numpy as np
+
+    pd.DataFrame({"user_id": np.array([1, 2**64 - 1], dtype=np.uint64), "item_id": [1, 2],
+                  "timestamp": [1, 2]}).to_parquet(p)
+    return p
+
+
+def _split_csv(t: Path, roles: list[str], other: bool = True) -> Path:
+    """User 1 with the given roles in time order; `other`: user 2 too, laid out as evaluation wants."""
+    rows = [(1, i + 1, i, r) for i, r in enumerate(roles)]
+    rows += [(2, 1, 0, "train"), (2, 2, 1, "val"), (2, 3, 2, "test")] if other else []
+    return _write(t, "split.csv", "user_id,item_id,timestamp,split\n" + "".join(f"{u},{i},{ts},{r}\n"
+                                                                               for u, i, ts, r in rows))
 
 
 @pytest.mark.parametrize("case", sorted(BAD))
@@ -73,7 +114,7 @@ def test_bad_input_is_refused_and_changes_nothing(settings, tmp_path, case):
     datasets.register("base", _csv(tmp_path / "base.csv"), "csv", settings=settings)
     before = state_of(settings)
     name, path, fmt, message = BAD[case](tmp_path)
-    with pytest.raises(InvalidInputError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(InvalidInputError, match=re.escape(message)):
         datasets.register(name, path, fmt, settings=settings)
     assert state_of(settings) == before
 
@@ -181,20 +222,27 @@ def test_unknown_dataset_and_version(settings, tmp_path):
     assert state_of(settings) == before
 
 
-def test_failure_inside_the_registry_rolls_back(settings, tmp_path):
-    """A DVC push that fails (the remote is a file, not a folder) leaves no tag, commit or catalog row."""
+@pytest.mark.parametrize("name", ["plays", "clicks"])
+def test_failure_inside_the_registry_rolls_back(settings, tmp_path, name):
+    """A DVC push that fails (the remote is a file, not a folder) leaves no tag, commit or catalog row; the
+    undo of a new name's first version ("clicks") removes its files too: the restored .gitignore has no line
+    for them, so they would stay as uncommitted changes that `aimass doctor` reports as an unfinished write."""
     datasets.register("plays", _csv(tmp_path / "a.csv"), "csv", settings=settings)
     before = state_of(settings)
     remote = Path(settings.remote)
     shutil.move(remote, tmp_path / "remote-moved")
-    remote.write_text("not a folder")
+    remote.write_text("not a folder")  # DVC's push fails after the files were written, added and committed
     try:
         with pytest.raises(Exception, match="failed and was undone"):
-            datasets.register("plays", _csv(tmp_path / "b.csv", n_users=6), "csv", settings=settings)
+            datasets.register(name, _csv(tmp_path / "b.csv", n_users=6), "csv", settings=settings)
     finally:
         remote.unlink()
         shutil.move(tmp_path / "remote-moved", remote)
     assert state_of(settings) == before
+    assert datasets.registry_status(settings=settings)["uncommitted"] == ""
+    if name == "clicks":
+        assert not (settings.registry_path / "datasets" / "clicks").exists()
+        assert datasets.register("clicks", _csv(tmp_path / "b.csv", n_users=6), "csv", settings=settings).version == 1
 
 
 @pytest.mark.integration
@@ -338,3 +386,44 @@ def test_a_home_registry_of_its_own_is_never_replaced_by_a_clone(settings, tmp_p
     with pytest.raises(Exception, match="is not a clone of"):
         datasets.load("plays@v1", settings=shared)
     assert state_of(settings) == before
+
+
+def test_a_local_registry_path_holding_other_files_is_refused_and_left_as_it_was(tmp_path):
+    """AIMASS_DATA_REGISTRY naming a folder of the user's own (a project with a .env secret, say) is not taken
+    over: initialising would commit every file in it, and registrations reset and delete inside it."""
+    mine = tmp_path / "project"
+    mine.mkdir()
+    (mine / ".env").write_text("SECRET=hunter2\n")
+    (mine / "README.md").write_text("my project\n")
+    s = Settings(home=tmp_path / "home", data_registry=str(mine))
+    with pytest.raises(InvalidInputError, match=f"data registry path {mine} .*is not an aimass data registry "
+                                                r"\(it holds \.env, README\.md"):
+        datasets.register("plays", _csv(tmp_path / "1.csv"), "csv", settings=s)
+    assert sorted(p.name for p in mine.iterdir()) == [".env", "README.md"]
+    assert (mine / "README.md").read_text() == "my project\n" and not state_of(s)["catalog"]
+    # a file where the folder should be is refused the same way
+    as_file = Settings(home=tmp_path / "home", data_registry=str(mine / ".env"))
+    with pytest.raises(InvalidInputError, match="is not a folder"):
+        datasets.register("plays", _csv(tmp_path / "1.csv"), "csv", settings=as_file)
+    # so is another git+DVC project: a registration would commit what is staged there, an undo reset it
+    dvc_project = tmp_path / "dvc-project"
+    subprocess.run(["git", "init", "--quiet", str(dvc_project)], check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--quiet"], cwd=dvc_project, check=True)
+    subprocess.run(["git", "-C", str(dvc_project), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "--quiet",
+                    "-m", "my project"], check=True)
+    (dvc_project / "work.txt").write_text("uncommitted work\n")
+    head = subprocess.run(["git", "-C", str(dvc_project), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+    theirs = Settings(home=tmp_path / "home", data_registry=str(dvc_project))
+    with pytest.raises(InvalidInputError, match="is not an aimass data registry .*first commit"):
+        datasets.register("plays", _csv(tmp_path / "1.csv"), "csv", settings=theirs)
+    assert (dvc_project / "work.txt").read_text() == "uncommitted work\n"
+    assert subprocess.run(["git", "-C", str(dvc_project), "rev-parse", "HEAD"], capture_output=True,
+                          text=True).stdout == head and not (dvc_project / "datasets").exists()
+    # an empty folder, or a bare `git init` without a commit, becomes the registry
+    for name, make in (("empty", lambda p: p.mkdir()),
+                       ("bare", lambda p: subprocess.run(["git", "init", "--quiet", str(p)], check=True))):
+        make(tmp_path / name)
+        ok = Settings(home=tmp_path / f"home-{name}", data_registry=str(tmp_path / name))
+        assert datasets.register("plays", _csv(tmp_path / "1.csv"), "csv", settings=ok).version == 1
+        assert (tmp_path / name / ".dvc").is_dir()
+        assert datasets.load("plays@v1", settings=ok).info.n_users == 4

@@ -159,6 +159,12 @@ def test_compress_options_that_are_not_finite_or_not_whole_are_refused(option, v
         _compress.check("prune", "sasrec", {option: value})
 
 
+def test_compress_refuses_a_negative_seed_and_takes_seed_zero():
+    with pytest.raises(InvalidInputError, match="option seed=-1 must be 0 or more"):
+        _compress.check("int8", "sasrec", {"seed": -1})
+    assert _compress.check("int8", "sasrec", {"seed": 0}) == {"seed": 0}
+
+
 def test_compress_whole_floats_for_int_options_are_accepted_as_ints():
     out = _compress.check("prune", "sasrec", {"steps": 3.0, "latency_n": "5", "sparsity": 0.25, "lr": 1})
     assert out == {"steps": 3, "latency_n": 5, "sparsity": 0.25, "lr": 1.0}

@@ -289,6 +289,8 @@ def test_an_unattended_promotion_waits_for_another_to_end(env):
      "min_unexposed_users must be a whole number of users >= 1, got 0"),
     (lambda s: models.promote("recs", 1, metric="accuracy", settings=s), InvalidInputError,
      "unknown gate metric 'accuracy'"),
+    (lambda s: models.promote("recs", 1, metric="test_ndcg_at_0", settings=s), InvalidInputError,
+     "unknown gate metric 'test_ndcg_at_0'"),
 ])
 def test_bad_input_is_refused_and_changes_nothing(env, call, exc, message):
     s, _ = env
@@ -363,3 +365,8 @@ def test_a_model_tested_on_a_sample_is_compared_with_the_champion_on_the_same_us
     quality = next(c for c in aimass.registry.gate("sampled", v.version, settings=s) if c.check == "quality")
     assert quality.values["candidate_whole"] == pytest.approx(quality.values["champion_whole"]), quality.detail
     assert quality.passed
+    # a figure training did not record (another K) is scored for both, not refused as missing
+    deeper = next(c for c in aimass.registry.gate("sampled", v.version, metric="test_ndcg_at_20", settings=s)
+                  if c.check == "quality")
+    assert "missing" not in deeper.detail and deeper.passed, deeper.detail
+    assert deeper.values["candidate_whole"] == pytest.approx(deeper.values["champion_whole"])

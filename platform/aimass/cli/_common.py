@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -23,7 +24,7 @@ JSON = typer.Option(False, "--json", help="Machine-readable output.")
 def emit(data: Any, as_json: bool, table: Iterable[str] | None = None) -> None:
     """Print `data` as JSON, or the human lines in `table` (default: key: value lines), on the real stdout."""
     if as_json:
-        console.result(json.dumps(_plain(data), indent=2, default=str))
+        console.result(json.dumps(_finite(_plain(data)), indent=2, default=str, allow_nan=False))
         return
     lines = list(table) if table is not None else [f"{k:>16}: {v}" for k, v in _plain(data).items()]
     if lines:
@@ -40,6 +41,18 @@ def _plain(data: Any) -> Any:
         return [_plain(x) for x in data]
     if isinstance(data, dict):
         return {k: _plain(v) for k, v in data.items()}
+    return data
+
+
+def _finite(data: Any) -> Any:
+    """NaN and infinities as null: JSON has no such numbers (a diverged run's loss), and strict parsers refuse
+    the NaN Python's json writes by default."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, list | tuple):
+        return [_finite(x) for x in data]
+    if isinstance(data, dict):
+        return {k: _finite(v) for k, v in data.items()}
     return data
 
 

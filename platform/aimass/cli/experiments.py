@@ -33,8 +33,9 @@ def _rails(g: dict) -> str:
     from aimass.experiments import GUARDRAILS
 
     g = {**GUARDRAILS, **(g or {})}
-    return (f"p99 <= {g['max_p99_ratio']:g}x the control's, error rate <= {g['max_error_rate']:.2%} "
-            f"(checked once an arm has {g['min_answers']} requests)")
+    return (f"p99 <= {g['max_p99_ratio']:g}x the control's (or within {g['min_p99_excess_ms']:g} ms of it), error "
+            f"rate <= the control's + {g['max_error_rate']:.2%} (checked once an arm and the control each have "
+            f"{g['min_answers']} requests)")
 
 
 @app.command()
@@ -57,10 +58,10 @@ def start(
                                                     "control"),
     max_p99_ratio: float = typer.Option(None, "--max-p99-ratio",
                                         help="Guardrail: a treatment's p99 latency at most X times the control's "
-                                             "(default 1.5)"),
+                                             "(default 1.5; a p99 within 10 ms of the control's always passes)"),
     max_error_rate: float = typer.Option(None, "--max-error-rate",
                                          help="Guardrail: a treatment's share of failed requests at most Y "
-                                              "(default 0.01)"),
+                                              "above the control's (default 0.01)"),
     shadow: str = typer.Option(None, "--shadow", help="A version that gets a copy of the traffic, never answers"),
     delay: list[str] = typer.Option(None, "--delay", metavar="REF=MS",
                                     help="Fault-injection drill: every answer of arm REF waits MS milliseconds "
@@ -136,7 +137,7 @@ def view_lines(v) -> list[str]:
     from aimass.experiments import GUARDRAILS
 
     least = {**GUARDRAILS, **(e.guardrails or {})}["min_answers"]
-    early = [a.arm for a in v.arms[1:] if a.answers + a.errors < least]
+    early = [a.arm for a in v.arms[1:] if min(a.answers + a.errors, v.arms[0].answers + v.arms[0].errors) < least]
     lines.append(f"guardrails broken: {'; '.join(v.guardrails_broken)}" if v.guardrails_broken
                  else f"guardrails held: {_rails(e.guardrails)}")
     if early:
@@ -173,8 +174,8 @@ def stop(endpoint: str = typer.Argument(..., help="A deployed endpoint"),
     if promote:
         won = e.decision.removeprefix("promoted ").split(" ")[0] if e.decision else promote
         model = e.arms[0]["ref"].split("/")[0]
-        then = (f"{won} now answers all of {endpoint}'s traffic"
-                + (f" and is {model}@champion" if won.split("/")[0] == model else ""))
+        moved = won.split("/")[0] == model and "champion alias not moved" not in (e.decision or "")
+        then = f"{won} now answers all of {endpoint}'s traffic" + (f" and is {model}@champion" if moved else "")
     else:
         then = (f"the split in force stays as it is (aimass traffic show {endpoint}): change it with aimass "
                 f"traffic set {endpoint} ... or aimass rollback {endpoint}")

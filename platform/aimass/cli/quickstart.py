@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+from datetime import UTC, datetime
 
 import typer
 
@@ -16,7 +17,8 @@ _SHOWN = {"best_val_ndcg@10": "val NDCG@10", "test_ndcg@10": "test NDCG@10", "te
 def quickstart(
     users: int = typer.Option(1000, help="Demo users"),
     tracks: int = typer.Option(2000, help="Demo tracks"),
-    family: str = typer.Option("sasrec", help="Model family to train"),
+    family: str = typer.Option("sasrec", help=(
+        "Model family to train: sasrec, two-tower, mult-vae or ease (step 5 compresses it to int8)")),
     time_budget: float = typer.Option(3.0, "--time-budget", help="Minutes of training at most"),
     workers: int = typer.Option(1, "--workers", help="Ray Train workers"),
     traffic_users: int = typer.Option(300, "--traffic-users", min=1, help="Users of the demo traffic burst"),
@@ -32,6 +34,7 @@ def quickstart(
     from aimass.cli.deploy import schedule
     from aimass.cli.traffic import view_lines
     from aimass.errors import ConflictError, InvalidInputError
+    from aimass.registry import check_compression
     from aimass.training import MIN_AUTO_BUDGET_MIN
     from aimass.zoo import family_class
 
@@ -43,6 +46,7 @@ def quickstart(
     training.check_budget(retrain_budget, "--retrain-budget")
     demo = demo_config(users=users, tracks=tracks)
     family_class(family)
+    check_compression(family, "int8")  # step 5 compresses the model: a family it cannot apply to is refused now
     s = state.settings
     training.check_job(s, workers, None)
     console.stage(f"[1/12] generating the demo music-streaming log ({users} users, {tracks} tracks)")
@@ -87,9 +91,11 @@ def quickstart(
             # needs a champion to serve, so it is forced, which the version's tags record
             console.stage(f"      {e}; forcing it: there is no champion yet")
             promotion = models.promote(name, mv.version, force=True, settings=s).model_dump(mode="json")
-    console.stage(f"[5/12] compressing {mv.ref} to int8 (a child version, evaluated on the same split)")
-    small = models.compress(name, mv.version, "int8", progress=not as_json, settings=s)
-    side = [_side(models.show(mv.ref, settings=s), small.metrics, "parent_"), _side(small, small.metrics, "")]
+    # the champion's child: a rerun whose model the gate refused canaries the int8 of what is served, not of it
+    parent = mv if promotion["promoted"] else models.show(f"{name}@champion", settings=s)
+    console.stage(f"[5/12] compressing {parent.ref} to int8 (a child version, evaluated on the same split)")
+    small = models.compress(name, parent.version, "int8", progress=not as_json, settings=s)
+    side = [_side(models.show(parent.ref, settings=s), small.metrics, "parent_"), _side(small, small.metrics, "")]
     console.stage(f"[6/12] deploying {name}@champion on Ray Serve at {s.host} with a new demo API key")
     key, _ = serving.create_key("demo", settings=s)
     from aimass import experiments
@@ -103,8 +109,9 @@ def quickstart(
     scheduler = schedule(s)
     curl = serving.curl_example(d, key, user_id=int(i["user_id"].iloc[0]))
     console.stage(f"[7/12] a burst of demo traffic: {traffic_users} users ask {d.url}/recommend and send feedback")
+    since = datetime.now(UTC)
     burst = _traffic(d.url, key, i, traffic_users)
-    _logged(s, "demo", burst["answers"])
+    _logged(s, "demo", burst["answers"], since)
     console.stage("[8/12] a drift report of that traffic against the training data (Evidently)")
     from aimass import monitoring, retraining
 
@@ -287,15 +294,17 @@ def _side(v, m: dict, prefix: str) -> dict:
             "p50_b64_ms": round(m[f"{prefix}latency_b64_p50_ms"], 2)}
 
 
-def _logged(s, endpoint: str, answers: int, timeout_s: float = 10.0) -> None:
-    """Until the endpoint's answer log holds `answers`: a replica writes it every quarter second, and a report
-    made at once could miss the burst's last answers (or all of them, when the burst took less than that)."""
+def _logged(s, endpoint: str, answers: int, since, timeout_s: float = 10.0) -> None:
+    """Until the endpoint's answer log holds `answers` served from `since` on (a rerun's log holds the earlier
+    runs' too): a replica writes it every quarter second, and a report made at once could miss the burst's last
+    answers (or all of them, when the burst took less than that)."""
     import time
 
     from aimass.events import ServedLog
 
     log, deadline = ServedLog(s), time.monotonic() + timeout_s
-    while len(log.frame(endpoint)) < answers and time.monotonic() < deadline:
+    while (len(log.frame(endpoint, start=since, columns=["request_id"])) < answers
+           and time.monotonic() < deadline):
         time.sleep(0.1)
 
 

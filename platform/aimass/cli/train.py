@@ -82,10 +82,11 @@ def _auto(dataset, budget, workers, epochs, max_test_users, name, as_json):
                   f"the best for the rest; logs: {console.log_path()}")
     r = training.auto(dataset, budget, workers=workers, epochs=epochs, max_test_users=max_test_users,
                       progress=not as_json, settings=state.settings)
+    failed = None
     try:
         registered = models.register(r.best.run_id, name or r.dataset.split("@")[0], settings=state.settings).ref
-    except Exception as e:  # the search's result is still printed: its runs hold the models
-        registered = f"not registered: {redacted(str(e))}"
+    except Exception as e:  # the search's result is still printed (its runs hold the models), then the exit fails
+        registered, failed = f"not registered: {redacted(str(e))}", e
     board = [{"rank": i + 1 if c.run_id and c.val_ndcg is not None else "-", "stage": c.stage, "family": c.family,
               "params": json.dumps(c.params) if c.params else "", "val_ndcg@10": _f(c.val_ndcg),
               "test_ndcg@10": _f(c.test_ndcg), "test_hr@10": _f(c.test_recall), "minutes": round(c.wall_time_s / 60, 1),
@@ -96,6 +97,8 @@ def _auto(dataset, budget, workers, epochs, max_test_users, name, as_json):
     emit(out, as_json, rows(board, list(board[0])) + [
         f"best: {r.best.family} (val NDCG@10 {r.best.val_ndcg:.4f}), registered: {registered}; the leaderboard is in "
         f"run {r.best.run_id} (leaderboard.json)"])
+    if failed is not None:  # a script reading the winner's name must not carry on as if it were registered
+        raise failed
 
 
 def _f(x):

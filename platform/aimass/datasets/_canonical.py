@@ -17,6 +17,7 @@ from aimass.errors import InvalidInputError
 REQUIRED = ("user_id", "item_id", "timestamp")
 OPTIONAL = {"event": "string", "value": "float64", "split": "string"}
 SPLITS = ("train", "val_input", "val", "test")
+ID_MAX = 2**62  # the largest user or item id serving, feedback and the catalog accept
 
 
 @dataclasses.dataclass
@@ -91,6 +92,7 @@ def normalise(
         bad = sorted(set(df["split"].unique()) - set(SPLITS))
         if bad:
             raise InvalidInputError(f"{what}: unknown split value(s) {bad}; allowed {list(SPLITS)}")
+        _check_roles(df, what)
     # Time order, stable, so the source order breaks ties between equal timestamps.
     df = df.sort_values("timestamp", kind="stable").reset_index(drop=True)
     if items is not None:
@@ -98,17 +100,48 @@ def normalise(
     return Canonical(df, items, timestamp_kind)
 
 
+def _check_roles(df: pd.DataFrame, what: str) -> None:
+    """The rules evaluation.make_splits (protocol ml1m-seq) holds a split column to, checked here so that a
+    version it would refuse is never registered: a user's 'val' or 'test' row is that user's one target."""
+    for role in ("val", "test"):
+        counts = df.loc[df["split"] == role, "user_id"].value_counts()
+        if (counts > 1).any():
+            user, n = int(counts.index[counts > 1][0]), int(counts[counts > 1].iloc[0])
+            raise InvalidInputError(f"{what}: a user may have at most one split {role!r} row (the {role} target), "
+                                    f"but user {user} has {n}")
+    if not (df["split"] == "val").any():
+        raise InvalidInputError(f"{what}: a split column needs some 'val' rows (validation targets); it has none")
+
+
 def _integers(s: pd.Series, col: str, what: str) -> pd.Series:
+    """`s` as int64. Ids must lie in 0..ID_MAX, the range serving, feedback and the catalog take, so a version
+    never holds an id they would refuse; timestamps may be negative (before 1970)."""
+    s = _uncategorised(s)
     if s.isna().any():
         raise InvalidInputError(f"{what}: column {col} has empty values")
-    if s.dtype.kind in "iu":
-        return s.astype("int64")
-    num = pd.to_numeric(s, errors="coerce")
+    num = s if s.dtype.kind in "iu" else pd.to_numeric(s, errors="coerce")
     bad = num.isna() | (num % 1 != 0)
     if bad.any():
-        example = s[bad].iloc[0]
-        raise InvalidInputError(f"{what}: column {col} must hold integers, found {example!r}")
+        raise InvalidInputError(f"{what}: column {col} must hold integers, found {_shown(s[bad].iloc[0])!r}")
+    # checked before the cast: int64 would wrap a large uint64 to a negative number, or a float to garbage
+    low = -ID_MAX if col == "timestamp" else 0
+    out = (num < low) | (num > ID_MAX)
+    if out.any():
+        raise InvalidInputError(f"{what}: column {col} must hold integers from {'-2**62' if low else 0} to 2**62, "
+                                f"found {_shown(s[out].iloc[0])!r}")
     return num.astype("int64")
+
+
+def _shown(v: object) -> object:
+    return v.item() if isinstance(v, np.generic) else v  # 5, not np.int64(5)
+
+
+def _uncategorised(s: pd.Series) -> pd.Series:
+    """A pandas `category` column (read_parquet restores one) as plain values: filling or casting a
+    categorical fails on any value outside its categories."""
+    if isinstance(s.dtype, pd.CategoricalDtype):
+        return pd.Series(np.asarray(s), index=s.index, name=s.name)
+    return s
 
 
 def _normalise_items(items: pd.DataFrame, what: str) -> pd.DataFrame:
@@ -122,6 +155,7 @@ def _normalise_items(items: pd.DataFrame, what: str) -> pd.DataFrame:
         dup = out.loc[out["item_id"].duplicated(), "item_id"].iloc[0]
         raise InvalidInputError(f"{what} items: item_id {dup} appears more than once")
     for col in out.columns:
+        out[col] = _uncategorised(out[col])
         if col != "item_id" and out[col].dtype.kind not in "iuf":
             out[col] = out[col].fillna("").astype(str).astype("string")
     if "text" not in out.columns:

@@ -28,7 +28,9 @@ class DemoConfig(BaseModel):
     users: int = Field(1000, ge=10, le=1_000_000)
     tracks: int = Field(2000, ge=20, le=5_000_000)
     artists: int | None = Field(None, ge=2, description="default: tracks / 10")
-    mean_history: float = Field(40.0, ge=5, allow_inf_nan=False, description="mean plays per user")
+    # named mean_history for compatibility; the lognormal draw below makes it the median
+    mean_history: float = Field(40.0, ge=5, allow_inf_nan=False,
+                                description="median plays per user (lognormal lengths: their mean is about 1.2x)")
     seed: int = Field(0, ge=0, description="numpy's generators take no negative seed")
 
 

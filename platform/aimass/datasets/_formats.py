@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from aimass.datasets._canonical import Canonical, normalise
+from aimass.datasets._canonical import ID_MAX, Canonical, normalise
 from aimass.errors import InvalidInputError
 
 Reader = Callable[[Path, "Path | None"], Canonical]
@@ -50,21 +50,36 @@ def _need_file(folder: Path, name: str, fmt: str) -> Path:
     return f
 
 
+def _own_items(items: Path | None, fmt: str, source: str) -> None:
+    """Refuses an items file a format has no use for: dropping it silently would register other item text
+    than the user asked for."""
+    if items is not None:
+        raise InvalidInputError(f"{fmt}: an items file (--items {items}) is not taken: this format builds its "
+                                f"own items table from {source}")
+
+
 def _int_lines(path: Path, min_tokens: int = 1, exact: int | None = None) -> list[list[int]]:
-    """Whitespace-separated integers, one record per line; names the first bad line."""
+    """Whitespace-separated ids, one record per line; names the first bad line."""
     rows = []
-    with path.open() as fh:
-        for n, line in enumerate(fh, 1):
-            tokens = line.split()
-            if not tokens:
-                continue
-            if len(tokens) < min_tokens or (exact is not None and len(tokens) != exact):
-                want = f"{exact}" if exact else f"at least {min_tokens}"
-                raise InvalidInputError(f"{path}:{n}: expected {want} fields, found {len(tokens)}")
-            try:
-                rows.append([int(t) for t in tokens])
-            except ValueError:
-                raise InvalidInputError(f"{path}:{n}: ids must be integers, found {line.strip()[:60]!r}") from None
+    try:
+        with path.open(encoding="utf-8") as fh:
+            for n, line in enumerate(fh, 1):
+                tokens = line.split()
+                if not tokens:
+                    continue
+                if len(tokens) < min_tokens or (exact is not None and len(tokens) != exact):
+                    want = f"{exact}" if exact else f"at least {min_tokens}"
+                    raise InvalidInputError(f"{path}:{n}: expected {want} fields, found {len(tokens)}")
+                try:
+                    ids = [int(t) for t in tokens]
+                except ValueError:
+                    raise InvalidInputError(f"{path}:{n}: ids must be integers, found {line.strip()[:60]!r}") from None
+                out = next((i for i in ids if not 0 <= i <= ID_MAX), None)
+                if out is not None:  # int64 arrays could not hold it, and serving would refuse it
+                    raise InvalidInputError(f"{path}:{n}: ids must be integers from 0 to 2**62, found {out}")
+                rows.append(ids)
+    except UnicodeDecodeError:
+        raise InvalidInputError(f"{path}: not a UTF-8 text file") from None
     if not rows:
         raise InvalidInputError(f"{path}: file is empty")
     return rows
@@ -179,6 +194,7 @@ def _sasrec(path: Path, items: Path | None) -> Canonical:
 @reader("movielens-meta")
 def _movielens_meta(path: Path, items: Path | None) -> Canonical:
     """MovieLens movies.dat as the items table; ratings.dat beside it, when present, as interactions."""
+    _own_items(items, "movielens-meta", "movies.dat")
     folder = path if path.is_dir() else path.parent
     movies = _movies_dat(_need_file(folder, "movies.dat", "movielens-meta") if path.is_dir() else path)
     ratings = folder / "ratings.dat"
@@ -201,6 +217,7 @@ def _movielens_meta(path: Path, items: Path | None) -> Canonical:
 @reader("lastfm")
 def _lastfm(path: Path, items: Path | None) -> Canonical:
     """HetRec 2011 Last.fm: plays as `value`, artist names and their most used tags as item text."""
+    _own_items(items, "lastfm", "artists.dat and tags.dat")
     if not path.is_dir():
         raise InvalidInputError(f"lastfm: {path} is not a folder")
     ua = _hetrec(_need_file(path, "user_artists.dat", "lastfm"), ["userID", "artistID", "weight"])
@@ -233,9 +250,13 @@ def _hetrec(path: Path, cols: list[str], encoding: str = "utf-8") -> pd.DataFram
     for c in cols:
         if c.endswith("ID") or c in ("id", "weight"):
             num = pd.to_numeric(df[c], errors="coerce")
-            if num.isna().any():
-                raise InvalidInputError(f"lastfm {path}: column {c} must hold integers, found "
-                                        f"{df.loc[num.isna(), c].iloc[0]!r}")
+            # checked before the cast, which would wrap a larger number; ids to the 0..2**62 serving takes
+            low = -ID_MAX if c == "weight" else 0
+            bad = num.isna() | (num % 1 != 0) | (num < low) | (num > ID_MAX)
+            if bad.any():
+                span = "" if low else " from 0 to 2**62"
+                raise InvalidInputError(f"lastfm {path}: column {c} must hold integers{span}, found "
+                                        f"{df.loc[bad, c].iloc[0]!r}")
             df[c] = num.astype("int64")
     return df
 

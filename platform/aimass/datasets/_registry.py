@@ -24,6 +24,7 @@ logging.getLogger("dvc").setLevel(logging.WARNING)
 
 _GIT_ID = ["-c", "user.name=aimass", "-c", "user.email=aimass@localhost", "-c", "commit.gpgsign=false"]
 INTERACTIONS, ITEMS, META = "interactions.parquet", "items.parquet", "meta.json"
+_INITIAL = "Initialise the aimass data registry"  # the first commit's message: what marks a registry as one
 
 
 def git(repo: Path, *args: str, check: bool = True) -> str:
@@ -57,6 +58,7 @@ class DataRegistry:
         self.path = settings.registry_path
         self.origin = settings.registry_origin
         self._undo: tuple[str, str, str | None] | None = None  # what rollback() undoes: see commit_version
+        self._new_name: str | None = None
 
     # -- set-up ----------------------------------------------------------------------------------------------
 
@@ -76,9 +78,13 @@ class DataRegistry:
                     return self.ensure(again=False)
                 # a tag that an undo deleted and a later version made again is taken as the origin has it
                 git(self.path, "fetch", "--quiet", "--tags", "--force", "origin")
+            else:
+                self._check_ours()
             self._local_remote()
             return
         _without_credential(self.settings.remote)  # refused before anything is written, not halfway
+        if not self.origin:
+            self._check_takeable()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.origin:
             if not (self.path / ".git").is_dir():
@@ -115,6 +121,38 @@ class DataRegistry:
         self._initialise()
         self._local_remote()
 
+    def _check_takeable(self) -> None:
+        """A local path that is not a registry yet becomes one only when it holds nothing: initialising commits
+        every file in it (a secret too) and later registrations reset and delete inside it. A bare `git init`
+        (such as an initialisation that stopped before its first commit) holds nothing either."""
+        p = self.path
+        if not p.exists() and not p.is_symlink():
+            return
+        named = " (AIMASS_DATA_REGISTRY)" if self.settings.data_registry else ""
+        if not p.is_dir():
+            raise InvalidInputError(f"the data registry path {p}{named} is not a folder: give a new or an empty "
+                                    "folder, or an aimass data registry")
+        entries = sorted(e.name for e in p.iterdir())
+        if entries == [".git"] and not git(p, "rev-parse", "--verify", "--quiet", "HEAD", check=False):
+            return
+        if entries:
+            held = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+            raise InvalidInputError(
+                f"the data registry path {p}{named} is not an aimass data registry (it holds {held}, not a "
+                "registry's .git and .dvc folders): give a new or an empty folder, or an existing registry; "
+                "nothing in it was changed")
+
+    def _check_ours(self) -> None:
+        """A local git+DVC repository is used only when this code initialised it: in another DVC project a
+        registration would commit what its user staged, and an undo would reset their uncommitted work."""
+        roots = git(self.path, "log", "--max-parents=0", "--format=%s", "HEAD", check=False).splitlines()
+        if _INITIAL not in roots:
+            named = " (AIMASS_DATA_REGISTRY)" if self.settings.data_registry else ""
+            raise InvalidInputError(
+                f"the data registry path {self.path}{named} is not an aimass data registry (a git+DVC repository "
+                f"whose first commit is not {_INITIAL!r}): give a new or an empty folder, or an existing registry; "
+                "nothing in it was changed")
+
     def _check_clone(self) -> None:
         """The working copy is a clone of the origin (so it may be made again), not a registry of its own, such as
         the embedded one this home had before AIMASS_DATA_REGISTRY named a URL."""
@@ -144,7 +182,7 @@ class DataRegistry:
         )
         (self.path / "datasets").mkdir(exist_ok=True)
         git(self.path, "add", "-A")
-        git(self.path, "commit", "--quiet", "-m", "Initialise the aimass data registry")
+        git(self.path, "commit", "--quiet", "-m", _INITIAL)
 
     def _local_remote(self) -> None:
         """This machine's DVC remote setting, credential included, in the clone's uncommitted config.local."""
@@ -189,6 +227,8 @@ class DataRegistry:
                 f"registration in progress elsewhere, or one whose undo failed): if none is running, remove it "
                 f"({fix}git -C {self.path} tag -d {tag}) and register again")
         self._undo = (self.head(), tag, None)  # (commit to return to, tag, commit pushed to the origin)
+        # a name new at that commit leaves untracked files a reset keeps: rollback() removes them
+        self._new_name = None if git(self.path, "ls-files", "--", f"datasets/{name}.dvc") else name
         folder = self.path / "datasets" / name
         try:
             if folder.exists():
@@ -237,6 +277,9 @@ class DataRegistry:
                 push(f"--force-with-lease=refs/heads/{branch}:{pushed}", "origin", f"{head}:refs/heads/{branch}")
         git(self.path, "tag", "-d", tag, check=False)
         git(self.path, "reset", "--quiet", "--hard", head, check=False)
+        if self._new_name:  # the restored .gitignore has no line for it: its data would show as uncommitted
+            git(self.path, "clean", "-fdxq", "--", f"datasets/{self._new_name}", f"datasets/{self._new_name}.dvc",
+                check=False)
         return left
 
     def materialise(self, name: str, tag: str, dest: Path) -> Path:

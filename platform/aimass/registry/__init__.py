@@ -305,7 +305,7 @@ def _candidate(name: str, version: int, tolerance: float, min_unexposed_users: i
 
     if not scorable(metric):  # before the gate, which would record the version as refused for it
         raise InvalidInputError(f"unknown gate metric {metric!r}: use test_ndcg_at_K, test_recall_at_K, "
-                                "test_coverage_at_K or test_mrr")
+                                "test_coverage_at_K or test_mrr (K >= 1)")
     if not 0 <= tolerance < 1:
         raise InvalidInputError(f"tolerance must be in [0, 1), got {tolerance}")
     # before the gate: a budget no model meets would be recorded on the version as a refusal
@@ -365,6 +365,14 @@ def compress(name: str, version: int, method: str, *, settings: Settings | None 
     from aimass.registry._compress import compress as run  # torch and the codecs load only when compressing
 
     return run(name, version, method, settings=settings, progress=progress, **options)
+
+
+def check_compression(family: str | None, method: str, **options) -> None:
+    """Refuses (InvalidInputError) what `compress` would refuse for a version of `family`, before anything
+    exists: a command that ends by compressing checks it before its first step."""
+    from aimass.registry._compress import check
+
+    check(method, family, options)
 
 
 def load(ref: str, *, settings: Settings | None = None):

@@ -89,8 +89,8 @@ def check(method: str, family: str | None, options: dict) -> dict:
             raise InvalidInputError(f"option {k}={v!r} of method {method!r} must be {kind}") from None
         if k in _CHOICES and out[k] not in _CHOICES[k]:
             raise InvalidInputError(f"option {k}={v!r}: use one of {', '.join(_CHOICES[k])}")
-        if allowed[k] in (int, float) and out[k] <= 0 and k != "seed":
-            raise InvalidInputError(f"option {k}={v!r} must be positive")
+        if allowed[k] in (int, float) and (out[k] < 0 if k == "seed" else out[k] <= 0):
+            raise InvalidInputError(f"option {k}={v!r} must be {'0 or more' if k == 'seed' else 'positive'}")
     if out.get("kind") == "structured" and family not in ("sasrec", "two-tower"):
         raise InvalidInputError(f"structured pruning removes feed-forward units, which {family} has none of: "
                                 "use kind=unstructured")

@@ -26,7 +26,7 @@ from aimass.errors import BackendError, InvalidInputError
 from aimass.registry import MIN_UNEXPOSED_USERS
 from aimass.settings import Settings
 
-_METRIC = re.compile(r"^test_(?:(?P<name>ndcg|recall|coverage)_at_(?P<k>\d+)|(?P<mrr>mrr))$")
+_METRIC = re.compile(r"^test_(?:(?P<name>ndcg|recall|coverage)_at_(?P<k>[1-9]\d*)|(?P<mrr>mrr))$")
 
 
 def run_gate(candidate, champion, tolerance: float, latency_budget_ms: float, metric: str,
@@ -71,7 +71,7 @@ def _compared_on(on: str, candidate, champion, metric: str, tolerance: float, mi
         tested = info.metrics.get("test_users")
         # its own split, every test user tested (not a seeded sample: max_test_users): the recorded figure is
         # the whole-split one
-        if info.dataset == on and (tested is None or int(tested) == n):
+        if info.dataset == on and (tested is None or int(tested) == n) and info.metrics.get(metric) is not None:
             return info.metrics.get(metric), *(_score(info, split, metric, masks, settings) or [None])
         whole, *rest = _score(info, split, metric, [None, *masks], settings)
         return whole, (rest[0] if rest else None)
