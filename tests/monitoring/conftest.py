@@ -29,10 +29,9 @@ class Home:
         ids = []
         for user, history in requests:
             out = self.engine.recommend(user_id=user, history=history, k=10)
-            scored = history if history is not None else self.engine.histories[user].tolist()
-            rid = uuid.uuid4().hex
-            self.log.record(endpoint, rid, "recommend", "recs", 1, user, scored, out["items"], out["scores"],
-                            out["strategy"])
+            rid = uuid.uuid4().hex  # as services.py logs it: the history's tail, and its whole length
+            self.log.record(endpoint, rid, "recommend", "recs", 1, user, out["history_tail"], out["items"],
+                            out["scores"], out["strategy"], history_length=out["history_length"])
             ids.append(rid)
         self.log.flush()
         return ids

@@ -58,6 +58,14 @@ def test_unshifted_window_is_not_flagged(windows):
     assert r.reference["feedback"]["by_type"].keys() == {"play", "skip"}
 
 
+def test_a_window_larger_than_the_reference_is_measured_at_the_reference_size(windows, home):
+    rng = np.random.default_rng(8)
+    home.serve("busy", [(int(u), None) for u in rng.choice(home.users, REF + 150)])
+    r = monitoring.drift("busy", reference_users=REF, settings=home.settings)
+    assert r.n_current == REF + 150 and r.current["answers"] == r.reference["answers"] == REF
+    assert abs(r.current["coverage"] - r.reference["coverage"]) < 0.1 and not r.drifted
+
+
 def test_heavy_users_only_are_flagged(windows):
     r = windows["heavy"]
     assert r.drifted and r.drifted_share >= monitoring.DRIFT_SHARE

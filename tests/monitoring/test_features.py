@@ -42,6 +42,15 @@ def test_per_answer_columns():
     assert f["strategy"].tolist() == ["model", "popular", "model"]
 
 
+def test_a_list_shorter_than_k_is_not_measured_on_what_depends_on_its_length():
+    """A client asking for 2 items: its list's mean popularity and score spread sit above a full list's by
+    construction (best first), which a window of such clients would report as drift."""
+    short = _answers().assign(items=[[20, 30], [40, 30], [10, 20]], scores=[[0.9, 0.5], [7.0, 3.0], [0.8, 0.6]])
+    f = per_answer(short, _catalogue(), k=3)
+    assert f["items_popularity"].isna().all() and f["score_spread"].isna().all()
+    assert f["score_top"].tolist()[0::2] == [0.9, 0.8]  # the top score does not depend on the length
+
+
 def test_window_figures_with_and_without_labels():
     w = window_figures(_answers()["items"], _catalogue(), k=3)
     assert w["coverage"] == 1.0 and w["diversity_label"] == "genre"

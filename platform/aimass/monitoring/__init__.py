@@ -13,7 +13,7 @@ version that served most of them, against that version's training reference (a f
 home/monitoring/_reference/). Per answer: history_length, user_activity, history_popularity,
 history_label (the most frequent label, e.g. genre, of the history's last items), items_popularity,
 score_top, score_spread, strategy; see _features. Per window, reported beside the verdict: catalogue
-coverage and label diversity of the lists (the reference's figures at the same number of answers, as
+coverage and label diversity of the lists (both sides at the same number of answers, the smaller side's, as
 coverage grows with it), and feedback rates (the window's events against the training data's event mix).
 
 How a column is judged (pinned, so that the verdict does not depend on the window's size; see _stats): a
@@ -212,15 +212,17 @@ def drift(endpoint: str, *, window_s: float = 3600, end: datetime | None = None,
         if _stats.drifted_count(snapshot) not in (None, len(drifted_cols)):  # the same test functions decide
             log.warning("report %s: Evidently counted %s drifted columns, the summary %d", folder,
                         _stats.drifted_count(snapshot), len(drifted_cols))
-        n_ref = len(ref.rows)
-        same_size = ref.rows["items"].sample(n=min(len(answers), n_ref), random_state=0) if n_ref else ref.rows["items"]
+        # coverage grows with the number of lists: both sides' figures at the smaller side's count
+        n_ref, n_cur = len(ref.rows), len(answers)
+        same_size = ref.rows["items"].sample(n=min(n_cur, n_ref), random_state=0) if n_ref else ref.rows["items"]
+        listed = answers["items"].sample(n=n_ref, random_state=0) if 0 < n_ref < n_cur else answers["items"]
         report = DriftReport(
             endpoint=endpoint, model=name, version=int(version), dataset=ref.dataset, window_start=start,
             window_end=end, n_current=len(answers), n_reference=n_ref,
             not_compared={str(k): int(v) for k, v in left_out.items()},
             drifted=bool(columns) and share >= drift_share, drifted_share=round(share, 6),
             drifted_columns=drifted_cols, drift_share=drift_share, columns=columns,
-            current={**_features.window_figures(answers["items"], ref.catalogue, _reference.K),
+            current={**_features.window_figures(listed, ref.catalogue, _reference.K),
                      "feedback": _window_feedback(s, endpoint, answers, len(frame), start, end)},
             reference={**_features.window_figures(same_size, ref.catalogue, _reference.K),
                        "feedback": ref.feedback, "users": n_ref, "created_at": ref.created_at.isoformat()},

@@ -81,7 +81,8 @@ def _row_mean(rows: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
 
 def per_answer(answers: pd.DataFrame, catalogue: Catalogue, k: int = 10) -> pd.DataFrame:
     """The compared columns of served-answer rows (user_id, history_length, history_tail, items, scores,
-    strategy). NaN where there is nothing to measure (no history, an empty list)."""
+    strategy). NaN where there is nothing to measure (no history, an empty list; for the list's popularity and
+    score spread, a list shorter than k)."""
     n = len(answers)
     out = pd.DataFrame(index=pd.RangeIndex(n))
     out["history_length"] = answers["history_length"].to_numpy(dtype=np.float64)
@@ -96,16 +97,21 @@ def per_answer(answers: pd.DataFrame, catalogue: Catalogue, k: int = 10) -> pd.D
     out["history_popularity"] = _row_mean(rows, catalogue.log_popularity(tail_pos), n)
     out["history_label"] = _mode_label(rows, tail_pos, catalogue, n)
 
+    # a list shorter than k (a client asking for 5) is not measured on what depends on the length: its mean
+    # popularity and its score spread sit above a full list's by construction, which is not drift
+    full = np.fromiter(map(len, answers["items"]), dtype=np.int64, count=n) >= k
     rows, listed = _flat(answers["items"], k)
-    out["items_popularity"] = _row_mean(rows, catalogue.log_popularity(catalogue.item_positions(
-        listed.astype(np.int64))), n)
+    popularity = _row_mean(rows, catalogue.log_popularity(catalogue.item_positions(listed.astype(np.int64))), n)
+    out["items_popularity"] = np.where(full, popularity, np.nan)
     top = np.full(n, np.nan)
     last = np.full(n, np.nan)
     strategy = answers["strategy"].astype(str).to_numpy()
     # a cold start's scores are popularity counts, another scale: the strategy column counts cold starts
     for i, (s, how) in enumerate(zip(answers["scores"], strategy, strict=True)):
         if len(s) and how == "model":
-            top[i], last[i] = s[0], s[min(k, len(s)) - 1]
+            top[i] = s[0]
+            if len(s) >= k:
+                last[i] = s[k - 1]
     out["score_top"] = top
     out["score_spread"] = top - last
     out["strategy"] = strategy
