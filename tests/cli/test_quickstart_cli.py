@@ -87,3 +87,39 @@ def _quickstart(home, res, ports):
     assert f"console  {url} (stop: aimass console --stop)" in res.stdout
     assert subprocess.run(["curl", "-s", f"{url}/_stcore/health"], capture_output=True, text=True,
                           timeout=60).stdout == "ok"
+
+
+def test_a_quickstart_interrupted_after_its_deploy_stops_the_serving_cluster_it_started(tmp_path):
+    """Ctrl-C (or any failure) in the steps after the deploy: nothing the command started keeps running."""
+    import os
+    import signal
+    import time
+
+    from aimass import serving
+    from aimass.settings import Settings
+    from tests.cli.test_datasets_cli import AIMASS
+    from tests.conftest import free_port
+
+    home = tmp_path / "home"
+    env = {**os.environ, "AIMASS_HOME": str(home), "AIMASS_SERVE_PORT": str(free_port()),
+           "AIMASS_CONSOLE_PORT": str(free_port())}
+    p = subprocess.Popen([AIMASS, "quickstart", "--users", "60", "--tracks", "120", "--time-budget", "0.2",
+                          "--traffic-users", "40", "--retrain-budget", "0.1", "--auto-budget", "0", "--no-search"],
+                         env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen, deadline = [], time.monotonic() + 600
+    try:
+        for line in p.stdout:  # the stage lines, one a step
+            seen.append(line)
+            if line.startswith("[7/12]") or time.monotonic() > deadline:
+                break
+        assert seen and seen[-1].startswith("[7/12]"), "".join(seen)
+        assert serving.running(settings=Settings(home=home))
+        p.send_signal(signal.SIGINT)
+        rest = p.communicate(timeout=180)[0]
+        assert p.returncode != 0
+        assert "stopping the serving cluster it started" in rest, rest
+        assert not serving.running(settings=Settings(home=home))
+    finally:
+        if p.poll() is None:
+            p.kill()
+        stop(home)

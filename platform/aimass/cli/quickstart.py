@@ -105,45 +105,52 @@ def quickstart(
         experiments.stop("demo", decision="stopped: a new quickstart deploys the demo endpoint", actor="quickstart",
                          settings=s)
         console.stage(f"      the previous run's experiment {earlier.experiment_id} on demo is stopped")
-    d = serving.deploy(f"{name}@champion", endpoint="demo", settings=s)
-    scheduler = schedule(s)
-    curl = serving.curl_example(d, key, user_id=int(i["user_id"].iloc[0]))
-    console.stage(f"[7/12] a burst of demo traffic: {traffic_users} users ask {d.url}/recommend and send feedback")
-    since = datetime.now(UTC)
-    burst = _traffic(d.url, key, i, traffic_users)
-    _logged(s, "demo", burst["answers"], since)
-    console.stage("[8/12] a drift report of that traffic against the training data (Evidently)")
-    from aimass import monitoring, retraining
+    started = not serving.running(settings=s)
+    try:  # a quickstart that fails from here on stops the serving cluster it started (with its scheduler)
+        d = serving.deploy(f"{name}@champion", endpoint="demo", settings=s)
+        scheduler = schedule(s)
+        curl = serving.curl_example(d, key, user_id=int(i["user_id"].iloc[0]))
+        console.stage(f"[7/12] a burst of demo traffic: {traffic_users} users ask {d.url}/recommend and send feedback")
+        since = datetime.now(UTC)
+        burst = _traffic(d.url, key, i, traffic_users)
+        _logged(s, "demo", burst["answers"], since)
+        console.stage("[8/12] a drift report of that traffic against the training data (Evidently)")
+        from aimass import monitoring, retraining
 
-    report = monitoring.drift("demo", window_s=3600, settings=s)
-    console.stage(f"[9/12] retraining on the feedback: a new dataset version, a challenger, the gate "
-                  f"(at most {retrain_budget} min)")
-    # no second progress bar: the stage line gives its bound, and a demo's output stays one screen
-    again = retraining.retrain("demo", reason="manual", progress=False, settings=s, time_budget_min=retrain_budget)
-    console.stage("[10/12] a canary split on the demo endpoint (an auto experiment on the feedback) with a shadow "
-                  "version, and a second burst of traffic on it")
-    canary = _canary(again, name, small, s) + _shadow(again, small, s)
-    burst2 = _traffic(d.url, key, i, max(traffic_users // 2, 1), seed=1)
-    traffic = serving.traffic("demo", history=3, settings=s)
-    if search:
-        console.stage("[11/12] a search index of the demo catalogue (BM25 + MiniLM vectors, int8) built with Ray "
-                      "Train, registered as demo-search and deployed at endpoint 'search'")
-        search = _search_index(v.ref, key, ds, s)
-    else:
-        console.stage("[11/12] no search index (--no-search)")
-        search = None
-    if auto_budget:
-        console.stage(f"[12/12] model search on {v.ref} for {auto_budget:g} min (aimass train auto): baselines, "
-                      "neural probes, the best probe for the rest; the best registered as demo-auto")
-        found = training.auto(v.ref, auto_budget, workers=workers, progress=False, settings=s)
-        best = models.register(found.best.run_id, "demo-auto", settings=s)
-        auto = {"registered": best.ref, "family": found.best.family, "params": found.best.params,
-                "val_ndcg@10": found.best.val_ndcg, "candidates": len(found.leaderboard),
-                "run_id": found.best.run_id, "wall_time_s": found.wall_time_s}
-    else:
-        console.stage("[12/12] no model search (--auto-budget 0)")
-        auto = None
-    panel = _console(s)
+        report = monitoring.drift("demo", window_s=3600, settings=s)
+        console.stage(f"[9/12] retraining on the feedback: a new dataset version, a challenger, the gate "
+                      f"(at most {retrain_budget} min)")
+        # no second progress bar: the stage line gives its bound, and a demo's output stays one screen
+        again = retraining.retrain("demo", reason="manual", progress=False, settings=s, time_budget_min=retrain_budget)
+        console.stage("[10/12] a canary split on the demo endpoint (an auto experiment on the feedback) with a shadow "
+                      "version, and a second burst of traffic on it")
+        canary = _canary(again, name, small, s) + _shadow(again, small, s)
+        burst2 = _traffic(d.url, key, i, max(traffic_users // 2, 1), seed=1)
+        traffic = serving.traffic("demo", history=3, settings=s)
+        if search:
+            console.stage("[11/12] a search index of the demo catalogue (BM25 + MiniLM vectors, int8) built with Ray "
+                          "Train, registered as demo-search and deployed at endpoint 'search'")
+            search = _search_index(v.ref, key, ds, s)
+        else:
+            console.stage("[11/12] no search index (--no-search)")
+            search = None
+        if auto_budget:
+            console.stage(f"[12/12] model search on {v.ref} for {auto_budget:g} min (aimass train auto): baselines, "
+                          "neural probes, the best probe for the rest; the best registered as demo-auto")
+            found = training.auto(v.ref, auto_budget, workers=workers, progress=False, settings=s)
+            best = models.register(found.best.run_id, "demo-auto", settings=s)
+            auto = {"registered": best.ref, "family": found.best.family, "params": found.best.params,
+                    "val_ndcg@10": found.best.val_ndcg, "candidates": len(found.leaderboard),
+                    "run_id": found.best.run_id, "wall_time_s": found.wall_time_s}
+        else:
+            console.stage("[12/12] no model search (--auto-budget 0)")
+            auto = None
+        panel = _console(s)
+    except BaseException:
+        if started:
+            console.stage("      the quickstart failed: stopping the serving cluster it started")
+            serving.shutdown(settings=s)
+        raise
     loop = {"traffic": burst, "traffic_on_split": burst2, "drift": report.model_dump(mode="json"),
             "retrain": again.model_dump(mode="json"),
             "scheduler": scheduler, "canary": canary, "split": traffic.model_dump(mode="json"), "search": search,

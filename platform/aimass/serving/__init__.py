@@ -30,7 +30,7 @@ from aimass.settings import Settings, default_settings, write_private
 __all__ = ["CLUSTER_OWNER_ENV", "WORKER_SETUP_HOOK", "Deployment", "Engine", "TrafficView", "build_bento",
            "check_deployed", "check_endpoint", "connect", "create_key", "curl_example", "delete", "deploy",
            "deployments", "endpoints", "key_id_of", "list_keys", "orphans", "parse_arms", "pin_bento", "revoke_key",
-           "rollback", "scaling", "set_traffic", "show", "shutdown", "shutdown_orphans", "traffic"]
+           "rollback", "running", "scaling", "set_traffic", "show", "shutdown", "shutdown_orphans", "traffic"]
 log = logging.getLogger(__name__)
 
 
@@ -462,6 +462,13 @@ def delete(endpoint: str, *, settings: Settings | None = None) -> Deployment:
     (_dir(s) / "deployments" / f"{endpoint}.json").unlink(missing_ok=True)
     _write_config(s)
     return d
+
+
+def running(*, settings: Settings | None = None) -> bool:
+    """Whether this home's embedded serving cluster is running (nothing is started to find out)."""
+    from aimass.serving import _cluster
+
+    return _cluster.running(settings or default_settings())
 
 
 def shutdown(*, settings: Settings | None = None) -> bool:
