@@ -115,6 +115,18 @@ def test_the_autoencoders_compress_like_the_others(env, family, method, options)
         assert v.metrics["top10_overlap_vs_parent"] >= 0.9
 
 
+def test_a_parent_tested_on_a_sample_is_compressed_and_measured_on_that_sample(env):
+    """A large catalogue's job tests a seeded sample (max_test_users): compression measures parent and child on
+    the same sample, not on every test user (hours, twice), and the parent's figure is the one it recorded."""
+    s = env
+    params = {"dim": 16, "n_blocks": 1, "n_heads": 1, "max_len": 20, "epochs": 2, "batch_size": 32}
+    r = aimass.train("sasrec", "demo", params, workers=0, max_test_users=12, progress=False, settings=s)
+    parent = registry.register(r.run_id, "sampled", settings=s)
+    v = models.compress("sampled", parent.version, "int8", settings=s, **FAST)
+    assert v.metrics["test_users"] == v.metrics["parent_test_users"] == parent.metrics["test_users"] == 12
+    assert v.metrics["parent_test_ndcg_at_10"] == pytest.approx(parent.metrics["test_ndcg_at_10"])
+
+
 def test_bad_requests_raise_before_anything_is_written(env):
     s = env
     before = _snapshot(s)

@@ -377,6 +377,20 @@ def measure(parent_score, child_score, splits, n_items: int, latency_n: int = 20
     return c, p
 
 
+def _tested(splits, recorded: float | None):
+    """The test users parent and child are measured on: the parent's own seeded sample when its job tested one
+    (max_test_users: a large catalogue's full ranking of every test user costs hours, twice here), else all."""
+    from types import SimpleNamespace
+
+    from aimass.training import EVAL_SEED
+
+    h, t = list(splits.test_histories), np.asarray(splits.test_targets)
+    if recorded is None or int(recorded) >= len(h):
+        return SimpleNamespace(test_histories=h, test_targets=t)
+    pick = np.sort(np.random.default_rng(EVAL_SEED).choice(len(h), int(recorded), replace=False))
+    return SimpleNamespace(test_histories=[h[i] for i in pick], test_targets=t[pick])
+
+
 # --------------------------------------------------------------------------------------------- compress
 
 def compress(name: str, version: int, method: str, *, settings: Settings | None = None,
@@ -416,14 +430,16 @@ def compress(name: str, version: int, method: str, *, settings: Settings | None 
                                 f"{est.n_items_}")
     client = registry._client(s)
     parent_tags = client.get_run(info.run_id).data.tags if info.run_id else {}
+    tested = _tested(splits, info.metrics.get("test_users"))
     with tempfile.TemporaryDirectory(prefix="aimass-compress-") as tmp:
         work = Path(tmp)
         est.save(work / "parent")
         folder = work / "model"
         meta = build(method, est, info.family, splits, folder, opts, progress)
         child = C.load_compressed(folder)
-        metrics, pmetrics = measure(est.score, child.score, splits, splits.n_items,
+        metrics, pmetrics = measure(est.score, child.score, tested, splits.n_items,
                                     opts.get("latency_n", 200), opts.get("seed", 0))
+        metrics["test_users"] = pmetrics["test_users"] = float(len(tested.test_targets))
         metrics["size_bytes"] = C.folder_bytes(folder)
         pmetrics["size_bytes"] = C.folder_bytes(work / "parent")
         metrics["size_ratio"] = pmetrics["size_bytes"] / metrics["size_bytes"]
