@@ -12,6 +12,7 @@ import time
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlparse
 
 from filelock import FileLock, Timeout
 from pydantic import BaseModel, Field
@@ -382,13 +383,45 @@ def load(ref: str, *, settings: Settings | None = None):
 
     s = settings or default_settings()
     info = get(ref, settings=s)
-    _client(s)
+    client = _client(s)
     t0 = time.time()
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{info.name}/{info.version}"))
+    scheme = urlparse(client.get_model_version_download_uri(info.name, str(info.version))).scheme
+    if scheme in ("", "file") or len(scheme) == 1:
+        # a folder of this machine (a Windows drive letter parses as a scheme): read where it lies, no copy
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{info.name}/{info.version}"))
+    else:
+        local = _downloaded(s, info)
     model = _scorer(local, info.ref)
     model.info = info
     model.load_seconds = time.time() - t0
     return model
+
+
+def _downloaded(s: Settings, info: ModelVersionInfo) -> Path:
+    """A version held by a remote store (a tracking server, an object store), copied once to this machine
+    under home/cache/models/NAME/VERSION and read from there after: MLflow copies into a new temporary folder
+    at each call, never removed, so each replica start, promotion and compression left a whole model behind.
+    A version's files never change; the copy is renamed into place whole, under a lock per version."""
+    import shutil
+    import tempfile
+
+    import mlflow
+
+    dest = s.home / "cache" / "models" / info.name / str(info.version)
+    if dest.is_dir():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(dest) + ".lock"):
+        if dest.is_dir():  # another process copied it meanwhile
+            return dest
+        tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=dest.parent))
+        try:
+            got = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{info.name}/{info.version}",
+                                                      dst_path=str(tmp))
+            Path(got).rename(dest)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return dest
 
 
 def _scorer(local: Path, ref: str):

@@ -24,12 +24,21 @@ def mlflow_for(settings: Settings):
 
     mlflow.set_tracking_uri(settings.tracking_uri)
     exp = mlflow.get_experiment_by_name(EXPERIMENT)
-    if exp is None:
+    if exp is None and serves_artifacts(settings):
+        # the server's own artifact store (mlflow-artifacts: its --artifacts-destination, an object store): a
+        # folder of this machine's home would be unreadable to the serving replicas and jobs of other nodes
+        mlflow.create_experiment(EXPERIMENT)
+    elif exp is None:  # a store without a server (SQLite, a database URL): its artifacts in the home
         artifacts = (settings.home / "mlartifacts").resolve()
         artifacts.mkdir(parents=True, exist_ok=True)
         mlflow.create_experiment(EXPERIMENT, artifact_location=artifacts.as_uri())
     mlflow.set_experiment(EXPERIMENT)
     return mlflow
+
+
+def serves_artifacts(settings: Settings) -> bool:
+    """Whether the tracking store is a server (http, https, databricks), which keeps the artifacts itself."""
+    return settings.tracking_uri.split(":", 1)[0].lower() in ("http", "https", "databricks")
 
 
 def client(settings: Settings):
