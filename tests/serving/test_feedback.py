@@ -97,6 +97,10 @@ def test_a_negative_event_hides_the_item_but_is_no_history(served):
     top = served.post("recs", "/recommend", again).json()["items"][0]
     served.post("recs", "/feedback", _event(user, top, "dislike"))
     assert top not in served.post("recs", "/recommend", again).json()["items"]
+    # and so does an answer from a history the client sends for that user
+    sent = {**again, "history": served.post("recs", "/recommend", again).json()["items"][:3]}
+    listed = served.post("recs", "/recommend", {**sent, "k": 100}).json()["items"]  # most of the 120 tracks
+    assert len(listed) == 100 and top not in listed
 
 
 @pytest.mark.parametrize("body, says", [

@@ -340,6 +340,20 @@ def test_time_budget_stops_every_worker_at_the_same_step(home):
     # a resume rebuilds the ensemble its checkpoint holds
     assert aimass.resume(r.run_id, epochs=r.epochs + 1, time_budget_min=5, progress=False,
                          settings=home).members == members
+    # a budgeted job with no epoch count runs past its family's default count (200): resumed with a budget,
+    # it is not refused as having no epoch left
+    from aimass.training import _latest_checkpoint
+
+    client = mlflow.MlflowClient()
+    job = json.loads(client.get_run(r.run_id).data.tags["aimass.job"])
+    job["epochs"] = None
+    job["params"].pop("epochs")
+    client.set_tag(r.run_id, "aimass.job", json.dumps(job))
+    state_file = _latest_checkpoint(home, r.run_id) / "state.json"
+    state = json.loads(state_file.read_text())
+    state_file.write_text(json.dumps({**state, "epoch": 250}))
+    more = aimass.resume(r.run_id, time_budget_min=state["train_time_s"] / 60 + 0.02, progress=False, settings=home)
+    assert more.epochs > 250 and more.stop_reason == "time budget"
 
 
 def test_a_job_may_test_on_a_seeded_sample_of_users(home):

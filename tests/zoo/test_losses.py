@@ -54,3 +54,23 @@ def test_fused_distillation_is_zero_kl_when_student_is_teacher():
     # bf16 products, fp32 softmax and accumulators: the gradients point the same way
     for a, b in zip(_grads(bf16, h, w), _grads(fp32, h, w), strict=True):
         assert F.cosine_similarity(a.flatten(), b.flatten(), dim=0) > 0.99
+
+
+def test_bce_adds_no_term_for_a_negative_drawn_equal_to_its_target():
+    """The one uniform negative per position can be the target itself: its term would push down the very score
+    the model got right, so it counts for nothing."""
+    torch.manual_seed(0)
+    h, w = torch.randn(6, 4), torch.randn(10, 4)
+    t = torch.tensor([1, 2, 3, 4, 5, 6])
+    pos = (h * w[t]).sum(-1)
+    assert torch.allclose(_losses.bce_one_negative(h, t, w, t.clone()), F.softplus(-pos).mean())
+    other = torch.tensor([2, 3, 4, 5, 6, 7])
+    neg = (h * w[other]).sum(-1)
+    assert torch.allclose(_losses.bce_one_negative(h, t, w, other), (F.softplus(-pos) + F.softplus(neg)).mean())
+
+
+def test_the_distillation_chunk_keeps_its_tensors_bounded_on_any_catalogue():
+    from aimass.zoo.sasrec import distill_chunk
+
+    assert distill_chunk(3_417) == 512 and distill_chunk(1_000_001) * 1_000_001 <= 1 << 24
+    assert distill_chunk(50_000_000) == 1

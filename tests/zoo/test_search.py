@@ -174,3 +174,17 @@ def test_scripts_without_spaces_match_by_characters_and_pairs_and_keep_latin_wor
     assert idx.search("소년")["items"][0] == 5 and "소년" in words("방탄소년단")
     assert [s["text"] for s in idx.suggest("방탄")] == ["방탄소년단"]
 
+
+def test_words_keep_their_vowel_signs_and_thai_matches_inside_a_title():
+    """Hindi's vowel signs are marks, which Python's \\w leaves out: "दुनिया" (world) was indexed as द, न, य,
+    so "पानी" (water) shared a fragment with it. Thai has no spaces: a word inside a title must match."""
+    from aimass.zoo.search import words
+
+    assert words("दुनिया") == ["दुनिया"] and words("पानी") == ["पानी"]
+    titles = ["दुनिया", "पानी", "माया", "ไปไหนมา", "เพลงรัก", "Daft Punk"]
+    idx = Search(semantic=False, mode="bm25").fit([np.array([1, 2, 3, 4, 5, 6])], len(titles),
+                                                 item_table={"title": titles, "text": titles})
+    assert idx.search("दुनिया")["items"].tolist() == [1]  # nothing else shares a word with it
+    assert idx.search("ไหน")["items"][0] == 4 and idx.search("รัก")["items"][0] == 5
+    assert [s["text"] for s in idx.suggest("दु")] == ["दुनिया"] and not idx.suggest("न")
+

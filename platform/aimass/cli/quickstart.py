@@ -93,6 +93,8 @@ def quickstart(
             promotion = models.promote(name, mv.version, force=True, settings=s).model_dump(mode="json")
     # the champion's child: a rerun whose model the gate refused canaries the int8 of what is served, not of it
     parent = mv if promotion["promoted"] else models.show(f"{name}@champion", settings=s)
+    if parent.method != "original":  # an int8 child a previous run's canary promoted: its original is compressed
+        parent = models.show(f"{name}/{parent.parent_version}", settings=s)
     console.stage(f"[5/12] compressing {parent.ref} to int8 (a child version, evaluated on the same split)")
     small = models.compress(name, parent.version, "int8", progress=not as_json, settings=s)
     side = [_side(models.show(parent.ref, settings=s), small.metrics, "parent_"), _side(small, small.metrics, "")]

@@ -189,8 +189,7 @@ class Engine:
     def _compute(self, user_id: int | None, history: list[int] | None, k: int, exclude_seen: bool,
                  exclude: list[int] | None, filters: dict[str, list[str]] | None) -> dict:
         seen = self.history(user_id, history)
-        ok = self.allowed(seen, exclude_seen, exclude or [], filters or {},
-                          user_id if history is None else None)
+        ok = self.allowed(seen, exclude_seen, exclude or [], filters or {}, user_id)  # their dislikes either way
         if seen is None:
             scores, strategy = self.cold()
             items, best = self.top(scores, ok, k)

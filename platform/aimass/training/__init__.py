@@ -126,8 +126,10 @@ def resume(run_id: str, *, epochs: int | None = None, time_budget_min: float | N
     _check_params(cls, job["params"], epochs)
     _check_gpus(s, job["workers"], job["gpu"])
     check_budget(time_budget_min)
-    planned = (epochs or job["epochs"] or job["params"].get("epochs")
-               or getattr(cls.Config(**job["params"]), "epochs", None))  # the family's default, as the job ran
+    planned = epochs or job["epochs"] or job["params"].get("epochs")
+    if planned is None and not (time_budget_min or job.get("time_budget_min") or job["params"].get("time_budget_s")):
+        # no count and no budget: the job ran its family's default epochs (a budget runs until it is spent)
+        planned = getattr(cls.Config(**job["params"]), "epochs", None)
     _check_left(run_id, ckpt, planned, time_budget_min)
     if time_budget_min is None:  # the job's own budget: without it, a budgeted job's limits would change
         time_budget_min = job.get("time_budget_min")

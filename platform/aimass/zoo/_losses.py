@@ -193,7 +193,8 @@ def gbce(hidden: torch.Tensor, targets: torch.Tensor, item_weight: torch.Tensor,
 def bce_one_negative(hidden: torch.Tensor, targets: torch.Tensor, item_weight: torch.Tensor,
                      negatives: torch.Tensor) -> torch.Tensor:
     """Original SASRec loss: binary cross-entropy of the target against ONE negative per position
-    (``negatives``: [T], e.g. from :func:`uniform_negatives`)."""
+    (``negatives``: [T], e.g. from :func:`uniform_negatives`). A negative drawn equal to its target adds no
+    term: it would push down exactly the score the model got right."""
     pos = (hidden * item_weight[targets]).sum(-1).float()
     neg = (hidden * item_weight[negatives]).sum(-1).float()
-    return (F.softplus(-pos) + F.softplus(neg)).mean()
+    return (F.softplus(-pos) + F.softplus(neg).masked_fill(negatives == targets, 0.0)).mean()

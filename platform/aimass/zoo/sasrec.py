@@ -436,6 +436,12 @@ def sasrec_train_step(module, batch, cfg: SASRecConfig, optimizer, step: int = 0
     return float(loss.detach()) / len(members)  # a member's loss, comparable whatever their number
 
 
+def distill_chunk(n_rows: int) -> int:
+    """Positions per chunk of the fused distillation loss: it holds four fp32 [chunk, catalogue] tensors, so
+    at most 2^24 entries each (about 256 MB together), 512 rows on a catalogue up to 32k items, 16 at 1M."""
+    return int(max(1, min(512, (1 << 24) // max(n_rows, 1))))
+
+
 def sasrec_distill_step(student, teacher, batch, cfg: SASRecConfig, optimizer, step: int, progress: float,
                         temperature: float, alpha: float) -> float:
     """One distillation step of ``student`` on ``teacher``'s soft targets: ``alpha * T^2 * KL + (1 - alpha) *
@@ -453,7 +459,8 @@ def sasrec_distill_step(student, teacher, batch, cfg: SASRecConfig, optimizer, s
         hidden = student(inputs)[keep]
     # an ensemble teacher's soft targets are its members' mean scores (its head_weight makes them one product)
     loss = _losses.distill_ce(hidden, targets[keep], student.item_emb.weight, t_hidden,
-                              teacher.head_weight().detach(), temperature, alpha, chunk=512,
+                              teacher.head_weight().detach(), temperature, alpha,
+                              chunk=distill_chunk(student.item_emb.weight.shape[0]),
                               matmul_dtype=torch.bfloat16 if bf16 else torch.float32)
     # each token weighs the same whether its batch holds short or long users (as in sasrec_loss)
     loss = loss * sasrec_token_weight(int(keep.sum()), len(inputs), cfg)

@@ -25,7 +25,6 @@ Why this shape (figures from benchmarks/search_lastfm.py):
 from __future__ import annotations
 
 import json
-import re
 import threading
 import unicodedata
 from collections import OrderedDict
@@ -33,6 +32,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import regex
 import scipy.sparse as sp
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -81,10 +81,14 @@ class SearchConfig(BaseModel):
         return self
 
 
-_WORD = re.compile(r"\w+")
-_LETTERS = re.compile(r"[^\W_]+")  # a word as words() splits it: "_" separates too
-_NO_SPACE_SCRIPT = 0x2E80  # CJK, kana, hangul and above: scripts written without spaces
-_RUNS = re.compile("[\u2e80-\U0010ffff]+|[^\u2e80-\U0010ffff]+")  # a word's no-space runs and the rest
+# A word is letters, digits and the marks that belong to them: Python's \w leaves out vowel signs (Unicode's
+# M categories), which cut every Hindi or Thai word into one-consonant fragments ("दुनिया" into द, न, य).
+_WORD = regex.compile(r"[\p{L}\p{M}\p{N}]+")
+_LETTERS = _WORD  # a word as words() splits it ("_" separates too)
+# Scripts written without spaces: Thai, Lao, Myanmar, Khmer, and CJK, kana, hangul and above
+_NO_SPACE = "\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u2e80-\U0010ffff"
+_RUNS = regex.compile(f"[{_NO_SPACE}]+|[^{_NO_SPACE}]+")  # a word's no-space runs and the rest
+_IN_NO_SPACE = regex.compile(f"[{_NO_SPACE}]")
 _KANA_VOICING = "\u3099\u309a"  # combining marks that make another kana: ガラス (glass) is not カラス (crow)
 _MAX_QUERY_CHARS = 1000
 _MAX_TITLE = 100  # a 10 kB query is a paste accident; its head is what the user meant
@@ -99,19 +103,21 @@ def fold(text: str) -> str:
 
 
 def words(text: str) -> list[str]:
-    """Index and query tokens. Scripts written without spaces (CJK, kana, hangul) give each character and each
+    """Index and query tokens. Scripts written without spaces (CJK, kana, hangul, Thai, Lao, Myanmar, Khmer)
+    give each character (with its marks) and each
     pair of neighbours (a one-character query is common there, and a pair carries most of the meaning); a
     Latin or digit run inside such a word stays whole ("iphone手机壳": "iphone", "手", ..., "手机", ...)."""
     out = []
     for w in _folded_words(text):
-        if ord(max(w)) < _NO_SPACE_SCRIPT:
+        if not _IN_NO_SPACE.search(w):
             out.append(w)
             continue
         for run in _RUNS.findall(w):
-            if ord(run[0]) < _NO_SPACE_SCRIPT:
+            if not _IN_NO_SPACE.match(run):
                 out.append(run)
-            else:
-                out += list(run) + [run[i:i + 2] for i in range(len(run) - 1)]
+            else:  # by letter with its marks (a Thai consonant and its vowel sign are one), and by pairs
+                units = regex.findall(r"\X", run)
+                out += units + ["".join(units[i:i + 2]) for i in range(len(units) - 1)]
     return out
 
 
