@@ -241,3 +241,25 @@ def test_every_registry_name_gets_a_bento_name_of_its_own_that_bentoml_accepts()
     for b in bentos:
         tag = Tag.from_taglike(f"{b}:v1")  # BentoML's own validation of a tag
         assert tag.name == b  # not lowercased into another model's Bento
+
+
+@pytest.mark.parametrize("option, value", [("target_ongoing_requests", float("inf")),
+                                           ("target_ongoing_requests", float("nan")),
+                                           ("upscale_delay_s", float("nan")), ("downscale_delay_s", float("inf"))])
+def test_scaling_options_that_are_not_finite_are_refused_before_anything_starts(tmp_path, option, value):
+    from aimass.errors import InvalidInputError
+    from aimass.settings import Settings
+
+    s = Settings(home=tmp_path / "home")
+    with pytest.raises(InvalidInputError, match="must be"):
+        serving.deploy("recs/1", "recs", settings=s, **{option: value})
+    assert not serving.running(settings=s) and not (s.home / "mlflow.db").exists()
+
+
+def test_a_deploy_under_another_serve_port_than_the_running_cluster_is_refused(served):
+    from aimass.errors import ConflictError
+
+    other = served.settings.model_copy(update={"serve_port": served.settings.serve_port + 1})
+    with pytest.raises(ConflictError, match=f"runs on 127.0.0.1:{served.settings.serve_port}, not"):
+        serving.deploy("recs/1", "elsewhere", settings=other)
+    assert "elsewhere" not in serving.endpoints(settings=served.settings)

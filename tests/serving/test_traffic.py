@@ -70,6 +70,9 @@ def test_split_is_sticky_per_user_and_named_in_every_answer(served, ab):
     for u in USERS:
         if first[u]["arm"] == "ranker/1":  # the growing arm keeps every user it had
             assert _ask(served, ab["url"], u)["arm"] == "ranker/1"
+    # the ramp's end: the deployment names the arm that answers, not the first one listed (with no traffic)
+    serving.set_traffic("ab", [f"{ab['one']}=0", "ranker/1=100"], settings=s)
+    assert (serving.show("ab", settings=s).model, _ask(served, ab["url"], USERS[0])["arm"]) == ("ranker", "ranker/1")
 
 
 def _arm_of(split, user: int) -> str:

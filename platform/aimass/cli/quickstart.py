@@ -149,7 +149,7 @@ def quickstart(
             auto = None
         panel = _console(s)
     except BaseException:
-        if started:
+        if started and not _others_served(s):
             console.stage("      the quickstart failed: stopping the serving cluster it started")
             serving.shutdown(settings=s)
         raise
@@ -301,6 +301,17 @@ def _side(v, m: dict, prefix: str) -> dict:
             "p50_b1_ms": round(m[f"{prefix}latency_b1_p50_ms"], 2),
             "p99_b1_ms": round(m[f"{prefix}latency_b1_p99_ms"], 2),
             "p50_b64_ms": round(m[f"{prefix}latency_b64_p50_ms"], 2)}
+
+
+def _others_served(s) -> bool:
+    """Whether endpoints other than the quickstart's own were deployed on its cluster meanwhile (kept running)."""
+    from aimass import serving
+
+    try:
+        live = {d.endpoint for d in serving.deployments(settings=s) if d.status != "NOT_RUNNING"}
+    except Exception:  # the cluster is away: nothing to keep
+        return False
+    return bool(live - {"demo", "search"})
 
 
 def _logged(s, endpoint: str, answers: int, since, timeout_s: float = 10.0) -> None:

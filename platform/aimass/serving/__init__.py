@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import re
 from datetime import UTC, datetime
 from pathlib import Path
@@ -117,11 +118,12 @@ def deploy(ref: str, endpoint: str, *, ranker: str | None = None, min_replicas: 
     if not 0 <= min_replicas <= max_replicas or max_replicas < 1:
         raise InvalidInputError(f"need 0 <= min_replicas <= max_replicas and max_replicas >= 1, got "
                                 f"{min_replicas} and {max_replicas}")
-    if target_ongoing_requests <= 0:
-        raise InvalidInputError(f"target_ongoing_requests must be positive, got {target_ongoing_requests}")
-    if upscale_delay_s < 0 or downscale_delay_s < 0:
-        raise InvalidInputError(f"scaling delays must not be negative, got {upscale_delay_s} (up) and "
-                                f"{downscale_delay_s} (down)")
+    if not (math.isfinite(target_ongoing_requests) and target_ongoing_requests > 0):
+        raise InvalidInputError(f"target_ongoing_requests must be a positive number, got {target_ongoing_requests}")
+    if not all(math.isfinite(d) and d >= 0 for d in (upscale_delay_s, downscale_delay_s)):
+        raise InvalidInputError(f"scaling delays must be numbers of seconds, not negative, got {upscale_delay_s} "
+                                f"(up) and {downscale_delay_s} (down)")
+    _cluster.check_address(s)
     info = registry.get(ref, settings=s)
     rank_info = registry.get(ranker, settings=s) if ranker else None
     if rank_info and rank_info.dataset != info.dataset:
@@ -200,7 +202,7 @@ def _preflight(s: Settings, args, endpoint: str, ref: str) -> None:
 
     from aimass.serving import _cluster, app
 
-    name = f"{endpoint}--preflight"
+    name = f"{endpoint}.preflight"  # "." is in no endpoint's name: never another endpoint's application
     _cluster.connect(s)
     # its own endpoint name: its replicas must not answer the endpoint's split changes or read its feedback
     trial = args.model_copy(update={"env": {**args.env, "AIMASS_SERVE_ENDPOINT": name}, "min_replicas": 1,
@@ -231,7 +233,7 @@ def _run(s: Settings, args, endpoint: str, ref: str) -> dict:
         log.info("deploying %s at /%s", ref, endpoint)
         serve.run(app.build(args.model_dump()), name=endpoint, route_prefix=f"/{endpoint}", blocking=False)
     except BaseException as e:  # Ctrl-C included: the head must not outlive a deploy that started it
-        if started:
+        if started and not _others(endpoint):  # ... unless another command deployed on it meanwhile
             log.info("deploy failed: stopping the serving cluster it started")
             ray.shutdown()
             _cluster.stop(s)
@@ -240,6 +242,17 @@ def _run(s: Settings, args, endpoint: str, ref: str) -> dict:
             raise BackendError(f"deployment of {ref} at {endpoint!r} failed: {str(e)[-1500:]}") from None
         raise
     return state
+
+
+def _others(endpoint: str) -> bool:
+    """Whether the connected Serve runs applications besides `endpoint` (and its preflight)."""
+    try:
+        from ray import serve
+
+        names = set(serve.status().applications)
+    except Exception:  # never connected, or the cluster is gone: nothing of anyone's to keep
+        return False
+    return bool(names - {endpoint, f"{endpoint}.preflight"})
 
 
 def curl_example(d: Deployment, key: str, user_id: int = 1, k: int = 10, query: str | None = None) -> str:
@@ -321,7 +334,7 @@ def set_traffic(endpoint: str, arms: list[str] | dict[str, int], shadow: str | N
                 pass
         raise
     log.info("traffic of %s: %s", endpoint, ", ".join(f"{a.ref}={a.weight}" for a in resolved))
-    _retarget(s, endpoint, resolved[0].ref)
+    _retarget(s, endpoint, next((a.ref for a in resolved if a.weight > 0), resolved[0].ref))  # what answers
     return _traffic.current(s, endpoint)
 
 
@@ -356,6 +369,8 @@ def _running_replicas(s: Settings, endpoint: str) -> set[str] | int:
 
     from aimass.serving import _cluster, _scaling
 
+    if not _cluster.running(s):  # stopped meanwhile (a shutdown): joining would start a new, empty cluster
+        raise ConflictError(f"the serving cluster stopped while the split of {endpoint!r} was being applied")
     _cluster.connect(s)
     ids = _scaling.running_replica_ids(endpoint)
     if ids is not None:
@@ -367,7 +382,7 @@ def _running_replicas(s: Settings, endpoint: str) -> set[str] | int:
 
 
 def _retarget(s: Settings, endpoint: str, ref: str) -> None:
-    """The deployment record names the split's first arm (what `deployments list` shows as its model)."""
+    """The deployment record names the split's first arm with traffic (what `deployments list` shows as its model)."""
     from aimass import registry
 
     meta = _dir(s) / "deployments" / f"{endpoint}.json"

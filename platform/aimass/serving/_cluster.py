@@ -110,6 +110,23 @@ def ensure(settings: Settings) -> dict:
         return _start_head(settings)
 
 
+def check_address(settings: Settings) -> None:
+    """Serve keeps the address it started with (Ray ignores other http options once it runs): a deploy under
+    another AIMASS_SERVE_PORT or AIMASS_HOST would report a URL nothing answers on. (Reading commands, the
+    console among them, still join such a cluster: they name no URL of their own.)"""
+    f = state_file(settings)
+    if settings.ray_address or not f.exists():
+        return
+    state = json.loads(f.read_text())
+    if not _listening(state["address"]):
+        return
+    host, port = state["address"].rsplit(":", 1)[0], state.get("serve_port", settings.serve_port)
+    if state.get("managed") and (port != settings.serve_port or host != settings.host):
+        raise ConflictError(f"this home's serving cluster runs on {host}:{port}, not {settings.host}:"
+                            f"{settings.serve_port}: use those settings, or stop it first (aimass deployments "
+                            "shutdown)")
+
+
 def _lifecycle_lock(settings: Settings):
     """One start or stop of this home's head at a time: two deploys would each start a head, and a stop
     would remove the folders of a head started while it ran."""
@@ -207,7 +224,7 @@ def _start_head(settings: Settings) -> dict:
         _procs.terminate(_procs.members(_procs.tag(settings.home)))  # a half-started head
         raise BackendError(f"could not start the serving Ray head: {(r.stderr or r.stdout).strip()[-800:]}")
     state = {"address": f"{settings.host}:{port}", "managed": True, "proxy": proxy, "temp_dir": str(tmp),
-             "started_at": time.time()}
+             "started_at": time.time(), "serve_port": settings.serve_port}
     state_file(settings).parent.mkdir(parents=True, exist_ok=True)
     state_file(settings).write_text(json.dumps(state, indent=2))
     return state
@@ -261,6 +278,16 @@ def stop(settings: Settings) -> bool:
 def _stop(settings: Settings) -> bool:
     import ray
 
+    if settings.ray_address:  # a cluster of its own (AIMASS_RAY_ADDRESS): only Serve is removed from it
+        from ray import serve
+
+        try:
+            connect(settings)
+            served = bool(serve.status().applications)
+            serve.shutdown()
+        finally:
+            ray.shutdown()
+        return served
     f = state_file(settings)
     mine = _procs.tag(settings.home)
     if not f.exists():  # its cluster.json deleted, the cluster may still run: the record still names it
