@@ -155,6 +155,38 @@ def test_aimass_console_serves_on_loopback_and_stops(quickstart_home):
     assert stopped == {"stopped": True} and not psutil.pid_exists(started["pid"])
 
 
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])
+def test_a_foreground_console_killed_or_hung_up_stops_streamlit(tmp_path, sig):
+    """`aimass console` in the foreground stops Streamlit on Ctrl-C; a kill or a closed terminal must too (Python
+    ends without its finally blocks on those, and Streamlit runs in a session of its own)."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from tests.cli.test_datasets_cli import AIMASS
+
+    home, port = tmp_path / "home", free_port()
+    p = subprocess.Popen([AIMASS, "console", "--port", str(port)], env={**os.environ, "AIMASS_HOME": str(home)},
+                         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in p.stdout:
+            if line.startswith("console "):
+                break
+        record = home / "console.json"
+        deadline = time.monotonic() + 30
+        while not record.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        pid = json.loads(record.read_text())["pid"]
+        p.send_signal(getattr(signal, sig))
+        p.wait(timeout=60)
+        assert not psutil.pid_exists(pid) and not record.exists()
+    finally:
+        if p.poll() is None:
+            p.kill()
+        run(home, "console", "--stop", ok=False)
+
+
 def test_without_an_admin_key_the_console_changes_nothing_with_one_each_action_is_recorded(console, quickstart_home):
     from aimass import admin
 

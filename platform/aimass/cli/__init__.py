@@ -97,9 +97,19 @@ def _quiet(command: Any) -> None:
     command.callback = run
 
 
+def _interrupted(signum, frame) -> None:
+    raise KeyboardInterrupt  # a kill or a closed terminal: the command's cleanup runs as for Ctrl-C
+
+
 def main() -> None:
+    import signal
+
     from aimass.errors import AimassError, InvalidInputError, NotFoundError
 
+    # SIGTERM and SIGHUP would end Python without its finally blocks: a console in the foreground, a deploy
+    # starting its cluster or a quickstart would leave what they started running
+    for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", signal.SIGTERM)):
+        signal.signal(sig, _interrupted)
     command = typer.main.get_command(app)
     _quiet(command)
     try:
