@@ -230,6 +230,46 @@ def test_an_endpoint_changes_kind_and_a_running_experiment_guards_its_deletion(s
     assert experiments.stop("kinds", settings=s).experiment_id == "k2"
 
 
+def test_a_model_swap_whose_update_fails_gives_the_traffic_back(served, monkeypatch):
+    """A redeploy of a running endpoint moves its traffic to the new model, then updates the application (new
+    replica settings): when that update fails (a Ctrl-C, Serve refusing it), the split before it returns and the
+    record names the old model again, as the failure says."""
+    from aimass.serving import _traffic
+
+    s = served.settings
+    before = serving.show("recs", settings=s)
+    arms = [a["ref"] for a in _traffic.current(s, "recs").arms]
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(serving, "_run", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        serving.deploy("closed/1", "recs", max_replicas=before.max_replicas + 1, settings=s)
+    assert [a["ref"] for a in _traffic.current(s, "recs").arms] == arms
+    after = serving.show("recs", settings=s)
+    assert (after.model, after.version, after.max_replicas) == (before.model, before.version, before.max_replicas)
+
+
+def test_a_replica_never_loads_a_model_of_the_other_kind(served):
+    """A redeploy as the other kind activates its split while the old replicas still run: they keep what they
+    serve (a recommender replica answering /recommend from a search index gave 400s for the whole update)."""
+    from aimass.errors import InvalidInputError
+    from aimass.serving import _traffic
+    from aimass.serving._arms import Arms, Table
+
+    s = served.settings.model_copy(update={"serve_endpoint": None})
+    arms = Arms(s, "kinds-unit", "recs/1", lambda *a, **k: None, follow=False)
+    with pytest.raises(InvalidInputError, match="catalogue/1 is not a model this recommender replica can serve"):
+        arms._load(Table(None, None, (("catalogue/1", _traffic.BUCKETS),)))
+    searching = Arms(s, "kinds-unit", "catalogue/1", lambda *a, **k: None, follow=False)
+    with pytest.raises(InvalidInputError, match="recs/1 is not a model this search replica can serve"):
+        searching._load(Table(None, None, (("recs/1", _traffic.BUCKETS),)))
+    assert list(arms.engines) == ["recs/1"] and list(searching.engines) == ["catalogue/1"]
+    for engine in [*arms.engines.values(), *searching.engines.values()]:
+        engine.close()
+
+
 def test_every_registry_name_gets_a_bento_name_of_its_own_that_bentoml_accepts():
     from bentoml._internal.tag import Tag
 

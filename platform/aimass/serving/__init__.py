@@ -167,6 +167,12 @@ def deploy(ref: str, endpoint: str, *, ranker: str | None = None, min_replicas: 
     except BaseException:  # the deployment record still names the old model: so must the split
         if initial is not None:
             _traffic.undo_initial(s, endpoint, initial, prior.id if prior else None)
+        if swap:  # the new model took the traffic before the update failed: the split before it returns
+            try:
+                rollback(endpoint, actor="deploy", settings=s)
+            except Exception:
+                log.warning("the split of %s before the failed deploy was not restored: aimass rollback %s",
+                            endpoint, endpoint, exc_info=True)
         raise
     d = Deployment(endpoint=endpoint, url=f"http://{s.host}:{s.serve_port}/{endpoint}", model=info.name,
                    version=info.version, family=family, requested=ref, dataset=info.dataset,

@@ -20,6 +20,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 
+from aimass.errors import InvalidInputError
 from aimass.serving import _traffic
 from aimass.serving._engine import Engine
 from aimass.settings import Settings
@@ -81,6 +82,7 @@ class Arms:
         self.shadow_queue: queue.Queue = queue.Queue(_SHADOW_QUEUE)
         self.shadow_dropped = 0
         self.prepared: set[int] = set()
+        self.search = _family(settings, fallback_ref) == "search"  # the kind of service this replica is
         active, pending = _traffic.newest(settings, endpoint) if follow else (None, None)
         if active is None:  # a bare `bentoml serve`, or a deployment made before splits existed
             table = Table(None, None, ((fallback_ref, _traffic.BUCKETS),))
@@ -127,6 +129,11 @@ class Arms:
     def _load(self, t: Table) -> None:
         for ref, _ in t.bounds:
             if ref not in self.engines:
+                if (_family(self.settings, ref) == "search") != self.search:
+                    # a redeploy as the other kind activates its split before the old replicas are replaced:
+                    # they keep answering with what they serve until then, never with a model of the other kind
+                    raise InvalidInputError(f"{ref} is not a model this {'search' if self.search else 'recommender'} "
+                                            "replica can serve")
                 log.info("loading %s for %s", ref, self.endpoint)
                 engine = Engine(ref, self.settings)
                 _warm(engine)
@@ -272,3 +279,9 @@ def _warm(engine: Engine) -> None:
         engine.recommend(user, None if user is not None else [], 1)
     except Exception:
         log.debug("warming %s failed", engine.info.ref, exc_info=True)
+
+
+def _family(settings: Settings, ref: str) -> str | None:
+    from aimass import registry
+
+    return registry.get(ref, settings=settings).family
