@@ -129,18 +129,25 @@ def log_path() -> Path | None:
 def stage(message: str) -> None:
     """One line for a person (nothing with --json); also in the log, to place what follows it."""
     if not _c.json:
-        print(message, file=out(), flush=True)
+        _say(message, out())
     logging.getLogger("aimass").info(message)
 
 
 def result(text: str) -> None:
     """The command's result (human lines or the JSON document) on the real stdout."""
-    print(text, file=out(), flush=True)
+    _say(text, out())
 
 
 def error(message: str) -> None:
-    print(message, file=err(), flush=True)
+    _say(message, err())
     logging.getLogger("aimass").error(message)
+
+
+def _say(text: str, stream) -> None:
+    try:
+        print(text, file=stream, flush=True)
+    except OSError:  # the terminal is gone (a hang-up: EIO): the log has the line, and cleanup must go on
+        pass
 
 
 def progress(total: int | None = None, desc: str = "", unit: str = "it", disable: bool = False, **kw: Any):

@@ -24,6 +24,8 @@ def test_train_auto_searches_on_validation_and_registers_the_best_with_its_leade
     short = run(home, "train", "auto", "--dataset", "demo", "--time-budget", "0.5", "--workers", "0", ok=False)
     assert short.returncode != 0 and "at least 1 minute" in short.stderr
     assert not (home / "mlflow.db").exists() or json.loads(run(home, "runs", "list", "--json").stdout) == []
+    unknown = run(home, "train", "auto", "--dataset", "nope", "--time-budget", "1", ok=False)
+    assert unknown.returncode == 3 and "model search on" not in unknown.stdout + unknown.stderr  # no stage line
     named = run(home, "train", "auto", "--dataset", "demo", "--time-budget", "1", "--name", "bad name", ok=False)
     assert named.returncode != 0 and "invalid model name 'bad name'" in named.stderr  # before the budget is spent
     assert not (home / "mlflow.db").exists() or json.loads(run(home, "runs", "list", "--json").stdout) == []
@@ -131,7 +133,7 @@ def test_train_auto_prints_its_leaderboard_and_fails_when_the_winner_cannot_be_r
     what it found, but the exit is the failure's: a script must not deploy a name that was never registered."""
     import importlib
 
-    from aimass import models, training
+    from aimass import datasets, models, training
 
     cli_train = importlib.import_module("aimass.cli.train")  # the package exports a command named train
     from aimass.cli._common import state
@@ -141,6 +143,7 @@ def test_train_auto_prints_its_leaderboard_and_fails_when_the_winner_cannot_be_r
 
     best = Candidate("itemknn", {}, "baseline", run_id="r1", val_ndcg=0.1)
     monkeypatch.setattr(training, "auto", lambda *a, **k: AutoResult("s1", "demo@v1", best, [best], 1.0))
+    monkeypatch.setattr(datasets, "get", lambda *a, **k: None)  # the search itself is not run here
 
     def held(*a, **k):
         raise ConflictError("another promotion of 'demo' is in progress")

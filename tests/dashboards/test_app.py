@@ -187,6 +187,32 @@ def test_a_foreground_console_killed_or_hung_up_stops_streamlit(tmp_path, sig):
         run(home, "console", "--stop", ok=False)
 
 
+def test_a_console_started_under_nohup_outlives_a_hang_up(tmp_path):
+    """`nohup aimass console` asked for hang-ups to be ignored: the CLI's own handler must not undo that."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from tests.cli.test_datasets_cli import AIMASS
+
+    home, port = tmp_path / "home", free_port()
+    p = subprocess.Popen([AIMASS, "console", "--port", str(port)], env={**os.environ, "AIMASS_HOME": str(home)},
+                         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    try:
+        for line in p.stdout:
+            if line.startswith("console "):
+                break
+        p.send_signal(signal.SIGHUP)
+        time.sleep(2)
+        assert p.poll() is None and httpx.get(f"http://127.0.0.1:{port}/_stcore/health", timeout=10).text == "ok"
+    finally:
+        p.terminate()
+        p.wait(timeout=60)
+        run(home, "console", "--stop", ok=False)
+
+
 def test_without_an_admin_key_the_console_changes_nothing_with_one_each_action_is_recorded(console, quickstart_home):
     from aimass import admin
 

@@ -86,6 +86,7 @@ def test_metrics_count_the_warmed_answers(served):
     text = served.get("recs", "/metrics", key="admin").text
     warmed = re.search(r"^aimass_answer_cache_warmed (\S+)$", text, re.M)
     assert warmed is not None and float(warmed[1]) > 0
+    assert re.search(r"^aimass_shadow_dropped_total 0\.0$", text, re.M), text  # no shadow: none dropped
 
 
 def test_the_cache_keeps_a_bounded_number_of_answers_per_user_the_latest():

@@ -298,6 +298,24 @@ def test_a_slow_canary_is_rolled_back(served, loop):
     assert experiments.get("loop", settings=s).decision.startswith("rolled back")
 
 
+def test_a_retrain_beside_a_split_of_several_arms_moves_no_alias(served, loop):
+    """A manual experiment or a ramp in force: no canary runs beside it, so a challenger the offline gate passes
+    stays the challenger instead of becoming champion unseen (the events of the tests above are new to it)."""
+    import ray
+
+    from aimass import retraining
+
+    s = served.settings.model_copy(update={"gate_tolerance": 0.2})
+    control = serving.traffic("loop", settings=s).split.arms[0]["ref"]
+    serving.set_traffic("loop", [f"{control}=50", "recs/1=50"], settings=s)
+    champion = registry.get("recs@champion", settings=s).ref
+    r = retraining.retrain("loop", settings=s)
+    ray.shutdown()  # the retrain's training cluster
+    assert not r.promoted and not r.canary and r.status in ("challenger", "kept"), r
+    assert registry.get("recs@champion", settings=s).ref == champion
+    assert "serves a split of 2 arms" in r.next_step or not r.gate_passed, r.next_step
+
+
 def test_a_bare_serve_answers_with_its_version_and_leaves_the_endpoints_split_alone(served, monkeypatch):
     """`bentoml serve` of recs/1 with no endpoint set names its feedback's endpoint after the model, "recs":
     the deployed endpoint's split (another process's) must neither choose its answers nor hear its votes."""

@@ -187,4 +187,7 @@ def test_words_keep_their_vowel_signs_and_thai_matches_inside_a_title():
     assert idx.search("दुनिया")["items"].tolist() == [1]  # nothing else shares a word with it
     assert idx.search("ไหน")["items"][0] == 4 and idx.search("รัก")["items"][0] == 5
     assert [s["text"] for s in idx.suggest("दु")] == ["दुनिया"] and not idx.suggest("न")
+    # marks that are letters are kept (Thai vowels and tones, Devanagari's virama); accents of Latin are not
+    assert words("ปู") == ["ปู"] and words("ข้าว") != words("ขาว") and words("पक्का") != words("पकका")
+    assert words("Beyoncé") == ["beyonce"] and words("❤️ love") == ["love"]  # an emoji's selector is no word
 

@@ -109,7 +109,8 @@ def main() -> None:
     # SIGTERM and SIGHUP would end Python without its finally blocks: a console in the foreground, a deploy
     # starting its cluster or a quickstart would leave what they started running
     for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", signal.SIGTERM)):
-        signal.signal(sig, _interrupted)
+        if signal.getsignal(sig) is not signal.SIG_IGN:  # `nohup aimass ...` asked for hang-ups to be ignored
+            signal.signal(sig, _interrupted)
     command = typer.main.get_command(app)
     _quiet(command)
     try:

@@ -24,16 +24,17 @@ def console(port: int = typer.Option(None, "--port", min=1, max=65535,
     if not already:
         term.stage(f"starting the console on {s.host} (log: {s.home / 'logs' / 'console.log'})")
     info = dashboard.start(s, port=port)
-    emit({"url": info["url"], "pid": info["pid"], "already_running": already}, as_json,
-         [f"console  {info['url']}" + (" (already running)" if already else ""),
-          "stop:    aimass console --stop" if detach or already else "stop:    Ctrl-C"])
-    if detach or already:
-        return
-    import psutil
+    foreground = not (detach or already)
+    try:  # from the moment it runs: an interrupt while the URL is printed stops it too
+        emit({"url": info["url"], "pid": info["pid"], "already_running": already}, as_json,
+             [f"console  {info['url']}" + (" (already running)" if already else ""),
+              "stop:    Ctrl-C" if foreground else "stop:    aimass console --stop"])
+        if foreground:
+            import psutil
 
-    try:
-        psutil.Process(info["pid"]).wait()
+            psutil.Process(info["pid"]).wait()
     except KeyboardInterrupt:
         pass
     finally:
-        dashboard.stop(s)
+        if foreground:
+            dashboard.stop(s)

@@ -150,8 +150,8 @@ def quickstart(
         panel = _console(s)
     except BaseException:
         if started and not _others_served(s):
-            console.stage("      the quickstart failed: stopping the serving cluster it started")
-            serving.shutdown(settings=s)
+            serving.shutdown(settings=s)  # first: the message below may go to a terminal that hung up
+            console.stage("      the quickstart failed: stopped the serving cluster it started")
         raise
     loop = {"traffic": burst, "traffic_on_split": burst2, "drift": report.model_dump(mode="json"),
             "retrain": again.model_dump(mode="json"),
@@ -244,7 +244,9 @@ def _canary(again, name: str, small, s) -> str:
         return f"{again.challenger} (retrained) serves 10% of users: experiment {again.canary}"
     control = serving.traffic("demo", settings=s).split.arms[0]["ref"]
     e = experiments.start("demo", [f"{control}=90", f"{small.ref}=10"], s.experiment_metric,
-                          alpha=s.experiment_alpha, mde=s.experiment_mde, auto=True, actor="quickstart", settings=s)
+                          alpha=s.experiment_alpha, mde=s.experiment_mde, auto=True, actor="quickstart", settings=s,
+                          guardrails={"max_p99_ratio": s.guardrail_max_p99_ratio,
+                                      "max_error_rate": s.guardrail_max_error_rate})
     return (f"{small.ref} (int8 of {control}) serves 10% of users: experiment {e.experiment_id}, promoted when it "
             f"wins on {e.metric}, rolled back when a guardrail breaks")
 

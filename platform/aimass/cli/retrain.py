@@ -19,13 +19,18 @@ def retrain(
 ):
     """Retrain the champion behind ENDPOINT on its new feedback events: a new dataset version (the
     champion's plus the positive events), the same family and params trained on it with Ray Train, registered
-    as challenger and put through the gate. A promoted challenger is not deployed: `aimass deploy
-    NAME@champion --endpoint ENDPOINT` serves it."""
+    as challenger and put through the gate. On a running endpoint serving one model, a challenger the gate passes
+    goes out as a canary (AIMASS_CANARY_PERCENT of users, 10 by default; 0: none), promoted when it wins online;
+    otherwise a passing challenger becomes champion and is not deployed: `aimass deploy NAME@champion --endpoint
+    ENDPOINT` serves it."""
     from aimass import retraining
     from aimass.errors import InvalidInputError
 
     if reason not in retraining.REASONS:  # before the stage line: bad input gets one line
         raise InvalidInputError(f"unknown retrain reason {reason!r}; use one of {', '.join(retraining.REASONS)}")
+    from aimass import serving
+
+    serving.check_deployed(endpoint, settings=state.settings)  # an unknown endpoint: one line, no stage line
     console.stage(f"retraining what {endpoint} serves on its new feedback ({reason}); logs: {console.log_path()}")
     r = retraining.retrain(endpoint, reason=reason, promote=not no_promote, progress=not as_json,
                            settings=state.settings, time_budget_min=time_budget)

@@ -57,6 +57,9 @@ def train(
             raise InvalidInputError("give FAMILY and --dataset NAME[@vN] (or --resume RUN_ID)")
         params = parse_pairs(param, "--param")
         family_class(family)  # an unknown one refused before the stage line that announces it
+        from aimass import datasets
+
+        datasets.get(dataset, settings=state.settings)  # so is an unknown dataset
         workers = 1 if workers is None else workers
         console.stage(f"training {family} on {dataset} with Ray Train ({workers} worker(s)), tracked in MLflow; "
                       f"logs: {console.log_path()}")
@@ -74,10 +77,12 @@ def train(
 
 
 def _auto(dataset, budget, workers, epochs, max_test_users, name, as_json):
-    from aimass import models, registry, training
+    from aimass import datasets, models, registry, training
     from aimass.settings import redacted
 
     registry.check_name(name or dataset.split("@")[0])  # before the budget is spent, not after
+    training.check_auto_budget(budget)  # and before the stage line that announces the search
+    datasets.get(dataset, settings=state.settings)
     console.stage(f"model search on {dataset} for {budget:g} min: baselines, probes of the neural families, then "
                   f"the best for the rest; logs: {console.log_path()}")
     r = training.auto(dataset, budget, workers=workers, epochs=epochs, max_test_users=max_test_users,

@@ -160,7 +160,13 @@ def _run(r: RetrainResult, d, promote: bool, progress: bool, s: Settings, budget
     r.challenger = v.ref
     registry.set_alias(v.name, v.version, "challenger", settings=s)
     control = _canary_control(d.endpoint, s) if promote else None
-    if control is not None:  # the online experiment decides: a share of users first, then all or none
+    arms = _arms_in_force(d.endpoint, s) if promote and control is None else 0
+    if arms > 1:  # a split (a manual experiment, a ramp) serves: no canary beside it, and no alias move unseen
+        r.gate = registry.gate(v.name, v.version, tolerance=s.gate_tolerance, baseline=champion.version,
+                               settings=s)
+        r.error = (f"{d.endpoint} serves a split of {arms} arms: no canary runs beside it, and {champion.name}@"
+                   "champion does not move on the offline gate alone")
+    elif control is not None:  # the online experiment decides: a share of users first, then all or none
         r.gate = registry.gate(v.name, v.version, tolerance=s.gate_tolerance, baseline=champion.version,
                                settings=s)
         if all(c.passed for c in r.gate):
@@ -253,6 +259,19 @@ def _canary_control(endpoint: str, s: Settings) -> str | None:
     if not running or view.split is None or len(view.split.arms) != 1:
         return None
     return view.split.arms[0]["ref"]
+
+
+def _arms_in_force(endpoint: str, s: Settings) -> int:
+    """How many arms the running endpoint's split has (0: not running, no split)."""
+    from aimass import serving
+
+    try:
+        if serving.show(endpoint, settings=s).status != "RUNNING":
+            return 0
+        view = serving.traffic(endpoint, settings=s)
+    except Exception:  # no split recorded, no cluster
+        return 0
+    return len(view.split.arms) if view.split is not None else 0
 
 
 def _start_canary(endpoint: str, control: str, challenger: str, s: Settings) -> tuple[str | None, str | None]:

@@ -156,9 +156,10 @@ def deploy(ref: str, endpoint: str, *, ranker: str | None = None, min_replicas: 
     restart = not (swap and before["args"] == args.model_dump())
     if running and restart:  # new replicas must start before the running ones are replaced: try them aside first
         _preflight(s, args, endpoint, info.ref)
-    initial = prior = None
+    initial = prior = swapped = None
     if swap:
-        set_traffic(endpoint, [f"{info.ref}=100"], reason="deploy", settings=s)
+        prior = _traffic.current(s, endpoint)
+        swapped = set_traffic(endpoint, [f"{info.ref}=100"], reason="deploy", settings=s)
     elif family != "pipeline":  # before the replicas start: they read the split in force as they load
         prior = _traffic.current(s, endpoint)
         initial = _traffic.activate_initial(s, endpoint, info.ref)
@@ -167,12 +168,10 @@ def deploy(ref: str, endpoint: str, *, ranker: str | None = None, min_replicas: 
     except BaseException:  # the deployment record still names the old model: so must the split
         if initial is not None:
             _traffic.undo_initial(s, endpoint, initial, prior.id if prior else None)
-        if swap:  # the new model took the traffic before the update failed: the split before it returns
-            try:
-                rollback(endpoint, actor="deploy", settings=s)
-            except Exception:
-                log.warning("the split of %s before the failed deploy was not restored: aimass rollback %s",
-                            endpoint, endpoint, exc_info=True)
+        if swapped is not None:  # the new model took the traffic before the update failed: the split before it
+            # returns, in the catalog (the replicas follow it; the application is not RUNNING for set_traffic)
+            _traffic.undo_initial(s, endpoint, swapped.id, prior.id)
+            _retarget(s, endpoint, next(a["ref"] for a in prior.arms if a["weight"] > 0))
         raise
     d = Deployment(endpoint=endpoint, url=f"http://{s.host}:{s.serve_port}/{endpoint}", model=info.name,
                    version=info.version, family=family, requested=ref, dataset=info.dataset,
@@ -252,6 +251,10 @@ def _run(s: Settings, args, endpoint: str, ref: str) -> dict:
 
 def _others(endpoint: str) -> bool:
     """Whether the connected Serve runs applications besides `endpoint` (and its preflight)."""
+    import ray
+
+    if not ray.is_initialized():  # never joined (the head did not start): serve.status() would start a Ray
+        return False
     try:
         from ray import serve
 

@@ -280,11 +280,15 @@ def _stop(settings: Settings) -> bool:
 
     if settings.ray_address:  # a cluster of its own (AIMASS_RAY_ADDRESS): only Serve is removed from it
         from ray import serve
+        from ray.util import list_named_actors
 
         try:
             connect(settings)
             served = bool(serve.status().applications)
             serve.shutdown()
+            for a in list_named_actors(all_namespaces=True):  # the scheduler and the scaling watcher: detached
+                if a["namespace"] == "aimass":
+                    ray.kill(ray.get_actor(a["name"], namespace="aimass"))
         finally:
             ray.shutdown()
         return served

@@ -248,6 +248,7 @@ class _EngineStats:
     - aimass_answer_cache_warmed: answers computed into it when a version was loaded (Engine.warm);
     - aimass_model_passes_total and aimass_model_pass_rows_total: the model's batched passes and the requests
       they answered (serving/_batch.py); rows / passes is the mean batch size;
+    - aimass_shadow_dropped_total: requests not copied to the shadow arm (its queue full);
     - aimass_feedback_commits_total and aimass_feedback_committed_events_total: this replica's group commits of
       feedback and the events they held; events / commits is the mean group."""
 
@@ -273,6 +274,8 @@ class _EngineStats:
                                   value=sum(b.batches for b in batchers))
         yield CounterMetricFamily("aimass_model_pass_rows", "Requests answered by batched passes of the model",
                                   value=sum(b.rows for b in batchers))
+        yield CounterMetricFamily("aimass_shadow_dropped", "Requests not copied to the shadow: its queue was full",
+                                  value=getattr(getattr(served, "arms", None), "shadow_dropped", 0))
         log = getattr(served, "event_log", None)
         yield CounterMetricFamily("aimass_feedback_commits", "Group commits of feedback events",
                                   value=log.commits if log is not None else 0)

@@ -589,4 +589,4 @@ def _text_features(s: Settings, ds, splits, progress: bool) -> np.ndarray:
 
 
 from aimass.training._auto import MIN_BUDGET_MIN as MIN_AUTO_BUDGET_MIN  # noqa: E402, F401
-from aimass.training._auto import AutoResult, Candidate, auto  # noqa: E402, F401  (it calls train, defined above)
+from aimass.training._auto import AutoResult, Candidate, auto, check_auto_budget  # noqa: E402, F401  (it calls train, defined above)

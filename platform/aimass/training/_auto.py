@@ -67,6 +67,12 @@ class AutoResult:
     wall_time_s: float
 
 
+def check_auto_budget(time_budget_min: float | None) -> None:
+    if time_budget_min is None or not math.isfinite(time_budget_min) or time_budget_min < MIN_BUDGET_MIN:
+        raise InvalidInputError(f"auto needs a time budget of at least {MIN_BUDGET_MIN:g} minute(s) (the "
+                                f"baselines and one probe of each neural family), got {time_budget_min}")
+
+
 def auto(dataset: str, time_budget_min: float, *, workers: int = 1, max_val_users: int | None = 2048,
          max_test_users: int | None = None, epochs: int | None = None, progress: bool = True,
          settings: Settings | None = None) -> AutoResult:
@@ -76,9 +82,7 @@ def auto(dataset: str, time_budget_min: float, *, workers: int = 1, max_val_user
     from aimass.training import EVAL_SEED, _prepare, check_job, resume, train
 
     s = settings or default_settings()
-    if time_budget_min is None or not math.isfinite(time_budget_min) or time_budget_min < MIN_BUDGET_MIN:
-        raise InvalidInputError(f"auto needs a time budget of at least {MIN_BUDGET_MIN:g} minute(s) (the "
-                                f"baselines and one probe of each neural family), got {time_budget_min}")
+    check_auto_budget(time_budget_min)
     if epochs is not None and epochs < 1:
         raise InvalidInputError(f"epochs must be at least 1, got {epochs}")
     check_job(s, workers, max_test_users, max_val_users)  # refused once here, not as eight skipped candidates

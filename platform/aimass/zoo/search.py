@@ -83,12 +83,15 @@ class SearchConfig(BaseModel):
 
 # A word is letters, digits and the marks that belong to them: Python's \w leaves out vowel signs (Unicode's
 # M categories), which cut every Hindi or Thai word into one-consonant fragments ("दुनिया" into द, न, य).
-_WORD = regex.compile(r"[\p{L}\p{M}\p{N}]+")
+_WORD = regex.compile(r"(?:[\p{L}\p{N}]\p{M}*)+")  # a mark alone (an emoji's variation selector) is no word
 _LETTERS = _WORD  # a word as words() splits it ("_" separates too)
 # Scripts written without spaces: Thai, Lao, Myanmar, Khmer, and CJK, kana, hangul and above
 _NO_SPACE = "\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u2e80-\U0010ffff"
 _RUNS = regex.compile(f"[{_NO_SPACE}]+|[^{_NO_SPACE}]+")  # a word's no-space runs and the rest
 _IN_NO_SPACE = regex.compile(f"[{_NO_SPACE}]")
+_MARKED = regex.compile(r"[\p{Devanagari}\p{Bengali}\p{Gurmukhi}\p{Gujarati}\p{Oriya}\p{Tamil}\p{Telugu}\p{Kannada}"
+                        r"\p{Malayalam}\p{Sinhala}\p{Thai}\p{Lao}\p{Tibetan}\p{Myanmar}\p{Khmer}\p{Balinese}"
+                        r"\p{Javanese}]")  # scripts whose combining marks are letters (vowel signs, tones, viramas)
 _KANA_VOICING = "\u3099\u309a"  # combining marks that make another kana: ガラス (glass) is not カラス (crow)
 _MAX_QUERY_CHARS = 1000
 _MAX_TITLE = 100  # a 10 kB query is a paste accident; its head is what the user meant
@@ -96,10 +99,22 @@ _MAX_TITLE = 100  # a 10 kB query is a paste accident; its head is what the user
 
 def fold(text: str) -> str:
     """Accent-, case- and width-insensitive form used for every match. Composed again after the accents go:
-    a Hangul syllable stays one character (decomposed, it is three jamo), a voiced kana stays voiced."""
+    a Hangul syllable stays one character (decomposed, it is three jamo), a voiced kana stays voiced. Marks are
+    accents to drop only where they are optional (Latin, Greek, Cyrillic, Hebrew, Arabic...): in the scripts
+    whose marks are vowels, tones and viramas (Devanagari, Thai, Khmer...) they are letters, and stay
+    ("ปู" is not "ป", "ข้าว" is not "ขาว")."""
     text = unicodedata.normalize("NFKD", str(text))
-    text = "".join(c for c in text if not unicodedata.combining(c) or c in _KANA_VOICING)
-    return unicodedata.normalize("NFC", text).casefold()
+    if text.isascii():
+        return text.casefold()
+    kept, keep_marks = [], False
+    for c in text:
+        if unicodedata.combining(c) and c not in _KANA_VOICING:
+            if not keep_marks:
+                continue
+        else:
+            keep_marks = _MARKED.match(c) is not None
+        kept.append(c)
+    return unicodedata.normalize("NFC", "".join(kept)).casefold()
 
 
 def words(text: str) -> list[str]:
