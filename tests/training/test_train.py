@@ -250,17 +250,10 @@ def test_local_mode_trains_in_this_process_and_resumes(home):
             aimass.resume(first.run_id, progress=False, settings=home, **kwargs)
         assert mlflow.get_run(first.run_id).info.status == "FINISHED"
     # a job that ran its family's default epochs (no count recorded) has nothing left either
-    from aimass.training import _latest_checkpoint
     from aimass.zoo import family_class
 
-    client = mlflow.MlflowClient()
-    job = json.loads(client.get_run(first.run_id).data.tags["aimass.job"])
-    job["epochs"] = None
-    job["params"].pop("epochs")
-    client.set_tag(first.run_id, "aimass.job", json.dumps(job))
-    state = _latest_checkpoint(home, first.run_id) / "state.json"
     default = family_class("sasrec").Config().epochs
-    state.write_text(json.dumps({**json.loads(state.read_text()), "epoch": default}))
+    _without_an_epoch_count(home, first.run_id, trained=default)
     with pytest.raises(InvalidInputError, match=f"has trained {default} epochs already"):
         aimass.resume(first.run_id, progress=False, settings=home)
     assert mlflow.get_run(first.run_id).info.status == "FINISHED"
@@ -315,6 +308,22 @@ def test_a_checkpoint_from_before_ensembles_resumes_as_one_network(home):
     assert again.epochs == 2 and again.members == 1 and again.n_parameters == first.n_parameters
 
 
+def _without_an_epoch_count(home, run_id: str, trained: int) -> dict:
+    """The run as a job that gave no epoch count records it, its last checkpoint at epoch `trained`; returns
+    that checkpoint's state."""
+    from aimass.training import _latest_checkpoint
+
+    client = mlflow.MlflowClient()
+    job = json.loads(client.get_run(run_id).data.tags["aimass.job"])
+    job["epochs"] = None
+    job["params"].pop("epochs")
+    client.set_tag(run_id, "aimass.job", json.dumps(job))
+    state_file = _latest_checkpoint(home, run_id) / "state.json"
+    state = {**json.loads(state_file.read_text()), "epoch": trained}
+    state_file.write_text(json.dumps(state))
+    return state
+
+
 def test_time_budget_stops_every_worker_at_the_same_step(home):
     """Two workers must agree on when the budget runs out: one stopping a step before the other hangs DDP."""
     params = {**TINY["sasrec"], "epochs": 500, "patience": None, "batch_size": 8}
@@ -342,16 +351,7 @@ def test_time_budget_stops_every_worker_at_the_same_step(home):
                          settings=home).members == members
     # a budgeted job with no epoch count runs past its family's default count (200): resumed with a budget,
     # it is not refused as having no epoch left
-    from aimass.training import _latest_checkpoint
-
-    client = mlflow.MlflowClient()
-    job = json.loads(client.get_run(r.run_id).data.tags["aimass.job"])
-    job["epochs"] = None
-    job["params"].pop("epochs")
-    client.set_tag(r.run_id, "aimass.job", json.dumps(job))
-    state_file = _latest_checkpoint(home, r.run_id) / "state.json"
-    state = json.loads(state_file.read_text())
-    state_file.write_text(json.dumps({**state, "epoch": 250}))
+    state = _without_an_epoch_count(home, r.run_id, trained=250)
     more = aimass.resume(r.run_id, time_budget_min=state["train_time_s"] / 60 + 0.02, progress=False, settings=home)
     assert more.epochs > 250 and more.stop_reason == "time budget"
 
