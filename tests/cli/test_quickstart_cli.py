@@ -117,7 +117,7 @@ def test_a_quickstart_interrupted_after_its_deploy_stops_the_serving_cluster_it_
         p.send_signal(signal.SIGINT)
         rest = p.communicate(timeout=180)[0]
         assert p.returncode != 0
-        assert "stopping the serving cluster it started" in rest, rest
+        assert "stopped the serving cluster it started" in rest, rest
         assert not serving.running(settings=Settings(home=home))
     finally:
         if p.poll() is None:
