@@ -303,3 +303,11 @@ def test_a_deploy_under_another_serve_port_than_the_running_cluster_is_refused(s
     with pytest.raises(ConflictError, match=f"runs on 127.0.0.1:{served.settings.serve_port}, not"):
         serving.deploy("recs/1", "elsewhere", settings=other)
     assert "elsewhere" not in serving.endpoints(settings=served.settings)
+
+
+def test_applications_are_what_serve_runs_and_asking_starts_no_cluster(served, tmp_path):
+    from aimass.settings import Settings
+
+    assert {"recs", "multi", "search"} <= serving.applications(settings=served.settings)
+    empty = Settings(home=tmp_path / "home")
+    assert serving.applications(settings=empty) == set() and not serving.running(settings=empty)

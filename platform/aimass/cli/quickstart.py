@@ -306,14 +306,15 @@ def _side(v, m: dict, prefix: str) -> dict:
 
 
 def _others_served(s) -> bool:
-    """Whether endpoints other than the quickstart's own were deployed on its cluster meanwhile (kept running)."""
+    """Whether endpoints other than the quickstart's own were deployed on its cluster meanwhile (kept running),
+    one still starting included (its record is written once it runs)."""
     from aimass import serving
 
     try:
-        live = {d.endpoint for d in serving.deployments(settings=s) if d.status != "NOT_RUNNING"}
+        live = serving.applications(settings=s)
     except Exception:  # the cluster is away: nothing to keep
         return False
-    return bool(live - {"demo", "search"})
+    return bool({a.removesuffix(".preflight") for a in live} - {"demo", "search"})
 
 
 def _logged(s, endpoint: str, answers: int, since, timeout_s: float = 10.0) -> None:

@@ -28,10 +28,11 @@ from aimass.serving._bento import pin as pin_bento
 from aimass.serving._traffic import parse_arms
 from aimass.settings import Settings, default_settings, write_private
 
-__all__ = ["CLUSTER_OWNER_ENV", "WORKER_SETUP_HOOK", "Deployment", "Engine", "TrafficView", "build_bento",
-           "check_deployed", "check_endpoint", "connect", "create_key", "curl_example", "delete", "deploy",
-           "deployments", "endpoints", "key_id_of", "list_keys", "orphans", "parse_arms", "pin_bento", "revoke_key",
-           "rollback", "running", "scaling", "set_traffic", "show", "shutdown", "shutdown_orphans", "traffic"]
+__all__ = ["CLUSTER_OWNER_ENV", "WORKER_SETUP_HOOK", "Deployment", "Engine", "TrafficView", "applications",
+           "build_bento", "check_deployed", "check_endpoint", "connect", "create_key", "curl_example", "delete",
+           "deploy", "deployments", "endpoints", "key_id_of", "list_keys", "orphans", "parse_arms", "pin_bento",
+           "revoke_key", "rollback", "running", "scaling", "set_traffic", "show", "shutdown", "shutdown_orphans",
+           "traffic"]
 log = logging.getLogger(__name__)
 
 
@@ -486,6 +487,12 @@ def delete(endpoint: str, *, settings: Settings | None = None) -> Deployment:
     (_dir(s) / "deployments" / f"{endpoint}.json").unlink(missing_ok=True)
     _write_config(s)
     return d
+
+
+def applications(*, settings: Settings | None = None) -> set[str]:
+    """The names of the Serve applications running on this home's cluster now, deploys still starting included
+    (no cluster: none, and none is started to find out)."""
+    return set(_live_status(settings or default_settings()))
 
 
 def running(*, settings: Settings | None = None) -> bool:
