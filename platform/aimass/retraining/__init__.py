@@ -159,12 +159,13 @@ def _run(r: RetrainResult, d, promote: bool, progress: bool, s: Settings, budget
     v = registry.register(run.run_id, champion.name, settings=s)
     r.challenger = v.ref
     registry.set_alias(v.name, v.version, "challenger", settings=s)
-    control = _canary_control(d.endpoint, s) if promote else None
-    arms = _arms_in_force(d.endpoint, s) if promote and control is None else 0
-    if arms > 1:  # a split (a manual experiment, a ramp) serves: no canary beside it, and no alias move unseen
+    arms = _served_arms(d.endpoint, s) if promote else []
+    # a canary runs beside a one-model split, when canaries are on
+    control = arms[0] if s.canary_percent and len(arms) == 1 else None
+    if len(arms) > 1:  # a split (a manual experiment, a ramp) serves: no canary beside it, and no alias move unseen
         r.gate = registry.gate(v.name, v.version, tolerance=s.gate_tolerance, baseline=champion.version,
                                settings=s)
-        r.error = (f"{d.endpoint} serves a split of {arms} arms: no canary runs beside it, and {champion.name}@"
+        r.error = (f"{d.endpoint} serves a split of {len(arms)} arms: no canary runs beside it, and {champion.name}@"
                    "champion does not move on the offline gate alone")
     elif control is not None:  # the online experiment decides: a share of users first, then all or none
         r.gate = registry.gate(v.name, v.version, tolerance=s.gate_tolerance, baseline=champion.version,
@@ -244,34 +245,17 @@ def _new_events(r: RetrainResult, endpoint: str, parent: str, s: Settings):
     return fold
 
 
-def _canary_control(endpoint: str, s: Settings) -> str | None:
-    """The version a canary is compared with (the only arm of the split in force), or None when there is no
-    canary to run: canaries off, the endpoint not running, or already split (an experiment runs)."""
-    from aimass import serving
-
-    if not s.canary_percent:
-        return None
-    try:
-        view = serving.traffic(endpoint, settings=s)
-        running = serving.show(endpoint, settings=s).status == "RUNNING"
-    except Exception:  # no split recorded, no cluster: the alias path
-        return None
-    if not running or view.split is None or len(view.split.arms) != 1:
-        return None
-    return view.split.arms[0]["ref"]
-
-
-def _arms_in_force(endpoint: str, s: Settings) -> int:
-    """How many arms the running endpoint's split has (0: not running, no split)."""
+def _served_arms(endpoint: str, s: Settings) -> list[str]:
+    """The arms of the split the running endpoint serves ([]: not running, or no split recorded, no cluster)."""
     from aimass import serving
 
     try:
         if serving.show(endpoint, settings=s).status != "RUNNING":
-            return 0
+            return []
         view = serving.traffic(endpoint, settings=s)
-    except Exception:  # no split recorded, no cluster
-        return 0
-    return len(view.split.arms) if view.split is not None else 0
+    except Exception:  # no split recorded, no cluster: the alias path
+        return []
+    return [a["ref"] for a in view.split.arms] if view.split is not None else []
 
 
 def _start_canary(endpoint: str, control: str, challenger: str, s: Settings) -> tuple[str | None, str | None]:
