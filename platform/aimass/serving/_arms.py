@@ -218,8 +218,9 @@ class Arms:
 class _Worker:
     """A shadow model and its scoring, in whatever process holds it."""
 
-    def __init__(self, ref: str, settings: Settings):
-        self.engine = Engine(ref, settings)
+    def __init__(self, ref: str, settings: Settings | dict):
+        # a dict from Settings.dump: a Ray actor's arguments never carry a credential (they go by the secrets file)
+        self.engine = Engine(ref, settings if isinstance(settings, Settings) else Settings(**settings))
         _warm(self.engine)
 
     def info(self):
@@ -249,7 +250,8 @@ class Shadow:
         self.actor = None
         ray = sys.modules.get("ray")
         if ray is not None and ray.is_initialized():
-            self.actor = ray.remote(num_cpus=0.25)(_Worker).remote(ref, settings)
+            dumped = settings.dump(secrets_to=settings.secrets_dir)
+            self.actor = ray.remote(num_cpus=0.25)(_Worker).remote(ref, dumped)
             self.info = ray.get(self.actor.info.remote())  # raises what the model's loading raised
         else:
             self.local = _Worker(ref, settings)
