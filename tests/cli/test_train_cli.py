@@ -125,6 +125,16 @@ def test_dvc_repro_runs_the_reference_pipeline(tmp_path):
     assert 0 < evaluated["test_sampled_ndcg_at_10"] <= 1  # the old-paper protocol, labelled
     trained = json.loads((work / "metrics" / "train.json").read_text())
     assert trained["model_uri"] == evaluated["model_uri"]
+    # another home: its state is outside DVC's view, so the stages run again there (never skipped, nor restored
+    # from DVC's run cache) and the model is trained in it
+    other = {**env, "AIMASS_HOME": str(tmp_path / "other")}
+    res = subprocess.run([str(Path(AIMASS).parent / "dvc"), "repro"], cwd=work, env=other, capture_output=True,
+                         text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads(run(tmp_path / "other", "datasets", "list", "--json").stdout)[0]["name"] == "demo"
+    again = json.loads((work / "metrics" / "train.json").read_text())
+    assert again["run_id"] != trained["run_id"]
+    assert json.loads(run(tmp_path / "other", "runs", "list", "--json").stdout)[0]["run_id"] == again["run_id"]
 
 
 def test_train_auto_prints_its_leaderboard_and_fails_when_the_winner_cannot_be_registered(monkeypatch, capsys,
