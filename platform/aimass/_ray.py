@@ -21,12 +21,20 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 
 
+_started: str | None = None  # the GCS address of the local Ray this process started, while it runs
+
+
 def init(settings: Settings, num_cpus: int | None = None):
-    """Join the configured cluster, or start a local loopback-only one; idempotent."""
+    """Join the configured cluster, or start a local loopback-only one; idempotent. A process attached to
+    another cluster (a retrain reads its endpoint through the serving cluster first) leaves it: a job must not
+    run among the serving replicas, sized by the serving head's CPU count (several times the machine's)."""
+    global _started
     import ray
 
     if ray.is_initialized():
-        return ray
+        if settings.ray_address or ray.get_runtime_context().gcs_address == _started:
+            return ray
+        ray.shutdown()
     if settings.ray_address:
         ray.init(address=settings.ray_address, logging_level="WARNING", log_to_driver=False)
     else:
@@ -39,6 +47,7 @@ def init(settings: Settings, num_cpus: int | None = None):
         )
         from ray._private import worker
 
+        _started = ray.get_runtime_context().gcs_address
         session = Path(worker._global_node.get_session_dir_path())
         atexit.register(_retire_session, ray, session, settings.logs_dir / "ray")  # runs before Ray's own
     return ray
