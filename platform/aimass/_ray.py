@@ -6,9 +6,11 @@ import atexit
 import logging
 import os
 import shutil
+import socket
 from pathlib import Path
 
-from aimass.settings import Settings, private_dir
+from aimass.errors import BackendError
+from aimass.settings import Settings, private_dir, shown_url
 
 log = logging.getLogger(__name__)
 KEPT_SESSIONS = 3  # Ray's logs of the last sessions a home's Ray ran, kept in home/logs/<kind>
@@ -36,6 +38,7 @@ def init(settings: Settings, num_cpus: int | None = None):
             return ray
         ray.shutdown()
     if settings.ray_address:
+        check_answers(settings)
         ray.init(address=settings.ray_address, logging_level="WARNING", log_to_driver=False)
     else:
         ray.init(
@@ -51,6 +54,26 @@ def init(settings: Settings, num_cpus: int | None = None):
         session = Path(worker._global_node.get_session_dir_path())
         atexit.register(_retire_session, ray, session, settings.logs_dir / "ray")  # runs before Ray's own
     return ray
+
+
+def answers(ray_address: str) -> bool:
+    """Whether the configured cluster's address takes a connection: Ray's own join retries a GCS that does not
+    answer for minutes, which a command, a listing or a console page must not. `auto` is Ray's to resolve."""
+    where = ray_address.removeprefix("ray://").rpartition("@")[2].split("/")[0]
+    host, _, port = where.rpartition(":")
+    if not (host and port.isdigit()):
+        return True
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def check_answers(settings: Settings) -> None:
+    if settings.ray_address and not answers(settings.ray_address):
+        raise BackendError(f"the Ray cluster at {shown_url(settings.ray_address)} (AIMASS_RAY_ADDRESS) does not "
+                           "answer: start it, or unset AIMASS_RAY_ADDRESS for the embedded one")
 
 
 def keep_logs(sessions: list[Path], logs_to: Path) -> None:

@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -157,3 +158,25 @@ def test_a_stopped_heads_folders_go_and_its_last_sessions_logs_stay(tmp_path, mo
     monkeypatch.setattr(_cluster.shutil, "move", lambda *a: (_ for _ in ()).throw(OSError("disk full")))
     _cluster._retire_temp(head, logs_to)
     assert not head.exists() and len(list(logs_to.iterdir())) == 3
+
+
+def test_a_configured_cluster_that_does_not_answer_is_said_at_once(tmp_path):
+    """With AIMASS_RAY_ADDRESS naming a cluster that is down, Ray's own join retries for minutes: a listing says
+    its deployments are not running, and a command that needs the cluster fails naming it."""
+    s = Settings(home=tmp_path / "home", ray_address=f"127.0.0.1:{free_port()}")
+    assert not _cluster.running(s)
+    d = serving.Deployment(endpoint="recs", url="http://127.0.0.1:1/recs", model="recs", version=1,
+                           family="itemknn", requested="recs/1", dataset="demo@v1", proxy="default", min_replicas=1,
+                           max_replicas=1, target_ongoing_requests=8.0, config="",
+                           created_at=datetime.now(UTC))
+    folder = s.home / "serve" / "deployments"  # what `aimass deploy` recorded when the cluster ran
+    folder.mkdir(parents=True)
+    (folder / "recs.json").write_text(json.dumps({"deployment": d.model_dump(mode="json"), "args": {}}))
+    assert [x.status for x in serving.deployments(settings=s)] == ["NOT_RUNNING"]
+    with pytest.raises(BackendError, match="does not answer"):
+        _cluster.connect(s)
+    with pytest.raises(BackendError, match="does not answer"):
+        serving.shutdown(settings=s)
+    import ray
+
+    assert not ray.is_initialized()

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from aimass import _ray  # noqa: F401  (sets RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER before ray is imported)
+from aimass import _ray  # first: it sets RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER before ray is imported
 from aimass.errors import AimassError, BackendError, ConflictError, InvalidInputError
 from aimass.serving import _procs
 from aimass.settings import Settings, private_dir
@@ -90,7 +90,7 @@ def _listening(address: str) -> bool:
 
 def running(settings: Settings) -> bool:
     if settings.ray_address:
-        return True
+        return _ray.answers(settings.ray_address)
     f = state_file(settings)
     return f.exists() and _listening(json.loads(f.read_text())["address"])
 
@@ -251,6 +251,7 @@ def connect(settings: Settings) -> dict:
     # If ray was imported before aimass._ray set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, Ray would resolve
     # 127.0.0.1 to this machine's external address when joining; read at call time, so this holds it.
     ray_constants.ENABLE_RAY_CLUSTER = False
+    _ray.check_answers(settings)
     state = ensure(settings)
     if ray.is_initialized():
         if ray.get_runtime_context().gcs_address == state["address"]:
