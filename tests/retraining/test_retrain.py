@@ -285,6 +285,7 @@ def test_a_failed_retrain_records_its_error_with_passwords_masked(loop, monkeypa
 def test_triggers_and_the_scheduler_tick(settings):
     """No Ray, no training: a deployment record, events, drift reports and a fake clock and launcher."""
     from aimass.retraining import Scheduler
+    from aimass.retraining._scheduler import Launched
 
     inter, items = datasets.generate_demo(settings.home.parent / "d", datasets.DemoConfig(users=10, tracks=20))
     datasets.register("demo", inter, "csv", items=items, settings=settings)
@@ -307,9 +308,15 @@ def test_triggers_and_the_scheduler_tick(settings):
     assert retraining.due("e1", settings=s, now=now) == "volume"
     report = s.home / "monitoring" / "e1" / "r1" / "summary.json"
     report.parent.mkdir(parents=True)
-    report.write_text(json.dumps({"drifted": True, "created_at": (deployed - timedelta(minutes=1)).isoformat()}))
+
+    def drift_summary(drifted: bool, at: datetime, version: int = 1) -> None:
+        """The fields of a drift report's summary.json (aimass.monitoring.DriftReport) the triggers read."""
+        report.write_text(json.dumps({"model": "m", "version": version, "drifted": drifted,
+                                      "window_end": at.isoformat(), "created_at": at.isoformat()}))
+
+    drift_summary(True, deployed - timedelta(minutes=1))
     assert retraining.due("e1", settings=s, now=now) == "volume"  # a report older than the deployment
-    report.write_text(json.dumps({"drifted": True, "created_at": datetime.now(UTC).isoformat()}))
+    drift_summary(True, datetime.now(UTC))
     assert retraining.due("e1", settings=s, now=now) == "drift"
 
     clock, drifts, launched = [now], [], []
@@ -328,18 +335,22 @@ def test_triggers_and_the_scheduler_tick(settings):
     assert sched.tick() == {"e1": ["drift-report", "retrain:drift"]}
     clock[0] += 60
     assert sched.tick() == {"e1": []}  # the report is not due yet, and one retrain runs at a time
-    sched.launched["e1"][1].code = 0  # it ended without a record (it could not start): retried, but later
+    sched.launched["e1"].proc.code = 0  # it ended without a record (it could not start): recorded as failed
     clock[0] += 60
     assert sched.tick() == {"e1": []}
+    lost = retraining.history("e1", settings=s)[0]
+    assert lost.status == "failed" and "exited with code 0 without writing its record" in lost.error
     clock[0] += 600
+    assert sched.tick() == {"e1": ["drift-report"]}  # retried after retrain_retry_s, not sooner
+    clock[0] = lost.finished_at.timestamp() + s.retrain_retry_s + 1
     assert sched.tick() == {"e1": ["drift-report", "retrain:drift"]}
-    assert drifts == ["e1", "e1"] and launched == [("e1", "drift")] * 2
+    assert drifts == ["e1", "e1", "e1"] and launched == [("e1", "drift")] * 2
 
     def no_traffic(endpoint):
         raise NotFoundError(f"no traffic at {endpoint}")
 
     quiet = Scheduler(s, clock=lambda: clock[0], endpoints=lambda: ["e1"], drift=no_traffic, launch=launch)
-    quiet.launched["e1"] = (clock[0], Proc())
+    quiet.launched["e1"] = Launched(clock[0], Proc(), "drift")
     assert quiet.tick() == {"e1": []}  # skipped quietly, and the running retrain is left alone
 
     def cannot_start(endpoint, reason):
@@ -348,6 +359,8 @@ def test_triggers_and_the_scheduler_tick(settings):
     broken = Scheduler(s, clock=lambda: clock[0], endpoints=lambda: ["e1"], drift=drifts.append,
                        launch=cannot_start)
     assert broken.tick() == {"e1": ["drift-report"]}  # logged; the tick goes on to the next endpoint
+    assert retraining.history("e1", settings=s)[0].error == \
+        "the retrain process did not start: no space left on device"
     clock[0] += 60
     assert broken.tick() == {"e1": []} and drifts.pop() == "e1"  # and waits before trying again
 
@@ -370,7 +383,7 @@ def test_triggers_and_the_scheduler_tick(settings):
     long.unlink()
     # after it, every cause that held still holds: the drift report it did not answer, and the 3 events
     assert retraining.due("e1", settings=s, now=failed_at + s.retrain_retry_s + 1) == "drift"
-    report.write_text(json.dumps({"drifted": False, "created_at": datetime.now(UTC).isoformat()}))
+    drift_summary(False, datetime.now(UTC))
     assert retraining.due("e1", settings=s, now=failed_at + s.retrain_retry_s + 1) == "volume"
     # An attempt that retrained the served m/1 (kept: the gate refused): a later report about m/1, which
     # still serves, does not start another one; once m/2 is deployed, its own drift does.
@@ -380,20 +393,20 @@ def test_triggers_and_the_scheduler_tick(settings):
     # ... and a later attempt on m/1 that found nothing new does not undo that answer
     _records.write(s, RetrainResult(endpoint="e1", reason="schedule", status="nothing-new", served="m/1",
                                     events_through_seq=3, started_at=datetime.fromtimestamp(done_at + 5, UTC)))
-    report.write_text(json.dumps({"drifted": True,
-                                  "created_at": datetime.fromtimestamp(done_at + 30, UTC).isoformat()}))
+    drift_summary(True, datetime.fromtimestamp(done_at + 30, UTC))
     assert retraining.due("e1", settings=s, now=done_at + 60) is None
     redeployed = served.model_copy(update={"version": 2, "requested": "m/2",
                                            "created_at": datetime.fromtimestamp(done_at + 20, UTC)})
     (settings.home / "serve" / "deployments" / "e1.json").write_text(json.dumps(
         {"deployment": redeployed.model_dump(mode="json"), "args": {}}))
+    assert retraining.due("e1", settings=s, now=done_at + 60) is None  # that report is about m/1
+    drift_summary(True, datetime.fromtimestamp(done_at + 30, UTC), version=2)
     assert retraining.due("e1", settings=s, now=done_at + 60) == "drift"
     # An attempt about m/2 that found nothing new to fold did not answer its drift: a later report starts one.
     _records.write(s, RetrainResult(endpoint="e1", reason="drift", status="nothing-new", served="m/2",
                                     events_through_seq=3, started_at=datetime.fromtimestamp(done_at + 40, UTC)))
     assert retraining.due("e1", settings=s, now=done_at + 60) is None  # the report predates that attempt
-    report.write_text(json.dumps({"drifted": True,
-                                  "created_at": datetime.fromtimestamp(done_at + 50, UTC).isoformat()}))
+    drift_summary(True, datetime.fromtimestamp(done_at + 50, UTC), version=2)
     assert retraining.due("e1", settings=s, now=done_at + 60) == "drift"
     # While a canary runs on the endpoint, its decision comes first: nothing is due, and a retrain refuses.
     from aimass.catalog import Experiment, session

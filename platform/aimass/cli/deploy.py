@@ -90,6 +90,8 @@ def _scaling_lines(sc: dict) -> list[str]:
     """The snapshot as one row per deployment, then the decisions as a small table."""
     if not sc.get("running"):
         out = ["replicas: the serving cluster is not running"]
+    elif sc.get("status") == "UNKNOWN" and not sc.get("deployments"):
+        out = ["replicas: Serve's controller did not answer (restarting or busy): try again"]
     elif not sc.get("deployments"):
         out = [f"replicas: Serve runs no application {sc['endpoint']!r}"]
     else:

@@ -6,20 +6,35 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import NamedTuple
 
 from aimass.errors import AimassError
-from aimass.settings import Settings, default_settings
+from aimass.settings import Settings, default_settings, error_line
 
 log = logging.getLogger(__name__)
 ACTOR = "aimass-scheduler"
 NAMESPACE = "aimass"  # serving's (aimass.serving._cluster.connect)
 TICK_S = 30.0
-RETRY_S = 300.0  # a retrain process that ended without a record (it could not start) is retried this late
+# The floor between two launches for one endpoint when its last attempt left no record, not even the one the
+# scheduler writes for a process that died without its own (a full disk): the triggers cannot see that attempt.
+RETRY_S = 300.0
+
+
+class Launched(NamedTuple):
+    """A retrain this scheduler started. `proc` (anything with poll()) is None once it ended and was looked at,
+    or when it did not start."""
+
+    started: float
+    proc: object | None
+    reason: str
 
 
 class Scheduler:
@@ -36,7 +51,7 @@ class Scheduler:
         self._launch = launch or self._start_retrain
         self._experiments = experiments or self._check_experiments
         self.last_drift: dict[str, float] = {}
-        self.launched: dict[str, tuple[float, object]] = {}  # endpoint -> (when, process with poll())
+        self.launched: dict[str, Launched] = {}
         self._no_monitoring = False
 
     def tick(self) -> dict[str, list[str]]:
@@ -49,15 +64,16 @@ class Scheduler:
                 done.setdefault(endpoint, []).append(f"experiment:{decision}")
         except Exception:
             log.exception("checking the running experiments failed")
-        for endpoint in self._endpoints():
+        endpoints = self._endpoints()
+        for endpoint in endpoints:
             did = done.setdefault(endpoint, [])
             if s.monitor_interval_s and now - self.last_drift.get(endpoint, float("-inf")) >= s.monitor_interval_s:
                 self.last_drift[endpoint] = now
                 if self._report(endpoint):
                     did.append("drift-report")
-            started, proc = self.launched.get(endpoint, (None, None))
-            if proc is not None and proc.poll() is None:
+            if self._running(endpoint):
                 continue  # one retrain at a time per endpoint
+            started = self.launched[endpoint].started if endpoint in self.launched else None
             try:
                 reason = due(endpoint, settings=s, now=now)
             except Exception:
@@ -66,13 +82,58 @@ class Scheduler:
             if reason and (started is None or now - started >= RETRY_S or self._recorded_since(endpoint, started)):
                 log.info("retraining %s (%s)", endpoint, reason)
                 try:  # one endpoint's launch failing must not keep the endpoints after it waiting
-                    self.launched[endpoint] = (now, self._launch(endpoint, reason))
-                except Exception:
+                    self.launched[endpoint] = Launched(now, self._launch(endpoint, reason), reason)
+                except Exception as e:
                     log.exception("the retrain of %s did not start", endpoint)
-                    self.launched[endpoint] = (now, None)  # tried again after RETRY_S, not every tick
+                    self.launched[endpoint] = Launched(now, None, reason)
+                    self._record_failure(endpoint, now, reason, f"the retrain process did not start: {error_line(e)}")
                     continue
                 did.append(f"retrain:{reason}")
+        # A retrain outlives its endpoint's deletion or stop: it is still looked at, so that one which dies is
+        # reported, and forgotten once it ended.
+        for endpoint in [e for e in self.launched if e not in endpoints]:
+            if not self._running(endpoint):
+                del self.launched[endpoint]
         return done
+
+    def _running(self, endpoint: str) -> bool:
+        """Whether the endpoint's launched retrain still runs. One that ended without writing its record (killed
+        by the OOM killer, a segfault: the record is written on the way out) gets a `failed` one here, so that
+        the triggers wait `retrain_retry_s` and the history shows it."""
+        run = self.launched.get(endpoint)
+        if run is None or run.proc is None:
+            return False
+        code = run.proc.poll()
+        if code is None:
+            return True
+        self.launched[endpoint] = run._replace(proc=None)  # looked at once, not at every tick
+        try:
+            recorded = self._recorded_since(endpoint, run.started)
+        except Exception:
+            log.exception("cannot read the retrain records of %s", endpoint)
+            recorded = False
+        if not recorded:
+            how = f"was killed by {_signal_name(-code)}" if code < 0 else f"exited with code {code}"
+            why = f"the retrain process {how} without writing its record; its log: {self.log_path(endpoint)}"
+            log.error("the retrain of %s (%s) failed: %s", endpoint, run.reason, why)
+            self._record_failure(endpoint, run.started, run.reason, why)
+        return False
+
+    def _record_failure(self, endpoint: str, started: float, reason: str, error: str) -> None:
+        from aimass.retraining import RetrainResult, _records
+
+        ended = self.clock()
+        try:
+            _records.write(self.settings, RetrainResult(
+                endpoint=endpoint, reason=reason, status="failed", error=error,
+                started_at=datetime.fromtimestamp(started, UTC), finished_at=datetime.fromtimestamp(ended, UTC),
+                seconds=round(max(ended - started, 0.0), 1)))
+        except Exception:  # the attempt is in the log above; without its record only RETRY_S spaces the next
+            log.exception("the failed retrain of %s was not recorded", endpoint)
+
+    def log_path(self, endpoint: str) -> Path:
+        """Where a retrain process of `endpoint` writes its output."""
+        return self.settings.home / "logs" / f"retrain-{endpoint}.log"
 
     def _report(self, endpoint: str) -> bool:
         try:
@@ -88,13 +149,16 @@ class Scheduler:
         from aimass.retraining import history
 
         last = history(endpoint, limit=1, settings=self.settings)
-        return bool(last) and last[0].started_at.timestamp() >= started
+        # rounded to the microsecond as a record's own start is (the one _record_failure writes for this start)
+        return bool(last) and last[0].started_at >= datetime.fromtimestamp(started, UTC)
 
     # --- the real collaborators ----------------------------------------------------------------------------
     def _deployed(self) -> list[str]:
         from aimass import serving
 
-        return [d.endpoint for d in serving.deployments(settings=self.settings) if not d.ranker]
+        # a deployment is kept, NOT_RUNNING, after its cluster stops: a new cluster's scheduler must leave it be
+        return [d.endpoint for d in serving.deployments(settings=self.settings)
+                if d.status == "RUNNING" and not d.ranker]
 
     def _check_experiments(self) -> dict[str, str]:
         from aimass import experiments
@@ -113,13 +177,20 @@ class Scheduler:
         return monitoring.drift(endpoint, window_s=self.settings.monitor_window_s, settings=self.settings)
 
     def _start_retrain(self, endpoint: str, reason: str) -> subprocess.Popen:
-        logs = self.settings.home / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
-        with open(logs / f"retrain-{endpoint}.log", "ab") as out:
+        path = self.log_path(endpoint)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "ab") as out:
             return subprocess.Popen(
                 [sys.executable, "-c", "from aimass.cli import main; main()", "retrain", endpoint, "--reason",
                  reason, "--json"], env=child_env(self.settings), stdin=subprocess.DEVNULL, stdout=out,
                 stderr=subprocess.STDOUT, cwd=self.settings.home, start_new_session=True)
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return f"{signal.Signals(number).name} (signal {number})"
+    except ValueError:
+        return f"signal {number}"
 
 
 def child_env(settings: Settings) -> dict[str, str]:
@@ -155,7 +226,9 @@ class _Actor:
         self.scheduler.settings = Settings(**settings)
 
     def status(self) -> dict:
-        return {"ticks": self.ticks, "launched": {e: w for e, (w, _) in self.scheduler.launched.items()},
+        # a copy first: the ticking thread adds and drops entries meanwhile
+        launched = list(self.scheduler.launched.items())
+        return {"ticks": self.ticks, "launched": {e: run.started for e, run in launched},
                 "last_drift": dict(self.scheduler.last_drift)}
 
 

@@ -1,9 +1,9 @@
-"""When an endpoint's model is due for retraining: a drift report that flagged, enough new events, or the
-schedule. Each is measured from the later of the deployment and the last retrain attempt that did not fail,
-so one cause starts one retrain, not one per scheduler tick. A failed attempt is retried after
-`retrain_retry_s` (not before: its cause usually holds on the next tick), and a drift report about a served
-version that an attempt already retrained (it trained a challenger) does not start another: the served model
-stays the same until it is redeployed, and so would its drift."""
+"""When an endpoint's model is due for retraining: a drift report about the served version that flagged,
+enough new events, or the schedule. Each is measured from the later of the deployment and the last retrain
+attempt that did not fail, so one cause starts one retrain, not one per scheduler tick. A failed attempt is
+retried after `retrain_retry_s` (not before: its cause usually holds on the next tick), and a drift report
+about a served version that an attempt already retrained (it trained a challenger) does not start another: the
+served model stays the same until it is redeployed, and so would its drift."""
 from __future__ import annotations
 
 import json
@@ -42,8 +42,10 @@ def due(endpoint: str, settings: Settings, now: float | None = None) -> str | No
     answered = any(a.status != "failed" and a.challenger is not None and a.served == f"{d.model}/{d.version}"
                    and a.started_at >= d.created_at for a in attempts)
     if s.retrain_on_drift and not answered:
-        report = newest_drift_report(s, endpoint)
-        if report is not None and report["drifted"] and report["created_at"] > since:
+        # A report about another version (the one a canary's control served, before the promotion that made this
+        # one served) says nothing of this one; one whose window ended before `since` was answered already.
+        report = newest_drift_report(s, endpoint, served=f"{d.model}/{d.version}", after=since)
+        if report is not None and report["drifted"] and report["window_end"] > since:
             return "drift"
     if s.retrain_min_events:
         after = datasets.folded_through(d.dataset, endpoint, settings=s) if d.dataset else 0
@@ -65,18 +67,32 @@ def events_after(settings: Settings, endpoint: str, seq: int) -> int:
                             .where(t.c.endpoint == endpoint, t.c.seq > seq)).scalar() or 0
 
 
-def newest_drift_report(settings: Settings, endpoint: str) -> dict | None:
-    """The newest `home/monitoring/<endpoint>/<stamp>/summary.json` (aimass.monitoring writes them) as
-    {"drifted": bool, "created_at": unix seconds, "path": ...}; None when there is none readable."""
+def newest_drift_report(settings: Settings, endpoint: str, *, served: str | None = None,
+                        after: float | None = None) -> dict | None:
+    """The newest `home/monitoring/<endpoint>/<stamp>/summary.json` (aimass.monitoring writes them), about the
+    model version `served` ("NAME/V") when given, as {"drifted": bool, "created_at": unix seconds, "window_end":
+    unix seconds, "served": "NAME/V", "path": ...}; None when there is none readable. Reports made at or before
+    `after` (unix seconds) are not read, nor any older one: the search stops at the first of them."""
     root = settings.home / "monitoring" / endpoint
     files = sorted(root.glob("*/summary.json"), key=lambda p: p.stat().st_mtime, reverse=True) \
         if root.is_dir() else []
     for p in files:
         try:
             doc = json.loads(p.read_text())
-            created = datetime.fromisoformat(str(doc["created_at"]).replace("Z", "+00:00"))
-            created = created if created.tzinfo else created.replace(tzinfo=UTC)
-            return {"drifted": bool(doc["drifted"]), "created_at": created.timestamp(), "path": str(p)}
+            report = {"drifted": bool(doc["drifted"]), "created_at": _unix(doc["created_at"]),
+                      "window_end": _unix(doc["window_end"]), "served": f"{doc['model']}/{int(doc['version'])}",
+                      "path": str(p)}
         except (OSError, ValueError, KeyError, TypeError):
             log.warning("skipping unreadable drift report %s", p)
+            continue
+        if after is not None and report["created_at"] <= after:
+            return None
+        if served is None or report["served"] == served:
+            return report
     return None
+
+
+def _unix(stamp: object) -> float:
+    """An ISO time as monitoring writes it (UTC, with or without its offset) in unix seconds."""
+    t = datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
+    return (t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp()

@@ -68,8 +68,14 @@ def _details() -> dict | None:
         return None
 
 
-def _status_apps() -> dict[str, dict]:
-    """serve.status() reshaped like the details' applications (states, no target): the public fallback."""
+class ServeUnreadable(RuntimeError):
+    """Serve's controller did not answer (restarting, overloaded): what it runs now is unknown, which is not
+    "nothing runs"."""
+
+
+def _status_apps() -> dict[str, dict] | None:
+    """serve.status() reshaped like the details' applications (states, no target): the public fallback. None
+    when it could not be read; {} when Serve runs no application (or has not started)."""
     try:
         from ray import serve
 
@@ -84,7 +90,7 @@ def _status_apps() -> dict[str, dict]:
         return out
     except Exception as e:
         log.debug("serve.status() unavailable: %r", e)
-        return {}
+        return None
 
 
 def _text(v: Any) -> str | None:
@@ -101,8 +107,9 @@ def _states(dep: dict) -> dict[str, int]:
     return states
 
 
-def _applications() -> tuple[dict[str, dict], bool]:
-    """(applications, whether they carry details: targets, configs, replica actors)."""
+def _applications() -> tuple[dict[str, dict] | None, bool]:
+    """(applications, whether they carry details: targets, configs, replica actors); applications None when
+    neither the details nor serve.status() could be read."""
     d = _details()
     if d is not None:
         return d["applications"], True
@@ -216,8 +223,11 @@ def snapshot(settings: Settings, endpoint: str) -> dict:
         return out
     _cluster.connect(settings)
     apps, detailed = _applications()
-    app = apps.get(endpoint)
     out["running"] = True
+    if apps is None:  # not NOT_RUNNING: Serve did not say
+        out["status"] = "UNKNOWN"
+        return out
+    app = apps.get(endpoint)
     if app is None:
         return out
     out["status"] = _text(app.get("status")) or "UNKNOWN"
@@ -227,8 +237,11 @@ def snapshot(settings: Settings, endpoint: str) -> dict:
 
 
 def seen_now() -> dict[tuple[str, str], Seen]:
-    """Every deployment of every Serve application: (endpoint, deployment) -> what its replica count is now."""
+    """Every deployment of every Serve application: (endpoint, deployment) -> what its replica count is now.
+    ServeUnreadable when Serve's controller does not answer."""
     apps, detailed = _applications()
+    if apps is None:
+        raise ServeUnreadable("Serve's controller did not answer (serve instance details, serve.status())")
     seen = {}
     for endpoint, app in apps.items():
         for name, dep in (app.get("deployments") or {}).items():
@@ -252,7 +265,8 @@ def report(settings: Settings, endpoint: str, limit: int = 10) -> dict:
 class Watcher:
     """`poll_once()` compares each deployment's replica count with the last one seen and records a ScalingEvent
     for every change. The first sight of a deployment records nothing (there is no "from"); one that is gone
-    is forgotten, so a redeploy starts fresh. Changes that cancel out between two polls are not seen.
+    is forgotten, so a redeploy starts fresh. Changes that cancel out between two polls are not seen. A poll
+    that cannot read Serve raises and forgets nothing: the next one that can compares with what was seen last.
     `observe` and `load` default to the real ones; tests pass fakes."""
 
     def __init__(self, settings: Settings, *, observe: Callable[[], dict[tuple[str, str], Seen]] | None = None,
@@ -329,14 +343,21 @@ class _ScalingWatcher:  # the name `ps` shows for the actor's process (ray::_Sca
 
     def _loop(self) -> None:
         while True:
-            try:
-                self.recorded += len(self.watcher.poll_once())
-                self.last_error = None
-            except Exception as e:  # the loop outlives any one failure (a locked catalog, a controller restart)
-                self.last_error = repr(e)
-                log.exception("scaling watcher poll failed")
-            self.polls += 1
+            self.poll()
             time.sleep(self.interval)
+
+    def poll(self) -> None:
+        try:
+            self.recorded += len(self.watcher.poll_once())
+            self.last_error = None
+        except ServeUnreadable as e:  # a controller restart: every poll until it is back, one line for them all
+            if self.last_error != repr(e):
+                log.warning("scaling watcher: %s; polling on", e)
+            self.last_error = repr(e)
+        except Exception as e:  # the loop outlives any one failure (a locked catalog)
+            self.last_error = repr(e)
+            log.exception("scaling watcher poll failed")
+        self.polls += 1
 
     def update(self, settings: dict, interval: float) -> None:
         self.watcher.settings = Settings(**settings)
