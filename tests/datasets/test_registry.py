@@ -427,3 +427,11 @@ def test_a_local_registry_path_holding_other_files_is_refused_and_left_as_it_was
         assert datasets.register("plays", _csv(tmp_path / "1.csv"), "csv", settings=ok).version == 1
         assert (tmp_path / name / ".dvc").is_dir()
         assert datasets.load("plays@v1", settings=ok).info.n_users == 4
+
+
+@pytest.mark.parametrize("ref", ["plays\n", "plays@v1\n", "plays@latest\n", "plays\n@v1"])
+def test_a_dataset_name_or_reference_with_a_trailing_newline_is_refused(ref):
+    with pytest.raises(InvalidInputError, match="invalid dataset"):
+        datasets.parse_ref(ref)
+    with pytest.raises(InvalidInputError, match="invalid dataset name"):
+        datasets.check_name("plays\n")

@@ -370,3 +370,19 @@ def test_a_model_tested_on_a_sample_is_compared_with_the_champion_on_the_same_us
                   if c.check == "quality")
     assert "missing" not in deeper.detail and deeper.passed, deeper.detail
     assert deeper.values["candidate_whole"] == pytest.approx(deeper.values["champion_whole"])
+
+
+@pytest.mark.parametrize("ref", ["recs\n", "recs/1\n", "recs@champion\n", "recs\n/1"])
+def test_a_model_name_or_reference_with_a_trailing_newline_is_refused(ref):
+    from aimass import registry
+
+    with pytest.raises(InvalidInputError, match="invalid model"):
+        registry.parse_ref(ref)
+    with pytest.raises(InvalidInputError, match="invalid model name"):
+        registry.check_name("recs\n")
+
+
+def test_a_gate_metric_with_a_trailing_newline_is_not_one_the_gate_can_score():
+    from aimass.registry._gate import scorable
+
+    assert scorable("test_ndcg_at_10") and not scorable("test_ndcg_at_10\n")

@@ -283,6 +283,12 @@ def test_every_registry_name_gets_a_bento_name_of_its_own_that_bentoml_accepts()
         assert tag.name == b  # not lowercased into another model's Bento
 
 
+def test_an_endpoint_name_with_a_trailing_newline_is_refused():
+    assert serving.check_endpoint("recs") == "recs"
+    with pytest.raises(InvalidInputError, match="invalid endpoint"):
+        serving.check_endpoint("recs\n")
+
+
 @pytest.mark.parametrize("option, value", [("target_ongoing_requests", float("inf")),
                                            ("target_ongoing_requests", float("nan")),
                                            ("upscale_delay_s", float("nan")), ("downscale_delay_s", float("inf"))])

@@ -86,6 +86,7 @@ def test_a_bad_request_id_is_refused_and_every_request_is_counted(gate):
     assert status == 400 and "X-Request-ID" in json.loads(data)["error"]
     assert headers[b"x-request-id"] != b"two words"  # outside Serve the gate names its own
     assert call(gate, "GET", "/healthz", {"x-request-id": "x" * 65})[0] == 400  # longer than feedback accepts
+    assert call(gate, "GET", "/healthz", {"x-request-id": "trace-1\n"})[0] == 400  # "$" alone would pass it
     ok_status, ok_headers, _ = call(gate, "GET", "/healthz", {"x-request-id": "trace-1.a_b"})
     assert ok_status == 200 and ok_headers[b"x-request-id"] == b"trace-1.a_b"
-    assert counted("/healthz", "400") == 2 and counted("/healthz", "200") == 1
+    assert counted("/healthz", "400") == 3 and counted("/healthz", "200") == 1

@@ -5,11 +5,13 @@ from __future__ import annotations
 import secrets
 import time
 
+import pytest
 from sqlalchemy import event
 
 from aimass import serving
 from aimass.catalog import engine_for
-from aimass.serving._keys import MISS_LOOKUPS_PER_S, Verifier
+from aimass.errors import InvalidInputError
+from aimass.serving._keys import MISS_LOOKUPS_PER_S, Verifier, key_id_of
 
 
 def test_random_key_ids_cost_few_queries_and_changes_count_in_time(settings):
@@ -32,3 +34,13 @@ def test_random_key_ids_cost_few_queries_and_changes_count_in_time(settings):
     serving.revoke_key(key, settings=settings)
     time.sleep(0.6)
     assert verifier.role(key) is None  # a revocation counts within the ttl
+
+
+def test_a_key_name_or_a_key_with_a_trailing_newline_is_refused(settings):
+    with pytest.raises(InvalidInputError, match="invalid key name"):
+        serving.create_key("app\n", settings=settings)
+    assert serving.list_keys(settings=settings) == []
+    key, row = serving.create_key("app", settings=settings)
+    verifier = Verifier(settings)
+    assert verifier.role(key) == "consumer" and verifier.role(key + "\n") is None
+    assert key_id_of(key) == row.key_id and key_id_of(key + "\n") == key + "\n"

@@ -78,3 +78,27 @@ def test_the_query_encoder_is_the_same_model_through_onnxruntime(encoder, tmp_pa
     fallback = text.QueryEncoder().warm()
     assert fallback._session is None and fallback._fallback is not None
     assert float(fallback.encode("rock") @ ref[0]) > 0.999
+
+
+def test_the_onnx_cache_is_a_folder_of_this_users_alone(tmp_path, monkeypatch):
+    """A model found in the cache is run: another local user must not be able to have made the folder first
+    (world-writable, a model planted in it) or to point its name elsewhere with a link."""
+    import stat
+    import tempfile
+
+    from aimass.errors import BackendError
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    folder = text._cache_dir()
+    st = folder.lstat()
+    assert folder.parent == tmp_path and str(os.getuid()) in folder.name
+    assert stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o700 and st.st_uid == os.getuid()
+
+    folder.chmod(0o777)  # an older aimass's, or loosened: made private again
+    assert stat.S_IMODE(text._cache_dir().lstat().st_mode) == 0o700
+
+    folder.rmdir()
+    (tmp_path / "elsewhere").mkdir()
+    folder.symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(BackendError):
+        text._cache_dir()

@@ -51,7 +51,7 @@ class Dataset:
 
 
 def check_name(name: str) -> str:
-    if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
         raise InvalidInputError(
             f"invalid dataset name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a "
             "letter or digit (no path separators, spaces or shell characters)"
@@ -64,7 +64,7 @@ def check_name(name: str) -> str:
 
 
 def parse_ref(ref: str) -> tuple[str, int | None]:
-    m = _REF.match(ref or "")
+    m = _REF.fullmatch(ref or "")
     if not m:
         raise InvalidInputError(f"invalid dataset reference {ref!r}: use NAME, NAME@vN or NAME@latest")
     v = m["v"] or m["n"]

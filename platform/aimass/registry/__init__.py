@@ -58,13 +58,13 @@ def _client(s: Settings):
 
 
 def check_name(name: str) -> str:
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise InvalidInputError(f"invalid model name {name!r}: use 1-64 letters, digits, '.', '_' or '-'")
     return name
 
 
 def parse_ref(ref: str) -> tuple[str, int | None, str | None]:
-    m = _REF.match(ref or "")
+    m = _REF.fullmatch(ref or "")
     if not m:
         raise InvalidInputError(f"invalid model reference {ref!r}: use NAME, NAME/VERSION or NAME@ALIAS")
     return check_name(m["name"]), int(m["version"]) if m["version"] else None, m["alias"]

@@ -256,7 +256,7 @@ def rescore(info, dataset: str, metric: str = "test_ndcg_at_10", *, settings: Se
 
 def scorable(metric: str) -> bool:
     """Whether the gate can compute `metric` on a test split (a version may not have recorded it)."""
-    return isinstance(metric, str) and _METRIC.match(metric) is not None
+    return isinstance(metric, str) and _METRIC.fullmatch(metric) is not None
 
 
 def _score(info, split: _Split, metric: str, masks: list, settings: Settings) -> list[float]:
@@ -264,7 +264,7 @@ def _score(info, split: _Split, metric: str, masks: list, settings: Settings) ->
     from aimass.evaluation import evaluate
     from aimass.registry import load
 
-    m = _METRIC.match(metric)
+    m = _METRIC.fullmatch(metric)
     if m is None:
         raise InvalidInputError(f"cannot re-score {metric!r}: only test_ndcg_at_K, test_recall_at_K, "
                                 "test_coverage_at_K and test_mrr can be computed again")

@@ -74,7 +74,7 @@ def _dir(s: Settings) -> Path:
 
 
 def check_endpoint(endpoint: str) -> str:
-    if not isinstance(endpoint, str) or not _ENDPOINT.match(endpoint):
+    if not isinstance(endpoint, str) or not _ENDPOINT.fullmatch(endpoint):
         raise InvalidInputError(f"invalid endpoint {endpoint!r}: use 1-40 lower-case letters, digits or '-', "
                                 "starting with a letter or digit")
     return endpoint

@@ -65,7 +65,7 @@ class Gate:
         route = path if path in self.routes or path in OPEN or path in _OURS else _v2.label(path)
         status = 500  # what the server's last resort answers for an error that escapes
         try:
-            if rid is not None and not _RID.match(rid):  # Serve's own middleware echoes the header as sent:
+            if rid is not None and not _RID.fullmatch(rid):  # Serve's own middleware echoes the header as sent:
                 rid = f"{_ids.getrandbits(128):032x}"  # the answer's body and log must not name another id
                 status = await _reply(send, 400, {"error": "X-Request-ID must be 1-64 letters, digits or . _ - "
                                                            "(what feedback's request_id accepts)"},

@@ -30,7 +30,7 @@ def _hash(key_id: str, secret: str) -> str:
 
 def create(name: str, role: str, settings: Settings) -> tuple[str, ApiKeyPublic]:
     """A new key: returns (the full key, to show once; its public row)."""
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise InvalidInputError(f"invalid key name {name!r}: use 1-64 letters, digits, spaces, '.', '_', "
                                 "'@' or '-'")
     if role not in ROLES:
@@ -54,7 +54,7 @@ def list_keys(settings: Settings, include_revoked: bool = False) -> list[ApiKeyP
 
 def key_id_of(key: str) -> str:
     """The public id of a full key, or `key` itself (an id, or anything else): what may be logged or shown."""
-    m = _KEY.match(key or "")
+    m = _KEY.fullmatch(key or "")
     return m["id"] if m else key
 
 
@@ -64,7 +64,7 @@ def revoke(key_id: str, settings: Settings) -> ApiKeyPublic:
     with session(settings) as db:
         row = db.exec(select(ApiKey).where(ApiKey.key_id == key_id)).first()
         if row is None:
-            shown = repr(key_id) if _ID.match(key_id or "") else "given (an id is 12 hex digits)"
+            shown = repr(key_id) if _ID.fullmatch(key_id or "") else "given (an id is 12 hex digits)"
             raise NotFoundError(f"no API key with the id {shown}")
         if row.revoked_at is None:
             row.revoked_at = datetime.now(UTC)
@@ -96,7 +96,7 @@ class Verifier:
 
     def record(self, presented: str | None) -> ApiKey | None:
         """The catalog row of a valid, unrevoked key; None otherwise."""
-        m = _KEY.match(presented or "")
+        m = _KEY.fullmatch(presented or "")
         if not m:
             return None
         row = self._row(m["id"])

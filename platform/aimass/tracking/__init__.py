@@ -23,17 +23,31 @@ def mlflow_for(settings: Settings):
     import mlflow
 
     mlflow.set_tracking_uri(settings.tracking_uri)
-    exp = mlflow.get_experiment_by_name(EXPERIMENT)
-    if exp is None and serves_artifacts(settings):
-        # the server's own artifact store (mlflow-artifacts: its --artifacts-destination, an object store): a
-        # folder of this machine's home would be unreadable to the serving replicas and jobs of other nodes
-        mlflow.create_experiment(EXPERIMENT)
-    elif exp is None:  # a store without a server (SQLite, a database URL): its artifacts in the home
-        artifacts = (settings.home / "mlartifacts").resolve()
-        artifacts.mkdir(parents=True, exist_ok=True)
-        mlflow.create_experiment(EXPERIMENT, artifact_location=artifacts.as_uri())
+    if mlflow.get_experiment_by_name(EXPERIMENT) is None:
+        _create_experiment(mlflow, settings)
     mlflow.set_experiment(EXPERIMENT)
     return mlflow
+
+
+def _create_experiment(mlflow, settings: Settings) -> None:
+    """Create aimass's experiment in the settings' store, unless another process has: two commands started at
+    once on a fresh home both find it missing, and the store refuses the second one's create."""
+    from mlflow.exceptions import MlflowException
+
+    where: dict[str, str] = {}
+    if not serves_artifacts(settings):  # a store without a server (SQLite, a database URL): artifacts in the home
+        artifacts = (settings.home / "mlartifacts").resolve()
+        artifacts.mkdir(parents=True, exist_ok=True)
+        where["artifact_location"] = artifacts.as_uri()
+    # else the server's own artifact store (mlflow-artifacts: its --artifacts-destination, an object store): a
+    # folder of this machine's home would be unreadable to the serving replicas and jobs of other nodes
+    try:
+        mlflow.create_experiment(EXPERIMENT, **where)
+    except MlflowException:
+        # whatever the store calls the refusal (RESOURCE_ALREADY_EXISTS from SQLite, another code through a
+        # server), the experiment being there now is all that matters; any other failure leaves it absent
+        if mlflow.get_experiment_by_name(EXPERIMENT) is None:
+            raise
 
 
 def serves_artifacts(settings: Settings) -> bool:

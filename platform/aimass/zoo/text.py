@@ -97,8 +97,9 @@ def item_text_features(texts_by_dense_id: list[str], encoder: TextEncoder | None
 class QueryEncoder:
     """One short text at a time, fast: the same MiniLM run by onnxruntime on one thread (2-3 ms a query here,
     against 8-13 ms through sentence-transformers' module chain, whose per-op overhead dominates for a few
-    tokens). The ONNX file is exported from the package's weights once per machine and kept in the temp folder
-    under a digest of the weights and the exporter's versions; a failed export falls back to torch."""
+    tokens). The ONNX file is exported from the package's weights once per machine and user and kept in this
+    user's private folder in the temp folder, under a digest of the weights and the exporter's versions; a
+    failed export falls back to torch."""
 
     def __init__(self, path: str | Path | None = None):
         self.path = Path(path) if path is not None else model_path()
@@ -150,6 +151,17 @@ _MAX_TOKENS = 256  # the model's max_seq_length, as the torch encoder truncates
 _export_lock = threading.Lock()
 
 
+def _cache_dir() -> Path:
+    """This user's own folder for exported models in the temp folder: a model found in the cache is loaded and
+    run, so the cache must be one no other local user can have made first, write to, or plant a file or link
+    in. The uid in the name lets each user of a machine keep one (private_dir refuses another's)."""
+    import tempfile
+
+    from aimass.settings import private_dir
+
+    return private_dir(Path(tempfile.gettempdir()) / f"aimass-onnx-{os.getuid()}")
+
+
 def _exported(path: Path) -> Path:
     """The transformer of the model at ``path`` as ONNX (inputs ids, mask, token types; output the last
     hidden state), exported on first use; concurrent exporters each write their own file and rename it."""
@@ -160,19 +172,17 @@ def _exported(path: Path) -> Path:
     weights = path / "model.safetensors"
     st = weights.stat()
     key = hashlib.sha1(f"{weights}|{st.st_size}|{st.st_mtime_ns}|{version('torch')}|{version('onnx')}".encode())
-    out = Path(tempfile.gettempdir()) / "aimass-onnx" / f"minilm-{key.hexdigest()[:16]}.onnx"
+    out = _cache_dir() / f"minilm-{key.hexdigest()[:16]}.onnx"
     if out.is_file():
         return out
     import warnings
 
     import torch
 
-    out.parent.mkdir(parents=True, exist_ok=True)
     model = _load(path, "cpu")
     bert = model[0].auto_model.float().eval()
     enc = model.tokenizer(["a query of a few words"], return_tensors="pt")
     names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in enc]
-    tmp = out.with_name(f"{out.stem}.{os.getpid()}.tmp")
 
     class Hidden(torch.nn.Module):
         def __init__(self, m):
@@ -182,13 +192,20 @@ def _exported(path: Path) -> Path:
         def forward(self, *args):
             return self.m(**dict(zip(names, args, strict=True))).last_hidden_state
 
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(Hidden(bert), tuple(enc[n] for n in names), str(tmp), input_names=names,
-                          output_names=["hidden"], opset_version=17, dynamo=False,
-                          dynamic_axes={**{n: {0: "batch", 1: "tokens"} for n in names},
-                                        "hidden": {0: "batch", 1: "tokens"}})
-    os.replace(tmp, out)
+    # a fresh unguessable name: a fixed one could be raced, and a half-written file is never at `out`
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f"{out.stem}.", suffix=".onnx")
+    os.close(fd)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(Hidden(bert), tuple(enc[n] for n in names), tmp, input_names=names,
+                              output_names=["hidden"], opset_version=17, dynamo=False,
+                              dynamic_axes={**{n: {0: "batch", 1: "tokens"} for n in names},
+                                            "hidden": {0: "batch", 1: "tokens"}})
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return out
 
 

@@ -1,0 +1,33 @@
+"""aimass's MLflow experiment (aimass.tracking.mlflow_for) on the embedded store (SQLite in the home)."""
+from __future__ import annotations
+
+import pytest
+
+
+def test_an_experiment_another_process_just_created_is_used_not_an_error(settings):
+    """Two commands started at once on a fresh home both find the experiment missing; the one that creates it
+    second is refused by the store, and must go on with the one the other made."""
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from aimass import tracking
+
+    settings.home.mkdir(parents=True)
+    other = MlflowClient(tracking_uri=settings.tracking_uri)  # the process that won the race
+    made = other.create_experiment(tracking.EXPERIMENT)
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    with pytest.raises(MlflowException):  # what the second create meets: the race itself
+        mlflow.create_experiment(tracking.EXPERIMENT)
+
+    tracking._create_experiment(mlflow, settings)
+    assert tracking.mlflow_for(settings).get_experiment_by_name(tracking.EXPERIMENT).experiment_id == made
+    assert [e.name for e in other.search_experiments()].count(tracking.EXPERIMENT) == 1
+
+
+def test_the_experiment_is_created_once_with_its_artifacts_in_the_home(settings):
+    from aimass import tracking
+
+    exp = tracking.mlflow_for(settings).get_experiment_by_name(tracking.EXPERIMENT)
+    assert exp.artifact_location == (settings.home / "mlartifacts").resolve().as_uri()
+    assert tracking.mlflow_for(settings).get_experiment_by_name(tracking.EXPERIMENT).experiment_id == exp.experiment_id
