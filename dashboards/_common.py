@@ -63,15 +63,21 @@ def deployments() -> list[dict]:
 def runs() -> list[dict]:
     import aimass
 
-    return aimass.runs.list_runs(settings=settings())
+    # every run: the pages count them per dataset and per state, which the newest 100 alone would miscount
+    return aimass.runs.list_runs(settings=settings(), max_results=100_000)
 
 
 @st.cache_data(ttl=TTL, show_spinner=False)
 def models() -> list[dict]:
     from aimass import registry
+    from aimass.errors import AimassError
 
     out = []
     for m in registry.list_models(settings=settings()):
-        for v in registry.versions(m["name"], settings=settings()):
-            out.append(v.model_dump())
+        if not m["versions"]:  # a name whose versions were all deleted in MLflow, or a registration cut short
+            continue
+        try:
+            out.extend(v.model_dump() for v in registry.versions(m["name"], settings=settings()))
+        except AimassError:  # a shared registry's model aimass cannot name (another team's): not listed here
+            continue
     return out

@@ -23,7 +23,7 @@ st.subheader("Split in force")
 if split is not None:
     st.dataframe(pd.DataFrame(split.arms), hide_index=True)
     st.caption(f"experiment {split.experiment_id} · shadow: {split.shadow or 'none'} · "
-               f"since {split.created_at:%Y-%m-%d %H:%M:%S} UTC")
+               f"since {(split.decided_at or split.created_at):%Y-%m-%d %H:%M:%S} UTC")
 st.subheader("History")
 st.dataframe(pd.DataFrame([{"id": h.id, "state": h.state,
                             "arms": " ".join(f"{a['ref']}={a['weight']}" for a in h.arms),

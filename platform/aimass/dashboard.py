@@ -59,8 +59,11 @@ def start(settings: Settings, *, port: int | None = None, timeout_s: float = 90.
     port = s.console_port if port is None else port
     app = app_path()
     with socket.socket() as sock:
+        # as Streamlit's server binds: a port a stopped console's connections still hold in TIME_WAIT is free
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((s.host, port))
+            sock.listen()
         except OSError:
             raise ConflictError(f"console port {port} on {s.host} is already in use: stop what holds it, or "
                                 "choose another with --port or AIMASS_CONSOLE_PORT") from None
@@ -106,7 +109,8 @@ def _healthy(proc: subprocess.Popen, url: str, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and proc.poll() is None:
         try:
-            if httpx.get(f"{url}/_stcore/health", timeout=2).status_code == 200:
+            # never through the environment's HTTP proxy: it cannot reach this machine's loopback
+            if httpx.get(f"{url}/_stcore/health", timeout=2, trust_env=False).status_code == 200:
                 return True
         except httpx.HTTPError:
             pass

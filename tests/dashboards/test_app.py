@@ -136,6 +136,21 @@ def test_a_failing_page_shows_its_error_with_passwords_masked(tmp_path, monkeypa
     assert "ConnectionError" in shown and "mlflow.example" in shown and "s3cret-pw" not in shown
 
 
+def test_a_registered_model_without_versions_or_of_another_team_is_left_out_of_the_pages(tmp_path, monkeypatch):
+    """A shared MLflow registry holds names aimass cannot read as its own (a name of its pattern whose versions
+    were deleted, another team's "Fraud Model"): the pages that list models still render, without them."""
+    from mlflow import MlflowClient
+
+    s = Settings(home=tmp_path / "home")
+    s.home.mkdir()
+    client = MlflowClient(tracking_uri=s.tracking_uri, registry_uri=s.tracking_uri)
+    client.create_registered_model("orphan")
+    client.create_registered_model("Fraud Model")
+    at = open_console(s.home, monkeypatch)
+    for path in ("pages/datasets.py", "pages/models.py", "pages/explore.py", "pages/admin.py"):
+        page(at, path)
+
+
 def test_aimass_console_serves_on_loopback_and_stops(quickstart_home):
     port = free_port()
     run(quickstart_home, "console", "--stop", ok=False)  # the quickstart's own, when its test did not run
@@ -150,6 +165,12 @@ def test_aimass_console_serves_on_loopback_and_stops(quickstart_home):
         assert again["already_running"] and again["pid"] == started["pid"]
         busy = run(quickstart_home.parent / "other", "console", "--detach", "--port", str(port), ok=False)
         assert busy.returncode == 4 and f"console port {port}" in busy.stderr.strip().splitlines()[-1]
+        with httpx.Client(timeout=10) as kept:  # a connection the console closes when it stops (a browser tab)
+            assert kept.get(started["url"] + "/_stcore/health").text == "ok"
+            stopped = json.loads(run(quickstart_home, "console", "--stop", "--json").stdout)
+        # its port held in TIME_WAIT by the connection it closed: a console started again at once still gets it
+        again = json.loads(run(quickstart_home, "console", "--detach", "--port", str(port), "--json").stdout)
+        assert again["url"] == started["url"] and not again["already_running"]
     finally:
         stopped = json.loads(run(quickstart_home, "console", "--stop", "--json").stdout)
     assert stopped == {"stopped": True} and not psutil.pid_exists(started["pid"])

@@ -4,6 +4,7 @@ listed."""
 from __future__ import annotations
 
 import json
+import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from aimass import monitoring
 from aimass.catalog import FeedbackEventBase
 from aimass.errors import InvalidInputError, NotFoundError
 from aimass.events import EventLog
+from aimass.settings import Settings
 
 N = 300  # answers per window: the small end of what a report must judge well
 REF = 400  # reference users, of the demo's 600: windows also hold users the reference never saw
@@ -99,6 +101,14 @@ def test_reports_are_stored_with_html_and_json_and_listed(windows, home):
     assert [x.html for x in listed] == [again.html, r.html]  # newest first
     assert listed[1].drifted and listed[1].n_current == N
     assert monitoring.reports("nothing-here", settings=home.settings) == []
+
+
+def test_a_moved_homes_reports_name_their_files_where_they_are(windows, home, tmp_path):
+    moved = Settings(home=tmp_path / "moved")
+    shutil.copytree(home.settings.home / "monitoring" / "heavy", moved.home / "monitoring" / "heavy")
+    listed = monitoring.reports("heavy", settings=moved)
+    assert listed and all(Path(p).is_relative_to(moved.home) and Path(p).is_file()
+                          for x in listed for p in (x.html, x.json_path, x.summary))
 
 
 def test_reference_answers_are_the_served_answers(windows, home):

@@ -10,7 +10,8 @@ def console(port: int = typer.Option(None, "--port", min=1, max=65535,
             detach: bool = typer.Option(False, "--detach", help="Leave it running in the background"),
             stop: bool = typer.Option(False, "--stop", help="Stop this home's console"),
             as_json: bool = JSON):
-    """The operator console (Streamlit) on 127.0.0.1, its URL printed: deployments and their golden signals,
+    """The operator console (Streamlit) on 127.0.0.1 (AIMASS_HOST: its read pages need no key, so another
+    address opens them to that network), its URL printed: deployments and their golden signals,
     datasets, runs and models, traffic. Runs until Ctrl-C, or with --detach in the background until
     `aimass console --stop`."""
     from aimass import console as term

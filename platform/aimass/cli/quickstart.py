@@ -261,7 +261,7 @@ def _search_index(dataset: str, key: str, ds, s) -> dict:
     mv = models.register(r.run_id, "demo-search", settings=s)
     d = serving.deploy(mv.ref, endpoint="search", min_replicas=1, max_replicas=1, settings=s)
     query = str(ds.items["genre"].mode().iloc[0]) if "genre" in ds.items.columns else "music"
-    with httpx.Client(timeout=30, headers={"Authorization": f"Bearer {key}"}) as c:
+    with httpx.Client(timeout=30, headers={"Authorization": f"Bearer {key}"}, trust_env=False) as c:
         r = c.post(f"{d.url}/search", json={"query": query, "k": 3})
         r.raise_for_status()
         answer = r.json()
@@ -349,7 +349,7 @@ def _traffic(url: str, key: str, interactions, n_users: int, seed: int = 0) -> d
     users = rng.choice(known, size=min(n_users, len(known)), replace=False).tolist()
     users += [int(known.max()) + 1 + j for j in range(max(1, n_users // 10))]
     answers = stored = positive = 0
-    with httpx.Client(timeout=30, headers={"Authorization": f"Bearer {key}"}) as c:
+    with httpx.Client(timeout=30, headers={"Authorization": f"Bearer {key}"}, trust_env=False) as c:
         for u in users:
             r = c.post(f"{url}/recommend", json={"user_id": int(u), "k": 10})
             r.raise_for_status()

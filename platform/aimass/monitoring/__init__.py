@@ -323,7 +323,11 @@ def reports(endpoint: str, *, limit: int | None = None, settings: Settings | Non
             r = DriftReport.model_validate_json(f.read_text())
         except Exception:  # a summary from a newer layout or a damaged disk: skip it, list the rest
             continue
-        out.append(ReportInfo(**r.model_dump(include=set(ReportInfo.model_fields))))
+        # its files where they are now: the paths it recorded are the home's when it was written (a moved home)
+        where = {"html": str(f.with_name("report.html")), "json_path": str(f.with_name("report.json")),
+                 "summary": str(f)}
+        out.append(ReportInfo(**{**r.model_dump(include=set(ReportInfo.model_fields)),
+                                 **{k: v for k, v in where.items() if k in ReportInfo.model_fields}}))
     return sorted(out, key=lambda r: r.created_at, reverse=True)
 
 
