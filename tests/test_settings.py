@@ -21,6 +21,12 @@ from aimass.settings import Settings, private_dir, redacted, shown_url
     ("sqlite:////home/me/.aimass/mlflow.db", "sqlite:////home/me/.aimass/mlflow.db"),
     ("/a/local/path", "/a/local/path"),
     ("git@github.com:o/r.git", "git@github.com:o/r.git"),  # no secret in an ssh address
+    # libpq takes its password from the query string; a signed or token URL carries its secret there
+    ("postgresql://db/aimass?user=svc&password=hunter2", "postgresql://db/aimass?user=svc&password=***"),
+    ("postgresql://u@h/db?sslmode=require&PASSWORD=x", "postgresql://***@h/db?sslmode=require&PASSWORD=***"),
+    ("https://mlflow.example/?token=abc&x=1", "https://mlflow.example/?token=***&x=1"),
+    ("https://b.example/o?X-Amz-Signature=f00#frag", "https://b.example/o?X-Amz-Signature=***#frag"),
+    ("http://127.0.0.1:5000/?experiment=3", "http://127.0.0.1:5000/?experiment=3"),
 ])
 def test_a_url_is_shown_without_its_secret(url, shown):
     assert shown_url(url) == shown
@@ -101,6 +107,13 @@ def test_a_value_set_otherwise_wins_over_the_secrets_file_and_a_bad_file_is_refu
             Settings(dvc_remote="s3://k:s3cr3t@b", secrets_file=bad)
         # the error never shows the values it was given
         assert "s3cr3t" not in str(err.value) and "input_value" not in str(err.value)
+
+
+def test_a_query_string_secret_stays_out_of_a_child_process_environment(tmp_path):
+    s = Settings(home=tmp_path, catalog_url="postgresql://db/aimass?user=svc&password=hunter2")
+    env = s.as_env(["catalog_url"], secrets_to=tmp_path / "secrets")
+    assert "hunter2" not in json.dumps(env) and "AIMASS_SECRETS_FILE" in env
+    assert Settings(**{k.removeprefix("AIMASS_").lower(): v for k, v in env.items()}).catalog_url == s.catalog_url
 
 
 def test_a_message_is_redacted_url_by_url():

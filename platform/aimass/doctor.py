@@ -27,7 +27,7 @@ def _row(component: str, location: str, ver: str, status: str, detail: str = "")
 
 def _catalog(s: Settings) -> dict:
     url = make_url(s.catalog)
-    shown = url.render_as_string(hide_password=True)
+    shown = shown_url(url.render_as_string(hide_password=True))  # a password in the query string too
     ver = f"sqlalchemy {version('sqlalchemy')}"
     if url.drivername.startswith("sqlite") and url.database and not Path(url.database).exists():
         return _row("catalog", shown, ver, "absent", "created on first use")

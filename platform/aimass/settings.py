@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
@@ -273,13 +274,21 @@ def error_line(e: BaseException) -> str:
     return redacted((str(e).strip().splitlines() or [type(e).__name__])[0])
 
 
+# A query parameter whose name says it holds a secret (libpq's `?password=`, a signed URL's `sig`, `?token=`)
+_SECRET_PARAM = re.compile(r"(?i)([?&;][^=&;#]*(?:pass|pwd|secret|token|key|sig|cred|auth)[^=&;#]*=)[^&;#]*")
+
+
 def shown_url(url: str) -> str:
     """`url` as it may be printed, logged or put in an error: a password or token in it (`scheme://user:secret@
-    host/...`, `https://token@host/...`) replaced by ***; anything without one unchanged."""
-    from urllib.parse import urlsplit, urlunsplit
-
+    host/...`, `https://token@host/...`, `...?password=secret`) replaced by ***; anything without one unchanged."""
     if "://" not in url:
         return url
+    return _SECRET_PARAM.sub(r"\1***", _shown_userinfo(url))
+
+
+def _shown_userinfo(url: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
     try:
         parts = urlsplit(url)
     except ValueError:
