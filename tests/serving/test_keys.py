@@ -10,7 +10,7 @@ from sqlalchemy import event
 
 from aimass import serving
 from aimass.catalog import engine_for
-from aimass.errors import InvalidInputError
+from aimass.errors import BackendError, InvalidInputError
 from aimass.serving._keys import MISS_LOOKUPS_PER_S, Verifier, key_id_of
 
 
@@ -44,3 +44,31 @@ def test_a_key_name_or_a_key_with_a_trailing_newline_is_refused(settings):
     verifier = Verifier(settings)
     assert verifier.role(key) == "consumer" and verifier.role(key + "\n") is None
     assert key_id_of(key) == row.key_id and key_id_of(key + "\n") == key + "\n"
+
+
+def test_a_catalog_that_is_away_is_read_once_per_ttl_not_once_per_request(settings, monkeypatch):
+    """While the catalog cannot be read, every request is refused (503 over HTTP), but only one a ttl tries it:
+    each try can block for the server's connect timeout."""
+    from aimass.serving import _keys
+
+    tries = []
+
+    def away(_settings):  # a catalog server that does not answer
+        tries.append(1)
+        raise ConnectionError("connection to the catalog timed out")
+
+    monkeypatch.setattr(_keys, "session", away)
+    verifier = Verifier(settings, ttl=0.5)
+    key = f"aimass_{secrets.token_hex(6)}_{secrets.token_urlsafe(32)}"
+    with pytest.raises(ConnectionError):
+        verifier.role(key)
+    assert tries == [1] and verifier.fresh()  # answered from the failed read until the ttl passes
+    for _ in range(50):
+        with pytest.raises(BackendError, match="cannot be read"):
+            verifier.role(key)
+    assert tries == [1]
+    time.sleep(0.6)
+    assert not verifier.fresh()
+    with pytest.raises(ConnectionError):
+        verifier.role(key)
+    assert tries == [1, 1]

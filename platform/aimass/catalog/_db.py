@@ -28,7 +28,9 @@ def engine_for(url: str) -> Engine:
     else:
         if url.startswith(("postgresql://", "postgres://")):  # the driver aimass ships (psycopg 3)
             url = "postgresql+psycopg://" + url.split("://", 1)[1]
-        engine = create_engine(url, pool_pre_ping=True)
+        # a server that stops answering fails a connection in seconds, not at the kernel's TCP timeout (minutes)
+        engine = create_engine(url, pool_pre_ping=True,
+                               connect_args={"connect_timeout": 10} if url.startswith("postgresql") else {})
         if engine.dialect.name == "postgresql":
             @event.listens_for(engine, "connect")
             def _utc(dbapi_conn, _record):

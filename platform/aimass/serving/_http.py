@@ -15,6 +15,7 @@ from http import HTTPStatus
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
+from aimass.errors import BackendError
 from aimass.serving import _v2
 from aimass.serving._keys import Verifier
 from aimass.settings import Settings
@@ -100,9 +101,14 @@ class Gate:
         if not (path in OPEN or path.startswith(OPEN_PREFIXES)):
             auth = headers.get("authorization", "")
             try:
-                role = self.verifier.role(auth[7:].strip() if auth[:7].lower() == "bearer " else None)
-            except Exception:  # the catalog is away for a moment: no key can be checked, so none passes
-                log.exception("reading the API keys failed")
+                presented = auth[7:].strip() if auth[:7].lower() == "bearer " else None
+                # a read of the catalog (a reload of the table, a slow server) off the event loop: the replica's
+                # other requests, its health checks among them, go on meanwhile
+                role = (self.verifier.role(presented) if self.verifier.fresh()
+                        else await asyncio.to_thread(self.verifier.role, presented))
+            except Exception as e:  # the catalog is away for a moment: no key can be checked, so none passes
+                if not isinstance(e, BackendError):  # the failed read itself, not each request refused after it
+                    log.exception("reading the API keys failed")
                 return await _reply(send, 503, {"error": "API keys cannot be checked right now; retry"},
                                     [*tag, (b"retry-after", b"1")])
             if role is None:

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from sqlmodel import select
 
 from aimass.catalog import ApiKey, ApiKeyPublic, session
-from aimass.errors import InvalidInputError, NotFoundError
+from aimass.errors import BackendError, InvalidInputError, NotFoundError
 from aimass.settings import Settings
 
 ROLES = ("consumer", "admin")
@@ -86,8 +86,14 @@ class Verifier:
     def __init__(self, settings: Settings, ttl: float = 1.0):
         self._settings, self._ttl = settings, ttl
         self._rows: dict[str, ApiKey] = {}
-        self._loaded = self._missed = -math.inf
+        self._loaded = self._missed = self._failed = -math.inf
         self._lock = threading.Lock()
+
+    def fresh(self) -> bool:
+        """Whether a check now answers from the table in memory, or from a read that just failed, without a
+        read of the catalog (an unknown id aside): a caller on an event loop checks the others off it."""
+        now = time.monotonic()
+        return now - self._loaded < self._ttl or now - self._failed < self._ttl
 
     def role(self, presented: str | None) -> str | None:
         """The role of a valid, unrevoked key; None otherwise (absent, malformed, unknown, revoked)."""
@@ -109,11 +115,17 @@ class Verifier:
     def _row(self, key_id: str) -> ApiKey | None:
         if time.monotonic() - self._loaded >= self._ttl:
             with self._lock:  # one reader refreshes; the others wait for it rather than query too
+                if time.monotonic() - self._failed < self._ttl:  # the catalog is away: one try per ttl, not a request
+                    raise BackendError("the API keys cannot be read from the catalog (its last read failed)")
                 if time.monotonic() - self._loaded >= self._ttl:
-                    with session(self._settings) as db:
-                        rows = db.exec(select(ApiKey)).all()
-                        for r in rows:
-                            db.expunge(r)
+                    try:
+                        with session(self._settings) as db:
+                            rows = db.exec(select(ApiKey)).all()
+                            for r in rows:
+                                db.expunge(r)
+                    except Exception:
+                        self._failed = time.monotonic()
+                        raise
                     self._rows, self._loaded = {r.key_id: r for r in rows}, time.monotonic()
         row = self._rows.get(key_id)
         if row is None and time.monotonic() - self._missed >= 1 / MISS_LOOKUPS_PER_S:
