@@ -1,10 +1,14 @@
 """Per-arm counts of a running experiment from the real answer and event logs (SQLite)."""
 from __future__ import annotations
 
+import re
 import time
+
+import pytest
 
 from aimass import experiments
 from aimass.catalog import Experiment, FeedbackEventBase, session
+from aimass.errors import InvalidInputError
 from aimass.events import EventLog, ServedLog
 
 
@@ -42,3 +46,60 @@ def test_an_experiment_still_starting_shows_no_arms(settings, monkeypatch):
     view = experiments.show("recs", settings=settings)
     assert view.arms == [] and view.comparisons == [] and view.guardrails_broken == []
     assert experiments.check("recs", settings=settings) is None  # the scheduler's look: nothing to decide yet
+
+
+def test_a_metric_with_a_trailing_newline_is_refused(settings):
+    from aimass.experiments import _metric_type
+
+    bad = "play_rate\n"
+    assert _metric_type("play_rate", settings) == "play"
+    with pytest.raises(InvalidInputError, match=re.escape(f"unknown metric {bad!r}")):
+        _metric_type(bad, settings)
+
+
+def _served(settings, answers: list[tuple[str, int, str, str]], plays: list[tuple[str, int]],
+            experiment_id: str = "x1", endpoint: str = "recs") -> None:
+    """(request_id, user, arm, route) answers under the experiment, and a play naming each (request_id, user)."""
+    log = ServedLog(settings)
+    for rid, user, arm, route in answers:
+        log.record(endpoint, rid, route, arm.split("/")[0], int(arm.split("/")[1]), user, [5], [7], [1.0],
+                   arm=arm, experiment_id=experiment_id, latency_ms=1.0, query="rock" if route == "search" else None)
+    log.flush()
+    EventLog(settings).write(endpoint, [
+        FeedbackEventBase(event_id=f"e-{rid}", user_id=user, item_id=7, type="play", timestamp=time.time(),
+                          request_id=rid) for rid, user in plays])
+
+
+def test_an_experiment_on_a_search_endpoint_counts_its_search_answers(settings, monkeypatch):
+    """The search service logs its answers under route 'search': an experiment counted recommend and rank only,
+    so an A/B test of two search indexes saw no user at all."""
+    monkeypatch.setattr("aimass.serving.check_deployed", lambda endpoint, settings=None: None)
+    with session(settings) as db:
+        db.add(Experiment(endpoint="find", experiment_id="x1", metric="play_rate",
+                          arms=[{"ref": "idx/1", "weight": 50}, {"ref": "idx/2", "weight": 50}]))
+        db.commit()
+    _served(settings, [("s1", 1, "idx/1", "search"), ("s2", 2, "idx/2", "search"), ("s3", 3, "idx/2", "search"),
+                       ("m1", 4, "idx/1", "similar")], [("s2", 2)], endpoint="find")
+    a, b = experiments.show("find", settings=settings).arms
+    assert (a.users, a.answers, a.successes) == (1, 1, 0)  # /similar has no user: never an assignment
+    assert (b.users, b.answers, b.successes) == (2, 2, 1)
+
+
+def test_with_several_comparisons_the_text_gives_the_level_every_interval_is_at(settings, monkeypatch):
+    """Alpha 0.05 over two comparisons (Bonferroni): every interval, the control's too, is at 97.5%; the text
+    said the control's was at 95%."""
+    from aimass.cli.experiments import view_lines
+
+    monkeypatch.setattr("aimass.serving.check_deployed", lambda endpoint, settings=None: None)
+    with session(settings) as db:
+        db.add(Experiment(endpoint="recs", experiment_id="x1", metric="play_rate", alpha=0.05,
+                          arms=[{"ref": f"m/{v}", "weight": w} for v, w in ((1, 34), (2, 33), (3, 33))]))
+        db.commit()
+    _served(settings, [(f"r{u}", u, f"m/{u % 3 + 1}", "recommend") for u in range(30)],
+            [(f"r{u}", u) for u in range(0, 30, 2)])
+    view = experiments.show("recs", settings=settings)
+    assert [c.confidence for c in view.comparisons] == [0.975, 0.975]
+    assert view.arms[0].interval == tuple(view.comparisons[0].control.interval)
+    text = "\n".join(view_lines(view))
+    assert "intervals at 97.5%" in text and "every interval, the control's too, is at 97.5%" in text
+    assert "95.0%" not in text

@@ -236,19 +236,22 @@ class ExperimentBase(SQLModel):
     metric: str = Field(description="A rate over served answers: '<event type>_rate', e.g. play_rate")
     alpha: float = Field(0.05, gt=0, lt=1)
     mde: float = Field(0.02, gt=0, lt=1, description="Smallest rate difference worth detecting, absolute")
-    min_samples: int = Field(100, ge=1, description="Served answers per arm before any call")
+    min_samples: int = Field(100, ge=1, description="Users per arm before any call (the unit of analysis: "
+                             "assignment is per user)")
     guardrails: dict = Field(default_factory=dict, sa_column=Column(JSON),
                              description="{'max_p99_ratio': 1.5, 'max_error_rate': 0.01}")
     auto: bool = Field(False, description="Canary: promote on a win, roll back on a broken guardrail")
     state: str = Field("running", index=True, description="running or stopped")
-    decision: str | None = Field(None, description="promoted ARM, rolled back: why, stopped")
+    decision: str | None = Field(None, description="promoted ARM, rolled back: why, stopped; while running, "
+                                 "'stopping: ...' names a stop under way (what, by whom, since when)")
     min_p: dict = Field(default_factory=dict, sa_column=Column(JSON),
                         description="Per treatment arm: running minimum of the always-valid p-value over looks")
     winners: dict | None = Field(default_factory=dict, sa_column=Column(JSON),
                                  description="Per treatment arm: the better arm (it or the control) at the look "
                                              "that first found the difference significant; later looks keep it")
     started_at: datetime = Field(default_factory=_now)
-    stopped_at: datetime | None = None
+    stopped_at: datetime | None = Field(None, description="When it stopped; while a stop is under way, when "
+                                        "that stop began")
 
 
 class Experiment(ExperimentBase, table=True):

@@ -102,6 +102,7 @@ def view_lines(v) -> list[str]:
     """An experiment view as a header, a table of arms, a table of comparisons, the guardrails."""
     e = v.experiment
     head = (f"experiment {e.experiment_id} on {e.endpoint}: running since {_when(e.started_at)} UTC"
+            + (f"; {e.decision}" if e.decision else "")  # a running one has a decision only while being stopped
             if e.state == "running" else
             f"experiment {e.experiment_id} on {e.endpoint}: stopped {_when(e.stopped_at)} UTC "
             f"(ran from {_when(e.started_at)}): {e.decision or 'stopped'}")
@@ -128,8 +129,8 @@ def view_lines(v) -> list[str]:
         lines += ["", *rows(comps, ["comparison", "difference [interval]", "lift", "min p", "alpha", "state",
                                     "winner", "samples"]),
                   f"intervals at {conf:.1%} (Wilson per rate, Newcombe per difference: this look's data)"
-                  + (f"; alpha split over {len(comps)} comparisons (Bonferroni), the control's interval at "
-                     f"{1 - e.alpha:.1%}" if len(comps) > 1 else "")
+                  + (f"; alpha {e.alpha:g} split over {len(comps)} comparisons (Bonferroni), so every interval, the "
+                     f"control's too, is at {conf:.1%}" if len(comps) > 1 else "")
                   + "; min p: the always-valid p, significant once <= alpha, however often one looks; samples: "
                     "the smaller arm's users / needed per arm to detect the mde"]
     else:
@@ -167,7 +168,8 @@ def stop(endpoint: str = typer.Argument(..., help="A deployed endpoint"),
                                           "of the control's model, becomes its champion"),
          as_json: bool = JSON):
     """End the running experiment. Without --promote the split stays as it is (change it with aimass traffic
-    set, or restore the one before the experiment with aimass rollback). Prints one line."""
+    set, or restore the one before the experiment with aimass rollback). Refused, with nothing changed, while
+    another stop or the scheduler's decision is ending it. Prints one line."""
     from aimass import experiments
 
     e = experiments.stop(endpoint, promote=promote, actor=actor(), settings=state.settings)

@@ -12,19 +12,24 @@ at every look. Guardrails compare each treatment with the control on p99 latency
 
 An `auto` experiment (a canary: what a retrain starts) decides itself when `check` runs (the scheduler in the
 serving cluster calls it every tick): a treatment that wins with its guardrails held is promoted (it gets all
-the traffic and becomes `champion`), a broken guardrail or a winning control rolls it back."""
+the traffic and becomes `champion`), a broken guardrail or a winning control rolls it back.
+
+Ending an experiment (`stop`, or `check`'s decision) first claims it: one conditional UPDATE names the stop under
+way in the still-running row's `decision` (its time in `stopped_at`), and a second stop or decision meanwhile is
+refused before it moves any traffic. The row stays `running` while claimed, so the database's one-running index
+and set_traffic's guard keep holding the endpoint until the stop has finished."""
 from __future__ import annotations
 
 import logging
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 from pydantic import BaseModel, Field
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from aimass.catalog import Experiment, ExperimentPublic, session
+from aimass.catalog import Experiment, ExperimentPublic, engine_for, session
 from aimass.errors import ConflictError, InvalidInputError, NotFoundError
 from aimass.experiments import _stats
 from aimass.settings import Settings, default_settings, error_line
@@ -32,14 +37,20 @@ from aimass.settings import Settings, default_settings, error_line
 __all__ = ["ArmView", "ExperimentView", "check", "check_all", "get", "show", "start", "stop"]
 log = logging.getLogger(__name__)
 _METRIC = re.compile(r"^(?P<type>[a-z][a-z0-9_]*)_rate$")
-# p99 must also exceed the control's by min_p99_excess_ms: on a millisecond path a ratio alone is noise
 SCHEDULER_PROMOTE_WAIT_S = 10.0
+# p99 must also exceed the control's by min_p99_excess_ms: on a millisecond path a ratio alone is noise
 GUARDRAILS = {"max_p99_ratio": 1.5, "min_p99_excess_ms": 10.0, "max_error_rate": 0.01, "min_answers": 50}
+# What a claimed row's decision starts with while its stop runs (the CLI and the console show it as is)
+STOPPING = "stopping: "
+# The routes whose answers an experiment counts: those that answer a user with the user's arm (/similar has no
+# user, so it is answered by the first arm whatever the split; /suggest is not logged)
+ROUTES = ["recommend", "rank", "search"]
 
 
 class ArmView(BaseModel):
     arm: str
-    weight: int
+    weight: int = Field(description="Percent of the users: in the split in force while it is the experiment's (a "
+                        "ramp's weights), else as started")
     users: int = Field(description="Users whose first answer in the experiment the arm gave (the unit of "
                        "analysis: assignment is per user; a user a ramp moved on counts in the first arm only)")
     answers: int = Field(description="Answers the arm served")
@@ -65,7 +76,7 @@ def _metric_type(metric: str, s: Settings) -> str | None:
 
     if metric == "positive_rate":
         return None
-    m = _METRIC.match(metric)
+    m = _METRIC.fullmatch(metric)
     types = Rules.of(s).types
     if not m or m["type"] not in types:
         raise InvalidInputError(f"unknown metric {metric!r}: use positive_rate or <type>_rate with a known event "
@@ -124,8 +135,19 @@ def start(endpoint: str, arms: list[str] | dict[str, int], metric: str = "positi
                                     reason=f"experiment {eid}" + (" (canary)" if auto else ""), actor=actor,
                                     settings=s)
     except BaseException:
-        with session(s) as db:  # the split in force stayed: so does the absence of an experiment
-            db.delete(db.get(Experiment, rid))
+        from aimass.serving import _traffic
+
+        now = _traffic.current(s, endpoint)
+        with session(s) as db:
+            row = db.get(Experiment, rid)
+            if now is not None and now.experiment_id == eid:
+                # The split went active before the failure (a Ctrl-C or an error in set_traffic's last steps):
+                # its users are assigned under this id, so the experiment runs, and deleting it would leave a
+                # split that nothing judges or stops.
+                row.arms, row.started_at = now.arms, now.decided_at or datetime.now(UTC)
+                db.add(row)
+            else:  # the split in force stayed: so does the absence of an experiment
+                db.delete(row)
             db.commit()
         raise
     with session(s) as db:
@@ -163,8 +185,8 @@ def _must(endpoint: str, s: Settings, experiment_id: str | None = None) -> Exper
 
 
 def show(endpoint: str, *, experiment_id: str | None = None, settings: Settings | None = None) -> ExperimentView:
-    """Per-arm rates, latency and errors, and each treatment against the control, now. A look at a running
-    experiment stores the running minimum of its always-valid p-values."""
+    """Per-arm weights, rates, latency and errors, and each treatment against the control, now. A look at a
+    running experiment stores the running minimum of its always-valid p-values."""
     s = settings or default_settings()
     e = _must(endpoint, s, experiment_id)
     if not e.arms:  # started a moment ago: its split is being applied, and no arm has answered yet
@@ -216,7 +238,7 @@ def _arms(e: ExperimentPublic, s: Settings) -> list[ArmView]:
     converted = log.named(e.endpoint, where=hit, start=e.started_at)
     answers = ServedLog(s).frame(e.endpoint, columns=["request_id", "arm", "user_id", "strategy", "latency_ms"],
                                  start=e.started_at, end=e.stopped_at, experiment_id=e.experiment_id, errors=True,
-                                 route=["recommend", "rank"])
+                                 route=ROUTES)
     answers = answers[answers["user_id"].notna()]
     # a set lookup per answer: pandas' isin() turned the set into an array first, which cost more than this
     answers["converted"] = np.fromiter((r in converted for r in answers["request_id"]), bool, len(answers))
@@ -224,6 +246,7 @@ def _arms(e: ExperimentPublic, s: Settings) -> list[ArmView]:
     # did: a ramp (weights changed while it runs) moves users to another arm, and counting them in both would
     # make the arms' samples overlap, which the test's independence forbids.
     answers["assigned"] = answers["arm"] == answers.groupby("user_id", sort=False)["arm"].transform("first")
+    weights = _weights(e, s)
     out = []
     for a in e.arms:
         mine = answers[answers["arm"] == a["ref"]]
@@ -233,12 +256,23 @@ def _arms(e: ExperimentPublic, s: Settings) -> list[ArmView]:
         kept = ok[ok["assigned"]]
         users = kept["user_id"].nunique()
         k = int(kept.loc[kept["converted"], "user_id"].nunique())
-        out.append(ArmView(arm=a["ref"], weight=a["weight"], users=users, answers=len(ok), successes=k,
-                           rate=k / users if users else 0.0, interval=_stats.wilson(k, users, 1 - e.alpha),
+        out.append(ArmView(arm=a["ref"], weight=weights.get(a["ref"], a["weight"]), users=users, answers=len(ok),
+                           successes=k, rate=k / users if users else 0.0,
+                           interval=_stats.wilson(k, users, 1 - e.alpha),
                            errors=int(failed.sum()), error_rate=float(failed.mean()) if len(mine) else 0.0,
                            latency_p50_ms=float(np.percentile(lat, 50)) if len(lat) else None,
                            latency_p99_ms=float(np.percentile(lat, 99)) if len(lat) else None))
     return out
+
+
+def _weights(e: ExperimentPublic, s: Settings) -> dict[str, int]:
+    """Each arm's weight in the split in force while that split is the experiment's: a ramp (set_traffic under
+    its id) changes the weights after the start, and the record keeps the starting ones."""
+    from aimass.serving import _traffic
+
+    now = _traffic.current(s, e.endpoint)
+    arms = now.arms if now is not None and now.experiment_id == e.experiment_id else e.arms
+    return {a["ref"]: a["weight"] for a in arms}
 
 
 def _broken(e: ExperimentPublic, arms: list[ArmView]) -> list[str]:
@@ -269,12 +303,13 @@ def _judged(a: ArmView, control: ArmView, g: dict) -> bool:
 
 def stop(endpoint: str, *, promote: str | None = None, decision: str | None = None, actor: str = "sdk",
          wait_s: float | None = None, settings: Settings | None = None) -> ExperimentPublic:
-    """End the running experiment; with `promote`, that arm gets all the traffic (the split keeps the
-    experiment's id, so its users stay where they were) and, if it is a version of the control's model,
-    becomes its `champion` (waiting up to `wait_s`, by default registry.UNATTENDED_WAIT_S, for another
-    promotion of that model to end). Without `promote` it only ends the record, which an endpoint deleted
-    meanwhile does not prevent."""
-    from aimass import registry, serving
+    """End the running experiment; with `promote`, that arm gets all the traffic (a split of other arms than the
+    experiment's, so it gets a new experiment id: the experiment's own answers end there) and, if it is a
+    version of the control's model, becomes its `champion` (waiting up to `wait_s`, by default and at most
+    registry.UNATTENDED_WAIT_S, for another promotion of that model to end). Without `promote` it only ends the
+    record, which an endpoint deleted meanwhile does not prevent. ConflictError, with nothing changed, when it
+    is stopped already or another stop (a person's, the scheduler's decision) is ending it now."""
+    from aimass import registry
 
     s = settings or default_settings()
     e = _must(endpoint, s) if promote is not None else get(endpoint, settings=s)
@@ -282,64 +317,141 @@ def stop(endpoint: str, *, promote: str | None = None, decision: str | None = No
         raise NotFoundError(f"no experiment on {endpoint!r}")
     if e.state != "running":
         raise ConflictError(f"experiment {e.experiment_id} on {endpoint!r} already stopped ({e.decision})")
-    if promote is not None:
-        refs = [a["ref"] for a in e.arms]
-        ref = registry.get(promote, settings=s).ref if promote not in refs else promote
-        if ref not in refs:
-            raise InvalidInputError(f"{promote} is not an arm of {e.experiment_id} ({', '.join(refs)})")
-        serving.set_traffic(endpoint, [f"{ref}=100"], reason=f"promote {ref} ({e.experiment_id})", actor=actor,
-                            ending=e.experiment_id, settings=s)
-        decision = decision or f"promoted {ref}"
-        name, version = ref.split("/")
-        if name == refs[0].split("/")[0]:  # won online: the champion even if an offline check disagrees (recorded)
-            try:
-                registry.promote(name, int(version), force=True, settings=s,
-                                 wait_s=registry.UNATTENDED_WAIT_S if wait_s is None else wait_s)
-            except Exception as err:  # the traffic moved: the experiment is over either way
-                log.exception("making %s the champion failed", ref)
-                decision += f" (champion alias not moved: {error_line(err)})"
-    return _stopped(s, e, decision or "stopped")
+    if wait_s is not None and (isinstance(wait_s, bool) or not isinstance(wait_s, int | float)
+                               or not 0 <= wait_s <= registry.UNATTENDED_WAIT_S):
+        # a longer wait would outlive the stop's claim (_claim_lifetime_s), which another stop may then take over
+        raise InvalidInputError(f"wait_s must be a number of seconds in [0, {registry.UNATTENDED_WAIT_S:g}], got "
+                                f"{wait_s!r}")
+    if promote is None:
+        return _end(s, e, to=None, what="stop", reason="", decision=decision or "stopped", actor=actor)
+    refs = [a["ref"] for a in e.arms]
+    ref = registry.get(promote, settings=s).ref if promote not in refs else promote
+    if ref not in refs:
+        raise InvalidInputError(f"{promote} is not an arm of {e.experiment_id} ({', '.join(refs)})")
+    return _end(s, e, to=ref, what=f"promote {ref}", reason=f"promote {ref} ({e.experiment_id})",
+                decision=decision or f"promoted {ref}", actor=actor, champion=True,
+                wait_s=registry.UNATTENDED_WAIT_S if wait_s is None else wait_s)
 
 
-def _stopped(s: Settings, e: ExperimentPublic, decision: str) -> ExperimentPublic:
-    with session(s) as db:
-        row = db.get(Experiment, e.id)
-        row.state, row.decision, row.stopped_at = "stopped", decision, datetime.now(UTC)
-        db.add(row)
-        db.commit()
-        return ExperimentPublic.model_validate(row, from_attributes=True)
+def _end(s: Settings, e: ExperimentPublic, *, to: str | None, what: str, reason: str, decision: str, actor: str,
+         champion: bool = False, wait_s: float = 0.0) -> ExperimentPublic:
+    """Claim `e`, then give all of its endpoint's traffic to `to` (None: the split stays), make `to` the champion
+    when `champion` and it is a version of the control's model, and record `decision`. A failure before the
+    traffic moved leaves the experiment running and unclaimed; one after it records the experiment stopped,
+    saying what did not happen."""
+    from aimass import registry, serving
+    from aimass.serving import _traffic
+
+    name = to.split("/")[0] if to is not None else None
+    champion = champion and bool(e.arms) and name == e.arms[0]["ref"].split("/")[0]
+    token = _claim(s, e, what, actor)
+    if to is not None:
+        before: int | None = -1  # not read yet
+        try:
+            before = getattr(_traffic.current(s, e.endpoint), "id", None)
+            serving.set_traffic(e.endpoint, [f"{to}=100"], reason=reason, actor=actor, ending=e.experiment_id,
+                                settings=s)
+        except BaseException as err:  # Ctrl-C included: the claim must not outlive this process
+            after = _traffic.current(s, e.endpoint)
+            # Moved: a split other than the experiment's went active after the claim (ours, before a failure in
+            # set_traffic's last steps). A ramp of the experiment's own landing meanwhile is not a move.
+            if before != -1 and after is not None and after.id != before and after.experiment_id != e.experiment_id:
+                _stopped(s, e, token, f"{decision} (the traffic moved, then: {error_line(err)}"
+                         + ("; champion alias not moved" if champion else "") + ")")
+            else:
+                _release(s, e, token)
+            raise
+    if champion:  # won online: the champion even if an offline check disagrees (recorded)
+        try:
+            registry.promote(name, int(to.split("/")[1]), force=True, settings=s, wait_s=wait_s)
+        except Exception as err:  # the traffic moved: the experiment is over either way
+            log.exception("making %s the champion failed", to)
+            decision += f" (champion alias not moved: {error_line(err)})"
+        except BaseException as err:  # a Ctrl-C while it waits for the model's lock: the traffic moved all the same
+            _stopped(s, e, token, f"{decision} (interrupted while making it the champion, which may not have "
+                                  f"moved: {error_line(err)})")
+            raise
+    return _stopped(s, e, token, decision)
+
+
+def _claim_lifetime_s(s: Settings) -> float:
+    """How long a claim holds against another stop: longer than any stop lasts (its split applied, then the
+    model's lock waited for), so that only a claim whose process died (a kill, a crash of the machine) is ever
+    taken over, and the endpoint is not held by it forever."""
+    from aimass import registry
+
+    return 2 * s.traffic_apply_timeout_s + registry.UNATTENDED_WAIT_S + 600
+
+
+def _claim(s: Settings, e: ExperimentPublic, what: str, actor: str) -> str:
+    """Make this caller the one that ends `e`, before it moves any traffic: one conditional UPDATE of the running
+    row, so that of two stops (a person's `stop --promote`, the scheduler's decision) exactly one goes on. The
+    claim (the row's decision while it runs) is returned as the token that releases or ends it."""
+    now = datetime.now(UTC)
+    token = f"{STOPPING}{what} (by {actor}, since {now:%Y-%m-%d %H:%M:%S} UTC)"
+    stale = now - timedelta(seconds=_claim_lifetime_s(s))
+    t = Experiment.__table__
+    with engine_for(s.catalog).begin() as conn:
+        done = conn.execute(update(t).where(t.c.id == e.id, t.c.state == "running",
+                                            or_(t.c.decision.is_(None), t.c.stopped_at < stale))
+                            .values(decision=token, stopped_at=now)).rowcount
+    if done == 1:
+        return token
+    have = get(e.endpoint, experiment_id=e.experiment_id, settings=s)
+    if have is None or have.state != "running":
+        raise ConflictError(f"experiment {e.experiment_id} on {e.endpoint!r} already stopped "
+                            f"({have.decision if have else 'deleted'})")
+    raise ConflictError(f"experiment {e.experiment_id} on {e.endpoint!r} is being stopped or decided elsewhere "
+                        f"({(have.decision or '').removeprefix(STOPPING)}): nothing was changed; see how it ended "
+                        f"with aimass experiments show {e.endpoint}")
+
+
+def _release(s: Settings, e: ExperimentPublic, token: str) -> None:
+    """Give a claim back: the experiment runs on as it was, for the next stop or look."""
+    t = Experiment.__table__
+    with engine_for(s.catalog).begin() as conn:
+        conn.execute(update(t).where(t.c.id == e.id, t.c.state == "running", t.c.decision == token)
+                     .values(decision=None, stopped_at=None))
+
+
+def _stopped(s: Settings, e: ExperimentPublic, token: str, decision: str) -> ExperimentPublic:
+    t = Experiment.__table__
+    with engine_for(s.catalog).begin() as conn:
+        done = conn.execute(update(t).where(t.c.id == e.id, t.c.state == "running", t.c.decision == token)
+                            .values(state="stopped", decision=decision, stopped_at=datetime.now(UTC))).rowcount
+    if done != 1:  # this stop outlived its claim and another took the experiment over: its record stands
+        raise ConflictError(f"experiment {e.experiment_id} on {e.endpoint!r}: this stop ran past its claim "
+                            f"({_claim_lifetime_s(s):g} s) and another stop ended it; not recorded: {decision}")
+    return get(e.endpoint, experiment_id=e.experiment_id, settings=s)
 
 
 def check(endpoint: str, *, settings: Settings | None = None) -> str | None:
     """One look at an auto (canary) experiment: promote a treatment that wins with its guardrails held, roll
     back on a broken guardrail or a winning control; the decision made, or None (keep collecting, or another
-    look decided)."""
+    look or a person is deciding, or decided)."""
     s = settings or default_settings()
     e = get(endpoint, running_only=True, settings=s)
-    if e is None or not e.auto:
+    if e is None or not e.auto or e.decision is not None:  # a decision: the claim of a stop under way
         return None
     view = show(endpoint, experiment_id=e.experiment_id, settings=s)
     still = get(endpoint, running_only=True, settings=s)
-    if still is None or still.id != e.id:  # decided by another look (the scheduler's, a person's) meanwhile
+    if still is None or still.id != e.id or still.decision is not None:  # claimed or decided meanwhile
         return None
     if not view.arms:  # still starting: its split is being applied
         return None
     try:
         return _decide(endpoint, e, view, s)
-    except ConflictError:  # another look is deciding right now (its change is pending), or just did
+    except ConflictError:  # another stop claimed it first, or another change to the split is pending
         log.info("experiment %s on %s: decided elsewhere", e.experiment_id, endpoint)
         return None
 
 
-def _decide(endpoint: str, e: ExperimentPublic, view, s: Settings) -> str | None:
-    from aimass import serving
-
+def _decide(endpoint: str, e: ExperimentPublic, view: ExperimentView, s: Settings) -> str | None:
     control = view.arms[0].arm
     if view.guardrails_broken:
         why = "; ".join(view.guardrails_broken)
-        serving.set_traffic(endpoint, [f"{control}=100"], reason=f"rollback: {why}"[:200], actor="scheduler",
-                            ending=e.experiment_id, settings=s)
-        stop(endpoint, decision=f"rolled back: {why}", actor="scheduler", settings=s)
+        _end(s, e, to=control, what=f"roll back to {control}", reason=f"rollback: {why}"[:200],
+             decision=f"rolled back: {why}", actor="scheduler")
         return f"rolled back: {why}"
     g = {**GUARDRAILS, **(e.guardrails or {})}
     by_arm = {a.arm: a for a in view.arms}
@@ -348,15 +460,15 @@ def _decide(endpoint: str, e: ExperimentPublic, view, s: Settings) -> str | None
             and _judged(by_arm[c.treatment.name], view.arms[0], g)]
     if wins:
         best = max(wins, key=lambda c: c.treatment.value)
+        ref = best.treatment.name
         # the scheduler's tick decides for every endpoint: it waits a moment for the model's lock, not a gate
-        stop(endpoint, promote=best.treatment.name, decision=f"promoted {best.treatment.name}: "
-             f"{e.metric} {best.treatment.value:.3f} vs {best.control.value:.3f}, p={best.min_p:.2g}",
-             actor="scheduler", wait_s=SCHEDULER_PROMOTE_WAIT_S, settings=s)
-        return f"promoted {best.treatment.name}"
+        _end(s, e, to=ref, what=f"promote {ref}", reason=f"promote {ref} ({e.experiment_id})",
+             decision=f"promoted {ref}: {e.metric} {best.treatment.value:.3f} vs {best.control.value:.3f}, "
+                      f"p={best.min_p:.2g}", actor="scheduler", champion=True, wait_s=SCHEDULER_PROMOTE_WAIT_S)
+        return f"promoted {ref}"
     if view.comparisons and all(c.significant and c.winner == control for c in view.comparisons):
-        serving.set_traffic(endpoint, [f"{control}=100"], reason="rollback: the control won", actor="scheduler",
-                            ending=e.experiment_id, settings=s)
-        stop(endpoint, decision=f"rolled back: the control {control} won", actor="scheduler", settings=s)
+        _end(s, e, to=control, what=f"roll back to {control}", reason="rollback: the control won",
+             decision=f"rolled back: the control {control} won", actor="scheduler")
         return "rolled back: the control won"
     return None
 

@@ -1,0 +1,216 @@
+"""Starting and ending experiments through the real split machinery (catalog, registry, set_traffic's two
+phases) on an endpoint that has a deployment record and no replica running (scaled to zero, so a split is
+activated at once): a stop under way against the scheduler's decision, failures before and after the traffic
+moved, and the weights a ramp sets."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+
+import aimass
+from aimass import experiments, registry, serving
+from aimass.errors import ConflictError, InvalidInputError
+from aimass.events import ServedLog
+from aimass.serving import _traffic
+from aimass.settings import Settings
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory) -> Settings:
+    """Two registered versions of one itemknn model, recs/1 the champion."""
+    s = Settings(home=tmp_path_factory.mktemp("stop") / "home")
+    inter, items = aimass.datasets.generate_demo(s.home.parent / "demo",
+                                                 aimass.datasets.DemoConfig(users=60, tracks=120, seed=4))
+    aimass.datasets.register("demo", inter, "csv", items=items, settings=s)
+    run = aimass.train("itemknn", "demo@v1", None, workers=0, progress=False, settings=s).run_id
+    for _ in range(2):
+        registry.register(run, "recs", settings=s)
+    registry.promote("recs", 1, force=True, settings=s)
+    return s
+
+
+@pytest.fixture(autouse=True)
+def no_replicas(monkeypatch):
+    """Serve's view of the endpoints: every deployed one running with no replica up."""
+    monkeypatch.setattr("aimass.serving._live_status",
+                        lambda s: dict.fromkeys(serving.endpoints(settings=s), "RUNNING"))
+    monkeypatch.setattr("aimass.serving._running_replicas", lambda s, endpoint: 0)
+
+
+def _deployed(s: Settings, endpoint: str) -> str:
+    """A deployment record of `endpoint` serving recs/1 with its first split, as `deploy` leaves them."""
+    record = s.home / "serve" / "deployments" / f"{endpoint}.json"
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps({"args": {"family": "itemknn"}, "deployment": {}}))
+    _traffic.activate_initial(s, endpoint, "recs/1")
+    return endpoint
+
+
+def _in_force(s: Settings, endpoint: str) -> list[tuple[str, int]]:
+    return [(a["ref"], a["weight"]) for a in _traffic.current(s, endpoint).arms]
+
+
+def _until(what, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not what():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_a_stop_under_way_holds_off_the_schedulers_decision(home):
+    """An operator's `stop --promote recs/2` moved the traffic and waits for the model's lock; the scheduler's
+    tick meanwhile saw the canary still running with a broken guardrail and rolled it back to recs/1 (accepted:
+    a change ending the experiment), then the operator's stop recorded 'promoted recs/2' over it. The stop's
+    claim makes the tick leave it alone and a second stop refused, and the traffic stays where the stop put it."""
+    s = home
+    ep = _deployed(s, "race")
+    e = experiments.start(ep, ["recs/1=90", "recs/2=10"], metric="play_rate", auto=True,
+                          guardrails={"min_answers": 5}, settings=s)
+    log = ServedLog(s)
+    for user in range(20):  # each user sticks to one arm; recs/2 answers ten times slower
+        arm = "recs/1" if user < 10 else "recs/2"
+        log.record(ep, f"r{user}", "recommend", "recs", int(arm[-1]), user, [1], [2], [1.0], arm=arm,
+                   experiment_id=e.experiment_id, latency_ms=10.0 if arm == "recs/1" else 100.0)
+    log.flush()
+    assert experiments.show(ep, settings=s).guardrails_broken  # what the scheduler rolls back on
+    out: dict = {}
+
+    def operator() -> None:
+        try:
+            out["e"] = experiments.stop(ep, promote="recs/2", actor="alice", wait_s=120, settings=s)
+        except BaseException as err:
+            out["error"] = err
+
+    with registry._lock(s, "recs", 0):  # another promotion of the model runs: the operator's stop waits for it
+        t = threading.Thread(target=operator, daemon=True)
+        t.start()
+        _until(lambda: _in_force(s, ep) == [("recs/2", 100)] or not t.is_alive())
+        assert experiments.check(ep, settings=s) is None  # the scheduler's tick
+        with pytest.raises(ConflictError, match=f"experiment {e.experiment_id} on 'race' is being stopped or "
+                                                "decided elsewhere \\(promote recs/2 \\(by alice"):
+            experiments.stop(ep, promote="recs/1", settings=s)
+        claimed = experiments.get(ep, settings=s)
+        assert claimed.state == "running" and claimed.decision.startswith("stopping: promote recs/2 (by alice")
+        assert _in_force(s, ep) == [("recs/2", 100)]
+    t.join(timeout=120)
+    assert "error" not in out, out
+    assert out["e"].state == "stopped" and out["e"].decision == "promoted recs/2"
+    assert _in_force(s, ep) == [("recs/2", 100)]
+    assert registry.get("recs@champion", settings=s).version == 2
+
+
+def test_a_stop_refused_before_the_traffic_moved_leaves_the_experiment_running_and_unclaimed(home):
+    s = home
+    ep = _deployed(s, "busy")
+    e = experiments.start(ep, ["recs/1=50", "recs/2=50"], metric="play_rate", settings=s)
+    with pytest.raises(InvalidInputError, match="wait_s must be a number of seconds"):
+        experiments.stop(ep, promote="recs/2", wait_s=10**6, settings=s)
+    ramp = _traffic.propose(s, ep, [_traffic.Arm(ref="recs/1", weight=60), _traffic.Arm(ref="recs/2", weight=40)],
+                            None, experiment_id=e.experiment_id)  # a ramp being applied holds the endpoint
+    with pytest.raises(ConflictError, match="another change to 'busy' is in progress"):
+        experiments.stop(ep, promote="recs/2", settings=s)
+    after = experiments.get(ep, settings=s)
+    assert (after.state, after.decision, after.stopped_at) == ("running", None, None)
+    assert _in_force(s, ep) == [("recs/1", 50), ("recs/2", 50)]
+    _traffic.decide(s, ramp.id, "failed", "a replica could not load it")
+    assert experiments.stop(ep, promote="recs/2", settings=s).decision == "promoted recs/2"
+
+
+def test_a_stop_interrupted_after_the_traffic_moved_is_recorded_stopped(home, monkeypatch):
+    """A Ctrl-C in set_traffic's last step: the split is recs/2=100 (a new experiment id), so the experiment
+    gets no more traffic; left running, the scheduler would go on judging it and could roll it back."""
+    s = home
+    ep = _deployed(s, "cut")
+    experiments.start(ep, ["recs/1=50", "recs/2=50"], metric="play_rate", auto=True, settings=s)
+
+    def crash(*a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("aimass.serving._retarget", crash)
+    with pytest.raises(KeyboardInterrupt):
+        experiments.stop(ep, promote="recs/2", settings=s)
+    assert _in_force(s, ep) == [("recs/2", 100)]
+    e = experiments.get(ep, settings=s)
+    assert e.state == "stopped"
+    assert e.decision == ("promoted recs/2 (the traffic moved, then: KeyboardInterrupt; champion alias not "
+                          "moved)")
+
+
+def test_a_start_interrupted_after_its_split_went_active_keeps_the_experiment(home, monkeypatch):
+    """Deleted, the experiment left its split in force (users assigned under its id) with nothing to judge or
+    stop it."""
+    s = home
+    ep = _deployed(s, "late")
+
+    def crash(*a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("aimass.serving._retarget", crash)
+    with pytest.raises(KeyboardInterrupt):
+        experiments.start(ep, ["recs/1=90", "recs/2=10"], metric="play_rate", settings=s)
+    split = _traffic.current(s, ep)
+    e = experiments.get(ep, settings=s)
+    assert e is not None and e.state == "running" and e.experiment_id == split.experiment_id
+    assert e.arms == [{"ref": "recs/1", "weight": 90}, {"ref": "recs/2", "weight": 10}]
+    assert [a.arm for a in experiments.show(ep, settings=s).arms] == ["recs/1", "recs/2"]
+    assert experiments.stop(ep, settings=s).state == "stopped"
+
+
+def test_a_start_failing_before_its_split_went_active_leaves_no_experiment(home, monkeypatch):
+    s = home
+    ep = _deployed(s, "early")
+    before = _traffic.current(s, ep)
+
+    def gone(s, endpoint):
+        raise RuntimeError("the cluster went away")
+
+    monkeypatch.setattr("aimass.serving._running_replicas", gone)
+    with pytest.raises(RuntimeError, match="the cluster went away"):
+        experiments.start(ep, ["recs/1=90", "recs/2=10"], metric="play_rate", settings=s)
+    assert experiments.get(ep, settings=s) is None
+    assert _traffic.current(s, ep).id == before.id
+
+
+def test_show_gives_the_weights_of_a_ramp(home):
+    s = home
+    ep = _deployed(s, "ramp")
+    e = experiments.start(ep, ["recs/1=90", "recs/2=10"], metric="play_rate", settings=s)
+    serving.set_traffic(ep, ["recs/1=50", "recs/2=50"], experiment_id=e.experiment_id, settings=s)
+    assert [(a.arm, a.weight) for a in experiments.show(ep, settings=s).arms] == [("recs/1", 50), ("recs/2", 50)]
+    experiments.stop(ep, promote="recs/1", settings=s)  # the split is no longer the experiment's: as started
+    assert [(a.arm, a.weight) for a in experiments.show(ep, settings=s).arms] == [("recs/1", 90), ("recs/2", 10)]
+
+
+def test_a_claim_shows_as_a_stop_under_way_and_is_taken_over_only_once_stale(settings, monkeypatch):
+    """A stop whose process died (a kill) leaves its claim: the endpoint must not stay held by it forever, and
+    a live one must not be taken over."""
+    from datetime import UTC, datetime, timedelta
+
+    from aimass.catalog import Experiment, session
+    from aimass.cli.experiments import view_lines
+    from aimass.experiments import _claim_lifetime_s
+
+    monkeypatch.setattr("aimass.serving.check_deployed", lambda endpoint, settings=None: None)
+    claim = "stopping: promote m/2 (by bob, since 2026-01-01 00:00:00 UTC)"
+    with session(settings) as db:
+        row = Experiment(endpoint="held", experiment_id="h1", metric="play_rate", decision=claim,
+                         arms=[{"ref": "m/1", "weight": 50}, {"ref": "m/2", "weight": 50}],
+                         stopped_at=datetime.now(UTC) - timedelta(seconds=60))
+        db.add(row)
+        db.commit()
+        rid = row.id
+    head = view_lines(experiments.show("held", settings=settings))[0]
+    assert head.startswith("experiment h1 on held: running since") and head.endswith(f"UTC; {claim}")
+    with pytest.raises(ConflictError, match="being stopped or decided elsewhere \\(promote m/2 \\(by bob"):
+        experiments.stop("held", settings=settings)
+    assert experiments.get("held", settings=settings).decision == claim
+    with session(settings) as db:
+        row = db.get(Experiment, rid)
+        row.stopped_at = datetime.now(UTC) - timedelta(seconds=_claim_lifetime_s(settings) + 60)
+        db.add(row)
+        db.commit()
+    e = experiments.stop("held", actor="carol", settings=settings)
+    assert (e.state, e.decision) == ("stopped", "stopped")
