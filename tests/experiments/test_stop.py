@@ -94,6 +94,8 @@ def test_a_stop_under_way_holds_off_the_schedulers_decision(home):
             experiments.stop(ep, promote="recs/1", settings=s)
         claimed = experiments.get(ep, settings=s)
         assert claimed.state == "running" and claimed.decision.startswith("stopping: promote recs/2 (by alice")
+        with pytest.raises(ConflictError, match="is being stopped"):  # a ramp under its id would undo the stop
+            serving.set_traffic(ep, ["recs/1=50", "recs/2=50"], experiment_id=e.experiment_id, settings=s)
         assert _in_force(s, ep) == [("recs/2", 100)]
     t.join(timeout=120)
     assert "error" not in out, out

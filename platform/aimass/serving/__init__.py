@@ -320,10 +320,13 @@ def set_traffic(endpoint: str, arms: list[str] | dict[str, int], shadow: str | N
     parsed = _traffic.parse_arms([f"{r}={w}" for r, w in arms.items()] if isinstance(arms, dict) else list(arms))
     resolved, shadow = _traffic.validate(s, endpoint, parsed, shadow, saved["args"]["family"])
     faults = _traffic.check_faults(s, faults or {}, resolved)
-    running = _traffic.running_experiment(s, endpoint)
+    running, stopping = _traffic.running_experiment_row(s, endpoint) or (None, None)
     if running and running not in (experiment_id, ending):
         raise ConflictError(f"experiment {running} is running on {endpoint!r}: stop it first (aimass experiments "
                             f"stop {endpoint} [--promote ARM]); the split is unchanged")
+    if running and stopping and ending != running:  # a ramp landing after the stop's split would undo it
+        raise ConflictError(f"experiment {running} on {endpoint!r} is being stopped ({stopping}): the split is "
+                            "unchanged")
     now = _traffic.current(s, endpoint)
     if (running and running == experiment_id and now is not None and now.experiment_id == running
             and [a["ref"] for a in now.arms] != [a.ref for a in resolved]):

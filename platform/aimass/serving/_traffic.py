@@ -85,11 +85,18 @@ def check_faults(s: Settings, faults: dict, arms: list[Arm]) -> dict:
 
 def running_experiment(s: Settings, endpoint: str) -> str | None:
     """The id of the experiment running on the endpoint (aimass.experiments records it in the catalog)."""
+    return (running_experiment_row(s, endpoint) or (None, None))[0]
+
+
+def running_experiment_row(s: Settings, endpoint: str) -> tuple[str, str | None] | None:
+    """(id, decision) of the experiment running on the endpoint; a running one's decision names a stop under way
+    (aimass.experiments claims it so before it moves the traffic)."""
     from aimass.catalog import Experiment
 
     with session(s) as db:
-        return db.exec(select(Experiment.experiment_id).where(Experiment.endpoint == endpoint,
-                                                              Experiment.state == "running")).scalars().first()
+        row = db.exec(select(Experiment.experiment_id, Experiment.decision).where(
+            Experiment.endpoint == endpoint, Experiment.state == "running")).first()
+    return (row[0], row[1]) if row is not None else None
 
 
 def validate(s: Settings, endpoint: str, arms: list[Arm], shadow: str | None, family: str) -> tuple[list[Arm],
