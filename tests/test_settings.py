@@ -131,3 +131,21 @@ def test_an_error_line_is_the_first_line_masked_or_the_type():
     e = ConnectionError("API request to https://ops:s3cret@mlflow.example/api failed\ntraceback follows")
     assert error_line(e) == "API request to https://ops:***@mlflow.example/api failed"
     assert error_line(TimeoutError()) == "TimeoutError"
+
+
+def test_a_private_write_is_whole_or_not_at_all(tmp_path, monkeypatch):
+    """A record rewritten when the disk is full (or the process killed mid-write) keeps its old content: an empty
+    deployment record made every serving command fail."""
+    from aimass.settings import write_private
+
+    f = tmp_path / "record.json"
+    write_private(f, '{"old": 1}')
+    assert f.stat().st_mode & 0o777 == 0o600
+
+    def full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError, match="No space left"):
+        write_private(f, '{"new": 2}')
+    assert f.read_text() == '{"old": 1}' and [p.name for p in tmp_path.iterdir()] == ["record.json"]

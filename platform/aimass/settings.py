@@ -251,13 +251,21 @@ def private_dir(path: Path) -> Path:
 
 def write_private(path: Path, text: str) -> None:
     """Write `text` to `path`, readable by this user only, from its first byte (files that carry
-    credentials or hold what replicas are told)."""
+    credentials or hold what replicas are told). Whole or not at all: written beside it, synced, then renamed
+    over it, so a full disk or a kill mid-write leaves the old file, never an empty one."""
     import os
+    import tempfile
 
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)  # a file an older aimass wrote keeps its mode on O_CREAT
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # mode 0600
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def redacted(text: str) -> str:

@@ -419,9 +419,16 @@ def test_a_local_registry_path_holding_other_files_is_refused_and_left_as_it_was
     assert (dvc_project / "work.txt").read_text() == "uncommitted work\n"
     assert subprocess.run(["git", "-C", str(dvc_project), "rev-parse", "HEAD"], capture_output=True,
                           text=True).stdout == head and not (dvc_project / "datasets").exists()
-    # an empty folder, or a bare `git init` without a commit, becomes the registry
+    # an empty folder, a bare `git init` without a commit, or an initialisation stopped after DVC's init and
+    # before its first commit, becomes the registry
+    def interrupted(p: Path) -> None:
+        subprocess.run(["git", "init", "--quiet", str(p)], check=True)
+        subprocess.run([sys.executable, "-m", "dvc", "init", "--quiet"], cwd=p, check=True)
+        (p / "README.md").write_text("# aimass data registry\n")
+
     for name, make in (("empty", lambda p: p.mkdir()),
-                       ("bare", lambda p: subprocess.run(["git", "init", "--quiet", str(p)], check=True))):
+                       ("bare", lambda p: subprocess.run(["git", "init", "--quiet", str(p)], check=True)),
+                       ("interrupted", interrupted)):
         make(tmp_path / name)
         ok = Settings(home=tmp_path / f"home-{name}", data_registry=str(tmp_path / name))
         assert datasets.register("plays", _csv(tmp_path / "1.csv"), "csv", settings=ok).version == 1

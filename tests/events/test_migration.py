@@ -31,6 +31,12 @@ def test_an_old_catalog_gets_the_new_columns_and_keeps_its_rows(store):
     assert {"arm", "experiment_id", "shadow", "overlap", "latency_ms"} <= columns
     indexes = {i["name"] for i in sqlalchemy.inspect(sqlalchemy.create_engine(url)).get_indexes("served_answers")}
     assert "ix_served_answers_experiment_id" in indexes
+    assert "ix_served_answers_endpoint_served_at" in indexes  # an index added since, over old columns
+    if url.startswith("sqlite"):  # and the planner takes it for an endpoint's window of answers
+        with sqlalchemy.create_engine(url).connect() as c:
+            plan = c.exec_driver_sql("EXPLAIN QUERY PLAN SELECT count(*) FROM served_answers WHERE endpoint = 'e' "
+                                     "AND served_at >= '2026-01-01'").fetchall()
+        assert "ix_served_answers_endpoint_served_at" in str(plan), plan
     f = ServedLog(store).frame("e")
     assert f["request_id"].tolist() == ["r1"] and not f["shadow"].any() and f["arm"].isna().all()
 

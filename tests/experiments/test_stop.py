@@ -216,3 +216,31 @@ def test_a_claim_shows_as_a_stop_under_way_and_is_taken_over_only_once_stale(set
         db.commit()
     e = experiments.stop("held", actor="carol", settings=settings)
     assert (e.state, e.decision) == ("stopped", "stopped")
+
+
+def test_a_split_in_force_before_a_failure_is_reported_in_force_and_one_still_pending_is_failed(home, monkeypatch):
+    """set_traffic's wait can fail after the split went active (the cluster stopped while the replicas' reports
+    were awaited): the change was made, so it is reported and the deployment record names what answers. One
+    that fails before it was decided is marked failed at once, not left pending to hold the endpoint."""
+    s = home
+    ep = _deployed(s, "late")
+    real = _traffic.wait
+
+    def then_fails(s_, split, running, timeout=None):
+        real(s_, split, running, timeout)  # activated (no replica: at once)
+        raise ConflictError("the serving cluster stopped")
+
+    monkeypatch.setattr(_traffic, "wait", then_fails)
+    assert [(a["ref"], a["weight"]) for a in serving.set_traffic(ep, ["recs/2=100"], settings=s).arms] == [
+        ("recs/2", 100)]
+    record = json.loads((s.home / "serve" / "deployments" / "late.json").read_text())["deployment"]
+    assert (record["model"], record["version"]) == ("recs", 2)
+
+    def fails_first(s_, split, running, timeout=None):
+        raise ConflictError("the serving cluster stopped")
+
+    monkeypatch.setattr(_traffic, "wait", fails_first)
+    with pytest.raises(ConflictError, match="cluster stopped"):
+        serving.set_traffic(ep, ["recs/1=100"], settings=s)
+    active, pending = _traffic.newest(s, ep)
+    assert pending is None and _in_force(s, ep) == [("recs/2", 100)]

@@ -53,8 +53,10 @@ def test_a_tracking_server_keeps_the_artifacts_and_a_loaded_version_is_copied_on
     run = aimass.train("popularity", "demo", workers=0, progress=False, settings=s)
     v = aimass.models.register(run.run_id, "pop", settings=s)
     assert not (s.home / "mlartifacts").exists() and any(artifacts.rglob("MLmodel"))
-    first = aimass.models.load(v.ref, settings=s)
     cache = s.home / "cache" / "models" / "pop"
+    (cache / ".download-1-killed").mkdir(parents=True)  # a copy whose process was killed mid-way
+    (cache / ".download-1-killed" / "MLmodel").write_text("half")
+    first = aimass.models.load(v.ref, settings=s)
     assert sorted(p.name for p in cache.iterdir()) == ["1", "1.lock"]  # the copy, whole, and nothing half-made
     stamp = (cache / "1").stat().st_mtime_ns
     again = aimass.models.load(v.ref, settings=s)

@@ -317,3 +317,20 @@ def test_applications_are_what_serve_runs_and_asking_starts_no_cluster(served, t
     assert {"recs", "multi", "search"} <= serving.applications(settings=served.settings)
     empty = Settings(home=tmp_path / "home")
     assert serving.applications(settings=empty) == set() and not serving.running(settings=empty)
+
+
+def test_an_unreadable_deployment_record_is_skipped_not_an_error_for_every_endpoint(tmp_path):
+    from datetime import UTC, datetime
+
+    from aimass.settings import Settings
+
+    s = Settings(home=tmp_path / "home")
+    d = serving.Deployment(endpoint="recs", url="http://127.0.0.1:1/recs", model="recs", version=1,
+                           family="itemknn", requested="recs/1", dataset="demo@v1", proxy="default", min_replicas=1,
+                           max_replicas=1, target_ongoing_requests=8.0, config="", created_at=datetime.now(UTC))
+    folder = s.home / "serve" / "deployments"
+    folder.mkdir(parents=True)
+    (folder / "recs.json").write_text(json.dumps({"deployment": d.model_dump(mode="json"), "args": {}}))
+    (folder / "other.json").write_text("")  # emptied by a disk that filled under an older aimass
+    assert [x.endpoint for x in serving.deployments(settings=s)] == ["recs"]
+    assert serving.endpoints(settings=s) == ["recs"]

@@ -5,6 +5,7 @@ as trending."""
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -53,7 +54,7 @@ def test_a_user_generation_moves_only_after_the_change_it_counts(tmp_path):
     online = Online("recs", s, {100: 1, 101: 2}, np.zeros(3))
     seen = []
 
-    class Watched(dict):  # what a concurrent reader sees at the moment the change is made
+    class Watched(OrderedDict):  # what a concurrent reader sees at the moment the change is made
         def setdefault(self, key, default=None):
             seen.append(online.generation.get(key, 0))
             return super().setdefault(key, default)
@@ -82,5 +83,44 @@ def test_events_read_at_start_weigh_in_trending_by_their_own_time(tmp_path):
                                              timestamp=time.time()) for i in range(30)])
         online.catch_up()
         assert online.trending() is not None and online.trending()[1:].argmax() == 2  # today's plays lead
+    finally:
+        online.stop()
+
+
+def test_folded_events_received_lately_weigh_in_trending_by_their_own_time(tmp_path):
+    """A month of old events ingested yesterday, then folded into a retrain: the new version's replicas read them
+    as folded events (up to the cut-off), and must weigh them by their time as a live replica did, not by when
+    they arrived (a cold start's "trending" would be the backfill's most common items for days)."""
+    s = Settings(home=tmp_path / "home")
+    log = EventLog(s)
+    month = [FeedbackEventBase(event_id=f"old{i}", user_id=i % 50, item_id=100 + i % 3, type="play",
+                               timestamp=time.time() - 30 * 86400 + 60 * i) for i in range(2000)]
+    cutoff = max(a.seq for a in log.write("recs", month))
+    online = Online("recs", s, {100: 1, 101: 2, 102: 3}, np.zeros(4), cutoff=cutoff)
+    try:
+        assert online.trending() is None  # 2,000 plays of a month ago: well under MIN_TRENDING today
+    finally:
+        online.stop()
+
+
+def test_the_events_kept_after_the_cutoff_are_bounded(tmp_path, monkeypatch):
+    """An app sending a new user id per visit, or one user's endless plays, must not grow a replica without end:
+    the users whose latest event is oldest are dropped past MAX_USERS, a user's oldest items past MAX_EXTRA, and
+    a dropped user who comes back gets a generation no cached answer holds."""
+    from aimass.serving import _online
+
+    monkeypatch.setattr(_online, "MAX_USERS", 3)
+    monkeypatch.setattr(_online, "MAX_EXTRA", 4)
+    s = Settings(home=tmp_path / "home")
+    online = Online("recs", s, {100: 1, 101: 2}, np.zeros(3))
+    try:
+        now = time.time()
+        online.apply([(i, 7, 100, "play", None, now) for i in range(1, 12)], own=True)  # 11 plays of user 7
+        assert len(online.history(7, None)) == 4
+        before = online.generation[7]
+        online.apply([(20 + u, u, 101, "play", None, now) for u in (1, 2, 3)], own=True)  # three newer users
+        assert list(online.extra) == [1, 2, 3] and online.history(7, None) is None  # 7 dropped: the oldest
+        online.apply([(30, 7, 101, "play", None, now)], own=True)
+        assert online.generation[7] > before and online.history(7, None).tolist() == [2]
     finally:
         online.stop()

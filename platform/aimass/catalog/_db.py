@@ -75,8 +75,9 @@ def _add_new_columns(engine: Engine) -> None:
                 if col.name not in {c["name"] for c in inspect(engine).get_columns(table.name)}:
                     raise
             added.append(col.name)
-        for index in table.indexes:
-            if any(c.name in added for c in index.columns):
+        have_indexes = {i["name"] for i in have.get_indexes(table.name)}
+        for index in table.indexes:  # new columns' indexes, and indexes added since over old columns
+            if index.name not in have_indexes or any(c.name in added for c in index.columns):
                 index.create(engine, checkfirst=True)
 
 

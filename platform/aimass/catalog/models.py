@@ -133,6 +133,9 @@ class ServedAnswerBase(SQLModel):
 
 class ServedAnswer(ServedAnswerBase, table=True):
     __tablename__ = "served_answers"
+    # every reader asks for a window of one endpoint's answers (drift, golden signals, experiments, past queries):
+    # the endpoint's index alone made each read scan all the endpoint's answers ever served
+    __table_args__ = (Index("ix_served_answers_endpoint_served_at", "endpoint", "served_at"),)
 
     seq: int | None = Field(default=None, primary_key=True, sa_type=BIG)
     endpoint: str = Field(index=True)

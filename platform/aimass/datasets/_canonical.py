@@ -93,6 +93,11 @@ def normalise(
         if bad:
             raise InvalidInputError(f"{what}: unknown split value(s) {bad}; allowed {list(SPLITS)}")
         _check_roles(df, what)
+    if timestamp_kind == "unix":
+        # The same event twice (a joined export, a re-posted review): stored once. Left in, leave-one-out would
+        # hold out a copy of an item still in the history, which the evaluation keeps rankable (repeat
+        # consumption): any model that scores the user's own items would score hits it never earned.
+        df = df.drop_duplicates(ignore_index=True)
     # Time order, stable, so the source order breaks ties between equal timestamps.
     df = df.sort_values("timestamp", kind="stable").reset_index(drop=True)
     if items is not None:

@@ -78,7 +78,7 @@ class DataRegistry:
                     return self.ensure(again=False)
                 # a tag that an undo deleted and a later version made again is taken as the origin has it
                 git(self.path, "fetch", "--quiet", "--tags", "--force", "origin")
-            else:
+            elif not self._setup_redone():
                 self._check_ours()
             self._local_remote()
             return
@@ -141,6 +141,22 @@ class DataRegistry:
                 f"the data registry path {p}{named} is not an aimass data registry (it holds {held}, not a "
                 "registry's .git and .dvc folders): give a new or an empty folder, or an existing registry; "
                 "nothing in it was changed")
+
+    def _setup_redone(self) -> bool:
+        """An initialisation stopped after DVC's init and before its first commit (.git and .dvc, no commit,
+        nothing but what _initialise writes) is done again; True when it was. It holds nothing of anyone's, and
+        left as it was it would be refused as another project's repository at every registration."""
+        if git(self.path, "rev-parse", "--verify", "--quiet", "HEAD", check=False):
+            return False
+        entries = {e.name for e in self.path.iterdir()}
+        datasets = self.path / "datasets"
+        if not entries <= {".git", ".dvc", ".dvcignore", "README.md", "datasets"} or (
+                datasets.is_dir() and any(datasets.iterdir())):
+            return False
+        shutil.rmtree(self.path / ".dvc")
+        (self.path / ".dvcignore").unlink(missing_ok=True)
+        self._initialise()
+        return True
 
     def _check_ours(self) -> None:
         """A local git+DVC repository is used only when this code initialised it: in another DVC project a
@@ -243,8 +259,10 @@ class DataRegistry:
                 git(self.path, "add", f"datasets/{name}.dvc", "datasets/.gitignore")
                 # empty when the origin's branch still holds an undone registration of this very content
                 git(self.path, "commit", "--quiet", "--allow-empty", "-m", f"Register {name} v{version}")
-                git(self.path, "tag", tag)
                 repo.push(targets=[str(folder)])
+                # tagged once its data is pushed (the longest step): a kill before leaves no tag that the
+                # catalog lacks, which would refuse the name's next registration until removed by hand
+                git(self.path, "tag", tag)
             if self.origin:
                 git(self.path, "push", "--quiet", "--atomic", "origin", "HEAD", tag)  # both or neither
                 self._undo = (*self._undo[:2], self.head())

@@ -356,13 +356,14 @@ class EventLog:
 
     def folded(self, endpoint: str, through_seq: int, negative_types: set[str], positive_types: set[str],
                received_from: datetime) -> list[tuple]:
-        """(user_id, item_id, type, value, received_at) of the events up to `through_seq` whose type some
+        """(user_id, item_id, type, value, timestamp, received_at) of the events up to `through_seq` whose type some
         negative rule names, and of those received from `received_from` on whose type a positive rule names:
         what a replica of a model trained through `through_seq` still needs of them (a retrain folds only the
         positive ones into its data, and trending counts are recent)."""
         from sqlalchemy import and_, or_
 
-        q = (select(TABLE.c.user_id, TABLE.c.item_id, TABLE.c.type, TABLE.c.value, TABLE.c.received_at)
+        q = (select(TABLE.c.user_id, TABLE.c.item_id, TABLE.c.type, TABLE.c.value, TABLE.c.timestamp,
+                    TABLE.c.received_at)
              .where(TABLE.c.endpoint == endpoint, TABLE.c.seq <= through_seq,
                     or_(TABLE.c.type.in_(sorted(negative_types)),
                         and_(TABLE.c.type.in_(sorted(positive_types)),

@@ -414,7 +414,9 @@ def _downloaded(s: Settings, info: ModelVersionInfo) -> Path:
     with FileLock(str(dest) + ".lock"):
         if dest.is_dir():  # another process copied it meanwhile
             return dest
-        tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=dest.parent))
+        for stale in dest.parent.glob(f".download-{info.version}-*"):  # a copy killed mid-way (under this lock)
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".download-{info.version}-", dir=dest.parent))
         try:
             got = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{info.name}/{info.version}",
                                                       dst_path=str(tmp))

@@ -26,7 +26,7 @@ from aimass.errors import AimassError, BackendError, ConflictError, InvalidInput
 from aimass.serving import _keys
 from aimass.serving._bento import pin as pin_bento
 from aimass.serving._traffic import parse_arms
-from aimass.settings import Settings, default_settings, write_private
+from aimass.settings import Settings, default_settings, error_line, write_private
 
 __all__ = ["CLUSTER_OWNER_ENV", "WORKER_SETUP_HOOK", "Deployment", "Engine", "TrafficView", "applications",
            "build_bento", "check_deployed", "check_endpoint", "connect", "create_key", "curl_example", "delete",
@@ -275,8 +275,17 @@ def curl_example(d: Deployment, key: str, user_id: int = 1, k: int = 10, query: 
 
 
 def _saved(s: Settings) -> dict[str, dict]:
+    """Every deployment record; one that cannot be read (damaged by hand, a disk that failed under an older
+    aimass) is skipped with a warning naming it, never an error for every endpoint."""
     meta = _dir(s) / "deployments"
-    return {p.stem: json.loads(p.read_text()) for p in sorted(meta.glob("*.json"))} if meta.exists() else {}
+    out = {}
+    for p in sorted(meta.glob("*.json")) if meta.exists() else []:
+        try:
+            out[p.stem] = json.loads(p.read_text())
+        except (OSError, ValueError) as e:
+            log.warning("skipping the unreadable deployment record %s (%s): remove it, or deploy %s again",
+                        p, type(e).__name__, p.stem)
+    return out
 
 
 def _write_config(s: Settings) -> Path:
@@ -337,17 +346,23 @@ def set_traffic(endpoint: str, arms: list[str] | dict[str, int], shadow: str | N
                             "unchanged")
     split = _traffic.propose(s, endpoint, resolved, shadow, faults=faults, experiment_id=experiment_id,
                              reason=reason, actor=actor)
+    answering = next((a.ref for a in resolved if a.weight > 0), resolved[0].ref)
     try:
         _traffic.wait(s, split, lambda: _running_replicas(s, endpoint))
     except BaseException as e:  # Ctrl-C included: a pending split must not hold the endpoint's lock
-        if not isinstance(e, AimassError):
-            try:
-                _traffic.decide(s, split.id, "failed", f"interrupted: {type(e).__name__}")
-            except AimassError:
-                pass
+        try:
+            _traffic.decide(s, split.id, "failed", f"interrupted: {error_line(e)}")  # still pending: failed
+        except AimassError:  # decided already: failed by wait, or active before the failure
+            now = _traffic.current(s, endpoint)
+            if now is not None and now.id == split.id:  # in force: the replicas serve it, the record says so
+                _retarget(s, endpoint, answering)
+                if isinstance(e, Exception):  # only waiting for replicas to report the switch failed
+                    log.warning("split #%s of %s is in force; waiting for its replicas' reports failed: %s",
+                                split.id, endpoint, error_line(e))
+                    return now
         raise
     log.info("traffic of %s: %s", endpoint, ", ".join(f"{a.ref}={a.weight}" for a in resolved))
-    _retarget(s, endpoint, next((a.ref for a in resolved if a.weight > 0), resolved[0].ref))  # what answers
+    _retarget(s, endpoint, answering)  # what answers
     return _traffic.current(s, endpoint)
 
 

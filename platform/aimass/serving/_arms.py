@@ -20,7 +20,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 
-from aimass.errors import InvalidInputError
+from aimass.errors import BackendError, InvalidInputError
 from aimass.serving import _traffic
 from aimass.serving._engine import Engine
 from aimass.settings import Settings
@@ -81,6 +81,9 @@ class Arms:
         self.record_shadow = record_shadow
         self.shadow_queue: queue.Queue = queue.Queue(_SHADOW_QUEUE)
         self.shadow_dropped = 0
+        # counts of the engines released since start: the /metrics counters are sums over engines, and must not
+        # fall when a split change drops one (Prometheus reads a fall as a reset)
+        self.released = {"hits": 0, "misses": 0, "batches": 0, "rows": 0}
         self.prepared: set[int] = set()
         self.search = _family(settings, fallback_ref) == "search"  # the kind of service this replica is
         active, pending = _traffic.newest(settings, endpoint) if follow else (None, None)
@@ -186,7 +189,12 @@ class Arms:
         t, nxt = self.table, _table(pending) if pending else None
         keep = {r for r, _ in t.bounds} | ({r for r, _ in nxt.bounds} if nxt else set())
         for ref in [r for r in self.engines if r not in keep]:
-            self.engines.pop(ref).close()  # requests that picked it hold their own reference
+            engine = self.engines.pop(ref)
+            for owner, names in ((getattr(engine, "cache", None), ("hits", "misses")),
+                                 (getattr(engine, "batcher", None), ("batches", "rows"))):
+                for name in names if owner is not None else ():
+                    self.released[name] += getattr(owner, name, 0)
+            engine.close()  # requests that picked it hold their own reference
         for ref in [r for r in self.shadows if r not in {t.shadow, nxt.shadow if nxt else None}]:
             self.shadows.pop(ref).close()
 
@@ -252,7 +260,15 @@ class Shadow:
         if ray is not None and ray.is_initialized():
             dumped = settings.dump(secrets_to=settings.secrets_dir)
             self.actor = ray.remote(num_cpus=0.25)(_Worker).remote(ref, dumped)
-            self.info = ray.get(self.actor.info.remote())  # raises what the model's loading raised
+            wait = settings.traffic_apply_timeout_s
+            try:  # raises what the model's loading raised
+                self.info = ray.get(self.actor.info.remote(), timeout=wait)
+            except ray.exceptions.GetTimeoutError:
+                # never scheduled (no free CPU in the cluster) or stuck loading: the split fails, the replica's
+                # traffic thread goes on (a wait without end would stop it applying any later split)
+                ray.kill(self.actor)
+                raise BackendError(f"the shadow {ref} did not start within {wait:g} s (AIMASS_TRAFFIC_APPLY_TIMEOUT_S):"
+                                   " the cluster may have no free CPU for its worker") from None
         else:
             self.local = _Worker(ref, settings)
             self.info = self.local.info()

@@ -266,20 +266,21 @@ class _EngineStats:
 
         served = self.handler()
         engines = list(getattr(getattr(served, "arms", None), "engines", {}).values())
+        gone = getattr(getattr(served, "arms", None), "released", {})  # engines a split change dropped
         caches = [e.cache for e in engines if getattr(e, "cache", None) is not None]
         family = CounterMetricFamily("aimass_answer_cache", "Answers of /recommend from the replica's cache, "
                                      "by result", labels=["result"])
-        family.add_metric(["hit"], sum(c.hits for c in caches))
-        family.add_metric(["miss"], sum(c.misses for c in caches))
+        family.add_metric(["hit"], sum(c.hits for c in caches) + gone.get("hits", 0))
+        family.add_metric(["miss"], sum(c.misses for c in caches) + gone.get("misses", 0))
         yield family
         yield GaugeMetricFamily("aimass_answer_cache_warmed", "Answers computed into the cache when a version "
                                 "was loaded (AIMASS_SERVE_CACHE_WARM_USERS)",
                                 value=sum(getattr(e, "warmed", 0) for e in engines))
         batchers = [e.batcher for e in engines if getattr(e, "batcher", None) is not None]
         yield CounterMetricFamily("aimass_model_passes", "Batched passes of the model",
-                                  value=sum(b.batches for b in batchers))
+                                  value=sum(b.batches for b in batchers) + gone.get("batches", 0))
         yield CounterMetricFamily("aimass_model_pass_rows", "Requests answered by batched passes of the model",
-                                  value=sum(b.rows for b in batchers))
+                                  value=sum(b.rows for b in batchers) + gone.get("rows", 0))
         yield CounterMetricFamily("aimass_shadow_dropped", "Requests not copied to the shadow: its queue was full",
                                   value=getattr(getattr(served, "arms", None), "shadow_dropped", 0))
         log = getattr(served, "event_log", None)

@@ -12,6 +12,7 @@ import logging
 import math
 import threading
 import time
+from collections import OrderedDict
 
 import numpy as np
 
@@ -22,6 +23,12 @@ log = logging.getLogger(__name__)
 HALF_LIFE_S = 86400.0  # trending: an event counts half as much a day later
 MIN_TRENDING = 20.0  # decayed positive events before "trending" replaces all-time popularity for cold starts
 TREND_RESTORE_S = 5 * HALF_LIFE_S  # folded positive events older than this weigh under 1/32: not re-read
+# Bounds of what a replica keeps of the events after its cut-off, which grow until the next retrain folds them:
+# a user's last MAX_EXTRA positive items (more than any family reads: Mult-VAE's longest history is 1,000), and
+# the MAX_USERS users whose latest event is newest (an app sending a new id per visit must not grow a replica
+# without end). A user beyond them is served from the training data alone, as before the events.
+MAX_EXTRA = 1000
+MAX_USERS = 500_000
 
 
 class Online:
@@ -33,9 +40,13 @@ class Online:
         self.trend = np.zeros_like(popularity)
         self.trend[0] = -np.inf
         self.t0 = time.time()
-        self.extra: dict[int, list[int]] = {}  # user -> dense items after the cut-off, in log order
+        self.extra: OrderedDict[int, list[int]] = OrderedDict()  # user -> dense items after the cut-off, in log
+        # order; the users in the order of their latest event (the oldest is dropped first: MAX_USERS)
         self.hidden: dict[int, set[int]] = {}  # user -> dense items with a negative event
-        self.generation: dict[int, int] = {}  # user -> how many of their events changed this state (the cache)
+        # user -> the change count when their state last changed (the answer cache's key). One counter for all:
+        # a user dropped under MAX_USERS and back never meets an old number, so never an answer cached before
+        self.generation: dict[int, int] = {}
+        self.changes = 0
         self.seq = cutoff  # everything up to here is applied (or was in the training data)
         self.applied: set[int] = set()  # own events applied ahead of the poll
         self.lock = threading.Lock()
@@ -65,7 +76,18 @@ class Online:
                 if not sign:
                     continue
                 if sign > 0:
-                    self.extra.setdefault(int(user), []).append(dense)
+                    mine = self.extra.setdefault(int(user), [])
+                    mine.append(dense)
+                    if len(mine) > 2 * MAX_EXTRA:  # cut in steps: amortised, not at every event
+                        del mine[:-MAX_EXTRA]
+                    self.extra.move_to_end(int(user))
+                    if len(self.extra) > MAX_USERS:
+                        gone, _ = self.extra.popitem(last=False)
+                        if gone in self.hidden:  # a new number: no answer cached before its dislikes matches
+                            self.changes += 1
+                            self.generation[gone] = self.changes
+                        else:  # back to the training data alone, as an answer cached before any event was
+                            self.generation.pop(gone, None)
                     self.popularity[dense] += 1.0
                     # weighed by its own time (never ahead of now): a replica starting on a month of events after
                     # its cut-off, or a backfill through ingest, must not count them all as today's
@@ -74,7 +96,8 @@ class Online:
                     self.hidden.setdefault(int(user), set()).add(dense)
                 # after the change (readers take no lock): a request that sees the new generation sees the new
                 # state, and an answer computed from the old state is kept under the old one, never taken again
-                self.generation[int(user)] = self.generation.get(int(user), 0) + 1
+                self.changes += 1
+                self.generation[int(user)] = self.changes
             if not own:
                 self.applied = {s for s in self.applied if s > self.seq}
 
@@ -86,12 +109,13 @@ class Online:
         now = time.time()
         rows = self.log.folded(self.endpoint, cutoff, self.rules.negative_types, self.rules.positive_types,
                                datetime.fromtimestamp(now - TREND_RESTORE_S, UTC))
-        for user, item, type_, value, received in rows:
+        for user, item, type_, value, ts, received in rows:
             sign, dense = self._effect(item, type_, value)
             if sign < 0:
                 self.hidden.setdefault(int(user), set()).add(dense)
             elif sign > 0:
-                at = as_utc(received).timestamp()
+                # by its own time, as a live event weighs (apply): a backfill of old events received lately is old
+                at = min(_unix(ts, now), as_utc(received).timestamp())
                 if now - at <= TREND_RESTORE_S:  # a type with rules of both signs (rating) brings older ones too
                     self.trend[dense] += self._trend_weight(at)
 
@@ -130,7 +154,7 @@ class Online:
         extra = self.extra.get(user_id)
         if not extra:
             return base
-        tail = np.asarray(extra, dtype=np.int64)
+        tail = np.asarray(extra[-MAX_EXTRA:], dtype=np.int64)
         return tail if base is None or not len(base) else np.concatenate([base, tail])
 
     def hidden_of(self, user_id: int | None) -> set[int]:

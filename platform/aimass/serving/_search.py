@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import unicodedata
 
 import numpy as np
@@ -66,12 +67,15 @@ class PastQueries:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            t0 = time.monotonic()
             try:
                 asked = self.served_log.queries(self.endpoint, min_users=self.min_users, days=self.days)
                 self.table = [(_fold(q), q, n) for q, n in asked]
             except Exception:  # the catalog is away: keep the last table
                 log.exception("reading past queries failed")
-            self._stop.wait(self.interval)
+            # the read covers `days` of searches, which grow with traffic: at most about 5% of a core goes to it,
+            # the table refreshed less often instead
+            self._stop.wait(max(self.interval, 20 * (time.monotonic() - t0)))
 
     def stop(self) -> None:
         self._stop.set()
