@@ -66,7 +66,9 @@ def _promote(target: str, detail: str, actor: str, s: Settings) -> str:
 def _retrain(target: str, detail: str, actor: str, s: Settings) -> str:
     from aimass import retraining
 
-    r = retraining.retrain(target, reason="console", settings=s)
+    # in a process of its own: this one (the console's) is attached to the serving cluster for its pages, and Ray
+    # is one cluster a process: the job's own Ray and the pages' connection would each shut the other down
+    r = retraining.retrain_in_process(target, reason="console", settings=s)
     return f"{r.status}: {r.challenger or '-'} on {r.dataset or '-'}"
 
 

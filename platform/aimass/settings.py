@@ -283,7 +283,8 @@ def error_line(e: BaseException) -> str:
 
 
 # A query parameter whose name says it holds a secret (libpq's `?password=`, a signed URL's `sig`, `?token=`)
-_SECRET_PARAM = re.compile(r"(?i)([?&;][^=&;#]*(?:pass|pwd|secret|token|key|sig|cred|auth)[^=&;#]*=)[^&;#]*")
+# (the value masked up to the next "&" only: a database driver takes a ";" or "#" in it as part of the value)
+_SECRET_PARAM = re.compile(r"(?i)([?&;][^=&;#]*(?:pass|pwd|secret|token|key|sig|cred|auth)[^=&;#]*=)[^&\s]*")
 
 
 def shown_url(url: str) -> str:

@@ -159,7 +159,7 @@ def test_a_utf8_movies_dat_keeps_its_titles(settings, tmp_path):
     """A .dat items file in UTF-8 (titles in other scripts) was read as Latin-1: mojibake without an error."""
     (tmp_path / "inter.csv").write_text("user_id,item_id,timestamp\n1,1,1000000000\n1,2,1000000001\n")
     (tmp_path / "movies.dat").write_text("1::東京物語 (1953)::Drama\r\n2::Amélie (2001)::Comedy|Romance\r\n",
-                                         encoding="utf-8")
+                                         encoding="utf-8-sig")  # with a byte-order mark, as Windows editors save
     datasets.register("films", tmp_path / "inter.csv", "csv", items=tmp_path / "movies.dat", settings=settings)
     items = datasets.load("films", settings=settings).items
     assert items.title.tolist() == ["東京物語 (1953)", "Amélie (2001)"]

@@ -424,7 +424,6 @@ def test_a_local_registry_path_holding_other_files_is_refused_and_left_as_it_was
     def interrupted(p: Path) -> None:
         subprocess.run(["git", "init", "--quiet", str(p)], check=True)
         subprocess.run([sys.executable, "-m", "dvc", "init", "--quiet"], cwd=p, check=True)
-        (p / "README.md").write_text("# aimass data registry\n")
 
     for name, make in (("empty", lambda p: p.mkdir()),
                        ("bare", lambda p: subprocess.run(["git", "init", "--quiet", str(p)], check=True)),
@@ -434,6 +433,16 @@ def test_a_local_registry_path_holding_other_files_is_refused_and_left_as_it_was
         assert datasets.register("plays", _csv(tmp_path / "1.csv"), "csv", settings=ok).version == 1
         assert (tmp_path / name / ".dvc").is_dir()
         assert datasets.load("plays@v1", settings=ok).info.n_users == 4
+    # but someone's own DVC project with no commit yet (its README, its remote) is not taken for one
+    own = tmp_path / "own"
+    subprocess.run(["git", "init", "--quiet", str(own)], check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--quiet"], cwd=own, check=True)
+    (own / "README.md").write_text("# my project\n")
+    config = (own / ".dvc" / "config").read_text()
+    with pytest.raises(InvalidInputError, match="is not an aimass data registry"):
+        datasets.register("plays", _csv(tmp_path / "1.csv"), "csv",
+                          settings=Settings(home=tmp_path / "home-own", data_registry=str(own)))
+    assert (own / "README.md").read_text() == "# my project\n" and (own / ".dvc" / "config").read_text() == config
 
 
 @pytest.mark.parametrize("ref", ["plays\n", "plays@v1\n", "plays@latest\n", "plays\n@v1"])

@@ -193,7 +193,7 @@ def test_a_claim_shows_as_a_stop_under_way_and_is_taken_over_only_once_stale(set
 
     from aimass.catalog import Experiment, session
     from aimass.cli.experiments import view_lines
-    from aimass.experiments import _claim_lifetime_s
+    from aimass.experiments import _claim_lifetime_s, _stale
 
     monkeypatch.setattr("aimass.serving.check_deployed", lambda endpoint, settings=None: None)
     claim = "stopping: promote m/2 (by bob, since 2026-01-01 00:00:00 UTC)"
@@ -209,11 +209,13 @@ def test_a_claim_shows_as_a_stop_under_way_and_is_taken_over_only_once_stale(set
     with pytest.raises(ConflictError, match="being stopped or decided elsewhere \\(promote m/2 \\(by bob"):
         experiments.stop("held", settings=settings)
     assert experiments.get("held", settings=settings).decision == claim
+    assert not _stale(settings, experiments.get("held", settings=settings))  # the scheduler's check leaves it
     with session(settings) as db:
         row = db.get(Experiment, rid)
         row.stopped_at = datetime.now(UTC) - timedelta(seconds=_claim_lifetime_s(settings) + 60)
         db.add(row)
         db.commit()
+    assert _stale(settings, experiments.get("held", settings=settings))  # the scheduler's check looks again
     e = experiments.stop("held", actor="carol", settings=settings)
     assert (e.state, e.decision) == ("stopped", "stopped")
 

@@ -110,6 +110,27 @@ def test_a_retrain_that_wrote_its_record_gets_no_other(settings, caplog):
     assert not caplog.records
 
 
+def test_a_retrain_refused_before_it_started_is_no_failed_attempt(settings, caplog):
+    """Another retrain holds the endpoint (a person's `aimass retrain E`): the scheduler's process exits 4
+    without a record, which is no attempt of its own to record failed (it would delay the next by the retry
+    time, and stand in the history as the newest attempt)."""
+    s = settings.model_copy(update={"retrain_interval_s": 600.0, "monitor_interval_s": None})
+    start = time.time()
+    deployed(s, "e1", start - HOUR)
+    procs = []
+
+    def launch(endpoint: str, reason: str) -> subprocess.Popen:
+        procs.append(dies("import sys; sys.exit(4)"))
+        return procs[-1]
+
+    sched = Scheduler(s, clock=lambda: start, endpoints=lambda: ["e1"], launch=launch)
+    assert sched.tick() == {"e1": ["retrain:schedule"]}
+    assert procs[0].wait(timeout=120) == 4
+    with caplog.at_level(logging.ERROR, logger="aimass.retraining._scheduler"):
+        sched.tick()
+    assert retraining.history("e1", settings=s) == [] and not caplog.records
+
+
 def test_a_retrain_that_cannot_start_is_recorded_failed(settings):
     s = settings.model_copy(update={"retrain_interval_s": 600.0, "monitor_interval_s": None})
     start = time.time()

@@ -122,5 +122,8 @@ def test_the_events_kept_after_the_cutoff_are_bounded(tmp_path, monkeypatch):
         assert list(online.extra) == [1, 2, 3] and online.history(7, None) is None  # 7 dropped: the oldest
         online.apply([(30, 7, 101, "play", None, now)], own=True)
         assert online.generation[7] > before and online.history(7, None).tolist() == [2]
+        online.apply([(40 + u, 100 + u, 100, "dislike", None, now) for u in range(3)], own=True)  # dislikes only
+        assert list(online.recent) == [100, 101, 102] and online.hidden_of(7) == set()
+        assert set(online.extra) | set(online.hidden) | set(online.generation) == {100, 101, 102}
     finally:
         online.stop()

@@ -78,7 +78,11 @@ def _add_new_columns(engine: Engine) -> None:
         have_indexes = {i["name"] for i in have.get_indexes(table.name)}
         for index in table.indexes:  # new columns' indexes, and indexes added since over old columns
             if index.name not in have_indexes or any(c.name in added for c in index.columns):
-                index.create(engine, checkfirst=True)
+                try:
+                    index.create(engine, checkfirst=True)
+                except DBAPIError:  # another process made it between the check and the create
+                    if index.name not in {i["name"] for i in inspect(engine).get_indexes(table.name)}:
+                        raise
 
 
 def _widen_columns(engine: Engine) -> None:

@@ -109,7 +109,7 @@ def _movies_dat(path: Path) -> pd.DataFrame:
     rows = []
     raw = path.read_bytes()
     try:  # UTF-8 when it is (titles in other scripts); MovieLens-1M's own file is Latin-1, which always decodes
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")  # a byte-order mark, as Windows editors write, is not part of line 1
     except UnicodeDecodeError:
         text = raw.decode("latin-1")
     for n, line in enumerate(text.split("\n"), 1):

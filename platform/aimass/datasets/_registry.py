@@ -52,6 +52,10 @@ def tag_for(name: str, version: int) -> str:
     return f"{name}/v{version}"
 
 
+_README = ("# aimass data registry\n\nDatasets only, versioned by tags `<name>/v<N>`; managed by `aimass datasets`. "
+           "Each version's files live in the DVC remote.\n")
+
+
 class DataRegistry:
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -149,10 +153,16 @@ class DataRegistry:
         if git(self.path, "rev-parse", "--verify", "--quiet", "HEAD", check=False):
             return False
         entries = {e.name for e in self.path.iterdir()}
-        datasets = self.path / "datasets"
+        datasets, readme, config = self.path / "datasets", self.path / "README.md", self.path / ".dvc" / "config"
         if not entries <= {".git", ".dvc", ".dvcignore", "README.md", "datasets"} or (
                 datasets.is_dir() and any(datasets.iterdir())):
             return False
+        if readme.exists() and readme.read_text(errors="replace") != _README:  # someone's own project
+            return False
+        sections = [ln.strip() for ln in (config.read_text(errors="replace") if config.is_file() else "").splitlines()
+                    if ln.strip().startswith("[")]
+        if set(sections) - {"[core]", "['remote \"storage\"']"} or (self.path / ".dvc" / "config.local").exists():
+            return False  # a remote of someone's own (and its credentials): not a set-up of ours
         shutil.rmtree(self.path / ".dvc")
         (self.path / ".dvcignore").unlink(missing_ok=True)
         self._initialise()
@@ -192,10 +202,7 @@ class DataRegistry:
             # the committed URL (in a shared registry, seen by all) never carries this user's credential
             conf["remote"]["storage"] = {"url": _without_credential(self.settings.remote)}
             conf["core"]["remote"] = "storage"
-        (self.path / "README.md").write_text(
-            "# aimass data registry\n\nDatasets only, versioned by tags `<name>/v<N>`; managed by `aimass "
-            "datasets`. Each version's files live in the DVC remote.\n"
-        )
+        (self.path / "README.md").write_text(_README)
         (self.path / "datasets").mkdir(exist_ok=True)
         git(self.path, "add", "-A")
         git(self.path, "commit", "--quiet", "-m", _INITIAL)

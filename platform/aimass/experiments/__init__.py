@@ -352,7 +352,10 @@ def _end(s: Settings, e: ExperimentPublic, *, to: str | None, what: str, reason:
             serving.set_traffic(e.endpoint, [f"{to}=100"], reason=reason, actor=actor, ending=e.experiment_id,
                                 settings=s)
         except BaseException as err:  # Ctrl-C included: the claim must not outlive this process
-            after = _traffic.current(s, e.endpoint)
+            try:
+                after = _traffic.current(s, e.endpoint)
+            except Exception:  # the catalog is away (often why the change failed): the move is not known
+                after = None
             # Moved: a split other than the experiment's went active after the claim (ours, before a failure in
             # set_traffic's last steps). A ramp of the experiment's own landing meanwhile is not a move.
             if before != -1 and after is not None and after.id != before and after.experiment_id != e.experiment_id:
@@ -383,6 +386,12 @@ def _claim_lifetime_s(s: Settings) -> float:
     return 2 * s.traffic_apply_timeout_s + registry.UNATTENDED_WAIT_S + 600
 
 
+def _stale(s: Settings, e: ExperimentPublic) -> bool:
+    """Whether `e`'s claim is older than any stop lasts: its process died, and another may take it over."""
+    at = e.stopped_at if e.stopped_at is None or e.stopped_at.tzinfo else e.stopped_at.replace(tzinfo=UTC)
+    return at is not None and datetime.now(UTC) - at > timedelta(seconds=_claim_lifetime_s(s))
+
+
 def _claim(s: Settings, e: ExperimentPublic, what: str, actor: str) -> str:
     """Make this caller the one that ends `e`, before it moves any traffic: one conditional UPDATE of the running
     row, so that of two stops (a person's `stop --promote`, the scheduler's decision) exactly one goes on. The
@@ -403,7 +412,8 @@ def _claim(s: Settings, e: ExperimentPublic, what: str, actor: str) -> str:
                             f"({have.decision if have else 'deleted'})")
     raise ConflictError(f"experiment {e.experiment_id} on {e.endpoint!r} is being stopped or decided elsewhere "
                         f"({(have.decision or '').removeprefix(STOPPING)}): nothing was changed; see how it ended "
-                        f"with aimass experiments show {e.endpoint}")
+                        f"with aimass experiments show {e.endpoint} (a claim whose process died can be taken over "
+                        f"{_claim_lifetime_s(s):g} s after it began)")
 
 
 def _release(s: Settings, e: ExperimentPublic, token: str) -> None:
@@ -431,12 +441,12 @@ def check(endpoint: str, *, settings: Settings | None = None) -> str | None:
     look or a person is deciding, or decided)."""
     s = settings or default_settings()
     e = get(endpoint, running_only=True, settings=s)
-    if e is None or not e.auto or e.decision is not None:  # a decision: the claim of a stop under way
+    if e is None or not e.auto or (e.decision is not None and not _stale(s, e)):  # a stop under way claims it
         return None
     view = show(endpoint, experiment_id=e.experiment_id, settings=s)
     still = get(endpoint, running_only=True, settings=s)
-    if still is None or still.id != e.id or still.decision is not None:  # claimed or decided meanwhile
-        return None
+    if still is None or still.id != e.id or (still.decision is not None and still.decision != e.decision):
+        return None  # claimed or decided meanwhile
     if not view.arms:  # still starting: its split is being applied
         return None
     try:

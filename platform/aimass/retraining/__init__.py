@@ -132,6 +132,29 @@ def retrain(endpoint: str, *, reason: str = "manual", promote: bool = True, sett
     return r
 
 
+def retrain_in_process(endpoint: str, *, reason: str = "manual", settings: Settings | None = None) -> RetrainResult:
+    """`retrain` in a process of its own (`aimass retrain E --json`, as the scheduler runs it), for a caller whose
+    process is attached to the serving cluster for other work (the console): its result, or the error the
+    process ended with, as the same AimassError type."""
+    import subprocess
+    import sys
+
+    from aimass.errors import AimassError, BackendError, NotFoundError
+    from aimass.retraining._scheduler import child_env
+
+    s = settings or default_settings()
+    if reason not in REASONS:
+        raise InvalidInputError(f"unknown retrain reason {reason!r}; use one of {', '.join(REASONS)}")
+    res = subprocess.run([sys.executable, "-c", "from aimass.cli import main; main()", "retrain", endpoint,
+                          "--reason", reason, "--json"], env=child_env(s), capture_output=True, text=True,
+                         stdin=subprocess.DEVNULL)
+    if res.returncode == 0:
+        return RetrainResult.model_validate_json(res.stdout)
+    said = (res.stderr.strip().splitlines() or [f"the retrain process exited with code {res.returncode}"])[-1]
+    kinds = {k.exit_code: k for k in (InvalidInputError, NotFoundError, ConflictError, BackendError)}
+    raise kinds.get(res.returncode, AimassError)(said.removeprefix("error: "))
+
+
 def _run(r: RetrainResult, d, promote: bool, progress: bool, s: Settings, budget_min: float | None) -> None:
     from aimass import datasets, registry
     from aimass.retraining._fold import save_exposure

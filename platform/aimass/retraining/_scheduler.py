@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import NamedTuple
 
-from aimass.errors import AimassError
+from aimass.errors import AimassError, ConflictError, NotFoundError
 from aimass.settings import Settings, default_settings, error_line
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,11 @@ class Scheduler:
         except Exception:
             log.exception("cannot read the retrain records of %s", endpoint)
             recorded = False
-        if not recorded:
+        if not recorded and code in (ConflictError.exit_code, NotFoundError.exit_code):
+            # refused before it started (another retrain holds the endpoint, the endpoint went): not an attempt
+            log.info("the retrain of %s (%s) was refused (exit code %d): see %s", endpoint, run.reason, code,
+                     self.log_path(endpoint))
+        elif not recorded:
             how = f"was killed by {_signal_name(-code)}" if code < 0 else f"exited with code {code}"
             why = f"the retrain process {how} without writing its record; its log: {self.log_path(endpoint)}"
             log.error("the retrain of %s (%s) failed: %s", endpoint, run.reason, why)

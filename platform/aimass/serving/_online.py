@@ -40,11 +40,12 @@ class Online:
         self.trend = np.zeros_like(popularity)
         self.trend[0] = -np.inf
         self.t0 = time.time()
-        self.extra: OrderedDict[int, list[int]] = OrderedDict()  # user -> dense items after the cut-off, in log
-        # order; the users in the order of their latest event (the oldest is dropped first: MAX_USERS)
+        self.extra: dict[int, list[int]] = {}  # user -> dense items after the cut-off, in log order
+        # the users with online state, in the order of their latest event (the oldest dropped first: MAX_USERS)
+        self.recent: OrderedDict[int, None] = OrderedDict()
         self.hidden: dict[int, set[int]] = {}  # user -> dense items with a negative event
         # user -> the change count when their state last changed (the answer cache's key). One counter for all:
-        # a user dropped under MAX_USERS and back never meets an old number, so never an answer cached before
+        # a user dropped under MAX_USERS and back never meets an old number, so never an answer cached since
         self.generation: dict[int, int] = {}
         self.changes = 0
         self.seq = cutoff  # everything up to here is applied (or was in the training data)
@@ -80,20 +81,21 @@ class Online:
                     mine.append(dense)
                     if len(mine) > 2 * MAX_EXTRA:  # cut in steps: amortised, not at every event
                         del mine[:-MAX_EXTRA]
-                    self.extra.move_to_end(int(user))
-                    if len(self.extra) > MAX_USERS:
-                        gone, _ = self.extra.popitem(last=False)
-                        if gone in self.hidden:  # a new number: no answer cached before its dislikes matches
-                            self.changes += 1
-                            self.generation[gone] = self.changes
-                        else:  # back to the training data alone, as an answer cached before any event was
-                            self.generation.pop(gone, None)
                     self.popularity[dense] += 1.0
                     # weighed by its own time (never ahead of now): a replica starting on a month of events after
                     # its cut-off, or a backfill through ingest, must not count them all as today's
                     self.trend[dense] += self._trend_weight(min(_unix(ts, now), now))
                 else:
                     self.hidden.setdefault(int(user), set()).add(dense)
+                self.recent[int(user)] = None
+                self.recent.move_to_end(int(user))
+                if len(self.recent) > MAX_USERS:
+                    # back to the training data alone: generation 0, which only an answer cached before any of
+                    # the user's events carries (computed from the training data alone, so still right)
+                    gone, _ = self.recent.popitem(last=False)
+                    self.extra.pop(gone, None)
+                    self.hidden.pop(gone, None)
+                    self.generation.pop(gone, None)
                 # after the change (readers take no lock): a request that sees the new generation sees the new
                 # state, and an answer computed from the old state is kept under the old one, never taken again
                 self.changes += 1
