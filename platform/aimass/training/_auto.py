@@ -222,8 +222,9 @@ def _round2(probes: list[Candidate], extra_min: float) -> list[Candidate]:
 def _bag_of_items_evidence(board: list[Candidate]) -> str | None:
     """Why Mult-VAE is not worth a probe here, or None to probe it. Mult-VAE and EASE model the same thing, a
     user's items as a bag, and EASE is its closed-form linear counterpart: where EASE validates below item-kNN's
-    sequence windows, the order carries the signal and a bag model trails too (in the robustness table, on both
-    datasets where EASE trailed item-kNN, ml1m and Last.fm, Mult-VAE trailed it by about as much). A probe
+    sequence windows, the order carries the signal and a bag model trails too (in the robustness table, where EASE
+    trailed item-kNN, on ml1m and on Last.fm's former artist-id order, Mult-VAE trailed it by about as much; on
+    Last.fm's random order EASE leads item-kNN, and Mult-VAE is probed). A probe
     costs a share of the budget that the final candidate then lacks. When EASE could not run (its size limit),
     there is no evidence either way, and Mult-VAE, which scales past that limit, is probed."""
     got = {c.family: c.val_ndcg for c in board if c.stage == "baseline" and c.val_ndcg is not None}
