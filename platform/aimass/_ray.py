@@ -61,10 +61,14 @@ def answers(ray_address: str) -> bool:
     answer for minutes, which a command, a listing or a console page must not. `auto` is Ray's to resolve."""
     where = ray_address.removeprefix("ray://").rpartition("@")[2].split("/")[0]
     host, _, port = where.rpartition(":")
-    if not (host and port.isdigit()):
-        return True
+    return not (host and port.isdigit()) or listening(where, timeout=2)
+
+
+def listening(address: str, timeout: float = 1) -> bool:
+    """Whether HOST:PORT takes a TCP connection."""
+    host, port = address.rsplit(":", 1)
     try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=2):
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
             return True
     except OSError:
         return False

@@ -388,8 +388,10 @@ def _claim_lifetime_s(s: Settings) -> float:
 
 def _stale(s: Settings, e: ExperimentPublic) -> bool:
     """Whether `e`'s claim is older than any stop lasts: its process died, and another may take it over."""
-    at = e.stopped_at if e.stopped_at is None or e.stopped_at.tzinfo else e.stopped_at.replace(tzinfo=UTC)
-    return at is not None and datetime.now(UTC) - at > timedelta(seconds=_claim_lifetime_s(s))
+    from aimass.events import as_utc
+
+    return e.stopped_at is not None and datetime.now(UTC) - as_utc(e.stopped_at) > timedelta(
+        seconds=_claim_lifetime_s(s))
 
 
 def _claim(s: Settings, e: ExperimentPublic, what: str, actor: str) -> str:

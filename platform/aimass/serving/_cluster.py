@@ -79,20 +79,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _listening(address: str) -> bool:
-    host, port = address.rsplit(":", 1)
-    try:
-        with socket.create_connection((host, int(port)), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
 def running(settings: Settings) -> bool:
     if settings.ray_address:
         return _ray.answers(settings.ray_address)
     f = state_file(settings)
-    return f.exists() and _listening(json.loads(f.read_text())["address"])
+    return f.exists() and _ray.listening(json.loads(f.read_text())["address"])
 
 
 def ensure(settings: Settings) -> dict:
@@ -103,7 +94,7 @@ def ensure(settings: Settings) -> dict:
         f = state_file(settings)
         if f.exists():
             state = json.loads(f.read_text())
-            if _listening(state["address"]):
+            if _ray.listening(state["address"]):
                 if state.get("managed") and not (Path(state["temp_dir"]) / _procs.RECORD).exists():
                     _procs.write_record(settings.home, state["address"], settings.serve_port)  # an older head
                 return state
@@ -118,7 +109,7 @@ def check_address(settings: Settings) -> None:
     if settings.ray_address or not f.exists():
         return
     state = json.loads(f.read_text())
-    if not _listening(state["address"]):
+    if not _ray.listening(state["address"]):
         return
     host, port = state["address"].rsplit(":", 1)[0], state.get("serve_port", settings.serve_port)
     if state.get("managed") and (port != settings.serve_port or host != settings.host):
@@ -143,7 +134,7 @@ def check_port(settings: Settings) -> None:
     """Refuse, before anything starts, a serve port that another process holds: HAProxy would only fail
     later with a raw "[ALERT] ... failed to start their listeners". This home's own cluster may hold it."""
     address = f"{settings.host}:{settings.serve_port}"
-    if settings.ray_address or not _listening(address):
+    if settings.ray_address or not _ray.listening(address):
         return
     mine = _procs.tag(settings.home)
     pids = _procs.listening_pids(settings.serve_port)
@@ -151,7 +142,7 @@ def check_port(settings: Settings) -> None:
     deadline = time.monotonic() + UNSEEN_HOLDER_WAIT_S
     while not pids and not running(settings) and time.monotonic() < deadline:
         time.sleep(0.2)
-        if not _listening(address):
+        if not _ray.listening(address):
             return
         pids = _procs.listening_pids(settings.serve_port)
     holders = [(pid, _procs.cluster_of(pid)) for pid in pids]
@@ -304,7 +295,7 @@ def _stop(settings: Settings) -> bool:
     state = json.loads(f.read_text())
     if ray.is_initialized() and ray.get_runtime_context().gcs_address == state["address"]:
         ray.shutdown()
-    if not state.get("managed") and _listening(state["address"]):
+    if not state.get("managed") and _ray.listening(state["address"]):
         from ray import serve  # a cluster aimass did not start: remove only Serve from it
 
         try:
