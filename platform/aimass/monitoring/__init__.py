@@ -250,8 +250,9 @@ def _compare(cur: pd.DataFrame, ref: pd.DataFrame) -> dict[str, ColumnDrift]:
             kind, test, thr = "numeric", _stats.NUM_TEST, _stats.NUM_THRESHOLD
             now, then = round(float(a.mean()), 6), round(float(b.mean()), 6)
         else:
-            score, p, drifted = _stats.categorical(b.to_numpy(), a.to_numpy())
-            kind, test, thr = "categorical", _stats.CAT_TEST, _stats.CAT_THRESHOLD
+            thr = _stats.THRESHOLDS.get(col, _stats.CAT_THRESHOLD)
+            score, p, drifted = _stats.categorical(b.to_numpy(), a.to_numpy(), thr)
+            kind, test = "categorical", _stats.CAT_TEST
             now, then = str(a.astype(str).mode().iloc[0]), str(b.astype(str).mode().iloc[0])
         out[col] = ColumnDrift(kind=kind, stattest=test, score=round(score, 6), threshold=thr, p_value=p,
                                alpha=_stats.ALPHA, drifted=drifted, current=now, reference=then,

@@ -17,6 +17,10 @@ import pandas as pd
 ALPHA = 1e-4  # measured: 1e-3 flagged 1 of 350 random windows (two correlated score columns), 1e-4 none
 NUM_THRESHOLD = 0.1  # Wasserstein distance in reference standard deviations
 CAT_THRESHOLD = 0.1  # Jensen-Shannon distance (natural log; 0 to 0.83)
+# The reference is answered for training users, all by the model; live traffic brings new users, whose cold
+# starts are no drift at a few percent (3% already gave 0.103). The strategy column drifts from 0.274, the
+# distance of a fifth of the answers not the model's; user_activity still shows a change in the users' mix.
+THRESHOLDS = {"strategy": 0.274}
 NUM_TEST = "aimass-wasserstein-ks"
 CAT_TEST = "aimass-jensenshannon-chi2"
 Z95 = 1.959963984540054
@@ -111,7 +115,8 @@ def evidently_report(current: pd.DataFrame, reference: pd.DataFrame, numeric_col
     columns = numeric_columns + categorical_columns
     definition = DataDefinition(numerical_columns=numeric_columns, categorical_columns=categorical_columns)
     preset = DataDriftPreset(columns=columns, drift_share=drift_share, num_method=NUM_TEST, cat_method=CAT_TEST,
-                             num_threshold=NUM_THRESHOLD, cat_threshold=CAT_THRESHOLD)
+                             num_threshold=NUM_THRESHOLD, cat_threshold=CAT_THRESHOLD,
+                             per_column_threshold={c: t for c, t in THRESHOLDS.items() if c in columns})
     snapshot = Report([preset]).run(Dataset.from_pandas(current[columns], data_definition=definition),
                                     Dataset.from_pandas(reference[columns], data_definition=definition))
     snapshot.save_html(str(out / "report.html"))
