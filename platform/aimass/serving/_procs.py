@@ -4,9 +4,10 @@ when the home that started it is gone and nothing but its processes is left.
 A process belongs to the cluster of tag T (T = sha1(home)[:8]) when it carries `RAY_CLUSTER_OWNER=
 aimass-serve-T` in its environment (set for `ray start`, so every process of the head inherits it: Ray's
 client server too, which `ray start` detaches and which names nothing else of the head), when its command
-line names the head's temp folder `<tmp>/aimass-serve-T` or HAProxy's `<tmp>/ahp-T`, or when it descends
-from such a process. A GCS address is never used to find processes: once a head is gone its port may serve
-another cluster. A small record in the temp folder maps T back to the home."""
+line, a Python's, Ray's or HAProxy's, names the head's temp folder `<tmp>/aimass-serve-T` or HAProxy's
+`<tmp>/ahp-T` in an option's value (`--temp-dir=...`: a person's `tail -f` of a log there is not the
+cluster's), or when it descends from such a process. A GCS address is never used to find processes: once a
+head is gone its port may serve another cluster. A small record in the temp folder maps T back to the home."""
 from __future__ import annotations
 
 import hashlib
@@ -24,6 +25,7 @@ from aimass.settings import private_dir
 OWNER = "RAY_CLUSTER_OWNER"  # serving.CLUSTER_OWNER_ENV, its public name
 RECORD = "aimass-home.json"
 _TAG = re.compile(r"(?<=/)(?:aimass-serve|ahp)-([0-9a-f]{8})(?![0-9a-f])")
+_OPTION = re.compile(r"-[\w-]+=")
 
 
 def tag(home: Path) -> str:
@@ -72,8 +74,18 @@ def owner_env(home: Path) -> dict[str, str]:
     return {OWNER: f"aimass-serve-{tag(home)}"}
 
 
+def _named(cmdline: list[str]) -> set[str]:
+    """The tags a command line names in an option's value, when it is a Python's, Ray's or HAProxy's."""
+    if not cmdline:
+        return set()
+    exe = Path(cmdline[0])
+    if not ("python" in exe.name or "haproxy" in exe.name or "ray" in exe.parts):
+        return set()
+    return {t for arg in cmdline[1:] if _OPTION.match(arg) for t in _TAG.findall(arg)}
+
+
 def _tags_of(p: psutil.Process) -> set[str]:
-    found = set(_TAG.findall(" ".join(_cmdline(p))))
+    found = _named(_cmdline(p))
     try:
         owner = p.environ().get(OWNER, "")
     except psutil.Error:
