@@ -191,3 +191,38 @@ def test_words_keep_their_vowel_signs_and_thai_matches_inside_a_title():
     assert words("ปู") == ["ปู"] and words("ข้าว") != words("ขาว") and words("पक्का") != words("पकका")
     assert words("Beyoncé") == ["beyonce"] and words("❤️ love") == ["love"]  # an emoji's selector is no word
 
+
+
+def test_other_scripts_long_queries_letters_without_decomposition_and_mixed_words():
+    """A Korean query's later words count (a cap on tokens took them: a no-space word gives two a character);
+    Hindi words get their typos corrected (vowel signs are marks, not isalpha); ø, ł and ı fold like accents;
+    a word mixing scripts gets its Latin run respelt; zero-width characters alone match nothing."""
+    from aimass.zoo.search import words
+
+    titles = ["방탄소년단", "라이브 무대", "दुनिया के गाने", "Łódź Kaliska", "Mø", "iPhone手机壳", "Daft Punk"]
+    idx = Search(semantic=False, mode="bm25").fit([np.arange(1, len(titles) + 1)], len(titles),
+                                                 item_table={"title": titles, "text": titles})
+    assert 2 in idx.search("방탄소년단 다이너마이트 공식 뮤직비디오 라이브 무대 영상")["items"].tolist()
+    out = idx.search("दुनीया", mode="bm25")
+    assert out["items"].tolist()[:1] == [3] and out["corrected"] == "दुनिया"
+    assert words("Łódź") == words("lodz") and words("Işık") == ["isik"]
+    assert idx.search("lodz")["items"][0] == 4 and idx.search("mo")["items"][0] == 5
+    assert idx.search("iPhonne手机壳")["corrected"].casefold() == "iphone手机壳"
+    assert len(idx.search("\u200b\u200b")["items"]) == 0
+
+
+def test_a_filtered_fuzzy_match_is_cut_after_the_filter():
+    """Over a hundred titles near a misspelt query: the allowed ones must still come through."""
+    titles = [f"Love {'x' * (i % 3)}" for i in range(150)] + ["Love jazz"]
+    genre = ["pop"] * 150 + ["jazz"]
+    idx = Search(semantic=False, mode="bm25", candidates=100).fit(
+        [np.arange(1, len(titles) + 1)], len(titles), item_table={"title": titles, "text": titles, "genre": genre})
+    allowed = np.zeros(len(titles) + 1, bool)
+    allowed[151] = True
+    assert idx.search("lovee", allowed=allowed)["items"].tolist() == [151]
+
+
+def test_suggest_says_whether_the_history_moved_the_titles(lexical):
+    with_history = lexical.suggest("metal", history=np.array([5]))
+    assert with_history and all(s["personal"] for s in with_history)
+    assert not any(s["personal"] for s in lexical.suggest("metal"))

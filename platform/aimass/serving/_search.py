@@ -6,12 +6,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import unicodedata
 
 import numpy as np
 
 from aimass.errors import InvalidInputError
 from aimass.serving._engine import Engine, _finite
+from aimass.zoo.search import plain
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,8 @@ def loggable(query: str) -> str:
 
 
 def _fold(text: str) -> str:
-    return "".join(c for c in unicodedata.normalize("NFKD", text.casefold()) if not unicodedata.combining(c))
+    # the index's own folding: it keeps the marks that make another letter (ガラス is not カラス)
+    return plain(text)
 
 
 class PastQueries:
@@ -92,8 +93,9 @@ def suggest(engine: Engine, prefix: str, k: int, past: PastQueries | None, user_
     est = _index(engine)
     seen = engine.history(user_id, None) if user_id is not None else None
     asked = past.matching(prefix, k) if past is not None else []
-    out = []
+    out, personal = [], False
     for s in est.suggest(prefix, k=max(k - len(asked), (k + 1) // 2), history=seen):
+        personal = personal or bool(s.get("personal"))
         item = s.get("item")
         out.append({"text": s["text"], "item_id": None if item is None else int(engine.item_ids[int(item) - 1]),
                     "score": float(s["score"])})
@@ -105,4 +107,4 @@ def suggest(engine: Engine, prefix: str, k: int, past: PastQueries | None, user_
             out.append({"text": q, "item_id": None, "score": float(n)})
             shown.add(_fold(q))
     n_seen = 0 if seen is None else len(seen)
-    return {"suggestions": out[:k], "personalised": n_seen > 0, "history_length": n_seen}
+    return {"suggestions": out[:k], "personalised": personal, "history_length": n_seen}

@@ -85,6 +85,7 @@ class SearchConfig(BaseModel):
 # M categories), which cut every Hindi or Thai word into one-consonant fragments ("दुनिया" into द, न, य).
 _WORD = regex.compile(r"(?:[\p{L}\p{N}]\p{M}*)+")  # a mark alone (an emoji's variation selector) is no word
 _LETTERS = _WORD  # a word as words() splits it ("_" separates too)
+_ALPHA = regex.compile(r"[\p{L}\p{M}]+")  # a word typos are corrected in: letters with their vowel signs
 # Scripts written without spaces: Thai, Lao, Myanmar, Khmer, and CJK, kana, hangul and above
 _NO_SPACE = "\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u2e80-\U0010ffff"
 _RUNS = regex.compile(f"[{_NO_SPACE}]+|[^{_NO_SPACE}]+")  # a word's no-space runs and the rest
@@ -93,6 +94,10 @@ _MARKED = regex.compile(r"[\p{Devanagari}\p{Bengali}\p{Gurmukhi}\p{Gujarati}\p{O
                         r"\p{Malayalam}\p{Sinhala}\p{Thai}\p{Lao}\p{Tibetan}\p{Myanmar}\p{Khmer}\p{Balinese}"
                         r"\p{Javanese}]")  # scripts whose combining marks are letters (vowel signs, tones, viramas)
 _KANA_VOICING = "\u3099\u309a"  # combining marks that make another kana: ガラス (glass) is not カラス (crow)
+# Latin letters that carry their stroke or ligature in the letter itself, so NFKD leaves them whole: folded as a
+# person without the key types them ("Łódź" as "lodz", "Mø" as "mo", "Işık" as "isik")
+_UNDECOMPOSED = str.maketrans({"ø": "o", "ł": "l", "đ": "d", "ħ": "h", "ı": "i", "æ": "ae", "œ": "oe",
+                               "þ": "th", "ŧ": "t", "ƀ": "b", "ɨ": "i"})
 _MAX_QUERY_CHARS = 1000
 _MAX_TITLE = 100  # a 10 kB query is a paste accident; its head is what the user meant
 
@@ -114,7 +119,7 @@ def fold(text: str) -> str:
         else:
             keep_marks = _MARKED.match(c) is not None
         kept.append(c)
-    return unicodedata.normalize("NFC", "".join(kept)).casefold()
+    return unicodedata.normalize("NFC", "".join(kept)).casefold().translate(_UNDECOMPOSED)
 
 
 def words(text: str) -> list[str]:
@@ -157,6 +162,13 @@ def _respelt(word: str, fixes: dict[str, str]) -> str:
     if word[:1].isupper():
         return fix[:1].upper() + fix[1:]
     return fix
+
+
+def _respelt_runs(word: str, fixes: dict[str, str]) -> str:
+    """`word` with each of its runs respelt: a word that mixes scripts ("iPhonne手机壳") was corrected by runs."""
+    if not _IN_NO_SPACE.search(word):
+        return _respelt(word, fixes)
+    return "".join(r if _IN_NO_SPACE.match(r) else _respelt(r, fixes) for r in _RUNS.findall(word))
 
 
 def title_of(row: dict, text: str) -> str:
@@ -287,7 +299,8 @@ class Search:
             for j in range(len(toks)):
                 keys.append(" ".join(toks[j:]))
                 items.append(i)
-        order = np.argsort(keys, kind="stable")
+        # a Python sort: numpy's would pad every key to the longest one's width (GBs for one long title)
+        order = sorted(range(len(keys)), key=keys.__getitem__)
         self._sugg_keys = [keys[o] for o in order]
         self._sugg_items = np.asarray(items, dtype=np.int64)[order]
         self._dense = None if self.vectors_ is None else self.vectors_.astype(np.float32) * self.scales_[:, None]
@@ -350,10 +363,16 @@ class Search:
             raise InvalidInputError(f"allowed must be a mask of {self.n_items_ + 1} booleans")
         mask = None if mask is None else mask[1:]
         query = "".join(" " if unicodedata.category(c)[0] == "C" else c for c in query[:_MAX_QUERY_CHARS])
-        toks, fixes, unknown = self._correct(words(query)[:32])
+        if not query.strip():  # control and format characters only (a zero-width space): nothing to match
+            return {"items": np.zeros(0, np.int64), "scores": np.zeros(0, np.float32), "mode": mode,
+                    "corrected": None, "personalised": False}
+        # the first 32 words: a no-space script's word gives two tokens a character, which a cap on tokens
+        # would take from the query's later words
+        toks, fixes, unknown = self._correct(words(" ".join(_folded_words(query)[:32])))
         # "did you mean": the query as typed with only its misspelt words replaced (not the index's folded
         # tokens: accents, case and no-space scripts stay as the person wrote them); MiniLM reads the same
-        corrected = _LETTERS.sub(lambda m: _respelt(m.group(), fixes), query) if fixes else None
+        corrected = _LETTERS.sub(lambda m: _respelt_runs(m.group(), fixes), query) if fixes else None
+        corrected = None if corrected == query else corrected
         text = corrected or query
 
         # each source: (its candidates best first, its score for any item, weight, only positive scores count)
@@ -389,7 +408,7 @@ class Search:
         cfg, out, fixes = self._cfg, [], {}
         unknown = any(t not in self._vocab_rank for t in toks)
         for t in toks:
-            if t in self._vocab_rank or len(t) < cfg.typo_min_1 or not t.isalpha():
+            if t in self._vocab_rank or len(t) < cfg.typo_min_1 or not _ALPHA.fullmatch(t):
                 out.append(t)
                 continue
             edits = 2 if len(t) >= cfg.typo_min_2 else 1
@@ -407,12 +426,13 @@ class Search:
         f = self._cfg.fuzzy_cutoff / (200.0 - self._cfg.fuzzy_cutoff)
         lo = np.searchsorted(self._title_lengths, len(query) * f, "left")
         hi = np.searchsorted(self._title_lengths, len(query) / max(f, 1e-9), "right")
+        # every title over the cutoff, then the filter, then the cut: a cut first could leave no allowed one
         hits = process.extract(query, self._titles_sorted[lo:hi], scorer=fuzz.ratio,
-                               score_cutoff=self._cfg.fuzzy_cutoff, limit=self._cfg.candidates)
+                               score_cutoff=self._cfg.fuzzy_cutoff, limit=None)
         hits = [(int(self._titles_by_len[lo + j]), s) for _, s, j in hits]
         hits = [(i, s) for i, s in hits if mask is None or mask[i]]
         hits.sort(key=lambda h: (-h[1], -self._pop[h[0]]))
-        return dict(hits)  # best first
+        return dict(hits[:self._cfg.candidates])  # best first
 
     def _bm25_scores(self, ids: list[int]) -> np.ndarray:
         parts = [slice(self._bm25_indptr[i], self._bm25_indptr[i + 1]) for i in ids]
@@ -513,13 +533,16 @@ class Search:
             return []
         starts = np.fromiter((self._folded_titles[i].startswith(p) for i in items), bool, len(items))
         score = self._pop[items] + self._cfg.title_start_bonus * starts
+        personal = False
         if history is not None and len(np.asarray(history)) and self._cfg.personal_weight:
             mine = np.maximum(self._taste(history, items).astype(np.float64), 0.0)
             top = float(mine.max())
             if top > 0:  # a history that goes with none of these titles leaves their order alone
                 score = score + self._cfg.personal_weight * mine / top
+                personal = True
         order = np.lexsort((items, -score))[:k]
-        return [{"text": self.titles_[items[j]], "item": int(items[j]) + 1, "score": float(score[j])} for j in order]
+        return [{"text": self.titles_[items[j]], "item": int(items[j]) + 1, "score": float(score[j]),
+                 "personal": personal} for j in order]
 
     # -- persistence: json + npz, no pickle ---------------------------------------------------------------
 
