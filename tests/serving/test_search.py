@@ -96,6 +96,7 @@ def test_a_known_users_suggestions_follow_their_history_an_unknown_users_do_not(
     ({"query": "jazz", "mode": "fuzzy"}, 400),
     ({"query": "jazz", "user_id": "1"}, 400),
     ({"query": "   "}, 400),
+    ({"query": "jazz", "mod": "bm25"}, 400),  # a misspelt field is refused, not ignored
     ({"query": "🎷🎺 jazz 🎶"}, 200),
     ({"query": "موسيقى الجاز"}, 200),  # right-to-left
     ({"query": "ja\u0301zz\u0308"}, 200),  # combining marks

@@ -79,6 +79,8 @@ def test_similar_and_rank(served):
     ("/recommend", {"user_id": 1, "filters": {"colour": ["red"]}}, 404, "unknown filter column 'colour'"),
     ("/similar", {"item_id": 987654}, 404, "unknown item id 987654"),
     ("/recommend", {"history": list(range(1, 1002))}, 400, "history"),
+    ("/recommend", {"user_id": 1, "filter": {"genre": ["Comedy"]}}, 400, "filter"),  # a misspelt field: no
+    ("/similar", {"item_id": 1, "K": 50}, 400, "K"),  # answer that silently ignored it
 ])
 def test_bad_input_is_a_clear_4xx(served, path, body, status, message):
     r = served.post("recs", path, body)

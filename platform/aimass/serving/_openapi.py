@@ -27,9 +27,9 @@ def _json(schema: dict, description: str) -> dict:
 
 
 def _errors(route: str, props: set[str], unauthorized: str, admin: bool, timeout: float) -> dict:
-    out = {"400": _json(_ERROR, "Invalid request: not JSON, a wrong type, a missing field or a value out of "
-                                "range, or an X-Request-ID header that is not 1-64 letters, digits or . _ -; the "
-                                "error names it"),
+    out = {"400": _json(_ERROR, "Invalid request: not JSON, a wrong type, a missing or unknown field or a "
+                                "value out of range, or an X-Request-ID header that is not 1-64 letters, digits "
+                                "or . _ -; the error names it"),
            "401": _json(_ERROR, unauthorized)}
     if admin:
         out["403"] = _json(_ERROR, f"{route} needs an admin key")

@@ -427,8 +427,20 @@ def _fast_root_input(svc) -> None:
     spec.model_json_schema = model_json_schema
 
 
-_fast_root_input(Pipeline)
-_fast_root_input(Search)
+def _strict_inputs(svc) -> None:
+    """A body field the route does not have is refused (400 naming it), as /feedback's is: BentoML's input
+    models ignore it, so {"filter": ...} for `filters` answered 200, unfiltered. The document then says
+    additionalProperties: false, which it is."""
+    for api in svc.apis.values():
+        spec = api.input_spec
+        if not getattr(spec, "__root_input__", False):
+            spec.model_config["extra"] = "forbid"
+            spec.model_rebuild(force=True)
+
+
+for _svc in (Pipeline, Search):
+    _fast_root_input(_svc)
+    _strict_inputs(_svc)
 
 
 def servable() -> list[str]:
@@ -449,6 +461,7 @@ def service(family: str):
     _generic[cls] = svc
     svc.add_asgi_middleware(Gate, service=svc)
     _fast_root_input(svc)
+    _strict_inputs(svc)
     return svc
 
 
