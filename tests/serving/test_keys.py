@@ -62,13 +62,28 @@ def test_a_catalog_that_is_away_is_read_once_per_ttl_not_once_per_request(settin
     key = f"aimass_{secrets.token_hex(6)}_{secrets.token_urlsafe(32)}"
     with pytest.raises(ConnectionError):
         verifier.role(key)
-    assert tries == [1] and verifier.fresh()  # answered from the failed read until the ttl passes
+    assert tries == [1] and verifier.answers_now(key)  # answered from the failed read until the ttl passes
     for _ in range(50):
         with pytest.raises(BackendError, match="cannot be read"):
             verifier.role(key)
     assert tries == [1]
     time.sleep(0.6)
-    assert not verifier.fresh()
+    assert not verifier.answers_now(key)
     with pytest.raises(ConnectionError):
         verifier.role(key)
     assert tries == [1, 1]
+
+
+def test_an_unknown_id_is_looked_up_off_the_event_loop(settings):
+    """A random, well-formed key id is a catalog read (its lookup): over HTTP it must not run on the replica's
+    event loop, which the other requests and health checks share. A known id, a malformed key and an id whose
+    lookup is not due answer from memory."""
+    key, _ = serving.create_key("app", settings=settings)
+    verifier = Verifier(settings, ttl=30)
+    assert not verifier.answers_now(key)  # nothing read yet
+    assert verifier.role(key) == "consumer"
+    assert verifier.answers_now(key) and verifier.answers_now("not a key") and verifier.answers_now(None)
+    stranger = f"aimass_{secrets.token_hex(6)}_{secrets.token_urlsafe(32)}"
+    assert not verifier.answers_now(stranger)  # its lookup is due: off the loop
+    assert verifier.role(stranger) is None
+    assert verifier.answers_now(f"aimass_{secrets.token_hex(6)}_{secrets.token_urlsafe(32)}")  # not due again yet

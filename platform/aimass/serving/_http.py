@@ -104,7 +104,7 @@ class Gate:
                 presented = auth[7:].strip() if auth[:7].lower() == "bearer " else None
                 # a read of the catalog (a reload of the table, a slow server) off the event loop: the replica's
                 # other requests, its health checks among them, go on meanwhile
-                role = (self.verifier.role(presented) if self.verifier.fresh()
+                role = (self.verifier.role(presented) if self.verifier.answers_now(presented)
                         else await asyncio.to_thread(self.verifier.role, presented))
             except Exception as e:  # the catalog is away for a moment: no key can be checked, so none passes
                 if not isinstance(e, BackendError):  # the failed read itself, not each request refused after it

@@ -89,11 +89,17 @@ class Verifier:
         self._loaded = self._missed = self._failed = -math.inf
         self._lock = threading.Lock()
 
-    def fresh(self) -> bool:
-        """Whether a check now answers from the table in memory, or from a read that just failed, without a
-        read of the catalog (an unknown id aside): a caller on an event loop checks the others off it."""
+    def answers_now(self, presented: str | None) -> bool:
+        """Whether checking `presented` now needs no read of the catalog (the table in memory holds its id,
+        or it is malformed, or a read just failed, or an unknown id's lookup is not due): a caller on an event
+        loop checks the others off it. An unknown id is a lookup, which anyone can make happen by sending one."""
         now = time.monotonic()
-        return now - self._loaded < self._ttl or now - self._failed < self._ttl
+        if now - self._failed < self._ttl:
+            return True
+        if now - self._loaded >= self._ttl:
+            return False
+        m = _KEY.fullmatch(presented or "")
+        return m is None or m["id"] in self._rows or now - self._missed < 1 / MISS_LOOKUPS_PER_S
 
     def role(self, presented: str | None) -> str | None:
         """The role of a valid, unrevoked key; None otherwise (absent, malformed, unknown, revoked)."""
