@@ -61,7 +61,9 @@ class Settings(BaseSettings):
     feedback_neutral: list[str] = Field(["impression", "view", "rating"],
                                         description="Known event types that are neither (impressions).")
     feedback_max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest POST /feedback body.")
-    feedback_max_future_s: float = Field(86400.0, ge=0, description="How far ahead a timestamp may be.")
+    # at most a year: a time past pandas' range (2262) once stored would break every read of the append-only log
+    feedback_max_future_s: float = Field(86400.0, ge=0, le=366 * 86400,
+                                         description="How far ahead a timestamp may be (at most a year).")
     online_poll_s: float = Field(0.2, gt=0, le=10, description="How often a replica reads new events.")
     serve_cache_users: int = Field(10_000, ge=0, description=(
         "Users whose /recommend answers a replica keeps per served version (0: no cache), at most 4 answers a "

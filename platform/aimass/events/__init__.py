@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import re
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -18,37 +17,15 @@ import pandas as pd
 from pydantic import BaseModel
 
 from aimass.catalog import FeedbackEventBase, FeedbackEventPublic
-from aimass.errors import ConflictError, InvalidInputError
+from aimass.errors import InvalidInputError
 from aimass.events._log import Ack, EventLog, as_utc
-from aimass.events._rules import Rules
+from aimass.events._rules import Rules, check
 from aimass.events._served import TAIL, ServedLog
 from aimass.settings import Settings, default_settings
 
 __all__ = ["TAIL", "Ack", "EventLog", "FeedbackEventBase", "FeedbackEventPublic", "IngestResult", "Rules", "ServedLog",
            "check", "ingest", "list_events", "read_events", "stats", "as_utc"]
 _COLUMNS = ["event_id", "user_id", "item_id", "type", "timestamp", "value", "request_id"]
-
-
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def check(events: list[FeedbackEventBase], rules: Rules, settings: Settings, now: datetime | None = None) -> None:
-    """What the field types cannot say: a known type (InvalidInputError), a timestamp from 1970 on and not too
-    far ahead of this server's clock (ConflictError: the event is well-formed, the clock disagrees). Names the
-    event."""
-    now = now or datetime.now(UTC)
-    limit = now + timedelta(seconds=settings.feedback_max_future_s)
-    for i, e in enumerate(events):
-        where = f"event {i} ({e.event_id!r})" if len(events) > 1 else f"event {e.event_id!r}"
-        if e.type not in rules.types:
-            raise InvalidInputError(f"{where}: unknown event type {e.type!r}; known types: "
-                                    f"{', '.join(rules.types)} (AIMASS_FEEDBACK_POSITIVE/_NEGATIVE/_NEUTRAL)")
-        ts = e.timestamp if e.timestamp.tzinfo else e.timestamp.replace(tzinfo=UTC)
-        if ts < EPOCH:  # well-formed, but no behaviour log starts before it (and year 825 breaks SQLite's reader)
-            raise ConflictError(f"{where}: timestamp {ts.isoformat()} is before 1970-01-01")
-        if ts > limit:
-            raise ConflictError(f"{where}: timestamp {ts.isoformat()} is more than "
-                                    f"{settings.feedback_max_future_s:g} s in the future")
 
 
 class IngestResult(BaseModel):
@@ -74,7 +51,22 @@ def _read_json(p: Path, lines: bool) -> pd.DataFrame:
 
     with gzip.open(p, "rb") if p.suffix.lower() == ".gz" else open(p, "rb") as fh:
         raw = fh.read()
-    rows = [orjson.loads(line) for line in raw.splitlines() if line.strip()] if lines else orjson.loads(raw)
+    if not lines:
+        rows = orjson.loads(raw)
+    else:
+        rows = []
+        for n, line in enumerate(raw.splitlines(), 1):
+            if not line.strip():
+                continue
+            # each line is parsed alone, so orjson's own position always says "line 1": name the file's
+            try:
+                row = orjson.loads(line)
+            except orjson.JSONDecodeError as e:
+                raise InvalidInputError(f"{p}: line {n}, column {e.colno}: {e.msg}; fix or remove that line "
+                                        "(nothing stored)") from None
+            if not isinstance(row, dict):
+                raise InvalidInputError(f"{p}: line {n} is not a JSON object; write one event object a line")
+            rows.append(row)
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
         raise InvalidInputError(f"{p}: expected JSON objects, one per line (or one array of them)")
     return pd.DataFrame(rows, dtype=object)
@@ -149,6 +141,9 @@ def read_events(path: str | Path, rules: Rules, settings: Settings) -> pd.DataFr
     f["event_id"] = eid.astype(object)
     for c in ("user_id", "item_id"):
         col = f[c]
+        if pd.api.types.is_unsigned_integer_dtype(col.dtype):
+            # a uint64 from 2**63 on has no Int64 form (the cast raises): out of range, so a bad row like any
+            col = col.astype("UInt64").where(col <= 2**62)
         v = col.astype("Int64") if pd.api.types.is_integer_dtype(col.dtype) else col.map(_whole).astype("Int64")
         ok = v.notna() & (v.fillna(-1) >= 0) & (v.fillna(-1) <= 2**62)
         bad(~ok.to_numpy(dtype=bool), f"{c} must be a whole number from 0 to 2**62")

@@ -22,6 +22,7 @@ import pandas as pd
 from sqlalchemy import func, select, text
 
 from aimass.catalog import FeedbackEvent, FeedbackEventBase, engine_for
+from aimass.events._rules import Rules, check
 from aimass.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -165,6 +166,8 @@ class EventLog:
     table = TABLE
 
     def __init__(self, settings: Settings):
+        self.settings = settings
+        self._rules: Rules | None = None  # parsed at the first append: a reader never needs them
         self.engine = engine_for(settings.catalog)
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -178,7 +181,13 @@ class EventLog:
     def append(self, endpoint: str, events: list[FeedbackEventBase]) -> concurrent.futures.Future:
         """Queue `events` for the next group commit; the future resolves to one Ack per event, in order, once
         they are durable (or to the exception that stopped the commit: nothing of the group is stored, unless
-        only reading back the seqs of its repeats failed, see _commit_sqlite)."""
+        only reading back the seqs of its repeats failed, see _commit_sqlite). Checked first as /feedback
+        checks them (`check`): an unknown type is InvalidInputError, a time before 1970 or too far ahead
+        ConflictError, and nothing of the list is queued. The log is append-only, so one such time stored would
+        break every later read of it (pandas cannot hold it)."""
+        if self._rules is None:
+            self._rules = Rules.of(self.settings)
+        check(events, self._rules, self.settings)
         fut: concurrent.futures.Future = concurrent.futures.Future()
         self._start()
         self._queue.put((endpoint, events, fut, self._rows(endpoint, events)))
@@ -186,7 +195,8 @@ class EventLog:
 
     def append_async(self, endpoint: str, events: list[FeedbackEventBase]) -> asyncio.Future:
         """`append` for a caller on an event loop: the group's waiters on one loop are woken by one callback,
-        not one cross-thread wake-up each."""
+        not one cross-thread wake-up each. Unchecked: the caller has run `check` (serving does, before it reads
+        what the model knew), and /feedback's hot path should not pay for it twice."""
         fut = asyncio.get_running_loop().create_future()
         self._start()
         self._queue.put((endpoint, events, fut, self._rows(endpoint, events)))
@@ -199,6 +209,7 @@ class EventLog:
         return [_sqlite_row(endpoint, e, received) for e in events]
 
     def write(self, endpoint: str, events: list[FeedbackEventBase]) -> list[Ack]:
+        """`append` and wait: the events checked, then stored durably (the SDK's write)."""
         return self.append(endpoint, events).result()
 
     def _start(self) -> None:

@@ -6,12 +6,17 @@ from __future__ import annotations
 
 import operator
 import re
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from aimass.errors import InvalidInputError
+from aimass.errors import ConflictError, InvalidInputError
 from aimass.settings import Settings
+
+if TYPE_CHECKING:
+    from aimass.catalog import FeedbackEventBase
 
 _RULE = re.compile(r"^\s*(?P<type>[a-z][a-z0-9_]{0,31})\s*(?:(?P<op>>=|<=|>|<|==)\s*(?P<x>-?\d+(?:\.\d+)?))?\s*$")
 _OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq}
@@ -74,6 +79,28 @@ class Rules:
         return or_(false(), *(type_col == t if op is None else
                               and_(type_col == t, value_col.is_not(None), _OPS[op](value_col, x))
                               for t, op, x in self.positive))
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def check(events: list[FeedbackEventBase], rules: Rules, settings: Settings, now: datetime | None = None) -> None:
+    """What the field types cannot say: a known type (InvalidInputError), a timestamp from 1970 on and not too
+    far ahead of this server's clock (ConflictError: the event is well-formed, the clock disagrees). Names the
+    event. Here, not in the package, so that EventLog's own writes can call it."""
+    now = now or datetime.now(UTC)
+    limit = now + timedelta(seconds=settings.feedback_max_future_s)
+    for i, e in enumerate(events):
+        where = f"event {i} ({e.event_id!r})" if len(events) > 1 else f"event {e.event_id!r}"
+        if e.type not in rules.types:
+            raise InvalidInputError(f"{where}: unknown event type {e.type!r}; known types: "
+                                    f"{', '.join(rules.types)} (AIMASS_FEEDBACK_POSITIVE/_NEGATIVE/_NEUTRAL)")
+        ts = e.timestamp if e.timestamp.tzinfo else e.timestamp.replace(tzinfo=UTC)
+        if ts < EPOCH:  # well-formed, but no behaviour log starts before it (and year 825 breaks SQLite's reader)
+            raise ConflictError(f"{where}: timestamp {ts.isoformat()} is before 1970-01-01")
+        if ts > limit:
+            raise ConflictError(f"{where}: timestamp {ts.isoformat()} is more than "
+                                f"{settings.feedback_max_future_s:g} s in the future")
 
 
 def _parse(rule: str, kind: str) -> tuple[str, str | None, float | None]:
