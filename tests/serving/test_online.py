@@ -127,3 +127,20 @@ def test_the_events_kept_after_the_cutoff_are_bounded(tmp_path, monkeypatch):
         assert set(online.extra) | set(online.hidden) | set(online.generation) == {100, 101, 102}
     finally:
         online.stop()
+
+
+def test_negative_events_up_to_the_cutoff_are_restored_under_the_same_bound(tmp_path, monkeypatch):
+    """A long-lived endpoint's skips and dislikes, all read back at a replica's start, keep only the MAX_USERS
+    users whose latest is newest (they were kept without end)."""
+    from aimass.serving import _online
+
+    monkeypatch.setattr(_online, "MAX_USERS", 3)
+    s = Settings(home=tmp_path / "home")
+    log = EventLog(s)
+    acks = log.write("recs", [_e(i, 50 + i, 100, "dislike") for i in range(10)])
+    online = Online("recs", s, {100: 1}, np.zeros(2), cutoff=max(a.seq for a in acks))
+    try:
+        assert sorted(online.hidden) == [57, 58, 59] and list(online.recent) == [57, 58, 59]
+        assert online.hidden_of(59) == {1} and online.hidden_of(50) == set()
+    finally:
+        online.stop()

@@ -87,21 +87,26 @@ class Online:
                     self.trend[dense] += self._trend_weight(min(_unix(ts, now), now))
                 else:
                     self.hidden.setdefault(int(user), set()).add(dense)
-                self.recent[int(user)] = None
-                self.recent.move_to_end(int(user))
-                if len(self.recent) > MAX_USERS:
-                    # back to the training data alone: generation 0, which only an answer cached before any of
-                    # the user's events carries (computed from the training data alone, so still right)
-                    gone, _ = self.recent.popitem(last=False)
-                    self.extra.pop(gone, None)
-                    self.hidden.pop(gone, None)
-                    self.generation.pop(gone, None)
-                # after the change (readers take no lock): a request that sees the new generation sees the new
-                # state, and an answer computed from the old state is kept under the old one, never taken again
-                self.changes += 1
-                self.generation[int(user)] = self.changes
+                self._changed(int(user))
             if not own:
                 self.applied = {s for s in self.applied if s > self.seq}
+
+    def _changed(self, user: int) -> None:
+        """After a change of `user`'s state (under the lock): newest in `recent`, the oldest user beyond
+        MAX_USERS dropped, and a new generation for the answer cache."""
+        self.recent[user] = None
+        self.recent.move_to_end(user)
+        if len(self.recent) > MAX_USERS:
+            # back to the training data alone: generation 0, which only an answer cached before any of the
+            # user's events carries (computed from the training data alone, so still right)
+            gone, _ = self.recent.popitem(last=False)
+            self.extra.pop(gone, None)
+            self.hidden.pop(gone, None)
+            self.generation.pop(gone, None)
+        # after the change (readers take no lock): a request that sees the new generation sees the new state,
+        # and an answer computed from the old state is kept under the old one, never taken again
+        self.changes += 1
+        self.generation[user] = self.changes
 
     def _restore(self, cutoff: int) -> None:
         """What the events up to the cut-off still change (see the module's docstring): hidden items, and the
@@ -113,8 +118,9 @@ class Online:
                                datetime.fromtimestamp(now - TREND_RESTORE_S, UTC))
         for user, item, type_, value, ts, received in rows:
             sign, dense = self._effect(item, type_, value)
-            if sign < 0:
+            if sign < 0:  # under the same bound as live events: a long-lived endpoint's skips are many
                 self.hidden.setdefault(int(user), set()).add(dense)
+                self._changed(int(user))
             elif sign > 0:
                 # by its own time, as a live event weighs (apply): a backfill of old events received lately is old
                 at = min(_unix(ts, now), as_utc(received).timestamp())
