@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 
 import numpy as np
 import pandas as pd
@@ -18,6 +19,10 @@ REQUIRED = ("user_id", "item_id", "timestamp")
 OPTIONAL = {"event": "string", "value": "float64", "split": "string"}
 SPLITS = ("train", "val_input", "val", "test")
 ID_MAX = 2**62  # the largest user or item id serving, feedback and the catalog accept
+# (unit, per second, the largest unix time it reads, exclusive): seconds past 1e11 would be after the year 5000
+UNITS = (("milliseconds", 10**3, 1e14), ("microseconds", 10**6, 1e17), ("nanoseconds", 10**9, float("inf")))
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -93,16 +98,44 @@ def normalise(
         if bad:
             raise InvalidInputError(f"{what}: unknown split value(s) {bad}; allowed {list(SPLITS)}")
         _check_roles(df, what)
-    if timestamp_kind == "unix":
-        # The same event twice (a joined export, a re-posted review): stored once. Left in, leave-one-out would
-        # hold out a copy of an item still in the history, which the evaluation keeps rankable (repeat
-        # consumption): any model that scores the user's own items would score hits it never earned.
-        df = df.drop_duplicates(ignore_index=True)
+    # The same event twice (a joined export, a re-posted review): stored once, whatever the timestamps mean. Left
+    # in, leave-one-out would hold out a copy of an item still in the history, which the evaluation keeps rankable
+    # (repeat consumption): any model that scores the user's own items would score hits it never earned. Formats
+    # that number the rows themselves (sasrec, ml1m-seq, lastfm) give each row its own position, so lose nothing.
+    df = df.drop_duplicates(ignore_index=True)
     # Time order, stable, so the source order breaks ties between equal timestamps.
     df = df.sort_values("timestamp", kind="stable").reset_index(drop=True)
     if items is not None:
         items = _normalise_items(items, what)
     return Canonical(df, items, timestamp_kind)
+
+
+def unix_seconds(ts: pd.Series, what: str) -> pd.Series:
+    """A timestamp column as whole unix seconds where it is plainly something else: date-times (Parquet's
+    timestamp type), or numbers too large to be seconds (past 1e11, the year 5138), taken as milli-, micro- or
+    nanoseconds by their size. Anything else is returned as it is, for normalise to check."""
+    ts = _uncategorised(ts)
+    if ts.dtype == object and pd.api.types.infer_dtype(ts, skipna=True) in ("date", "datetime"):
+        ts = pd.to_datetime(ts, utc=True)  # Parquet's date type, or datetime objects
+    if not pd.api.types.is_datetime64_any_dtype(ts):
+        return _rescaled(ts, what)
+    if isinstance(ts.dtype, pd.DatetimeTZDtype):
+        ts = ts.dt.tz_convert("UTC").dt.tz_localize(None)
+    log.info("%s: timestamp column holds date-times; stored as unix seconds (UTC when no zone is given)", what)
+    return (ts - pd.Timestamp(0)) // pd.Timedelta(seconds=1)  # whole seconds, floored as for numbers; NaT -> NaN
+
+
+def _rescaled(ts: pd.Series, what: str) -> pd.Series:
+    num = ts if ts.dtype.kind in "iu" else pd.to_numeric(ts, errors="coerce")
+    if num.isna().any() or (num % 1 != 0).any():
+        return ts  # not all integers: refused by normalise, naming a value as written
+    top = num.abs().max()
+    if not 1e11 < top <= ID_MAX:  # beyond ID_MAX normalise refuses it as out of range
+        return ts
+    unit, scale = next((u, f) for u, f, below in UNITS if top < below)
+    log.info("%s: timestamps reach %d, too large for seconds; read as %s and stored as unix seconds", what, top,
+             unit)
+    return num.astype("int64") // scale
 
 
 def _check_roles(df: pd.DataFrame, what: str) -> None:

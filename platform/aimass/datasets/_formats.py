@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from aimass.datasets._canonical import ID_MAX, Canonical, normalise
+from aimass.datasets._canonical import ID_MAX, Canonical, normalise, unix_seconds
 from aimass.errors import InvalidInputError
 
 Reader = Callable[[Path, "Path | None"], Canonical]
@@ -85,14 +85,26 @@ def _int_lines(path: Path, min_tokens: int = 1, exact: int | None = None) -> lis
     return rows
 
 
-def _table(path: Path, what: str) -> pd.DataFrame:
+def _is_parquet(path: Path) -> bool:
+    with path.open("rb") as fh:
+        return fh.read(4) == b"PAR1"
+
+
+def _table(path: Path, what: str, fmt: str) -> pd.DataFrame:
+    """`fmt` (csv or parquet) picks the parser, not the suffix: `x.pq` declared Parquet is Parquet."""
     if path.stat().st_size == 0:
         raise InvalidInputError(f"{path}: file is empty")
+    if fmt == "csv" and _is_parquet(path):
+        raise InvalidInputError(f"{what} {path}: is a Parquet file; register it with format parquet "
+                                f"(--format parquet)")
+    name = path.name.lower()
     try:
-        if path.suffix == ".parquet":
+        if fmt == "parquet":
             return pd.read_parquet(path)
-        return pd.read_csv(path, sep=None if path.suffix == ".tsv" else ",", engine="python"
-                           if path.suffix == ".tsv" else "c")
+        # utf-8-sig: a byte-order mark, as Windows editors write, would otherwise stick to the first column's
+        # name. Only an empty field is missing: "None", "NA" or "null" are a title, an event or a tag as written.
+        return pd.read_csv(path, sep="\t" if name.endswith((".tsv", ".tsv.gz")) else ",", encoding="utf-8-sig",
+                           keep_default_na=False, na_values=[""])
     except (ValueError, pd.errors.ParserError, OSError) as e:
         raise InvalidInputError(f"{what} {path}: cannot be parsed ({str(e).splitlines()[0]})") from None
 
@@ -102,7 +114,9 @@ def _items_file(path: Path | None) -> pd.DataFrame | None:
         return None
     if path.name.endswith(".dat"):
         return _movies_dat(path)
-    return _table(path, "items file")
+    # an items file has no declared format: Parquet by its suffix or its magic bytes, else delimited text
+    fmt = "parquet" if path.suffix.lower() in (".parquet", ".pq") or _is_parquet(path) else "csv"
+    return _table(path, "items file", fmt)
 
 
 def _movies_dat(path: Path) -> pd.DataFrame:
@@ -179,7 +193,13 @@ def _ml1m_seq(path: Path, items: Path | None) -> Canonical:
     if items is not None:
         item_table = _items_file(items)
         mapping = path / "sas_to_original_items.txt"
-        if items.name.endswith(".dat") and mapping.is_file():
+        if items.name.endswith(".dat") and not mapping.is_file():
+            # movies.dat is keyed by MovieLens ids, the folder by SASRec's renumbered ones: joined as they are,
+            # every item would carry another film's title
+            raise InvalidInputError(f"ml1m-seq: {path} has no sas_to_original_items.txt, which maps its item ids "
+                                    f"to the MovieIDs of {items.name}; add it to the folder, or give an items "
+                                    f"csv/parquet keyed by the folder's own item ids")
+        if items.name.endswith(".dat"):
             m = pd.DataFrame(_int_lines(mapping, exact=2), columns=["item_id", "original_id"])
             item_table = m.merge(item_table.rename(columns={"item_id": "original_id"}), on="original_id")
     return normalise(df, item_table, "order", f"ml1m-seq {path}")
@@ -235,7 +255,7 @@ def _lastfm(path: Path, items: Path | None) -> Canonical:
     item_table = pd.DataFrame({"item_id": artists["id"], "name": artists["name"].fillna("")})
     tags_f, tagged_f = path / "tags.dat", path / "user_taggedartists.dat"
     if tags_f.is_file() and tagged_f.is_file():
-        tags = _hetrec(tags_f, ["tagID", "tagValue"], encoding="latin-1")
+        tags = _hetrec(tags_f, ["tagID", "tagValue"], encoding="latin-1").dropna(subset=["tagValue"])
         tagged = _hetrec(tagged_f, ["artistID", "tagID"])
         counts = tagged.groupby(["artistID", "tagID"]).size().rename("n").reset_index()
         counts = counts.merge(tags, on="tagID").sort_values(["artistID", "n", "tagValue"],
@@ -250,7 +270,8 @@ def _lastfm(path: Path, items: Path | None) -> Canonical:
 
 def _hetrec(path: Path, cols: list[str], encoding: str = "utf-8") -> pd.DataFrame:
     try:
-        df = pd.read_csv(path, sep="\t", encoding=encoding, usecols=cols, quoting=3, dtype=str)
+        df = pd.read_csv(path, sep="\t", encoding=encoding, usecols=cols, quoting=3, dtype=str,
+                         keep_default_na=False, na_values=[""])  # a tag or an artist "null" is a name
     except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
         raise InvalidInputError(f"lastfm {path}: cannot be parsed ({str(e).splitlines()[0]})") from None
     if df.empty:
@@ -272,10 +293,12 @@ def _hetrec(path: Path, cols: list[str], encoding: str = "utf-8") -> pd.DataFram
 def _tabular(path: Path, items: Path | None, fmt: str) -> Canonical:
     if path.is_dir():
         raise InvalidInputError(f"{fmt}: {path} is a folder; give the interactions file")
-    df = _table(path, f"{fmt} file")
+    df = _table(path, f"{fmt} file", fmt)
     if df.empty:
         raise InvalidInputError(f"{path}: no rows")
-    ts = df["timestamp"] if "timestamp" in df.columns else None
+    ts = None
+    if "timestamp" in df.columns:
+        df["timestamp"] = ts = unix_seconds(df["timestamp"], f"{fmt} {path}")
     kind = "unix" if ts is not None and pd.to_numeric(ts, errors="coerce").min() > 10**8 else "order"
     return normalise(df, _items_file(items), kind, f"{fmt} {path}")
 
