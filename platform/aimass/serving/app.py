@@ -54,6 +54,19 @@ class AppArgs(BaseModel):
                 "look_back_period_s": self.look_back_period_s}
 
     @model_validator(mode="after")
+    def _servable(self) -> AppArgs:
+        # a hand-edited serve config: refused here, naming what is wrong, not in every replica after the deploy
+        from aimass.serving.services import servable
+
+        if self.family not in servable():
+            raise ValueError(f"unknown family {self.family!r}; servable: {', '.join(servable())}")
+        need = ["AIMASS_SERVE_MODEL"] + (["AIMASS_SERVE_RANKER"] if self.family == "pipeline" else [])
+        missing = [k for k in need if not self.env.get(k)]
+        if missing:
+            raise ValueError(f"env lacks {', '.join(missing)} (the model version(s) the replicas load, NAME/VERSION)")
+        return self
+
+    @model_validator(mode="after")
     def _window_spans_reports(self) -> AppArgs:
         # A window no longer than the report interval averages over one report or none (Ray only warns).
         if self.look_back_period_s <= self.metrics_interval_s:
