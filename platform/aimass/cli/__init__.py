@@ -58,13 +58,24 @@ def _root(home: str = typer.Option(None, "--home", help="State folder (default $
     try:
         state.settings = Settings(home=home) if home else Settings()
     except Exception as e:  # a bad AIMASS_* variable is the user's input too
-        typer.echo(f"error: invalid settings: {e}", err=True)
+        typer.echo(f"error: invalid settings: {_settings_problems(e)}", err=True)
         raise typer.Exit(2) from None
     problem = unknown_variables() or _unusable(state.settings.home)
     if problem:
         typer.echo(f"error: {problem}", err=True)
         raise typer.Exit(2)
     state.verbose = verbose
+
+
+def _settings_problems(e: Exception) -> str:
+    """One line, "field: message; ...", without the values (a URL may hold a password): pydantic's own text
+    spreads each error over lines with a link, where the CLI promises one line per error."""
+    from pydantic import ValidationError
+
+    if not isinstance(e, ValidationError):
+        return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return "; ".join(f"{'.'.join(map(str, err['loc'])) or 'settings'}: {err['msg'].removeprefix('Value error, ')}"
+                     for err in e.errors(include_url=False, include_input=False))
 
 
 def _unusable(home) -> str | None:

@@ -33,7 +33,14 @@ def console(port: int = typer.Option(None, "--port", min=1, max=65535,
         if foreground:
             import psutil
 
-            psutil.Process(info["pid"]).wait()
+            code = psutil.Process(info["pid"]).wait()
+            # negative: a signal stopped it (`aimass console --stop`, a kill), as asked; a positive code is
+            # Streamlit failing by itself, which a supervisor or script must see as a failure
+            if code is not None and code > 0:
+                from aimass.errors import BackendError
+
+                raise BackendError(f"the console stopped by itself with exit code {code}: see its log "
+                                   f"{info.get('log') or s.home / 'logs' / 'console.log'}")
     except KeyboardInterrupt:
         pass
     finally:

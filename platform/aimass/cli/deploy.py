@@ -25,7 +25,8 @@ def deploy(
     as_json: bool = JSON,
 ):
     """Deploy a registered model version on Ray Serve (loopback, API keys required). Prints one line (the
-    deployment as JSON with --json); a deploy that fails stops the serving cluster if it started it."""
+    deployment as JSON with --json, plus `scheduler`: the scheduler's line); a deploy that fails stops the
+    serving cluster if it started it."""
     from aimass import serving
 
     d = serving.deploy(ref, endpoint, ranker=ranker, min_replicas=min_replicas, max_replicas=max_replicas,
@@ -33,9 +34,11 @@ def deploy(
                        downscale_delay_s=downscale_delay, settings=state.settings)
     what = f"{d.model}/{d.version} ({d.family})" + (f" ranked by {d.ranker}" if d.ranker else "")
     scheduler = schedule(state.settings)
-    emit(d, as_json, [f"deployed {what} at {d.url} ({d.status}; {d.min_replicas}-{d.max_replicas} replicas, "
-                      f"scaling up after {upscale_delay:g} s and down after {downscale_delay:g} s, "
-                      f"{d.proxy} proxy; POST {d.url}/recommend with 'Authorization: Bearer <key>'); {scheduler}"])
+    # in the JSON too: a script must see the warning that the scheduler did not start, as a person does
+    emit({**d.model_dump(mode="json"), "scheduler": scheduler}, as_json,
+         [f"deployed {what} at {d.url} ({d.status}; {d.min_replicas}-{d.max_replicas} replicas, "
+          f"scaling up after {upscale_delay:g} s and down after {downscale_delay:g} s, "
+          f"{d.proxy} proxy; POST {d.url}/recommend with 'Authorization: Bearer <key>'); {scheduler}"])
 
 
 def schedule(settings) -> str:

@@ -78,9 +78,28 @@ def compress(
     as_json: bool = JSON,
 ):
     """Make a smaller version of NAME/VERSION; it is registered with VERSION as its parent."""
-    from aimass import models
+    from aimass import models, registry
 
     options = parse_pairs(option, "--option")
+    _check_options(options)
+    # the SDK's own checks (method, its options, the family's fit), so bad input gets one line, no stage line
+    registry.check_compression(registry.get(f"{name}/{version}", settings=state.settings).family, method, **options)
     console.stage(f"compressing {name}/{version} with {method}; logs: {console.log_path()}")
     v = models.compress(name, version, method, progress=not as_json, settings=state.settings, **options)
     emit(v, as_json, rows([_row(v)], _COLS) + [f"  {k}: {val:.4f}" for k, val in sorted(v.metrics.items())])
+
+
+def _check_options(options: dict) -> None:
+    """-o names that are the compress calls' own arguments would collide with them (a TypeError, not a
+    message): refused, named."""
+    import inspect
+
+    from aimass import models, registry
+    from aimass.errors import InvalidInputError
+
+    own = {p.name for f in (models.compress, registry.check_compression)
+           for p in inspect.signature(f).parameters.values() if p.kind is not p.VAR_KEYWORD}
+    taken = sorted(own & set(options))
+    if taken:
+        raise InvalidInputError(f"--option {', '.join(taken)}: not a compression option (the command sets it "
+                                "from its arguments); drop it, see registry/README.md for each method's options")

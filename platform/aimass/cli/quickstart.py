@@ -177,8 +177,7 @@ def quickstart(
         f"drift    {'DRIFT in ' + ', '.join(report.drifted_columns) if report.drifted else 'no drift'} "
         f"({len(report.drifted_columns)} of {len(report.columns)} columns, {report.n_current} answers): {report.html}",
         f"retrain  {again.parent_dataset} + {again.positive:,} positive events -> {again.dataset} -> challenger "
-        f"{again.challenger}: gate " + ("passed, canary" if again.canary else "passed, promoted" if again.promoted
-                                      else "refused, champion kept"),
+        f"{again.challenger}: gate {_retrain_outcome(again)}",
         *[f"         {'pass' if c.passed else 'FAIL'} {c.check}: {c.detail}" for c in again.gate],
         f"         {again.next_step}",
         f"         {scheduler}",
@@ -204,6 +203,18 @@ def quickstart(
         f"console  {panel['url']} (stop: aimass console --stop)" if panel.get("url")
         else f"console  not started: {panel['error']}",
     ]))
+
+
+def _retrain_outcome(r) -> str:
+    """The gate's verdict and what came of it, from the retrain's status: a passing gate alone does not say
+    whether the challenger went out (a canary that could not start leaves it the challenger)."""
+    if r.status == "canary":
+        return "passed, canary"
+    if r.status == "promoted":
+        return "passed, promoted"
+    if r.gate_passed:
+        return "passed, not promoted: it stays the challenger, the champion is kept (why: below)"
+    return "refused, champion kept"
 
 
 def _console(s) -> dict:

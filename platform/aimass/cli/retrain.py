@@ -28,7 +28,9 @@ def retrain(
 
     if reason not in retraining.REASONS:  # before the stage line: bad input gets one line
         raise InvalidInputError(f"unknown retrain reason {reason!r}; use one of {', '.join(retraining.REASONS)}")
-    from aimass import serving
+    from aimass import serving, training
+
+    training.check_budget(time_budget, "--time-budget")  # the rule retrain applies, named by its flag
 
     serving.check_deployed(endpoint, settings=state.settings)  # an unknown endpoint: one line, no stage line
     console.stage(f"retraining what {endpoint} serves on its new feedback ({reason}); logs: {console.log_path()}")

@@ -49,6 +49,7 @@ def train(
         if fixed:
             raise InvalidInputError(f"--resume continues the run's own job: {', '.join(fixed)} cannot be given "
                                     "with it (only --epochs and --time-budget)")
+        training.check_budget(time_budget, "--time-budget")  # before the stage line, as below
         console.stage(f"resuming run {resume} with Ray Train; logs: {console.log_path()}")
         r = training.resume(resume, epochs=epochs, time_budget_min=time_budget, progress=not as_json,
                             settings=state.settings)
@@ -56,11 +57,15 @@ def train(
         if not family or not dataset:
             raise InvalidInputError("give FAMILY and --dataset NAME[@vN] (or --resume RUN_ID)")
         params = parse_pairs(param, "--param")
-        family_class(family)  # an unknown one refused before the stage line that announces it
+        workers = 1 if workers is None else workers
+        # train's own checks (family, params and epochs, workers, budget) before the stage line that announces
+        # the job: bad input gets one line
+        training.check_params(family_class(family), dict(params), epochs)
+        training.check_job(state.settings, workers, max_test_users)
+        training.check_budget(time_budget, "--time-budget")
         from aimass import datasets
 
         datasets.get(dataset, settings=state.settings)  # so is an unknown dataset
-        workers = 1 if workers is None else workers
         console.stage(f"training {family} on {dataset} with Ray Train ({workers} worker(s)), tracked in MLflow; "
                       f"logs: {console.log_path()}")
         r = training.train(family, dataset, params, workers=workers, gpu=gpu, epochs=epochs,

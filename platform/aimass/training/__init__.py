@@ -68,7 +68,7 @@ def train(
 
     s = settings or default_settings()
     cls = family_class(family)
-    params = _check_params(cls, dict(params or {}), epochs)
+    params = check_params(cls, dict(params or {}), epochs)
     check_job(s, workers, max_test_users, max_val_users)
     _check_gpus(s, workers, gpu)
     check_budget(time_budget_min)
@@ -123,7 +123,7 @@ def resume(run_id: str, *, epochs: int | None = None, time_budget_min: float | N
     if job is None or ckpt is None:
         raise InvalidInputError(f"run {run_id} has no checkpoint to resume from")
     cls = family_class(job["family"])
-    _check_params(cls, job["params"], epochs)
+    check_params(cls, job["params"], epochs)
     _check_gpus(s, job["workers"], job["gpu"])
     check_budget(time_budget_min)
     planned = epochs or job["epochs"] or job["params"].get("epochs")
@@ -222,7 +222,7 @@ def check_budget(minutes: float | None, what: str = "time budget") -> None:
         raise InvalidInputError(f"{what} must be a positive number of minutes, got {minutes}")
 
 
-def _check_params(cls, params: dict, epochs: int | None) -> dict:
+def check_params(cls, params: dict, epochs: int | None) -> dict:
     """The params as the family's config reads them (``seed=3.0`` becomes 3): what the job and its record use."""
     if epochs is not None and epochs < 1:
         raise InvalidInputError(f"epochs must be at least 1, got {epochs}")
