@@ -9,7 +9,7 @@ import json
 import math
 import re
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlparse
@@ -18,7 +18,7 @@ from filelock import FileLock, Timeout
 from pydantic import BaseModel, Field
 
 from aimass.errors import BackendError, ConflictError, InvalidInputError, NotFoundError
-from aimass.settings import Settings, default_settings, error_line
+from aimass.settings import Settings, default_settings, error_line, shown_url
 from aimass.tracking import TAG as T  # tag prefix
 from aimass.tracking import lineage_of
 
@@ -111,6 +111,8 @@ def register(run_id: str, name: str, *, settings: Settings | None = None, parent
         if not models:
             raise InvalidInputError(f"run {run_id} has no logged model to register")
         model_uri = models[0]
+    else:
+        _check_model_uri(model_uri)
     tags = lineage_of(run.data.tags)
     tags.update({f"{T}run_id": run_id, f"{T}method": method})
     if parent_version is not None:
@@ -119,13 +121,35 @@ def register(run_id: str, name: str, *, settings: Settings | None = None, parent
                  if k.startswith(("test_", "best_val_", "size_", "latency_", "n_parameters", "parent_",
                                    "delta_", "speedup_", "top10_"))})
     with _lock(s, name, UNATTENDED_WAIT_S):
+        created = False
         try:
             client.get_registered_model(name)
         except Exception:
             client.create_registered_model(name, tags={f"{T}managed": "true"})
-        mv = client.create_model_version(name, source=model_uri, run_id=run_id, tags=tags,
-                                         model_id=model_uri.removeprefix("models:/"))
+            created = True
+        try:
+            mv = client.create_model_version(name, source=model_uri, run_id=run_id, tags=tags,
+                                             model_id=model_uri.removeprefix("models:/"))
+        except Exception as e:
+            if created:  # a name without versions would be listed, and could be promoted or served as nothing
+                with suppress(Exception):
+                    client.delete_registered_model(name)
+            raise BackendError(f"cannot register {shown_url(model_uri)} as a version of model {name!r}: "
+                               f"{error_line(e)}; check the tracking store and try again") from None
     return _info(client.get_model_version(name, mv.version))
+
+
+def _check_model_uri(model_uri: str) -> None:
+    """MLflow creates a version of any source, a folder that is not there included, and fails only at load; a
+    models:/ URI it cannot find fails after the name was created. Both are refused before anything exists."""
+    from mlflow.models import Model
+
+    try:
+        Model.load(model_uri)  # reads the MLmodel file alone, not the weights
+    except Exception as e:
+        raise InvalidInputError(f"model_uri {shown_url(str(model_uri))!r} names no MLflow model ({error_line(e)}): "
+                                "give the models:/m-... URI of a model a run logged, or a folder holding an MLmodel "
+                                "file") from None
 
 
 def list_models(*, settings: Settings | None = None) -> list[dict]:
@@ -193,6 +217,8 @@ def _lock(s: Settings, name: str, wait_s: float):
 
     s.locks.mkdir(parents=True, exist_ok=True)
     lock = FileLock(s.locks / f"model-{name}.lock")
+    # only this lock's own wait is a concurrent promotion: a Timeout from the block (the gate's dataset lock)
+    # is another thing held, and says which
     try:
         try:
             lock.acquire(timeout=0)
@@ -201,13 +227,13 @@ def _lock(s: Settings, name: str, wait_s: float):
                 raise
             console.stage(f"waiting for another promotion or registration of model {name!r} to end")
             lock.acquire(timeout=wait_s)
-        try:
-            yield
-        finally:
-            lock.release()
     except Timeout:
         raise ConflictError(f"a promotion or registration of model {name!r} is in progress; try again when it "
                             "ends") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 class GateCheck(BaseModel):
@@ -401,29 +427,52 @@ def _downloaded(s: Settings, info: ModelVersionInfo) -> Path:
     """A version held by a remote store (a tracking server, an object store), copied once to this machine
     under home/cache/models/NAME/VERSION and read from there after: MLflow copies into a new temporary folder
     at each call, never removed, so each replica start, promotion and compression left a whole model behind.
-    A version's files never change; the copy is renamed into place whole, under a lock per version."""
+    A version's files never change, but NAME/VERSION names another version once the home points at another
+    store (or a wiped one: MLflow numbers from 1 again), so the copy holds a marker of whose version it is
+    and is copied again when that differs. The copy is renamed into place whole, under a lock per version."""
     import shutil
     import tempfile
 
     import mlflow
 
     dest = s.home / "cache" / "models" / info.name / str(info.version)
-    if dest.is_dir():
+    identity = _identity(s, info)
+    if _holds(dest, identity):
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(dest) + ".lock"):
-        if dest.is_dir():  # another process copied it meanwhile
+        if _holds(dest, identity):  # another process copied it meanwhile
             return dest
         for stale in dest.parent.glob(f".download-{info.version}-*"):  # a copy killed mid-way (under this lock)
             shutil.rmtree(stale, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".download-{info.version}-", dir=dest.parent))
+        tmp, aside = (Path(tempfile.mkdtemp(prefix=f".download-{info.version}-", dir=dest.parent)) for _ in "ab")
         try:
-            got = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{info.name}/{info.version}",
-                                                      dst_path=str(tmp))
-            Path(got).rename(dest)
+            got = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{info.name}/{info.version}",
+                                                           dst_path=str(tmp)))
+            (got / _MARKER).write_text(json.dumps(identity))  # inside: the copy and its marker move as one
+            if dest.exists():  # another store's version: moved aside (a rename) so the new one lands whole
+                dest.rename(aside / "replaced")
+            got.rename(dest)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(aside, ignore_errors=True)
     return dest
+
+
+_MARKER = ".aimass-source.json"
+
+
+def _identity(s: Settings, info: ModelVersionInfo) -> dict:
+    return {"store": shown_url(s.tracking_uri), "run_id": info.run_id, "source": info.source}
+
+
+def _holds(dest: Path, identity: dict) -> bool:
+    """Whether the cached copy is this version's; a copy without a marker (made before markers) is not known
+    to be, so it is copied again once."""
+    try:
+        return dest.is_dir() and json.loads((dest / _MARKER).read_text()) == identity
+    except (OSError, ValueError):
+        return False
 
 
 def _scorer(local: Path, ref: str):

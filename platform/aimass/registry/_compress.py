@@ -20,12 +20,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from aimass.errors import ConflictError, InvalidInputError
+from aimass.errors import AimassError, BackendError, InvalidInputError
 from aimass.registry import METHODS
 from aimass.registry import _closed_form as CF
 from aimass.registry import _codecs as C
 from aimass.registry._latency import latency_batches, latency_ms
-from aimass.settings import Settings, default_settings
+from aimass.settings import Settings, default_settings, error_line
 
 _COMMON = {"latency_n": int, "seed": int}
 _OPTIONS = {
@@ -91,6 +91,9 @@ def check(method: str, family: str | None, options: dict) -> dict:
             raise InvalidInputError(f"option {k}={v!r}: use one of {', '.join(_CHOICES[k])}")
         if allowed[k] in (int, float) and (out[k] < 0 if k == "seed" else out[k] <= 0):
             raise InvalidInputError(f"option {k}={v!r} must be {'0 or more' if k == 'seed' else 'positive'}")
+    if "head" in out and family != "sasrec":  # build() gives the others a float head whatever was asked
+        raise InvalidInputError(f"option head={out['head']!r} applies to family 'sasrec' only (its output layer is "
+                                f"the item table), not to {family!r}: leave the option out")
     if out.get("kind") == "structured" and family not in ("sasrec", "two-tower"):
         raise InvalidInputError(f"structured pruning removes feed-forward units, which {family} has none of: "
                                 "use kind=unstructured")
@@ -476,6 +479,18 @@ def compress(name: str, version: int, method: str, *, settings: Settings | None 
         try:
             return registry.register(run.info.run_id, name, parent_version=int(version), method=method,
                                      model_uri=model_info.model_uri, settings=s)
-        except ConflictError as e:  # the work is kept in its run, which registers as this child later
-            raise ConflictError(f"{e}; the compressed model is kept in run {run.info.run_id}: `aimass models "
-                                f"register {run.info.run_id} --name {name}` registers it") from e
+        except Exception as e:  # whatever failed, the work is kept in its run, which registers as this child later
+            kept = (f"the compressed model is kept in run {run.info.run_id}: `aimass models register "
+                    f"{run.info.run_id} --name {name}` registers it")
+            raise _saying(e, kept) from e
+
+
+def _saying(e: Exception, more: str) -> Exception:
+    """``e`` with ``more`` after its message, of its own type (what a caller catches and the CLI's exit code);
+    a library's error becomes a BackendError, as every error the SDK raises on purpose is aimass's."""
+    if isinstance(e, AimassError):
+        try:
+            return type(e)(f"{e}; {more}")
+        except TypeError:  # an error built from more than a message (GateRefusedError's checks)
+            pass
+    return BackendError(f"registering the compressed model failed: {error_line(e)}; {more}")

@@ -299,12 +299,28 @@ def _score(info, split: _Split, metric: str, masks: list, settings: Settings) ->
 
 
 def scoring_latency_ms(info, settings: Settings, n: int = 200, batch: int = 1) -> dict:
-    """p50/p99 of one `score` call on CPU, on histories drawn from the model's own catalogue."""
+    """p50/p99 of one `score` call on CPU over `n` batches of histories drawn from the model's own catalogue,
+    each of its own length up to the longest the model reads: a model's time grows with the history, so one
+    history timed `n` times would measure one length's cost, not the p99 of its users'."""
     from aimass.registry import load
     from aimass.registry._latency import latency_ms
 
     model = load(info.ref, settings=settings)
     rng = np.random.default_rng(0)
-    n_items = len(model.item_ids)
-    histories = [rng.integers(1, n_items + 1, size=rng.integers(5, 50)) for _ in range(batch)]
-    return latency_ms(model.estimator.score, [histories] * n, warmup=5)
+    n_items, longest = len(model.item_ids), _max_len(model.estimator)
+    batches = [[rng.integers(1, n_items + 1, size=rng.integers(1, longest + 1)) for _ in range(batch)]
+               for _ in range(n)]
+    return latency_ms(model.estimator.score, batches, warmup=5)
+
+
+# a family without a max_len reads the whole history (EASE, item-kNN): up to the 50 items the gate always
+# drew for every family, so a budget set for those keeps its meaning
+_DEFAULT_MAX_LEN = 50
+
+
+def _max_len(estimator) -> int:
+    """The longest history `estimator` reads (its config's max_len; a compressed scorer keeps the config as a
+    dict), else _DEFAULT_MAX_LEN."""
+    cfg = getattr(estimator, "config_", None)
+    value = cfg.get("max_len") if isinstance(cfg, dict) else getattr(cfg, "max_len", None)
+    return int(value) if isinstance(value, int | float) and value >= 1 else _DEFAULT_MAX_LEN
