@@ -16,6 +16,8 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -131,6 +133,34 @@ def stage(message: str) -> None:
     if not _c.json:
         _say(message, out())
     logging.getLogger("aimass").info(message)
+
+
+@contextmanager
+def held(lock_file: Path, what: str, wait_s: float, busy: str) -> Iterator[None]:
+    """`lock_file`'s lock for the block: when another process or thread holds it, one stage line ("waiting for
+    `what` to end") and a wait of up to `wait_s` (none at 0), then ConflictError(`busy`). Re-entrant within a
+    thread (a deploy that changes its endpoint's split holds the endpoint once). Only the wait is `busy`: a
+    lock timeout from inside the block is another lock's, and says so itself."""
+    from filelock import FileLock, Timeout
+
+    from aimass.errors import ConflictError
+
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(lock_file, is_singleton=True)
+    try:
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            if wait_s <= 0:
+                raise
+            stage(f"waiting for {what} to end")
+            lock.acquire(timeout=wait_s)
+    except Timeout:
+        raise ConflictError(busy) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def result(text: str) -> None:

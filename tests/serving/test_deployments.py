@@ -291,6 +291,7 @@ def test_an_endpoint_name_with_a_trailing_newline_is_refused():
 
 @pytest.mark.parametrize("option, value", [("target_ongoing_requests", float("inf")),
                                            ("target_ongoing_requests", float("nan")),
+                                           ("target_ongoing_requests", 1e308),  # overflowed in Serve's options
                                            ("upscale_delay_s", float("nan")), ("downscale_delay_s", float("inf"))])
 def test_scaling_options_that_are_not_finite_are_refused_before_anything_starts(tmp_path, option, value):
     from aimass.errors import InvalidInputError
@@ -334,3 +335,64 @@ def test_an_unreadable_deployment_record_is_skipped_not_an_error_for_every_endpo
     (folder / "other.json").write_text("")  # emptied by a disk that filled under an older aimass
     assert [x.endpoint for x in serving.deployments(settings=s)] == ["recs"]
     assert serving.endpoints(settings=s) == ["recs"]
+
+
+def test_one_change_of_an_endpoint_at_a_time(tmp_path, monkeypatch):
+    """A deploy, traffic change or delete of an endpoint waits for another one of it, then is refused, changing
+    nothing; the one in progress may nest its own (a deploy that switches the split)."""
+    import threading
+
+    from aimass.errors import ConflictError
+    from aimass.settings import Settings
+
+    monkeypatch.setattr(serving, "ENDPOINT_WAIT_S", 0.3)
+    s = Settings(home=tmp_path / "home")
+    inside, leave = threading.Event(), threading.Event()
+    nested = []
+
+    def deploying():
+        with serving._one_change(s, "recs"):
+            with serving._one_change(s, "recs"):  # re-entrant in its thread
+                nested.append(True)
+            inside.set()
+            leave.wait(10)
+
+    t = threading.Thread(target=deploying)
+    t.start()
+    try:
+        assert inside.wait(10) and nested == [True]
+        for call in (lambda: serving.delete("recs", settings=s), lambda: serving.rollback("recs", settings=s),
+                     lambda: serving.set_traffic("recs", ["m/1=100"], settings=s)):
+            with pytest.raises(ConflictError, match="in progress"):
+                call()
+        with serving._one_change(s, "other"):  # another endpoint is not held
+            pass
+    finally:
+        leave.set()
+        t.join()
+    with pytest.raises(InvalidInputError, match="invalid endpoint"):  # the lock file is never named outside
+        serving.delete("../../x", settings=s)
+    assert not (tmp_path / "x.lock").exists()
+
+
+def test_a_listing_joins_the_cluster_without_starting_serve(tmp_path, monkeypatch):
+    """`deployments list` after Serve was shut down on a cluster of one's own: reading the status must not start
+    Serve's controller and proxy again (it did, through connect's serve.start)."""
+    import ray
+    from ray import serve
+
+    from aimass.serving import _cluster
+    from aimass.settings import Settings
+
+    s = Settings(home=tmp_path / "home")
+    started = []
+    monkeypatch.setattr(_cluster, "running", lambda settings: True)
+    monkeypatch.setattr(_cluster, "ensure", lambda settings: {"address": "127.0.0.1:1"})
+    monkeypatch.setattr(_cluster._ray, "check_answers", lambda settings: None)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: None)
+    monkeypatch.setattr(serve, "start", lambda **kw: started.append(kw))
+    monkeypatch.setattr(serve, "status", lambda: serve.schema.ServeStatus())
+    assert serving._live_status(s) == {} and started == []
+    _cluster.connect(s)  # a deploy's join does start it
+    assert started == [{"http_options": {"host": s.host, "port": s.serve_port}}]

@@ -9,12 +9,12 @@ import json
 import math
 import re
 import time
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlparse
 
-from filelock import FileLock, Timeout
+from filelock import FileLock
 from pydantic import BaseModel, Field
 
 from aimass.errors import BackendError, ConflictError, InvalidInputError, NotFoundError
@@ -209,31 +209,14 @@ def get(ref: str, *, settings: Settings | None = None) -> ModelVersionInfo:
 UNATTENDED_WAIT_S = 1800.0
 
 
-@contextmanager
 def _lock(s: Settings, name: str, wait_s: float):
     """One promotion or registration of a model at a time; another waits up to `wait_s` (a register waits out
     a promotion's gate, minutes when it re-scores, so that a compression's work is not lost)."""
     from aimass import console
 
-    s.locks.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(s.locks / f"model-{name}.lock")
-    # only this lock's own wait is a concurrent promotion: a Timeout from the block (the gate's dataset lock)
-    # is another thing held, and says which
-    try:
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            if wait_s <= 0:
-                raise
-            console.stage(f"waiting for another promotion or registration of model {name!r} to end")
-            lock.acquire(timeout=wait_s)
-    except Timeout:
-        raise ConflictError(f"a promotion or registration of model {name!r} is in progress; try again when it "
-                            "ends") from None
-    try:
-        yield
-    finally:
-        lock.release()
+    return console.held(s.locks / f"model-{name}.lock", f"another promotion or registration of model {name!r}",
+                        wait_s, f"a promotion or registration of model {name!r} is in progress; try again when "
+                        "it ends")
 
 
 class GateCheck(BaseModel):

@@ -103,6 +103,24 @@ def _env(s: Settings, model: str, ranker: str | None, endpoint: str) -> dict[str
     return env
 
 
+MAX_TARGET_ONGOING = 10_000
+# how long a deploy, traffic change or delete waits for another one of its endpoint (a deploy's preflight and
+# a split's switch take minutes at most) before it is refused
+ENDPOINT_WAIT_S = 900.0
+
+
+def _one_change(s: Settings, endpoint: str):
+    """One deploy, traffic change or delete of an endpoint at a time, across processes (a person's command, the
+    retrain scheduler's canary): two deploys each wrote their split and their record, the later split in force
+    and possibly the other's record; a delete during a switch activated the split of an endpoint gone."""
+    from aimass import console
+
+    check_endpoint(endpoint)  # the lock file is named after it
+    return console.held(s.locks / f"endpoint-{endpoint}.lock", f"another change of endpoint {endpoint!r}",
+                        ENDPOINT_WAIT_S, f"another deploy, traffic change or delete of endpoint {endpoint!r} is in "
+                        "progress; try again when it ends")
+
+
 def deploy(ref: str, endpoint: str, *, ranker: str | None = None, min_replicas: int = 1,
            max_replicas: int = 2, target_ongoing_requests: float = 8.0, upscale_delay_s: float = 10.0,
            downscale_delay_s: float = 60.0, settings: Settings | None = None) -> Deployment:
@@ -119,8 +137,11 @@ def deploy(ref: str, endpoint: str, *, ranker: str | None = None, min_replicas: 
     if not 0 <= min_replicas <= max_replicas or max_replicas < 1:
         raise InvalidInputError(f"need 0 <= min_replicas <= max_replicas and max_replicas >= 1, got "
                                 f"{min_replicas} and {max_replicas}")
-    if not (math.isfinite(target_ongoing_requests) and target_ongoing_requests > 0):
-        raise InvalidInputError(f"target_ongoing_requests must be a positive number, got {target_ongoing_requests}")
+    # bounded: Serve's queue per replica is 4x the target, a whole number (1e308 overflowed there, after the
+    # cluster had started and a split was written)
+    if not (math.isfinite(target_ongoing_requests) and 0 < target_ongoing_requests <= MAX_TARGET_ONGOING):
+        raise InvalidInputError(f"target_ongoing_requests must be a number in (0, {MAX_TARGET_ONGOING:,}], got "
+                                f"{target_ongoing_requests}")
     if not all(math.isfinite(d) and d >= 0 for d in (upscale_delay_s, downscale_delay_s)):
         raise InvalidInputError(f"scaling delays must be numbers of seconds, not negative, got {upscale_delay_s} "
                                 f"(up) and {downscale_delay_s} (down)")
@@ -137,56 +158,57 @@ def deploy(ref: str, endpoint: str, *, ranker: str | None = None, min_replicas: 
         raise InvalidInputError(f"{info.ref} has family {family!r}, which no service serves")
     from aimass.serving import _traffic, app
 
-    experiment = _traffic.running_experiment(s, endpoint)
-    if experiment:  # a new deployment's split would end it unrecorded, its arms gone
-        raise ConflictError(f"experiment {experiment} is running on {endpoint!r}: stop it first (aimass "
-                            f"experiments stop {endpoint} [--promote ARM]); nothing was deployed")
-    _cluster.check_port(s)  # before anything starts: HAProxy's own failure comes late and says little
+    with _one_change(s, endpoint):
+        experiment = _traffic.running_experiment(s, endpoint)
+        if experiment:  # a new deployment's split would end it unrecorded, its arms gone
+            raise ConflictError(f"experiment {experiment} is running on {endpoint!r}: stop it first (aimass "
+                                f"experiments stop {endpoint} [--promote ARM]); nothing was deployed")
+        _cluster.check_port(s)  # before anything starts: HAProxy's own failure comes late and says little
 
-    before = _saved(s).get(endpoint)
-    running = before is not None and _live_status(s).get(endpoint) == "RUNNING"
-    swap = (running and family != "pipeline" and before["args"]["family"] != "pipeline"
-            and (family == "search") == (before["args"]["family"] == "search")  # another kind: new routes
-            and _traffic.current(s, endpoint) is not None)  # an endpoint deployed before splits restarts
-    env = _env(s, info.ref, rank_info.ref if rank_info else None, endpoint)
-    if swap:  # the replicas keep running: the model changes through the split, in two phases (no lost request)
-        env["AIMASS_SERVE_MODEL"] = before["args"]["env"].get("AIMASS_SERVE_MODEL", info.ref)  # a fallback only
-    args = app.AppArgs(family=family, env=env, min_replicas=min_replicas, max_replicas=max_replicas,
-                       target_ongoing_requests=target_ongoing_requests, upscale_delay_s=upscale_delay_s,
-                       downscale_delay_s=downscale_delay_s, log_level=s.serve_log_level)
-    restart = not (swap and before["args"] == args.model_dump())
-    if running and restart:  # new replicas must start before the running ones are replaced: try them aside first
-        _preflight(s, args, endpoint, info.ref)
-    initial = prior = swapped = None
-    if swap:
-        prior = _traffic.current(s, endpoint)
-        swapped = set_traffic(endpoint, [f"{info.ref}=100"], reason="deploy", settings=s)
-    elif family != "pipeline":  # before the replicas start: they read the split in force as they load
-        prior = _traffic.current(s, endpoint)
-        initial = _traffic.activate_initial(s, endpoint, info.ref)
-    try:
-        state = _run(s, args, endpoint, info.ref) if restart else _cluster.connect(s)
-    except BaseException:  # the deployment record still names the old model: so must the split
-        if initial is not None:
-            _traffic.undo_initial(s, endpoint, initial, prior.id if prior else None)
-        if swapped is not None:  # the new model took the traffic before the update failed: the split before it
-            # returns, in the catalog (the replicas follow it; the application is not RUNNING for set_traffic)
-            _traffic.undo_initial(s, endpoint, swapped.id, prior.id)
-            _retarget(s, endpoint, next(a["ref"] for a in prior.arms if a["weight"] > 0))
-        raise
-    d = Deployment(endpoint=endpoint, url=f"http://{s.host}:{s.serve_port}/{endpoint}", model=info.name,
-                   version=info.version, family=family, requested=ref, dataset=info.dataset,
-                   ranker=rank_info.ref if rank_info else None, status="RUNNING", proxy=state["proxy"],
-                   min_replicas=min_replicas, max_replicas=max_replicas,
-                   target_ongoing_requests=target_ongoing_requests, config=str(_dir(s) / "serve-config.yaml"),
-                   created_at=datetime.now(UTC))
-    meta = _dir(s) / "deployments"
-    meta.mkdir(parents=True, exist_ok=True)
-    write_private(meta / f"{endpoint}.json", json.dumps({"deployment": d.model_dump(mode="json"),
-                                                         "args": args.model_dump()}, indent=2))
-    _write_config(s)
-    _watch_scaling(s)
-    return d
+        before = _saved(s).get(endpoint)
+        running = before is not None and _live_status(s).get(endpoint) == "RUNNING"
+        swap = (running and family != "pipeline" and before["args"]["family"] != "pipeline"
+                and (family == "search") == (before["args"]["family"] == "search")  # another kind: new routes
+                and _traffic.current(s, endpoint) is not None)  # an endpoint deployed before splits restarts
+        env = _env(s, info.ref, rank_info.ref if rank_info else None, endpoint)
+        if swap:  # the replicas keep running: the model changes through the split, in two phases (no lost request)
+            env["AIMASS_SERVE_MODEL"] = before["args"]["env"].get("AIMASS_SERVE_MODEL", info.ref)  # a fallback only
+        args = app.AppArgs(family=family, env=env, min_replicas=min_replicas, max_replicas=max_replicas,
+                           target_ongoing_requests=target_ongoing_requests, upscale_delay_s=upscale_delay_s,
+                           downscale_delay_s=downscale_delay_s, log_level=s.serve_log_level)
+        restart = not (swap and before["args"] == args.model_dump())
+        if running and restart:  # new replicas must start before the running ones are replaced: try them aside first
+            _preflight(s, args, endpoint, info.ref)
+        initial = prior = swapped = None
+        if swap:
+            prior = _traffic.current(s, endpoint)
+            swapped = set_traffic(endpoint, [f"{info.ref}=100"], reason="deploy", settings=s)
+        elif family != "pipeline":  # before the replicas start: they read the split in force as they load
+            prior = _traffic.current(s, endpoint)
+            initial = _traffic.activate_initial(s, endpoint, info.ref)
+        try:
+            state = _run(s, args, endpoint, info.ref) if restart else _cluster.connect(s)
+        except BaseException:  # the deployment record still names the old model: so must the split
+            if initial is not None:
+                _traffic.undo_initial(s, endpoint, initial, prior.id if prior else None)
+            if swapped is not None:  # the new model took the traffic before the update failed: the split before it
+                # returns, in the catalog (the replicas follow it; the application is not RUNNING for set_traffic)
+                _traffic.undo_initial(s, endpoint, swapped.id, prior.id)
+                _retarget(s, endpoint, next(a["ref"] for a in prior.arms if a["weight"] > 0))
+            raise
+        d = Deployment(endpoint=endpoint, url=f"http://{s.host}:{s.serve_port}/{endpoint}", model=info.name,
+                       version=info.version, family=family, requested=ref, dataset=info.dataset,
+                       ranker=rank_info.ref if rank_info else None, status="RUNNING", proxy=state["proxy"],
+                       min_replicas=min_replicas, max_replicas=max_replicas,
+                       target_ongoing_requests=target_ongoing_requests, config=str(_dir(s) / "serve-config.yaml"),
+                       created_at=datetime.now(UTC))
+        meta = _dir(s) / "deployments"
+        meta.mkdir(parents=True, exist_ok=True)
+        write_private(meta / f"{endpoint}.json", json.dumps({"deployment": d.model_dump(mode="json"),
+                                                             "args": args.model_dump()}, indent=2))
+        _write_config(s)
+        _watch_scaling(s)
+        return d
 
 
 def _watch_scaling(s: Settings) -> None:
@@ -325,45 +347,46 @@ def set_traffic(endpoint: str, arms: list[str] | dict[str, int], shadow: str | N
     from aimass.serving import _traffic
 
     s = settings or default_settings()
-    saved = _saved(s).get(check_deployed(endpoint, settings=s))
-    parsed = _traffic.parse_arms([f"{r}={w}" for r, w in arms.items()] if isinstance(arms, dict) else list(arms))
-    resolved, shadow = _traffic.validate(s, endpoint, parsed, shadow, saved["args"]["family"])
-    faults = _traffic.check_faults(s, faults or {}, resolved)
-    running, stopping = _traffic.running_experiment_row(s, endpoint) or (None, None)
-    if running and running not in (experiment_id, ending):
-        raise ConflictError(f"experiment {running} is running on {endpoint!r}: stop it first (aimass experiments "
-                            f"stop {endpoint} [--promote ARM]); the split is unchanged")
-    if running and stopping and ending != running:  # a ramp landing after the stop's split would undo it
-        raise ConflictError(f"experiment {running} on {endpoint!r} is being stopped ({stopping}): the split is "
-                            "unchanged")
-    now = _traffic.current(s, endpoint)
-    if (running and running == experiment_id and now is not None and now.experiment_id == running
-            and [a["ref"] for a in now.arms] != [a.ref for a in resolved]):
-        raise ConflictError(f"experiment {running} runs on {', '.join(a['ref'] for a in now.arms)}: its arms (and "
-                            "their order) cannot change under it, only their weights and faults")
-    if _live_status(s).get(endpoint) != "RUNNING":
-        raise ConflictError(f"endpoint {endpoint!r} is not running (aimass deploy it first); the split is "
-                            "unchanged")
-    split = _traffic.propose(s, endpoint, resolved, shadow, faults=faults, experiment_id=experiment_id,
-                             reason=reason, actor=actor)
-    answering = next((a.ref for a in resolved if a.weight > 0), resolved[0].ref)
-    try:
-        _traffic.wait(s, split, lambda: _running_replicas(s, endpoint))
-    except BaseException as e:  # Ctrl-C included: a pending split must not hold the endpoint's lock
+    with _one_change(s, endpoint):
+        saved = _saved(s).get(check_deployed(endpoint, settings=s))
+        parsed = _traffic.parse_arms([f"{r}={w}" for r, w in arms.items()] if isinstance(arms, dict) else list(arms))
+        resolved, shadow = _traffic.validate(s, endpoint, parsed, shadow, saved["args"]["family"])
+        faults = _traffic.check_faults(s, faults or {}, resolved)
+        running, stopping = _traffic.running_experiment_row(s, endpoint) or (None, None)
+        if running and running not in (experiment_id, ending):
+            raise ConflictError(f"experiment {running} is running on {endpoint!r}: stop it first (aimass experiments "
+                                f"stop {endpoint} [--promote ARM]); the split is unchanged")
+        if running and stopping and ending != running:  # a ramp landing after the stop's split would undo it
+            raise ConflictError(f"experiment {running} on {endpoint!r} is being stopped ({stopping}): the split is "
+                                "unchanged")
+        now = _traffic.current(s, endpoint)
+        if (running and running == experiment_id and now is not None and now.experiment_id == running
+                and [a["ref"] for a in now.arms] != [a.ref for a in resolved]):
+            raise ConflictError(f"experiment {running} runs on {', '.join(a['ref'] for a in now.arms)}: its arms (and "
+                                "their order) cannot change under it, only their weights and faults")
+        if _live_status(s).get(endpoint) != "RUNNING":
+            raise ConflictError(f"endpoint {endpoint!r} is not running (aimass deploy it first); the split is "
+                                "unchanged")
+        split = _traffic.propose(s, endpoint, resolved, shadow, faults=faults, experiment_id=experiment_id,
+                                 reason=reason, actor=actor)
+        answering = next((a.ref for a in resolved if a.weight > 0), resolved[0].ref)
         try:
-            _traffic.decide(s, split.id, "failed", f"interrupted: {error_line(e)}")  # still pending: failed
-        except AimassError:  # decided already: failed by wait, or active before the failure
-            now = _traffic.current(s, endpoint)
-            if now is not None and now.id == split.id:  # in force: the replicas serve it, the record says so
-                _retarget(s, endpoint, answering)
-                if isinstance(e, Exception):  # only waiting for replicas to report the switch failed
-                    log.warning("split #%s of %s is in force; waiting for its replicas' reports failed: %s",
-                                split.id, endpoint, error_line(e))
-                    return now
-        raise
-    log.info("traffic of %s: %s", endpoint, ", ".join(f"{a.ref}={a.weight}" for a in resolved))
-    _retarget(s, endpoint, answering)  # what answers
-    return _traffic.current(s, endpoint)
+            _traffic.wait(s, split, lambda: _running_replicas(s, endpoint))
+        except BaseException as e:  # Ctrl-C included: a pending split must not hold the endpoint's lock
+            try:
+                _traffic.decide(s, split.id, "failed", f"interrupted: {error_line(e)}")  # still pending: failed
+            except AimassError:  # decided already: failed by wait, or active before the failure
+                now = _traffic.current(s, endpoint)
+                if now is not None and now.id == split.id:  # in force: the replicas serve it, the record says so
+                    _retarget(s, endpoint, answering)
+                    if isinstance(e, Exception):  # only waiting for replicas to report the switch failed
+                        log.warning("split #%s of %s is in force; waiting for its replicas' reports failed: %s",
+                                    split.id, endpoint, error_line(e))
+                        return now
+            raise
+        log.info("traffic of %s: %s", endpoint, ", ".join(f"{a.ref}={a.weight}" for a in resolved))
+        _retarget(s, endpoint, answering)  # what answers
+        return _traffic.current(s, endpoint)
 
 
 def rollback(endpoint: str, *, actor: str = "sdk", settings: Settings | None = None) -> TrafficSplitPublic:
@@ -372,10 +395,11 @@ def rollback(endpoint: str, *, actor: str = "sdk", settings: Settings | None = N
     from aimass.serving import _traffic
 
     s = settings or default_settings()
-    prev = _traffic.previous(s, check_deployed(endpoint, settings=s))
-    # a drill's faults do not come back with its split; rolling back twice swaps back (the previous split)
-    return set_traffic(endpoint, [f"{a['ref']}={a['weight']}" for a in prev.arms], prev.shadow,
-                       experiment_id=prev.experiment_id, reason=f"rollback to #{prev.id}", actor=actor, settings=s)
+    with _one_change(s, endpoint):
+        prev = _traffic.previous(s, check_deployed(endpoint, settings=s))
+        # a drill's faults do not come back with its split; rolling back twice swaps back (the previous split)
+        return set_traffic(endpoint, [f"{a['ref']}={a['weight']}" for a in prev.arms], prev.shadow,
+                           experiment_id=prev.experiment_id, reason=f"rollback to #{prev.id}", actor=actor, settings=s)
 
 
 def traffic(endpoint: str, *, history: int = 10, settings: Settings | None = None) -> TrafficView:
@@ -463,7 +487,7 @@ def _live_status(s: Settings) -> dict[str, str]:
         return {}
     from ray import serve
 
-    _cluster.connect(s)
+    _cluster.connect(s, serve_start=False)
     return {name: str(app.status.value if hasattr(app.status, "value") else app.status)
             for name, app in serve.status().applications.items()}
 
@@ -494,17 +518,18 @@ def delete(endpoint: str, *, settings: Settings | None = None) -> Deployment:
     from aimass.serving import _cluster, _traffic
 
     s = settings or default_settings()
-    d = show(endpoint, settings=s)
-    experiment = _traffic.running_experiment(s, endpoint)
-    if experiment:  # its record would outlive the endpoint, and block a new deployment of the name
-        raise ConflictError(f"experiment {experiment} is running on {endpoint!r}: stop it first (aimass "
-                            f"experiments stop {endpoint}); nothing was deleted")
-    if d.status != "NOT_RUNNING":
-        _cluster.connect(s)
-        serve.delete(endpoint)
-    (_dir(s) / "deployments" / f"{endpoint}.json").unlink(missing_ok=True)
-    _write_config(s)
-    return d
+    with _one_change(s, endpoint):
+        d = show(endpoint, settings=s)
+        experiment = _traffic.running_experiment(s, endpoint)
+        if experiment:  # its record would outlive the endpoint, and block a new deployment of the name
+            raise ConflictError(f"experiment {experiment} is running on {endpoint!r}: stop it first (aimass "
+                                f"experiments stop {endpoint}); nothing was deleted")
+        if d.status != "NOT_RUNNING":
+            _cluster.connect(s)
+            serve.delete(endpoint)
+        (_dir(s) / "deployments" / f"{endpoint}.json").unlink(missing_ok=True)
+        _write_config(s)
+        return d
 
 
 def applications(*, settings: Settings | None = None) -> set[str]:

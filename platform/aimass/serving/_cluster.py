@@ -233,10 +233,12 @@ def _ensure_token() -> None:
         loader.reset_cache()
 
 
-def connect(settings: Settings) -> dict:
-    """Join the serving cluster (starting it if needed) and make sure Serve listens on host:serve_port."""
+def connect(settings: Settings, serve_start: bool = True) -> dict:
+    """Join the serving cluster (starting it if needed) and make sure Serve listens on host:serve_port; with
+    `serve_start` False only join (a listing reads Serve's status: it must not start Serve's controller and
+    proxy on a cluster where Serve was shut down)."""
+    global _serve_started
     import ray
-    from ray import serve
     from ray._private import ray_constants
 
     # If ray was imported before aimass._ray set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, Ray would resolve
@@ -246,6 +248,8 @@ def connect(settings: Settings) -> dict:
     state = ensure(settings)
     if ray.is_initialized():
         if ray.get_runtime_context().gcs_address == state["address"]:
+            if serve_start and _serve_started != state["address"]:  # joined by a listing: Serve now
+                _start_serve(settings, state["address"])
             return state
         ray.shutdown()  # this process was attached to another cluster (e.g. a training job's)
     from ray._private.authentication.authentication_token_setup import (
@@ -256,8 +260,21 @@ def connect(settings: Settings) -> dict:
     maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
     ray.init(address=state["address"], namespace="aimass", logging_level="WARNING", log_to_driver=False,
              runtime_env={"worker_process_setup_hook": HOOK})
-    serve.start(http_options={"host": settings.host, "port": settings.serve_port})
+    _serve_started = None  # a new connection: whatever this process started before may be gone
+    if serve_start:
+        _start_serve(settings, state["address"])
     return state
+
+
+_serve_started: str | None = None  # the cluster address this process started (or found) Serve on
+
+
+def _start_serve(settings: Settings, address: str) -> None:
+    global _serve_started
+    from ray import serve
+
+    serve.start(http_options={"host": settings.host, "port": settings.serve_port})
+    _serve_started = address
 
 
 def stop(settings: Settings) -> bool:
@@ -275,7 +292,7 @@ def _stop(settings: Settings) -> bool:
         from ray.util import list_named_actors
 
         try:
-            connect(settings)
+            connect(settings, serve_start=False)  # not started only to be shut down
             served = bool(serve.status().applications)
             serve.shutdown()
             for a in list_named_actors(all_namespaces=True):  # the scheduler and the scaling watcher: detached

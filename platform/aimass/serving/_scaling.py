@@ -221,7 +221,7 @@ def snapshot(settings: Settings, endpoint: str) -> dict:
     out: dict[str, Any] = {"endpoint": endpoint, "running": False, "status": "NOT_RUNNING", "deployments": []}
     if not _cluster.running(settings):
         return out
-    _cluster.connect(settings)
+    _cluster.connect(settings, serve_start=False)
     apps, detailed = _applications()
     out["running"] = True
     if apps is None:  # not NOT_RUNNING: Serve did not say
