@@ -103,6 +103,8 @@ class Settings(BaseSettings):
     # Monitoring and retraining triggers, run on a schedule inside the serving cluster (aimass.monitoring).
     monitor_interval_s: float | None = Field(3600.0, gt=0, description="Drift report schedule; None: off.")
     monitor_window_s: float = Field(3600.0, gt=0, description="The window a scheduled drift report reads.")
+    monitor_keep_reports: int = Field(200, ge=1, description=(
+        "Drift reports kept per endpoint (about 4 MB each); storing one removes the oldest beyond it."))
     retrain_interval_s: float | None = Field(None, gt=0, description="Retrain on a schedule; None: off.")
     retrain_min_events: int | None = Field(None, ge=1, description="Retrain after this many new events.")
     retrain_on_drift: bool = Field(False, description="Retrain when a scheduled drift report flags.")

@@ -54,7 +54,9 @@ def test_a_list_shorter_than_k_is_not_measured_on_what_depends_on_its_length():
 def test_window_figures_with_and_without_labels():
     w = window_figures(_answers()["items"], _catalogue(), k=3)
     assert w["coverage"] == 1.0 and w["diversity_label"] == "genre"
-    assert w["diversity"] == pytest.approx(np.mean([3 / 3, 2 / 2, 2 / 3]), abs=1e-6)
+    # the 2-item list is left out: [20, 30, 40] has 3 genres, [10, 20, 30] (cut to 3) two
+    assert w["diversity"] == pytest.approx(np.mean([3 / 3, 2 / 3]), abs=1e-6)
+    assert (w["answers"], w["short_lists"]) == (2, 1)
     bare = window_figures(_answers()["items"], _catalogue(labels=False), k=3)
     assert bare["diversity"] is None and per_answer(_answers(), _catalogue(False))["history_label"].isna().all()
 
@@ -90,3 +92,24 @@ def test_item_ids_past_2_53_are_measured_exactly():
     f = per_answer(answers, cat, k=2)
     assert f["history_popularity"][0] == pytest.approx(math.log1p(100))  # big + 1, not big (a miss)
     assert window_figures(answers["items"], cat, k=2)["coverage"] == 1.0  # two distinct items, both listed
+
+
+def test_window_figures_count_only_lists_of_k_items():
+    """A client asking for 5 of the reference's 10: its lists cover half as much by construction, which read
+    against the reference's full lists looked like a collapse of coverage."""
+    rng = np.random.default_rng(0)
+    cat = Catalogue(item_ids=np.arange(1, 201), popularity=np.ones(200), labels=None, label=None,
+                    user_ids=np.array([1]), activity=np.array([1]))
+    full = pd.Series([rng.choice(np.arange(1, 201), 10, replace=False).tolist() for _ in range(40)])
+    short = pd.Series([x[:5] for x in full])
+    reference = window_figures(full, cat, k=10)
+    assert (reference["answers"], reference["short_lists"]) == (40, 0)
+    only_short = window_figures(short, cat, k=10)
+    assert (only_short["answers"], only_short["short_lists"], only_short["coverage"]) == (0, 40, None)
+    mixed = window_figures(pd.concat([full[:20], short[20:]], ignore_index=True), cat, k=10)
+    assert (mixed["answers"], mixed["short_lists"]) == (20, 20)
+    assert mixed["coverage"] == window_figures(full[:20], cat, k=10)["coverage"]
+    # at a fixed size: a sample of the full lists, the same one each time
+    sized = window_figures(full, cat, k=10, size=20)
+    assert sized["answers"] == 20 and sized == window_figures(full, cat, k=10, size=20)
+    assert sized["coverage"] < reference["coverage"]

@@ -121,3 +121,63 @@ def test_a_drift_reports_feedback_is_per_answer_of_the_endpoint_and_counts_late_
     fb = _window_feedback(settings, "recs", answers, 8, start, end)
     assert fb["events"] == 4 and fb["events_per_answer"] == 0.5 and fb["by_type"] == {"play": 1.0}
     assert (fb["click_through"]["successes"], fb["click_through"]["trials"]) == (2, 2)
+
+
+def _listed(users, items, served_at):
+    import pandas as pd
+
+    return pd.DataFrame({"user_id": users, "items": items, "served_at": pd.to_datetime(served_at, utc=True)})
+
+
+def _positive(users, items, times):
+    import pandas as pd
+
+    return pd.DataFrame({"user_id": users, "item_id": items, "timestamp": pd.to_datetime(times, utc=True)})
+
+
+def test_hit_rate_with_repeated_events_is_the_brute_force_one():
+    """Any positive event on a listed item at or after the answer: repeats of (user, item) at times before and
+    after answers, answers listing the same item again, one event exactly at the serving time."""
+    import numpy as np
+
+    from aimass.monitoring._online import _hits
+
+    rng = np.random.default_rng(3)
+    t0 = np.datetime64("2026-01-01T00:00:00", "s")
+    n, m = 300, 2000
+    users = rng.integers(0, 6, n)
+    items = [rng.choice(12, 3, replace=False).tolist() for _ in range(n)]
+    served = t0 + rng.integers(0, 1000, n).astype("timedelta64[s]")
+    ev_user, ev_item = rng.integers(0, 6, m), rng.integers(0, 12, m)
+    ev_time = t0 + rng.integers(0, 1000, m).astype("timedelta64[s]")
+    ev_user[0], ev_item[0], ev_time[0] = users[0], items[0][0], served[0]  # at the very time: a hit
+    answers = _listed(users, items, served)
+    got = set(_hits(answers, _positive(ev_user, ev_item, ev_time)).tolist())
+    want = {a for a in range(n) if any(ev_user[e] == users[a] and ev_item[e] in items[a] and ev_time[e] >= served[a]
+                                       for e in range(m))}
+    assert 0 in got and 0 < len(want) < n and got == want
+
+
+def test_many_events_on_one_listed_item_do_not_multiply_the_hit_rate_join():
+    """One user, 2,000 answers each listing the item they then played 2,000 times: joined whole that was
+    4 million rows (about 200 MB); the latest play per (user, item) decides as well."""
+    import tracemalloc
+
+    import numpy as np
+
+    from aimass.monitoring._online import _hits
+
+    n = 2000
+    t0 = np.datetime64("2026-01-01T00:00:00", "s")
+    served = t0 + np.arange(n).astype("timedelta64[s]")
+    answers = _listed(np.zeros(n, np.int64), [[7, 100 + i % 50] for i in range(n)], served)
+    plays = _positive(np.zeros(n, np.int64), np.full(n, 7), t0 + np.arange(n).astype("timedelta64[s]") // 2)
+    tracemalloc.start()
+    try:
+        got = _hits(answers, plays)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # the last play is at (n - 1) // 2 s: the answers served up to then are hits
+    assert sorted(got.tolist()) == list(range((n - 1) // 2 + 1))
+    assert peak < 20_000_000, f"{peak / 1e6:.0f} MB held while joining"

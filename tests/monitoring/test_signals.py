@@ -43,6 +43,20 @@ def test_signals_count_every_answer_and_failure_in_its_bucket(settings):
         monitoring.golden_signals("recs", bucket_s=0, settings=settings)
 
 
+@pytest.mark.parametrize(("window_s", "bucket_s", "match"), [
+    (3600, float("inf"), "bucket must be positive, finite and at least 1 ms"),  # was OverflowError
+    (1e-6, 1e-7, "bucket must be positive, finite and at least 1 ms"),  # a zero timedelta: ZeroDivisionError
+    (3600, float("nan"), "bucket must be positive, finite"),
+    (None, 60, "golden signals need a window"),  # was TypeError
+])
+def test_a_bucket_no_timedelta_can_hold_is_refused_before_anything_is_read(settings, window_s, bucket_s, match):
+    with pytest.raises(InvalidInputError, match=match):
+        monitoring.golden_signals("recs", window_s=window_s, bucket_s=bucket_s, settings=settings)
+    assert not settings.home.exists()
+    one_ms = monitoring.golden_signals("recs", window_s=0.01, bucket_s=0.001, settings=settings)
+    assert (one_ms.requests, len(one_ms.buckets)) == (0, 10)
+
+
 def test_search_activity_counts_queries_and_those_that_found_nothing(settings):
     settings.home.mkdir(parents=True)
     now = datetime.now(UTC)

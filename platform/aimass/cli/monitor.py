@@ -61,7 +61,10 @@ def drift(endpoint: str, window: str = typer.Option("1h", "--window", "-w", help
              f"window: {r.window_start:%Y-%m-%d %H:%M:%S} to {r.window_end:%Y-%m-%d %H:%M:%S} UTC; {r.n_current} "
              f"answers of {r.model}/{r.version} against {r.n_reference} reference answers ({r.dataset})",
              *rows(table, ["column", "kind", "score", "threshold", "p", "drifted", "current", "reference"]),
-             f"coverage {cur['coverage']:.3f} (reference at the same size {ref['coverage']:.3f}){div}",
+             (f"coverage {cur['coverage']:.3f} (reference at the same size {ref['coverage']:.3f}){div}"
+              if cur.get("coverage") is not None and ref.get("coverage") is not None
+              else "coverage: not measured (no full-length list in the window)")
+             + (f"; {cur['short_lists']} shorter lists left out" if cur.get("short_lists") else ""),
              f"feedback: {fb['events']} events in the window"
              + (f", positive share {fb['positive_share']:.3f}" if fb["positive_share"] is not None else "")
              + f", click-through {_rate(monitoring.Rate(**fb['click_through']))}"

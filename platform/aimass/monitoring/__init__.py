@@ -28,12 +28,16 @@ flagged; every window of only the top-decile users, or of one genre's histories,
 on (with p < 1e-3 instead, 1 random window of 350 flagged: two correlated score columns at once).
 
 Each report is stored under home/monitoring/ENDPOINT/STAMP/: report.html and report.json (Evidently's) and
-summary.json (the DriftReport)."""
+summary.json (the DriftReport). Storing one removes the endpoint's oldest beyond Settings.monitor_keep_reports
+(a report's HTML is about 4 MB, and the scheduler writes one an hour per endpoint)."""
 from __future__ import annotations
 
 import logging
+import math
+import re
 import shutil
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -177,6 +181,10 @@ def drift(endpoint: str, *, window_s: float = 3600, end: datetime | None = None,
     _check(endpoint)
     if not 0 < drift_share <= 1:
         raise InvalidInputError(f"drift_share must be in (0, 1], got {drift_share}")
+    # checked before anything is read: 0 would replace the version's good cached reference with an empty one
+    if isinstance(reference_users, bool) or not isinstance(reference_users, int | np.integer) or reference_users < 1:
+        raise InvalidInputError(f"reference_users must be a whole number of at least 1 (training users the "
+                                f"reference answers for; default {_reference.USERS}), got {reference_users!r}")
     t0 = time.perf_counter()
     start, end = _window(window_s, end)
     served = ServedLog(s)
@@ -212,19 +220,20 @@ def drift(endpoint: str, *, window_s: float = 3600, end: datetime | None = None,
         if _stats.drifted_count(snapshot) not in (None, len(drifted_cols)):  # the same test functions decide
             log.warning("report %s: Evidently counted %s drifted columns, the summary %d", folder,
                         _stats.drifted_count(snapshot), len(drifted_cols))
-        # coverage grows with the number of lists: both sides' figures at the smaller side's count
-        n_ref, n_cur = len(ref.rows), len(answers)
-        same_size = ref.rows["items"].sample(n=min(n_cur, n_ref), random_state=0) if n_ref else ref.rows["items"]
-        listed = answers["items"].sample(n=n_ref, random_state=0) if 0 < n_ref < n_cur else answers["items"]
+        # coverage grows with the number of lists, and a list shorter than K covers less: both sides' figures on
+        # lists of K, at the smaller side's count of them
+        n_ref = len(ref.rows)
+        size = min(_features.full_lists(answers["items"], _reference.K).size,
+                   _features.full_lists(ref.rows["items"], _reference.K).size)
         report = DriftReport(
             endpoint=endpoint, model=name, version=int(version), dataset=ref.dataset, window_start=start,
             window_end=end, n_current=len(answers), n_reference=n_ref,
             not_compared={str(k): int(v) for k, v in left_out.items()},
             drifted=bool(columns) and share >= drift_share, drifted_share=round(share, 6),
             drifted_columns=drifted_cols, drift_share=drift_share, columns=columns,
-            current={**_features.window_figures(listed, ref.catalogue, _reference.K),
+            current={**_features.window_figures(answers["items"], ref.catalogue, _reference.K, size),
                      "feedback": _window_feedback(s, endpoint, answers, len(frame), start, end)},
-            reference={**_features.window_figures(same_size, ref.catalogue, _reference.K),
+            reference={**_features.window_figures(ref.rows["items"], ref.catalogue, _reference.K, size),
                        "feedback": ref.feedback, "users": n_ref, "created_at": ref.created_at.isoformat()},
             html=str(folder / "report.html"), json_path=str(folder / "report.json"),
             summary=str(folder / "summary.json"), created_at=created, seconds=0.0,
@@ -235,6 +244,10 @@ def drift(endpoint: str, *, window_s: float = 3600, end: datetime | None = None,
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    try:
+        _prune(folder.parent, s.monitor_keep_reports, folder)
+    except OSError:  # the report is stored: a folder that could not be removed is retried at the next one
+        log.warning("could not remove old drift reports under %s", folder.parent, exc_info=True)
     return report
 
 
@@ -300,14 +313,44 @@ def _report_folder(s: Settings, endpoint: str, created: datetime) -> tuple[Path,
             tmp.mkdir()  # exclusive: the reservation
         except FileExistsError:
             continue
+        # another process may have renamed its STAMP.tmp into place between the check above and the mkdir (its
+        # tmp gone, ours made): only a holder of FOLDER.tmp renames into FOLDER, so once we hold it this check is
+        # final
+        if folder.exists():
+            tmp.rmdir()
+            continue
         return folder, tmp
     raise ConflictError(f"cannot reserve a report folder under {base.parent}: 999 reports in one second")
 
 
-def _folder_order(summary: Path) -> tuple[str, int]:
+_REPORT = re.compile(r"^\d{8}T\d{6}Z(-\d+)?$")  # a stored report's folder: STAMP or STAMP-N (not .tmp)
+
+
+def _order(folder: Path) -> tuple[str, int]:
     """STAMP, STAMP-2, ..., STAMP-10 in the order they were made (see _report_folder)."""
-    stamp, _, n = summary.parent.name.partition("-")
+    stamp, _, n = folder.name.partition("-")
     return stamp, int(n) if n.isdigit() else 1
+
+
+def _prune(root: Path, keep: int, written: Path) -> list[Path]:
+    """Remove the oldest report folders under `root` beyond the newest `keep`, never `written` (the one just
+    stored, whatever its name's order: a clock set back); returns those removed. Each is first renamed out of
+    the listing (reports() then never reads a half-removed one) and a folder another process removed or renamed
+    meanwhile is skipped. Removals a killed process left are finished."""
+    others = sorted((p for p in root.iterdir() if p != written and _REPORT.match(p.name) and p.is_dir()),
+                    key=_order, reverse=True)
+    removed = []
+    for old in others[max(keep - 1, 0):]:
+        aside = root / f".{old.name}.removing-{uuid.uuid4().hex[:8]}"
+        try:
+            old.rename(aside)
+        except FileNotFoundError:  # another report's pruning got there first
+            continue
+        shutil.rmtree(aside, ignore_errors=True)
+        removed.append(old)
+    for stale in root.glob(".*.removing-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    return removed
 
 
 def reports(endpoint: str, *, limit: int | None = None, settings: Settings | None = None) -> list[ReportInfo]:
@@ -317,7 +360,9 @@ def reports(endpoint: str, *, limit: int | None = None, settings: Settings | Non
     root = _root(s, _check(endpoint))
     if limit is not None and limit < 1:
         raise InvalidInputError(f"limit must be at least 1, got {limit}")
-    found = sorted(root.glob("*/summary.json"), key=_folder_order, reverse=True) if root.is_dir() else []
+    # report folders only: not one being written (.tmp) or removed (.STAMP.removing-...)
+    found = sorted((f for f in root.glob("*/summary.json") if _REPORT.match(f.parent.name)),
+                   key=lambda f: _order(f.parent), reverse=True) if root.is_dir() else []
     out = []
     for f in found[:limit]:
         try:
@@ -341,8 +386,12 @@ def golden_signals(endpoint: str, *, window_s: float = 3600, bucket_s: float = 6
 
     s = settings or default_settings()
     _check(endpoint)
-    if not bucket_s > 0:
-        raise InvalidInputError(f"bucket must be positive, got {bucket_s:g} s")
+    # a bucket is a timedelta, held to the microsecond: infinity overflows it and a tiny one rounds to nothing (a
+    # zero step); 1 ms is the finest bucket served answers' timing means anything at
+    if not (math.isfinite(bucket_s) and bucket_s >= 0.001):
+        raise InvalidInputError(f"bucket must be positive, finite and at least 1 ms (0.001 s), got {bucket_s:g} s")
+    if window_s is None:
+        raise InvalidInputError("golden signals need a window: pass window_s (seconds; default 3600)")
     start, end = _window(window_s, end)
     if window_s / bucket_s > 10_000:
         raise InvalidInputError(f"{window_s:g} s in buckets of {bucket_s:g} s is more than 10,000 buckets")

@@ -6,7 +6,7 @@ items of the history), history_label (the most frequent item label, e.g. genre, 
 items_popularity (mean log1p training popularity of the listed items), score_top and score_spread (first
 minus last score; of model answers only) and strategy. Lists are cut to the reference's first K items first:
 a client asking for 50 items is not drift. Per window (one figure each): catalogue coverage and label
-diversity of the lists."""
+diversity of the lists of K items (a shorter list covers less by construction)."""
 from __future__ import annotations
 
 import itertools
@@ -133,13 +133,25 @@ def _mode_label(rows: np.ndarray, pos: np.ndarray, catalogue: Catalogue, n: int)
     return out
 
 
-def window_figures(items: pd.Series, catalogue: Catalogue, k: int = 10) -> dict:
+def full_lists(items: pd.Series, k: int) -> pd.Series:
+    """The lists of at least k items."""
+    return items[np.fromiter(map(len, items), dtype=np.int64, count=len(items)) >= k]
+
+
+def window_figures(items: pd.Series, catalogue: Catalogue, k: int = 10, size: int | None = None) -> dict:
     """Catalogue coverage (distinct listed items / catalogue size) and, when items carry a label, diversity
-    (mean over lists of distinct labels / list length) of a set of lists, each cut to its first k."""
-    rows, listed = _flat(items, k)
+    (mean over lists of distinct labels / k) of the lists of at least k items, each cut to its first k; with
+    `size`, of a fixed-seed sample of `size` of them (coverage grows with the number of lists). A shorter list
+    (a client asking for 5) is left out, as per_answer leaves it out of what depends on the length: 5-item lists
+    against the reference's 10 halve the coverage. `answers`: the lists measured; `short_lists`: those left
+    out for being shorter than k. Coverage and diversity are None when no list was measured."""
+    full = full_lists(items, k)
+    measured = full.sample(n=size, random_state=0) if size is not None and size < len(full) else full
+    rows, listed = _flat(measured, k)
     pos = catalogue.item_positions(listed.astype(np.int64))
-    out: dict = {"answers": len(items),
-                 "coverage": round(len(np.unique(listed)) / catalogue.size, 6) if catalogue.size else None,
+    out: dict = {"answers": len(measured), "short_lists": len(items) - len(full),
+                 "coverage": (round(len(np.unique(listed)) / catalogue.size, 6)
+                              if catalogue.size and len(measured) else None),
                  "diversity": None, "diversity_label": catalogue.label}
     if catalogue.labels is not None and len(rows):
         f = pd.DataFrame({"row": rows, "label": np.where(pos >= 0, catalogue.labels[np.maximum(pos, 0)], "?")})

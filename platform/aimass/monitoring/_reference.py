@@ -4,8 +4,10 @@ A fixed-seed sample of the training users, each answered as a `recommend(user_id
 whole stored history, seen items excluded, top 10), measured with the same per-answer columns as served
 traffic. The facts the columns need (training popularity per item, training interactions per user, an item
 label for diversity) are kept beside it, so that a report over a cached reference loads neither the model
-nor the dataset. Cached per model version (immutable) under home/monitoring/_reference/NAME-VERSION/, built
-once under a lock and moved into place whole."""
+nor the dataset. Cached per model version under home/monitoring/_reference/NAME-VERSION/, built once under a
+lock and moved into place whole. A version never changes, but NAME/VERSION names another one once the home
+points at another tracking store (or a wiped one: MLflow numbers from 1 again), so the cache records whose
+version it was built from (store, run, source, dataset) and is rebuilt when that differs."""
 from __future__ import annotations
 
 import json
@@ -42,6 +44,7 @@ class Reference:
     created_at: datetime
     users: int  # the sample size asked for (fewer answers when the dataset has fewer users)
     build_seconds: float | None = None  # set when this call built it (None: read from the cache)
+    identity: dict | None = None  # whose version it was built from (identity()); None in a cache made before
 
     @property
     def ref(self) -> str:
@@ -52,20 +55,35 @@ def folder(settings: Settings, model: str, version: int) -> Path:
     return settings.home / "monitoring" / "_reference" / f"{model}-{version}"
 
 
+def identity(model: str, version: int, settings: Settings) -> dict:
+    """Whose version MODEL/VERSION is in the home's tracking store now: what the registry marks a downloaded
+    copy with (store, run, source), and the dataset it was trained on. NotFoundError when there is none."""
+    from aimass import registry
+
+    info = registry.get(f"{model}/{version}", settings=settings)
+    return {**registry._identity(settings, info), "dataset": info.dataset}
+
+
 def get(model: str, version: int, settings: Settings, users: int = USERS) -> Reference:
-    """The cached reference of MODEL/VERSION, built first when missing (or built for another sample size)."""
+    """The cached reference of MODEL/VERSION, built first when missing, built for another sample size, or
+    built from another version of that name (a cache without the record, made before it, is rebuilt once)."""
     path = folder(settings, model, version)
+    current = identity(model, version, settings)
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
         if path.is_dir():
             try:
                 ref = _read(path, model, version)
-                if ref.users == users:
+                if ref.users == users and ref.identity == current:
                     return ref
+                if ref.identity != current:
+                    log.info("rebuilding the monitoring reference of %s/%s: it was built from another version "
+                             "of that name (%s; now %s)", model, version, ref.identity, current)
             except Exception:  # an unreadable cache (older layout, disk trouble) is rebuilt, not trusted
                 log.warning("rebuilding the unreadable monitoring reference at %s", path, exc_info=True)
         t0 = time.perf_counter()
         ref = build(model, version, settings, users)
+        ref.identity = current
         ref.build_seconds = round(time.perf_counter() - t0, 3)
         _write(ref, path)
         return ref
@@ -154,7 +172,7 @@ def _write(ref: Reference, path: Path) -> None:
     pd.DataFrame({"user_id": c.user_ids, "activity": c.activity}).to_parquet(tmp / "users.parquet", index=False)
     meta = {"model": ref.model, "version": ref.version, "dataset": ref.dataset, "users": ref.users, "seed": SEED,
             "k": K, "label": c.label, "feedback": ref.feedback, "created_at": ref.created_at.isoformat(),
-            "build_seconds": ref.build_seconds}
+            "build_seconds": ref.build_seconds, "identity": ref.identity}
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
     shutil.rmtree(path, ignore_errors=True)
     tmp.rename(path)
@@ -172,4 +190,4 @@ def _read(path: Path, model: str, version: int) -> Reference:
         user_ids=users["user_id"].to_numpy(np.int64), activity=users["activity"].to_numpy(np.int64))
     return Reference(model=model, version=version, dataset=meta["dataset"], rows=rows, catalogue=catalogue,
                      feedback=meta["feedback"], created_at=datetime.fromisoformat(meta["created_at"]),
-                     users=meta["users"])
+                     users=meta["users"], identity=meta.get("identity"))
