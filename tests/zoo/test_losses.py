@@ -74,3 +74,20 @@ def test_the_distillation_chunk_keeps_its_tensors_bounded_on_any_catalogue():
 
     assert distill_chunk(3_417) == 512 and distill_chunk(1_000_001) * 1_000_001 <= 1 << 24
     assert distill_chunk(50_000_000) == 1
+
+
+def test_the_ce_chunk_holds_at_most_2_26_logits_whatever_the_catalogue(monkeypatch):
+    """1024 rows of a 1M-item catalogue were 4 GB of fp32 logits per chunk (twice over in bf16 mode)."""
+    seen = []
+    apply = _losses._ChunkedSoftmaxCE.apply
+
+    def spy(h, w, t, chunk, matmul_dtype):
+        seen.append((chunk, w.shape[0]))
+        return apply(h, w, t, chunk, matmul_dtype)
+
+    monkeypatch.setattr(_losses._ChunkedSoftmaxCE, "apply", spy)
+    for n_items in (50, 65_536, 2**20):
+        h, t = torch.randn(3, 4), torch.randint(1, n_items + 1, (3,))
+        _losses.full_softmax_ce(h, t, torch.randn(n_items + 1, 4))
+    assert seen == [(1024, 50), (1024, 65_536), (64, 2**20)]  # today's chunk up to 65k items
+    assert all(chunk * n <= 2**26 for chunk, n in seen[1:])

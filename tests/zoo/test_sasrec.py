@@ -142,6 +142,17 @@ def test_resolve_derives_max_len_and_affordable_loss():
     assert SASRecConfig(max_len=50, loss="bce").resolve(10, [3]).max_len == 50
 
 
+def test_resolve_counts_only_the_users_training_keeps():
+    """800 one-item users (no training sample: SASRecTrainingData drops them) and 200 of 9 items: a batch holds
+    64 users of 8 targets, so 2.5M items is far beyond full CE's budget, and each token weighs 1 / 8."""
+    lengths = [1] * 800 + [9] * 200
+    cfg = SASRecConfig().resolve(2_500_000, lengths)
+    assert cfg.loss == "sampled_softmax" and cfg.tokens_per_seq == 8.0
+    kept = SASRecTrainingData([np.arange(1, n + 1) for n in lengths], cfg)
+    assert len(kept) == 200 and all(len(s) - 1 == cfg.tokens_per_seq for s in kept.seqs)
+    assert SASRecConfig().resolve(100, [1, 1]).tokens_per_seq == 1.0  # nobody kept: the neutral weight
+
+
 def test_width_and_dropout_adapt_to_interactions_per_item():
     dense = SASRecConfig().resolve(100, np.full(100, 300))  # 300 training interactions per item
     sparse = SASRecConfig().resolve(10_000, np.full(2000, 9))  # ~2 per item, Amazon-review-like

@@ -33,7 +33,8 @@ def worker_loop(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     data = config["data"] if "data" in config else ray.get(config["data_ref"])
     torch.manual_seed(config["seed"])
-    np.random.seed(config["seed"] + rank)
+    # a seed near the top of its range plus the rank would pass numpy's limit (2**32)
+    np.random.seed((config["seed"] + rank) % 2**32)
     torch.set_num_threads(max(1, config.get("threads_per_worker", 1)))
     est = family_class(config["family"])(**config["params"])
     cfg = est.resolve_config(data["n_items"], [len(s) for s in data["train"]],

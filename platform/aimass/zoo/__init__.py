@@ -20,6 +20,14 @@ from __future__ import annotations
 import importlib
 import json
 from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field
+
+# Every family's ``seed``: numpy seeds a worker with seed + rank (np.random.seed takes [0, 2**32)) and
+# SeedSequence / default_rng refuse negatives, so a seed outside this range would fail deep in a job with an
+# error that does not name it.
+Seed = Annotated[int, Field(ge=0, lt=2**32, description="Random seed, 0 <= seed < 2**32")]
 
 _FAMILIES = {
     "popularity": "aimass.zoo.popularity:Popularity",

@@ -75,14 +75,22 @@ class _ChunkedSoftmaxCE(_FusedGradLoss):
         return total / ctx.n
 
 
+def ce_chunk(n_items: int) -> int:
+    """Rows per chunk of :func:`full_softmax_ce`: at most 2^26 logits (256 MB in fp32) at a time, so 1024 rows
+    up to 65k items and fewer beyond (64 at 1M), where 1024 rows would hold gigabytes."""
+    return int(max(1, min(1024, (1 << 26) // max(n_items, 1))))
+
+
 def full_softmax_ce(hidden: torch.Tensor, targets: torch.Tensor, item_weight: torch.Tensor,
-                    chunk: int = 1024, matmul_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+                    chunk: int | None = None, matmul_dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Cross-entropy over the whole catalogue (Klenitskiy & Vasilev 2023: far above BCE for SASRec).
 
-    Compute is one [T, D] x [D, n_items] product (x3 with the gradient); memory only [chunk, n_items].
+    Compute is one [T, D] x [D, n_items] product (x3 with the gradient); memory only [chunk, n_items]
+    (``chunk`` None: :func:`ce_chunk`).
     """
     # row 0 = padding
-    return _ChunkedSoftmaxCE.apply(hidden, item_weight[1:], targets - 1, chunk, matmul_dtype)
+    n_items = item_weight.shape[0] - 1
+    return _ChunkedSoftmaxCE.apply(hidden, item_weight[1:], targets - 1, chunk or ce_chunk(n_items), matmul_dtype)
 
 
 class _ChunkedDistillCE(_FusedGradLoss):

@@ -15,9 +15,12 @@ import numpy as np
 import scipy.sparse as sp
 from pydantic import BaseModel, ConfigDict, Field
 
+from aimass.zoo import Seed
+
 
 class ItemKNNConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # allow_inf_nan=False: gt=0 lets inf through (every family: an endless time budget, a NaN model from lr or l2)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     window: int = Field(10, ge=1, le=500, description="Following positions that count as co-occurring")
     neighbors: int = Field(100, ge=1, le=10_000, description="Similar items kept per item")
@@ -25,7 +28,7 @@ class ItemKNNConfig(BaseModel):
     symmetric: float = Field(0.2, ge=0, le=1, description="Weight of the backward direction (j before i)")
     history_items: int = Field(20, ge=1, description="Most recent history items that vote")
     decay: float = Field(0.8, gt=0, le=1, description="Vote weight multiplier per step back in history")
-    seed: int = 0
+    seed: Seed = 0
 
 
 class ItemKNN:
@@ -46,7 +49,7 @@ class ItemKNN:
         counts = np.zeros(n_items + 1)
         rows, cols, vals = [], [], []
         for s in sequences:
-            s = np.asarray(s)
+            s = np.asarray(s, dtype=np.int64)  # an empty list or array would be float64, which cannot index
             np.add.at(counts, s, 1.0)
             for d in range(1, min(cfg.window, len(s) - 1) + 1):
                 rows.append(s[:-d])
@@ -84,7 +87,7 @@ class ItemKNN:
         cfg, n = self.config_, self.n_items_ + 1
         rows, cols, vals = [], [], []
         for r, h in enumerate(histories):
-            h = np.asarray(h)[-cfg.history_items:]
+            h = np.asarray(h, dtype=np.int64)[-cfg.history_items:]
             h = h[(h > 0) & (h < n)]
             rows.append(np.full(len(h), r))
             cols.append(h)

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from aimass.errors import InvalidInputError
+from aimass.zoo import Seed
 from aimass.zoo._neural import NeuralEstimator, left_pad
 
 
@@ -27,7 +28,8 @@ class MultVAEConfig(BaseModel):
     """Every hyper-parameter; ``max_len`` None is derived from the data by :meth:`resolve`. The paper's
     architecture (600 hidden, 200 latent, input dropout 0.5, beta 0.2, Adam 1e-3)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: gt=0 lets inf through (every family: an endless time budget, a NaN model from lr or l2)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     hidden: int = Field(600, ge=8)
     latent: int = Field(200, ge=2)
@@ -44,7 +46,7 @@ class MultVAEConfig(BaseModel):
     # the two dense [n_items, hidden] layers: 500k items at hidden 600 is 6e8 parameters, about 12 GB with their
     # gradients, Adam's moments and the kept best copy (memory_bytes: a machine without it is refused)
     max_items: int = Field(500_000, ge=1)
-    seed: int = 0
+    seed: Seed = 0
 
     def resolve(self, n_items: int, sequence_lengths) -> MultVAEConfig:
         if n_items > self.max_items:

@@ -8,14 +8,17 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from aimass.zoo import Seed
+
 
 class PopularityConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # allow_inf_nan=False: gt=0 lets inf through (every family: an endless time budget, a NaN model from lr or l2)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     recency_half_life: float | None = Field(
         None, gt=0, description="Weight an interaction by 0.5**(age/half_life), age in positions from the end "
         "of its sequence; None counts every interaction once")
-    seed: int = 0  # accepted for a uniform interface; nothing here is random
+    seed: Seed = 0  # accepted for a uniform interface; nothing here is random
 
 
 class Popularity:
@@ -37,6 +40,7 @@ class Popularity:
     def sufficient_stats(self, sequences: list[np.ndarray], cfg: PopularityConfig, n_items: int) -> dict:
         counts = np.zeros(n_items + 1, dtype=np.float64)
         for s in sequences:
+            s = np.asarray(s, dtype=np.int64)  # an empty list or array would be float64, which cannot index
             if cfg.recency_half_life:
                 w = 0.5 ** (np.arange(len(s))[::-1] / cfg.recency_half_life)
                 np.add.at(counts, s, w)

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from aimass.zoo import _losses
+from aimass.zoo import Seed, _losses
 from aimass.zoo._neural import NeuralEstimator, left_pad
 
 DENSE_PER_ITEM = 50  # training interactions per item from which a catalogue counts as dense
@@ -58,7 +58,8 @@ class SASRecConfig(BaseModel):
     0.5, the SASRec paper's settings for its sparse Amazon sets (it used 0.2 for ML-1M).
     """
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: gt=0 lets inf through (every family: an endless time budget, a NaN model from lr or l2)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     # "auto": full softmax CE while a batch's logits (tokens x n_items) stay under ce_max_logits, else sampled
     # softmax with n_negatives shared uniform negatives. CE memory is chunked (_losses), so the limit is
@@ -94,7 +95,7 @@ class SASRecConfig(BaseModel):
     # batch x this, so each token weighs the same whether its batch holds short or long sequences
     tokens_per_seq: float | None = Field(None, gt=0)
     time_budget_s: float | None = Field(None, gt=0)
-    seed: int = 0
+    seed: Seed = 0
     # bf16 autocast on CPU, CE head's products included; None: on when the CPU has bf16 instructions.
     # ml1m, 6 min on 2 EPYC cores: 40 vs 49 s/epoch, val NDCG@10 0.157 vs 0.144 (benchmarks/sasrec_ml1m.py)
     bf16: bool | None = None
@@ -113,7 +114,10 @@ class SASRecConfig(BaseModel):
             upd["max_len"] = int(min(200, max(8, p90)))
         max_len = upd.get("max_len", self.max_len)
         targets = np.minimum(lengths - 1, max_len).clip(0)  # training tokens per user
-        per_user = float(targets.mean()) if len(lengths) else 1.0
+        # over the users SASRecTrainingData keeps (2 items or more): those with fewer are no batch's, and
+        # counting them would underestimate a batch's tokens (the loss scale and the CE rule below)
+        kept = targets[lengths >= 2]
+        per_user = float(kept.mean()) if len(kept) else 1.0
         dense = float(lengths.sum()) / max(n_items, 1) >= DENSE_PER_ITEM
         if self.dim is None:
             upd["dim"] = 128 if dense else 64

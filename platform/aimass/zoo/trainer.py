@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from aimass.errors import BackendError
 from aimass.evaluation import evaluate, metric_name
 
 STOP_METRIC = metric_name("val", "ndcg")  # what "best epoch" and early stopping are judged on
@@ -336,9 +337,19 @@ def fit_neural(est, sequences, n_items: int, *, valid=None, item_features=None, 
         module, st = trainer.fit(module, sequences)
     finally:
         bar.close()
+    if valid is not None and len(valid[1]) and st.history and st.best_epoch == 0:
+        # the module holds the last epoch's weights, NaN ones: no better than no model, so refused as a job is
+        raise diverged(est.family, st.epoch)
     est.adopt(module, cfg, n_items)
     est.history_, est.best_epoch_ = st.history, st.best_epoch
     return est
+
+
+def diverged(family: str, epochs: int) -> BackendError:
+    """The error of a training whose validation figures were NaN at every epoch (the loss diverged): no
+    epoch was ever the best, so there is no model to keep."""
+    return BackendError(f"{family} diverged: its validation figures were NaN at every one of its {epochs} "
+                        "epoch(s), so there is no model to keep (a lower lr may help)")
 
 
 def snapshot(module) -> dict:

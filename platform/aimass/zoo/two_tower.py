@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from aimass.zoo import _losses
+from aimass.zoo import Seed, _losses
 from aimass.zoo._neural import NeuralEstimator, left_pad
 
 # "auto" uses the full softmax up to this catalogue size: each step then runs the item tower over the whole
@@ -39,7 +39,8 @@ _MAX_LEN_CAP = 50  # TODO measure
 class TwoTowerConfig(BaseModel):
     """Every hyper-parameter; ``None`` / ``"auto"`` fields are derived from the data by :meth:`resolve`."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: gt=0 lets inf through (every family: an endless time budget, a NaN model from lr or l2)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     loss: Literal["auto", "ce", "sampled_softmax", "bpr"] = "auto"
     n_negatives: int = Field(1024, ge=1)      # sampled_softmax: uniform negatives shared by the batch
@@ -56,7 +57,7 @@ class TwoTowerConfig(BaseModel):
     epochs: int = Field(200, ge=1)
     patience: int | None = Field(10, ge=1)    # epochs without a better val NDCG@10; None: never stop early
     time_budget_s: float | None = Field(None, gt=0)
-    seed: int = 0
+    seed: Seed = 0
 
     def resolve(self, n_items: int, sequence_lengths) -> TwoTowerConfig:
         """Fill the data-dependent fields; returns a new config (idempotent)."""
