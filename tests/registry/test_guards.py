@@ -117,6 +117,12 @@ def test_the_int8_head_option_is_refused_for_families_without_that_head(family):
     assert _compress.check("int8", "sasrec", {"head": "float"}) == {"head": "float"}
 
 
+def test_a_compression_seed_no_family_takes_is_refused():
+    with pytest.raises(InvalidInputError, match="seed=4294967296 must be below 2\\*\\*32"):
+        _compress.check("distill", "sasrec", {"seed": 2**32})
+    assert _compress.check("distill", "sasrec", {"seed": 2**32 - 1})["seed"] == 2**32 - 1
+
+
 def test_onnx_agreement_refuses_a_reordered_top10_and_takes_a_float_tie():
     ref = np.array([[-np.inf, *np.arange(20.0, 0.0, -1.0)]])  # item i scores 21 - i: the top 10 is items 1-10
     no_history = [np.array([], dtype=np.int64)]

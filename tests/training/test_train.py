@@ -103,8 +103,10 @@ BAD = [
      "invalid params for sasrec: dim=16 is not divisible by n_heads=3"),
     ("sasrec", "demo", {**TINY["sasrec"], "batch_size": 1}, 2, False, InvalidInputError,
      "no training batch for 2 workers: batch_size 1"),
-    ("sasrec", "demo", {"time_budget_s": float("inf")}, 0, False, InvalidInputError, "time_budget_s must be finite"),
-    ("ease", "demo", {"l2": float("inf")}, 0, False, InvalidInputError, "l2 must be finite"),
+    ("sasrec", "demo", {"time_budget_s": float("inf")}, 0, False, InvalidInputError,
+     "time_budget_s: Input should be a finite number"),
+    ("ease", "demo", {"l2": float("inf")}, 0, False, InvalidInputError, "l2: Input should be a finite number"),
+    ("popularity", "demo", {"seed": -1}, 0, False, InvalidInputError, "seed: Input should be greater than"),
 ]
 
 

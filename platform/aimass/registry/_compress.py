@@ -91,6 +91,8 @@ def check(method: str, family: str | None, options: dict) -> dict:
             raise InvalidInputError(f"option {k}={v!r}: use one of {', '.join(_CHOICES[k])}")
         if allowed[k] in (int, float) and (out[k] < 0 if k == "seed" else out[k] <= 0):
             raise InvalidInputError(f"option {k}={v!r} must be {'0 or more' if k == 'seed' else 'positive'}")
+        if k == "seed" and out[k] >= 2**32:  # what every family's seed takes (numpy's range)
+            raise InvalidInputError(f"option seed={v!r} must be below 2**32")
     if "head" in out and family != "sasrec":  # build() gives the others a float head whatever was asked
         raise InvalidInputError(f"option head={out['head']!r} applies to family 'sasrec' only (its output layer is "
                                 f"the item table), not to {family!r}: leave the option out")
