@@ -61,7 +61,7 @@ def identity(model: str, version: int, settings: Settings) -> dict:
     from aimass import registry
 
     info = registry.get(f"{model}/{version}", settings=settings)
-    return {**registry._identity(settings, info), "dataset": info.dataset}
+    return {**registry.version_identity(settings, info), "dataset": info.dataset}
 
 
 def get(model: str, version: int, settings: Settings, users: int = USERS) -> Reference:

@@ -419,7 +419,7 @@ def _downloaded(s: Settings, info: ModelVersionInfo) -> Path:
     import mlflow
 
     dest = s.home / "cache" / "models" / info.name / str(info.version)
-    identity = _identity(s, info)
+    identity = version_identity(s, info)
     if _holds(dest, identity):
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -445,7 +445,9 @@ def _downloaded(s: Settings, info: ModelVersionInfo) -> Path:
 _MARKER = ".aimass-source.json"
 
 
-def _identity(s: Settings, info: ModelVersionInfo) -> dict:
+def version_identity(s: Settings, info: ModelVersionInfo) -> dict:
+    """Whose version `info` is: the tracking store (its address, secrets masked), the run and the source. What a
+    copy or a cache of a version records: NAME/VERSION alone names another version in another store."""
     return {"store": shown_url(s.tracking_uri), "run_id": info.run_id, "source": info.source}
 
 
