@@ -178,8 +178,10 @@ def _row_sum(weights: np.ndarray, rows: np.ndarray, w: np.ndarray | None = None,
     total into the next block's first row, so numpy adds the rows in the same order and it is exact at any
     length."""
     n = weights.shape[1]
-    step = max(1, block_bytes // (weights.itemsize * n))
-    acc = np.zeros(n, dtype=weights.dtype)
+    # rows come as float32, also from the registry's compressed row readers (int8, fp16, sparse), which have
+    # a shape and [rows] only
+    step = max(1, block_bytes // (4 * n))
+    acc = np.zeros(n, dtype=np.float32)
     for i in range(0, len(rows), step):
         block = weights[rows[i:i + step]]  # a copy (fancy indexing), never the (memory-mapped) weights
         if w is None:
