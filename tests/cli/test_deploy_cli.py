@@ -42,7 +42,7 @@ def test_bad_key_and_deploy_input_exit_non_zero_with_one_line(tmp_path):
         (("keys", "create", "bad/name"), 2, "invalid key name"),
         (("deploy", "recs", "--endpoint", "Not OK"), 2, "invalid endpoint 'Not OK'"),
         (("deploy", "recs", "-e", "ok", "--min-replicas", "3", "--max-replicas", "1"), 2, "min_replicas"),
-        (("deploy", "recs", "--endpoint", "ok", "--target-ongoing-requests", "0"), 2, "must be a positive number"),
+        (("deploy", "recs", "-e", "ok", "--target-ongoing-requests", "0"), 2, "must be a number in (0, 10,000]"),
         (("deploy", "nobody", "--endpoint", "ok"), 3, "no registered model named 'nobody'"),
         (("deployments", "show", "ghost"), 3, "no deployment named 'ghost'"),
         (("deployments", "delete", "ghost"), 3, "no deployment named 'ghost'"),

@@ -195,7 +195,8 @@ class TrafficSplitBase(SQLModel):
     experiment_id: str = Field(description="Salts the sticky assignment hash: a new experiment reshuffles users")
     faults: dict = Field(default_factory=dict, sa_column=Column(JSON),
                          description="Fault injection for drills: {ref: {'delay_ms': float}}")
-    state: str = Field("pending", index=True, description="pending, active, failed or superseded")
+    state: str = Field("pending", index=True, description="pending, active, failed, superseded or retired "
+                       "(the endpoint deleted, or served by a multi-stage application since)")
     error: str | None = None
     reason: str = Field("", description="Why: set, deploy, rollback, experiment, canary, promote, ...")
     actor: str = Field("cli", description="Who changed it (a user name, 'scheduler', ...)")

@@ -196,6 +196,8 @@ def deploy(ref: str, endpoint: str, *, ranker: str | None = None, min_replicas: 
                 _traffic.undo_initial(s, endpoint, swapped.id, prior.id)
                 _retarget(s, endpoint, next(a["ref"] for a in prior.arms if a["weight"] > 0))
             raise
+        if family == "pipeline":  # no split routes it: the single-model splits before it are history, not in force
+            _traffic.retire(s, endpoint, "a multi-stage application serves the endpoint")
         d = Deployment(endpoint=endpoint, url=f"http://{s.host}:{s.serve_port}/{endpoint}", model=info.name,
                        version=info.version, family=family, requested=ref, dataset=info.dataset,
                        ranker=rank_info.ref if rank_info else None, status="RUNNING", proxy=state["proxy"],
@@ -528,6 +530,7 @@ def delete(endpoint: str, *, settings: Settings | None = None) -> Deployment:
             _cluster.connect(s)
             serve.delete(endpoint)
         (_dir(s) / "deployments" / f"{endpoint}.json").unlink(missing_ok=True)
+        _traffic.retire(s, endpoint, "the endpoint was deleted")  # a new deployment of the name starts afresh
         _write_config(s)
         return d
 

@@ -326,6 +326,16 @@ def _switched(s: Settings, split: TrafficSplitPublic, running: callable, timeout
     log.warning("not every replica of %s reported split #%s within %g s", split.endpoint, split.id, timeout)
 
 
+def retire(s: Settings, endpoint: str, why: str) -> None:
+    """The endpoint's splits in force and before (active, superseded) leave its history of splits to roll back
+    to: after a delete, or once a multi-stage application (which no split routes) serves the endpoint, the
+    split in force names versions that no longer serve, and a rollback would bring back one of them."""
+    with engine_for(s.catalog).begin() as conn:
+        t = TrafficSplit.__table__
+        conn.execute(update(t).where(t.c.endpoint == endpoint, t.c.state.in_(("active", "superseded")))
+                     .values(state="retired", error=why, decided_at=datetime.now(UTC)))
+
+
 def previous(s: Settings, endpoint: str) -> TrafficSplitPublic:
     """The split that was in force before the current one (what a rollback restores)."""
     with session(s) as db:
