@@ -151,3 +151,21 @@ def test_cli_drift_and_reports(windows, home, monkeypatch):
     assert text.exit_code == 0 and text.stdout.count("genre/") == 2 and "yes (" in text.stdout
     human = runner.invoke(app, ["drift", "steady"])
     assert human.stdout.startswith("drift: no (0 of 8 columns drifted)"), human.stdout
+
+
+def test_only_the_compared_routes_answers_are_read_whole(windows, home, monkeypatch):
+    """The window's lists are read for recommend answers alone; other routes' rows give three scalar columns
+    (an hour of every route's lists, read whole, was gigabytes at serving rates)."""
+    from aimass.events import ServedLog
+
+    calls, read = [], ServedLog.frame
+
+    def recording(self, endpoint, **kw):
+        calls.append(kw)
+        return read(self, endpoint, **kw)
+
+    monkeypatch.setattr(ServedLog, "frame", recording)
+    r = monitoring.drift("steady", reference_users=REF, settings=home.settings)
+    assert r.not_compared == {"similar": 5, "recs/2": 3} and r.n_current == N  # the same report as before
+    whole = [c for c in calls if c.get("columns") is None]
+    assert whole and all(c.get("route") == "recommend" for c in whole), calls

@@ -188,7 +188,9 @@ def drift(endpoint: str, *, window_s: float = 3600, end: datetime | None = None,
     t0 = time.perf_counter()
     start, end = _window(window_s, end)
     served = ServedLog(s)
-    frame = served.frame(endpoint, start=start, end=end)
+    # who answered what: three scalar columns of every answer; the answers' lists are read below for the one
+    # route and version compared (an hour at thousands of answers a second, read whole, was gigabytes)
+    frame = served.frame(endpoint, start=start, end=end, columns=["route", "model", "version"])
     if frame.empty:
         raise _nothing(endpoint, start, end, _total_answers(served, endpoint))
     refs = frame["model"] + "/" + frame["version"].astype(str)
@@ -204,7 +206,8 @@ def drift(endpoint: str, *, window_s: float = 3600, end: datetime | None = None,
     name, version = chosen.rsplit("/", 1)
     keep = rec & (refs == chosen)
     left_out = pd.concat([frame.loc[~rec, "route"], refs[rec & ~keep]]).value_counts()
-    answers = frame[keep].reset_index(drop=True)
+    answers = served.frame(endpoint, start=start, end=end, route="recommend")
+    answers = answers[(answers["model"] + "/" + answers["version"].astype(str)) == chosen].reset_index(drop=True)
 
     ref = _reference.get(name, int(version), s, reference_users)
     cur = _features.per_answer(answers, ref.catalogue, _reference.K)
