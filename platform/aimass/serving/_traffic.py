@@ -25,7 +25,7 @@ from sqlalchemy.exc import IntegrityError
 
 from aimass.catalog import ReplicaReport, TrafficSplit, TrafficSplitPublic, engine_for, session
 from aimass.errors import BackendError, ConflictError, InvalidInputError, NotFoundError
-from aimass.settings import Settings
+from aimass.settings import Settings, error_line
 
 log = logging.getLogger(__name__)
 BUCKETS = 10_000
@@ -287,8 +287,9 @@ def _ready(got: list[ReplicaReport], running: set[str] | int, states: tuple[str,
 def wait(s: Settings, split: TrafficSplitPublic, running: callable, timeout: float | None = None) -> None:
     """Until every running replica has prepared `split` (then it is activated), one has failed, or the timeout
     passes (then it is failed): BackendError names the replica's reason. `running()` -> the ids of the replicas
-    serving now (or their number). With no replica running (scaled to zero) it is activated at once: a replica
-    that starts loads the split in force."""
+    serving now (or their number). With no replica running (scaled to zero) no replica can try the split: its
+    versions are loaded here, as a replica loads them, and it is activated when they load (a replica that starts
+    loads the split in force: one that could not would fail every start, the endpoint down)."""
     timeout = timeout or s.traffic_apply_timeout_s
     deadline = time.monotonic() + timeout
     while True:
@@ -301,6 +302,8 @@ def wait(s: Settings, split: TrafficSplitPublic, running: callable, timeout: flo
                                f"({why.strip().splitlines()[-1][:500] if why.strip() else why}); the split in "
                                "force is unchanged and keeps serving")
         now = running()
+        if not now:
+            _load_here(s, split)
         if not now or _ready(got, now, ("prepared", "active")):
             decide(s, split.id, "active")
             if now:
@@ -313,6 +316,21 @@ def wait(s: Settings, split: TrafficSplitPublic, running: callable, timeout: flo
                                f"replicas of {split.endpoint!r} loaded it within {timeout:g} s; "
                                "the split in force is unchanged")
         time.sleep(0.2)
+
+
+def _load_here(s: Settings, split: TrafficSplitPublic) -> None:
+    """Each version of `split` loaded in this process as a replica's engine loads it; the split failed (and
+    BackendError) when one cannot be."""
+    from aimass.serving._engine import Engine
+
+    for ref in dict.fromkeys([*(a["ref"] for a in split.arms), *([split.shadow] if split.shadow else [])]):
+        try:
+            Engine(ref, s).close()
+        except Exception as e:
+            why = f"{ref} could not be loaded: {error_line(e)}"
+            decide(s, split.id, "failed", why)
+            raise BackendError(f"the split was not applied: no replica of {split.endpoint!r} runs (scaled to "
+                               f"zero), and loaded here {why}; the split in force is unchanged") from None
 
 
 def _switched(s: Settings, split: TrafficSplitPublic, running: callable, timeout: float = 10.0) -> None:
