@@ -58,3 +58,9 @@ def test_without_an_admin_key_nothing_runs_and_nothing_is_recorded(settings):
         with pytest.raises(InvalidInputError, match="an admin API key is required"):
             admin.act(key, "revoke_key", victim.key_id, wait=False, settings=settings)
     assert admin.history(settings=settings) == [] and len(serving.list_keys(settings=settings)) == 2
+
+
+@pytest.mark.parametrize("n", [0, -1, True])
+def test_an_action_history_size_out_of_range_is_refused(settings, n):
+    with pytest.raises(InvalidInputError, match="limit"):
+        admin.history(limit=n, settings=settings)

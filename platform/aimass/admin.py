@@ -140,6 +140,8 @@ def _run(row_id: int, action: str, target: str, detail: str, actor: str,
 
 def history(*, limit: int = 100, settings: Settings | None = None) -> list[AdminActionPublic]:
     """The recorded operator actions, newest first."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:  # SQLite reads -1 as all, Postgres fails
+        raise InvalidInputError(f"limit must be a whole number of at least 1, got {limit!r}")
     s = settings or default_settings()
     with session(s) as db:
         rows = db.exec(select(AdminAction).order_by(AdminAction.id.desc()).limit(limit)).all()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
-from aimass.settings import Settings, shown_url
+from aimass.settings import Settings, error_line, shown_url
 
 
 def check(settings: Settings) -> list[dict]:
@@ -40,7 +40,7 @@ def _catalog(s: Settings) -> dict:
             n = db.exec(select(func.count()).select_from(DatasetVersion)).one()
         return _row("catalog", shown, ver, "ok", f"{n} dataset versions")
     except Exception as e:
-        return _row("catalog", shown, ver, "error", str(e).splitlines()[0])
+        return _row("catalog", shown, ver, "error", error_line(e))  # masked, and an empty message has a line
 
 
 def _git_version() -> str:
@@ -63,7 +63,7 @@ def _registry(s: Settings, reg: dict | Exception) -> dict:
     ver = f"dvc {version('dvc')}; {_git_version()}"
     where = str(s.registry_path) + (f" (clone of {shown_url(s.registry_origin)})" if s.registry_origin else "")
     if isinstance(reg, Exception):
-        return _row("data registry", where, ver, "error", str(reg).splitlines()[0])
+        return _row("data registry", where, ver, "error", error_line(reg))
     if not reg["exists"]:
         return _row("data registry", where, ver, "absent", "created on first register")
     dirty = reg["uncommitted"]

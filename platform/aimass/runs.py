@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import json
 
-from aimass.errors import NotFoundError
+from aimass.errors import BackendError, InvalidInputError, NotFoundError
 from aimass.evaluation import metric_name
-from aimass.settings import Settings, default_settings
+from aimass.settings import Settings, default_settings, error_line
 from aimass.tracking import logged_models, metric_key
 
 
@@ -25,8 +25,14 @@ def _summary(run) -> dict:
     }
 
 
+MAX_RESULTS = 50_000  # MLflow's own search limit
+
+
 def list_runs(*, settings: Settings | None = None, max_results: int = 100) -> list[dict]:
     from aimass.tracking import EXPERIMENT, mlflow_for
+
+    if isinstance(max_results, bool) or not isinstance(max_results, int) or not 1 <= max_results <= MAX_RESULTS:
+        raise InvalidInputError(f"max_results must be a whole number from 1 to {MAX_RESULTS:,}, got {max_results!r}")
 
     mlflow = mlflow_for(settings or default_settings())
     runs = mlflow.search_runs(experiment_names=[EXPERIMENT], max_results=max_results, output_format="list",
@@ -38,10 +44,17 @@ def show(run_id: str, *, settings: Settings | None = None) -> dict:
     from aimass.tracking import mlflow_for
 
     mlflow = mlflow_for(settings or default_settings())
+    from mlflow.exceptions import MlflowException
+
     try:
         run = mlflow.get_run(run_id)
-    except Exception:
-        raise NotFoundError(f"no training run {run_id!r}") from None
+    except MlflowException as e:
+        # a run that is not there (or an id that cannot be one) is not found; a store that failed is not that
+        if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise NotFoundError(f"no training run {run_id!r}") from None
+        raise BackendError(f"reading training run {run_id!r} failed: {error_line(e)}") from None
+    except Exception as e:  # the store itself (a server away, a locked database)
+        raise BackendError(f"reading training run {run_id!r} failed: {error_line(e)}") from None
     client = mlflow.MlflowClient()
     history = {k: [(m.step, m.value) for m in client.get_metric_history(run_id, k)]
                for k in run.data.metrics if k in ("loss", metric_key(metric_name("val", "ndcg")))}
