@@ -22,7 +22,7 @@ def test_a_missing_run_is_not_found_and_a_failing_store_is_a_backend_error(setti
         runs.show("f00d", settings=settings)
 
 
-@pytest.mark.parametrize("n", [0, -1, 50_001, True, 2.5])
+@pytest.mark.parametrize("n", [0, -1, True, 2.5])
 def test_a_listing_size_out_of_range_is_refused(settings, n):
     with pytest.raises(InvalidInputError, match="max_results"):
         runs.list_runs(max_results=n, settings=settings)

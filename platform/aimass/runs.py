@@ -25,14 +25,12 @@ def _summary(run) -> dict:
     }
 
 
-MAX_RESULTS = 50_000  # MLflow's own search limit
-
-
 def list_runs(*, settings: Settings | None = None, max_results: int = 100) -> list[dict]:
     from aimass.tracking import EXPERIMENT, mlflow_for
 
-    if isinstance(max_results, bool) or not isinstance(max_results, int) or not 1 <= max_results <= MAX_RESULTS:
-        raise InvalidInputError(f"max_results must be a whole number from 1 to {MAX_RESULTS:,}, got {max_results!r}")
+    # mlflow.search_runs pages through more than a store's page limit itself: only the lower bound is ours
+    if isinstance(max_results, bool) or not isinstance(max_results, int) or max_results < 1:
+        raise InvalidInputError(f"max_results must be a whole number of at least 1, got {max_results!r}")
 
     mlflow = mlflow_for(settings or default_settings())
     runs = mlflow.search_runs(experiment_names=[EXPERIMENT], max_results=max_results, output_format="list",

@@ -80,6 +80,24 @@ def test_a_model_uri_that_names_no_model_is_refused_before_the_name_exists(env, 
     assert "fresh" not in [m["name"] for m in models.list(settings=s)] and _snapshot(s) == before
 
 
+def test_a_store_that_fails_reading_a_model_uri_is_no_bad_uri(env, monkeypatch):
+    from mlflow.exceptions import MlflowException
+    from mlflow.models import Model
+    from mlflow.protos.databricks_pb2 import INTERNAL_ERROR
+
+    from aimass.errors import BackendError
+
+    s, runs = env
+
+    def away(uri):
+        raise MlflowException("the tracking server answered 503", error_code=INTERNAL_ERROR)
+
+    monkeypatch.setattr(Model, "load", staticmethod(away))
+    with pytest.raises(BackendError, match="answered 503"):
+        models.register(runs["popularity"], "fresh", model_uri="models:/m-1", settings=s)
+    assert "fresh" not in [m["name"] for m in models.list(settings=s)]
+
+
 @pytest.mark.integration
 def test_a_version_that_cannot_be_created_leaves_no_empty_name_behind(env, monkeypatch):
     from mlflow import MlflowClient

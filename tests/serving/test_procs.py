@@ -30,6 +30,8 @@ def test_named_reads_option_values_of_python_ray_and_haproxy_only():
     ray = "/venv/lib/python3.11/site-packages/ray/core/src/ray/raylet/raylet"
     assert _procs._named([ray, f"--temp_dir=/tmp/aimass-serve-{TAG}"]) == {TAG}
     assert _procs._named(["/usr/bin/haproxy", f"--cfg=/tmp/ahp-{TAG}/haproxy.cfg"]) == {TAG}
+    assert _procs._named(["/venv/bin/haproxy", "-db", "-f", f"/tmp/ahp-{TAG}/haproxy.cfg"]) == {TAG}  # as Ray starts it
+    assert _procs._named(["/usr/bin/tail", "-f", f"/tmp/ahp-{TAG}/haproxy.cfg"]) == set()
     assert _procs._named(["/usr/bin/less", f"--log-file=/tmp/aimass-serve-{TAG}/x"]) == set()
     assert _procs._named(["python3", f"/tmp/aimass-serve-{TAG}/x.py"]) == set()
     assert _procs._named([]) == set()

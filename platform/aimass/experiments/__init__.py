@@ -380,10 +380,11 @@ def _end(s: Settings, e: ExperimentPublic, *, to: str | None, what: str, reason:
 def _claim_lifetime_s(s: Settings) -> float:
     """How long a claim holds against another stop: longer than any stop lasts (its split applied, then the
     model's lock waited for), so that only a claim whose process died (a kill, a crash of the machine) is ever
-    taken over, and the endpoint is not held by it forever."""
-    from aimass import registry
+    taken over, and the endpoint is not held by it forever. The split may first wait for another change of
+    the endpoint (serving.ENDPOINT_WAIT_S)."""
+    from aimass import registry, serving
 
-    return 2 * s.traffic_apply_timeout_s + registry.UNATTENDED_WAIT_S + 600
+    return serving.ENDPOINT_WAIT_S + 2 * s.traffic_apply_timeout_s + registry.UNATTENDED_WAIT_S + 600
 
 
 def _stale(s: Settings, e: ExperimentPublic) -> bool:

@@ -142,11 +142,16 @@ def register(run_id: str, name: str, *, settings: Settings | None = None, parent
 def _check_model_uri(model_uri: str) -> None:
     """MLflow creates a version of any source, a folder that is not there included, and fails only at load; a
     models:/ URI it cannot find fails after the name was created. Both are refused before anything exists."""
+    from mlflow.exceptions import MlflowException
     from mlflow.models import Model
 
     try:
         Model.load(model_uri)  # reads the MLmodel file alone, not the weights
     except Exception as e:
+        # a store that is away is no bad URI: only what names nothing is the caller's to fix
+        if isinstance(e, MlflowException) and e.error_code not in ("RESOURCE_DOES_NOT_EXIST",
+                                                                   "INVALID_PARAMETER_VALUE"):
+            raise BackendError(f"cannot read model_uri {shown_url(str(model_uri))!r}: {error_line(e)}") from None
         raise InvalidInputError(f"model_uri {shown_url(str(model_uri))!r} names no MLflow model ({error_line(e)}): "
                                 "give the models:/m-... URI of a model a run logged, or a folder holding an MLmodel "
                                 "file") from None

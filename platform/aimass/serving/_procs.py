@@ -75,13 +75,17 @@ def owner_env(home: Path) -> dict[str, str]:
 
 
 def _named(cmdline: list[str]) -> set[str]:
-    """The tags a command line names in an option's value, when it is a Python's, Ray's or HAProxy's."""
+    """The tags a command line names in an option's value, when it is a Python's, Ray's or HAProxy's (whose
+    config file Ray passes as `-f PATH`)."""
     if not cmdline:
         return set()
     exe = Path(cmdline[0])
     if not ("python" in exe.name or "haproxy" in exe.name or "ray" in exe.parts):
         return set()
-    return {t for arg in cmdline[1:] if _OPTION.match(arg) for t in _TAG.findall(arg)}
+    values = [arg for arg in cmdline[1:] if _OPTION.match(arg)]
+    if "haproxy" in exe.name:
+        values += [v for flag, v in zip(cmdline[1:], cmdline[2:], strict=False) if flag == "-f"]
+    return {t for arg in values for t in _TAG.findall(arg)}
 
 
 def _tags_of(p: psutil.Process) -> set[str]:
