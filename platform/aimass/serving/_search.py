@@ -11,7 +11,7 @@ import numpy as np
 
 from aimass.errors import InvalidInputError
 from aimass.serving._engine import Engine, _finite
-from aimass.zoo.search import plain
+from aimass.zoo.search import plain  # the index's own folding: ガラス is not カラス, as for titles
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +46,6 @@ def loggable(query: str) -> str:
     return "".join(c if c.isprintable() else " " for c in query)[:1000]
 
 
-def _fold(text: str) -> str:
-    # the index's own folding: it keeps the marks that make another letter (ガラス is not カラス)
-    return plain(text)
-
-
 class PastQueries:
     """The endpoint's popular past queries, refreshed from the served-answer log every `interval` seconds in
     a thread of its own (never on the request path). Only a query that `min_users` different users asked in the
@@ -71,7 +66,7 @@ class PastQueries:
             t0 = time.monotonic()
             try:
                 asked = self.served_log.queries(self.endpoint, min_users=self.min_users, days=self.days)
-                self.table = [(_fold(q), q, n) for q, n in asked]
+                self.table = [(plain(q), q, n) for q, n in asked]
             except Exception:  # the catalog is away: keep the last table
                 log.exception("reading past queries failed")
             # the read covers `days` of searches, which grow with traffic: at most about 5% of a core goes to it,
@@ -82,7 +77,7 @@ class PastQueries:
         self._stop.set()
 
     def matching(self, prefix: str, k: int) -> list[tuple[str, int]]:
-        p = _fold(prefix).strip()
+        p = plain(prefix).strip()
         return [(q, n) for f, q, n in self.table if f.startswith(p)][:k] if p else []
 
 
@@ -99,12 +94,12 @@ def suggest(engine: Engine, prefix: str, k: int, past: PastQueries | None, user_
         item = s.get("item")
         out.append({"text": s["text"], "item_id": None if item is None else int(engine.item_ids[int(item) - 1]),
                     "score": float(s["score"])})
-    shown = {_fold(o["text"]) for o in out}
+    shown = {plain(o["text"]) for o in out}
     for q, n in asked:
         if len(out) >= k:
             break
-        if _fold(q) not in shown:
+        if plain(q) not in shown:
             out.append({"text": q, "item_id": None, "score": float(n)})
-            shown.add(_fold(q))
+            shown.add(plain(q))
     n_seen = 0 if seen is None else len(seen)
     return {"suggestions": out[:k], "personalised": personal, "history_length": n_seen}

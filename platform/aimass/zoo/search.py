@@ -37,13 +37,14 @@ import scipy.sparse as sp
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from aimass.errors import InvalidInputError
+from aimass.zoo import Seed
 from aimass.zoo.text import query_encoder
 
 
 class SearchConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    seed: int = 0  # nothing here is random except the ANN graph, built single-threaded for repeatability
+    seed: Seed = 0  # nothing here is random except the ANN graph, built single-threaded for repeatability
     mode: Literal["bm25", "semantic", "hybrid"] = Field("hybrid", description="Default retrieval mode")
     semantic: bool = Field(True, description="False: no MiniLM at all (BM25, typos and suggestions only)")
     vectors: Literal["int8", "float32"] = Field("int8", description="How item vectors are stored")
