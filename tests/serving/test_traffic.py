@@ -108,6 +108,19 @@ def test_bad_changes_are_refused_and_the_split_stays(served, ab):
     assert {_ask(served, ab["url"], u)["arm"] for u in USERS[:10]} == {ab["one"]}
 
 
+def test_a_broken_model_is_refused_at_its_first_deploy_even_with_no_replica_to_start(served, ab):
+    """With --min-replicas 0 no replica would load the model before a first request: a replica is tried aside,
+    and a model that cannot load is refused with nothing deployed, no split and no record."""
+    from ray import serve
+
+    s = served.settings
+    with pytest.raises(BackendError, match="did not start"):
+        serving.deploy(ab["broken"], "lazy", min_replicas=0, settings=s)
+    assert "lazy" not in [d.endpoint for d in serving.deployments(settings=s)]
+    assert _traffic.current(s, "lazy") is None
+    assert not {"lazy", "lazy.preflight"} & set(serve.status().applications)
+
+
 def test_shadow_is_logged_and_never_returned(served, ab):
     s = served.settings
     split = serving.set_traffic("ab", [f"{ab['one']}=100"], shadow="ranker/1", settings=s)

@@ -187,7 +187,9 @@ def deploy(ref: str, endpoint: str, *, ranker: str | None = None, min_replicas: 
             prior = _traffic.current(s, endpoint)
             initial = _traffic.activate_initial(s, endpoint, info.ref)
         try:
-            state = _run(s, args, endpoint, info.ref) if restart else _cluster.connect(s)
+            # no replica would load the model until a first request: try one aside, or a broken model deploys
+            trial = not running and min_replicas == 0
+            state = _run(s, args, endpoint, info.ref, trial=trial) if restart else _cluster.connect(s)
         except BaseException:  # the deployment record still names the old model: so must the split
             if initial is not None:
                 _traffic.undo_initial(s, endpoint, initial, prior.id if prior else None)
@@ -249,9 +251,9 @@ def _preflight(s: Settings, args, endpoint: str, ref: str) -> None:
             log.warning("the preflight application %s was not deleted", name, exc_info=True)
 
 
-def _run(s: Settings, args, endpoint: str, ref: str) -> dict:
-    """serve.run of the application; a cluster this call started is stopped again if anything fails, so a
-    failed deploy leaves nothing running that it started."""
+def _run(s: Settings, args, endpoint: str, ref: str, *, trial: bool = False) -> dict:
+    """serve.run of the application (after a preflight with `trial`); a cluster this call started is stopped
+    again if anything fails, so a failed deploy leaves nothing running that it started."""
     import ray
     from ray import serve
 
@@ -260,6 +262,8 @@ def _run(s: Settings, args, endpoint: str, ref: str) -> dict:
     started = not _cluster.running(s)
     try:
         state = _cluster.connect(s)
+        if trial:
+            _preflight(s, args, endpoint, ref)
         log.info("deploying %s at /%s", ref, endpoint)
         serve.run(app.build(args.model_dump()), name=endpoint, route_prefix=f"/{endpoint}", blocking=False)
     except BaseException as e:  # Ctrl-C included: the head must not outlive a deploy that started it
