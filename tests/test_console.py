@@ -27,13 +27,14 @@ CHATTER = ["library print", "library log", "library warning", "child out", "chil
 @pytest.mark.parametrize("as_json", [False, True])
 def test_library_output_goes_to_the_log_and_only_results_to_stdout(tmp_path, verbose, as_json):
     res = subprocess.run([sys.executable, "-c", PROGRAM, str(tmp_path), str(int(verbose)), str(int(as_json))],
-                         capture_output=True, text=True, timeout=60)
+                         capture_output=True, text=True, timeout=60, umask=0o022)
     assert res.returncode == 0, res.stderr
     if as_json:
         assert json.loads(res.stdout) == {"ok": True}
     else:
         assert res.stdout.splitlines() == ["stage line", '{"ok": true}']
     log = (tmp_path / "logs" / "aimass.log").read_text()
+    assert (tmp_path / "logs" / "aimass.log").stat().st_mode & 0o777 == 0o600  # tee's copy too (umask 022)
     assert [line for line in CHATTER + ["stage line", "error line"] if line not in log] == [], log
     shown = [line for line in CHATTER if line in res.stderr]
     assert shown == (CHATTER if verbose else []), res.stderr

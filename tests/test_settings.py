@@ -96,14 +96,16 @@ def test_credentials_reach_a_child_through_a_private_file_not_its_variables(tmp_
 def test_a_value_set_otherwise_wins_over_the_secrets_file_and_a_bad_file_is_refused(tmp_path, monkeypatch):
     f = tmp_path / "s.json"
     f.write_text(json.dumps({"catalog_url": "sqlite:///from-file.db", "dvc_remote": "/from/file"}))
+    f.chmod(0o600)
     s = _from_env({"AIMASS_SECRETS_FILE": str(f), "AIMASS_DVC_REMOTE": "/from/env"}, monkeypatch)
     assert (s.catalog_url, s.dvc_remote) == ("sqlite:///from-file.db", "/from/env")
     for text, why in [(None, "cannot be read"), ("not json", "cannot be read"), ('{"home": "/x"}', "keys are among"),
-                      ("[1]", "keys are among")]:
+                      ("[1]", "keys are among"), ('{"dvc_remote": "/x"}', r"readable by others \(mode 644\)")]:
         bad = tmp_path / "bad.json"
         bad.unlink(missing_ok=True)
         if text is not None:
             bad.write_text(text)
+            bad.chmod(0o644 if "others" in why else 0o600)
         with pytest.raises(ValidationError, match=f"secrets_file .*{why}") as err:
             Settings(dvc_remote="s3://k:s3cr3t@b", secrets_file=bad)
         # the error never shows the values it was given
@@ -124,6 +126,9 @@ def test_a_message_is_redacted_url_by_url():
     assert "tok3n" not in out and "pw9" not in out
     assert "https://user:***@mlflow.example/api/2.0/x" in out and "'postgresql://u:***@db/aimass'" in out
     assert "http://127.0.0.1:5000 kept" in out
+    # a password with a quote in it (RFC 3986 allows it unencoded) does not end the URL before its "@"
+    out = redacted("API request to http://u:to'ken@127.0.0.1:1/api failed; \"https://t\"ok@h/x\"")
+    assert "ken" not in out and "ok@" not in out and "http://u:***@127.0.0.1:1/api failed" in out, out
 
 
 def test_an_error_line_is_the_first_line_masked_or_the_type():

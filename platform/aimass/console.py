@@ -101,6 +101,7 @@ def _append(path: Path) -> int:
 
 def _tee(path: Path, terminal: IO[str]) -> int:
     """The write end of a pipe whose reader appends to the log and copies to ``terminal``."""
+    os.close(_append(path))  # created owner-only here: tee would create it as the umask says
     read, write = os.pipe()
     # its own session: a Ctrl-C meant for aimass must not kill the reader while aimass still writes
     proc = subprocess.Popen(["tee", "-a", str(path)], stdin=read, stdout=terminal, stderr=subprocess.DEVNULL,

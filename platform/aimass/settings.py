@@ -130,9 +130,13 @@ class Settings(BaseSettings):
             return data
         path = Path(data["secrets_file"]).expanduser()
         try:
+            loose = path.stat().st_mode & 0o077
             stored = json.loads(path.read_text())
         except (OSError, ValueError) as e:
             raise ValueError(f"secrets_file {path} cannot be read as JSON: {type(e).__name__}") from None
+        if loose:  # what it holds is what the URLs would have said in the open
+            raise ValueError(f"secrets_file {path} is readable by others (mode {path.stat().st_mode & 0o777:o}): "
+                             f"chmod 600 it")
         if not isinstance(stored, dict) or set(stored) - set(CREDENTIAL_FIELDS):
             raise ValueError(f"secrets_file {path} must be a JSON object whose keys are among "
                              f"{', '.join(CREDENTIAL_FIELDS)}")
@@ -275,9 +279,13 @@ def write_private(path: Path, text: str) -> None:
 def redacted(text: str) -> str:
     """`text` with each URL in it as `shown_url` shows it: for messages that may quote a store URL (a failed
     call to an MLflow server names the URL it called)."""
-    import re
-
+    # the user-info part first, quotes and brackets included: a URL's password may hold an unencoded ' (RFC 3986),
+    # which would end the URL below before its "@"
+    text = _USERINFO.sub(lambda m: f"{m[1]}{m[2].split(':', 1)[0] + ':' if ':' in m[2] else ''}***@", text)
     return re.sub(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+", lambda m: shown_url(m.group()), text)
+
+
+_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)([^/\s@]*)@")
 
 
 def error_line(e: BaseException) -> str:

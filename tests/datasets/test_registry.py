@@ -362,12 +362,15 @@ def test_a_credential_in_the_dvc_remote_stays_out_of_the_shared_history(tmp_path
     assert "s3cr3t" not in subprocess.run(["git", "-C", str(bare), "log", "-p", "--all"], capture_output=True,
                                           text=True).stdout
     assert "url = s3://key:s3cr3t@bucket/data" in (s.registry_path / ".dvc" / "config.local").read_text()
+    # owner-only, as git's config of the clone (its origin's URL may carry a token)
+    assert {(s.registry_path / f).stat().st_mode & 0o777 for f in (".dvc/config.local", ".git/config")} == {0o600}
     # a registry of one's own keeps the credential out of its commits the same way
     mine = Settings(home=tmp_path / "mine", dvc_remote="s3://key:s3cr3t@bucket/data")
     DataRegistry(mine).ensure()
     assert "s3cr3t" not in subprocess.run(["git", "-C", str(mine.registry_path), "log", "-p", "--all"],
                                           capture_output=True, text=True).stdout
     assert "s3cr3t" in (mine.registry_path / ".dvc" / "config.local").read_text()
+    assert (mine.registry_path / ".dvc" / "config.local").stat().st_mode & 0o777 == 0o600
     # a secret whose "/" ends the URL's host early is refused before anything is written
     bad = Settings(home=tmp_path / "bad", dvc_remote="s3://AKIA:wJal/rXUt@bucket/data")
     with pytest.raises(InvalidInputError, match="percent-encode"):

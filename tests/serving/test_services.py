@@ -2,6 +2,9 @@
 the app a replica serves (the gate answers /metrics), whatever the environment's BentoML options say."""
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from aimass.serving import services
@@ -61,3 +64,22 @@ def test_a_genre_cap_counts_each_of_an_items_genres_where_the_items_table_lists_
 
     out = asyncio.run(_pipeline.recommend(Stages(), 7, None, 4, True, None, None, None, 1))
     assert out["items"] == [1, 3]  # 2 is a second comedy, 4 a second action film (and drama)
+
+
+def test_every_service_builds_in_one_process_and_binds_loopback():
+    """A process may build every family's service (a notebook deploying each): the shared input models are
+    made strict once, not once per service (the fifth failed with a RecursionError); and a bare `bentoml serve`
+    of any of them binds 127.0.0.1 unless told otherwise (BentoML's default is every interface)."""
+    program = """
+from bentoml._internal.configuration.containers import BentoMLContainer
+from aimass.serving import services
+sizes = []
+for family in services.servable():
+    svc = services.service(family)
+    svc.inject_config()  # what `bentoml serve` does before it binds
+    assert str(BentoMLContainer.http.host.get()) == "127.0.0.1", (family, BentoMLContainer.http.host.get())
+    sizes.append(len(repr(services.service("itemknn").apis["recommend"].input_spec.__pydantic_core_schema__)))
+assert len(set(sizes)) == 1, sizes  # building one more service leaves the others' validation as it was
+"""
+    res = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]

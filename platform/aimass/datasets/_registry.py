@@ -101,6 +101,7 @@ class DataRegistry:
                 if res.returncode != 0:
                     raise BackendError(f"cannot clone the data registry {shown}: "
                                        f"{res.stderr.strip().replace(self.origin, shown)}")
+                (self.path / ".git" / "config").chmod(0o600)  # git keeps the origin's URL there, token included
             self._check_clone()
             if (self.path / ".dvc").is_dir():
                 self._local_remote()
@@ -211,12 +212,13 @@ class DataRegistry:
         """This machine's DVC remote setting, credential included, in the clone's uncommitted config.local."""
         url = self.settings.dvc_remote
         local = self.path / ".dvc" / "config.local"
-        if not url or (local.exists() and f"url = {url}\n" in local.read_text()):
-            return
-        from dvc.repo import Repo
+        if url and not (local.exists() and f"url = {url}\n" in local.read_text()):
+            from dvc.repo import Repo
 
-        with Repo(str(self.path)) as repo, repo.config.edit("local") as conf:
-            conf["remote"].setdefault("storage", {})["url"] = url
+            with Repo(str(self.path)) as repo, repo.config.edit("local") as conf:
+                conf["remote"].setdefault("storage", {})["url"] = url
+        if local.exists():  # the credential in it: DVC writes it as the umask says (an older aimass left it so)
+            local.chmod(0o600)
 
     def head(self) -> str:
         return git(self.path, "rev-parse", "HEAD")

@@ -62,8 +62,10 @@ _timeout.install()  # BentoML's timeout without a live timer per request (see _t
 # route's CPU (its /metrics hung inside Serve anyway, ../shared/STACK.md). They are a service's options, not
 # BENTOML_CONFIG_OPTIONS: to_asgi() merges each service's defaults over the api_server options of the
 # environment, which is how the environment's switches were silently undone.
+# The host: a bare `bentoml serve` of a Bento binds all interfaces otherwise (its /healthz and /docs.json answer
+# without a key); `--host` still chooses another.
 CONFIG = {"traffic": TRAFFIC, "metrics": {"enabled": False}, "logging": {"access": {"enabled": False}},
-          "tracing": {"excluded_urls": ".*"}}
+          "tracing": {"excluded_urls": ".*"}, "http": {"host": "127.0.0.1"}}
 log = logging.getLogger(__name__)
 _live: dict[type, object] = {}  # service class -> its instance in this process (for the HTTP gate)
 _generic: dict[type, object] = {}  # a family's generic service class -> its BentoML service
@@ -430,10 +432,14 @@ def _fast_root_input(svc) -> None:
 def _strict_inputs(svc) -> None:
     """A body field the route does not have is refused (400 naming it), as /feedback's is: BentoML's input
     models ignore it, so {"filter": ...} for `filters` answered 200, unfiltered. The document then says
-    additionalProperties: false, which it is."""
+    additionalProperties: false, which it is.
+
+    Once per input model: every family's service shares _SingleModel's, and each rebuild doubles what an
+    optional or listed field's annotation holds (BentoML's patch_annotation re-wraps it on every schema build),
+    so a process that built five services failed at the fifth with a RecursionError."""
     for api in svc.apis.values():
         spec = api.input_spec
-        if not getattr(spec, "__root_input__", False):
+        if not getattr(spec, "__root_input__", False) and spec.model_config.get("extra") != "forbid":
             spec.model_config["extra"] = "forbid"
             spec.model_rebuild(force=True)
 
