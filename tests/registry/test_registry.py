@@ -49,6 +49,21 @@ def test_register_carries_lineage_and_metrics(env):
     assert len(out["items"][0]) == 5 and scorer.info.ref == "recs/1"
 
 
+def test_a_listing_holds_every_model_even_one_whose_name_no_filter_string_takes(env):
+    """Another team's model in a shared registry may be named with a quote: the listing failed as a whole."""
+    from aimass.tracking import client
+
+    s, runs = env
+    v = models.register(runs["pop"], "listed", settings=s)
+    mlflow_client = client(s)
+    mlflow_client.create_registered_model("team's model")
+    for _ in range(2):
+        mlflow_client.create_model_version("team's model", source=v.source, run_id=runs["pop"])
+    listed = {m["name"]: m for m in models.list(settings=s)}
+    assert (listed["team's model"]["versions"], listed["team's model"]["latest"]) == (2, 2)
+    assert listed["listed"]["latest"] == v.version
+
+
 def test_gate_passes_first_champion_and_refuses_worse_models(env):
     s, runs = env
     good = models.register(runs["knn"], "gate", settings=s)

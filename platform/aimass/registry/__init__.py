@@ -159,13 +159,26 @@ def _check_model_uri(model_uri: str) -> None:
 
 def list_models(*, settings: Settings | None = None) -> list[dict]:
     client = _client(settings or default_settings())
-    out = []
-    for rm in client.search_registered_models(max_results=1000):
-        vs = client.search_model_versions(f"name = '{rm.name}'")
-        out.append({"name": rm.name, "versions": len(vs),
-                    "latest": max((int(v.version) for v in vs), default=None),
-                    "aliases": {a: int(v) for a, v in (rm.aliases or {}).items()}})
+    # every page, and no filter naming a model: another team's name may hold a quote, which no filter string
+    # takes (MLflow refused the whole listing)
+    found: dict[str, list[int]] = {}
+    for v in _pages(client.search_model_versions, 10_000):
+        found.setdefault(v.name, []).append(int(v.version))
+    out = [{"name": rm.name, "versions": len(found.get(rm.name, [])),
+            "latest": max(found.get(rm.name, []), default=None),
+            "aliases": {a: int(v) for a, v in (rm.aliases or {}).items()}}
+           for rm in _pages(client.search_registered_models, 1000)]
     return sorted(out, key=lambda d: d["name"])
+
+
+def _pages(search, size: int):
+    token = None
+    while True:
+        page = search(max_results=size, page_token=token)
+        yield from page
+        token = page.token
+        if not token:
+            return
 
 
 def versions(name: str, *, settings: Settings | None = None) -> list[ModelVersionInfo]:
