@@ -7,6 +7,7 @@ import streamlit as st
 
 import _common
 from aimass import monitoring, serving
+from aimass.errors import NotFoundError
 
 s = _common.settings()
 st.title("Deployments and traffic")
@@ -17,7 +18,12 @@ if not deployments:
 st.dataframe(pd.DataFrame([{k: d[k] for k in ("endpoint", "model", "version", "family", "status", "min_replicas",
                                               "max_replicas", "url")} for d in deployments]), hide_index=True)
 endpoint = st.selectbox("Endpoint", [d["endpoint"] for d in deployments])
-view = serving.traffic(endpoint, settings=s)
+try:
+    view = serving.traffic(endpoint, settings=s)
+except NotFoundError:  # deleted since the listing was read (a few seconds ago): read afresh on the next run
+    _common.deployments.clear()
+    st.info(f"{endpoint!r} was deleted a moment ago.")
+    st.stop()
 split = view.split
 st.subheader("Split in force")
 if split is not None:

@@ -20,8 +20,16 @@ recommenders = [f"{m['name']}/{m['version']}" for m in versions if m["family"] !
 
 
 @st.cache_resource(max_entries=8, show_spinner="loading the model version")
-def scorer(ref: str):
+def scorer(ref: str, run_id: str | None, source: str):
+    # keyed by what the version is too: a model deleted and registered again numbers its versions from 1 again
     return registry.load(ref, settings=s)
+
+
+by_ref = {f"{m['name']}/{m['version']}": m for m in versions}
+
+
+def load(ref: str):
+    return scorer(ref, by_ref[ref]["run_id"], by_ref[ref]["source"])
 
 
 @st.cache_data(ttl=60, show_spinner=False)
@@ -38,10 +46,9 @@ if kind == "a user's recommendations":
     user = st.number_input("User id", min_value=0, value=1, step=1)
     k = st.slider("k", 1, 50, 10)
     cols = st.columns(max(len(picked), 1))
-    by_ref = {f"{m['name']}/{m['version']}": m for m in versions}
     for col, ref in zip(cols, picked, strict=False):
         seen = history(by_ref[ref]["dataset"], int(user)) if by_ref[ref]["dataset"] else []
-        out = scorer(ref).recommend(pd.DataFrame({"history": [seen], "k": [k]}))
+        out = load(ref).recommend(pd.DataFrame({"history": [seen], "k": [k]}))
         col.markdown(f"**{ref}** ({len(seen)} items of history in {by_ref[ref]['dataset']})")
         col.dataframe(pd.DataFrame({"item": out["items"][0], "score": out["scores"][0]}), hide_index=True)
 else:
@@ -49,7 +56,7 @@ else:
     query = st.text_input("Query", "rock")
     cols = st.columns(max(len(picked), 1))
     for col, ref in zip(cols, picked, strict=False):
-        model = scorer(ref)
+        model = load(ref)
         out = model.estimator.search(query, k=10) if query.strip() else {"items": [], "scores": []}
         col.markdown(f"**{ref}**" + (f" (did you mean: {out['corrected']})" if out.get("corrected") else ""))
         dense = out["items"]

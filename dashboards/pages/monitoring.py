@@ -52,5 +52,6 @@ if online:
     st.dataframe(pd.DataFrame([{
         "model": f"{m.model}/{m.version}", "arm": m.arm or "-", "answers": m.answers,
         "click-through": m.click_through.rate, "click-through 95%": interval(m.click_through),
-        "hit rate": m.hit_rate.rate, "hit rate 95%": interval(m.hit_rate), "negative": m.negative.rate}
+        "hit rate": m.hit_rate.rate, "hit rate 95%": interval(m.hit_rate), "negative": m.negative.rate,
+        "negative 95%": interval(m.negative)}
         for m in online]), hide_index=True)

@@ -54,9 +54,10 @@ if rows:
     for r in rows:
         b = r["_signals"].buckets.set_index("start")
         st.markdown(f"**{r['endpoint']}**: {r['_signals'].requests:,} requests in the hour")
-        left, right = st.columns(2)
+        left, middle, right = st.columns(3)
         left.line_chart(b[["requests_per_s"]], y_label="requests/s")
-        right.line_chart(b[["p50_ms", "p99_ms"]], y_label="ms")
+        middle.line_chart(b[["p50_ms", "p99_ms"]], y_label="ms")
+        right.line_chart(b[["error_rate"]], y_label="error rate")
 
 st.subheader("Last training")
 if runs:

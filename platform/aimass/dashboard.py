@@ -8,6 +8,7 @@ when it fails to start). It reads everything through the SDK, with the home's se
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from pathlib import Path
 import psutil
 
 from aimass.errors import BackendError, ConflictError
-from aimass.settings import Settings
+from aimass.settings import Settings, write_private
 
 APP = Path(__file__).resolve().parents[2] / "dashboards" / "app.py"
 
@@ -39,11 +40,11 @@ def status(settings: Settings) -> dict | None:
     f = _record(settings)
     if not f.is_file():
         return None
-    info = json.loads(f.read_text())
     try:
+        info = json.loads(f.read_text())
         if psutil.Process(info["pid"]).create_time() == info["create_time"]:
             return info
-    except psutil.Error:
+    except (psutil.Error, ValueError, KeyError, TypeError):  # gone, or a record cut short: stale either way
         pass
     f.unlink(missing_ok=True)
     return None
@@ -74,9 +75,13 @@ def start(settings: Settings, *, port: int | None = None, timeout_s: float = 90.
            "--server.fileWatcherType", "none", "--client.toolbarMode", "viewer",
            # what the pages do not catch (app.py shows theirs with URLs' passwords masked): its type only
            "--client.showErrorDetails", "type", "--", "--home", str(s.home.resolve())]
+    # these settings whole, not only the home: the caller's may name other stores than its environment does
+    # (credentials through a file of this user's, not in the environment)
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("AIMASS_")},
+           **s.as_env(secrets_to=s.secrets_dir)}
     with open(log, "ab") as out:  # its own session: a Ctrl-C meant for the caller does not reach it
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+                                start_new_session=True, env=env)
     url = f"http://{s.host}:{port}"
     try:
         up = _healthy(proc, url, timeout_s)
@@ -89,7 +94,7 @@ def start(settings: Settings, *, port: int | None = None, timeout_s: float = 90.
         raise BackendError(f"the console did not start within {timeout_s:g} s: {' | '.join(tail) or 'no output'}")
     info = {"url": url, "pid": proc.pid, "port": port, "create_time": psutil.Process(proc.pid).create_time(),
             "started_at": datetime.now(UTC).isoformat(timespec="seconds"), "log": str(log)}
-    _record(s).write_text(json.dumps(info))
+    write_private(_record(s), json.dumps(info))  # whole or not at all: a record cut short blocked start and stop
     return info
 
 

@@ -63,7 +63,10 @@ def test_overview_shows_the_demo_endpoint_and_its_hour(console, quickstart_home)
     assert f"demo-sasrec/{serving.show('demo', settings=s).version}" in shown
     stats = aimass.events.stats("demo", settings=s)
     assert str(stats["events"]) in shown  # feedback events
-    assert len(console.get("vega_lite_chart")) >= 2  # requests and latency charts
+    charted = [c.proto.spec + str(c.proto.datasets) for c in console.get("arrow_vega_lite_chart")
+               + console.get("vega_lite_chart")]
+    # per minute: requests, latency and (as the README says) the error rate
+    assert [any(col in c for c in charted) for col in ("requests_per_s", "p99_ms", "error_rate")] == [True] * 3
 
 
 def test_every_page_renders_catalog_figures(console, quickstart_home):
@@ -98,6 +101,8 @@ def test_every_page_renders_catalog_figures(console, quickstart_home):
     assert str(reports[0].n_current) in drift
     console.toggle(key="online-metrics").set_value(True).run()  # on demand: a day of answers joined to feedback
     assert not console.exception and "demo-sasrec/1" in _texts(console)  # online metrics per version
+    online = next(df.value for df in console.dataframe if "click-through" in df.value.columns)
+    assert {"click-through 95%", "hit rate 95%", "negative 95%"} <= set(online.columns)  # every rate's interval
     assert any("iframe" in str(type(e)).lower() or getattr(e, "type", "") == "iframe"
                for e in console.main)  # the newest Evidently report, embedded
     ab = page(console, "pages/experiments.py")
@@ -146,6 +151,7 @@ def test_a_registered_model_without_versions_or_of_another_team_is_left_out_of_t
     client = MlflowClient(tracking_uri=s.tracking_uri, registry_uri=s.tracking_uri)
     client.create_registered_model("orphan")
     client.create_registered_model("Fraud Model")
+    client.create_registered_model("team's model")  # no MLflow filter string takes its name
     at = open_console(s.home, monkeypatch)
     for path in ("pages/datasets.py", "pages/models.py", "pages/explore.py", "pages/admin.py"):
         page(at, path)
@@ -271,3 +277,71 @@ def test_without_an_admin_key_the_console_changes_nothing_with_one_each_action_i
     assert (failed.action, failed.ok) == ("rollback", False) and failed.outcome.startswith("failed: ")
     secret = key.removeprefix(f"aimass_{ops.key_id}_")  # url-safe base64: it may hold "_" itself
     assert secret not in str([a.model_dump() for a in admin.history(settings=s)])  # no secret kept
+
+
+def test_a_console_started_from_the_sdk_gets_the_callers_settings_whole(tmp_path):
+    """`aimass.dashboard.start(settings)` passed on the home alone: the console read the environment's stores,
+    not the ones it was given. Credentials go through a file of this user's, never the environment; and a
+    record cut short (a full disk) is a stale one, not an error blocking start and stop."""
+    from aimass import dashboard
+
+    s = Settings(home=tmp_path / "home", mlflow_tracking_uri=f"sqlite:///{tmp_path / 'other.db'}",
+                 catalog_url="postgresql://ops:pw9@127.0.0.1:1/aimass")
+    s.home.mkdir(parents=True)
+    (s.home / "console.json").write_text('{"pid": ')
+    info = dashboard.start(s, port=free_port())
+    try:
+        env = psutil.Process(info["pid"]).environ()
+        assert env["AIMASS_MLFLOW_TRACKING_URI"] == s.mlflow_tracking_uri and "pw9" not in json.dumps(env)
+        assert json.loads(Path(env["AIMASS_SECRETS_FILE"]).read_text())["catalog_url"] == s.catalog_url
+        assert (s.home / "console.json").stat().st_mode & 0o777 == 0o600
+    finally:
+        assert dashboard.stop(s)
+    assert not psutil.pid_exists(info["pid"])
+
+
+def test_explore_answers_from_the_version_registered_now_not_a_deleted_one_of_the_same_number(tmp_path, monkeypatch):
+    """A model deleted in MLflow and registered again starts at version 1 again: Explore's loaded versions are
+    keyed by what the version is, not only its number, or the page answered from the deleted model."""
+    import pandas as pd
+    import streamlit as st
+    from mlflow import MlflowClient
+
+    s = Settings(home=tmp_path / "home")
+    cfg = aimass.datasets.DemoConfig(users=60, tracks=120, seed=2)
+    inter, items = aimass.datasets.generate_demo(tmp_path / "demo", cfg)
+    aimass.datasets.register("demo", inter, "csv", items=items, settings=s)
+    runs = {f: aimass.train(f, "demo@v1", workers=0, progress=False, settings=s).run_id
+            for f in ("popularity", "itemknn")}
+    registry.register(runs["popularity"], "x", settings=s)
+    at = open_console(s.home, monkeypatch)
+
+    def shown() -> list[int]:
+        page(at, "pages/explore.py")  # user 1, k 10: the page's defaults
+        return at.dataframe[0].value["item"].tolist()
+
+    first = shown()
+    MlflowClient(tracking_uri=s.tracking_uri, registry_uri=s.tracking_uri).delete_registered_model("x")
+    registry.register(runs["itemknn"], "x", settings=s)
+    st.cache_data.clear()  # the listing's own cache (a few seconds) has run out
+    data = aimass.datasets.load("demo@v1", settings=s).interactions
+    seen = data.loc[data["user_id"] == 1, "item_id"].astype(int).tolist()
+    now = registry.load("x/1", settings=s).recommend(pd.DataFrame({"history": [seen], "k": [10]}))["items"][0]
+    assert shown() == list(now) != first
+
+
+def test_an_endpoint_deleted_while_the_listing_is_cached_is_no_error_on_the_deployments_page(tmp_path, monkeypatch):
+    """The pages reuse the endpoint listing for a few seconds: one deleted meanwhile is said to be, not raised."""
+    from datetime import UTC, datetime
+
+    s = Settings(home=tmp_path / "home")
+    d = serving.Deployment(endpoint="recs", url="http://127.0.0.1:1/recs", model="recs", version=1,
+                           family="itemknn", requested="recs/1", dataset="demo@v1", proxy="default", min_replicas=1,
+                           max_replicas=1, target_ongoing_requests=8.0, config="", created_at=datetime.now(UTC))
+    record = s.home / "serve" / "deployments" / "recs.json"
+    record.parent.mkdir(parents=True)
+    record.write_text(json.dumps({"deployment": d.model_dump(mode="json"), "args": {}}))  # as a deploy writes it
+    at = open_console(s.home, monkeypatch)
+    page(at, "pages/deployments.py")
+    record.unlink()  # what a delete does to it, in another process
+    assert "'recs' was deleted a moment ago" in page(at, "pages/deployments.py")
