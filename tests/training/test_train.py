@@ -71,6 +71,37 @@ def test_each_kind_of_family_trains_on_two_workers_and_is_tracked(home, family):
     assert shown["family"] == family and shown["models"] == [r.model_uri]
 
 
+def test_ctrl_c_during_a_job_on_workers_is_a_keyboard_interrupt_and_ctrl_c_works_after_it(home):
+    """Ray Train takes SIGINT over while a run on workers lasts: its handler aborts the run, which then read as
+    failed (BackendError, run FAILED), and stayed installed, so no later Ctrl-C in the process did anything."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from aimass.tracking import client
+
+    before = signal.getsignal(signal.SIGINT)
+    known = {r["run_id"] for r in aimass.runs.list_runs(settings=home)}
+
+    def interrupt_once_training():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            time.sleep(0.3)
+            fresh = [r for r in aimass.runs.list_runs(settings=home) if r["run_id"] not in known]
+            if fresh and client(home).get_run(fresh[0]["run_id"]).data.metrics:  # an epoch is done: mid-run
+                os.kill(os.getpid(), signal.SIGINT)
+                return
+
+    threading.Thread(target=interrupt_once_training, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        aimass.train("sasrec", "demo", {**TINY["sasrec"], "epochs": 10_000}, workers=1, progress=False,
+                     settings=home)
+    assert signal.getsignal(signal.SIGINT) is before
+    (run,) = [r for r in aimass.runs.list_runs(settings=home) if r["run_id"] not in known]
+    assert run["status"] == "KILLED"
+
+
 def test_sequence_models_beat_popularity_on_the_demo(home):
     """The demo's album-continuation structure is learnable: a sequence-aware model must beat popularity (the
     models fitted in process on the jobs' own split: the jobs themselves are tested above)."""

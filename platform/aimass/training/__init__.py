@@ -475,10 +475,47 @@ def _fit(s, ray, cls, family, data, params, run_id, workers, gpu, epochs, budget
                              worker_runtime_env={"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}}),
     )
     if queue is None:
-        return trainer.fit()
+        return _interruptible(trainer)
     shown = epochs or (None if budget_min and "epochs" not in params else getattr(cls.Config(), "epochs", 1))
     with _ProgressBar(queue, family, shown):
+        return _interruptible(trainer)
+
+
+def _interruptible(trainer):
+    """trainer.fit() with Ctrl-C a KeyboardInterrupt again. On the main thread Ray Train takes SIGINT over for
+    the run: its handler aborts the run (good: the workers stop), after which fit() raises as if the run had
+    failed, and the handler stays installed, so no later Ctrl-C in the process (a notebook's kernel, the
+    metrics pass after training) did anything. Its handler is chained to note the interrupt (through Ray's
+    registration hook where this Ray has it), and the caller's handler is put back."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():  # Ray registers no handler there
         return trainer.fit()
+    before = signal.getsignal(signal.SIGINT)
+    interrupted = threading.Event()
+    register = getattr(trainer, "_register_sigint_handler", None)
+    if register is not None:
+        def chained(controller):
+            register(controller)
+            theirs = signal.getsignal(signal.SIGINT)
+
+            def handler(signum, frame):
+                interrupted.set()
+                if callable(theirs):
+                    theirs(signum, frame)
+
+            signal.signal(signal.SIGINT, handler)
+
+        trainer._register_sigint_handler = chained
+    try:
+        return trainer.fit()
+    except BaseException as e:
+        if interrupted.is_set() and not isinstance(e, KeyboardInterrupt):
+            raise KeyboardInterrupt from e  # the run was aborted for the Ctrl-C, not failed
+        raise
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 class _LocalQueue(_queue.Queue):
