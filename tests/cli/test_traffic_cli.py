@@ -171,6 +171,9 @@ def test_experiments_show_and_stop(shop):
         "shop", SimpleNamespace(experiment_id="shop-other"))  # what `traffic set`/`rollback` add to their line
     line = _invoke(app, "stop", "shop")  # no promotion: no cluster needed
     assert line.startswith("stopped experiment shop-x1 on shop; the split in force stays as it is"), line
+    # a rollback restores the previous split, which after a ramp is the experiment's own, not the one before it
+    assert "go back to the previous split (after a ramp, the experiment's own earlier one" in line, line
+    assert "aimass traffic show shop lists them) with aimass rollback shop" in line, line
     stopped = json.loads(_invoke(app, "show", "shop", "--json"))["experiment"]
     assert stopped["state"] == "stopped" and stopped["decision"] == "stopped"
     assert _stale_experiment("shop", SimpleNamespace(experiment_id="shop-other")) == ""
@@ -196,7 +199,25 @@ def test_the_guardrail_lines_say_what_is_checked_against_the_control():
                         stopped_at=None, decision=None, metric="positive_rate", alpha=0.05, mde=0.02,
                         min_samples=100, auto=False, guardrails=None)
     lines = view_lines(SimpleNamespace(experiment=e, arms=[arm("recs/1", 10, 0), arm("recs/2", 60, 0)],
-                                       comparisons=[], guardrails_broken=[]))
+                                       comparisons=[], guardrails_broken=[], higher_is_better=True))
     text = "\n".join(lines)
     assert "guardrails not checked yet for recs/2: under 50 requests" in text
-    assert "error rate <= the control's + 1.00%" in text and "within 10 ms" in text
+    assert "error rate <= the control's + 1.00% (or under 3 failed requests)" in text and "within 10 ms" in text
+    assert "each have 50 requests (answers and failures)" in text
+
+
+def test_the_help_says_when_the_guardrails_are_judged_and_what_rollback_restores():
+    """The help said neither that a guardrail waits for 50 requests on both sides nor that the error rate needs 3
+    failures; and `stop` said a rollback restores the split from before the experiment (after a ramp it restores
+    the experiment's own earlier split)."""
+    import inspect
+
+    from aimass.cli.experiments import start, stop
+
+    options = inspect.signature(start).parameters
+    errors, p99 = options["max_error_rate"].default.help, options["max_p99_ratio"].default.help
+    assert "each have 50 requests (answers and failures)" in errors and "3 failed requests or more" in errors
+    assert "each have 50 requests (answers and failures)" in p99
+    assert "before the experiment" not in stop.__doc__
+    assert "go back to the previous split with aimass rollback: after a ramp, that is the experiment's own" in (
+        " ".join(stop.__doc__.split()))

@@ -58,15 +58,16 @@ def test_a_metric_with_a_trailing_newline_is_refused(settings):
 
 
 def _served(settings, answers: list[tuple[str, int, str, str]], plays: list[tuple[str, int]],
-            experiment_id: str = "x1", endpoint: str = "recs") -> None:
-    """(request_id, user, arm, route) answers under the experiment, and a play naming each (request_id, user)."""
+            experiment_id: str = "x1", endpoint: str = "recs", event: str = "play") -> None:
+    """(request_id, user, arm, route) answers under the experiment, and a play (or `event`) naming each
+    (request_id, user)."""
     log = ServedLog(settings)
     for rid, user, arm, route in answers:
         log.record(endpoint, rid, route, arm.split("/")[0], int(arm.split("/")[1]), user, [5], [7], [1.0],
                    arm=arm, experiment_id=experiment_id, latency_ms=1.0, query="rock" if route == "search" else None)
     log.flush()
     EventLog(settings).write(endpoint, [
-        FeedbackEventBase(event_id=f"e-{rid}", user_id=user, item_id=7, type="play", timestamp=time.time(),
+        FeedbackEventBase(event_id=f"e-{rid}", user_id=user, item_id=7, type=event, timestamp=time.time(),
                           request_id=rid) for rid, user in plays])
 
 
@@ -103,3 +104,44 @@ def test_with_several_comparisons_the_text_gives_the_level_every_interval_is_at(
     text = "\n".join(view_lines(view))
     assert "intervals at 97.5%" in text and "every interval, the control's too, is at 97.5%" in text
     assert "95.0%" not in text
+
+
+@pytest.mark.parametrize(("skips", "decided"), [
+    ({"m/1": 60, "m/2": 30, "m/3": 10}, ("m/3", "promoted m/3")),  # both skip less: the fewest skips wins
+    ({"m/1": 10, "m/2": 60, "m/3": 40}, ("m/1", "rolled back: the control won")),  # both skip more
+])
+def test_on_a_negative_event_types_rate_the_lower_rate_wins(settings, monkeypatch, skips, decided):
+    """An auto experiment on skip_rate promoted the arm that users skipped most: the test called the higher
+    rate the winner whatever the event type."""
+    from aimass.cli.experiments import view_lines
+
+    monkeypatch.setattr("aimass.serving.check_deployed", lambda endpoint, settings=None: None)
+    ended = {}
+    monkeypatch.setattr(experiments, "_end", lambda s, e, *, to, decision, **kw: ended.update(to=to, why=decision))
+    with session(settings) as db:
+        db.add(Experiment(endpoint="recs", experiment_id="x1", metric="skip_rate", auto=True, min_samples=50,
+                          arms=[{"ref": ref, "weight": 34 if ref == "m/1" else 33} for ref in skips]))
+        db.commit()
+    answers, skipped = [], []
+    for k, (ref, percent) in enumerate(skips.items()):  # 200 users per arm, `percent` of them skip
+        for u in range(k * 200, (k + 1) * 200):
+            answers.append((f"r{u}", u, ref, "recommend"))
+            if u - k * 200 < percent * 2:
+                skipped.append((f"r{u}", u))
+    _served(settings, answers, skipped, event="skip")
+    view = experiments.show("recs", settings=settings)
+    winner, decision = decided
+    significant = [c for c in view.comparisons if c.significant]
+    assert significant and all(c.winner == (c.treatment.name if winner != "m/1" else "m/1") for c in significant)
+    assert experiments.check("recs", settings=settings).startswith(decision)
+    assert ended["to"] == winner
+    assert not view.higher_is_better and not view.guardrails_broken
+    assert "metric skip_rate (lower wins)" in "\n".join(view_lines(view))
+
+
+def test_only_a_type_no_positive_rule_names_is_lower_is_better(settings):
+    from aimass.experiments import _higher_is_better
+
+    # by default skip and dislike are negative; rating is both (rating>=4 positive, rating<=2 negative)
+    assert [_higher_is_better(k, settings) for k in (None, "play", "rating", "skip", "dislike", "view")] == [
+        True, True, True, False, False, True]

@@ -176,6 +176,110 @@ def test_a_start_failing_before_its_split_went_active_leaves_no_experiment(home,
     assert _traffic.current(s, ep).id == before.id
 
 
+def test_a_stop_while_the_split_of_a_start_is_applied_is_refused(home, monkeypatch):
+    """The stop marked the row without arms stopped; the start's split then went in force with nothing judging
+    it, and the start wrote its arms onto the stopped row and reported success."""
+    s = home
+    ep = _deployed(s, "starting")
+    real, out = serving.set_traffic, {}
+
+    def applying(*a, **kw):  # set_traffic can take minutes: a stop comes in meanwhile
+        try:
+            out["stopped"] = experiments.stop(ep, settings=s)
+        except ConflictError as err:
+            out["refused"] = str(err)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(serving, "set_traffic", applying)
+    e = experiments.start(ep, ["recs/1=90", "recs/2=10"], metric="play_rate", settings=s)
+    assert "stopped" not in out and "is starting (its split is being applied): try again in a moment" in out[
+        "refused"], out
+    assert e.state == "running" and [a["ref"] for a in e.arms] == ["recs/1", "recs/2"]
+    assert _traffic.current(s, ep).experiment_id == e.experiment_id
+    monkeypatch.setattr(serving, "set_traffic", real)
+    assert experiments.stop(ep, settings=s).state == "stopped"
+
+
+def test_a_start_whose_experiment_was_ended_meanwhile_rolls_its_split_back(home, monkeypatch):
+    """A stop that got in anyway (one that took over the row of a start thought dead): the start must not
+    report success with its split in force and the experiment stopped."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import update
+
+    from aimass.catalog import Experiment, engine_for
+
+    s = home
+    ep = _deployed(s, "ended")
+    before = _traffic.current(s, ep)
+    real, calls = serving.set_traffic, []
+
+    def applied_then_ended(*a, **kw):
+        split = real(*a, **kw)
+        calls.append(split.id)
+        if len(calls) == 1:  # the start's own split: the stop lands as it goes in force
+            t = Experiment.__table__
+            with engine_for(s.catalog).begin() as conn:
+                conn.execute(update(t).where(t.c.endpoint == ep, t.c.state == "running")
+                             .values(state="stopped", decision="stopped", stopped_at=datetime.now(UTC)))
+        return split
+
+    monkeypatch.setattr(serving, "set_traffic", applied_then_ended)
+    with pytest.raises(ConflictError, match="was ended while it started") as err:
+        experiments.start(ep, ["recs/1=90", "recs/2=10"], metric="play_rate", settings=s)
+    assert f"(stopped): its split #{calls[0]} is rolled back to #{before.id}" in str(err.value)
+    now = _traffic.current(s, ep)
+    assert _in_force(s, ep) == [("recs/1", 100)] and now.experiment_id == before.experiment_id  # its users too
+    e = experiments.get(ep, settings=s)
+    assert e.state == "stopped" and e.arms == []
+
+
+def test_a_start_failing_with_the_catalog_away_reports_its_own_failure_and_holds_nothing(home, monkeypatch):
+    """The cleanup read the split in force unguarded: its error replaced the start's, and the row without arms
+    stayed running, holding the endpoint against every change."""
+    s = home
+    ep = _deployed(s, "away")
+    real = _traffic.current
+
+    def catalog_away(s_, endpoint):
+        raise RuntimeError("the catalog went away")
+
+    def fails(*a, **kw):
+        monkeypatch.setattr(_traffic, "current", catalog_away)
+        raise RuntimeError("the cluster went away")
+
+    monkeypatch.setattr(serving, "set_traffic", fails)
+    with pytest.raises(RuntimeError, match="the cluster went away"):
+        experiments.start(ep, ["recs/1=90", "recs/2=10"], metric="play_rate", settings=s)
+    monkeypatch.setattr(_traffic, "current", real)
+    assert experiments.get(ep, settings=s) is None
+
+
+def test_a_starting_experiment_can_be_stopped_once_its_start_is_past_any_lifetime(settings, monkeypatch):
+    """A start killed before it wrote its arms left a row that holds the endpoint: refused while a start could
+    still be running, a stop ends it once none could."""
+    from datetime import UTC, datetime, timedelta
+
+    from aimass.catalog import Experiment, session
+
+    monkeypatch.setattr("aimass.serving.check_deployed", lambda endpoint, settings=None: None)
+    with session(settings) as db:
+        row = Experiment(endpoint="dead", experiment_id="d1", metric="play_rate", arms=[])
+        db.add(row)
+        db.commit()
+        rid = row.id
+    with pytest.raises(ConflictError, match="experiment d1 on 'dead' is starting"):
+        experiments.stop("dead", settings=settings)
+    from aimass.experiments import _start_lifetime_s
+
+    with session(settings) as db:
+        row = db.get(Experiment, rid)
+        row.started_at = datetime.now(UTC) - timedelta(seconds=_start_lifetime_s(settings) + 60)
+        db.add(row)
+        db.commit()
+    assert experiments.stop("dead", settings=settings).state == "stopped"
+
+
 def test_show_gives_the_weights_of_a_ramp(home):
     s = home
     ep = _deployed(s, "ramp")

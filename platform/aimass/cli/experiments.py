@@ -34,8 +34,8 @@ def _rails(g: dict) -> str:
 
     g = {**GUARDRAILS, **(g or {})}
     return (f"p99 <= {g['max_p99_ratio']:g}x the control's (or within {g['min_p99_excess_ms']:g} ms of it), error "
-            f"rate <= the control's + {g['max_error_rate']:.2%} (checked once an arm and the control each have "
-            f"{g['min_answers']} requests)")
+            f"rate <= the control's + {g['max_error_rate']:.2%} (or under 3 failed requests); checked once an arm "
+            f"and the control each have {g['min_answers']} requests (answers and failures)")
 
 
 @app.command()
@@ -48,7 +48,7 @@ def start(
     metric: str = typer.Option("positive_rate", "--metric",
                                help="positive_rate (any positive event) or <event type>_rate, e.g. play_rate: the "
                                     "share of an arm's users with an answer followed by such an event naming its "
-                                    "request_id"),
+                                    "request_id; on a negative type (e.g. skip_rate) the lower rate wins"),
     alpha: float = typer.Option(0.05, "--alpha", help="False-positive rate of the whole experiment"),
     mde: float = typer.Option(0.02, "--mde", help="Smallest difference of the rate worth detecting, absolute "
                                                   "(0.02 = two points)"),
@@ -58,10 +58,14 @@ def start(
                                                     "control"),
     max_p99_ratio: float = typer.Option(None, "--max-p99-ratio",
                                         help="Guardrail: a treatment's p99 latency at most X times the control's "
-                                             "(default 1.5; a p99 within 10 ms of the control's always passes)"),
+                                             "(default 1.5; a p99 within 10 ms of the control's always passes); "
+                                             "judged once the treatment and the control each have 50 requests "
+                                             "(answers and failures)"),
     max_error_rate: float = typer.Option(None, "--max-error-rate",
                                          help="Guardrail: a treatment's share of failed requests at most Y "
-                                              "above the control's (default 0.01)"),
+                                              "above the control's (default 0.01); judged once the treatment and "
+                                              "the control each have 50 requests (answers and failures), and "
+                                              "broken only by 3 failed requests or more"),
     shadow: str = typer.Option(None, "--shadow", help="A version that gets a copy of the traffic, never answers"),
     delay: list[str] = typer.Option(None, "--delay", metavar="REF=MS",
                                     help="Fault-injection drill: every answer of arm REF waits MS milliseconds "
@@ -106,7 +110,8 @@ def view_lines(v) -> list[str]:
             if e.state == "running" else
             f"experiment {e.experiment_id} on {e.endpoint}: stopped {_when(e.stopped_at)} UTC "
             f"(ran from {_when(e.started_at)}): {e.decision or 'stopped'}")
-    lines = [head, f"metric {e.metric}, alpha {e.alpha:g}, mde {e.mde:g}, at least {e.min_samples} users per arm"
+    lines = [head, f"metric {e.metric}" + ("" if v.higher_is_better else " (lower wins)")
+                   + f", alpha {e.alpha:g}, mde {e.mde:g}, at least {e.min_samples} users per arm"
                    + ("; auto (canary)" if e.auto else "")]
     arms = [{"arm": a.arm + (" (control)" if i == 0 else ""), "weight": f"{a.weight}%", "users": a.users,
              "answers": a.answers, "converted": a.successes, "rate [interval]": _rate(a.rate, a.interval),
@@ -168,8 +173,9 @@ def stop(endpoint: str = typer.Argument(..., help="A deployed endpoint"),
                                           "of the control's model, becomes its champion"),
          as_json: bool = JSON):
     """End the running experiment. Without --promote the split stays as it is (change it with aimass traffic
-    set, or restore the one before the experiment with aimass rollback). Refused, with nothing changed, while
-    another stop or the scheduler's decision is ending it. Prints one line."""
+    set, or go back to the previous split with aimass rollback: after a ramp, that is the experiment's own
+    earlier split; aimass traffic show lists the splits in force before). Refused, with nothing changed, while
+    another stop or the scheduler's decision is ending it, or while it is still starting. Prints one line."""
     from aimass import experiments
 
     e = experiments.stop(endpoint, promote=promote, actor=actor(), settings=state.settings)
@@ -179,7 +185,8 @@ def stop(endpoint: str = typer.Argument(..., help="A deployed endpoint"),
         moved = won.split("/")[0] == model and "champion alias not moved" not in (e.decision or "")
         then = f"{won} now answers all of {endpoint}'s traffic" + (f" and is {model}@champion" if moved else "")
     else:
-        then = (f"the split in force stays as it is (aimass traffic show {endpoint}): change it with aimass "
-                f"traffic set {endpoint} ... or aimass rollback {endpoint}")
+        then = (f"the split in force stays as it is: change it with aimass traffic set {endpoint} ..., or go back "
+                f"to the previous split (after a ramp, the experiment's own earlier one; aimass traffic show "
+                f"{endpoint} lists them) with aimass rollback {endpoint}")
     said = "" if e.decision in (None, "stopped") else f": {e.decision}"
     emit(e, as_json, [f"stopped experiment {e.experiment_id} on {endpoint}{said}; {then}"])

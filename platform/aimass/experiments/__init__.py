@@ -6,9 +6,10 @@
 
 The metric is a rate over the answers an arm served: `<type>_rate` (the share of answers followed by at least
 one event of that type naming the answer's request_id, e.g. play_rate, click_rate) or `positive_rate` (any
-positive event under the feedback rules). Each treatment arm is compared with the first arm (the control) by
-an mSPRT whose p-value stays valid however often it is looked at (`_stats`); its running minimum is stored
-at every look. Guardrails compare each treatment with the control on p99 latency and error rate.
+positive event under the feedback rules); on a type only negative rules name (skip_rate) the lower rate wins.
+Each treatment arm is compared with the first arm (the control) by an mSPRT whose p-value stays valid however
+often it is looked at (`_stats`); its running minimum is stored at every look. Guardrails compare each treatment
+with the control on p99 latency and error rate.
 
 An `auto` experiment (a canary: what a retrain starts) decides itself when `check` runs (the scheduler in the
 serving cluster calls it every tick): a treatment that wins with its guardrails held is promoted (it gets all
@@ -67,6 +68,8 @@ class ExperimentView(BaseModel):
     experiment: ExperimentPublic
     arms: list[ArmView]
     comparisons: list[_stats.Comparison] = Field(description="Each treatment against the control (first arm)")
+    higher_is_better: bool = Field(True, description="Whether the higher rate wins (False on a negative event "
+                                   "type's rate, e.g. skip_rate)")
     guardrails_broken: list[str] = Field(default_factory=list, description="Which treatment broke which guardrail")
 
 
@@ -82,6 +85,15 @@ def _metric_type(metric: str, s: Settings) -> str | None:
         raise InvalidInputError(f"unknown metric {metric!r}: use positive_rate or <type>_rate with a known event "
                                 f"type ({', '.join(t + '_rate' for t in types)})")
     return m["type"]
+
+
+def _higher_is_better(kind: str | None, s: Settings) -> bool:
+    """Whether the higher rate wins: not on a type only negative rules name (skip_rate: fewer skips win); a type
+    a positive rule names too (rating) is positive, as positive rules win over negative ones."""
+    from aimass.events import Rules
+
+    rules = Rules.of(s)
+    return kind is None or kind not in rules.negative_types - rules.positive_types
 
 
 def start(endpoint: str, arms: list[str] | dict[str, int], metric: str = "positive_rate", *, alpha: float = 0.05,
@@ -137,25 +149,57 @@ def start(endpoint: str, arms: list[str] | dict[str, int], metric: str = "positi
     except BaseException:
         from aimass.serving import _traffic
 
-        now = _traffic.current(s, endpoint)
-        with session(s) as db:
-            row = db.get(Experiment, rid)
-            if now is not None and now.experiment_id == eid:
-                # The split went active before the failure (a Ctrl-C or an error in set_traffic's last steps):
-                # its users are assigned under this id, so the experiment runs, and deleting it would leave a
-                # split that nothing judges or stops.
-                row.arms, row.started_at = now.arms, now.decided_at or datetime.now(UTC)
-                db.add(row)
-            else:  # the split in force stayed: so does the absence of an experiment
-                db.delete(row)
-            db.commit()
+        try:
+            now = _traffic.current(s, endpoint)
+        except Exception:  # the catalog is away: not known to be in force, and a row without arms would hold
+            now = None  # the endpoint (set_traffic and stop refuse while it runs)
+        try:
+            with session(s) as db:
+                row = db.get(Experiment, rid)
+                if now is not None and now.experiment_id == eid:
+                    # The split went active before the failure (a Ctrl-C or an error in set_traffic's last
+                    # steps): its users are assigned under this id, so the experiment runs, and deleting it
+                    # would leave a split that nothing judges or stops.
+                    row.arms, row.started_at = now.arms, now.decided_at or datetime.now(UTC)
+                    db.add(row)
+                else:  # the split in force stayed: so does the absence of an experiment
+                    db.delete(row)
+                db.commit()
+        except Exception:  # the first failure is the one to report
+            log.exception("cleaning up the experiment %s that did not start failed", eid)
         raise
-    with session(s) as db:
-        row = db.get(Experiment, rid)
-        row.arms, row.started_at = split.arms, datetime.now(UTC)
-        db.add(row)
-        db.commit()
-        return ExperimentPublic.model_validate(row, from_attributes=True)
+    # Only onto a row still running and unclaimed: a stop that took it meanwhile ended it, and the split just
+    # applied would otherwise run with nothing judging it.
+    t = Experiment.__table__
+    with engine_for(s.catalog).begin() as conn:
+        done = conn.execute(update(t).where(t.c.id == rid, t.c.state == "running", t.c.decision.is_(None))
+                            .values(arms=split.arms, started_at=datetime.now(UTC))).rowcount
+    if done != 1:
+        _undo_start(s, endpoint, eid, split, actor)
+    return get(endpoint, experiment_id=eid, settings=s)
+
+
+def _undo_start(s: Settings, endpoint: str, eid: str, split, actor: str) -> None:
+    """A stop ended experiment `eid` while its split was applied: the split before it goes back in force (as a
+    rollback: its arms, shadow and user assignment), and ConflictError says so."""
+    from aimass import serving
+    from aimass.serving import _traffic
+
+    have = get(endpoint, experiment_id=eid, settings=s)
+    why = f"experiment {eid} on {endpoint!r} was ended while it started ({have.decision if have else 'deleted'})"
+    try:
+        now, prior = _traffic.current(s, endpoint), _traffic.preceding(s, endpoint, split.id)
+        if now is None or now.id != split.id:
+            raise ConflictError(f"the split in force is no longer #{split.id}, the experiment's: left as it is")
+        if prior is None:
+            raise NotFoundError(f"no split before #{split.id} to restore")
+        serving.set_traffic(endpoint, [f"{a['ref']}={a['weight']}" for a in prior.arms], prior.shadow,
+                            experiment_id=prior.experiment_id, ending=eid, actor=actor,
+                            reason=f"rollback to #{prior.id}: experiment {eid} ended while it started", settings=s)
+    except Exception as err:
+        raise ConflictError(f"{why}; its split #{split.id} was not rolled back: {error_line(err)} (aimass traffic "
+                            f"show {endpoint}; aimass rollback {endpoint})") from err
+    raise ConflictError(f"{why}: its split #{split.id} is rolled back to #{prior.id}; start it again if wanted")
 
 
 def get(endpoint: str, *, experiment_id: str | None = None, running_only: bool = False,
@@ -189,12 +233,14 @@ def show(endpoint: str, *, experiment_id: str | None = None, settings: Settings 
     running experiment stores the running minimum of its always-valid p-values."""
     s = settings or default_settings()
     e = _must(endpoint, s, experiment_id)
+    higher = _higher_is_better(_metric_type(e.metric, s), s)
     if not e.arms:  # started a moment ago: its split is being applied, and no arm has answered yet
-        return ExperimentView(experiment=e, arms=[], comparisons=[], guardrails_broken=[])
+        return ExperimentView(experiment=e, arms=[], comparisons=[], guardrails_broken=[], higher_is_better=higher)
     arms = _arms(e, s)
     counts = [_stats.ArmCounts(name=a.arm, n=a.users, successes=a.successes) for a in arms]
     comparisons = _stats.decide(counts, control=arms[0].arm, alpha=e.alpha, mde=e.mde, min_p=e.min_p or 1.0,
-                                min_samples=e.min_samples, winners=e.winners) if len(arms) > 1 else []
+                                min_samples=e.min_samples, winners=e.winners,
+                                higher_is_better=higher) if len(arms) > 1 else []
     for a, c in zip(arms[1:], comparisons, strict=True):  # the interval at the comparison's (corrected) level
         a.interval = c.treatment.interval
     if comparisons:  # the control's too: every arm's interval at one level
@@ -205,7 +251,8 @@ def show(endpoint: str, *, experiment_id: str | None = None, settings: Settings 
         for c in comparisons:  # a look that ran beside this one may have made the call first: it stands
             if c.significant and (e.winners or {}).get(c.treatment.name):
                 c.winner = e.winners[c.treatment.name]
-    return ExperimentView(experiment=e, arms=arms, comparisons=comparisons, guardrails_broken=_broken(e, arms))
+    return ExperimentView(experiment=e, arms=arms, comparisons=comparisons, guardrails_broken=_broken(e, arms),
+                          higher_is_better=higher)
 
 
 def _store_look(s: Settings, e: ExperimentPublic, comparisons: list[_stats.Comparison]) -> None:
@@ -276,10 +323,10 @@ def _weights(e: ExperimentPublic, s: Settings) -> dict[str, int]:
 
 
 def _broken(e: ExperimentPublic, arms: list[ArmView]) -> list[str]:
-    """The guardrails a treatment breaks, compared with the control once both have `min_answers` answers:
-    p99 latency over `max_p99_ratio` x the control's and more than `min_p99_excess_ms` above it, or an error
-    rate more than `max_error_rate` above the
-    control's (and at least 3 errors: one failure in 50 answers is not a rate)."""
+    """The guardrails a treatment breaks, compared with the control once both have `min_answers` requests
+    (answers and failures, as `_judged` counts): p99 latency over `max_p99_ratio` x the control's and more than
+    `min_p99_excess_ms` above it, or an error rate more than `max_error_rate` above the control's (and at least 3
+    errors: one failure in 50 answers is not a rate)."""
     g = {**GUARDRAILS, **(e.guardrails or {})}
     control, out = arms[0], []
     for a in arms[1:]:
@@ -297,7 +344,7 @@ def _broken(e: ExperimentPublic, arms: list[ArmView]) -> list[str]:
 
 
 def _judged(a: ArmView, control: ArmView, g: dict) -> bool:
-    """Whether the guardrails can be evaluated for `a` yet: enough answers on both sides."""
+    """Whether the guardrails can be evaluated for `a` yet: enough requests (answers and failures) on both sides."""
     return min(a.answers + a.errors, control.answers + control.errors) >= g["min_answers"]
 
 
@@ -308,7 +355,8 @@ def stop(endpoint: str, *, promote: str | None = None, decision: str | None = No
     version of the control's model, becomes its `champion` (waiting up to `wait_s`, by default and at most
     registry.UNATTENDED_WAIT_S, for another promotion of that model to end). Without `promote` it only ends the
     record, which an endpoint deleted meanwhile does not prevent. ConflictError, with nothing changed, when it
-    is stopped already or another stop (a person's, the scheduler's decision) is ending it now."""
+    is stopped already, still starting (its split being applied), or another stop (a person's, the scheduler's
+    decision) is ending it now."""
     from aimass import registry
 
     s = settings or default_settings()
@@ -317,6 +365,10 @@ def stop(endpoint: str, *, promote: str | None = None, decision: str | None = No
         raise NotFoundError(f"no experiment on {endpoint!r}")
     if e.state != "running":
         raise ConflictError(f"experiment {e.experiment_id} on {endpoint!r} already stopped ({e.decision})")
+    if _starting(s, e):  # ended now, its split would go in force after the stop with nothing judging it
+        raise ConflictError(f"experiment {e.experiment_id} on {endpoint!r} is starting (its split is being "
+                            f"applied): try again in a moment (a start whose process died can be stopped "
+                            f"{_start_lifetime_s(s):g} s after it began)")
     if wait_s is not None and (isinstance(wait_s, bool) or not isinstance(wait_s, int | float)
                                or not 0 <= wait_s <= registry.UNATTENDED_WAIT_S):
         # a longer wait would outlive the stop's claim (_claim_lifetime_s), which another stop may then take over
@@ -393,6 +445,22 @@ def _stale(s: Settings, e: ExperimentPublic) -> bool:
 
     return e.stopped_at is not None and datetime.now(UTC) - as_utc(e.stopped_at) > timedelta(
         seconds=_claim_lifetime_s(s))
+
+
+def _start_lifetime_s(s: Settings) -> float:
+    """Longer than any start lasts: its split waits for another change of the endpoint, then is applied."""
+    from aimass import serving
+
+    return serving.ENDPOINT_WAIT_S + 2 * s.traffic_apply_timeout_s + 600
+
+
+def _starting(s: Settings, e: ExperimentPublic) -> bool:
+    """Whether `e` is still being started: no arms yet (start writes them once its split is in force), and
+    younger than any start lasts. An older one's start died: a stop may end it, or it would hold the endpoint
+    (a start still alive then finds its row ended and rolls its split back)."""
+    from aimass.events import as_utc
+
+    return not e.arms and datetime.now(UTC) - as_utc(e.started_at) <= timedelta(seconds=_start_lifetime_s(s))
 
 
 def _claim(s: Settings, e: ExperimentPublic, what: str, actor: str) -> str:
@@ -472,7 +540,7 @@ def _decide(endpoint: str, e: ExperimentPublic, view: ExperimentView, s: Setting
     wins = [c for c in view.comparisons if c.significant and c.winner == c.treatment.name
             and _judged(by_arm[c.treatment.name], view.arms[0], g)]
     if wins:
-        best = max(wins, key=lambda c: c.treatment.value)
+        best = max(wins, key=lambda c: c.treatment.value if view.higher_is_better else -c.treatment.value)
         ref = best.treatment.name
         # the scheduler's tick decides for every endpoint: it waits a moment for the model's lock, not a gate
         _end(s, e, to=ref, what=f"promote {ref}", reason=f"promote {ref} ({e.experiment_id})",
