@@ -227,8 +227,11 @@ def test_resume_continues_a_stopped_job_in_the_same_run(home):
     assert first.epochs == 1
     job = json.loads(mlflow.get_run(first.run_id).data.tags["aimass.job"])
     assert job["max_val_users"] == 7  # the cap really used, so a resume validates on the same 7 users
+    # what the first part said of its budget does not outlive the resume that earned no such note
+    mlflow.MlflowClient().set_tag(first.run_id, "aimass.budget_note", "validation peaked at epoch 1 of 9")
     again = aimass.resume(first.run_id, epochs=3, progress=False, settings=home)
     assert again.run_id == first.run_id and again.epochs == 3
+    assert "aimass.budget_note" not in mlflow.get_run(first.run_id).data.tags
     steps = [m.step for m in mlflow.MlflowClient().get_metric_history(first.run_id, "loss")]
     assert steps == [1, 2, 3]  # epoch 1 from the first job, 2 and 3 continued from its checkpoint
     # the resumed epochs were validated on those same users: the restored best epoch scores as recorded
@@ -256,6 +259,20 @@ def test_runs_with_other_seeds_are_judged_on_the_same_users(home):
     assert runs[0].metrics["test_users"] == 5
     for key in ("best_val_ndcg@10", "test_ndcg@10", "test_recall@10"):
         assert runs[0].metrics[key] == runs[1].metrics[key]
+    # a one-pass family has nothing to continue: a resume would count again and log a second model in the run
+    with pytest.raises(InvalidInputError, match="trains in one pass"):
+        aimass.resume(runs[0].run_id, progress=False, settings=home)
+    assert len(aimass.runs.show(runs[0].run_id, settings=home)["models"]) == 1
+
+
+def test_a_resume_of_a_job_whose_budget_was_a_param_and_is_spent_is_refused(home):
+    params = {**{k: v for k, v in TINY["sasrec"].items() if k != "epochs"}, "time_budget_s": 2}
+    first = aimass.train("sasrec", "demo", params, workers=0, progress=False, settings=home)
+    assert first.stop_reason == "time budget"
+    with pytest.raises(InvalidInputError, match="its own whole budget"):
+        aimass.resume(first.run_id, progress=False, settings=home)
+    # nothing trained further: one loss per epoch of the first job
+    assert len(mlflow.MlflowClient().get_metric_history(first.run_id, "loss")) == first.epochs
 
 
 def test_local_mode_trains_in_this_process_and_resumes(home):

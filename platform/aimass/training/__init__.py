@@ -123,6 +123,9 @@ def resume(run_id: str, *, epochs: int | None = None, time_budget_min: float | N
     if job is None or ckpt is None:
         raise InvalidInputError(f"run {run_id} has no checkpoint to resume from")
     cls = family_class(job["family"])
+    if not getattr(cls, "is_torch", False):  # it would count again and log a second model in the run
+        raise InvalidInputError(f"run {run_id} is of {job['family']}, which trains in one pass: there is nothing "
+                                "to continue (train it again for a new run)")
     check_params(cls, job["params"], epochs)
     _check_gpus(s, job["workers"], job["gpu"])
     check_budget(time_budget_min)
@@ -133,7 +136,9 @@ def resume(run_id: str, *, epochs: int | None = None, time_budget_min: float | N
     _check_left(run_id, ckpt, planned, time_budget_min)
     if time_budget_min is None:  # the job's own budget: without it, a budgeted job's limits would change
         time_budget_min = job.get("time_budget_min")
-        _check_left(run_id, ckpt, None, time_budget_min, own=True)
+        # a budget given as the family's own param counts the same (the loop reads either)
+        own = time_budget_min or (job["params"].get("time_budget_s") or 0) / 60 or None
+        _check_left(run_id, ckpt, None, own, own=True)
     params = {**_checkpoint_derived(cls, job["params"], ckpt), **job["params"]}
     ds = datasets.load(job["dataset"], settings=s)
     # exactly the validation users of the run it continues: same cap, same seed, same dataset version (a job
@@ -396,6 +401,8 @@ def _run(s, cls, family, info, params, data, splits, workers, gpu, epochs, budge
         note = budget_note(_state_from(state), budget_min * 60 if budget_min else None)
         mlflow.set_tags({f"{TAG}best_epoch": state["best_epoch"], f"{TAG}stop_reason": state.get("stop_reason", ""),
                          **({f"{TAG}budget_note": note} if note else {})})
+        if not note and f"{TAG}budget_note" in mlflow.get_run(run_id).data.tags:  # a resumed run's first part's
+            mlflow.MlflowClient().delete_tag(run_id, f"{TAG}budget_note")
         mlflow.end_run("FINISHED")
     except BaseException as e:
         mlflow.end_run("FAILED" if not isinstance(e, KeyboardInterrupt) else "KILLED")

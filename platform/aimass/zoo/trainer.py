@@ -225,8 +225,9 @@ def _expected_steps(st: LoopState, total: int, budget: float | None, elapsed: fl
 
 
 def make_loader(est, dataset, cfg, world: int = 1, rank: int = 0, seed: int = 0):
-    """(loader, sampler) of one rank. The global batch stays ``cfg.batch_size`` whatever ``world`` is, so N
-    workers take the same optimisation path as one. A family's ``batch_sampler`` hook (e.g. users of
+    """(loader, sampler) of one rank. The global batch stays ``cfg.batch_size`` whatever ``world`` is (exactly
+    where ``world`` divides it; else each rank takes ``batch_size // world``, at least 1), so N workers take the
+    same optimisation path as one. A family's ``batch_sampler`` hook (e.g. users of
     similar length) makes its own batches, already split by rank."""
     from torch.utils.data import DataLoader, DistributedSampler
 
