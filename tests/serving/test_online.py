@@ -144,3 +144,26 @@ def test_negative_events_up_to_the_cutoff_are_restored_under_the_same_bound(tmp_
         assert online.hidden_of(59) == {1} and online.hidden_of(50) == set()
     finally:
         online.stop()
+
+
+def test_a_users_events_are_read_in_log_order_whichever_replica_acknowledged_them(tmp_path):
+    """A replica applies its own acknowledged event at once; the user's earlier events, acknowledged by another
+    replica, arrive later by the poll. The history is still the log's order (SASRec reads order: replicas holding
+    [B, A1, A2] and [A1, A2, B] answer differently), and the own event, polled again, counts once."""
+    s = Settings(home=tmp_path / "home")
+    popularity = np.zeros(4)
+    online = Online("recs", s, {100: 1, 101: 2, 102: 3}, popularity)
+    try:
+        now = time.time()
+        online.apply([(3, 7, 102, "play", None, now)], own=True)  # this replica's own event: B
+        assert online.history(7, None).tolist() == [3]
+        # the poll: A1 and A2 (another replica's), then B again
+        online.apply([(1, 7, 100, "play", None, now), (2, 7, 101, "play", None, now),
+                      (3, 7, 102, "play", None, now)])
+        assert online.history(7, np.array([2])).tolist() == [2, 1, 2, 3]  # training history, then the log's order
+        assert popularity[1:].tolist() == [1.0, 1.0, 1.0] and online.seq == 3 and not online.applied
+        online.apply([(4, 7, 100, "play", None, now)], own=True)
+        online.apply([(4, 7, 100, "play", None, now)])
+        assert online.history(7, None).tolist() == [1, 2, 3, 1]
+    finally:
+        online.stop()

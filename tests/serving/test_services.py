@@ -46,6 +46,35 @@ def test_concurrent_first_requests_of_a_pipeline_replica_all_get_both_stage_card
         assert cards == ({"stage": "retrieval"}, {"stage": "ranking"})
 
 
+def test_a_pipeline_with_in_process_stages_applies_its_own_events_to_both_before_answering(tmp_path):
+    """A bare `bentoml serve` of the pipeline runs its stages in-process: its own acknowledged events reach both
+    stages' online state at once, as a single model's do (they waited for the poll). Stages behind Serve handles
+    learn them by polling only."""
+    import time
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from aimass.serving._online import Online
+    from aimass.serving._pipeline import Stages
+    from aimass.settings import Settings
+
+    s = Settings(home=tmp_path / "home", online_poll_s=10)  # no poll meanwhile: only the own events count
+    onlines = [Online("multi", s, {100: 1, 101: 2}, np.zeros(3)) for _ in range(2)]
+    try:
+        pipeline = object.__new__(services.Pipeline.inner)
+        retrieval, ranking = (SimpleNamespace(engine=SimpleNamespace(online=o)) for o in onlines)
+        pipeline.stages = Stages(retrieval, ranking, handles=False)
+        pipeline._applied([(1, 7, 101, "play", None, time.time()), (2, 7, 100, "dislike", None, time.time())])
+        for online in onlines:
+            assert online.history(7, None).tolist() == [2] and online.hidden_of(7) == {1}
+        pipeline.stages = Stages("retrieval", "ranking", handles=True)  # Serve handles: nothing called on them
+        pipeline._applied([(3, 8, 101, "play", None, time.time())])
+    finally:
+        for online in onlines:
+            online.stop()
+
+
 def test_a_genre_cap_counts_each_of_an_items_genres_where_the_items_table_lists_several():
     import asyncio
 

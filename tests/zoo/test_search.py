@@ -87,6 +87,16 @@ def test_a_history_moves_up_the_titles_it_goes_with_and_leaves_the_others_in_ord
     assert lexical.suggest("bea", history=np.array([], dtype=np.int64)) == lexical.suggest("bea")
 
 
+def test_suggestions_keep_to_the_allowed_items(lexical):
+    """The mask serving builds from a user's dislikes: a hidden title is not suggested, the others keep their
+    order."""
+    ok = np.ones(N + 1, dtype=bool)
+    ok[[0, 2]] = False
+    assert [g["item"] for g in lexical.suggest("bea", k=3, allowed=ok)] == [3, 1]
+    with pytest.raises(InvalidInputError, match="mask of 13 booleans"):
+        lexical.suggest("bea", allowed=np.ones(5, dtype=bool))
+
+
 def test_filters(lexical):
     allowed = np.zeros(N + 1, bool)
     allowed[[5, 6]] = True

@@ -8,6 +8,7 @@ next answer within a second. Of the events up to the cut-off, a retrain folded o
 the data: the negative ones still hide their items, and the recent positive ones still count as trending."""
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 import threading
@@ -40,7 +41,9 @@ class Online:
         self.trend = np.zeros_like(popularity)
         self.trend[0] = -np.inf
         self.t0 = time.time()
-        self.extra: dict[int, list[int]] = {}  # user -> dense items after the cut-off, in log order
+        # user -> (seq, dense item) of their positive events after the cut-off, kept in log (seq) order: an
+        # own event applies before the poll brings the user's earlier ones from other replicas
+        self.extra: dict[int, list[tuple[int, int]]] = {}
         # the users with online state, in the order of their latest event (the oldest dropped first: MAX_USERS)
         self.recent: OrderedDict[int, None] = OrderedDict()
         self.hidden: dict[int, set[int]] = {}  # user -> dense items with a negative event
@@ -78,7 +81,9 @@ class Online:
                     continue
                 if sign > 0:
                     mine = self.extra.setdefault(int(user), [])
-                    mine.append(dense)
+                    # by seq, not arrival: mostly an append; an own event ahead of the poll lands its earlier ones
+                    # before it (SASRec reads order, and every replica must read the log's)
+                    bisect.insort(mine, (int(seq), dense))
                     if len(mine) > 2 * MAX_EXTRA:  # cut in steps: amortised, not at every event
                         del mine[:-MAX_EXTRA]
                     self.popularity[dense] += 1.0
@@ -162,7 +167,7 @@ class Online:
         extra = self.extra.get(user_id)
         if not extra:
             return base
-        tail = np.asarray(extra[-MAX_EXTRA:], dtype=np.int64)
+        tail = np.fromiter((dense for _, dense in extra[-MAX_EXTRA:]), dtype=np.int64)
         return tail if base is None or not len(base) else np.concatenate([base, tail])
 
     def hidden_of(self, user_id: int | None) -> set[int]:

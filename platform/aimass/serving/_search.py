@@ -30,8 +30,7 @@ def search(engine: Engine, query: str, k: int, mode: str | None, user_id: int | 
     est = _index(engine)
     # An unknown user is no error: the results are simply not personalised (history_length 0).
     seen = engine.history(user_id, None) if user_id is not None else None
-    ok = engine.allowed(None, False, [], filters or {}) if filters else None
-    out = est.search(query, k=k, mode=mode, history=seen, allowed=ok)
+    out = est.search(query, k=k, mode=mode, history=seen, allowed=_allowed(engine, user_id, filters))
     dense = np.asarray(out["items"], dtype=np.int64)
     titles = [est.titles_[i - 1] for i in dense.tolist()]  # the index's own: what /suggest shows too
     return {"query": query, "items": engine.item_ids[dense - 1].tolist(), "titles": titles,
@@ -39,6 +38,14 @@ def search(engine: Engine, query: str, k: int, mode: str | None, user_id: int | 
             "personalised": bool(out.get("personalised")), "history_length": 0 if seen is None else len(seen),
             "history_tail": engine.raw(seen), "strategy": "model" if len(dense) else "no_results",
             "logged_mode": out["mode"] + ("+personal" if out.get("personalised") else "")}
+
+
+def _allowed(engine: Engine, user_id: int | None, filters: dict[str, list[str]] | None) -> np.ndarray | None:
+    """The items an answer may show: the filters' ones, less those the user disliked (a negative event hides the
+    item from that user, as on /recommend); None, no mask built, when neither applies (the common request)."""
+    online = engine.online
+    hides = user_id is not None and online is not None and bool(online.hidden_of(int(user_id)))
+    return engine.allowed(None, False, [], filters or {}, user_id) if filters or hides else None
 
 
 def loggable(query: str) -> str:
@@ -83,23 +90,24 @@ class PastQueries:
 
 def suggest(engine: Engine, prefix: str, k: int, past: PastQueries | None, user_id: int | None = None) -> dict:
     """Item titles first (the index's own ranking: by popularity, and by the user's history when the user is
-    known), then the past queries that extend the prefix; past queries keep up to half of the places when there
-    are enough titles to fill them all. An unknown user is no error: the titles are not personalised."""
+    known; never an item the user disliked), then the past queries that extend the prefix; past queries keep up
+    to half of the places when there are enough titles to fill them all. An unknown user is no error: the titles
+    are not personalised."""
     est = _index(engine)
     seen = engine.history(user_id, None) if user_id is not None else None
-    asked = past.matching(prefix, k) if past is not None else []
-    out, personal = [], False
-    for s in est.suggest(prefix, k=max(k - len(asked), (k + 1) // 2), history=seen):
-        personal = personal or bool(s.get("personal"))
-        item = s.get("item")
-        out.append({"text": s["text"], "item_id": None if item is None else int(engine.item_ids[int(item) - 1]),
-                    "score": float(s["score"])})
-    shown = {plain(o["text"]) for o in out}
-    for q, n in asked:
-        if len(out) >= k:
-            break
+    titles = est.suggest(prefix, k=k, history=seen, allowed=_allowed(engine, user_id, None))
+    # the past queries that are not one of these titles, before the titles' share is set: sized on all of them,
+    # a past query equal to a title took a place from the titles and then was dropped itself (fewer than k)
+    shown = {plain(s["text"]) for s in titles}
+    asked = []
+    for q, n in past.matching(prefix, k) if past is not None else []:
         if plain(q) not in shown:
-            out.append({"text": q, "item_id": None, "score": float(n)})
+            asked.append({"text": q, "item_id": None, "score": float(n)})
             shown.add(plain(q))
+    titles = titles[:max(k - len(asked), (k + 1) // 2)]
+    out = [{"text": s["text"], "item_id": None if s.get("item") is None else int(engine.item_ids[int(s["item"]) - 1]),
+            "score": float(s["score"])} for s in titles]
+    out += asked[:k - len(out)]
     n_seen = 0 if seen is None else len(seen)
-    return {"suggestions": out[:k], "personalised": personal, "history_length": n_seen}
+    return {"suggestions": out, "personalised": any(bool(s.get("personal")) for s in titles),
+            "history_length": n_seen}

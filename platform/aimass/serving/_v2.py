@@ -141,12 +141,13 @@ def response(endpoint: str, p: Parsed, rows: list[tuple[dict, dict]]) -> dict:
                "scores": ("FP32", [n, k], [s for r in scores for s in r]),
                "arm": ("BYTES", [n], [served["arm"] or f"{served['model']}/{served['version']}" for served, _ in rows]),
                "request_id": ("BYTES", [n], [served["request_id"] for served, _ in rows])}
-    versions = {served["version"] for served, _ in rows}
+    # a model is its name and version: a split of recs-a/1 and recs-b/1 has one version number but two models
+    models = {(served["model"], served["version"]) for served, _ in rows}
     out: dict[str, Any] = {"model_name": endpoint, "outputs": [
         {"name": name, "datatype": columns[name][0], "shape": columns[name][1], "data": columns[name][2]}
         for name in p.outputs]}
-    if len(versions) == 1:  # a split answers different users from different versions: each row's arm says which
-        out["model_version"] = str(versions.pop())
+    if len(models) == 1:  # a split answers different users from different models: each row's arm says which
+        out["model_version"] = str(models.pop()[1])
     if p.id is not None:
         out["id"] = p.id
     return out

@@ -334,6 +334,17 @@ class Pipeline(_Feedback):
         self.cards: tuple[dict, dict] | None = None
         self._start_feedback(s)
 
+    def _applied(self, rows: list[tuple]) -> None:
+        """In-process stages (a bare `bentoml serve`) apply the replica's own events before the answer, as a
+        single model does. Stages behind Serve handles learn them by polling the log only: a call through a
+        handle reaches one replica of the stage's deployment, not the one the user's next request will reach,
+        so it could not keep that promise and would only cost /feedback a remote call per stage."""
+        if self.stages.handles or not rows:
+            return
+        for stage in (self.stages.retrieval, self.stages.ranking):
+            if stage.engine.online is not None:
+                stage.engine.online.apply(rows, own=True)
+
     async def _cards(self) -> tuple[dict, dict]:
         if self.cards is None:  # set once both are in: a request arriving between the two awaits fetches its own
             self.cards = (await self.stages.call(self.stages.retrieval, "card"),
@@ -382,8 +393,9 @@ class Search(_SingleModel):
                user_id: UserId | None = None, filters: Filters | None = None) -> SearchResults:
         """The k best items for a query: words (BM25), meaning (MiniLM) or both fused (hybrid). With a known
         user_id, the user's history (with their feedback since training) reorders the results; an unknown user
-        gets them unpersonalised. A word the catalogue lacks is corrected (`corrected` says to what). Clicks
-        on results go to POST /feedback with this answer's request_id."""
+        gets them unpersonalised. Items the user disliked (negative feedback) are left out. A word the catalogue
+        lacks is corrected (`corrected` says to what). Clicks on results go to POST /feedback with this answer's
+        request_id."""
         served, out, _ = self._answer(
             _rid(ctx), "search", user_id, lambda e: _search.search(e, query, k, mode, user_id, filters),
             query=_search.loggable(query))
@@ -393,8 +405,9 @@ class Search(_SingleModel):
     def suggest(self, ctx: bentoml.Context, prefix: Prefix, k: SuggestK = 5,
                 user_id: UserId | None = None) -> Suggestions:
         """Completions of what the user has typed: item titles whose start, or a word's, matches the prefix, by
-        popularity and, with a known user_id, by what the user's history goes with; then the endpoint's past
-        queries that several users asked. An unknown user gets the same completions as no user."""
+        popularity and, with a known user_id, by what the user's history goes with (never an item the user
+        disliked); then the endpoint's past queries that several users asked. An unknown user gets the same
+        completions as no user."""
         t, ref, engine = self.arms.pick(user_id)
         with _errors():
             out = _search.suggest(engine, prefix, k, self.past, user_id)

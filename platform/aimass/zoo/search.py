@@ -513,15 +513,20 @@ class Search:
 
     # -- suggestions --------------------------------------------------------------------------------------
 
-    def suggest(self, prefix: str, k: int = 5, history: np.ndarray | None = None) -> list[dict]:
+    def suggest(self, prefix: str, k: int = 5, history: np.ndarray | None = None,
+                allowed: np.ndarray | None = None) -> list[dict]:
         """Titles that the prefix starts, or starts a later word of. Those the whole title starts come first
         (Algolia's "position" rule), each group by popularity, plus, with a history, how well each title goes
         with it (_taste, scaled to [0, 1] by the best of these titles, weight ``personal_weight``). A prefix
         alone cannot say which of its titles a person means (on Last.fm no ranking by prefix finds more than 80% of
         3-character draws in its top 5); the listener's other artists took 76% to 80% (84% to 87% drawn by
-        plays; benchmarks/search_lastfm.py, each drawn pair held out of the history and the co-occurrence)."""
+        plays; benchmarks/search_lastfm.py, each drawn pair held out of the history and the co-occurrence).
+        `allowed`, as for :meth:`search`, a mask by dense id: only those titles are suggested."""
         if not isinstance(prefix, str) or not prefix.strip():
             raise InvalidInputError("the suggestion prefix is empty")
+        mask = None if allowed is None else np.asarray(allowed, dtype=bool)
+        if mask is not None and mask.shape != (self.n_items_ + 1,):
+            raise InvalidInputError(f"allowed must be a mask of {self.n_items_ + 1} booleans")
         p = plain(prefix[:200])
         if not p:
             return []
@@ -530,6 +535,8 @@ class Search:
         lo = bisect.bisect_left(self._sugg_keys, p)
         hi = bisect.bisect_left(self._sugg_keys, p + "\U0010ffff")
         items = np.unique(self._sugg_items[lo:hi])
+        if mask is not None:
+            items = items[mask[items + 1]]
         if len(items) == 0:
             return []
         starts = np.fromiter((self._folded_titles[i].startswith(p) for i in items), bool, len(items))
