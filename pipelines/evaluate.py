@@ -3,7 +3,6 @@ split, full ranking and, labelled as such, the sampled protocol of older papers.
 import json
 from pathlib import Path
 
-import mlflow
 import numpy as np
 
 import aimass
@@ -13,8 +12,8 @@ from aimass.tracking import metric_key
 trained = json.loads(Path("metrics/train.json").read_text())
 dataset = json.loads(Path("data/prepared.json").read_text())["dataset"]
 settings = aimass.Settings()
-mlflow.set_tracking_uri(settings.tracking_uri)
-model = mlflow.pyfunc.load_model(trained["model_uri"]).unwrap_python_model()
+# built from the model's own files: MLflow's loader would run the Python file stored with it
+model = aimass.models.load_logged(trained["model_uri"], settings=settings)
 ds = aimass.datasets.load(dataset, settings=settings)
 splits = make_splits(ds.interactions)  # the protocol the dataset calls for, as training used
 # The loaded model speaks raw item ids; the splits are dense. Map through the model's own item index.

@@ -1,6 +1,7 @@
 """Registered models, the data scientist's face of the registry: `aimass.models.register(run_id, name)`,
 `list()`, `show("NAME@alias" | "NAME/V")`, `versions(name)`, `promote(name, version)`,
-`compress(name, version, method)` and `load(ref)`, which returns a ready scorer whatever made the version.
+`compress(name, version, method)` and `load(ref)`, which returns a ready scorer whatever made the version
+(`load_logged(model_uri)` for a run's model not registered).
 
 The trainable families (the model zoo) are `aimass.zoo`."""
 from __future__ import annotations
@@ -12,6 +13,7 @@ from aimass.registry import (
     Promotion,
     compress,
     load,
+    load_logged,
     promote,
     register,
     versions,
@@ -28,5 +30,5 @@ def load_estimator(path, family: str | None = None):
     return load_from_zoo(path, family)
 
 
-__all__ = ["ALIASES", "METHODS", "ModelVersionInfo", "Promotion", "compress", "list", "load", "promote",
+__all__ = ["ALIASES", "METHODS", "ModelVersionInfo", "Promotion", "compress", "list", "load", "load_logged", "promote",
            "register", "show", "versions"]

@@ -103,7 +103,7 @@ def test_train_runs_models_round_trip(tmp_path):
 def test_dvc_repro_runs_the_reference_pipeline(tmp_path):
     work = tmp_path / "pipeline"
     work.mkdir()
-    for name in ("dvc.yaml", "pipelines", "platform"):  # platform/: the stages depend on its code
+    for name in ("dvc.yaml", "pipelines", "platform", ".gitignore"):  # platform/: the stages depend on its code
         src = REPO / name
         if src.is_dir():
             shutil.copytree(src, work / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
@@ -123,6 +123,12 @@ def test_dvc_repro_runs_the_reference_pipeline(tmp_path):
     evaluated = json.loads((work / "metrics" / "eval.json").read_text())
     assert evaluated["dataset"] == "demo@v1" and 0 < evaluated["test_ndcg_at_10"] <= 1
     assert 0 < evaluated["test_sampled_ndcg_at_10"] <= 1  # the old-paper protocol, labelled
+    # the metrics are git's to version (`dvc metrics diff` compares commits); the data output is DVC's
+    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=work, env=env,
+                            capture_output=True, text=True, check=True).stdout
+    shown = {line[3:] for line in status.splitlines()}
+    assert {"metrics/train.json", "metrics/eval.json", "data/prepared.json", "dvc.lock"} <= shown, shown
+    assert not any(p.startswith("data/demo/") for p in shown), shown
     trained = json.loads((work / "metrics" / "train.json").read_text())
     assert trained["model_uri"] == evaluated["model_uri"]
     # another home: its state is outside DVC's view, so the stages run again there (never skipped, nor restored

@@ -403,6 +403,21 @@ def check_compression(family: str | None, method: str, **options) -> None:
     check(method, family, options)
 
 
+def load_logged(model_uri: str, *, settings: Settings | None = None):
+    """A ready scorer for a model a run logged (the `models:/m-...` URI `aimass train` returns), registered or
+    not: built from the model's own files as `load` builds one (MLflow's loader would run the Python file stored
+    with the model, which anyone who can log to the tracking server can choose)."""
+    import mlflow
+
+    s = settings or default_settings()
+    _client(s)  # MLflow pointed at this home's store
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
+    except Exception as e:
+        raise NotFoundError(f"cannot read the model {shown_url(model_uri)!r}: {error_line(e)}") from None
+    return _scorer(local, shown_url(model_uri))
+
+
 def load(ref: str, *, settings: Settings | None = None):
     """A ready scorer for `NAME@alias` or `NAME/version`, whatever produced it: `.recommend(df)`,
     `.estimator.score(histories)`, `.item_ids`, and `.info` (the version's lineage)."""
