@@ -169,3 +169,27 @@ def test_only_the_compared_routes_answers_are_read_whole(windows, home, monkeypa
     assert r.not_compared == {"similar": 5, "recs/2": 3} and r.n_current == N  # the same report as before
     whole = [c for c in calls if c.get("columns") is None]
     assert whole and all(c.get("route") == "recommend" for c in whole), calls
+
+
+def test_a_window_beyond_the_cap_is_judged_on_a_seeded_sample_and_says_so(windows, home, monkeypatch):
+    """A busy hour holds millions of answers with their lists: beyond `max_answers` a uniform sample of that many
+    is read (only those rows' lists), the same one for the same window."""
+    from aimass.events import ServedLog
+
+    calls, read = [], ServedLog.frame
+
+    def recording(self, endpoint, **kw):
+        calls.append(kw)
+        return read(self, endpoint, **kw)
+
+    monkeypatch.setattr(ServedLog, "frame", recording)
+    end = datetime.now(UTC)
+    r = monitoring.drift("steady", end=end, reference_users=REF, max_answers=120, settings=home.settings)
+    assert (r.n_current, r.sampled_from) == (120, N) and r.not_compared == {"similar": 5, "recs/2": 3}
+    (whole,) = [c for c in calls if c.get("columns") is None]
+    assert len(whole["seqs"]) == 120  # only the sampled answers' lists were read
+    again = monitoring.drift("steady", end=end, reference_users=REF, max_answers=120, settings=home.settings)
+    assert {c: v.score for c, v in again.columns.items()} == {c: v.score for c, v in r.columns.items()}
+    assert monitoring.drift("steady", end=end, reference_users=REF, settings=home.settings).sampled_from is None
+    with pytest.raises(InvalidInputError, match="max_answers"):
+        monitoring.drift("steady", max_answers=0, settings=home.settings)

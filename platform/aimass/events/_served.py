@@ -138,12 +138,13 @@ class ServedLog:
     def frame(self, endpoint: str, *, start: datetime | None = None, end: datetime | None = None,
               limit: int | None = None, shadow: bool = False, experiment_id: str | None = None,
               errors: bool = False, route: str | list[str] | None = None,
-              columns: list[str] | None = None) -> pd.DataFrame:
+              columns: list[str] | None = None, seqs: list[int] | None = None) -> pd.DataFrame:
         """The endpoint's answers (columns of ServedAnswer; served_at UTC), oldest first: the answers consumers
         got, or with `shadow` only the shadow arm's (never returned, logged for comparison); with `errors` also
         the failed requests (strategy 'error', no items); with `route` only that route's (or routes'). With
         `columns`, only those are read, as the driver's rows: a page over an hour of traffic needs a few scalar
-        columns, not every answer's lists (the ORM's row objects and JSON decoding were most of its time)."""
+        columns, not every answer's lists (the ORM's row objects and JSON decoding were most of its time). With
+        `seqs`, only the answers of those log positions (a sample of a window too large to read whole)."""
         if columns is None:
             q = select(TABLE)
         else:  # the time as stored (SQLite: text), parsed below in one vectorised pass
@@ -152,12 +153,15 @@ class ServedLog:
         q = self._where(q.order_by(TABLE.c.seq), endpoint, start, end, shadow, experiment_id, errors, route)
         if limit is not None:
             q = q.limit(limit)
+        # the positions asked for, a bounded number at a time (a database's limit on a statement's parameters)
+        picks = [None] if seqs is None else [sorted(seqs)[i:i + 5000] for i in range(0, len(seqs), 5000)]
+        names = [c.name for c in TABLE.columns] if columns is None else list(columns)
+        rows = []
         with self.engine.connect() as conn:
-            if columns is None:
-                names = [c.name for c in TABLE.columns]
-                rows = [tuple(r) for r in conn.execute(q)]
-            else:
-                names, rows = list(columns), conn.execute(q).cursor.fetchall()
+            for chunk in picks:
+                part = q if chunk is None else q.where(TABLE.c.seq.in_(chunk))
+                rows += [tuple(r) for r in conn.execute(part)] if columns is None else \
+                    conn.execute(part).cursor.fetchall()
         f = pd.DataFrame(rows, columns=names)
         if "user_id" in f.columns:  # not through float64 (one answer without a user): ids go up to 2^62
             at = names.index("user_id")

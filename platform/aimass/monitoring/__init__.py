@@ -53,6 +53,8 @@ log = logging.getLogger(__name__)
 __all__ = ["DRIFT_SHARE", "ColumnDrift", "DriftReport", "OnlineMetrics", "Rate", "ReportInfo", "drift",
            "online_metrics", "reports"]
 DRIFT_SHARE = 0.25
+# answers a report reads whole at most: a uniform sample of this many judges distributions as well as millions do
+MAX_ANSWERS = 100_000
 
 
 class ColumnDrift(BaseModel):
@@ -77,6 +79,8 @@ class DriftReport(BaseModel):
     window_start: datetime
     window_end: datetime
     n_current: int
+    # the window's answers of the version when more than the cap: n_current of them were drawn and compared
+    sampled_from: int | None = None
     n_reference: int
     not_compared: dict[str, int]  # answers of the window left out: other routes, other model versions
     drifted: bool
@@ -171,10 +175,11 @@ def _nothing(endpoint: str, start: datetime | None, end: datetime, total: int) -
 
 def drift(endpoint: str, *, window_s: float = 3600, end: datetime | None = None, model: str | None = None,
           drift_share: float = DRIFT_SHARE, reference_users: int = _reference.USERS,
-          settings: Settings | None = None) -> DriftReport:
+          max_answers: int = MAX_ANSWERS, settings: Settings | None = None) -> DriftReport:
     """A drift report of the endpoint's `recommend` answers served in [end - window_s, end) against the
     training reference of the model version that served most of them (or `model`, "NAME/VERSION"); stored
-    in the home and returned."""
+    in the home and returned. A window with more than `max_answers` of them is judged on a uniform sample of
+    that many (seeded: the same window gives the same report), which the report says (`sampled_from`)."""
     from aimass.events import ServedLog
 
     s = settings or default_settings()
@@ -185,12 +190,14 @@ def drift(endpoint: str, *, window_s: float = 3600, end: datetime | None = None,
     if isinstance(reference_users, bool) or not isinstance(reference_users, int | np.integer) or reference_users < 1:
         raise InvalidInputError(f"reference_users must be a whole number of at least 1 (training users the "
                                 f"reference answers for; default {_reference.USERS}), got {reference_users!r}")
+    if isinstance(max_answers, bool) or not isinstance(max_answers, int | np.integer) or max_answers < 1:
+        raise InvalidInputError(f"max_answers must be a whole number of at least 1, got {max_answers!r}")
     t0 = time.perf_counter()
     start, end = _window(window_s, end)
     served = ServedLog(s)
     # who answered what: three scalar columns of every answer; the answers' lists are read below for the one
     # route and version compared (an hour at thousands of answers a second, read whole, was gigabytes)
-    frame = served.frame(endpoint, start=start, end=end, columns=["route", "model", "version"])
+    frame = served.frame(endpoint, start=start, end=end, columns=["seq", "route", "model", "version"])
     if frame.empty:
         raise _nothing(endpoint, start, end, _total_answers(served, endpoint))
     refs = frame["model"] + "/" + frame["version"].astype(str)
@@ -206,7 +213,11 @@ def drift(endpoint: str, *, window_s: float = 3600, end: datetime | None = None,
     name, version = chosen.rsplit("/", 1)
     keep = rec & (refs == chosen)
     left_out = pd.concat([frame.loc[~rec, "route"], refs[rec & ~keep]]).value_counts()
-    answers = served.frame(endpoint, start=start, end=end, route="recommend")
+    # a busy hour holds millions of answers, each with its lists: a seeded uniform sample of them beyond the cap
+    sampled_from = int(keep.sum()) if keep.sum() > max_answers else None
+    seqs = None if sampled_from is None else np.random.default_rng(0).choice(
+        frame.loc[keep, "seq"].to_numpy(), max_answers, replace=False).tolist()
+    answers = served.frame(endpoint, start=start, end=end, route="recommend", seqs=seqs)
     answers = answers[(answers["model"] + "/" + answers["version"].astype(str)) == chosen].reset_index(drop=True)
 
     ref = _reference.get(name, int(version), s, reference_users)
@@ -230,7 +241,7 @@ def drift(endpoint: str, *, window_s: float = 3600, end: datetime | None = None,
                    _features.full_lists(ref.rows["items"], _reference.K).size)
         report = DriftReport(
             endpoint=endpoint, model=name, version=int(version), dataset=ref.dataset, window_start=start,
-            window_end=end, n_current=len(answers), n_reference=n_ref,
+            window_end=end, n_current=len(answers), sampled_from=sampled_from, n_reference=n_ref,
             not_compared={str(k): int(v) for k, v in left_out.items()},
             drifted=bool(columns) and share >= drift_share, drifted_share=round(share, 6),
             drifted_columns=drifted_cols, drift_share=drift_share, columns=columns,
