@@ -31,3 +31,22 @@ def test_the_experiment_is_created_once_with_its_artifacts_in_the_home(settings)
     exp = tracking.mlflow_for(settings).get_experiment_by_name(tracking.EXPERIMENT)
     assert exp.artifact_location == (settings.home / "mlartifacts").resolve().as_uri()
     assert tracking.mlflow_for(settings).get_experiment_by_name(tracking.EXPERIMENT).experiment_id == exp.experiment_id
+
+
+def test_a_logged_models_signature_types_the_history_even_from_an_empty_example(settings, tmp_path):
+    """The example history is the first test user's; one with none typed `history` as Any, which any input
+    passes."""
+    import numpy as np
+
+    from aimass import tracking
+    from aimass.zoo import family_class
+
+    est = family_class("popularity")()
+    est.fit([np.array([1, 2, 3]), np.array([2, 3])], 3)
+    folder = tmp_path / "job" / "model"
+    est.save(folder)
+    mlflow = tracking.mlflow_for(settings)
+    with mlflow.start_run():
+        info = tracking.log_model(mlflow, folder, np.array([10, 20, 30]), "popularity", [])
+    history = next(c for c in info.signature.inputs.inputs if c.name == "history")
+    assert "long" in str(history.type), history

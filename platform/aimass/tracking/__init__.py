@@ -105,7 +105,8 @@ def log_model(mlflow, model_dir: Path, item_ids: np.ndarray, family: str, exampl
     np.save(ids_file, np.asarray(item_ids, dtype=np.int64))
     fam = model_dir.parent / "family.json"
     fam.write_text(json.dumps({"family": family, **meta}))
-    example = pd.DataFrame({"history": [list(map(int, example_history))], "k": [10]})
+    # an empty history (a first test user with none) would type `history` as Any in the signature: one item then
+    example = pd.DataFrame({"history": [list(map(int, example_history)) or [int(item_ids[0])]], "k": [10]})
     output = model_class.from_files(model_dir, ids_file, family).recommend(example)
     return mlflow.pyfunc.log_model(
         name="model", python_model=inspect.getfile(model_class),
