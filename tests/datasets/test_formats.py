@@ -82,6 +82,10 @@ def test_csv_and_parquet_round_trip_with_items(settings, tmp_path):
         pd.testing.assert_frame_equal(ds.interactions, expected, check_dtype=False)
         pd.testing.assert_frame_equal(ds.items[["item_id", "title", "text"]], items, check_dtype=False)
     assert a.timestamp_kind == "unix" and (a.n_users, a.n_items, a.n_rows) == (3, 3, 5)
+    from aimass.errors import InvalidInputError
+
+    with pytest.raises(InvalidInputError, match="is a folder: give a file"):  # it said "does not exist"
+        datasets.register("tab", tmp_path / "i.csv", "csv", items=tmp_path, settings=settings)
 
 
 def test_movielens_meta_items(settings, tmp_path):

@@ -60,6 +60,9 @@ BAD = {
     "empty file": lambda t: ("x", _write(t, "e.csv", ""), "csv", "empty"),
     "header only": lambda t: ("x", _write(t, "h.csv", "user_id,item_id,timestamp\n"), "csv", "no rows"),
     "missing column": lambda t: ("x", _write(t, "m.csv", "user_id,item_id\n1,2\n"), "csv", "missing column"),
+    # every row one field longer than the header: pandas took the first as an index and shifted the columns
+    "rows longer than the header": lambda t: ("x", _write(t, "w.csv", "user_id,item_id,timestamp\n1,2,3,9\n4,5,6,7\n"),
+                                              "csv", "rows have more fields than the header names"),
     "path separator in name": lambda t: ("a/b", _csv(t / "f.csv"), "csv", "invalid dataset name"),
     "dot-dot name": lambda t: ("..", _csv(t / "f.csv"), "csv", "invalid dataset name"),
     "shell characters in name": lambda t: ("x;rm -rf", _csv(t / "f.csv"), "csv", "invalid dataset name"),

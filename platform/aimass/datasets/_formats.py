@@ -1,6 +1,8 @@
 """Readers: one function per source format, each returning the canonical layout (see _canonical)."""
 from __future__ import annotations
 
+import warnings
+
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,7 +38,8 @@ def read(path: str | Path, fmt: str, items: str | Path | None = None) -> Canonic
     if items is not None:
         ip = Path(items).expanduser()
         if not ip.is_file():
-            raise InvalidInputError(f"items file does not exist: {ip}")
+            raise InvalidInputError(f"items file {ip} is a folder: give a file" if ip.is_dir()
+                                    else f"items file does not exist: {ip}")
     return _READERS[fmt](p, ip)
 
 
@@ -103,8 +106,14 @@ def _table(path: Path, what: str, fmt: str) -> pd.DataFrame:
             return pd.read_parquet(path)
         # utf-8-sig: a byte-order mark, as Windows editors write, would otherwise stick to the first column's
         # name. Only an empty field is missing: "None", "NA" or "null" are a title, an event or a tag as written.
-        return pd.read_csv(path, sep="\t" if name.endswith((".tsv", ".tsv.gz")) else ",", encoding="utf-8-sig",
-                           keep_default_na=False, na_values=[""])
+        # index_col=False: rows with one field more than the header made pandas read the first as an index and
+        # shift every column by one (exit 0, the wrong data); its warning of the loss is made the error here
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            return pd.read_csv(path, sep="\t" if name.endswith((".tsv", ".tsv.gz")) else ",",
+                               encoding="utf-8-sig", keep_default_na=False, na_values=[""], index_col=False)
+    except pd.errors.ParserWarning:
+        raise InvalidInputError(f"{what} {path}: rows have more fields than the header names") from None
     except (ValueError, pd.errors.ParserError, OSError) as e:
         raise InvalidInputError(f"{what} {path}: cannot be parsed ({str(e).splitlines()[0]})") from None
 
