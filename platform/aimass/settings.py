@@ -67,9 +67,8 @@ class Settings(BaseSettings):
     online_poll_s: float = Field(0.2, gt=0, le=10, description="How often a replica reads new events.")
     serve_cache_users: int = Field(10_000, ge=0, description=(
         "Users whose /recommend answers a replica keeps per served version (0: no cache), at most 4 answers a "
-        "user (one per k and exclude_seen asked, the latest). An answer is kept "
-        "until the user's next positive or negative feedback event; cold starts, explicit histories, exclusions and filters are "
-        "never cached."))
+        "user (one per k and exclude_seen asked, the latest). An answer is kept until the user's next positive "
+        "or negative feedback event; cold starts, explicit histories, exclusions and filters are never cached."))
     serve_cache_warm_users: int = Field(10_000, ge=0, description=(
         "Users whose answer to the default request (k=10, seen items excluded) a replica computes into its cache "
         "when it loads a version, the most active first (at most serve_cache_users; 0: none), in a background "

@@ -138,6 +138,10 @@ BAD = [
      "time_budget_s: Input should be a finite number"),
     ("ease", "demo", {"l2": float("inf")}, 0, False, InvalidInputError, "l2: Input should be a finite number"),
     ("popularity", "demo", {"seed": -1}, 0, False, InvalidInputError, "seed: Input should be greater than"),
+    # absurd sizes: refused naming them, not an overflow in the job that leaves a FAILED run
+    ("sasrec", "demo", {"dim": 10**20}, 0, False, InvalidInputError, "dim: Input should be less than or equal"),
+    ("two-tower", "demo", {"batch_size": 2**40}, 0, False, InvalidInputError, "batch_size: Input should be less"),
+    ("mult-vae", "demo", {"hidden": 2**40}, 0, False, InvalidInputError, "hidden: Input should be less"),
 ]
 
 

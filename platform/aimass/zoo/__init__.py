@@ -28,6 +28,11 @@ from pydantic import Field
 # SeedSequence / default_rng refuse negatives, so a seed outside this range would fail deep in a job with an
 # error that does not name it.
 Seed = Annotated[int, Field(ge=0, lt=2**32, description="Random seed, 0 <= seed < 2**32")]
+# Upper bounds of the neural families' sizes: far above any useful value, they turn an absurd one (dim=1e20) into
+# a refusal naming it before the run exists, not an overflow deep in the job that leaves a FAILED run behind.
+MAX_DIM = 2**14  # a layer's width
+MAX_LEN = 2**17  # positions of a history
+MAX_SIZE = 2**24  # a batch, an epoch count, sampled negatives
 
 _FAMILIES = {
     "popularity": "aimass.zoo.popularity:Popularity",

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from aimass.errors import InvalidInputError
-from aimass.zoo import Seed
+from aimass.zoo import MAX_DIM, MAX_LEN, MAX_SIZE, Seed
 from aimass.zoo._neural import NeuralEstimator, left_pad
 
 
@@ -31,16 +31,16 @@ class MultVAEConfig(BaseModel):
     # allow_inf_nan=False: gt=0 lets inf through (every family: an endless time budget, a NaN model from lr or l2)
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
-    hidden: int = Field(600, ge=8)
-    latent: int = Field(200, ge=2)
+    hidden: int = Field(600, ge=8, le=MAX_DIM)
+    latent: int = Field(200, ge=2, le=MAX_DIM)
     dropout: float = Field(0.5, ge=0, lt=1)
     beta_max: float = Field(0.2, ge=0)
-    anneal_steps: int = Field(2000, ge=1)
-    max_len: int | None = Field(None, ge=1)  # None: 99th percentile of history lengths, in [8, 1000]
+    anneal_steps: int = Field(2000, ge=1, le=2**40)
+    max_len: int | None = Field(None, ge=1, le=MAX_LEN)  # None: 99th percentile of history lengths, in [8, 1000]
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
-    batch_size: int = Field(128, ge=1)
-    epochs: int = Field(200, ge=1)
+    batch_size: int = Field(128, ge=1, le=MAX_SIZE)
+    epochs: int = Field(200, ge=1, le=MAX_SIZE)
     patience: int | None = Field(20, ge=1)   # epochs without a better val NDCG@10; None: never stop early
     time_budget_s: float | None = Field(None, gt=0)
     # the two dense [n_items, hidden] layers: 500k items at hidden 600 is 6e8 parameters, about 12 GB with their

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from aimass.zoo import Seed, _losses
+from aimass.zoo import MAX_DIM, MAX_LEN, MAX_SIZE, Seed, _losses
 from aimass.zoo._neural import NeuralEstimator, left_pad
 
 # "auto" uses the full softmax up to this catalogue size: each step then runs the item tower over the whole
@@ -43,18 +43,18 @@ class TwoTowerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     loss: Literal["auto", "ce", "sampled_softmax", "bpr"] = "auto"
-    n_negatives: int = Field(1024, ge=1)      # sampled_softmax: uniform negatives shared by the batch
+    n_negatives: int = Field(1024, ge=1, le=MAX_SIZE)  # sampled_softmax: uniform negatives shared by the batch
     pool: Literal["attention", "mean"] = "attention"
-    max_len: int | None = Field(None, ge=1)   # None: 90th percentile of sequence lengths, in [8, 50]
-    positions_per_user: int | None = Field(32, ge=1)  # targets per user per epoch (None: every position)
-    dim: int = Field(64, ge=8)
+    max_len: int | None = Field(None, ge=1, le=MAX_LEN)  # None: 90th percentile of sequence lengths, in [8, 50]
+    positions_per_user: int | None = Field(32, ge=1, le=MAX_LEN)  # targets per user per epoch (None: every position)
+    dim: int = Field(64, ge=8, le=MAX_DIM)
     dropout: float = Field(0.1, ge=0, lt=1)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
-    warmup_steps: int = Field(100, ge=0)
+    warmup_steps: int = Field(100, ge=0, le=2**40)
     schedule: Literal["constant", "cosine"] = "constant"
-    batch_size: int = Field(256, ge=1)
-    epochs: int = Field(200, ge=1)
+    batch_size: int = Field(256, ge=1, le=MAX_SIZE)
+    epochs: int = Field(200, ge=1, le=MAX_SIZE)
     patience: int | None = Field(10, ge=1)    # epochs without a better val NDCG@10; None: never stop early
     time_budget_s: float | None = Field(None, gt=0)
     seed: Seed = 0
