@@ -155,3 +155,14 @@ def test_a_private_write_is_whole_or_not_at_all(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="No space left"):
         write_private(f, '{"new": 2}')
     assert f.read_text() == '{"old": 1}' and [p.name for p in tmp_path.iterdir()] == ["record.json"]
+
+
+def test_an_empty_home_is_refused_not_the_current_folder(tmp_path, monkeypatch):
+    """AIMASS_HOME= left empty (or --home '') resolved to the current folder: a catalog wherever one ran."""
+    monkeypatch.chdir(tmp_path)
+    for bad in ("", "  "):
+        with pytest.raises(ValidationError, match="(?s)home.*must name a folder"):
+            _from_env({"AIMASS_HOME": bad}, monkeypatch)
+        with pytest.raises(ValidationError, match="must name a folder"):
+            Settings(home=bad)
+    assert list(tmp_path.iterdir()) == []

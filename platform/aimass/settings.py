@@ -185,6 +185,14 @@ class Settings(BaseSettings):
                                  "sqlite:///path)") from None
         return v
 
+    @field_validator("home", mode="before")
+    @classmethod
+    def _named_home(cls, v: Any) -> Any:
+        # "" would be the current folder (AIMASS_HOME= left empty wrote a catalog wherever the command ran)
+        if isinstance(v, str | Path) and not str(v).strip():
+            raise ValueError("must name a folder, not be empty")
+        return v
+
     @field_validator("home")
     @classmethod
     def _absolute_home(cls, v: Path) -> Path:

@@ -56,7 +56,7 @@ def _root(home: str = typer.Option(None, "--home", help="State folder (default $
     from aimass.settings import Settings, unknown_variables
 
     try:
-        state.settings = Settings(home=home) if home else Settings()
+        state.settings = Settings(home=home) if home is not None else Settings()
     except Exception as e:  # a bad AIMASS_* variable is the user's input too
         typer.echo(f"error: invalid settings: {_settings_problems(e)}", err=True)
         raise typer.Exit(2) from None
