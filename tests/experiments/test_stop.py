@@ -350,3 +350,18 @@ def test_a_split_in_force_before_a_failure_is_reported_in_force_and_one_still_pe
         serving.set_traffic(ep, ["recs/1=100"], settings=s)
     active, pending = _traffic.newest(s, ep)
     assert pending is None and _in_force(s, ep) == [("recs/2", 100)]
+
+
+def test_counts_too_large_for_the_catalog_are_refused_or_read_as_all(home):
+    """--min-samples 1e20 failed with an OverflowError from SQLite; a history or decision count beyond any table
+    is all of it."""
+    s = home
+    ep = _deployed(s, "counts")
+    before = _traffic.current(s, ep)
+    with pytest.raises(InvalidInputError, match="min_samples must be a whole number of users from 1 to 1e9"):
+        experiments.start(ep, ["recs/1=90", "recs/2=10"], metric="play_rate", min_samples=10**20, settings=s)
+    assert experiments.get(ep, settings=s) is None and _traffic.current(s, ep).id == before.id
+    assert [h.id for h in serving.traffic(ep, history=10**20, settings=s).history] == [before.id]
+    assert serving.scaling(ep, limit=10**20, settings=s)["decisions"] == []
+    with pytest.raises(InvalidInputError, match="history must be a whole number"):
+        serving.traffic(ep, history=-1, settings=s)

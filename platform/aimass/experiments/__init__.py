@@ -112,8 +112,8 @@ def start(endpoint: str, arms: list[str] | dict[str, int], metric: str = "positi
         raise InvalidInputError(f"alpha must be in (0, 1), got {alpha}")
     if not 0 < mde < 1:
         raise InvalidInputError(f"mde must be an absolute rate difference in (0, 1), got {mde}")
-    if isinstance(min_samples, bool) or not isinstance(min_samples, int) or min_samples < 1:
-        raise InvalidInputError(f"min_samples must be a whole number of users >= 1, got {min_samples!r}")
+    if isinstance(min_samples, bool) or not isinstance(min_samples, int) or not 1 <= min_samples <= 1e9:
+        raise InvalidInputError(f"min_samples must be a whole number of users from 1 to 1e9, got {min_samples!r}")
     rails = {**GUARDRAILS, **(guardrails or {})}
     unknown = set(rails) - set(GUARDRAILS)
     if unknown:

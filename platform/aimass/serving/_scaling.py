@@ -320,8 +320,9 @@ def decisions(settings: Settings, endpoint: str, limit: int = 10) -> list[Scalin
     """The recorded scaling changes of `endpoint`, newest first."""
     from sqlmodel import col, select
 
-    if limit < 0:
-        raise InvalidInputError(f"limit must not be negative, got {limit}")
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise InvalidInputError(f"limit must be a whole number, 0 or more, got {limit!r}")
+    limit = min(limit, 2**62)  # more than any table holds is all of them (a SQL LIMIT takes 64 bits)
 
     with session(settings) as db:
         q = (select(ScalingEvent).where(ScalingEvent.endpoint == endpoint)
