@@ -40,6 +40,8 @@ def test_demo_into_an_existing_file_is_refused_before_anything_is_generated(tmp_
     with pytest.raises(InvalidInputError, match="is a file: the demo dataset is written into a folder"):
         generate_demo(target, DemoConfig(users=50, tracks=200, seed=1))
     assert target.read_text() == "keep me" and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    with pytest.raises(InvalidInputError, match="cannot create the folder .*notes.txt/demo"):  # under a file
+        generate_demo(target / "demo", DemoConfig(users=50, tracks=200, seed=1))
 
 
 def test_mean_history_is_documented_as_the_median_it_is(tmp_path):

@@ -122,6 +122,13 @@ def test_bad_input_is_refused_and_changes_nothing(settings, tmp_path, case):
     assert state_of(settings) == before
 
 
+def test_a_pull_into_a_folder_that_cannot_be_made_is_bad_input(settings, tmp_path):
+    datasets.register("plays", _csv(tmp_path / "a.csv", n_users=6), "csv", settings=settings)
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(InvalidInputError, match="cannot create the folder .*afile"):  # was a raw FileExistsError
+        datasets.pull("plays", tmp_path / "afile" / "sub" / "plays", settings=settings)
+
+
 def test_concurrent_pulls_of_one_version_into_one_folder_all_get_it_whole(settings, tmp_path):
     """Replicas of one endpoint starting together pull the same version into the same place: each gets the
     complete folder, and no half-copied `.partial-*` folder is left beside it."""

@@ -36,11 +36,15 @@ class DemoConfig(BaseModel):
 
 def generate_demo(out: str | Path, config: DemoConfig | None = None) -> tuple[Path, Path]:
     """Write interactions.csv and items.csv into `out`; returns their paths."""
+    from aimass.errors import InvalidInputError
+
     out = Path(out)
     if out.exists() and not out.is_dir():
-        from aimass.errors import InvalidInputError
-
         raise InvalidInputError(f"{out} is a file: the demo dataset is written into a folder")
+    try:  # before the work: a parent that is a file, or a place this user cannot write, is the caller's to fix
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InvalidInputError(f"cannot create the folder {out}: {e.strerror or e}") from None
     cfg = config or DemoConfig()
     rng = np.random.default_rng(cfg.seed)
     n_artists = cfg.artists or max(2, cfg.tracks // 10)
@@ -84,7 +88,6 @@ def generate_demo(out: str | Path, config: DemoConfig | None = None) -> tuple[Pa
             events.append("skip" if skipped else "play")
             values.append(round(float(rng.uniform(0.05, 0.3) if skipped else rng.uniform(0.6, 1.0)), 3))
 
-    out.mkdir(parents=True, exist_ok=True)
     inter = pd.DataFrame({"user_id": users, "item_id": items, "timestamp": stamps, "event": events,
                           "value": values}).sort_values("timestamp", kind="stable")
     words = rng.choice(WORDS, size=(cfg.tracks, 2))

@@ -341,7 +341,10 @@ class DataRegistry:
         self.ensure()
         if not git(self.path, "tag", "--list", tag):
             raise NotFoundError(f"the data registry {self.path} has no tag {tag}")
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # a parent that is a file, a read-only place: the caller's choice of folder
+            raise InvalidInputError(f"cannot create the folder {dest.parent}: {e.strerror or e}") from None
         # an interrupted pull's copy (this home's pulls into dest hold the lock: none is in progress)
         for left in dest.parent.glob(glob.escape(dest.name) + ".partial-*"):
             shutil.rmtree(left, ignore_errors=True)
