@@ -171,7 +171,8 @@ def result(text: str) -> None:
 
 def error(message: str) -> None:
     _say(message, err())
-    logging.getLogger("aimass").error(message)
+    if _c.log_path is not None:  # before setup (a usage error) logging's last resort would print it twice
+        logging.getLogger("aimass").error(message)
 
 
 def _say(text: str, stream) -> None:

@@ -56,7 +56,24 @@ def test_help_and_usage_errors_reach_the_terminal_not_the_log(tmp_path):
     # the console is set up once a command's options are parsed, so click's own output is not swallowed
     assert "--format" in run(tmp_path / "home", "datasets", "register", "--help").stdout
     res = run(tmp_path / "home", "datasets", "register", "x", ok=False)
-    assert res.returncode == 2 and "Missing argument" in res.stderr
+    # one line, as every error (Typer drew a box of usage errors whose last line was its frame)
+    assert res.returncode == 2 and res.stderr.strip().splitlines() == [
+        "error: Missing argument 'path'. (see aimass datasets register --help)"], res.stderr
+    res = run(tmp_path / "home", "models", "promote", "recs", "abc", "--json", ok=False)
+    assert res.returncode == 2 and res.stdout == "" and len(res.stderr.strip().splitlines()) == 1
+    assert "Invalid value for 'version'" in res.stderr
+    bare = run(tmp_path / "home", "datasets", ok=False)  # a group alone: its help, no error line
+    assert "register" in bare.stdout and bare.stderr == ""
+
+
+def test_an_unexpected_error_of_several_lines_is_one_line_with_the_log_named(tmp_path):
+    env = {**os.environ, "AIMASS_HOME": str(tmp_path / "home"),
+           "AIMASS_CATALOG_URL": "postgresql://u:pw@127.0.0.1:1/db"}  # nothing listens there
+    res = subprocess.run([AIMASS, "datasets", "list", "--json"], env=env, capture_output=True, text=True,
+                         timeout=120)
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 1 and res.stdout == "" and len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert "(details: " in lines[0] and ":pw@" not in lines[0]
 
 
 def test_doctor_reports_every_component(tmp_path):

@@ -116,6 +116,7 @@ def main() -> None:
     import signal
 
     from aimass.errors import AimassError, InvalidInputError, NotFoundError
+    from aimass.settings import error_line
 
     # SIGTERM and SIGHUP would end Python without its finally blocks: a console in the foreground, a deploy
     # starting its cluster or a quickstart would leave what they started running
@@ -125,20 +126,37 @@ def main() -> None:
     command = typer.main.get_command(app)
     _quiet(command)
     try:
-        command(prog_name="aimass")
+        # not standalone: a usage error comes here, to be one line like every error (Typer drew a box of them)
+        code = command.main(prog_name="aimass", standalone_mode=False)
+    except typer.Abort:  # end of input at a prompt
+        _fail("aborted", 1, details=False)
     except AimassError as e:
         # bad input says all there is to say in its message; a failing component's story is in the log
         _fail(str(e), e.exit_code, details=not isinstance(e, InvalidInputError | NotFoundError))
     except Exception as e:
+        if _usage(e):
+            ctx, said = getattr(e, "ctx", None), e.format_message()
+            if not said.strip():  # a group called bare: its help is shown already, as with --help
+                sys.exit(e.exit_code)
+            _fail(said + (f" (see {ctx.command_path} --help)" if ctx else ""), e.exit_code, details=False)
         if console.log_path() is not None:  # before the console's setup no handler exists: not on the terminal
             logging.getLogger("aimass").exception("unexpected error")
-        _fail(f"{type(e).__name__}: {e}", 1)
+        _fail(f"{type(e).__name__}: {error_line(e)}", 1)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _usage(e: Exception) -> bool:
+    """Whether `e` is the command line's usage error (a missing argument, an option's bad value): Typer's
+    click exceptions, which Typer keeps in a private copy of click, known by what they offer."""
+    return callable(getattr(e, "format_message", None)) and isinstance(getattr(e, "exit_code", None), int)
 
 
 def _fail(message: str, code: int, details: bool = True) -> None:
     from aimass.settings import redacted
 
     where = console.log_path() if details else None
-    # a library's error may quote a store URL whole, password included (MLflow names the URL it called)
-    console.error(f"error: {redacted(message)}" + (f" (details: {where})" if where else ""))
+    # one line (a component's message may hold several: the rest is in the log); a library's error may quote a
+    # store URL whole, password included (MLflow names the URL it called)
+    line = " | ".join(part.strip() for part in message.splitlines() if part.strip()) or message
+    console.error(f"error: {redacted(line)}" + (f" (details: {where})" if where else ""))
     sys.exit(code)
