@@ -169,6 +169,9 @@ def test_aimass_console_serves_on_loopback_and_stops(quickstart_home):
         assert listening == {"127.0.0.1"}
         again = json.loads(run(quickstart_home, "console", "--detach", "--json").stdout)
         assert again["already_running"] and again["pid"] == started["pid"]
+        both = run(quickstart_home, "console", "--stop", "--port", str(port), ok=False)  # which was meant?
+        assert both.returncode == 2 and "--stop cannot be given with --detach or --port" in both.stderr
+        assert psutil.pid_exists(started["pid"])
         busy = run(quickstart_home.parent / "other", "console", "--detach", "--port", str(port), ok=False)
         assert busy.returncode == 4 and f"console port {port}" in busy.stderr.strip().splitlines()[-1]
         with httpx.Client(timeout=10) as kept:  # a connection the console closes when it stops (a browser tab)

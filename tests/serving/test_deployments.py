@@ -63,6 +63,8 @@ def test_written_serve_config_builds_the_same_applications(served):
 @pytest.mark.parametrize("call,exc,message", [
     (lambda s: serving.deploy("nobody", "x", settings=s), NotFoundError, "no registered model named"),
     (lambda s: serving.deploy("recs", "Bad Name", settings=s), InvalidInputError, "invalid endpoint"),
+    (lambda s: serving.deploy("recs", "x", max_replicas=999_999_999, settings=s), InvalidInputError,
+     "max_replicas <= 1,000"),
     (lambda s: serving.deploy("recs", "x", min_replicas=3, max_replicas=2, settings=s), InvalidInputError,
      "min_replicas"),
     (lambda s: serving.show("ghost", settings=s), NotFoundError, "no deployment named 'ghost'"),

@@ -3,6 +3,7 @@ from __future__ import annotations
 import typer
 
 from aimass.cli._common import JSON, emit, state
+from aimass.errors import InvalidInputError
 
 
 def console(port: int = typer.Option(None, "--port", min=1, max=65535,
@@ -19,6 +20,8 @@ def console(port: int = typer.Option(None, "--port", min=1, max=65535,
 
     s = state.settings
     if stop:
+        if detach or port is not None:  # asked for a console it would not start
+            raise InvalidInputError("--stop cannot be given with --detach or --port")
         emit({"stopped": dashboard.stop(s)}, as_json)
         return
     already = dashboard.status(s) is not None

@@ -104,6 +104,8 @@ def _env(s: Settings, model: str, ranker: str | None, endpoint: str) -> dict[str
 
 
 MAX_TARGET_ONGOING = 10_000
+# replicas of one deployment: a typo's 999999999 would have Serve plan that many (and keep trying)
+MAX_REPLICAS = 1_000
 # how long a deploy, traffic change or delete waits for another one of its endpoint (a deploy's preflight and
 # a split's switch take minutes at most) before it is refused
 ENDPOINT_WAIT_S = 900.0
@@ -134,9 +136,9 @@ def deploy(ref: str, endpoint: str, *, ranker: str | None = None, min_replicas: 
 
     s = settings or default_settings()
     check_endpoint(endpoint)
-    if not 0 <= min_replicas <= max_replicas or max_replicas < 1:
-        raise InvalidInputError(f"need 0 <= min_replicas <= max_replicas and max_replicas >= 1, got "
-                                f"{min_replicas} and {max_replicas}")
+    if not 0 <= min_replicas <= max_replicas <= MAX_REPLICAS or max_replicas < 1:
+        raise InvalidInputError(f"need 0 <= min_replicas <= max_replicas <= {MAX_REPLICAS:,} and max_replicas >= 1,"
+                                f" got {min_replicas} and {max_replicas}")
     # bounded: Serve's queue per replica is 4x the target, a whole number (1e308 overflowed there, after the
     # cluster had started and a split was written)
     if not (math.isfinite(target_ongoing_requests) and 0 < target_ongoing_requests <= MAX_TARGET_ONGOING):
