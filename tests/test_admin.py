@@ -40,6 +40,13 @@ def test_an_action_started_without_waiting_records_its_outcome_when_it_ends(sett
     secret = full.removeprefix(f"aimass_{other.key_id}_")  # url-safe base64: it may hold "_" itself
     assert done.target == other.key_id and secret not in done.target + done.outcome
     assert secret not in str([a.model_dump() for a in admin.history(settings=settings)])
+    # pasted with its newline (or with spaces): the same key, never its secret in the record, the log or a reply
+    full, pasted = serving.create_key("pasted", settings=settings)
+    assert admin.authorize(key + "\n", settings=settings).key_id == ops.key_id  # as the HTTP gate takes it
+    done = admin.act(key, "revoke_key", f" {full}\n", detail=f"leaked {full}", settings=settings)
+    secret = full.removeprefix(f"aimass_{pasted.key_id}_")
+    assert done.ok and done.target == pasted.key_id and secret not in done.detail + done.outcome
+    assert pasted.key_id not in [k.key_id for k in serving.list_keys(settings=settings)]
 
 
 def test_the_console_may_start_a_retrain(settings):
@@ -64,3 +71,24 @@ def test_without_an_admin_key_nothing_runs_and_nothing_is_recorded(settings):
 def test_an_action_history_size_out_of_range_is_refused(settings, n):
     with pytest.raises(InvalidInputError, match="limit"):
         admin.history(limit=n, settings=settings)
+
+
+def test_an_action_done_whose_record_cannot_be_written_is_returned_not_raised(settings, monkeypatch):
+    """The catalog refusing the outcome's write (a full disk, a dropped connection) after the action took effect:
+    the caller learns what happened, not a database error that would have it do the action again."""
+    from aimass.catalog import session as real
+
+    key, _ = serving.create_key("ops", role="admin", settings=settings)
+    _, victim = serving.create_key("victim", settings=settings)
+    calls = []
+
+    def failing_after_the_first(s):
+        calls.append(1)
+        if len(calls) > 1:
+            raise OSError("disk full")
+        return real(s)
+
+    monkeypatch.setattr(admin, "session", failing_after_the_first)
+    done = admin.act(key, "revoke_key", victim.key_id, settings=settings)
+    assert done.ok and done.outcome == f"key {victim.key_id} (victim) revoked" and len(calls) == 4
+    assert victim.key_id not in [k.key_id for k in serving.list_keys(settings=settings)]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from sqlmodel import select
@@ -96,10 +97,11 @@ def act(key: str, action: str, target: str, detail: str = "", *, wait: bool = Tr
         raise InvalidInputError(f"unknown action {action!r}; one of {', '.join(ACTIONS)}")
     who = authorize(key, settings=s)
     actor = f"console:{who.name} ({who.key_id})"
-    if action == "revoke_key":  # a full key given as the target is recorded (and shown) as its id only
-        from aimass import serving
+    from aimass import serving
 
-        target = serving.key_id_of(target)
+    # a full key given as the target (revoke_key) is recorded, logged and shown as its id only; one pasted
+    # into any other field is masked
+    target, detail = serving.key_id_of(target), serving.key_id_of(detail)
     row = AdminAction(actor=actor, action=action, target=target, detail=detail[:500], outcome="running")
     with session(s) as db:
         db.add(row)
@@ -128,14 +130,26 @@ def _run(row_id: int, action: str, target: str, detail: str, actor: str,
         # recorded, logged and shown on the console: never a credential a library quoted in a URL
         result = redacted(f"failed: {e}" if isinstance(e, AimassError) else f"failed: {type(e).__name__}: {e}")
         log.warning("admin action %s on %s by %s %s", action, target, actor, result)
-    with session(s) as db:
-        stored = db.get(AdminAction, row_id)
-        stored.outcome = result[:1000]
-        stored.ok = ok
-        db.add(stored)
-        db.commit()
-        db.refresh(stored)
-        return AdminActionPublic.model_validate(stored), error
+    # The action has taken effect (or failed) whatever this write does: a catalog that refuses it for a moment is
+    # tried again, then the outcome is logged and returned, and only the action's own error is raised (a caller
+    # told a done rollback failed would roll back twice).
+    for attempt in range(3):
+        try:
+            with session(s) as db:
+                stored = db.get(AdminAction, row_id)
+                stored.outcome = result[:1000]
+                stored.ok = ok
+                db.add(stored)
+                db.commit()
+                db.refresh(stored)
+                return AdminActionPublic.model_validate(stored), error
+        except Exception:
+            if attempt == 2:
+                log.exception("admin action %s (record %s) ended %s, but its record could not be written: it "
+                              "still says running", action, row_id, "ok" if ok else "failed")
+            time.sleep(0.5 * (attempt + 1))
+    return AdminActionPublic(id=row_id, actor=actor, action=action, target=target, detail=detail[:500],
+                             outcome=result[:1000], ok=ok), error
 
 
 def history(*, limit: int = 100, settings: Settings | None = None) -> list[AdminActionPublic]:

@@ -603,7 +603,8 @@ def revoke_key(key_id: str, *, settings: Settings | None = None) -> ApiKeyPublic
 
 
 def key_id_of(key: str) -> str:
-    """The public id of a full API key (what may be logged or recorded), or `key` itself."""
+    """The public id of a full API key (what may be logged or recorded), or `key` itself with any full key in it
+    masked."""
     return _keys.key_id_of(key)
 
 

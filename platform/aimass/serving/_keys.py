@@ -53,9 +53,13 @@ def list_keys(settings: Settings, include_revoked: bool = False) -> list[ApiKeyP
 
 
 def key_id_of(key: str) -> str:
-    """The public id of a full key, or `key` itself (an id, or anything else): what may be logged or shown."""
-    m = _KEY.fullmatch(key or "")
-    return m["id"] if m else key
+    """The public id of a full key (surrounding whitespace aside: a pasted key brings a newline), or `key`
+    itself (an id, or anything else) with any full key in it masked: what may be logged or shown."""
+    m = _KEY.fullmatch((key or "").strip())
+    return m["id"] if m else _ANY_KEY.sub(r"\1_<secret>", key or "")
+
+
+_ANY_KEY = re.compile(r"\b(aimass_[0-9a-f]{12})_[A-Za-z0-9_-]+")
 
 
 def revoke(key_id: str, settings: Settings) -> ApiKeyPublic:
@@ -108,7 +112,7 @@ class Verifier:
 
     def record(self, presented: str | None) -> ApiKey | None:
         """The catalog row of a valid, unrevoked key; None otherwise."""
-        m = _KEY.fullmatch(presented or "")
+        m = _KEY.fullmatch((presented or "").strip())  # as the HTTP gate takes it: a pasted key's newline
         if not m:
             return None
         row = self._row(m["id"])
