@@ -74,3 +74,47 @@ def test_an_old_catalogs_32_bit_id_columns_are_widened_and_keep_their_rows(store
             assert kinds["seq"] == kinds["user_id"] == kinds["item_id"] == "bigint"
             assert c.exec_driver_sql("SELECT data_type FROM information_schema.sequences WHERE sequence_name "
                                      "= 'feedback_events_seq_seq'").scalar() == "bigint"
+
+
+def test_an_old_catalog_whose_rows_break_an_index_added_since_says_what_to_do(store):
+    """An aimass before the one-running-experiment index let two start under a race: the upgrade cannot add the
+    index, and every command failed with a bare IntegrityError; it names the index and the remedy."""
+    import pytest
+
+    from aimass.errors import BackendError
+
+    url = store.catalog.replace("postgresql://", "postgresql+psycopg://")
+    engine_for(store.catalog)
+    engine_for.cache_clear()
+    old = sqlalchemy.create_engine(url)
+    with old.begin() as c:
+        c.exec_driver_sql("DROP INDEX one_running_experiment")
+        for eid in ("a1", "a2"):
+            c.exec_driver_sql(f"INSERT INTO experiments (endpoint, experiment_id, metric, arms, state, alpha, mde, "
+                              f"min_samples, auto, started_at) VALUES ('recs', '{eid}', 'play_rate', '[]', "
+                              f"'running', 0.05, 0.02, 100, false, '2026-01-01 00:00:00')")
+    old.dispose()
+    with pytest.raises(BackendError, match="rows of experiments break the unique index one_running_experiment"):
+        engine_for(store.catalog)
+    engine_for.cache_clear()
+
+
+def test_a_sqlite_url_spelled_with_its_driver_is_the_same_embedded_catalog(tmp_path):
+    url = f"sqlite+pysqlite:///{tmp_path / 'new' / 'catalog.db'}"  # its folder made, as for sqlite:///
+    with engine_for(url).connect() as c:
+        assert c.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    engine_for.cache_clear()
+
+
+def test_processes_creating_a_fresh_catalog_at_once_all_get_it(tmp_path):
+    """create_all checks, then creates: processes starting together on a new catalog raced, and one failed."""
+    import subprocess
+    import sys
+
+    program = "import sys; from aimass.catalog import engine_for; engine_for(sys.argv[1])"
+    for round_ in range(3):
+        url = f"sqlite:///{tmp_path / str(round_) / 'catalog.db'}"
+        procs = [subprocess.Popen([sys.executable, "-c", program, url], stderr=subprocess.PIPE, text=True)
+                 for _ in range(4)]
+        errors = [p.communicate(timeout=120)[1] for p in procs]
+        assert [p.returncode for p in procs] == [0] * 4, [e[-800:] for e in errors if e]

@@ -8,15 +8,19 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, create_engine
 
-from aimass.settings import Settings
+from aimass.settings import Settings, error_line
 
 
 @functools.cache
 def engine_for(url: str) -> Engine:
-    if url.startswith("sqlite:///"):
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":  # sqlite+pysqlite:/// too: WAL and the busy timeout all the same
         from pathlib import Path
 
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": 30})
 
         @event.listens_for(engine, "connect")
@@ -42,11 +46,25 @@ def engine_for(url: str) -> Engine:
                 dbapi_conn.commit()  # outside a transaction that a rollback would take the setting back with
     from aimass.catalog import models  # noqa: F401  (registers the tables)
 
-    SQLModel.metadata.create_all(engine)
+    _create_tables(engine)
     _add_new_columns(engine)
     if engine.dialect.name == "postgresql":
         _widen_columns(engine)
     return engine
+
+
+def _create_tables(engine: Engine) -> None:
+    """The tables a catalog lacks (a new one, or those added since an older aimass). create_all checks, then
+    creates: processes starting together on a fresh catalog raced between the two, and the loser failed."""
+    from sqlalchemy.exc import DBAPIError
+
+    for attempt in range(5):
+        try:
+            SQLModel.metadata.create_all(engine)
+            return
+        except DBAPIError:  # another process created one of them first: the rest, once more
+            if attempt == 4:
+                raise
 
 
 def _add_new_columns(engine: Engine) -> None:
@@ -54,7 +72,7 @@ def _add_new_columns(engine: Engine) -> None:
     nullable or have a default), with their indexes, so an upgrade keeps every stored row. Tables are created
     whole by create_all; columns are never dropped or changed here. Safe when two processes upgrade at once."""
     from sqlalchemy import inspect, text
-    from sqlalchemy.exc import DBAPIError
+    from sqlalchemy.exc import DBAPIError, IntegrityError
 
     have = inspect(engine)
     tables = set(have.get_table_names())
@@ -80,9 +98,22 @@ def _add_new_columns(engine: Engine) -> None:
             if index.name not in have_indexes or any(c.name in added for c in index.columns):
                 try:
                     index.create(engine, checkfirst=True)
+                except IntegrityError as e:  # rows an older aimass stored break a unique index added since
+                    from aimass.errors import BackendError
+
+                    cols = ", ".join(c.name for c in index.columns)
+                    raise BackendError(f"the catalog cannot be upgraded: rows of {table.name} break the unique "
+                                       f"index {index.name} ({cols}{_where(index)}), which this aimass needs; "
+                                       "keep one of the rows that share it (end the others) and run again "
+                                       f"[{error_line(e)}]") from None
                 except DBAPIError:  # another process made it between the check and the create
                     if index.name not in {i["name"] for i in inspect(engine).get_indexes(table.name)}:
                         raise
+
+
+def _where(index) -> str:
+    where = index.dialect_options["sqlite"].get("where")
+    return f" where {where}" if where is not None else ""
 
 
 def _widen_columns(engine: Engine) -> None:
