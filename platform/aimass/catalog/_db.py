@@ -38,8 +38,8 @@ def engine_for(url: str) -> Engine:
         if engine.dialect.name == "postgresql":
             @event.listens_for(engine, "connect")
             def _utc(dbapi_conn, _record):
-                # times are stored without a zone and read as UTC: a session in another zone (a server's
-                # default, or ?options=-c TimeZone=... in the URL) would shift every aware time written
+                # columns without a zone (an older aimass made them) are read as UTC: a session in another zone
+                # (a server's default, or ?options=-c TimeZone=... in the URL) would shift every aware time written
                 cur = dbapi_conn.cursor()
                 cur.execute("SET TIME ZONE 'UTC'")
                 cur.close()
