@@ -79,13 +79,17 @@ def revoke(key_id: str, settings: Settings) -> ApiKeyPublic:
 
 
 MISS_LOOKUPS_PER_S = 20  # ids not in the loaded table that are looked up one by one (a key created since)
+# An unknown id whose lookup is not due: not known to be invalid (a key created since may be among them), so it is
+# "retry" (503 with Retry-After), not 401, which clients do not retry.
+_NOT_LOOKED_UP = BackendError("an unknown key id could not be looked up just now (too many a second): retry")
 
 
 class Verifier:
     """Checks a presented key against the catalog. The whole key table (a few rows) is read at most once per
     `ttl` seconds, so a request costs no database read and a revocation takes effect within `ttl`. An id the
     table lacks is looked up alone (a key created since works at once), but at most MISS_LOOKUPS_PER_S times a
-    second: well-formed keys with random ids, which anyone can send, cost the catalog no more than that."""
+    second: well-formed keys with random ids, which anyone can send, cost the catalog no more than that; the
+    others raise BackendError (answered 503, retry), since a key created since may be among them."""
 
     def __init__(self, settings: Settings, ttl: float = 1.0):
         self._settings, self._ttl = settings, ttl
@@ -102,7 +106,7 @@ class Verifier:
             return True
         if now - self._loaded >= self._ttl:
             return False
-        m = _KEY.fullmatch(presented or "")
+        m = _KEY.fullmatch((presented or "").strip())
         return m is None or m["id"] in self._rows or now - self._missed < 1 / MISS_LOOKUPS_PER_S
 
     def role(self, presented: str | None) -> str | None:
@@ -138,10 +142,12 @@ class Verifier:
                         raise
                     self._rows, self._loaded = {r.key_id: r for r in rows}, time.monotonic()
         row = self._rows.get(key_id)
-        if row is None and time.monotonic() - self._missed >= 1 / MISS_LOOKUPS_PER_S:
+        if row is None:
+            if time.monotonic() - self._missed < 1 / MISS_LOOKUPS_PER_S:
+                raise _NOT_LOOKED_UP
             with self._lock:
                 if time.monotonic() - self._missed < 1 / MISS_LOOKUPS_PER_S:
-                    return None
+                    raise _NOT_LOOKED_UP
                 self._missed = time.monotonic()
                 with session(self._settings) as db:
                     row = db.exec(select(ApiKey).where(ApiKey.key_id == key_id)).first()
