@@ -2,17 +2,26 @@
 serving clusters on this machine that no home owns any more.
 
 Statuses: `ok`, `absent` (created on first use; not an error), `warn` (works, but needs a person: an orphaned
-serving cluster, which `aimass deployments shutdown --orphans` stops), `error` (misconfigured or broken)."""
+serving cluster, which `aimass deployments shutdown --orphans` stops), `error` (misconfigured or broken).
+
+Each check is quick: a DVC remote in an object store is checked for the DVC plugin its scheme needs (its
+reachability only on push), an MLflow tracking server for an answer to GET /health and a Ray cluster for a TCP
+connection, each within 2 s."""
 from __future__ import annotations
 
+import ipaddress
 import shutil
 import subprocess
 from importlib.metadata import version
 from pathlib import Path
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
 
 from sqlalchemy.engine import make_url
 
 from aimass.settings import Settings, error_line, shown_url
+
+TIMEOUT_S = 2  # for each network check: a server that answers at all answers /health or a connect well within it
 
 
 def check(settings: Settings) -> list[dict]:
@@ -72,11 +81,26 @@ def _registry(s: Settings, reg: dict | Exception) -> dict:
 
 
 def _remote(s: Settings, reg: dict | Exception) -> dict:
-    url = (None if isinstance(reg, Exception) else reg["remote"]) or s.remote
-    url, ver = shown_url(url), f"dvc {version('dvc')}"
-    if "://" in url:
-        return _row("dvc remote", url, ver, "ok", "object store (reachability checked on push)")
-    p = Path(url)
+    raw = (None if isinstance(reg, Exception) else reg["remote"]) or s.remote
+    url, ver = shown_url(raw), f"dvc {version('dvc')}"
+    if "://" in raw:
+        from dvc.fs import LocalFileSystem, get_cloud_fs, known_implementations
+
+        scheme = raw.split("://", 1)[0].lower()
+        try:  # DVC's own choice of a filesystem for the URL, as a push makes it
+            cls = get_cloud_fs({}, url=raw)[0]
+        except Exception as e:  # a plugin not installed (every push would fail), a scheme DVC does not know
+            entry = known_implementations.get(scheme)
+            if not (isinstance(e, ImportError) and entry):
+                return _row("dvc remote", url, ver, "error", error_line(e))
+            plugin = entry["class"].split(".", 1)[0]
+            return _row("dvc remote", url, ver, "error", f"DVC's plugin for {scheme}:// remotes ({plugin}) is not "
+                        f"installed: pip install {plugin.replace('_', '-')}")
+        if issubclass(cls, LocalFileSystem):  # DVC keeps file:///x as the relative path "file:/x"
+            return _row("dvc remote", url, ver, "error", f"DVC takes a {scheme}:// URL for a relative path (a "
+                        f"folder named '{scheme}:' in the registry): give the folder's path instead")
+        return _row("dvc remote", url, ver, "ok", f"{scheme} object store (reachability checked on push)")
+    p = Path(raw)
     if not p.exists():
         return _row("dvc remote", url, ver, "absent", "created on first push")
     if not p.is_dir():
@@ -86,20 +110,78 @@ def _remote(s: Settings, reg: dict | Exception) -> dict:
 
 
 def _mlflow(s: Settings) -> dict:
-    uri = shown_url(s.tracking_uri)
+    raw = s.tracking_uri
+    uri = shown_url(raw)
     ver = f"mlflow {version('mlflow')}"
     if uri.startswith("sqlite:///"):
         db = Path(uri.removeprefix("sqlite:///"))
         return _row("mlflow store", uri, ver, "ok" if db.exists() else "absent",
                     "" if db.exists() else "created by the first training run")
-    return _row("mlflow store", uri, ver, "ok", "tracking server (checked on first run)")
+    scheme = raw.split("://", 1)[0].lower() if "://" in raw else ""
+    if scheme in ("http", "https"):
+        return _row("mlflow store", uri, ver, *_mlflow_server(raw))
+    if raw == "databricks":
+        return _row("mlflow store", uri, ver, "ok", "Databricks workspace (not checked here: checked on first run)")
+    if not scheme or raw.startswith("file:"):  # a folder of MLflow's file store
+        folder = Path(url2pathname(urlsplit(raw).path)) if raw.startswith("file:") else Path(raw)
+        if not folder.exists():
+            return _row("mlflow store", uri, ver, "absent", "file store, created by the first training run")
+        if not folder.is_dir():
+            return _row("mlflow store", uri, ver, "error", "not a folder")
+        return _row("mlflow store", uri, ver, "ok", "file store")
+    return _row("mlflow store", uri, ver, "ok", f"{scheme} store (not checked here: checked on first run)")
+
+
+def _mlflow_server(uri: str) -> tuple[str, str]:
+    """(status, detail) of the tracking server at `uri`, by its GET /health."""
+    import httpx
+
+    url = uri.split("?", 1)[0].split("#", 1)[0].rstrip("/") + "/health"
+    try:
+        # a proxy of the environment would answer for (or refuse) an address of this machine
+        with httpx.Client(timeout=TIMEOUT_S, trust_env=not _loopback(urlsplit(uri).hostname)) as c:
+            code = c.get(url).status_code
+    except Exception as e:
+        return "error", f"tracking server does not answer GET /health: {error_line(e)}"
+    if code != 200:
+        return "error", f"tracking server answered GET /health with HTTP {code}"
+    return "ok", "tracking server (answers GET /health)"
+
+
+def _loopback(host: str | None) -> bool:
+    if not host or host.lower() in ("localhost", "localhost.localdomain") or host.lower().endswith(".localhost"):
+        return True
+    try:
+        ip = ipaddress.ip_address(host.split("%")[0])
+    except ValueError:
+        return False
+    return (getattr(ip, "ipv4_mapped", None) or ip).is_loopback
 
 
 def _ray(s: Settings) -> dict:
     ver = f"ray {version('ray')}"
-    if s.ray_address:
-        return _row("ray", shown_url(s.ray_address), ver, "ok", "existing cluster")
-    return _row("ray", f"local, {s.host} only", ver, "ok", "started on demand by training and serving")
+    if not s.ray_address:
+        return _row("ray", f"local, {s.host} only", ver, "ok", "started on demand by training and serving")
+    shown, address = shown_url(s.ray_address), s.ray_address
+    if address == "local":
+        return _row("ray", shown, ver, "ok", "a new local cluster, started by each job (Ray's 'local')")
+    if address == "auto":
+        try:  # as ray.init resolves it: RAY_ADDRESS, else the running cluster of this machine
+            from ray._private.services import canonicalize_bootstrap_address
+
+            address = canonicalize_bootstrap_address("auto") or ""
+        except Exception as e:
+            return _row("ray", shown, ver, "error", f"'auto' finds no cluster: {error_line(e)}")
+    from aimass._ray import listening
+
+    where = address.removeprefix("ray://").rpartition("@")[2].split("/")[0]  # never the credential
+    host, _, port = where.rpartition(":")
+    if not (host and port.isdigit()):
+        return _row("ray", shown, ver, "warn", "not checked: an address other than HOST:PORT or ray://HOST:PORT")
+    if not listening(where, timeout=TIMEOUT_S):
+        return _row("ray", shown, ver, "error", f"nothing answers at {where}: start the cluster, or unset "
+                    "AIMASS_RAY_ADDRESS for the embedded one")
+    return _row("ray", shown, ver, "ok", f"existing cluster (answers at {where})")
 
 
 def _orphans() -> list[dict]:

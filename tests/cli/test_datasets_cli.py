@@ -101,6 +101,84 @@ def test_doctor_never_prints_a_secret_in_a_url(tmp_path):
     assert secret not in log
 
 
+
+def _doctor(home: Path, env: dict) -> tuple[int, dict]:
+    res = run(home, "doctor", "--json", ok=False, env=env)
+    return res.returncode, {r["component"]: r for r in json.loads(res.stdout)}
+
+
+def test_doctor_errors_on_a_dvc_remote_whose_plugin_is_missing(tmp_path):
+    """Every push to an s3:// remote fails without DVC's S3 plugin: an error naming the package, not `ok`."""
+    import importlib.util
+
+    if importlib.util.find_spec("dvc_s3"):
+        pytest.skip("dvc-s3 is installed here")
+    code, rep = _doctor(tmp_path / "home", {"AIMASS_DVC_REMOTE": "s3://bucket/prefix"})
+    assert code == 1 and rep["dvc remote"]["status"] == "error", rep["dvc remote"]
+    assert "dvc_s3" in rep["dvc remote"]["detail"] and "pip install dvc-s3" in rep["dvc remote"]["detail"]
+    # a scheme DVC itself handles (dvc-http comes with dvc): its reachability is a push's to find out
+    code, rep = _doctor(tmp_path / "home", {"AIMASS_DVC_REMOTE": "https://127.0.0.1:1/remote"})
+    assert code == 0 and rep["dvc remote"]["status"] == "ok"
+    assert "checked on push" in rep["dvc remote"]["detail"]
+
+
+def test_doctor_asks_an_mlflow_tracking_server_for_its_health(tmp_path):
+    """An http(s) tracking URI is asked GET /health: nothing listening is an error (exit 1), a server that
+    answers 200 is ok; a file store is ok as a folder, absent when missing, an error as a file."""
+    import http.server
+    import threading
+
+    from tests.conftest import free_port
+
+    home = tmp_path / "home"
+    code, rep = _doctor(home, {"AIMASS_MLFLOW_TRACKING_URI": f"http://u:pw@127.0.0.1:{free_port()}"})
+    assert code == 1 and rep["mlflow store"]["status"] == "error", rep["mlflow store"]
+    assert "GET /health" in rep["mlflow store"]["detail"] and ":pw@" not in json.dumps(rep)
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200 if self.path == "/health" else 404)
+            self.end_headers()
+            self.wfile.write(b"OK")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        uri = f"http://127.0.0.1:{server.server_address[1]}"
+        code, rep = _doctor(home, {"AIMASS_MLFLOW_TRACKING_URI": uri})
+        assert code == 0 and rep["mlflow store"]["status"] == "ok", rep["mlflow store"]
+        code, rep = _doctor(home, {"AIMASS_MLFLOW_TRACKING_URI": f"{uri}/elsewhere"})  # its /health: 404
+        assert code == 1 and "HTTP 404" in rep["mlflow store"]["detail"], rep["mlflow store"]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "mlruns").mkdir()
+    for uri, status in ((f"file://{tmp_path / 'afile'}", "error"), (str(tmp_path / "none"), "absent"),
+                        (str(tmp_path / "mlruns"), "ok")):
+        code, rep = _doctor(home, {"AIMASS_MLFLOW_TRACKING_URI": uri})
+        assert rep["mlflow store"]["status"] == status and code == (status == "error"), (uri, rep["mlflow store"])
+
+
+def test_doctor_errors_on_a_ray_address_where_nothing_listens(tmp_path):
+    import socket
+
+    from tests.conftest import free_port
+
+    port = free_port()
+    for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
+        code, rep = _doctor(tmp_path / "home", {"AIMASS_RAY_ADDRESS": address})
+        assert code == 1 and rep["ray"]["status"] == "error", rep["ray"]
+        assert f"nothing answers at 127.0.0.1:{port}" in rep["ray"]["detail"]
+    with socket.create_server(("127.0.0.1", 0)) as listener:  # something that takes a connection there
+        address = f"127.0.0.1:{listener.getsockname()[1]}"
+        code, rep = _doctor(tmp_path / "home", {"AIMASS_RAY_ADDRESS": address})
+    assert code == 0 and rep["ray"]["status"] == "ok", rep["ray"]
+
 @pytest.mark.data
 def test_real_datasets_counts_via_cli(tmp_path, shared_data):
     home = tmp_path / "home"
