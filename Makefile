@@ -7,10 +7,13 @@ STAMP  := $(VENV)/.installed
 .PHONY: install demo test lint clean postgres chromium
 install: $(STAMP)
 
-# Debian's and Ubuntu's own Python lacks ensurepip until python3.X-venv is installed: installed here if missing.
+# Debian's and Ubuntu's own Python lacks ensurepip until python3.X-venv is installed: installed here if missing
+# (after an apt-get update when a fresh image's package lists are empty).
+PYVENV = python$(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])')-venv
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV) && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq "python$$($(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])')-venv" && \
+	  { DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq "$(PYVENV)" || \
+	    { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq "$(PYVENV)"; }; } && \
 	  $(PYTHON) -m venv $(VENV); }
 
 # torch first, pinned: it comes as a CPU build from the machine's local wheel; a bare requirement would pull

@@ -117,9 +117,32 @@ def test_a_quickstart_interrupted_after_its_deploy_stops_the_serving_cluster_it_
         p.send_signal(signal.SIGINT)
         rest = p.communicate(timeout=180)[0]
         assert p.returncode != 0
-        assert "stopped the serving cluster it started" in rest, rest
+        assert "the quickstart was interrupted: stopped the serving cluster it started" in rest, rest
         assert not serving.running(settings=Settings(home=home))
+        # the demo key it made was never shown: revoked, not left valid
+        assert [k.name for k in serving.list_keys(settings=Settings(home=home))] == []
     finally:
         if p.poll() is None:
             p.kill()
         stop(home)
+
+
+def test_a_serve_port_another_process_holds_is_refused_before_any_work(tmp_path):
+    """It was found at step 6, the deploy, after minutes of training (and a registered dataset and model)."""
+    import os
+    import socket
+    import subprocess
+
+    from tests.cli.test_datasets_cli import AIMASS
+
+    home = tmp_path / "home"
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        env = {**os.environ, "AIMASS_HOME": str(home), "AIMASS_SERVE_PORT": str(port)}
+        res = subprocess.run([AIMASS, "quickstart", "--users", "60", "--tracks", "120"], env=env, cwd=tmp_path,
+                             capture_output=True, text=True, timeout=300)
+    assert res.returncode == 4 and "[1/12]" not in res.stdout, res.stdout + res.stderr
+    assert f"port {port}" in res.stderr.strip().splitlines()[-1], res.stderr
+    assert not (home / "data-registry").exists() and not (home / "mlflow.db").exists()

@@ -33,7 +33,7 @@ def quickstart(
     from aimass import datasets, models, serving, training
     from aimass.cli.deploy import schedule
     from aimass.cli.traffic import view_lines
-    from aimass.errors import ConflictError, InvalidInputError
+    from aimass.errors import AimassError, ConflictError, InvalidInputError
     from aimass.registry import check_compression
     from aimass.training import MIN_AUTO_BUDGET_MIN
     from aimass.zoo import family_class
@@ -49,7 +49,9 @@ def quickstart(
     check_compression(family, "int8")  # step 5 compresses the model: a family it cannot apply to is refused now
     s = state.settings
     training.check_job(s, workers, None)
-    console.stage(f"[1/12] generating the demo music-streaming log ({users} users, {tracks} tracks)")
+    serving.check_can_serve(settings=s)  # a taken port 8000 failed step 6, after the training
+    console.stage(f"[1/12] generating the demo music-streaming log ({users} users, {tracks} tracks); log: "
+                  f"{console.log_path()}")
     inter, items = datasets.generate_demo(s.home / "demo-data", demo)
     console.stage("[2/12] registering it in the DVC data registry")
     v = datasets.register("demo", inter, "csv", items=items, settings=s)
@@ -95,11 +97,16 @@ def quickstart(
     parent = mv if promotion["promoted"] else models.show(f"{name}@champion", settings=s)
     if parent.method != "original":  # an int8 child a previous run's canary promoted: its original is compressed
         parent = models.show(f"{name}/{parent.parent_version}", settings=s)
-    console.stage(f"[5/12] compressing {parent.ref} to int8 (a child version, evaluated on the same split)")
-    small = models.compress(name, parent.version, "int8", progress=not as_json, settings=s)
+    # a rerun whose model the gate refused compresses the same champion again: its int8 child is reused
+    small = next((m for m in models.versions(name, settings=s)
+                  if m.method == "int8" and m.parent_version == parent.version), None)
+    if small is None:
+        console.stage(f"[5/12] compressing {parent.ref} to int8 (a child version, evaluated on the same split)")
+        small = models.compress(name, parent.version, "int8", progress=not as_json, settings=s)
+    else:
+        console.stage(f"[5/12] {parent.ref}'s int8 child {small.ref} is there already (an earlier run's)")
     side = [_side(models.show(parent.ref, settings=s), small.metrics, "parent_"), _side(small, small.metrics, "")]
     console.stage(f"[6/12] deploying {name}@champion on Ray Serve at {s.host} with a new demo API key")
-    key, _ = serving.create_key("demo", settings=s)
     from aimass import experiments
 
     earlier = experiments.get("demo", running_only=True, settings=s)
@@ -107,9 +114,10 @@ def quickstart(
         experiments.stop("demo", decision="stopped: a new quickstart deploys the demo endpoint", actor="quickstart",
                          settings=s)
         console.stage(f"      the previous run's experiment {earlier.experiment_id} on demo is stopped")
-    started = not serving.running(settings=s)
+    started, key = not serving.running(settings=s), None
     try:  # a quickstart that fails from here on stops the serving cluster it started (with its scheduler)
         d = serving.deploy(f"{name}@champion", endpoint="demo", settings=s)
+        key, made = serving.create_key("demo", settings=s)  # once there is something to call: a failure revokes it
         scheduler = schedule(s)
         curl = serving.curl_example(d, key, user_id=int(i["user_id"].iloc[0]))
         console.stage(f"[7/12] a burst of demo traffic: {traffic_users} users ask {d.url}/recommend and send feedback")
@@ -129,36 +137,51 @@ def quickstart(
         canary = _canary(again, name, small, s) + _shadow(again, small, s)
         burst2 = _traffic(d.url, key, i, max(traffic_users // 2, 1), seed=1)
         traffic = serving.traffic("demo", history=3, settings=s)
+        skipped = []  # the optional steps: one that fails is said, and the demo built before it keeps serving
         if search:
             console.stage("[11/12] a search index of the demo catalogue (BM25 + MiniLM vectors, int8) built with Ray "
                           "Train, registered as demo-search and deployed at endpoint 'search'")
-            search = _search_index(v.ref, key, ds, s)
+            try:
+                search = _search_index(v.ref, key, ds, s)
+            except AimassError as e:
+                search = None
+                skipped.append(f"search   not built: {e} (--no-search skips it)")
+                console.stage(f"      {skipped[-1]}")
         else:
             console.stage("[11/12] no search index (--no-search)")
             search = None
         if auto_budget:
             console.stage(f"[12/12] model search on {v.ref} for {auto_budget:g} min (aimass train auto): baselines, "
                           "neural probes, the best probe for the rest; the best registered as demo-auto")
-            found = training.auto(v.ref, auto_budget, workers=workers, progress=False, settings=s)
-            best = models.register(found.best.run_id, "demo-auto", settings=s)
-            auto = {"registered": best.ref, "family": found.best.family, "params": found.best.params,
-                    "val_ndcg@10": found.best.val_ndcg, "candidates": len(found.leaderboard),
-                    "run_id": found.best.run_id, "wall_time_s": found.wall_time_s}
+            try:
+                found = training.auto(v.ref, auto_budget, workers=workers, progress=False, settings=s)
+                best = models.register(found.best.run_id, "demo-auto", settings=s)
+                auto = {"registered": best.ref, "family": found.best.family, "params": found.best.params,
+                        "val_ndcg@10": found.best.val_ndcg, "candidates": len(found.leaderboard),
+                        "run_id": found.best.run_id, "wall_time_s": found.wall_time_s}
+            except AimassError as e:
+                auto = None
+                skipped.append(f"auto     no model search: {e} (--auto-budget 0 skips it)")
+                console.stage(f"      {skipped[-1]}")
         else:
             console.stage("[12/12] no model search (--auto-budget 0)")
             auto = None
         panel = _console(s)
-    except BaseException:
-        if started and not _others_served(s):
-            serving.shutdown(settings=s)  # first: the message below may go to a terminal that hung up
-            console.stage("      the quickstart failed: stopped the serving cluster it started")
+    except BaseException as e:
+        if key is not None:  # never shown: no one holds it
+            serving.revoke_key(made.key_id, settings=s)
+        if started and not _others_served(s) and serving.shutdown(settings=s):  # first: the message below may
+            # go to a terminal that hung up
+            how = "was interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+            console.stage(f"      the quickstart {how}: stopped the serving cluster it started")
         raise
     loop = {"traffic": burst, "traffic_on_split": burst2, "drift": report.model_dump(mode="json"),
             "retrain": again.model_dump(mode="json"),
             "scheduler": scheduler, "canary": canary, "split": traffic.model_dump(mode="json"), "search": search,
             "auto": auto, "console": panel}
     if as_json:
-        emit({"dataset": summary, "training": run, "tracking_uri": shown_url(s.tracking_uri),
+        emit({"dataset": summary, "log": str(console.log_path()), "training": run,
+              "tracking_uri": shown_url(s.tracking_uri),
               "promotion": promotion, "models": side, "deployment": d.model_dump(mode="json"), "api_key": key,
               "curl": curl, **loop}, True)
         return
@@ -196,6 +219,7 @@ def quickstart(
         *([f"auto     {auto['candidates']} candidates in {auto['wall_time_s'] / 60:.1f} min; best {auto['family']} "
            f"(val NDCG@10 {auto['val_ndcg@10']:.4f}) registered as {auto['registered']}; leaderboard: "
            f"aimass runs show {auto['run_id']}"] if auto else []),
+        *skipped,
         "Try it:",
         f"  {curl}",
         *([f"  {search['curl']}"] if search else []),

@@ -29,10 +29,10 @@ from aimass.serving._traffic import parse_arms
 from aimass.settings import Settings, default_settings, error_line, write_private
 
 __all__ = ["CLUSTER_OWNER_ENV", "WORKER_SETUP_HOOK", "Deployment", "Engine", "TrafficView", "applications",
-           "build_bento", "check_deployed", "check_endpoint", "connect", "create_key", "curl_example", "delete",
-           "deploy", "deployments", "endpoints", "key_id_of", "list_keys", "orphans", "parse_arms", "pin_bento",
-           "revoke_key", "rollback", "running", "scaling", "set_traffic", "show", "shutdown", "shutdown_orphans",
-           "traffic"]
+           "build_bento", "check_can_serve", "check_deployed", "check_endpoint", "connect", "create_key",
+           "curl_example", "delete", "deploy", "deployments", "endpoints", "key_id_of", "list_keys", "orphans",
+           "parse_arms", "pin_bento", "revoke_key", "rollback", "running", "scaling", "set_traffic", "show",
+           "shutdown", "shutdown_orphans", "traffic"]
 log = logging.getLogger(__name__)
 
 
@@ -293,6 +293,16 @@ def _others(endpoint: str) -> bool:
     except Exception:  # never connected, or the cluster is gone: nothing of anyone's to keep
         return False
     return bool(names - {endpoint, f"{endpoint}.preflight"})
+
+
+def check_can_serve(*, settings: Settings | None = None) -> None:
+    """Refuse (ConflictError), before any work, what a first deploy of this home would refuse only once it
+    comes: its serve port held by another process, or this home's cluster running under another address."""
+    from aimass.serving import _cluster
+
+    s = settings or default_settings()
+    _cluster.check_address(s)
+    _cluster.check_port(s)
 
 
 def curl_example(d: Deployment, key: str, user_id: int = 1, k: int = 10, query: str | None = None) -> str:
