@@ -84,7 +84,10 @@ def _quickstart(home, res, ports):
     assert {"bm25", "semantic", "hybrid", "hybrid+personal"} <= set(by_mode.index) and by_mode["clicked"].sum() == 6
     # the console, left running with its URL printed (its pages: tests/dashboards)
     url = f"http://127.0.0.1:{ports['AIMASS_CONSOLE_PORT']}"
-    assert f"console  {url} (stop: aimass console --stop)" in res.stdout
+    # every command printed as this environment runs it: bare only where the shell finds this one
+    assert re.search(rf"^console  {re.escape(url)} \(stop: \S*aimass console --stop\)$", res.stdout, re.M), res.stdout
+    tool = re.search(r"^Stop serving: (\S*aimass) deployments shutdown$", res.stdout, re.M)[1]
+    assert subprocess.run([tool, "--help"], cwd=home.parent, capture_output=True).returncode == 0
     assert subprocess.run(["curl", "-s", f"{url}/_stcore/health"], capture_output=True, text=True,
                           timeout=60).stdout == "ok"
 

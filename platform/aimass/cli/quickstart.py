@@ -210,7 +210,7 @@ def quickstart(
         "$ aimass traffic show demo",
         *view_lines(traffic),
         "",
-        f"MLflow   .venv/bin/mlflow ui --backend-store-uri {shown_url(s.tracking_uri)} --host 127.0.0.1 --port 5000",
+        f"MLflow   {_tool('mlflow')} ui --backend-store-uri {shown_url(s.tracking_uri)} --host 127.0.0.1 --port 5000",
         f"API      {d.url} (OpenAPI: {d.url}/docs.json)",
         f"API key  {key} (shown once; stored hashed)",
         *([f"search   {search['model']} at {search['url']}: {search['query']!r} -> {', '.join(search['top'])}",
@@ -218,15 +218,32 @@ def quickstart(
           if search else []),
         *([f"auto     {auto['candidates']} candidates in {auto['wall_time_s'] / 60:.1f} min; best {auto['family']} "
            f"(val NDCG@10 {auto['val_ndcg@10']:.4f}) registered as {auto['registered']}; leaderboard: "
-           f"aimass runs show {auto['run_id']}"] if auto else []),
+           f"{_tool('aimass')} runs show {auto['run_id']}"] if auto else []),
         *skipped,
         "Try it:",
         f"  {curl}",
         *([f"  {search['curl']}"] if search else []),
-        "Stop serving: .venv/bin/aimass deployments shutdown",
-        f"console  {panel['url']} (stop: aimass console --stop)" if panel.get("url")
+        f"Stop serving: {_tool('aimass')} deployments shutdown",
+        f"console  {panel['url']} (stop: {_tool('aimass')} console --stop)" if panel.get("url")
         else f"console  not started: {panel['error']}",
     ]))
+
+
+def _tool(name: str) -> str:
+    """How to run this environment's `name` as printed: bare when the shell finds this one, else its path (relative
+    to here when it lies below: `make demo` puts nothing on PATH, so a bare `aimass` was "command not found")."""
+    import shutil
+    import sys
+    from pathlib import Path
+
+    mine = Path(sys.executable).parent / name
+    found = shutil.which(name)
+    if found and Path(found).resolve() == mine.resolve():
+        return name
+    try:
+        return str(mine.relative_to(Path.cwd()))
+    except ValueError:
+        return str(mine)
 
 
 def _retrain_outcome(r) -> str:
