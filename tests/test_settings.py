@@ -95,10 +95,10 @@ def test_credentials_reach_a_child_through_a_private_file_not_its_variables(tmp_
 
 def test_a_value_set_otherwise_wins_over_the_secrets_file_and_a_bad_file_is_refused(tmp_path, monkeypatch):
     f = tmp_path / "s.json"
-    f.write_text(json.dumps({"catalog_url": "sqlite:///from-file.db", "dvc_remote": "/from/file"}))
+    f.write_text(json.dumps({"catalog_url": f"sqlite:///{tmp_path}/from-file.db", "dvc_remote": "/from/file"}))
     f.chmod(0o600)
     s = _from_env({"AIMASS_SECRETS_FILE": str(f), "AIMASS_DVC_REMOTE": "/from/env"}, monkeypatch)
-    assert (s.catalog_url, s.dvc_remote) == ("sqlite:///from-file.db", "/from/env")
+    assert (s.catalog_url, s.dvc_remote) == (f"sqlite:///{tmp_path}/from-file.db", "/from/env")
     for text, why in [(None, "cannot be read"), ("not json", "cannot be read"), ('{"home": "/x"}', "keys are among"),
                       ("[1]", "keys are among"), ('{"dvc_remote": "/x"}', r"readable by others \(mode 644\)")]:
         bad = tmp_path / "bad.json"
@@ -166,3 +166,21 @@ def test_an_empty_home_is_refused_not_the_current_folder(tmp_path, monkeypatch):
         with pytest.raises(ValidationError, match="must name a folder"):
             Settings(home=bad)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_relative_store_paths_are_resolved_once_against_the_folder_they_were_given_in(tmp_path, monkeypatch):
+    """A retrain in the serving cluster, a replica, a worker run in other folders: a relative registry, remote or
+    SQLite store named another one there (the scheduler's retrain read the home's folder and never retrained)."""
+    monkeypatch.chdir(tmp_path)
+    s = Settings(home="h", data_registry="reg", dvc_remote="remote", catalog_url="sqlite:///cat.db",
+                 mlflow_tracking_uri="sqlite:///ml.db")
+    assert (s.data_registry, s.dvc_remote) == (str(tmp_path / "reg"), str(tmp_path / "remote"))
+    assert (s.catalog_url, s.mlflow_tracking_uri) == (f"sqlite:///{tmp_path}/cat.db", f"sqlite:///{tmp_path}/ml.db")
+    elsewhere = tmp_path / "other"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    child = _from_env(s.as_env(), monkeypatch)  # what a process started elsewhere parses
+    assert (child.registry_path, child.remote, child.catalog) == (s.registry_path, s.remote, s.catalog)
+    urls = Settings(dvc_remote="s3://b/x", data_registry="git@host:x.git", mlflow_tracking_uri="http://127.0.0.1:5000")
+    assert (urls.dvc_remote, urls.data_registry, urls.mlflow_tracking_uri) == (
+        "s3://b/x", "git@host:x.git", "http://127.0.0.1:5000")

@@ -183,7 +183,21 @@ class Settings(BaseSettings):
             except Exception:
                 raise ValueError("not a SQLAlchemy URL (dialect[+driver]://user:password@host/database, or "
                                  "sqlite:///path)") from None
-        return v
+        return _absolute_sqlite(v)
+
+    @field_validator("mlflow_tracking_uri")
+    @classmethod
+    def _absolute_store(cls, v: str | None) -> str | None:
+        if v is None or v.startswith("sqlite:"):
+            return _absolute_sqlite(v)
+        return v if "://" in v or v.startswith(("file:", "databricks")) else str(Path(v).expanduser().resolve())
+
+    @field_validator("data_registry", "dvc_remote")
+    @classmethod
+    def _absolute_folder(cls, v: str | None) -> str | None:
+        # like home, resolved once: the processes this one starts (a retrain in the serving cluster, replicas)
+        # run in other folders, where a relative path named another registry, remote or store
+        return v if v is None or _is_url(v) else str(Path(v).expanduser().resolve())
 
     @field_validator("home", mode="before")
     @classmethod
@@ -242,6 +256,18 @@ class Settings(BaseSettings):
 
 def _is_url(s: str) -> bool:
     return "://" in s or s.startswith("git@")
+
+
+def _absolute_sqlite(url: str | None) -> str | None:
+    """A SQLite URL whose file is named relative to the current folder, made absolute (see _absolute_folder)."""
+    from sqlalchemy.engine import make_url
+
+    if url is None:
+        return None
+    u = make_url(url)
+    if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:" or Path(u.database).is_absolute():
+        return url
+    return u.set(database=str(Path(u.database).expanduser().resolve())).render_as_string(hide_password=False)
 
 
 def private_dir(path: Path) -> Path:

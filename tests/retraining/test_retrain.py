@@ -421,3 +421,26 @@ def test_triggers_and_the_scheduler_tick(settings):
     with pytest.raises(ConflictError, match=r"a canary runs on endpoint 'e1' \(experiment x1\)"):
         retraining.retrain("e1", settings=s)
     assert len(retraining.history("e1", settings=s)) == attempts
+
+
+def test_events_that_only_repeat_rows_the_dataset_holds_are_nothing_new(loop):
+    """A re-sent play of a user's last item (stamped at or before it) is the same row as the one the dataset
+    holds: the derived content was the parent itself, and the retrain trained on unchanged data and could
+    promote it, with no lineage recorded (so the next fold took the same events again)."""
+    s, *_ = loop
+    champion = registry.get("recs@champion", settings=s)
+    rows = datasets.load(champion.dataset, settings=s).interactions
+    plays = rows[rows["event"] == "play"]
+    last = plays.loc[plays.groupby("user_id")["timestamp"].idxmax()].iloc[0]  # a play that is its user's latest
+    last = rows[rows["user_id"] == last["user_id"]].iloc[-1]
+    before = ([v.ref for v in datasets.versions("demo", settings=s)],
+              [(v.version, v.aliases) for v in registry.versions("recs", settings=s)])
+    at = datetime.fromtimestamp(int(last["timestamp"]), UTC)
+    EventLog(s).write("recs", [FeedbackEventBase(event_id="again-1", user_id=int(last["user_id"]),
+                                                 item_id=int(last["item_id"]), type=str(last["event"]),
+                                                 value=float(last["value"]), timestamp=at)])
+    with pytest.raises(ConflictError, match="add no interaction that .* does not hold already"):
+        retraining.retrain("recs", reason="volume", settings=s)
+    after = ([v.ref for v in datasets.versions("demo", settings=s)],
+             [(v.version, v.aliases) for v in registry.versions("recs", settings=s)])
+    assert after == before and retraining.history("recs", settings=s)[0].status == "nothing-new"

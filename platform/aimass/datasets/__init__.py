@@ -200,8 +200,10 @@ def derive(parent: str, rows: pd.DataFrame, *, lineage: FoldedEvents, settings: 
               f"{lineage.endpoint!r} (seq {lineage.after_seq + 1}..{lineage.through_seq})")
     data = normalise(pd.concat([base.interactions, add], ignore_index=True), base.items,
                      base.info.timestamp_kind, source)
+    # what the version adds: rows equal to one already held (a repeated play in the same second) are kept once
+    added = len(data.interactions) - len(base.interactions)
     return _store(s, base.info.name, data, format="derived", source=source, row_source=source,
-                  lineage={**lineage.model_dump(), "parent_version": base.info.version, "positive": len(add)})
+                  lineage={**lineage.model_dump(), "parent_version": base.info.version, "positive": added})
 
 
 def lineage(ref: str, *, settings: Settings | None = None) -> DatasetLineagePublic | None:

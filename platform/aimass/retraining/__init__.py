@@ -169,10 +169,20 @@ def _run(r: RetrainResult, d, promote: bool, progress: bool, s: Settings, budget
     new = datasets.derive(fold.parent, fold.rows, settings=s, lineage=datasets.FoldedEvents(
         endpoint=d.endpoint, after_seq=fold.after_seq, through_seq=fold.through_seq,
         through_time=fold.through_time, events=r.events))
+    # Identical content is an existing version: the parent itself when every new row repeats one it holds, or
+    # one an earlier attempt derived (its lineage ending earlier). Training on it would retrain on data the
+    # champion had, and record a fold that the lineage does not, so the next one would fold events again.
+    lin = datasets.lineage(new.ref, settings=s)
+    if lin is None or (lin.endpoint, lin.parent, lin.after_seq, lin.through_seq) != (
+            d.endpoint, fold.parent, fold.after_seq, fold.through_seq):
+        raise _NothingNew(f"the {r.positive} new positive events of endpoint {d.endpoint!r} (seq "
+                          f"{fold.after_seq + 1}..{fold.through_seq}) add no interaction that {new.ref} does not "
+                          "hold already (repeats of its rows): nothing to retrain on")
     r.dataset = new.ref
     record = save_exposure(fold, new, s)  # what the gate reads back to leave exposed targets out
     r.exposed, r.organic, r.exposure_record = record.exposed, record.organic, str(record.path)
-    same = {k: job[k] for k in ("epochs", "time_budget_min", "max_val_users", "item_text") if k in job}
+    same = {k: job[k] for k in ("epochs", "time_budget_min", "max_val_users", "max_test_users", "item_text", "gpu")
+            if k in job}
     if budget_min is not None:
         same["time_budget_min"] = budget_min
     # on as many workers as the champion's job had (0: in the process that retrains)
