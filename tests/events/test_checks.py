@@ -24,7 +24,10 @@ def _e(i: int, **kw) -> FeedbackEventBase:
     ({"timestamp": datetime(2300, 1, 1)}, ConflictError, "in the future"),
     ({"timestamp": datetime(1500, 1, 1)}, ConflictError, "before 1970"),
     ({"type": "bogus"}, InvalidInputError, "unknown event type 'bogus'"),
-], ids=["year-2300", "year-1500", "unknown-type"])
+    # /feedback's JSON cannot carry them; an inf rating counted as positive, a NaN sorted above every number
+    ({"value": float("inf")}, InvalidInputError, "value must be a finite number, got inf"),
+    ({"value": float("nan")}, InvalidInputError, "value must be a finite number, got nan"),
+], ids=["year-2300", "year-1500", "unknown-type", "inf-value", "nan-value"])
 def test_the_sdk_write_refuses_what_feedback_refuses_and_stores_nothing(settings, change, error, says):
     log = EventLog(settings)
     with pytest.raises(error, match=says):
@@ -68,3 +71,12 @@ def test_the_future_allowance_is_at_most_a_year(tmp_path):
     with pytest.raises(ValidationError, match="feedback_max_future_s"):
         Settings(home=tmp_path, feedback_max_future_s=300 * 365 * 86400)
     assert Settings(home=tmp_path, feedback_max_future_s=365 * 86400).feedback_max_future_s == 365 * 86400
+
+
+def test_a_csv_id_beyond_2_62_that_fits_no_signed_64_bits_is_a_bad_row_named(settings, tmp_path):
+    """Up to 19 digits pandas reads such a column as uint64, whose cast failed with a bare TypeError."""
+    (tmp_path / "ev.csv").write_text("event_id,user_id,item_id,type,timestamp\na,1,7,play,1700000000\n"
+                                     "b,9999999999999999999,7,play,1700000000\n")
+    with pytest.raises(InvalidInputError, match=r"row 2 \(event_id 'b'\): user_id must be a whole number"):
+        events.ingest(tmp_path / "ev.csv", "recs", settings=settings)
+    assert events.count("recs", settings=settings) == 0

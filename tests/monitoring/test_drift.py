@@ -169,6 +169,8 @@ def test_only_the_compared_routes_answers_are_read_whole(windows, home, monkeypa
     assert r.not_compared == {"similar": 5, "recs/2": 3} and r.n_current == N  # the same report as before
     whole = [c for c in calls if c.get("columns") is None]
     assert whole and all(c.get("route") == "recommend" for c in whole), calls
+    # and of them the compared version's alone (recs/2's 3 answers are left out unread)
+    assert [len(c["seqs"]) for c in whole] == [N], calls
 
 
 def test_a_window_beyond_the_cap_is_judged_on_a_seeded_sample_and_says_so(windows, home, monkeypatch):

@@ -78,11 +78,12 @@ def _whole(x) -> int | None:
     if isinstance(x, bool) or x is None:
         return None
     if isinstance(x, (int, np.integer)):
-        return int(x)
+        return int(x) if abs(int(x)) <= 2**62 else None  # beyond what ids may be (a uint64 failed a cast)
     if isinstance(x, (float, np.floating)):
         return int(x) if math.isfinite(x) and float(x).is_integer() and abs(x) <= 2**53 else None
     if isinstance(x, str) and _WHOLE.fullmatch(x.strip()):
-        return int(x.strip().split(".")[0])
+        n = int(x.strip().split(".")[0])
+        return n if abs(n) <= 2**62 else None
     return None
 
 

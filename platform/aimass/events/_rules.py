@@ -4,6 +4,7 @@ value is given and passes it. Positive rules win over negative ones; a known typ
 neutral (an impression, a short play)."""
 from __future__ import annotations
 
+import math
 import operator
 import re
 from datetime import UTC, datetime, timedelta
@@ -95,6 +96,8 @@ def check(events: list[FeedbackEventBase], rules: Rules, settings: Settings, now
         if e.type not in rules.types:
             raise InvalidInputError(f"{where}: unknown event type {e.type!r}; known types: "
                                     f"{', '.join(rules.types)} (AIMASS_FEEDBACK_POSITIVE/_NEGATIVE/_NEUTRAL)")
+        if e.value is not None and not math.isfinite(e.value):  # /feedback's JSON cannot say it; the SDK can
+            raise InvalidInputError(f"{where}: value must be a finite number, got {e.value}")
         ts = e.timestamp if e.timestamp.tzinfo else e.timestamp.replace(tzinfo=UTC)
         if ts < EPOCH:  # well-formed, but no behaviour log starts before it (and year 825 breaks SQLite's reader)
             raise ConflictError(f"{where}: timestamp {ts.isoformat()} is before 1970-01-01")

@@ -214,9 +214,11 @@ def drift(endpoint: str, *, window_s: float = 3600, end: datetime | None = None,
     keep = rec & (refs == chosen)
     left_out = pd.concat([frame.loc[~rec, "route"], refs[rec & ~keep]]).value_counts()
     # a busy hour holds millions of answers, each with its lists: a seeded uniform sample of them beyond the cap
+    # only the compared version's rows are read with their lists, not every version's in the window
     sampled_from = int(keep.sum()) if keep.sum() > max_answers else None
-    seqs = None if sampled_from is None else np.random.default_rng(0).choice(
-        frame.loc[keep, "seq"].to_numpy(), max_answers, replace=False).tolist()
+    seqs = frame.loc[keep, "seq"].to_numpy() if sampled_from is None else np.random.default_rng(0).choice(
+        frame.loc[keep, "seq"].to_numpy(), max_answers, replace=False)
+    seqs = seqs.tolist()
     answers = served.frame(endpoint, start=start, end=end, route="recommend", seqs=seqs)
     answers = answers[(answers["model"] + "/" + answers["version"].astype(str)) == chosen].reset_index(drop=True)
 
