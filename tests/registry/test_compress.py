@@ -74,6 +74,13 @@ def test_each_method_registers_a_child_that_loads_and_ranks(env, label):
     assert np.isneginf(scores[:, 0]).all() and np.isfinite(scores[:, 1:]).all()
     if method == "int8":
         assert v.metrics["size_ratio"] >= 3.0  # int8 folder vs the parent's fp32 folder
+        # its quality as served (a user at a time: int8's activations take one scale a batch), not as 256 at once
+        from aimass.evaluation import evaluate, make_splits
+
+        splits = make_splits(aimass.datasets.load("demo@v1", settings=s).interactions)
+        served = evaluate(lambda h: scorer.estimator.score(h, batch_size=1), list(splits.test_histories),
+                          np.asarray(splits.test_targets), splits.n_items, ks=(10,))
+        assert v.metrics["test_ndcg_at_10"] == pytest.approx(served["ndcg@10"], abs=1e-9)
     if method in ("fp16", "bf16"):
         assert v.metrics["size_ratio"] > 1.6
     if method == "onnx":

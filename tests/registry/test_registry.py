@@ -67,6 +67,22 @@ def test_a_listing_holds_every_model_even_one_whose_name_no_filter_string_takes(
         mlflow_client.delete_registered_model("team's model")
 
 
+def test_a_model_another_run_logged_is_registered_without_that_runs_figures_and_gated_on_its_own(env):
+    """Registered under the item-kNN run with the popularity run's model, the version claimed item-kNN's
+    figures and the gate passed it on them (the champion then served popularity)."""
+    import mlflow
+
+    s, runs = env
+    champion = models.register(runs["knn"], "mixed", settings=s)
+    models.promote("mixed", champion.version, force=True, settings=s)
+    other = mlflow.get_run(runs["pop"]).outputs.model_outputs[0].model_id
+    v = models.register(runs["knn"], "mixed", model_uri=f"models:/{other}", settings=s)
+    assert not [k for k in v.tags if k.startswith("aimass.metric.")], v.tags
+    with pytest.raises(ConflictError):  # re-scored, both on demo@v1: popularity is far below item-kNN
+        models.promote("mixed", v.version, settings=s)
+    assert models.show("mixed@champion", settings=s).version == champion.version
+
+
 def test_gate_passes_first_champion_and_refuses_worse_models(env):
     s, runs = env
     good = models.register(runs["knn"], "gate", settings=s)

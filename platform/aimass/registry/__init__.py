@@ -117,9 +117,12 @@ def register(run_id: str, name: str, *, settings: Settings | None = None, parent
     tags.update({f"{T}run_id": run_id, f"{T}method": method})
     if parent_version is not None:
         tags[f"{T}parent_version"] = str(parent_version)
-    tags.update({f"{T}metric.{k}": str(v) for k, v in run.data.metrics.items()
-                 if k.startswith(("test_", "best_val_", "size_", "latency_", "n_parameters", "parent_",
-                                   "delta_", "speedup_", "top10_"))})
+    # The run's figures are its own model's: on another model (a model_uri another run logged, or a folder)
+    # they would be claimed for it and the gate would pass it on them; without them, the gate scores it itself.
+    if _logged_by(model_uri) == run_id:
+        tags.update({f"{T}metric.{k}": str(v) for k, v in run.data.metrics.items()
+                     if k.startswith(("test_", "best_val_", "size_", "latency_", "n_parameters", "parent_",
+                                       "delta_", "speedup_", "top10_"))})
     with _lock(s, name, UNATTENDED_WAIT_S):
         created = False
         try:
@@ -155,6 +158,18 @@ def _check_model_uri(model_uri: str) -> None:
         raise InvalidInputError(f"model_uri {shown_url(str(model_uri))!r} names no MLflow model ({error_line(e)}): "
                                 "give the models:/m-... URI of a model a run logged, or a folder holding an MLmodel "
                                 "file") from None
+
+
+def _logged_by(model_uri: str) -> str | None:
+    """The run that logged the model `model_uri` names (models:/m-...), or None (a folder, an unknown id)."""
+    import mlflow
+
+    if not str(model_uri).startswith("models:/m-"):
+        return None
+    try:
+        return mlflow.get_logged_model(str(model_uri).removeprefix("models:/")).source_run_id
+    except Exception:
+        return None
 
 
 def list_models(*, settings: Settings | None = None) -> list[dict]:

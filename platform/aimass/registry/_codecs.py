@@ -330,6 +330,14 @@ class CompressedScorer:
         return out
 
 
+def as_served(est):
+    """`est.score` as serving calls it: one user at a time when the scores depend on the batch (int8's
+    activations take one scale a batch), so that the figures recorded and gated are the ones users get."""
+    if getattr(est, "batch_invariant", True):
+        return est.score
+    return lambda histories: est.score(histories, batch_size=1)
+
+
 def load_compressed(path: str | Path) -> CompressedScorer:
     """A ready scorer from a compressed folder, whatever the method."""
     from safetensors.torch import load_file

@@ -360,13 +360,15 @@ def _copy_block(src: nn.Module, dst: nn.Module) -> None:
 # ------------------------------------------------------------------------------------------- measuring
 
 def measure(parent_score, child_score, splits, n_items: int, latency_n: int = 200, seed: int = 0,
-            parent: dict | None = None) -> tuple[dict, dict]:
+            parent: dict | None = None, child_served=None) -> tuple[dict, dict]:
     """Test NDCG/Recall@10 and batch-1/64 latency of parent and child on the same users; returns
-    (child metrics with deltas, parent metrics). ``parent`` reuses parent numbers already measured."""
+    (child metrics with deltas, parent metrics). ``parent`` reuses parent numbers already measured;
+    ``child_served`` scores the child's quality as serving does (see _codecs.as_served), latency stays a call."""
     from aimass.evaluation import evaluate
 
-    def one(score):
-        m = evaluate(score, list(splits.test_histories), np.asarray(splits.test_targets), n_items, ks=(10,))
+    def one(score, served=None):
+        m = evaluate(served or score, list(splits.test_histories), np.asarray(splits.test_targets), n_items,
+                     ks=(10,))
         out = {"test_ndcg_at_10": m["ndcg@10"], "test_recall_at_10": m["recall@10"]}
         for b, batches in latency_batches(splits.test_histories, latency_n, seed).items():
             lat = latency_ms(score, batches)
@@ -374,7 +376,7 @@ def measure(parent_score, child_score, splits, n_items: int, latency_n: int = 20
         return out
 
     p = parent or one(parent_score)
-    c = one(child_score)
+    c = one(child_score, child_served)
     for k in ("test_ndcg_at_10", "test_recall_at_10"):
         c[f"delta_{k}_rel"] = (c[k] - p[k]) / p[k] if p[k] else 0.0
     c["speedup_b1"] = p["latency_b1_p50_ms"] / c["latency_b1_p50_ms"]
@@ -442,18 +444,21 @@ def compress(name: str, version: int, method: str, *, settings: Settings | None 
         folder = work / "model"
         meta = build(method, est, info.family, splits, folder, opts, progress)
         child = C.load_compressed(folder)
-        metrics, pmetrics = measure(est.score, child.score, tested, splits.n_items,
-                                    opts.get("latency_n", 200), opts.get("seed", 0))
+        metrics, pmetrics = measure(est.score, child.score, tested, splits.n_items, opts.get("latency_n", 200),
+                                    opts.get("seed", 0), child_served=C.as_served(child))
         metrics["test_users"] = pmetrics["test_users"] = float(len(tested.test_targets))
         metrics["size_bytes"] = C.folder_bytes(folder)
         pmetrics["size_bytes"] = C.folder_bytes(work / "parent")
         metrics["size_ratio"] = pmetrics["size_bytes"] / metrics["size_bytes"]
         sample = list(splits.test_histories[: opts.get("check_users", 256)])
-        ref, got = est.score(sample), child.score(sample)
+        ref, got = est.score(sample), C.as_served(child)(sample)
         if method == "onnx":
             metrics.update(C.onnx_agreement(ref, got, sample))
         pairs = zip(C.top10(ref, sample), C.top10(got, sample), strict=True)
-        metrics["top10_overlap_vs_parent"] = float(np.mean([len(set(a) & set(b)) / 10 for a, b in pairs]))
+        # of the items each list holds (a user with fewer than 10 rankable items has a shorter one; -1 pads it)
+        metrics["top10_overlap_vs_parent"] = float(np.mean([
+            len({i for i in a if i >= 0} & {i for i in b if i >= 0}) / max(1, sum(i >= 0 for i in a))
+            for a, b in pairs]))
         if child.n_parameters:
             metrics["n_parameters"] = child.n_parameters
         mlflow = mlflow_for(s)

@@ -263,6 +263,7 @@ def _score(info, split: _Split, metric: str, masks: list, settings: Settings) ->
     """`metric` of `info` on `split`'s test users, once per mask (None: all of them)."""
     from aimass.evaluation import evaluate
     from aimass.registry import load
+    from aimass.registry._codecs import as_served
 
     m = _METRIC.fullmatch(metric)
     if m is None:
@@ -282,7 +283,7 @@ def _score(info, split: _Split, metric: str, masks: list, settings: Settings) ->
 
     def score(histories: list[np.ndarray]) -> np.ndarray:
         mapped = [column[np.asarray(h, dtype=np.int64)] for h in histories]
-        theirs = np.asarray(model.estimator.score([h[h > 0] for h in mapped]))
+        theirs = np.asarray(as_served(model.estimator)([h[h > 0] for h in mapped]))  # what its users get
         out = np.full((len(histories), splits.n_items + 1), -np.inf, dtype=np.float64)
         out[:, into] = theirs[:, column[into]]
         return out
