@@ -147,7 +147,8 @@ def _run(row_id: int, action: str, target: str, detail: str, actor: str,
             if attempt == 2:
                 log.exception("admin action %s (record %s) ended %s, but its record could not be written: it "
                               "still says running", action, row_id, "ok" if ok else "failed")
-            time.sleep(0.5 * (attempt + 1))
+            else:
+                time.sleep(0.5 * (attempt + 1))
     return AdminActionPublic(id=row_id, actor=actor, action=action, target=target, detail=detail[:500],
                              outcome=result[:1000], ok=ok), error
 

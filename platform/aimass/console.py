@@ -13,7 +13,6 @@ from __future__ import annotations
 import atexit
 import logging
 import os
-import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -80,7 +79,9 @@ def setup(home: Path, *, verbose: bool = False, as_json: bool = False) -> Path:
     root.setLevel(logging.INFO)
     logging.captureWarnings(True)
     # a full API key on the command line (keys revoke KEY) is logged as its public id only
-    line = re.sub(r"\b(aimass_[0-9a-f]{12}_)[A-Za-z0-9_-]+", r"\1<secret>", " ".join(sys.argv[1:]))
+    from aimass.settings import masked_keys
+
+    line = masked_keys(" ".join(sys.argv[1:]))
     logging.getLogger("aimass").info("aimass %s", line)
     return path
 

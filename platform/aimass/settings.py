@@ -264,7 +264,11 @@ def _absolute_sqlite(url: str | None) -> str | None:
 
     if url is None:
         return None
-    u = make_url(url)
+    try:
+        u = make_url(url)
+    except Exception:  # a ValueError, so that it is the setting's error (a typo like sqlite:/x.db)
+        raise ValueError("not a SQLAlchemy URL (dialect[+driver]://user:password@host/database, or "
+                         "sqlite:///path)") from None
     if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:" or Path(u.database).is_absolute():
         return url
     return u.set(database=str(Path(u.database).expanduser().resolve())).render_as_string(hide_password=False)
@@ -319,6 +323,15 @@ def redacted(text: str) -> str:
 
 
 _USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)([^/\s@]*)@")
+
+
+def masked_keys(text: str) -> str:
+    """`text` with each full API key in it shown as its public id (aimass_ID_<secret>): for command lines,
+    records and logs a person may have pasted one into."""
+    return _ANY_KEY.sub(r"\1_<secret>", text)
+
+
+_ANY_KEY = re.compile(r"\b(aimass_[0-9a-f]{12})_[A-Za-z0-9_-]+")
 
 
 def error_line(e: BaseException) -> str:

@@ -99,6 +99,8 @@ def _add_new_columns(engine: Engine) -> None:
                 try:
                     index.create(engine, checkfirst=True)
                 except IntegrityError as e:  # rows an older aimass stored break a unique index added since
+                    if index.name in {i["name"] for i in inspect(engine).get_indexes(table.name)}:
+                        continue  # ... or, on Postgres, another process made it first (a catalog key clash)
                     from aimass.errors import BackendError
 
                     cols = ", ".join(c.name for c in index.columns)

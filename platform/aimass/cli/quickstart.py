@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import math
 from datetime import UTC, datetime
 
@@ -168,19 +169,20 @@ def quickstart(
             auto = None
         panel = _console(s)
     except BaseException as e:
-        if key is not None:  # never shown: no one holds it
-            serving.revoke_key(made.key_id, settings=s)
         if started and not _others_served(s) and serving.shutdown(settings=s):  # first: the message below may
             # go to a terminal that hung up
             how = "was interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
             console.stage(f"      the quickstart {how}: stopped the serving cluster it started")
+        if key is not None:  # never shown: no one holds it (a catalog that failed must not hide the error)
+            with contextlib.suppress(Exception):
+                serving.revoke_key(made.key_id, settings=s)
         raise
     loop = {"traffic": burst, "traffic_on_split": burst2, "drift": report.model_dump(mode="json"),
             "retrain": again.model_dump(mode="json"),
             "scheduler": scheduler, "canary": canary, "split": traffic.model_dump(mode="json"), "search": search,
             "auto": auto, "console": panel}
     if as_json:
-        emit({"dataset": summary, "log": str(console.log_path()), "training": run,
+        emit({"dataset": summary, "log": str(console.log_path()), "skipped": skipped, "training": run,
               "tracking_uri": shown_url(s.tracking_uri),
               "promotion": promotion, "models": side, "deployment": d.model_dump(mode="json"), "api_key": key,
               "curl": curl, **loop}, True)

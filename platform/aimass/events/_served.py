@@ -154,7 +154,8 @@ class ServedLog:
         if limit is not None:
             q = q.limit(limit)
         # the positions asked for, a bounded number at a time (a database's limit on a statement's parameters)
-        picks = [None] if seqs is None else [sorted(seqs)[i:i + 5000] for i in range(0, len(seqs), 5000)]
+        ordered = None if seqs is None else sorted(seqs)
+        picks = [None] if ordered is None else [ordered[i:i + 5000] for i in range(0, len(ordered), 5000)]
         names = [c.name for c in TABLE.columns] if columns is None else list(columns)
         rows = []
         with self.engine.connect() as conn:

@@ -219,8 +219,7 @@ def drift(endpoint: str, *, window_s: float = 3600, end: datetime | None = None,
     seqs = frame.loc[keep, "seq"].to_numpy() if sampled_from is None else np.random.default_rng(0).choice(
         frame.loc[keep, "seq"].to_numpy(), max_answers, replace=False)
     seqs = seqs.tolist()
-    answers = served.frame(endpoint, start=start, end=end, route="recommend", seqs=seqs)
-    answers = answers[(answers["model"] + "/" + answers["version"].astype(str)) == chosen].reset_index(drop=True)
+    answers = served.frame(endpoint, start=start, end=end, route="recommend", seqs=seqs)  # the chosen version's
 
     ref = _reference.get(name, int(version), s, reference_users)
     cur = _features.per_answer(answers, ref.catalogue, _reference.K)

@@ -102,6 +102,7 @@ def register(run_id: str, name: str, *, settings: Settings | None = None, parent
         raise InvalidInputError(f"unknown method {method!r}: 'original' or one of {', '.join(METHODS)}")
     if parent_version is not None and (method == "original" or parent_version < 1):
         raise InvalidInputError(f"parent_version {parent_version} needs a compression method and a version >= 1")
+    own = model_uri is None  # the run's own logged model, as found below
     if model_uri is None:
         import mlflow
 
@@ -119,7 +120,7 @@ def register(run_id: str, name: str, *, settings: Settings | None = None, parent
         tags[f"{T}parent_version"] = str(parent_version)
     # The run's figures are its own model's: on another model (a model_uri another run logged, or a folder)
     # they would be claimed for it and the gate would pass it on them; without them, the gate scores it itself.
-    if _logged_by(model_uri) == run_id:
+    if own or _logged_by(model_uri) == run_id:
         tags.update({f"{T}metric.{k}": str(v) for k, v in run.data.metrics.items()
                      if k.startswith(("test_", "best_val_", "size_", "latency_", "n_parameters", "parent_",
                                        "delta_", "speedup_", "top10_"))})

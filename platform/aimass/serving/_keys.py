@@ -16,7 +16,7 @@ from sqlmodel import select
 
 from aimass.catalog import ApiKey, ApiKeyPublic, session
 from aimass.errors import BackendError, InvalidInputError, NotFoundError
-from aimass.settings import Settings
+from aimass.settings import Settings, masked_keys
 
 ROLES = ("consumer", "admin")
 _KEY = re.compile(r"^aimass_(?P<id>[0-9a-f]{12})_(?P<secret>[A-Za-z0-9_-]{43})$")
@@ -56,10 +56,7 @@ def key_id_of(key: str) -> str:
     """The public id of a full key (surrounding whitespace aside: a pasted key brings a newline), or `key`
     itself (an id, or anything else) with any full key in it masked: what may be logged or shown."""
     m = _KEY.fullmatch((key or "").strip())
-    return m["id"] if m else _ANY_KEY.sub(r"\1_<secret>", key or "")
-
-
-_ANY_KEY = re.compile(r"\b(aimass_[0-9a-f]{12})_[A-Za-z0-9_-]+")
+    return m["id"] if m else masked_keys(key or "")
 
 
 def revoke(key_id: str, settings: Settings) -> ApiKeyPublic:
@@ -79,9 +76,13 @@ def revoke(key_id: str, settings: Settings) -> ApiKeyPublic:
 
 
 MISS_LOOKUPS_PER_S = 20  # ids not in the loaded table that are looked up one by one (a key created since)
-# An unknown id whose lookup is not due: not known to be invalid (a key created since may be among them), so it is
-# "retry" (503 with Retry-After), not 401, which clients do not retry.
-_NOT_LOOKED_UP = BackendError("an unknown key id could not be looked up just now (too many a second): retry")
+
+
+def _not_looked_up() -> BackendError:
+    """An unknown id whose lookup is not due: not known to be invalid (a key created since may be among them), so
+    it is "retry" (503 with Retry-After), not 401, which clients do not retry. A new one each time: a raised
+    exception keeps its traceback, which one shared object would grow by every refused request."""
+    return BackendError("an unknown key id could not be looked up just now (too many a second): retry")
 
 
 class Verifier:
@@ -144,10 +145,10 @@ class Verifier:
         row = self._rows.get(key_id)
         if row is None:
             if time.monotonic() - self._missed < 1 / MISS_LOOKUPS_PER_S:
-                raise _NOT_LOOKED_UP
+                raise _not_looked_up()
             with self._lock:
                 if time.monotonic() - self._missed < 1 / MISS_LOOKUPS_PER_S:
-                    raise _NOT_LOOKED_UP
+                    raise _not_looked_up()
                 self._missed = time.monotonic()
                 with session(self._settings) as db:
                     row = db.exec(select(ApiKey).where(ApiKey.key_id == key_id)).first()

@@ -129,15 +129,15 @@ def resume(run_id: str, *, epochs: int | None = None, time_budget_min: float | N
     check_params(cls, job["params"], epochs)
     _check_gpus(s, job["workers"], job["gpu"])
     check_budget(time_budget_min)
+    # the job's own budget, in minutes: --time-budget's, or the family's time_budget_s param (the loop reads either)
+    own = job.get("time_budget_min") or (job["params"].get("time_budget_s") or 0) / 60 or None
     planned = epochs or job["epochs"] or job["params"].get("epochs")
-    if planned is None and not (time_budget_min or job.get("time_budget_min") or job["params"].get("time_budget_s")):
+    if planned is None and not (time_budget_min or own):
         # no count and no budget: the job ran its family's default epochs (a budget runs until it is spent)
         planned = getattr(cls.Config(**job["params"]), "epochs", None)
     _check_left(run_id, ckpt, planned, time_budget_min)
     if time_budget_min is None:  # the job's own budget: without it, a budgeted job's limits would change
         time_budget_min = job.get("time_budget_min")
-        # a budget given as the family's own param counts the same (the loop reads either)
-        own = time_budget_min or (job["params"].get("time_budget_s") or 0) / 60 or None
         _check_left(run_id, ckpt, None, own, own=True)
     params = {**_checkpoint_derived(cls, job["params"], ckpt), **job["params"]}
     ds = datasets.load(job["dataset"], settings=s)
@@ -401,7 +401,7 @@ def _run(s, cls, family, info, params, data, splits, workers, gpu, epochs, budge
         note = budget_note(_state_from(state), budget_min * 60 if budget_min else None)
         mlflow.set_tags({f"{TAG}best_epoch": state["best_epoch"], f"{TAG}stop_reason": state.get("stop_reason", ""),
                          **({f"{TAG}budget_note": note} if note else {})})
-        if not note and f"{TAG}budget_note" in mlflow.get_run(run_id).data.tags:  # a resumed run's first part's
+        if not note and resume and f"{TAG}budget_note" in active.data.tags:  # the first part's, of a resumed run
             mlflow.MlflowClient().delete_tag(run_id, f"{TAG}budget_note")
         mlflow.end_run("FINISHED")
     except BaseException as e:

@@ -33,6 +33,7 @@ Seed = Annotated[int, Field(ge=0, lt=2**32, description="Random seed, 0 <= seed 
 MAX_DIM = 2**14  # a layer's width
 MAX_LEN = 2**17  # positions of a history
 MAX_SIZE = 2**24  # a batch, an epoch count, sampled negatives
+MAX_STEPS = 2**40  # optimiser steps (warm-up, annealing), logits a step
 
 _FAMILIES = {
     "popularity": "aimass.zoo.popularity:Popularity",

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from aimass.errors import InvalidInputError
-from aimass.zoo import MAX_DIM, MAX_LEN, MAX_SIZE, Seed
+from aimass.zoo import MAX_DIM, MAX_LEN, MAX_SIZE, MAX_STEPS, Seed
 from aimass.zoo._neural import NeuralEstimator, left_pad
 
 
@@ -35,7 +35,7 @@ class MultVAEConfig(BaseModel):
     latent: int = Field(200, ge=2, le=MAX_DIM)
     dropout: float = Field(0.5, ge=0, lt=1)
     beta_max: float = Field(0.2, ge=0)
-    anneal_steps: int = Field(2000, ge=1, le=2**40)
+    anneal_steps: int = Field(2000, ge=1, le=MAX_STEPS)
     max_len: int | None = Field(None, ge=1, le=MAX_LEN)  # None: 99th percentile of history lengths, in [8, 1000]
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from aimass.zoo import MAX_DIM, MAX_LEN, MAX_SIZE, Seed, _losses
+from aimass.zoo import MAX_DIM, MAX_LEN, MAX_SIZE, MAX_STEPS, Seed, _losses
 from aimass.zoo._neural import NeuralEstimator, left_pad
 
 DENSE_PER_ITEM = 50  # training interactions per item from which a catalogue counts as dense
@@ -67,7 +67,7 @@ class SASRecConfig(BaseModel):
     # 107 tokens per user and batch 64, ~100k items for sparse data (~40 tokens per user). Sampled softmax
     # learnt slower per epoch on ML-1M (val 0.037 vs 0.094 after 6 epochs), hence CE whenever affordable.
     loss: Literal["auto", "ce", "sampled_softmax", "gbce", "bce"] = "auto"
-    ce_max_logits: int = Field(2**28, ge=1, le=2**40)
+    ce_max_logits: int = Field(2**28, ge=1, le=MAX_STEPS)
     n_negatives: int = Field(1024, ge=1, le=MAX_SIZE)  # sampled_softmax / gbce (shared by the batch); bce uses 1
     gbce_t: float = Field(0.75, ge=0, le=1)
     max_len: int | None = Field(None, ge=2, le=MAX_LEN)  # None: 90th percentile of sequence lengths, capped at 200
@@ -78,7 +78,7 @@ class SASRecConfig(BaseModel):
     dropout: float | None = Field(None, ge=0, lt=1)  # None: 0.3 for dense data, 0.5 for sparse
     lr: float = Field(3e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
-    warmup_steps: int = Field(100, ge=0, le=2**40)
+    warmup_steps: int = Field(100, ge=0, le=MAX_STEPS)
     schedule: Literal["constant", "cosine"] = "cosine"
     batch_size: int = Field(64, ge=1, le=MAX_SIZE)
     epochs: int = Field(200, ge=1, le=MAX_SIZE)

@@ -359,9 +359,7 @@ class Search:
             raise InvalidInputError(f"mode {mode!r} needs a model fitted with semantic=True")
         if int(k) < 1:
             raise InvalidInputError(f"k must be at least 1, got {k}")
-        mask = None if allowed is None else np.asarray(allowed, dtype=bool)
-        if mask is not None and mask.shape != (self.n_items_ + 1,):
-            raise InvalidInputError(f"allowed must be a mask of {self.n_items_ + 1} booleans")
+        mask = self._mask(allowed)
         mask = None if mask is None else mask[1:]
         query = "".join(" " if unicodedata.category(c)[0] == "C" else c for c in query[:_MAX_QUERY_CHARS])
         if not query.strip():  # control and format characters only (a zero-width space): nothing to match
@@ -513,6 +511,13 @@ class Search:
 
     # -- suggestions --------------------------------------------------------------------------------------
 
+    def _mask(self, allowed) -> np.ndarray | None:
+        """`allowed` as a boolean mask by dense id (index 0 the padding), checked; None when not given."""
+        mask = None if allowed is None else np.asarray(allowed, dtype=bool)
+        if mask is not None and mask.shape != (self.n_items_ + 1,):
+            raise InvalidInputError(f"allowed must be a mask of {self.n_items_ + 1} booleans")
+        return mask
+
     def suggest(self, prefix: str, k: int = 5, history: np.ndarray | None = None,
                 allowed: np.ndarray | None = None) -> list[dict]:
         """Titles that the prefix starts, or starts a later word of. Those the whole title starts come first
@@ -524,9 +529,7 @@ class Search:
         `allowed`, as for :meth:`search`, a mask by dense id: only those titles are suggested."""
         if not isinstance(prefix, str) or not prefix.strip():
             raise InvalidInputError("the suggestion prefix is empty")
-        mask = None if allowed is None else np.asarray(allowed, dtype=bool)
-        if mask is not None and mask.shape != (self.n_items_ + 1,):
-            raise InvalidInputError(f"allowed must be a mask of {self.n_items_ + 1} booleans")
+        mask = self._mask(allowed)
         p = plain(prefix[:200])
         if not p:
             return []

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from aimass.zoo import MAX_DIM, MAX_LEN, MAX_SIZE, Seed, _losses
+from aimass.zoo import MAX_DIM, MAX_LEN, MAX_SIZE, MAX_STEPS, Seed, _losses
 from aimass.zoo._neural import NeuralEstimator, left_pad
 
 # "auto" uses the full softmax up to this catalogue size: each step then runs the item tower over the whole
@@ -51,7 +51,7 @@ class TwoTowerConfig(BaseModel):
     dropout: float = Field(0.1, ge=0, lt=1)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
-    warmup_steps: int = Field(100, ge=0, le=2**40)
+    warmup_steps: int = Field(100, ge=0, le=MAX_STEPS)
     schedule: Literal["constant", "cosine"] = "constant"
     batch_size: int = Field(256, ge=1, le=MAX_SIZE)
     epochs: int = Field(200, ge=1, le=MAX_SIZE)
