@@ -180,26 +180,19 @@ def start(endpoint: str, arms: list[str] | dict[str, int], metric: str = "positi
 
 
 def _undo_start(s: Settings, endpoint: str, eid: str, split, actor: str) -> None:
-    """A stop ended experiment `eid` while its split was applied: the split before it goes back in force (as a
+    """A stop ended experiment `eid` while its split was applied: the split before it goes back in force (a
     rollback: its arms, shadow and user assignment), and ConflictError says so."""
     from aimass import serving
-    from aimass.serving import _traffic
 
     have = get(endpoint, experiment_id=eid, settings=s)
     why = f"experiment {eid} on {endpoint!r} was ended while it started ({have.decision if have else 'deleted'})"
     try:
-        now, prior = _traffic.current(s, endpoint), _traffic.preceding(s, endpoint, split.id)
-        if now is None or now.id != split.id:
-            raise ConflictError(f"the split in force is no longer #{split.id}, the experiment's: left as it is")
-        if prior is None:
-            raise NotFoundError(f"no split before #{split.id} to restore")
-        serving.set_traffic(endpoint, [f"{a['ref']}={a['weight']}" for a in prior.arms], prior.shadow,
-                            experiment_id=prior.experiment_id, ending=eid, actor=actor,
-                            reason=f"rollback to #{prior.id}: experiment {eid} ended while it started", settings=s)
+        back = serving.rollback(endpoint, expect=split.id, ending=eid, actor=actor, settings=s)
     except Exception as err:
         raise ConflictError(f"{why}; its split #{split.id} was not rolled back: {error_line(err)} (aimass traffic "
                             f"show {endpoint}; aimass rollback {endpoint})") from err
-    raise ConflictError(f"{why}: its split #{split.id} is rolled back to #{prior.id}; start it again if wanted")
+    raise ConflictError(f"{why}: its split #{split.id} is {back.reason.replace('rollback', 'rolled back')}; start "
+                        "it again if wanted")
 
 
 def get(endpoint: str, *, experiment_id: str | None = None, running_only: bool = False,

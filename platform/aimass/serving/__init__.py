@@ -407,17 +407,23 @@ def set_traffic(endpoint: str, arms: list[str] | dict[str, int], shadow: str | N
         return _traffic.current(s, endpoint)
 
 
-def rollback(endpoint: str, *, actor: str = "sdk", settings: Settings | None = None) -> TrafficSplitPublic:
+def rollback(endpoint: str, *, actor: str = "sdk", expect: int | None = None, ending: str | None = None,
+             settings: Settings | None = None) -> TrafficSplitPublic:
     """Restore the split in force before the current one (its arms, shadow and user assignment; not its
-    fault drills). A second rollback swaps back."""
+    fault drills). A second rollback swaps back. With `expect`, only while split #expect is the one in force
+    (ConflictError otherwise, checked under the endpoint's lock); `ending` names the experiment it ends."""
     from aimass.serving import _traffic
 
     s = settings or default_settings()
     with _one_change(s, endpoint):
-        prev = _traffic.previous(s, check_deployed(endpoint, settings=s))
+        now = _traffic.current(s, check_deployed(endpoint, settings=s))
+        if expect is not None and (now is None or now.id != expect):
+            raise ConflictError(f"the split in force is no longer #{expect}: left as it is")
+        prev = _traffic.previous(s, endpoint)
         # a drill's faults do not come back with its split; rolling back twice swaps back (the previous split)
         return set_traffic(endpoint, [f"{a['ref']}={a['weight']}" for a in prev.arms], prev.shadow,
-                           experiment_id=prev.experiment_id, reason=f"rollback to #{prev.id}", actor=actor, settings=s)
+                           experiment_id=prev.experiment_id, reason=f"rollback to #{prev.id}", actor=actor,
+                           ending=ending, settings=s)
 
 
 def traffic(endpoint: str, *, history: int = 10, settings: Settings | None = None) -> TrafficView:

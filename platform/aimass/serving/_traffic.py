@@ -354,15 +354,6 @@ def retire(s: Settings, endpoint: str, why: str) -> None:
                      .values(state="retired", error=why, decided_at=datetime.now(UTC)))
 
 
-def preceding(s: Settings, endpoint: str, split_id: int) -> TrafficSplitPublic | None:
-    """The split that was in force when split #split_id went active (None: none left to restore)."""
-    with session(s) as db:
-        row = db.exec(select(TrafficSplit).where(TrafficSplit.endpoint == endpoint, TrafficSplit.id < split_id,
-                                                 TrafficSplit.state.in_(("active", "superseded")))
-                      .order_by(TrafficSplit.id.desc()).limit(1)).scalars().first()
-        return _public(row)
-
-
 def previous(s: Settings, endpoint: str) -> TrafficSplitPublic:
     """The split that was in force before the current one (what a rollback restores)."""
     with session(s) as db:
