@@ -59,9 +59,16 @@ def init(settings: Settings, num_cpus: int | None = None):
 def answers(ray_address: str) -> bool:
     """Whether the configured cluster's address takes a connection: Ray's own join retries a GCS that does not
     answer for minutes, which a command, a listing or a console page must not. `auto` is Ray's to resolve."""
+    where = host_port(ray_address)
+    return where is None or listening(where, timeout=2)
+
+
+def host_port(ray_address: str) -> str | None:
+    """HOST:PORT of an address given as that or ray://[user:password@]HOST:PORT (never the credential); None
+    for any other form (`auto`, `local`)."""
     where = ray_address.removeprefix("ray://").rpartition("@")[2].split("/")[0]
     host, _, port = where.rpartition(":")
-    return not (host and port.isdigit()) or listening(where, timeout=2)
+    return where if host and port.isdigit() else None
 
 
 def listening(address: str, timeout: float = 1) -> bool:

@@ -167,11 +167,10 @@ def _ray(s: Settings) -> dict:
         return _row("ray", shown, ver, "ok", "a new local cluster, started by each job (Ray's 'local')")
     if address == "auto":  # Ray resolves it as a job starts (RAY_ADDRESS, else this machine's running cluster)
         return _row("ray", shown, ver, "warn", "not checked: 'auto' is resolved by Ray when a job starts")
-    from aimass._ray import listening
+    from aimass._ray import host_port, listening
 
-    where = address.removeprefix("ray://").rpartition("@")[2].split("/")[0]  # never the credential
-    host, _, port = where.rpartition(":")
-    if not (host and port.isdigit()):
+    where = host_port(address)
+    if where is None:
         return _row("ray", shown, ver, "warn", "not checked: an address other than HOST:PORT or ray://HOST:PORT")
     if not listening(where, timeout=TIMEOUT_S):
         return _row("ray", shown, ver, "error", f"nothing answers at {where}: start the cluster, or unset "

@@ -430,9 +430,9 @@ def traffic(endpoint: str, *, history: int = 10, settings: Settings | None = Non
     from aimass.serving import _traffic
 
     s = settings or default_settings()
-    if isinstance(history, bool) or not isinstance(history, int) or history < 0:
-        raise InvalidInputError(f"history must be a whole number of changes, 0 or more, got {history!r}")
-    history = min(history, 2**62)  # more than any table holds is all of them (a SQL LIMIT takes 64 bits)
+    from aimass.serving._scaling import row_limit
+
+    history = row_limit("history", history)
     check_deployed(endpoint, settings=s)
     active, pending = _traffic.newest(s, endpoint)
     reps = [{"replica": r.replica, "state": r.state, "at": r.at, "error": r.error}

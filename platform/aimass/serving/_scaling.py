@@ -316,13 +316,19 @@ def _public(e: ScalingEvent) -> ScalingEventBase:
     return ScalingEventBase.model_validate(data)
 
 
+def row_limit(name: str, n) -> int:
+    """A count of rows to list, checked: a whole number, 0 or more; beyond what any table holds it is all of
+    them (a SQL LIMIT takes 64 bits: 1e20 failed with an OverflowError)."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise InvalidInputError(f"{name} must be a whole number, 0 or more, got {n!r}")
+    return min(n, 2**62)
+
+
 def decisions(settings: Settings, endpoint: str, limit: int = 10) -> list[ScalingEventBase]:
     """The recorded scaling changes of `endpoint`, newest first."""
     from sqlmodel import col, select
 
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-        raise InvalidInputError(f"limit must be a whole number, 0 or more, got {limit!r}")
-    limit = min(limit, 2**62)  # more than any table holds is all of them (a SQL LIMIT takes 64 bits)
+    limit = row_limit("limit", limit)
 
     with session(settings) as db:
         q = (select(ScalingEvent).where(ScalingEvent.endpoint == endpoint)
