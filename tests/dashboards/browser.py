@@ -33,12 +33,13 @@ class Chromium:
         except subprocess.TimeoutExpired:
             self.proc.kill()
 
-    def render(self, url: str, ready: str, timeout: float = 60.0) -> dict:
-        """Open `url`; once the page's text contains `ready` and Streamlit is no longer running the script,
-        return {"text": the visible text, "exceptions": Streamlit exception boxes, "title": ...}."""
+    def render(self, url: str, ready: tuple[str, ...], timeout: float = 60.0) -> dict:
+        """Open `url`; once the page's text contains every one of `ready` and Streamlit is no longer running the
+        script, return {"text": the visible text, "exceptions": Streamlit exception boxes, "title": ...}. (One
+        text drawn last is not enough: Streamlit sends a run's elements as they come, not in page order.)"""
         return asyncio.run(self._render(url, ready, timeout))
 
-    async def _render(self, url: str, ready: str, timeout: float) -> dict:
+    async def _render(self, url: str, ready: tuple[str, ...], timeout: float) -> dict:
         base = f"http://127.0.0.1:{self.port}"
         deadline = time.monotonic() + timeout
         async with aiohttp.ClientSession() as http:
@@ -57,7 +58,7 @@ class Chromium:
             async with http.ws_connect(target["webSocketDebuggerUrl"], max_msg_size=0) as ws:
                 seen: dict = {}
                 for n in range(1, 100_000):
-                    if ready in seen.get("text", "") and not seen.get("running"):
+                    if all(r in seen.get("text", "") for r in ready) and not seen.get("running"):
                         await asyncio.sleep(0.5)  # the last elements of the run, then one more look
                         return await _evaluate(ws, n, probe)
                     if time.monotonic() > deadline:
