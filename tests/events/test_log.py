@@ -238,3 +238,31 @@ def test_postgres_reads_back_the_times_written_whatever_the_session_time_zone(st
     EventLog(tokyo).write("recs", [_e(1)])
     f = EventLog(tokyo).frame("recs")
     assert f["timestamp"].iloc[0] == pd.Timestamp(1.7e9 + 1, unit="s", tz="UTC")
+
+
+def test_stats_counts_in_the_database_what_the_rules_and_the_served_log_say(store):
+    """By type and polarity (a threshold rule, a positive rule winning over a negative one), users, items, and
+    request_ids that name no served answer of this endpoint (one naming another endpoint's answer included)."""
+    from aimass.events import ServedLog
+
+    s = store.model_copy(update={"feedback_positive": ["like", "play>=30"], "feedback_negative": ["skip", "play<5"],
+                                 "feedback_neutral": ["impression"]})
+    served = ServedLog(s)
+    served.record("recs", "r1", "recommend", "recs", 1, 1, [], [7], [0.5])
+    served.record("other", "r2", "recommend", "recs", 1, 1, [], [7], [0.5])
+    served.flush()
+    rows = [("a", 1, 7, "play", 45.0, "r1"), ("b", 1, 8, "play", 2.0, "r2"), ("c", 2, 7, "play", 10.0, None),
+            ("d", 2, 9, "like", None, ""), ("e", 3, 9, "skip", None, "zz"), ("f", 3, 7, "impression", None, "r1")]
+    EventLog(s).write("recs", [FeedbackEventBase(event_id=e, user_id=u, item_id=i, type=t, timestamp=1.7e9,
+                                                 value=v, request_id=r or None) for e, u, i, t, v, r in rows])
+    EventLog(s).write("other", [_e(99)])  # another endpoint's log is not counted
+    got = events.stats("recs", settings=s)
+    assert {k: got[k] for k in ("events", "users", "items", "positive", "negative", "neutral", "by_type",
+                                "with_request_id", "unjoined_request_ids", "served_answers")} == {
+        "events": 6, "users": 3, "items": 3, "positive": 2, "negative": 2, "neutral": 2,
+        "by_type": {"play": 3, "impression": 1, "like": 1, "skip": 1},
+        "with_request_id": 4, "unjoined_request_ids": 2, "served_answers": 1}
+    assert got["last_seq"] > 0 and got["first_received"] <= got["last_received"]
+    assert got["first_received"].endswith("+00:00")
+    empty = events.stats("nothing", settings=s)
+    assert (empty["events"], empty["positive"], empty["first_received"], empty["by_type"]) == (0, 0, None, {})

@@ -215,31 +215,38 @@ def count(endpoint: str, *, settings: Settings | None = None) -> int:
 
 def stats(endpoint: str, *, settings: Settings | None = None) -> dict:
     """Counts of the endpoint's log: events by type and polarity, users, items, and how many events name a
-    request_id that no served answer has (unjoined: a typo'd or never-served id)."""
-    from sqlalchemy import func, select
+    request_id that no served answer has (unjoined: a typo'd or never-served id). Counted in the database: the
+    log may hold more events than this process can hold in memory."""
+    from sqlalchemy import and_, exists, func, select
 
-    from aimass.catalog import ServedAnswer
+    from aimass.catalog import FeedbackEvent, ServedAnswer
 
     s = settings or default_settings()
     log = EventLog(s)
-    f = log.frame(endpoint)
-    pol = Rules.of(s).polarities(f["type"], f["value"]) if len(f) else np.zeros(0)
-    rids = [r for r in f["request_id"].dropna().unique().tolist() if r]
-    known: set[str] = set()
-    t = ServedAnswer.__table__
+    t, a = FeedbackEvent.__table__, ServedAnswer.__table__
+    mine = t.c.endpoint == endpoint
+    pol = Rules.of(s).polarity_case(t.c.type, t.c.value).label("polarity")
+    with_rid = and_(t.c.request_id.is_not(None), t.c.request_id != "")
+    joined = exists().where(a.c.endpoint == endpoint, a.c.request_id == t.c.request_id)
     with log.engine.connect() as conn:
-        for i in range(0, len(rids), 500):
-            q = select(t.c.request_id).where(t.c.endpoint == endpoint, t.c.request_id.in_(rids[i:i + 500]))
-            known.update(conn.execute(q).scalars())
-        answers = conn.execute(select(func.count()).select_from(t).where(t.c.endpoint == endpoint)).scalar()
-    with_rid = f["request_id"].notna() & (f["request_id"] != "")
+        groups = conn.execute(select(t.c.type, pol, func.count()).where(mine).group_by(t.c.type, pol)).all()
+        users, items, last_seq, first, last = conn.execute(
+            select(func.count(t.c.user_id.distinct()), func.count(t.c.item_id.distinct()), func.max(t.c.seq),
+                   func.min(t.c.received_at), func.max(t.c.received_at)).where(mine)).one()
+        rids = conn.execute(select(func.count()).where(mine, with_rid)).scalar()
+        unjoined = conn.execute(select(func.count()).where(mine, with_rid, ~joined)).scalar()
+        answers = conn.execute(select(func.count()).select_from(a).where(a.c.endpoint == endpoint)).scalar()
+    by_type: dict[str, int] = {}
+    by_polarity = {1: 0, -1: 0, 0: 0}
+    for type_, p, n in groups:
+        by_type[type_] = by_type.get(type_, 0) + n
+        by_polarity[p] += n
     return {
-        "endpoint": endpoint, "events": len(f), "users": int(f["user_id"].nunique()),
-        "items": int(f["item_id"].nunique()), "by_type": {k: int(v) for k, v in f["type"].value_counts().items()},
-        "positive": int((pol > 0).sum()), "negative": int((pol < 0).sum()), "neutral": int((pol == 0).sum()),
-        "with_request_id": int(with_rid.sum()),
-        "unjoined_request_ids": int((with_rid & ~f["request_id"].isin(known)).sum()),
-        "served_answers": int(answers or 0), "last_seq": int(f["seq"].max()) if len(f) else 0,
-        "first_received": f["received_at"].min().isoformat() if len(f) else None,
-        "last_received": f["received_at"].max().isoformat() if len(f) else None,
+        "endpoint": endpoint, "events": sum(by_type.values()), "users": int(users), "items": int(items),
+        "by_type": dict(sorted(by_type.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "positive": by_polarity[1], "negative": by_polarity[-1], "neutral": by_polarity[0],
+        "with_request_id": int(rids or 0), "unjoined_request_ids": int(unjoined or 0),
+        "served_answers": int(answers or 0), "last_seq": int(last_seq or 0),
+        "first_received": None if first is None else as_utc(first).isoformat(),
+        "last_received": None if last is None else as_utc(last).isoformat(),
     }
