@@ -266,3 +266,29 @@ def test_stats_counts_in_the_database_what_the_rules_and_the_served_log_say(stor
     assert got["first_received"].endswith("+00:00")
     empty = events.stats("nothing", settings=s)
     assert (empty["events"], empty["positive"], empty["first_received"], empty["by_type"]) == (0, 0, None, {})
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
+def test_a_file_is_ingested_chunk_by_chunk_in_one_transaction(store, tmp_path, monkeypatch, suffix):
+    """A file larger than a chunk: a bad row in a later chunk is named by its row in the file and nothing of the
+    chunks before it is stored; ids repeated across chunks are stored once."""
+    from aimass.events import _files
+
+    monkeypatch.setattr(_files, "CHUNK_ROWS", 7)
+    f = pd.DataFrame({"event_id": [f"c{i % 40}" for i in range(50)], "user_id": range(50), "item_id": 7,
+                      "type": "play", "timestamp": 1.7e9, "value": 40.0})
+    write = {".csv": lambda x, p: x.to_csv(p, index=False),
+             ".jsonl": lambda x, p: x.to_json(p, orient="records", lines=True),
+             ".parquet": lambda x, p: x.to_parquet(p, index=False)}[suffix]
+    bad = f.astype({"user_id": object})
+    bad.loc[45, "user_id"] = -3  # the seventh chunk
+    write(bad, tmp_path / f"bad{suffix}")
+    with pytest.raises(InvalidInputError, match=r"row 46 \(event_id 'c5'\): user_id must be a whole number"):
+        events.ingest(tmp_path / f"bad{suffix}", "recs", settings=store)
+    assert events.count("recs", settings=store) == 0
+    write(f, tmp_path / f"ok{suffix}")
+    r = events.ingest(tmp_path / f"ok{suffix}", "recs", settings=store)
+    assert (r.rows, r.stored, r.duplicates) == (50, 40, 10)
+    assert events.count("recs", settings=store) == 40
+    (tmp_path / "empty.csv").write_text("event_id,user_id,item_id,type,timestamp\n")
+    assert events.ingest(tmp_path / "empty.csv", "recs", settings=store).rows == 0
