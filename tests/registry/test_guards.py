@@ -61,12 +61,16 @@ def test_a_cached_copy_of_another_stores_version_is_copied_again(tmp_path, monke
         return str(out)
 
     monkeypatch.setattr(mlflow.artifacts, "download_artifacts", download)
-    got = registry._downloaded(s, info)
+
+    def copy(info):
+        return registry._downloaded(s, "models:/recs/1", cached, registry.version_identity(s, info))
+
+    got = copy(info)
     assert got == cached and (got / "MLmodel").read_text() == "second store's" and calls == ["models:/recs/1"]
     assert sorted(p.name for p in cached.parent.iterdir()) == ["1", "1.lock"]  # the replaced copy is gone
-    assert registry._downloaded(s, info) == cached and len(calls) == 1  # now it is this version's: read again
+    assert copy(info) == cached and len(calls) == 1  # now it is this version's: read again
     other = _version(run_id="third-run", source="models:/m-third")
-    registry._downloaded(s, other)
+    copy(other)
     assert len(calls) == 2
 
 
