@@ -401,11 +401,13 @@ class EventLog:
 
     def frame(self, endpoint: str, *, after_seq: int | None = None, through_seq: int | None = None,
               start: datetime | None = None, end: datetime | None = None, limit: int | None = None,
-              newest_first: bool = False) -> pd.DataFrame:
+              newest_first: bool = False, where=None) -> pd.DataFrame:
         """The endpoint's events as a table (columns: seq, endpoint, event_id, user_id, item_id, type,
         timestamp, value, request_id, received_at; times UTC), in log order
-        (newest first if asked). `start`/`end` bound received_at."""
+        (newest first if asked). `start`/`end` bound received_at; `where` is a condition on `table`."""
         q = select(TABLE).where(TABLE.c.endpoint == endpoint)
+        if where is not None:
+            q = q.where(where)
         q = q.order_by(TABLE.c.seq.desc() if newest_first else TABLE.c.seq)
         if after_seq is not None:
             q = q.where(TABLE.c.seq > after_seq)
@@ -423,6 +425,14 @@ class EventLog:
             f[c] = pd.to_datetime(f[c], utc=True)
         f["value"] = pd.to_numeric(f["value"]).astype(float)
         return f
+
+    def types(self, endpoint: str, *, start: datetime | None = None) -> list[str]:
+        """The event types the endpoint's log holds (received from `start` on), sorted."""
+        q = select(TABLE.c.type).where(TABLE.c.endpoint == endpoint).distinct()
+        if start is not None:
+            q = q.where(TABLE.c.received_at >= as_utc(start))
+        with self.engine.connect() as conn:
+            return sorted(conn.execute(q).scalars())
 
     def named(self, endpoint: str, *, where=None, start: datetime | None = None) -> set[str]:
         """The request_ids that the endpoint's events name, of the events received from `start` on that match
