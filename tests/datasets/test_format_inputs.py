@@ -144,7 +144,7 @@ def test_lastfm_pairs_on_two_rows_are_refused(tmp_path):
 
 
 @pytest.mark.parametrize("content, says", [
-    ("1::Иван Грозный (1944)::Drama\n2::Cr\xe8me (1999)::Comedy\n".encode("utf-8").replace(b"\xc3\xa8", b"\xe8"),
+    ("1::Иван Грозный (1944)::Drama\n2::Cr\xe8me (1999)::Comedy\n".encode().replace(b"\xc3\xa8", b"\xe8"),
      r"movies\.dat:2: not UTF-8, though other lines are"),
     ("1::七人の侍 (1954)::Action\n2::東京物語 (1953)::Drama\n".encode("shift_jis"), "Shift-JIS, GBK or Big5"),
     (b"1::Heat (1995)::Action\n2::Caf\x81 (1999)::Drama\n", r"movies\.dat:2: byte 0x81 is text in neither"),
