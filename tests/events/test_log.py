@@ -3,6 +3,7 @@ log order; on SQLite and on Postgres."""
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import time
 
 import pandas as pd
@@ -292,3 +293,29 @@ def test_a_file_is_ingested_chunk_by_chunk_in_one_transaction(store, tmp_path, m
     assert events.count("recs", settings=store) == 40
     (tmp_path / "empty.csv").write_text("event_id,user_id,item_id,type,timestamp\n")
     assert events.ingest(tmp_path / "empty.csv", "recs", settings=store).rows == 0
+
+
+def test_chunks_are_read_as_the_whole_file_would_be(settings, tmp_path, monkeypatch):
+    """A chunk whose values were all True/False was typed boolean and stored as 1.0/0.0 where the whole file was
+    refused; JSON lines ending in a lone carriage return were one line; a key that a whole later chunk lacks was
+    'missing columns', naming no row; EventLog.ingest still takes a frame."""
+    from aimass.events import _files
+
+    monkeypatch.setattr(_files, "CHUNK_ROWS", 2)
+    (tmp_path / "bool.csv").write_text("event_id,user_id,item_id,type,timestamp,value\n"
+                                       "a1,1,7,play,1700000000,30\na2,1,7,play,1700000000,30\n"
+                                       "a3,1,7,like,1700000000,True\na4,1,7,like,1700000000,False\n")
+    with pytest.raises(InvalidInputError, match=r"row 3 \(event_id 'a3'\): value must be a number"):
+        events.ingest(tmp_path / "bool.csv", "recs", settings=settings)
+    rows = [{"event_id": f"j{i}", "user_id": 1, "item_id": 7, "type": "play", "timestamp": 1.7e9} for i in range(5)]
+    (tmp_path / "cr.jsonl").write_bytes(b"\r".join(json.dumps(r).encode() for r in rows) + b"\r")
+    assert events.ingest(tmp_path / "cr.jsonl", "recs", settings=settings).stored == 5
+    for r in rows[2:]:
+        del r["timestamp"]
+    (tmp_path / "late.jsonl").write_text("".join(json.dumps({**r, "event_id": "k" + r["event_id"]}) + "\n"
+                                                 for r in rows))
+    with pytest.raises(InvalidInputError, match=r"row 3 \(event_id 'kj2'\): missing or malformed timestamp"):
+        events.ingest(tmp_path / "late.jsonl", "recs", settings=settings)
+    assert events.count("recs", settings=settings) == 5
+    frame = events.read_events(tmp_path / "cr.jsonl", Rules.of(settings), settings)
+    assert EventLog(settings).ingest("other", frame) == (5, 0)

@@ -73,4 +73,7 @@ def test_a_tracking_server_keeps_the_artifacts_and_a_loaded_version_is_copied_on
     assert [p.name.startswith(".download-") for p in (s.home / "cache" / "logged").iterdir()] == [False, False]
     assert len(list((s.home / "cache" / "logged").glob("*.lock"))) == 1
     assert all(np.array_equal(m.estimator.score(history), first.estimator.score(history)) for m in logged)
+    # a registered version's URI (an alias may move): read as `load` reads it, through the version's copy
+    assert aimass.models.load_logged("models:/pop/1", settings=s).info.ref == "pop/1"
+    assert len(list((s.home / "cache" / "logged").iterdir())) == 2  # no copy of it there
     assert list(scratch.iterdir()) == []

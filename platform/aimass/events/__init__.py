@@ -42,9 +42,10 @@ def ingest(path: str | Path, endpoint: str, *, settings: Settings | None = None)
 
     s = settings or default_settings()
     t0 = time.perf_counter()
-    rows, stored = EventLog(s).ingest(endpoint, chunks(path, Rules.of(s), s))
+    stored, dup = EventLog(s).ingest(endpoint, chunks(path, Rules.of(s), s))
+    rows = stored + dup
     dt = time.perf_counter() - t0
-    return IngestResult(endpoint=endpoint, path=str(path), rows=rows, stored=stored, duplicates=rows - stored,
+    return IngestResult(endpoint=endpoint, path=str(path), rows=rows, stored=stored, duplicates=dup,
                         seconds=round(dt, 3), events_per_s=round(rows / dt if dt else 0.0, 1))
 
 

@@ -52,10 +52,11 @@ def chunks(path: str | Path, rules: Rules, settings: Settings, rows: int | None 
 
 def _raw(p: Path, suffix: str, rows: int) -> Iterator[pd.DataFrame]:
     if suffix in (".csv", ".csv.gz"):
-        # ids as written: "NA" or "null" is an id, not a missing one, and 9007199254740993 is not a float
-        yield from pd.read_csv(p, dtype={c: str for c in ("event_id", "type", "request_id", "user_id", "item_id")},
-                               keep_default_na=False, na_values={"value": _MISSING, "timestamp": [""],
-                                                                 "request_id": [""]}, chunksize=rows)
+        # every field as text, checked row by row below: ids as written ("NA" or "null" is an id, and
+        # 9007199254740993 is not a float), and no chunk's own type inference (a chunk whose values are all
+        # True/False read as booleans, which pass as numbers, where the whole file was refused)
+        yield from pd.read_csv(p, dtype=str, keep_default_na=False, chunksize=rows,
+                               na_values={"value": _MISSING, "timestamp": [""], "request_id": [""]})
     elif suffix == ".json":
         yield _json_frame(_json_array(p))
     elif suffix in (".jsonl", ".ndjson", ".jsonl.gz"):
@@ -78,10 +79,16 @@ def _open(p: Path):
     return gzip.open(p, "rb") if p.suffix.lower() == ".gz" else open(p, "rb")
 
 
-def _json_frame(rows: list[dict]) -> pd.DataFrame:
-    # as the values were written: pandas' own reader turns a null id into the text "None" and reads every number
-    # of a column through a float once one has a decimal point
-    return pd.DataFrame(rows, dtype=object)
+def _json_frame(rows: list[dict], later: bool = False) -> pd.DataFrame:
+    """Rows as the values were written: pandas' own reader turns a null id into the text "None" and reads every
+    number of a column through a float once one has a decimal point. A `later` chunk of a file has every column:
+    a key none of its rows has is theirs to miss (named row by row), the file's columns were checked on its first."""
+    f = pd.DataFrame(rows, dtype=object)
+    if later:
+        for c in COLUMNS:
+            if c not in f.columns:
+                f[c] = None
+    return f
 
 
 def _json_array(p: Path) -> list[dict]:
@@ -95,11 +102,14 @@ def _json_array(p: Path) -> list[dict]:
 
 
 def _json_lines(p: Path, size: int) -> Iterator[pd.DataFrame]:
+    import io
+
     import orjson
 
     rows: list[dict] = []
     sent = False
-    with _open(p) as fh:
+    # universal newlines (a line may end in \r alone); bytes that are not UTF-8 reach orjson, which names the line
+    with io.TextIOWrapper(_open(p), encoding="utf-8", errors="surrogateescape", newline=None) as fh:
         for n, line in enumerate(fh, 1):
             if not line.strip():
                 continue
@@ -113,10 +123,10 @@ def _json_lines(p: Path, size: int) -> Iterator[pd.DataFrame]:
                 raise InvalidInputError(f"{p}: line {n} is not a JSON object; write one event object a line")
             rows.append(row)
             if len(rows) == size:
-                yield _json_frame(rows)
+                yield _json_frame(rows, sent)
                 rows, sent = [], True
     if rows or not sent:
-        yield _json_frame(rows)
+        yield _json_frame(rows, sent)
 
 
 def _whole(x) -> int | None:

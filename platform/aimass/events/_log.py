@@ -315,13 +315,17 @@ class EventLog:
             self._db = None
             raise
 
-    def ingest(self, endpoint: str, frames: Iterable[pd.DataFrame]) -> tuple[int, int]:
-        """Bulk append of validated rows (columns _COLUMNS, timestamps as UTC datetimes), frame by frame, in one
-        transaction: (rows, stored). Used by `aimass feedback ingest`; a repeat of a stored id is skipped. An
-        error raised while the frames are produced (a bad row further on) rolls back every frame before it."""
+    def ingest(self, endpoint: str, frames: pd.DataFrame | Iterable[pd.DataFrame]) -> tuple[int, int]:
+        """Bulk append of validated rows (columns _COLUMNS, timestamps as UTC datetimes), a frame or frame by
+        frame, in one transaction: (stored, duplicates). Used by `aimass feedback ingest`; a repeat of a stored
+        id is skipped. An error raised while the frames are produced (a bad row further on) rolls back every
+        frame before it."""
+        if isinstance(frames, pd.DataFrame):
+            frames = [frames]
         now = as_utc(datetime.now(UTC))
         if self.engine.dialect.name == "sqlite":
-            return self._ingest_sqlite(endpoint, frames, _sqlite_time(now))
+            rows, stored = self._ingest_sqlite(endpoint, frames, _sqlite_time(now))
+            return stored, rows - stored
         stmt = _insert(self.engine).on_conflict_do_nothing(index_elements=["endpoint", "event_id"])
         read = [0]
         with self.engine.begin() as conn:
@@ -335,7 +339,7 @@ class EventLog:
                     for e, u, i, t, s, v, r in zip(f["event_id"], f["user_id"], f["item_id"], f["type"], ts, value,
                                                    rid, strict=True)])
             stored = self._count(conn, endpoint) - before
-        return read[0], stored
+        return stored, read[0] - stored
 
     def _ingest_sqlite(self, endpoint: str, frames: Iterable[pd.DataFrame], received: str) -> tuple[int, int]:
         """One executemany of plain tuples a frame, all in one transaction (SQLAlchemy's per-row processing took

@@ -429,9 +429,12 @@ def load_logged(model_uri: str, *, settings: Settings | None = None):
     import mlflow
 
     s = settings or default_settings()
+    if m := _REGISTERED.fullmatch(model_uri or ""):  # a registered version after all: read as `load` reads it
+        return load(f"{m[1]}/{m[2]}" if m[2] else f"{m[1]}@{m[3]}", settings=s)
     client = _client(s)  # MLflow pointed at this home's store
     try:
-        if _is_local(_artifact_location(client, model_uri)):
+        where = _immutable_location(client, model_uri)
+        if where is None or _is_local(where):  # a local folder, or a URI whose files may change (an alias)
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
         else:
             key = hashlib.sha256(model_uri.encode()).hexdigest()[:24]
@@ -442,15 +445,20 @@ def load_logged(model_uri: str, *, settings: Settings | None = None):
     return _scorer(local, shown_url(model_uri))
 
 
-def _artifact_location(client, model_uri: str) -> str:
-    """Where the files of a model URI lie: a logged model's (models:/m-...) or a run's (runs:/...) artifact
-    location; any other URI is its own."""
-    parsed = urlparse(model_uri)
-    if parsed.scheme == "models" and model_uri.removeprefix("models:/").startswith("m-"):
-        return client.get_logged_model(model_uri.removeprefix("models:/").split("/")[0]).artifact_location
-    if parsed.scheme == "runs":
-        return client.get_run(model_uri.removeprefix("runs:/").split("/")[0]).info.artifact_uri
-    return model_uri
+_LOGGED = re.compile(r"models:/(m-[0-9a-f]{32})(?:/.*)?")
+_REGISTERED = re.compile(r"models:/([A-Za-z0-9][A-Za-z0-9_.-]{0,63})(?:/(\d+)|@([A-Za-z0-9_-]+))")
+_RUN = re.compile(r"runs:/([0-9a-f]{32})/.+")
+
+
+def _immutable_location(client, model_uri: str) -> str | None:
+    """Where the files of a URI that always names the same files lie: a logged model's (models:/m-<id>) or a
+    run's artifacts (runs:/<run id>/...). None for any other URI (models:/NAME/latest may name other files
+    tomorrow): no copy of it is kept."""
+    if m := _LOGGED.fullmatch(model_uri):
+        return client.get_logged_model(m[1]).artifact_location
+    if m := _RUN.fullmatch(model_uri):
+        return client.get_run(m[1]).info.artifact_uri
+    return None
 
 
 def _is_local(uri: str) -> bool:
