@@ -14,6 +14,10 @@ class InvalidInputError(AimassError, ValueError):
     exit_code = 2
 
 
+class NoGPUError(InvalidInputError):
+    """GPU workers asked for that this machine, or the Ray cluster, does not have."""
+
+
 class NotFoundError(AimassError, LookupError):
     """A named thing (dataset, version, run, model) does not exist."""
 

@@ -106,3 +106,88 @@ def test_lastfm_tags_named_null_are_kept(tmp_path):
         "userID\tartistID\ttagID\tday\tmonth\tyear\n2\t1\t1\t1\t1\t2008\n2\t1\t2\t1\t1\t2008\n2\t2\t3\t1\t1\t2008\n")
     text = read(d, "lastfm").items.set_index("item_id")["text"]
     assert text.to_dict() == {1: "None | null, rock", 2: "X"}
+
+
+def _lastfm(d: Path, tagged_rows: str, tags: bytes = b"tagID\ttagValue\n1\ttrip-hop\n2\tmetal\n") -> Path:
+    d.mkdir()
+    (d / "user_artists.dat").write_text("userID\tartistID\tweight\n2\t52\t10\n2\t1\t5\n")
+    (d / "artists.dat").write_text("id\tname\turl\tpictureURL\n1\tA\tu\tp\n52\tMorcheeba\tu\tp\n")
+    (d / "tags.dat").write_bytes(tags)
+    (d / "user_taggedartists.dat").write_text("userID\tartistID\ttagID\tday\tmonth\tyear\n" + tagged_rows)
+    return d
+
+
+def test_lastfm_rows_with_a_trailing_tab_are_read_not_shifted(tmp_path):
+    """A trailing tab made pandas read the first column as an index: artistID came from tagID, tagID from the day,
+    and the tags went to other artists with exit 0. Fields past the header's are not among those read."""
+    good = _lastfm(tmp_path / "good", "2\t52\t1\t1\t4\t2009\n2\t1\t2\t1\t4\t2009\n")
+    trailing = _lastfm(tmp_path / "trailing", "2\t52\t1\t1\t4\t2009\t\n2\t1\t2\t1\t4\t2009\t\n")
+    for d in (good, trailing):
+        assert read(d, "lastfm").items.set_index("item_id")["tags"].to_dict() == {1: "metal", 52: "trip-hop"}
+
+
+def test_lastfm_text_files_in_utf8_keep_their_tags_and_quoted_fields_read(tmp_path):
+    """tags.dat was always read as Latin-1: UTF-8 tags in other scripts became mojibake; a quoted header was
+    'Usecols do not match columns' though the columns were there."""
+    d = _lastfm(tmp_path / "fm", "2\t52\t1\t1\t4\t2009\n2\t1\t2\t1\t4\t2009\n",
+                "tagID\ttagValue\n1\tрусский рок\n2\t日本のロック\n".encode())
+    assert read(d, "lastfm").items.set_index("item_id")["tags"].to_dict() == {1: "日本のロック", 52: "русский рок"}
+    (d / "user_artists.dat").write_text('"userID"\t"artistID"\t"weight"\n"2"\t"52"\t"10"\n"2"\t"1"\t"5"\n')
+    assert sorted(read(d, "lastfm").interactions["item_id"]) == [1, 52]
+
+
+def test_lastfm_pairs_on_two_rows_are_refused(tmp_path):
+    d = _lastfm(tmp_path / "fm", "2\t52\t1\t1\t4\t2009\n")
+    (d / "user_artists.dat").write_text("userID\tartistID\tweight\n2\t52\t10\n2\t1\t5\n2\t52\t10\n")
+    with pytest.raises(InvalidInputError, match=r"user 2 and artist 52 have more than one row \(1 repeated"):
+        read(d, "lastfm")
+
+
+@pytest.mark.parametrize("content, says", [
+    ("1::Иван Грозный (1944)::Drama\n2::Cr\xe8me (1999)::Comedy\n".encode().replace(b"\xc3\xa8", b"\xe8"),
+     r"movies\.dat:2: not UTF-8, though other lines are"),
+    ("1::七人の侍 (1954)::Action\n2::東京物語 (1953)::Drama\n".encode("shift_jis"), "Shift-JIS, GBK or Big5"),
+    (b"1::Heat (1995)::Action\n2::Caf\x81 (1999)::Drama\n", r"movies\.dat:2: byte 0x81 is text in neither"),
+], ids=["utf8-with-a-latin1-byte", "shift-jis", "undefined-byte"])
+def test_a_movies_dat_in_another_encoding_is_refused_not_stored_as_mojibake(tmp_path, content, says):
+    """Any bytes decode as Latin-1, so every non-UTF-8 file was read as it: a UTF-8 file with one stray byte had
+    every other title stored as mojibake, Shift-JIS titles too, all with exit 0."""
+    d = tmp_path / "ml"
+    d.mkdir()
+    (d / "movies.dat").write_bytes(content)
+    with pytest.raises(InvalidInputError, match=says):
+        read(d, "movielens-meta")
+
+
+def test_a_windows_1252_movies_dat_reads_its_quotes(tmp_path):
+    d = tmp_path / "ml"
+    d.mkdir()
+    (d / "movies.dat").write_bytes("1::Mr. Holland’s Opus (1995)::Drama\n2::Amélie (2001)::Comedy\n".encode("cp1252"))
+    assert read(d, "movielens-meta").items["title"].tolist() == ["Mr. Holland’s Opus (1995)", "Amélie (2001)"]
+
+
+def test_movielens_ratings_in_milliseconds_are_stored_as_seconds_and_the_file_may_be_named(tmp_path):
+    d = tmp_path / "ml"
+    d.mkdir()
+    (d / "movies.dat").write_text("1::Heat (1995)::Action\n2::Jumanji (1995)::Adventure\n")
+    (d / "ratings.dat").write_text("1::1::4::978301000123\n1::2::3::978302000999\n")
+    got = read(d / "ratings.dat", "movielens-meta")  # the ratings file given: its folder is read
+    assert got.interactions["timestamp"].tolist() == [978301000, 978302000] and got.timestamp_kind == "unix"
+    (d / "ratings.dat").write_text("\n\n")
+    with pytest.raises(InvalidInputError, match=r"ratings\.dat: no ratings"):
+        read(d, "movielens-meta")
+
+
+def test_iso_8601_and_fractional_unix_times_in_a_csv_are_stored_as_seconds(tmp_path):
+    (tmp_path / "iso.csv").write_text("user_id,item_id,timestamp\n1,5,2023-11-14T22:13:20Z\n1,6,2023-11-14 22:14:20\n")
+    assert read(tmp_path / "iso.csv", "csv").interactions["timestamp"].tolist() == [1_700_000_000, 1_700_000_060]
+    (tmp_path / "frac.csv").write_text("user_id,item_id,timestamp\n1,5,1700000000.75\n1,6,1700000060.25\n")
+    assert read(tmp_path / "frac.csv", "csv").interactions["timestamp"].tolist() == [1_700_000_000, 1_700_000_060]
+    (tmp_path / "mixed.csv").write_text("user_id,item_id,timestamp\n1,5,2023-11-14T22:13:20Z\n1,6,soon\n")
+    with pytest.raises(InvalidInputError, match="timestamp must hold integers, found '2023-11-14T22:13:20Z'"):
+        read(tmp_path / "mixed.csv", "csv")
+
+
+def test_a_sasrec_file_with_a_byte_order_mark_reads(tmp_path):
+    (tmp_path / "s.txt").write_bytes("1 29\n1 30\n2 29\n".encode("utf-8-sig"))
+    assert read(tmp_path / "s.txt", "sasrec").interactions["item_id"].tolist() == [29, 30, 29]

@@ -3,6 +3,7 @@ log order; on SQLite and on Postgres."""
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import time
 
 import pandas as pd
@@ -238,3 +239,83 @@ def test_postgres_reads_back_the_times_written_whatever_the_session_time_zone(st
     EventLog(tokyo).write("recs", [_e(1)])
     f = EventLog(tokyo).frame("recs")
     assert f["timestamp"].iloc[0] == pd.Timestamp(1.7e9 + 1, unit="s", tz="UTC")
+
+
+def test_stats_counts_in_the_database_what_the_rules_and_the_served_log_say(store):
+    """By type and polarity (a threshold rule, a positive rule winning over a negative one), users, items, and
+    request_ids that name no served answer of this endpoint (one naming another endpoint's answer included)."""
+    from aimass.events import ServedLog
+
+    s = store.model_copy(update={"feedback_positive": ["like", "play>=30"], "feedback_negative": ["skip", "play<5"],
+                                 "feedback_neutral": ["impression"]})
+    served = ServedLog(s)
+    served.record("recs", "r1", "recommend", "recs", 1, 1, [], [7], [0.5])
+    served.record("other", "r2", "recommend", "recs", 1, 1, [], [7], [0.5])
+    served.flush()
+    rows = [("a", 1, 7, "play", 45.0, "r1"), ("b", 1, 8, "play", 2.0, "r2"), ("c", 2, 7, "play", 10.0, None),
+            ("d", 2, 9, "like", None, ""), ("e", 3, 9, "skip", None, "zz"), ("f", 3, 7, "impression", None, "r1")]
+    EventLog(s).write("recs", [FeedbackEventBase(event_id=e, user_id=u, item_id=i, type=t, timestamp=1.7e9,
+                                                 value=v, request_id=r or None) for e, u, i, t, v, r in rows])
+    EventLog(s).write("other", [_e(99)])  # another endpoint's log is not counted
+    got = events.stats("recs", settings=s)
+    assert {k: got[k] for k in ("events", "users", "items", "positive", "negative", "neutral", "by_type",
+                                "with_request_id", "unjoined_request_ids", "served_answers")} == {
+        "events": 6, "users": 3, "items": 3, "positive": 2, "negative": 2, "neutral": 2,
+        "by_type": {"play": 3, "impression": 1, "like": 1, "skip": 1},
+        "with_request_id": 4, "unjoined_request_ids": 2, "served_answers": 1}
+    assert got["last_seq"] > 0 and got["first_received"] <= got["last_received"]
+    assert got["first_received"].endswith("+00:00")
+    empty = events.stats("nothing", settings=s)
+    assert (empty["events"], empty["positive"], empty["first_received"], empty["by_type"]) == (0, 0, None, {})
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
+def test_a_file_is_ingested_chunk_by_chunk_in_one_transaction(store, tmp_path, monkeypatch, suffix):
+    """A file larger than a chunk: a bad row in a later chunk is named by its row in the file and nothing of the
+    chunks before it is stored; ids repeated across chunks are stored once."""
+    from aimass.events import _files
+
+    monkeypatch.setattr(_files, "CHUNK_ROWS", 7)
+    f = pd.DataFrame({"event_id": [f"c{i % 40}" for i in range(50)], "user_id": range(50), "item_id": 7,
+                      "type": "play", "timestamp": 1.7e9, "value": 40.0})
+    write = {".csv": lambda x, p: x.to_csv(p, index=False),
+             ".jsonl": lambda x, p: x.to_json(p, orient="records", lines=True),
+             ".parquet": lambda x, p: x.to_parquet(p, index=False)}[suffix]
+    bad = f.astype({"user_id": object})
+    bad.loc[45, "user_id"] = -3  # the seventh chunk
+    write(bad, tmp_path / f"bad{suffix}")
+    with pytest.raises(InvalidInputError, match=r"row 46 \(event_id 'c5'\): user_id must be a whole number"):
+        events.ingest(tmp_path / f"bad{suffix}", "recs", settings=store)
+    assert events.count("recs", settings=store) == 0
+    write(f, tmp_path / f"ok{suffix}")
+    r = events.ingest(tmp_path / f"ok{suffix}", "recs", settings=store)
+    assert (r.rows, r.stored, r.duplicates) == (50, 40, 10)
+    assert events.count("recs", settings=store) == 40
+    (tmp_path / "empty.csv").write_text("event_id,user_id,item_id,type,timestamp\n")
+    assert events.ingest(tmp_path / "empty.csv", "recs", settings=store).rows == 0
+
+
+def test_chunks_are_read_as_the_whole_file_would_be(settings, tmp_path, monkeypatch):
+    """A chunk whose values were all True/False was typed boolean and stored as 1.0/0.0 where the whole file was
+    refused; JSON lines ending in a lone carriage return were one line; a key that a whole later chunk lacks was
+    'missing columns', naming no row; EventLog.ingest still takes a frame."""
+    from aimass.events import _files
+
+    monkeypatch.setattr(_files, "CHUNK_ROWS", 2)
+    (tmp_path / "bool.csv").write_text("event_id,user_id,item_id,type,timestamp,value\n"
+                                       "a1,1,7,play,1700000000,30\na2,1,7,play,1700000000,30\n"
+                                       "a3,1,7,like,1700000000,True\na4,1,7,like,1700000000,False\n")
+    with pytest.raises(InvalidInputError, match=r"row 3 \(event_id 'a3'\): value must be a number"):
+        events.ingest(tmp_path / "bool.csv", "recs", settings=settings)
+    rows = [{"event_id": f"j{i}", "user_id": 1, "item_id": 7, "type": "play", "timestamp": 1.7e9} for i in range(5)]
+    (tmp_path / "cr.jsonl").write_bytes(b"\r".join(json.dumps(r).encode() for r in rows) + b"\r")
+    assert events.ingest(tmp_path / "cr.jsonl", "recs", settings=settings).stored == 5
+    for r in rows[2:]:
+        del r["timestamp"]
+    (tmp_path / "late.jsonl").write_text("".join(json.dumps({**r, "event_id": "k" + r["event_id"]}) + "\n"
+                                                 for r in rows))
+    with pytest.raises(InvalidInputError, match=r"row 3 \(event_id 'kj2'\): missing or malformed timestamp"):
+        events.ingest(tmp_path / "late.jsonl", "recs", settings=settings)
+    assert events.count("recs", settings=settings) == 5
+    frame = events.read_events(tmp_path / "cr.jsonl", Rules.of(settings), settings)
+    assert EventLog(settings).ingest("other", frame) == (5, 0)

@@ -181,3 +181,34 @@ def test_many_events_on_one_listed_item_do_not_multiply_the_hit_rate_join():
     # the last play is at (n - 1) // 2 s: the answers served up to then are hits
     assert sorted(got.tolist()) == list(range((n - 1) // 2 + 1))
     assert peak < 20_000_000, f"{peak / 1e6:.0f} MB held while joining"
+
+
+def test_a_window_beyond_the_cap_is_measured_on_a_seeded_sample_that_says_so(settings, monkeypatch):
+    """Every answer of a busy day, with its lists, read whole was more than a process holds: a uniform sample of
+    `max_answers` (the same one each time), whose rows say how many the window held."""
+    from typer.testing import CliRunner
+
+    _serve(settings, 1, 60)
+    _serve(settings, 2, 40, start=60)
+    later = datetime.now(UTC) + timedelta(seconds=5)
+    EventLog(settings).write("shop", [_event(i, i, 100 + i, "click", f"r{i}", later) for i in range(100)]
+                             + [_event(100, 5, 105, "impression", None, later)])  # counts for nothing: a type
+    whole = {m.version: m for m in monitoring.online_metrics("shop", settings=settings)}
+    assert whole[1].sampled_from is None and whole[1].click_through.successes == 60
+    assert set(whole[1].by_type) == {"click", "impression"} and whole[1].by_type["impression"].successes == 0
+    got = monitoring.online_metrics("shop", max_answers=30, settings=settings)
+    again = monitoring.online_metrics("shop", max_answers=30, settings=settings)
+    assert [m.model_dump(exclude={"window_end"}) for m in again] == [m.model_dump(exclude={"window_end"}) for m in got]
+    assert sum(m.answers for m in got) == 30 and {m.sampled_from for m in got} == {100}
+    assert all(m.click_through.successes == m.answers == m.hit_rate.trials for m in got)  # every answer clicked
+    with pytest.raises(InvalidInputError, match="max_answers"):
+        monitoring.online_metrics("shop", max_answers=0, settings=settings)
+
+    from aimass.cli import monitor
+    from aimass.cli._common import state
+
+    monkeypatch.setattr(state, "settings", settings, raising=False)
+    monkeypatch.setitem(monitoring.online_metrics.__kwdefaults__, "max_answers", 30)
+    out = CliRunner().invoke(monitor.app, ["metrics", "shop"])
+    assert out.exit_code == 0 and "measured on a uniform sample of 30 of the window's 100 answers" in out.stdout, \
+        out.output

@@ -61,12 +61,16 @@ def test_a_cached_copy_of_another_stores_version_is_copied_again(tmp_path, monke
         return str(out)
 
     monkeypatch.setattr(mlflow.artifacts, "download_artifacts", download)
-    got = registry._downloaded(s, info)
+
+    def copy(info):
+        return registry._downloaded(s, "models:/recs/1", cached, registry.version_identity(s, info))
+
+    got = copy(info)
     assert got == cached and (got / "MLmodel").read_text() == "second store's" and calls == ["models:/recs/1"]
     assert sorted(p.name for p in cached.parent.iterdir()) == ["1", "1.lock"]  # the replaced copy is gone
-    assert registry._downloaded(s, info) == cached and len(calls) == 1  # now it is this version's: read again
+    assert copy(info) == cached and len(calls) == 1  # now it is this version's: read again
     other = _version(run_id="third-run", source="models:/m-third")
-    registry._downloaded(s, other)
+    copy(other)
     assert len(calls) == 2
 
 
@@ -196,3 +200,23 @@ def test_the_gate_times_histories_of_varied_lengths_up_to_the_models_longest(mon
     timed = lengths[5:]  # after the warm-up calls
     assert len(timed) == 200 and min(timed) >= 1 and max(timed) <= longest
     assert len(set(timed)) >= min(10, longest // 2) and max(timed) >= 0.8 * longest
+
+
+def test_load_logged_reads_a_run_model_and_a_registered_version_whose_alias_moves(env):
+    """A registered version's URI is read as `load` reads it: an alias resolved at each call (a copy cached under
+    the URI kept answering with the version it named first), and a model named m-pop not taken for a logged
+    model's id (m-<32 hex digits>)."""
+    s, runs = env
+    shown = [1, 2]
+    logged = aimass.train("popularity", "demo", workers=0, progress=False, settings=s)
+    by_run = models.load_logged(logged.model_uri, settings=s)
+    for i, run in enumerate((runs["popularity"], runs["ease"]), 1):
+        registry.register(run, "m-pop", settings=s)
+        registry.set_alias("m-pop", i, "challenger", settings=s)
+        got = models.load_logged("models:/m-pop@challenger", settings=s)
+        assert got.info.ref == f"m-pop/{i}", got.info
+        assert got.info.family == ("popularity" if i == 1 else "ease")
+    assert models.load_logged("models:/m-pop/1", settings=s).info.ref == "m-pop/1"
+    scores = by_run.estimator.score([np.array(shown)])
+    assert scores.shape[1] == len(by_run.item_ids) + 1
+    assert not (s.home / "cache" / "logged").exists()  # a local store's files are read where they lie

@@ -45,8 +45,13 @@ def server(tmp_path_factory):
         p.wait(timeout=30)
 
 
-def test_a_tracking_server_keeps_the_artifacts_and_a_loaded_version_is_copied_once(server, tmp_path):
+def test_a_tracking_server_keeps_the_artifacts_and_a_loaded_version_is_copied_once(server, tmp_path, monkeypatch):
+    import tempfile
+
     uri, artifacts = server
+    scratch = tmp_path / "tmp"  # where MLflow makes its temporary folders: nothing may be left there
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     s = Settings(home=tmp_path / "home", mlflow_tracking_uri=uri)
     inter, items = aimass.datasets.generate_demo(tmp_path / "demo", aimass.datasets.DemoConfig(users=60, tracks=120))
     aimass.datasets.register("demo", inter, "csv", items=items, settings=s)
@@ -63,3 +68,12 @@ def test_a_tracking_server_keeps_the_artifacts_and_a_loaded_version_is_copied_on
     assert (cache / "1").stat().st_mtime_ns == stamp and sorted(p.name for p in cache.iterdir()) == ["1", "1.lock"]
     history = [np.array([1, 2])]
     assert np.array_equal(first.estimator.score(history), again.estimator.score(history))
+    # a run's model not registered (what the DVC pipeline's evaluate stage reads): copied once too
+    logged = [aimass.models.load_logged(run.model_uri, settings=s) for _ in range(2)]
+    assert [p.name.startswith(".download-") for p in (s.home / "cache" / "logged").iterdir()] == [False, False]
+    assert len(list((s.home / "cache" / "logged").glob("*.lock"))) == 1
+    assert all(np.array_equal(m.estimator.score(history), first.estimator.score(history)) for m in logged)
+    # a registered version's URI (an alias may move): read as `load` reads it, through the version's copy
+    assert aimass.models.load_logged("models:/pop/1", settings=s).info.ref == "pop/1"
+    assert len(list((s.home / "cache" / "logged").iterdir())) == 2  # no copy of it there
+    assert list(scratch.iterdir()) == []

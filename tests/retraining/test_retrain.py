@@ -444,3 +444,34 @@ def test_events_that_only_repeat_rows_the_dataset_holds_are_nothing_new(loop):
     after = ([v.ref for v in datasets.versions("demo", settings=s)],
              [(v.version, v.aliases) for v in registry.versions("recs", settings=s)])
     assert after == before and retraining.history("recs", settings=s)[0].status == "nothing-new"
+
+
+def test_a_champion_trained_on_gpus_is_retrained_on_cpu_where_there_is_none(loop):
+    """A model trained on a GPU machine, served and retrained in a home without one: the unattended loop would
+    fail at every trigger; the same recipe trains on CPU and the attempt says so."""
+    import torch
+
+    from aimass.tracking import TAG, client
+
+    s, *_ = loop
+    champion = registry.get("recs@champion", settings=s)
+    info = champion
+    while info.method != "original" and info.parent_version is not None:
+        info = registry.get(f"{info.name}/{info.parent_version}", settings=s)
+    job = json.loads(client(s).get_run(info.run_id).data.tags[f"{TAG}job"])
+    client(s).set_tag(info.run_id, f"{TAG}job", json.dumps({**job, "gpu": True}))
+    try:
+        rows = datasets.load(champion.dataset, settings=s).interactions
+        new = sorted(set(range(1, 121)) - set(rows.loc[rows.user_id == 7, "item_id"]))[:2]
+        EventLog(s).write("recs", [event(f"gpu{i}", 7, item, "like") for i, item in enumerate(new)])
+        r = retraining.retrain("recs", reason="volume", promote=False, settings=s)
+    finally:
+        client(s).set_tag(info.run_id, f"{TAG}job", json.dumps(job))
+    assert r.status == "challenger" and r.challenger is not None, (r.status, r.error)
+    if torch.cuda.device_count() == 0:
+        assert r.notes == ["the champion's job asked for GPU workers; a GPU asked for but this process sees none: "
+                           "retrained on CPU"]
+        assert aimass.runs.show(r.run_id, settings=s)["job"]["gpu"] is False
+    else:  # a machine with a GPU trains the recipe as it was
+        assert r.notes == [] and aimass.runs.show(r.run_id, settings=s)["job"]["gpu"] is True
+    assert retraining.history("recs", settings=s)[0].notes == r.notes

@@ -46,11 +46,23 @@ def engine_for(url: str) -> Engine:
                 dbapi_conn.commit()  # outside a transaction that a rollback would take the setting back with
     from aimass.catalog import models  # noqa: F401  (registers the tables)
 
-    _create_tables(engine)
-    _add_new_columns(engine)
+    with _schema_lock(parsed):
+        _create_tables(engine)
+        _add_new_columns(engine)
     if engine.dialect.name == "postgresql":
         _widen_columns(engine)
     return engine
+
+
+def _schema_lock(parsed):
+    """A SQLite file's schema is made or upgraded by one process at a time: four processes starting together on
+    a fresh catalog could each lose the create-or-skip race on a different table or index, more often than the
+    retries below allow on a busy machine. (Postgres: the retries, and _add_new_columns' checks.)"""
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return contextlib.nullcontext()
+    from filelock import FileLock
+
+    return FileLock(f"{parsed.database}.schema.lock")
 
 
 def _create_tables(engine: Engine) -> None:

@@ -42,5 +42,5 @@ def retrain(
              f"{r.metrics.get('test_ndcg@10', float('nan')):.4f}",
              f"gate {'passed' if r.gate_passed else 'refused'}; {r.status}"]
     lines += [f"  {'pass' if c.passed else 'FAIL'} {c.check}: {c.detail}" for c in r.gate]
-    lines += [r.next_step or "", f"record: {r.record}"]
+    lines += [f"note: {n}" for n in r.notes] + [r.next_step or "", f"record: {r.record}"]
     emit(r, as_json, lines)

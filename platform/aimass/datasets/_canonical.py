@@ -117,6 +117,12 @@ def unix_seconds(ts: pd.Series, what: str) -> pd.Series:
     ts = _uncategorised(ts)
     if ts.dtype == object and pd.api.types.infer_dtype(ts, skipna=True) in ("date", "datetime"):
         ts = pd.to_datetime(ts, utc=True)  # Parquet's date type, or datetime objects
+    elif ts.dtype == object and ts.notna().all() and pd.to_numeric(ts, errors="coerce").isna().any():
+        # text that is not all numbers: ISO 8601 date-times as exports write them ("2020-09-13T12:35:00Z"),
+        # taken when every one of them is one (else normalise names a value as written)
+        parsed = pd.to_datetime(ts, utc=True, errors="coerce", format="ISO8601")
+        if parsed.notna().all():
+            ts = parsed
     if not pd.api.types.is_datetime64_any_dtype(ts):
         return _rescaled(ts, what)
     if isinstance(ts.dtype, pd.DatetimeTZDtype):
@@ -127,9 +133,14 @@ def unix_seconds(ts: pd.Series, what: str) -> pd.Series:
 
 def _rescaled(ts: pd.Series, what: str) -> pd.Series:
     num = ts if ts.dtype.kind in "iu" else pd.to_numeric(ts, errors="coerce")
-    if num.isna().any() or (num % 1 != 0).any():
-        return ts  # not all integers: refused by normalise, naming a value as written
+    if num.isna().any():
+        return ts  # not all numbers: refused by normalise, naming a value as written
     top = num.abs().max()
+    if (num % 1 != 0).any():
+        if not 1e8 < top < 1e11:  # fractions of an order number, or of milliseconds: ambiguous, refused
+            return ts
+        log.info("%s: timestamps are unix seconds with fractions; stored as whole seconds (floored)", what)
+        return np.floor(num).astype("int64")
     if not 1e11 < top <= ID_MAX:  # beyond ID_MAX normalise refuses it as out of range
         return ts
     unit, scale = next((u, f) for u, f, below in UNITS if top < below)

@@ -64,7 +64,7 @@ def _int_lines(path: Path, min_tokens: int = 1, exact: int | None = None) -> lis
     """Whitespace-separated ids, one record per line; names the first bad line."""
     rows = []
     try:
-        with path.open(encoding="utf-8") as fh:
+        with path.open(encoding="utf-8-sig") as fh:  # a byte-order mark is not part of line 1's first id
             for n, line in enumerate(fh, 1):
                 tokens = line.split()
                 if not tokens:
@@ -127,13 +127,44 @@ def _items_file(path: Path | None) -> pd.DataFrame | None:
     return _table(path, "items file", fmt)
 
 
+def decoded(path: Path, what: str) -> str:
+    """A text file's contents: UTF-8 when it is (a byte-order mark, as Windows editors write, is not part of
+    line 1), else a single-byte Windows-1252 file (MovieLens-1M's movies.dat and Last.fm's tags.dat are Latin-1,
+    which it extends). Latin-1 decodes any bytes at all, so reading every non-UTF-8 file with it stored other
+    encodings as mojibake: a UTF-8 file with one stray byte, and Shift-JIS or GBK text, are refused instead."""
+    import re
+
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+    high = re.findall(rb"[\x80-\xff]+", raw)
+    fix = "; re-encode it as UTF-8 (for example iconv -f ENCODING -t UTF-8)"
+    if any(len(r) > 1 and _is_utf8(r) for r in high):
+        raise InvalidInputError(f"{what} {path}:{line}: not UTF-8, though other lines are: the file mixes "
+                                f"encodings{fix}")
+    if sum(len(r) > 1 for r in high) * 2 > len(high):  # European text has its accents apart; CJK's come in pairs
+        raise InvalidInputError(f"{what} {path}: neither UTF-8 nor a single-byte encoding (its non-ASCII bytes come "
+                                f"in runs, as in Shift-JIS, GBK or Big5){fix}")
+    try:
+        return raw.decode("cp1252")
+    except UnicodeDecodeError as e:
+        line, byte = raw.count(b"\n", 0, e.start) + 1, raw[e.start]
+    raise InvalidInputError(f"{what} {path}:{line}: byte {byte:#04x} is text in neither UTF-8 nor Windows-1252{fix}")
+
+
+def _is_utf8(run: bytes) -> bool:
+    try:
+        run.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
 def _movies_dat(path: Path) -> pd.DataFrame:
     rows = []
-    raw = path.read_bytes()
-    try:  # UTF-8 when it is (titles in other scripts); MovieLens-1M's own file is Latin-1, which always decodes
-        text = raw.decode("utf-8-sig")  # a byte-order mark, as Windows editors write, is not part of line 1
-    except UnicodeDecodeError:
-        text = raw.decode("latin-1")
+    text = decoded(path, "movielens")
     for n, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
@@ -227,6 +258,8 @@ def _sasrec(path: Path, items: Path | None) -> Canonical:
 def _movielens_meta(path: Path, items: Path | None) -> Canonical:
     """MovieLens movies.dat as the items table; ratings.dat beside it, when present, as interactions."""
     _own_items(items, "movielens-meta", "movies.dat")
+    if path.name == "ratings.dat":  # the ratings given: their folder is the dataset
+        path = path.parent
     folder = path if path.is_dir() else path.parent
     movies = _movies_dat(_need_file(folder, "movies.dat", "movielens-meta") if path.is_dir() else path)
     ratings = folder / "ratings.dat"
@@ -234,9 +267,15 @@ def _movielens_meta(path: Path, items: Path | None) -> Canonical:
         try:
             r = pd.read_csv(ratings, sep="::", engine="python", header=None,
                             names=["user_id", "item_id", "value", "timestamp"])
-        except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError, OSError) as e:
+        except pd.errors.EmptyDataError:
+            r = pd.DataFrame()
+        except (ValueError, pd.errors.ParserError, OSError) as e:
             raise InvalidInputError(f"movielens-meta {ratings}: cannot be parsed "
                                     f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        if r.empty:  # a ratings file given is meant to be read: an empty one is a mistake, not "no ratings"
+            raise InvalidInputError(f"movielens-meta {ratings}: no ratings (remove the file to register the "
+                                    "movies alone)")
+        r["timestamp"] = unix_seconds(r["timestamp"], f"movielens-meta {ratings}")  # milliseconds, say
         r["event"] = "rating"
         kind = "unix"
     else:
@@ -253,6 +292,12 @@ def _lastfm(path: Path, items: Path | None) -> Canonical:
     if not path.is_dir():
         raise InvalidInputError(f"lastfm: {path} is not a folder")
     ua = _hetrec(_need_file(path, "user_artists.dat", "lastfm"), ["userID", "artistID", "weight"])
+    dup = ua.duplicated(["userID", "artistID"])
+    if dup.any():  # each row is its own position below, so the canonical de-duplication would never see them
+        first = ua.loc[dup].iloc[0]
+        raise InvalidInputError(f"lastfm {path / 'user_artists.dat'}: user {first['userID']} and artist "
+                                f"{first['artistID']} have more than one row ({int(dup.sum())} repeated pairs in "
+                                "all); the file holds one row per pair, its total plays: merge them first")
     # No times: each user's artists in a seeded random order. The file's order is artist id order, and ids were
     # given in crawl order, so leave-one-out by it held out each user's newest-crawled (mostly unique) artists,
     # the test target the validation target's id + 1 for most users: a split item-kNN won by id adjacency.
@@ -263,7 +308,7 @@ def _lastfm(path: Path, items: Path | None) -> Canonical:
     item_table = pd.DataFrame({"item_id": artists["id"], "name": artists["name"].fillna("")})
     tags_f, tagged_f = path / "tags.dat", path / "user_taggedartists.dat"
     if tags_f.is_file() and tagged_f.is_file():
-        tags = _hetrec(tags_f, ["tagID", "tagValue"], encoding="latin-1").dropna(subset=["tagValue"])
+        tags = _hetrec(tags_f, ["tagID", "tagValue"]).dropna(subset=["tagValue"])
         tagged = _hetrec(tagged_f, ["artistID", "tagID"])
         counts = tagged.groupby(["artistID", "tagID"]).size().rename("n").reset_index()
         counts = counts.merge(tags, on="tagID").sort_values(["artistID", "n", "tagValue"],
@@ -276,17 +321,27 @@ def _lastfm(path: Path, items: Path | None) -> Canonical:
     return normalise(df, item_table, "order", f"lastfm {path}")
 
 
-def _hetrec(path: Path, cols: list[str], encoding: str = "utf-8") -> pd.DataFrame:
+def _hetrec(path: Path, cols: list[str]) -> pd.DataFrame:
+    import io
+
+    text = decoded(path, "lastfm")  # artists.dat is UTF-8, tags.dat Latin-1: each file as it is
     try:
-        df = pd.read_csv(path, sep="\t", encoding=encoding, usecols=cols, quoting=3, dtype=str,
-                         keep_default_na=False, na_values=[""])  # a tag or an artist "null" is a name
+        # quoting=3 (none): a name such as "Weird Al" Yankovic is written with its quotes. index_col=False: rows
+        # with a field more than the header (a trailing tab) made pandas take the first as an index and shift
+        # every column (tags on other artists, exit 0); fields past the header's are not among those read
+        df = pd.read_csv(io.StringIO(text), sep="\t", usecols=lambda c: c.strip('"') in cols, quoting=3,
+                         dtype=str, keep_default_na=False, na_values=[""], index_col=False)
     except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
         raise InvalidInputError(f"lastfm {path}: cannot be parsed ({str(e).splitlines()[0]})") from None
+    df.columns = [c.strip('"') for c in df.columns]  # an export that quotes every field quotes the header too
+    missing = [c for c in cols if c not in df.columns]
+    if missing:
+        raise InvalidInputError(f"lastfm {path}: missing column(s) {', '.join(missing)} in its header")
     if df.empty:
         raise InvalidInputError(f"lastfm {path}: no rows")
     for c in cols:
         if c.endswith("ID") or c in ("id", "weight"):
-            num = pd.to_numeric(df[c], errors="coerce")
+            num = pd.to_numeric(df[c].str.strip('"'), errors="coerce")  # ids and counts quoted or not
             # checked before the cast, which would wrap a larger number; ids to the 0..2**62 serving takes
             low = -ID_MAX if c == "weight" else 0
             bad = num.isna() | (num % 1 != 0) | (num < low) | (num > ID_MAX)

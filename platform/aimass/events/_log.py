@@ -14,6 +14,7 @@ import json
 import logging
 import queue
 import threading
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import NamedTuple
 
@@ -126,6 +127,17 @@ def _store(engine, conn, by_endpoint: dict[str, dict[str, FeedbackEventBase]],
                 TABLE.c.endpoint == endpoint, TABLE.c.event_id.in_(missing[i:i + _CHUNK]))
             old.update({(endpoint, r.event_id): r.seq for r in conn.execute(q)})
     return new, old
+
+
+def _rows(frames: Iterable[pd.DataFrame], read: list[int]) -> Iterator[tuple[pd.DataFrame, pd.Series, pd.Series]]:
+    """Each non-empty frame without the ids it repeats, with its value and request_id columns holding None for
+    missing (what the drivers write as NULL); read[0] counts every row."""
+    for frame in frames:
+        read[0] += len(frame)
+        if len(frame):
+            f = frame.drop_duplicates("event_id", keep="first")
+            yield (f, f["value"].astype(object).where(f["value"].notna(), None),
+                   f["request_id"].astype(object).where(f["request_id"].notna(), None))
 
 
 def _write_lock(conn) -> None:
@@ -303,54 +315,55 @@ class EventLog:
             self._db = None
             raise
 
-    def ingest(self, endpoint: str, frame: pd.DataFrame) -> tuple[int, int]:
-        """Bulk append of validated rows (columns _COLUMNS, timestamps as UTC datetimes) in one transaction:
-        (stored, duplicates). Used by `aimass feedback ingest`; a repeat of a stored id is skipped."""
-        if frame.empty:
-            return 0, 0
+    def ingest(self, endpoint: str, frames: pd.DataFrame | Iterable[pd.DataFrame]) -> tuple[int, int]:
+        """Bulk append of validated rows (columns _COLUMNS, timestamps as UTC datetimes), a frame or frame by
+        frame, in one transaction: (stored, duplicates). Used by `aimass feedback ingest`; a repeat of a stored
+        id is skipped. An error raised while the frames are produced (a bad row further on) rolls back every
+        frame before it."""
+        if isinstance(frames, pd.DataFrame):
+            frames = [frames]
         now = as_utc(datetime.now(UTC))
-        f = frame.drop_duplicates("event_id", keep="first")
-        value = f["value"].astype(object).where(f["value"].notna(), None)
-        rid = f["request_id"].astype(object).where(f["request_id"].notna(), None)
         if self.engine.dialect.name == "sqlite":
-            stored = self._ingest_sqlite(endpoint, f, value, rid, _sqlite_time(now))
-            return stored, len(frame) - stored
-        ts = pd.to_datetime(f["timestamp"], utc=True).dt.tz_convert("UTC").astype(object).tolist()
-        rows = [{"endpoint": endpoint, "event_id": e, "user_id": int(u), "item_id": int(i), "type": t,
-                 "timestamp": s, "value": None if v is None else float(v), "request_id": r, "received_at": now}
-                for e, u, i, t, s, v, r in zip(f["event_id"], f["user_id"], f["item_id"], f["type"], ts, value,
-                                               rid, strict=True)]
+            rows, stored = self._ingest_sqlite(endpoint, frames, _sqlite_time(now))
+            return stored, rows - stored
         stmt = _insert(self.engine).on_conflict_do_nothing(index_elements=["endpoint", "event_id"])
+        read = [0]
         with self.engine.begin() as conn:
             _write_lock(conn)  # also keeps other writers' rows out of the count below
             before = self._count(conn, endpoint)
-            conn.execute(stmt, rows)
+            for f, value, rid in _rows(frames, read):
+                ts = pd.to_datetime(f["timestamp"], utc=True).dt.tz_convert("UTC").astype(object).tolist()
+                conn.execute(stmt, [
+                    {"endpoint": endpoint, "event_id": e, "user_id": int(u), "item_id": int(i), "type": t,
+                     "timestamp": s, "value": None if v is None else float(v), "request_id": r, "received_at": now}
+                    for e, u, i, t, s, v, r in zip(f["event_id"], f["user_id"], f["item_id"], f["type"], ts, value,
+                                                   rid, strict=True)])
             stored = self._count(conn, endpoint) - before
-        return stored, len(frame) - stored
+        return stored, read[0] - stored
 
-    def _ingest_sqlite(self, endpoint: str, f: pd.DataFrame, value: pd.Series, rid: pd.Series,
-                       received: str) -> int:
-        """One executemany of plain tuples in one transaction (SQLAlchemy's per-row processing took three
-        quarters of a large file's ingest); times in the form _sqlite_time writes, converted as arrays."""
-        ts = pd.to_datetime(f["timestamp"], utc=True).dt.tz_convert("UTC").dt.tz_localize(None).to_numpy()
-        text = np.char.replace(np.datetime_as_string(ts.astype("datetime64[us]"), unit="us"), "T", " ")
-        rows = zip(itertools.repeat(endpoint), f["event_id"], f["user_id"].astype(int).tolist(),
-                   f["item_id"].astype(int).tolist(), f["type"], text.tolist(),
-                   [None if v is None else float(v) for v in value], rid, itertools.repeat(received))
+    def _ingest_sqlite(self, endpoint: str, frames: Iterable[pd.DataFrame], received: str) -> tuple[int, int]:
+        """One executemany of plain tuples a frame, all in one transaction (SQLAlchemy's per-row processing took
+        three quarters of a large file's ingest); times in the form _sqlite_time writes, converted as arrays."""
         sql = _SQLITE_INSERT.format("(?,?,?,?,?,?,?,?,?)")
+        read, stored = [0], 0
         raw = self.engine.raw_connection()
         try:
             db = raw.driver_connection
             try:
-                cur = db.executemany(sql, rows)
-                stored = cur.rowcount
+                for f, value, rid in _rows(frames, read):
+                    ts = pd.to_datetime(f["timestamp"], utc=True).dt.tz_convert("UTC").dt.tz_localize(None).to_numpy()
+                    text_ = np.char.replace(np.datetime_as_string(ts.astype("datetime64[us]"), unit="us"), "T", " ")
+                    stored += db.executemany(sql, zip(
+                        itertools.repeat(endpoint), f["event_id"], f["user_id"].astype(int).tolist(),
+                        f["item_id"].astype(int).tolist(), f["type"], text_.tolist(),
+                        [None if v is None else float(v) for v in value], rid, itertools.repeat(received))).rowcount
                 db.commit()
             except BaseException:
                 db.rollback()
                 raise
         finally:
             raw.close()
-        return stored
+        return read[0], stored
 
     @staticmethod
     def _count(conn, endpoint: str) -> int:
@@ -392,11 +405,13 @@ class EventLog:
 
     def frame(self, endpoint: str, *, after_seq: int | None = None, through_seq: int | None = None,
               start: datetime | None = None, end: datetime | None = None, limit: int | None = None,
-              newest_first: bool = False) -> pd.DataFrame:
+              newest_first: bool = False, where=None) -> pd.DataFrame:
         """The endpoint's events as a table (columns: seq, endpoint, event_id, user_id, item_id, type,
         timestamp, value, request_id, received_at; times UTC), in log order
-        (newest first if asked). `start`/`end` bound received_at."""
+        (newest first if asked). `start`/`end` bound received_at; `where` is a condition on `table`."""
         q = select(TABLE).where(TABLE.c.endpoint == endpoint)
+        if where is not None:
+            q = q.where(where)
         q = q.order_by(TABLE.c.seq.desc() if newest_first else TABLE.c.seq)
         if after_seq is not None:
             q = q.where(TABLE.c.seq > after_seq)
@@ -414,6 +429,14 @@ class EventLog:
             f[c] = pd.to_datetime(f[c], utc=True)
         f["value"] = pd.to_numeric(f["value"]).astype(float)
         return f
+
+    def types(self, endpoint: str, *, start: datetime | None = None) -> list[str]:
+        """The event types the endpoint's log holds (received from `start` on), sorted."""
+        q = select(TABLE.c.type).where(TABLE.c.endpoint == endpoint).distinct()
+        if start is not None:
+            q = q.where(TABLE.c.received_at >= as_utc(start))
+        with self.engine.connect() as conn:
+            return sorted(conn.execute(q).scalars())
 
     def named(self, endpoint: str, *, where=None, start: datetime | None = None) -> set[str]:
         """The request_ids that the endpoint's events name, of the events received from `start` on that match

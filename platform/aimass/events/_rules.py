@@ -71,15 +71,25 @@ class Rules:
                 done |= hit
         return out
 
-
     def positive_clause(self, type_col, value_col):
         """polarity() > 0 as a SQL condition on a table's type and value columns (positive rules win, so an
         event is positive exactly when it matches one)."""
-        from sqlalchemy import and_, false, or_
+        return _matches(self.positive, type_col, value_col)
 
-        return or_(false(), *(type_col == t if op is None else
-                              and_(type_col == t, value_col.is_not(None), _OPS[op](value_col, x))
-                              for t, op, x in self.positive))
+    def polarity_case(self, type_col, value_col):
+        """polarity() as a SQL expression: counts by polarity in the database, not over a frame of the log."""
+        from sqlalchemy import case
+
+        return case((self.positive_clause(type_col, value_col), 1),
+                    (_matches(self.negative, type_col, value_col), -1), else_=0)
+
+
+def _matches(rules: list[tuple[str, str | None, float | None]], type_col, value_col):
+    from sqlalchemy import and_, false, or_
+
+    return or_(false(), *(type_col == t if op is None else
+                          and_(type_col == t, value_col.is_not(None), _OPS[op](value_col, x))
+                          for t, op, x in rules))
 
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

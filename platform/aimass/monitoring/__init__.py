@@ -137,6 +137,8 @@ class OnlineMetrics(BaseModel):
     hit_rate: Rate
     first_served: datetime
     last_served: datetime
+    # the window's answers (every version's) when more than the cap: `answers` of them were drawn and measured
+    sampled_from: int | None = None
 
 
 def _check(endpoint: str) -> str:
@@ -155,6 +157,19 @@ def _window(window_s: float | None, end: datetime | None) -> tuple[datetime | No
         raise InvalidInputError(f"window must be positive and at most 100 years, got {window_s:g} s")
     end = as_utc(end) if end is not None else datetime.now(UTC)
     return (end - timedelta(seconds=window_s) if window_s is not None else None), end
+
+
+def _check_cap(max_answers) -> None:
+    if isinstance(max_answers, bool) or not isinstance(max_answers, int | np.integer) or max_answers < 1:
+        raise InvalidInputError(f"max_answers must be a whole number of at least 1, got {max_answers!r}")
+
+
+def _sample(seqs: np.ndarray, cap: int) -> tuple[list[int], int | None]:
+    """The log positions to read: all of them, or a seeded uniform sample of `cap` (the same window gives the
+    same figures) and how many there were."""
+    if len(seqs) <= cap:
+        return seqs.tolist(), None
+    return np.random.default_rng(0).choice(seqs, cap, replace=False).tolist(), len(seqs)
 
 
 def _total_answers(served, endpoint: str) -> int:
@@ -190,8 +205,7 @@ def drift(endpoint: str, *, window_s: float = 3600, end: datetime | None = None,
     if isinstance(reference_users, bool) or not isinstance(reference_users, int | np.integer) or reference_users < 1:
         raise InvalidInputError(f"reference_users must be a whole number of at least 1 (training users the "
                                 f"reference answers for; default {_reference.USERS}), got {reference_users!r}")
-    if isinstance(max_answers, bool) or not isinstance(max_answers, int | np.integer) or max_answers < 1:
-        raise InvalidInputError(f"max_answers must be a whole number of at least 1, got {max_answers!r}")
+    _check_cap(max_answers)
     t0 = time.perf_counter()
     start, end = _window(window_s, end)
     served = ServedLog(s)
@@ -215,10 +229,7 @@ def drift(endpoint: str, *, window_s: float = 3600, end: datetime | None = None,
     left_out = pd.concat([frame.loc[~rec, "route"], refs[rec & ~keep]]).value_counts()
     # a busy hour holds millions of answers, each with its lists: a seeded uniform sample of them beyond the cap
     # only the compared version's rows are read with their lists, not every version's in the window
-    sampled_from = int(keep.sum()) if keep.sum() > max_answers else None
-    seqs = frame.loc[keep, "seq"].to_numpy() if sampled_from is None else np.random.default_rng(0).choice(
-        frame.loc[keep, "seq"].to_numpy(), max_answers, replace=False)
-    seqs = seqs.tolist()
+    seqs, sampled_from = _sample(frame.loc[keep, "seq"].to_numpy(), max_answers)
     answers = served.frame(endpoint, start=start, end=end, route="recommend", seqs=seqs)  # the chosen version's
 
     ref = _reference.get(name, int(version), s, reference_users)
@@ -450,23 +461,35 @@ def shadow_comparison(endpoint: str, *, window_s: float | None = None, end: date
 
 
 def online_metrics(endpoint: str, *, window_s: float | None = None, end: datetime | None = None,
-                   settings: Settings | None = None) -> list[OnlineMetrics]:
+                   max_answers: int = MAX_ANSWERS, settings: Settings | None = None) -> list[OnlineMetrics]:
     """Click-through, per-event-type and hit rates (95% Wilson intervals) of the lists the endpoint served in
-    [end - window_s, end) (all of them without window_s), one row per model version (and arm)."""
+    [end - window_s, end) (all of them without window_s), one row per model version (and arm). A window with
+    more than `max_answers` answers is measured on a seeded uniform sample of that many: the rates and their
+    intervals are the sample's, and each row's `sampled_from` says how many answers the window held."""
+    from sqlalchemy import and_, or_
+
     from aimass.events import EventLog, Rules, ServedLog
 
     s = settings or default_settings()
     _check(endpoint)
+    _check_cap(max_answers)
     start, end = _window(window_s, end)
     served = ServedLog(s)
-    answers = served.frame(endpoint, start=start, end=end)
-    if answers.empty:
+    seqs = served.frame(endpoint, start=start, end=end, columns=["seq"])["seq"].to_numpy()
+    if not len(seqs):
         total = _total_answers(served, endpoint)
         if not total:
             raise _nothing(endpoint, start, end, total)
         return []
-    # feedback on a list arrives after it: events received up to now count, not only up to `end`
-    events = EventLog(s).frame(endpoint, start=start)
-    polarity = Rules.of(s).polarities(events["type"], events["value"]) if len(events) else np.zeros(0, np.int8)
-    rows = _online.metrics(answers, events, polarity)
-    return [OnlineMetrics(endpoint=endpoint, window_start=start, window_end=end, **r) for r in rows]
+    picked, sampled_from = _sample(seqs, max_answers)
+    answers = served.frame(endpoint, start=start, end=end, seqs=None if sampled_from is None else picked)
+    # feedback on a list arrives after it: events received up to now count, not only up to `end`. Only the
+    # events that can count are read: those naming a request, and positive ones (a hit needs no request_id)
+    log, rules = EventLog(s), Rules.of(s)
+    t = log.table
+    events = log.frame(endpoint, start=start, where=or_(and_(t.c.request_id.is_not(None), t.c.request_id != ""),
+                                                        rules.positive_clause(t.c.type, t.c.value)))
+    polarity = rules.polarities(events["type"], events["value"]) if len(events) else np.zeros(0, np.int8)
+    rows = _online.metrics(answers, events, polarity, log.types(endpoint, start=start))
+    return [OnlineMetrics(endpoint=endpoint, window_start=start, window_end=end, sampled_from=sampled_from, **r)
+            for r in rows]

@@ -23,15 +23,15 @@ def _missing(k) -> bool:
     return k is None or (isinstance(k, float) and np.isnan(k))
 
 
-def metrics(answers: pd.DataFrame, events: pd.DataFrame, polarity: np.ndarray) -> list[dict]:
+def metrics(answers: pd.DataFrame, events: pd.DataFrame, polarity: np.ndarray, types: list[str]) -> list[dict]:
     """One dict per (model, version[, arm]) of `answers` (served-answer rows) given the endpoint's `events`
-    (feedback rows) and their polarities (+1/0/-1)."""
+    (feedback rows: those naming a request and the positive ones) and their polarities (+1/0/-1); a rate per
+    event type of `types`."""
     keys = ["model", "version"] + (["arm"] if "arm" in answers.columns else [])
     answers = answers.reset_index(drop=True)
     ev = events.assign(polarity=polarity)
     joined = _by_request(answers, ev)
     hits = _hits(answers, ev[ev["polarity"] > 0])
-    types = sorted(ev["type"].unique().tolist()) if len(ev) else []
     out = []
     for key, group in answers.groupby(keys, sort=True, dropna=False):  # answers logged before splits: arm None
         key = key if isinstance(key, tuple) else (key,)

@@ -422,16 +422,49 @@ def check_compression(family: str | None, method: str, **options) -> None:
 def load_logged(model_uri: str, *, settings: Settings | None = None):
     """A ready scorer for a model a run logged (the `models:/m-...` URI `aimass train` returns), registered or
     not: built from the model's own files as `load` builds one (MLflow's loader would run the Python file stored
-    with the model, which anyone who can log to the tracking server can choose)."""
+    with the model, which anyone who can log to the tracking server can choose). A model a remote store holds
+    is copied once to home/cache/logged/ (a logged model's files never change) and read from there after."""
+    import hashlib
+
     import mlflow
 
     s = settings or default_settings()
-    _client(s)  # MLflow pointed at this home's store
+    if m := _REGISTERED.fullmatch(model_uri or ""):  # a registered version after all: read as `load` reads it
+        return load(f"{m[1]}/{m[2]}" if m[2] else f"{m[1]}@{m[3]}", settings=s)
+    client = _client(s)  # MLflow pointed at this home's store
     try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
+        where = _immutable_location(client, model_uri)
+        if where is None or _is_local(where):  # a local folder, or a URI whose files may change (an alias)
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
+        else:
+            key = hashlib.sha256(model_uri.encode()).hexdigest()[:24]
+            local = _downloaded(s, model_uri, s.home / "cache" / "logged" / key,
+                                {"store": shown_url(s.tracking_uri), "uri": model_uri})
     except Exception as e:
         raise NotFoundError(f"cannot read the model {shown_url(model_uri)!r}: {error_line(e)}") from None
     return _scorer(local, shown_url(model_uri))
+
+
+_LOGGED = re.compile(r"models:/(m-[0-9a-f]{32})(?:/.*)?")
+_REGISTERED = re.compile(r"models:/([A-Za-z0-9][A-Za-z0-9_.-]{0,63})(?:/(\d+)|@([A-Za-z0-9_-]+))")
+_RUN = re.compile(r"runs:/([0-9a-f]{32})/.+")
+
+
+def _immutable_location(client, model_uri: str) -> str | None:
+    """Where the files of a URI that always names the same files lie: a logged model's (models:/m-<id>) or a
+    run's artifacts (runs:/<run id>/...). None for any other URI (models:/NAME/latest may name other files
+    tomorrow): no copy of it is kept."""
+    if m := _LOGGED.fullmatch(model_uri):
+        return client.get_logged_model(m[1]).artifact_location
+    if m := _RUN.fullmatch(model_uri):
+        return client.get_run(m[1]).info.artifact_uri
+    return None
+
+
+def _is_local(uri: str) -> bool:
+    """A folder of this machine (a Windows drive letter parses as a scheme), read where it lies: no copy."""
+    scheme = urlparse(uri).scheme
+    return scheme in ("", "file") or len(scheme) == 1
 
 
 def load(ref: str, *, settings: Settings | None = None):
@@ -443,44 +476,41 @@ def load(ref: str, *, settings: Settings | None = None):
     info = get(ref, settings=s)
     client = _client(s)
     t0 = time.time()
-    scheme = urlparse(client.get_model_version_download_uri(info.name, str(info.version))).scheme
-    if scheme in ("", "file") or len(scheme) == 1:
-        # a folder of this machine (a Windows drive letter parses as a scheme): read where it lies, no copy
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{info.name}/{info.version}"))
+    uri = f"models:/{info.name}/{info.version}"
+    if _is_local(client.get_model_version_download_uri(info.name, str(info.version))):
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
     else:
-        local = _downloaded(s, info)
+        local = _downloaded(s, uri, s.home / "cache" / "models" / info.name / str(info.version),
+                            version_identity(s, info))
     model = _scorer(local, info.ref)
     model.info = info
     model.load_seconds = time.time() - t0
     return model
 
 
-def _downloaded(s: Settings, info: ModelVersionInfo) -> Path:
-    """A version held by a remote store (a tracking server, an object store), copied once to this machine
-    under home/cache/models/NAME/VERSION and read from there after: MLflow copies into a new temporary folder
-    at each call, never removed, so each replica start, promotion and compression left a whole model behind.
-    A version's files never change, but NAME/VERSION names another version once the home points at another
-    store (or a wiped one: MLflow numbers from 1 again), so the copy holds a marker of whose version it is
-    and is copied again when that differs. The copy is renamed into place whole, under a lock per version."""
+def _downloaded(s: Settings, uri: str, dest: Path, identity: dict) -> Path:
+    """A model held by a remote store (a tracking server, an object store), copied once to `dest` on this
+    machine (home/cache/models/NAME/VERSION for a version) and read from there after: MLflow copies into a new
+    temporary folder at each call, never removed, so each replica start, promotion and compression left a whole
+    model behind. A version's files never change, but NAME/VERSION names another version once the home points
+    at another store (or a wiped one: MLflow numbers from 1 again), so the copy holds a marker of whose model it
+    is (`identity`) and is copied again when that differs. The copy is renamed into place whole, under a lock."""
     import shutil
     import tempfile
 
     import mlflow
 
-    dest = s.home / "cache" / "models" / info.name / str(info.version)
-    identity = version_identity(s, info)
     if _holds(dest, identity):
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(dest) + ".lock"):
         if _holds(dest, identity):  # another process copied it meanwhile
             return dest
-        for stale in dest.parent.glob(f".download-{info.version}-*"):  # a copy killed mid-way (under this lock)
+        for stale in dest.parent.glob(f".download-{dest.name}-*"):  # a copy killed mid-way (under this lock)
             shutil.rmtree(stale, ignore_errors=True)
-        tmp, aside = (Path(tempfile.mkdtemp(prefix=f".download-{info.version}-", dir=dest.parent)) for _ in "ab")
+        tmp, aside = (Path(tempfile.mkdtemp(prefix=f".download-{dest.name}-", dir=dest.parent)) for _ in "ab")
         try:
-            got = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{info.name}/{info.version}",
-                                                           dst_path=str(tmp)))
+            got = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp)))
             (got / _MARKER).write_text(json.dumps(identity))  # inside: the copy and its marker move as one
             if dest.exists():  # another store's version: moved aside (a rename) so the new one lands whole
                 dest.rename(aside / "replaced")

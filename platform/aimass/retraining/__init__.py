@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from filelock import FileLock, Timeout
 from pydantic import BaseModel, Field
 
-from aimass.errors import ConflictError, InvalidInputError
+from aimass.errors import ConflictError, InvalidInputError, NoGPUError
 from aimass.registry import GateCheck
 from aimass.settings import Settings, default_settings, error_line
 
@@ -74,6 +74,8 @@ class RetrainResult(BaseModel):
     promoted: bool = False
     canary: str | None = Field(None, description="The experiment id of the challenger's canary")
     next_step: str | None = None
+    notes: list[str] = Field(default_factory=list, description=(
+        "Where the attempt departed from the champion's recipe: a GPU job retrained on CPU where no GPU is"))
     error: str | None = None
     record: str | None = None
 
@@ -186,8 +188,17 @@ def _run(r: RetrainResult, d, promote: bool, progress: bool, s: Settings, budget
     if budget_min is not None:
         same["time_budget_min"] = budget_min
     # on as many workers as the champion's job had (0: in the process that retrains)
-    run = train(job["family"], new.ref, job["params"], workers=job.get("workers", 1), progress=progress,
-                settings=s, **same)
+    workers = job.get("workers", 1)
+    try:
+        run = train(job["family"], new.ref, job["params"], workers=workers, progress=progress, settings=s, **same)
+    except NoGPUError as e:
+        # The champion was trained where GPUs were; this home (or its cluster) has none. An unattended loop that
+        # failed here would fail at every trigger: the same recipe on CPU, bounded by the same epochs and budget
+        # (a GPU and a CPU run of a family differ in speed, not in the model), and the attempt says so.
+        r.notes.append(f"the champion's job asked for GPU workers; {e}: retrained on CPU")
+        log.warning("retraining %s on CPU: %s", champion.ref, e)
+        run = train(job["family"], new.ref, job["params"], workers=workers, progress=progress, settings=s,
+                    **{**same, "gpu": False})
     r.run_id, r.metrics = run.run_id, run.metrics
     v = registry.register(run.run_id, champion.name, settings=s)
     r.challenger = v.ref

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import ValidationError
 
-from aimass.errors import BackendError, InvalidInputError, NotFoundError
+from aimass.errors import BackendError, InvalidInputError, NoGPUError, NotFoundError
 from aimass.settings import Settings, default_settings
 
 MIN_EVAL_USERS = 2
@@ -182,8 +182,8 @@ def _check_gpus(s: Settings, workers: int, gpu: bool) -> None:
 
     have = torch.cuda.device_count()
     if have < max(1, workers):
-        raise InvalidInputError("a GPU asked for but this process sees none" if not have else
-                                f"{workers} GPU worker(s) asked for but this machine has {have} GPU(s)")
+        raise NoGPUError("a GPU asked for but this process sees none" if not have else
+                         f"{workers} GPU worker(s) asked for but this machine has {have} GPU(s)")
 
 
 def _checkpoint_derived(cls, params: dict, ckpt: Path) -> dict:
@@ -352,8 +352,8 @@ def _run(s, cls, family, info, params, data, splits, workers, gpu, epochs, budge
         ray = _ray.init(s)
         resources = ray.cluster_resources()
         if gpu and resources.get("GPU", 0) < workers:
-            raise InvalidInputError(f"{workers} GPU worker(s) asked for but the Ray cluster has "
-                                    f"{int(resources.get('GPU', 0))} GPU(s)")
+            raise NoGPUError(f"{workers} GPU worker(s) asked for but the Ray cluster has "
+                             f"{int(resources.get('GPU', 0))} GPU(s)")
         if workers > resources.get("CPU", 0):
             raise InvalidInputError(f"{workers} workers asked for but the Ray cluster has "
                                     f"{int(resources.get('CPU', 0))} CPUs")
