@@ -166,6 +166,8 @@ def test_semantic_and_hybrid(tmp_path):
     est.save(tmp_path / "m")
     loaded = Search.load(tmp_path / "m")
     np.testing.assert_array_equal(loaded.search("jazz")["items"], est.search("jazz")["items"])
+    for query in ("???", "🎬", "\u0301"):  # no word: MiniLM still gave k popular items, logged as answers
+        assert est.search(query, mode="hybrid")["items"].size == 0
 
 
 def test_scripts_without_spaces_match_by_characters_and_pairs_and_keep_latin_words_whole():
@@ -236,3 +238,34 @@ def test_suggest_says_whether_the_history_moved_the_titles(lexical):
     with_history = lexical.suggest("metal", history=np.array([5]))
     assert with_history and all(s["personal"] for s in with_history)
     assert not any(s["personal"] for s in lexical.suggest("metal"))
+
+
+def test_words_written_with_punctuation_inside_are_found_as_people_type_them():
+    """"M*A*S*H", "Spider-Man", "Ocean's Eleven": typed "mash", "spiderman", "oceans eleven" they found nothing,
+    and a possessive's "s" was a word that matched every other "'s" title."""
+    titles = ["M*A*S*H (1970)", "Spider-Man (2002)", "Ocean's Eleven (2001)", "Schindler's List (1993)",
+              "Mash Potato Blues", "Man on Fire", "S.H.I.E.L.D."]
+    seqs = [np.array([1, 6]), np.array([1]), np.array([6]), np.array([3, 4])]
+    est = Search(semantic=False, mode="bm25").fit(seqs, len(titles), item_table={"title": titles, "text": titles})
+
+    def first(q: str) -> str:
+        return titles[est.search(q, 3)["items"][0] - 1]
+
+    for query, title in [("mash", "M*A*S*H (1970)"), ("spiderman", "Spider-Man (2002)"), ("shield", "S.H.I.E.L.D."),
+                         ("oceans eleven", "Ocean's Eleven (2001)"), ("schindlers list", "Schindler's List (1993)"),
+                         ("spider man", "Spider-Man (2002)"), ("ocean's eleven", "Ocean's Eleven (2001)")]:
+        assert first(query) == title, query
+    assert titles.index("Schindler's List (1993)") + 1 not in est.search("oceans", 5)["items"]
+    assert [s["text"] for s in est.suggest("mas", 2)] == ["M*A*S*H (1970)", "Mash Potato Blues"]  # a title start
+    assert [s["text"] for s in est.suggest("spiderm")] == ["Spider-Man (2002)"]
+    assert [s["text"] for s in est.suggest("schindlers")] == ["Schindler's List (1993)"]
+
+
+def test_did_you_mean_spells_the_correction_as_the_catalogue_does():
+    """The correction came from the folded vocabulary: "Bjrök" became "Bjork", "Strase" "Strasse"."""
+    titles = ["Björk", "Die Ärzte", "Straße der Lieder", "Dvořák Symphonies", "Metallica"]
+    est = Search(semantic=False, mode="bm25").fit([np.array([1, 2])], len(titles),
+                                                  item_table={"title": titles, "text": titles})
+    for typed, shown in [("Bjrök", "Björk"), ("bjrok", "björk"), ("ÄRTZE", "ÄRZTE"), ("Strase", "Straße"),
+                         ("Dvorjak", "Dvořák"), ("Metalica", "Metallica")]:
+        assert est.search(typed)["corrected"] == shown, typed

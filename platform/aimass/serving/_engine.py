@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import unicodedata
 
 import numpy as np
 import pandas as pd
@@ -41,8 +42,9 @@ class Engine:
                 table = ds.items.set_index("item_id").reindex(self.item_ids)
                 for col in table.columns:
                     if col not in _TEXT_COLUMNS and not pd.api.types.is_numeric_dtype(table[col]):
-                        values = table[col].fillna("").astype(str).to_numpy()
-                        self.columns[col] = np.concatenate([[""], values])
+                        # NFC: "Türkiye" typed with a combining diaeresis is the same value
+                        values = [unicodedata.normalize("NFC", v) for v in table[col].fillna("").astype(str)]
+                        self.columns[col] = np.concatenate([[""], np.asarray(values, dtype=object)])
         self.popularity[0] = -np.inf
         self.dense_of = {int(r): i + 1 for i, r in enumerate(self.item_ids.tolist())}
         from aimass.serving._vectors import Vectors
@@ -118,7 +120,7 @@ class Engine:
             if col not in self.columns:
                 have = ", ".join(sorted(self.columns)) or "none (the dataset has no items table with labels)"
                 raise NotFoundError(f"unknown filter column {col!r}; filterable columns: {have}")
-            ok &= np.isin(self.columns[col], values)
+            ok &= np.isin(self.columns[col], [unicodedata.normalize("NFC", str(v)) for v in values])
         return ok
 
     # --- scoring ------------------------------------------------------------------------------------------

@@ -99,6 +99,12 @@ _KANA_VOICING = "\u3099\u309a"  # combining marks that make another kana: ガラ
 # person without the key types them ("Łódź" as "lodz", "Mø" as "mo", "Işık" as "isik")
 _UNDECOMPOSED = str.maketrans({"ø": "o", "ł": "l", "đ": "d", "ħ": "h", "ı": "i", "æ": "ae", "œ": "oe",
                                "þ": "th", "ŧ": "t", "ƀ": "b", "ɨ": "i"})
+# Words written with punctuation inside ("M*A*S*H", "Spider-Man", "S.H.I.E.L.D.", "Ocean's") are also indexed,
+# and matched, as one word, as people type them ("mash", "spiderman", "shield", "oceans"); a possessive's "s" is no
+# word of its own (it matched every "'s" title)
+_INNER = "-*·.'’‐"
+_JOINED = regex.compile(rf"(?:[\p{{L}}\p{{N}}]\p{{M}}*)+(?:[{_INNER}](?:[\p{{L}}\p{{N}}]\p{{M}}*)+)+")
+_POSSESSIVE = regex.compile(r"(?<=[\p{L}\p{N}\p{M}])['’]s\b")
 _MAX_QUERY_CHARS = 1000
 _MAX_TITLE = 100  # a 10 kB query is a paste accident; its head is what the user meant
 
@@ -129,7 +135,12 @@ def words(text: str) -> list[str]:
     pair of neighbours (a one-character query is common there, and a pair carries most of the meaning); a
     Latin or digit run inside such a word stays whole ("iphone手机壳": "iphone", "手", ..., "手机", ...)."""
     out = []
-    for w in _folded_words(text):
+    text = str(text)
+    folded = _folded_words(_POSSESSIVE.sub("", text))
+    if _JOINED.search(text):
+        once = set(folded)
+        folded += [w for w in dict.fromkeys(_folded_words(joined(text))) if w not in once]
+    for w in folded:
         if not _IN_NO_SPACE.search(w):
             out.append(w)
             continue
@@ -142,6 +153,11 @@ def words(text: str) -> list[str]:
     return out
 
 
+def joined(text: str) -> str:
+    """`text` with the punctuation inside its words taken out ("M*A*S*H" -> "MASH")."""
+    return _JOINED.sub(lambda m: regex.sub(f"[{_INNER}]", "", m.group()), str(text))
+
+
 def plain(text: str) -> str:
     """Folded words in their order, one space apart, no pairs or single characters: what a whole title or a
     prefix is matched as (suggestions, fuzzy titles), so "방탄" starts "방탄소년단"."""
@@ -150,6 +166,23 @@ def plain(text: str) -> str:
 
 def _folded_words(text: str) -> list[str]:
     return _WORD.findall(fold(text).replace("_", " "))  # "_" separates words too
+
+
+def _spellings(*texts: list[str]) -> dict[str, str]:
+    """Folded word -> its most frequent spelling in the catalogue, lower case, for the words whose accents or
+    letters folding changes ("bjork" -> "björk", "strasse" -> "straße"): what "did you mean" shows."""
+    seen: dict[str, dict[str, int]] = {}
+    for column in texts:
+        for text in column:
+            for w in _WORD.findall(unicodedata.normalize("NFC", str(text)).replace("_", " ")):
+                if w.isascii():
+                    continue
+                low = w.lower()
+                f = fold(w)
+                if f != low:
+                    counts = seen.setdefault(f, {})
+                    counts[low] = counts.get(low, 0) + 1
+    return {f: max(c, key=lambda s: (c[s], s)) for f, c in seen.items()}
 
 
 def _respelt(word: str, fixes: dict[str, str]) -> str:
@@ -161,7 +194,7 @@ def _respelt(word: str, fixes: dict[str, str]) -> str:
     if word.isupper() and len(word) > 1:
         return fix.upper()
     if word[:1].isupper():
-        return fix[:1].upper() + fix[1:]
+        return unicodedata.normalize("NFC", fix[:1].upper() + fix[1:])  # "i̇stanbul" -> "İstanbul"
     return fix
 
 
@@ -282,6 +315,7 @@ class Search:
             for w in set(words(title) + words(text)):
                 df[w] = df.get(w, 0) + 1
         self._vocab_rank = {w: r for r, w in enumerate(sorted(df, key=lambda w: (-df[w], w)))}
+        self._spelling = _spellings(self.titles_, self.texts_)
         # by length, so a misspelt word is compared only with words within its edit budget of its length
         self._vocab_by_len: dict[int, list[str]] = {}
         for w in self._vocab_rank:  # frequency order is kept within each length
@@ -295,11 +329,15 @@ class Search:
         self._pop = pop / max(float(pop.max()), 1.0)
         # suggestions: (word-start prefix, item) pairs sorted for a binary search per prefix
         keys, items = [], []
-        for i, t in enumerate(self._folded_titles):
-            toks = t.split()
-            for j in range(len(toks)):
-                keys.append(" ".join(toks[j:]))
-                items.append(i)
+        self._joined_titles = {}  # the titles whose words hold punctuation, as typed without it ("mash")
+        for i, (title, t) in enumerate(zip(self.titles_, self._folded_titles, strict=True)):
+            if _JOINED.search(title) and (jt := plain(joined(title))) != t:
+                self._joined_titles[i] = jt
+            for form in (t, self._joined_titles.get(i)):
+                toks = form.split() if form else []
+                for j in range(len(toks)):
+                    keys.append(" ".join(toks[j:]))
+                    items.append(i)
         # a Python sort: numpy's would pad every key to the longest one's width (GBs for one long title)
         order = sorted(range(len(keys)), key=keys.__getitem__)
         self._sugg_keys = [keys[o] for o in order]
@@ -367,7 +405,10 @@ class Search:
                     "corrected": None, "personalised": False}
         # the first 32 words: a no-space script's word gives two tokens a character, which a cap on tokens
         # would take from the query's later words
-        toks, fixes, unknown = self._correct(words(" ".join(_folded_words(query)[:32])))
+        if not _folded_words(query):  # punctuation, emoji or a lone mark: no word to match, nothing is relevant
+            return {"items": np.zeros(0, np.int64), "scores": np.zeros(0, np.float32), "mode": mode,
+                    "corrected": None, "personalised": False}
+        toks, fixes, unknown = self._correct(words(" ".join(_folded_words(_POSSESSIVE.sub("", query))[:32])))
         # "did you mean": the query as typed with only its misspelt words replaced (not the index's folded
         # tokens: accents, case and no-space scripts stay as the person wrote them); MiniLM reads the same
         corrected = _LETTERS.sub(lambda m: _respelt_runs(m.group(), fixes), query) if fixes else None
@@ -413,8 +454,9 @@ class Search:
             edits = 2 if len(t) >= cfg.typo_min_2 else 1
             hits = [h for n in range(len(t) - edits, len(t) + edits + 1) for h in process.extract(
                 t, self._vocab_by_len.get(n, ()), scorer=OSA.distance, score_cutoff=edits, limit=None)]
-            if hits:  # closest first, then the most frequent
-                fixes[t] = t = min(hits, key=lambda h: (h[1], self._vocab_rank[h[0]]))[0]
+            if hits:  # closest first, then the most frequent; shown as the catalogue spells it (Björk, not bjork)
+                best = min(hits, key=lambda h: (h[1], self._vocab_rank[h[0]]))[0]
+                fixes[t], t = self._spelling.get(best, best), best
             out.append(t)
         return out, fixes, unknown
 
@@ -542,7 +584,8 @@ class Search:
             items = items[mask[items + 1]]
         if len(items) == 0:
             return []
-        starts = np.fromiter((self._folded_titles[i].startswith(p) for i in items), bool, len(items))
+        starts = np.fromiter((self._folded_titles[i].startswith(p) or self._joined_titles.get(i, "").startswith(p)
+                              for i in items), bool, len(items))
         score = self._pop[items] + self._cfg.title_start_bonus * starts
         personal = False
         if history is not None and len(np.asarray(history)) and self._cfg.personal_weight:
