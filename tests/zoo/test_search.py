@@ -269,3 +269,22 @@ def test_did_you_mean_spells_the_correction_as_the_catalogue_does():
     for typed, shown in [("Bjrök", "Björk"), ("bjrok", "björk"), ("ÄRTZE", "ÄRZTE"), ("Strase", "Straße"),
                          ("Dvorjak", "Dvořák"), ("Metalica", "Metallica")]:
         assert est.search(typed)["corrected"] == shown, typed
+
+
+def test_a_title_typed_whole_comes_before_popular_partial_matches():
+    """Popularity is fused at BM25's weight: a popular item matching one word ("the", "2001") tied with or beat
+    the title the query named, and a tie went to the lower item id."""
+    titles = ["Star Wars: Episode V (1980)", "Star Wars: Episode IV (1977)", "The Who", "The Beatles",
+              "Ocean's Eleven (2001)", "2001: A Space Odyssey (1968)"]
+    plays = {1: 50, 2: 10, 3: 50, 4: 10, 5: 50, 6: 10}
+    seqs = [np.array([i]) for i, n in plays.items() for _ in range(n)]
+    est = Search(semantic=False, mode="bm25").fit(seqs, len(titles), item_table={"title": titles, "text": titles})
+    for query, title in [("the beatles", "The Beatles"), ("2001: A Space Odyssey", "2001: A Space Odyssey (1968)"),
+                         ("star wars episode iv 1977", "Star Wars: Episode IV (1977)"),
+                         ("2001 space odyssey", "2001: A Space Odyssey (1968)")]:  # the last: a tie, to BM25
+        got = est.search(query, 3)
+        assert titles[got["items"][0] - 1] == title, (query, [titles[i - 1] for i in got["items"]])
+        assert np.all(np.diff(got["scores"]) <= 0)
+    allowed = np.ones(len(titles) + 1, bool)
+    allowed[4] = False  # a filter that leaves the named title out leaves it out
+    assert 4 not in est.search("the beatles", 3, allowed=allowed)["items"]

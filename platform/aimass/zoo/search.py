@@ -105,6 +105,7 @@ _UNDECOMPOSED = str.maketrans({"ø": "o", "ł": "l", "đ": "d", "ħ": "h", "ı":
 _INNER = "-*·.'’‐"
 _JOINED = regex.compile(rf"(?:[\p{{L}}\p{{N}}]\p{{M}}*)+(?:[{_INNER}](?:[\p{{L}}\p{{N}}]\p{{M}}*)+)+")
 _POSSESSIVE = regex.compile(r"(?<=[\p{L}\p{N}\p{M}])['’]s\b")
+_YEAR = regex.compile(r" (?:1[89]|2[01])\d\d$")  # "heat 1995": the year a film title ends in, folded
 _MAX_QUERY_CHARS = 1000
 _MAX_TITLE = 100  # a 10 kB query is a paste accident; its head is what the user meant
 
@@ -321,6 +322,11 @@ class Search:
         for w in self._vocab_rank:  # frequency order is kept within each length
             self._vocab_by_len.setdefault(len(w), []).append(w)
         self._folded_titles = [plain(t) for t in self.titles_]
+        # a query that is a whole title (with or without a film's trailing year) names that item: it comes first
+        self._exact: dict[str, list[int]] = {}
+        for i, t in enumerate(self._folded_titles):
+            for key in dict.fromkeys((t, _YEAR.sub("", t))):
+                self._exact.setdefault(key, []).append(i)
         lengths = np.fromiter((len(t) for t in self._folded_titles), np.int64, len(self._folded_titles))
         self._titles_by_len = np.argsort(lengths, kind="stable")
         self._title_lengths = lengths[self._titles_by_len]
@@ -436,8 +442,22 @@ class Search:
                     "corrected": corrected, "personalised": False}
         personal = history is not None and len(np.asarray(history)) > 0
         items, scores, personal = self._fuse(sources, np.asarray(history) if personal else None, int(k))
+        if mode != "semantic":  # popularity and the fusion's ranks cannot put a title below its own name
+            items, scores = self._exact_first(plain(text), items, scores, mask, int(k))
         return {"items": items + 1, "scores": scores, "mode": mode, "corrected": corrected,
                 "personalised": personal}
+
+    def _exact_first(self, q: str, items: np.ndarray, scores: np.ndarray, mask, k: int):
+        named = [i for i in self._exact.get(q, ()) if mask is None or mask[i]]
+        if not named:
+            return items, scores
+        rest = [j for j, i in enumerate(items) if i not in named]
+        top = float(scores[0]) if len(scores) else 0.0
+        lead = np.asarray(sorted(named, key=lambda i: (-self._pop[i], i)), np.int64)
+        out = np.concatenate([lead, items[rest]])[:k]
+        # above every fused score, in their order (the more popular of two equal titles first)
+        boost = top + 1e-3 * np.arange(len(lead), 0, -1, dtype=np.float32)
+        return out, np.concatenate([boost.astype(np.float32), scores[rest]])[:k]
 
     def _correct(self, toks: list[str]) -> tuple[list[str], dict[str, str], bool]:
         """Tokens with the misspelt ones replaced, each replaced token's correction, and whether any token
@@ -548,7 +568,9 @@ class Search:
             else:
                 lo, hi = float(signal[counts].min()), float(signal[counts].max())
                 fused += np.where(counts, w * ((signal - lo) / (hi - lo) if hi > lo else 1.0), 0.0)
-        order = np.lexsort((cand, -fused))[:k]
+        # a tie (one list's rank 1 and another's rank 2 against the reverse) goes to the closer match to the query:
+        # the first source's score (BM25, or the vectors in semantic mode), not to the lower item id
+        order = np.lexsort((cand, -np.asarray(signals[0][0], np.float64), -np.round(fused, 12)))[:k]
         return cand[order], fused[order].astype(np.float32), personal
 
     # -- suggestions --------------------------------------------------------------------------------------
