@@ -3,7 +3,7 @@ in the database), `aimass feedback ingest` of a Parquet and a CSV file (read, ch
 time) and `aimass monitor metrics` (online metrics; a window beyond 100,000 answers is measured on a sample).
 
 Each operation runs in a fresh process, after its imports, so its peak resident memory is its own: "peak RSS" is
-the process's high-water mark (ru_maxrss), "added" what the operation put on top of the imports. No Ray, no
+the process's high-water mark (VmHWM), "added" what the operation put on top of the imports. No Ray, no
 serving: the logs are written as replicas write them.
 
     python benchmarks/loop_memory.py                       # 1,000,000 events, 400,000 answers
@@ -22,6 +22,13 @@ from pathlib import Path
 
 
 def _rss_mib() -> float:
+    """This process's peak resident memory: VmHWM (ru_maxrss carries the parent's peak across fork and exec)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
