@@ -145,10 +145,11 @@ def test_lastfm_pairs_on_two_rows_are_refused(tmp_path):
 
 @pytest.mark.parametrize("content, says", [
     ("1::Иван Грозный (1944)::Drama\n2::Cr\xe8me (1999)::Comedy\n".encode().replace(b"\xc3\xa8", b"\xe8"),
-     r"movies\.dat:2: not UTF-8, though other lines are"),
-    ("1::七人の侍 (1954)::Action\n2::東京物語 (1953)::Drama\n".encode("shift_jis"), "Shift-JIS, GBK or Big5"),
+     r"movies\.dat:2: not UTF-8, though most of the file is"),
+    ("1::七人の侍 (1954)::Action\n2::東京物語 (1953)::Drama\n".encode("shift_jis"), "Shift-JIS, GBK"),
+    ("1::Иван Грозный (1944)::Drama\n2::Сталкер (1979)::Drama\n".encode("cp1251"), "Windows-1251"),
     (b"1::Heat (1995)::Action\n2::Caf\x81 (1999)::Drama\n", r"movies\.dat:2: byte 0x81 is text in neither"),
-], ids=["utf8-with-a-latin1-byte", "shift-jis", "undefined-byte"])
+], ids=["utf8-with-a-latin1-byte", "shift-jis", "cyrillic-1251", "undefined-byte"])
 def test_a_movies_dat_in_another_encoding_is_refused_not_stored_as_mojibake(tmp_path, content, says):
     """Any bytes decode as Latin-1, so every non-UTF-8 file was read as it: a UTF-8 file with one stray byte had
     every other title stored as mojibake, Shift-JIS titles too, all with exit 0."""
@@ -159,11 +160,15 @@ def test_a_movies_dat_in_another_encoding_is_refused_not_stored_as_mojibake(tmp_
         read(d, "movielens-meta")
 
 
-def test_a_windows_1252_movies_dat_reads_its_quotes(tmp_path):
+@pytest.mark.parametrize("titles", [["Mr. Holland’s Opus (1995)", "Amélie (2001)"],
+                                    ["Ação (2001)", "Informações (1999)", "Coração (2003)"],  # accents side by side
+                                    ["«ÉTÉ» (2001)", "“JOSÉ” (1999)"]],  # "É»" is also a UTF-8 character
+                         ids=["quotes", "portuguese", "guillemets"])
+def test_a_windows_1252_movies_dat_reads_as_written(tmp_path, titles):
     d = tmp_path / "ml"
     d.mkdir()
-    (d / "movies.dat").write_bytes("1::Mr. Holland’s Opus (1995)::Drama\n2::Amélie (2001)::Comedy\n".encode("cp1252"))
-    assert read(d, "movielens-meta").items["title"].tolist() == ["Mr. Holland’s Opus (1995)", "Amélie (2001)"]
+    (d / "movies.dat").write_bytes("".join(f"{i}::{t}::Drama\n" for i, t in enumerate(titles, 1)).encode("cp1252"))
+    assert read(d, "movielens-meta").items["title"].tolist() == titles
 
 
 def test_movielens_ratings_in_milliseconds_are_stored_as_seconds_and_the_file_may_be_named(tmp_path):

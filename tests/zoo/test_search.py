@@ -288,3 +288,22 @@ def test_a_title_typed_whole_comes_before_popular_partial_matches():
     allowed = np.ones(len(titles) + 1, bool)
     allowed[4] = False  # a filter that leaves the named title out leaves it out
     assert 4 not in est.search("the beatles", 3, allowed=allowed)["items"]
+
+
+def test_joined_words_keep_to_letters_and_a_title_typed_without_its_punctuation_is_named():
+    """Joins made numbers of version strings ("3.0" found by "30"), doubled every character of a no-space title
+    with inner punctuation, and a title typed without its apostrophe lost to popular partial matches."""
+    from aimass.zoo.search import words
+
+    titles = ["USB 3.0 Hub", "30 Seconds to Mars", "東京-大阪 夜行バス", "京大 入試案内", "Murphy's Romance (1985)",
+              "Romance (1999)", "Terror", "Terror 2000", "Heat (1995)"]
+    seqs = [np.array([1, 3, 6])] * 5 + [np.array([4, 8])]
+    est = Search(semantic=False, mode="bm25").fit(seqs, len(titles), item_table={"title": titles, "text": titles})
+
+    def top(q: str) -> list[str]:
+        return [titles[i - 1] for i in est.search(q, 3)["items"]]
+
+    assert top("30") == ["30 Seconds to Mars"] and "30" not in words("USB 3.0 Hub")
+    assert words("東京-大阪") == ["東", "京", "東京", "大", "阪", "大阪"]
+    assert top("murphys romance")[0] == "Murphy's Romance (1985)"
+    assert top("terror")[0] == "Terror" and top("heat")[0] == "Heat (1995)"

@@ -131,22 +131,31 @@ def decoded(path: Path, what: str) -> str:
     """A text file's contents: UTF-8 when it is (a byte-order mark, as Windows editors write, is not part of
     line 1), else a single-byte Windows-1252 file (MovieLens-1M's movies.dat and Last.fm's tags.dat are Latin-1,
     which it extends). Latin-1 decodes any bytes at all, so reading every non-UTF-8 file with it stored other
-    encodings as mojibake: a UTF-8 file with one stray byte, and Shift-JIS or GBK text, are refused instead."""
+    encodings as mojibake: a UTF-8 file with a stray byte, and a legacy encoding of a non-Latin script
+    (Shift-JIS, GBK, Windows-1251), are refused instead."""
     import re
+    import statistics
 
     raw = path.read_bytes()
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = raw.count(b"\n", 0, e.start) + 1
-    high = re.findall(rb"[\x80-\xff]+", raw)
     fix = "; re-encode it as UTF-8 (for example iconv -f ENCODING -t UTF-8)"
-    if any(len(r) > 1 and _is_utf8(r) for r in high):
-        raise InvalidInputError(f"{what} {path}:{line}: not UTF-8, though other lines are: the file mixes "
+    # Most of its non-ASCII byte runs are UTF-8 characters: a UTF-8 file with a few bytes of something else. (In
+    # a Windows-1252 file a run is UTF-8 only by accident: "É»" is one; "çã" or a lone "é" is not.)
+    runs = re.findall(rb"[\x80-\xff]+", raw)
+    if 2 * sum(_is_utf8(r) for r in runs) > len(runs):
+        raise InvalidInputError(f"{what} {path}:{line}: not UTF-8, though most of the file is: it mixes "
                                 f"encodings{fix}")
-    if sum(len(r) > 1 for r in high) * 2 > len(high):  # European text has its accents apart; CJK's come in pairs
-        raise InvalidInputError(f"{what} {path}: neither UTF-8 nor a single-byte encoding (its non-ASCII bytes come "
-                                f"in runs, as in Shift-JIS, GBK or Big5){fix}")
+    # Latin text is mostly ASCII letters with a few accented ones; in a non-Latin script every letter is a byte
+    # (or two) from 0x80 up
+    share = [len(re.findall(rb"[\x80-\xff]", x)) / len(re.findall(rb"[\x80-\xff]|[A-Za-z]", x))
+             for x in raw.split(b"\n") if re.search(rb"[\x80-\xff]", x)]
+    if statistics.median(share) > 0.5:
+        raise InvalidInputError(f"{what} {path}: neither UTF-8 nor a Latin single-byte encoding (most letters of its "
+                                f"non-ASCII lines are bytes from 0x80 up, as in Shift-JIS, GBK, Big5 or "
+                                f"Windows-1251){fix}")
     try:
         return raw.decode("cp1252")
     except UnicodeDecodeError as e:

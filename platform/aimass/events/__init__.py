@@ -83,7 +83,9 @@ def stats(endpoint: str, *, settings: Settings | None = None) -> dict:
     mine = t.c.endpoint == endpoint
     pol = Rules.of(s).polarity_case(t.c.type, t.c.value).label("polarity")
     with_rid = and_(t.c.request_id.is_not(None), t.c.request_id != "")
-    joined = exists().where(a.c.endpoint == endpoint, a.c.request_id == t.c.request_id)
+    # one probe of the answers' request_id index per event: compared bare, SQLite probed the endpoint index
+    # instead and read every answer of the endpoint for each event (minutes for a million events)
+    joined = exists().where(a.c.request_id == t.c.request_id, func.coalesce(a.c.endpoint, "") == endpoint)
     with log.engine.connect() as conn:
         groups = conn.execute(select(t.c.type, pol, func.count()).where(mine).group_by(t.c.type, pol)).all()
         users, items, last_seq, first, last = conn.execute(

@@ -103,9 +103,14 @@ _UNDECOMPOSED = str.maketrans({"ø": "o", "ł": "l", "đ": "d", "ħ": "h", "ı":
 # and matched, as one word, as people type them ("mash", "spiderman", "shield", "oceans"); a possessive's "s" is no
 # word of its own (it matched every "'s" title)
 _INNER = "-*·.'’‐"
-_JOINED = regex.compile(rf"(?:[\p{{L}}\p{{N}}]\p{{M}}*)+(?:[{_INNER}](?:[\p{{L}}\p{{N}}]\p{{M}}*)+)+")
+# (the lookbehind and possessive quantifiers keep a search linear: retried at every position of a long word, it
+# took 11 s on a 16,000-character token)
+_JOINED = regex.compile(rf"(?<![\p{{L}}\p{{N}}\p{{M}}])(?:[\p{{L}}\p{{N}}]\p{{M}}*+)++"
+                        rf"(?:[{_INNER}](?:[\p{{L}}\p{{N}}]\p{{M}}*+)++)+")
+# punctuation between two digits is kept: "3.0", "1-900" and "08.15.03" are numbers, not "30" or "1900"
+_INNER_CUT = regex.compile(rf"(?<!\d)[{_INNER}]|[{_INNER}](?!\d)")
 _POSSESSIVE = regex.compile(r"(?<=[\p{L}\p{N}\p{M}])['’]s\b")
-_YEAR = regex.compile(r" (?:1[89]|2[01])\d\d$")  # "heat 1995": the year a film title ends in, folded
+_YEAR = regex.compile(r"\s*\((?:1[89]|2[01])\d\d\)\s*$")  # "Heat (1995)": the year a film title ends in
 _MAX_QUERY_CHARS = 1000
 _MAX_TITLE = 100  # a 10 kB query is a paste accident; its head is what the user meant
 
@@ -140,7 +145,9 @@ def words(text: str) -> list[str]:
     folded = _folded_words(_POSSESSIVE.sub("", text))
     if _JOINED.search(text):
         once = set(folded)
-        folded += [w for w in dict.fromkeys(_folded_words(joined(text))) if w not in once]
+        # not in scripts written without spaces: their words are characters and pairs already ("東京-大阪")
+        folded += [w for w in dict.fromkeys(_folded_words(joined(text))) if w not in once
+                   and not _IN_NO_SPACE.search(w)]
     for w in folded:
         if not _IN_NO_SPACE.search(w):
             out.append(w)
@@ -156,7 +163,7 @@ def words(text: str) -> list[str]:
 
 def joined(text: str) -> str:
     """`text` with the punctuation inside its words taken out ("M*A*S*H" -> "MASH")."""
-    return _JOINED.sub(lambda m: regex.sub(f"[{_INNER}]", "", m.group()), str(text))
+    return _JOINED.sub(lambda m: _INNER_CUT.sub("", m.group()), str(text))
 
 
 def plain(text: str) -> str:
@@ -169,21 +176,18 @@ def _folded_words(text: str) -> list[str]:
     return _WORD.findall(fold(text).replace("_", " "))  # "_" separates words too
 
 
-def _spellings(*texts: list[str]) -> dict[str, str]:
-    """Folded word -> its most frequent spelling in the catalogue, lower case, for the words whose accents or
-    letters folding changes ("bjork" -> "björk", "strasse" -> "straße"): what "did you mean" shows."""
+def _spellings(titles: list[str]) -> dict[str, str]:
+    """Folded word -> its most frequent spelling among the titles, lower case ("bjork" -> "björk", "strasse" ->
+    "straße"; "pokemon" stays when most titles spell it so): what "did you mean" shows. Only for the words
+    some title spells with accents or letters that folding changes."""
     seen: dict[str, dict[str, int]] = {}
-    for column in texts:
-        for text in column:
-            for w in _WORD.findall(unicodedata.normalize("NFC", str(text)).replace("_", " ")):
-                if w.isascii():
-                    continue
-                low = w.lower()
-                f = fold(w)
-                if f != low:
-                    counts = seen.setdefault(f, {})
-                    counts[low] = counts.get(low, 0) + 1
-    return {f: max(c, key=lambda s: (c[s], s)) for f, c in seen.items()}
+    for title in titles:
+        for w in _WORD.findall(unicodedata.normalize("NFC", str(title)).replace("_", " ")):
+            low = w.lower().replace("i\u0307", "i")  # "İ".lower() is "i" with a combining dot
+            counts = seen.setdefault(fold(w), {})
+            counts[low] = counts.get(low, 0) + 1
+    best = {f: max(c, key=lambda s: (c[s], s)) for f, c in seen.items() if len(c) > 1 or f not in c}
+    return {f: s for f, s in best.items() if s != f}
 
 
 def _respelt(word: str, fixes: dict[str, str]) -> str:
@@ -195,7 +199,7 @@ def _respelt(word: str, fixes: dict[str, str]) -> str:
     if word.isupper() and len(word) > 1:
         return fix.upper()
     if word[:1].isupper():
-        return unicodedata.normalize("NFC", fix[:1].upper() + fix[1:])  # "i̇stanbul" -> "İstanbul"
+        return fix[:1].upper() + fix[1:]
     return fix
 
 
@@ -316,17 +320,23 @@ class Search:
             for w in set(words(title) + words(text)):
                 df[w] = df.get(w, 0) + 1
         self._vocab_rank = {w: r for r, w in enumerate(sorted(df, key=lambda w: (-df[w], w)))}
-        self._spelling = _spellings(self.titles_, self.texts_)
+        self._spelling = _spellings(self.titles_)
         # by length, so a misspelt word is compared only with words within its edit budget of its length
         self._vocab_by_len: dict[int, list[str]] = {}
         for w in self._vocab_rank:  # frequency order is kept within each length
             self._vocab_by_len.setdefault(len(w), []).append(w)
         self._folded_titles = [plain(t) for t in self.titles_]
-        # a query that is a whole title (with or without a film's trailing year) names that item: it comes first
-        self._exact: dict[str, list[int]] = {}
-        for i, t in enumerate(self._folded_titles):
-            for key in dict.fromkeys((t, _YEAR.sub("", t))):
-                self._exact.setdefault(key, []).append(i)
+        # a query that is a whole title names that item: it comes first. Also the title without a film's year
+        # in parentheses, and typed without the punctuation inside its words ("murphys romance"), each a match
+        # of lower rank (a title typed exactly before one whose year was left out)
+        self._exact: dict[str, list[tuple[int, int]]] = {}
+        for i, (title, t) in enumerate(zip(self.titles_, self._folded_titles, strict=True)):
+            bare = _YEAR.sub("", title)
+            forms = [t, plain(bare)]
+            if _JOINED.search(title):
+                forms += [plain(joined(title)), plain(joined(bare))]
+            for rank, key in enumerate(dict.fromkeys(f for f in forms if f)):
+                self._exact.setdefault(key, []).append((rank, i))
         lengths = np.fromiter((len(t) for t in self._folded_titles), np.int64, len(self._folded_titles))
         self._titles_by_len = np.argsort(lengths, kind="stable")
         self._title_lengths = lengths[self._titles_by_len]
@@ -448,12 +458,13 @@ class Search:
                 "personalised": personal}
 
     def _exact_first(self, q: str, items: np.ndarray, scores: np.ndarray, mask, k: int):
-        named = [i for i in self._exact.get(q, ()) if mask is None or mask[i]]
+        named = [(rank, i) for rank, i in self._exact.get(q, ()) if mask is None or mask[i]]
         if not named:
             return items, scores
-        rest = [j for j, i in enumerate(items) if i not in named]
+        ids = {i for _, i in named}
+        rest = [j for j, i in enumerate(items) if i not in ids]
         top = float(scores[0]) if len(scores) else 0.0
-        lead = np.asarray(sorted(named, key=lambda i: (-self._pop[i], i)), np.int64)
+        lead = np.asarray([i for _, i in sorted(named, key=lambda x: (x[0], -self._pop[x[1]], x[1]))], np.int64)
         out = np.concatenate([lead, items[rest]])[:k]
         # above every fused score, in their order (the more popular of two equal titles first)
         boost = top + 1e-3 * np.arange(len(lead), 0, -1, dtype=np.float32)
