@@ -19,7 +19,8 @@ pytestmark = pytest.mark.integration
 # url path -> the texts its page must show before it is read (the tables are drawn on a canvas: their cells are
 # not text)
 PAGES = {"": ("Last training", "requests in the hour"), "datasets": ("Model versions trained on",),
-         "models": ("Lineage", "validation NDCG@10"), "deployments": ("Latency, last hour", "Shadow comparisons", "experiment demo-"),
+         "models": ("Lineage", "validation NDCG@10"),
+         "deployments": ("Latency, last hour", "Shadow comparisons", "experiment demo-"),
          "monitoring": ("Online metrics per model version",), "experiments": ("canary (automatic)", "demo-"),
          "search": ("queries (7 days)", "Click-through by mode", "Click-through per index version"),
          "explore": ("items of history in",), "admin": ("Enter an admin API key",)}
