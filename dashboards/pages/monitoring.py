@@ -55,6 +55,5 @@ if online:
         "hit rate": m.hit_rate.rate, "hit rate 95%": interval(m.hit_rate), "negative": m.negative.rate,
         "negative 95%": interval(m.negative)}
         for m in online]), hide_index=True)
-    if online[0].sampled_from:
-        st.caption(f"measured on a uniform sample of {sum(m.answers for m in online):,} of the day's "
-                   f"{online[0].sampled_from:,} answers")
+    if note := monitoring.sample_note(online, "day"):
+        st.caption(note)

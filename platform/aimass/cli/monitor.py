@@ -99,7 +99,6 @@ def metrics(endpoint: str, window: str = typer.Option("1h", "--window", "-w", he
     table = [{"model": f"{m.model}/{m.version}" + (f" ({m.arm})" if m.arm else ""), "answers": m.answers,
               "click_through": _rate(m.click_through), "hit_rate": _rate(m.hit_rate),
               **{t: _rate(m.by_type[t]) if t in m.by_type else "-" for t in types}} for m in found]
-    sampled = [f"measured on a uniform sample of {sum(m.answers for m in found):,} of the window's "
-               f"{found[0].sampled_from:,} answers"] if found and found[0].sampled_from else []
+    sampled = [note] if (note := monitoring.sample_note(found)) else []
     emit(found, as_json, rows(table, ["model", "answers", "click_through", "hit_rate", *types]) + sampled
          if found else [f"no answers of {endpoint!r} in the last {window}"])

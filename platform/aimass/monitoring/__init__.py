@@ -460,6 +460,15 @@ def shadow_comparison(endpoint: str, *, window_s: float | None = None, end: date
     return _signals.shadow_comparison(ServedLog(s).engine, endpoint, start, end)
 
 
+def sample_note(rows: list[OnlineMetrics], window: str = "window") -> str:
+    """The line that says a window's rows were measured on a sample ("" when they were not), as the CLI and
+    the console show it under the table."""
+    if not rows or not rows[0].sampled_from:
+        return ""
+    return (f"measured on a uniform sample of {sum(m.answers for m in rows):,} of the {window}'s "
+            f"{rows[0].sampled_from:,} answers")
+
+
 def online_metrics(endpoint: str, *, window_s: float | None = None, end: datetime | None = None,
                    max_answers: int = MAX_ANSWERS, settings: Settings | None = None) -> list[OnlineMetrics]:
     """Click-through, per-event-type and hit rates (95% Wilson intervals) of the lists the endpoint served in
