@@ -420,3 +420,30 @@ def test_a_gate_metric_with_a_trailing_newline_is_not_one_the_gate_can_score():
     from aimass.registry._gate import scorable
 
     assert scorable("test_ndcg_at_10") and not scorable("test_ndcg_at_10\n")
+
+
+@pytest.mark.parametrize("elsewhere", ["../outside", "/outside"])
+def test_a_model_whose_files_lie_outside_its_folder_is_refused(env, tmp_path, elsewhere):
+    """Whoever can log a model to a shared tracking server writes its MLmodel: the files it names are read
+    from the model's own folder, never from a path it points elsewhere on the serving machine."""
+    import shutil
+
+    import mlflow
+    import yaml
+
+    from aimass.registry import _scorer
+    from aimass.tracking import mlflow_for
+
+    s, runs = env
+    v = models.register(runs["knn"], "escaping", settings=s)
+    mlflow_for(s)
+    model = tmp_path / "m" / "model"
+    shutil.copytree(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{v.name}/{v.version}"), model)
+    meta = yaml.safe_load((model / "MLmodel").read_text())
+    arts = meta["flavors"]["python_function"]["artifacts"]
+    target = (model.parent / "outside") if elsewhere.startswith("..") else tmp_path / "outside"
+    shutil.copytree(model / arts["model"]["path"], target)  # a real model folder: only its place is wrong
+    arts["model"]["path"] = "../outside" if elsewhere.startswith("..") else str(target)
+    (model / "MLmodel").write_text(yaml.safe_dump(meta))
+    with pytest.raises(InvalidInputError, match=r"names files outside the model's folder \(\.\./outside|/"):
+        _scorer(model, v.ref)

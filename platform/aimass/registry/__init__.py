@@ -552,11 +552,20 @@ def _scorer(local: Path, ref: str):
         flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
         if Path(flavor["model_code_path"]).name not in ("pyfunc.py", "_pyfunc.py"):
             raise KeyError(flavor["model_code_path"])
-        arts = {k: local / v["path"] for k, v in flavor["artifacts"].items()}
+        root = local.resolve()
+        # a path the MLmodel names is the model's own file: "../x" or "/etc/x" would have the loaders parse
+        # any file of this machine that whoever logged the model chose
+        arts = {k: (local / v["path"]).resolve() for k, v in flavor["artifacts"].items()}
+        outside = [str(flavor["artifacts"][k]["path"]) for k, p in arts.items() if not p.is_relative_to(root)]
+        if outside:
+            raise InvalidInputError(f"{ref}: its MLmodel names files outside the model's folder ({outside[0]}): "
+                                    "refusing to load it")
         family = json.loads(arts["family"].read_text())["family"]
         # which scorer by what the folder holds, not by the code file's name: plain versions logged before the
         # MLflow plumbing moved to aimass.tracking name aimass/training/_pyfunc.py too
         cls = CompressedRecommender if (arts["model"] / "compressed.json").is_file() else AimassRecommender
+    except InvalidInputError:
+        raise
     except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError):
         raise InvalidInputError(f"{ref} is not a model aimass logged (its MLmodel names no aimass scorer and "
                                 "family): refusing to load it") from None
