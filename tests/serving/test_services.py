@@ -112,3 +112,30 @@ assert len(set(sizes)) == 1, sizes  # building one more service leaves the other
 """
     res = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
+
+
+def test_a_client_error_is_answered_not_logged_as_the_replicas_error(caplog):
+    """BentoML logged every 4xx it answered (a body failing validation, an aimass refusal) as an ERROR with a
+    traceback and the input's values: any key holder could bury a replica's real errors under them."""
+    import logging
+
+    import pydantic
+    from bentoml._internal.server.http_app import log_exception  # what BentoML's app calls on each error
+    from bentoml.exceptions import BentoMLException
+    from starlette.requests import Request
+
+    request = Request({"type": "http", "method": "POST", "path": "/similar", "headers": []})
+    try:
+        pydantic.TypeAdapter(int).validate_python("a search text a client sent")
+    except pydantic.ValidationError as e:
+        invalid = e
+    cases = [(invalid, False), (BentoMLException("no item 7", error_code=404), False),
+             (BentoMLException("store down", error_code=503), True), (RuntimeError("a bug"), True)]
+    for exc, logged in cases:
+        caplog.clear()
+        with caplog.at_level(logging.ERROR):
+            try:
+                raise exc
+            except Exception:
+                log_exception(request)
+        assert bool(caplog.records) == logged, (exc, caplog.records)

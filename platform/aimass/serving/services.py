@@ -57,6 +57,24 @@ from aimass.settings import Settings
 
 TRAFFIC = {"timeout": 30, "max_concurrency": 256}
 _timeout.install()  # BentoML's timeout without a live timer per request (see _timeout)
+
+
+class _ClientErrors(logging.Filter):
+    """BentoML logs every answer it turns into a 4xx (a body that fails validation, an aimass refusal) as an
+    ERROR with its traceback and the offending input's values: any key holder could fill a replica's log with
+    them and bury the real errors. The client gets the reason in its answer; a 5xx is still logged whole."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from pydantic import ValidationError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, ValidationError):
+            return False
+        return not (isinstance(exc, BentoMLException) and int(exc.error_code) < 500)
+
+
+# the logger BentoML's log_exception writes to (once per process: a module is imported once)
+logging.getLogger("bentoml._internal.server.http_app").addFilter(_ClientErrors())
 # Every service's BentoML configuration. BentoML's own per-request metrics, access log and tracing spans are off:
 # the gate answers /metrics, the served-answer log records every answer, and they cost a large share of a cheap
 # route's CPU (its /metrics hung inside Serve anyway, ../shared/STACK.md). They are a service's options, not
