@@ -24,15 +24,20 @@ def test_keys_are_shown_once_and_stored_hashed(tmp_path):
     secret = key.removeprefix(f"aimass_{made['key_id']}_")  # url-safe base64: it may hold "_" itself
     admin = json.loads(_cli(home, "keys", "create", "ops", "--admin", "--json").stdout)
     assert admin["role"] == "admin"
+    shop = _cli(home, "keys", "create", "shop", "--endpoint", "recs", "--endpoint", "search", "--expires-in", "30d")
+    assert "(consumer; endpoints recs, search, expires 20" in shop.stdout, shop.stdout + shop.stderr
+    shop_id = shop.stdout.split("id: ")[1].split()[0]
     listed = _cli(home, "keys", "list", "--json")
     assert key not in listed.stdout and secret not in listed.stdout
-    assert {k["key_id"] for k in json.loads(listed.stdout)} == {made["key_id"], admin["key_id"]}
+    got = {k["key_id"]: k for k in json.loads(listed.stdout)}
+    assert set(got) == {made["key_id"], admin["key_id"], shop_id} and got[shop_id]["endpoints"] == "recs,search"
+    assert got[shop_id]["expires_at"] > got[shop_id]["created_at"] and got[admin["key_id"]]["expires_at"] is None
     db = (home / "catalog.db").read_bytes() + b"".join(p.read_bytes() for p in home.glob("catalog.db-*"))
     assert secret.encode() not in db  # only the hash is stored
     revoked = json.loads(_cli(home, "keys", "revoke", made["key_id"], "--json").stdout)
     assert revoked["revoked_at"]
-    assert {k["key_id"] for k in json.loads(_cli(home, "keys", "list", "--json").stdout)} == {admin["key_id"]}
-    assert len(json.loads(_cli(home, "keys", "list", "--all", "--json").stdout)) == 2
+    assert {k["key_id"] for k in json.loads(_cli(home, "keys", "list", "--json").stdout)} == {admin["key_id"], shop_id}
+    assert len(json.loads(_cli(home, "keys", "list", "--all", "--json").stdout)) == 3
 
 
 def test_bad_key_and_deploy_input_exit_non_zero_with_one_line(tmp_path):
@@ -40,6 +45,8 @@ def test_bad_key_and_deploy_input_exit_non_zero_with_one_line(tmp_path):
     cases = [
         (("keys", "revoke", "0123456789ab"), 3, "no API key with the id '0123456789ab'"),
         (("keys", "create", "bad/name"), 2, "invalid key name"),
+        (("keys", "create", "ops", "--admin", "--endpoint", "recs"), 2, "an admin key acts on every endpoint"),
+        (("keys", "create", "web", "--expires-in", "soon"), 2, "invalid --expires-in 'soon'"),
         (("deploy", "recs", "--endpoint", "Not OK"), 2, "invalid endpoint 'Not OK'"),
         (("deploy", "recs", "-e", "ok", "--min-replicas", "3", "--max-replicas", "1"), 2, "min_replicas"),
         (("deploy", "recs", "-e", "ok", "--target-ongoing-requests", "0"), 2, "must be a number in (0, 10,000]"),
@@ -52,3 +59,4 @@ def test_bad_key_and_deploy_input_exit_non_zero_with_one_line(tmp_path):
         last = r.stderr.strip().splitlines()[-1]  # (MLflow logs its own start-up lines before it)
         assert r.returncode == code and last.startswith("error: ") and message in last, (args, r.stderr)
     assert json.loads(_cli(home, "deployments", "list", "--json").stdout) == []
+    assert json.loads(_cli(home, "keys", "list", "--all", "--json").stdout) == []  # no refused key stored

@@ -55,7 +55,7 @@ def test_keys_that_cannot_be_read_are_a_json_503(gate, monkeypatch):
     def unreadable(presented):
         raise OperationalError("SELECT", {}, Exception("database is locked"))
 
-    monkeypatch.setattr(gate.verifier, "role", unreadable)
+    monkeypatch.setattr(gate.verifier, "record", unreadable)
     status, headers, data = call(gate, "POST", "/recommend", {"authorization": "Bearer aimass_x_y",
                                                                "content-type": "application/json"}, b"{}")
     assert status == 503 and headers[b"retry-after"] == b"1"
@@ -69,7 +69,9 @@ def test_an_unexpected_error_of_v2_inference_is_the_json_500(gate, monkeypatch):
         def infer_v2(self, parsed, rid):
             raise RuntimeError("an arm failed")
 
-    monkeypatch.setattr(gate.verifier, "role", lambda presented: "consumer")
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(gate.verifier, "record", lambda presented: SimpleNamespace(role="consumer", endpoints=None))
     monkeypatch.setattr(gate, "_live", lambda: Handler())
     body = json.dumps({"inputs": [{"name": "user_id", "shape": [1], "datatype": "INT64", "data": [1]}]}).encode()
     status, headers, data = call(gate, "POST", "/v2/models/recs/infer", {"authorization": "Bearer k",
@@ -90,3 +92,47 @@ def test_a_bad_request_id_is_refused_and_every_request_is_counted(gate):
     ok_status, ok_headers, _ = call(gate, "GET", "/healthz", {"x-request-id": "trace-1.a_b"})
     assert ok_status == 200 and ok_headers[b"x-request-id"] == b"trace-1.a_b"
     assert counted("/healthz", "400") == 3 and counted("/healthz", "200") == 1
+
+
+def test_a_scoped_key_works_on_its_endpoints_only_and_an_expired_key_on_none(tmp_path, monkeypatch):
+    """One leaked key wrote feedback into every endpoint (and so their histories, trends and retraining data)
+    until it was revoked: a key may name its endpoints and end by itself."""
+    import time
+
+    from aimass import serving
+    from aimass.errors import InvalidInputError
+    from aimass.settings import Settings
+
+    s = Settings(home=tmp_path / "home")
+    monkeypatch.setenv("AIMASS_HOME", str(s.home))
+    monkeypatch.setenv("AIMASS_SERVE_ENDPOINT", "recs")
+    mine, _ = serving.create_key("shop", endpoints=["search", "recs"], settings=s)
+    theirs, row = serving.create_key("other", endpoints=["search"], settings=s)
+    brief, _ = serving.create_key("trial", expires_in_s=1, settings=s)
+    anywhere, _ = serving.create_key("all", settings=s)
+    assert row.endpoints == "search" and row.expires_at is None
+    bad = [({"endpoints": []}, "no endpoint"), ({"endpoints": "recs"}, "a list"), ({"endpoints": ["Recs"]},
+           "invalid endpoint"), ({"expires_in_s": 0}, "positive"), ({"expires_in_s": float("nan")}, "positive"),
+           ({"role": "admin", "endpoints": ["recs"]}, "admin key acts on every endpoint")]
+    for kwargs, why in bad:
+        with pytest.raises(InvalidInputError, match=why):
+            serving.create_key("bad", **{"role": "consumer", **kwargs}, settings=s)
+    assert [k.name for k in serving.list_keys(settings=s)] == ["shop", "other", "trial", "all"]  # none stored
+
+    gate = Gate(_ok, services.service("itemknn"))  # BentoML's app as far as these requests go
+
+    def status(key: str) -> int:
+        return call(gate, "POST", "/recommend", {"authorization": f"Bearer {key}",
+                                                 "content-type": "application/json"}, b"{}")[0]
+
+    assert [status(k) for k in (mine, anywhere, brief)] == [200, 200, 200]
+    code, _, body = call(gate, "POST", "/recommend", {"authorization": f"Bearer {theirs}"}, b"{}")
+    assert code == 403 and "not valid for the endpoint 'recs'" in json.loads(body)["error"]
+    time.sleep(1.1)
+    assert status(brief) == 401 and status(mine) == 200
+    assert serving.key_info(brief, settings=s) is None and serving.key_info(mine, settings=s).name == "shop"
+
+
+async def _ok(scope, receive, send):
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": b"{}"})

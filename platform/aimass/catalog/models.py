@@ -56,6 +56,9 @@ class ApiKeyBase(SQLModel):
     role: str = Field("consumer", description="'consumer' (model routes) or 'admin' (also admin routes)")
     created_at: datetime = Field(default_factory=_now)
     revoked_at: datetime | None = None
+    endpoints: str | None = Field(None, description=(
+        "The endpoints the key may call, comma-separated; none: every endpoint"))
+    expires_at: datetime | None = Field(None, description="When the key stops working; none: never")
 
 
 class ApiKey(ApiKeyBase, table=True):

@@ -7,18 +7,26 @@ import typer
 from aimass.cli._common import JSON, emit, rows, state
 
 app = typer.Typer(no_args_is_help=True)
-_COLS = ["key_id", "name", "role", "created_at", "revoked_at"]
+_COLS = ["key_id", "name", "role", "endpoints", "created_at", "expires_at", "revoked_at"]
 
 
 @app.command()
 def create(name: str, admin: bool = typer.Option(False, "--admin", help="Also allowed on admin routes"),
+           endpoint: list[str] = typer.Option(None, "--endpoint", help=(
+               "Only this endpoint (repeat for several); other endpoints answer 403. Default: every endpoint")),
+           expires_in: str = typer.Option(None, "--expires-in", help="Ends after this long: 90s, 30m, 12h, 30d, 1w"),
            as_json: bool = JSON):
     """Create a key; it is shown only now: store it."""
     from aimass import serving
+    from aimass.cli.monitor import seconds
 
-    key, row = serving.create_key(name, "admin" if admin else "consumer", settings=state.settings)
+    ttl = seconds(expires_in, "--expires-in") if expires_in is not None else None
+    key, row = serving.create_key(name, "admin" if admin else "consumer", endpoints=endpoint or None,
+                                  expires_in_s=ttl, settings=state.settings)
+    bounds = [f"endpoints {row.endpoints.replace(',', ', ')}" if row.endpoints else "every endpoint",
+              *([f"expires {row.expires_at:%Y-%m-%d %H:%M} UTC"] if row.expires_at else [])]
     emit({"key": key, **row.model_dump(mode="json")}, as_json,
-         [f"key: {key}", f"id: {row.key_id} ({row.role}); shown only once: store it now"])
+         [f"key: {key}", f"id: {row.key_id} ({row.role}; {', '.join(bounds)}); shown only once: store it now"])
 
 
 @app.command("list")

@@ -13,13 +13,13 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 
 
-def seconds(text: str) -> float:
+def seconds(text: str, what: str = "window") -> float:
     """'90s', '30m', '1h', '1.5h', '2d', '1w' or plain seconds."""
     from aimass.errors import InvalidInputError
 
     m = _DURATION.match(text or "")
     if not m or float(m[1]) <= 0:
-        raise InvalidInputError(f"invalid window {text!r}: use a positive duration such as 90s, 30m, 1h, 2d or 1w")
+        raise InvalidInputError(f"invalid {what} {text!r}: use a positive duration such as 90s, 30m, 1h, 2d or 1w")
     return float(m[1]) * _UNITS[m[2] or "s"]
 
 

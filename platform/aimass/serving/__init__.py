@@ -596,10 +596,22 @@ def shutdown_orphans() -> list[dict]:
     return _cluster.stop_orphans()
 
 
-def create_key(name: str, role: str = "consumer", *,
-               settings: Settings | None = None) -> tuple[str, ApiKeyPublic]:
-    """A new API key: (the key, shown only now; its public record). role: 'consumer' or 'admin'."""
-    return _keys.create(name, role, settings or default_settings())
+def create_key(name: str, role: str = "consumer", *, endpoints: list[str] | None = None,
+               expires_in_s: float | None = None, settings: Settings | None = None) -> tuple[str, ApiKeyPublic]:
+    """A new API key: (the key, shown only now; its public record). role: 'consumer' or 'admin'. A consumer key
+    may be scoped to `endpoints` (any other answers 403) and end after `expires_in_s` seconds (then it is
+    refused like a revoked one, 401). The endpoints need not be deployed yet."""
+    import math
+
+    if endpoints is not None:
+        if isinstance(endpoints, str):  # a bare name would be scoped to its letters
+            raise InvalidInputError("endpoints is a list of endpoint names")
+        endpoints = [check_endpoint(e) for e in endpoints]
+    if expires_in_s is not None and (isinstance(expires_in_s, bool) or not isinstance(expires_in_s, int | float)
+                                     or not math.isfinite(expires_in_s) or not 0 < expires_in_s <= 100 * 365 * 86400):
+        raise InvalidInputError(f"expires_in_s must be a positive number of seconds (100 years at most), got "
+                                f"{expires_in_s!r}")
+    return _keys.create(name, role, settings or default_settings(), endpoints=endpoints, expires_in_s=expires_in_s)
 
 
 def list_keys(*, include_revoked: bool = False, settings: Settings | None = None) -> list[ApiKeyPublic]:
@@ -607,7 +619,7 @@ def list_keys(*, include_revoked: bool = False, settings: Settings | None = None
 
 
 def key_info(key: str, *, settings: Settings | None = None) -> ApiKeyPublic | None:
-    """The record (name, id, role) of a valid, unrevoked key; None for anything else."""
+    """The record (name, id, role, scope) of a valid key, neither revoked nor expired; None for anything else."""
     from aimass.serving import _keys
 
     row = _keys.Verifier(settings or default_settings(), ttl=0).record(key)

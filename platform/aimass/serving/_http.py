@@ -17,13 +17,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 
 from aimass.errors import BackendError
 from aimass.serving import _v2
-from aimass.serving._keys import Verifier
+from aimass.serving._keys import Verifier, endpoints_of
 from aimass.settings import Settings
 
 OPEN = {"/healthz", "/livez", "/readyz", "/docs", "/docs.json", "/schema.json", "/", "/favicon.ico",
         "/v2/health/live", "/v2/health/ready"}
 OPEN_PREFIXES = ("/static_content/",)
-UNAUTHORIZED = ("missing, malformed, unknown or revoked API key: send 'Authorization: Bearer <key>' "
+UNAUTHORIZED = ("missing, malformed, unknown, revoked or expired API key: send 'Authorization: Bearer <key>' "
                 "(aimass keys create)")
 _OURS = {"/healthz": "GET", "/docs.json": "GET", "/metrics": "GET"}  # routes the gate answers itself
 _UNEXPECTED = "An unexpected error has occurred, please check the server log."  # BentoML's words for a 5xx
@@ -38,11 +38,20 @@ def is_admin(path: str) -> bool:
     return path == "/metrics" or path.startswith("/admin/")
 
 
+def endpoint_of(settings: Settings) -> str | None:
+    """The endpoint a replica serves: its deployment's, or for a bare `bentoml serve` (which names none) the
+    model's name, lower-cased, which its feedback is logged under."""
+    if settings.serve_endpoint:
+        return settings.serve_endpoint
+    return settings.serve_model.split("/")[0].split("@")[0].lower() if settings.serve_model else None
+
+
 class Gate:
     def __init__(self, app, service):
         self.app = app
         self.settings = Settings()  # a serving process's entry point: its AIMASS_* variables
         self.verifier = Verifier(self.settings)
+        self.endpoint = endpoint_of(self.settings)  # what a scoped key must name
         self.service = service
         self.routes = {api.route for api in service.apis.values()}
         self.docs: dict[str, bytes] = {}  # by mount prefix
@@ -104,17 +113,21 @@ class Gate:
                 presented = auth[7:].strip() if auth[:7].lower() == "bearer " else None
                 # a read of the catalog (a reload of the table, a slow server) off the event loop: the replica's
                 # other requests, its health checks among them, go on meanwhile
-                role = (self.verifier.role(presented) if self.verifier.answers_now(presented)
-                        else await asyncio.to_thread(self.verifier.role, presented))
+                row = (self.verifier.record(presented) if self.verifier.answers_now(presented)
+                       else await asyncio.to_thread(self.verifier.record, presented))
             except Exception as e:  # the catalog is away for a moment: no key can be checked, so none passes
                 if not isinstance(e, BackendError):  # the failed read itself, not each request refused after it
                     log.exception("reading the API keys failed")
                 return await _reply(send, 503, {"error": "API keys cannot be checked right now; retry"},
                                     [*tag, (b"retry-after", b"1")])
-            if role is None:
+            if row is None:
                 return await _reply(send, 401, {"error": UNAUTHORIZED},
                                     [*tag, (b"www-authenticate", b"Bearer")])
-            if is_admin(path) and role != "admin":
+            allowed = endpoints_of(row)
+            if allowed is not None and self.endpoint not in allowed:
+                return await _reply(send, 403, {"error": f"this API key is not valid for the endpoint "
+                                                         f"{self.endpoint!r}"}, tag)
+            if is_admin(path) and row.role != "admin":
                 return await _reply(send, 403, {"error": f"{path} needs an admin key"}, tag)
         if path == "/metrics":
             return await _reply(send, 200, generate_latest(self.registry), tag,

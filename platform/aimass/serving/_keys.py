@@ -10,7 +10,7 @@ import re
 import secrets
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from sqlmodel import select
 
@@ -28,20 +28,39 @@ def _hash(key_id: str, secret: str) -> str:
     return hashlib.sha256(f"{key_id}:{secret}".encode()).hexdigest()
 
 
-def create(name: str, role: str, settings: Settings) -> tuple[str, ApiKeyPublic]:
-    """A new key: returns (the full key, to show once; its public row)."""
+def create(name: str, role: str, settings: Settings, endpoints: list[str] | None = None,
+           expires_in_s: float | None = None) -> tuple[str, ApiKeyPublic]:
+    """A new key: returns (the full key, to show once; its public row). `endpoints` (checked names) scopes it,
+    `expires_in_s` (checked) ends it that long after its creation."""
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise InvalidInputError(f"invalid key name {name!r}: use 1-64 letters, digits, spaces, '.', '_', "
                                 "'@' or '-'")
     if role not in ROLES:
         raise InvalidInputError(f"unknown role {role!r}; use one of {', '.join(ROLES)}")
-    key_id, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
-    row = ApiKey(key_id=key_id, name=name, role=role, secret_hash=_hash(key_id, secret))
+    if endpoints is not None and role == "admin":
+        raise InvalidInputError("an admin key acts on every endpoint (the console's actions, each endpoint's admin "
+                                "routes): scope consumer keys only")
+    if endpoints is not None and not endpoints:
+        raise InvalidInputError("a key scoped to no endpoint could call none: name at least one")
+    key_id, secret, now = secrets.token_hex(6), secrets.token_urlsafe(32), datetime.now(UTC)
+    row = ApiKey(key_id=key_id, name=name, role=role, secret_hash=_hash(key_id, secret), created_at=now,
+                 endpoints=",".join(dict.fromkeys(endpoints)) if endpoints else None,
+                 expires_at=now + timedelta(seconds=expires_in_s) if expires_in_s else None)
     with session(settings) as db:
         db.add(row)
         db.commit()
         db.refresh(row)
         return f"aimass_{key_id}_{secret}", ApiKeyPublic.model_validate(row)
+
+
+def _utc(t: datetime) -> datetime:
+    """`t` as an aware UTC time: SQLite gives stored times back without their zone (they were stored in UTC)."""
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+
+
+def endpoints_of(row: ApiKey | ApiKeyPublic) -> list[str] | None:
+    """The endpoints a key may call; None: every one."""
+    return row.endpoints.split(",") if row.endpoints else None
 
 
 def list_keys(settings: Settings, include_revoked: bool = False) -> list[ApiKeyPublic]:
@@ -116,12 +135,14 @@ class Verifier:
         return row.role if row is not None else None
 
     def record(self, presented: str | None) -> ApiKey | None:
-        """The catalog row of a valid, unrevoked key; None otherwise."""
+        """The catalog row of a valid key, neither revoked nor expired; None otherwise."""
         m = _KEY.fullmatch((presented or "").strip())  # as the HTTP gate takes it: a pasted key's newline
         if not m:
             return None
         row = self._row(m["id"])
         if row is None or row.revoked_at is not None:
+            return None
+        if row.expires_at is not None and _utc(row.expires_at) <= datetime.now(UTC):
             return None
         if not hmac.compare_digest(row.secret_hash, _hash(m["id"], m["secret"])):
             return None

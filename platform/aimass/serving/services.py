@@ -26,7 +26,7 @@ from aimass.errors import AimassError, InvalidInputError, NotFoundError
 from aimass.serving import _pipeline, _search, _timeout, _v2
 from aimass.serving._arms import Arms
 from aimass.serving._engine import Engine
-from aimass.serving._http import Gate
+from aimass.serving._http import Gate, endpoint_of
 from aimass.serving._schema import (
     Candidates,
     Exclude,
@@ -130,7 +130,7 @@ def _settings() -> tuple[Settings, bool]:
         raise InvalidInputError("no model to serve: set AIMASS_SERVE_MODEL=NAME/VERSION (aimass deploy does)")
     if s.serve_endpoint:
         return s, True
-    return s.model_copy(update={"serve_endpoint": s.serve_model.split("/")[0].split("@")[0].lower()}), False
+    return s.model_copy(update={"serve_endpoint": endpoint_of(s)}), False
 
 
 class _Feedback:
