@@ -131,6 +131,13 @@ def test_a_scoped_key_works_on_its_endpoints_only_and_an_expired_key_on_none(tmp
     time.sleep(1.1)
     assert status(brief) == 401 and status(mine) == 200
     assert serving.key_info(brief, settings=s) is None and serving.key_info(mine, settings=s).name == "shop"
+    # and the OpenAPI document says so on every keyed route
+    from aimass.serving import _openapi
+    from aimass.serving._http import is_admin
+
+    doc = _openapi.document(services.service("itemknn"), "/recs", unauthorized="-", is_admin=is_admin)
+    keyed = [op["responses"] for ops in doc["paths"].values() for op in ops.values() if "401" in op["responses"]]
+    assert keyed and all("scoped to other endpoints" in r["403"]["description"] for r in keyed)
 
 
 async def _ok(scope, receive, send):

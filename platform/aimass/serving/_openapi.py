@@ -31,8 +31,8 @@ def _errors(route: str, props: set[str], unauthorized: str, admin: bool, timeout
                                 "value out of range, or an X-Request-ID header that is not 1-64 letters, digits "
                                 "or . _ -; the error names it"),
            "401": _json(_ERROR, unauthorized)}
-    if admin:
-        out["403"] = _json(_ERROR, f"{route} needs an admin key")
+    out["403"] = _json(_ERROR, (f"{route} needs an admin key, or the" if admin else "The") +
+                       " API key is scoped to other endpoints than this one")
     if props & _NAMES_THINGS:
         out["404"] = _json(_ERROR, "An item id or filter column that the served model does not know")
     out["413"] = _json(_ERROR, "Request body larger than the limit (AIMASS_SERVE_MAX_BODY_BYTES; "
@@ -94,7 +94,8 @@ def document(service: Any, prefix: str, *, unauthorized: str, is_admin: typing.C
     paths["/metrics"] = {"get": {
         "operationId": "metrics", "summary": "Prometheus metrics (admin key)", "security": [{"apiKey": []}],
         "responses": {"200": text, "401": _json(_ERROR, unauthorized),
-                      "403": _json(_ERROR, "/metrics needs an admin key")}}}
+                      "403": _json(_ERROR, "/metrics needs an admin key, or the API key is scoped to other "
+                                           "endpoints than this one")}}}
     return {
         "openapi": "3.1.0",
         "info": {"title": service.name, "version": "1",
