@@ -11,6 +11,7 @@ streams are the process's own and nothing is redirected.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import subprocess
@@ -166,8 +167,19 @@ def held(lock_file: Path, what: str, wait_s: float, busy: str) -> Iterator[None]
 
 
 def result(text: str) -> None:
-    """The command's result (human lines or the JSON document) on the real stdout."""
-    _say(text, out())
+    """The command's result (human lines or the JSON document) on the real stdout. One that cannot be written
+    there (a full disk, a reader that closed the pipe) fails the command: a script must not take a created key
+    or a registered version it never saw for a success (BackendError, exit 5)."""
+    from aimass.errors import BackendError
+
+    stream = out()
+    try:
+        print(text, file=stream, flush=True)
+    except OSError as e:
+        with contextlib.suppress(OSError, ValueError):  # what stays buffered is never written: Python's flush
+            # at exit would fail again, loudly
+            os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+        raise BackendError(f"the result could not be written to standard output ({e.strerror or e})") from None
 
 
 def error(message: str) -> None:

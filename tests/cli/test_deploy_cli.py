@@ -38,6 +38,14 @@ def test_keys_are_shown_once_and_stored_hashed(tmp_path):
     assert revoked["revoked_at"]
     assert {k["key_id"] for k in json.loads(_cli(home, "keys", "list", "--json").stdout)} == {admin["key_id"], shop_id}
     assert len(json.loads(_cli(home, "keys", "list", "--all", "--json").stdout)) == 3
+    # a key whose output could not be written (a full disk here; a reader that closed the pipe alike) was never
+    # seen: the command fails, and the key does not stay valid
+    with open("/dev/full", "w") as full:
+        lost = subprocess.run([AIMASS, "--home", str(home), "keys", "create", "ci-bot", "--json"], stdout=full,
+                              stderr=subprocess.PIPE, text=True, timeout=120)
+    assert lost.returncode == 5 and "could not be written to standard output" in lost.stderr, lost.stderr
+    ci = [k for k in json.loads(_cli(home, "keys", "list", "--all", "--json").stdout) if k["name"] == "ci-bot"]
+    assert len(ci) == 1 and ci[0]["revoked_at"]
 
 
 def test_bad_key_and_deploy_input_exit_non_zero_with_one_line(tmp_path):

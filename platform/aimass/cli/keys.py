@@ -25,8 +25,12 @@ def create(name: str, admin: bool = typer.Option(False, "--admin", help="Also al
                                   expires_in_s=ttl, settings=state.settings)
     bounds = [f"endpoints {row.endpoints.replace(',', ', ')}" if row.endpoints else "every endpoint",
               *([f"expires {row.expires_at:%Y-%m-%d %H:%M} UTC"] if row.expires_at else [])]
-    emit({"key": key, **row.model_dump(mode="json")}, as_json,
-         [f"key: {key}", f"id: {row.key_id} ({row.role}; {', '.join(bounds)}); shown only once: store it now"])
+    try:
+        emit({"key": key, **row.model_dump(mode="json")}, as_json,
+             [f"key: {key}", f"id: {row.key_id} ({row.role}; {', '.join(bounds)}); shown only once: store it now"])
+    except BaseException:  # never shown (a full disk, a closed pipe): no one holds it, so it must not stay valid
+        serving.revoke_key(row.key_id, settings=state.settings)
+        raise
 
 
 @app.command("list")
