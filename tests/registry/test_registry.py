@@ -47,6 +47,15 @@ def test_register_carries_lineage_and_metrics(env):
     scorer = models.load("recs/1", settings=s)
     out = scorer.recommend(pd.DataFrame({"history": [[1, 2, 3]], "k": [5]}))
     assert len(out["items"][0]) == 5 and scorer.info.ref == "recs/1"
+    same = scorer.recommend(pd.DataFrame({"history": [np.array([1.0, 2.0, 3.0])], "k": [5.0]}))  # whole floats
+    assert same["items"][0] == out["items"][0]
+    # what the HTTP schema refuses is refused here too, not answered with one item or a truncated id
+    for bad, why in [({"k": [-5]}, "k must be a whole number"), ({"k": [0]}, "k must be"), ({"k": [2.7]}, "k must"),
+                     ({"k": [float("nan")]}, "k must"), ({"history": [[1.5]]}, "whole item ids"),
+                     ({"history": [["a"]]}, "whole item ids"), ({"items": [[1]]}, "needs a 'history' column")]:
+        with pytest.raises(InvalidInputError, match=why):
+            scorer.recommend(pd.DataFrame({"history": [[1, 2, 3]], "k": [5], **bad}).drop(
+                columns=[] if "items" not in bad else ["history"]))
 
 
 def test_a_listing_holds_every_model_even_one_whose_name_no_filter_string_takes(env):

@@ -12,6 +12,8 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
+from aimass.errors import InvalidInputError
+
 
 class AimassRecommender(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
@@ -41,8 +43,10 @@ class AimassRecommender(mlflow.pyfunc.PythonModel):
     def recommend(self, df: pd.DataFrame) -> pd.DataFrame:
         from aimass.evaluation import exclusion_mask, top_k
 
-        histories = [self.dense(h) for h in df["history"]]
-        ks = df["k"].astype(int).tolist() if "k" in df.columns else [10] * len(df)
+        if "history" not in df.columns:
+            raise InvalidInputError("the input needs a 'history' column: each row a list of item ids, oldest first")
+        histories = [self.dense(_whole(h, f"row {i}'s history")) for i, h in enumerate(df["history"])]
+        ks = [_k(k, i) for i, k in enumerate(df["k"])] if "k" in df.columns else [10] * len(df)
         scores = self.estimator.score(histories)
         allowed = exclusion_mask(scores.shape[1], histories)
         items, out_scores = [], []
@@ -54,6 +58,25 @@ class AimassRecommender(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         return self.recommend(model_input)
+
+
+def _whole(values, what: str) -> np.ndarray:
+    """Item ids as given, refused unless whole numbers: 1.5 read as item 1 (a truncation), and a string as an
+    error from deep inside numpy."""
+    arr = np.asarray(list(values))
+    if arr.size and arr.dtype.kind not in "iu":
+        if arr.dtype.kind != "f" or not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
+            raise InvalidInputError(f"{what} must hold whole item ids, got {list(arr[:5])!r}")
+        arr = arr.astype(np.int64)
+    return arr
+
+
+def _k(k, row: int) -> int:
+    """How many items a row asks for: a whole number, 1 or more (k=-5 and k=0 answered one item, 2.7 two)."""
+    if isinstance(k, bool | np.bool_) or not isinstance(k, int | float | np.integer | np.floating) \
+            or not np.isfinite(k) or k != int(k) or k < 1:
+        raise InvalidInputError(f"row {row}'s k must be a whole number, 1 or more, got {k!r}")
+    return int(k)
 
 
 mlflow.models.set_model(AimassRecommender())
