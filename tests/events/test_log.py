@@ -133,6 +133,11 @@ def test_ingest_stores_a_file_once_and_refuses_a_bad_row_naming_it(store, tmp_pa
         with pytest.raises(InvalidInputError, match=f"row 4 .*{says}"):
             events.ingest(tmp_path / "bad.csv", "recs", settings=store)
     assert events.stats("recs", settings=store)["events"] == 1000  # nothing of a bad file is stored
+    for endpoint in ("", "Bad/x"):  # a name no deployment could have: its events no one could ever read
+        with pytest.raises(InvalidInputError, match="invalid endpoint"):
+            events.ingest(tmp_path / "ev.csv", endpoint, settings=store)
+        with pytest.raises(InvalidInputError, match="invalid endpoint"):
+            events.stats(endpoint, settings=store)
 
 
 def test_ingest_refuses_an_absurd_numeric_timestamp_as_malformed_and_stores_nothing(settings, tmp_path):

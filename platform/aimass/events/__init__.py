@@ -34,12 +34,20 @@ class IngestResult(BaseModel):
     events_per_s: float
 
 
+def _check(endpoint: str) -> None:
+    """An endpoint's name as serving names them: "" or "Bad/x" stored events no deployment could ever read."""
+    from aimass.serving import check_endpoint
+
+    check_endpoint(endpoint)
+
+
 def ingest(path: str | Path, endpoint: str, *, settings: Settings | None = None) -> IngestResult:
     """Append a file of events to `endpoint`'s log in one transaction: all or nothing; ids already stored
     (or repeated in the file) are stored once and counted as duplicates. The file is read, checked and written a
     chunk at a time, so its size is not bounded by memory."""
     import time
 
+    _check(endpoint)
     s = settings or default_settings()
     t0 = time.perf_counter()
     stored, dup = EventLog(s).ingest(endpoint, chunks(path, Rules.of(s), s))
@@ -51,6 +59,7 @@ def ingest(path: str | Path, endpoint: str, *, settings: Settings | None = None)
 
 def list_events(endpoint: str, *, limit: int = 20, settings: Settings | None = None) -> list[FeedbackEventPublic]:
     """The endpoint's latest `limit` events, newest first."""
+    _check(endpoint)
     s = settings or default_settings()
     rows = EventLog(s).frame(endpoint, limit=limit, newest_first=True)
     return [FeedbackEventPublic.model_validate({**r, "value": None if pd.isna(r["value"]) else r["value"],
@@ -64,6 +73,7 @@ def count(endpoint: str, *, settings: Settings | None = None) -> int:
 
     from aimass.catalog import FeedbackEvent
 
+    _check(endpoint)
     t = FeedbackEvent.__table__
     with EventLog(settings or default_settings()).engine.connect() as conn:
         return int(conn.execute(select(func.count()).select_from(t).where(t.c.endpoint == endpoint)).scalar() or 0)
@@ -77,6 +87,7 @@ def stats(endpoint: str, *, settings: Settings | None = None) -> dict:
 
     from aimass.catalog import FeedbackEvent, ServedAnswer
 
+    _check(endpoint)
     s = settings or default_settings()
     log = EventLog(s)
     t, a = FeedbackEvent.__table__, ServedAnswer.__table__
