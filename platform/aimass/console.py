@@ -25,7 +25,9 @@ _ROTATE_BYTES = 20 * 2**20  # past this the log starts afresh; the previous one 
 
 # Read by libraries in this process and inherited by every child (Ray workers, DVC, `ray start`), so they are
 # set before any of those start; only an entry point may change the environment.
-_QUIET_ENV = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+# MLflow retries a tracking server's request 7 times with a doubling wait: a server that is down kept a command
+# silent for over 4 minutes before its error. Three retries still ride out a blip (2 + 4 + 8 s).
+_QUIET_ENV = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3"}
 
 
 class _Console:

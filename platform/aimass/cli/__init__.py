@@ -115,7 +115,7 @@ def _interrupted(signum, frame) -> None:
 def main() -> None:
     import signal
 
-    from aimass.errors import AimassError, InvalidInputError, NotFoundError
+    from aimass.errors import AimassError, BackendError, InvalidInputError, NotFoundError
     from aimass.settings import error_line
 
     # SIGTERM and SIGHUP would end Python without its finally blocks: a console in the foreground, a deploy
@@ -141,8 +141,14 @@ def main() -> None:
             _fail(said + (f" (see {ctx.command_path} --help)" if ctx else ""), e.exit_code, details=False)
         if console.log_path() is not None:  # before the console's setup no handler exists: not on the terminal
             logging.getLogger("aimass").exception("unexpected error")
-        _fail(f"{type(e).__name__}: {error_line(e)}", 1)
+        # a component's own error (a tracking server or catalog database that is away) is a failing component,
+        # as BackendError says it: a script tells it from a bug (1) by its code
+        component = type(e).__module__.split(".")[0] in _COMPONENTS
+        _fail(f"{type(e).__name__}: {error_line(e)}", BackendError.exit_code if component else 1)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+_COMPONENTS = {"mlflow", "sqlalchemy", "psycopg", "psycopg2", "dvc", "git", "ray", "urllib3", "requests"}
 
 
 def _usage(e: Exception) -> bool:
