@@ -184,3 +184,14 @@ def test_relative_store_paths_are_resolved_once_against_the_folder_they_were_giv
     urls = Settings(dvc_remote="s3://b/x", data_registry="git@host:x.git", mlflow_tracking_uri="http://127.0.0.1:5000")
     assert (urls.dvc_remote, urls.data_registry, urls.mlflow_tracking_uri) == (
         "s3://b/x", "git@host:x.git", "http://127.0.0.1:5000")
+
+
+@pytest.mark.parametrize("name, value, says", [
+    ("AIMASS_MONITOR_WINDOW_S", "inf", "finite number"), ("AIMASS_RETRAIN_RETRY_S", "nan", "finite number"),
+    ("AIMASS_EXPERIMENT_METRIC", "bogus", "experiment_metric"), ("AIMASS_EXPERIMENT_METRIC", "Skip_rate", "pattern")])
+def test_a_setting_that_would_fail_only_later_is_refused_at_the_start(name, value, says, monkeypatch):
+    """`inf` passed every bound above zero and a metric that is no rate passed as text: both were accepted at
+    start and failed each scheduled drift report, or left every canary unstarted."""
+    with pytest.raises(ValidationError, match=says):
+        _from_env({name: value}, monkeypatch)
+    assert _from_env({"AIMASS_EXPERIMENT_METRIC": "skip_rate"}, monkeypatch).experiment_metric == "skip_rate"

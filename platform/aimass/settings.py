@@ -23,7 +23,10 @@ CREDENTIAL_FIELDS = ("catalog_url", "data_registry", "dvc_remote", "mlflow_track
 
 class Settings(BaseSettings):
     # an error names the field, never its value: a value may be a URL with a password
-    model_config = SettingsConfigDict(env_prefix="AIMASS_", extra="forbid", frozen=True, hide_input_in_errors=True)
+    # no NaN or infinity either: `inf` passed every bound above zero and failed only later (each scheduled drift
+    # report refused its window)
+    model_config = SettingsConfigDict(env_prefix="AIMASS_", extra="forbid", frozen=True, hide_input_in_errors=True,
+                                      allow_inf_nan=False)
 
     home: Path = Field(Path(".aimass"), description="Folder holding all embedded state.")
     catalog_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in home.")
@@ -114,7 +117,8 @@ class Settings(BaseSettings):
     gate_tolerance: float = Field(0.01, ge=0, lt=1, description=(
         "How much worse (relative) a retrained challenger's offline metric may be than the champion's."))
     canary_percent: int = Field(10, ge=0, le=50, description="Share of users a retrained challenger gets first.")
-    experiment_metric: str = Field("positive_rate", description="The rate a canary must win on.")
+    experiment_metric: str = Field("positive_rate", pattern=r"^(positive|[a-z][a-z0-9_]{0,31})_rate$", description=(
+        "The rate a canary must win on: positive_rate or <event type>_rate."))
     experiment_alpha: float = Field(0.05, gt=0, lt=1, description="Significance of the canary's sequential test.")
     experiment_mde: float = Field(0.02, gt=0, lt=1, description="Smallest rate difference worth detecting.")
     guardrail_max_p99_ratio: float = Field(1.5, gt=1, description="A canary slower than this x the control "
