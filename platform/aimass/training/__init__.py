@@ -403,6 +403,8 @@ def _run(s, cls, family, info, params, data, splits, workers, gpu, epochs, budge
                          **({f"{TAG}budget_note": note} if note else {})})
         if not note and resume and f"{TAG}budget_note" in active.data.tags:  # the first part's, of a resumed run
             mlflow.MlflowClient().delete_tag(run_id, f"{TAG}budget_note")
+        if resume and f"{TAG}error" in active.data.tags:  # a failed part's reason: the run it ended finished now
+            mlflow.MlflowClient().delete_tag(run_id, f"{TAG}error")
         mlflow.end_run("FINISHED")
     except BaseException as e:
         if not isinstance(e, KeyboardInterrupt):
