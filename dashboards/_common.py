@@ -13,12 +13,35 @@ from aimass.settings import Settings
 TTL = 5  # seconds a cached read is reused
 
 
+DEPLOY_HINT = "`aimass deploy MODEL@champion --endpoint NAME`"
+
+
 @st.cache_resource
-def settings() -> Settings:
+def _loaded() -> tuple[Settings, bool]:
+    """The settings, and whether their home held no catalog before this process (looked at before any read
+    creates one): a mistyped --home would otherwise look like a healthy, empty home."""
     ap = argparse.ArgumentParser(prog="dashboards/app.py")
     ap.add_argument("--home", default=None)
     a, _ = ap.parse_known_args(sys.argv[1:])
-    return Settings(home=a.home) if a.home else Settings()
+    s = Settings(home=a.home) if a.home else Settings()
+    return s, s.catalog_url is None and not (s.home / "catalog.db").exists()
+
+
+def settings() -> Settings:
+    return _loaded()[0]
+
+
+def show_home() -> None:
+    """Which home every page reads, and a warning while it is one this console started empty."""
+    s, new = _loaded()
+    st.sidebar.caption(f"home: {s.home}")
+    if new:
+        st.warning(f"No aimass home at {s.home} yet: the console started an empty one there "
+                   "(is --home / AIMASS_HOME right?)")
+
+
+def nothing_deployed() -> None:
+    st.info(f"Nothing is deployed in this home yet: {DEPLOY_HINT}.")
 
 
 def ago(t: datetime | None) -> str:

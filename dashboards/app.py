@@ -26,7 +26,7 @@ def _shown(e: Exception) -> None:
 
 
 try:
-    _common.settings()  # a bad --home or AIMASS_* value fails here, on every page, with its reason
+    _common.show_home()  # a bad --home or AIMASS_* value fails here, on every page, with its reason
 except Exception as e:
     _shown(e)
     st.stop()

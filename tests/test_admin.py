@@ -92,3 +92,17 @@ def test_an_action_done_whose_record_cannot_be_written_is_returned_not_raised(se
     done = admin.act(key, "revoke_key", victim.key_id, settings=settings)
     assert done.ok and done.outcome == f"key {victim.key_id} (victim) revoked" and len(calls) == 4
     assert victim.key_id not in [k.key_id for k in serving.list_keys(settings=settings)]
+
+
+def test_a_revoked_key_is_told_apart_from_an_unknown_or_consumer_one(settings):
+    """The console's operator pasting a key revoked since needs a new key, not the admin role: the refusal says
+    which; a wrong secret for that key's id is still just no admin key."""
+    key, ops = serving.create_key("ops", role="admin", settings=settings)
+    serving.revoke_key(ops.key_id, settings=settings)
+    with pytest.raises(InvalidInputError, match=f"this key \\({ops.key_id}\\) was revoked"):
+        admin.authorize(key, settings=settings)
+    forged = f"aimass_{ops.key_id}_{'A' * 43}"
+    for other in (forged, serving.create_key("reader", settings=settings)[0]):
+        with pytest.raises(InvalidInputError, match="an admin API key is required"):
+            admin.authorize(other, settings=settings)
+    assert serving.key_info(key, settings=settings) is None  # what the HTTP gate and the rest still get

@@ -55,16 +55,27 @@ if endpoint:
     action("set_traffic", f"set the split of {endpoint} to {arms or '...'}", endpoint if arms else "", arms)
     action("rollback", f"roll {endpoint} back to its previous split", endpoint)
     action("retrain", f"retrain what {endpoint} serves on its new feedback", endpoint, wait=False)
+else:
+    st.caption(f"nothing deployed: traffic actions need an endpoint ({_common.DEPLOY_HINT})")
 st.subheader("Models")
 versions = [f"{m['name']}/{m['version']}" for m in _common.models()]
 ref = st.selectbox("Version", versions) if versions else None
 if ref:
     action("promote", f"promote {ref} to champion (through the gate)", ref)
+else:
+    st.caption("no model version registered")
 st.subheader("API keys")
-keys = serving.list_keys(settings=s)
-key_id = st.selectbox("Key", [k.key_id for k in keys],
-                      format_func=lambda i: next(f"{k.name} ({k.role}, {i})" for k in keys if k.key_id == i))
-if key_id:
+# not the key this page acts with: revoking it would lock the operator out halfway through the session
+keys = [k for k in serving.list_keys(settings=s) if k.key_id != who.key_id]
+if keys:
+    key_id = st.selectbox("Key", [k.key_id for k in keys],
+                          format_func=lambda i: next(f"{k.name} ({k.role}, {i})" for k in keys if k.key_id == i))
     action("revoke_key", f"revoke key {key_id}", key_id)
+else:
+    st.caption(f"no other key to revoke (the one you act with, {who.key_id}, is revoked from the CLI: "
+               "`aimass keys revoke ID`)")
 st.subheader("Recorded actions")
-st.dataframe(pd.DataFrame([a.model_dump() for a in admin.history(settings=s)]), hide_index=True)
+if done := admin.history(settings=s):
+    st.dataframe(pd.DataFrame([a.model_dump() for a in done]), hide_index=True)
+else:
+    st.caption("no action recorded yet")

@@ -13,7 +13,7 @@ s = _common.settings()
 st.title("Deployments and traffic")
 deployments = _common.deployments()
 if not deployments:
-    st.info("Nothing is deployed in this home yet.")
+    _common.nothing_deployed()
     st.stop()
 st.dataframe(pd.DataFrame([{k: d[k] for k in ("endpoint", "model", "version", "family", "status", "min_replicas",
                                               "max_replicas", "url")} for d in deployments]), hide_index=True)

@@ -33,5 +33,7 @@ for d in deployments:
                                     "state": c.state} for c in view.comparisons]), hide_index=True)
     for g in view.guardrails_broken:
         st.error(f"guardrail broken: {g}")
-if not shown:
+if not deployments:
+    _common.nothing_deployed()
+elif not shown:
     st.info("No experiment yet: `aimass experiments start ENDPOINT --arms A=50 B=50`.")

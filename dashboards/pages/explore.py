@@ -50,6 +50,9 @@ if kind == "a user's recommendations":
         seen = history(by_ref[ref]["dataset"], int(user)) if by_ref[ref]["dataset"] else []
         out = load(ref).recommend(pd.DataFrame({"history": [seen], "k": [k]}))
         col.markdown(f"**{ref}** ({len(seen)} items of history in {by_ref[ref]['dataset']})")
+        if not seen and by_ref[ref]["dataset"]:  # a mistyped id answers too: with what a stranger gets
+            col.warning(f"user {int(user)} is not in {by_ref[ref]['dataset']}: this is a cold-start answer "
+                        "(no history to start from)")
         col.dataframe(pd.DataFrame({"item": out["items"][0], "score": out["scores"][0]}), hide_index=True)
 else:
     picked = st.multiselect("Versions", searchable, default=searchable[:2])

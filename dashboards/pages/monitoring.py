@@ -15,7 +15,7 @@ s = _common.settings()
 st.title("Monitoring")
 deployments = _common.deployments()
 if not deployments:
-    st.info("Nothing is deployed in this home yet.")
+    _common.nothing_deployed()
     st.stop()
 endpoint = st.selectbox("Endpoint", [d["endpoint"] for d in deployments])
 reports = monitoring.reports(endpoint, limit=100, settings=s)  # the newest; older ones stay on disk

@@ -16,7 +16,7 @@ st.title("Overview")
 deployments = _common.deployments()
 runs = _common.runs()
 if not deployments:
-    st.info("Nothing is deployed in this home yet: `aimass deploy MODEL@champion --endpoint NAME`.")
+    _common.nothing_deployed()
 
 rows, problems = [], []
 for d in deployments:
@@ -39,14 +39,18 @@ for d in deployments:
                  "drift": ("yes" if last.drifted else "no") if last else "-", "_signals": sig})
 failed_runs = [r for r in runs if r["status"] == "FAILED"]
 if failed_runs:
-    problems.append(f"{len(failed_runs)} failed training run(s), the last {failed_runs[0]['name']}")
+    last_failed = failed_runs[0]
+    problems.append(f"{len(failed_runs)} failed training run(s), the last {last_failed['name']}"
+                    + (f": {last_failed['error']}" if last_failed["error"] else ""))
 
 st.subheader("Failing")
 if problems:
     for p in problems:
         st.error(p)
-else:
+elif deployments or runs:
     st.success("Nothing is failing.")
+else:  # an empty home (or a mistyped one) is no sign of health
+    st.caption("nothing to judge yet: no endpoint and no training run")
 
 st.subheader("Endpoints, last hour")
 if rows:
@@ -58,14 +62,28 @@ if rows:
         left.line_chart(b[["requests_per_s"]], y_label="requests/s")
         middle.line_chart(b[["p50_ms", "p99_ms"]], y_label="ms")
         right.line_chart(b[["error_rate"]], y_label="error rate")
+else:
+    st.caption("no endpoint deployed")
+
+# events sent to a name no endpoint has (a client's typo, an endpoint deleted since): no deployed endpoint's
+# monitoring or retrain reads them
+deployed = {d["endpoint"] for d in deployments}
+strays = [{"endpoint": e, "feedback events": aimass.events.count(e, settings=s)}
+          for e in aimass.events.EventLog(s).endpoints() if e and e not in deployed]
+if strays:
+    st.markdown("**Feedback for endpoints not deployed**")
+    st.dataframe(pd.DataFrame(strays), hide_index=True)
 
 st.subheader("Last training")
 if runs:
     r = runs[0]
     started = datetime.fromtimestamp(r["start_time"] / 1000, UTC) if r["start_time"] else None
-    c1, c2, c3 = st.columns(3)
+    c1, c2, c3, c4 = st.columns(4)
     c1.metric("run", r["name"] or r["run_id"][:8], help=r["run_id"])
-    c2.metric("test NDCG@10", "-" if r["test_ndcg_at_10"] is None else f"{r['test_ndcg_at_10']:.4f}")
-    c3.metric("started", _common.ago(started))
+    c2.metric("status", r["status"])
+    c3.metric("test NDCG@10", "-" if r["test_ndcg_at_10"] is None else f"{r['test_ndcg_at_10']:.4f}")
+    c4.metric("started", _common.ago(started))
+    if r["status"] == "FAILED":
+        st.error(f"it failed: {r['error'] or 'no reason recorded'}")
 else:
     st.info("No training run yet: `aimass train FAMILY --dataset NAME`.")

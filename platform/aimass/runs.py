@@ -20,6 +20,7 @@ def _summary(run) -> dict:
         "dataset_hash": tags.get("aimass.dataset_hash"),
         "start_time": run.info.start_time,
         "end_time": run.info.end_time,
+        "error": tags.get("aimass.error"),  # why a FAILED run failed, as training kept it
         "test_ndcg_at_10": d.metrics.get(metric_key(metric_name("test", "ndcg"))),
         "val_ndcg_at_10": d.metrics.get(metric_key(metric_name("best_val", "ndcg"))),
     }

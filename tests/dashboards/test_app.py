@@ -42,7 +42,7 @@ def console(quickstart_home, monkeypatch):
 def _texts(at) -> str:
     """Everything the page shows as text: markdown, metrics, messages and the tables' cells."""
     parts = [e.value for e in (*at.title, *at.subheader, *at.markdown, *at.error, *at.success, *at.info,
-                                *at.caption)]
+                                *at.warning, *at.caption)]
     parts += [f"{m.label} {m.value}" for m in at.metric]
     parts += [df.value.to_csv() for df in at.dataframe]
     return "\n".join(str(p) for p in parts)
@@ -82,7 +82,7 @@ def test_every_page_renders_catalog_figures(console, quickstart_home):
     table = console.dataframe[0].value
     child = table[table["method"] == "int8"].iloc[0]
     pair = table[table["model"].isin([child["model"], child["parent"]])]
-    assert len(pair) == 2 and pair[["size MB", "p99 ms (batch 1)"]].notna().all().all(), pair
+    assert len(pair) == 2 and (pair[["size MB", "p99 ms (batch 1)"]] != "-").all().all(), pair
     gate = registry.get("demo-sasrec/1", settings=s).tags["aimass.gate"]  # the quickstart's promotion
     assert "for champion: " in gate and gate.split(" ", 1)[1] in models
     (attempt,) = aimass.retraining.history("demo", settings=s)  # the quickstart's retrain and its gate
@@ -255,12 +255,13 @@ def test_without_an_admin_key_the_console_changes_nothing_with_one_each_action_i
     assert not console.button and "an admin API key is required" in _texts(console)
     assert admin.history(settings=s) == []
     key, ops = serving.create_key("console-test-ops", role="admin", settings=s)
+    _, other = serving.create_key("console-test-other", settings=s)
     console.session_state["admin_key"] = key
     console.run()
     console.selectbox[-1].select(victim.key_id).run()  # the key to revoke
     assert console.button(key="do-revoke_key").disabled  # not confirmed yet
     console.checkbox(key=f"confirm-revoke_key-{victim.key_id}-").check().run()
-    console.selectbox[-1].select(ops.key_id).run()  # another key: the box ticked for the first confirms nothing
+    console.selectbox[-1].select(other.key_id).run()  # another key: the box ticked for the first confirms nothing
     assert console.button(key="do-revoke_key").disabled
     console.selectbox[-1].select(victim.key_id).run()
     console.checkbox(key=f"confirm-revoke_key-{victim.key_id}-").check().run()
@@ -348,3 +349,91 @@ def test_an_endpoint_deleted_while_the_listing_is_cached_is_no_error_on_the_depl
     page(at, "pages/deployments.py")
     record.unlink()  # what a delete does to it, in another process
     assert "'recs' was deleted a moment ago" in page(at, "pages/deployments.py")
+
+
+DEPLOY_HINT = "aimass deploy MODEL@champion --endpoint NAME"
+
+
+def test_a_home_that_was_not_there_is_named_and_never_called_healthy(tmp_path, monkeypatch):
+    """A mistyped --home gets an empty home made on the spot: the console said "Nothing is failing." and named
+    no home, so it looked like a healthy one. The pages that need an endpoint say how to deploy one."""
+    home = tmp_path / "typo"
+    at = open_console(home, monkeypatch)
+    assert any(str(home) in w.value and "is --home / AIMASS_HOME right?" in w.value for w in at.warning)
+    assert f"home: {home}" in [c.value for c in at.sidebar.caption]
+    assert "Nothing is failing." not in _texts(at)
+    for path in ("pages/deployments.py", "pages/monitoring.py", "pages/experiments.py"):
+        shown = page(at, path)
+        assert DEPLOY_HINT in shown and "aimass experiments start" not in shown
+
+
+@pytest.fixture(scope="module")
+def small_home(tmp_path_factory):
+    """One registered version of a cheap family, a later training run that failed (its validation figures all
+    NaN, its reason kept as training keeps it) and feedback sent to an endpoint that was never deployed."""
+    from mlflow import MlflowClient
+
+    from aimass.tracking import EXPERIMENT
+
+    tmp = tmp_path_factory.mktemp("small")
+    s = Settings(home=tmp / "home")
+    inter, items = aimass.datasets.generate_demo(tmp / "demo", aimass.datasets.DemoConfig(users=40, tracks=80, seed=3))
+    aimass.datasets.register("demo", inter, "csv", items=items, settings=s)
+    registry.register(aimass.train("popularity", "demo@v1", workers=0, progress=False, settings=s).run_id, "recs",
+                      settings=s)
+    client = MlflowClient(tracking_uri=s.tracking_uri)
+    run = client.create_run(client.get_experiment_by_name(EXPERIMENT).experiment_id, run_name="sasrec-broken",
+                            tags={"aimass.family": "sasrec", "aimass.dataset_ref": "demo@v1",
+                                  "aimass.error": "BackendError: sasrec diverged (a lower lr may help)"})
+    for epoch in (1, 2):
+        client.log_metric(run.info.run_id, "loss", 1.0 / epoch, step=epoch)
+        client.log_metric(run.info.run_id, "val_ndcg_at_10", float("nan"), step=epoch)
+    client.set_terminated(run.info.run_id, "FAILED")
+    aimass.events.EventLog(s).write("ghost", [aimass.events.FeedbackEventBase(
+        event_id=f"e{i}", user_id=1, item_id=2, type="click", timestamp=1733000000 + i) for i in range(3)])
+    return s
+
+
+def test_a_failed_run_and_stray_feedback_are_shown_with_their_reasons(small_home, monkeypatch):
+    """A FAILED run showed no status, no reason and an empty chart of NaN; events for an endpoint nobody
+    deployed showed nowhere; missing figures read "None"; empty headings said nothing."""
+    at = open_console(small_home.home, monkeypatch)
+    assert not at.warning  # a home that was there already
+    overview = _texts(at)
+    assert "status FAILED" in overview and "sasrec diverged (a lower lr may help)" in overview
+    (stray,) = [df.value for df in at.dataframe if "feedback events" in df.value.columns and "model" not in
+                df.value.columns]
+    assert stray.to_dict("records") == [{"endpoint": "ghost", "feedback events": 3}]
+    models = page(at, "pages/models.py")
+    assert "sasrec-broken failed: BackendError: sasrec diverged" in models  # the run chosen first: the newest
+    assert "no finite value in its 2 epoch(s)" in models
+    assert len(at.get("arrow_vega_lite_chart") + at.get("vega_lite_chart")) == 1  # the loss alone
+    versions = at.dataframe[0].value
+    assert versions[["size MB", "p99 ms (batch 1)"]].values.tolist() == [["-", "-"]]  # measured by compression only
+    assert "no promotion attempted yet" in models
+
+
+def test_explore_says_when_a_user_is_not_in_the_dataset(small_home, monkeypatch):
+    """Any id gets an answer: one the dataset lacks (a typo) gets a cold-start one, which the page must say."""
+    at = open_console(small_home.home, monkeypatch)
+    page(at, "pages/explore.py")
+    assert not at.warning  # user 1 has a history
+    at.number_input[0].set_value(987654).run()
+    assert [w.value for w in at.warning] == ["user 987654 is not in demo@v1: this is a cold-start answer "
+                                             "(no history to start from)"]
+
+
+def test_admin_explains_its_empty_sections_and_never_offers_its_own_key(small_home, monkeypatch):
+    """With nothing deployed and nothing done, the sections said nothing; the key acted with could be revoked
+    from under the operator; a revoked key read as one without the admin role."""
+    key, ops = serving.create_key("ops", role="admin", settings=small_home)
+    _, reader = serving.create_key("reader", settings=small_home)
+    at = open_console(small_home.home, monkeypatch)
+    at.session_state["admin_key"] = key
+    shown = page(at, "pages/admin.py")
+    assert "nothing deployed: traffic actions need an endpoint" in shown and "no action recorded yet" in shown
+    assert not [df for df in at.dataframe if df.value.empty]
+    assert at.selectbox[-1].options == [f"reader (consumer, {reader.key_id})"]  # the other key alone
+    serving.revoke_key(ops.key_id, settings=small_home)
+    at.run()
+    assert f"this key ({ops.key_id}) was revoked" in [e.value for e in at.sidebar.error][0]

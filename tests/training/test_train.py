@@ -333,6 +333,9 @@ def test_a_diverged_first_epoch_is_never_the_model_and_a_job_that_only_diverged_
     monkeypatch.setattr(trainer, "validation_metrics", lambda *a, **k: {k2: float("nan") for k2 in real(*a, **k)})
     with pytest.raises(BackendError, match="diverged: its validation figures were NaN at every one of its 2"):
         aimass.train("sasrec", "demo", TINY["sasrec"], workers=0, epochs=2, progress=False, settings=home)
+    # the reason stays with the run, where the console and `aimass runs` read it (MLflow keeps only FAILED)
+    failed = aimass.runs.list_runs(settings=home)[0]
+    assert failed["status"] == "FAILED" and "diverged: its validation figures were NaN" in failed["error"]
 
 
 def test_a_checkpoint_from_before_ensembles_resumes_as_one_network(home):

@@ -618,11 +618,13 @@ def list_keys(*, include_revoked: bool = False, settings: Settings | None = None
     return _keys.list_keys(settings or default_settings(), include_revoked)
 
 
-def key_info(key: str, *, settings: Settings | None = None) -> ApiKeyPublic | None:
-    """The record (name, id, role, scope) of a valid key, neither revoked nor expired; None for anything else."""
+def key_info(key: str, *, include_revoked: bool = False, settings: Settings | None = None) -> ApiKeyPublic | None:
+    """The record (name, id, role, scope) of a valid key, neither revoked nor expired; None for anything else.
+    With `include_revoked`, a revoked key's too (its secret checked all the same), so that a caller can say it
+    was revoked."""
     from aimass.serving import _keys
 
-    row = _keys.Verifier(settings or default_settings(), ttl=0).record(key)
+    row = _keys.Verifier(settings or default_settings(), ttl=0).record(key, include_revoked)
     return ApiKeyPublic.model_validate(row) if row is not None else None
 
 

@@ -134,13 +134,13 @@ class Verifier:
         row = self.record(presented)
         return row.role if row is not None else None
 
-    def record(self, presented: str | None) -> ApiKey | None:
-        """The catalog row of a valid key, neither revoked nor expired; None otherwise."""
+    def record(self, presented: str | None, include_revoked: bool = False) -> ApiKey | None:
+        """The catalog row of a valid key, unexpired, and unrevoked unless `include_revoked`; None otherwise."""
         m = _KEY.fullmatch((presented or "").strip())  # as the HTTP gate takes it: a pasted key's newline
         if not m:
             return None
         row = self._row(m["id"])
-        if row is None or row.revoked_at is not None:
+        if row is None or (row.revoked_at is not None and not include_revoked):
             return None
         if row.expires_at is not None and _utc(row.expires_at) <= datetime.now(UTC):
             return None

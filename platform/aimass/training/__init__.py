@@ -403,8 +403,12 @@ def _run(s, cls, family, info, params, data, splits, workers, gpu, epochs, budge
                          **({f"{TAG}budget_note": note} if note else {})})
         if not note and resume and f"{TAG}budget_note" in active.data.tags:  # the first part's, of a resumed run
             mlflow.MlflowClient().delete_tag(run_id, f"{TAG}budget_note")
+        if resume and f"{TAG}error" in active.data.tags:  # a failed part's reason: the run it ended finished now
+            mlflow.MlflowClient().delete_tag(run_id, f"{TAG}error")
         mlflow.end_run("FINISHED")
     except BaseException as e:
+        if not isinstance(e, KeyboardInterrupt):
+            _keep_reason(mlflow, e)
         mlflow.end_run("FAILED" if not isinstance(e, KeyboardInterrupt) else "KILLED")
         if isinstance(e, (InvalidInputError, KeyboardInterrupt)):
             raise
@@ -416,6 +420,19 @@ def _run(s, cls, family, info, params, data, splits, workers, gpu, epochs, budge
         samples_per_s=float(np.mean([h["samples_per_s"] for h in hist])) if hist else 0.0,
         n_parameters=n_parameters, history=hist, stop_reason=state.get("stop_reason", ""),
         resolved=data.get("resolved", {}), note=note, members=members)
+
+
+def _keep_reason(mlflow, e: BaseException) -> None:
+    """The failure's reason as a tag of the run, for whoever reads the run later (the console, `aimass runs show`):
+    MLflow keeps only FAILED. Masked, since a store's error quotes its URL; best effort, since a store that refuses
+    the tag must not hide the error that ended the job."""
+    from aimass.settings import redacted
+    from aimass.tracking import TAG
+
+    try:
+        mlflow.set_tag(f"{TAG}error", redacted(_root_cause(e))[:500])
+    except Exception:
+        pass
 
 
 def _root_cause(e: BaseException) -> str:
