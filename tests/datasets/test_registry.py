@@ -57,6 +57,8 @@ BAD = {
     "non-integer ids (sasrec)": lambda t: ("x", _write(t, "n.txt", "1 2\nu3 4\n"), "sasrec", "must be integers"),
     "non-integer ids (csv)": lambda t: ("x", _write(t, "n.csv", "user_id,item_id,timestamp\n1,a,3\n"), "csv",
                                         "item_id must hold integers, found 'a'"),
+    "infinite value": lambda t: ("x", _write(t, "v.csv", "user_id,item_id,timestamp,value\n1,1,3,2.5\n1,2,4,-inf\n"),
+                                 "csv", "column value has infinite values"),
     "empty file": lambda t: ("x", _write(t, "e.csv", ""), "csv", "empty"),
     "header only": lambda t: ("x", _write(t, "h.csv", "user_id,item_id,timestamp\n"), "csv", "no rows"),
     "missing column": lambda t: ("x", _write(t, "m.csv", "user_id,item_id\n1,2\n"), "csv", "missing column"),
@@ -127,6 +129,8 @@ def test_a_pull_into_a_folder_that_cannot_be_made_is_bad_input(settings, tmp_pat
     (tmp_path / "afile").write_text("x")
     with pytest.raises(InvalidInputError, match="cannot create the folder .*afile"):  # was a raw FileExistsError
         datasets.pull("plays", tmp_path / "afile" / "sub" / "plays", settings=settings)
+    with pytest.raises(InvalidInputError, match="cannot create a folder in /proc"):  # was a raw FileNotFoundError
+        datasets.pull("plays", "/proc/plays", settings=settings)
 
 
 def test_concurrent_pulls_of_one_version_into_one_folder_all_get_it_whole(settings, tmp_path):

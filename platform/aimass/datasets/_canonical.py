@@ -88,6 +88,8 @@ def normalise(
                 num = pd.to_numeric(s, errors="coerce")
                 if num.isna().any():
                     raise InvalidInputError(f"{what}: column {col} has non-numeric or empty values")
+                if not np.isfinite(num.to_numpy(dtype="float64")).all():  # as feedback's value refuses them
+                    raise InvalidInputError(f"{what}: column {col} has infinite values")
                 df[col] = num.astype("float64")
             else:
                 if s.isna().any():

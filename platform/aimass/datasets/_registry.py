@@ -350,7 +350,10 @@ class DataRegistry:
             shutil.rmtree(left, ignore_errors=True)
         # a name of its own: a copy that another home's pull into the same place makes cannot mix with it
         tmp = dest.with_name(f"{dest.name}.partial-{uuid.uuid4().hex[:12]}")
-        tmp.mkdir()
+        try:
+            tmp.mkdir()
+        except OSError as e:  # a place that has the parent but takes no new folder (/proc, a read-only one)
+            raise InvalidInputError(f"cannot create a folder in {dest.parent}: {e.strerror or e}") from None
         try:
             fs = DVCFileSystem(str(self.path), rev=tag)
             for f in fs.ls(f"datasets/{name}", detail=False):
