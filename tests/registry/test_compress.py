@@ -162,6 +162,10 @@ def test_bad_requests_raise_before_anything_is_written(env):
         _compress.check("prune", "ease", {"kind": "structured"})
     with pytest.raises(InvalidInputError, match="feed-forward units, which mult-vae has none of"):
         _compress.check("prune", "mult-vae", {"kind": "structured"})
+    # the version itself, checked before the work too (the CLI printed its stage line, then this refusal)
+    child = registry.get("rec/1", settings=s).model_copy(update={"method": "int8"})
+    with pytest.raises(InvalidInputError, match=r"rec/1 is already compressed \(int8\)"):
+        registry.check_compression(child.family, "prune", parent=child)
     assert _snapshot(s) == before
     assert len(registry._client(s).search_runs([registry._client(s).get_experiment_by_name("aimass")
                                                 .experiment_id])) == runs_before

@@ -83,7 +83,8 @@ def compress(
     options = parse_pairs(option, "--option")
     _check_options(options)
     # the SDK's own checks (method, its options, the family's fit), so bad input gets one line, no stage line
-    registry.check_compression(registry.get(f"{name}/{version}", settings=state.settings).family, method, **options)
+    parent = registry.get(f"{name}/{version}", settings=state.settings)
+    registry.check_compression(parent.family, method, parent=parent, **options)
     console.stage(f"compressing {name}/{version} with {method}; logs: {console.log_path()}")
     v = models.compress(name, version, method, progress=not as_json, settings=state.settings, **options)
     emit(v, as_json, rows([_row(v)], _COLS) + [f"  {k}: {val:.4f}" for k, val in sorted(v.metrics.items())])

@@ -411,12 +411,16 @@ def compress(name: str, version: int, method: str, *, settings: Settings | None 
     return run(name, version, method, settings=settings, progress=progress, **options)
 
 
-def check_compression(family: str | None, method: str, **options) -> None:
-    """Refuses (InvalidInputError) what `compress` would refuse for a version of `family`, before anything
-    exists: a command that ends by compressing checks it before its first step."""
-    from aimass.registry._compress import check
+def check_compression(family: str | None, method: str, *, parent: ModelVersionInfo | None = None,
+                      **options) -> None:
+    """Refuses (InvalidInputError) what `compress` would refuse for a version of `family` (`parent` itself
+    where it exists already), before anything exists: a command that ends by compressing checks it before its
+    first step."""
+    from aimass.registry._compress import check, check_parent
 
     check(method, family, options)
+    if parent is not None:
+        check_parent(parent)
 
 
 def load_logged(model_uri: str, *, settings: Settings | None = None):

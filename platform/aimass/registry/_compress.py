@@ -56,6 +56,16 @@ def distillable_families() -> list[str]:
     return [f for f in neural_families() if hasattr(family_class(f), "distill_step")]
 
 
+def check_parent(info) -> None:
+    """Refuses a version that cannot be compressed whatever the method: a compressed one, one without its
+    dataset version to evaluate on."""
+    if info.method != "original":
+        raise InvalidInputError(f"{info.ref} is already compressed ({info.method}); compress an original "
+                                "version")
+    if not info.dataset:
+        raise InvalidInputError(f"{info.ref} records no dataset version to evaluate on")
+
+
 def check(method: str, family: str | None, options: dict) -> dict:
     """Refuse what cannot work before anything is loaded or written; returns the typed options."""
     if method not in METHODS:
@@ -423,11 +433,7 @@ def compress(name: str, version: int, method: str, *, settings: Settings | None 
     s = settings or default_settings()
     info = registry.get(f"{name}/{int(version)}", settings=s)
     opts = check(method, info.family, options)
-    if info.method != "original":
-        raise InvalidInputError(f"{info.ref} is already compressed ({info.method}); compress an original "
-                                "version")
-    if not info.dataset:
-        raise InvalidInputError(f"{info.ref} records no dataset version to evaluate on")
+    check_parent(info)
     ds = datasets.load(info.dataset, settings=s)
     splits = make_splits(ds.interactions)
     parent = registry.load(info.ref, settings=s)
