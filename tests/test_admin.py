@@ -106,3 +106,18 @@ def test_a_revoked_key_is_told_apart_from_an_unknown_or_consumer_one(settings):
         with pytest.raises(InvalidInputError, match="an admin API key is required"):
             admin.authorize(other, settings=settings)
     assert serving.key_info(key, settings=settings) is None  # what the HTTP gate and the rest still get
+
+
+def test_an_expired_key_is_told_so_and_left_out_of_the_keys_that_work(settings):
+    """An expired admin key was refused as lacking the admin role, and listed among the working keys."""
+    import time
+    from datetime import UTC, datetime
+
+    key, ops = serving.create_key("ops-trial", role="admin", expires_in_s=1, settings=settings)
+    kept, _ = serving.create_key("ops", role="admin", settings=settings)
+    time.sleep(max(0.0, (ops.expires_at - datetime.now(UTC)).total_seconds()) + 0.1)
+    with pytest.raises(InvalidInputError, match=f"this key \\({ops.key_id}\\) expired at "):
+        admin.authorize(key, settings=settings)
+    assert admin.authorize(kept, settings=settings).name == "ops"
+    assert [k.name for k in serving.list_keys(settings=settings)] == ["ops"]
+    assert [k.name for k in serving.list_keys(include_revoked=True, settings=settings)] == ["ops-trial", "ops"]

@@ -29,10 +29,13 @@ def authorize(key: str, *, settings: Settings | None = None) -> ApiKeyPublic:
     from aimass import serving
 
     s = settings or default_settings()
-    who = serving.key_info(key, include_revoked=True, settings=s)
+    who = serving.key_info(key, include_ended=True, settings=s)
     if who is not None and who.revoked_at is not None:  # told apart: a new key is what helps, not another role
         raise InvalidInputError(f"this key ({who.key_id}) was revoked: ask an admin for a new one "
                                 "(aimass keys create NAME --admin)")
+    if who is not None and serving.key_expired(who):
+        raise InvalidInputError(f"this key ({who.key_id}) expired at {who.expires_at:%Y-%m-%d %H:%M} UTC: ask an "
+                                "admin for a new one (aimass keys create NAME --admin)")
     if who is None or who.role != "admin":
         raise InvalidInputError("an admin API key is required (aimass keys create NAME --admin)")
     return who

@@ -120,3 +120,33 @@ def test_a_store_that_is_away_is_a_failing_component_exit_5_with_its_password_ma
     aimass = str(Path(sys.executable).with_name("aimass"))
     r = subprocess.run([aimass, "datasets", "list"], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 5 and "OperationalError" in r.stderr and "hunter2" not in r.stderr, r.stderr
+
+
+def test_only_a_store_that_cannot_be_reached_is_exit_5_a_librarys_misuse_stays_a_bug():
+    """Any error of MLflow's or SQLAlchemy's read as "a component is away" (5), which scripts retry: a misuse
+    inside aimass (an IntegrityError, a bad parameter) is a bug (1)."""
+    from mlflow.exceptions import MlflowException
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    from aimass.cli import _unavailable
+
+    def raised(outer, inner=None):
+        try:
+            try:
+                raise inner or outer
+            except Exception as e:
+                if inner is None:
+                    raise
+                raise outer from e
+        except Exception as e:
+            return e
+
+    refused = OperationalError("SELECT 1", {}, Exception("connection refused"))
+    assert _unavailable(raised(refused))
+    assert _unavailable(raised(MlflowException("API request to http://127.0.0.1:1 failed with exception "
+                                               "HTTPConnectionPool: Max retries exceeded")))
+    assert _unavailable(raised(RuntimeError("wrapped"), ConnectionRefusedError(111, "refused")))
+    assert not _unavailable(raised(IntegrityError("INSERT", {}, Exception("UNIQUE constraint failed"))))
+    misuse = MlflowException("Invalid value for parameter", error_code="INVALID_PARAMETER_VALUE")
+    assert not _unavailable(raised(misuse))
+    assert not _unavailable(raised(KeyError("x")))

@@ -391,6 +391,9 @@ def small_home(tmp_path_factory):
     client.set_terminated(run.info.run_id, "FAILED")
     aimass.events.EventLog(s).write("ghost", [aimass.events.FeedbackEventBase(
         event_id=f"e{i}", user_id=1, item_id=2, type="click", timestamp=1733000000 + i) for i in range(3)])
+    # a bare `bentoml serve` of the model My_Model.v2 logs its feedback under my_model.v2, no endpoint's name
+    aimass.events.EventLog(s).write("my_model.v2", [aimass.events.FeedbackEventBase(
+        event_id="b0", user_id=1, item_id=2, type="click", timestamp=1733000000)])
     return s
 
 
@@ -403,7 +406,8 @@ def test_a_failed_run_and_stray_feedback_are_shown_with_their_reasons(small_home
     assert "status FAILED" in overview and "sasrec diverged (a lower lr may help)" in overview
     (stray,) = [df.value for df in at.dataframe if "feedback events" in df.value.columns and "model" not in
                 df.value.columns]
-    assert stray.to_dict("records") == [{"endpoint": "ghost", "feedback events": 3}]
+    assert stray.to_dict("records") == [{"endpoint": "ghost", "feedback events": 3},
+                                        {"endpoint": "my_model.v2", "feedback events": 1}]
     models = page(at, "pages/models.py")
     assert "sasrec-broken failed: BackendError: sasrec diverged" in models  # the run chosen first: the newest
     assert "no finite value in its 2 epoch(s)" in models

@@ -136,8 +136,7 @@ def test_ingest_stores_a_file_once_and_refuses_a_bad_row_naming_it(store, tmp_pa
     for endpoint in ("", "Bad/x"):  # a name no deployment could have: its events no one could ever read
         with pytest.raises(InvalidInputError, match="invalid endpoint"):
             events.ingest(tmp_path / "ev.csv", endpoint, settings=store)
-        with pytest.raises(InvalidInputError, match="invalid endpoint"):
-            events.stats(endpoint, settings=store)
+        assert events.stats(endpoint, settings=store)["events"] == 0  # a read takes any name (a bare serve's)
 
 
 def test_ingest_refuses_an_absurd_numeric_timestamp_as_malformed_and_stores_nothing(settings, tmp_path):

@@ -108,7 +108,7 @@ def test_a_scoped_key_works_on_its_endpoints_only_and_an_expired_key_on_none(tmp
     monkeypatch.setenv("AIMASS_SERVE_ENDPOINT", "recs")
     mine, _ = serving.create_key("shop", endpoints=["search", "recs"], settings=s)
     theirs, row = serving.create_key("other", endpoints=["search"], settings=s)
-    brief, _ = serving.create_key("trial", expires_in_s=1, settings=s)
+    brief, trial = serving.create_key("trial", expires_in_s=5, settings=s)
     anywhere, _ = serving.create_key("all", settings=s)
     assert row.endpoints == "search" and row.expires_at is None
     bad = [({"endpoints": []}, "no endpoint"), ({"endpoints": "recs"}, "a list"), ({"endpoints": ["Recs"]},
@@ -128,7 +128,9 @@ def test_a_scoped_key_works_on_its_endpoints_only_and_an_expired_key_on_none(tmp
     assert [status(k) for k in (mine, anywhere, brief)] == [200, 200, 200]
     code, _, body = call(gate, "POST", "/recommend", {"authorization": f"Bearer {theirs}"}, b"{}")
     assert code == 403 and "not valid for the endpoint 'recs'" in json.loads(body)["error"]
-    time.sleep(1.1)
+    from datetime import UTC, datetime
+
+    time.sleep(max(0.0, (trial.expires_at - datetime.now(UTC)).total_seconds()) + 0.1)
     assert status(brief) == 401 and status(mine) == 200
     assert serving.key_info(brief, settings=s) is None and serving.key_info(mine, settings=s).name == "shop"
     # and the OpenAPI document says so on every keyed route

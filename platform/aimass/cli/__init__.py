@@ -141,14 +141,31 @@ def main() -> None:
             _fail(said + (f" (see {ctx.command_path} --help)" if ctx else ""), e.exit_code, details=False)
         if console.log_path() is not None:  # before the console's setup no handler exists: not on the terminal
             logging.getLogger("aimass").exception("unexpected error")
-        # a component's own error (a tracking server or catalog database that is away) is a failing component,
-        # as BackendError says it: a script tells it from a bug (1) by its code
-        component = type(e).__module__.split(".")[0] in _COMPONENTS
-        _fail(f"{type(e).__name__}: {error_line(e)}", BackendError.exit_code if component else 1)
+        # a store that is away (a tracking server, a catalog database) is a failing component, as BackendError
+        # says it: a script tells it from a bug (1) by its code, and may retry it
+        _fail(f"{type(e).__name__}: {error_line(e)}", BackendError.exit_code if _unavailable(e) else 1)
     sys.exit(code if isinstance(code, int) else 0)
 
 
-_COMPONENTS = {"mlflow", "sqlalchemy", "psycopg", "psycopg2", "dvc", "git", "ray", "urllib3", "requests"}
+# an HTTP client's own errors for a server it could not reach (requests', urllib3's: MLflow's clients)
+_UNREACHABLE = {"ConnectionError", "ConnectTimeout", "ReadTimeout", "Timeout", "NewConnectionError", "MaxRetryError"}
+
+
+def _unavailable(e: BaseException) -> bool:
+    """Whether `e` (or what caused it: MLflow wraps the connection error it retried) says a store could not be
+    reached, rather than that aimass used a library wrongly (an IntegrityError, a bad argument: bugs)."""
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    seen = 0
+    while e is not None and seen < 10:  # a cycle of causes ends too
+        if isinstance(e, OperationalError | InterfaceError | ConnectionError | TimeoutError) \
+                or type(e).__name__ in _UNREACHABLE:
+            return True
+        # MLflow's message of a request it gave up on, its cause kept only as text
+        if type(e).__name__ == "MlflowException" and ("Max retries exceeded" in str(e) or "timed out" in str(e)):
+            return True
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return False
 
 
 def _usage(e: Exception) -> bool:

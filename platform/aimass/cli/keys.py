@@ -34,7 +34,7 @@ def create(name: str, admin: bool = typer.Option(False, "--admin", help="Also al
 
 
 @app.command("list")
-def list_(include_revoked: bool = typer.Option(False, "--all", help="Also revoked keys"),
+def list_(include_revoked: bool = typer.Option(False, "--all", help="Also revoked and expired keys"),
           as_json: bool = JSON):
     from aimass import serving
 

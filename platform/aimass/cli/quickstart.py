@@ -177,58 +177,75 @@ def quickstart(
             with contextlib.suppress(Exception):
                 serving.revoke_key(made.key_id, settings=s)
         raise
-    loop = {"traffic": burst, "traffic_on_split": burst2, "drift": report.model_dump(mode="json"),
-            "retrain": again.model_dump(mode="json"),
-            "scheduler": scheduler, "canary": canary, "split": traffic.model_dump(mode="json"), "search": search,
-            "auto": auto, "console": panel}
-    if as_json:
-        emit({"dataset": summary, "log": str(console.log_path()), "skipped": skipped, "training": run,
-              "tracking_uri": shown_url(s.tracking_uri),
-              "promotion": promotion, "models": side, "deployment": d.model_dump(mode="json"), "api_key": key,
-              "curl": curl, **loop}, True)
-        return
-    console.stage(f"logs: {console.log_path()}")
-    metrics = ", ".join(f"{label} {r.metrics[k]:.4f}" for k, label in _SHOWN.items() if k in r.metrics)
-    console.result("\n".join([
-        "",
-        f"dataset  {v.ref}: {v.n_rows:,} plays by {v.n_users:,} users of {v.n_items:,} tracks",
-        f"model    {mv.ref} from MLflow run {r.run_id} ({r.epochs} epochs, {r.wall_time_s:.0f} s): {metrics}",
-        "",
-        *rows(side, list(side[0])),
-        *([f"champion unchanged: {promotion['reason']}"] if not promotion["promoted"] else []),
-        "",
-        f"feedback {burst['events']:,} events stored ({burst['positive']:,} plays and likes) after "
-        f"{burst['answers']} answers; each changed that user's next /recommend",
-        f"drift    {'DRIFT in ' + ', '.join(report.drifted_columns) if report.drifted else 'no drift'} "
-        f"({len(report.drifted_columns)} of {len(report.columns)} columns, {report.n_current} answers): {report.html}",
-        f"retrain  {again.parent_dataset} + {again.positive:,} positive events -> {again.dataset} -> challenger "
-        f"{again.challenger}: gate {_retrain_outcome(again)}",
-        *[f"         {'pass' if c.passed else 'FAIL'} {c.check}: {c.detail}" for c in again.gate],
-        f"         {again.next_step}",
-        f"         {scheduler}",
-        f"canary   {canary}",
-        f"         then {burst2['answers']} answers on the split and {burst2['events']:,} more feedback events",
-        "",
-        "$ aimass traffic show demo",
-        *view_lines(traffic),
-        "",
-        f"MLflow   {_tool('mlflow')} ui --backend-store-uri {shown_url(s.tracking_uri)} --host 127.0.0.1 --port 5000",
-        f"API      {d.url} (OpenAPI: {d.url}/docs.json)",
-        f"API key  {key} (shown once; stored hashed)",
-        *([f"search   {search['model']} at {search['url']}: {search['query']!r} -> {', '.join(search['top'])}",
-           f"         {search['searches']} demo searches in 3 modes, {search['clicks']} clicks on results"]
-          if search else []),
-        *([f"auto     {auto['candidates']} candidates in {auto['wall_time_s'] / 60:.1f} min; best {auto['family']} "
-           f"(val NDCG@10 {auto['val_ndcg@10']:.4f}) registered as {auto['registered']}; leaderboard: "
-           f"{_tool('aimass')} runs show {auto['run_id']}"] if auto else []),
-        *skipped,
-        "Try it:",
-        f"  {curl}",
-        *([f"  {search['curl']}"] if search else []),
-        f"Stop serving: {_tool('aimass')} deployments shutdown",
-        f"console  {panel['url']} (stop: {_tool('aimass')} console --stop)" if panel.get("url")
-        else f"console  not started: {panel['error']}",
-    ]))
+    # the key is in this result alone: one that cannot be written (a full disk, a closed pipe) was never seen, and
+    # no one may hold a valid key that no one has
+    with _revoked_on_failure(made.key_id, s):
+        loop = {"traffic": burst, "traffic_on_split": burst2, "drift": report.model_dump(mode="json"),
+                "retrain": again.model_dump(mode="json"),
+                "scheduler": scheduler, "canary": canary, "split": traffic.model_dump(mode="json"), "search": search,
+                "auto": auto, "console": panel}
+        if as_json:
+            emit({"dataset": summary, "log": str(console.log_path()), "skipped": skipped, "training": run,
+                  "tracking_uri": shown_url(s.tracking_uri),
+                  "promotion": promotion, "models": side, "deployment": d.model_dump(mode="json"), "api_key": key,
+                  "curl": curl, **loop}, True)
+            return
+        console.stage(f"logs: {console.log_path()}")
+        metrics = ", ".join(f"{label} {r.metrics[k]:.4f}" for k, label in _SHOWN.items() if k in r.metrics)
+        console.result("\n".join([
+            "",
+            f"dataset  {v.ref}: {v.n_rows:,} plays by {v.n_users:,} users of {v.n_items:,} tracks",
+            f"model    {mv.ref} from MLflow run {r.run_id} ({r.epochs} epochs, {r.wall_time_s:.0f} s): {metrics}",
+            "",
+            *rows(side, list(side[0])),
+            *([f"champion unchanged: {promotion['reason']}"] if not promotion["promoted"] else []),
+            "",
+            f"feedback {burst['events']:,} events stored ({burst['positive']:,} plays and likes) after "
+            f"{burst['answers']} answers; each changed that user's next /recommend",
+            f"drift    {'DRIFT in ' + ', '.join(report.drifted_columns) if report.drifted else 'no drift'} "
+            f"({len(report.drifted_columns)} of {len(report.columns)} columns, {report.n_current} answers): "
+            f"{report.html}",
+            f"retrain  {again.parent_dataset} + {again.positive:,} positive events -> {again.dataset} -> challenger "
+            f"{again.challenger}: gate {_retrain_outcome(again)}",
+            *[f"         {'pass' if c.passed else 'FAIL'} {c.check}: {c.detail}" for c in again.gate],
+            f"         {again.next_step}",
+            f"         {scheduler}",
+            f"canary   {canary}",
+            f"         then {burst2['answers']} answers on the split and {burst2['events']:,} more feedback events",
+            "",
+            "$ aimass traffic show demo",
+            *view_lines(traffic),
+            "",
+            f"MLflow   {_tool('mlflow')} ui --backend-store-uri {shown_url(s.tracking_uri)} --host 127.0.0.1 "
+            "--port 5000",
+            f"API      {d.url} (OpenAPI: {d.url}/docs.json)",
+            f"API key  {key} (shown once; stored hashed)",
+            *([f"search   {search['model']} at {search['url']}: {search['query']!r} -> {', '.join(search['top'])}",
+               f"         {search['searches']} demo searches in 3 modes, {search['clicks']} clicks on results"]
+              if search else []),
+            *([f"auto     {auto['candidates']} candidates in {auto['wall_time_s'] / 60:.1f} min; best {auto['family']} "
+               f"(val NDCG@10 {auto['val_ndcg@10']:.4f}) registered as {auto['registered']}; leaderboard: "
+               f"{_tool('aimass')} runs show {auto['run_id']}"] if auto else []),
+            *skipped,
+            "Try it:",
+            f"  {curl}",
+            *([f"  {search['curl']}"] if search else []),
+            f"Stop serving: {_tool('aimass')} deployments shutdown",
+            f"console  {panel['url']} (stop: {_tool('aimass')} console --stop)" if panel.get("url")
+            else f"console  not started: {panel['error']}",
+        ]))
+
+
+@contextlib.contextmanager
+def _revoked_on_failure(key_id: str, s):
+    from aimass import serving
+
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(Exception):
+            serving.revoke_key(key_id, settings=s)
+        raise
 
 
 def _tool(name: str) -> str:

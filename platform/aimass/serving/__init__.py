@@ -30,9 +30,9 @@ from aimass.settings import Settings, default_settings, error_line, write_privat
 
 __all__ = ["CLUSTER_OWNER_ENV", "WORKER_SETUP_HOOK", "Deployment", "Engine", "TrafficView", "applications",
            "build_bento", "check_can_serve", "check_deployed", "check_endpoint", "connect", "create_key",
-           "curl_example", "delete", "deploy", "deployments", "endpoints", "key_id_of", "list_keys", "orphans",
-           "parse_arms", "pin_bento", "revoke_key", "rollback", "running", "scaling", "set_traffic", "show",
-           "shutdown", "shutdown_orphans", "traffic"]
+           "curl_example", "delete", "deploy", "deployments", "endpoints", "key_expired", "key_id_of", "key_info",
+           "list_keys", "orphans", "parse_arms", "pin_bento", "revoke_key", "rollback", "running", "scaling",
+           "set_traffic", "show", "shutdown", "shutdown_orphans", "traffic"]
 log = logging.getLogger(__name__)
 
 
@@ -618,18 +618,23 @@ def list_keys(*, include_revoked: bool = False, settings: Settings | None = None
     return _keys.list_keys(settings or default_settings(), include_revoked)
 
 
-def key_info(key: str, *, include_revoked: bool = False, settings: Settings | None = None) -> ApiKeyPublic | None:
+def key_info(key: str, *, include_ended: bool = False, settings: Settings | None = None) -> ApiKeyPublic | None:
     """The record (name, id, role, scope) of a valid key, neither revoked nor expired; None for anything else.
-    With `include_revoked`, a revoked key's too (its secret checked all the same), so that a caller can say it
-    was revoked."""
+    With `include_ended`, a revoked or expired key's too (its secret checked all the same), so that a caller can
+    say which."""
     from aimass.serving import _keys
 
-    row = _keys.Verifier(settings or default_settings(), ttl=0).record(key, include_revoked)
+    row = _keys.Verifier(settings or default_settings(), ttl=0).record(key, include_ended)
     return ApiKeyPublic.model_validate(row) if row is not None else None
 
 
 def revoke_key(key_id: str, *, settings: Settings | None = None) -> ApiKeyPublic:
     return _keys.revoke(key_id, settings or default_settings())
+
+
+def key_expired(row: ApiKeyPublic) -> bool:
+    """Whether a key's `expires_at` has passed (it is then refused like a revoked one)."""
+    return _keys.expired(row)
 
 
 def key_id_of(key: str) -> str:

@@ -58,17 +58,22 @@ def _utc(t: datetime) -> datetime:
     return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
 
 
+def expired(row: ApiKey | ApiKeyPublic) -> bool:
+    return row.expires_at is not None and _utc(row.expires_at) <= datetime.now(UTC)
+
+
 def endpoints_of(row: ApiKey | ApiKeyPublic) -> list[str] | None:
     """The endpoints a key may call; None: every one."""
     return row.endpoints.split(",") if row.endpoints else None
 
 
 def list_keys(settings: Settings, include_revoked: bool = False) -> list[ApiKeyPublic]:
+    """The keys that work now (neither revoked nor expired), or every one with `include_revoked`."""
     with session(settings) as db:
         q = select(ApiKey).order_by(ApiKey.id)
         if not include_revoked:
             q = q.where(ApiKey.revoked_at == None)  # noqa: E711  (SQL IS NULL)
-        return [ApiKeyPublic.model_validate(r) for r in db.exec(q)]
+        return [ApiKeyPublic.model_validate(r) for r in db.exec(q) if include_revoked or not expired(r)]
 
 
 def key_id_of(key: str) -> str:
@@ -134,15 +139,13 @@ class Verifier:
         row = self.record(presented)
         return row.role if row is not None else None
 
-    def record(self, presented: str | None, include_revoked: bool = False) -> ApiKey | None:
-        """The catalog row of a valid key, unexpired, and unrevoked unless `include_revoked`; None otherwise."""
+    def record(self, presented: str | None, include_ended: bool = False) -> ApiKey | None:
+        """The catalog row of a valid key, neither revoked nor expired unless `include_ended`; None otherwise."""
         m = _KEY.fullmatch((presented or "").strip())  # as the HTTP gate takes it: a pasted key's newline
         if not m:
             return None
         row = self._row(m["id"])
-        if row is None or (row.revoked_at is not None and not include_revoked):
-            return None
-        if row.expires_at is not None and _utc(row.expires_at) <= datetime.now(UTC):
+        if row is None or (not include_ended and (row.revoked_at is not None or expired(row))):
             return None
         if not hmac.compare_digest(row.secret_hash, _hash(m["id"], m["secret"])):
             return None

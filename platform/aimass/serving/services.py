@@ -68,9 +68,18 @@ class _ClientErrors(logging.Filter):
         from pydantic import ValidationError
 
         exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, ValidationError):
-            return False
+        if isinstance(exc, ValidationError):  # the request's body, unless aimass's own code raised it (a bug
+            return _raised_here(exc)  # BentoML answers with a 400 all the same)
         return not (isinstance(exc, BentoMLException) and int(exc.error_code) < 500)
+
+
+def _raised_here(exc: BaseException) -> bool:
+    """Whether a frame of aimass's own code is in `exc`'s traceback."""
+    import traceback
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[1])
+    return any(str(Path(f.filename).resolve()).startswith(root) for f in traceback.extract_tb(exc.__traceback__))
 
 
 # the logger BentoML's log_exception writes to (once per process: a module is imported once)
