@@ -8,7 +8,7 @@ import pytest
 
 from aimass import monitoring
 from aimass.catalog import FeedbackEventBase
-from aimass.cli.monitor import seconds
+from aimass.cli._common import seconds
 from aimass.errors import InvalidInputError, NotFoundError
 from aimass.events import EventLog, ServedLog
 from aimass.monitoring._stats import wilson

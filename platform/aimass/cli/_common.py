@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -90,3 +91,17 @@ def parse_pairs(pairs: list[str] | None, flag: str) -> dict:
         except json.JSONDecodeError:
             out[key] = raw
     return out
+
+
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+
+
+def seconds(text: str, what: str = "window") -> float:
+    """'90s', '30m', '1h', '1.5h', '2d', '1w' or plain seconds."""
+    from aimass.errors import InvalidInputError
+
+    m = _DURATION.match(text or "")
+    if not m or float(m[1]) <= 0:
+        raise InvalidInputError(f"invalid {what} {text!r}: use a positive duration such as 90s, 30m, 1h, 2d or 1w")
+    return float(m[1]) * DURATION_UNITS[m[2] or "s"]

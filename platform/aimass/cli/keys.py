@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from aimass.cli._common import JSON, emit, rows, state
+from aimass.cli._common import JSON, emit, rows, seconds, state
 
 app = typer.Typer(no_args_is_help=True)
 _COLS = ["key_id", "name", "role", "endpoints", "created_at", "expires_at", "revoked_at"]
@@ -18,7 +18,6 @@ def create(name: str, admin: bool = typer.Option(False, "--admin", help="Also al
            as_json: bool = JSON):
     """Create a key; it is shown only now: store it."""
     from aimass import serving
-    from aimass.cli.monitor import seconds
 
     ttl = seconds(expires_in, "--expires-in") if expires_in is not None else None
     key, row = serving.create_key(name, "admin" if admin else "consumer", endpoints=endpoint or None,

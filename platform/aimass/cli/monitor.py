@@ -2,25 +2,11 @@
 reference (Evidently; each stored in the home with its HTML and JSON) and the online metrics of its lists."""
 from __future__ import annotations
 
-import re
-
 import typer
 
-from aimass.cli._common import JSON, emit, rows, state
+from aimass.cli._common import DURATION_UNITS, JSON, emit, rows, seconds, state
 
 app = typer.Typer(no_args_is_help=True)
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
-
-
-def seconds(text: str, what: str = "window") -> float:
-    """'90s', '30m', '1h', '1.5h', '2d', '1w' or plain seconds."""
-    from aimass.errors import InvalidInputError
-
-    m = _DURATION.match(text or "")
-    if not m or float(m[1]) <= 0:
-        raise InvalidInputError(f"invalid {what} {text!r}: use a positive duration such as 90s, 30m, 1h, 2d or 1w")
-    return float(m[1]) * _UNITS[m[2] or "s"]
 
 
 def _rate(r) -> str:
@@ -31,8 +17,8 @@ def _rate(r) -> str:
 
 def _span(s: float) -> str:
     for unit in ("w", "d", "h", "m"):
-        if s >= _UNITS[unit] and s % _UNITS[unit] == 0:
-            return f"{s / _UNITS[unit]:g}{unit}"
+        if s >= DURATION_UNITS[unit] and s % DURATION_UNITS[unit] == 0:
+            return f"{s / DURATION_UNITS[unit]:g}{unit}"
     return f"{s:g}s"
 
 

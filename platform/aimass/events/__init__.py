@@ -34,22 +34,17 @@ class IngestResult(BaseModel):
     events_per_s: float
 
 
-def _check(endpoint: str) -> None:
-    """An endpoint's name as serving names them, for what is stored: "" or "Bad/x" would hold events no
-    deployment could ever read. Reads take any name: a bare `bentoml serve` of a model named My_Model.v2 logs
-    its feedback under my_model.v2, and older logs may hold any name."""
-    from aimass.serving import check_endpoint
-
-    check_endpoint(endpoint)
-
-
 def ingest(path: str | Path, endpoint: str, *, settings: Settings | None = None) -> IngestResult:
     """Append a file of events to `endpoint`'s log in one transaction: all or nothing; ids already stored
     (or repeated in the file) are stored once and counted as duplicates. The file is read, checked and written a
     chunk at a time, so its size is not bounded by memory."""
     import time
 
-    _check(endpoint)
+    from aimass.serving import check_endpoint
+
+    # stored under a name serving could have ("" or "Bad/x" would hold events no deployment could read); reads
+    # take any name: a bare `bentoml serve` of the model My_Model.v2 logs its feedback under my_model.v2
+    check_endpoint(endpoint)
     s = settings or default_settings()
     t0 = time.perf_counter()
     stored, dup = EventLog(s).ingest(endpoint, chunks(path, Rules.of(s), s))

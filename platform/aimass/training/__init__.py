@@ -7,6 +7,7 @@ mode: no cluster to start, for notebooks, debugging and small data).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -429,10 +430,8 @@ def _keep_reason(mlflow, e: BaseException) -> None:
     from aimass.settings import redacted
     from aimass.tracking import TAG
 
-    try:
+    with contextlib.suppress(Exception):
         mlflow.set_tag(f"{TAG}error", redacted(_root_cause(e))[:500])
-    except Exception:
-        pass
 
 
 def _root_cause(e: BaseException) -> str:
