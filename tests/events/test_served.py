@@ -88,3 +88,35 @@ def test_an_answer_json_cannot_hold_is_not_logged_and_the_call_does_not_fail(sto
     _record(log, "fine")
     assert log.dropped == 2 and log.flush() == 1
     assert log.frame("e")["request_id"].tolist() == ["fine"]
+
+
+def test_a_flush_returns_once_what_the_writer_thread_took_before_it_is_stored_too(settings, monkeypatch):
+    """The writer thread had taken 520 answers and not yet committed them when a caller's flush wrote the last 30
+    and returned: a drift report read right after saw 30 of 550 (a slow disk, here one held write)."""
+    import threading
+
+    log = ServedLog(settings, interval=3600)  # its own thread never flushes in this test
+    for i in range(10):
+        _record(log, f"a{i}")
+    held, entered = threading.Event(), threading.Event()
+    insert = log._insert
+
+    def slow_first(n):
+        if not entered.is_set():
+            entered.set()
+            held.wait(30)
+        return insert(n)
+
+    monkeypatch.setattr(log, "_insert", slow_first)
+    writer = threading.Thread(target=log.flush)  # what the writer thread does
+    writer.start()
+    assert entered.wait(30)
+    _record(log, "late")
+    caller = threading.Thread(target=log.flush)
+    caller.start()
+    caller.join(0.5)
+    waited = caller.is_alive()  # it waits for the write in progress, whose rows were recorded before it
+    held.set()
+    writer.join(30)
+    caller.join(30)
+    assert waited and len(log.frame("e")) == 11
