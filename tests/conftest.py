@@ -36,8 +36,8 @@ def quickstart(tmp_path_factory):
     home = tmp_path_factory.mktemp("quickstart") / "home"
     ports = {"AIMASS_SERVE_PORT": str(free_port()), "AIMASS_CONSOLE_PORT": str(free_port())}
     try:
-        res = run(home, "quickstart", "--users", "60", "--tracks", "120", "--time-budget", "0.2",
-                  "--traffic-users", "40", "--retrain-budget", "0.1", "--auto-budget", "0", env=ports)
+        res = run(home, "quickstart", "--users", "60", "--tracks", "120", "--time-budget", "0.1",
+                  "--traffic-users", "40", "--retrain-budget", "0.05", "--auto-budget", "0", env=ports)
         yield home, res, ports
     finally:
         stop(home)
