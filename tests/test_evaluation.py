@@ -285,11 +285,15 @@ def test_evaluate_rejects_bad_input() -> None:
         rank_metrics(np.full((1, 4), np.nan, np.float32), [1], hist)
 
 
-def test_top_k_matches_a_sort_by_score_then_column_even_with_ties_at_the_cutoff():
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_cols", [21, 401])  # 300 x 401 scores: large enough for torch's topk, loaded here
+def test_top_k_matches_a_sort_by_score_then_column_even_with_ties_at_the_cutoff(n_cols: int, dtype):
+    import torch  # noqa: F401  (top_k selects with torch's topk only where a process has loaded torch)
+
     from aimass.evaluation import top_k
 
     rng = np.random.default_rng(0)
-    scores = rng.integers(0, 3, (300, 21)).astype(float)  # many ties, often across the k-th place
+    scores = rng.integers(0, 3, (300, n_cols)).astype(dtype)  # many ties, often across the k-th place
     scores[rng.random(scores.shape) < 0.05] = -np.inf  # allowed but hopeless: still ranked, last
     scores[rng.random(scores.shape) < 0.05] = np.nan  # as hopeless as -inf (a tie with it)
     scores[rng.random(scores.shape) < 0.02] = np.inf  # first
@@ -300,7 +304,7 @@ def test_top_k_matches_a_sort_by_score_then_column_even_with_ties_at_the_cutoff(
 
     got, values = top_k(scores, 4, allowed)
     for row, ok, cols, vals in zip(scores, allowed, got, values, strict=True):
-        want = [c for c in sorted(range(1, 21), key=lambda c: (key(row[c]), c)) if ok[c]][:4]
+        want = [c for c in sorted(range(1, n_cols), key=lambda c: (key(row[c]), c)) if ok[c]][:4]
         assert [c for c in cols if c >= 0] == want
         np.testing.assert_array_equal(vals[: len(want)], [row[c] for c in want])
     one, _ = top_k(np.array([0, 2, 0, 1, 0, 2, 2, 2.0]), 3)

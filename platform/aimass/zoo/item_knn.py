@@ -92,9 +92,11 @@ class ItemKNN:
             rows.append(np.full(len(h), r))
             cols.append(h)
             vals.append(cfg.decay ** np.arange(len(h))[::-1])
+        # float32 votes, as the similarity: float64 ones made scipy convert the whole similarity matrix to float64
+        # on every call (256 users of 124,000 items: 330 ms against 17)
         votes = sp.csr_matrix((np.concatenate(vals) if vals else [], (np.concatenate(rows) if rows else [],
-                               np.concatenate(cols) if cols else [])), shape=(len(histories), n))
-        scores = np.asarray((votes @ self.similarity_).todense(), dtype=np.float32)
+                               np.concatenate(cols) if cols else [])), shape=(len(histories), n), dtype=np.float32)
+        scores = (votes @ self.similarity_).toarray()
         # a tiny popularity prior breaks ties among items no neighbour voted for
         scores += 1e-6 * self.popularity_ / max(float(self.popularity_.max()), 1.0)
         scores[:, 0] = -np.inf
