@@ -168,6 +168,12 @@ def test_semantic_and_hybrid(tmp_path):
     np.testing.assert_array_equal(loaded.search("jazz")["items"], est.search("jazz")["items"])
     for query in ("???", "🎬", "\u0301"):  # no word: MiniLM still gave k popular items, logged as answers
         assert est.search(query, mode="hybrid")["items"].size == 0
+    # a batch is scored at once: each row is still its user's taste (co-occurrence and vectors) plus the prior
+    hs = [np.array([1, 2]), np.array([], np.int64), np.array([5, 7, 7, 99, 0]), np.arange(1, N + 1)]
+    assert exact._cfg.content_weight > 0
+    for row, h in zip(exact.score(hs), hs, strict=True):
+        assert row[0] == -np.inf
+        np.testing.assert_allclose(row[1:], exact._taste(h) + 1e-3 * exact._pop, rtol=1e-5, atol=1e-6)
 
 
 def test_scripts_without_spaces_match_by_characters_and_pairs_and_keep_latin_words_whole():

@@ -378,19 +378,32 @@ class Search:
     # -- recommender signal -------------------------------------------------------------------------------
 
     def score(self, histories: list[np.ndarray]) -> np.ndarray:
+        """_taste for a batch of histories: the co-occurrence sums as one sparse product and the vectors' part as
+        one matrix product (a user at a time took 124,000 items' evaluation 20 ms a user)."""
         n = self.n_items_ + 1
-        out = np.zeros((len(histories), n), dtype=np.float32)
-        for r, h in enumerate(histories):
-            out[r, 1:] = self._taste(h)
+        hs = [self._recent(h) for h in histories]
+        rows = np.repeat(np.arange(len(hs)), [len(h) for h in hs])
+        cols = np.concatenate(hs or [np.zeros(0, np.int64)])
+        votes = sp.csr_matrix((1.0 / np.repeat([max(len(h), 1) for h in hs], [len(h) for h in hs]), (rows, cols)),
+                              shape=(len(hs), n), dtype=np.float32)
+        out = (votes @ self.similarity_.astype(np.float32, copy=False)).toarray()
+        if self._dense is not None and self._cfg.content_weight:
+            some = [r for r, h in enumerate(hs) if len(h)]
+            if some:
+                means = np.stack([self._dense[hs[r] - 1].mean(axis=0) for r in some])
+                out[some, 1:] += self._cfg.content_weight * (means @ self._dense.T)
         out[:, 1:] += 1e-3 * self._pop.astype(np.float32)  # breaks ties for the unknown user
         out[:, 0] = -np.inf
         return out
 
+    def _recent(self, history) -> np.ndarray:
+        h = np.asarray(history, dtype=np.int64)
+        return h[(h > 0) & (h <= self.n_items_)][-50:]  # the most recent 50 speak for the user
+
     def _taste(self, history, items: np.ndarray | None = None) -> np.ndarray:
         """How well each item (0-based ``items``, else all) goes with a history: its co-occurrence with the
         history's items plus, weighted, the similarity of its vector to their mean; all 0 when nothing does."""
-        h = np.asarray(history, dtype=np.int64)
-        h = h[(h > 0) & (h <= self.n_items_)][-50:]  # the most recent 50 speak for the user
+        h = self._recent(history)
         cols = slice(None) if items is None else items
         if not len(h):
             return np.zeros(self.n_items_ if items is None else len(items), np.float32)
