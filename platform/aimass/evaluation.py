@@ -341,7 +341,7 @@ def top_k(scores: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tupl
     # finite key), then every excluded column (+inf), which only fills a row that lacks allowed ones. Few
     # passes over the rows, in place: at a million items a batch of users is gigabytes.
     # float32 scores keep float32 keys (negation is exact; a float64 copy of a batch cost its time twice over)
-    key = np.negative(s2, dtype=np.result_type(s2.dtype, np.float32))
+    key = np.negative(s2, dtype=np.float32 if s2.dtype in (np.float16, np.float32) else np.float64)
     hopeless = np.isnan(key)
     hopeless |= key == np.inf
     if hopeless.any():

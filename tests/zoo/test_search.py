@@ -174,6 +174,7 @@ def test_semantic_and_hybrid(tmp_path):
     for row, h in zip(exact.score(hs), hs, strict=True):
         assert row[0] == -np.inf
         np.testing.assert_allclose(row[1:], exact._taste(h) + 1e-3 * exact._pop, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(exact.score([hs[0], hs[3]]), exact.score(hs)[[0, 3]], rtol=1e-6)  # none empty
 
 
 def test_scripts_without_spaces_match_by_characters_and_pairs_and_keep_latin_words_whole():

@@ -391,7 +391,12 @@ class Search:
             some = [r for r, h in enumerate(hs) if len(h)]
             if some:
                 means = np.stack([self._dense[hs[r] - 1].mean(axis=0) for r in some])
-                out[some, 1:] += self._cfg.content_weight * (means @ self._dense.T)
+                near = means @ self._dense.T
+                near *= self._cfg.content_weight  # in place: a batch of 256 x 150,000 items is 150 MB a copy
+                if len(some) == len(hs):
+                    out[:, 1:] += near
+                else:
+                    out[some, 1:] += near
         out[:, 1:] += 1e-3 * self._pop.astype(np.float32)  # breaks ties for the unknown user
         out[:, 0] = -np.inf
         return out
