@@ -1,0 +1,86 @@
+"""Training jobs on a catalogue larger than the real data here: a generated Last.fm-format folder (by default
+40,000 listeners of 150,000 artists, about 25 each, Zipf popularity; names in Latin, Cyrillic, katakana and
+Arabic letters), registered in a temporary home; each family's job in its own process (`aimass train F --workers
+0`), its wall time (validation, test over every user and logging included) and peak memory.
+
+    .venv/bin/python benchmarks/large_catalogue.py [--users 40000] [--artists 150000] [--families F ...]
+
+The data has no structure beyond popularity, so popularity wins: the table is about time and memory. To time
+other code, put its `platform` folder first: `PYTHONPATH=/path/to/old/platform .venv/bin/python benchmarks/...`.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+LETTERS = {
+    "latin": ["ka", "ri", "mo", "to", "shi", "an", "el", "or", "ve", "la", "no", "zu", "be", "ra", "son", "ber"],
+    "cyrillic": ["Ка", "ри", "мо", "то", "ша", "ан", "ель", "ор", "ве", "ла", "но"],
+    "katakana": ["カ", "リ", "モ", "ト", "シ", "ア", "エ", "オ", "ベ", "ラ", "ノ", "ズ"],
+    "arabic": ["كا", "ري", "مو", "تو", "شي", "ان"],
+}
+
+
+def generate(folder: Path, users: int, artists: int, per_user: int, seed: int = 1) -> int:
+    """Write artists.dat and user_artists.dat (HetRec's tab-separated layout); returns the number of plays."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def word(script: str) -> str:
+        return "".join(rng.choice(LETTERS[script], int(rng.integers(2, 5))))
+
+    scripts = rng.choice(list(LETTERS), artists, p=[0.6, 0.15, 0.15, 0.1])
+    names = [f"{word(s).title()} {word(s).title()}" if s == "latin" else word(s) for s in scripts]
+    pd.DataFrame({"id": np.arange(1, artists + 1), "name": names, "url": "", "pictureURL": ""}).to_csv(
+        folder / "artists.dat", sep="\t", index=False)
+    pop = 1.0 / np.arange(1, artists + 1) ** 0.9
+    pop /= pop.sum()
+    sizes = np.clip(rng.geometric(1 / per_user, users), 3, 300)
+    frames = []
+    for u, n in enumerate(sizes, start=1):
+        items = np.unique(rng.choice(artists, size=n, p=pop)) + 1
+        frames.append(pd.DataFrame({"userID": u, "artistID": items, "weight": rng.integers(1, 5000, len(items))}))
+    plays = pd.concat(frames)
+    plays.to_csv(folder / "user_artists.dat", sep="\t", index=False)
+    return len(plays)
+
+
+def timed(cmd: list[str], env: dict) -> tuple[float, float, int]:
+    """Wall seconds, peak resident MiB and exit status of one process."""
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(p.pid, 0)
+    return time.perf_counter() - t0, usage.ru_maxrss / 1024, os.waitstatus_to_exitcode(status)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--users", type=int, default=40_000)
+    ap.add_argument("--artists", type=int, default=150_000)
+    ap.add_argument("--per-user", type=int, default=25)
+    ap.add_argument("--families", nargs="+", default=["popularity", "itemknn", "search"])
+    a = ap.parse_args()
+    aimass = str(Path(sys.executable).with_name("aimass"))
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "AIMASS_HOME": str(Path(tmp) / "home")}
+        n = generate(Path(tmp) / "big", a.users, a.artists, a.per_user)
+        print(f"{n:,} plays by {a.users:,} listeners of up to {a.artists:,} artists", flush=True)
+        took, _, rc = timed([aimass, "datasets", "register", "big", str(Path(tmp) / "big"), "--format", "lastfm"], env)
+        if rc:
+            sys.exit(f"registering the generated folder failed (exit {rc})")
+        print(f"registered in {took:.1f} s\n\n| family | job s | peak MiB | exit |\n|---|---|---|---|", flush=True)
+        for family in a.families:
+            took, mib, rc = timed([aimass, "train", family, "--dataset", "big", "--workers", "0"], env)
+            print(f"| {family} | {took:.1f} | {mib:,.0f} | {rc} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
