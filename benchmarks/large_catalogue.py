@@ -44,11 +44,10 @@ def generate(folder: Path, users: int, artists: int, per_user: int, seed: int = 
     pop = 1.0 / np.arange(1, artists + 1) ** 0.9
     pop /= pop.sum()
     sizes = np.clip(rng.geometric(1 / per_user, users), 3, 300)
-    frames = []
-    for u, n in enumerate(sizes, start=1):
-        items = np.unique(rng.choice(artists, size=n, p=pop)) + 1
-        frames.append(pd.DataFrame({"userID": u, "artistID": items, "weight": rng.integers(1, 5000, len(items))}))
-    plays = pd.concat(frames)
+    plays = pd.DataFrame({"userID": np.repeat(np.arange(1, users + 1), sizes),
+                          "artistID": rng.choice(artists, size=int(sizes.sum()), p=pop) + 1})
+    plays = plays.drop_duplicates().sort_values(["userID", "artistID"])  # one row per pair, as HetRec's
+    plays["weight"] = rng.integers(1, 5000, len(plays))
     plays.to_csv(folder / "user_artists.dat", sep="\t", index=False)
     return len(plays)
 
