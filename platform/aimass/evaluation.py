@@ -320,7 +320,7 @@ def exclusion_mask(n_cols: int, histories: Sequence[np.ndarray]) -> np.ndarray:
 def _smallest(key: np.ndarray, kk: int) -> np.ndarray:
     """The columns of each row's `kk` smallest keys, in no order (among ties, any: top_k settles them)."""
     torch = sys.modules.get("torch")
-    # torch's topk takes 4-7x less time than argpartition (124,000 items: 30-50 against 180-340 ms for 256
+    # torch's topk takes 3.5-7x less time than argpartition (124,000 items: 30-50 against 180-340 ms for 256
     # users, one thread), but only where torch is loaded already: importing it costs a count model's process
     # (a replica, an item-kNN job) 1.5 s and a few hundred MB
     if torch is not None and key.size >= 100_000:
