@@ -69,6 +69,24 @@ def test_ease_row_sums_over_many_blocks():
     assert _row_sum(weights, rows[:0]).shape == (64,) and not _row_sum(weights, rows[:0]).any()
 
 
+def test_itemknn_similarity_is_the_same_whatever_the_pairs_and_rows_taken_at_once(monkeypatch):
+    """Statistics summed a few pairs at a time and the similarity pruned a few rows at a time (what bounds the
+    memory of a large dataset) give the similarity of one pass, to the bit."""
+    from aimass.zoo import item_knn
+
+    rng = np.random.default_rng(0)
+    seqs = [rng.integers(1, 301, rng.integers(0, 40)) for _ in range(300)]
+    whole = item_knn.ItemKNN(symmetric=0.3).fit(seqs, 300).similarity_
+    monkeypatch.setattr(item_knn, "_PAIRS_AT_ONCE", 50)
+    monkeypatch.setattr(item_knn, "_ROWS_AT_ONCE", 7)
+    parts = item_knn.ItemKNN(symmetric=0.3).fit(seqs, 300).similarity_
+    assert whole.nnz > 1000 and whole.shape == parts.shape == (301, 301) and parts.dtype == np.float32
+    np.testing.assert_array_equal(parts.indptr, whole.indptr)
+    np.testing.assert_array_equal(parts.indices, whole.indices)
+    np.testing.assert_array_equal(parts.data, whole.data)
+    assert not parts.diagonal().any()  # no item is its own neighbour, in any block
+
+
 @pytest.mark.parametrize("decay", [1.0, 0.8])
 def test_ease_scoring_a_long_history_does_not_copy_its_rows(decay, tmp_path):
     """A history of 3,000 items on 3,000: the [history x catalogue] copy was 36 MB (800 MB at 10,000 of
