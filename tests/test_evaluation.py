@@ -243,7 +243,10 @@ def test_evaluate_batches_match_one_shot() -> None:
 
     one_shot = rank_metrics(scores, targets, histories, ks=(5, 10))
     for batch_size in (1, 7, 53, 500):
-        streamed = evaluate(score_fn, histories, targets, 80, ks=(5, 10), batch_size=batch_size)
+        done: list[int] = []  # what a progress bar is fed: each batch's users, as they are done
+        streamed = evaluate(score_fn, histories, targets, 80, ks=(5, 10), batch_size=batch_size,
+                            progress=done.append)
+        assert sum(done) == 53 and len(done) == -(-53 // batch_size)
         assert streamed.keys() == one_shot.keys()
         for name in one_shot:
             assert streamed[name] == pytest.approx(one_shot[name], abs=1e-12), (batch_size, name)

@@ -271,8 +271,10 @@ def rank_metrics(scores: np.ndarray, targets: Sequence[int] | np.ndarray,
 
 def evaluate(score_fn: ScoreFn, histories: Sequence[np.ndarray], targets: Sequence[int] | np.ndarray,
              n_items: int, *, ks: Sequence[int] = (10,), batch_size: int = 256, protocol: str = "full",
-             n_negatives: int = 100, seed: int = 0) -> dict[str, float]:
+             n_negatives: int = 100, seed: int = 0,
+             progress: Callable[[int], object] | None = None) -> dict[str, float]:
     """Stream users through ``score_fn`` in batches (memory ~ batch_size x n_items) and aggregate exactly.
+    ``progress``, when given, is called with the number of users of each batch done.
 
     ``protocol="full"`` ranks against the whole catalogue; ``"sampled"`` ranks against ``n_negatives``
     seeded random unseen items and prefixes every key with ``sampled_`` (no coverage: it is undefined).
@@ -298,6 +300,8 @@ def evaluate(score_fn: ScoreFn, histories: Sequence[np.ndarray], targets: Sequen
         else:
             index = np.arange(lo, lo + len(batch_targets))
             totals.add(_sampled_ranks(scores, batch_targets, batch_hist, index, n_negatives, seed))
+        if progress is not None:
+            progress(len(batch_targets))
     if protocol == "full":
         return totals.result()
     return totals.result(prefix="sampled_", coverage=False)

@@ -94,19 +94,27 @@ def test_movielens_meta_items(settings, tmp_path):
     rows = ["1::Toy Story (1995)::Animation|Children's|Comedy", "2::Jumanji (1995)::Adventure"]
     (d / "movies.dat").write_text("\n".join(rows) + "\n", encoding="latin-1")
     datasets.register("movies", d, "movielens-meta", settings=settings)
-    (d / "ratings.dat").write_text("7::1::5::978300760\n7::2::3::978300761\n")
+    # half stars, as MovieLens-10M's, and a colon pair at a line's end, read by the fast path (pandas' C engine)
+    # and by the python engine
+    (d / "ratings.dat").write_text("7::1::5::978300760\n7::2::3.5::978300761\n")
     info = datasets.register("movies", d, "movielens-meta", settings=settings)
     assert info.version == 2 and (info.n_users, info.n_rows) == (1, 2)
+    (d / "ratings.dat").write_text("7::1::5::978300760::\n7::2::3.5::978300761::\n")
+    assert datasets.register("movies", d, "movielens-meta", settings=settings).content_hash == info.content_hash
     ds = datasets.load("movies@v1", settings=settings)
     assert ds.interactions.empty
     assert ds.items.title.tolist() == ["Toy Story (1995)", "Jumanji (1995)"]
     assert ds.items.genres.tolist() == ["Animation, Children's, Comedy", "Adventure"]
     r = datasets.load("movies@v2", settings=settings).interactions
     assert r[["user_id", "item_id", "value", "timestamp"]].values.tolist() == [[7, 1, 5, 978300760],
-                                                                               [7, 2, 3, 978300761]]
+                                                                               [7, 2, 3.5, 978300761]]
 
 
-def test_movielens_meta_with_a_malformed_ratings_line_is_refused_naming_ratings_dat(settings, tmp_path):
+@pytest.mark.parametrize("lines", [
+    "7::1::5::978300760\n7::2::3::978300761::9\n",  # 5 fields on line 2
+    "7::1::5::978300760::9\n7::2::3::978300761::9\n",  # on every line: pandas shifted the columns, exit 0
+])
+def test_movielens_meta_with_a_malformed_ratings_line_is_refused_naming_ratings_dat(settings, tmp_path, lines):
     from aimass.errors import InvalidInputError
     from tests.conftest import state_of
 
@@ -114,7 +122,7 @@ def test_movielens_meta_with_a_malformed_ratings_line_is_refused_naming_ratings_
     d.mkdir()
     (d / "movies.dat").write_text("1::Toy Story (1995)::Animation\n2::Jumanji (1995)::Adventure\n",
                                   encoding="latin-1")
-    (d / "ratings.dat").write_text("7::1::5::978300760\n7::2::3::978300761::9\n")  # 5 fields on line 2
+    (d / "ratings.dat").write_text(lines)
     before = state_of(settings)
     with pytest.raises(InvalidInputError, match=r"movielens-meta .*ratings\.dat: cannot be parsed"):
         datasets.register("movies", d, "movielens-meta", settings=settings)

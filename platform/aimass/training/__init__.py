@@ -392,7 +392,8 @@ def _run(s, cls, family, info, params, data, splits, workers, gpu, epochs, budge
                                    f"{state['epoch']} epoch(s), so there is no model to keep (a lower lr may help)")
             shutil.copytree(Path(d) / "best", model_dir)
             est = load_estimator(model_dir, family)
-            metrics = _final_metrics(est, splits, data.get("max_test_users"), data["eval_seed"])
+            metrics = _final_metrics(est, splits, data.get("max_test_users"), data["eval_seed"],
+                                     family if progress else None)
             n_parameters = count_parameters(est)
             members = n_members(getattr(est, "config_", None))  # what the saved model really holds
             mlflow.log_metric("n_parameters", n_parameters)
@@ -597,10 +598,13 @@ class _ProgressBar:
             bar.close()
 
 
-def _final_metrics(est, splits, max_test_users: int | None = None, seed: int = 0) -> dict:
+def _final_metrics(est, splits, max_test_users: int | None = None, seed: int = 0, progress: str | None = None
+                   ) -> dict:
     """Validation and test figures of the kept model. Full ranking costs users x items: on a catalogue of a
     million items and a hundred thousand users that is hours, so a job may test on a seeded sample of users
-    (``max_test_users``, recorded in the run as ``test_users``)."""
+    (``max_test_users``, recorded in the run as ``test_users``). ``progress``: the family, to show a bar over
+    the users (a minute or more past the training bar on a hundred thousand users)."""
+    from aimass import console
     from aimass.evaluation import evaluate
 
     test_h, test_t = list(splits.test_histories), np.asarray(splits.test_targets)
@@ -608,11 +612,14 @@ def _final_metrics(est, splits, max_test_users: int | None = None, seed: int = 0
         pick = np.sort(np.random.default_rng(seed).choice(len(test_h), max_test_users, replace=False))
         test_h, test_t = [test_h[i] for i in pick], test_t[pick]
     out = {"test_users": float(len(test_h))}
-    # "best_val": the restored best epoch, apart from the per-epoch "val_" series logged during training
-    for name, hist, targets in (("best_val", splits.val_histories, splits.val_targets),
-                                ("test", test_h, test_t)):
-        m = evaluate(est.score, list(hist), np.asarray(targets), splits.n_items, ks=(10,))
-        out.update({f"{name}_{k}": float(v) for k, v in m.items() if k != "n_users"})
+    # shown from 2 s on: a small job's test would only add a line
+    with console.progress(total=len(splits.val_histories) + len(test_h), desc=f"testing {progress}", unit="user",
+                          disable=progress is None, delay=2.0) as bar:
+        # "best_val": the restored best epoch, apart from the per-epoch "val_" series logged during training
+        for name, hist, targets in (("best_val", splits.val_histories, splits.val_targets),
+                                    ("test", test_h, test_t)):
+            m = evaluate(est.score, list(hist), np.asarray(targets), splits.n_items, ks=(10,), progress=bar.update)
+            out.update({f"{name}_{k}": float(v) for k, v in m.items() if k != "n_users"})
     return out
 
 
