@@ -223,6 +223,24 @@ def test_trimming_padding_is_exact():
         assert torch.allclose(sasrec_loss(module, (inputs, targets), cfg), untrimmed * weight, atol=1e-6)
 
 
+@pytest.mark.parametrize("members,n_blocks", [(1, 1), (1, 2), (2, 2)])
+def test_the_last_position_alone_is_the_full_forward_s_last_position(members, n_blocks):
+    """Scoring (validation, test, serving) runs only the last block's last position: 1.5x faster on a length
+    of 200, the same vector."""
+    torch.manual_seed(0)
+    cfg = SASRecConfig(**dict(TINY, n_blocks=n_blocks, members=members, dropout=0.0), bf16=False).resolve(N_ITEMS, [10])
+    module = (SASRecEnsemble if members > 1 else SASRecModule)(N_ITEMS, cfg).eval()
+    seq = torch.randint(1, N_ITEMS + 1, (6, cfg.max_len))
+    seq[1, :7] = 0  # padded
+    seq[2, :-1] = 0  # one item
+    seq[3] = 0  # no history at all
+    with torch.no_grad():
+        full, last = module(seq), module(seq, last_only=True)
+    assert last.shape == (6, 1, full.shape[-1])
+    torch.testing.assert_close(last[:, 0], full[:, -1], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(last[0, 0], last[1, 0])  # padding changes the vector: not a constant
+
+
 def test_a_budget_on_sparse_data_buys_members_and_dense_data_or_no_budget_keeps_one():
     short = np.full(6040, 8)  # ml1m-short's shape: 8 items a user, 3.4k items (sparse)
     assert SASRecConfig().resolve(3400, short).members == 1  # no budget: one network, as before

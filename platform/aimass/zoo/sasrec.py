@@ -188,9 +188,13 @@ class _SASRecBlock(nn.Module):
                                  nn.Linear(cfg.ffn_mult * cfg.dim, cfg.dim))
         self.drop = _Dropout(cfg.dropout)
 
-    def forward(self, x, attn_mask):
+    def forward(self, x, attn_mask, last_only: bool = False):
+        """``last_only``: the output at the last position alone, [B, 1, D] (keys and values still of every
+        position): all a next-item score reads of the last block, in about a fifth of its work."""
         b, n, d = x.shape
         q, k, v = self.qkv(self.ln1(x)).view(b, n, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
+        if last_only:
+            q, attn_mask, x, n = q[:, :, -1:], attn_mask[:, :, -1:], x[:, -1:], 1
         # no dropout on the [B, H, L, L] attention weights: it cost more than the rest of the block
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         x = x + self.drop(self.out(a.transpose(1, 2).reshape(b, n, d)))
@@ -213,8 +217,10 @@ class SASRecModule(nn.Module):
         with torch.no_grad():
             self.item_emb.weight[0].zero_()
 
-    def forward(self, seq: torch.Tensor) -> torch.Tensor:
-        """[B, L] left-padded ids -> [B, L, D]; position t sees positions <= t that are not padding."""
+    def forward(self, seq: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """[B, L] left-padded ids -> [B, L, D]; position t sees positions <= t that are not padding.
+        ``last_only``: [B, 1, D], the last position's alone (what scoring reads), its last block's work cut
+        to keys and values for the rest."""
         seq = seq[:, -self.max_len:]
         n = seq.shape[1]
         keep = seq != 0
@@ -226,8 +232,9 @@ class SASRecModule(nn.Module):
         # a padded query sees only itself, so no softmax row is empty (that would give NaN)
         mask = (causal & keep[:, None, :]) | torch.eye(n, dtype=torch.bool, device=seq.device)
         mask = mask.unsqueeze(1)  # [B, 1, L, L], broadcast over heads
-        for block in self.blocks:
-            x = block(x, mask) * keep.unsqueeze(-1)
+        for i, block in enumerate(self.blocks):
+            last = last_only and i == len(self.blocks) - 1
+            x = block(x, mask, last) * keep[:, -1:].unsqueeze(-1) if last else block(x, mask) * keep.unsqueeze(-1)
         return self.norm(x)
 
     def head_weight(self) -> torch.Tensor:
@@ -250,9 +257,10 @@ class SASRecEnsemble(nn.Module):
         self.members = nn.ModuleList(SASRecModule(n_items, cfg) for _ in range(cfg.members))
         self.n_items, self.max_len, self.dim = n_items, cfg.max_len, cfg.dim
 
-    def forward(self, seq: torch.Tensor) -> torch.Tensor:
-        """[B, L] -> [B, L, members * D]: the members' hidden states side by side."""
-        return torch.cat([m(seq) for m in self.members], dim=-1)
+    def forward(self, seq: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """[B, L] -> [B, L, members * D] ([B, 1, members * D] with ``last_only``): the members' hidden states
+        side by side."""
+        return torch.cat([m(seq, last_only) for m in self.members], dim=-1)
 
     def head_weight(self) -> torch.Tensor:
         return torch.cat([m.item_emb.weight for m in self.members], dim=-1) / len(self.members)
@@ -262,7 +270,7 @@ class SASRecEnsemble(nn.Module):
 
 
 def _scores(module, seq: torch.Tensor) -> torch.Tensor:
-    h = module.forward(seq)[:, -1]
+    h = module.forward(seq, last_only=True)[:, -1]
     s = h.float() @ module.head_weight().float().T
     s[:, 0] = float("-inf")
     return s
@@ -507,4 +515,4 @@ class SASRec(NeuralEstimator):
     def user_vectors(self, histories: list[np.ndarray]) -> np.ndarray:
         """float32 [n, D] last hidden states ([n, members x D] for an ensemble), padded as ``score`` pads them."""
         self.module_.eval()
-        return self.module_(self._sequences(histories))[:, -1].float().cpu().numpy()
+        return self.module_(self._sequences(histories), last_only=True)[:, -1].float().cpu().numpy()
