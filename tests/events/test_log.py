@@ -311,6 +311,15 @@ def test_chunks_are_read_as_the_whole_file_would_be(settings, tmp_path, monkeypa
                                        "a3,1,7,like,1700000000,True\na4,1,7,like,1700000000,False\n")
     with pytest.raises(InvalidInputError, match=r"row 3 \(event_id 'a3'\): value must be a number"):
         events.ingest(tmp_path / "bool.csv", "recs", settings=settings)
+    # JSON's true and Parquet's booleans were stored as 1.0 / 0.0; /feedback refuses them
+    flagged = [{"event_id": f"t{i}", "user_id": 1, "item_id": 7, "type": "like", "timestamp": 1.7e9,
+                "value": [30, True, False][i]} for i in range(3)]
+    (tmp_path / "bool.jsonl").write_text("".join(json.dumps(r) + "\n" for r in flagged))
+    pd.DataFrame({**{k: [r[k] for r in flagged[1:]] for k in flagged[0]}}).to_parquet(tmp_path / "bool.parquet")
+    for name, row in (("bool.jsonl", 2), ("bool.parquet", 1)):
+        with pytest.raises(InvalidInputError, match=rf"row {row} .*value must be a number, not true or false"):
+            events.ingest(tmp_path / name, "recs", settings=settings)
+    assert events.count("recs", settings=settings) == 0
     rows = [{"event_id": f"j{i}", "user_id": 1, "item_id": 7, "type": "play", "timestamp": 1.7e9} for i in range(5)]
     (tmp_path / "cr.jsonl").write_bytes(b"\r".join(json.dumps(r).encode() for r in rows) + b"\r")
     assert events.ingest(tmp_path / "cr.jsonl", "recs", settings=settings).stored == 5

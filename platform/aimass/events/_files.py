@@ -204,6 +204,11 @@ def _validated(f: pd.DataFrame, p: Path, offset: int, rules: Rules, settings: Se
     limit = pd.Timestamp.now(tz="UTC") + pd.Timedelta(seconds=settings.feedback_max_future_s)
     bad((parsed > limit).to_numpy(), f"timestamp more than {settings.feedback_max_future_s:g} s in the future")
     f["timestamp"] = parsed
+    # JSON's true and Parquet's booleans: to_numeric made them 1.0 and 0.0 (a "like" with value true passed a
+    # threshold as a play of one second would), where /feedback refuses them
+    flags = f["value"].map(lambda x: isinstance(x, (bool, np.bool_))) if f["value"].dtype == object \
+        else pd.Series(f["value"].dtype == bool, index=f.index)
+    bad(flags.to_numpy(dtype=bool), "value must be a number, not true or false")
     v = pd.to_numeric(f["value"], errors="coerce")
     bad((v.isna() & f["value"].notna()).to_numpy(), "value must be a number")
     bad(np.isinf(v.to_numpy(dtype=np.float64)), "value must be a finite number")
