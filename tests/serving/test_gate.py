@@ -145,3 +145,17 @@ def test_a_scoped_key_works_on_its_endpoints_only_and_an_expired_key_on_none(tmp
 async def _ok(scope, receive, send):
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
     await send({"type": "http.response.body", "body": b"{}"})
+
+
+@pytest.mark.parametrize("model,endpoint", [("recs/1", "recs"), ("Recs@champion", "recs"),
+                                            ("My_Model.v2/3", "my-model-v2"), ("A" * 64 + "/1", "a" * 40)])
+def test_a_bare_serve_logs_under_an_endpoint_name_that_monitoring_and_keys_take(model, endpoint):
+    """`bentoml serve` names no endpoint: its feedback goes to one named after the model. `my_model.v2` was
+    refused by `aimass monitor` and by key scopes, so that feedback could not be read or keyed."""
+    from aimass.serving import check_endpoint
+    from aimass.serving._http import endpoint_of
+    from aimass.settings import Settings
+
+    assert endpoint_of(Settings(serve_model=model)) == endpoint == check_endpoint(endpoint)
+    assert endpoint_of(Settings(serve_model=model, serve_endpoint="live")) == "live"
+

@@ -39,11 +39,15 @@ def is_admin(path: str) -> bool:
 
 
 def endpoint_of(settings: Settings) -> str | None:
-    """The endpoint a replica serves: its deployment's, or for a bare `bentoml serve` (which names none) the
-    model's name, lower-cased, which its feedback is logged under."""
+    """The endpoint a replica serves: its deployment's, or for a bare `bentoml serve` (which names none) one
+    named after the model, which its feedback is logged under: lower-cased, '.' and '_' as '-', at most 40
+    characters, so that it is an endpoint name (`My_Model.v2` -> `my-model-v2`); as written, monitoring and key
+    scopes refused it, and its feedback could be neither read nor keyed."""
     if settings.serve_endpoint:
         return settings.serve_endpoint
-    return settings.serve_model.split("/")[0].split("@")[0].lower() if settings.serve_model else None
+    if not settings.serve_model:
+        return None
+    return re.sub(r"[._]", "-", settings.serve_model.split("/")[0].split("@")[0].lower())[:40]
 
 
 class Gate:
