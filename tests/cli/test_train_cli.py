@@ -35,10 +35,14 @@ def test_train_auto_searches_on_validation_and_registers_the_best_with_its_leade
     out = json.loads(res.stdout)
     board = out["leaderboard"]
     ranked = [r for r in board if r["rank"] != "-"]
-    assert [r["stage"] for r in board].count("baseline") == 3
+    baselines = sorted((r["family"], r["params"]) for r in board if r["stage"] == "baseline")
+    assert baselines == [("ease", ""), ("itemknn", ""), ("itemknn", '{"shrink": 0}'), ("popularity", "")]
     assert {"popularity", "itemknn", "ease", "sasrec", "two-tower"} <= {r["family"] for r in ranked}
-    # Mult-VAE is probed unless EASE, the bag-of-items baseline, validated below item-kNN
-    val = {r["family"]: float(r["val_ndcg@10"]) for r in board if r["stage"] == "baseline"}
+    # Mult-VAE is probed unless EASE, the bag-of-items baseline, validated below item-kNN (its best baseline)
+    val: dict[str, float] = {}
+    for r in board:
+        if r["stage"] == "baseline":
+            val[r["family"]] = max(val.get(r["family"], 0.0), float(r["val_ndcg@10"]))
     vae = next(r for r in board if r["family"] == "mult-vae")
     if vae["rank"] == "-":  # the printed figures are rounded, and rounding keeps their order (ties aside)
         assert vae["note"].startswith("not probed: EASE") and vae["run_id"] == "" and val["ease"] <= val["itemknn"]

@@ -28,6 +28,12 @@ def test_mult_vae_is_ruled_out_only_when_ease_trails_item_knn():
     # no evidence either way: EASE refused for its size, or item-kNN failed
     assert _bag_of_items_evidence(_baselines(ease=None)) is None
     assert _bag_of_items_evidence(_baselines(ease=0.05, knn=None)) is None
+    # item-kNN's two baselines (with and without shrink): its best one is the evidence, whatever the order
+    for first, second in ((0.12, 0.08), (0.08, 0.12)):
+        board = _baselines(ease=0.10, knn=first)
+        board.append(Candidate("itemknn", {"shrink": 0}, "baseline", run_id="k0", val_ndcg=second))
+        why = _bag_of_items_evidence(board)
+        assert why is not None and "0.1000 vs 0.1200" in why
 
 
 def _probes(*vals: float) -> list[Candidate]:

@@ -2,9 +2,10 @@
 
 Co-occurrences are counted within a window of following positions, weighted by 1/distance, so the model is
 sequence-aware (what comes next) rather than only basket-aware. Similarity is normalised by the two items'
-popularity, pruned to the top `neighbors` per item, and a user is scored from the last `history_items`
-items with a recency decay. All statistics are sparse and additive over users, so a distributed job sums
-shards; memory grows with n_items * window, not n_items squared.
+popularity (shrunk towards zero where both are rare: Dacrema et al.'s item-kNN `shrink`), pruned to the top
+`neighbors` per item, and a user is scored from the last `history_items` items with a recency decay. All
+statistics are sparse and additive over users, so a distributed job sums shards; memory grows with
+n_items * window, not n_items squared.
 """
 from __future__ import annotations
 
@@ -31,6 +32,12 @@ class ItemKNNConfig(BaseModel):
     neighbors: int = Field(100, ge=1, le=10_000, description="Similar items kept per item")
     alpha: float = Field(0.5, ge=0, le=1, description="Popularity normalisation: c_ij / (n_i^a * n_j^(1-a))")
     symmetric: float = Field(0.2, ge=0, le=1, description="Weight of the backward direction (j before i)")
+    # 20 by measurement (itemknn alone, validation NDCG@10 at 0 -> 20): ml1m-short 0.0731 -> 0.0968, Last.fm
+    # 0.0188 -> 0.0637, ml1m 0.1497 -> 0.1485, the generated synth-50k 0.4140 -> 0.4005, whose rare pairs are its
+    # generator's groups, not chance: real sparse data is the other way, so `train auto` also tries 0
+    shrink: float = Field(20.0, ge=0, le=1e6, description=(
+        "Added to the normaliser, c_ij / (n_i^a * n_j^(1-a) + shrink): a pair seen once or twice among rare items "
+        "is more often chance than taste, and counts less"))
     history_items: int = Field(20, ge=1, description="Most recent history items that vote")
     decay: float = Field(0.8, gt=0, le=1, description="Vote weight multiplier per step back in history")
     seed: Seed = 0
@@ -88,6 +95,9 @@ class ItemKNN:
             rows = lo + np.repeat(np.arange(sim.shape[0]), np.diff(sim.indptr))
             sim.data *= row_w[rows]  # diag(n^-a) @ sim @ diag(n^-(1-a))
             sim.data *= col_w[sim.indices]
+            if cfg.shrink:
+                norm = 1.0 / (row_w[rows] * col_w[sim.indices])
+                sim.data *= norm / (norm + cfg.shrink)
             sim.data[sim.indices == rows] = 0  # an item is not its own neighbour
             sim.eliminate_zeros()
             pruned.append(_top_k_rows(sim, cfg.neighbors))
