@@ -4,6 +4,8 @@ Arabic letters), registered in a temporary home; each family's job in its own pr
 0`), its wall time (validation, test over every user and logging included) and peak memory.
 
     .venv/bin/python benchmarks/large_catalogue.py [--users 40000] [--artists 150000] [--families F ...]
+    .venv/bin/python benchmarks/large_catalogue.py --movielens --users 70000 --artists 10000 --per-user 140 \
+        --families sasrec --budget 1      # MovieLens-10M's shape: ratings.dat and movies.dat, `::`-separated
 
 The data has no structure beyond popularity, so popularity wins: the table is about time and memory. To time
 other code, put its `platform` folder first: `PYTHONPATH=/path/to/old/platform .venv/bin/python benchmarks/...`.
@@ -52,6 +54,25 @@ def generate(folder: Path, users: int, artists: int, per_user: int, seed: int = 
     return len(plays)
 
 
+def generate_movielens(folder: Path, users: int, movies: int, per_user: int, seed: int = 1) -> int:
+    """Write ratings.dat and movies.dat (MovieLens' `::`-separated layout, half-star ratings); returns the number
+    of ratings."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    pop = 1.0 / np.arange(1, movies + 1) ** 0.8
+    pop /= pop.sum()
+    sizes = np.clip(rng.geometric(1 / per_user, users), 20, 3000)  # MovieLens keeps users with 20 ratings or more
+    n = int(sizes.sum())
+    r = pd.DataFrame({"u": np.repeat(np.arange(1, users + 1), sizes), "i": rng.choice(movies, n, p=pop) + 1,
+                      "r": rng.integers(1, 11, n) / 2, "t": 978_300_000 + rng.integers(0, 10**8, n)})
+    r = r.drop_duplicates(["u", "i"])
+    (r.u.astype(str) + "::" + r.i.astype(str) + "::" + r.r.astype(str) + "::" + r.t.astype(str)).to_csv(
+        folder / "ratings.dat", index=False, header=False)
+    with open(folder / "movies.dat", "w", encoding="latin-1") as fh:
+        fh.writelines(f"{i}::Film {i}: Part {i % 7} ({1950 + i % 70})::Drama|Comedy\n" for i in range(1, movies + 1))
+    return len(r)
+
+
 def timed(cmd: list[str], env: dict) -> tuple[float, float, int]:
     """Wall seconds, peak resident MiB and exit status of one process."""
     t0 = time.perf_counter()
@@ -66,18 +87,28 @@ def main() -> None:
     ap.add_argument("--artists", type=int, default=150_000)
     ap.add_argument("--per-user", type=int, default=25)
     ap.add_argument("--families", nargs="+", default=["popularity", "itemknn", "search"])
+    ap.add_argument("--movielens", action="store_true",
+                    help="a MovieLens-format folder (--artists movies, --per-user ratings) instead of Last.fm's")
+    ap.add_argument("--budget", type=float, help="--time-budget (minutes) of each job")
     a = ap.parse_args()
     aimass = str(Path(sys.executable).with_name("aimass"))
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "AIMASS_HOME": str(Path(tmp) / "home")}
-        n = generate(Path(tmp) / "big", a.users, a.artists, a.per_user)
-        print(f"{n:,} plays by {a.users:,} listeners of up to {a.artists:,} artists", flush=True)
-        took, _, rc = timed([aimass, "datasets", "register", "big", str(Path(tmp) / "big"), "--format", "lastfm"], env)
+        if a.movielens:
+            n = generate_movielens(Path(tmp) / "big", a.users, a.artists, a.per_user)
+            print(f"{n:,} ratings by {a.users:,} users of up to {a.artists:,} movies", flush=True)
+        else:
+            n = generate(Path(tmp) / "big", a.users, a.artists, a.per_user)
+            print(f"{n:,} plays by {a.users:,} listeners of up to {a.artists:,} artists", flush=True)
+        fmt = "movielens-meta" if a.movielens else "lastfm"
+        took, mib, rc = timed([aimass, "datasets", "register", "big", str(Path(tmp) / "big"), "--format", fmt], env)
         if rc:
             sys.exit(f"registering the generated folder failed (exit {rc})")
-        print(f"registered in {took:.1f} s\n\n| family | job s | peak MiB | exit |\n|---|---|---|---|", flush=True)
+        print(f"registered in {took:.1f} s, peak {mib:,.0f} MiB\n\n| family | job s | peak MiB | exit |\n"
+              "|---|---|---|---|", flush=True)
+        budget = ["--time-budget", str(a.budget)] if a.budget else []
         for family in a.families:
-            took, mib, rc = timed([aimass, "train", family, "--dataset", "big", "--workers", "0"], env)
+            took, mib, rc = timed([aimass, "train", family, "--dataset", "big", "--workers", "0", *budget], env)
             print(f"| {family} | {took:.1f} | {mib:,.0f} | {rc} |", flush=True)
 
 
