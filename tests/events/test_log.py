@@ -316,7 +316,10 @@ def test_chunks_are_read_as_the_whole_file_would_be(settings, tmp_path, monkeypa
                 "value": [30, True, False][i]} for i in range(3)]
     (tmp_path / "bool.jsonl").write_text("".join(json.dumps(r) + "\n" for r in flagged))
     pd.DataFrame({**{k: [r[k] for r in flagged[1:]] for k in flagged[0]}}).to_parquet(tmp_path / "bool.parquet")
-    for name, row in (("bool.jsonl", 2), ("bool.parquet", 1)):
+    nullable = pd.DataFrame({k: [r[k] for r in flagged[1:]] for k in flagged[0]})
+    nullable["value"] = pd.array([None, True], dtype="boolean")  # pandas' nullable type, kept by Parquet
+    nullable.to_parquet(tmp_path / "nullable.parquet")
+    for name, row in (("bool.jsonl", 2), ("bool.parquet", 1), ("nullable.parquet", 2)):
         with pytest.raises(InvalidInputError, match=rf"row {row} .*value must be a number, not true or false"):
             events.ingest(tmp_path / name, "recs", settings=settings)
     assert events.count("recs", settings=settings) == 0

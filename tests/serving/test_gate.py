@@ -158,4 +158,3 @@ def test_a_bare_serve_logs_under_an_endpoint_name_that_monitoring_and_keys_take(
 
     assert endpoint_of(Settings(serve_model=model)) == endpoint == check_endpoint(endpoint)
     assert endpoint_of(Settings(serve_model=model, serve_endpoint="live")) == "live"
-

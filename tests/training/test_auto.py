@@ -36,6 +36,18 @@ def test_mult_vae_is_ruled_out_only_when_ease_trails_item_knn():
         assert why is not None and "0.1000 vs 0.1200" in why
 
 
+def test_item_knn_s_second_pass_runs_only_when_its_first_was_cheap():
+    from aimass.training._auto import _second_pass_skipped
+
+    board = _baselines(ease=0.10)
+    board[1].wall_time_s = 5.0
+    assert _second_pass_skipped(board, "itemknn", 1.0) is None  # 5 s of a minute
+    board[1].wall_time_s = 7.0
+    why = _second_pass_skipped(board, "itemknn", 1.0)
+    assert why == "not run: the first itemknn pass took 7 s, over 10% of the budget"
+    assert _second_pass_skipped(board, "itemknn", 45.0) is None
+
+
 def _probes(*vals: float) -> list[Candidate]:
     return [Candidate(f"f{i}", {}, "probe", run_id=f"r{i}", val_ndcg=v, budget_min=1.0) for i, v in enumerate(vals)]
 

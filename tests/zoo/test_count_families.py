@@ -103,6 +103,19 @@ def test_itemknn_shrink_ranks_a_pair_seen_often_above_one_seen_once_among_rare_i
     np.testing.assert_allclose(sims[20][1, 2], 50 / (np.sqrt(100 * 100) + 20), rtol=1e-6)
 
 
+def test_an_itemknn_saved_before_shrink_loads_as_fitted_without_it(tmp_path):
+    import json
+
+    from aimass.zoo import item_knn
+
+    est = item_knn.ItemKNN(shrink=0).fit([np.array([1, 2, 3])] * 3, 4)
+    est.save(tmp_path / "m")
+    meta = json.loads((tmp_path / "m" / "config.json").read_text())
+    del meta["config"]["shrink"]  # as a model saved before session 47
+    (tmp_path / "m" / "config.json").write_text(json.dumps(meta))
+    assert item_knn.ItemKNN.load(tmp_path / "m").config_.shrink == 0  # not the new default it was not fitted with
+
+
 @pytest.mark.parametrize("decay", [1.0, 0.8])
 def test_ease_scoring_a_long_history_does_not_copy_its_rows(decay, tmp_path):
     """A history of 3,000 items on 3,000: the [history x catalogue] copy was 36 MB (800 MB at 10,000 of

@@ -310,11 +310,24 @@ def _ratings_dat(path: Path) -> pd.DataFrame:
         if r is not None and r[[1, 3, 5]].isna().all(axis=None) and r[[0, 2, 4, 6]].notna().all(axis=None) \
                 and all(r[c].dtype.kind in "iuf" for c in (0, 2, 4, 6)):
             return r[[0, 2, 4, 6]].set_axis(names, axis=1)
+        r = None  # not held while the file is read again
         try:
             return pd.read_csv(path, sep="::", engine="python", header=None, names=names, index_col=False)
-        except pd.errors.ParserWarning:
-            raise InvalidInputError(f"movielens-meta {path}: cannot be parsed (lines have more fields than the "
-                                    "four of UserID::MovieID::Rating::Timestamp)") from None
+        except pd.errors.ParserWarning:  # which the caller reports as "cannot be parsed (...)"
+            n = _first_long_line(path)
+            raise pd.errors.ParserError(f"{f'line {n}' if n else 'a line'} has more than the four fields of "
+                                        "UserID::MovieID::Rating::Timestamp") from None
+
+
+def _first_long_line(path: Path) -> int | None:
+    """The number of the first `::` line with more than four fields (one `::` at its end is none more, as
+    pandas reads it), for the error: pandas' own warning names no line."""
+    with path.open(encoding="utf-8", errors="replace") as fh:
+        for n, line in enumerate(fh, 1):
+            fields = line.rstrip("\r\n").split("::")
+            if len(fields) - (fields[-1] == "") > 4:
+                return n
+    return None
 
 
 @reader("lastfm")

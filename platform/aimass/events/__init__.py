@@ -43,7 +43,8 @@ def ingest(path: str | Path, endpoint: str, *, settings: Settings | None = None)
     from aimass.serving import check_endpoint
 
     # stored under a name serving could have ("" or "Bad/x" would hold events no deployment could read); reads
-    # take any name: a bare `bentoml serve` of the model My_Model.v2 logs its feedback under my_model.v2
+    # take any name (a bare `bentoml serve` of the model My_Model.v2 logs its feedback under my-model-v2, and
+    # before session 47 under my_model.v2)
     check_endpoint(endpoint)
     s = settings or default_settings()
     t0 = time.perf_counter()

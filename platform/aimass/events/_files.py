@@ -204,13 +204,22 @@ def _validated(f: pd.DataFrame, p: Path, offset: int, rules: Rules, settings: Se
     limit = pd.Timestamp.now(tz="UTC") + pd.Timedelta(seconds=settings.feedback_max_future_s)
     bad((parsed > limit).to_numpy(), f"timestamp more than {settings.feedback_max_future_s:g} s in the future")
     f["timestamp"] = parsed
-    # JSON's true and Parquet's booleans: to_numeric made them 1.0 and 0.0 (a "like" with value true passed a
-    # threshold as a play of one second would), where /feedback refuses them
-    flags = f["value"].map(lambda x: isinstance(x, (bool, np.bool_))) if f["value"].dtype == object \
-        else pd.Series(f["value"].dtype == bool, index=f.index)
-    bad(flags.to_numpy(dtype=bool), "value must be a number, not true or false")
-    v = pd.to_numeric(f["value"], errors="coerce")
-    bad((v.isna() & f["value"].notna()).to_numpy(), "value must be a number")
+    col = f["value"]
+    v = pd.to_numeric(col, errors="coerce")
+    bad((v.isna() & col.notna()).to_numpy(), "value must be a number")
+    # JSON's true and Parquet's booleans (numpy's or pandas' nullable type): to_numeric made them 1.0 and 0.0 (a
+    # "like" with value true passed a threshold as a play of one second would), where /feedback refuses them.
+    # Only a 0 or a 1 can be one: the rest of a text column is not looked at row by row
+    if pd.api.types.is_bool_dtype(col.dtype):
+        flags = col.notna().to_numpy(dtype=bool)
+    else:
+        flags = np.zeros(len(col), dtype=bool)
+        maybe = v.isin([0, 1]).to_numpy(dtype=bool)
+        if col.dtype == object and maybe.any():
+            flags[maybe] = col[maybe].map(lambda x: isinstance(x, (bool, np.bool_))).to_numpy(dtype=bool)
+    bad(flags, "value must be a number, not true or false")
+    if pd.api.types.is_bool_dtype(v.dtype):  # a boolean column left only with missing values
+        v = pd.Series(np.nan, index=col.index)
     bad(np.isinf(v.to_numpy(dtype=np.float64)), "value must be a finite number")
     f["value"] = v
     rid = f["request_id"].astype("string")

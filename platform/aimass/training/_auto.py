@@ -1,8 +1,9 @@
 """Model search on a budget, as Gorse searches its models on a schedule: ``aimass train auto --dataset D
 --time-budget M``.
 
-1. Cheap strong baselines, one pass each: popularity, item-kNN, EASE (a family whose size limit the data
-   exceeds is listed as skipped, with the limit).
+1. Cheap strong baselines, one pass each: popularity, item-kNN (with its default shrink, then without it when
+   the first pass was cheap), EASE (a family whose size limit the data exceeds is listed as skipped, with the
+   limit).
 2. Short probes of the neural families (SASRec, two-tower, and Mult-VAE unless EASE's baseline showed that a
    bag of items trails the history's order here) with their data-adapted defaults, plus one SASRec variant (the
    other density class's width and dropout): the small search. Each probe gets ``PROBE_SHARE`` of what the
@@ -31,8 +32,11 @@ from aimass.settings import Settings, default_settings, error_line
 
 MIN_BUDGET_MIN = 1.0  # the baselines and one short probe of each neural family need about this much
 # item-kNN twice: its default shrinks the similarity of pairs among rare items (better on every real dataset
-# measured), and without it won on a generated catalogue whose rare pairs are real groups; a pass is seconds
+# measured), and without it won on a generated catalogue whose rare pairs are real groups. The second pass is
+# run only when the first took at most SECOND_PASS_SHARE of the budget (seconds, against minutes on 100,000
+# users, which the probes would lose)
 BASELINES = (("popularity", {}), ("itemknn", {}), ("itemknn", {"shrink": 0}), ("ease", {}))
+SECOND_PASS_SHARE = 0.10
 PROBE_SHARE = 0.08
 # the second round (_round2): each of the two contenders gets this share of what the probes left, when the
 # runner-up is within ROUND2_CLOSE of the best (validation NDCG@10) and the share is at least ROUND2_MIN_MIN
@@ -87,7 +91,7 @@ def auto(dataset: str, time_budget_min: float, *, workers: int = 1, max_val_user
     check_auto_budget(time_budget_min)
     if epochs is not None and epochs < 1:
         raise InvalidInputError(f"epochs must be at least 1, got {epochs}")
-    check_job(s, workers, max_test_users, max_val_users)  # refused once here, not as eight skipped candidates
+    check_job(s, workers, max_test_users, max_val_users)  # refused once here, not as a skipped candidate each
     ds = datasets.load(dataset, settings=s)
     data, _ = _prepare(ds, max_val_users, EVAL_SEED)  # too few users for validation and test: refused before any run
     started, search_id = time.time(), uuid.uuid4().hex[:12]
@@ -125,6 +129,8 @@ def auto(dataset: str, time_budget_min: float, *, workers: int = 1, max_val_user
     for family, params in BASELINES:
         if time.time() >= deadline:
             board.append(Candidate(family, dict(params), "baseline", skipped="the time budget was spent"))
+        elif params and (why := _second_pass_skipped(board, family, time_budget_min)):
+            board.append(Candidate(family, dict(params), "baseline", skipped=why))
         else:
             run(Candidate(family, dict(params), "baseline"))
     probes = [Candidate("sasrec", {}, "probe"), Candidate("sasrec", _sasrec_variant(data), "probe"),
@@ -219,6 +225,16 @@ def _round2(probes: list[Candidate], extra_min: float) -> list[Candidate]:
     if len(ranked) < 2 or extra_min < ROUND2_MIN_MIN or ranked[1].val_ndcg < ROUND2_CLOSE * ranked[0].val_ndcg:
         return []
     return ranked[:2]
+
+
+def _second_pass_skipped(board: list[Candidate], family: str, budget_min: float) -> str | None:
+    """Why a family's second baseline is not run (its first pass took more than SECOND_PASS_SHARE of the
+    budget), or None to run it."""
+    first = next((c for c in board if c.family == family and c.stage == "baseline"), None)
+    if first is None or first.wall_time_s is None or first.wall_time_s <= SECOND_PASS_SHARE * budget_min * 60:
+        return None
+    return (f"not run: the first {family} pass took {first.wall_time_s:.0f} s, over {SECOND_PASS_SHARE:.0%} "
+            "of the budget")
 
 
 def _bag_of_items_evidence(board: list[Candidate]) -> str | None:

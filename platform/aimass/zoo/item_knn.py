@@ -144,6 +144,7 @@ class ItemKNN:
     def load(cls, path: str | Path) -> ItemKNN:
         p = Path(path)
         meta = json.loads((p / "config.json").read_text())
+        meta["config"].setdefault("shrink", 0.0)  # saved before it existed: fitted without it
         z = np.load(p / "similarity.npz", allow_pickle=False)
         est = cls(**meta["config"])
         est.config_, est.n_items_ = ItemKNNConfig(**meta["config"]), meta["n_items"]
