@@ -315,10 +315,10 @@ def test_chunks_are_read_as_the_whole_file_would_be(settings, tmp_path, monkeypa
     flagged = [{"event_id": f"t{i}", "user_id": 1, "item_id": 7, "type": "like", "timestamp": 1.7e9,
                 "value": [30, True, False][i]} for i in range(3)]
     (tmp_path / "bool.jsonl").write_text("".join(json.dumps(r) + "\n" for r in flagged))
-    pd.DataFrame({**{k: [r[k] for r in flagged[1:]] for k in flagged[0]}}).to_parquet(tmp_path / "bool.parquet")
-    nullable = pd.DataFrame({k: [r[k] for r in flagged[1:]] for k in flagged[0]})
-    nullable["value"] = pd.array([None, True], dtype="boolean")  # pandas' nullable type, kept by Parquet
-    nullable.to_parquet(tmp_path / "nullable.parquet")
+    frame = pd.DataFrame({k: [r[k] for r in flagged[1:]] for k in flagged[0]})
+    frame.to_parquet(tmp_path / "bool.parquet")
+    # pandas' nullable type, kept by Parquet
+    frame.assign(value=pd.array([None, True], dtype="boolean")).to_parquet(tmp_path / "nullable.parquet")
     for name, row in (("bool.jsonl", 2), ("bool.parquet", 1), ("nullable.parquet", 2)):
         with pytest.raises(InvalidInputError, match=rf"row {row} .*value must be a number, not true or false"):
             events.ingest(tmp_path / name, "recs", settings=settings)

@@ -93,11 +93,10 @@ class ItemKNN:
         for lo in range(0, co.shape[0], _ROWS_AT_ONCE):
             sim = (co[lo:lo + _ROWS_AT_ONCE] + cfg.symmetric * back[lo:lo + _ROWS_AT_ONCE]).tocsr()
             rows = lo + np.repeat(np.arange(sim.shape[0]), np.diff(sim.indptr))
-            sim.data *= row_w[rows]  # diag(n^-a) @ sim @ diag(n^-(1-a))
-            sim.data *= col_w[sim.indices]
+            w = row_w[rows] * col_w[sim.indices]  # diag(n^-a) @ sim @ diag(n^-(1-a))
             if cfg.shrink:
-                norm = 1.0 / (row_w[rows] * col_w[sim.indices])
-                sim.data *= norm / (norm + cfg.shrink)
+                w /= 1.0 + cfg.shrink * w  # 1 / (n_i^a n_j^(1-a) + shrink)
+            sim.data *= w
             sim.data[sim.indices == rows] = 0  # an item is not its own neighbour
             sim.eliminate_zeros()
             pruned.append(_top_k_rows(sim, cfg.neighbors))
