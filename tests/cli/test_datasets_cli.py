@@ -191,3 +191,17 @@ def test_real_datasets_counts_via_cli(tmp_path, shared_data):
     assert (fm["n_users"], fm["n_items"]) == (1892, 17632)
     rep = {c["component"]: c for c in json.loads(run(home, "doctor", "--json").stdout)}
     assert rep["data registry"]["status"] == "ok" and rep["data registry"]["detail"] == "2 tagged versions"
+
+
+def test_register_maps_a_files_own_column_names(tmp_path):
+    """MovieLens-25M's layout, as a user downloads it: the refusal names the mapping, which then registers."""
+    (tmp_path / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,10,4.5,1100000000\n"
+                                          "2,10,5.0,1100000120\n")
+    (tmp_path / "movies.csv").write_text("movieId,title,genres\n10,Heat (1995),Action\n")
+    args = ("datasets", "register", "ml25", str(tmp_path / "ratings.csv"), "--format", "csv", "--items",
+            str(tmp_path / "movies.csv"))
+    res = run(tmp_path / "home", *args, ok=False)
+    assert res.returncode == 2 and "--columns userId=user_id,movieId=item_id,rating=value" in res.stderr
+    reg = json.loads(run(tmp_path / "home", *args, "--columns", "userId=user_id,movieId=item_id,rating=value",
+                         "--json").stdout)
+    assert reg["ref"] == "ml25@v1" and reg["n_users"] == 2 and reg["n_items"] == 1 and reg["has_items_table"]

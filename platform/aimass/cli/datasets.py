@@ -23,12 +23,16 @@ def register(
     path: Path,
     format: str = typer.Option(..., "--format", "-f", help="ml1m-seq, sasrec, movielens-meta, lastfm, csv, parquet"),
     items: Path = typer.Option(None, "--items", help="Optional items file (csv/parquet, or movies.dat)"),
+    columns: str = typer.Option(None, "--columns", help="csv/parquet: the file's names for the canonical "
+                                "columns, e.g. userId=user_id,movieId=item_id,rating=value (X=- leaves X out)"),
     as_json: bool = JSON,
 ):
     """Register PATH as the next version of NAME (identical content returns the existing version)."""
     from aimass import datasets
+    from aimass.datasets import parse_columns
 
-    v = datasets.register(name, path, format, items=items, settings=state.settings)
+    v = datasets.register(name, path, format, items=items, columns=parse_columns(columns) if columns else None,
+                          settings=state.settings)
     emit(v, as_json, _summary(v))
 
 

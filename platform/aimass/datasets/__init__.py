@@ -22,6 +22,7 @@ from sqlmodel import col, select
 from aimass.catalog import DatasetLineage, DatasetLineagePublic, DatasetVersion, DatasetVersionPublic, session
 from aimass.datasets import _exposure
 from aimass.datasets._canonical import Canonical, normalise
+from aimass.datasets._columns import parse as parse_columns
 from aimass.datasets._demo import DemoConfig, generate_demo
 from aimass.datasets._formats import formats, read
 from aimass.datasets._registry import DataRegistry, git, read_folder, tag_for
@@ -30,7 +31,7 @@ from aimass.settings import Settings, default_settings
 
 __all__ = ["EXPOSURE_KEY", "Exposure", "exposure", "write_exposure", "Dataset", "DatasetLineagePublic", "DemoConfig",
            "FoldedEvents", "ancestry", "derive", "folded_through", "formats", "generate_demo", "get", "lineage",
-           "list", "load", "pull", "register", "registry_status", "versions"]
+           "list", "load", "parse_columns", "pull", "register", "registry_status", "versions"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _REF = re.compile(r"^(?P<name>[^@]+)(?:@(?:v(?P<v>\d+)|(?P<n>\d+)|(?P<latest>latest)))?$")
@@ -77,13 +78,16 @@ def register(
     format: str,
     *,
     items: str | Path | None = None,
+    columns: dict[str, str] | None = None,
     settings: Settings | None = None,
 ) -> DatasetVersionPublic:
     """Register the files at `path` as the next version of `name`; identical content returns the existing
-    version. Bad input raises before anything is written."""
+    version. Bad input raises before anything is written. `columns` maps a csv or Parquet file's own column
+    names onto user_id, item_id, timestamp, event, value, split ({"userId": "user_id", "movieId": "item_id",
+    "rating": "value"}; "-" leaves a column out), in the interactions and the items file alike."""
     s = settings or default_settings()
     check_name(name)
-    data = read(path, format, items)
+    data = read(path, format, items, columns)
     return _store(s, name, data, format=format, source=str(path),
                   row_source=str(Path(path).expanduser().resolve()))
 

@@ -8,11 +8,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from aimass.datasets._canonical import ID_MAX, Canonical, normalise, unix_seconds
+from aimass.datasets import _columns
+from aimass.datasets._canonical import ID_MAX, REQUIRED, Canonical, normalise, unix_seconds
 from aimass.errors import InvalidInputError
 
 Reader = Callable[[Path, "Path | None"], Canonical]
 _READERS: dict[str, Reader] = {}
+_TABULAR = ("csv", "parquet")  # the formats whose column names are the user's
 
 
 def reader(name: str) -> Callable[[Reader], Reader]:
@@ -27,9 +29,15 @@ def formats() -> list[str]:
     return sorted(_READERS)
 
 
-def read(path: str | Path, fmt: str, items: str | Path | None = None) -> Canonical:
+def read(path: str | Path, fmt: str, items: str | Path | None = None,
+         columns: dict[str, str] | None = None) -> Canonical:
+    """`columns` maps a csv or Parquet file's own column names onto the canonical ones (see _columns)."""
     if fmt not in _READERS:
         raise InvalidInputError(f"unknown format {fmt!r}; known formats: {', '.join(formats())}")
+    columns = _columns.checked(columns)
+    if columns and fmt not in _TABULAR:
+        raise InvalidInputError(f"{fmt}: columns are mapped only for {' and '.join(_TABULAR)} files; "
+                                f"{fmt} has a fixed layout")
     p = Path(path).expanduser()
     if not p.exists():
         raise InvalidInputError(f"path does not exist: {p}")
@@ -39,7 +47,7 @@ def read(path: str | Path, fmt: str, items: str | Path | None = None) -> Canonic
         if not ip.is_file():
             raise InvalidInputError(f"items file {ip} is a folder: give a file" if ip.is_dir()
                                     else f"items file does not exist: {ip}")
-    return _READERS[fmt](p, ip)
+    return _READERS[fmt](p, ip, columns) if columns else _READERS[fmt](p, ip)
 
 
 # -- helpers -------------------------------------------------------------------------------------------------
@@ -398,25 +406,42 @@ def _hetrec(path: Path, cols: list[str]) -> pd.DataFrame:
     return df
 
 
-def _tabular(path: Path, items: Path | None, fmt: str) -> Canonical:
+def _tabular(path: Path, items: Path | None, fmt: str, columns: dict[str, str] | None = None) -> Canonical:
     if path.is_dir():
         raise InvalidInputError(f"{fmt}: {path} is a folder; give the interactions file")
     df = _table(path, f"{fmt} file", fmt)
+    item_table = _items_file(items)
+    if columns:
+        _columns.unknown(columns, df.columns, *([] if item_table is None else [item_table.columns]))
+        df = _columns.renamed(df, columns, f"{fmt} {path}")
+        if item_table is not None:
+            item_table = _columns.renamed(item_table, columns, f"items file {items}", items=True)
+    missing = [c for c in REQUIRED if c not in df.columns]
+    if missing:
+        raise InvalidInputError(f"{fmt} {path}: missing column(s) {', '.join(missing)}{_columns.hint(df.columns)}")
+    extra = [str(c) for c in df.columns if c not in _columns.TARGETS]
+    if extra:
+        raise InvalidInputError(f"{fmt} {path}: unexpected column(s) {', '.join(extra)}; allowed: "
+                                f"{', '.join(_columns.TARGETS)} (map or leave them out with --columns, for "
+                                f"example {extra[0]}=-)")
+    if item_table is not None and "item_id" not in item_table.columns:
+        raise InvalidInputError(f"items file {items}: missing column item_id"
+                                f"{_columns.hint(item_table.columns, ('item_id',))}")
     if df.empty:
         raise InvalidInputError(f"{path}: no rows")
     ts = None
     if "timestamp" in df.columns:
         df["timestamp"] = ts = unix_seconds(df["timestamp"], f"{fmt} {path}")
     kind = "unix" if ts is not None and pd.to_numeric(ts, errors="coerce").min() > 10**8 else "order"
-    return normalise(df, _items_file(items), kind, f"{fmt} {path}")
+    return normalise(df, item_table, kind, f"{fmt} {path}")
 
 
 @reader("csv")
-def _csv(path: Path, items: Path | None) -> Canonical:
-    """Interactions with a header: user_id, item_id, timestamp[, event, value]."""
-    return _tabular(path, items, "csv")
+def _csv(path: Path, items: Path | None, columns: dict[str, str] | None = None) -> Canonical:
+    """Interactions with a header: user_id, item_id, timestamp[, event, value], or other names `columns` maps."""
+    return _tabular(path, items, "csv", columns)
 
 
 @reader("parquet")
-def _parquet(path: Path, items: Path | None) -> Canonical:
-    return _tabular(path, items, "parquet")
+def _parquet(path: Path, items: Path | None, columns: dict[str, str] | None = None) -> Canonical:
+    return _tabular(path, items, "parquet", columns)
