@@ -78,3 +78,14 @@ def test_fixed_layouts_refuse_a_mapping_and_the_cli_text_is_parsed(tmp_path):
         "userId": "user_id", "movieId": "item_id", "rating": "-"}
     with pytest.raises(InvalidInputError, match=r"'userId' is not SOURCE=TARGET"):
         parse_columns("userId")
+
+
+def test_movielens_meta_on_a_folder_of_csv_files_names_the_csv_registration(ml25):
+    ratings, movies = ml25
+    with pytest.raises(InvalidInputError, match=r"has no movies\.dat but a ratings\.csv .*--format csv --items "
+                                                r".*movies\.csv --columns userId=user_id,movieId=item_id"):
+        read(ratings.parent, "movielens-meta")
+    with pytest.raises(InvalidInputError, match=r"has no movies\.dat but a ratings\.csv"):
+        read(movies, "movielens-meta")
+    got = read(ratings, "csv", movies, ML25)  # the registration it names
+    assert got.stats() == {"n_rows": 3, "n_users": 2, "n_items": 2}

@@ -278,6 +278,12 @@ def _movielens_meta(path: Path, items: Path | None) -> Canonical:
     if path.name == "ratings.dat":  # the ratings given: their folder is the dataset
         path = path.parent
     folder = path if path.is_dir() else path.parent
+    if path.name in ("ratings.csv", "movies.csv") or (
+            path.is_dir() and not (folder / "movies.dat").is_file() and (folder / "ratings.csv").is_file()):
+        raise InvalidInputError(  # MovieLens-20M/25M and the small sets: the same data as csv with a header
+            f"movielens-meta: {folder} has no movies.dat but a ratings.csv (MovieLens-20M/25M's layout): register "
+            f"{folder / 'ratings.csv'} with --format csv --items {folder / 'movies.csv'} "
+            "--columns userId=user_id,movieId=item_id,rating=value")
     movies = _movies_dat(_need_file(folder, "movies.dat", "movielens-meta") if path.is_dir() else path)
     ratings = folder / "ratings.dat"
     if ratings.is_file():
