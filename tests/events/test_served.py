@@ -57,6 +57,21 @@ def test_user_ids_up_to_2_62_read_back_whole_beside_answers_without_a_user(store
         assert f["user_id"].iloc[0] == 2**62 - 1 and f["user_id"].iloc[1] is pd.NA
 
 
+def test_answers_kept_by_user_or_request_id_are_those_of_the_whole_frame(store):
+    """The retrain's join reads an endpoint's whole log keeping only its events' answers, batch by batch."""
+    log = ServedLog(store, interval=3600)
+    for n in range(40):
+        _record(log, f"r{n}", user_id=None if n % 7 == 0 else n % 5)
+    log.flush()
+    whole = log.frame("e", columns=["request_id", "user_id"])
+    for cols in (["request_id", "user_id", "items"], None):
+        got = log.frame("e", columns=cols, users=[2, 9], request_ids=["r0", "r3", "nope"])
+        want = whole[whole["user_id"].isin([2]).fillna(False) | whole["request_id"].isin(["r0", "r3"])]
+        assert got["request_id"].tolist() == want["request_id"].tolist() == ["r0", "r2", "r3", "r12", "r17",
+                                                                          "r22", "r27", "r32", "r37"]
+    assert log.frame("e", columns=["request_id", "user_id"], users=[], request_ids=[]).empty
+
+
 def test_a_failed_flush_loses_only_its_own_answers(store):
     log = ServedLog(store, interval=3600)
     _record(log, "lost")

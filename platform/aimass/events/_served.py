@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Collection
 from datetime import UTC, datetime
 
 import orjson
@@ -146,13 +147,17 @@ class ServedLog:
     def frame(self, endpoint: str, *, start: datetime | None = None, end: datetime | None = None,
               limit: int | None = None, shadow: bool = False, experiment_id: str | None = None,
               errors: bool = False, route: str | list[str] | None = None,
-              columns: list[str] | None = None, seqs: list[int] | None = None) -> pd.DataFrame:
+              columns: list[str] | None = None, seqs: list[int] | None = None,
+              users: Collection[int] | None = None, request_ids: Collection[str] | None = None) -> pd.DataFrame:
         """The endpoint's answers (columns of ServedAnswer; served_at UTC), oldest first: the answers consumers
         got, or with `shadow` only the shadow arm's (never returned, logged for comparison); with `errors` also
         the failed requests (strategy 'error', no items); with `route` only that route's (or routes'). With
         `columns`, only those are read, as the driver's rows: a page over an hour of traffic needs a few scalar
         columns, not every answer's lists (the ORM's row objects and JSON decoding were most of its time). With
-        `seqs`, only the answers of those log positions (a sample of a window too large to read whole)."""
+        `seqs`, only the answers of those log positions (a sample of a window too large to read whole). With
+        `users` / `request_ids`, only the answers to those users or naming those request ids, kept batch by batch
+        as they are read: an endpoint's log of any age is scanned in bounded memory (too many ids for a
+        statement's parameters, so not in SQL)."""
         if columns is None:
             q = select(TABLE)
         else:  # the time as stored (SQLite: text), parsed below in one vectorised pass
@@ -165,12 +170,21 @@ class ServedLog:
         ordered = None if seqs is None else sorted(seqs)
         picks = [None] if ordered is None else [ordered[i:i + 5000] for i in range(0, len(ordered), 5000)]
         names = [c.name for c in TABLE.columns] if columns is None else list(columns)
+        keep = None
+        if users is not None or request_ids is not None:
+            wanted_users, wanted_ids = set(users or ()), set(request_ids or ())
+            u, r = names.index("user_id"), names.index("request_id")
+            keep = lambda row: row[u] in wanted_users or row[r] in wanted_ids  # noqa: E731
         rows = []
         with self.engine.connect() as conn:
             for chunk in picks:
                 part = q if chunk is None else q.where(TABLE.c.seq.in_(chunk))
-                rows += [tuple(r) for r in conn.execute(part)] if columns is None else \
-                    conn.execute(part).cursor.fetchall()
+                if columns is None:
+                    rows += [tuple(r) for r in conn.execute(part) if keep is None or keep(r)]
+                    continue
+                cursor = conn.execute(part).cursor
+                while batch := cursor.fetchmany(100_000):
+                    rows += batch if keep is None else [row for row in batch if keep(row)]
         f = pd.DataFrame(rows, columns=names)
         if "user_id" in f.columns:  # not through float64 (one answer without a user): ids go up to 2^62
             at = names.index("user_id")

@@ -117,11 +117,11 @@ def _shown(events: pd.DataFrame, endpoint: str, settings: Settings) -> np.ndarra
                        "item_id": events["item_id"].astype(np.int64).to_numpy(),
                        "timestamp": stamped.where(stamped >= received, received),
                        "request_id": events["request_id"].astype(object).to_numpy()})
-    # the endpoint's whole log up to the last event, but only the columns joined (not every answer's history and
-    # scores), and its item lists decoded only for the answers these events can join to
+    # the endpoint's whole log up to the last event is scanned, but only these events' answers are kept (a long
+    # lived endpoint's log holds millions), with only the columns joined, and their item lists decoded here
     served = ServedLog(settings).frame(endpoint, end=ev["timestamp"].max() + pd.Timedelta(seconds=1),
-                                       columns=["request_id", "user_id", "items", "served_at"])
-    served = served[served["request_id"].isin(ev["request_id"].dropna()) | served["user_id"].isin(ev["user_id"])]
+                                       columns=["request_id", "user_id", "items", "served_at"],
+                                       users=ev["user_id"].tolist(), request_ids=ev["request_id"].dropna().tolist())
     if served.empty:
         return via
     served = served.assign(items=[orjson.loads(v) if isinstance(v, str | bytes) else v for v in served["items"]])
