@@ -475,3 +475,32 @@ def test_a_champion_trained_on_gpus_is_retrained_on_cpu_where_there_is_none(loop
     else:  # a machine with a GPU trains the recipe as it was
         assert r.notes == [] and aimass.runs.show(r.run_id, settings=s)["job"]["gpu"] is True
     assert retraining.history("recs", settings=s)[0].notes == r.notes
+
+
+def test_a_retry_after_a_failure_past_the_fold_trains_on_the_version_it_derived(loop, monkeypatch):
+    """The first attempt derived a version and failed in training; an impression came before the retry. The
+    retry's rows are the same, so the same version: it was refused as "nothing new" (and the scheduler took
+    the events as done), the positives never trained on."""
+    import aimass.training
+
+    s, *_ = loop
+    rows = datasets.load(registry.get("recs@champion", settings=s).dataset, settings=s).interactions
+    new = sorted(set(range(1, 121)) - set(rows.loc[rows.user_id == 8, "item_id"]))[:2]
+    EventLog(s).write("recs", [event(f"retry{i}", 8, item, "play", 1.0) for i, item in enumerate(new)])
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("worker lost")
+
+    with monkeypatch.context() as m:
+        m.setattr(aimass.training, "train", broken)
+        with pytest.raises(RuntimeError, match="worker lost"):
+            retraining.retrain("recs", reason="volume", promote=False, settings=s)
+    failed = retraining.history("recs", settings=s)[0]
+    derived = datasets.versions("demo", settings=s)[-1]
+    assert failed.status == "failed" and failed.dataset == derived.ref
+    EventLog(s).write("recs", [event("retry-imp", 8, new[0], "impression")])
+    r = retraining.retrain("recs", reason="volume", promote=False, settings=s)
+    assert r.status == "challenger" and r.dataset == derived.ref, (r.status, r.error)
+    lin = datasets.lineage(derived.ref, settings=s)
+    assert r.events_through_seq == lin.through_seq == failed.events_through_seq < EventLog(s).last_seq("recs")
+    assert [v.ref for v in datasets.versions("demo", settings=s)][-1] == derived.ref  # no version more

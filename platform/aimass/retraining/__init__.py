@@ -16,6 +16,7 @@ is redeployed (`aimass deploy NAME@champion --endpoint E`). `start_in_cluster` r
 serving cluster."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -175,6 +176,14 @@ def _run(r: RetrainResult, d, promote: bool, progress: bool, s: Settings, budget
     # one an earlier attempt derived (its lineage ending earlier). Training on it would retrain on data the
     # champion had, and record a fold that the lineage does not, so the next one would fold events again.
     lin = datasets.lineage(new.ref, settings=s)
+    if (lin is not None and (lin.endpoint, lin.parent, lin.after_seq) == (d.endpoint, fold.parent, fold.after_seq)
+            and lin.through_seq < fold.through_seq and not fold.counts(lin.through_seq)["positive"]):
+        # An earlier attempt derived this version from the same events and failed after it (training, the
+        # registry, the gate); only events that fold to no row (impressions, skips) came since. A retry is that
+        # attempt again: it trains on the version, its lineage and this attempt's record ending where it folded,
+        # so the events after it are looked at again next time (they hold no interaction, so lose nothing).
+        fold = dataclasses.replace(fold, through_seq=lin.through_seq, through_time=lin.through_time)
+        r.events_through_seq, r.events_through_time = lin.through_seq, lin.through_time
     if lin is None or (lin.endpoint, lin.parent, lin.after_seq, lin.through_seq) != (
             d.endpoint, fold.parent, fold.after_seq, fold.through_seq):
         raise _NothingNew(f"the {r.positive} new positive events of endpoint {d.endpoint!r} (seq "
