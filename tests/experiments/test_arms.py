@@ -38,6 +38,30 @@ def test_a_user_a_ramp_moved_counts_once_in_the_arm_of_their_first_answer(settin
     assert a.interval == tuple(c.control.interval) and b.interval == tuple(c.treatment.interval)
 
 
+@pytest.mark.parametrize("metric,converted", [("play_rate", {1}), ("rating_rate", {2}), ("skip_rate", {3}),
+                                               ("impression_rate", {4})])
+def test_a_type_rate_counts_the_events_the_types_rules_count(settings, monkeypatch, metric, converted):
+    """Under "play>=30" a 2-second play is no conversion, nor under "rating>=4" a 1-star rating; a type only
+    negative rules name counts its negative events, a neutral type every event."""
+    monkeypatch.setattr("aimass.serving.check_deployed", lambda endpoint, settings=None: None)
+    s = settings.model_copy(update={"feedback_positive": ["like", "play>=30", "rating>=4"],
+                                    "feedback_negative": ["skip<5", "rating<=2"], "feedback_neutral": ["impression"]})
+    with session(s) as db:
+        db.add(Experiment(endpoint="recs", experiment_id="xt", metric=metric, arms=[{"ref": "m/1", "weight": 100}]))
+        db.commit()
+    log = ServedLog(s)
+    for user in range(1, 9):
+        log.record("recs", f"r{user}", "recommend", "m", 1, user, [5], [7], [1.0], arm="m/1", experiment_id="xt",
+                   latency_ms=1.0)
+    log.flush()
+    events = [(1, "play", 45.0), (5, "play", 2.0), (2, "rating", 5.0), (6, "rating", 1.0), (3, "skip", 1.0),
+              (7, "skip", 20.0), (4, "impression", None)]
+    EventLog(s).write("recs", [FeedbackEventBase(event_id=f"e{u}", user_id=u, item_id=7, type=t, value=v,
+                                                 timestamp=time.time(), request_id=f"r{u}") for u, t, v in events])
+    (arm,) = experiments.show("recs", settings=s).arms
+    assert (arm.users, arm.successes) == (8, len(converted))
+
+
 def test_an_experiment_still_starting_shows_no_arms(settings, monkeypatch):
     monkeypatch.setattr("aimass.serving.check_deployed", lambda endpoint, settings=None: None)
     with session(settings) as db:  # start() commits the row first, then applies the split (seconds)

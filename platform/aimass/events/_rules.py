@@ -76,6 +76,16 @@ class Rules:
         event is positive exactly when it matches one)."""
         return _matches(self.positive, type_col, value_col)
 
+    def type_clause(self, type_: str, type_col, value_col):
+        """The events of `type_` that its rules count, as a SQL condition: those matching one of its positive
+        rules when it has any ("play>=30": plays of 30 or more, not every play), else its negative ones, else
+        every event of the type (a neutral type)."""
+        for rules in (self.positive, self.negative):
+            mine = [r for r in rules if r[0] == type_]
+            if mine:
+                return _matches(mine, type_col, value_col)
+        return type_col == type_
+
     def polarity_case(self, type_col, value_col):
         """polarity() as a SQL expression: counts by polarity in the database, not over a frame of the log."""
         from sqlalchemy import case

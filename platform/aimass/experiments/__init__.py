@@ -274,7 +274,10 @@ def _arms(e: ExperimentPublic, s: Settings) -> list[ArmView]:
     log = EventLog(s)
     kind = _metric_type(e.metric, s)
     col = log.table.c
-    hit = Rules.of(s).positive_clause(col.type, col.value) if kind is None else col.type == kind
+    rules = Rules.of(s)
+    # play_rate under "play>=30" counts the plays the rule counts: a 2-second play is no conversion, and a
+    # 1-star rating is none under rating_rate with "rating>=4"
+    hit = rules.positive_clause(col.type, col.value) if kind is None else rules.type_clause(kind, col.type, col.value)
     converted = log.named(e.endpoint, where=hit, start=e.started_at)
     answers = ServedLog(s).frame(e.endpoint, columns=["request_id", "arm", "user_id", "strategy", "latency_ms"],
                                  start=e.started_at, end=e.stopped_at, experiment_id=e.experiment_id, errors=True,
