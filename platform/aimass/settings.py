@@ -108,7 +108,7 @@ class Settings(BaseSettings):
     monitor_keep_reports: int = Field(200, ge=1, description=(
         "Drift reports kept per endpoint (about 4 MB each); storing one removes the oldest beyond it."))
     retrain_interval_s: float | None = Field(None, gt=0, description="Retrain on a schedule; None: off.")
-    retrain_min_events: int | None = Field(None, ge=1, description="Retrain after this many new events.")
+    retrain_min_events: int | None = Field(None, ge=1, description="Retrain after this many new positive events.")
     retrain_on_drift: bool = Field(False, description="Retrain when a scheduled drift report flags.")
     retrain_retry_s: float = Field(1800.0, gt=0, description=(
         "After a failed retrain attempt, how long the triggers wait before the next one."))

@@ -304,7 +304,9 @@ def test_triggers_and_the_scheduler_tick(settings):
     EventLog(s).write("e1", [event(f"x{i}", 1, i, "play") for i in range(2)])
     assert retraining.due("e1", settings=s, now=now) is None
     assert retraining.due("e1", settings=s, now=now + 3600) == "schedule"
-    EventLog(s).write("e1", [event("x9", 1, 9, "skip")])
+    EventLog(s).write("e1", [event("x9", 1, 9, "skip"), event("x8", 1, 8, "impression")])
+    assert retraining.due("e1", settings=s, now=now) is None  # they fold to no row: no volume of new data
+    EventLog(s).write("e1", [event("x10", 1, 10, "like")])
     assert retraining.due("e1", settings=s, now=now) == "volume"
     report = s.home / "monitoring" / "e1" / "r1" / "summary.json"
     report.parent.mkdir(parents=True)

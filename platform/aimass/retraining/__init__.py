@@ -392,7 +392,7 @@ def exposure(ref: str, *, settings: Settings | None = None) -> pd.DataFrame | No
 
 def due(endpoint: str, *, settings: Settings | None = None, now: float | None = None) -> str | None:
     """Why `endpoint` should be retrained now: 'drift' (retrain_on_drift and the newest drift report flagged
-    after the last attempt), 'volume' (retrain_min_events events arrived after what the served dataset and the
+    after the last attempt), 'volume' (retrain_min_events positive events arrived after what the served dataset and the
     last attempt hold), 'schedule' (retrain_interval_s passed since the deployment or the last attempt); None."""
     from aimass.retraining._triggers import due as _due
 

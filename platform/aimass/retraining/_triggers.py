@@ -51,20 +51,24 @@ def due(endpoint: str, settings: Settings, now: float | None = None) -> str | No
         after = datasets.folded_through(d.dataset, endpoint, settings=s) if d.dataset else 0
         if done is not None and done.events_through_seq:  # what the last attempt already looked at
             after = max(after, done.events_through_seq)
-        if events_after(s, endpoint, after) >= s.retrain_min_events:
+        if positives_after(s, endpoint, after) >= s.retrain_min_events:
             return "volume"
     if s.retrain_interval_s and now - since >= s.retrain_interval_s:
         return "schedule"
     return None
 
 
-def events_after(settings: Settings, endpoint: str, seq: int) -> int:
+def positives_after(settings: Settings, endpoint: str, seq: int) -> int:
+    """The endpoint's positive events after log position `seq`: only they fold into a new dataset version, so
+    a flood of impressions is no reason to retrain."""
     from aimass.catalog import FeedbackEvent, engine_for
+    from aimass.events import Rules
 
     t = FeedbackEvent.__table__
+    positive = Rules.of(settings).positive_clause(t.c.type, t.c.value)
     with engine_for(settings.catalog).connect() as conn:
         return conn.execute(select(func.count()).select_from(t)
-                            .where(t.c.endpoint == endpoint, t.c.seq > seq)).scalar() or 0
+                            .where(t.c.endpoint == endpoint, t.c.seq > seq, positive)).scalar() or 0
 
 
 def newest_drift_report(settings: Settings, endpoint: str, *, served: str | None = None,
