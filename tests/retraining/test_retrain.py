@@ -506,3 +506,26 @@ def test_a_retry_after_a_failure_past_the_fold_trains_on_the_version_it_derived(
     lin = datasets.lineage(derived.ref, settings=s)
     assert r.events_through_seq == lin.through_seq == failed.events_through_seq < EventLog(s).last_seq("recs")
     assert [v.ref for v in datasets.versions("demo", settings=s)][-1] == derived.ref  # no version more
+
+
+def test_a_champion_on_a_dataset_with_its_own_split_is_refused_before_the_events_are_read(settings, tmp_path,
+                                                                                          monkeypatch):
+    """An ml1m-seq dataset's roles are fixed by its source: derive refuses new rows, and the retrain read the
+    endpoint's whole event log first, at every trigger."""
+    from types import SimpleNamespace
+
+    from aimass.errors import InvalidInputError
+    from aimass.retraining import _fold
+
+    folder = tmp_path / "seq"
+    folder.mkdir()
+    for name, text in {"train_input.txt": "1 2\n2 3\n", "val_input.txt": "1 2 3\n", "val_output.txt": "1\n",
+                       "test_output.txt": "2\n1\n"}.items():
+        (folder / name).write_text(text)
+    datasets.register("seq", folder, "ml1m-seq", settings=settings)
+    monkeypatch.setattr(retraining, "_champion", lambda d, s: SimpleNamespace(ref="m/1", dataset="seq@v1"))
+    monkeypatch.setattr(retraining, "_training_job", lambda info, s: {"family": "itemknn", "params": {}})
+    monkeypatch.setattr(_fold, "collect", lambda *a: pytest.fail("the events were read"))
+    r = retraining.RetrainResult(endpoint="e", reason="manual", started_at=datetime.now(UTC), served="m/1")
+    with pytest.raises(InvalidInputError, match=r"m/1 was trained on seq@v1, which has its own evaluation split"):
+        retraining._run(r, SimpleNamespace(endpoint="e"), False, False, settings, None)

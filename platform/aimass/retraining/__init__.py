@@ -168,6 +168,11 @@ def _run(r: RetrainResult, d, promote: bool, progress: bool, s: Settings, budget
     r.champion, r.family, r.params = champion.ref, job["family"], job["params"]
     if not champion.dataset:
         raise InvalidInputError(f"{champion.ref} records no dataset version: it cannot be retrained")
+    if "split" in datasets.get(champion.dataset, settings=s).columns["interactions"]:
+        # checked before the events are read (an endpoint's whole log since the fold): derive would refuse
+        raise InvalidInputError(f"{champion.ref} was trained on {champion.dataset}, which has its own evaluation "
+                                "split (a split column): new interactions can only be added to datasets split by "
+                                "time, so its endpoint cannot be retrained on feedback")
     fold = _new_events(r, d.endpoint, champion.dataset, s)
     new = datasets.derive(fold.parent, fold.rows, settings=s, lineage=datasets.FoldedEvents(
         endpoint=d.endpoint, after_seq=fold.after_seq, through_seq=fold.through_seq,
