@@ -274,7 +274,7 @@ def test_stats_counts_in_the_database_what_the_rules_and_the_served_log_say(stor
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
-def test_a_file_is_ingested_chunk_by_chunk_in_one_transaction(store, tmp_path, monkeypatch, suffix):
+def test_a_file_is_checked_whole_then_ingested_chunk_by_chunk(store, tmp_path, monkeypatch, suffix):
     """A file larger than a chunk: a bad row in a later chunk is named by its row in the file and nothing of the
     chunks before it is stored; ids repeated across chunks are stored once."""
     from aimass.events import _files
@@ -297,6 +297,34 @@ def test_a_file_is_ingested_chunk_by_chunk_in_one_transaction(store, tmp_path, m
     assert events.count("recs", settings=store) == 40
     (tmp_path / "empty.csv").write_text("event_id,user_id,item_id,type,timestamp\n")
     assert events.ingest(tmp_path / "empty.csv", "recs", settings=store).rows == 0
+
+
+def test_a_live_event_is_committed_while_a_large_file_is_ingested(store, tmp_path, monkeypatch):
+    """One transaction over the whole file held the write lock for all of it: a /feedback commit waited (past
+    its 30 s timeout, on a file of a few million events). Between two chunks of the file a live write goes in."""
+    import threading
+
+    from aimass.events import _files
+
+    monkeypatch.setattr(_files, "CHUNK_ROWS", 5)
+    pd.DataFrame({"event_id": [f"f{i}" for i in range(20)], "user_id": range(20), "item_id": 7, "type": "play",
+                  "timestamp": 1.7e9, "value": 40.0}).to_csv(tmp_path / "big.csv", index=False)
+    validated, calls, live = _files._validated, [], []
+
+    def validated_then_a_live_write(*args):
+        calls.append(1)
+        if len(calls) == 7:  # the third chunk of the writing pass: the first two are stored by now
+            t = threading.Thread(target=lambda: live.append(EventLog(store).write("recs", [
+                FeedbackEventBase(event_id="live", user_id=1, item_id=2, type="play", timestamp=time.time())])))
+            t.start()
+            t.join(timeout=10)
+            assert live, "a live event waited for the whole file's transaction"
+        return validated(*args)
+
+    monkeypatch.setattr(_files, "_validated", validated_then_a_live_write)
+    r = events.ingest(tmp_path / "big.csv", "recs", settings=store)
+    assert (r.rows, r.stored, len(calls)) == (20, 20, 8)
+    assert events.count("recs", settings=store) == 21
 
 
 def test_chunks_are_read_as_the_whole_file_would_be(settings, tmp_path, monkeypatch):

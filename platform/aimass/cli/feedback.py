@@ -1,5 +1,5 @@
 """`aimass feedback ingest|list|stats`: the endpoints' feedback logs. Ingest appends a file of events (CSV,
-JSON lines or Parquet) in one transaction: all rows or, on the first bad one, none."""
+JSON lines or Parquet), checked whole before anything is stored: all rows or, on the first bad one, none."""
 from __future__ import annotations
 
 from pathlib import Path

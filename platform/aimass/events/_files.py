@@ -1,6 +1,6 @@
 """Files of events (CSV, JSON lines or Parquet, by extension) read as validated rows, a chunk at a time: a file
-larger than memory is ingested in one transaction all the same. The first bad row is named by its place in the
-file; nothing of a file with a bad row is stored (the caller's transaction is rolled back)."""
+larger than memory is ingested all the same. The first bad row is named by its place in the file; nothing of a
+file with a bad row is stored (ingest checks the whole file before it writes)."""
 from __future__ import annotations
 
 import math
