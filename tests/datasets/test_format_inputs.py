@@ -196,3 +196,60 @@ def test_iso_8601_and_fractional_unix_times_in_a_csv_are_stored_as_seconds(tmp_p
 def test_a_sasrec_file_with_a_byte_order_mark_reads(tmp_path):
     (tmp_path / "s.txt").write_bytes("1 29\n1 30\n2 29\n".encode("utf-8-sig"))
     assert read(tmp_path / "s.txt", "sasrec").interactions["item_id"].tolist() == [29, 30, 29]
+
+
+def _folder(root: Path, train: list[str], val_in: list[str], val_out: list[str], test: list[str],
+            test_in: list[str] | None = None) -> Path:
+    root.mkdir()
+    files = {"train_input.txt": train, "val_input.txt": val_in, "val_output.txt": val_out, "test_output.txt": test}
+    if test_in is not None:
+        files["test_input.txt"] = test_in
+    for name, lines in files.items():
+        (root / name).write_text("".join(f"{x}\n" for x in lines))
+    return root
+
+
+def _roles(got) -> dict[int, list[tuple[int, str]]]:
+    i = got.interactions.sort_values(["user_id", "timestamp"])
+    return {u: list(zip(g["item_id"], g["split"], strict=True)) for u, g in i.groupby("user_id")}
+
+
+def test_ml1m_seq_users_with_identical_train_lines_are_told_apart_by_the_validation_rows_order(tmp_path):
+    """Short histories share train lines: the first user with the line took the validation rows of another
+    (user 1 got user 3's), silently. The rows are in user order: users 2 < ? < 4 leaves only user 3."""
+    train = ["5 6", "7 8", "5 6", "9 10"]
+    got = read(_folder(tmp_path / "a", train, ["7 8 1", "5 6 2", "9 10 3"], ["11", "12", "13"],
+                       ["21", "22", "23", "24"]), "ml1m-seq")
+    roles = _roles(got)
+    assert roles[1] == [(5, "train"), (6, "train"), (21, "test")]
+    assert roles[3] == [(5, "train"), (6, "train"), (2, "val_input"), (12, "val"), (23, "test")]
+
+
+def test_ml1m_seq_an_owner_neither_the_order_nor_test_input_tells_is_refused(tmp_path):
+    train, test = ["5 6", "5 6", "9 10"], ["21", "22", "23"]
+    ambiguous = _folder(tmp_path / "a", train, ["5 6 2", "9 10 3"], ["12", "13"], test)
+    with pytest.raises(InvalidInputError, match=r"val_input line 1 extends the identical train_input lines of users "
+                                                r"1 and 2, .*add test_input\.txt"):
+        read(ambiguous, "ml1m-seq")
+    # test_input.txt tells: a validation user's line is its val_input line and its val_output item
+    told = _folder(tmp_path / "b", train, ["5 6 2", "9 10 3"], ["12", "13"], test,
+                   test_in=["5 6 4", "5 6 2 12", "9 10 3 13"])
+    roles = _roles(read(told, "ml1m-seq"))
+    assert roles[2] == [(5, "train"), (6, "train"), (2, "val_input"), (12, "val"), (22, "test")]
+    # and fills the item the folder lacks without it: user 1's test history ends with 4, not trained on
+    assert roles[1] == [(5, "train"), (6, "train"), (4, "val_input"), (21, "test")]
+    repeated = _folder(tmp_path / "c", ["5 6", "9 10"], ["5 6 2", "5 6 2"], ["12", "12"], ["21", "22"])
+    with pytest.raises(InvalidInputError, match=r"val_input line 2 extends the train_input line of user\(s\) 1, each "
+                                                r"the user of an earlier val_input line"):
+        read(repeated, "ml1m-seq")
+
+
+@pytest.mark.parametrize("test_in,message", [
+    (["5 6 4", "9 10 3 14"], r"test_input line 2 is not user 2's val_input line and its val_output item"),
+    (["5 6 4 4", "9 10 3 13"], r"test_input line 1 is not train_input line 1 and one item more"),
+    (["5 6 4"], r"2 train lines but 1 test_input lines"),
+])
+def test_ml1m_seq_a_test_input_that_disagrees_with_the_folder_is_refused(tmp_path, test_in, message):
+    folder = _folder(tmp_path / "a", ["5 6", "9 10"], ["9 10 3"], ["13"], ["21", "22"], test_in=test_in)
+    with pytest.raises(InvalidInputError, match=message):
+        read(folder, "ml1m-seq")

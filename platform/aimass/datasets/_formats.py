@@ -211,6 +211,47 @@ def _sequences(users: list[int], seqs: list[list[int]], split: str, start: list[
 # -- formats -------------------------------------------------------------------------------------------------
 
 
+def _val_owners(train: list[list[int]], val_in: list[list[int]], test_in: list[list[int]] | None) -> list[int]:
+    """The user (train_input line number) of each val_input line: the one whose train line it extends by one
+    item. Users with identical train lines (short histories often share them) are told apart by
+    test_input.txt when the folder has it (a validation user's line is two items longer than its train line,
+    anyone else's one), else by the validation rows' user order, as the SASRec preprocessing writes them; one
+    neither tells is refused (taking the first match gave one user's validation rows to another, silently)."""
+    by_seq: dict[tuple[int, ...], list[int]] = {}
+    for u, s in enumerate(train, 1):
+        if test_in is None or len(test_in[u - 1]) == len(s) + 2:
+            by_seq.setdefault(tuple(s), []).append(u)
+    which = " of a user whose test_input line is two items longer" if test_in is not None else ""
+    cands = []
+    for n, s in enumerate(val_in, 1):
+        owners = by_seq.get(tuple(s[:-1]))
+        if not owners:
+            raise InvalidInputError(f"ml1m-seq: val_input line {n} extends no train_input line{which}")
+        cands.append(owners)
+    if all(len(c) == 1 for c in cands) and len({c[0] for c in cands}) == len(cands):
+        return [c[0] for c in cands]
+    low, prev = [], 0  # the smallest owners in increasing user order
+    for n, c in enumerate(cands, 1):
+        u = next((u for u in c if u > prev), None)
+        if u is None:
+            raise InvalidInputError(
+                f"ml1m-seq: val_input line {n} extends the train_input line of user(s) "
+                f"{', '.join(map(str, c[:5]))}, each the user of an earlier val_input line or before it in user "
+                "order: the validation rows must name distinct users, in user order")
+        low.append(u)
+        prev = u
+    high, nxt = [0] * len(cands), None  # the largest owners in increasing user order
+    for j in range(len(cands) - 1, -1, -1):
+        high[j] = nxt = max(u for u in cands[j] if nxt is None or u < nxt)
+    for n, (a, b) in enumerate(zip(low, high, strict=True), 1):
+        if a != b:
+            raise InvalidInputError(
+                f"ml1m-seq: val_input line {n} extends the identical train_input lines of users {a} and {b}, and "
+                "the order of the validation rows does not tell which is its user; add test_input.txt (each "
+                "user's history but its last item) to the folder to tell them apart")
+    return low
+
+
 @reader("ml1m-seq")
 def _ml1m_seq(path: Path, items: Path | None) -> Canonical:
     """The SASRec-preprocessed split folder; keeps its train / val / test roles in a `split` column.
@@ -223,18 +264,16 @@ def _ml1m_seq(path: Path, items: Path | None) -> Canonical:
     val_out = _int_lines(_need_file(path, "val_output.txt", "ml1m-seq"), exact=1)
     test = _int_lines(_need_file(path, "test_output.txt", "ml1m-seq"), exact=1)
     if len(test) != len(train):
-        raise InvalidInputError(f"ml1m-seq: {len(train)} train lines but {len(test)} test lines")
+        raise InvalidInputError(f"ml1m-seq: {len(train)} train lines but {len(test)} test lines (blank lines are "
+                                "skipped: every user needs at least one train item)")
     if len(val_in) != len(val_out):
         raise InvalidInputError(f"ml1m-seq: {len(val_in)} val_input lines but {len(val_out)} val_output lines")
-    by_seq: dict[tuple[int, ...], list[int]] = {}
-    for u, s in enumerate(train, 1):
-        by_seq.setdefault(tuple(s), []).append(u)
-    val_users = []
-    for n, s in enumerate(val_in, 1):
-        owners = by_seq.get(tuple(s[:-1]))
-        if not owners:
-            raise InvalidInputError(f"ml1m-seq: val_input line {n} extends no train_input line")
-        val_users.append(owners.pop(0))
+    test_in = None
+    if (path / "test_input.txt").is_file():
+        test_in = _int_lines(path / "test_input.txt")
+        if len(test_in) != len(train):
+            raise InvalidInputError(f"ml1m-seq: {len(train)} train lines but {len(test_in)} test_input lines")
+    val_users = _val_owners(train, val_in, test_in)
     users = list(range(1, len(train) + 1))
     lens = [len(s) for s in train]
     vset = set(val_users)
@@ -244,6 +283,18 @@ def _ml1m_seq(path: Path, items: Path | None) -> Canonical:
         _sequences(val_users, val_out, "val", [lens[u - 1] + 1 for u in val_users]),
         _sequences(users, test, "test", [lens[u - 1] + 2 if u in vset else lens[u - 1] + 1 for u in users]),
     ]
+    if test_in is not None:  # the item before each other user's test target: in its test history, not trained on
+        others = [u for u in users if u not in vset]
+        for u in others:
+            if test_in[u - 1][:-1] != train[u - 1]:
+                raise InvalidInputError(f"ml1m-seq: test_input line {u} is not train_input line {u} and one item "
+                                        f"more (user {u} has no validation row)")
+        for u, s, o in zip(val_users, val_in, val_out, strict=True):
+            if test_in[u - 1] != [*s, *o]:
+                raise InvalidInputError(f"ml1m-seq: test_input line {u} is not user {u}'s val_input line and "
+                                        "its val_output item")
+        frames.append(_sequences(others, [test_in[u - 1][-1:] for u in others], "val_input",
+                                 [lens[u - 1] for u in others]))
     df = pd.concat(frames, ignore_index=True).sort_values(["user_id", "timestamp"], kind="stable")
     item_table = None
     if items is not None:
