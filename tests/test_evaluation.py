@@ -161,10 +161,14 @@ def test_hand_checked_ranks() -> None:
     assert hist["ndcg@10"] == pytest.approx(1 / math.log2(3)) and hist["n_users"] == 1
 
 
-def test_target_in_history_stays_rankable() -> None:
-    scores = np.array([[0.0, 0.9, 0.8, 0.7]], dtype=np.float32)
-    out = rank_metrics(scores, [2], [np.array([1, 2])])
-    assert out["mrr"] == 1.0  # 1 excluded, 2 is the target and kept despite being in the history
+def test_a_target_in_the_history_is_a_miss() -> None:
+    """Kept rankable alone among the history, it was the one history item left: a model that scored the user's
+    own items first hit it every time. A served answer leaves it out, so no model can."""
+    scores = np.array([[0.0, 0.9, 0.8, 0.7], [0.0, 0.9, 0.8, 0.7]], dtype=np.float32)
+    out = rank_metrics(scores, [2, 2], [np.array([1, 2]), np.array([1])])
+    assert (out["mrr"], out["recall@10"]) == (0.5, 0.5)  # the first user's target is a miss, the second's 1st
+    own_first = np.array([[0.0, 5.0, 4.0, 0.1, 0.2]], dtype=np.float32)  # the user's items scored highest
+    assert rank_metrics(own_first, [1], [np.array([1, 2])])["ndcg@10"] == 0.0
 
 
 def test_ties_count_against_target() -> None:
@@ -183,7 +187,7 @@ def _reference(scores: np.ndarray, targets: np.ndarray, histories: list[np.ndarr
     qrels, run = [], []
     for u, (row, target, hist) in enumerate(zip(scores, targets, histories, strict=False)):
         qrels.append(Qrel(str(u), str(target), 1))
-        excluded = (set(hist.tolist()) - {int(target)}) | {0}
+        excluded = set(hist.tolist()) | {0}  # a target among them is not in the run: a miss
         run += [ScoredDoc(str(u), str(i), float(s)) for i, s in enumerate(row) if i not in excluded]
     agg = ir_measures.calc_aggregate([nDCG @ 10, R @ 10, RR], qrels, run)
     return {"ndcg@10": agg[nDCG @ 10], "recall@10": agg[R @ 10], "mrr": agg[RR]}
@@ -211,21 +215,21 @@ def test_history_and_padding_never_in_top_k() -> None:
     n_items, k = 30, 10
     scores = rng.standard_normal((20, n_items + 1)).astype(np.float32)
     histories = [rng.choice(np.arange(1, n_items + 1), size=25, replace=False) for _ in range(20)]
-    targets = np.array([h[0] for h in histories])  # target in history: stays a candidate
+    targets = np.array([h[0] for h in histories])  # target in history: a miss, in no list
     for row, hist in zip(scores, histories, strict=False):
         row[hist] += 100.0  # history items would dominate the top-K if they were not excluded
         row[0] = 1e9
-    # 6 candidates per user (5 unseen + target) < K: coverage counts only real candidates
+    # 5 candidates per user (the unseen items) < K: coverage counts only real candidates
     out = rank_metrics(scores, targets, histories, ks=(k,))
     allowed = set()
-    for hist, target in zip(histories, targets, strict=False):
-        allowed |= (set(range(1, n_items + 1)) - set(hist.tolist())) | {int(target)}
-    assert out["coverage@10"] == pytest.approx(len(allowed) / n_items)
+    for hist in histories:
+        allowed |= set(range(1, n_items + 1)) - set(hist.tolist())
+    assert out["coverage@10"] == pytest.approx(len(allowed) / n_items) and out["recall@10"] == 0.0
     _, top, ok = _full_ranks(scores, targets, histories, k)  # the top-K lists themselves
-    for row_top, row_ok, hist, target in zip(top, ok, histories, targets, strict=False):
+    for row_top, row_ok, hist in zip(top, ok, histories, strict=False):
         shown = set(row_top[row_ok].tolist())
-        assert 0 not in shown and not (shown & (set(hist.tolist()) - {int(target)}))
-        assert len(shown) == 6
+        assert 0 not in shown and not (shown & set(hist.tolist()))
+        assert len(shown) == 5
 
 
 def test_coverage_of_identical_lists() -> None:

@@ -189,8 +189,7 @@ def test_a_utf8_movies_dat_keeps_its_titles(settings, tmp_path):
 
 def test_the_same_event_twice_is_stored_once(settings, tmp_path):
     """A joined export or a re-posted review repeats a row: left in, leave-one-out holds out a copy of an item
-    still in the history, which the evaluation keeps rankable, so a model scoring the user's own items scores
-    hits it never earned."""
+    still in the history, a repeat the user never made."""
     rows = "user_id,item_id,timestamp\n" + "".join(f"1,{i},{1000000000 + i}\n" * 2 for i in range(1, 6))
     (tmp_path / "twice.csv").write_text(rows + "1,5,1000000009\n")  # a real repeat, later: kept
     info = datasets.register("twice", tmp_path / "twice.csv", "csv", settings=settings)

@@ -101,9 +101,10 @@ def normalise(
             raise InvalidInputError(f"{what}: unknown split value(s) {bad}; allowed {list(SPLITS)}")
         _check_roles(df, what)
     # The same event twice (a joined export, a re-posted review): stored once, whatever the timestamps mean. Left
-    # in, leave-one-out would hold out a copy of an item still in the history, which the evaluation keeps rankable
-    # (repeat consumption): any model that scores the user's own items would score hits it never earned. Formats
-    # that number the rows themselves (sasrec, ml1m-seq, lastfm) give each row its own position, so lose nothing.
+    # in, leave-one-out would hold out a copy of an item still in the history: a repeat the user never made, and a
+    # miss for every model (the evaluation counts a target the user had as one, as answers leave such items out).
+    # Formats that number the rows themselves (sasrec, ml1m-seq, lastfm) give each row its own position, so lose
+    # nothing.
     df = df.drop_duplicates(ignore_index=True)
     # Time order, stable, so the source order breaks ties between equal timestamps.
     df = df.sort_values("timestamp", kind="stable").reset_index(drop=True)

@@ -4,8 +4,8 @@ model, loss and step (the hooks documented in ``aimass.zoo``). A family's single
 Train worker (``aimass.training``) and distillation (``aimass.registry``) all run :class:`EpochLoop`, and
 neural families share :class:`Trainer`, which builds the data loader, optimizer and validation around it.
 
-Every validation goes through ``aimass.evaluation`` (full ranking, history excluded, the target always
-rankable), so the epoch a job keeps is chosen on the figure the platform reports.
+Every validation goes through ``aimass.evaluation`` (full ranking, history excluded, a target in the history
+a miss), so the epoch a job keeps is chosen on the figure the platform reports.
 """
 from __future__ import annotations
 
