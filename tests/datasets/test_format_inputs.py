@@ -253,3 +253,24 @@ def test_ml1m_seq_a_test_input_that_disagrees_with_the_folder_is_refused(tmp_pat
     folder = _folder(tmp_path / "a", ["5 6", "9 10"], ["9 10 3"], ["13"], ["21", "22"], test_in=test_in)
     with pytest.raises(InvalidInputError, match=message):
         read(folder, "ml1m-seq")
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_a_users_rows_of_one_second_are_ordered_the_same_whatever_the_files_order(tmp_path, fmt):
+    """MovieLens-10M and later list a user's ratings by movie id, and many users rate several films in one
+    second: the file's order made the held-out item the highest id of the last second. Other rows keep the file's
+    order, and a fold's rows (derive) still follow the parent's."""
+    rows = pd.DataFrame({"user_id": [1, 1, 1, 1, 2, 2, 3], "item_id": [10, 11, 12, 13, 10, 14, 12],
+                         "timestamp": [SECONDS[0], SECONDS[1], SECONDS[1], SECONDS[1], SECONDS[1], SECONDS[2],
+                                       SECONDS[1]]})
+    got = []
+    for name, frame in (("sorted", rows), ("reversed", rows.iloc[::-1]), ("shuffled", rows.sample(frac=1,
+                                                                                                     random_state=3))):
+        path = tmp_path / f"{name}.{fmt}"
+        frame.to_csv(path, index=False) if fmt == "csv" else frame.to_parquet(path, index=False)
+        got.append(read(path, fmt).interactions)
+    for other in got[1:]:
+        u1 = [x.loc[x["user_id"] == 1, "item_id"].tolist() for x in (got[0], other)]
+        assert u1[0] == u1[1] and u1[0][0] == 10  # the first second's one rating stays first
+    assert sorted(got[0].loc[got[0]["user_id"] == 1, "item_id"].tolist()[1:]) == [11, 12, 13]
+    assert got[0].loc[got[0]["user_id"] == 2, "item_id"].tolist() == [10, 14]  # no tie: time order

@@ -67,9 +67,12 @@ class Canonical:
 
 
 def normalise(
-    interactions: pd.DataFrame, items: pd.DataFrame | None, timestamp_kind: str, what: str
+    interactions: pd.DataFrame, items: pd.DataFrame | None, timestamp_kind: str, what: str, ties: str = "source"
 ) -> Canonical:
-    """Coerce and validate a reader's output; every message names the source (`what`) and the problem."""
+    """Coerce and validate a reader's output; every message names the source (`what`) and the problem. Rows
+    go in time order; a user's rows with equal timestamps keep the source's order (`ties="source"`: positions
+    a format numbers itself, rows a fold appends after the parent's) or a seeded order of their (user, item)
+    (`ties="hashed"`: files exported in an order of their own, see _tie_order)."""
     missing = [c for c in REQUIRED if c not in interactions.columns]
     if missing:
         raise InvalidInputError(f"{what}: missing column(s) {', '.join(missing)}")
@@ -106,11 +109,33 @@ def normalise(
     # Formats that number the rows themselves (sasrec, ml1m-seq, lastfm) give each row its own position, so lose
     # nothing.
     df = df.drop_duplicates(ignore_index=True)
-    # Time order, stable, so the source order breaks ties between equal timestamps.
+    df = _tie_order(df) if ties == "hashed" else df
+    # Time order, stable, so the order above breaks ties between equal timestamps.
     df = df.sort_values("timestamp", kind="stable").reset_index(drop=True)
     if items is not None:
         items = _normalise_items(items, what)
     return Canonical(df, items, timestamp_kind)
+
+
+def _tie_order(df: pd.DataFrame) -> pd.DataFrame:
+    """`df` with each user's rows of one timestamp in a seeded order of (user, item), the same whatever order the
+    file lists them in. Exports list a user's rows by item id (MovieLens-10M and later: user, then movie; a
+    review dump: by product) and many users rate several items in one second: the file's order made the held-out
+    item the highest id of the last second, an order a model can learn (it did on Last.fm's id order), and a
+    date-only export's figures a matter of how it was sorted. Rows of other users or other times keep theirs."""
+    tied = df.duplicated(["user_id", "timestamp"], keep=False).to_numpy()
+    if not tied.any():
+        return df
+    key = np.zeros(len(df), dtype=np.uint64)
+    u = df["user_id"].to_numpy(dtype=np.int64)[tied].astype(np.uint64)
+    i = df["item_id"].to_numpy(dtype=np.int64)[tied].astype(np.uint64)
+    with np.errstate(over="ignore"):  # splitmix64: wrapping uint64 arithmetic is the point
+        z = u * np.uint64(0x9E3779B97F4A7C15) + i
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        key[tied] = z ^ (z >> np.uint64(31))
+    # lexsort is stable: by time, then the key (0 for untied rows, so theirs stays the source's)
+    return df.iloc[np.lexsort((key, df["timestamp"].to_numpy()))]
 
 
 def unix_seconds(ts: pd.Series, what: str) -> pd.Series:

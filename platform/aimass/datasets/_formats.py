@@ -355,7 +355,7 @@ def _movielens_meta(path: Path, items: Path | None) -> Canonical:
         # Same columns as with ratings, so adding ratings.dat later makes a compatible next version.
         r = pd.DataFrame({"user_id": [], "item_id": [], "timestamp": [], "event": [], "value": []})
         kind = "unix"
-    return normalise(r, movies, kind, f"movielens-meta {path}")
+    return normalise(r, movies, kind, f"movielens-meta {path}", ties="hashed")
 
 
 def _ratings_dat(path: Path) -> pd.DataFrame:
@@ -490,7 +490,7 @@ def _tabular(path: Path, items: Path | None, fmt: str, columns: dict[str, str] |
     if "timestamp" in df.columns:
         df["timestamp"] = ts = unix_seconds(df["timestamp"], f"{fmt} {path}")
     kind = "unix" if ts is not None and pd.to_numeric(ts, errors="coerce").min() > 10**8 else "order"
-    return normalise(df, item_table, kind, f"{fmt} {path}")
+    return normalise(df, item_table, kind, f"{fmt} {path}", ties="hashed")
 
 
 @reader("csv")
