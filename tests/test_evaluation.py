@@ -316,3 +316,11 @@ def test_top_k_matches_a_sort_by_score_then_column_even_with_ties_at_the_cutoff(
         np.testing.assert_array_equal(vals[: len(want)], [row[c] for c in want])
     one, _ = top_k(np.array([0, 2, 0, 1, 0, 2, 2, 2.0]), 3)
     assert one.tolist() == [1, 5, 6]  # the tie at the cutoff goes to the lowest-numbered columns
+
+
+def test_without_coverage_the_ranks_are_the_same_and_no_list_is_built() -> None:
+    scores, targets, histories = _random_case(5, n_users=40)
+    whole = evaluate(lambda h: scores[: len(h)], histories, targets, 80, batch_size=64)
+    lean = evaluate(lambda h: scores[: len(h)], histories, targets, 80, batch_size=64, coverage=False)
+    assert lean == {k: v for k, v in whole.items() if not k.startswith("coverage")}
+    assert _full_ranks(scores, targets, histories, 10, lists=False)[1:] == (None, None)

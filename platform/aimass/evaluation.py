@@ -192,14 +192,17 @@ def _check_batch(scores: np.ndarray, targets: np.ndarray, histories: Sequence[np
 
 
 def _full_ranks(scores: np.ndarray, targets: np.ndarray, histories: Sequence[np.ndarray],
-                k_max: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """0-based target ranks, plus each user's top-``k_max`` columns (best first) and their validity."""
+                k_max: int, lists: bool = True) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """0-based target ranks, plus each user's top-``k_max`` columns (best first) and their validity (None, None
+    without ``lists``: only coverage needs them, and the top-K search costs more than the ranks)."""
     valid, seen = _candidates(scores.shape[1], targets, histories)
     rows = np.arange(len(targets))
     t = scores[rows, targets][:, None]
     # ">=" (minus the target itself) puts the target after every equal score: a constant model earns 0.
     rank0 = ((scores >= t) & valid).sum(axis=1) - 1
     rank0[seen] = MISS
+    if not lists:
+        return rank0, None, None
     valid[rows[seen], targets[seen]] = False  # and not in the list, as a served answer leaves it out
     # a user with fewer than K candidates gets -1 columns in its list; `top_ok` filters them out
     top, _ = top_k(scores, k_max, valid)
@@ -281,10 +284,11 @@ def rank_metrics(scores: np.ndarray, targets: Sequence[int] | np.ndarray,
 
 def evaluate(score_fn: ScoreFn, histories: Sequence[np.ndarray], targets: Sequence[int] | np.ndarray,
              n_items: int, *, ks: Sequence[int] = (10,), batch_size: int = 256, protocol: str = "full",
-             n_negatives: int = 100, seed: int = 0,
+             n_negatives: int = 100, seed: int = 0, coverage: bool = True,
              progress: Callable[[int], object] | None = None) -> dict[str, float]:
     """Stream users through ``score_fn`` in batches (memory ~ batch_size x n_items) and aggregate exactly.
-    ``progress``, when given, is called with the number of users of each batch done.
+    ``progress``, when given, is called with the number of users of each batch done. Without ``coverage`` no
+    ``coverage@K`` key and no top-K lists (a training loop's validation reads only NDCG and recall).
 
     ``protocol="full"`` ranks against the whole catalogue; ``"sampled"`` ranks against ``n_negatives``
     seeded random unseen items and prefixes every key with ``sampled_`` (no coverage: it is undefined).
@@ -306,14 +310,14 @@ def evaluate(score_fn: ScoreFn, histories: Sequence[np.ndarray], targets: Sequen
                              f"({len(batch_hist)}, {n_items + 1})")
         _check_batch(scores, batch_targets, batch_hist)
         if protocol == "full":
-            totals.add(*_full_ranks(scores, batch_targets, batch_hist, ks[-1]))
+            totals.add(*_full_ranks(scores, batch_targets, batch_hist, ks[-1], lists=coverage))
         else:
             index = np.arange(lo, lo + len(batch_targets))
             totals.add(_sampled_ranks(scores, batch_targets, batch_hist, index, n_negatives, seed))
         if progress is not None:
             progress(len(batch_targets))
     if protocol == "full":
-        return totals.result()
+        return totals.result(coverage=coverage)
     return totals.result(prefix="sampled_", coverage=False)
 
 

@@ -296,7 +296,7 @@ def _score(info, split: _Split, metric: str, masks: list, settings: Settings) ->
     for mask in masks:
         keep = np.arange(len(targets)) if mask is None else np.flatnonzero(mask)
         result = evaluate(score, [histories[i] for i in keep.tolist()], targets[keep], splits.n_items,
-                          ks=tuple(sorted({10, k})))
+                          ks=tuple(sorted({10, k})), coverage=False)
         out.append(float(result[key]))
     return out
 

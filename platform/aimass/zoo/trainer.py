@@ -91,7 +91,7 @@ def validation_metrics(score_fn, histories: Sequence[np.ndarray], targets: np.nd
         return s
 
     if len(hist):
-        m = evaluate(checked, hist, tgt, n_items, ks=(10,))
+        m = evaluate(checked, hist, tgt, n_items, ks=(10,), coverage=False)  # no top-K search: only ranks
         sums[:] = m["ndcg@10"] * m["n_users"], m["recall@10"] * m["n_users"], m["n_users"]
         if diverged:
             sums[:2] = np.nan
