@@ -75,8 +75,9 @@ class AutoResult:
 
 def check_auto_budget(time_budget_min: float | None) -> None:
     if time_budget_min is None or not math.isfinite(time_budget_min) or time_budget_min < MIN_BUDGET_MIN:
-        raise InvalidInputError(f"auto needs a time budget of at least {MIN_BUDGET_MIN:g} minute(s) (the "
-                                f"baselines and one probe of each neural family), got {time_budget_min}")
+        raise InvalidInputError(f"auto needs a time budget of at least {MIN_BUDGET_MIN:g} minute(s) (on a small "
+                                "catalogue, the baselines and a short probe of each neural family; a large one needs "
+                                f"more), got {time_budget_min}")
 
 
 def auto(dataset: str, time_budget_min: float, *, workers: int = 1, max_val_users: int | None = 2048,
@@ -101,7 +102,7 @@ def auto(dataset: str, time_budget_min: float, *, workers: int = 1, max_val_user
               "progress": progress, "settings": s}
 
     def run(c: Candidate, resume_of: Candidate | None = None) -> Candidate:
-        console.stage(f"auto [{len(board) + 1}] {c.stage} {c.family} {json.dumps(c.params) if c.params else ''}"
+        console.stage(f"auto [{len(board) + 1}] {c.stage} {c.family}" + (f" {json.dumps(c.params)}" if c.params else "")
                       + (f" for {c.budget_min:.1f} min" if c.budget_min else ""))
         t0 = time.time()
         try:
