@@ -51,6 +51,9 @@ def test_each_kind_of_family_trains_on_two_workers_and_is_tracked(home, family):
         r = aimass.train(family, "demo", TINY[family], workers=2, progress=False, settings=home)
     net.check()
     _tracked(home, r, family)
+    if family == "ease":  # lambda, decided from the item counts while it fits, is listed with what the data decided
+        assert r.resolved["resolved.l2"] > 0
+        assert float(mlflow.get_run(r.run_id).data.params["resolved.l2"]) == r.resolved["resolved.l2"]
 
 
 def _tracked(home, r, family: str) -> None:

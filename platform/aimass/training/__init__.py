@@ -396,6 +396,12 @@ def _run(s, cls, family, info, params, data, splits, workers, gpu, epochs, budge
                                      family if progress else None)
             n_parameters = count_parameters(est)
             members = n_members(getattr(est, "config_", None))  # what the saved model really holds
+            # values a family decides from the data while it fits (EASE's lambda from the item counts), beside
+            # the ones resolved before it: `runs show` lists every value the data decided
+            fitted = {f"resolved.{k}": v for k, v in getattr(est, "decided", dict)().items() if k not in params}
+            if fitted and not resume:
+                mlflow.log_params(fitted)
+                data["resolved"] = {**data.get("resolved", {}), **fitted}
             mlflow.log_metric("n_parameters", n_parameters)
             mlflow.log_metrics({metric_key(k): v for k, v in metrics.items()})
             example = [int(x) for x in splits.item_ids[np.asarray(splits.test_histories[0][-5:]) - 1]]

@@ -100,6 +100,10 @@ class EASE:
         self.config_, self.n_items_ = cfg, n_items
         return self
 
+    def decided(self) -> dict:
+        """What the fit decided from the data (logged with the run as resolved.*): lambda, when not given."""
+        return {"l2": round(self.l2_, 6)}
+
     def fit(self, sequences: list[np.ndarray], n_items: int, *, valid=None, item_features=None,
             progress: bool = False) -> EASE:
         self.Config(**self.params)  # bad params are refused before the data is read
