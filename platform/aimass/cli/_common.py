@@ -58,9 +58,15 @@ def _finite(data: Any) -> Any:
 
 
 def rows(items: list[dict], cols: list[str]) -> list[str]:
-    widths = [max(len(c), *(len(str(r.get(c, ""))) for r in items)) if items else len(c) for c in cols]
-    out = ["  ".join(c.upper().ljust(w) for c, w in zip(cols, widths, strict=False))]
-    out += ["  ".join(str(r.get(c, "")).ljust(w) for c, w in zip(cols, widths, strict=False)) for r in items]
+    """A table: a header of the upper-cased names, a line an item; floats to 4 decimals (a metric's 17 digits
+    are noise), no padding after the last column."""
+    def cell(v) -> str:
+        return f"{v:.4f}" if isinstance(v, float) and math.isfinite(v) and v != int(v) else str(v)
+
+    shown = [{c: cell(r.get(c, "")) for c in cols} for r in items]
+    widths = [max(len(c), *(len(r[c]) for r in shown)) if shown else len(c) for c in cols]
+    out = ["  ".join(c.upper().ljust(w) for c, w in zip(cols, widths, strict=False)).rstrip()]
+    out += ["  ".join(r[c].ljust(w) for c, w in zip(cols, widths, strict=False)).rstrip() for r in shown]
     return out
 
 

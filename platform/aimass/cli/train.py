@@ -78,7 +78,8 @@ def train(
     if r.members > 1:  # an ensemble (aimass.zoo.sasrec): say so, it costs that much at serving
         out["members"] = r.members
     emit(out, as_json, [f"{k:>14}: {v}" for k, v in out.items() if k != "metrics"]
-         + [f"{k:>14}: {v:.4f}" for k, v in r.metrics.items()])
+         + [f"{k:>14}: {v:g}" if k.endswith("_users") or k == "n_parameters" else f"{k:>14}: {v:.4f}"
+            for k, v in r.metrics.items()])
 
 
 def _auto(dataset, budget, workers, epochs, max_test_users, name, as_json):
