@@ -17,6 +17,8 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=300_000)
     ap.add_argument("--users", type=int, default=512)
     a = ap.parse_args()
+    import torch  # noqa: F401 - loaded in every training process, and top_k uses it when it is
+
     from aimass.evaluation import evaluate
 
     rng = np.random.default_rng(0)
