@@ -164,8 +164,8 @@ def _candidates(n_cols: int, targets: np.ndarray, histories: Sequence[np.ndarray
 
     History items are excluded, as served answers exclude them. A target the user had before (repeat
     consumption) is then a miss for every model: kept rankable alone among the history, it was the one history
-    item left, and any model that scored the user's own items first hit it (on a grocery-like log with 61%
-    repeat targets, EASE's test NDCG@10 read 0.57 where it ranks 0.30 against the whole catalogue).
+    item left, and any model that scored the user's own items first hit it (benchmarks/repeat_targets.py: on a
+    log with 61% repeat targets EASE's test NDCG@10 read 0.5678 that way, 0.0266 counted so).
     """
     b = len(targets)
     valid = np.ones((b, n_cols), dtype=bool)

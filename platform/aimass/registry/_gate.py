@@ -307,8 +307,8 @@ def scoring_latency_ms(info, settings: Settings, n: int = 200, batch: int = 1, w
     each of its own length up to the longest the model reads: a model's time grows with the history, so one
     history timed `n` times would measure one length's cost, not the p99 of its users'. With `within_ms`, a
     run whose p99 is over it is run again, up to `runs` in all, and the best is kept ("runs" says how many):
-    the p99 of 200 calls is two calls, so one pause of a busy machine failed a model that scores in 1 ms
-    (measured: 155 ms, then 5.8 and 9.0 ms, the same SASRec promoted three times in a row)."""
+    the p99 of 200 calls is two calls, so one pause of a busy machine failed a model that scores in about 1 ms
+    (a SASRec refused at p99 155 ms passed at 5.8 and 9.0 ms when promoted again right after)."""
     from aimass.registry import load
     from aimass.registry._latency import latency_ms
 
