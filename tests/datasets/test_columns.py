@@ -59,7 +59,6 @@ def test_without_a_mapping_the_refusal_proposes_one(ml25):
         read(_canonical(ratings), "csv", movies)
 
 
-
 @pytest.mark.parametrize("columns,message", [
     ({"userid": "user_id", "movieId": "item_id"}, r"columns names userid, which no file has"),
     ({"userId": "user", "movieId": "item_id"}, r"target must be one of user_id, item_id"),

@@ -317,10 +317,9 @@ def scoring_latency_ms(info, settings: Settings, n: int = 200, batch: int = 1, w
     n_items, longest = len(model.item_ids), _max_len(model.estimator)
     batches = [[rng.integers(1, n_items + 1, size=rng.integers(1, longest + 1)) for _ in range(batch)]
                for _ in range(n)]
-    best, done = None, 0
-    while done < (runs if within_ms is not None else 1):
-        got = latency_ms(model.estimator.score, batches, warmup=5 if not done else 0)
-        done += 1
+    best = None
+    for done in range(1, (runs if within_ms is not None else 1) + 1):
+        got = latency_ms(model.estimator.score, batches, warmup=5 if done == 1 else 0)
         best = got if best is None or got["p99"] < best["p99"] else best
         if within_ms is None or best["p99"] <= within_ms:
             break
