@@ -228,6 +228,19 @@ def test_a_catalogue_beyond_free_memory_is_refused_naming_both(home, monkeypatch
     assert _runs(home) == before
 
 
+def test_a_one_pass_family_this_machine_would_take_longer_than_the_budget_over_is_refused(home, tmp_path):
+    # 3,000 items: EASE's inverse is timed against a 2,048 one here (a fraction of a second), more than 6 ms
+    rng = np.random.default_rng(0)
+    pd.DataFrame({"user_id": np.repeat(np.arange(1, 601), 5), "item_id": rng.permutation(3000) + 1,
+                  "timestamp": np.arange(3000)}).to_csv(tmp_path / "wide.csv", index=False)
+    aimass.datasets.register("wide", tmp_path / "wide.csv", "csv", settings=home)
+    before = _runs(home)
+    with pytest.raises(InvalidInputError, match=r"ease on 3,000 items takes about \d+ s on this machine \(one pass, "
+                                                r"which cannot stop early\) and the time budget is 0 s"):
+        aimass.train("ease", "wide", workers=0, time_budget_min=0.0001, progress=False, settings=home)
+    assert _runs(home) == before
+
+
 def test_params_are_recorded_as_the_family_reads_them(home):
     r = aimass.train("itemknn", "demo", {"neighbors": 20.0}, workers=0, progress=False, settings=home)
     assert json.loads(mlflow.get_run(r.run_id).data.tags["aimass.job"])["params"] == {"neighbors": 20}

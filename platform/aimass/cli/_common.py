@@ -58,10 +58,10 @@ def _finite(data: Any) -> Any:
 
 
 def rows(items: list[dict], cols: list[str]) -> list[str]:
-    """A table: a header of the upper-cased names, a line an item; floats to 4 decimals (a metric's 17 digits
-    are noise), no padding after the last column."""
+    """A table: a header of the upper-cased names, a line an item; floats to at most 4 decimals (a metric's 17
+    digits are noise; 0.2 minutes stays 0.2), no padding after the last column."""
     def cell(v) -> str:
-        return f"{v:.4f}" if isinstance(v, float) and math.isfinite(v) and v != int(v) else str(v)
+        return str(round(v, 4)) if isinstance(v, float) and math.isfinite(v) else str(v)
 
     shown = [{c: cell(r.get(c, "")) for c in cols} for r in items]
     widths = [max(len(c), *(len(r[c]) for r in shown)) if shown else len(c) for c in cols]

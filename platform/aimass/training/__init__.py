@@ -95,6 +95,8 @@ def train(
     # keeps its weights and optimiser state in device memory, which this check does not see
     if not s.ray_address and not (gpu and cls.is_torch):
         _check_memory(est, cfg, data["n_items"], workers, lengths)
+    if not s.ray_address and budget_s:
+        _check_time(est, cfg, data["n_items"], budget_s)
     data["resolved"] = {**data_stats(lengths, data["n_items"]), **_derived(cls, params, cfg)}
     use_text = item_text if item_text is not None else (
         getattr(cls, "accepts_item_features", False) and ds.items is not None)
@@ -259,6 +261,18 @@ def _check_memory(est, cfg, n_items: int, workers: int, lengths) -> None:
             f"{est.family} needs about {_size(per * procs)} for {n_items:,} items ({procs} worker(s) x "
             f"{_size(per)}) and this machine has {_size(free)} free: use fewer workers (each "
             "holds the whole matrix) or a family for large catalogues (itemknn, two-tower)")
+
+
+def _check_time(est, cfg, n_items: int, budget_s: float) -> None:
+    """A one-pass family whose time grows faster than its data (EASE's n^3 inverse) cannot stop at the
+    budget as an iterative one does: a job this machine would take longer over is refused before it starts."""
+    need = getattr(est, "fit_seconds", None)
+    took = need(cfg, n_items) if need is not None else 0.0
+    if took > budget_s:
+        raise InvalidInputError(
+            f"{est.family} on {n_items:,} items takes about {took:.0f} s on this machine (one pass, which cannot "
+            f"stop early) and the time budget is {budget_s:.0f} s: raise --time-budget, or use a family that "
+            "stops at its budget (sasrec, two-tower) or grows with the data (itemknn)")
 
 
 def _size(n: float) -> str:

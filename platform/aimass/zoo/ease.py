@@ -17,6 +17,7 @@ larger catalogues.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +69,11 @@ class EASE:
         n = n_items + 1
         pairs = n * n if lengths is None else min(n * n, int(np.sum(np.square(np.asarray(lengths, np.int64)))))
         return 4 * n * n + 16 * pairs
+
+    def fit_seconds(self, cfg: EASEConfig, n_items: int) -> float:
+        """About how long the inverse alone takes on this machine: one pass cannot stop at a time budget as
+        the iterative families do, so a job is refused before it starts rather than overrun its budget."""
+        return _inverse_seconds(n_items + 1)
 
     # -- additive statistics: a distributed job sums them over shards of users ------------------------------
     def sufficient_stats(self, sequences: list[np.ndarray], cfg: EASEConfig, n_items: int) -> dict:
@@ -149,7 +155,30 @@ class EASE:
         return est
 
 
-def _spd_inverse(g: np.ndarray, block: int = 1024) -> np.ndarray:
+CALIBRATION_N = 2048  # a timed inverse this size (about 0.06 s on 2 cores) is scaled by n^3 to the catalogue's
+
+
+def _inverse_seconds(n: int) -> float:
+    """Seconds for ``_spd_inverse`` of an n x n matrix here: a CALIBRATION_N one timed (best of two) and scaled
+    by n^3. A larger inverse runs faster per flop, so this overestimates (measured on 2 cores: 3.5 s predicted,
+    2.9 s taken at 8,192); below CALIBRATION_N it is not timed, being a fraction of a second."""
+    import time
+
+    if n <= CALIBRATION_N:
+        return 0.0
+    a = np.random.default_rng(0).random((CALIBRATION_N, 64), dtype=np.float32)
+    g = a @ a.T
+    g[np.diag_indices_from(g)] += CALIBRATION_N
+    best = math.inf
+    for _ in range(2):
+        h = np.array(g, order="C")
+        t = time.perf_counter()
+        _spd_inverse(h, mirror=False)
+        best = min(best, time.perf_counter() - t)
+    return best * (n / CALIBRATION_N) ** 3
+
+
+def _spd_inverse(g: np.ndarray, block: int = 1024, mirror: bool = True) -> np.ndarray:
     """The inverse of the symmetric positive-definite float32 matrix ``g``, in g's own memory: Cholesky
     (LAPACK potrf, then potri) on its transpose, a Fortran-ordered view of the same buffer. numpy's inv (LU)
     held three to four n x n matrices at once (lastfm-2k's 17,632 items: an 11 GB peak) and does twice the
@@ -163,6 +192,8 @@ def _spd_inverse(g: np.ndarray, block: int = 1024) -> np.ndarray:
         raise ValueError(f"EASE: the regularised Gram matrix is not positive definite in float32 (LAPACK "
                          f"info {info}); raise l2 or l2_scale")
     b = c.T  # g itself when LAPACK worked in place
+    if not mirror:
+        return b
     # potri wrote one triangle (the upper one in b's row order): mirror it, a block of rows at a time
     n = b.shape[0]
     for i in range(0, n, block):
