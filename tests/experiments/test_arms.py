@@ -38,6 +38,25 @@ def test_a_user_a_ramp_moved_counts_once_in_the_arm_of_their_first_answer(settin
     assert a.interval == tuple(c.control.interval) and b.interval == tuple(c.treatment.interval)
 
 
+def test_a_request_id_a_client_sent_with_every_request_converts_only_its_own_users_answer(settings, monkeypatch):
+    """A client that sends one X-Request-ID with every request: user 1's play must not convert user 2's answer,
+    nor user 3's, though all three answers carry the id the play names."""
+    monkeypatch.setattr("aimass.serving.check_deployed", lambda endpoint, settings=None: None)
+    with session(settings) as db:
+        db.add(Experiment(endpoint="recs", experiment_id="xr", metric="play_rate",
+                          arms=[{"ref": "m/1", "weight": 50}, {"ref": "m/2", "weight": 50}]))
+        db.commit()
+    log = ServedLog(settings)
+    for user, arm in ((1, "m/1"), (2, "m/1"), (3, "m/2")):
+        log.record("recs", "same", "recommend", "m", int(arm[-1]), user, [5], [7], [1.0], arm=arm,
+                   experiment_id="xr", latency_ms=1.0)
+    log.flush()
+    EventLog(settings).write("recs", [FeedbackEventBase(event_id="p1", user_id=1, item_id=7, type="play",
+                                                        timestamp=time.time(), request_id="same")])
+    a, b = experiments.show("recs", settings=settings).arms
+    assert (a.users, a.successes, b.users, b.successes) == (2, 1, 1, 0)
+
+
 @pytest.mark.parametrize("metric,converted", [("play_rate", {1}), ("rating_rate", {2}), ("skip_rate", {3}),
                                                ("impression_rate", {4})])
 def test_a_type_rate_counts_the_events_the_types_rules_count(settings, monkeypatch, metric, converted):

@@ -438,21 +438,24 @@ class EventLog:
         with self.engine.connect() as conn:
             return sorted(conn.execute(q).scalars())
 
-    def named(self, endpoint: str, *, where=None, start: datetime | None = None) -> set[str]:
+    def named(self, endpoint: str, *, where=None, start: datetime | None = None, by_user: bool = False) -> set:
         """The request_ids that the endpoint's events name, of the events received from `start` on that match
-        `where` (a condition on this table, such as Rules.positive_clause): which served answers converted."""
+        `where` (a condition on this table, such as Rules.positive_clause): which served answers converted.
+        ``by_user``: (request_id, user_id) pairs, for a caller whose answers have users: a client may send one
+        X-Request-ID with many requests, and one user's event must not convert another's answer."""
         # One sequential pass over the log, in the database, returning one column. The endpoint is wrapped in
         # coalesce() so that SQLite does not walk the endpoint's index row by row (random reads: 6.6 s for a
         # million events, against 0.5 s); matching the ids to answers is left to the caller: probing them with
         # IN (a subquery of the served answers) cost 4 s more for the same million.
-        q = select(TABLE.c.request_id).where(func.coalesce(TABLE.c.endpoint, "") == endpoint,
-                                             TABLE.c.request_id.is_not(None))
+        cols = (TABLE.c.request_id, TABLE.c.user_id) if by_user else (TABLE.c.request_id,)
+        q = select(*cols).where(func.coalesce(TABLE.c.endpoint, "") == endpoint, TABLE.c.request_id.is_not(None))
         if where is not None:
             q = q.where(where)
         if start is not None:
             q = q.where(TABLE.c.received_at >= as_utc(start))
         with self.engine.connect() as conn:
-            return {r[0] for r in conn.execute(q).cursor.fetchall()}
+            rows = conn.execute(q).cursor.fetchall()
+        return {tuple(r) for r in rows} if by_user else {r[0] for r in rows}
 
     def endpoints(self) -> list[str]:
         with self.engine.connect() as conn:

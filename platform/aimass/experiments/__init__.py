@@ -267,7 +267,8 @@ def _store_look(s: Settings, e: ExperimentPublic, comparisons: list[_stats.Compa
 def _arms(e: ExperimentPublic, s: Settings) -> list[ArmView]:
     """Each arm's users in the experiment and whether they converted: assignment is per user (sticky), so the
     user is the unit of analysis, not the answer (a user's repeated answers are not independent trials). A user
-    converted when an answer they got from the arm was followed by the metric's event naming its request_id.
+    converted when an answer they got from the arm was followed by the metric's event of theirs naming its
+    request_id.
     Requests without a user_id are left out (they are not assigned: they go to the first arm)."""
     from aimass.events import EventLog, Rules, ServedLog
 
@@ -278,13 +279,14 @@ def _arms(e: ExperimentPublic, s: Settings) -> list[ArmView]:
     # play_rate under "play>=30" counts the plays the rule counts: a 2-second play is no conversion, and a
     # 1-star rating is none under rating_rate with "rating>=4"
     hit = rules.positive_clause(col.type, col.value) if kind is None else rules.type_clause(kind, col.type, col.value)
-    converted = log.named(e.endpoint, where=hit, start=e.started_at)
+    converted = log.named(e.endpoint, where=hit, start=e.started_at, by_user=True)
     answers = ServedLog(s).frame(e.endpoint, columns=["request_id", "arm", "user_id", "strategy", "latency_ms"],
                                  start=e.started_at, end=e.stopped_at, experiment_id=e.experiment_id, errors=True,
                                  route=ROUTES)
     answers = answers[answers["user_id"].notna()]
     # a set lookup per answer: pandas' isin() turned the set into an array first, which cost more than this
-    answers["converted"] = np.fromiter((r in converted for r in answers["request_id"]), bool, len(answers))
+    pairs = zip(answers["request_id"], answers["user_id"], strict=True)
+    answers["converted"] = np.fromiter((p in converted for p in pairs), bool, len(answers))
     # A user counts in the arm of their first answer (the log is in serving order), with what that arm's answers
     # did: a ramp (weights changed while it runs) moves users to another arm, and counting them in both would
     # make the arms' samples overlap, which the test's independence forbids.
