@@ -13,6 +13,8 @@ from datetime import UTC, datetime
 import pytest
 
 from aimass import retraining, serving
+from aimass.catalog import FeedbackEventBase
+from aimass.events import EventLog
 from aimass.retraining import RetrainResult, Scheduler, _records
 from aimass.retraining._scheduler import RETRY_S
 from aimass.settings import Settings
@@ -216,3 +218,37 @@ def test_drift_counts_only_a_report_about_the_served_version_over_a_window_after
     drift_report(s, "e1", "m2-ok", version=2, window_end=t0 + 5 * HOUR + 900, created=t0 + 5 * HOUR + 960,
                  drifted=False)
     assert retraining.due("e1", settings=s, now=now) is None
+
+
+def test_drift_about_a_version_whose_challenger_lost_starts_another_retrain_on_later_traffic_and_new_events(settings):
+    """m/1 drifted, a retrain trained m/2 against it, m/2 lost its canary and was rolled back: m/1 serves on. Its
+    drift starts another retrain once a report measured wholly after that attempt flags and new positive events
+    came (the same model on the same data would drift the same), not never."""
+    s = settings.model_copy(update={"retrain_on_drift": True, "monitor_interval_s": HOUR})
+    t0 = time.time() - 10 * HOUR
+    deployed(s, "e1", t0, version=1)
+    log = EventLog(s)
+
+    def event(i: int, kind: str) -> None:
+        log.write("e1", [FeedbackEventBase(event_id=f"ev{i}", user_id=1, item_id=i, type=kind, timestamp=t0)])
+
+    event(1, "play")
+    _records.write(s, RetrainResult(endpoint="e1", reason="drift", status="canary", served="m/1", challenger="m/2",
+                                    canary="x1", started_at=datetime.fromtimestamp(t0 + HOUR, UTC),
+                                    finished_at=datetime.fromtimestamp(t0 + 2 * HOUR, UTC), events_through_seq=1))
+    now = t0 + 6 * HOUR
+    # over a window that began before the attempt finished: what it answered
+    drift_report(s, "e1", "overlap", version=1, window_end=t0 + 2.5 * HOUR, created=t0 + 2.5 * HOUR + 60)
+    event(2, "play")
+    assert retraining.due("e1", settings=s, now=now) is None
+    # wholly after it, with a play that attempt never saw
+    drift_report(s, "e1", "later", version=1, window_end=t0 + 4 * HOUR, created=t0 + 4 * HOUR + 60)
+    assert retraining.due("e1", settings=s, now=now) == "drift"  # event 2 is new since the attempt
+    _records.write(s, RetrainResult(endpoint="e1", reason="drift", status="canary", served="m/1", challenger="m/3",
+                                    canary="x2", started_at=datetime.fromtimestamp(t0 + 4.1 * HOUR, UTC),
+                                    finished_at=datetime.fromtimestamp(t0 + 4.5 * HOUR, UTC), events_through_seq=2))
+    event(3, "impression")
+    drift_report(s, "e1", "after-2", version=1, window_end=t0 + 5.6 * HOUR, created=t0 + 5.6 * HOUR + 60)
+    assert retraining.due("e1", settings=s, now=now) is None  # only an impression since the second attempt
+    event(4, "like")
+    assert retraining.due("e1", settings=s, now=now) == "drift"

@@ -2,8 +2,9 @@
 enough new events, or the schedule. Each is measured from the later of the deployment and the last retrain
 attempt that did not fail, so one cause starts one retrain, not one per scheduler tick. A failed attempt is
 retried after `retrain_retry_s` (not before: its cause usually holds on the next tick), and a drift report
-about a served version that an attempt already retrained (it trained a challenger) does not start another: the
-served model stays the same until it is redeployed, and so would its drift."""
+about a served version that an attempt already retrained (it trained a challenger) starts another only when it
+was measured after that attempt and new positive events came since: the served model stays the same until it
+is redeployed, and so would its drift."""
 from __future__ import annotations
 
 import json
@@ -37,15 +38,16 @@ def due(endpoint: str, settings: Settings, now: float | None = None) -> str | No
     # a failed attempt only delays the next one: its cause (the drift, the events it read) still holds
     done = next((a for a in attempts if a.status != "failed"), None)
     since = max(d.created_at.timestamp(), done.started_at.timestamp() if done else 0.0)
-    # drift about the served version is answered by an attempt that trained a challenger on its feedback;
-    # one that found nothing new to fold did not answer it
-    answered = any(a.status != "failed" and a.challenger is not None and a.served == f"{d.model}/{d.version}"
-                   and a.started_at >= d.created_at for a in attempts)
-    if s.retrain_on_drift and not answered:
+    # drift about the served version is answered by an attempt that trained a challenger on its feedback (one
+    # that found nothing new to fold did not answer it)
+    answer = next((a for a in attempts if a.status != "failed" and a.challenger is not None
+                   and a.served == f"{d.model}/{d.version}" and a.started_at >= d.created_at), None)
+    if s.retrain_on_drift:
         # A report about another version (the one a canary's control served, before the promotion that made this
         # one served) says nothing of this one; one whose window ended before `since` was answered already.
         report = newest_drift_report(s, endpoint, served=f"{d.model}/{d.version}", after=since)
-        if report is not None and report["drifted"] and report["window_end"] > since:
+        if report is not None and report["drifted"] and report["window_end"] > since and (
+                answer is None or _unanswered(s, endpoint, report, answer)):
             return "drift"
     if s.retrain_min_events:
         after = datasets.folded_through(d.dataset, endpoint, settings=s) if d.dataset else 0
@@ -56,6 +58,16 @@ def due(endpoint: str, settings: Settings, now: float | None = None) -> str | No
     if s.retrain_interval_s and now - since >= s.retrain_interval_s:
         return "schedule"
     return None
+
+
+def _unanswered(s: Settings, endpoint: str, report: dict, answer) -> bool:
+    """Drift about a version an attempt already trained a challenger against (the challenger lost its canary
+    and was rolled back, or waits to be promoted) starts another attempt only when it was measured wholly
+    on traffic after that attempt and new positive events came since: the same model on the same data would
+    drift the same, and one cause would start a retrain per report."""
+    after = (answer.finished_at or answer.started_at).timestamp()
+    return (report["window_start"] is not None and report["window_start"] >= after
+            and positives_after(s, endpoint, answer.events_through_seq or 0) > 0)
 
 
 def positives_after(settings: Settings, endpoint: str, seq: int) -> int:
@@ -74,9 +86,10 @@ def positives_after(settings: Settings, endpoint: str, seq: int) -> int:
 def newest_drift_report(settings: Settings, endpoint: str, *, served: str | None = None,
                         after: float | None = None) -> dict | None:
     """The newest `home/monitoring/<endpoint>/<stamp>/summary.json` (aimass.monitoring writes them), about the
-    model version `served` ("NAME/V") when given, as {"drifted": bool, "created_at": unix seconds, "window_end":
-    unix seconds, "served": "NAME/V", "path": ...}; None when there is none readable. Reports made at or before
-    `after` (unix seconds) are not read, nor any older one: the search stops at the first of them."""
+    model version `served` ("NAME/V") when given, as {"drifted": bool, "created_at": unix seconds, "window_start":
+    unix seconds or None, "window_end": unix seconds, "served": "NAME/V", "path": ...}; None when there is none
+    readable. Reports made at or before `after` (unix seconds) are not read, nor any older one: the search stops
+    at the first of them."""
     root = settings.home / "monitoring" / endpoint
     files = sorted(root.glob("*/summary.json"), key=lambda p: p.stat().st_mtime, reverse=True) \
         if root.is_dir() else []
@@ -84,6 +97,7 @@ def newest_drift_report(settings: Settings, endpoint: str, *, served: str | None
         try:
             doc = json.loads(p.read_text())
             report = {"drifted": bool(doc["drifted"]), "created_at": _unix(doc["created_at"]),
+                      "window_start": _unix(doc["window_start"]) if doc.get("window_start") else None,
                       "window_end": _unix(doc["window_end"]), "served": f"{doc['model']}/{int(doc['version'])}",
                       "path": str(p)}
         except (OSError, ValueError, KeyError, TypeError):
