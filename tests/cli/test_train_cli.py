@@ -26,6 +26,9 @@ def test_train_auto_searches_on_validation_and_registers_the_best_with_its_leade
     assert not (home / "mlflow.db").exists() or json.loads(run(home, "runs", "list", "--json").stdout) == []
     unknown = run(home, "train", "auto", "--dataset", "nope", "--time-budget", "1", ok=False)
     assert unknown.returncode == 3 and "model search on" not in unknown.stdout + unknown.stderr  # no stage line
+    # a refusal that needs the data (EASE's size limit, over the demo's catalogue) is one line too
+    limit = run(home, "train", "ease", "--dataset", "demo", "-p", "max_items=10", "--workers", "0", ok=False)
+    assert limit.returncode == 2 and limit.stdout == "" and "limit is max_items=10" in limit.stderr
     named = run(home, "train", "auto", "--dataset", "demo", "--time-budget", "1", "--name", "bad name", ok=False)
     assert named.returncode != 0 and "invalid model name 'bad name'" in named.stderr  # before the budget is spent
     assert not (home / "mlflow.db").exists() or json.loads(run(home, "runs", "list", "--json").stdout) == []

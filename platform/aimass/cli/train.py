@@ -58,19 +58,16 @@ def train(
             raise InvalidInputError("give FAMILY and --dataset NAME[@vN] (or --resume RUN_ID)")
         params = parse_pairs(param, "--param")
         workers = 1 if workers is None else workers
-        # train's own checks (family, params and epochs, workers, budget) before the stage line that announces
-        # the job: bad input gets one line
+        # the flags' own checks before any lookup (naming the flag), and the stage line that announces the job
+        # after train's checks of the data too: bad input gets one line
         training.check_params(family_class(family), dict(params), epochs)
         training.check_job(state.settings, workers, max_test_users)
         training.check_budget(time_budget, "--time-budget")
-        from aimass import datasets
-
-        datasets.get(dataset, settings=state.settings)  # so is an unknown dataset
-        console.stage(f"training {family} on {dataset} with Ray Train ({workers} worker(s)), tracked in MLflow; "
-                      f"logs: {console.log_path()}")
         r = training.train(family, dataset, params, workers=workers, gpu=gpu, epochs=epochs,
                            time_budget_min=time_budget, max_test_users=max_test_users, progress=not as_json,
-                           settings=state.settings)
+                           settings=state.settings, on_start=lambda: console.stage(
+                               f"training {family} on {dataset} with Ray Train ({workers} worker(s)), tracked in "
+                               f"MLflow; logs: {console.log_path()}"))
     out = {"run_id": r.run_id, "family": r.family, "dataset": r.dataset, "epochs": r.epochs,
            "best_epoch": r.best_epoch, "wall_time_s": round(r.wall_time_s, 1),
            "samples_per_s": round(r.samples_per_s, 1), "model_uri": r.model_uri, "metrics": r.metrics,

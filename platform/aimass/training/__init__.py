@@ -15,6 +15,7 @@ import os
 import queue as _queue
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -62,8 +63,11 @@ def train(
     item_text: bool | None = None,
     progress: bool = True,
     settings: Settings | None = None,
+    on_start: Callable[[], None] | None = None,
 ) -> TrainResult:
-    """Validate everything, then run the job; bad input raises before any Ray job or MLflow run exists."""
+    """Validate everything, then run the job; bad input raises before any Ray job or MLflow run exists.
+    ``on_start`` is called once every check passed, before the job starts (the CLI's stage line: bad input
+    gets one line, the error)."""
     from aimass import datasets
     from aimass.zoo import family_class
 
@@ -104,6 +108,8 @@ def train(
         data["item_table"] = _item_table(ds, splits, family)
     if use_text:
         data["item_features"] = _text_features(s, ds, splits, progress)
+    if on_start is not None:
+        on_start()
     return _run(s, cls, family, ds.info, params, data, splits, workers, gpu, epochs, time_budget_min,
                 progress, resume=None)
 

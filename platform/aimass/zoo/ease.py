@@ -56,8 +56,9 @@ class EASE:
         cfg = EASEConfig(**self.params)
         if n_items > cfg.max_items:
             gb = 4 * (n_items + 1) ** 2 / 1e9
+            size = f"{gb:.1f} GB" if gb >= 0.1 else f"{gb * 1e3:.0f} MB"
             raise InvalidInputError(
-                f"EASE needs a dense {n_items:,} x {n_items:,} item matrix ({gb:.1f} GB, inverted in n^3 time) and the "
+                f"EASE needs a dense {n_items:,} x {n_items:,} item matrix ({size}, inverted in n^3 time) and the "
                 f"limit is max_items={cfg.max_items:,}: use itemknn or two-tower for this catalogue, or raise "
                 "max_items if this machine has the memory")
         return cfg
