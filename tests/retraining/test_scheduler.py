@@ -13,10 +13,10 @@ from datetime import UTC, datetime
 import pytest
 
 from aimass import retraining, serving
-from aimass.catalog import FeedbackEventBase
+from aimass.catalog import Experiment, FeedbackEventBase, session
 from aimass.events import EventLog
 from aimass.retraining import RetrainResult, Scheduler, _records
-from aimass.retraining._scheduler import RETRY_S
+from aimass.retraining._scheduler import LOOK_SHARE, RETRY_S
 from aimass.settings import Settings
 
 HOUR = 3600.0
@@ -252,3 +252,29 @@ def test_drift_about_a_version_whose_challenger_lost_starts_another_retrain_on_l
     assert retraining.due("e1", settings=s, now=now) is None  # only an impression since the second attempt
     event(4, "like")
     assert retraining.due("e1", settings=s, now=now) == "drift"
+
+
+def test_a_canary_whose_look_is_costly_is_looked_at_less_often_and_a_cheap_one_every_tick(settings):
+    """A look reads the experiment's answers whole: one that took 10 s waits 10 / LOOK_SHARE s for the next,
+    so a long canary cannot keep the scheduler (and the serving cluster it shares) busy."""
+    with session(settings) as db:
+        for endpoint in ("big", "small"):
+            db.add(Experiment(endpoint=endpoint, experiment_id=f"x-{endpoint}", metric="play_rate", auto=True,
+                              arms=[{"ref": "m/1", "weight": 90}, {"ref": "m/2", "weight": 10}]))
+        db.commit()
+    clock, looked = [time.time()], []
+
+    def look(endpoint: str) -> str | None:
+        looked.append(endpoint)
+        clock[0] += 10.0 if endpoint == "big" else 0.0
+        return "promoted m/2" if endpoint == "small" and looked.count("small") == 3 else None
+
+    sched = Scheduler(settings, clock=lambda: clock[0], endpoints=lambda: [], look=look)
+    first = clock[0]
+    ticks = []
+    while clock[0] < first + 10 / LOOK_SHARE + 30:
+        ticks.append(sched.tick())
+        clock[0] += 30
+    assert looked.count("small") == len(ticks)  # every tick
+    assert looked.count("big") == 2  # at the first tick, and the first one 100 s after it began
+    assert ticks[2] == {"small": ["experiment:promoted m/2"]}

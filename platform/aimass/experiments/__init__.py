@@ -35,7 +35,7 @@ from aimass.errors import ConflictError, InvalidInputError, NotFoundError
 from aimass.experiments import _stats
 from aimass.settings import Settings, default_settings, error_line
 
-__all__ = ["ArmView", "ExperimentView", "check", "check_all", "get", "show", "start", "stop"]
+__all__ = ["ArmView", "ExperimentView", "auto_endpoints", "check", "check_all", "get", "show", "start", "stop"]
 log = logging.getLogger(__name__)
 _METRIC = re.compile(r"^(?P<type>[a-z][a-z0-9_]*)_rate$")
 SCHEDULER_PROMOTE_WAIT_S = 10.0
@@ -552,14 +552,18 @@ def _decide(endpoint: str, e: ExperimentPublic, view: ExperimentView, s: Setting
     return None
 
 
+def auto_endpoints(*, settings: Settings | None = None) -> list[str]:
+    """The endpoints with a running auto (canary) experiment, which `check` decides."""
+    with session(settings or default_settings()) as db:
+        return sorted(set(db.exec(select(Experiment.endpoint).where(Experiment.state == "running",
+                                                                   Experiment.auto.is_(True))).scalars()))
+
+
 def check_all(*, settings: Settings | None = None) -> dict[str, str]:
     """`check` for every endpoint with a running auto experiment: the decisions made."""
     s = settings or default_settings()
-    with session(s) as db:
-        endpoints = sorted(set(db.exec(select(Experiment.endpoint).where(Experiment.state == "running",
-                                                                        Experiment.auto.is_(True))).scalars()))
     out = {}
-    for endpoint in endpoints:
+    for endpoint in auto_endpoints(settings=s):
         try:
             d = check(endpoint, settings=s)
         except Exception:
