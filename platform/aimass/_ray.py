@@ -111,22 +111,28 @@ def _retire_session(ray, session: Path, logs_to: Path) -> None:
     if latest.is_symlink() and not latest.exists():
         latest.unlink(missing_ok=True)
     try:
-        session.parent.rmdir()  # the home's folder, once no other session is in it
+        session.parent.rmdir()  # the home's folders, once no other session is in them
+        session.parent.parent.rmdir()
     except OSError:
         pass
 
 
 def _short_tmp(settings: Settings) -> Path:
-    return private_dir(temp_folder(settings))
+    folder = temp_folder(settings)
+    private_dir(folder.parent)
+    return folder
 
 
 def temp_folder(settings: Settings) -> Path:
     """Where a training job's local Ray keeps its sessions while they run (none is left once its process exits).
-    Ray's unix socket paths must stay under 107 bytes, so it cannot live deep in the home."""
+    Ray's unix socket paths must stay under 107 bytes, so it cannot live deep in the home. Ray makes the folder
+    it is given, and each session's, open to every user (0777, for shared machines): it is a subfolder of one
+    of this user's alone (0700), which no other user can enter."""
     import hashlib
     import tempfile
 
-    return Path(tempfile.gettempdir()) / f"aimass-ray-{hashlib.sha1(str(settings.home).encode()).hexdigest()[:8]}"
+    tag = hashlib.sha1(str(settings.home).encode()).hexdigest()[:8]
+    return Path(tempfile.gettempdir()) / f"aimass-ray-{tag}" / "r"
 
 
 def version() -> str:

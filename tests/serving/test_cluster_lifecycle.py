@@ -138,9 +138,10 @@ def test_a_stopped_heads_folders_go_and_its_last_sessions_logs_stay(tmp_path, mo
     """_retire_temp on folders laid out as Ray and HAProxy leave them (no head needed): the head's and HAProxy's
     folders go; the session's logs join the home's, of which the last 3 sessions stay."""
     head = tmp_path / "aimass-serve-0123abcd"
-    (head / "session_2026-12-05_10-00-00_1" / "logs").mkdir(parents=True)
-    (head / "session_2026-12-05_10-00-00_1" / "logs" / "gcs_server.err").write_text("the head's log")
-    (head / "session_latest").symlink_to(head / "session_2026-12-05_10-00-00_1")
+    ray = _procs.ray_dir(head)
+    (ray / "session_2026-12-05_10-00-00_1" / "logs").mkdir(parents=True)
+    (ray / "session_2026-12-05_10-00-00_1" / "logs" / "gcs_server.err").write_text("the head's log")
+    (ray / "session_latest").symlink_to(ray / "session_2026-12-05_10-00-00_1")
     (tmp_path / "ahp-0123abcd").mkdir()
     (tmp_path / "ahp-0123abcd" / "haproxy.cfg").write_text("global")
     logs_to = tmp_path / "home" / "logs" / "serve"
@@ -152,7 +153,8 @@ def test_a_stopped_heads_folders_go_and_its_last_sessions_logs_stay(tmp_path, mo
     assert sorted(p.name for p in logs_to.iterdir()) == [
         "session_2026-12-02_10-00-00_1", "session_2026-12-03_10-00-00_1", "session_2026-12-05_10-00-00_1"]
     assert (logs_to / "session_2026-12-05_10-00-00_1" / "gcs_server.err").read_text() == "the head's log"
-    # logs that cannot be kept (the home's folder unwritable) are logged, and the folders still go
+    # logs that cannot be kept (the home's folder unwritable) are logged, and the folders still go; here a head
+    # started before Ray's folder moved into the head's own, its sessions at the top
     head.mkdir()
     (head / "session_2026-12-06_10-00-00_1" / "logs").mkdir(parents=True)
     monkeypatch.setattr(_cluster.shutil, "move", lambda *a: (_ for _ in ()).throw(OSError("disk full")))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ import yaml
 
 from aimass import serving
 from aimass.errors import InvalidInputError, NotFoundError
-from aimass.serving import _cluster
+from aimass.serving import _cluster, _procs
 from tests.netcheck import listeners, non_loopback
 
 pytestmark = pytest.mark.integration
@@ -120,14 +121,15 @@ def test_no_per_request_work_beyond_the_answer_in_serve_and_haproxy(served):
     replicas do not watch each request for the client's disconnect (aimass.serving.hooks)."""
     # Serve buffers up to 1,000 request-path records before it writes them
     assert {served.get("recs", "/healthz").status_code for _ in range(1001)} == {200}
-    logs = Path(json.loads(_cluster.state_file(served.settings).read_text())["temp_dir"]) / "session_latest" / "logs"
+    head = Path(json.loads(_cluster.state_file(served.settings).read_text())["temp_dir"])
+    # Ray opens its folders to every user (0777): the head's, around them, is this user's alone
+    assert stat.S_IMODE(head.stat().st_mode) == 0o700 and head.stat().st_uid == os.getuid()
+    logs = _procs.ray_dir(head) / "session_latest" / "logs"
     replica_logs = list((logs / "serve").glob("replica_recs_*.log"))
     assert replica_logs, sorted(p.name for p in (logs / "serve").iterdir())
     assert not [line for f in replica_logs for line in f.read_text(errors="replace").splitlines()
                 if "GET" in line], "Serve logged requests"
     if _cluster.proxy_mode(served.settings) == "haproxy":
-        from aimass.serving import _procs
-
         cfg = next(_procs.haproxy_dir(served.settings.home).rglob("haproxy.cfg")).read_text()
         assert "set-header x-request-disconnect-disabled ?1" in cfg
         assert "format rfc5424" not in cfg  # the per-request metrics log line

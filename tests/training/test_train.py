@@ -4,6 +4,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import stat
 
 import mlflow
 import numpy as np
@@ -239,6 +241,18 @@ def test_a_one_pass_family_this_machine_would_take_longer_than_the_budget_over_i
                                                 r"which cannot stop early\) and the time budget is 0 s"):
         aimass.train("ease", "wide", workers=0, time_budget_min=0.0001, progress=False, settings=home)
     assert _runs(home) == before
+
+
+def test_the_local_rays_folders_sit_in_one_of_this_users_alone(home):
+    """Ray opens the temp folder it is given, and each session's, to every user (0777): that folder is inside
+    one only this user can enter, so no other user reads or swaps its sockets."""
+    from aimass import _ray
+
+    _ray.init(home)
+    folder = _ray.temp_folder(home)
+    assert list(folder.glob("session_2*/sockets"))
+    st = folder.parent.stat()
+    assert stat.S_IMODE(st.st_mode) == 0o700 and st.st_uid == os.getuid()
 
 
 def test_params_are_recorded_as_the_family_reads_them(home):

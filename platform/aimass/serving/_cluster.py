@@ -200,7 +200,7 @@ def _start_head(settings: Settings) -> dict:
     _ensure_token()
     ray_bin = Path(sys.executable).with_name("ray")
     cmd = [str(ray_bin), "start", "--head", f"--node-ip-address={settings.host}", f"--port={port}",
-           f"--temp-dir={tmp}", "--include-dashboard=false", "--disable-usage-stats",
+           f"--temp-dir={_procs.ray_dir(tmp)}", "--include-dashboard=false", "--disable-usage-stats",
            f"--num-cpus={max(8, 4 * (os.cpu_count() or 1))}",  # logical: replicas ask for fractions
            f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
            f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}"]
@@ -340,7 +340,8 @@ def _retire_temp(tmp: Path, logs_to: Path | None) -> None:
         gone = None  # nothing there
     try:
         if gone is not None and logs_to is not None:
-            _ray.keep_logs(sorted(gone.glob("session_2*")), logs_to)
+            # (a head started before Ray's folder moved into its own has its sessions at the top)
+            _ray.keep_logs(sorted([*_procs.ray_dir(gone).glob("session_2*"), *gone.glob("session_2*")]), logs_to)
     except (OSError, shutil.Error, AimassError) as e:
         log.warning("Ray's logs of the stopped serving cluster were not kept in %s: %s", logs_to, e)
     finally:

@@ -42,6 +42,13 @@ def temp_dir_of(cluster_tag: str) -> Path:
     return Path(tempfile.gettempdir()) / f"aimass-serve-{cluster_tag}"
 
 
+def ray_dir(head_temp_dir: Path) -> Path:
+    """Ray's own temp folder inside the head's: Ray makes the folder it is given, and each session's, open to
+    every user (0777), so it lives in one of this user's alone (0700, made by write_record), which no other user
+    can enter to read or swap its sockets."""
+    return head_temp_dir / "r"
+
+
 def haproxy_dir(home: Path) -> Path:
     return haproxy_dir_beside(temp_dir(home))
 
