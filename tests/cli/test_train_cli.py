@@ -129,6 +129,9 @@ def test_dvc_repro_runs_the_reference_pipeline(tmp_path):
     res = subprocess.run([str(Path(AIMASS).parent / "dvc"), "repro"], cwd=work, env=env, capture_output=True,
                          text=True)
     assert res.returncode == 0, res.stderr[-2000:]
+    # the train stage speaks as the CLI does: its stage line, the libraries' output in the home's log
+    log = tmp_path / "home" / "logs" / "aimass.log"
+    assert f"training itemknn on demo@v1; logs: {log}" in res.stdout and log.stat().st_size > 0
     evaluated = json.loads((work / "metrics" / "eval.json").read_text())
     assert evaluated["dataset"] == "demo@v1" and 0 < evaluated["test_ndcg_at_10"] <= 1
     assert 0 < evaluated["test_sampled_ndcg_at_10"] <= 1  # the old-paper protocol, labelled
