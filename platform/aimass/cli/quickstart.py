@@ -158,7 +158,9 @@ def quickstart(
                 found = training.auto(v.ref, auto_budget, workers=workers, progress=False, settings=s)
                 best = models.register(found.best.run_id, "demo-auto", settings=s)
                 auto = {"registered": best.ref, "family": found.best.family, "params": found.best.params,
-                        "val_ndcg@10": found.best.val_ndcg, "candidates": len(found.leaderboard),
+                        "val_ndcg@10": found.best.val_ndcg,
+                        "candidates": sum(c.val_ndcg is not None for c in found.leaderboard),
+                        "skipped": sum(c.val_ndcg is None for c in found.leaderboard),
                         "run_id": found.best.run_id, "wall_time_s": found.wall_time_s}
             except AimassError as e:
                 auto = None
@@ -223,7 +225,9 @@ def quickstart(
             *([f"search   {search['model']} at {search['url']}: {search['query']!r} -> {', '.join(search['top'])}",
                f"         {search['searches']} demo searches in 3 modes, {search['clicks']} clicks on results"]
               if search else []),
-            *([f"auto     {auto['candidates']} candidates in {auto['wall_time_s'] / 60:.1f} min; best {auto['family']} "
+            *([f"auto     {auto['candidates']} candidates trained"
+               + (f" ({auto['skipped']} not: the budget or the data)" if auto["skipped"] else "")
+               + f" in {auto['wall_time_s'] / 60:.1f} min; best {auto['family']} "
                f"(val NDCG@10 {auto['val_ndcg@10']:.4f}) registered as {auto['registered']}; leaderboard: "
                f"{_tool('aimass')} runs show {auto['run_id']}"] if auto else []),
             *skipped,

@@ -113,9 +113,13 @@ def auto(dataset: str, time_budget_min: float, *, workers: int = 1, max_val_user
             if resume_of is not None:  # the candidate goes on from its checkpoint, in the same run
                 r = resume(resume_of.run_id, time_budget_min=c.budget_min,
                            epochs=resume_of.epochs + epochs if epochs else None, progress=progress, settings=s)
-            else:
+            elif c.stage == "baseline":
+                # one pass of counts gains nothing from a worker process of its own, whose start (10-27 s on 2
+                # cores) was half of a 1-minute search: with one local worker asked for, it runs in this process
                 r = train(c.family, ds.info.ref, c.params, time_budget_min=c.budget_min,
-                          epochs=epochs if c.stage != "baseline" else None, **common)
+                          **{**common, "workers": 0 if workers == 1 and not s.ray_address else workers})
+            else:
+                r = train(c.family, ds.info.ref, c.params, time_budget_min=c.budget_min, epochs=epochs, **common)
         except InvalidInputError as e:  # a family's limit (EASE's catalogue size, ...): not for this data
             c.skipped = str(e)
         except KeyboardInterrupt:
