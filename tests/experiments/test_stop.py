@@ -365,3 +365,16 @@ def test_counts_too_large_for_the_catalog_are_refused_or_read_as_all(home):
     assert serving.scaling(ep, limit=10**20, settings=s)["decisions"] == []
     with pytest.raises(InvalidInputError, match="history must be a whole number"):
         serving.traffic(ep, history=-1, settings=s)
+
+
+def test_a_person_promoting_an_arm_the_offline_gate_refuses_is_told_so_in_the_decision(home):
+    """The arm that a person promotes becomes the champion whatever the offline gate says (it won online, or
+    the person decided): the decision they read says it went past the gate, and why the gate refused it."""
+    s = home
+    run = aimass.train("popularity", "demo@v1", None, workers=0, progress=False, settings=s).run_id
+    worse = registry.register(run, "recs", settings=s).version
+    ep = _deployed(s, "forced")
+    experiments.start(ep, ["recs/1=50", f"recs/{worse}=50"], metric="play_rate", settings=s)
+    e = experiments.stop(ep, promote=f"recs/{worse}", settings=s)
+    assert e.decision.startswith(f"promoted recs/{worse} (champion past the offline gate, which refused it: quality")
+    assert registry.get("recs@champion", settings=s).version == worse

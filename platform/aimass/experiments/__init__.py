@@ -416,7 +416,10 @@ def _end(s: Settings, e: ExperimentPublic, *, to: str | None, what: str, reason:
             raise
     if champion:  # won online: the champion even if an offline check disagrees (recorded)
         try:
-            registry.promote(name, int(to.split("/")[1]), force=True, settings=s, wait_s=wait_s)
+            made = registry.promote(name, int(to.split("/")[1]), force=True, settings=s, wait_s=wait_s)
+            if made.forced:  # said where the person reads the outcome, not only in the version's tags
+                decision += (" (champion past the offline gate, which refused it: "
+                             + "; ".join(f"{c.check}: {c.detail}" for c in made.checks if not c.passed) + ")")
         except Exception as err:  # the traffic moved: the experiment is over either way
             log.exception("making %s the champion failed", to)
             decision += f" (champion alias not moved: {error_line(err)})"
