@@ -154,6 +154,27 @@ def test_ingest_refuses_an_absurd_numeric_timestamp_as_malformed_and_stores_noth
     assert events.count("recs", settings=settings) == 2  # neither bad file's good rows were stored
 
 
+def test_ingest_refuses_the_timestamps_feedback_refuses(settings, tmp_path):
+    """A bare date (midnight would be a guess) and, in JSON, a number in a string: /feedback answers 400 to
+    both, so a file of them is no back door. A csv field is text: its digits are unix seconds."""
+    import json
+
+    row = {"event_id": "t1", "user_id": 1, "item_id": 7, "type": "play"}
+    for name, body, refusal in (
+            ("date.csv", "event_id,user_id,item_id,type,timestamp\nt1,1,7,play,2026-12-07\n", "a date alone"),
+            ("date.jsonl", json.dumps({**row, "timestamp": "2026-12-07"}), "a date alone"),
+            ("quoted.jsonl", json.dumps({**row, "timestamp": "1796650000"}), "not in a string")):
+        (tmp_path / name).write_text(body)
+        with pytest.raises(InvalidInputError, match=rf"row 1 \(event_id 't1'\): timestamp must .*{refusal}"):
+            events.ingest(tmp_path / name, "recs", settings=settings)
+    assert events.count("recs", settings=settings) == 0
+    (tmp_path / "ok.csv").write_text("event_id,user_id,item_id,type,timestamp\nt1,1,7,play,1796650000\n"
+                                     "t2,1,7,play,2026-12-07 10:00\n")
+    (tmp_path / "ok.jsonl").write_text(json.dumps({**row, "event_id": "t3", "timestamp": 1796650000}) + "\n"
+                                       + json.dumps({**row, "event_id": "t4", "timestamp": "2026-12-07T10:00Z"}))
+    assert [events.ingest(tmp_path / f, "recs", settings=settings).stored for f in ("ok.csv", "ok.jsonl")] == [2, 2]
+
+
 def test_ingest_reads_ids_as_written(settings, tmp_path):
     """A JSON null is a missing id, not the text "None" (two of them were one event, the second dropped as its
     duplicate); an id past 2**53 stays itself whatever else its column holds; "NA" in a CSV is an id."""

@@ -3,6 +3,7 @@ acknowledges. Field declarations live once, in SQLModel Base/Table/Public classe
 tables and the API's wire models."""
 from aimass.catalog._db import engine_for, session
 from aimass.catalog.models import (
+    ISO_DATE_TIME,
     AdminAction,
     AdminActionPublic,
     ApiKey,
@@ -25,7 +26,8 @@ from aimass.catalog.models import (
     TrafficSplitPublic,
 )
 
-__all__ = ["AdminAction", "AdminActionPublic", "ApiKey", "ApiKeyPublic", "DatasetLineage", "DatasetLineagePublic",
-           "DatasetVersion", "DatasetVersionPublic", "Experiment", "ExperimentPublic", "FeedbackEvent",
-           "FeedbackEventBase", "FeedbackEventPublic", "ReplicaReport", "ScalingEvent", "ScalingEventBase",
-           "ServedAnswer", "ServedAnswerBase", "TrafficSplit", "TrafficSplitPublic", "engine_for", "session"]
+__all__ = ["ISO_DATE_TIME", "AdminAction", "AdminActionPublic", "ApiKey", "ApiKeyPublic", "DatasetLineage",
+           "DatasetLineagePublic", "DatasetVersion", "DatasetVersionPublic", "Experiment", "ExperimentPublic",
+           "FeedbackEvent", "FeedbackEventBase", "FeedbackEventPublic", "ReplicaReport", "ScalingEvent",
+           "ScalingEventBase", "ServedAnswer", "ServedAnswerBase", "TrafficSplit", "TrafficSplitPublic", "engine_for",
+           "session"]

@@ -77,6 +77,9 @@ class ApiKeyPublic(ApiKeyBase):
 # --- the way back: feedback events and served answers (aimass.events) -------------------------------------
 _EVENT_ID = r"^[A-Za-z0-9._:@/-]{1,128}$"
 _TYPE = r"^[a-z][a-z0-9_]{0,31}$"
+# an event's time written as text: a date and a time (a date alone would be read as midnight, a guess), as
+# /feedback and `feedback ingest` both require
+ISO_DATE_TIME = r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}"
 
 
 class FeedbackEventBase(SQLModel):

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from aimass.catalog import ISO_DATE_TIME
 from aimass.errors import InvalidInputError
 from aimass.events._rules import Rules
 from aimass.settings import Settings
@@ -194,6 +195,14 @@ def _validated(f: pd.DataFrame, p: Path, offset: int, rules: Rules, settings: Se
         ts = ts.dt.tz_localize("UTC") if ts.dt.tz is None else ts
         ts = (ts - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
     num = pd.to_numeric(ts, errors="coerce")  # unix seconds, or else ISO 8601, row by row
+    text = ts.map(lambda x: isinstance(x, str)).to_numpy(dtype=bool) if ts.dtype == object else None
+    if text is not None and not p.name.lower().endswith((".csv", ".csv.gz")):
+        # JSON has numbers: one written as text is refused, as /feedback refuses it (a csv field is all text)
+        bad(text & num.notna().to_numpy(), "timestamp must be unix seconds as a number, not in a string")
+    if text is not None:
+        dated = ts.astype("string").str.match(ISO_DATE_TIME).fillna(False).to_numpy(dtype=bool)
+        bad(text & num.isna().to_numpy() & ~dated, "timestamp must be an ISO 8601 date and time (a date alone is "
+                                                   "not a time) or unix seconds")
     # beyond pandas' nanosecond range (about 9.2e9 s) to_datetime overflows instead of coercing: malformed too
     parsed = pd.to_datetime(num.where(num.abs() < 9e9), unit="s", utc=True, errors="coerce")
     iso = num.isna() & ts.notna()

@@ -22,7 +22,7 @@ from pydantic import (
     field_validator,
 )
 
-from aimass.catalog import FeedbackEventBase
+from aimass.catalog import ISO_DATE_TIME, FeedbackEventBase
 
 
 def _number(v: object) -> object:
@@ -173,7 +173,7 @@ def _strict_number(v: object) -> object:
     return v
 
 
-_ISO = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
+_ISO = re.compile(ISO_DATE_TIME)
 
 
 MAX_UNIX_S = 10**10  # year 2286: a larger number is a mistake (milliseconds?), not a time
