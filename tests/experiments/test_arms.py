@@ -188,3 +188,22 @@ def test_only_a_type_no_positive_rule_names_is_lower_is_better(settings):
     # by default skip and dislike are negative; rating is both (rating>=4 positive, rating<=2 negative)
     assert [_higher_is_better(k, settings) for k in (None, "play", "rating", "skip", "dislike", "view")] == [
         True, True, True, False, False, True]
+
+
+def test_an_arms_latency_is_its_computed_answers_not_its_cache_hits(settings, monkeypatch):
+    """The control's answer cache is warm when a canary's starts cold: counted, its hits (a lookup each) made
+    the control's p50 0.0 ms beside the canary's 7.6, and the latency guardrail compared a cache with a model."""
+    monkeypatch.setattr("aimass.serving.check_deployed", lambda endpoint, settings=None: None)
+    with session(settings) as db:
+        db.add(Experiment(endpoint="recs", experiment_id="xc", metric="play_rate",
+                          arms=[{"ref": "m/1", "weight": 50}, {"ref": "m/2", "weight": 50}]))
+        db.commit()
+    log = ServedLog(settings)
+    for i in range(20):  # the control: 18 hits of its warm cache, 2 computed; the canary: all computed
+        log.record("recs", f"a{i}", "recommend", "m", 1, 2 * i, [5], [7], [1.0], arm="m/1", experiment_id="xc",
+                   latency_ms=0.01 if i < 18 else 8.0, cached=i < 18)
+        log.record("recs", f"b{i}", "recommend", "m", 2, 2 * i + 1, [5], [7], [1.0], arm="m/2", experiment_id="xc",
+                   latency_ms=7.5)
+    log.flush()
+    a, b = experiments.show("recs", settings=settings).arms
+    assert (a.answers, a.latency_p50_ms, b.latency_p50_ms) == (20, 8.0, 7.5)

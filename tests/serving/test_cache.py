@@ -10,6 +10,7 @@ import uuid
 import pytest
 
 from aimass import datasets
+from aimass.events import ServedLog
 
 pytestmark = pytest.mark.integration
 
@@ -47,6 +48,13 @@ def test_a_repeated_request_is_a_counted_hit_and_the_users_feedback_is_never_ans
     fresh = _ask(served, user)
     assert fresh["history_length"] == first["history_length"] + 1 and played not in fresh["items"]
     assert _cache(served)["miss"] == after["miss"] + 1
+    # the answer log says which answers were lookups (an experiment's latency guardrail leaves them out)
+    wanted, log, deadline = {again["request_id"], fresh["request_id"]}, ServedLog(served.settings), time.time() + 30
+    while len(rows := log.frame("recs", columns=["request_id", "cached"], request_ids=wanted)) < 2:
+        assert time.time() < deadline, rows
+        time.sleep(0.2)
+    assert dict(zip(rows["request_id"], rows["cached"].astype(bool), strict=True)) == {
+        again["request_id"]: True, fresh["request_id"]: False}
 
 
 def test_a_loaded_version_warms_the_default_answers_of_its_most_active_users_as_recommend_computes_them(served):

@@ -135,6 +135,7 @@ class ServedAnswerBase(SQLModel):
     query: str | None = Field(None, description="search: the query as sent (printable characters only)")
     mode: str | None = Field(None, description="search: the mode that answered (bm25, semantic, hybrid; "
                              "'+personal' when the user's history reordered it)")
+    cached: bool = Field(False, description="Taken from the replica's answer cache: its latency is a lookup's")
 
 
 class ServedAnswer(ServedAnswerBase, table=True):

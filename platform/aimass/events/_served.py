@@ -25,7 +25,7 @@ TAIL = 50  # history items kept per answer: enough to measure the popularity of 
 _MAX_PENDING = 100_000  # a store that cannot keep up sheds answer records, never memory
 _COLUMNS = ("endpoint", "request_id", "route", "model", "version", "user_id", "history_length", "history_tail",
             "items", "scores", "strategy", "served_at", "arm", "experiment_id", "latency_ms", "shadow", "overlap",
-            "query", "mode")
+            "query", "mode", "cached")
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY  # a family may answer numpy scalars
 _CHUNK = 512  # rows a statement: 9,728 parameters, within SQLite's and Postgres's limits
 
@@ -49,7 +49,8 @@ class ServedLog:
                user_id: int | None, history: list[int] | None, items: list[int], scores: list[float],
                strategy: str = "model", *, arm: str | None = None, experiment_id: str | None = None,
                latency_ms: float | None = None, shadow: bool = False, overlap: float | None = None,
-               query: str | None = None, mode: str | None = None, history_length: int | None = None) -> None:
+               query: str | None = None, mode: str | None = None, history_length: int | None = None,
+               cached: bool = False) -> None:
         """Queue one answer: `history` may be only the tail of the history the answer read, whose whole length
         is then `history_length`. Its lists are encoded here (orjson: about a microsecond for the three), so that
         a queued row holds only strings and numbers, which the garbage collector stops tracking: at 5,000
@@ -65,7 +66,7 @@ class ServedLog:
             return
         length = history_length if history_length is not None else len(history) if history else 0
         row = (endpoint, request_id, route, model, version, user_id, length, *lists,
-               strategy, self._now(), arm, experiment_id, latency_ms, shadow, overlap, query, mode)
+               strategy, self._now(), arm, experiment_id, latency_ms, shadow, overlap, query, mode, cached)
         with self._lock:
             if len(self._pending) >= _MAX_PENDING:
                 self.dropped += 1

@@ -234,9 +234,11 @@ class _SingleModel(_Feedback):
                 engine.online.apply(rows, own=True)
 
     def _answer(self, rid: str, route: str, user_id: int | None, call, query: str | None = None,
-                picked: tuple | None = None) -> tuple[dict, dict, object] | None:
+                picked: tuple | None = None, cached: bool = False) -> tuple[dict, dict, object] | None:
         """The request's arm (`picked`, or picked now) computes `call(engine)`; (served fields, answer, routing
-        table) with latency, or None when the call answers None (nothing recorded)."""
+        table) with latency, or None when the call answers None (nothing recorded). `cached`: the call only
+        takes an answer the cache holds, recorded as such (an experiment's latency guardrail compares computed
+        answers: the control's cache is warm when a canary's starts cold)."""
         t, ref, engine = picked or self.arms.pick(user_id)
         t0 = time.perf_counter()
         self.arms.delay(t, ref)
@@ -258,7 +260,8 @@ class _SingleModel(_Feedback):
         self.served_log.record(self.endpoint, served["request_id"], route, served["model"], served["version"],
                                user_id, tail, out["items"], out["scores"], out.get("strategy", "model"), arm=ref,
                                experiment_id=t.experiment_id, latency_ms=round(ms, 3), query=query,
-                               mode=out.pop("logged_mode", None), history_length=out.get("history_length"))
+                               mode=out.pop("logged_mode", None), history_length=out.get("history_length"),
+                               cached=cached)
         return served, out, t
 
     def _record_shadow(self, engine: Engine, t, request_id: str, user_id: int | None, out: dict, overlap: float,
@@ -304,7 +307,8 @@ class _SingleModel(_Feedback):
                    cached: bool = False) -> tuple[dict, dict] | None:
         """(served fields, answer) of /recommend; with `cached`, only an answer the cache holds (else None)."""
         got = self._answer(rid, "recommend", req["user_id"],
-                           (lambda e: e.cached(**req)) if cached else (lambda e: e.recommend(**req)), picked=picked)
+                           (lambda e: e.cached(**req)) if cached else (lambda e: e.recommend(**req)), picked=picked,
+                           cached=cached)
         if got is None:
             return None
         served, out, t = got
