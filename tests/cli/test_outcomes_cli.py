@@ -100,13 +100,13 @@ def test_deploy_json_carries_the_scheduler_warning(tmp_path, monkeypatch):
     ("challenger", False, "refused, champion kept", "passed"),  # --no-promote's record of a refusal
 ])
 def test_the_quickstart_retrain_line_follows_the_result_status(status, passed, says, never):
-    from aimass.cli.quickstart import _retrain_outcome
+    from aimass.cli._common import retrain_outcome
     from aimass.retraining import RetrainResult
 
     r = RetrainResult(endpoint="demo", reason="manual", started_at=datetime.now(UTC), status=status,
                       gate_passed=passed, promoted=status == "promoted",
                       canary="e1" if status == "canary" else None)
-    line = _retrain_outcome(r)
+    line = retrain_outcome(r)
     assert line.startswith(says) and never not in line, line
 
 

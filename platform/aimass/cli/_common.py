@@ -111,3 +111,15 @@ def seconds(text: str, what: str = "window") -> float:
     if not m or float(m[1]) <= 0:
         raise InvalidInputError(f"invalid {what} {text!r}: use a positive duration such as 90s, 30m, 1h, 2d or 1w")
     return float(m[1]) * DURATION_UNITS[m[2] or "s"]
+
+
+def retrain_outcome(r) -> str:
+    """The gate's verdict and what came of it, from the retrain's status: a passing gate alone does not say
+    whether the challenger went out (a canary that could not start leaves it the challenger)."""
+    if r.status == "canary":
+        return "passed, canary"
+    if r.status == "promoted":
+        return "passed, promoted"
+    if r.gate_passed:
+        return "passed, not promoted: it stays the challenger, the champion is kept (why: below)"
+    return "refused, champion kept"

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import typer
 
 from aimass import console
-from aimass.cli._common import JSON, demo_config, emit, rows, state
+from aimass.cli._common import JSON, demo_config, emit, retrain_outcome, rows, state
 from aimass.settings import shown_url
 
 # what a newcomer reads in the summary; every metric is in the MLflow run and in --json
@@ -208,7 +208,7 @@ def quickstart(
             f"({len(report.drifted_columns)} of {len(report.columns)} columns, {report.n_current} answers): "
             f"{report.html}",
             f"retrain  {again.parent_dataset} + {again.positive:,} positive events -> {again.dataset} -> challenger "
-            f"{again.challenger}: gate {_retrain_outcome(again)}",
+            f"{again.challenger}: gate {retrain_outcome(again)}",
             *[f"         {'pass' if c.passed else 'FAIL'} {c.check}: {c.detail}" for c in again.gate],
             f"         {again.next_step}",
             f"         {scheduler}",
@@ -267,18 +267,6 @@ def _tool(name: str) -> str:
         return str(mine.relative_to(Path.cwd()))
     except ValueError:
         return str(mine)
-
-
-def _retrain_outcome(r) -> str:
-    """The gate's verdict and what came of it, from the retrain's status: a passing gate alone does not say
-    whether the challenger went out (a canary that could not start leaves it the challenger)."""
-    if r.status == "canary":
-        return "passed, canary"
-    if r.status == "promoted":
-        return "passed, promoted"
-    if r.gate_passed:
-        return "passed, not promoted: it stays the challenger, the champion is kept (why: below)"
-    return "refused, champion kept"
 
 
 def _console(s) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from aimass import console
-from aimass.cli._common import JSON, emit, state
+from aimass.cli._common import JSON, emit, retrain_outcome, state
 
 
 def retrain(
@@ -36,11 +36,11 @@ def retrain(
     console.stage(f"retraining what {endpoint} serves on its new feedback ({reason}); logs: {console.log_path()}")
     r = retraining.retrain(endpoint, reason=reason, promote=not no_promote, progress=not as_json,
                            settings=state.settings, time_budget_min=time_budget)
-    lines = [f"{r.parent_dataset} + {r.positive} positive of {r.events} new events (seq {r.events_after_seq + 1}.."
-             f"{r.events_through_seq}) -> {r.dataset}",
+    lines = [f"{r.parent_dataset} + {r.positive} positive of {r.events} new events (the endpoint's log positions "
+             f"{r.events_after_seq + 1}..{r.events_through_seq}, shared with other endpoints) -> {r.dataset}",
              f"challenger {r.challenger} ({r.family}, run {r.run_id}): test_ndcg@10 "
              f"{r.metrics.get('test_ndcg@10', float('nan')):.4f}",
-             f"gate {'passed' if r.gate_passed else 'refused'}; {r.status}"]
+             f"gate {retrain_outcome(r)}"]
     lines += [f"  {'pass' if c.passed else 'FAIL'} {c.check}: {c.detail}" for c in r.gate]
     lines += [f"note: {n}" for n in r.notes] + [r.next_step or "", f"record: {r.record}"]
     emit(r, as_json, lines)
