@@ -169,6 +169,9 @@ def test_aimass_console_serves_on_loopback_and_stops(quickstart_home):
         assert listening == {"127.0.0.1"}
         again = json.loads(run(quickstart_home, "console", "--detach", "--json").stdout)
         assert again["already_running"] and again["pid"] == started["pid"]
+        elsewhere = run(quickstart_home, "console", "--detach", "--port", str(port + 1), ok=False)  # not given
+        assert elsewhere.returncode == 4 and f"already runs at {started['url']}, not on port {port + 1}" in \
+            elsewhere.stderr
         both = run(quickstart_home, "console", "--stop", "--port", str(port), ok=False)  # which was meant?
         assert both.returncode == 2 and "--stop cannot be given with --detach or --port" in both.stderr
         assert psutil.pid_exists(started["pid"])

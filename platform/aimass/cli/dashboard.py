@@ -24,7 +24,13 @@ def console(port: int = typer.Option(None, "--port", min=1, max=65535,
             raise InvalidInputError("--stop cannot be given with --detach or --port")
         emit({"stopped": dashboard.stop(s)}, as_json)
         return
-    already = dashboard.status(s) is not None
+    running = dashboard.status(s)
+    already = running is not None
+    if already and port is not None and not running["url"].endswith(f":{port}"):
+        from aimass.errors import ConflictError
+
+        raise ConflictError(f"this home's console already runs at {running['url']}, not on port {port}: stop it "
+                            "first (aimass console --stop) to start it there")
     if not already:
         term.stage(f"starting the console on {s.host} (log: {s.home / 'logs' / 'console.log'})")
     info = dashboard.start(s, port=port)
