@@ -125,6 +125,12 @@ def list_(as_json: bool = JSON):
 @runs_app.command()
 def show(run_id: str, as_json: bool = JSON):
     """One run: params, metrics, tags, per-epoch history and logged models."""
+    from datetime import UTC, datetime
+
     from aimass import runs
 
-    emit(runs.show(run_id, settings=state.settings), as_json)
+    r = runs.show(run_id, settings=state.settings)
+    shown = {k: (datetime.fromtimestamp(v / 1000, UTC).isoformat(timespec="seconds")
+                 if k in ("start_time", "end_time") and isinstance(v, int | float) else v) for k, v in r.items()}
+    # the times as MLflow keeps them (milliseconds) in JSON, as dates for a person
+    emit(r, as_json, [f"{k:>16}: {v}" for k, v in shown.items()])
