@@ -50,7 +50,7 @@ def test_a_repeated_request_is_a_counted_hit_and_the_users_feedback_is_never_ans
     assert _cache(served)["miss"] == after["miss"] + 1
     # the answer log says which answers were lookups (an experiment's latency guardrail leaves them out)
     wanted, log, deadline = {again["request_id"], fresh["request_id"]}, ServedLog(served.settings), time.time() + 30
-    while len(rows := log.frame("recs", columns=["request_id", "cached"], request_ids=wanted)) < 2:
+    while len(rows := log.frame("recs", columns=["request_id", "user_id", "cached"], request_ids=wanted)) < 2:
         assert time.time() < deadline, rows
         time.sleep(0.2)
     assert dict(zip(rows["request_id"], rows["cached"].astype(bool), strict=True)) == {
