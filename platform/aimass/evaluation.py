@@ -155,6 +155,7 @@ def make_splits(interactions: pd.DataFrame, protocol: str | None = None, *,
 
 # ---------------------------------------------------------------------------------------------- metrics
 
+TORCH_TOP_K_ITEMS = 20_000
 MISS = np.iinfo(np.int64).max // 2  # the rank of a target no answer can hold (one the user had): in no top K
 
 
@@ -298,6 +299,10 @@ def evaluate(score_fn: ScoreFn, histories: Sequence[np.ndarray], targets: Sequen
         raise ValueError(f"unknown evaluation protocol {protocol!r}; expected 'full' or 'sampled'")
     if batch_size < 1 or n_negatives < 1:
         raise ValueError("batch_size and n_negatives must be >= 1")
+    if coverage and n_items >= TORCH_TOP_K_ITEMS:
+        # top_k's partial sort through torch, where it is 3.5x faster (1,024 users x 135,000 items: 0.79 s against
+        # 2.74): an evaluation of a count model on a large catalogue is worth its import (1.5 s)
+        import torch  # noqa: F401
     targets = np.asarray(targets, dtype=np.int64)
     if len(targets) != len(histories):
         raise ValueError(f"{len(targets)} targets but {len(histories)} histories")

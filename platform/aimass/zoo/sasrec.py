@@ -40,6 +40,7 @@ MEMBER_EPOCHS = 40
 # (bf16) epochs ran at 4.2e10 a second on ml1m-short (3.4k items, validation included) and 5-6e10 on random
 # data of 22k users x 12k items and 30k x 23k; a lower rate errs towards fewer, longer-trained members
 ASSUMED_FLOPS = 3e10
+CE_MAX_ITEMS = 32_768  # loss "auto": sampled softmax above (two-tower's threshold for the same reason)
 CLIP_NORM = 5.0  # gradient norm clip, per member: an ensemble's members train as each would alone
 
 
@@ -65,7 +66,9 @@ class SASRecConfig(BaseModel):
     # softmax with n_negatives shared uniform negatives. CE memory is chunked (_losses), so the limit is
     # compute (3 products of [tokens, D] x [D, n_items] a step): 2^28 logits is ~39k items at ML-1M's
     # 107 tokens per user and batch 64, ~100k items for sparse data (~40 tokens per user). Sampled softmax
-    # learnt slower per epoch on ML-1M (val 0.037 vs 0.094 after 6 epochs), hence CE whenever affordable.
+    # learnt slower per epoch on ML-1M (val 0.037 vs 0.094 after 6 epochs), hence CE whenever affordable:
+    # up to CE_MAX_ITEMS, above which the head's products over the whole catalogue cost 32x and more those of
+    # the sampled softmax (135,000 items, 150,000 sparse users: 30 CE steps in 3 minutes, NDCG@10 0.0000)
     loss: Literal["auto", "ce", "sampled_softmax", "gbce", "bce"] = "auto"
     ce_max_logits: int = Field(2**28, ge=1, le=MAX_STEPS)
     n_negatives: int = Field(1024, ge=1, le=MAX_SIZE)  # sampled_softmax / gbce (shared by the batch); bce uses 1
@@ -127,7 +130,8 @@ class SASRecConfig(BaseModel):
             upd["tokens_per_seq"] = max(per_user, 1.0)
         if self.loss == "auto":
             tokens = self.batch_size * per_user
-            upd["loss"] = "ce" if tokens * n_items <= self.ce_max_logits else "sampled_softmax"
+            affordable = tokens * n_items <= self.ce_max_logits and n_items <= CE_MAX_ITEMS
+            upd["loss"] = "ce" if affordable else "sampled_softmax"
         if self.bf16 is None:
             upd["bf16"] = _cpu_has_bf16()
         dim = upd.get("dim", self.dim)
