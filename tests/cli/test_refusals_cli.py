@@ -52,6 +52,8 @@ def test_compress_reserved_option_through_the_entry_point(tmp_path):
     (("train", "sasrec", "-d", "demo", "--workers", "-1"), "workers must be 0"),
     (("train", "sasrec", "-d", "demo", "-p", "dim=-3"), "invalid params for sasrec"),
     (("retrain", "demo", "--time-budget", "0"), "--time-budget must be a positive"),
+    (("train", "auto", "-d", "demo", "--time-budget", "1", "--no-item-text"), "no --param, --gpu, --item-text"),
+    (("train", "--resume", "abc", "--item-text"), "--item-text cannot be given"),
 ])
 def test_bad_train_and_retrain_options_are_one_line_before_any_lookup(tmp_path, args, needle):
     # exit 2 (the option), not 3: checked before the dataset or endpoint is looked up, let alone announced

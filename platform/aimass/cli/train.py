@@ -27,6 +27,9 @@ def train(
                                        help="Test on a seeded sample of this many users (default: all)"),
     name: str = typer.Option(None, "--name", help="auto: register the best as this model (default: the "
                                                   "dataset's name)"),
+    item_text: bool = typer.Option(None, "--item-text/--no-item-text", help=(
+        "MiniLM features of the items' text (default: on for a family that takes them when the items table "
+        "has text; encoded once per dataset version, before the budget starts)")),
     as_json: bool = JSON,
 ):
     """Train a model family on a dataset version with Ray Train, tracked in MLflow."""
@@ -34,8 +37,9 @@ def train(
     from aimass.errors import InvalidInputError
 
     if family == "auto":
-        if not dataset or time_budget is None or resume or param or gpu:
-            raise InvalidInputError("auto wants --dataset and --time-budget, and no --param, --gpu or --resume")
+        if not dataset or time_budget is None or resume or param or gpu or item_text is not None:
+            raise InvalidInputError("auto wants --dataset and --time-budget, and no --param, --gpu, --item-text "
+                                    "or --resume")
         return _auto(dataset, time_budget, 1 if workers is None else workers, epochs, max_test_users, name,
                      as_json)
     if name:
@@ -45,7 +49,8 @@ def train(
         # the run's job fixes these: silently ignoring one would train something else than was asked
         fixed = [flag for flag, given in (("FAMILY", family), ("--dataset", dataset), ("--param", param),
                                           ("--workers", workers is not None), ("--gpu", gpu),
-                                          ("--max-test-users", max_test_users is not None)) if given]
+                                          ("--max-test-users", max_test_users is not None),
+                                          ("--item-text", item_text is not None)) if given]
         if fixed:
             raise InvalidInputError(f"--resume continues the run's own job: {', '.join(fixed)} cannot be given "
                                     "with it (only --epochs and --time-budget)")
@@ -64,8 +69,8 @@ def train(
         training.check_job(state.settings, workers, max_test_users)
         training.check_budget(time_budget, "--time-budget")
         r = training.train(family, dataset, params, workers=workers, gpu=gpu, epochs=epochs,
-                           time_budget_min=time_budget, max_test_users=max_test_users, progress=not as_json,
-                           settings=state.settings, on_start=lambda: console.stage(
+                           time_budget_min=time_budget, max_test_users=max_test_users, item_text=item_text,
+                           progress=not as_json, settings=state.settings, on_start=lambda: console.stage(
                                f"training {family} on {dataset} with Ray Train ({workers} worker(s)), tracked in "
                                f"MLflow; logs: {console.log_path()}"))
     out = {"run_id": r.run_id, "family": r.family, "dataset": r.dataset, "epochs": r.epochs,
