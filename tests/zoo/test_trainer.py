@@ -101,6 +101,12 @@ def test_a_budget_that_bought_nothing_after_an_early_peak_is_said():
     assert late.best_epoch == late.epoch and late.best_at_s >= 0.6 and budget_note(late, 0.6) == ""
     stopped = LoopState(epoch=5, best_epoch=1, best_at_s=0.1, train_time_s=0.5, stop_reason="patience")
     assert budget_note(stopped, 10.0) == ""  # early stopping the user asked for already says why
+    # a first epoch longer than the budget (a large catalogue): the model saw part of the data, which is said
+    part = EpochLoop(Limits(epochs=10, time_budget_s=0.2), lambda *a: time.sleep(0.02) or 0.0,
+                     validate=lambda: {STOP_METRIC: 0.1}).run([(np.zeros(1),)] * 1000)
+    assert (part.stop_reason, part.epoch, part.steps_per_epoch) == ("time budget", 1, 1000) and part.step < 1000
+    assert budget_note(part, 0.2) == (f"the budget ended within the first epoch ({part.step:,} of 1,000 steps): the "
+                                      "model saw part of the data once; a longer --time-budget trains on the rest")
 
 
 

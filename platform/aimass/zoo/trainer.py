@@ -65,6 +65,7 @@ class LoopState:
     bad_epochs: int = 0
     train_time_s: float = 0.0
     best_at_s: float = 0.0  # seconds into the job when the best epoch's validation ended
+    steps_per_epoch: int = 0  # the loader's batches (0: not known, a checkpoint of an older aimass)
     history: list[dict] = dataclasses.field(default_factory=list)
     # why the loop ended: "time budget", "epochs", "max steps", "patience" or "no data"
     stop_reason: str = ""
@@ -136,6 +137,7 @@ class EpochLoop:
     def run(self, loader, state: LoopState | None = None) -> LoopState:
         lim, st = self.limits, state or LoopState()
         per_epoch = max(1, len(loader))
+        st.steps_per_epoch = per_epoch
         total = max(1, lim.max_steps if lim.max_steps is not None else lim.epochs * per_epoch)
         started = time.time() - st.train_time_s  # a resumed job's budget counts the time already spent
         budget = lim.time_budget_s
@@ -201,8 +203,14 @@ def budget_note(state: LoopState, budget_s: float | None) -> str:
     not"): the loop still spends the whole budget, since a noisy validation set must not end it, but the user
     learns that the model is an early epoch's. On ml1m-short (8.5 items per user) SASRec peaked in its first
     two minutes of 45. Empty unless the job ran out of budget with its best epoch in the first ``PEAK_SHARE``
-    of it."""
-    if not budget_s or state.stop_reason != "time budget" or state.best_epoch >= state.epoch:
+    of it, or within its first epoch (said too: the model saw part of the data)."""
+    if not budget_s or state.stop_reason != "time budget":
+        return ""
+    if state.epoch <= 1 and 0 < state.step < state.steps_per_epoch:
+        # a large catalogue's first epoch can outlast a short budget: the model saw part of its data once
+        return (f"the budget ended within the first epoch ({state.step:,} of {state.steps_per_epoch:,} steps): "
+                "the model saw part of the data once; a longer --time-budget trains on the rest")
+    if state.best_epoch >= state.epoch:
         return ""
     if state.best_epoch < 1 or state.best_at_s > PEAK_SHARE * budget_s:
         return ""
