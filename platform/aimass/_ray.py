@@ -51,6 +51,9 @@ def init(settings: Settings, num_cpus: int | None = None):
         from ray._private import worker
 
         _started = ray.get_runtime_context().gcs_address
+        # another job of this home may have removed the private folder (its last session) between our check and
+        # Ray's makedirs, which then made it with the umask's mode: this user's alone again
+        private_dir(temp_folder(settings).parent)
         session = Path(worker._global_node.get_session_dir_path())
         atexit.register(_retire_session, ray, session, settings.logs_dir / "ray")  # runs before Ray's own
     return ray

@@ -115,8 +115,9 @@ def shop(settings, monkeypatch):
                   experiment_id="shop-x1", latency_ms=5.0)
     served.flush()
     now = datetime.now(UTC)
-    EventLog(settings).write("shop", [FeedbackEventBase(event_id=f"e{i}", user_id=i, item_id=10, type="play",
-                                                        timestamp=now, request_id=f"r{i}")
+    # each play by the user its answer went to (recs/2's users are 100-159): another user's play converts nothing
+    EventLog(settings).write("shop", [FeedbackEventBase(event_id=f"e{i}", user_id=i if i < 60 else i + 40,
+                                                        item_id=10, type="play", timestamp=now, request_id=f"r{i}")
                                       for i in [*range(15), *range(60, 90)]])
     monkeypatch.setattr(state, "settings", settings, raising=False)
     return settings

@@ -206,4 +206,4 @@ def test_an_arms_latency_is_its_computed_answers_not_its_cache_hits(settings, mo
                    latency_ms=7.5)
     log.flush()
     a, b = experiments.show("recs", settings=settings).arms
-    assert (a.answers, a.latency_p50_ms, b.latency_p50_ms) == (20, 8.0, 7.5)
+    assert (a.answers, a.computed, a.latency_p50_ms, b.computed, b.latency_p50_ms) == (20, 2, 8.0, 20, 7.5)

@@ -11,6 +11,7 @@ import time
 from datetime import UTC, datetime
 
 import pytest
+from sqlmodel import select
 
 from aimass import retraining, serving
 from aimass.catalog import Experiment, FeedbackEventBase, session
@@ -252,6 +253,11 @@ def test_drift_about_a_version_whose_challenger_lost_starts_another_retrain_on_l
     assert retraining.due("e1", settings=s, now=now) is None  # only an impression since the second attempt
     event(4, "like")
     assert retraining.due("e1", settings=s, now=now) == "drift"
+    # each attempt that answered it doubles the wait after the last (retrain_retry_s, then twice it, ...): a drift
+    # no challenger fixes retrains ever more rarely
+    slow = s.model_copy(update={"retrain_retry_s": 2 * HOUR})
+    assert retraining.due("e1", settings=slow, now=now) is None  # 1.5 h after the second attempt, not 4
+    assert retraining.due("e1", settings=slow, now=t0 + 9 * HOUR) == "drift"
 
 
 def test_a_canary_whose_look_is_costly_is_looked_at_less_often_and_a_cheap_one_every_tick(settings):
@@ -271,10 +277,21 @@ def test_a_canary_whose_look_is_costly_is_looked_at_less_often_and_a_cheap_one_e
 
     sched = Scheduler(settings, clock=lambda: clock[0], endpoints=lambda: [], look=look)
     first = clock[0]
-    ticks = []
+    ticks, waits = [], []
     while clock[0] < first + 10 / LOOK_SHARE + 30:
         ticks.append(sched.tick())
+        waits.append(dict(sched.next_look))
         clock[0] += 30
     assert looked.count("small") == len(ticks)  # every tick
     assert looked.count("big") == 2  # at the first tick, and the first one 100 s after it began
     assert ticks[2] == {"small": ["experiment:promoted m/2"]}
+    # a decision's time went on deciding (a promotion's gate): no wait after it; an experiment that ended
+    # leaves none behind for the next one on its endpoint
+    assert "small" in waits[1] and "small" not in waits[2]
+    with session(settings) as db:
+        big = db.exec(select(Experiment).where(Experiment.endpoint == "big")).one()
+        big.state = "stopped"
+        db.add(big)
+        db.commit()
+    sched.tick()
+    assert "big" not in sched.next_look

@@ -95,3 +95,16 @@ def test_the_second_round_continues_both_contenders_and_the_final_continues_the_
         c.val_ndcg for c in second)  # the better of the two went on
     steps = [m.step for m in mlflow.MlflowClient().get_metric_history(final.run_id, "loss")]
     assert steps == [1, 2, 3]
+
+
+def test_ease_runs_in_a_search_only_when_this_machine_fits_its_pass_in_its_share(settings):
+    """A search checks EASE's estimate against its share itself: a budget given to EASE's job would be replayed
+    by every retrain of the model, against a grown catalogue on a busy serving machine."""
+    from aimass.training._auto import _ease_too_slow
+
+    assert _ease_too_slow(settings, 1_000, 0.0) is None  # too small to be timed: a second at most
+    why = _ease_too_slow(settings, 3_000, 0.001)
+    assert why.startswith("ease on 3,000 items takes about ") and "the time budget is 0 s" in why
+    assert _ease_too_slow(settings, 3_000, 3600.0) is None
+    joined = settings.model_copy(update={"ray_address": "127.0.0.1:1"})
+    assert _ease_too_slow(joined, 3_000, 0.001) is None  # a cluster's nodes are not timed from here

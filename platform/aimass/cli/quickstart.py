@@ -159,7 +159,8 @@ def quickstart(
                 best = models.register(found.best.run_id, "demo-auto", settings=s)
                 auto = {"registered": best.ref, "family": found.best.family, "params": found.best.params,
                         "val_ndcg@10": found.best.val_ndcg,
-                        "candidates": sum(c.val_ndcg is not None for c in found.leaderboard),
+                        # as the leaderboard ranks them: a continued probe is its final candidate's run
+                        "candidates": sum(bool(c.run_id) and c.val_ndcg is not None for c in found.leaderboard),
                         "skipped": sum(c.val_ndcg is None for c in found.leaderboard),
                         "run_id": found.best.run_id, "wall_time_s": found.wall_time_s}
             except AimassError as e:
@@ -226,7 +227,7 @@ def quickstart(
                f"         {search['searches']} demo searches in 3 modes, {search['clicks']} clicks on results"]
               if search else []),
             *([f"auto     {auto['candidates']} candidates trained"
-               + (f" ({auto['skipped']} not: the budget or the data)" if auto["skipped"] else "")
+               + (f" ({auto['skipped']} not run: see the leaderboard)" if auto["skipped"] else "")
                + f" in {auto['wall_time_s'] / 60:.1f} min; best {auto['family']} "
                f"(val NDCG@10 {auto['val_ndcg@10']:.4f}) registered as {auto['registered']}; leaderboard: "
                f"{_tool('aimass')} runs show {auto['run_id']}"] if auto else []),

@@ -24,7 +24,8 @@ def train(
     param: list[str] = typer.Option(None, "--param", "-p", help="key=value (JSON values), repeatable"),
     resume: str = typer.Option(None, "--resume", help="RUN_ID of a stopped job to continue"),
     max_test_users: int = typer.Option(None, "--max-test-users",
-                                       help="Test on a seeded sample of this many users (default: all)"),
+                                       help="Test on a seeded sample of this many users (default: all; auto: "
+                                            "20,000)"),
     name: str = typer.Option(None, "--name", help="auto: register the best as this model (default: the "
                                                   "dataset's name)"),
     item_text: bool = typer.Option(None, "--item-text/--no-item-text", help=(

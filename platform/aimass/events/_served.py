@@ -27,7 +27,7 @@ _COLUMNS = ("endpoint", "request_id", "route", "model", "version", "user_id", "h
             "items", "scores", "strategy", "served_at", "arm", "experiment_id", "latency_ms", "shadow", "overlap",
             "query", "mode", "cached")
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY  # a family may answer numpy scalars
-_CHUNK = 512  # rows a statement: 9,728 parameters, within SQLite's and Postgres's limits
+_CHUNK = 512  # rows a statement: 10,240 parameters, within SQLite's and Postgres's limits
 
 
 class ServedLog:

@@ -62,6 +62,8 @@ class ArmView(BaseModel):
     error_rate: float
     latency_p50_ms: float | None
     latency_p99_ms: float | None
+    computed: int = Field(0, description="Answers the arm computed (not from its answer cache): what its latency "
+                                         "percentiles are of")
 
 
 class ExperimentView(BaseModel):
@@ -309,7 +311,7 @@ def _arms(e: ExperimentPublic, s: Settings) -> list[ArmView]:
                            interval=_stats.wilson(k, users, 1 - e.alpha),
                            errors=int(failed.sum()), error_rate=float(failed.mean()) if len(mine) else 0.0,
                            latency_p50_ms=float(np.percentile(lat, 50)) if len(lat) else None,
-                           latency_p99_ms=float(np.percentile(lat, 99)) if len(lat) else None))
+                           latency_p99_ms=float(np.percentile(lat, 99)) if len(lat) else None, computed=len(lat)))
     return out
 
 
@@ -326,7 +328,8 @@ def _weights(e: ExperimentPublic, s: Settings) -> dict[str, int]:
 def _broken(e: ExperimentPublic, arms: list[ArmView]) -> list[str]:
     """The guardrails a treatment breaks, compared with the control once both have `min_answers` requests
     (answers and failures, as `_judged` counts): p99 latency over `max_p99_ratio` x the control's and more than
-    `min_p99_excess_ms` above it, or an error rate more than `max_error_rate` above the control's (and at least 3
+    `min_p99_excess_ms` above it (once both have `min_answers` computed answers: cache hits are not timed), or an
+    error rate more than `max_error_rate` above the control's (and at least 3
     errors: one failure in 50 answers is not a rate)."""
     g = {**GUARDRAILS, **(e.guardrails or {})}
     control, out = arms[0], []
@@ -336,7 +339,9 @@ def _broken(e: ExperimentPublic, arms: list[ArmView]) -> list[str]:
         if a.error_rate - control.error_rate > g["max_error_rate"] and a.errors >= 3:
             out.append(f"{a.arm}: error rate {a.error_rate:.1%} > the control's {control.error_rate:.1%} + "
                        f"{g['max_error_rate']:.1%}")
-        if (a.latency_p99_ms is not None and control.latency_p99_ms is not None
+        # p99s of at least min_answers computed answers each: a warm cache leaves few, and two are no p99
+        if (min(a.computed, control.computed) >= g["min_answers"]
+                and a.latency_p99_ms is not None and control.latency_p99_ms is not None
                 and a.latency_p99_ms > g["max_p99_ratio"] * control.latency_p99_ms
                 and a.latency_p99_ms - control.latency_p99_ms > g["min_p99_excess_ms"]):
             out.append(f"{a.arm}: p99 latency {a.latency_p99_ms:.1f} ms > {g['max_p99_ratio']:g} x the control's "

@@ -175,7 +175,10 @@ class Scheduler:
         from aimass import experiments
 
         out = {}
-        for endpoint in experiments.auto_endpoints(settings=self.settings):
+        listed = experiments.auto_endpoints(settings=self.settings)
+        for gone in set(self.next_look) - set(listed):  # ended: a later canary there starts with no wait
+            del self.next_look[gone]
+        for endpoint in listed:
             if now < self.next_look.get(endpoint, float("-inf")):
                 continue
             started = self.clock()
@@ -185,8 +188,9 @@ class Scheduler:
                 log.exception("checking the experiment on %s failed", endpoint)
                 decision = None
             self.next_look[endpoint] = started + (self.clock() - started) / LOOK_SHARE
-            if decision:
+            if decision:  # its time went on the decision (a promotion's gate), not on looking
                 out[endpoint] = decision
+                del self.next_look[endpoint]
         return out
 
     def _look_at_canary(self, endpoint: str) -> str | None:

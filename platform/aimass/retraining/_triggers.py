@@ -40,14 +40,15 @@ def due(endpoint: str, settings: Settings, now: float | None = None) -> str | No
     since = max(d.created_at.timestamp(), done.started_at.timestamp() if done else 0.0)
     # drift about the served version is answered by an attempt that trained a challenger on its feedback (one
     # that found nothing new to fold did not answer it)
-    answer = next((a for a in attempts if a.status != "failed" and a.challenger is not None
-                   and a.served == f"{d.model}/{d.version}" and a.started_at >= d.created_at), None)
+    answers = [a for a in attempts if a.status != "failed" and a.challenger is not None
+               and a.served == f"{d.model}/{d.version}" and a.started_at >= d.created_at]
+    answer = answers[0] if answers else None
     if s.retrain_on_drift:
         # A report about another version (the one a canary's control served, before the promotion that made this
         # one served) says nothing of this one; one whose window ended before `since` was answered already.
         report = newest_drift_report(s, endpoint, served=f"{d.model}/{d.version}", after=since)
         if report is not None and report["drifted"] and report["window_end"] > since and (
-                answer is None or _unanswered(s, endpoint, report, answer)):
+                answer is None or _unanswered(s, endpoint, report, answer, len(answers), now)):
             return "drift"
     if s.retrain_min_events:
         after = datasets.folded_through(d.dataset, endpoint, settings=s) if d.dataset else 0
@@ -60,13 +61,15 @@ def due(endpoint: str, settings: Settings, now: float | None = None) -> str | No
     return None
 
 
-def _unanswered(s: Settings, endpoint: str, report: dict, answer) -> bool:
-    """Drift about a version an attempt already trained a challenger against (the challenger lost its canary
-    and was rolled back, or waits to be promoted) starts another attempt only when it was measured wholly
-    on traffic after that attempt and new positive events came since: the same model on the same data would
-    drift the same, and one cause would start a retrain per report."""
+def _unanswered(s: Settings, endpoint: str, report: dict, answer, tries: int, now: float) -> bool:
+    """Drift about a version `tries` attempts already trained a challenger against (the last lost its canary
+    and was rolled back, or waits to be promoted) starts another only when it was measured wholly on traffic
+    after the last attempt, new positive events came since (the same model on the same data would drift the
+    same), and `retrain_retry_s` doubled for each of those attempts has passed since it ended: a drift no
+    challenger fixes retrains ever more rarely, not once per report."""
     after = (answer.finished_at or answer.started_at).timestamp()
-    return (report["window_start"] is not None and report["window_start"] >= after
+    wait = s.retrain_retry_s * 2 ** min(tries - 1, 10)
+    return (report["window_start"] is not None and report["window_start"] >= after and now - after >= wait
             and positives_after(s, endpoint, answer.events_through_seq or 0) > 0)
 
 

@@ -106,10 +106,10 @@ def train(
         getattr(cls, "accepts_item_features", False) and ds.items is not None)
     if getattr(cls, "accepts_item_table", False):
         data["item_table"] = _item_table(ds, splits, family)
+    if on_start is not None:  # before the text's encoding, whose bar follows the stage line
+        on_start()
     if use_text:
         data["item_features"] = _text_features(s, ds, splits, progress)
-    if on_start is not None:
-        on_start()
     return _run(s, cls, family, ds.info, params, data, splits, workers, gpu, epochs, time_budget_min,
                 progress, resume=None)
 

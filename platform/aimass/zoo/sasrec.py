@@ -65,7 +65,7 @@ class SASRecConfig(BaseModel):
     # "auto": full softmax CE while a batch's logits (tokens x n_items) stay under ce_max_logits, else sampled
     # softmax with n_negatives shared uniform negatives. CE memory is chunked (_losses), so the limit is
     # compute (3 products of [tokens, D] x [D, n_items] a step): 2^28 logits is ~39k items at ML-1M's
-    # 107 tokens per user and batch 64, ~100k items for sparse data (~40 tokens per user). Sampled softmax
+    # 107 tokens per user and batch 64 (sparse data reaches CE_MAX_ITEMS first). Sampled softmax
     # learnt slower per epoch on ML-1M (val 0.037 vs 0.094 after 6 epochs), hence CE whenever affordable:
     # up to CE_MAX_ITEMS, above which the head's products over the whole catalogue cost 32x and more those of
     # the sampled softmax (135,000 items, 150,000 sparse users: 30 CE steps in 3 minutes, NDCG@10 0.0000)
