@@ -12,14 +12,19 @@ from aimass.errors import InvalidInputError
 from aimass.events import EventLog, ServedLog
 
 
+def _running(settings, monkeypatch, experiment_id: str) -> None:
+    """A play_rate experiment on "recs", m/1 against m/2 at 50/50 (no cluster: its endpoint counts as deployed)."""
+    monkeypatch.setattr("aimass.serving.check_deployed", lambda endpoint, settings=None: None)
+    with session(settings) as db:
+        db.add(Experiment(endpoint="recs", experiment_id=experiment_id, metric="play_rate",
+                          arms=[{"ref": "m/1", "weight": 50}, {"ref": "m/2", "weight": 50}]))
+        db.commit()
+
+
 def test_a_user_a_ramp_moved_counts_once_in_the_arm_of_their_first_answer(settings, monkeypatch):
     """90/10 became 50/50 while the experiment ran: user 1, first answered by A, is answered by B afterwards
     and plays B's item. Counted in both arms, the samples would overlap (the test assumes them independent)."""
-    monkeypatch.setattr("aimass.serving.check_deployed", lambda endpoint, settings=None: None)
-    with session(settings) as db:
-        db.add(Experiment(endpoint="recs", experiment_id="x1", metric="play_rate",
-                          arms=[{"ref": "m/1", "weight": 50}, {"ref": "m/2", "weight": 50}]))
-        db.commit()
+    _running(settings, monkeypatch, "x1")
     log = ServedLog(settings)
     for rid, user, arm in (("r1", 1, "m/1"), ("r2", 2, "m/2"), ("r3", 1, "m/2"), ("r4", 3, "m/1")):
         log.record("recs", rid, "recommend", arm.split("/")[0], int(arm[-1]), user, [5], [7], [1.0],
@@ -41,11 +46,7 @@ def test_a_user_a_ramp_moved_counts_once_in_the_arm_of_their_first_answer(settin
 def test_a_request_id_a_client_sent_with_every_request_converts_only_its_own_users_answer(settings, monkeypatch):
     """A client that sends one X-Request-ID with every request: user 1's play must not convert user 2's answer,
     nor user 3's, though all three answers carry the id the play names."""
-    monkeypatch.setattr("aimass.serving.check_deployed", lambda endpoint, settings=None: None)
-    with session(settings) as db:
-        db.add(Experiment(endpoint="recs", experiment_id="xr", metric="play_rate",
-                          arms=[{"ref": "m/1", "weight": 50}, {"ref": "m/2", "weight": 50}]))
-        db.commit()
+    _running(settings, monkeypatch, "xr")
     log = ServedLog(settings)
     for user, arm in ((1, "m/1"), (2, "m/1"), (3, "m/2")):
         log.record("recs", "same", "recommend", "m", int(arm[-1]), user, [5], [7], [1.0], arm=arm,
@@ -193,11 +194,7 @@ def test_only_a_type_no_positive_rule_names_is_lower_is_better(settings):
 def test_an_arms_latency_is_its_computed_answers_not_its_cache_hits(settings, monkeypatch):
     """The control's answer cache is warm when a canary's starts cold: counted, its hits (a lookup each) made
     the control's p50 0.0 ms beside the canary's 7.6, and the latency guardrail compared a cache with a model."""
-    monkeypatch.setattr("aimass.serving.check_deployed", lambda endpoint, settings=None: None)
-    with session(settings) as db:
-        db.add(Experiment(endpoint="recs", experiment_id="xc", metric="play_rate",
-                          arms=[{"ref": "m/1", "weight": 50}, {"ref": "m/2", "weight": 50}]))
-        db.commit()
+    _running(settings, monkeypatch, "xc")
     log = ServedLog(settings)
     for i in range(20):  # the control: 18 hits of its warm cache, 2 computed; the canary: all computed
         log.record("recs", f"a{i}", "recommend", "m", 1, 2 * i, [5], [7], [1.0], arm="m/1", experiment_id="xc",
