@@ -108,3 +108,4 @@ def test_ease_runs_in_a_search_only_when_this_machine_fits_its_pass_in_its_share
     assert _ease_too_slow(settings, 3_000, 3600.0) is None
     joined = settings.model_copy(update={"ray_address": "127.0.0.1:1"})
     assert _ease_too_slow(joined, 3_000, 0.001) is None  # a cluster's nodes are not timed from here
+    assert _ease_too_slow(settings, 30_000, 0.001) is None  # past its size limit: its job names the limit

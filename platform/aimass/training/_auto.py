@@ -222,10 +222,13 @@ def _ease_too_slow(s: Settings, n_items: int, share_s: float) -> str | None:
     from aimass.training import _check_time
     from aimass.zoo import family_class
 
-    if s.ray_address:  # a joined cluster's nodes are not timed from here
+    ease = family_class("ease")()
+    # a joined cluster's nodes are not timed from here; a catalogue past EASE's size limit is refused by its job,
+    # naming the limit and the memory, which says more than a time
+    if s.ray_address or n_items > ease.Config().max_items:
         return None
     try:
-        _check_time(family_class("ease")(), None, n_items, max(share_s, 0.0))
+        _check_time(ease, None, n_items, max(share_s, 0.0))
     except InvalidInputError as e:
         return str(e)
     return None
