@@ -669,19 +669,15 @@ def _text_features(s: Settings, ds, splits, progress: bool) -> np.ndarray:
         if feats is not None and feats.shape[0] == splits.n_items + 1:
             return feats
     from aimass import console
-    from aimass.zoo.text import DIM, TextEncoder
+    from aimass.zoo.text import item_text_features
 
     text = ds.items.set_index("item_id")["text"].astype(str)
     texts = [text.get(int(i), "") for i in splits.item_ids]
     # a bar on the terminal with its ETA, before the job and its budget: 135,000 titles took 24 minutes on 2
     # busy cores, with nothing shown (the encoder's own bar went to the log)
-    encoder, step, parts = TextEncoder(), 4096, [np.zeros((1, DIM), dtype=np.float32)]
     with console.progress(total=len(texts), desc="encoding item text (MiniLM, once per dataset version)",
                           unit="item", disable=not progress) as bar:
-        for i in range(0, len(texts), step):
-            parts.append(encoder.encode(texts[i:i + step]))
-            bar.update(len(texts[i:i + step]))
-    feats = np.concatenate(parts)
+        feats = item_text_features(texts, done=bar.update)
     cache.parent.mkdir(parents=True, exist_ok=True)
     # written beside and renamed: a job killed while writing, or one reading meanwhile, never sees half a file
     with tempfile.NamedTemporaryFile(dir=cache.parent, suffix=".npy", delete=False) as f:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.resources
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -86,12 +87,18 @@ def autocast(wanted: bool):
 
 
 def item_text_features(texts_by_dense_id: list[str], encoder: TextEncoder | None = None,
-                       batch_size: int = 64, progress: bool = False, bf16: bool = True) -> np.ndarray:
+                       batch_size: int = 64, progress: bool = False, bf16: bool = True,
+                       done: Callable[[int], object] | None = None, chunk: int = 4096) -> np.ndarray:
     """Item feature matrix for the dense id space: ``texts_by_dense_id[i]`` describes item ``i + 1``;
-    returns float32 [n_items + 1, 384] with row 0 (padding) all zeros."""
-    enc = encoder or TextEncoder()
-    vecs = enc.encode(list(texts_by_dense_id), batch_size=batch_size, progress=progress, bf16=bf16)
-    return np.concatenate([np.zeros((1, DIM), dtype=np.float32), vecs])
+    returns float32 [n_items + 1, 384] with row 0 (padding) all zeros. ``done`` is called with the texts of
+    each ``chunk`` encoded (a caller's progress bar)."""
+    enc, texts = encoder or TextEncoder(), list(texts_by_dense_id)
+    parts = [np.zeros((1, DIM), dtype=np.float32)]
+    for i in range(0, max(len(texts), 1), chunk):
+        parts.append(enc.encode(texts[i:i + chunk], batch_size=batch_size, progress=progress, bf16=bf16))
+        if done is not None:
+            done(len(texts[i:i + chunk]))
+    return np.concatenate(parts)
 
 
 class QueryEncoder:
