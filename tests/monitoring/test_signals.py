@@ -103,10 +103,16 @@ def test_shadow_comparison_sets_each_shadows_lists_and_latency_beside_the_live_a
         rows.append(_answer(at, 2.0 + j, request_id=f"r{j}", arm="recs/1", overlap=None))
         rows.append(_answer(at, 10.0 + j, shadow=True, request_id=f"r{j}", arm="recs/2", overlap=[1, 1, .5, 0][j]))
     rows.append(_answer(now, 100.0, request_id="r9", arm="recs/1", overlap=None))  # no copy: not on the live side
+    # a cache's lookups, live and shadow: copies and overlap count them, latency is computed answers' alone
+    hits = [_answer(now, 0.01, request_id="r5", arm="recs/1", overlap=None, cached=True),
+            _answer(now, 0.02, shadow=True, request_id="r5", arm="recs/2", overlap=1.0, cached=True),
+            _answer(now, 0.03, shadow=True, request_id="r6", arm="recs/2", overlap=1.0, cached=True),
+            _answer(now, 0.04, request_id="r6", arm="recs/1", overlap=None, cached=True)]
     with engine_for(settings.catalog).begin() as conn:
         conn.execute(ServedAnswer.__table__.insert(), rows)
+        conn.execute(ServedAnswer.__table__.insert(), hits)
     (row,) = monitoring.shadow_comparison("recs", settings=settings).to_dict("records")
-    assert (row["shadow"], row["copies"], row["mean_overlap"], row["identical"]) == ("recs/2", 4, 0.625, 0.5)
+    assert (row["shadow"], row["copies"], row["mean_overlap"], row["identical"]) == ("recs/2", 6, 0.75, 0.6667)
     assert row["shadow_p50_ms"] == pytest.approx(11.5) and row["live_p50_ms"] == pytest.approx(3.5)
     assert row["live_p99_ms"] < 6  # r9's 100 ms is not a copied request
     assert monitoring.shadow_comparison("recs", window_s=1, end=now - timedelta(days=1), settings=settings).empty

@@ -49,12 +49,30 @@ def test_a_repeated_request_is_a_counted_hit_and_the_users_feedback_is_never_ans
     assert fresh["history_length"] == first["history_length"] + 1 and played not in fresh["items"]
     assert _cache(served)["miss"] == after["miss"] + 1
     # the answer log says which answers were lookups (an experiment's latency guardrail leaves them out)
-    wanted, log, deadline = {again["request_id"], fresh["request_id"]}, ServedLog(served.settings), time.time() + 30
-    while len(rows := log.frame("recs", columns=["request_id", "user_id", "cached"], request_ids=wanted)) < 2:
+    assert _logged_cached(served, {again["request_id"], fresh["request_id"]}) == {
+        again["request_id"]: True, fresh["request_id"]: False}
+
+
+def _logged_cached(served, wanted: set[str]) -> dict[str, bool]:
+    log, deadline = ServedLog(served.settings), time.time() + 30
+    while len(rows := log.frame("recs", columns=["request_id", "user_id", "cached"], request_ids=wanted)) < len(wanted):
         assert time.time() < deadline, rows
         time.sleep(0.2)
-    assert dict(zip(rows["request_id"], rows["cached"].astype(bool), strict=True)) == {
-        again["request_id"]: True, fresh["request_id"]: False}
+    return dict(zip(rows["request_id"], rows["cached"].astype(bool), strict=True))
+
+
+def test_an_answer_the_cache_held_is_logged_as_a_lookup_on_the_v2_route_too(served):
+    user = int(datasets.load("demo@v1", settings=served.settings).interactions["user_id"].drop_duplicates().iloc[9])
+    body = {"inputs": [{"name": "user_id", "shape": [1], "datatype": "INT64", "data": [user]},
+                       {"name": "k", "shape": [1], "datatype": "INT64", "data": [4]}]}  # a k no other test asks
+    rids = []
+    for _ in range(2):
+        r = served.client.post(f"{served.urls['recs']}/v2/models/recs/infer", json=body,
+                               headers={"Authorization": f"Bearer {served.keys['consumer']}"})
+        assert r.status_code == 200, r.text
+        (rid,) = next(o["data"] for o in r.json()["outputs"] if o["name"] == "request_id")
+        rids.append(rid)
+    assert _logged_cached(served, set(rids)) == {rids[0]: False, rids[1]: True}
 
 
 def test_a_loaded_version_warms_the_default_answers_of_its_most_active_users_as_recommend_computes_them(served):

@@ -84,16 +84,16 @@ def quickstart(
     console.stage(f"[4/12] registering the run as model {name!r} in the MLflow registry and promoting it to "
                   "champion")
     mv = models.register(r.run_id, name, settings=s)
+    # with no champion yet the gate checks latency alone, and the demo needs a champion to serve: a first
+    # version that fails it (a busy machine) is forced, in the same pass of the gate, which its tags record
+    first = not any("champion" in other.aliases for other in models.versions(name, settings=s))
     try:
-        promotion = models.promote(name, mv.version, settings=s).model_dump(mode="json")
-    except ConflictError as e:
-        if any("champion" in other.aliases for other in models.versions(name, settings=s)):
-            # a rerun whose model is worse than the champion: the gate keeps the old one
-            promotion = {"promoted": False, "reason": str(e)}
-        else:  # no champion yet, and this one failed only the latency budget (a busy machine): the demo
-            # needs a champion to serve, so it is forced, which the version's tags record
-            console.stage(f"      {e}; forcing it: there is no champion yet")
-            promotion = models.promote(name, mv.version, force=True, settings=s).model_dump(mode="json")
+        promotion = models.promote(name, mv.version, force=first, settings=s).model_dump(mode="json")
+    except ConflictError as e:  # a rerun whose model is worse than the champion: the gate keeps the old one
+        promotion = {"promoted": False, "reason": str(e)}
+    if promotion.get("forced"):
+        failed = "; ".join(f"{c['check']}: {c['detail']}" for c in promotion["checks"] if not c["passed"])
+        console.stage(f"      the gate refused it ({failed}); forced: there is no champion yet")
     # the champion's child: a rerun whose model the gate refused canaries the int8 of what is served, not of it
     parent = mv if promotion["promoted"] else models.show(f"{name}@champion", settings=s)
     if parent.method != "original":  # an int8 child a previous run's canary promoted: its original is compressed

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import String, func, or_, select, type_coerce
+from sqlalchemy import String, case, func, or_, select, type_coerce
 
 from aimass.catalog import ServedAnswer
 
@@ -130,18 +130,22 @@ SHADOW = ["shadow", "copies", "mean_overlap", "identical", "shadow_p50_ms", "sha
 
 def shadow_comparison(engine, endpoint: str, start: datetime | None, end: datetime) -> pd.DataFrame:
     """Per shadow ref: how many requests it got a copy of, how much its lists overlap the answers consumers got
-    (mean, and the share identical as sets), and its latency beside the live arm's on the same requests."""
+    (mean, and the share identical as sets), and its latency beside the live arm's on the same requests (answers
+    each side computed: cache hits are left out of both)."""
     window = [TABLE.c.endpoint == endpoint, TABLE.c.served_at < end]
     if start is not None:
         window.append(TABLE.c.served_at >= start)
     copies = select(TABLE.c.request_id).where(*window, TABLE.c.shadow.is_(True))
-    q = select(TABLE.c.arm, TABLE.c.request_id, TABLE.c.overlap, TABLE.c.latency_ms,
+    # latency is computed answers' on both sides (a lookup in a warm cache beside a cold one's scoring says
+    # nothing about the models), as an experiment's latency guardrail compares them
+    computed = func.coalesce(TABLE.c.cached, False).is_(False)
+    q = select(TABLE.c.arm, TABLE.c.request_id, TABLE.c.overlap, case((computed, TABLE.c.latency_ms)),
                type_coerce(TABLE.c.served_at, String)).where(*window, TABLE.c.shadow.is_(True))
     # the live answer of a copied request: logged within a minute of its copy, never a shadow
     pad = timedelta(minutes=1)
     # looked up by request id (its index), not by walking the endpoint's index over every live answer: the
     # endpoint inside coalesce() keeps SQLite off the latter (0.77 s for an hour at 100 requests/s)
-    live = select(TABLE.c.request_id, TABLE.c.latency_ms).where(
+    live = select(TABLE.c.request_id, case((computed, TABLE.c.latency_ms))).where(
         func.coalesce(TABLE.c.endpoint, "") == endpoint, TABLE.c.served_at < end + pad,
         *([TABLE.c.served_at >= start - pad] if start is not None else []),
         or_(TABLE.c.shadow.is_(False), TABLE.c.shadow.is_(None)), TABLE.c.request_id.in_(copies))

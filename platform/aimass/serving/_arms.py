@@ -239,7 +239,7 @@ class _Worker:
         for req in reqs:
             t0 = time.perf_counter()
             try:
-                answer = self.engine.recommend(**req)
+                answer = self.engine.recommend(**req, mark_hit=True)
             except Exception as e:  # one bad request must not lose the batch's other answers
                 log.info("shadow %s failed: %s", self.engine.info.ref, e)
                 answer = None

@@ -176,13 +176,16 @@ class Engine:
         return None if kept is None else self.cache.get(int(user_id), *kept, count_miss=False)
 
     def recommend(self, user_id: int | None, history: list[int] | None, k: int, exclude_seen: bool = True,
-                  exclude: list[int] | None = None, filters: dict[str, list[str]] | None = None) -> dict:
+                  exclude: list[int] | None = None, filters: dict[str, list[str]] | None = None,
+                  mark_hit: bool = False) -> dict:
+        """The answer; with `mark_hit`, one the cache held carries `"cached": True` (the served-answer log's
+        flag, which the caller pops: an arm's latency is its computed answers')."""
         kept = self._kept(user_id, history, k, exclude_seen, exclude, filters)
         if kept:
             key, generation = kept
             hit = self.cache.get(int(user_id), key, generation)
             if hit is not None:
-                return hit
+                return {**hit, "cached": True} if mark_hit else hit
         out = self._compute(user_id, history, k, exclude_seen, exclude, filters)
         if kept and not out["cold_start"]:
             self.cache.put(int(user_id), key, generation, out)

@@ -261,7 +261,7 @@ class _SingleModel(_Feedback):
                                user_id, tail, out["items"], out["scores"], out.get("strategy", "model"), arm=ref,
                                experiment_id=t.experiment_id, latency_ms=round(ms, 3), query=query,
                                mode=out.pop("logged_mode", None), history_length=out.get("history_length"),
-                               cached=cached)
+                               cached=out.pop("cached", False) or cached)
         return served, out, t
 
     def _record_shadow(self, engine: Engine, t, request_id: str, user_id: int | None, out: dict, overlap: float,
@@ -270,7 +270,8 @@ class _SingleModel(_Feedback):
         self.served_log.record(self.endpoint, request_id, "recommend", i.name, i.version, user_id,
                                out.get("history_tail", []), out["items"], out["scores"], out.get("strategy", "model"),
                                arm=t.shadow, experiment_id=t.experiment_id, latency_ms=round(ms, 3), shadow=True,
-                               overlap=round(overlap, 4), history_length=out.get("history_length"))
+                               overlap=round(overlap, 4), history_length=out.get("history_length"),
+                               cached=bool(out.get("cached")))
 
     @bentoml.api
     def recommend(self, ctx: bentoml.Context, user_id: UserId | None = None, history: History | None = None,
@@ -307,7 +308,8 @@ class _SingleModel(_Feedback):
                    cached: bool = False) -> tuple[dict, dict] | None:
         """(served fields, answer) of /recommend; with `cached`, only an answer the cache holds (else None)."""
         got = self._answer(rid, "recommend", req["user_id"],
-                           (lambda e: e.cached(**req)) if cached else (lambda e: e.recommend(**req)), picked=picked,
+                           (lambda e: e.cached(**req)) if cached else (lambda e: e.recommend(**req, mark_hit=True)),
+                           picked=picked,
                            cached=cached)
         if got is None:
             return None
