@@ -1,8 +1,8 @@
 """Seconds of a full-ranking test (`aimass.evaluation.evaluate`, coverage included) of a popularity model over a
-Zipf catalogue of 135,000 items, scaled to 150,000 users: what a job's final test costs on a large sparse log.
-Run it with PYTHONPATH at an older platform folder to compare.
+Zipf catalogue of 135,000 items (or ITEMS), scaled to 150,000 users: what a job's final test costs on a large
+sparse log. Run it with PYTHONPATH at an older platform folder to compare.
 
-    python benchmarks/evaluation_large.py [USERS]      # users timed (default 4096)
+    python benchmarks/evaluation_large.py [USERS] [ITEMS]     # users timed (default 4096), items (135000)
 """
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ def main() -> None:
     from aimass.evaluation import evaluate
     from aimass.zoo.popularity import Popularity
 
-    n, users = 135_000, int(sys.argv[1]) if len(sys.argv) > 1 else 4096
+    users = int(sys.argv[1]) if len(sys.argv) > 1 else 4096
+    n = int(sys.argv[2]) if len(sys.argv) > 2 else 135_000
     rng = np.random.default_rng(0)
     p = 1 / np.arange(1, n + 1)
     p /= p.sum()
@@ -27,8 +28,8 @@ def main() -> None:
     t = time.perf_counter()
     evaluate(est.score, histories, targets, n)
     took = time.perf_counter() - t
-    print(f"| users timed | seconds | scaled to 150,000 users |\n|---|---|---|\n| {users:,} | {took:.2f} | "
-          f"{took * 150_000 / users:.0f} s |")
+    print(f"| items | users timed | seconds | scaled to 150,000 users |\n|---|---|---|---|\n| {n:,} | {users:,} | "
+          f"{took:.2f} | {took * 150_000 / users:.0f} s |")
 
 
 if __name__ == "__main__":

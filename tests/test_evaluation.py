@@ -324,3 +324,33 @@ def test_without_coverage_the_ranks_are_the_same_and_no_list_is_built() -> None:
     lean = evaluate(lambda h: scores[: len(h)], histories, targets, 80, batch_size=64, coverage=False)
     assert lean == {k: v for k, v in whole.items() if not k.startswith("coverage")}
     assert _full_ranks(scores, targets, histories, 10, lists=False)[1:] == (None, None)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_large_catalogues_ranks_and_lists_are_the_masked_paths_to_the_column(monkeypatch, dtype):
+    """_full_ranks_large (no [users, columns] mask; large catalogues where torch is loaded) gives what the masked
+    path gives: ranks, lists and their validity, with ties across the K-th place, repeated and seen targets,
+    -inf and +inf scores."""
+    import torch  # noqa: F401
+
+    from aimass import evaluation
+
+    rng = np.random.default_rng(1)
+    n_cols, n = 300, 200
+    scores = rng.integers(0, 4, (n, n_cols)).astype(dtype)  # ties everywhere, often at the cutoff
+    scores[rng.random(scores.shape) < 0.05] = -np.inf
+    scores[rng.random(scores.shape) < 0.02] = np.inf
+    scores[:, 0] = -np.inf
+    scores[:5] = 1.0  # rows of one value: every list is a tie searched whole
+    targets = rng.integers(1, n_cols, n)
+    histories = [rng.integers(1, n_cols, rng.integers(0, 30)) for _ in range(n)]  # repeats inside
+    for u in range(0, n, 7):  # a target the user had: a miss on both paths
+        histories[u] = np.append(histories[u], targets[u])
+    histories[3] = np.zeros(0, np.int64)
+    want = evaluation._full_ranks(scores, targets, histories, 10)
+    monkeypatch.setattr(evaluation, "_FAST_COLS", 10)
+    got = evaluation._full_ranks(scores, targets, histories, 10)
+    for w, g in zip(want, got, strict=True):
+        np.testing.assert_array_equal(g, w)
+    lean = evaluation._full_ranks(scores, targets, histories, 10, lists=False)
+    np.testing.assert_array_equal(lean[0], want[0])

@@ -21,6 +21,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+from aimass.errors import BackendError
+
 _ROTATE_BYTES = 20 * 2**20  # past this the log starts afresh; the previous one is kept as aimass.log.1
 
 # Read by libraries in this process and inherited by every child (Ray workers, DVC, `ray start`), so they are
@@ -172,8 +174,6 @@ def result(text: str) -> None:
     """The command's result (human lines or the JSON document) on the real stdout. One that cannot be written
     there (a full disk, a reader that closed the pipe) fails the command: a script must not take a created key
     or a registered version it never saw for a success (BackendError, exit 5)."""
-    from aimass.errors import BackendError
-
     stream = out()
     try:
         print(text, file=stream, flush=True)
@@ -181,7 +181,13 @@ def result(text: str) -> None:
         with contextlib.suppress(OSError, ValueError):  # what stays buffered is never written: Python's flush
             # at exit would fail again, loudly
             os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
-        raise BackendError(f"the result could not be written to standard output ({e.strerror or e})") from None
+        cls = ReaderGone if isinstance(e, BrokenPipeError) else BackendError
+        raise cls(f"the result could not be written to standard output ({e.strerror or e})") from None
+
+
+class ReaderGone(BackendError):
+    """The reader of stdout closed it (`aimass ... | head`): the command fails (exit 5) as for any lost result,
+    and says so in the log alone, as Unix tools stay quiet when their reader has had enough."""
 
 
 def error(message: str) -> None:

@@ -196,6 +196,8 @@ def _full_ranks(scores: np.ndarray, targets: np.ndarray, histories: Sequence[np.
                 k_max: int, lists: bool = True) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """0-based target ranks, plus each user's top-``k_max`` columns (best first) and their validity (None, None
     without ``lists``: only coverage needs them, and the top-K search costs more than the ranks)."""
+    if scores.shape[1] >= _FAST_COLS and sys.modules.get("torch") is not None:
+        return _full_ranks_large(scores, targets, histories, k_max, lists)
     valid, seen = _candidates(scores.shape[1], targets, histories)
     rows = np.arange(len(targets))
     t = scores[rows, targets][:, None]
@@ -207,6 +209,56 @@ def _full_ranks(scores: np.ndarray, targets: np.ndarray, histories: Sequence[np.
     valid[rows[seen], targets[seen]] = False  # and not in the list, as a served answer leaves it out
     # a user with fewer than K candidates gets -1 columns in its list; `top_ok` filters them out
     top, _ = top_k(scores, k_max, valid)
+    return rank0, top, top >= 0
+
+
+_BATCH_CELLS, _MIN_BATCH = 2**26, 16
+# From this many columns a batch's ranks and lists come from passes over the scores alone, never a mask of them
+# (_full_ranks_large): at a million items a batch of 256 users is a gigabyte a pass
+_FAST_COLS = 100_000
+
+
+def _full_ranks_large(scores: np.ndarray, targets: np.ndarray, histories: Sequence[np.ndarray],
+                      k_max: int, lists: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """_full_ranks without a [users, columns] mask, the same answers (tested): a history holds few of a large
+    catalogue's columns, so the target's rank is every column at or above it less the excluded ones there, and a
+    top-K list is the first K allowed among the top K + (most excluded in a row) by score, ordered by score, then
+    column; a row whose K-th allowed score ties the last candidate's (a tie may reach past them) is searched whole.
+    1,000,000 items, 256 users: 0.9 s against 4.6 (the mask, top_k's passes over it)."""
+    import torch
+
+    b, n_cols = scores.shape
+    rows = np.arange(b)
+    t = scores[rows, targets]
+    lengths = np.fromiter((len(h) for h in histories), dtype=np.int64, count=b)
+    flat = np.concatenate([np.asarray(h, np.int64) for h in histories]) if lengths.sum() else np.zeros(0, np.int64)
+    if len(flat) and (flat.min() < 0 or flat.max() >= n_cols):
+        raise ValueError(f"history item ids must lie in 0..{n_cols - 1}")
+    # each row's excluded columns once (a repeated item, the padding column), as keys row * n_cols + column
+    keys = np.unique(np.concatenate([np.repeat(rows, lengths) * n_cols + flat, rows * n_cols]))
+    r, c = np.divmod(keys, n_cols)
+    seen = np.zeros(b, dtype=bool)
+    seen[r[c == targets[r]]] = True
+    other = c != targets[r]
+    rank0 = (np.count_nonzero(scores >= t[:, None], axis=1)
+             - np.bincount(r[other & (scores[r, c] >= t[r])], minlength=b) - 1)
+    rank0[seen] = MISS
+    if not lists:
+        return rank0, None, None
+    kk = min(n_cols, k_max + int(np.bincount(r, minlength=b).max()))
+    vals, cand = (x.numpy() for x in torch.topk(torch.from_numpy(scores), kk, dim=1, sorted=False))
+    out = np.isin(rows[:, None] * n_cols + cand, keys)  # the history, the padding (the target too, when seen)
+    # -inf (a score no answer would rank) sorts last among allowed ones, as top_k puts it
+    order = np.lexsort((cand, -vals, out), axis=1)
+    cand, vals, out = (np.take_along_axis(x, order, 1) for x in (cand, vals, out))
+    top = cand[:, :k_max].copy()
+    kth = vals[:, k_max - 1] if kk >= k_max else np.full(b, -np.inf)
+    for row in np.flatnonzero(out[:, :k_max].any(1) | (kth <= vals.min(1))):  # rare: searched whole
+        allowed = np.ones(n_cols, dtype=bool)
+        allowed[c[r == row]] = False
+        got, _ = top_k(scores[row], k_max, allowed)
+        top[row] = -1
+        top[row, :len(got)] = got
     return rank0, top, top >= 0
 
 
@@ -307,6 +359,9 @@ def evaluate(score_fn: ScoreFn, histories: Sequence[np.ndarray], targets: Sequen
     if len(targets) != len(histories):
         raise ValueError(f"{len(targets)} targets but {len(histories)} histories")
     totals = _Totals(ks, n_items)
+    # at most _BATCH_CELLS scores a batch: a batch of a gigabyte (256 users, a million items) took 1.7x the time
+    # a user of four quarter-size ones did here (each new block of memory is faulted in page by page)
+    batch_size = min(batch_size, max(_MIN_BATCH, _BATCH_CELLS // (n_items + 1)))
     for lo in range(0, len(targets), batch_size):
         batch_hist, batch_targets = list(histories[lo:lo + batch_size]), targets[lo:lo + batch_size]
         scores = np.asarray(score_fn(batch_hist))

@@ -8,3 +8,8 @@ def test_tables_round_floats_to_four_decimals_without_padding_them():
     assert out[1].split() == ["a", "0.1235", "0.2", "3"]  # 0.2 minutes is not 0.2000
     assert out[2].split() == ["bb", "nan", "12.0", "10"]
     assert not any(line.endswith(" ") for line in out)
+
+
+def test_a_missing_value_is_a_dash_not_pythons_none():
+    out = rows([{"name": "a", "ranker": None, "ndcg": None}], ["name", "ranker", "ndcg"])
+    assert out[1].split() == ["a", "-", "-"]

@@ -78,3 +78,7 @@ def test_bad_options_of_existing_things_print_no_stage_line(tmp_path, monkeypatc
     r = _invoke(tmp_path, *args)
     assert isinstance(r.exception, InvalidInputError), (r.exception, r.output)
     assert r.stdout == "", r.stdout
+
+
+def test_reports_of_an_endpoint_never_deployed_are_not_found_not_an_empty_list(tmp_path):
+    _one_line(run(tmp_path / "home", "monitor", "reports", "nope", ok=False), 3, "no deployment named 'nope'")

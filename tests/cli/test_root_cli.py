@@ -3,10 +3,12 @@ credential, options checked at the boundary."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 
 import pytest
 
-from tests.cli.test_datasets_cli import run
+from tests.cli.test_datasets_cli import AIMASS, run
 from tests.conftest import free_port
 
 
@@ -93,3 +95,18 @@ def test_json_output_holds_no_nan_or_infinity(capsys):
     out = capsys.readouterr().out
     parsed = json.loads(out, parse_constant=lambda c: pytest.fail(f"{c} in --json output"))
     assert parsed == {"run": {"metrics": {"loss": None, "ndcg": 0.5}}, "history": [None, 1.0]}
+
+
+def test_a_reader_that_closed_the_pipe_fails_the_command_quietly(tmp_path):
+    """`aimass ... | head`: the result was not all read, so the exit code says it failed (a script must not take
+    an unseen result for a success), but the terminal gets no error line for what the reader chose; the log
+    has it."""
+    read, write = os.pipe()
+    os.close(read)  # the reader has had enough before the first line
+    try:
+        res = subprocess.run([AIMASS, "datasets", "list"], stdout=write, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "AIMASS_HOME": str(tmp_path / "home")}, timeout=120)
+    finally:
+        os.close(write)
+    assert res.returncode == 5 and res.stderr == "", res.stderr
+    assert "could not be written to standard output" in (tmp_path / "home" / "logs" / "aimass.log").read_text()

@@ -276,6 +276,7 @@ def test_stats_counts_in_the_database_what_the_rules_and_the_served_log_say(stor
     served = ServedLog(s)
     served.record("recs", "r1", "recommend", "recs", 1, 1, [], [7], [0.5])
     served.record("other", "r2", "recommend", "recs", 1, 1, [], [7], [0.5])
+    served.record("recs", "r1", "recommend", "recs", 2, 1, [], [8], [0.4], shadow=True)  # answered no one
     served.flush()
     rows = [("a", 1, 7, "play", 45.0, "r1"), ("b", 1, 8, "play", 2.0, "r2"), ("c", 2, 7, "play", 10.0, None),
             ("d", 2, 9, "like", None, ""), ("e", 3, 9, "skip", None, "zz"), ("f", 3, 7, "impression", None, "r1")]

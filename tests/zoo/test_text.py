@@ -71,6 +71,13 @@ def test_the_query_encoder_is_the_same_model_through_onnxruntime(encoder, tmp_pa
         got = np.stack(list(pool.map(q.encode, texts * 4)))
     assert np.allclose(np.einsum("ij,ij->i", got, np.tile(ref, (4, 1))), 1.0, atol=1e-4)
 
+    # the same weights installed elsewhere (another environment, a fresh clone's) find the same export
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    for f in text.model_path().iterdir():
+        (other / f.name).symlink_to(f)
+    assert text._exported(other) == text._exported(text.model_path())
+
     def full_disk(path):
         raise OSError(28, "No space left on device")
 

@@ -130,6 +130,9 @@ def main() -> None:
         code = command.main(prog_name="aimass", standalone_mode=False)
     except typer.Abort:  # end of input at a prompt
         _fail("aborted", 1, details=False)
+    except console.ReaderGone as e:  # `aimass ... | head`: the reader knows it stopped reading
+        logging.getLogger("aimass").error(str(e))
+        sys.exit(e.exit_code)
     except AimassError as e:
         # bad input says all there is to say in its message; a failing component's story is in the log
         _fail(str(e), e.exit_code, details=not isinstance(e, InvalidInputError | NotFoundError))

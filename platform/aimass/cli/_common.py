@@ -27,9 +27,25 @@ def emit(data: Any, as_json: bool, table: Iterable[str] | None = None) -> None:
     if as_json:
         console.result(json.dumps(_finite(_plain(data)), indent=2, default=str, allow_nan=False))
         return
-    lines = list(table) if table is not None else [f"{k:>16}: {v}" for k, v in _plain(data).items()]
+    if table is None:
+        plain = _plain(data)
+        width = max((len(str(k)) for k in plain), default=0)
+        table = [f"{k:>{width}}: {_value(v)}" for k, v in plain.items()]
+    lines = list(table)
     if lines:
         console.result("\n".join(lines))
+
+
+def _value(v: Any) -> str:
+    """A key: value line's value as a person reads it: a mapping as "key value, ...", a list comma-separated,
+    None as "-", a float to at most 4 decimals."""
+    if isinstance(v, dict):
+        return ", ".join(f"{k} {_value(x)}" for k, x in v.items()) or "-"
+    if isinstance(v, list | tuple):
+        return ", ".join(_value(x) for x in v) or "-"
+    if v is None:
+        return "-"
+    return str(round(v, 4)) if isinstance(v, float) and math.isfinite(v) else str(v)
 
 
 def _plain(data: Any) -> Any:
@@ -59,11 +75,9 @@ def _finite(data: Any) -> Any:
 
 def rows(items: list[dict], cols: list[str]) -> list[str]:
     """A table: a header of the upper-cased names, a line an item; floats to at most 4 decimals (a metric's 17
-    digits are noise; 0.2 minutes stays 0.2), no padding after the last column."""
-    def cell(v) -> str:
-        return str(round(v, 4)) if isinstance(v, float) and math.isfinite(v) else str(v)
-
-    shown = [{c: cell(r.get(c, "")) for c in cols} for r in items]
+    digits are noise; 0.2 minutes stays 0.2), a missing value as "-" (Python's None is not a reader's word), no
+    padding after the last column."""
+    shown = [{c: _value(r.get(c, "")) for c in cols} for r in items]
     widths = [max(len(c), *(len(r[c]) for r in shown)) if shown else len(c) for c in cols]
     out = ["  ".join(c.upper().ljust(w) for c, w in zip(cols, widths, strict=False)).rstrip()]
     out += ["  ".join(r[c].ljust(w) for c, w in zip(cols, widths, strict=False)).rstrip() for r in shown]

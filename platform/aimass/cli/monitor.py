@@ -46,6 +46,8 @@ def drift(endpoint: str, window: str = typer.Option("1h", "--window", "-w", help
     lines = [verdict,
              f"window: {r.window_start:%Y-%m-%d %H:%M:%S} to {r.window_end:%Y-%m-%d %H:%M:%S} UTC; {r.n_current} "
              f"answers of {r.model}/{r.version} against {r.n_reference} reference answers ({r.dataset})",
+             *(f"a column drifts when its score is at or above its threshold and its p is below {a:g}"
+               for a in {v.alpha for v in r.columns.values()}),
              *rows(table, ["column", "kind", "score", "threshold", "p", "drifted", "current", "reference"]),
              (f"coverage {cur['coverage']:.3f} (reference at the same size {ref['coverage']:.3f}){div}"
               if cur.get("coverage") is not None and ref.get("coverage") is not None
@@ -57,7 +59,8 @@ def drift(endpoint: str, window: str = typer.Option("1h", "--window", "-w", help
              + (f"; training data: positive share {ref['feedback']['positive_share']:.3f}" if ref["feedback"] else ""),
              f"report: {r.html}"]
     if r.not_compared:
-        lines.insert(2, "not compared: " + ", ".join(f"{k} {v}" for k, v in r.not_compared.items()))
+        lines.insert(2, "not compared (another route's or version's answers): "
+                     + ", ".join(f"{k} {v}" for k, v in r.not_compared.items()))
     emit(r, as_json, lines)
 
 
@@ -67,6 +70,10 @@ def reports(endpoint: str, as_json: bool = JSON):
     from aimass import monitoring
 
     found = monitoring.reports(endpoint, settings=state.settings)
+    if not found:  # an endpoint deleted since keeps its reports; a name never deployed is a mistake, said so
+        from aimass import serving
+
+        serving.check_deployed(endpoint, settings=state.settings)
     table = [{"created_at": f"{r.created_at:%Y-%m-%d %H:%M:%S}", "model": f"{r.model}/{r.version}",
               "window": _span((r.window_end - r.window_start).total_seconds()), "answers": r.n_current,
               "drifted": f"yes ({len(r.drifted_columns)})" if r.drifted else "no", "html": r.html} for r in found]
@@ -82,7 +89,8 @@ def metrics(endpoint: str, window: str = typer.Option("1h", "--window", "-w", he
 
     found = monitoring.online_metrics(endpoint, window_s=seconds(window), settings=state.settings)
     types = sorted({t for m in found for t in m.by_type})
-    table = [{"model": f"{m.model}/{m.version}" + (f" ({m.arm})" if m.arm else ""), "answers": m.answers,
+    table = [{"model": f"{m.model}/{m.version}" + (f" ({m.arm})" if m.arm and m.arm != f"{m.model}/{m.version}"
+                                                   else ""), "answers": m.answers,
               "click_through": _rate(m.click_through), "hit_rate": _rate(m.hit_rate),
               **{t: _rate(m.by_type[t]) if t in m.by_type else "-" for t in types}} for m in found]
     sampled = [note] if (note := monitoring.sample_note(found)) else []

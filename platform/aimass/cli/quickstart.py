@@ -197,7 +197,7 @@ def quickstart(
         metrics = ", ".join(f"{label} {r.metrics[k]:.4f}" for k, label in _SHOWN.items() if k in r.metrics)
         console.result("\n".join([
             "",
-            f"dataset  {v.ref}: {v.n_rows:,} plays by {v.n_users:,} users of {v.n_items:,} tracks",
+            f"dataset  {v.ref}: {v.n_rows:,} plays by {v.n_users:,} users of {v.n_items:,} played tracks",
             f"model    {mv.ref} from MLflow run {r.run_id} ({r.epochs} epochs, {r.wall_time_s:.0f} s): {metrics}",
             "",
             *rows(side, list(side[0])),

@@ -97,7 +97,7 @@ def stats(endpoint: str, *, settings: Settings | None = None) -> dict:
     """Counts of the endpoint's log: events by type and polarity, users, items, and how many events name a
     request_id that no served answer has (unjoined: a typo'd or never-served id). Counted in the database: the
     log may hold more events than this process can hold in memory."""
-    from sqlalchemy import and_, exists, func, select
+    from sqlalchemy import and_, exists, func, or_, select
 
     from aimass.catalog import FeedbackEvent, ServedAnswer
 
@@ -117,7 +117,9 @@ def stats(endpoint: str, *, settings: Settings | None = None) -> dict:
                    func.min(t.c.received_at), func.max(t.c.received_at)).where(mine)).one()
         rids = conn.execute(select(func.count()).where(mine, with_rid)).scalar()
         unjoined = conn.execute(select(func.count()).where(mine, with_rid, ~joined)).scalar()
-        answers = conn.execute(select(func.count()).select_from(a).where(a.c.endpoint == endpoint)).scalar()
+        # what consumers were answered: a shadow's copy of a request answered no one
+        answers = conn.execute(select(func.count()).select_from(a).where(
+            a.c.endpoint == endpoint, or_(a.c.shadow.is_(False), a.c.shadow.is_(None)))).scalar()
     by_type: dict[str, int] = {}
     by_polarity = {1: 0, -1: 0, 0: 0}
     for type_, p, n in groups:

@@ -71,7 +71,9 @@ class Served(BaseModel):
     request_id: str = Field(description="Echoes the X-Request-ID header, or a new id")
     arm: str | None = Field(None, description="The traffic arm that answered (NAME/VERSION); a user keeps one "
                                               "arm for the life of an experiment")
-    experiment_id: str | None = Field(None, description="The experiment (split) the arm belongs to")
+    experiment_id: str | None = Field(None, description=(
+        "The assignment id of the traffic split the arm belongs to (the salt of its users' buckets): every split "
+        "has one, and an experiment started on the endpoint is known by its split's"))
 
 
 class Recommendation(Served):

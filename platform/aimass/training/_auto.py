@@ -112,9 +112,16 @@ def auto(dataset: str, time_budget_min: float, *, workers: int = 1, max_val_user
     common = {"workers": workers, "max_val_users": max_val_users, "max_test_users": max_test_users,
               "progress": progress, "settings": s}
 
+    def named(c: Candidate) -> str:
+        return f"auto [{len(board) + 1}] {c.stage} {c.family}" + (f" {json.dumps(c.params)}" if c.params else "")
+
+    def skip(c: Candidate, why: str) -> None:  # a line too: the numbers on the screen are the leaderboard's
+        c.skipped = why
+        console.stage(f"{named(c)}: {why if why.startswith('not ') else 'not run: ' + why}")
+        board.append(c)
+
     def run(c: Candidate, resume_of: Candidate | None = None) -> Candidate:
-        console.stage(f"auto [{len(board) + 1}] {c.stage} {c.family}" + (f" {json.dumps(c.params)}" if c.params else "")
-                      + (f" for {c.budget_min:.1f} min" if c.budget_min else ""))
+        console.stage(named(c) + (f" for {c.budget_min:.1f} min" if c.budget_min else ""))
         t0 = time.time()
         try:
             if resume_of is not None:  # the candidate goes on from its checkpoint, in the same run
@@ -147,13 +154,13 @@ def auto(dataset: str, time_budget_min: float, *, workers: int = 1, max_val_user
             # pass longer than its share, checked here (a budget given to the job would be replayed by every
             # retrain of the model, against a grown catalogue on a busy serving machine)
             if why := _ease_too_slow(s, data["n_items"], EASE_SHARE * (deadline - time.time())):
-                board.append(Candidate(family, dict(params), "baseline", skipped=why))
+                skip(Candidate(family, dict(params), "baseline"), why)
             else:
                 run(Candidate(family, dict(params), "baseline"))
         elif time.time() >= deadline:
-            board.append(Candidate(family, dict(params), "baseline", skipped="the time budget was spent"))
+            skip(Candidate(family, dict(params), "baseline"), "the time budget was spent")
         elif params and (why := _second_pass_skipped(board, family, time_budget_min)):
-            board.append(Candidate(family, dict(params), "baseline", skipped=why))
+            skip(Candidate(family, dict(params), "baseline"), why)
         else:
             run(Candidate(family, dict(params), "baseline"))
     probes = [Candidate("sasrec", {}, "probe"), Candidate("sasrec", _sasrec_variant(data), "probe"),
@@ -162,15 +169,14 @@ def auto(dataset: str, time_budget_min: float, *, workers: int = 1, max_val_user
     if bag is None:
         probes.append(Candidate("mult-vae", {}, "probe"))
     else:
-        board.append(Candidate("mult-vae", {}, "probe", skipped=bag))
+        skip(Candidate("mult-vae", {}, "probe"), bag)
     share = PROBE_SHARE * max(0.0, deadline - time.time()) / 60
     # a job's time beyond its training budget (start, final evaluation, logging): a baseline is nearly all that
     ran = [c.wall_time_s for c in board if c.run_id]
     overhead = min(ran) if ran else 0.0
     for c in probes:
         if share < 0.05 or deadline - time.time() < 60 * share + overhead:
-            c.skipped = "the time budget was spent"
-            board.append(c)
+            skip(c, "the time budget was spent")
             continue
         c.budget_min = round(share, 2)
         run(c)

@@ -176,9 +176,11 @@ def _exported(path: Path) -> Path:
     import tempfile
     from importlib.metadata import version
 
-    weights = path / "model.safetensors"
-    st = weights.stat()
-    key = hashlib.sha1(f"{weights}|{st.st_size}|{st.st_mtime_ns}|{version('torch')}|{version('onnx')}".encode())
+    # the weights' content, not their path or time: every new environment installs the same package anew, and
+    # a key by path exported (12 s) and left another 90 MB file in the temp folder for each one
+    with open(path / "model.safetensors", "rb") as f:
+        weights = hashlib.file_digest(f, "sha256").hexdigest()
+    key = hashlib.sha256(f"{weights}|{version('torch')}|{version('onnx')}".encode())
     out = _cache_dir() / f"minilm-{key.hexdigest()[:16]}.onnx"
     if out.is_file():
         return out
