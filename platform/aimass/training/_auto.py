@@ -109,7 +109,12 @@ def auto(dataset: str, time_budget_min: float, *, workers: int = 1, max_val_user
     started, search_id = time.time(), uuid.uuid4().hex[:12]
     deadline = started + time_budget_min * 60
     board: list[Candidate] = []
-    common = {"workers": workers, "max_val_users": max_val_users, "max_test_users": max_test_users,
+    # one local worker asked for: every candidate trains in this process (Ray Train's local mode, the same loop).
+    # A worker process of its own buys a one-pass baseline nothing, and a probe no more than the same two cores,
+    # while its start took 10-27 s of each candidate on 2 cores: a 1-minute search probed one SASRec for 20 s,
+    # 16 of them its worker's start, and had no time left for the other probes
+    local = 0 if workers == 1 and not s.ray_address else workers
+    common = {"workers": local, "max_val_users": max_val_users, "max_test_users": max_test_users,
               "progress": progress, "settings": s}
 
     def named(c: Candidate) -> str:
@@ -128,10 +133,7 @@ def auto(dataset: str, time_budget_min: float, *, workers: int = 1, max_val_user
                 r = resume(resume_of.run_id, time_budget_min=c.budget_min,
                            epochs=resume_of.epochs + epochs if epochs else None, progress=progress, settings=s)
             elif c.stage == "baseline":
-                # one pass of counts gains nothing from a worker process of its own, whose start (10-27 s on 2
-                # cores) was half of a 1-minute search: with one local worker asked for, it runs in this process
-                r = train(c.family, ds.info.ref, c.params, time_budget_min=c.budget_min,
-                          **{**common, "workers": 0 if workers == 1 and not s.ray_address else workers})
+                r = train(c.family, ds.info.ref, c.params, time_budget_min=c.budget_min, **common)
             else:
                 r = train(c.family, ds.info.ref, c.params, time_budget_min=c.budget_min, epochs=epochs, **common)
         except InvalidInputError as e:  # a family's limit (EASE's catalogue size, ...): not for this data
