@@ -203,3 +203,11 @@ def test_the_printed_curl_works(served):
     cmd = serving.curl_example(d, served.keys["consumer"], user_id=1, k=3)
     out = subprocess.run(shlex.split(cmd), capture_output=True, text=True, timeout=30)
     assert len(json.loads(out.stdout)["items"]) == 3, out
+
+
+def test_a_path_no_endpoint_serves_is_a_json_404_naming_it(served):
+    base = served.urls["recs"].rsplit("/", 1)[0]
+    for path in ("/nope/recommend", "/récs/recommend"):  # a typo'd endpoint, one sent percent-encoded
+        r = served.client.post(base + path, json={"user_id": 1}, headers={"Authorization": "Bearer x"})
+        assert r.status_code == 404 and r.headers["content-type"].startswith("application/json"), r.text
+        assert r.json()["error"].startswith("no endpoint serves the path /") and "deployments list" in r.json()["error"]

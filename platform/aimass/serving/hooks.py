@@ -3,6 +3,8 @@ Serve deployment starts on loopback (../shared/STACK.md, "Network hygiene"). It 
 module: Ray imports it by name in each worker before any user code runs."""
 from __future__ import annotations
 
+import re
+
 LOOPBACK = "127.0.0.1"
 FRONTEND = "    bind {{ config.frontend_host }}:{{ config.frontend_port }}\n"
 # Rules for every request at HAProxy's frontend. Without the header a replica starts a task per request that
@@ -14,6 +16,12 @@ FRONTEND = "    bind {{ config.frontend_host }}:{{ config.frontend_port }}\n"
 # Serve's own access log is off (/metrics counts requests and the served-answer log keeps them).
 PER_REQUEST = ("    http-request set-header x-request-disconnect-disabled ?1\n"
                "    option dontlog-normal\n")
+# A path no endpoint serves (a typo'd endpoint) is answered as every error of the API is, {"error": "..."}, not
+# with HAProxy's plain text that points at Serve's /-/routes; the path is escaped for JSON by HAProxy's converter
+NOT_FOUND = re.compile(r"^    http-request return status 404 content-type text/plain .*-/routes.*$", re.M)
+JSON_NOT_FOUND = (r'    http-request return status 404 content-type application/json lf-string "{\"error\": \"no '
+                  r'endpoint serves the path %[path,json(utf8ps)]: aimass deployments list names the endpoints, each '
+                  r'at /ENDPOINT\"}"')
 
 
 def loopback() -> None:
@@ -34,8 +42,9 @@ def loopback() -> None:
     from ray.serve._private import haproxy_templates as t
 
     if PER_REQUEST not in t.HAPROXY_CONFIG_TEMPLATE:  # once per process
-        t.HAPROXY_CONFIG_TEMPLATE = (t.HAPROXY_CONFIG_TEMPLATE.replace("bind *:", f"bind {LOOPBACK}:")
-                                     .replace("bind :", f"bind {LOOPBACK}:").replace(FRONTEND, FRONTEND + PER_REQUEST))
+        t.HAPROXY_CONFIG_TEMPLATE = NOT_FOUND.sub(
+            lambda _: JSON_NOT_FOUND, t.HAPROXY_CONFIG_TEMPLATE.replace("bind *:", f"bind {LOOPBACK}:")
+            .replace("bind :", f"bind {LOOPBACK}:").replace(FRONTEND, FRONTEND + PER_REQUEST))
     haproxy = __import__("sys").modules.get("ray.serve._private.haproxy")
     if haproxy is not None:  # already imported in this worker: patch its copy too
         haproxy.HAPROXY_CONFIG_TEMPLATE = t.HAPROXY_CONFIG_TEMPLATE
