@@ -21,6 +21,15 @@ def left_pad(seq, length: int) -> np.ndarray:
     return out
 
 
+def fused(params) -> dict:
+    """Adam(W)'s ``fused`` option where every parameter allows it (floating point, on CPU or CUDA): one kernel a
+    step over each tensor instead of a dozen passes, the same update to rounding. The optimizer's step of a
+    million-row item table took 0.04 s against 0.41 on 2 cores; a whole SASRec step at a million items 2.2-2.3 s
+    against 2.3-2.6 beside another job (its table's dense gradient, zeroed and copied, is most of the rest)."""
+    ok = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    return {"fused": True} if ok else {}
+
+
 class NeuralEstimator:
     is_torch = True
     accepts_item_features = False

@@ -21,7 +21,7 @@ from torch import nn
 
 from aimass.errors import InvalidInputError
 from aimass.zoo import MAX_DIM, MAX_LEN, MAX_SIZE, MAX_STEPS, Seed
-from aimass.zoo._neural import NeuralEstimator, left_pad
+from aimass.zoo._neural import NeuralEstimator, fused, left_pad
 
 
 class MultVAEConfig(BaseModel):
@@ -160,7 +160,8 @@ class MultVAE(NeuralEstimator):
 
     @staticmethod
     def make_optimizer(module: nn.Module, cfg: MultVAEConfig) -> torch.optim.Optimizer:
-        return torch.optim.Adam(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        params = list(module.parameters())
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused(params))
 
     @staticmethod
     def train_step(module, batch, cfg: MultVAEConfig, optimizer, step: int = 0, progress: float = 0.0,

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from aimass.zoo import MAX_DIM, MAX_LEN, MAX_SIZE, MAX_STEPS, Seed, _losses
-from aimass.zoo._neural import NeuralEstimator, left_pad
+from aimass.zoo._neural import NeuralEstimator, fused, left_pad
 
 DENSE_PER_ITEM = 50  # training interactions per item from which a catalogue counts as dense
 # Members of a budgeted job on sparse data (``members`` None): as many SASRecs as the budget gives at least
@@ -425,7 +425,8 @@ def sasrec_optimizer(module: nn.Module, cfg: SASRecConfig) -> torch.optim.Optimi
     decay = [p for n, p in module.named_parameters() if p.ndim == 2 and "emb" not in n]
     rest = [p for n, p in module.named_parameters() if not (p.ndim == 2 and "emb" not in n)]
     return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                              {"params": rest, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
+                              {"params": rest, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98),
+                             **fused(decay + rest))
 
 
 def sasrec_lr(cfg: SASRecConfig, step: int, progress: float) -> float:

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from aimass.zoo import MAX_DIM, MAX_LEN, MAX_SIZE, MAX_STEPS, Seed, _losses
-from aimass.zoo._neural import NeuralEstimator, left_pad
+from aimass.zoo._neural import NeuralEstimator, fused, left_pad
 
 # "auto" uses the full softmax up to this catalogue size: each step then runs the item tower over the whole
 # catalogue and a [batch, n_items] logits product; above it, 1024 shared uniform negatives cost the same
@@ -85,7 +85,7 @@ class _SparseAwareAdamW:
     embedding, behind one optimizer's face (``param_groups``, ``zero_grad``, ``step``, ``state_dict``)."""
 
     def __init__(self, groups: list[dict], sparse: list[nn.Parameter], lr: float, betas: tuple[float, float]):
-        self.dense = torch.optim.AdamW(groups, lr=lr, betas=betas)
+        self.dense = torch.optim.AdamW(groups, lr=lr, betas=betas, **fused([p for g in groups for p in g["params"]]))
         self.sparse = torch.optim.SparseAdam(sparse, lr=lr, betas=betas) if sparse else None
         self.parts = [o for o in (self.dense, self.sparse) if o is not None]
 
