@@ -43,7 +43,7 @@ def test_train_auto_searches_on_validation_and_registers_the_best_with_its_leade
     assert {"popularity", "itemknn", "ease", "sasrec", "two-tower"} <= {r["family"] for r in ranked}
     # Mult-VAE is probed unless EASE, the bag-of-items baseline, validated below item-kNN (its best baseline)
     second = next(r for r in board if r["params"] == '{"shrink": 0}')
-    assert second["rank"] != "-" or second["note"].startswith("not run: the first itemknn pass took")
+    assert second["rank"] != "-" or second["note"].startswith("not run: the first itemknn job took")
     val: dict[str, float] = {}
     for r in board:
         if r["stage"] == "baseline" and r["rank"] != "-":
