@@ -159,6 +159,17 @@ TORCH_TOP_K_ITEMS = 20_000
 MISS = np.iinfo(np.int64).max // 2  # the rank of a target no answer can hold (one the user had): in no top K
 
 
+def _pairs(histories: Sequence[np.ndarray], n_cols: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(row, column) of every history item, flat; with ``n_cols``, a column outside 0..n_cols - 1 is refused."""
+    lengths = np.fromiter((len(h) for h in histories), dtype=np.int64, count=len(histories))
+    if not lengths.sum():
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    cols = np.concatenate([np.asarray(h, np.int64) for h in histories])
+    if n_cols is not None and (cols.min() < 0 or cols.max() >= n_cols):
+        raise ValueError(f"history item ids must lie in 0..{n_cols - 1}")
+    return np.repeat(np.arange(len(histories)), lengths), cols
+
+
 def _candidates(n_cols: int, targets: np.ndarray, histories: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Boolean [b, n_cols]: which columns may be ranked for each user (the target among them), and boolean [b]:
     whose target is in their history.
@@ -170,12 +181,7 @@ def _candidates(n_cols: int, targets: np.ndarray, histories: Sequence[np.ndarray
     """
     b = len(targets)
     valid = np.ones((b, n_cols), dtype=bool)
-    lengths = np.fromiter((len(h) for h in histories), dtype=np.int64, count=b)
-    if lengths.sum() > 0:
-        cols = np.concatenate([np.asarray(h, np.int64) for h in histories])
-        if cols.min() < 0 or cols.max() >= n_cols:
-            raise ValueError(f"history item ids must lie in 0..{n_cols - 1}")
-        valid[np.repeat(np.arange(b), lengths), cols] = False
+    valid[_pairs(histories, n_cols)] = False
     valid[:, 0] = False  # padding is never a recommendation
     seen = ~valid[np.arange(b), targets]
     valid[np.arange(b), targets] = True  # the target's own column: its rank counts the others above it
@@ -230,12 +236,9 @@ def _full_ranks_large(scores: np.ndarray, targets: np.ndarray, histories: Sequen
     b, n_cols = scores.shape
     rows = np.arange(b)
     t = scores[rows, targets]
-    lengths = np.fromiter((len(h) for h in histories), dtype=np.int64, count=b)
-    flat = np.concatenate([np.asarray(h, np.int64) for h in histories]) if lengths.sum() else np.zeros(0, np.int64)
-    if len(flat) and (flat.min() < 0 or flat.max() >= n_cols):
-        raise ValueError(f"history item ids must lie in 0..{n_cols - 1}")
+    hr, hc = _pairs(histories, n_cols)
     # each row's excluded columns once (a repeated item, the padding column), as keys row * n_cols + column
-    keys = np.unique(np.concatenate([np.repeat(rows, lengths) * n_cols + flat, rows * n_cols]))
+    keys = np.unique(np.concatenate([hr * n_cols + hc, rows * n_cols]))
     r, c = np.divmod(keys, n_cols)
     seen = np.zeros(b, dtype=bool)
     seen[r[c == targets[r]]] = True
@@ -389,10 +392,7 @@ def exclusion_mask(n_cols: int, histories: Sequence[np.ndarray]) -> np.ndarray:
     """Boolean [len(histories), n_cols]: True where a column may be returned (not padding, not in the
     row's history)."""
     ok = np.ones((len(histories), n_cols), dtype=bool)
-    lengths = np.fromiter((len(h) for h in histories), dtype=np.int64, count=len(histories))
-    if lengths.sum() > 0:
-        ok[np.repeat(np.arange(len(histories)), lengths),
-           np.concatenate([np.asarray(h, np.int64) for h in histories])] = False
+    ok[_pairs(histories)] = False
     ok[:, 0] = False
     return ok
 
