@@ -272,12 +272,15 @@ def test_distillation_keeps_its_best_validation_epoch():
     rng = np.random.default_rng(1)
     seqs = [np.concatenate([np.arange(s, s + 6) % 30 + 1, rng.integers(1, 31, 4)]) for s in rng.integers(0, 30, 40)]
     hist, targets = [x[:-1] for x in seqs[:20]], np.array([x[-1] for x in seqs[:20]])
-    cfg = SASRecConfig(dim=16, n_blocks=1, max_len=12, bf16=False, batch_size=8).resolve(30, [len(x) for x in seqs])
+    # a teacher of a sampled loss (its item table sparse): the student still learns the whole catalogue's loss
+    cfg = SASRecConfig(dim=16, n_blocks=1, max_len=12, bf16=False, batch_size=8, loss="sampled_softmax",
+                       n_negatives=8).resolve(30, [len(x) for x in seqs])
     teacher = SASRec().adopt(SASRecModule(30, cfg), cfg, 30)
     splits = SimpleNamespace(train_sequences=seqs, val_histories=hist, val_targets=targets)
     # a learning rate far too high: the validation curve goes up and down, so the last epoch is not the best
     student, scfg, details = _compress._distill(teacher, splits, {"dim": 8, "steps": 40, "lr": 1.0}, False)
     curve = [r[STOP_METRIC] for r in details["history"]]
+    assert scfg.loss == "ce" and not student.item_emb.sparse
     assert len(curve) == 8 and details["best_epoch"] == 1 + curve.index(max(curve))
     assert curve.index(max(curve)) != len(curve) - 1  # the test means something only if the last is worse
     got = evaluate(lambda h: SASRec.score_module(student, h, scfg), hist, targets, 30)["ndcg@10"]

@@ -110,3 +110,12 @@ def test_ease_runs_in_a_search_only_when_this_machine_fits_its_pass_in_its_share
     joined = settings.model_copy(update={"ray_address": "127.0.0.1:1"})
     assert _ease_too_slow(joined, 3_000, 0.001) is None  # a cluster's nodes are not timed from here
     assert _ease_too_slow(settings, 30_000, 0.001) is None  # past its size limit: its job names the limit
+
+
+def test_a_search_tests_fewer_users_on_a_large_catalogue_but_never_fewer_than_it_validates():
+    """Test cost is users x items: a million-item search tests as many users as it validates on, a small
+    catalogue's the full sample."""
+    assert _auto.auto_test_users(3_416, 2048) == _auto.AUTO_TEST_USERS
+    assert _auto.auto_test_users(135_000, 2048) == _auto.AUTO_TEST_CELLS // 135_000 < _auto.AUTO_TEST_USERS
+    assert _auto.auto_test_users(1_000_000, 2048) == 2048 and _auto.auto_test_users(1_000_000, 6040) == 6040
+    assert _auto.auto_test_users(10**9, None) == 2048  # validation's own default when it is not capped

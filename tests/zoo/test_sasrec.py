@@ -276,8 +276,38 @@ def test_an_ensemble_scores_the_mean_of_its_members_as_one_product():
     np.testing.assert_allclose(vectors[:, 1:], scores[:, 1:], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("loss", ["sampled_softmax", "gbce", "bce"])
+def test_a_sampled_loss_reads_its_rows_sparsely_and_is_the_loss_over_the_whole_table(loss):
+    """A sampled loss looks its targets' and negatives' rows up once (renumbered), which gives the item table a
+    sparse gradient: the loss is the one over the whole table, and a step moves only the rows the batch read."""
+    seqs = successor_sequences(32)
+    cfg = SASRecConfig(**dict(TINY, loss=loss, n_negatives=6, dropout=0.0, bf16=False)).resolve(N_ITEMS, [10])
+    torch.manual_seed(0)
+    module = SASRecModule(N_ITEMS, cfg)
+    data = SASRecTrainingData(seqs, cfg)
+    batch = tuple(torch.stack(t) for t in zip(*(data[i] for i in range(8)), strict=True))
+    inputs, targets = sasrec_trim(*batch)
+    keep = targets != 0
+    h, t = module(inputs)[keep], targets[keep]
+    neg = _losses.uniform_negatives(len(t) if loss == "bce" else 6, N_ITEMS, "cpu", torch.Generator().manual_seed(0))
+    w = module.item_emb.weight
+    whole = {"sampled_softmax": lambda: _losses.sampled_softmax(h, t, w, neg),
+             "gbce": lambda: _losses.gbce(h, t, w, neg, N_ITEMS, cfg.gbce_t),
+             "bce": lambda: _losses.bce_one_negative(h, t, w, neg)}[loss]()
+    got = sasrec_loss(module, batch, cfg, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(got, whole * sasrec_token_weight(len(t), len(inputs), cfg))
+    opt = sasrec_optimizer(module, cfg)
+    before = w.detach().clone()
+    sasrec_train_step(module, batch, cfg, opt, generator=torch.Generator().manual_seed(0))
+    assert w.grad.is_sparse
+    moved = set(torch.nonzero((w != before).any(1)).flatten().tolist())
+    read = set(inputs.flatten().tolist()) | set(t.tolist()) | set(neg.tolist())
+    assert set(t.tolist()) <= moved <= read - {0}
+
+
 @pytest.mark.parametrize("clip", [5.0, 0.01])
-def test_each_member_learns_as_it_would_alone(clip, monkeypatch):
+@pytest.mark.parametrize("loss", ["auto", "sampled_softmax"])
+def test_each_member_learns_as_it_would_alone(clip, loss, monkeypatch):
     """The ensemble's loss is the sum of its members' and each is clipped on its own: member 0 takes exactly
     the steps a lone SASRec with its weights takes, also when the clip binds (0.01: far below these gradients'
     norms, so a clip over the whole ensemble would scale member 0 by member 1's gradients too)."""
@@ -285,7 +315,8 @@ def test_each_member_learns_as_it_would_alone(clip, monkeypatch):
 
     monkeypatch.setattr(sasrec, "CLIP_NORM", clip)
     seqs = successor_sequences(64)
-    cfg = SASRecConfig(**dict(TINY, dropout=0.0, bf16=False, members=2)).resolve(N_ITEMS, [len(x) for x in seqs])
+    cfg = SASRecConfig(**dict(TINY, dropout=0.0, bf16=False, members=2, loss=loss, n_negatives=8)
+                       ).resolve(N_ITEMS, [len(x) for x in seqs])
     torch.manual_seed(0)
     ensemble = SASRecEnsemble(N_ITEMS, cfg)
     alone = SASRecModule(N_ITEMS, cfg.model_copy(update={"members": 1}))
@@ -294,8 +325,9 @@ def test_each_member_learns_as_it_would_alone(clip, monkeypatch):
     batch = tuple(torch.stack(t) for t in zip(*(data[i] for i in range(32)), strict=True))
     opt_e, opt_a = sasrec_optimizer(ensemble, cfg), sasrec_optimizer(alone, cfg)
     for step in range(3):
-        loss_e = sasrec_train_step(ensemble, batch, cfg, opt_e, step)
-        loss_a = sasrec_train_step(alone, batch, cfg, opt_a, step)
+        # a sampled loss: member 0 draws first, so it gets the negatives the lone network gets
+        loss_e = sasrec_train_step(ensemble, batch, cfg, opt_e, step, generator=torch.Generator().manual_seed(step))
+        loss_a = sasrec_train_step(alone, batch, cfg, opt_a, step, generator=torch.Generator().manual_seed(step))
     for k, v in alone.state_dict().items():
         torch.testing.assert_close(ensemble.members[0].state_dict()[k], v, rtol=1e-5, atol=1e-6)
     assert loss_e != pytest.approx(loss_a)  # the reported loss is the members' mean, and member 1 differs

@@ -284,9 +284,10 @@ def _distill(teacher_est, splits, opts: dict, progress: bool):
     steps, lr, T, alpha = opts.get("steps", 500), opts.get("lr", 2e-3), opts.get("temperature", 1.0), \
         opts.get("alpha", 0.5)
     n, seed = teacher_est.n_items_, opts.get("seed", 0)
-    # tokens_per_seq re-derived: teachers trained before it existed have none
+    # tokens_per_seq re-derived: teachers trained before it existed have none; the loss is the whole
+    # catalogue's (distill_ce), so the student's item table takes dense gradients whatever the teacher's loss
     scfg = tcfg.model_copy(update={"n_blocks": n_blocks, "dim": dim, "n_heads": n_heads, "ffn_mult": ffn_mult,
-                                   "lr": lr,
+                                   "lr": lr, "loss": "ce",
                                    "warmup_steps": min(50, max(1, steps // 10)), "schedule": "cosine",
                                    "batch_size": opts.get("batch_size", tcfg.batch_size), "tokens_per_seq": None,
                                    "crop": "random", "seed": seed, "members": 1}

@@ -30,6 +30,73 @@ def fused(params) -> dict:
     return {"fused": True} if ok else {}
 
 
+def _nccl_ddp() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1 \
+        and dist.get_backend() == "nccl"
+
+
+class SparseAwareAdamW:
+    """AdamW for the dense parameters and torch's SparseAdam (lazy: only the rows a step read) for the sparse
+    embedding, behind one optimizer's face (``param_groups``, ``zero_grad``, ``step``, ``state_dict``)."""
+
+    def __init__(self, groups: list[dict], sparse: list[nn.Parameter], lr: float, betas: tuple[float, float]):
+        self.dense = torch.optim.AdamW(groups, lr=lr, betas=betas, **fused([p for g in groups for p in g["params"]]))
+        self.sparse = torch.optim.SparseAdam(sparse, lr=lr, betas=betas) if sparse else None
+        self.parts = [o for o in (self.dense, self.sparse) if o is not None]
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [g for o in self.parts for g in o.param_groups]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for o in self.parts:
+            o.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        for o in self.parts:
+            o.step()
+
+    def state_dict(self) -> dict:
+        return {"dense": self.dense.state_dict(), **({"sparse": self.sparse.state_dict()} if self.sparse else {})}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "dense" not in state:  # a checkpoint of the single AdamW of before (every table dense)
+            if self.sparse is not None:
+                raise ValueError("this checkpoint's optimizer state has a dense item table; resume it with "
+                                 "loss='ce' or train again")
+            state = {"dense": state}
+        self.dense.load_state_dict(state["dense"])
+        if self.sparse is not None:
+            self.sparse.load_state_dict(state["sparse"])
+
+
+def clip_grad_norm(params, max_norm: float) -> None:
+    """``clip_grad_norm_`` that also counts sparse gradients (torch's raises on them)."""
+    grads = [p for p in params if p.grad is not None]
+    if not any(p.grad.is_sparse for p in grads):
+        torch.nn.utils.clip_grad_norm_(grads, max_norm)
+        return
+    for p in grads:
+        if p.grad.is_sparse:
+            p.grad = p.grad.coalesce()
+    total = torch.sqrt(sum((p.grad.values() if p.grad.is_sparse else p.grad).float().pow(2).sum() for p in grads))
+    coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
+    for p in grads:
+        if p.grad.is_sparse:
+            p.grad = p.grad * coef
+        else:
+            p.grad.mul_(coef.to(p.grad.dtype))
+
+
+def sparse_table(loss: str) -> bool:
+    """Whether an item table gets sparse gradients: with a sampled loss a step reads a few thousand of its rows,
+    and a dense gradient would write (and the optimizer update) every row. NCCL cannot all-reduce sparse
+    gradients: DDP over NCCL stays dense."""
+    return loss != "ce" and not _nccl_ddp()
+
+
 class NeuralEstimator:
     is_torch = True
     accepts_item_features = False

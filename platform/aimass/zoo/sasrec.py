@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from aimass.zoo import MAX_DIM, MAX_LEN, MAX_SIZE, MAX_STEPS, Seed, _losses
-from aimass.zoo._neural import NeuralEstimator, fused, left_pad
+from aimass.zoo._neural import NeuralEstimator, SparseAwareAdamW, clip_grad_norm, left_pad, sparse_table
 
 DENSE_PER_ITEM = 50  # training interactions per item from which a catalogue counts as dense
 # Members of a budgeted job on sparse data (``members`` None): as many SASRecs as the budget gives at least
@@ -211,7 +211,9 @@ class SASRecModule(nn.Module):
         if cfg.max_len is None:
             raise ValueError("call SASRecConfig.resolve() first (max_len is None)")
         self.n_items, self.max_len, self.dim = n_items, cfg.max_len, cfg.dim
-        self.item_emb = nn.Embedding(n_items + 1, cfg.dim, padding_idx=0)
+        # a sampled loss reads a few thousand rows a step: sparse gradients spare the rest of a large table
+        # (a step at a million items wrote and updated all of it, ~2 s on 2 cores)
+        self.item_emb = nn.Embedding(n_items + 1, cfg.dim, padding_idx=0, sparse=sparse_table(cfg.loss))
         self.pos_emb = nn.Embedding(cfg.max_len, cfg.dim)
         self.drop = _Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(_SASRecBlock(cfg) for _ in range(cfg.n_blocks))
@@ -401,32 +403,38 @@ def sasrec_loss(module: SASRecModule, batch, cfg: SASRecConfig, generator: torch
         keep = targets != 0
         h, t = hidden[keep], targets[keep]
         d = h.shape[-1] // len(members)
-        loss = sum(_member_loss(h[:, k * d:(k + 1) * d], t, m.item_emb.weight, m.n_items, cfg, bf16, generator)
-                   for k, m in enumerate(members))
+        loss = sum(_member_loss(h[:, k * d:(k + 1) * d], t, m, cfg, bf16, generator) for k, m in enumerate(members))
     return loss * sasrec_token_weight(len(t), len(inputs), cfg)
 
 
-def _member_loss(h, t, w, n: int, cfg: SASRecConfig, bf16: bool, generator):
-    """One network's loss: its hidden states ``h`` of the targets ``t`` against its item table ``w``."""
+def _member_loss(h, t, m: SASRecModule, cfg: SASRecConfig, bf16: bool, generator):
+    """One network's loss: its hidden states ``h`` of the targets ``t`` against its item table."""
+    n = m.n_items
     if cfg.loss == "ce":
-        return _losses.full_softmax_ce(h, t, w, matmul_dtype=torch.bfloat16 if bf16 else torch.float32)
+        return _losses.full_softmax_ce(h, t, m.item_emb.weight, matmul_dtype=torch.bfloat16 if bf16 else torch.float32)
+    if cfg.loss not in ("bce", "sampled_softmax", "gbce"):
+        raise ValueError(f"unresolved loss {cfg.loss!r}: call SASRecConfig.resolve() first")
+    # bce: one negative per position; the others share theirs across the batch
+    neg = _losses.uniform_negatives(len(t) if cfg.loss == "bce" else min(cfg.n_negatives, n), n, t.device, generator)
+    # the rows the loss reads, looked up once through the embedding (a sparse gradient where the table has one)
+    # and renumbered: a target equal to a negative stays equal, which the losses mask
+    uniq, inv = torch.unique(torch.cat([t, neg]), return_inverse=True)
+    w, t, neg = m.item_emb(uniq), inv[:len(t)], inv[len(t):]
     if cfg.loss == "bce":
-        neg = _losses.uniform_negatives(len(t), n, t.device, generator)  # one per position
         return _losses.bce_one_negative(h, t, w, neg)
-    if cfg.loss in ("sampled_softmax", "gbce"):
-        neg = _losses.uniform_negatives(min(cfg.n_negatives, n), n, t.device, generator)
-        return (_losses.sampled_softmax(h, t, w, neg) if cfg.loss == "sampled_softmax"
-                else _losses.gbce(h, t, w, neg, n, cfg.gbce_t))
-    raise ValueError(f"unresolved loss {cfg.loss!r}: call SASRecConfig.resolve() first")
+    return (_losses.sampled_softmax(h, t, w, neg) if cfg.loss == "sampled_softmax"
+            else _losses.gbce(h, t, w, neg, n, cfg.gbce_t))
 
 
-def sasrec_optimizer(module: nn.Module, cfg: SASRecConfig) -> torch.optim.Optimizer:
+def sasrec_optimizer(module: nn.Module, cfg: SASRecConfig) -> SparseAwareAdamW:
+    """AdamW, and lazy Adam for item tables with sparse gradients (a sampled loss; see SASRecModule)."""
+    named = list(module.named_parameters())
+    sparse = [m.weight for m in module.modules() if isinstance(m, nn.Embedding) and m.sparse]
     # no weight decay on embeddings, norms and biases (decaying rare items' rows only hurts them)
-    decay = [p for n, p in module.named_parameters() if p.ndim == 2 and "emb" not in n]
-    rest = [p for n, p in module.named_parameters() if not (p.ndim == 2 and "emb" not in n)]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                              {"params": rest, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98),
-                             **fused(decay + rest))
+    decay = [p for n, p in named if p.ndim == 2 and "emb" not in n]
+    rest = [p for n, p in named if not (p.ndim == 2 and "emb" not in n) and not any(p is q for q in sparse)]
+    return SparseAwareAdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": rest, "weight_decay": 0.0}], sparse, lr=cfg.lr, betas=(0.9, 0.98))
 
 
 def sasrec_lr(cfg: SASRecConfig, step: int, progress: float) -> float:
@@ -448,7 +456,7 @@ def sasrec_train_step(module, batch, cfg: SASRecConfig, optimizer, step: int = 0
     loss.backward()
     members = _members(module)
     for m in members:  # each member clipped as it would be alone
-        torch.nn.utils.clip_grad_norm_(m.parameters(), CLIP_NORM)
+        clip_grad_norm(m.parameters(), CLIP_NORM)
     optimizer.step()
     return float(loss.detach()) / len(members)  # a member's loss, comparable whatever their number
 

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from aimass.zoo import MAX_DIM, MAX_LEN, MAX_SIZE, MAX_STEPS, Seed, _losses
-from aimass.zoo._neural import NeuralEstimator, fused, left_pad
+from aimass.zoo._neural import NeuralEstimator, SparseAwareAdamW, clip_grad_norm, left_pad, sparse_table
 
 # "auto" uses the full softmax up to this catalogue size: each step then runs the item tower over the whole
 # catalogue and a [batch, n_items] logits product; above it, 1024 shared uniform negatives cost the same
@@ -73,66 +73,6 @@ class TwoTowerConfig(BaseModel):
         return self.model_copy(update=upd)
 
 
-def _nccl_ddp() -> bool:
-    import torch.distributed as dist
-
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1 \
-        and dist.get_backend() == "nccl"
-
-
-class _SparseAwareAdamW:
-    """AdamW for the dense parameters and torch's SparseAdam (lazy: only the rows a step read) for the sparse
-    embedding, behind one optimizer's face (``param_groups``, ``zero_grad``, ``step``, ``state_dict``)."""
-
-    def __init__(self, groups: list[dict], sparse: list[nn.Parameter], lr: float, betas: tuple[float, float]):
-        self.dense = torch.optim.AdamW(groups, lr=lr, betas=betas, **fused([p for g in groups for p in g["params"]]))
-        self.sparse = torch.optim.SparseAdam(sparse, lr=lr, betas=betas) if sparse else None
-        self.parts = [o for o in (self.dense, self.sparse) if o is not None]
-
-    @property
-    def param_groups(self) -> list[dict]:
-        return [g for o in self.parts for g in o.param_groups]
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        for o in self.parts:
-            o.zero_grad(set_to_none=set_to_none)
-
-    def step(self) -> None:
-        for o in self.parts:
-            o.step()
-
-    def state_dict(self) -> dict:
-        return {"dense": self.dense.state_dict(), **({"sparse": self.sparse.state_dict()} if self.sparse else {})}
-
-    def load_state_dict(self, state: dict) -> None:
-        if "dense" not in state:  # a checkpoint of the single AdamW of before (every table dense)
-            if self.sparse is not None:
-                raise ValueError("this checkpoint's optimizer state has a dense item table; resume it with "
-                                 "loss='ce' or train again")
-            state = {"dense": state}
-        self.dense.load_state_dict(state["dense"])
-        if self.sparse is not None:
-            self.sparse.load_state_dict(state["sparse"])
-
-
-def _clip_grad_norm(params, max_norm: float) -> None:
-    """``clip_grad_norm_`` that also counts sparse gradients (torch's raises on them)."""
-    grads = [p for p in params if p.grad is not None]
-    if not any(p.grad.is_sparse for p in grads):
-        torch.nn.utils.clip_grad_norm_(grads, max_norm)
-        return
-    for p in grads:
-        if p.grad.is_sparse:
-            p.grad = p.grad.coalesce()
-    total = torch.sqrt(sum((p.grad.values() if p.grad.is_sparse else p.grad).float().pow(2).sum() for p in grads))
-    coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
-    for p in grads:
-        if p.grad.is_sparse:
-            p.grad = p.grad * coef
-        else:
-            p.grad.mul_(coef.to(p.grad.dtype))
-
-
 def _dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     # a uniform draw + comparison: about 3x faster than nn.Dropout's bernoulli_ on these CPUs, same RNG
     if not training or p == 0:
@@ -150,8 +90,8 @@ class TwoTowerModule(nn.Module):
         self.pool, self.p = cfg.pool, cfg.dropout
         # Sampled losses read a few thousand rows per step: sparse gradients let the optimizer touch only those.
         # Dense, every step wrote and updated the whole table: 0.49 s a step at 1M items on 2 cores against
-        # 0.011 s sparse (benchmarks/two_tower_step.py). NCCL cannot all-reduce them: DDP over NCCL stays dense.
-        self.item_emb = nn.Embedding(n_items + 1, d, padding_idx=0, sparse=cfg.loss != "ce" and not _nccl_ddp())
+        # 0.011 s sparse (benchmarks/sparse_step.py). NCCL cannot all-reduce them: DDP over NCCL stays dense.
+        self.item_emb = nn.Embedding(n_items + 1, d, padding_idx=0, sparse=sparse_table(cfg.loss))
         nn.init.normal_(self.item_emb.weight, std=d ** -0.5)
         self.feat_proj: nn.Linear | None = None
         if item_features is not None:
@@ -305,13 +245,13 @@ class TwoTower(NeuralEstimator):
         return TwoTowerTrainingData(sequences, cfg)
 
     @staticmethod
-    def make_optimizer(module: nn.Module, cfg: TwoTowerConfig) -> _SparseAwareAdamW:
+    def make_optimizer(module: nn.Module, cfg: TwoTowerConfig) -> SparseAwareAdamW:
         # no weight decay on embeddings, norms and biases (decaying rare items' rows only hurts them)
         named = list(module.named_parameters())
         sparse = [p for n, p in named if n == "item_emb.weight" and module.item_emb.sparse]
         decay = [p for n, p in named if p.ndim == 2 and "emb" not in n]
         rest = [p for n, p in named if not (p.ndim == 2 and "emb" not in n) and not any(p is q for q in sparse)]
-        return _SparseAwareAdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+        return SparseAwareAdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                   {"params": rest, "weight_decay": 0.0}], sparse, lr=cfg.lr, betas=(0.9, 0.98))
 
     @staticmethod
@@ -324,7 +264,7 @@ class TwoTower(NeuralEstimator):
         loss = two_tower_loss(module, batch, cfg, generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        _clip_grad_norm(module.parameters(), 5.0)
+        clip_grad_norm(module.parameters(), 5.0)
         optimizer.step()
         return float(loss.detach())
 
