@@ -29,7 +29,8 @@ def _config(family: str, n_items: int):
 
 def _batch(family: str, n_items: int, cfg, g: torch.Generator):
     if family == "two-tower":
-        return (torch.randint(1, n_items + 1, (256, 8), generator=g), torch.randint(1, n_items + 1, (256,), generator=g))
+        return (torch.randint(1, n_items + 1, (256, 8), generator=g),
+                torch.randint(1, n_items + 1, (256,), generator=g))
     seq = torch.randint(1, n_items + 1, (cfg.batch_size, cfg.max_len + 1), generator=g)
     return seq[:, :-1], seq[:, 1:]
 

@@ -50,3 +50,13 @@ def test_a_logged_models_signature_types_the_history_even_from_an_empty_example(
         info = tracking.log_model(mlflow, folder, np.array([10, 20, 30]), "popularity", [])
     history = next(c for c in info.signature.inputs.inputs if c.name == "history")
     assert "long" in str(history.type), history
+    # MLflow loaded the model to check the example; nothing of it outlives the logging (a process that trains
+    # job after job, as a search does, kept every job's model: a million-item table each)
+    import gc
+    import sys
+
+    from aimass.tracking.pyfunc import AimassRecommender
+
+    gc.collect()
+    assert not [n for n in sys.modules if n.startswith("code_model_")]
+    assert not [o for o in gc.get_objects() if type(o).__name__ == AimassRecommender.__name__]

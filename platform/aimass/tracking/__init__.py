@@ -108,7 +108,23 @@ def log_model(mlflow, model_dir: Path, item_ids: np.ndarray, family: str, exampl
     # an empty history (a first test user with none) would type `history` as Any in the signature: one item then
     example = pd.DataFrame({"history": [list(map(int, example_history)) or [int(item_ids[0])]], "k": [10]})
     output = model_class.from_files(model_dir, ids_file, family).recommend(example)
-    return mlflow.pyfunc.log_model(
-        name="model", python_model=inspect.getfile(model_class),
-        artifacts={"model": str(model_dir), "item_ids": str(ids_file), "family": str(fam)},
-        signature=infer_signature(example, output), input_example=example, pip_requirements=["aimass"])
+    try:
+        return mlflow.pyfunc.log_model(
+            name="model", python_model=inspect.getfile(model_class),
+            artifacts={"model": str(model_dir), "item_ids": str(ids_file), "family": str(fam)},
+            signature=infer_signature(example, output), input_example=example, pip_requirements=["aimass"])
+    finally:
+        _forget_code_models()
+
+
+def _forget_code_models() -> None:
+    """Drop what MLflow keeps of the models-from-code it loaded to check the input example: each load imports the
+    code file as a new module (``code_model_<uuid>`` in sys.modules) and leaves the model in a global, so the
+    checked model (a million-item table) lived as long as the process, one more for each job of a search."""
+    import sys
+
+    import mlflow.models.model
+
+    mlflow.models.model.__mlflow_model__ = None
+    for name in [n for n in sys.modules if n.startswith("code_model_")]:
+        del sys.modules[name]
