@@ -90,6 +90,17 @@ def clip_grad_norm(params, max_norm: float) -> None:
             p.grad.mul_(coef.to(p.grad.dtype))
 
 
+def adamw(module: nn.Module, lr: float, weight_decay: float) -> SparseAwareAdamW:
+    """A neural family's optimizer: AdamW, lazy Adam for the embeddings that take sparse gradients, and no weight
+    decay on embeddings, norms and biases (decaying rare items' rows only hurts them)."""
+    named = list(module.named_parameters())
+    sparse = [m.weight for m in module.modules() if isinstance(m, nn.Embedding) and m.sparse]
+    decay = [p for n, p in named if p.ndim == 2 and "emb" not in n]
+    rest = [p for n, p in named if not (p.ndim == 2 and "emb" not in n) and not any(p is q for q in sparse)]
+    return SparseAwareAdamW([{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}],
+                            sparse, lr=lr, betas=(0.9, 0.98))
+
+
 def sparse_table(loss: str) -> bool:
     """Whether an item table gets sparse gradients: with a sampled loss a step reads a few thousand of its rows,
     and a dense gradient would write (and the optimizer update) every row. NCCL cannot all-reduce sparse
