@@ -24,6 +24,8 @@ from pydantic import ValidationError
 from aimass.errors import BackendError, InvalidInputError, NoGPUError, NotFoundError
 from aimass.settings import Settings, default_settings
 
+MAX_VAL_USERS = 2048  # validation users a job reads by default (a seeded sample): each epoch's check stays cheap
+
 MIN_EVAL_USERS = 2
 # the validation users a cap keeps and the test users a sample keeps: one draw for every job on a dataset version,
 # whatever the model's seed, so that two runs (an auto search's probes, seeds compared) are judged on the same users
@@ -58,7 +60,7 @@ def train(
     gpu: bool = False,
     epochs: int | None = None,
     time_budget_min: float | None = None,
-    max_val_users: int | None = 2048,
+    max_val_users: int | None = MAX_VAL_USERS,
     max_test_users: int | None = None,
     item_text: bool | None = None,
     progress: bool = True,

@@ -29,6 +29,7 @@ import uuid
 
 from aimass.errors import BackendError, InvalidInputError
 from aimass.settings import Settings, default_settings, error_line
+from aimass.training import MAX_VAL_USERS
 
 MIN_BUDGET_MIN = 1.0  # the baselines and one short probe of each neural family need about this much
 # item-kNN twice: its default shrinks the similarity of pairs among rare items (better on every real dataset
@@ -60,7 +61,7 @@ AUTO_TEST_CELLS = 2 * 10**9
 
 def auto_test_users(n_items: int, max_val_users: int | None) -> int:
     """The test sample of a search without max_test_users: AUTO_TEST_USERS, fewer on a large catalogue."""
-    floor = max_val_users or 2048
+    floor = max_val_users or MAX_VAL_USERS
     return int(min(AUTO_TEST_USERS, max(floor, AUTO_TEST_CELLS // max(n_items, 1))))
 
 
@@ -98,7 +99,7 @@ def check_auto_budget(time_budget_min: float | None) -> None:
                                 f"more), got {time_budget_min}")
 
 
-def auto(dataset: str, time_budget_min: float, *, workers: int = 1, max_val_users: int | None = 2048,
+def auto(dataset: str, time_budget_min: float, *, workers: int = 1, max_val_users: int | None = MAX_VAL_USERS,
          max_test_users: int | None = None, epochs: int | None = None, progress: bool = True,
          settings: Settings | None = None) -> AutoResult:
     """Search the zoo for ``dataset`` within ``time_budget_min`` minutes of wall time; returns the
